@@ -1,0 +1,5 @@
+import sys
+
+from hybridrelay.cli import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""``hybridrelay``: relay serve | listen | forward | token | demo.
+
+parse arguments -> load config -> lazy-import the component -> run it under
+one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
+Config errors print one line naming the file, key and reason, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from hybridrelay.errors import ConfigError, EntityNotFoundError
+from hybridrelay.logs import configure_logging
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def _run(make: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    async def body() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await make(stop)
+
+    with _runner() as runner:
+        runner.run(body())
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    if getattr(args, "key", None):
+        return str(args.key)
+    if getattr(args, "key_env", None):
+        value = os.environ.get(args.key_env)
+        if not value:
+            raise ConfigError("<environment>", args.key_env, "is not set")
+        return value
+    if getattr(args, "key_file", None):
+        try:
+            return Path(args.key_file).read_text("utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(args.key_file, "", f"cannot read key file: {exc.strerror}") from exc
+    raise ConfigError("<command line>", "--key", "give --key, --key-env or --key-file")
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if getattr(args, "ca_file", None):
+        return ssl.create_default_context(cafile=args.ca_file)
+    return None
+
+
+def _add_key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-name", required=True, help="SAS rule name")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
+    g.add_argument("--key-env", metavar="VAR", help="read the SAS key from this environment variable")
+    g.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
+    p.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybridrelay", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=os.environ.get("HYBRIDRELAY_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-format", choices=("kv", "json"), default=os.environ.get("HYBRIDRELAY_LOG_FORMAT", "kv")
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    relay = sub.add_parser("relay", help="run the relay server")
+    relay_sub = relay.add_subparsers(dest="relay_command", required=True)
+    serve = relay_sub.add_parser("serve", help="serve hybrid connections")
+    serve.add_argument("--config", help="TOML config; without it, the embedded development default")
+    serve.add_argument("--port", type=int, help="override [relay] port")
+    serve.add_argument("--host", help="override [relay] host")
+
+    listen = sub.add_parser("listen", help="run a listener agent bridging to a TCP target")
+    listen.add_argument("--relay", required=True, help="relay URL, ws://host:port or wss://host")
+    listen.add_argument("--hc", required=True, help="hybrid connection name")
+    listen.add_argument("--target", required=True, help="tcp://host:port")
+    _add_key_options(listen)
+
+    forward = sub.add_parser("forward", help="forward a local TCP port through the relay")
+    forward.add_argument("--relay", required=True)
+    forward.add_argument("--hc", required=True)
+    forward.add_argument("--local", default="127.0.0.1:0", help="HOST:PORT to listen on")
+    forward.add_argument("--allow-public-bind", action="store_true", help="allow a non-loopback --local")
+    _add_key_options(forward)
+
+    token = sub.add_parser("token", help="print a SAS token")
+    token.add_argument("--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)")
+    token.add_argument("--ttl", type=int, default=3600)
+    _add_key_options(token)
+
+    demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
+    demo.add_argument("--messages", type=int, default=5)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from hybridrelay.relay import run  # noqa: PLC0415 - components load lazily
+    from hybridrelay.relay.config import (  # noqa: PLC0415
+        DEV_RULE_NAME,
+        development_config,
+        load_relay_config,
+    )
+
+    env = dict(os.environ)
+    if args.port is not None:
+        env["HYBRIDRELAY_PORT"] = str(args.port)
+    if args.host is not None:
+        env["HYBRIDRELAY_HOST"] = args.host
+    config = load_relay_config(args.config, env) if args.config else development_config(env)
+    if not args.config:
+        key = config.rules[0].key.value
+        # Printed once, on purpose: the development default has no other way to hand out its key.
+        print(f"development mode: rule {DEV_RULE_NAME} key {key}", file=sys.stderr, flush=True)
+
+    def ready(completed: Any) -> None:
+        print(f"relay ready at {completed.relay.public_url}", file=sys.stderr, flush=True)
+
+    _run(lambda stop: run(config, stop, on_ready=ready))
+
+
+def _listen(args: argparse.Namespace) -> None:
+    from hybridrelay.listener import Listener, parse_target  # noqa: PLC0415
+    from hybridrelay.protocol.sas import SasTokenProvider  # noqa: PLC0415
+
+    try:
+        target = parse_target(args.target)
+    except ValueError as exc:
+        raise ConfigError("<command line>", "--target", str(exc)) from exc
+    listener = Listener(
+        args.relay,
+        args.hc,
+        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        target=target,
+        ssl_context=_client_tls(args),
+    )
+    _run(listener.run)
+
+
+def _forward(args: argparse.Namespace) -> None:
+    from hybridrelay.client import Forwarder  # noqa: PLC0415
+    from hybridrelay.protocol.sas import SasTokenProvider  # noqa: PLC0415
+
+    host, _, port = args.local.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("<command line>", "--local", "must be HOST:PORT")
+    host = host.strip("[]")
+    if host not in {"127.0.0.1", "::1", "localhost"} and not args.allow_public_bind:
+        raise ConfigError("<command line>", "--local", "binds beyond loopback need --allow-public-bind")
+    forwarder = Forwarder(
+        args.relay,
+        args.hc,
+        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        host=host,
+        port=int(port),
+        ssl_context=_client_tls(args),
+    )
+
+    async def body(stop: asyncio.Event) -> None:
+        async def announce() -> None:
+            await forwarder.ready.wait()
+            print(f"forwarding {host}:{forwarder.port} -> {args.hc}", file=sys.stderr, flush=True)
+
+        announcer = asyncio.create_task(announce())
+        try:
+            await forwarder.run(stop)
+        finally:
+            announcer.cancel()
+
+    _run(body)
+
+
+def _token(args: argparse.Namespace) -> None:
+    from hybridrelay.protocol.sas import audience_for, create_sas_token  # noqa: PLC0415
+
+    token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), int(time.time()) + args.ttl)
+    print(token)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from hybridrelay.demo import run_demo  # noqa: PLC0415
+
+    _run(lambda stop: run_demo(stop, messages=args.messages))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hybridrelay`` console script."""
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    commands: dict[str, Callable[[argparse.Namespace], None]] = {
+        "relay": _serve,
+        "listen": _listen,
+        "forward": _forward,
+        "token": _token,
+        "demo": _demo,
+    }
+    try:
+        commands[args.command](args)
+    except ConfigError as exc:
+        print(f"hybridrelay: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EntityNotFoundError as exc:
+        print(f"hybridrelay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,180 @@
+"""The one exception tree of hybridrelay.
+
+Every error the relay, listener or client raises on purpose derives from
+:class:`HybridRelayError`. Each class carries the HTTP status a relay answers a
+handshake with (``http_status``), the WebSocket close code it closes an open
+socket with (``close_code``) and the Azure-style error code used in JSON error
+bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
+``relay/middleware.py`` is the only place that turns them into responses.
+
+    HybridRelayError
+    ├── ConfigError(path, key, reason)
+    ├── ProtocolError                      400 / 1002
+    │   ├── InvalidAddressError            400
+    │   ├── InvalidMessageError            400 / 1002
+    │   └── PayloadTooBigError             413 / 1009
+    ├── AuthError                          401 (TokenMissingOrInvalid)
+    │   ├── TokenExpiredError              401 / 1008
+    │   └── ForbiddenError                 403
+    ├── EntityNotFoundError                404
+    ├── QuotaExceededError                 403
+    ├── NoListenerError                    404 (WebSocket) / 502 (HTTP mode)
+    ├── RendezvousError                    403
+    ├── RejectedError(status, description) listener's own status
+    ├── UpstreamTimeoutError               504
+    ├── HandshakeError(status, reason)     a non-101 answer seen by a WebSocket client
+    └── ConnectionClosedError(code, reason)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConnectionClosedError",
+    "EntityNotFoundError",
+    "ForbiddenError",
+    "HandshakeError",
+    "HybridRelayError",
+    "InvalidAddressError",
+    "InvalidMessageError",
+    "NoListenerError",
+    "PayloadTooBigError",
+    "ProtocolError",
+    "QuotaExceededError",
+    "RejectedError",
+    "RendezvousError",
+    "TokenExpiredError",
+    "UpstreamTimeoutError",
+]
+
+
+class HybridRelayError(Exception):
+    """Base class of every error hybridrelay raises on purpose."""
+
+    http_status: ClassVar[int] = 500
+    close_code: ClassVar[int] = 1011
+    error_code: ClassVar[str] = "InternalServerError"
+
+
+class ConfigError(HybridRelayError):
+    """A configuration file or option is invalid."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        self.path = path
+        self.key = key
+        self.reason = reason
+        where = f"{path}: " if path else ""
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}{what}{reason}")
+
+
+class ProtocolError(HybridRelayError):
+    """The peer broke the wire protocol."""
+
+    http_status = 400
+    close_code = 1002
+    error_code = "BadRequest"
+
+
+class InvalidAddressError(ProtocolError):
+    """A ``/$hc/...`` URL, its query or an entity path is malformed."""
+
+
+class InvalidMessageError(ProtocolError):
+    """A control-channel message is not one valid single-key JSON object."""
+
+
+class PayloadTooBigError(ProtocolError):
+    """A message or header block is larger than the limit for its place."""
+
+    http_status = 413
+    close_code = 1009
+    error_code = "PayloadTooLarge"
+
+
+class AuthError(HybridRelayError):
+    """The token is missing, malformed, badly signed or from an unknown rule."""
+
+    http_status = 401
+    close_code = 1008
+    error_code = "TokenMissingOrInvalid"
+
+
+class TokenExpiredError(AuthError):
+    """The token's ``se`` lies in the past (beyond the grace period)."""
+
+
+class ForbiddenError(AuthError):
+    """The token is valid but lacks the right or the scope for this action."""
+
+    http_status = 403
+    error_code = "Forbidden"
+
+
+class EntityNotFoundError(HybridRelayError):
+    """No hybrid connection matches the path."""
+
+    http_status = 404
+    error_code = "EndpointNotFound"
+
+
+class QuotaExceededError(HybridRelayError):
+    """A limit such as the listeners per hybrid connection is reached."""
+
+    http_status = 403
+    error_code = "QuotaExceeded"
+
+
+class NoListenerError(HybridRelayError):
+    """No listener is online for the hybrid connection (HC §7: 404 for WebSocket senders)."""
+
+    http_status = 404
+    error_code = "EndpointNotFound"
+
+
+class RendezvousError(HybridRelayError):
+    """A rendezvous address is unknown, already used or expired."""
+
+    http_status = 403
+    error_code = "RendezvousInvalid"
+
+
+class RejectedError(HybridRelayError):
+    """The listener rejected the sender with its own status and description."""
+
+    error_code = "Rejected"
+
+    def __init__(self, status: int, description: str) -> None:
+        self.status = status
+        self.description = description
+        super().__init__(f"rejected by the listener: {status} {description}")
+
+
+class UpstreamTimeoutError(HybridRelayError):
+    """The listener did not answer in time."""
+
+    http_status = 504
+    error_code = "GatewayTimeout"
+
+
+class HandshakeError(HybridRelayError):
+    """A WebSocket opening handshake got a non-101 answer (seen by clients)."""
+
+    def __init__(self, status: int, reason: str, body: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        detail = f": {body}" if body else ""
+        super().__init__(f"handshake failed with HTTP {status} {reason}{detail}")
+
+
+class ConnectionClosedError(HybridRelayError):
+    """The WebSocket connection closed; carries the close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"connection closed: {code} {reason}".rstrip())

@@ -1,0 +1,303 @@
+"""RFC 6455 framing, sans-I/O: an incremental parser that streams payloads, and encoders.
+
+The relay never reassembles messages: its splice re-frames every incoming frame
+as soon as the header is known and streams the payload through in chunks, so a
+32 MiB frame costs no more memory than a 32 byte one. The parser therefore
+reports a data frame in pieces (header, then payload chunks) to a sink, and
+only buffers control frames, which RFC 6455 §5.5 caps at 125 bytes.
+
+The parser also enforces the message-level rules of §5.4 (continuation frames
+only inside a fragmented message, no new data frame inside one), so that both
+ends of a splice see a well-formed frame sequence.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from enum import IntEnum
+from typing import Final, Protocol
+
+from hybridrelay.errors import ProtocolError
+
+try:  # the C helper websockets ships; same semantics as the fallback below
+    from websockets.speedups import apply_mask as _c_apply_mask
+except ImportError:  # pragma: no cover - websockets always ships the extension on CPython wheels
+    _c_apply_mask = None
+
+__all__ = [
+    "MAX_CONTROL_PAYLOAD",
+    "FrameError",
+    "FrameParser",
+    "FrameSink",
+    "Opcode",
+    "apply_mask",
+    "encode_close_payload",
+    "encode_frame",
+    "encode_frame_header",
+    "parse_close_payload",
+]
+
+MAX_CONTROL_PAYLOAD: Final = 125
+
+
+class Opcode(IntEnum):
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+_DATA_OPCODES: Final = frozenset({0x0, 0x1, 0x2})
+_CONTROL_OPCODES: Final = frozenset({0x8, 0x9, 0xA})
+
+
+class FrameError(ProtocolError):
+    """The peer sent a frame RFC 6455 forbids; ``close_code`` says how to fail the connection."""
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = close_code
+        self.reason = reason
+
+
+def _py_apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    n = len(data)
+    data_int = int.from_bytes(data, sys.byteorder)
+    mask_int = int.from_bytes(mask * (n // 4) + mask[: n % 4], sys.byteorder)
+    return (data_int ^ mask_int).to_bytes(n, sys.byteorder)
+
+
+def apply_mask(data: bytes | bytearray | memoryview, mask: bytes, offset: int = 0) -> bytes:
+    """XOR ``data`` with ``mask``, as if ``data`` started ``offset`` bytes into a payload."""
+    shift = offset & 3
+    if shift:
+        mask = mask[shift:] + mask[:shift]
+    if _c_apply_mask is not None:
+        return _c_apply_mask(data, mask)
+    return _py_apply_mask(data, mask)  # pragma: no cover
+
+
+_pack_h = struct.Struct("!BB").pack
+_pack_h16 = struct.Struct("!BBH").pack
+_pack_h64 = struct.Struct("!BBQ").pack
+
+
+def encode_frame_header(*, fin: bool, opcode: int, length: int, mask: bytes | None = None) -> bytes:
+    """Return the header of a frame carrying ``length`` payload bytes (RFC 6455 §5.2)."""
+    b0 = (0x80 if fin else 0) | opcode
+    mbit = 0x80 if mask is not None else 0
+    if length < 126:
+        head = _pack_h(b0, mbit | length)
+    elif length < 65536:
+        head = _pack_h16(b0, mbit | 126, length)
+    else:
+        head = _pack_h64(b0, mbit | 127, length)
+    return head + mask if mask is not None else head
+
+
+def encode_frame(*, fin: bool, opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """Return a whole frame; the payload is masked when ``mask`` is given (client side)."""
+    header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
+    if mask is not None and payload:
+        payload = apply_mask(payload, mask)
+    return header + payload
+
+
+def _valid_close_code(code: int) -> bool:
+    # RFC 6455 §7.4: 1000-1003, 1007-1011 (and the later 1012-1014) or 3000-4999.
+    return code in {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014} or (
+        3000 <= code <= 4999
+    )
+
+
+def parse_close_payload(payload: bytes) -> tuple[int, str]:
+    """Return (code, reason) of a close frame; (1005, "") when it carries no code."""
+    if not payload:
+        return 1005, ""
+    if len(payload) == 1:
+        raise FrameError(1002, "close frame with a 1-byte payload")
+    (code,) = struct.unpack_from("!H", payload)
+    if not _valid_close_code(code):
+        raise FrameError(1002, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FrameError(1007, "close reason is not valid UTF-8") from exc
+    return code, reason
+
+
+def encode_close_payload(code: int, reason: str = "") -> bytes:
+    """Return a close payload; the reason is cut at a character boundary to fit 123 bytes."""
+    data = reason.encode("utf-8")
+    if len(data) > MAX_CONTROL_PAYLOAD - 2:
+        data = data[: MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + data
+
+
+class FrameSink(Protocol):
+    """Receives what a :class:`FrameParser` finds, in order."""
+
+    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        """A data frame starts; ``opcode`` is 0 (continuation), 1 or 2. Payload follows."""
+
+    def on_payload(self, data: bytes, frame_done: bool) -> None:
+        """Unmasked payload bytes of the current data frame; called at least once per frame."""
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        """A whole close, ping or pong frame, unmasked."""
+
+
+# Parser states
+_HEAD: Final = 0
+_PAYLOAD: Final = 1
+_CONTROL: Final = 2
+_FAILED: Final = 3
+
+
+class FrameParser:
+    """Incremental frame parser. ``masked`` says whether incoming frames must be masked.
+
+    A server (the relay) parses client frames, which RFC 6455 §5.1 requires to be
+    masked; a client parses server frames, which must not be.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_ctl_opcode",
+        "_in_message",
+        "_mask",
+        "_masked",
+        "_offset",
+        "_remaining",
+        "_sink",
+        "_state",
+    )
+
+    def __init__(self, sink: FrameSink, *, masked: bool) -> None:
+        self._sink = sink
+        self._masked = masked
+        self._buf = b""
+        self._state = _HEAD
+        self._remaining = 0
+        self._mask: bytes | None = None
+        self._offset = 0
+        self._ctl_opcode = 0
+        self._in_message = False
+
+    @property
+    def in_message(self) -> bool:
+        """True while a fragmented message has started and not yet ended."""
+        return self._in_message
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while a frame header was read but not all of its payload."""
+        return self._state != _HEAD or bool(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        """Consume bytes from the network; raises :class:`FrameError` on a protocol violation."""
+        if self._state == _FAILED:
+            raise FrameError(1002, "frame parser already failed")
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        pos = 0
+        end = len(data)
+        sink = self._sink
+        try:
+            while True:
+                state = self._state
+                if pos >= end and not (state != _HEAD and self._remaining == 0):
+                    break
+                if state == _PAYLOAD:
+                    take = min(self._remaining, end - pos)
+                    chunk = data[pos : pos + take] if (pos or take != end) else data
+                    pos += take
+                    self._remaining -= take
+                    mask = self._mask
+                    if mask is not None and take:
+                        chunk = apply_mask(chunk, mask, self._offset)
+                    self._offset += take
+                    if self._remaining == 0:
+                        self._state = _HEAD
+                        sink.on_payload(chunk, True)
+                    else:
+                        sink.on_payload(chunk, False)
+                elif state == _CONTROL:
+                    if end - pos < self._remaining:
+                        break
+                    payload = data[pos : pos + self._remaining]
+                    pos += self._remaining
+                    if self._mask is not None and payload:
+                        payload = apply_mask(payload, self._mask)
+                    self._state = _HEAD
+                    self._remaining = 0
+                    sink.on_control_frame(self._ctl_opcode, payload)
+                else:
+                    used = self._parse_header(data, pos, end)
+                    if used == 0:
+                        break
+                    pos += used
+        except FrameError:
+            self._state = _FAILED
+            raise
+        if pos < end:
+            self._buf = data[pos:]
+
+    def _parse_header(self, data: bytes, pos: int, end: int) -> int:
+        avail = end - pos
+        if avail < 2:
+            return 0
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        length = b1 & 0x7F
+        need = 2
+        if length == 126:
+            need = 4
+        elif length == 127:
+            need = 10
+        has_mask = bool(b1 & 0x80)
+        if has_mask:
+            need += 4
+        if avail < need:
+            return 0
+        if b0 & 0x70:
+            raise FrameError(1002, "reserved bits set (no extension was negotiated)")
+        if has_mask != self._masked:
+            raise FrameError(
+                1002, "unmasked client frame" if self._masked else "masked server frame"
+            )
+        fin = bool(b0 & 0x80)
+        opcode = b0 & 0x0F
+        if length == 126:
+            (length,) = struct.unpack_from("!H", data, pos + 2)
+        elif length == 127:
+            (length,) = struct.unpack_from("!Q", data, pos + 2)
+            if length >> 63:
+                raise FrameError(1002, "frame length has its most significant bit set")
+        self._mask = data[pos + need - 4 : pos + need] if has_mask else None
+        if opcode in _CONTROL_OPCODES:
+            if not fin:
+                raise FrameError(1002, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise FrameError(1002, "control frame payload over 125 bytes")
+            self._ctl_opcode = opcode
+            self._remaining = length
+            self._state = _CONTROL
+            return need
+        if opcode not in _DATA_OPCODES:
+            raise FrameError(1002, f"reserved opcode {opcode:#x}")
+        if opcode == 0:
+            if not self._in_message:
+                raise FrameError(1002, "continuation frame outside a fragmented message")
+        elif self._in_message:
+            raise FrameError(1002, "new data frame inside a fragmented message")
+        self._in_message = not fin
+        self._remaining = length
+        self._offset = 0
+        self._state = _PAYLOAD
+        self._sink.on_data_frame(fin, opcode, length)
+        return need

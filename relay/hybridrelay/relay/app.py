@@ -1,0 +1,83 @@
+"""create_app(): routes, middleware and cleanup; no protocol logic lives here."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from hybridrelay.errors import ProtocolError
+from hybridrelay.relay.cluster.base import ClusterState
+from hybridrelay.relay.cluster.memory import MemoryClusterState
+from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_connections
+from hybridrelay.relay.health import healthz, metrics, readyz
+from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
+from hybridrelay.relay.rendezvous import RendezvousTable
+from hybridrelay.relay.state import STATE, PendingConnect, RelayState
+from hybridrelay.relay.store.base import Store
+from hybridrelay.relay.store.memory import MemoryStore
+
+__all__ = ["create_app"]
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    if is_hc_path(request.path) or is_hc_path(request.raw_path):
+        return await handle_hc(request)
+    # HTTP request/response mode (HC §2.7) is issue 3; until then say so plainly.
+    raise NotImplementedHttpModeError("HTTP relaying is not enabled on this relay")
+
+
+class NotImplementedHttpModeError(ProtocolError):
+    http_status = 501
+    error_code = "NotImplemented"
+
+
+def create_app(
+    config: RelayConfig,
+    *,
+    store: Store | None = None,
+    cluster: ClusterState | None = None,
+    metrics_: RelayMetrics | None = None,
+) -> web.Application:
+    """Build the relay's aiohttp application from a completed config."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    m = metrics_ or RelayMetrics()
+    state = RelayState(
+        config=config,
+        store=store or MemoryStore(config, persist_dir=Path(config.relay.data_dir)),
+        cluster=cluster or MemoryClusterState(),
+        metrics=m,
+        rendezvous=RendezvousTable[PendingConnect](
+            now=time.monotonic,
+            ttl=config.relay.rendezvous_timeout,
+            limit=config.relay.max_pending_rendezvous,
+        ),
+        rng=random.Random(),  # noqa: S311 - load spreading only
+    )
+    app[STATE] = state
+    app[METRICS_KEY] = m
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", _dispatch)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    yield
+    await state.cluster.close()
+    await state.store.close()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    state = app[STATE]
+    state.draining = True
+    await shutdown_connections(state, 1001, "relay shutting down")

@@ -1,0 +1,96 @@
+"""authorize(): who may listen on or send to a hybrid connection (HC §7, §8).
+
+Order of checks, and the status each failure gets (HC Part 1 §7):
+token missing or malformed, unknown rule, bad signature, expired → 401;
+valid token whose ``sr`` does not cover the entity, or whose rule lacks the
+right → 403. Manage implies Listen and Send; namespace rules cover every entity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
+from hybridrelay.protocol.sas import Rights, SasToken, parse_sas_token, resource_covers, verify_signature
+from hybridrelay.relay.store.base import HybridConnection, Rule
+
+__all__ = ["Principal", "authorize", "check_token"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Principal:
+    """Who a request acts as: a rule name (or None when anonymous) and until when."""
+
+    rule: str | None
+    rights: Rights
+    expires_at: float | None  # token se; None for anonymous senders
+
+    @property
+    def anonymous(self) -> bool:
+        return self.rule is None
+
+
+ANONYMOUS_SENDER = Principal(rule=None, rights=Rights.SEND, expires_at=None)
+
+
+def _find_rule(name: str, hc: HybridConnection, namespace_rules: tuple[Rule, ...]) -> Rule | None:
+    lowered = name.lower()
+    for rule in hc.rules:
+        if rule.name.lower() == lowered:
+            return rule
+    for rule in namespace_rules:
+        if rule.name.lower() == lowered:
+            return rule
+    return None
+
+
+def _signed_by(token: SasToken, rule: Rule) -> bool:
+    if verify_signature(token, rule.primary_key):
+        return True
+    return rule.secondary_key is not None and verify_signature(token, rule.secondary_key)
+
+
+def check_token(
+    token_text: str,
+    *,
+    hc: HybridConnection,
+    namespace_rules: tuple[Rule, ...],
+    right: Rights,
+    now: float,
+    grace: float = 0.0,
+    host: str | None = None,
+) -> Principal:
+    """Verify a SAS token for ``right`` on ``hc``; raises AuthError / ForbiddenError."""
+    token = parse_sas_token(token_text)
+    rule = _find_rule(token.key_name, hc, namespace_rules)
+    if rule is None:
+        raise AuthError("the token's rule (skn) is not defined for this hybrid connection")
+    if not _signed_by(token, rule):
+        raise AuthError("the token's signature does not match")
+    if token.expiry + grace < now:
+        raise TokenExpiredError("the token has expired")
+    if not resource_covers(token.resource, host=host, entity_path=hc.name):
+        raise ForbiddenError("the token is not valid for this hybrid connection")
+    if not rule.rights.allows(right):
+        needed = "Listen" if right == Rights.LISTEN else "Send" if right == Rights.SEND else "Manage"
+        raise ForbiddenError(f"the token's rule lacks the {needed} right")
+    return Principal(rule=rule.name, rights=rule.rights, expires_at=float(token.expiry))
+
+
+def authorize(
+    token_text: str | None,
+    *,
+    hc: HybridConnection,
+    namespace_rules: tuple[Rule, ...],
+    right: Rights,
+    now: float,
+    host: str | None = None,
+) -> Principal:
+    """Authorize a handshake; senders of HCs without client authorization pass anonymously."""
+    if right == Rights.SEND and not hc.requires_client_authorization:
+        return ANONYMOUS_SENDER
+    if not token_text:
+        raise AuthError("a token is required (ServiceBusAuthorization header or sb-hc-token)")
+    return check_token(
+        token_text, hc=hc, namespace_rules=namespace_rules, right=right, now=now, host=host
+    )

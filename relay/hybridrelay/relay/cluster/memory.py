@@ -1,0 +1,89 @@
+"""Single-node ClusterState: listeners of this process, in dicts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+
+from hybridrelay.errors import ConnectionClosedError, QuotaExceededError
+from hybridrelay.protocol.messages import Accept, Request
+from hybridrelay.relay.balancer import ListenerLoad, choose_listener
+from hybridrelay.relay.cluster.base import ListenerHandle, ListenerPort
+
+__all__ = ["MemoryClusterState"]
+
+
+class MemoryClusterState:
+    """Implements :class:`~hybridrelay.relay.cluster.base.ClusterState` for one node."""
+
+    def __init__(self, *, node_id: str = "local", rng: random.Random | None = None) -> None:
+        self.node_id = node_id
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
+        self._channels: dict[str, dict[str, ListenerPort]] = {}
+        self._active: dict[tuple[str, str], int] = {}
+
+    async def attach(self, channel: ListenerPort, *, max_listeners: int) -> None:
+        hc = channel.hc_name.lower()
+        channels = self._channels.setdefault(hc, {})
+        if len(channels) >= max_listeners:
+            raise QuotaExceededError(
+                f"QuotaExceeded: MaximumListenersPerEndpoint ({max_listeners}) reached"
+            )
+        channels[channel.listener_id] = channel
+        self._active.setdefault((hc, channel.listener_id), 0)
+
+    async def detach(self, channel: ListenerPort) -> None:
+        hc = channel.hc_name.lower()
+        channels = self._channels.get(hc)
+        if channels is None or channels.get(channel.listener_id) is not channel:
+            return
+        del channels[channel.listener_id]
+        self._active.pop((hc, channel.listener_id), None)
+        if not channels:
+            del self._channels[hc]
+
+    def find(self, hc_name: str, listener_id: str) -> ListenerPort | None:
+        return self._channels.get(hc_name.lower(), {}).get(listener_id)
+
+    async def pick(
+        self,
+        hc_name: str,
+        *,
+        allowed: Collection[str] | None = None,
+        disallowed: Collection[str] | None = None,
+    ) -> ListenerHandle | None:
+        hc = hc_name.lower()
+        channels = self._channels.get(hc)
+        if not channels:
+            return None
+        loads = [ListenerLoad(lid, self._active.get((hc, lid), 0)) for lid in channels]
+        chosen = choose_listener(loads, rng=self._rng, allowed=allowed, disallowed=disallowed)
+        if chosen is None:
+            return None
+        return ListenerHandle(hc, chosen.listener_id, self.node_id)
+
+    async def deliver(self, handle: ListenerHandle, message: Accept | Request) -> None:
+        channel = self.find(handle.hc_name, handle.listener_id)
+        if channel is None:
+            raise ConnectionClosedError(1001, "listener went away")
+        await channel.deliver(message)
+
+    def stream_started(self, handle: ListenerHandle) -> None:
+        key = (handle.hc_name, handle.listener_id)
+        if key in self._active:
+            self._active[key] += 1
+
+    def stream_ended(self, handle: ListenerHandle) -> None:
+        key = (handle.hc_name, handle.listener_id)
+        if self._active.get(key, 0) > 0:
+            self._active[key] -= 1
+
+    async def listener_count(self, hc_name: str) -> int:
+        return len(self._channels.get(hc_name.lower(), {}))
+
+    def total_listeners(self) -> int:
+        return sum(len(c) for c in self._channels.values())
+
+    async def close(self) -> None:
+        self._channels.clear()
+        self._active.clear()

@@ -1,0 +1,286 @@
+"""RelayConfig: the ``[relay]``, ``[[rules]]`` and ``[[hybrid_connections]]`` schema.
+
+Parsed, completed, validated, then frozen (style §3.6). ``HYBRIDRELAY_{KEY}``
+environment variables override the ``[relay]`` keys (``HYBRIDRELAY_PORT=9000``).
+Without a file, :func:`development_config` gives the embedded default: one
+namespace rule with a fresh random key, hybrid connections created on first
+listen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.errors import ConfigError
+from hybridrelay.protocol.codes import MAX_LISTENERS_PER_HC, RENDEZVOUS_TIMEOUT_S
+from hybridrelay.protocol.sas import Rights
+
+__all__ = [
+    "DEV_RULE_NAME",
+    "HybridConnectionConfig",
+    "RelayConfig",
+    "RelaySettings",
+    "RuleConfig",
+    "development_config",
+    "load_relay_config",
+    "validate_entity_name",
+]
+
+DEV_RULE_NAME = "RootManageSharedAccessKey"
+_ENTITY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
+MAX_RULES_PER_SCOPE = 12  # HC §8.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleConfig:
+    name: str
+    key: Secret
+    secondary_key: Secret | None = None
+    rights: Rights
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HybridConnectionConfig:
+    name: str
+    requires_client_authorization: bool = True
+    # None: not declared; True/False: the HC serves HTTP-mode senders or not (issue 3).
+    http: bool | None = None
+    max_listeners: int = MAX_LISTENERS_PER_HC
+    rules: tuple[RuleConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # completed from host/port when empty
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    data_dir: str = ".hybridrelay"
+    auto_create: bool = False  # create hybrid connections on first listen (dev default)
+    max_listeners_per_hc: int = MAX_LISTENERS_PER_HC
+    ping_interval: float = 30.0
+    token_grace: float = 300.0
+    rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S
+    close_timeout: float = 10.0
+    max_pending_rendezvous: int = 10_000
+    check_token_host: bool = False
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig:
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    rules: tuple[RuleConfig, ...] = ()
+    hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
+    source: str = "<defaults>"
+
+    def hybrid_connection(self, name: str) -> HybridConnectionConfig | None:
+        for hc in self.hybrid_connections:
+            if hc.name.lower() == name.lower():
+                return hc
+        return None
+
+
+def validate_entity_name(name: str) -> str | None:
+    """Return why ``name`` is not a valid hybrid connection name, or None."""
+    if not name or len(name) > 260:
+        return "must be 1 to 260 characters"
+    for segment in name.split("/"):
+        if not _ENTITY_SEGMENT.match(segment):
+            return (
+                "segments separated by '/' must start with a letter or digit and contain "
+                "only letters, digits, '.', '_' and '-'"
+            )
+    if name.split("/")[0].lower() in {"$hc", "$mgmt", "healthz", "readyz", "metrics"}:
+        return "collides with a reserved path"
+    return None
+
+
+def _rule(table: Table) -> RuleConfig:
+    name = table.req_str("name")
+    if not _RULE_NAME.match(name):
+        raise table.error("name", "letters, digits, '.', '_' and '-' only (at most 256)")
+    key = table.req_str("key")
+    if len(key) < 16:
+        raise table.error("key", "must be at least 16 characters")
+    secondary = table.get_str("secondary_key")
+    try:
+        rights = Rights.parse(table.str_list("rights", ("Listen", "Send")))
+    except ValueError as exc:
+        raise table.error("rights", str(exc)) from exc
+    table.reject_unknown()
+    return RuleConfig(
+        name=name,
+        key=Secret(key),
+        secondary_key=Secret(secondary) if secondary else None,
+        rights=rights,
+    )
+
+
+def _check_unique_rules(rules: list[RuleConfig], table: Table, key: str) -> None:
+    if len(rules) > MAX_RULES_PER_SCOPE:
+        raise table.error(key, f"at most {MAX_RULES_PER_SCOPE} rules per scope")
+    names = [r.name.lower() for r in rules]
+    for name in names:
+        if names.count(name) > 1:
+            raise table.error(key, f"rule {name!r} is defined twice")
+
+
+def _hybrid_connection(table: Table, default_max: int) -> HybridConnectionConfig:
+    name = table.req_str("name").strip("/")
+    why = validate_entity_name(name)
+    if why:
+        raise table.error("name", why)
+    rules = [_rule(t) for t in table.tables("rules")]
+    _check_unique_rules(rules, table, "rules")
+    http_value = table._get("http")  # noqa: SLF001 - tri-state: absent means "not declared"
+    if http_value is not None and not isinstance(http_value, bool):
+        raise table.error("http", "must be true or false")
+    hc = HybridConnectionConfig(
+        name=name,
+        requires_client_authorization=table.get_bool("requires_client_authorization", True),
+        http=http_value,
+        max_listeners=table.get_int("max_listeners", default_max, minimum=1, maximum=10_000),
+        rules=tuple(rules),
+    )
+    table.reject_unknown()
+    return hc
+
+
+_ENV_TYPES: Mapping[str, type] = {
+    "host": str,
+    "port": int,
+    "public_url": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "data_dir": str,
+    "auto_create": bool,
+    "max_listeners_per_hc": int,
+    "ping_interval": float,
+    "token_grace": float,
+    "rendezvous_timeout": float,
+    "close_timeout": float,
+    "max_pending_rendezvous": int,
+    "check_token_host": bool,
+    "drain_timeout": float,
+}
+
+
+def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str, object]:
+    merged = dict(data)
+    for key, kind in _ENV_TYPES.items():
+        raw = env.get(f"HYBRIDRELAY_{key.upper()}")
+        if raw is None:
+            continue
+        name = f"HYBRIDRELAY_{key.upper()}"
+        try:
+            if kind is bool:
+                if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                    raise ValueError(raw)
+                merged[key] = raw.lower() in {"1", "true", "yes"}
+            elif kind is int:
+                merged[key] = int(raw)
+            elif kind is float:
+                merged[key] = float(raw)
+            else:
+                merged[key] = raw
+        except ValueError as exc:
+            raise ConfigError("<environment>", name, f"must be a {kind.__name__}") from exc
+    return merged
+
+
+def _settings(table: Table) -> RelaySettings:
+    d = RelaySettings()
+    s = RelaySettings(
+        host=table.get_str("host", d.host) or d.host,
+        port=table.get_int("port", d.port, minimum=0, maximum=65535),
+        public_url=table.get_str("public_url", "") or "",
+        tls_cert=table.get_str("tls_cert"),
+        tls_key=table.get_str("tls_key"),
+        data_dir=table.get_str("data_dir", d.data_dir) or d.data_dir,
+        auto_create=table.get_bool("auto_create", d.auto_create),
+        max_listeners_per_hc=table.get_int(
+            "max_listeners_per_hc", d.max_listeners_per_hc, minimum=1, maximum=10_000
+        ),
+        ping_interval=table.get_float("ping_interval", d.ping_interval, minimum=0.05, maximum=3600),
+        token_grace=table.get_float("token_grace", d.token_grace, maximum=86_400),
+        rendezvous_timeout=table.get_float(
+            "rendezvous_timeout", d.rendezvous_timeout, minimum=0.1, maximum=RENDEZVOUS_TIMEOUT_S
+        ),
+        close_timeout=table.get_float("close_timeout", d.close_timeout, minimum=0.1, maximum=600),
+        max_pending_rendezvous=table.get_int(
+            "max_pending_rendezvous", d.max_pending_rendezvous, minimum=1, maximum=10_000_000
+        ),
+        check_token_host=table.get_bool("check_token_host", d.check_token_host),
+        drain_timeout=table.get_float("drain_timeout", d.drain_timeout, maximum=3600),
+    )
+    table.reject_unknown()
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise table.error("tls_cert", "tls_cert and tls_key must be given together")
+    if s.public_url:
+        parts = urlsplit(s.public_url)
+        if parts.scheme not in {"ws", "wss"} or not parts.netloc or parts.query:
+            raise table.error("public_url", "must look like ws://host:port or wss://host")
+    return s
+
+
+def complete(config: RelayConfig, bound_port: int | None = None) -> RelayConfig:
+    """Fill in the public URL from host and port once the real port is known."""
+    s = config.relay
+    if s.public_url:
+        return config
+    scheme = "wss" if s.tls_cert else "ws"
+    host = s.host if s.host not in {"0.0.0.0", "::", ""} else "127.0.0.1"  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    port = bound_port if bound_port is not None else s.port
+    return replace(config, relay=replace(s, public_url=f"{scheme}://{host}:{port}"))
+
+
+def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) -> RelayConfig:
+    """Load, validate and freeze a relay config file; raises ConfigError."""
+    env = os.environ if env is None else env
+    data = load_toml(path)
+    top = Table(data, path=str(path), prefix="")
+    relay_raw = data.get("relay", {})
+    if not isinstance(relay_raw, dict):
+        raise top.error("relay", "must be a table")
+    top._get("relay")  # noqa: SLF001 - mark as read
+    settings = _settings(Table(_env_overrides(relay_raw, env), path=str(path), prefix="relay"))
+    rules = [_rule(t) for t in top.tables("rules")]
+    _check_unique_rules(rules, top, "rules")
+    hcs = [_hybrid_connection(t, settings.max_listeners_per_hc) for t in top.tables("hybrid_connections")]
+    seen: set[str] = set()
+    for hc in hcs:
+        if hc.name.lower() in seen:
+            raise top.error("hybrid_connections", f"{hc.name!r} is defined twice")
+        seen.add(hc.name.lower())
+    top.reject_unknown()
+    if not rules and not any(hc.rules for hc in hcs):
+        raise top.error("rules", "no SAS rule is defined; nobody could listen")
+    return RelayConfig(relay=settings, rules=tuple(rules), hybrid_connections=tuple(hcs), source=str(path))
+
+
+def development_config(env: Mapping[str, str] | None = None) -> RelayConfig:
+    """The embedded default: one namespace rule with a fresh key, HCs created on first listen."""
+    env = os.environ if env is None else env
+    table = Table(_env_overrides({"auto_create": True}, env), path="<defaults>", prefix="relay")
+    settings = _settings(table)
+    key = env.get("HYBRIDRELAY_DEV_KEY") or secrets.token_urlsafe(32)
+    rule = RuleConfig(
+        name=DEV_RULE_NAME, key=Secret(key), rights=Rights.LISTEN | Rights.SEND | Rights.MANAGE
+    )
+    return RelayConfig(relay=settings, rules=(rule,), source="<development default>")
+
+
+def data_dir(config: RelayConfig) -> Path:
+    return Path(config.relay.data_dir)

@@ -1,0 +1,188 @@
+"""ControlChannel: the relay's end of one listener's long-lived WebSocket (HC §2.2, §3).
+
+It sends ``accept`` (and, in HTTP mode, ``request``) messages, takes
+``renewToken``, and watches the listener: the relay pings every
+``ping_interval`` because hyco-ws never pings (HC §6), and drops a channel that
+has shown no sign of life for two intervals. Token expiry is enforced with a
+grace period because both SDKs renew exactly at expiry (HC §3.4); a failed
+renewal closes the channel with 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import WSMsgType, web
+
+from hybridrelay.errors import AuthError, ConnectionClosedError, HybridRelayError
+from hybridrelay.logs import ConnectionLogger
+from hybridrelay.protocol.messages import (
+    Accept,
+    RenewToken,
+    Request,
+    Response,
+    decode,
+    encode,
+)
+
+__all__ = ["ControlChannel"]
+
+_SEND_TIMEOUT = 10.0
+
+# renew(token) -> new expiry (unix seconds); raises AuthError when the token is refused.
+Renewer = Callable[[str], float]
+
+
+class ControlChannel:
+    """One listener's control channel on this node."""
+
+    def __init__(
+        self,
+        *,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        hc_name: str,
+        listener_id: str,
+        expires_at: float | None,
+        renew: Renewer,
+        ping_interval: float,
+        token_grace: float,
+        log: ConnectionLogger,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._request = request
+        self._ws = ws
+        self._hc_name = hc_name
+        self._listener_id = listener_id
+        self.expires_at = expires_at
+        self._renew = renew
+        self._ping_interval = ping_interval
+        self._grace = token_grace
+        self._log = log
+        self._now = now
+        self._send_lock = asyncio.Lock()
+        self._last_seen = asyncio.get_running_loop().time()
+        self.closing = False
+
+    @property
+    def listener_id(self) -> str:
+        return self._listener_id
+
+    @property
+    def hc_name(self) -> str:
+        return self._hc_name
+
+    async def deliver(self, message: Accept | Request) -> None:
+        """Send one control message; ConnectionClosedError when the channel is gone or stuck."""
+        if self.closing or self._ws.closed:
+            raise ConnectionClosedError(1001, "control channel closed")
+        text = encode(message)
+        try:
+            async with self._send_lock, asyncio.timeout(_SEND_TIMEOUT):
+                await self._ws.send_str(text)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            self.abort()
+            raise ConnectionClosedError(1011, "control channel send failed") from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._log.info("control_channel_closing", extra={"code": code, "reason": reason})
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._ws.close(code=code, message=reason.encode("utf-8"))
+
+    def abort(self) -> None:
+        self.closing = True
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def run(self) -> int:
+        """Serve the channel until it closes; returns the close code seen."""
+        watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog:{self._listener_id}")
+        try:
+            await self._receive_loop()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        return self._ws.close_code or 1006
+
+    async def _receive_loop(self) -> None:
+        ws = self._ws
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await ws.receive()
+            self._last_seen = loop.time()
+            if msg.type == WSMsgType.TEXT:
+                await self._on_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                self._on_binary(msg.data)
+            elif msg.type == WSMsgType.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type == WSMsgType.PONG:
+                continue
+            elif msg.type == WSMsgType.ERROR:
+                self._log.warning("control_channel_error", extra={"error": str(ws.exception())})
+                return
+            else:  # CLOSE, CLOSING, CLOSED
+                return
+            if self.closing:
+                return
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            message = decode(text)
+        except HybridRelayError as exc:
+            self._log.warning("control_message_invalid", extra={"error": str(exc)})
+            await self.close(exc.close_code, str(exc)[:120])
+            return
+        if isinstance(message, RenewToken):
+            try:
+                self.expires_at = self._renew(message.token)
+            except AuthError as exc:
+                self._log.warning("token_renewal_refused", extra={"reason": str(exc)})
+                await self.close(1008, f"token renewal refused: {exc}"[:120])
+                return
+            self._log.info("token_renewed", extra={"expires_at": self.expires_at})
+        elif isinstance(message, Response):
+            # HTTP-mode responses belong to issue 3's request table; until it exists none
+            # can match a request of ours, so there is nothing to hand them to.
+            self._log.warning("response_for_unknown_request", extra={"request_id": message.request_id})
+        else:
+            self._log.warning("unexpected_control_message", extra={"kind": type(message).__name__})
+            await self.close(1002, "listeners may only send renewToken and response")
+
+    def _on_binary(self, data: bytes) -> None:
+        if data:
+            # A body with no header before it (HC §4); hyco-https sends an empty one after
+            # body:false responses, which is harmless and ignored.
+            self._log.warning("unexpected_binary_message", extra={"size": len(data)})
+
+    async def _watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._ping_interval
+        while not self.closing:
+            deadline = loop.time() + interval
+            if self.expires_at is not None:
+                token_left = self.expires_at + self._grace - self._now()
+                deadline = min(deadline, loop.time() + max(token_left, 0.0))
+            await asyncio.sleep(max(deadline - loop.time(), 0.0))
+            if self.expires_at is not None and self.expires_at + self._grace <= self._now():
+                await self.close(1008, "token expired")
+                return
+            if loop.time() - self._last_seen > 2 * interval:
+                self._log.warning("control_channel_unresponsive", extra={"silent_s": round(loop.time() - self._last_seen, 1)})
+                self.abort()
+                return
+            try:
+                await self._ws.ping()
+            except (ConnectionError, RuntimeError):
+                return
+

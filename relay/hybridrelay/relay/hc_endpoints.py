@@ -1,0 +1,329 @@
+"""aiohttp handlers for ``/$hc/...``: listen, connect, accept and reject (HC §2.2-2.5).
+
+Each handler parses the address, authorizes, and hands off: listen to a
+:class:`ControlChannel`, connect and accept to a :class:`Splice`. Errors are
+raised as HybridRelayError and answered by ``middleware.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from hybridrelay.errors import (
+    AuthError,
+    ConnectionClosedError,
+    EntityNotFoundError,
+    HybridRelayError,
+    NoListenerError,
+    ProtocolError,
+    RejectedError,
+    RendezvousError,
+    UpstreamTimeoutError,
+)
+from hybridrelay.logs import RELAY, ConnectionLogger
+from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_hc_target
+from hybridrelay.protocol.messages import Accept, RemoteEndpoint
+from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay.auth import authorize, check_token
+from hybridrelay.relay.balancer import parse_listener_filter
+from hybridrelay.relay.config import validate_entity_name
+from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.rendezvous import TableFullError
+from hybridrelay.relay.splice import Splice, take_over
+from hybridrelay.relay.state import STATE, PendingConnect, RelayState
+from hybridrelay.relay.store.base import HybridConnection
+
+__all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
+
+log = logging.getLogger(RELAY)
+
+_CONTROL_MAX_MESSAGE = 1 << 20
+_AUTH_HEADER = "ServiceBusAuthorization"
+
+
+class ListenerHandshakeError(HybridRelayError):
+    """The listener's rendezvous dial failed after it was claimed (the sender gets 502)."""
+
+    http_status = 502
+    error_code = "BadGateway"
+
+
+class _Rejected:
+    __slots__ = ("description", "status")
+
+    def __init__(self, status: int, description: str) -> None:
+        self.status = status
+        self.description = description
+
+
+def _split_target(request: web.Request) -> tuple[str, str]:
+    raw = request.raw_path
+    path, _, query = raw.partition("?")
+    return path, query
+
+
+def _remote(request: web.Request) -> RemoteEndpoint | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return RemoteEndpoint(address=str(peer[0]), port=int(peer[1]))
+    return None
+
+
+def _connect_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    # HC §2.10: every sender header reaches the listener, repeated ones joined;
+    # the token does not.
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.lower() == "servicebusauthorization":
+            continue
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+async def handle_hc(request: web.Request) -> web.StreamResponse:
+    """Route a ``/$hc/`` request by its ``sb-hc-action``."""
+    state = request.app[STATE]
+    path, query = _split_target(request)
+    addr = parse_hc_target(path, query)
+    request["hc_action"] = addr.action
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ProtocolError("This endpoint is only for web-socket requests.")
+    if addr.action == "listen":
+        return await _listen(request, state, addr)
+    if addr.action == "connect":
+        return await _connect(request, state, addr)
+    if addr.action == "accept":
+        return await _accept(request, state, addr)
+    raise ProtocolError(f"sb-hc-action={addr.action} is not served on this endpoint")
+
+
+def _token(request: web.Request, addr: HcAddress) -> str | None:
+    return request.headers.get(_AUTH_HEADER) or addr.token
+
+
+async def _resolve(state: RelayState, addr: HcAddress, *, create: bool) -> tuple[HybridConnection, str]:
+    found = await state.store.resolve(addr.path)
+    if found is not None and (not create or not found[1]):
+        return found
+    if create and state.config.relay.auto_create:
+        name = addr.path.strip("/")
+        why = validate_entity_name(name)
+        if why is None:
+            hc = HybridConnection(name=name, max_listeners=state.config.relay.max_listeners_per_hc)
+            return await state.store.create(hc), ""
+    raise EntityNotFoundError("Endpoint does not exist.")
+
+
+async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
+    if state.draining:
+        raise ConnectionClosedError(1001, "relay is draining")
+    hc, suffix = await _resolve(state, addr, create=True)
+    if suffix:
+        raise EntityNotFoundError("Endpoint does not exist.")
+    principal = authorize(
+        _token(request, addr),
+        hc=hc,
+        namespace_rules=await state.store.namespace_rules(),
+        right=Rights.LISTEN,
+        now=state.now(),
+        host=request.host if state.config.relay.check_token_host else None,
+    )
+    listener_id = addr.tracking_id or str(uuid.uuid4())
+    clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
+
+    ws = web.WebSocketResponse(
+        protocols=(), compress=False, autoping=False, max_msg_size=_CONTROL_MAX_MESSAGE, timeout=5.0
+    )
+    rules = await state.store.namespace_rules()
+
+    def renew(token: str) -> float:
+        fresh = check_token(
+            token,
+            hc=hc,
+            namespace_rules=rules,
+            right=Rights.LISTEN,
+            now=state.now(),
+            host=request.host if state.config.relay.check_token_host else None,
+        )
+        if fresh.expires_at is None:  # pragma: no cover - SAS tokens always expire
+            raise AuthError("token without expiry")
+        return fresh.expires_at
+
+    channel = ControlChannel(
+        request=request,
+        ws=ws,
+        hc_name=hc.name,
+        listener_id=listener_id,
+        expires_at=principal.expires_at,
+        renew=renew,
+        ping_interval=state.config.relay.ping_interval,
+        token_grace=state.config.relay.token_grace,
+        log=clog,
+        now=state.now,
+    )
+    # Reserve the slot before answering 101, so the 26th listener gets a clean 403.
+    await state.cluster.attach(channel, max_listeners=hc.max_listeners)
+    try:
+        await ws.prepare(request)
+        state.channels.add(channel)
+        state.metrics.listeners.inc()
+        clog.info("listener_connected", extra={"rule": principal.rule})
+        try:
+            code = await channel.run()
+        finally:
+            state.channels.discard(channel)
+            state.metrics.listeners.dec()
+        clog.info("listener_disconnected", extra={"code": code})
+    finally:
+        await state.cluster.detach(channel)
+    return ws
+
+
+async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
+    if state.draining:
+        raise ConnectionClosedError(1001, "relay is draining")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    hc, suffix = await _resolve(state, addr, create=False)
+    authorize(
+        _token(request, addr),
+        hc=hc,
+        namespace_rules=await state.store.namespace_rules(),
+        right=Rights.SEND,
+        now=state.now(),
+        host=request.host if state.config.relay.check_token_host else None,
+    )
+    handshake = parse_client_handshake(request.method, request.headers)
+    handle = await state.cluster.pick(
+        hc.name,
+        allowed=parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners")),
+        disallowed=parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners")),
+    )
+    if handle is None:
+        raise NoListenerError("no listener is connected to this hybrid connection")
+
+    splice = Splice(close_timeout=state.config.relay.close_timeout, on_finish=state.metrics.count_bytes)
+    pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
+    try:
+        key = state.rendezvous.create(pending)
+    except TableFullError as exc:
+        raise UpstreamTimeoutError("too many connections are waiting for listeners") from exc
+    tracking_id = addr.tracking_id or str(uuid.uuid4())
+    accept = Accept(
+        address=build_rendezvous_address(
+            public_url=state.public_url,
+            entity=hc.name,
+            suffix=suffix,
+            app_query=addr.app_query,
+            action="accept",
+            tracking_id=tracking_id,
+            rendezvous_key=key,
+        ),
+        id=tracking_id,
+        connect_headers=_connect_headers(request.headers),
+        remote_endpoint=_remote(request),
+    )
+    try:
+        try:
+            await state.cluster.deliver(handle, accept)
+        except ConnectionClosedError as exc:
+            raise NoListenerError("the chosen listener went away") from exc
+        try:
+            async with asyncio.timeout(state.config.relay.rendezvous_timeout):
+                outcome = await asyncio.shield(pending.future)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError("the listener did not accept in time") from exc
+    finally:
+        state.rendezvous.discard(key)
+        if not pending.future.done():
+            pending.future.cancel()
+
+    if isinstance(outcome, _Rejected):
+        raise RejectedError(outcome.status, outcome.description)
+    protocol = outcome if isinstance(outcome, str) else None
+    if splice.listener.lost:
+        splice.abandon(1011, "listener lost")
+        raise NoListenerError("the listener closed its rendezvous connection")
+    state.metrics.rendezvous_seconds.observe(loop.time() - started)
+    response = web.StreamResponse(status=101, headers=accept_headers(handshake, protocol))
+    try:
+        await response.prepare(request)
+        sender_parts = take_over(request)
+    except (ConnectionError, RuntimeError):
+        splice.abandon(1001, "sender went away")
+        log.info("sender_gone_before_splice", extra={"hc": hc.name, "id": tracking_id})
+        return response
+    splice.join(sender_parts)
+    state.splices.add(splice)
+    state.cluster.stream_started(handle)
+    state.metrics.connections.inc()
+    state.metrics.active_connections.inc()
+    try:
+        await splice.wait()
+    finally:
+        state.splices.discard(splice)
+        state.cluster.stream_ended(handle)
+        state.metrics.active_connections.dec()
+    return response
+
+
+async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
+    key = addr.rendezvous_key
+    pending = state.rendezvous.claim(key) if key else None
+    if pending is None or pending.future.done():
+        raise RendezvousError("the rendezvous address is unknown, used or expired")
+    if not addr.path.lower().startswith(pending.hc_name.lower()):
+        pending.future.set_exception(RendezvousError("rendezvous address mismatch"))
+        raise RendezvousError("the rendezvous address does not match its hybrid connection")
+    if addr.status_code is not None:
+        pending.future.set_result(_Rejected(addr.status_code, addr.status_description or ""))
+        return web.Response(status=410, reason="Gone", text="rejection delivered to the sender")
+    try:
+        handshake = parse_client_handshake(request.method, request.headers)
+    except ProtocolError:
+        pending.future.set_exception(ListenerHandshakeError("the listener's rendezvous handshake was invalid"))
+        raise
+    # The listener names the one sub-protocol it picked from connectHeaders (HC §5).
+    chosen = handshake.protocols[0] if handshake.protocols else None
+    response = web.StreamResponse(status=101, headers=accept_headers(handshake, chosen))
+    splice = pending.splice
+    try:
+        await response.prepare(request)
+        splice.listener.attach(take_over(request), paused=True)
+    except (ConnectionError, RuntimeError) as exc:
+        if not pending.future.done():
+            pending.future.set_exception(ListenerHandshakeError("the listener vanished during its handshake"))
+        log.info("listener_gone_during_rendezvous", extra={"error": type(exc).__name__})
+        return response
+    if pending.future.done():  # the sender gave up in the meantime
+        splice.abandon(1001, "sender went away")
+    else:
+        pending.future.set_result(chosen)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(splice.done)
+    return response
+
+
+def is_hc_path(path: str) -> bool:
+    lowered = path.lower()
+    return lowered.startswith(("/$hc/", "/%24hc/"))
+
+
+async def shutdown_connections(
+    state: RelayState, code: int, reason: str, *, include_streams: bool = True
+) -> None:
+    """Close every control channel (and relayed connection) of this node."""
+    if include_streams:
+        for splice in list(state.splices):
+            splice.shutdown(code, reason)
+    closers = [channel.close(code, reason) for channel in list(state.channels)]
+    if closers:
+        await asyncio.gather(*closers, return_exceptions=True)
+

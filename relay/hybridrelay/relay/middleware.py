@@ -1,0 +1,91 @@
+"""The one place that turns errors into HTTP answers: status, JSON body, tracking id.
+
+Every refusal carries a tracking id (HC §2.2: "the status description carries
+a tracking id") in the body, the reason phrase and the ``TrackingId`` header,
+so an operator can find the matching log line. A peer never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from hybridrelay.errors import HybridRelayError, RejectedError
+from hybridrelay.logs import RELAY, redact_url
+from hybridrelay.relay.metrics import RelayMetrics
+
+__all__ = ["error_middleware", "error_response"]
+
+log = logging.getLogger(RELAY)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_REASON_LIMIT: Final = 200
+METRICS_KEY: Final = web.AppKey("hybridrelay_metrics_for_errors", RelayMetrics)
+
+
+def _phrase(text: str) -> str:
+    # A reason phrase is one line of visible ASCII (RFC 9112 §4).
+    clean = "".join(c if 32 <= ord(c) < 127 else " " for c in text)
+    return clean[:_REASON_LIMIT].strip() or "Error"
+
+
+def error_response(status: int, code: str, message: str, *, reason: str | None = None) -> web.Response:
+    tracking_id = uuid.uuid4().hex
+    body = {"error": {"code": code, "message": message, "trackingId": tracking_id}}
+    return web.Response(
+        status=status,
+        reason=_phrase(f"{reason or message} TrackingId:{tracking_id}"),
+        text=json.dumps(body),
+        content_type="application/json",
+        headers={"TrackingId": tracking_id},
+    )
+
+
+def _action(request: web.Request) -> str:
+    return str(request.get("hc_action", "http"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RejectedError as exc:
+        status = exc.status if 400 <= exc.status <= 599 else 400
+        _count(request, status)
+        log.info("sender_rejected", extra={"status": status, "path": redact_url(request.path)})
+        return error_response(status, exc.error_code, exc.description or "Rejected", reason=exc.description)
+    except HybridRelayError as exc:
+        _count(request, exc.http_status)
+        log.info(
+            "request_refused",
+            extra={
+                "status": exc.http_status,
+                "action": _action(request),
+                "reason": str(exc),
+                "path": redact_url(request.path),
+            },
+        )
+        return error_response(exc.http_status, exc.error_code, str(exc))
+    except web.HTTPException as exc:
+        _count(request, exc.status)
+        return error_response(exc.status, "HttpError", exc.reason)
+    except (ConnectionError, TimeoutError) as exc:
+        # The client went away mid-request; there is no one to answer.
+        log.info("client_gone", extra={"error": type(exc).__name__, "action": _action(request)})
+        raise
+    except Exception:  # top level of a request: log our bug, never show it to the peer
+        log.exception("internal_error", extra={"path": redact_url(request.path)})
+        _count(request, 500)
+        return error_response(500, "InternalServerError", "internal error")
+
+
+def _count(request: web.Request, status: int) -> None:
+    metrics = request.app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.rejections.labels(str(status), _action(request)).inc()

@@ -1,0 +1,84 @@
+"""Pending rendezvous, sans-I/O: unguessable single-use keys that expire (HC §2.4).
+
+The accept address handed to a listener carries no token; the address itself
+is the credential. So each key is 192 random bits, a claim removes it (single
+use), and it stops working after ``ttl`` seconds even if nobody swept the
+table. The clock and the key source are injected for tests.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = ["RendezvousTable", "TableFullError"]
+
+T = TypeVar("T")
+
+
+class TableFullError(Exception):
+    """Too many rendezvous are pending at once."""
+
+
+def _new_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class RendezvousTable(Generic[T]):
+    """Maps rendezvous keys to what waits on them (a pending sender or HTTP request)."""
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float],
+        ttl: float,
+        limit: int,
+        new_key: Callable[[], str] = _new_key,
+    ) -> None:
+        self._now = now
+        self._ttl = ttl
+        self._limit = limit
+        self._new_key = new_key
+        # Insertion order is expiry order because every entry gets the same ttl.
+        self._entries: OrderedDict[str, tuple[float, T]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def create(self, value: T) -> str:
+        """Register ``value``; returns its key. Raises TableFullError at the limit."""
+        self.sweep()
+        if len(self._entries) >= self._limit:
+            raise TableFullError("too many pending rendezvous")
+        key = self._new_key()
+        while key in self._entries:  # pragma: no cover - 192 random bits
+            key = self._new_key()
+        self._entries[key] = (self._now() + self._ttl, value)
+        return key
+
+    def claim(self, key: str) -> T | None:
+        """Take the value for ``key`` once; None when unknown, used or expired."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return None
+        deadline, value = entry
+        if deadline < self._now():
+            return None
+        return value
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def sweep(self) -> list[T]:
+        """Drop expired entries and return their values."""
+        now = self._now()
+        expired: list[T] = []
+        while self._entries:
+            key, (deadline, value) = next(iter(self._entries.items()))
+            if deadline >= now:
+                break
+            del self._entries[key]
+            expired.append(value)
+        return expired

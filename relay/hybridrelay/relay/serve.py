@@ -1,0 +1,74 @@
+"""run(config, stop): serve until ``stop`` is set, then drain with a deadline.
+
+The bound port is reported through ``on_ready`` (port 0 works, which tests use),
+and the public URL handed to listeners is completed from it when the config
+does not set one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import replace
+
+from aiohttp import web
+
+from hybridrelay.logs import RELAY
+from hybridrelay.relay.app import create_app
+from hybridrelay.relay.config import RelayConfig, complete
+from hybridrelay.relay.hc_endpoints import shutdown_connections
+from hybridrelay.relay.state import STATE
+
+__all__ = ["run", "tls_context"]
+
+log = logging.getLogger(RELAY)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def run(
+    config: RelayConfig,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[RelayConfig], None] | None = None,
+) -> None:
+    """Serve the relay until ``stop`` is set."""
+    s = config.relay
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_timeout)
+    await runner.setup()
+    ssl_ctx = tls_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
+    site = web.TCPSite(runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024, reuse_address=True)
+    await site.start()
+    try:
+        server = site._server  # noqa: SLF001 - the only way to learn the port bound for port 0
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else s.port
+        state = app[STATE]
+        state.config = complete(replace(config), port)
+        log.info(
+            "relay_started",
+            extra={"host": s.host, "port": port, "public_url": state.config.relay.public_url},
+        )
+        if on_ready is not None:
+            on_ready(state.config)
+        await stop.wait()
+        log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
+        # Refuse new work, send listeners elsewhere, let open streams finish in time.
+        state.draining = True
+        await shutdown_connections(state, 1001, "relay shutting down", include_streams=False)
+        try:
+            async with asyncio.timeout(s.drain_timeout):
+                await asyncio.gather(*(asyncio.shield(sp.done) for sp in list(state.splices)))
+        except TimeoutError:
+            log.warning("drain_deadline_passed", extra={"open": len(state.splices)})
+        await shutdown_connections(state, 1001, "relay shutting down")
+    finally:
+        await runner.cleanup()
+        log.info("relay_stopped")

@@ -1,0 +1,399 @@
+"""Sender <-> listener splice: frame by frame, on asyncio Protocols, with end-to-end backpressure.
+
+This is the relay's hot path and its one entry point is :class:`Splice`.
+
+Both legs are WebSocket *clients* of the relay (HC §5), so frames arrive masked
+from both sides and must leave unmasked: a raw byte splice is impossible. Each
+leg therefore takes its transport over from aiohttp after the 101 and parses
+frames itself. A data frame is re-framed the moment its header is known and its
+payload streams through in whatever chunks the socket delivers, so messages
+and frames of any size pass with bounded memory, fragmentation, opcodes and
+FIN bits unchanged. Nothing is queued per message and no task runs per frame.
+
+Backpressure: when a leg's transport buffer passes its high-water mark, asyncio
+calls ``pause_writing`` on that leg, which pauses *reading* on the other leg;
+``resume_writing`` resumes it. A reader that stops reading thus stops the writer.
+
+Close (HC §5, RFC 6455 §7): a close frame is forwarded with its code and
+reason; the other direction keeps flowing until the other side closes too
+(NET's half-close), then the relay closes both TCP connections. A leg that
+vanishes without a close makes the relay close the other leg with 1011.
+Ping/pong are answered per hop and never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+from aiohttp import web
+
+from hybridrelay.logs import RELAY
+from hybridrelay.protocol.frames import (
+    FrameError,
+    FrameParser,
+    Opcode,
+    encode_close_payload,
+    encode_frame,
+    encode_frame_header,
+    parse_close_payload,
+)
+
+__all__ = ["Leg", "Splice", "take_over"]
+
+log = logging.getLogger(RELAY)
+
+# Payloads smaller than this are joined with their header into one write; larger
+# ones are written separately to avoid copying them.
+_COALESCE_LIMIT: Final = 16 * 1024
+# Transport write buffer high-water mark per leg; reading on the other leg pauses above it.
+WRITE_HIGH_WATER: Final = 256 * 1024
+
+_PONG: Final = int(Opcode.PONG)
+_PING: Final = int(Opcode.PING)
+_CLOSE: Final = int(Opcode.CLOSE)
+
+
+class _TailCollector:
+    """Stands in for aiohttp's WebSocket parser just long enough to collect buffered bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        return None
+
+
+def take_over(request: web.BaseRequest) -> tuple[asyncio.Transport, asyncio.BaseProtocol, bytes]:
+    """Detach a 101-answered request's transport from aiohttp.
+
+    Returns the transport, aiohttp's protocol (which must still be told about
+    connection loss so that aiohttp forgets the connection) and any bytes the
+    client sent after its handshake that aiohttp had buffered.
+    """
+    protocol = request.protocol
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("connection lost before the splice started")
+    collector = _TailCollector()
+    # set_parser flushes aiohttp's post-upgrade buffer into the parser; it is the
+    # hook WebSocketResponse uses, and the only way to reach those bytes.
+    protocol.set_parser(cast(Any, collector))
+    protocol.keep_alive(False)
+    return transport, protocol, bytes(collector.data)
+
+
+class Leg(asyncio.Protocol):
+    """One side of a relayed connection: a client's WebSocket after the relay's 101."""
+
+    __slots__ = (
+        "_close_timer",
+        "_forwarding",
+        "_header",
+        "_inner",
+        "_tail",
+        "bytes_in",
+        "close_received",
+        "close_sent",
+        "lost",
+        "name",
+        "out_remaining",
+        "parser",
+        "peer",
+        "queued",
+        "splice",
+        "transport",
+    )
+
+    def __init__(self, name: str, splice: Splice) -> None:
+        self.name = name
+        self.splice = splice
+        self.parser = FrameParser(self, masked=True)
+        self.transport: asyncio.Transport | None = None
+        self._inner: asyncio.BaseProtocol | None = None
+        self._tail = b""
+        self.peer: Leg = self  # replaced by Splice
+        # Bytes of the frame currently streamed *to* this leg that are still to come;
+        # control frames for this leg wait while it is non-zero.
+        self.out_remaining = 0
+        self.queued: list[bytes] = []
+        self._header: bytes | None = None
+        self._forwarding = True
+        self.close_sent = False
+        self.close_received = False
+        self.lost = False
+        self.bytes_in = 0
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # -- setup -------------------------------------------------------------------
+
+    def attach(
+        self,
+        parts: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes],
+        *,
+        paused: bool = False,
+    ) -> None:
+        """Make this leg the transport's protocol; ``paused`` holds reading until :meth:`release`."""
+        transport, inner, tail = parts
+        self.transport = transport
+        self._inner = inner
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        transport.set_protocol(self)
+        if transport.is_closing():
+            # Lost before we took over: aiohttp saw connection_lost, we never will.
+            self.connection_lost(None)
+            return
+        self._tail = tail
+        if paused:
+            transport.pause_reading()
+        else:
+            self.release()
+
+    def release(self) -> None:
+        """Start reading: forward what was buffered, then resume the transport."""
+        tail, self._tail = self._tail, b""
+        if self.lost or self.transport is None:
+            return
+        if tail:
+            self.data_received(tail)
+        self.transport.resume_reading()
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.close_received:
+            return  # RFC 6455 §1.4: discard what follows a close frame
+        try:
+            self.parser.feed(data)
+        except FrameError as exc:
+            self.splice.protocol_error(self, exc.code, exc.reason)
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        inner = self._inner
+        self._inner = None
+        if inner is not None:
+            inner.connection_lost(exc)  # aiohttp forgets the connection and ends its handler wait
+        self.splice.leg_lost(self)
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if not peer.lost and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if not peer.lost and peer.transport is not None:
+            peer.transport.resume_reading()
+
+    # -- FrameSink: frames received on this leg go to the peer ---------------------
+
+    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        peer = self.peer
+        self._forwarding = not (peer.lost or peer.close_sent)
+        if self._forwarding:
+            peer.out_remaining = length
+            self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
+
+    def on_payload(self, data: bytes, frame_done: bool) -> None:
+        self.bytes_in += len(data)
+        peer = self.peer
+        if not self._forwarding or peer.lost:
+            return
+        write = cast(asyncio.Transport, peer.transport).write
+        header = self._header
+        if header is not None:
+            self._header = None
+            if len(data) < _COALESCE_LIMIT:
+                write(header + data)
+            else:
+                write(header)
+                write(data)
+        elif data:
+            write(data)
+        if frame_done:
+            peer.out_remaining = 0
+            if peer.queued:
+                peer.flush_queued()
+        else:
+            peer.out_remaining -= len(data)
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == _PING:
+            self.send_control(_PONG, payload)
+        elif opcode == _CLOSE:
+            try:
+                parse_close_payload(payload)  # validate before forwarding
+            except FrameError as exc:
+                self.splice.protocol_error(self, exc.code, exc.reason)
+                return
+            self.splice.close_received(self, payload)
+        # Pongs only prove liveness; nothing to do.
+
+    # -- writing to this leg ---------------------------------------------------------
+
+    def send_control(self, opcode: int, payload: bytes) -> None:
+        if self.lost or self.transport is None:
+            return
+        frame = encode_frame(fin=True, opcode=opcode, payload=payload)
+        if self.out_remaining:
+            self.queued.append(frame)  # a streamed frame is in flight; send after it
+        else:
+            self.transport.write(frame)
+
+    def flush_queued(self) -> None:
+        frames, self.queued = self.queued, []
+        if self.transport is not None and not self.lost:
+            self.transport.writelines(frames)
+            if any(f[0] & 0x0F == _CLOSE for f in frames) and self.close_received:
+                self.transport.close()
+
+    def send_close(self, payload: bytes, *, timeout: float | None) -> None:
+        """Send a close frame (once); abort instead if a frame to this leg is half written."""
+        if self.lost or self.close_sent:
+            return
+        self.close_sent = True
+        if self.out_remaining and self.peer.lost:
+            # The frame in flight to this leg can never be completed: its source is gone.
+            self.abort()
+            return
+        self.send_control(_CLOSE, payload)
+        if timeout is not None:
+            self.arm_close_timer(timeout)
+
+    def arm_close_timer(self, timeout: float) -> None:
+        """Cut the connection if it has not closed ``timeout`` seconds from now."""
+        if self._close_timer is None and not self.lost:
+            self._close_timer = asyncio.get_running_loop().call_later(timeout, self.abort)
+
+    def close_transport(self) -> None:
+        if not self.lost and self.transport is not None:
+            if self.queued:
+                return  # flush_queued closes once the pending close frame is out
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
+
+
+class Splice:
+    """Joins a sender leg and a listener leg until both have closed.
+
+    Args:
+        close_timeout: seconds a leg gets to answer a close the relay sent on its own
+            (peer vanished, protocol error, shutdown) before its TCP connection is cut.
+        on_finish: called once with (bytes sender->listener, bytes listener->sender).
+    """
+
+    def __init__(
+        self,
+        *,
+        close_timeout: float,
+        on_finish: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.sender = Leg("sender", self)
+        self.listener = Leg("listener", self)
+        self.sender.peer = self.listener
+        self.listener.peer = self.sender
+        self._close_timeout = close_timeout
+        self._on_finish = on_finish
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def join(self, sender: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes]) -> None:
+        """Attach the sender after its 101; the listener leg must be attached (paused) already."""
+        self.sender.attach(sender)
+        if self.listener.lost:
+            self.sender.send_close(
+                encode_close_payload(1011, "listener connection lost"), timeout=self._close_timeout
+            )
+        else:
+            self.listener.release()
+
+    def abandon(self, code: int, reason: str) -> None:
+        """The sender never reached its 101: close the listener leg and finish."""
+        self.sender.lost = True
+        self.sender.close_received = True
+        self.listener.send_close(encode_close_payload(code, reason), timeout=self._close_timeout)
+        self.listener.close_transport()
+        if self.listener.lost or self.listener.transport is None:
+            self._finish()
+
+    async def wait(self) -> None:
+        """Wait until both legs are closed; cancellation shuts the splice down first."""
+        try:
+            await asyncio.shield(self.done)
+        except asyncio.CancelledError:
+            self.shutdown(1001, "relay shutting down")
+            raise
+
+    def shutdown(self, code: int, reason: str) -> None:
+        """Close both legs from the relay side (entity deleted, relay stopping)."""
+        payload = encode_close_payload(code, reason)
+        for leg in (self.sender, self.listener):
+            leg.send_close(payload, timeout=self._close_timeout)
+
+    # -- events from the legs ---------------------------------------------------------
+
+    def close_received(self, leg: Leg, payload: bytes) -> None:
+        leg.close_received = True
+        peer = leg.peer
+        if peer.lost:
+            leg.send_close(payload, timeout=self._close_timeout)
+        else:
+            # Forward code and reason; the peer's own close completes the exchange.
+            peer.send_close(payload, timeout=None)
+        if leg.close_sent:
+            leg.close_transport()
+        if peer.close_received and peer.close_sent:
+            peer.close_transport()
+
+    def protocol_error(self, leg: Leg, code: int, reason: str) -> None:
+        log.warning("peer_protocol_error", extra={"leg": leg.name, "code": code, "reason": reason})
+        leg.close_received = True  # stop reading it
+        leg.send_close(encode_close_payload(code, reason), timeout=self._close_timeout)
+        leg.close_transport()
+
+    def leg_lost(self, leg: Leg) -> None:
+        peer = leg.peer
+        if peer.transport is None and not peer.lost:
+            return  # the sender is not attached yet; join() or abandon() sees leg.lost
+        if not peer.lost:
+            if not leg.close_received:
+                # Vanished without a close: HC §5 maps 1006 to 1011 for the other side.
+                peer.send_close(
+                    encode_close_payload(1011, f"{leg.name} connection lost"),
+                    timeout=self._close_timeout,
+                )
+            else:
+                # The close we forwarded may still await its answer; bound the wait.
+                peer.arm_close_timer(self._close_timeout)
+            if peer.transport is not None and not peer.lost:
+                try:
+                    peer.transport.resume_reading()  # nothing left to wait for on this side
+                except RuntimeError:
+                    pass
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+            if self._on_finish is not None:
+                self._on_finish(self.sender.bytes_in, self.listener.bytes_in)

@@ -1,0 +1,53 @@
+"""RelayState: what the handlers share, held in the aiohttp app under one typed key."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from aiohttp import web
+
+from hybridrelay.relay.cluster.base import ClusterState
+from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.rendezvous import RendezvousTable
+from hybridrelay.relay.splice import Splice
+from hybridrelay.relay.store.base import Store
+
+__all__ = ["STATE", "PendingConnect", "RelayState"]
+
+
+@dataclass(eq=False, slots=True)
+class PendingConnect:
+    """A sender waiting for its listener to dial the rendezvous address."""
+
+    hc_name: str
+    # Resolves to the listener's chosen sub-protocol (str or None) or a rejection.
+    future: asyncio.Future[object]
+    splice: Splice
+
+
+@dataclass(eq=False)
+class RelayState:
+    config: RelayConfig
+    store: Store
+    cluster: ClusterState
+    metrics: RelayMetrics
+    rendezvous: RendezvousTable[PendingConnect]
+    now: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    channels: set[ControlChannel] = field(default_factory=set)
+    splices: set[Splice] = field(default_factory=set)
+    draining: bool = False
+
+    @property
+    def public_url(self) -> str:
+        return self.config.relay.public_url
+
+
+STATE: Final = web.AppKey("hybridrelay_state", RelayState)

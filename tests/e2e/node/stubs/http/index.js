@@ -1,0 +1,3 @@
+'use strict';
+// Stub for the placeholder dependency 'http' of hyco-ws/hyco-https: re-export the core module.
+module.exports = require('node:http');

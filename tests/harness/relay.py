@@ -1,0 +1,228 @@
+"""Relays for tests: a real subprocess (e2e) and an in-process one (integration).
+
+Both bind port 0. The subprocess reports its URL on stderr ("relay ready at
+..."), readiness is then confirmed on /readyz, and its log is kept and shown
+only when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from hybridrelay.relay import run as run_relay
+from hybridrelay.relay.config import RelayConfig, load_relay_config
+
+from .timing import seconds
+
+# Keys used by every test config; tokens are signed with them.
+ROOT_KEY = "root-key-0123456789abcdef0123456789"
+LISTEN_KEY = "listen-key-0123456789abcdef01234567"
+SEND_KEY = "send-key-0123456789abcdef0123456789a"
+OTHER_KEY = "other-key-0123456789abcdef012345678"
+
+DEFAULT_CONFIG = f"""
+[relay]
+host = "127.0.0.1"
+port = 0
+ping_interval = {{ping_interval}}
+close_timeout = 3
+data_dir = "{{data_dir}}"
+
+[[rules]]
+name = "RootManageSharedAccessKey"
+key = "{ROOT_KEY}"
+rights = ["Manage", "Listen", "Send"]
+
+[[hybrid_connections]]
+name = "hc-ws"
+[[hybrid_connections.rules]]
+name = "listen-only"
+key = "{LISTEN_KEY}"
+rights = ["Listen"]
+[[hybrid_connections.rules]]
+name = "send-only"
+key = "{SEND_KEY}"
+rights = ["Send"]
+
+[[hybrid_connections]]
+name = "other"
+[[hybrid_connections.rules]]
+name = "other-rule"
+key = "{OTHER_KEY}"
+rights = ["Listen", "Send"]
+
+[[hybrid_connections]]
+name = "anon"
+requires_client_authorization = false
+
+[[hybrid_connections]]
+name = "nested/path"
+
+[[hybrid_connections]]
+name = "nested"
+
+[[hybrid_connections]]
+name = "echo"
+
+[[hybrid_connections]]
+name = "mqtt"
+
+[[hybrid_connections]]
+name = "hyco"
+"""
+
+
+def write_config(
+    directory: Path,
+    *,
+    ping_interval: float = 30.0,
+    extra: str = "",
+    tls: tuple[Path, Path] | None = None,
+) -> Path:
+    text = DEFAULT_CONFIG.format(ping_interval=ping_interval, data_dir=directory / "data")
+    if tls is not None:
+        text = text.replace(
+            "[relay]\n", f'[relay]\ntls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n', 1
+        )
+    path = directory / "relay.toml"
+    path.write_text(text + extra, "utf-8")
+    return path
+
+
+_READY = re.compile(r"relay ready at (\S+)")
+
+
+@dataclass
+class RelayProcess:
+    """``python -m hybridrelay relay serve`` as a child process."""
+
+    config_path: Path | None
+    env: Mapping[str, str] = field(default_factory=dict)
+    url: str = ""
+    process: asyncio.subprocess.Process | None = None
+    log_lines: list[str] = field(default_factory=list)
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return self.url.replace("wss://", "https://").replace("ws://", "http://")
+
+    async def start(self, *, ssl_ca: Path | None = None) -> RelayProcess:
+        args = [sys.executable, "-m", "hybridrelay", "relay", "serve"]
+        if self.config_path is not None:
+            args += ["--config", str(self.config_path)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.process = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_output(ready))
+        try:
+            async with asyncio.timeout(seconds(20)):
+                self.url = await ready
+        except (TimeoutError, RuntimeError) as exc:
+            await self.stop()
+            raise RuntimeError("relay did not start:\n" + "\n".join(self.log_lines)) from exc
+        await self._wait_ready(ssl_ca)
+        return self
+
+    async def _read_output(self, ready: asyncio.Future[str]) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self.log_lines.append(text)
+            match = _READY.search(text)
+            if match and not ready.done():
+                ready.set_result(match.group(1))
+        if not ready.done():
+            ready.set_exception(RuntimeError("relay exited"))
+
+    async def _wait_ready(self, ssl_ca: Path | None) -> None:
+        import ssl  # noqa: PLC0415
+
+        ctx = ssl.create_default_context(cafile=str(ssl_ca)) if ssl_ca else None
+        async with aiohttp.ClientSession() as session, asyncio.timeout(seconds(10)):
+            while True:
+                try:
+                    async with session.get(self.http_url + "/readyz", ssl=ctx or True) as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)  # polling an endpoint, not synchronisation by delay
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+
+    async def stop(self) -> int | None:
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(seconds(15)):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        return proc.returncode
+
+    def log(self) -> str:
+        return "\n".join(self.log_lines)
+
+
+@dataclass
+class InProcessRelay:
+    """The relay's ``run()`` as a task in the test's event loop."""
+
+    config: RelayConfig
+    url: str = ""
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> InProcessRelay:
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_ready(completed: RelayConfig) -> None:
+            ready.set_result(completed.relay.public_url)
+
+        self._task = asyncio.create_task(run_relay(self.config, self._stop, on_ready=on_ready))
+        async with asyncio.timeout(seconds(10)):
+            done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            self._task.result()
+        self.url = ready.result()
+        return self
+
+    @property
+    def http_url(self) -> str:
+        return self.url.replace("wss://", "https://").replace("ws://", "http://")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            async with asyncio.timeout(seconds(20)):
+                await self._task
+
+
+def load(path: Path, **env: str) -> RelayConfig:
+    return load_relay_config(path, env)
