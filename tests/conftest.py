@@ -35,13 +35,16 @@ ProcessFactory = Callable[..., Awaitable[RelayProcess]]
 async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     started: list[InProcessRelay] = []
 
-    async def start(*, ping_interval: float = 30.0, extra: str = "", tls: TlsFiles | None = None) -> InProcessRelay:
+    async def start(
+        *, ping_interval: float = 30.0, extra: str = "", relay_extra: str = "", tls: TlsFiles | None = None
+    ) -> InProcessRelay:
         directory = tmp_path / f"relay{len(started)}"
         directory.mkdir()
         path = write_config(
             directory,
             ping_interval=ping_interval,
             extra=extra,
+            relay_extra=relay_extra,
             tls=(tls.cert, tls.key) if tls else None,
         )
         relay = InProcessRelay(load(path))
@@ -65,7 +68,7 @@ async def relay_process_factory(
     started: list[RelayProcess] = []
 
     async def start(
-        *, ping_interval: float = 30.0, extra: str = "", tls: TlsFiles | None = None
+        *, ping_interval: float = 30.0, extra: str = "", relay_extra: str = "", tls: TlsFiles | None = None
     ) -> RelayProcess:
         directory = tmp_path / f"relayproc{len(started)}"
         directory.mkdir()
@@ -73,6 +76,7 @@ async def relay_process_factory(
             directory,
             ping_interval=ping_interval,
             extra=extra,
+            relay_extra=relay_extra,
             tls=(tls.cert, tls.key) if tls else None,
         )
         proc = RelayProcess(path)

@@ -685,6 +685,10 @@ class WsConnection(asyncio.Protocol):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_ERROR_BODY_TIMEOUT):
                 while len(self._pending) < want and not self._lost:
+                    if chunked and (
+                        self._pending.startswith(b"0\r\n") or b"\r\n0\r\n" in self._pending
+                    ):
+                        break  # the last chunk arrived
                     self._hs_event.clear()
                     await self._hs_event.wait()
         body = bytes(self._pending[:want])

@@ -87,9 +87,12 @@ def write_config(
     *,
     ping_interval: float = 30.0,
     extra: str = "",
+    relay_extra: str = "",
     tls: tuple[Path, Path] | None = None,
 ) -> Path:
     text = DEFAULT_CONFIG.format(ping_interval=ping_interval, data_dir=directory / "data")
+    if relay_extra:
+        text = text.replace("[relay]\n", f"[relay]\n{relay_extra}\n", 1)
     if tls is not None:
         text = text.replace(
             "[relay]\n", f'[relay]\ntls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n', 1

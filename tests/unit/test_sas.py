@@ -397,3 +397,10 @@ def test_sastoken_can_be_built_directly() -> None:
     )
     assert sas.verify_signature(built, KEY)
     assert built == sas.parse_sas_token(token(NET_SR, NET_SIG))
+
+
+def test_field_names_compare_ascii_case_only() -> None:
+    # "\u212a" (Kelvin sign) lower-cases to "k"; it must not spell "skn".
+    text = f"SharedAccessSignature sr={NET_SR}&sig={GOOD_SIG}&se=1&s\u212an=r"
+    with pytest.raises(AuthError, match="missing field skn"):
+        sas.parse_sas_token(text)

@@ -244,7 +244,7 @@ def parse_sas_token(text: str) -> SasToken:
         name, sep, value = part.partition("=")
         if not sep:
             raise AuthError("malformed token field")
-        name = name.lower()
+        name = name.lower() if name.isascii() else name
         if name in _FIELDS:
             if name in fields:
                 raise AuthError(f"duplicate field {name}")

@@ -59,8 +59,14 @@ def check_token(
     now: float,
     grace: float = 0.0,
     host: str | None = None,
+    path: str | None = None,
 ) -> Principal:
-    """Verify a SAS token for ``right`` on ``hc``; raises AuthError / ForbiddenError."""
+    """Verify a SAS token for ``right`` on ``hc``; raises AuthError / ForbiddenError.
+
+    ``path`` is the resource asked for (entity plus suffix); the token's ``sr``
+    must cover it, so a token minted for ``hc/sub`` (hyco signs the full URI)
+    is good for that suffix but not for the bare entity.
+    """
     token = parse_sas_token(token_text)
     rule = _find_rule(token.key_name, hc, namespace_rules)
     if rule is None:
@@ -69,7 +75,7 @@ def check_token(
         raise AuthError("the token's signature does not match")
     if token.expiry + grace < now:
         raise TokenExpiredError("the token has expired")
-    if not resource_covers(token.resource, host=host, entity_path=hc.name):
+    if not resource_covers(token.resource, host=host, entity_path=path or hc.name):
         raise ForbiddenError("the token is not valid for this hybrid connection")
     if not rule.rights.allows(right):
         needed = "Listen" if right == Rights.LISTEN else "Send" if right == Rights.SEND else "Manage"
@@ -85,6 +91,7 @@ def authorize(
     right: Rights,
     now: float,
     host: str | None = None,
+    path: str | None = None,
 ) -> Principal:
     """Authorize a handshake; senders of HCs without client authorization pass anonymously."""
     if right == Rights.SEND and not hc.requires_client_authorization:
@@ -92,5 +99,5 @@ def authorize(
     if not token_text:
         raise AuthError("a token is required (ServiceBusAuthorization header or sb-hc-token)")
     return check_token(
-        token_text, hc=hc, namespace_rules=namespace_rules, right=right, now=now, host=host
+        token_text, hc=hc, namespace_rules=namespace_rules, right=right, now=now, host=host, path=path
     )

@@ -34,6 +34,7 @@ from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.rendezvous import TableFullError
 from hybridrelay.relay.splice import Splice, take_over
@@ -92,7 +93,7 @@ async def handle_hc(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     path, query = _split_target(request)
     addr = parse_hc_target(path, query)
-    request["hc_action"] = addr.action
+    request[ACTION_KEY] = addr.action
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ProtocolError("This endpoint is only for web-socket requests.")
     if addr.action == "listen":
@@ -199,6 +200,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         right=Rights.SEND,
         now=state.now(),
         host=request.host if state.config.relay.check_token_host else None,
+        path=hc.name + suffix,
     )
     handshake = parse_client_handshake(request.method, request.headers)
     handle = await state.cluster.pick(

@@ -19,7 +19,7 @@ from hybridrelay.errors import HybridRelayError, RejectedError
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.metrics import RelayMetrics
 
-__all__ = ["error_middleware", "error_response"]
+__all__ = ["ACTION_KEY", "METRICS_KEY", "error_middleware", "error_response"]
 
 log = logging.getLogger(RELAY)
 
@@ -27,6 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REASON_LIMIT: Final = 200
 METRICS_KEY: Final = web.AppKey("hybridrelay_metrics_for_errors", RelayMetrics)
+ACTION_KEY: Final = web.RequestKey("hybridrelay_hc_action", str)
 
 
 def _phrase(text: str) -> str:
@@ -48,7 +49,7 @@ def error_response(status: int, code: str, message: str, *, reason: str | None =
 
 
 def _action(request: web.Request) -> str:
-    return str(request.get("hc_action", "http"))
+    return request.get(ACTION_KEY, "http")
 
 
 @web.middleware
