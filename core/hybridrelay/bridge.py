@@ -11,8 +11,9 @@ the way NET and azbridge use Hybrid Connections (HC Part 1 §5):
 
 When both directions have ended, both ends are closed. A TCP error closes the
 WebSocket with 1011; a WebSocket error (lost connection, an error close code)
-drops the TCP connection. Memory stays bounded: one chunk per direction in
-flight, plus the WebSocket's ``read_limit``.
+resets the TCP connection, so that a cut-off stream does not look complete.
+Memory stays bounded: one chunk per direction in flight, plus the WebSocket's
+``read_limit``.
 
 The WebSocket must come from ``ws_connect(..., auto_close_echo=False)``, or the
 peer's close would end our sending direction too.
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -89,10 +91,13 @@ async def bridge(
         end the bridge normally; they are not raised.
 
     Raises:
+        ValueError: ``ws`` answers close frames at once (``auto_close_echo=True``).
         asyncio.CancelledError: The bridge was cancelled; both ends are aborted first.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
+    if ws.auto_close_echo:
+        raise ValueError("bridge() needs a WebSocket made with auto_close_echo=False")
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
@@ -144,7 +149,7 @@ class _Bridge:
             raise
 
         if ws_failed:
-            self.writer.transport.abort()  # a truncated stream must not look complete
+            _reset(self.writer)  # a truncated stream must not look complete
             await self.ws.close()
         elif stream_failed:
             self.writer.transport.abort()
@@ -225,3 +230,12 @@ class _Bridge:
             self.writer.transport.abort()
         except OSError as exc:
             logger.debug("! bridge stream close: %r", exc)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop a stream so that a TCP peer sees a reset (SO_LINGER 0), not a clean EOF."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()

@@ -374,6 +374,11 @@ class WsConnection(asyncio.Protocol):
         return self._close_rcvd[1] if self._close_rcvd is not None else ""
 
     @property
+    def auto_close_echo(self) -> bool:
+        """Whether the peer's close frame is answered at once (False: half-close allowed)."""
+        return self._auto_close_echo
+
+    @property
     def closed(self) -> bool:
         """True once the TCP connection is gone."""
         return self._lost

@@ -81,18 +81,20 @@ class RawListener:
     accepts: asyncio.Queue[dict[str, object]] = field(default_factory=asyncio.Queue)
     legs: list[WsConnection] = field(default_factory=list)
     control: WsConnection | None = None
+    control_closed: asyncio.Future[tuple[int, str]] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _reader: asyncio.Task[None] | None = None
 
     async def start(self) -> RawListener:
         url = listen_url(self.relay, self.hc, self.listener_id)
         self.control = await ws_connect(url, headers={"ServiceBusAuthorization": token_for(url, self.key_name, self.key)})
+        self.control_closed = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())
         return self
 
     async def _read(self) -> None:
-        assert self.control is not None
-        with contextlib.suppress(ConnectionClosedError):
+        assert self.control is not None and self.control_closed is not None
+        try:
             while True:
                 message = json.loads(await self.control.recv())
                 accept = message["accept"]
@@ -101,6 +103,12 @@ class RawListener:
                     task = asyncio.create_task(self._serve(accept))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+        except ConnectionClosedError as exc:
+            self.control_closed.set_result((exc.code, exc.reason))
+
+    async def wait_control_closed(self, timeout: float) -> tuple[int, str]:
+        assert self.control_closed is not None
+        return await asyncio.wait_for(asyncio.shield(self.control_closed), timeout)
 
     async def _serve(self, accept: dict[str, object]) -> None:
         assert self.behaviour is not None

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
+from hybridrelay.relay.state import STATE, RelayState
 
 from .timing import seconds
 
@@ -199,6 +201,7 @@ class InProcessRelay:
 
     config: RelayConfig
     url: str = ""
+    app: web.Application | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -208,7 +211,12 @@ class InProcessRelay:
         def on_ready(completed: RelayConfig) -> None:
             ready.set_result(completed.relay.public_url)
 
-        self._task = asyncio.create_task(run_relay(self.config, self._stop, on_ready=on_ready))
+        def on_app(app: web.Application) -> None:
+            self.app = app
+
+        self._task = asyncio.create_task(
+            run_relay(self.config, self._stop, on_ready=on_ready, on_app=on_app)
+        )
         async with asyncio.timeout(seconds(10)):
             done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if ready not in done:
@@ -220,11 +228,22 @@ class InProcessRelay:
     def http_url(self) -> str:
         return self.url.replace("wss://", "https://").replace("ws://", "http://")
 
+    @property
+    def state(self) -> RelayState:
+        assert self.app is not None
+        return self.app[STATE]
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
             async with asyncio.timeout(seconds(20)):
                 await self._task
+        if self.app is not None:
+            # Nothing may outlive the relay: no relayed connection, channel or rendezvous.
+            state = self.state
+            assert not state.splices, f"{len(state.splices)} splices left open"
+            assert not state.channels, f"{len(state.channels)} control channels left open"
+            assert len(state.rendezvous) == 0, "pending rendezvous left behind"
 
 
 def load(path: Path, **env: str) -> RelayConfig:

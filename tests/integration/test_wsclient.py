@@ -373,18 +373,17 @@ async def test_open_timeout(raw_server: RawServerFactory) -> None:
         await ws_connect(server.url(), open_timeout=0.2)
 
 
-def test_invalid_arguments() -> None:
-    async def go() -> None:
-        with pytest.raises(errors.InvalidAddressError):
-            await ws_connect("http://127.0.0.1/")
-        with pytest.raises(errors.InvalidAddressError):
-            await ws_connect("ws://127.0.0.1:99999/")
-        with pytest.raises(ValueError, match="set by the WebSocket client"):
-            await ws_connect("ws://127.0.0.1:1/", headers={"Sec-WebSocket-Key": "x"})
-        with pytest.raises(ValueError, match="invalid value"):
-            await ws_connect("ws://127.0.0.1:1/", headers={"X-A": "a\r\nX-B: b"})
-
-    asyncio.run(go())
+async def test_invalid_arguments() -> None:
+    with pytest.raises(errors.InvalidAddressError):
+        await ws_connect("http://127.0.0.1/")
+    with pytest.raises(errors.InvalidAddressError):
+        await ws_connect("ws://127.0.0.1:99999/")
+    with pytest.raises(ValueError, match="set by the WebSocket client"):
+        await ws_connect("ws://127.0.0.1:1/", headers={"Sec-WebSocket-Key": "x"})
+    with pytest.raises(ValueError, match="invalid value"):
+        await ws_connect("ws://127.0.0.1:1/", headers={"X-A": "a\r\nX-B: b"})
+    with pytest.raises(ValueError, match="wss"):
+        await ws_connect("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
 
 
 # --------------------------------------------------------------------------- messages
@@ -803,7 +802,8 @@ async def test_slow_reader_pauses_transport(
     transport.pause_reading = on_pause  # type: ignore[method-assign]  # instrumenting the test's own transport
     transport.resume_reading = on_resume  # type: ignore[method-assign]
 
-    payload = os.urandom(8 * 1024 * 1024)
+    # More than loopback's kernel buffers can hold, so the sender must block.
+    payload = os.urandom(32 * 1024 * 1024)
 
     async def pump() -> None:
         for offset in range(0, len(payload), 64 * 1024):

@@ -109,7 +109,7 @@ def _strict_unquote(text: str, what: str, *, plus_is_space: bool = False) -> str
 
 def _query_parts(raw_query: str) -> list[str]:
     # A single leading "?" is tolerated so callers may pass either form.
-    return (raw_query.removeprefix("?")).split("&")
+    return raw_query.removeprefix("?").split("&")
 
 
 def _is_relay_pair(part: str) -> bool:

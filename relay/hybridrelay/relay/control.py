@@ -166,23 +166,26 @@ class ControlChannel:
             self._log.warning("unexpected_binary_message", extra={"size": len(data)})
 
     async def _watchdog(self) -> None:
+        # Ticks four times per interval so a silent listener is dropped soon after it
+        # has missed two pings (HC §6: hyco-ws never pings, NAT/LB idle timeouts are real).
         loop = asyncio.get_running_loop()
         interval = self._ping_interval
+        next_ping = loop.time() + interval
         while not self.closing:
-            deadline = loop.time() + interval
-            if self.expires_at is not None:
-                token_left = self.expires_at + self._grace - self._now()
-                deadline = min(deadline, loop.time() + max(token_left, 0.0))
-            await asyncio.sleep(max(deadline - loop.time(), 0.0))
+            await asyncio.sleep(interval / 4)
+            now = loop.time()
             if self.expires_at is not None and self.expires_at + self._grace <= self._now():
                 await self.close(1008, "token expired")
                 return
-            if loop.time() - self._last_seen > 2 * interval:
-                self._log.warning("control_channel_unresponsive", extra={"silent_s": round(loop.time() - self._last_seen, 1)})
+            if now - self._last_seen > 2 * interval:
+                self._log.warning(
+                    "control_channel_unresponsive", extra={"silent_s": round(now - self._last_seen, 2)}
+                )
                 self.abort()
                 return
-            try:
-                await self._ws.ping()
-            except (ConnectionError, RuntimeError):
-                return
-
+            if now >= next_ping:
+                next_ping = now + interval
+                try:
+                    await self._ws.ping()
+                except (ConnectionError, RuntimeError):
+                    return

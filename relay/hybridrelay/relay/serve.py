@@ -37,10 +37,20 @@ async def run(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[RelayConfig], None] | None = None,
+    on_app: Callable[[web.Application], None] | None = None,
 ) -> None:
-    """Serve the relay until ``stop`` is set."""
+    """Serve the relay until ``stop`` is set.
+
+    Args:
+        config: validated relay config.
+        stop: set it to drain and stop.
+        on_ready: called with the completed config (real port, public URL) once serving.
+        on_app: called with the aiohttp application before it starts (tests inspect state).
+    """
     s = config.relay
     app = create_app(config)
+    if on_app is not None:
+        on_app(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_timeout)
     await runner.setup()
     ssl_ctx = tls_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None

@@ -103,6 +103,7 @@ class Leg(asyncio.Protocol):
         "bytes_in",
         "close_received",
         "close_sent",
+        "failed",
         "lost",
         "name",
         "out_remaining",
@@ -129,6 +130,7 @@ class Leg(asyncio.Protocol):
         self._forwarding = True
         self.close_sent = False
         self.close_received = False
+        self.failed = False  # broke the protocol; nothing more is read from it
         self.lost = False
         self.bytes_in = 0
         self._close_timer: asyncio.TimerHandle | None = None
@@ -169,7 +171,7 @@ class Leg(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.close_received:
+        if self.close_received or self.failed:
             return  # RFC 6455 §1.4: discard what follows a close frame
         try:
             self.parser.feed(data)
@@ -366,7 +368,7 @@ class Splice:
 
     def protocol_error(self, leg: Leg, code: int, reason: str) -> None:
         log.warning("peer_protocol_error", extra={"leg": leg.name, "code": code, "reason": reason})
-        leg.close_received = True  # stop reading it
+        leg.failed = True
         leg.send_close(encode_close_payload(code, reason), timeout=self._close_timeout)
         leg.close_transport()
 

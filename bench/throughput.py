@@ -1,0 +1,535 @@
+"""Throughput of one WebSocket stream, directly and through the relay, in one run.
+
+    python -m bench.throughput            # 3 rounds of 256 MiB per path, 64 KiB messages
+    python -m bench.throughput --quick    # 1 round of 32 MiB per path
+    python -m bench.throughput --out result.json
+
+The same client send loop and the same sink run on both paths; only the path differs:
+
+* direct: client (``hybridrelay.wsclient.ws_connect``) -> aiohttp WebSocket server
+* relay:  client (``hybridrelay.client.connect``) -> relay subprocess -> ``Listener`` handler
+
+The client sends N binary messages and then the text message ``end``; the sink counts the
+bytes of the binary messages and answers ``done <bytes>``. A run's time is from the first
+send to the arrival of ``done``. Paths alternate (direct, relay, direct, relay, ...), the
+reported figure per path is the median with min and max, and ``ratio_median`` is
+relay median / direct median. Exactly one JSON object goes to stdout; errors go to stderr
+and the exit status is non-zero. The relay subprocess is always stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from hybridrelay.client import connect
+from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.listener import AcceptRequest, Listener
+from hybridrelay.protocol.sas import SasTokenProvider
+from hybridrelay.wsclient import WsConnection, ws_connect
+
+HC = "bench"
+RULE = "RootManageSharedAccessKey"
+END = "end"
+DONE = "done"
+MB = 1_000_000  # MB/s means 10**6 bytes per second
+
+Recv = Callable[[], Awaitable[bytes | str]]
+SendText = Callable[[str], Awaitable[None]]
+
+
+class BenchError(Exception):
+    """The benchmark could not run; the message says why."""
+
+
+# ---------------------------------------------------------------------------- the pair
+
+
+async def sink(recv: Recv, send_text: SendText) -> int:
+    """The server side on both paths: count binary bytes until ``end``, answer ``done N``."""
+    total = 0
+    while True:
+        message = await recv()
+        if isinstance(message, str):
+            if message == END:
+                break
+            raise BenchError(f"sink: unexpected text message {message[:40]!r}")
+        total += len(message)
+    await send_text(f"{DONE} {total}")
+    return total
+
+
+async def drive(conn: WsConnection, payload: bytes, count: int) -> float:
+    """The client side on both paths: send ``count`` messages, wait for ``done``; seconds."""
+    expected = f"{DONE} {count * len(payload)}"
+    start = time.perf_counter()
+    for _ in range(count):
+        await conn.send(payload)
+    await conn.send(END)
+    reply = await conn.recv()
+    elapsed = time.perf_counter() - start
+    if reply != expected:
+        raise BenchError(f"sink answered {reply!r}, expected {expected!r}")
+    return elapsed
+
+
+# ---------------------------------------------------------------------------- direct path
+
+
+@dataclass
+class DirectServer:
+    """A plain aiohttp WebSocket server running :func:`sink` (no compression, no size cap)."""
+
+    errors: list[str]
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0, compress=False)
+        await ws.prepare(request)
+
+        async def recv() -> bytes | str:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                data: bytes | str = msg.data
+                return data
+            raise BenchError(f"direct sink: connection ended ({msg.type.name})")
+
+        try:
+            await sink(recv, ws.send_str)
+        except Exception as exc:  # noqa: BLE001 - reported to the client and in the error
+            self.errors.append(f"direct sink: {exc!r}")
+            await ws.close(code=1011, message=str(exc)[:100].encode())
+            return ws
+        await ws.close()
+        return ws
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/sink", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"ws://{host}:{port}/sink"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+# ---------------------------------------------------------------------------- relay path
+
+_READY = re.compile(r"relay ready at (\S+)")
+
+
+def _toml_str(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid TOML basic string
+
+
+def write_config(directory: Path, key: str) -> Path:
+    """The development config shape: one namespace rule, one hybrid connection."""
+    text = f"""\
+[relay]
+host = "127.0.0.1"
+port = 0
+data_dir = {_toml_str(str(directory / "data"))}
+
+[[rules]]
+name = "{RULE}"
+key = "{key}"
+rights = ["Manage", "Listen", "Send"]
+
+[[hybrid_connections]]
+name = "{HC}"
+"""
+    path = directory / "relay.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+@dataclass
+class RelayProcess:
+    """``python -m hybridrelay relay serve --config ...`` as a child process."""
+
+    config_path: Path
+    url: str = ""
+    process: asyncio.subprocess.Process | None = None
+    log_lines: list[str] = field(default_factory=list)
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def start(self, timeout: float = 20.0) -> str:
+        # Inherited HYBRIDRELAY_* variables would override the config; drop them.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDRELAY_")}
+        env |= {"PYTHONUNBUFFERED": "1", "HYBRIDRELAY_LOG_LEVEL": "warning"}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hybridrelay",
+            "relay",
+            "serve",
+            "--config",
+            str(self.config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_output(ready))
+        try:
+            async with asyncio.timeout(timeout):
+                self.url = await ready
+            await self._wait_ready()
+        except (TimeoutError, BenchError, aiohttp.ClientError) as exc:
+            raise BenchError(f"relay did not start ({exc!r}):\n{self.log_tail()}") from exc
+        return self.url
+
+    async def _read_output(self, ready: asyncio.Future[str]) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self.log_lines.append(text)
+            del self.log_lines[:-200]
+            match = _READY.search(text)
+            if match and not ready.done():
+                ready.set_result(match.group(1))
+        if not ready.done():
+            ready.set_exception(BenchError("relay exited before it was ready"))
+
+    async def _wait_ready(self) -> None:
+        http_url = self.url.replace("ws://", "http://", 1)
+        async with aiohttp.ClientSession() as session, asyncio.timeout(10):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(http_url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.05)  # polling an endpoint
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.returncode is not None
+
+    def cpu_seconds(self) -> float | None:
+        """user+system CPU time of the relay process so far (Linux /proc), else None."""
+        if self.process is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def stop(self) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(15):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, BenchError):
+                await self._reader
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_lines[-lines:]) or "(relay printed nothing)"
+
+
+@dataclass
+class RelayPath:
+    """A Listener (handler = :func:`sink`) on the relay, and a way to open sender streams."""
+
+    relay_url: str
+    tokens: SasTokenProvider
+    errors: list[str]
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _listener: Listener | None = None
+
+    async def _handle(self, ws: WsConnection, request: AcceptRequest) -> None:
+        try:
+            await sink(ws.recv, ws.send)
+        except Exception as exc:  # noqa: BLE001 - reported to the client and in the error
+            self.errors.append(f"relay sink: {exc!r}")
+            with contextlib.suppress(ConnectionClosedError):
+                await ws.close(1011, str(exc)[:100])
+        # Listener closes the stream (code 1000) when the handler returns.
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self._listener = Listener(self.relay_url, HC, token_provider=self.tokens, handler=self._handle)
+        self._task = asyncio.create_task(self._listener.run(self._stop))
+        connected = asyncio.create_task(self._listener.connected.wait())
+        done, _ = await asyncio.wait({self._task, connected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if connected not in done:
+            connected.cancel()
+            if self._task in done:
+                self._task.result()  # raises the listener's error
+                raise BenchError("listener stopped before its control channel opened")
+            raise BenchError(f"listener control channel not open after {timeout:.0f} s")
+
+    async def open(self) -> WsConnection:
+        return await connect(self.relay_url, HC, token_provider=self.tokens)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(15):
+                    await self._task
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Series:
+    name: str
+    mb_s: list[float] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    bench_cpu_s: list[float] = field(default_factory=list)
+    relay_cpu_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "median": round(statistics.median(self.mb_s), 2),
+            "min": round(min(self.mb_s), 2),
+            "max": round(max(self.mb_s), 2),
+            "runs": [round(v, 2) for v in self.mb_s],
+        }
+
+    def cpu(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "wall_s": [round(v, 3) for v in self.wall_s],
+            "bench_process_cpu_s": [round(v, 3) for v in self.bench_cpu_s],
+        }
+        if self.relay_cpu_s:
+            out["relay_process_cpu_s"] = [round(v, 3) for v in self.relay_cpu_s]
+        return out
+
+
+async def measure(
+    opener: Callable[[], Awaitable[WsConnection]],
+    payload: bytes,
+    count: int,
+    relay: RelayProcess,
+    *,
+    timeout: float,
+    series: Series | None,
+) -> None:
+    """One transfer on a fresh connection; connect and close are outside the timed window."""
+    async with asyncio.timeout(timeout):
+        conn = await opener()
+        try:
+            relay_cpu0 = relay.cpu_seconds()
+            cpu0 = time.process_time()
+            elapsed = await drive(conn, payload, count)
+            cpu1 = time.process_time()
+            relay_cpu1 = relay.cpu_seconds()
+        finally:
+            with contextlib.suppress(ConnectionClosedError, OSError):
+                await conn.close()
+    if series is not None:
+        series.mb_s.append(count * len(payload) / elapsed / MB)
+        series.wall_s.append(elapsed)
+        series.bench_cpu_s.append(cpu1 - cpu0)
+        if relay_cpu0 is not None and relay_cpu1 is not None:
+            series.relay_cpu_s.append(relay_cpu1 - relay_cpu0)
+
+
+def machine_info(uvloop_on: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "uvloop": uvloop_on,
+        "aiohttp": aiohttp.__version__,
+    }
+    with contextlib.suppress(AttributeError):
+        info["cpus_available"] = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        info["relay_uvloop"] = False
+    else:
+        info["uvloop_version"] = uvloop.__version__
+        info["relay_uvloop"] = True  # the CLI runs the relay on uvloop whenever it is installed
+    return info
+
+
+NOTES = (
+    "One WebSocket stream, one direction: the client sends N binary messages then the text "
+    "'end'; the sink counts bytes and replies 'done <bytes>'; time = first send to 'done' "
+    "(connect and close are not timed). MB = 10^6 bytes. Same client send loop "
+    "(hybridrelay WsConnection, masked client frames) and same sink logic on both paths. "
+    "Asymmetry: direct = client -> aiohttp WebSocketResponse server (max_msg_size=0, "
+    "compress=False); relay = client -> relay subprocess -> Listener's rendezvous WebSocket, "
+    "where the sink side is itself a WebSocket *client* (hybridrelay WsConnection, unmasked "
+    "frames from the relay). Client and sink share one event loop in the bench process on "
+    "both paths; the relay is a separate process, so the relay path uses one extra process "
+    "(and CPU) that the direct path does not. Paths alternate direct/relay each round after "
+    "one unrecorded warm-up per path. ratio_median = relay median / direct median."
+)
+
+
+async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
+    message_bytes = int(args.message_kib * 1024)
+    count = int(args.size_mib * 1024 * 1024) // message_bytes
+    if message_bytes <= 0 or count <= 0:
+        raise BenchError("--message-kib must be > 0 and --size-mib at least one message")
+    payload = os.urandom(message_bytes)
+    warmup_count = min(count, int(args.warmup_mib * 1024 * 1024) // message_bytes)
+    errors: list[str] = []
+    key = secrets.token_urlsafe(32)
+    direct_series, relay_series = Series("direct"), Series("relay")
+
+    with tempfile.TemporaryDirectory(prefix="hybridrelay-bench-") as tmp:
+        relay = RelayProcess(write_config(Path(tmp), key))
+        direct = DirectServer(errors)
+        relay_path: RelayPath | None = None
+        try:
+            direct_url = await direct.start()
+            relay_url = await relay.start()
+            relay_path = RelayPath(relay_url, SasTokenProvider(RULE, key), errors)
+            await relay_path.start()
+
+            async def open_direct() -> WsConnection:
+                return await ws_connect(direct_url)
+
+            paths = [(direct_series, open_direct), (relay_series, relay_path.open)]
+            step = "warm-up"
+            try:
+                if warmup_count:
+                    for _, opener in paths:
+                        await measure(opener, payload, warmup_count, relay, timeout=args.timeout, series=None)
+                for rnd in range(args.rounds):
+                    for series, opener in paths:
+                        step = f"round {rnd + 1} {series.name}"
+                        await measure(opener, payload, count, relay, timeout=args.timeout, series=series)
+                        print(
+                            f"{step}: {series.mb_s[-1]:.1f} MB/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            except Exception as exc:
+                detail = f"{step} failed: {exc!r}"
+                if errors:
+                    detail += "\nserver side: " + "; ".join(errors)
+                if relay.exited():
+                    detail += f"\nrelay exited with {relay.process.returncode if relay.process else '?'}"
+                    detail += ":\n" + relay.log_tail()
+                raise BenchError(detail) from exc
+            relay_pid = relay.pid
+        finally:
+            if relay_path is not None:
+                await relay_path.stop()
+            await relay.stop()
+            await direct.stop()
+
+    direct_stats, relay_stats = direct_series.summary(), relay_series.summary()
+    return {
+        "benchmark": "throughput",
+        "message_size": message_bytes,
+        "bytes_per_run": count * message_bytes,
+        "messages_per_run": count,
+        "warmup_bytes": warmup_count * message_bytes,
+        "rounds": args.rounds,
+        "direct_mb_s": direct_stats,
+        "relay_mb_s": relay_stats,
+        "ratio_median": round(relay_stats["median"] / direct_stats["median"], 3),
+        "cpu": {"direct": direct_series.cpu(), "relay": relay_series.cpu()},
+        "relay_pid": relay_pid,
+        "machine": machine_info(uvloop_on),
+        "notes": NOTES,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round, 32 MiB per run (unless overridden)")
+    p.add_argument("--rounds", type=int, help="rounds of direct+relay (default 3, --quick 1)")
+    p.add_argument("--size-mib", type=float, help="bytes per run in MiB (default 256, --quick 32)")
+    p.add_argument("--message-kib", type=float, default=64.0, help="message size in KiB (default 64)")
+    p.add_argument("--warmup-mib", type=float, help="unrecorded warm-up per path (default 16, --quick 4; 0: none)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per run (default 300)")
+    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop in the bench process")
+    p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.size_mib is None:
+        args.size_mib = 32.0 if args.quick else 256.0
+    if args.warmup_mib is None:
+        args.warmup_mib = 4.0 if args.quick else 16.0
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if not args.no_uvloop:
+        try:
+            import uvloop  # noqa: PLC0415 - optional
+        except ImportError:
+            pass
+        else:
+            loop_factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            result = runner.run(run(args, loop_factory is not None))
+    except KeyboardInterrupt:
+        print("throughput: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns failures into an exit status
+        print(f"throughput: error: {str(exc) or repr(exc)}", file=sys.stderr)
+        return 1
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

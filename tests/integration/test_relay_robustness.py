@@ -1,0 +1,236 @@
+"""Failure and abuse cases: half-open listeners, stalled readers, bad frames, bad JSON, bad URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from hybridrelay.errors import ConnectionClosedError, HandshakeError
+from hybridrelay.protocol.frames import encode_frame
+from hybridrelay.protocol.messages import RenewToken, encode
+from hybridrelay.relay.splice import WRITE_HIGH_WATER
+from hybridrelay.wsclient import WsConnection, ws_connect
+from tests.harness.peers import RawListener, listen_url, send, token_for
+from tests.harness.proxies import HalfOpenProxy
+from tests.harness.relay import InProcessRelay
+from tests.harness.timing import seconds
+
+
+async def _wait_until(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
+    """Poll a cheap in-process condition; returns the seconds it took."""
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_half_open_listener_dropped_within_two_ping_intervals(relay_factory) -> None:
+    interval = 0.4
+    relay = await relay_factory(ping_interval=interval)
+    host, port = relay.url.removeprefix("ws://").split(":")
+    proxy = await HalfOpenProxy(host, int(port)).start()
+    try:
+        url = listen_url(f"ws://127.0.0.1:{proxy.port}", "echo")
+        control = await ws_connect(url, headers={"ServiceBusAuthorization": token_for(url)})
+        await _wait_until(lambda: len(relay.state.channels) == 1, seconds(5))
+        # Healthy channels survive several intervals: pongs keep them alive.
+        await asyncio.sleep(interval * 3)
+        assert len(relay.state.channels) == 1
+        proxy.blackhole()
+        took = await _wait_until(lambda: not relay.state.channels, seconds(10))
+        assert took <= 2 * interval + interval / 2 + 0.3, took
+        control.abort()
+    finally:
+        await proxy.stop()
+
+
+async def test_stalled_reader_keeps_relay_memory_bounded(relay: InProcessRelay) -> None:
+    stalled = asyncio.Event()
+
+    async def never_reads(ws: WsConnection) -> None:
+        await stalled.wait()
+
+    listener = await RawListener(relay.url, "echo", behaviour=never_reads).start()
+    ws = await send(relay.url, "echo")
+    chunk = b"z" * 65536
+    sent = 0
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(seconds(3)):
+                while True:
+                    await ws.send(chunk)
+                    sent += len(chunk)
+        # The sender got blocked: the relay buffered at most its high-water mark per leg.
+        (splice,) = relay.state.splices
+        for leg in (splice.sender, splice.listener):
+            assert leg.transport is not None
+            assert leg.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 2 * 65536
+        # Kernel buffers and the listener's own read buffer hold the rest; far below "unbounded".
+        assert sent < 64 << 20, sent
+    finally:
+        stalled.set()
+        ws.abort()
+        await listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (encode_frame(fin=True, opcode=1, payload=b"unmasked"), 1002),
+        (encode_frame(fin=True, opcode=3, payload=b"x", mask=b"abcd"), 1002),
+        (bytes([0xC1, 0x80]) + b"abcd", 1002),  # RSV1 without an extension
+        (encode_frame(fin=False, opcode=9, payload=b"", mask=b"abcd"), 1002),  # fragmented ping
+        (encode_frame(fin=True, opcode=0, payload=b"x", mask=b"abcd"), 1002),  # stray continuation
+        (encode_frame(fin=True, opcode=8, payload=b"\x03", mask=b"abcd"), 1002),  # 1-byte close
+        (encode_frame(fin=True, opcode=8, payload=b"\x03\xed", mask=b"abcd"), 1002),  # close 1005
+    ],
+)
+async def test_malformed_frames_fail_that_leg_and_tell_the_other(
+    relay: InProcessRelay, raw: bytes, code: int
+) -> None:
+    listener = await RawListener(relay.url, "echo", behaviour=None).start()
+    try:
+        task = asyncio.create_task(send(relay.url, "echo"))
+        leg = await listener.dial(await asyncio.wait_for(listener.accepts.get(), seconds(10)))
+        ws = await task
+        ws._transport.write(raw)  # type: ignore[union-attr]  # noqa: SLF001 - inject a bad frame
+        with pytest.raises(ConnectionClosedError) as sender_side:
+            await asyncio.wait_for(ws.recv(), seconds(5))
+        assert sender_side.value.code == code
+        with pytest.raises(ConnectionClosedError) as listener_side:
+            await asyncio.wait_for(leg.recv(), seconds(5))
+        assert listener_side.value.code == 1011
+        await _wait_until(lambda: not relay.state.splices, seconds(5))
+    finally:
+        await listener.stop()
+
+
+async def test_bad_control_message_closes_channel_relay_keeps_serving(relay: InProcessRelay) -> None:
+    for bad in ("not json", '{"accept": {}}', '{"a": 1, "b": 2}', '{"renewToken": {"token": 5}}'):
+        listener = await RawListener(relay.url, "echo").start()
+        assert listener.control is not None
+        await listener.control.send(bad)
+        code, _ = await listener.wait_control_closed(seconds(5))
+        assert code in (1002, 1008), bad
+        await listener.stop()
+    # The relay still serves.
+    listener = await RawListener(relay.url, "echo").start()
+    ws = await send(relay.url, "echo")
+    await ws.send("ok")
+    assert await ws.recv() == "ok"
+    await ws.close()
+    await listener.stop()
+
+
+async def test_oversized_control_message_closes_with_1009(relay: InProcessRelay) -> None:
+    listener = await RawListener(relay.url, "echo").start()
+    assert listener.control is not None
+    await listener.control.send("x" * (2 << 20))
+    code, _ = await listener.wait_control_closed(seconds(5))
+    assert code == 1009
+    await listener.stop()
+
+
+async def test_stray_empty_binary_on_control_channel_is_ignored(relay: InProcessRelay) -> None:
+    listener = await RawListener(relay.url, "echo").start()
+    assert listener.control is not None
+    await listener.control.send(b"")  # hyco-https after a body:false response
+    ws = await send(relay.url, "echo")
+    await ws.send("still fine")
+    assert await ws.recv() == "still fine"
+    await ws.close()
+    await listener.stop()
+
+
+async def test_renew_token_accepted_and_refused(relay: InProcessRelay) -> None:
+    listener = await RawListener(relay.url, "echo").start()
+    assert listener.control is not None
+    url = listen_url(relay.url, "echo")
+    await listener.control.send(encode(RenewToken(token=token_for(url, ttl=7200))))
+    (channel,) = relay.state.channels
+    await _wait_until(lambda: (channel.expires_at or 0) > time.time() + 3600, seconds(5))
+    await listener.control.send(encode(RenewToken(token=token_for(url, key="wrong-key-0123456789abcdef"))))
+    code, reason = await listener.wait_control_closed(seconds(5))
+    assert code == 1008
+    assert "renewal refused" in reason
+    await listener.stop()
+
+
+async def test_expired_token_closes_control_channel_with_1008(relay_factory) -> None:
+    relay = await relay_factory(ping_interval=0.2, relay_extra="token_grace = 0.5")
+    url = listen_url(relay.url, "echo")
+    control = await ws_connect(url, headers={"ServiceBusAuthorization": token_for(url, ttl=1)})
+    with pytest.raises(ConnectionClosedError) as info:
+        await asyncio.wait_for(control.recv(), seconds(6))
+    assert info.value.code == 1008
+    await control.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        ("/$hc/?sb-hc-action=listen", 400),
+        ("/$hc/echo?sb-hc-action=bogus", 400),
+        ("/$hc/ec%zzho?sb-hc-action=connect", 400),
+        ("/$hc/echo?sb-hc-action=listen&sb-hc-action=connect", 400),
+        ("/$hc/echo?sb-hc-action=request", 400),
+        ("/$hc/echo?sb-hc-action=accept&sb-hc-statusCode=abc", 400),
+        ("/$hc/echo?sb-hc-action=connect&sb-hc-token=garbage", 401),
+        ("/$hc/../../etc/passwd?sb-hc-action=connect", 404),
+    ],
+)
+async def test_malformed_urls_get_clear_statuses(relay: InProcessRelay, target: str, status: int) -> None:
+    with pytest.raises(HandshakeError) as info:
+        await ws_connect(relay.url + target)
+    assert info.value.status == status
+    assert "Traceback" not in info.value.body
+    assert "error" in info.value.body
+
+
+async def test_bad_handshake_headers_get_400(relay: InProcessRelay) -> None:
+    listener = await RawListener(relay.url, "echo").start()
+    try:
+        url = relay.http_url + "/$hc/echo?sb-hc-action=connect"
+        headers = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "not-base64!",
+            "ServiceBusAuthorization": token_for(url),
+        }
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers=headers) as resp:
+                assert resp.status == 400
+            headers["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+            headers["Sec-WebSocket-Version"] = "8"
+            async with session.get(url, headers=headers) as resp:
+                assert resp.status == 400
+            async with session.get(url, headers={"X-Big": "x" * 20000}) as resp:
+                assert resp.status in (400, 431)
+    finally:
+        await listener.stop()
+
+
+async def test_sender_vanishing_while_waiting_for_listener(relay: InProcessRelay) -> None:
+    listener = await RawListener(relay.url, "echo", behaviour=None).start()
+    try:
+        task = asyncio.create_task(send(relay.url, "echo"))
+        accept = await asyncio.wait_for(listener.accepts.get(), seconds(10))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The listener dials anyway: it is told the sender is gone (or the address is dead).
+        try:
+            leg = await listener.dial(accept)
+        except HandshakeError as exc:
+            assert exc.status in (403, 410)
+        else:
+            with pytest.raises(ConnectionClosedError):
+                await asyncio.wait_for(leg.recv(), seconds(10))
+        await _wait_until(lambda: not relay.state.splices, seconds(10))
+    finally:
+        await listener.stop()
