@@ -505,19 +505,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+async def _probe() -> None:
+    """One tiny exchange over the direct path: does WsConnection work on this loop?"""
+    loop = asyncio.get_running_loop()
+    callback_errors: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: callback_errors.append(str(ctx.get("exception"))))
+    server = DirectServer([])
+    await server.start()
+    try:
+        async with asyncio.timeout(5):
+            conn = await ws_connect(server.url)
+            try:
+                await drive(conn, b"x" * 16, 2)
+            finally:
+                await conn.close()
+    except Exception as exc:
+        detail = "; ".join(callback_errors) or repr(exc)
+        raise BenchError(detail) from exc
+    finally:
+        await server.stop()
+
+
+def uvloop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str | None]:
+    """uvloop's loop factory if it is installed and hybridrelay's WsConnection runs on it.
+
+    Returns (factory or None, why uvloop is not used or None).
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        return None, "uvloop not installed"
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_probe())
+    except BenchError as exc:
+        return None, f"hybridrelay.wsclient fails on uvloop: {exc}"
+    return uvloop.new_event_loop, None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    fallback: str | None = "disabled by --no-uvloop"
     if not args.no_uvloop:
-        try:
-            import uvloop  # noqa: PLC0415 - optional
-        except ImportError:
-            pass
-        else:
-            loop_factory = uvloop.new_event_loop
+        loop_factory, fallback = uvloop_factory()
+        if fallback is not None:
+            print(f"throughput: not using uvloop in the bench process: {fallback}", file=sys.stderr)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             result = runner.run(run(args, loop_factory is not None))
+        if fallback is not None:
+            result["machine"]["uvloop_not_used_because"] = fallback
     except KeyboardInterrupt:
         print("throughput: interrupted", file=sys.stderr)
         return 130

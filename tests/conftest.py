@@ -36,7 +36,12 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     started: list[InProcessRelay] = []
 
     async def start(
-        *, ping_interval: float = 30.0, extra: str = "", relay_extra: str = "", tls: TlsFiles | None = None
+        *,
+        ping_interval: float = 30.0,
+        extra: str = "",
+        relay_extra: str = "",
+        tls: TlsFiles | None = None,
+        port: int = 0,
     ) -> InProcessRelay:
         directory = tmp_path / f"relay{len(started)}"
         directory.mkdir()
@@ -46,6 +51,7 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
             extra=extra,
             relay_extra=relay_extra,
             tls=(tls.cert, tls.key) if tls else None,
+            port=port,
         )
         relay = InProcessRelay(load(path))
         started.append(relay)
@@ -68,7 +74,12 @@ async def relay_process_factory(
     started: list[RelayProcess] = []
 
     async def start(
-        *, ping_interval: float = 30.0, extra: str = "", relay_extra: str = "", tls: TlsFiles | None = None
+        *,
+        ping_interval: float = 30.0,
+        extra: str = "",
+        relay_extra: str = "",
+        tls: TlsFiles | None = None,
+        port: int = 0,
     ) -> RelayProcess:
         directory = tmp_path / f"relayproc{len(started)}"
         directory.mkdir()
@@ -78,6 +89,7 @@ async def relay_process_factory(
             extra=extra,
             relay_extra=relay_extra,
             tls=(tls.cert, tls.key) if tls else None,
+            port=port,
         )
         proc = RelayProcess(path)
         started.append(proc)

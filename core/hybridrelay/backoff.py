@@ -8,7 +8,6 @@ tests need no clock or randomness patching.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Backoff"]
@@ -48,5 +47,3 @@ class Backoff:
         if self._up_since is not None and now - self._up_since >= self.stable_after:
             self.attempts = 0
         self._up_since = None
-
-

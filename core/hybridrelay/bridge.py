@@ -27,7 +27,7 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.wsclient import WsConnection
@@ -39,6 +39,9 @@ logger = logging.getLogger("hybridrelay.bridge")
 # Close codes after which the peer's data is complete, so the stream gets a clean EOF.
 _CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})
 _STREAM_CLOSE_TIMEOUT: Final = 10.0
+
+# How the two directions ended: both normally, or which side failed first.
+_Outcome: TypeAlias = Literal["done", "stream", "ws", "idle"]
 
 
 @dataclass(slots=True)
@@ -125,47 +128,54 @@ class _Bridge:
         self.last_activity = self.loop.time()
 
     async def run(self) -> BridgeStats:
-        stream_failed = ws_failed = idle = False
         try:
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    up = tg.create_task(self._stream_to_ws())
-                    down = tg.create_task(self._ws_to_stream())
-                    if self.idle_timeout is not None:
-                        tg.create_task(self._watchdog(self.idle_timeout, {up, down}))
-            except* _StreamFailedError as group:
-                stream_failed = True
-                logger.debug("! bridge stream side failed: %s", group.exceptions[0])
-            except* _WebSocketFailedError as group:
-                ws_failed = True
-                logger.debug("! bridge WebSocket side failed: %s", group.exceptions[0])
-            except* _IdleError:
-                idle = True
-                logger.info("%% bridge idle for %ss, closing", self.idle_timeout)
+            outcome = await self._pump()
+            await self._finish(outcome)
         except BaseException:
             # Cancelled (or a bug): drop both ends without waiting on the network.
             self.ws.abort()
             self.writer.transport.abort()
             raise
+        self.stats.close_code = self.ws.close_code
+        return self.stats
 
-        if ws_failed:
+    async def _pump(self) -> _Outcome:
+        """Run both directions until both ended or one side failed."""
+        outcome: _Outcome = "done"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                up = tg.create_task(self._stream_to_ws())
+                down = tg.create_task(self._ws_to_stream())
+                if self.idle_timeout is not None:
+                    tg.create_task(self._watchdog(self.idle_timeout, {up, down}))
+        except* _StreamFailedError as group:
+            outcome = "stream"
+            logger.debug("! bridge stream side failed: %s", group.exceptions[0])
+        except* _WebSocketFailedError as group:
+            outcome = "ws"  # wins over "stream": the WebSocket can't carry a 1011 anyway
+            logger.debug("! bridge WebSocket side failed: %s", group.exceptions[0])
+        except* _IdleError:
+            outcome = "idle"
+            logger.info("%% bridge idle for %ss, closing", self.idle_timeout)
+        return outcome
+
+    async def _finish(self, outcome: _Outcome) -> None:
+        if outcome == "ws":
             _reset(self.writer)  # a truncated stream must not look complete
             await self.ws.close()
-        elif stream_failed:
+        elif outcome == "stream":
             self.writer.transport.abort()
             if self.half_closed:
                 # Our 1000 is out already, so 1011 can't be said: dropping the connection
                 # is the only way left to tell the peer its data went nowhere.
                 self.ws.abort()
             await self.ws.close(1011, "target connection lost")
-        elif idle:
+        elif outcome == "idle":
             await self.ws.close(1001, "idle timeout")
             await self._close_stream()
         else:
             await self.ws.close()  # both close frames are out: waits for TCP to end
             await self._close_stream()
-        self.stats.close_code = self.ws.close_code
-        return self.stats
 
     async def _stream_to_ws(self) -> None:
         while True:

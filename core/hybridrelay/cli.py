@@ -29,7 +29,7 @@ EXIT_CONFIG = 2
 
 def _runner() -> asyncio.Runner:
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
+        import uvloop
     except ImportError:
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
@@ -74,7 +74,9 @@ def _add_key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-name", required=True, help="SAS rule name")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
-    g.add_argument("--key-env", metavar="VAR", help="read the SAS key from this environment variable")
+    g.add_argument(
+        "--key-env", metavar="VAR", help="read the SAS key from this environment variable"
+    )
     g.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     p.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
 
@@ -83,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridrelay", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=os.environ.get("HYBRIDRELAY_LOG_LEVEL", "info"))
     parser.add_argument(
-        "--log-format", choices=("kv", "json"), default=os.environ.get("HYBRIDRELAY_LOG_FORMAT", "kv")
+        "--log-format",
+        choices=("kv", "json"),
+        default=os.environ.get("HYBRIDRELAY_LOG_FORMAT", "kv"),
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -104,11 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     forward.add_argument("--relay", required=True)
     forward.add_argument("--hc", required=True)
     forward.add_argument("--local", default="127.0.0.1:0", help="HOST:PORT to listen on")
-    forward.add_argument("--allow-public-bind", action="store_true", help="allow a non-loopback --local")
+    forward.add_argument(
+        "--allow-public-bind", action="store_true", help="allow a non-loopback --local"
+    )
     _add_key_options(forward)
 
     token = sub.add_parser("token", help="print a SAS token")
-    token.add_argument("--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)")
+    token.add_argument(
+        "--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)"
+    )
     token.add_argument("--ttl", type=int, default=3600)
     _add_key_options(token)
 
@@ -118,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from hybridrelay.relay import run  # noqa: PLC0415 - components load lazily
-    from hybridrelay.relay.config import (  # noqa: PLC0415
+    from hybridrelay.relay import run
+    from hybridrelay.relay.config import (
         DEV_RULE_NAME,
         development_config,
         load_relay_config,
@@ -143,8 +151,8 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _listen(args: argparse.Namespace) -> None:
-    from hybridrelay.listener import Listener, parse_target  # noqa: PLC0415
-    from hybridrelay.protocol.sas import SasTokenProvider  # noqa: PLC0415
+    from hybridrelay.listener import Listener, parse_target
+    from hybridrelay.protocol.sas import SasTokenProvider
 
     try:
         target = parse_target(args.target)
@@ -161,15 +169,17 @@ def _listen(args: argparse.Namespace) -> None:
 
 
 def _forward(args: argparse.Namespace) -> None:
-    from hybridrelay.client import Forwarder  # noqa: PLC0415
-    from hybridrelay.protocol.sas import SasTokenProvider  # noqa: PLC0415
+    from hybridrelay.client import Forwarder
+    from hybridrelay.protocol.sas import SasTokenProvider
 
     host, _, port = args.local.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError("<command line>", "--local", "must be HOST:PORT")
     host = host.strip("[]")
     if host not in {"127.0.0.1", "::1", "localhost"} and not args.allow_public_bind:
-        raise ConfigError("<command line>", "--local", "binds beyond loopback need --allow-public-bind")
+        raise ConfigError(
+            "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
+        )
     forwarder = Forwarder(
         args.relay,
         args.hc,
@@ -194,14 +204,16 @@ def _forward(args: argparse.Namespace) -> None:
 
 
 def _token(args: argparse.Namespace) -> None:
-    from hybridrelay.protocol.sas import audience_for, create_sas_token  # noqa: PLC0415
+    from hybridrelay.protocol.sas import audience_for, create_sas_token
 
-    token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), int(time.time()) + args.ttl)
+    token = create_sas_token(
+        audience_for(args.uri), args.key_name, _read_key(args), int(time.time()) + args.ttl
+    )
     print(token)
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from hybridrelay.demo import run_demo  # noqa: PLC0415
+    from hybridrelay.demo import run_demo
 
     _run(lambda stop: run_demo(stop, messages=args.messages))
 

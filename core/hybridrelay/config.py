@@ -108,7 +108,7 @@ class Table:
             raise self.error(key, f"must be between {minimum:g} and {maximum:g}")
         return float(value)
 
-    def get_bool(self, key: str, default: bool) -> bool:  # noqa: FBT001 - mirrors the other readers
+    def get_bool(self, key: str, default: bool) -> bool:
         value = self._get(key)
         if value is None:
             return default

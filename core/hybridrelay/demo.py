@@ -29,9 +29,9 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
-    from hybridrelay.client import connect  # noqa: PLC0415 - composition root
-    from hybridrelay.relay import run as run_relay  # noqa: PLC0415
-    from hybridrelay.relay.config import DEV_RULE_NAME, development_config  # noqa: PLC0415
+    from hybridrelay.client import connect
+    from hybridrelay.relay import run as run_relay
+    from hybridrelay.relay.config import DEV_RULE_NAME, development_config
 
     with tempfile.TemporaryDirectory(prefix="hybridrelay-demo-") as data_dir:
         key = secrets.token_urlsafe(32)
@@ -41,7 +41,9 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
         relay_ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(
-            run_relay(config, relay_stop, on_ready=lambda c: relay_ready.set_result(c.relay.public_url))
+            run_relay(
+                config, relay_stop, on_ready=lambda c: relay_ready.set_result(c.relay.public_url)
+            )
         )
         echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
         echo_port = echo.sockets[0].getsockname()[1]
@@ -52,7 +54,9 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
             print(f"[relay]    listening at {url} (embedded default, rule {DEV_RULE_NAME})")
             print(f"[service]  TCP echo service on 127.0.0.1:{echo_port} (the on-prem target)")
             tokens = SasTokenProvider(DEV_RULE_NAME, key)
-            listener = Listener(url, "demo", token_provider=tokens, target=TcpTarget("127.0.0.1", echo_port))
+            listener = Listener(
+                url, "demo", token_provider=tokens, target=TcpTarget("127.0.0.1", echo_port)
+            )
             listener_task = asyncio.create_task(listener.run(listener_stop))
             await asyncio.wait_for(listener.connected.wait(), 10)
             print("[listener] control channel open: hybrid connection 'demo' -> tcp echo service")
@@ -71,7 +75,9 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
                             break
                         echoed += chunk
                     ms = (time.perf_counter() - started) * 1000
-                    print(f"[client]   sent {len(payload)} B, got back {echoed.decode()!r} in {ms:.2f} ms")
+                    print(
+                        f"[client]   sent {len(payload)} B, got back {echoed.decode()!r} in {ms:.2f} ms"
+                    )
                 blob = secrets.token_bytes(1 << 20)
                 started = time.perf_counter()
                 await stream.write(blob)
@@ -82,7 +88,9 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
                         break
                     got += len(chunk)
                 secs = time.perf_counter() - started
-                print(f"[client]   1 MiB round trip in {secs * 1000:.1f} ms ({2 * got / secs / 1e6:.0f} MB/s)")
+                print(
+                    f"[client]   1 MiB round trip in {secs * 1000:.1f} ms ({2 * got / secs / 1e6:.0f} MB/s)"
+                )
             print(f"[listener] stats: {listener.stats}")
             print("demo finished: relay, listener and client all on the embedded default")
         finally:

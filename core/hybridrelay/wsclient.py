@@ -43,7 +43,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Final, NamedTuple, TypeAlias
+from typing import Final, NamedTuple, TypeAlias, cast
 from urllib.parse import quote, urlsplit
 
 from hybridrelay import errors
@@ -436,7 +436,9 @@ class WsConnection(asyncio.Protocol):
                     complete = True
                     await self._drain()
             except BaseException:
-                if started and not complete and not self._lost:
+                # Once our close frame is out the message is moot; otherwise it must not
+                # stay open.
+                if started and not complete and self._close_sent is None and not self._lost:
                     self._fail(1011, "incomplete fragmented message")
                 raise
 
@@ -575,9 +577,8 @@ class WsConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
-            raise TypeError("a WebSocket needs a stream transport")
-        self._transport = transport
+        # create_connection() gives a stream transport; uvloop's don't subclass asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets it already on selector loops; uvloop and TLS paths vary.
@@ -663,7 +664,7 @@ class WsConnection(asyncio.Protocol):
         status, reason, headers = await self._read_response_head()
         if status != 101:
             body = await self._read_error_body(headers)
-            logger.info("! handshake rejected %s: %d %s", self._log_url, status, reason)
+            logger.debug("! handshake rejected %s: %d %s", self._log_url, status, reason)
             raise errors.HandshakeError(status, reason, body)
         self._accept_response(key, headers, subprotocols)
 
@@ -731,8 +732,6 @@ class WsConnection(asyncio.Protocol):
 
     def _start_keepalive(self, ping_interval: float | None, ping_timeout: float | None) -> None:
         if ping_interval is not None and not self._lost:
-            if ping_interval <= 0:
-                raise ValueError("ping_interval must be positive")
             timeout = ping_interval if ping_timeout is None else ping_timeout
             self._keepalive_task = self._loop.create_task(
                 self._keepalive(ping_interval, timeout), name=f"ws-keepalive {self._log_url}"
@@ -802,7 +801,7 @@ class WsConnection(asyncio.Protocol):
 
     def _write_frame(self, fin: bool, opcode: int, payload: bytes | memoryview) -> None:
         transport = self._transport
-        if transport is None or self._lost:
+        if transport is None or self._lost or transport.is_closing():
             return
         mask = os.urandom(4)  # RFC 6455 §5.3: a fresh, unpredictable key per frame
         header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
@@ -1048,6 +1047,8 @@ async def ws_connect(
         OSError: The TCP connection or TLS failed.
     """
     target = _parse_url(url)
+    if ping_interval is not None and ping_interval <= 0:
+        raise ValueError("ping_interval must be positive")
     if target.secure and ssl is None:
         ssl = _ssl.create_default_context()
     elif not target.secure and ssl is not None:

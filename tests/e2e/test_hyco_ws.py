@@ -119,7 +119,7 @@ async def start_setup(factory: ProcessFactory, tls: TlsFiles | None) -> Setup:
 
 
 @pytest.fixture(params=["ws", "wss"])
-async def setup(
+async def relay_setup(
     request: pytest.FixtureRequest,
     node_modules: Path,
     relay_process_factory: ProcessFactory,
@@ -129,13 +129,13 @@ async def setup(
 
 
 @pytest.fixture
-async def plain_setup(node_modules: Path, relay_process_factory: ProcessFactory) -> Setup:
+async def plain_relay_setup(node_modules: Path, relay_process_factory: ProcessFactory) -> Setup:
     return await start_setup(relay_process_factory, None)
 
 
 @contextlib.asynccontextmanager
-async def hyco_listening(setup: Setup, **params: Any) -> AsyncIterator[NodeProcess]:
-    async with setup.hyco_listener(**params) as listener:
+async def hyco_listening(relay_setup: Setup, **params: Any) -> AsyncIterator[NodeProcess]:
+    async with relay_setup.hyco_listener(**params) as listener:
         await listener.next_event("listening", timeout=seconds(10))
         yield listener
 
@@ -173,13 +173,13 @@ async def echo_handler(ws: WsConnection, request: AcceptRequest) -> None:
 
 
 @contextlib.asynccontextmanager
-async def our_listener(setup: Setup, hc: str) -> AsyncIterator[Listener]:
+async def our_listener(relay_setup: Setup, hc: str) -> AsyncIterator[Listener]:
     listener = Listener(
-        setup.base,
+        relay_setup.base,
         hc,
         token_provider=SasTokenProvider(ROOT, ROOT_KEY),
         handler=echo_handler,
-        ssl_context=setup.ssl_context,
+        ssl_context=relay_setup.ssl_context,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(listener.run(stop))
@@ -200,11 +200,13 @@ async def our_listener(setup: Setup, hc: str) -> AsyncIterator[Listener]:
             await task
 
 
-async def listen_rejections(setup: Setup, status: int) -> float:
+async def listen_rejections(relay_setup: Setup, status: int) -> float:
     """``hybridrelay_rejections_total{status=…,action="listen"}`` from the relay's /metrics."""
     async with (
         aiohttp.ClientSession() as session,
-        session.get(setup.relay.http_url + "/metrics", ssl=setup.ssl_context or True) as resp,
+        session.get(
+            relay_setup.relay.http_url + "/metrics", ssl=relay_setup.ssl_context or True
+        ) as resp,
     ):
         assert resp.status == 200
         text = await resp.text()
@@ -223,11 +225,11 @@ async def listen_rejections(setup: Setup, status: int) -> float:
 # -- 1. hyco-ws listener + our client ---------------------------------------------------------
 
 
-async def test_hyco_listener_our_client_echo(setup: Setup) -> None:
+async def test_hyco_listener_our_client_echo(relay_setup: Setup) -> None:
     big = pattern_bytes(ONE_MIB)
-    async with hyco_listening(setup) as listener:
+    async with hyco_listening(relay_setup) as listener:
         async with connect(
-            setup.base, HYCO, key_name=ROOT, key=ROOT_KEY, ssl_context=setup.ssl_context
+            relay_setup.base, HYCO, key_name=ROOT, key=ROOT_KEY, ssl_context=relay_setup.ssl_context
         ) as stream:
             assert stream.subprotocol is None
             connection = await listener.next_event("connection", timeout=seconds(10))
@@ -264,9 +266,9 @@ async def test_hyco_listener_our_client_echo(setup: Setup) -> None:
 # -- 2. our listener + hyco-ws sender ---------------------------------------------------------
 
 
-async def test_our_listener_hyco_sender_echo(setup: Setup) -> None:
-    async with our_listener(setup, ECHO) as listener:
-        sender = setup.hyco_sender(ECHO, [text_msg(TEXT), binary_msg(BINARY), text_msg("")])
+async def test_our_listener_hyco_sender_echo(relay_setup: Setup) -> None:
+    async with our_listener(relay_setup, ECHO) as listener:
+        sender = relay_setup.hyco_sender(ECHO, [text_msg(TEXT), binary_msg(BINARY), text_msg("")])
         result = await run_sender(sender)
         assert result["protocol"] is None
         assert result["echoes"] == [text_msg(TEXT), binary_msg(BINARY), text_msg("")]
@@ -276,10 +278,10 @@ async def test_our_listener_hyco_sender_echo(setup: Setup) -> None:
 # -- 3. hyco-ws listener + hyco-ws sender -----------------------------------------------------
 
 
-async def test_hyco_listener_hyco_sender_echo(setup: Setup) -> None:
+async def test_hyco_listener_hyco_sender_echo(relay_setup: Setup) -> None:
     big = pattern_bytes(256 * 1024)
-    async with hyco_listening(setup) as listener:
-        sender = setup.hyco_sender(
+    async with hyco_listening(relay_setup) as listener:
+        sender = relay_setup.hyco_sender(
             HYCO,
             [text_msg(TEXT), binary_msg(BINARY), {"type": "binary", "size": len(big)}],
             summary=True,
@@ -294,7 +296,7 @@ async def test_hyco_listener_hyco_sender_echo(setup: Setup) -> None:
         accept = await listener.next_event("accept", timeout=seconds(5))
         headers = {k.lower(): v for k, v in accept["connectHeaders"].items()}
         assert headers.get("sec-websocket-key"), accept  # hyco-ws needs it (Part 2 §5.1)
-        address, base = urlsplit(accept["address"]), urlsplit(setup.base)
+        address, base = urlsplit(accept["address"]), urlsplit(relay_setup.base)
         assert (address.scheme, address.port) == (base.scheme, base.port), accept
         closed = await listener.next_event("connection-close", timeout=seconds(10))
         assert closed["code"] == 1000, listener.diagnostics()
@@ -304,9 +306,9 @@ async def test_hyco_listener_hyco_sender_echo(setup: Setup) -> None:
 # -- 4. sub-protocols -------------------------------------------------------------------------
 
 
-async def test_hyco_sender_subprotocol_picked_by_hyco_listener(plain_setup: Setup) -> None:
-    async with hyco_listening(plain_setup) as listener:
-        sender = plain_setup.hyco_sender(
+async def test_hyco_sender_subprotocol_picked_by_hyco_listener(plain_relay_setup: Setup) -> None:
+    async with hyco_listening(plain_relay_setup) as listener:
+        sender = plain_relay_setup.hyco_sender(
             HYCO, [text_msg("with protocol")], protocol="proto", useRelayedConnect=False
         )
         result = await run_sender(sender)
@@ -319,9 +321,9 @@ async def test_hyco_sender_subprotocol_picked_by_hyco_listener(plain_setup: Setu
         assert headers.get("sec-websocket-protocol") == "proto", accept
 
 
-async def test_hyco_listener_chooses_among_offered_subprotocols(plain_setup: Setup) -> None:
-    async with hyco_listening(plain_setup, protocol="second") as listener:
-        sender = plain_setup.hyco_sender(
+async def test_hyco_listener_chooses_among_offered_subprotocols(plain_relay_setup: Setup) -> None:
+    async with hyco_listening(plain_relay_setup, protocol="second") as listener:
+        sender = plain_relay_setup.hyco_sender(
             HYCO, [binary_msg(b"\x01\x02")], protocol=["first", "second"], useRelayedConnect=False
         )
         result = await run_sender(sender)
@@ -331,10 +333,10 @@ async def test_hyco_listener_chooses_among_offered_subprotocols(plain_setup: Set
         assert connection["protocol"] == "second"
 
 
-async def test_our_client_subprotocol_picked_by_hyco_listener(plain_setup: Setup) -> None:
-    async with hyco_listening(plain_setup) as listener:
+async def test_our_client_subprotocol_picked_by_hyco_listener(plain_relay_setup: Setup) -> None:
+    async with hyco_listening(plain_relay_setup) as listener:
         async with connect(
-            plain_setup.base, HYCO, key_name=ROOT, key=ROOT_KEY, subprotocols=("mqtt",)
+            plain_relay_setup.base, HYCO, key_name=ROOT, key=ROOT_KEY, subprotocols=("mqtt",)
         ) as stream:
             assert stream.subprotocol == "mqtt"
             assert stream.response_headers.get("sec-websocket-protocol") == "mqtt"
@@ -347,14 +349,16 @@ async def test_our_client_subprotocol_picked_by_hyco_listener(plain_setup: Setup
 # -- 6. invalid token: one 401, the hyco-ws listener stops (no reconnect storm) ----------------
 
 
-async def test_hyco_listener_with_invalid_token_gets_401_and_exits(plain_setup: Setup) -> None:
-    assert await listen_rejections(plain_setup, 401) == 0
-    async with plain_setup.hyco_listener(key="not-the-key-0123456789abcdef0123") as listener:
+async def test_hyco_listener_with_invalid_token_gets_401_and_exits(
+    plain_relay_setup: Setup,
+) -> None:
+    assert await listen_rejections(plain_relay_setup, 401) == 0
+    async with plain_relay_setup.hyco_listener(key="not-the-key-0123456789abcdef0123") as listener:
         error = await listener.next_event("error", timeout=seconds(10))
         assert error.get("status") == 401, listener.diagnostics()
         assert await listener.wait(timeout=seconds(10)) == 1, listener.diagnostics()
     assert not listener.events_of("listening"), listener.diagnostics()
-    rejections = await listen_rejections(plain_setup, 401)
+    rejections = await listen_rejections(plain_relay_setup, 401)
     # hyco-ws retries from both onerror and onclose before the script exits; a storm would be
     # dozens or thousands (Part 2 §5.1).
-    assert 1 <= rejections <= 2, f"{rejections} listen 401s\n{plain_setup.relay.log()}"
+    assert 1 <= rejections <= 2, f"{rejections} listen 401s\n{plain_relay_setup.relay.log()}"

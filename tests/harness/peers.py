@@ -57,7 +57,9 @@ async def send(
         token = token_for(url, key_name, key)
     if token:
         all_headers["ServiceBusAuthorization"] = token
-    return await ws_connect(url, headers=all_headers, subprotocols=subprotocols, open_timeout=20, **options)  # type: ignore[arg-type] # test passthrough
+    return await ws_connect(
+        url, headers=all_headers, subprotocols=subprotocols, open_timeout=20, **options
+    )  # type: ignore[arg-type] # test passthrough
 
 
 async def echo_behaviour(ws: WsConnection) -> None:
@@ -87,7 +89,9 @@ class RawListener:
 
     async def start(self) -> RawListener:
         url = listen_url(self.relay, self.hc, self.listener_id)
-        self.control = await ws_connect(url, headers={"ServiceBusAuthorization": token_for(url, self.key_name, self.key)})
+        self.control = await ws_connect(
+            url, headers={"ServiceBusAuthorization": token_for(url, self.key_name, self.key)}
+        )
         self.control_closed = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())
         return self
@@ -122,14 +126,20 @@ class RawListener:
     async def dial(self, accept: dict[str, object], **options: object) -> WsConnection:
         protocols: tuple[str, ...] = ()
         headers = {k.lower(): v for k, v in accept["connectHeaders"].items()}  # type: ignore[attr-defined]
-        offered = [p.strip() for p in str(headers.get("sec-websocket-protocol", "")).split(",") if p.strip()]
+        offered = [
+            p.strip()
+            for p in str(headers.get("sec-websocket-protocol", "")).split(",")
+            if p.strip()
+        ]
         choice = self.subprotocol_choice or (offered[0] if offered else None)
         if choice:
             protocols = (choice,)
         return await ws_connect(str(accept["address"]), subprotocols=protocols, **options)  # type: ignore[arg-type] # test passthrough
 
     @staticmethod
-    async def reject(accept: dict[str, object], status: int, description: str, *, bare: bool = False) -> int:
+    async def reject(
+        accept: dict[str, object], status: int, description: str, *, bare: bool = False
+    ) -> int:
         prefix = "" if bare else "sb-hc-"
         url = f"{accept['address']}&{prefix}statusCode={status}&{prefix}statusDescription={quote(description)}"
         try:

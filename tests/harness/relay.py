@@ -35,7 +35,7 @@ OTHER_KEY = "other-key-0123456789abcdef012345678"
 DEFAULT_CONFIG = f"""
 [relay]
 host = "127.0.0.1"
-port = 0
+port = {{port}}
 ping_interval = {{ping_interval}}
 close_timeout = 3
 data_dir = "{{data_dir}}"
@@ -91,8 +91,9 @@ def write_config(
     extra: str = "",
     relay_extra: str = "",
     tls: tuple[Path, Path] | None = None,
+    port: int = 0,
 ) -> Path:
-    text = DEFAULT_CONFIG.format(ping_interval=ping_interval, data_dir=directory / "data")
+    text = DEFAULT_CONFIG.format(ping_interval=ping_interval, data_dir=directory / "data", port=port)
     if relay_extra:
         text = text.replace("[relay]\n", f"[relay]\n{relay_extra}\n", 1)
     if tls is not None:
@@ -157,7 +158,7 @@ class RelayProcess:
             ready.set_exception(RuntimeError("relay exited"))
 
     async def _wait_ready(self, ssl_ca: Path | None) -> None:
-        import ssl  # noqa: PLC0415
+        import ssl
 
         ctx = ssl.create_default_context(cafile=str(ssl_ca)) if ssl_ca else None
         async with aiohttp.ClientSession() as session, asyncio.timeout(seconds(10)):

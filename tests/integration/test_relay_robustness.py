@@ -7,16 +7,16 @@ import time
 
 import aiohttp
 import pytest
+from tests.harness.peers import RawListener, listen_url, send, token_for
+from tests.harness.proxies import HalfOpenProxy
+from tests.harness.relay import InProcessRelay
+from tests.harness.timing import seconds
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
 from hybridrelay.protocol.frames import encode_frame
 from hybridrelay.protocol.messages import RenewToken, encode
 from hybridrelay.relay.splice import WRITE_HIGH_WATER
 from hybridrelay.wsclient import WsConnection, ws_connect
-from tests.harness.peers import RawListener, listen_url, send, token_for
-from tests.harness.proxies import HalfOpenProxy
-from tests.harness.relay import InProcessRelay
-from tests.harness.timing import seconds
 
 
 async def _wait_until(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
@@ -97,7 +97,7 @@ async def test_malformed_frames_fail_that_leg_and_tell_the_other(
         task = asyncio.create_task(send(relay.url, "echo"))
         leg = await listener.dial(await asyncio.wait_for(listener.accepts.get(), seconds(10)))
         ws = await task
-        ws._transport.write(raw)  # type: ignore[union-attr]  # noqa: SLF001 - inject a bad frame
+        ws._transport.write(raw)  # type: ignore[union-attr]
         with pytest.raises(ConnectionClosedError) as sender_side:
             await asyncio.wait_for(ws.recv(), seconds(5))
         assert sender_side.value.code == code
@@ -109,7 +109,9 @@ async def test_malformed_frames_fail_that_leg_and_tell_the_other(
         await listener.stop()
 
 
-async def test_bad_control_message_closes_channel_relay_keeps_serving(relay: InProcessRelay) -> None:
+async def test_bad_control_message_closes_channel_relay_keeps_serving(
+    relay: InProcessRelay,
+) -> None:
     for bad in ("not json", '{"accept": {}}', '{"a": 1, "b": 2}', '{"renewToken": {"token": 5}}'):
         listener = await RawListener(relay.url, "echo").start()
         assert listener.control is not None
@@ -153,7 +155,9 @@ async def test_renew_token_accepted_and_refused(relay: InProcessRelay) -> None:
     await listener.control.send(encode(RenewToken(token=token_for(url, ttl=7200))))
     (channel,) = relay.state.channels
     await _wait_until(lambda: (channel.expires_at or 0) > time.time() + 3600, seconds(5))
-    await listener.control.send(encode(RenewToken(token=token_for(url, key="wrong-key-0123456789abcdef"))))
+    await listener.control.send(
+        encode(RenewToken(token=token_for(url, key="wrong-key-0123456789abcdef")))
+    )
     code, reason = await listener.wait_control_closed(seconds(5))
     assert code == 1008
     assert "renewal refused" in reason
@@ -183,7 +187,9 @@ async def test_expired_token_closes_control_channel_with_1008(relay_factory) -> 
         ("/$hc/../../etc/passwd?sb-hc-action=connect", 404),
     ],
 )
-async def test_malformed_urls_get_clear_statuses(relay: InProcessRelay, target: str, status: int) -> None:
+async def test_malformed_urls_get_clear_statuses(
+    relay: InProcessRelay, target: str, status: int
+) -> None:
     with pytest.raises(HandshakeError) as info:
         await ws_connect(relay.url + target)
     assert info.value.status == status

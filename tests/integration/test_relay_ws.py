@@ -10,13 +10,13 @@ import time
 
 import aiohttp
 import pytest
+from tests.harness.peers import RawListener, connect_url, listen_url, send, token_for
+from tests.harness.relay import LISTEN_KEY, OTHER_KEY, ROOT_KEY, SEND_KEY, InProcessRelay
+from tests.harness.timing import seconds
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.wsclient import WsConnection, ws_connect
-from tests.harness.peers import RawListener, connect_url, listen_url, send, token_for
-from tests.harness.relay import LISTEN_KEY, OTHER_KEY, ROOT_KEY, SEND_KEY, InProcessRelay
-from tests.harness.timing import seconds
 
 
 async def test_text_and_binary_echo(relay: InProcessRelay) -> None:
@@ -123,11 +123,19 @@ async def test_accept_message_shape(relay: InProcessRelay) -> None:
     listener = await RawListener(relay.url, "nested/path", behaviour=None).start()
     try:
         sender = asyncio.create_task(
-            send(relay.url, "nested/path", suffix="/sub/dir", query="x=1&y=%2B", headers={"X-App": "v"})
+            send(
+                relay.url,
+                "nested/path",
+                suffix="/sub/dir",
+                query="x=1&y=%2B",
+                headers={"X-App": "v"},
+            )
         )
         accept = await asyncio.wait_for(listener.accepts.get(), seconds(10))
         address = str(accept["address"])
-        assert address.startswith(relay.url + "/$hc/nested/path/sub/dir?x=1&y=%2B&sb-hc-action=accept")
+        assert address.startswith(
+            relay.url + "/$hc/nested/path/sub/dir?x=1&y=%2B&sb-hc-action=accept"
+        )
         assert "sb-hc-id=" in address
         headers = accept["connectHeaders"]
         assert isinstance(headers, dict)
@@ -150,7 +158,9 @@ async def test_sender_tracking_id_becomes_accept_id(relay: InProcessRelay) -> No
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         url = connect_url(relay.url, "echo") + "&sb-hc-id=my-id-42"
-        task = asyncio.create_task(ws_connect(url, headers={"ServiceBusAuthorization": token_for(url)}))
+        task = asyncio.create_task(
+            ws_connect(url, headers={"ServiceBusAuthorization": token_for(url)})
+        )
         accept = await asyncio.wait_for(listener.accepts.get(), seconds(10))
         assert accept["id"] == "my-id-42"
         leg = await listener.dial(accept)
@@ -265,7 +275,14 @@ def _expired(url: str) -> str:
 AUTH_CASES = [
     # (name, key_name, key, hc, action, expected)
     ("no token", None, None, "hc-ws", "both", 401),
-    ("bad signature", "RootManageSharedAccessKey", "wrong-key-0123456789abcdef", "hc-ws", "both", 401),
+    (
+        "bad signature",
+        "RootManageSharedAccessKey",
+        "wrong-key-0123456789abcdef",
+        "hc-ws",
+        "both",
+        401,
+    ),
     ("unknown rule", "nobody", ROOT_KEY, "hc-ws", "both", 401),
     ("entity rule used on another entity", "other-rule", OTHER_KEY, "hc-ws", "both", 401),
     ("send-only listening", "send-only", SEND_KEY, "hc-ws", "listen", 403),
@@ -275,7 +292,13 @@ AUTH_CASES = [
 
 @pytest.mark.parametrize(("name", "key_name", "key", "hc", "action", "expected"), AUTH_CASES)
 async def test_auth_matrix(
-    relay: InProcessRelay, name: str, key_name: str | None, key: str | None, hc: str, action: str, expected: int
+    relay: InProcessRelay,
+    name: str,
+    key_name: str | None,
+    key: str | None,
+    hc: str,
+    action: str,
+    expected: int,
 ) -> None:
     keeper = await RawListener(relay.url, hc).start()  # so connects get past "no listener"
     try:
@@ -313,7 +336,7 @@ async def test_token_in_query_and_namespace_wide_token(relay: InProcessRelay) ->
         "http://127.0.0.1/", "RootManageSharedAccessKey", ROOT_KEY, int(time.time()) + 600
     )
     url = listen_url(relay.url, "hc-ws")
-    from urllib.parse import quote  # noqa: PLC0415
+    from urllib.parse import quote
 
     control = await ws_connect(url + "&sb-hc-token=" + quote(namespace_token, safe=""))
     await control.close()

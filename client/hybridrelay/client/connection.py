@@ -97,7 +97,9 @@ def connect(
         token_provider = SasTokenProvider(key_name, key)
     all_headers = dict(headers or {})
     if token_provider is not None:
-        all_headers["ServiceBusAuthorization"] = token_provider.token_for(audience_for(url), time.time())
+        all_headers["ServiceBusAuthorization"] = token_provider.token_for(
+            audience_for(url), time.time()
+        )
     return _Connect(
         url,
         all_headers,

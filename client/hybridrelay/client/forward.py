@@ -101,7 +101,9 @@ class Forwarder:
             )
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
-            log.warning("tunnel_refused", extra={"peer": str(peer), "error": str(exc) or type(exc).__name__})
+            log.warning(
+                "tunnel_refused", extra={"peer": str(peer), "error": str(exc) or type(exc).__name__}
+            )
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

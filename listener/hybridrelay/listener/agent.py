@@ -159,7 +159,9 @@ class Listener:
             )
         except HandshakeError as exc:
             if exc.status == 404:
-                self._log.error("hybrid_connection_not_found", extra={"relay": redact_url(self.relay)})
+                self._log.error(
+                    "hybrid_connection_not_found", extra={"relay": redact_url(self.relay)}
+                )
                 raise EntityNotFoundError(
                     f"hybrid connection {self.hc!r} does not exist on {self.relay}"
                 ) from exc
@@ -200,7 +202,9 @@ class Listener:
                 # Binary messages are HTTP-mode request bodies (issue 3); not served here.
         except ConnectionClosedError as exc:
             level = logging.INFO if stop.is_set() else logging.WARNING
-            self._log.log(level, "control_channel_closed", extra={"code": exc.code, "reason": exc.reason})
+            self._log.log(
+                level, "control_channel_closed", extra={"code": exc.code, "reason": exc.reason}
+            )
         finally:
             for task in (closer, renewer):
                 task.cancel()
@@ -227,7 +231,9 @@ class Listener:
     async def _drain(self) -> None:
         if not self._streams:
             return
-        self._log.info("draining", extra={"open": len(self._streams), "deadline_s": self._drain_timeout})
+        self._log.info(
+            "draining", extra={"open": len(self._streams), "deadline_s": self._drain_timeout}
+        )
         _, pending = await asyncio.wait(set(self._streams), timeout=self._drain_timeout)
         for task in pending:
             task.cancel()
@@ -260,7 +266,11 @@ class Listener:
             p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()
         )
         request = AcceptRequest(
-            hc=self.hc, id=accept.id, headers=headers, remote=accept.remote_endpoint, subprotocols=offered
+            hc=self.hc,
+            id=accept.id,
+            headers=headers,
+            remote=accept.remote_endpoint,
+            subprotocols=offered,
         )
         clog = ConnectionLogger(log, {"hc": self.hc, "conn": accept.id})
         try:
@@ -283,7 +293,9 @@ class Listener:
         except Exception:  # top level of a stream task: our bug or the app's, never silent
             clog.exception("connection_crashed")
 
-    async def _rendezvous(self, accept: Accept, request: AcceptRequest, *, stream: bool) -> WsConnection:
+    async def _rendezvous(
+        self, accept: Accept, request: AcceptRequest, *, stream: bool
+    ) -> WsConnection:
         chosen = self._select(request.subprotocols) if request.subprotocols else None
         return await ws_connect(
             accept.address,
@@ -293,13 +305,17 @@ class Listener:
             auto_close_echo=not stream,
         )
 
-    async def _bridge_to_target(self, accept: Accept, request: AcceptRequest, clog: ConnectionLogger) -> None:
+    async def _bridge_to_target(
+        self, accept: Accept, request: AcceptRequest, clog: ConnectionLogger
+    ) -> None:
         assert self._target is not None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(self._target.host, self._target.port)
         except (OSError, TimeoutError) as exc:
-            clog.warning("target_unreachable", extra={"target": str(self._target), "error": str(exc)})
+            clog.warning(
+                "target_unreachable", extra={"target": str(self._target), "error": str(exc)}
+            )
             await self._reject(accept.address, Reject(502, "target unreachable"), clog)
             return
         try:
@@ -316,12 +332,18 @@ class Listener:
             self.stats.bytes_down += result.bytes_down
             clog.info(
                 "connection_closed",
-                extra={"bytes_up": result.bytes_up, "bytes_down": result.bytes_down, "code": result.close_code},
+                extra={
+                    "bytes_up": result.bytes_up,
+                    "bytes_down": result.bytes_down,
+                    "code": result.close_code,
+                },
             )
         finally:
             self.stats.active -= 1
 
-    async def _run_handler(self, accept: Accept, request: AcceptRequest, clog: ConnectionLogger) -> None:
+    async def _run_handler(
+        self, accept: Accept, request: AcceptRequest, clog: ConnectionLogger
+    ) -> None:
         assert self._handler is not None
         ws = await self._rendezvous(accept, request, stream=False)
         self.stats.accepted += 1

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
-from hybridrelay.protocol.sas import Rights, SasToken, parse_sas_token, resource_covers, verify_signature
+from hybridrelay.protocol.sas import (
+    Rights,
+    SasToken,
+    parse_sas_token,
+    resource_covers,
+    verify_signature,
+)
 from hybridrelay.relay.store.base import HybridConnection, Rule
 
 __all__ = ["Principal", "authorize", "check_token"]
@@ -78,7 +84,9 @@ def check_token(
     if not resource_covers(token.resource, host=host, entity_path=path or hc.name):
         raise ForbiddenError("the token is not valid for this hybrid connection")
     if not rule.rights.allows(right):
-        needed = "Listen" if right == Rights.LISTEN else "Send" if right == Rights.SEND else "Manage"
+        needed = (
+            "Listen" if right == Rights.LISTEN else "Send" if right == Rights.SEND else "Manage"
+        )
         raise ForbiddenError(f"the token's rule lacks the {needed} right")
     return Principal(rule=rule.name, rights=rule.rights, expires_at=float(token.expiry))
 
@@ -99,5 +107,11 @@ def authorize(
     if not token_text:
         raise AuthError("a token is required (ServiceBusAuthorization header or sb-hc-token)")
     return check_token(
-        token_text, hc=hc, namespace_rules=namespace_rules, right=right, now=now, host=host, path=path
+        token_text,
+        hc=hc,
+        namespace_rules=namespace_rules,
+        right=right,
+        now=now,
+        host=host,
+        path=path,
     )

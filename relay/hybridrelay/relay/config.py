@@ -142,7 +142,7 @@ def _hybrid_connection(table: Table, default_max: int) -> HybridConnectionConfig
         raise table.error("name", why)
     rules = [_rule(t) for t in table.tables("rules")]
     _check_unique_rules(rules, table, "rules")
-    http_value = table._get("http")  # noqa: SLF001 - tri-state: absent means "not declared"
+    http_value = table._get("http")
     if http_value is not None and not isinstance(http_value, bool):
         raise table.error("http", "must be true or false")
     hc = HybridConnectionConfig(
@@ -254,11 +254,14 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
     relay_raw = data.get("relay", {})
     if not isinstance(relay_raw, dict):
         raise top.error("relay", "must be a table")
-    top._get("relay")  # noqa: SLF001 - mark as read
+    top._get("relay")
     settings = _settings(Table(_env_overrides(relay_raw, env), path=str(path), prefix="relay"))
     rules = [_rule(t) for t in top.tables("rules")]
     _check_unique_rules(rules, top, "rules")
-    hcs = [_hybrid_connection(t, settings.max_listeners_per_hc) for t in top.tables("hybrid_connections")]
+    hcs = [
+        _hybrid_connection(t, settings.max_listeners_per_hc)
+        for t in top.tables("hybrid_connections")
+    ]
     seen: set[str] = set()
     for hc in hcs:
         if hc.name.lower() in seen:
@@ -267,7 +270,9 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
     top.reject_unknown()
     if not rules and not any(hc.rules for hc in hcs):
         raise top.error("rules", "no SAS rule is defined; nobody could listen")
-    return RelayConfig(relay=settings, rules=tuple(rules), hybrid_connections=tuple(hcs), source=str(path))
+    return RelayConfig(
+        relay=settings, rules=tuple(rules), hybrid_connections=tuple(hcs), source=str(path)
+    )
 
 
 def development_config(env: Mapping[str, str] | None = None) -> RelayConfig:

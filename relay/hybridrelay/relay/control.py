@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 
@@ -154,7 +153,9 @@ class ControlChannel:
         elif isinstance(message, Response):
             # HTTP-mode responses belong to issue 3's request table; until it exists none
             # can match a request of ours, so there is nothing to hand them to.
-            self._log.warning("response_for_unknown_request", extra={"request_id": message.request_id})
+            self._log.warning(
+                "response_for_unknown_request", extra={"request_id": message.request_id}
+            )
         else:
             self._log.warning("unexpected_control_message", extra={"kind": type(message).__name__})
             await self.close(1002, "listeners may only send renewToken and response")
@@ -179,7 +180,8 @@ class ControlChannel:
                 return
             if now - self._last_seen > 2 * interval:
                 self._log.warning(
-                    "control_channel_unresponsive", extra={"silent_s": round(now - self._last_seen, 2)}
+                    "control_channel_unresponsive",
+                    extra={"silent_s": round(now - self._last_seen, 2)},
                 )
                 self.abort()
                 return

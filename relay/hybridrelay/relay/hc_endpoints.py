@@ -34,8 +34,8 @@ from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
-from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.rendezvous import TableFullError
 from hybridrelay.relay.splice import Splice, take_over
 from hybridrelay.relay.state import STATE, PendingConnect, RelayState
@@ -109,7 +109,9 @@ def _token(request: web.Request, addr: HcAddress) -> str | None:
     return request.headers.get(_AUTH_HEADER) or addr.token
 
 
-async def _resolve(state: RelayState, addr: HcAddress, *, create: bool) -> tuple[HybridConnection, str]:
+async def _resolve(
+    state: RelayState, addr: HcAddress, *, create: bool
+) -> tuple[HybridConnection, str]:
     found = await state.store.resolve(addr.path)
     if found is not None and (not create or not found[1]):
         return found
@@ -206,12 +208,16 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     handle = await state.cluster.pick(
         hc.name,
         allowed=parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners")),
-        disallowed=parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners")),
+        disallowed=parse_listener_filter(
+            request.headers.get("Microsoft-Relay-DisallowedListeners")
+        ),
     )
     if handle is None:
         raise NoListenerError("no listener is connected to this hybrid connection")
 
-    splice = Splice(close_timeout=state.config.relay.close_timeout, on_finish=state.metrics.count_bytes)
+    splice = Splice(
+        close_timeout=state.config.relay.close_timeout, on_finish=state.metrics.count_bytes
+    )
     pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
     try:
         key = state.rendezvous.create(pending)
@@ -290,7 +296,9 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     try:
         handshake = parse_client_handshake(request.method, request.headers)
     except ProtocolError:
-        pending.future.set_exception(ListenerHandshakeError("the listener's rendezvous handshake was invalid"))
+        pending.future.set_exception(
+            ListenerHandshakeError("the listener's rendezvous handshake was invalid")
+        )
         raise
     # The listener names the one sub-protocol it picked from connectHeaders (HC §5).
     chosen = handshake.protocols[0] if handshake.protocols else None
@@ -301,7 +309,9 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
         splice.listener.attach(take_over(request), paused=True)
     except (ConnectionError, RuntimeError) as exc:
         if not pending.future.done():
-            pending.future.set_exception(ListenerHandshakeError("the listener vanished during its handshake"))
+            pending.future.set_exception(
+                ListenerHandshakeError("the listener vanished during its handshake")
+            )
         log.info("listener_gone_during_rendezvous", extra={"error": type(exc).__name__})
         return response
     if pending.future.done():  # the sender gave up in the meantime
@@ -328,4 +338,3 @@ async def shutdown_connections(
     closers = [channel.close(code, reason) for channel in list(state.channels)]
     if closers:
         await asyncio.gather(*closers, return_exceptions=True)
-

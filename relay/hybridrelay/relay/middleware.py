@@ -36,7 +36,9 @@ def _phrase(text: str) -> str:
     return clean[:_REASON_LIMIT].strip() or "Error"
 
 
-def error_response(status: int, code: str, message: str, *, reason: str | None = None) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, *, reason: str | None = None
+) -> web.Response:
     tracking_id = uuid.uuid4().hex
     body = {"error": {"code": code, "message": message, "trackingId": tracking_id}}
     return web.Response(
@@ -60,7 +62,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = exc.status if 400 <= exc.status <= 599 else 400
         _count(request, status)
         log.info("sender_rejected", extra={"status": status, "path": redact_url(request.path)})
-        return error_response(status, exc.error_code, exc.description or "Rejected", reason=exc.description)
+        return error_response(
+            status, exc.error_code, exc.description or "Rejected", reason=exc.description
+        )
     except HybridRelayError as exc:
         _count(request, exc.http_status)
         log.info(

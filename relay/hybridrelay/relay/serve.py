@@ -51,13 +51,17 @@ async def run(
     app = create_app(config)
     if on_app is not None:
         on_app(app)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_timeout)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_timeout
+    )
     await runner.setup()
     ssl_ctx = tls_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
-    site = web.TCPSite(runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024, reuse_address=True)
+    site = web.TCPSite(
+        runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024, reuse_address=True
+    )
     await site.start()
     try:
-        server = site._server  # noqa: SLF001 - the only way to learn the port bound for port 0
+        server = site._server
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else s.port
         state = app[STATE]

@@ -50,7 +50,9 @@ class MemoryStore:
         try:
             names = json.loads(self._persist.read_text("utf-8"))
         except (OSError, ValueError) as exc:
-            log.warning("state_file_unreadable", extra={"path": str(self._persist), "error": str(exc)})
+            log.warning(
+                "state_file_unreadable", extra={"path": str(self._persist), "error": str(exc)}
+            )
             return
         if not isinstance(names, list):
             return
