@@ -22,6 +22,7 @@ bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
     ├── RendezvousError                    403
     ├── RejectedError(status, description) listener's own status
     ├── UpstreamTimeoutError               504
+    ├── UnavailableError                   503
     ├── HandshakeError(status, reason)     a non-101 answer seen by a WebSocket client
     └── ConnectionClosedError(code, reason)
 """
@@ -47,6 +48,7 @@ __all__ = [
     "RejectedError",
     "RendezvousError",
     "TokenExpiredError",
+    "UnavailableError",
     "UpstreamTimeoutError",
 ]
 
@@ -158,6 +160,14 @@ class UpstreamTimeoutError(HybridRelayError):
 
     http_status = 504
     error_code = "GatewayTimeout"
+
+
+class UnavailableError(HybridRelayError):
+    """The relay takes no new work right now (draining, overloaded)."""
+
+    http_status = 503
+    close_code = 1001
+    error_code = "ServiceUnavailable"
 
 
 class HandshakeError(HybridRelayError):

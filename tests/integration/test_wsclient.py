@@ -787,20 +787,23 @@ async def test_slow_reader_pauses_transport(
     paused = asyncio.Event()
     buffered_at_pause: list[int] = []
     resumes = 0
-    pause, resume = transport.pause_reading, transport.resume_reading
+    pause, resume = conn._pause_reading, conn._resume_reading
 
     def on_pause() -> None:
-        buffered_at_pause.append(conn._rx_bytes)
-        paused.set()
+        if not conn._reading_paused:
+            buffered_at_pause.append(conn._rx_bytes)
+            paused.set()
         pause()
 
     def on_resume() -> None:
         nonlocal resumes
-        resumes += 1
+        if conn._reading_paused:
+            resumes += 1
         resume()
 
-    transport.pause_reading = on_pause  # type: ignore[method-assign]  # instrumenting the test's own transport
-    transport.resume_reading = on_resume  # type: ignore[method-assign]
+    # Instrument the connection, not the transport: uvloop's transports are read-only.
+    conn._pause_reading = on_pause  # type: ignore[method-assign]  # test instrumentation
+    conn._resume_reading = on_resume  # type: ignore[method-assign]
 
     # More than loopback's kernel buffers can hold, so the sender must block.
     payload = os.urandom(32 * 1024 * 1024)
@@ -812,8 +815,8 @@ async def test_slow_reader_pauses_transport(
         peer.send_close(1000)
         await peer.writer.drain()
 
-    async with asyncio.timeout(T * 4):
-        sender = asyncio.create_task(pump())
+    async with asyncio.timeout(T * 4), asyncio.TaskGroup() as tg:
+        sender = tg.create_task(pump())
         await paused.wait()  # nobody reads yet: the client stops reading the socket
         assert not transport.is_reading()
         assert not sender.done()  # and the sender is held back by TCP flow control

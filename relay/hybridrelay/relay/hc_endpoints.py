@@ -24,6 +24,7 @@ from hybridrelay.errors import (
     ProtocolError,
     RejectedError,
     RendezvousError,
+    UnavailableError,
     UpstreamTimeoutError,
 )
 from hybridrelay.logs import RELAY, ConnectionLogger
@@ -126,7 +127,7 @@ async def _resolve(
 
 async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     if state.draining:
-        raise ConnectionClosedError(1001, "relay is draining")
+        raise UnavailableError("the relay is draining; try another node")
     hc, suffix = await _resolve(state, addr, create=True)
     if suffix:
         raise EntityNotFoundError("Endpoint does not exist.")
@@ -191,7 +192,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
 
 async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     if state.draining:
-        raise ConnectionClosedError(1001, "relay is draining")
+        raise UnavailableError("the relay is draining; try another node")
     loop = asyncio.get_running_loop()
     started = loop.time()
     hc, suffix = await _resolve(state, addr, create=False)
@@ -222,7 +223,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     try:
         key = state.rendezvous.create(pending)
     except TableFullError as exc:
-        raise UpstreamTimeoutError("too many connections are waiting for listeners") from exc
+        raise UnavailableError("too many connections are waiting for listeners") from exc
     tracking_id = addr.tracking_id or str(uuid.uuid4())
     accept = Accept(
         address=build_rendezvous_address(

@@ -1,0 +1,54 @@
+"""Every public module declares __all__, and the names in it exist."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+MODULES = [
+    "hybridrelay.errors",
+    "hybridrelay.config",
+    "hybridrelay.logs",
+    "hybridrelay.backoff",
+    "hybridrelay.protocol",
+    "hybridrelay.protocol.addresses",
+    "hybridrelay.protocol.codes",
+    "hybridrelay.protocol.frames",
+    "hybridrelay.protocol.messages",
+    "hybridrelay.protocol.sas",
+    "hybridrelay.wsclient",
+    "hybridrelay.bridge",
+    "hybridrelay.relay",
+    "hybridrelay.relay.config",
+    "hybridrelay.relay.splice",
+    "hybridrelay.relay.rendezvous",
+    "hybridrelay.relay.balancer",
+    "hybridrelay.listener",
+    "hybridrelay.client",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_is_declared_and_complete(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert exported, name
+    for attr in exported:
+        assert hasattr(module, attr), f"{name}.__all__ names missing {attr}"
+
+
+def test_apps_import_connect_from_client() -> None:
+    from hybridrelay.client import connect  # noqa: PLC0415
+
+    assert callable(connect)
+
+
+def test_example_relay_config_loads() -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from hybridrelay.relay.config import load_relay_config  # noqa: PLC0415
+
+    config = load_relay_config(Path(__file__).parents[2] / "deploy" / "relay.example.toml", {})
+    assert config.relay.public_url == "wss://relay.example.com"
+    assert config.hybrid_connections[0].name == "mqtt"
