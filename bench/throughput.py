@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -182,7 +183,7 @@ class RelayProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    async def start(self, timeout: float = 20.0) -> str:
+    async def start(self, wait_s: float = 20.0) -> str:
         # Inherited HYBRIDRELAY_* variables would override the config; drop them.
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDRELAY_")}
         env |= {"PYTHONUNBUFFERED": "1", "HYBRIDRELAY_LOG_LEVEL": "warning"}
@@ -202,7 +203,7 @@ class RelayProcess:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_output(ready))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait_s):
                 self.url = await ready
             await self._wait_ready()
         except (TimeoutError, BenchError, aiohttp.ClientError) as exc:
@@ -210,7 +211,8 @@ class RelayProcess:
         return self.url
 
     async def _read_output(self, ready: asyncio.Future[str]) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             text = line.decode("utf-8", "replace").rstrip()
             self.log_lines.append(text)
@@ -287,17 +289,21 @@ class RelayPath:
                 await ws.close(1011, str(exc)[:100])
         # Listener closes the stream (code 1000) when the handler returns.
 
-    async def start(self, timeout: float = 20.0) -> None:
-        self._listener = Listener(self.relay_url, HC, token_provider=self.tokens, handler=self._handle)
+    async def start(self, wait_s: float = 20.0) -> None:
+        self._listener = Listener(
+            self.relay_url, HC, token_provider=self.tokens, handler=self._handle
+        )
         self._task = asyncio.create_task(self._listener.run(self._stop))
         connected = asyncio.create_task(self._listener.connected.wait())
-        done, _ = await asyncio.wait({self._task, connected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {self._task, connected}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+        )
         if connected not in done:
             connected.cancel()
             if self._task in done:
                 self._task.result()  # raises the listener's error
                 raise BenchError("listener stopped before its control channel opened")
-            raise BenchError(f"listener control channel not open after {timeout:.0f} s")
+            raise BenchError(f"listener control channel not open after {wait_s:.0f} s")
 
     async def open(self) -> WsConnection:
         return await connect(self.relay_url, HC, token_provider=self.tokens)
@@ -345,11 +351,11 @@ async def measure(
     count: int,
     relay: RelayProcess,
     *,
-    timeout: float,
+    limit_s: float,
     series: Series | None,
 ) -> None:
     """One transfer on a fresh connection; connect and close are outside the timed window."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         conn = await opener()
         try:
             relay_cpu0 = relay.cpu_seconds()
@@ -387,11 +393,10 @@ def machine_info(uvloop_on: bool) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
     try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
+        info["uvloop_version"] = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
         info["relay_uvloop"] = False
     else:
-        info["uvloop_version"] = uvloop.__version__
         info["relay_uvloop"] = True  # the CLI runs the relay on uvloop whenever it is installed
     return info
 
@@ -440,11 +445,15 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
             try:
                 if warmup_count:
                     for _, opener in paths:
-                        await measure(opener, payload, warmup_count, relay, timeout=args.timeout, series=None)
+                        await measure(
+                            opener, payload, warmup_count, relay, limit_s=args.timeout, series=None
+                        )
                 for rnd in range(args.rounds):
                     for series, opener in paths:
                         step = f"round {rnd + 1} {series.name}"
-                        await measure(opener, payload, count, relay, timeout=args.timeout, series=series)
+                        await measure(
+                            opener, payload, count, relay, limit_s=args.timeout, series=series
+                        )
                         print(
                             f"{step}: {series.mb_s[-1]:.1f} MB/s",
                             file=sys.stderr,
@@ -455,7 +464,9 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
                 if errors:
                     detail += "\nserver side: " + "; ".join(errors)
                 if relay.exited():
-                    detail += f"\nrelay exited with {relay.process.returncode if relay.process else '?'}"
+                    detail += (
+                        f"\nrelay exited with {relay.process.returncode if relay.process else '?'}"
+                    )
                     detail += ":\n" + relay.log_tail()
                 raise BenchError(detail) from exc
             relay_pid = relay.pid
@@ -484,14 +495,28 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 round, 32 MiB per run (unless overridden)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.throughput", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="1 round, 32 MiB per run (unless overridden)"
+    )
     p.add_argument("--rounds", type=int, help="rounds of direct+relay (default 3, --quick 1)")
     p.add_argument("--size-mib", type=float, help="bytes per run in MiB (default 256, --quick 32)")
-    p.add_argument("--message-kib", type=float, default=64.0, help="message size in KiB (default 64)")
-    p.add_argument("--warmup-mib", type=float, help="unrecorded warm-up per path (default 16, --quick 4; 0: none)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per run (default 300)")
-    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop in the bench process")
+    p.add_argument(
+        "--message-kib", type=float, default=64.0, help="message size in KiB (default 64)"
+    )
+    p.add_argument(
+        "--warmup-mib",
+        type=float,
+        help="unrecorded warm-up per path (default 16, --quick 4; 0: none)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds allowed per run (default 300)"
+    )
+    p.add_argument(
+        "--no-uvloop", action="store_true", help="use the default asyncio loop in the bench process"
+    )
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = p.parse_args(argv)
     if args.rounds is None:
@@ -532,7 +557,7 @@ def uvloop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, st
     Returns (factory or None, why uvloop is not used or None).
     """
     try:
-        import uvloop  # noqa: PLC0415 - optional
+        import uvloop
     except ImportError:
         return None, "uvloop not installed"
     try:

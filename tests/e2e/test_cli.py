@@ -15,11 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-
-from hybridrelay.client import RelayStream, connect
-from hybridrelay.errors import ConnectionClosedError, HandshakeError
-from hybridrelay.listener import AcceptRequest, Listener, TcpTarget
-from hybridrelay.protocol.sas import SasTokenProvider
 from tests.harness.processes import (
     CliProcess,
     ProcessGroup,
@@ -29,6 +24,11 @@ from tests.harness.processes import (
 )
 from tests.harness.relay import ROOT_KEY, RelayProcess
 from tests.harness.timing import seconds
+
+from hybridrelay.client import RelayStream, connect
+from hybridrelay.errors import ConnectionClosedError, HandshakeError
+from hybridrelay.listener import AcceptRequest, Listener, TcpTarget
+from hybridrelay.protocol.sas import SasTokenProvider
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,9 @@ async def _start_listen(procs: ProcessGroup, relay_url: str, target: tuple[str, 
 
 
 async def _start_forward(procs: ProcessGroup, relay_url: str) -> tuple[CliProcess, int]:
-    forwarder = await procs.start(*forward_args(relay_url, "echo", key_name=ROOT), key=ROOT_KEY, name="forward")
+    forwarder = await procs.start(
+        *forward_args(relay_url, "echo", key_name=ROOT), key=ROOT_KEY, name="forward"
+    )
     return forwarder, await forwarded_port(forwarder)
 
 
@@ -194,11 +196,22 @@ async def test_listener_sigkill_ends_forwarded_tcp_connection(
             assert await reader.readexactly(4) == b"ping"
 
         await listener.kill9()
-        # EOF or a reset, never a hang: the forwarder hears 1011 from the relay.
+        # Never a hang; and a reset, not an EOF, so a cut-off stream cannot look complete
+        # (the forwarder hears 1011 from the relay and drops the TCP connection).
         async with asyncio.timeout(seconds(5)):
-            with contextlib.suppress(ConnectionResetError):
-                rest = await reader.read()
-                assert rest == b""
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    # The forwarder keeps serving: with no listener the relay refuses (404), and the new
+    # connection is closed at once instead of hanging.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(seconds(10)):
+            assert await reader.read() == b""
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
@@ -212,7 +225,9 @@ async def test_relay_serve_bad_config_exits_2_with_one_line(procs: ProcessGroup)
     path = INVALID_CONFIGS / "port_not_integer.toml"
     relay = await procs.start("relay", "serve", "--config", str(path), name="relay(bad config)")
     assert await relay.wait(timeout=20) == 2
-    assert relay.lines == [f"hybridrelay: config error: {path}: relay.port: must be an integer, not str"]
+    assert relay.lines == [
+        f"hybridrelay: config error: {path}: relay.port: must be an integer, not str"
+    ]
 
 
 # -- d. no config: the development default --------------------------------------------------
@@ -274,15 +289,26 @@ async def test_demo_runs_to_completion(procs: ProcessGroup, tmp_path: Path) -> N
 
 # -- f. SIGTERM drains ----------------------------------------------------------------------
 
+_STALLED_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product: after drain_timeout the relay sends 1001 and then waits close_timeout more for "
+        "the sender's close frame, so a stalled sender delays exit to drain_timeout + close_timeout"
+    ),
+)
 
+
+@pytest.mark.parametrize("sender", ["closes", pytest.param("stalled", marks=_STALLED_XFAIL)])
 async def test_relay_sigterm_with_open_stream_exits_0_within_drain_timeout(
-    relay_process_factory: ProcessFactory, echo_server: tuple[str, int]
+    relay_process_factory: ProcessFactory, echo_server: tuple[str, int], sender: str
 ) -> None:
     drain_timeout = 2.0
     relay = await relay_process_factory(relay_extra=f"drain_timeout = {drain_timeout}")
     assert relay.process is not None
     tokens = SasTokenProvider(ROOT, ROOT_KEY)
-    listener = Listener(relay.url, "echo", token_provider=tokens, target=TcpTarget(*echo_server), drain_timeout=1)
+    listener = Listener(
+        relay.url, "echo", token_provider=tokens, target=TcpTarget(*echo_server), drain_timeout=1
+    )
     async with _running(listener):
         async with asyncio.timeout(seconds(10)):
             stream = await connect(relay.url, "echo", token_provider=tokens, stream_mode=True)
@@ -295,13 +321,18 @@ async def test_relay_sigterm_with_open_stream_exits_0_within_drain_timeout(
 
             started = time.monotonic()
             relay.signal(signal.SIGTERM)
-            async with asyncio.timeout(seconds(drain_timeout + 3)):
+            # The outer bound only turns a hang into a failure; the deadline is asserted below.
+            async with asyncio.timeout(seconds(drain_timeout + 8)):
+                if sender == "closes":
+                    # A sender that answers the relay's close (1001, at the deadline) at once.
+                    assert await _read_until_closed(stream) == 1001
+                    await stream.close()
+                # "stalled": holds the stream open and never reads.
                 code = await relay.process.wait()
-                await _read_until_closed(stream)  # the open stream ends too, no hang
             elapsed = time.monotonic() - started
         finally:
             stream.abort()
             await stream.wait_closed()
     assert code == 0, relay.log()
-    assert elapsed < seconds(drain_timeout + 3)
-    assert any("relay_draining" in line for line in relay.log_lines)
+    assert any("event=relay_draining" in line for line in relay.log_lines)
+    assert elapsed < drain_timeout + seconds(1.5), f"relay exited {elapsed:.2f}s after SIGTERM"

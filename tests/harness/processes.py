@@ -190,7 +190,9 @@ class CliProcess:
 
     # -- output ----------------------------------------------------------------------
 
-    async def wait_for_line(self, pattern: str | re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
+    async def wait_for_line(
+        self, pattern: str | re.Pattern[str], timeout: float = 10.0
+    ) -> re.Match[str]:
         """Return the match of the first unseen output line that matches ``pattern``.
 
         Lines are consumed: the search starts after the line the previous call matched,
@@ -262,11 +264,10 @@ class ProcessGroup:
         await self.close()
 
     def log(self) -> str:
-        parts = []
-        for proc in self.processes:
-            parts.append(
-                f"--- {proc.name} (pid {proc.pid}, exit {proc.returncode}) ---\n{proc.output()}"
-            )
+        parts = [
+            f"--- {proc.name} (pid {proc.pid}, exit {proc.returncode}) ---\n{proc.output()}"
+            for proc in self.processes
+        ]
         return "\n".join(parts)
 
 

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,7 +220,8 @@ class InProcessRelay:
             run_relay(self.config, self._stop, on_ready=on_ready, on_app=on_app)
         )
         async with asyncio.timeout(seconds(10)):
-            done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {ready, self._task}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if ready not in done:
             self._task.result()
         self.url = ready.result()

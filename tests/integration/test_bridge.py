@@ -97,6 +97,7 @@ class RelayPeer:
         self.target_port = target_port
         self.results: asyncio.Queue[PeerResult] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.clients: list[asyncio.StreamWriter] = []  # our ends of the WebSocket connections
         self.server: asyncio.Server | None = None
         self.url = ""
 
@@ -109,6 +110,7 @@ class RelayPeer:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
+        self.clients.append(writer)
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         key = next(
             line.split(":", 1)[1].strip()
@@ -127,7 +129,7 @@ class RelayPeer:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._ws_to_target(reader, t_writer, result))
-                tg.create_task(self._target_to_ws(t_reader, writer, result))
+                tg.create_task(self._target_to_ws(t_reader, t_writer, writer, result))
         finally:
             writer.close()  # RFC 6455 §7.1.1: the server closes TCP first
             t_writer.close()
@@ -162,17 +164,29 @@ class RelayPeer:
             rst(t_writer)
 
     async def _target_to_ws(
-        self, t_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, result: PeerResult
+        self,
+        t_reader: asyncio.StreamReader,
+        t_writer: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter,
+        result: PeerResult,
     ) -> None:
-        try:
-            while data := await t_reader.read(65536):
+        close = encode_close_payload(1000)
+        while True:
+            try:
+                data = await t_reader.read(65536)
+            except ConnectionResetError:
+                result.target_reset = True
+                close = encode_close_payload(1011, "target reset")
+                break
+            if not data:
+                break
+            try:
                 writer.write(encode_frame(fin=True, opcode=Opcode.BINARY, payload=data))
                 await writer.drain()
-        except ConnectionResetError:
-            result.target_reset = True
-            close = encode_close_payload(1011, "target reset")
-        else:
-            close = encode_close_payload(1000)
+            except ConnectionError:
+                result.client_lost = True
+                rst(t_writer)
+                return
         with contextlib.suppress(ConnectionError):
             writer.write(encode_frame(fin=True, opcode=Opcode.CLOSE, payload=close))
             await writer.drain()
@@ -424,6 +438,60 @@ async def test_target_reset_drops_the_app_connection(
         await read_until_error(app_r, received)
     assert bytes(received) in (b"", b"partial")
     assert (await setup.relay.result()).target_reset
+
+
+async def test_websocket_loss_resets_the_app_connection(
+    make_setup: Callable[[Target], Awaitable[Setup]], tmp_path: Path
+) -> None:
+    got_data = asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(T):
+            await reader.readexactly(5)
+        got_data.set()
+        with contextlib.suppress(ConnectionResetError):
+            await read_all(reader)
+
+    setup = await make_setup(target)
+    (app_r, app_w), task = await setup.start_bridge("tcp", tmp_path)
+    app_w.write(b"hello")
+    await app_w.drain()
+    async with asyncio.timeout(T):
+        await got_data.wait()
+    setup.relay.clients[0].transport.abort()  # the WebSocket drops without a close frame
+    async with asyncio.timeout(T):
+        stats = await task
+    assert stats == BridgeStats(bytes_up=5, bytes_down=0, close_code=1006)
+    with pytest.raises(ConnectionResetError):
+        await read_until_error(app_r, bytearray())
+
+
+async def test_app_reset_after_half_close_drops_the_websocket(
+    make_setup: Callable[[Target], Awaitable[Setup]], tmp_path: Path
+) -> None:
+    """Our close (1000) is already out, so a 1011 can't be sent: the WebSocket is dropped."""
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await read_all(reader) == b"request"
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(T):
+                while True:  # stream until the far end gives up
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+
+    setup = await make_setup(target)
+    (app_r, app_w), task = await setup.start_bridge("tcp", tmp_path)
+    app_w.write(b"request")
+    app_w.write_eof()
+    async with asyncio.timeout(T):
+        await app_r.readexactly(65536)
+    rst(app_w)
+    async with asyncio.timeout(T):
+        stats = await task
+    assert stats.close_code == 1006
+    peer = await setup.relay.result()
+    assert peer.close_from_client == (1000, "")
+    assert peer.client_lost
 
 
 async def test_app_reset_closes_the_websocket_with_1011(

@@ -28,7 +28,9 @@ _EXPECT = re.compile(r"^# expect-(key|reason):[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 
 def _expectations(path: Path) -> dict[str, str]:
     found = dict(_EXPECT.findall(path.read_text("utf-8")))
-    assert set(found) == {"key", "reason"}, f"{path.name}: needs '# expect-key:' and '# expect-reason:'"
+    assert set(found) == {"key", "reason"}, (
+        f"{path.name}: needs '# expect-key:' and '# expect-reason:'"
+    )
     return found
 
 
