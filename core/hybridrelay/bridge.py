@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.logs import BRIDGE
 from hybridrelay.wsclient import WsConnection
 
 __all__ = ["BridgeStats", "bridge"]
 
-logger = logging.getLogger("hybridrelay.bridge")
+logger = logging.getLogger(BRIDGE)
 
 # Close codes after which the peer's data is complete, so the stream gets a clean EOF.
 _CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})

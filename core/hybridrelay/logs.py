@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 
 __all__ = [
     "ACCESS",
+    "BRIDGE",
     "CLIENT",
     "LISTENER",
     "RELAY",
@@ -31,6 +32,7 @@ ACCESS: Final = "hybridrelay.relay.access"
 LISTENER: Final = "hybridrelay.listener"
 CLIENT: Final = "hybridrelay.client"
 CLUSTER: Final = "hybridrelay.cluster"
+BRIDGE: Final = "hybridrelay.bridge"
 
 _SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;])(?:sb-hc-token|sig|sb-hc-rdv|token)=)[^&;#]*")
 

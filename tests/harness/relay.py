@@ -246,7 +246,15 @@ class InProcessRelay:
             state = self.state
             assert not state.splices, f"{len(state.splices)} splices left open"
             assert not state.channels, f"{len(state.channels)} control channels left open"
-            assert len(state.rendezvous) == 0, "pending rendezvous left behind"
+            assert state.cluster.pending_count() == 0, "pending rendezvous left behind"
+            leaked = [t for t in asyncio.all_tasks() if _relay_owned(t) and not t.done()]
+            assert not leaked, f"relay tasks outlived the relay: {leaked}"
+
+
+def _relay_owned(task: asyncio.Task[Any]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    filename = code.co_filename if code is not None else ""
+    return "/hybridrelay/relay/" in filename or filename.endswith("aiohttp/web_protocol.py")
 
 
 def load(path: Path, **env: str) -> RelayConfig:

@@ -11,15 +11,23 @@ import time
 import aiohttp
 import pytest
 from tests.harness.peers import RawListener, connect_url, listen_url, send, token_for
-from tests.harness.relay import LISTEN_KEY, OTHER_KEY, ROOT_KEY, SEND_KEY, InProcessRelay
+from tests.harness.relay import LISTEN_KEY, OTHER_KEY, ROOT_KEY, SEND_KEY, InProcessRelay, RelayProcess
 from tests.harness.timing import seconds
+
+
+@pytest.fixture(params=["in-process", "subprocess"])
+async def relay(request: pytest.FixtureRequest, relay_factory, relay_process_factory) -> InProcessRelay | RelayProcess:
+    """Every test here runs against the relay in-process and as a real subprocess."""
+    if request.param == "in-process":
+        return await relay_factory()
+    return await relay_process_factory()
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.wsclient import WsConnection, ws_connect
 
 
-async def test_text_and_binary_echo(relay: InProcessRelay) -> None:
+async def test_text_and_binary_echo(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo").start()
     try:
         ws = await send(relay.url, "echo")
@@ -35,7 +43,7 @@ async def test_text_and_binary_echo(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_32_mib_message_streams_through(relay: InProcessRelay) -> None:
+async def test_32_mib_message_streams_through(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo").start()
     try:
         ws = await send(relay.url, "echo")
@@ -48,7 +56,7 @@ async def test_32_mib_message_streams_through(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_fragmentation_preserved_both_ways(relay: InProcessRelay) -> None:
+async def test_fragmentation_preserved_both_ways(relay: InProcessRelay | RelayProcess) -> None:
     seen: asyncio.Queue[list[bytes | str]] = asyncio.Queue()
 
     async def fragment_echo(ws: WsConnection) -> None:
@@ -72,7 +80,7 @@ async def test_fragmentation_preserved_both_ways(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_300_concurrent_streams_sha256_both_ways(relay: InProcessRelay) -> None:
+async def test_300_concurrent_streams_sha256_both_ways(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo").start()
     rng = random.Random(7)
 
@@ -95,7 +103,7 @@ async def test_300_concurrent_streams_sha256_both_ways(relay: InProcessRelay) ->
         await listener.stop()
 
 
-async def test_subprotocol_echoed_on_both_legs(relay: InProcessRelay) -> None:
+async def test_subprotocol_echoed_on_both_legs(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo", subprotocol_choice="mqttv5").start()
     try:
         ws = await send(relay.url, "echo", subprotocols=("mqtt", "mqttv5"))
@@ -108,7 +116,7 @@ async def test_subprotocol_echoed_on_both_legs(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_no_subprotocol_when_none_offered(relay: InProcessRelay) -> None:
+async def test_no_subprotocol_when_none_offered(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo").start()
     try:
         ws = await send(relay.url, "echo")
@@ -119,7 +127,7 @@ async def test_no_subprotocol_when_none_offered(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_accept_message_shape(relay: InProcessRelay) -> None:
+async def test_accept_message_shape(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "nested/path", behaviour=None).start()
     try:
         sender = asyncio.create_task(
@@ -154,7 +162,7 @@ async def test_accept_message_shape(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_sender_tracking_id_becomes_accept_id(relay: InProcessRelay) -> None:
+async def test_sender_tracking_id_becomes_accept_id(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         url = connect_url(relay.url, "echo") + "&sb-hc-id=my-id-42"
@@ -172,7 +180,7 @@ async def test_sender_tracking_id_becomes_accept_id(relay: InProcessRelay) -> No
 
 
 @pytest.mark.parametrize("bare", [False, True])
-async def test_reject_both_spellings(relay: InProcessRelay, bare: bool) -> None:
+async def test_reject_both_spellings(relay: InProcessRelay | RelayProcess, bare: bool) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         sender = asyncio.create_task(send(relay.url, "echo"))
@@ -187,7 +195,7 @@ async def test_reject_both_spellings(relay: InProcessRelay, bare: bool) -> None:
         await listener.stop()
 
 
-async def test_rendezvous_address_is_single_use(relay: InProcessRelay) -> None:
+async def test_rendezvous_address_is_single_use(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         sender = asyncio.create_task(send(relay.url, "echo"))
@@ -203,7 +211,7 @@ async def test_rendezvous_address_is_single_use(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_forged_rendezvous_address_is_403(relay: InProcessRelay) -> None:
+async def test_forged_rendezvous_address_is_403(relay: InProcessRelay | RelayProcess) -> None:
     forged = relay.url + "/$hc/echo?sb-hc-action=accept&sb-hc-id=x&sb-hc-rdv=not-a-real-key"
     with pytest.raises(HandshakeError) as info:
         await ws_connect(forged)
@@ -230,7 +238,7 @@ async def test_504_when_listener_never_dials_then_address_expired(relay_factory)
         await listener.stop()
 
 
-async def test_26th_listener_refused(relay: InProcessRelay) -> None:
+async def test_26th_listener_refused(relay: InProcessRelay | RelayProcess) -> None:
     listeners = [await RawListener(relay.url, "echo").start() for _ in range(25)]
     try:
         with pytest.raises(HandshakeError) as info:
@@ -247,7 +255,7 @@ async def test_26th_listener_refused(relay: InProcessRelay) -> None:
             await lst.stop()
 
 
-async def test_load_balancing_two_listeners(relay: InProcessRelay) -> None:
+async def test_load_balancing_two_listeners(relay: InProcessRelay | RelayProcess) -> None:
     a = await RawListener(relay.url, "echo").start()
     b = await RawListener(relay.url, "echo").start()
     try:
@@ -315,7 +323,7 @@ async def test_auth_matrix(
         await keeper.stop()
 
 
-async def test_expired_token_and_wrong_scope(relay: InProcessRelay) -> None:
+async def test_expired_token_and_wrong_scope(relay: InProcessRelay | RelayProcess) -> None:
     keeper = await RawListener(relay.url, "hc-ws").start()
     try:
         for url in (listen_url(relay.url, "hc-ws"), connect_url(relay.url, "hc-ws")):
@@ -331,7 +339,7 @@ async def test_expired_token_and_wrong_scope(relay: InProcessRelay) -> None:
         await keeper.stop()
 
 
-async def test_token_in_query_and_namespace_wide_token(relay: InProcessRelay) -> None:
+async def test_token_in_query_and_namespace_wide_token(relay: InProcessRelay | RelayProcess) -> None:
     namespace_token = create_sas_token(
         "http://127.0.0.1/", "RootManageSharedAccessKey", ROOT_KEY, int(time.time()) + 600
     )
@@ -342,7 +350,7 @@ async def test_token_in_query_and_namespace_wide_token(relay: InProcessRelay) ->
     await control.close()
 
 
-async def test_anonymous_sender_allowed_only_where_configured(relay: InProcessRelay) -> None:
+async def test_anonymous_sender_allowed_only_where_configured(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "anon").start()
     keeper = await RawListener(relay.url, "echo").start()
     try:
@@ -358,7 +366,7 @@ async def test_anonymous_sender_allowed_only_where_configured(relay: InProcessRe
         await keeper.stop()
 
 
-async def test_unknown_entity_and_no_listener(relay: InProcessRelay) -> None:
+async def test_unknown_entity_and_no_listener(relay: InProcessRelay | RelayProcess) -> None:
     for url in (listen_url(relay.url, "nope"), connect_url(relay.url, "nope")):
         with pytest.raises(HandshakeError) as info:
             await ws_connect(url, headers={"ServiceBusAuthorization": token_for(url)})
@@ -369,7 +377,7 @@ async def test_unknown_entity_and_no_listener(relay: InProcessRelay) -> None:
     assert info.value.status == 404
 
 
-async def test_longest_entity_wins(relay: InProcessRelay) -> None:
+async def test_longest_entity_wins(relay: InProcessRelay | RelayProcess) -> None:
     short = await RawListener(relay.url, "nested").start()
     long = await RawListener(relay.url, "nested/path").start()
     try:
@@ -385,7 +393,7 @@ async def test_longest_entity_wins(relay: InProcessRelay) -> None:
 
 
 @pytest.mark.parametrize("closer", ["sender", "listener"])
-async def test_close_code_and_reason_forwarded(relay: InProcessRelay, closer: str) -> None:
+async def test_close_code_and_reason_forwarded(relay: InProcessRelay | RelayProcess, closer: str) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         task = asyncio.create_task(send(relay.url, "echo"))
@@ -402,7 +410,7 @@ async def test_close_code_and_reason_forwarded(relay: InProcessRelay, closer: st
         await listener.stop()
 
 
-async def test_half_close_keeps_other_direction(relay: InProcessRelay) -> None:
+async def test_half_close_keeps_other_direction(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         task = asyncio.create_task(send(relay.url, "echo", auto_close_echo=False))
@@ -421,7 +429,7 @@ async def test_half_close_keeps_other_direction(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_listener_leg_lost_gives_sender_1011(relay: InProcessRelay) -> None:
+async def test_listener_leg_lost_gives_sender_1011(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         task = asyncio.create_task(send(relay.url, "echo"))
@@ -437,7 +445,7 @@ async def test_listener_leg_lost_gives_sender_1011(relay: InProcessRelay) -> Non
         await listener.stop()
 
 
-async def test_ping_answered_per_hop(relay: InProcessRelay) -> None:
+async def test_ping_answered_per_hop(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo").start()
     try:
         ws = await send(relay.url, "echo", ping_interval=0.05, ping_timeout=2.0)
@@ -451,7 +459,7 @@ async def test_ping_answered_per_hop(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_health_ready_and_metrics(relay: InProcessRelay) -> None:
+async def test_health_ready_and_metrics(relay: InProcessRelay | RelayProcess) -> None:
     listener = await RawListener(relay.url, "echo").start()
     try:
         ws = await send(relay.url, "echo")
@@ -473,7 +481,7 @@ async def test_health_ready_and_metrics(relay: InProcessRelay) -> None:
         await listener.stop()
 
 
-async def test_hc_path_without_upgrade_is_400(relay: InProcessRelay) -> None:
+async def test_hc_path_without_upgrade_is_400(relay: InProcessRelay | RelayProcess) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(relay.http_url + "/$hc/echo?sb-hc-action=connect") as resp:
             assert resp.status == 400

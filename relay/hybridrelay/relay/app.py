@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_conne
 from hybridrelay.relay.health import healthz, metrics, readyz
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
-from hybridrelay.relay.rendezvous import RendezvousTable
-from hybridrelay.relay.state import STATE, PendingConnect, RelayState
+from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.memory import MemoryStore
 
@@ -50,13 +48,12 @@ def create_app(
     state = RelayState(
         config=config,
         store=store or MemoryStore(config, persist_dir=Path(config.relay.data_dir)),
-        cluster=cluster or MemoryClusterState(),
-        metrics=m,
-        rendezvous=RendezvousTable[PendingConnect](
-            now=time.monotonic,
-            ttl=config.relay.rendezvous_timeout,
-            limit=config.relay.max_pending_rendezvous,
+        cluster=cluster
+        or MemoryClusterState(
+            rendezvous_ttl=config.relay.rendezvous_timeout,
+            max_pending=config.relay.max_pending_rendezvous,
         ),
+        metrics=m,
         rng=random.Random(),  # noqa: S311 - load spreading only
     )
     app[STATE] = state

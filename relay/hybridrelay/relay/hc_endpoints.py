@@ -37,9 +37,9 @@ from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.middleware import ACTION_KEY
-from hybridrelay.relay.rendezvous import TableFullError
 from hybridrelay.relay.splice import Splice, take_over
-from hybridrelay.relay.state import STATE, PendingConnect, RelayState
+from hybridrelay.relay.cluster.base import PendingConnect
+from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 
 __all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
@@ -220,10 +220,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         close_timeout=state.config.relay.close_timeout, on_finish=state.metrics.count_bytes
     )
     pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
-    try:
-        key = state.rendezvous.create(pending)
-    except TableFullError as exc:
-        raise UnavailableError("too many connections are waiting for listeners") from exc
+    key = state.cluster.add_pending(pending)
     tracking_id = addr.tracking_id or str(uuid.uuid4())
     accept = Accept(
         address=build_rendezvous_address(
@@ -250,7 +247,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         except TimeoutError as exc:
             raise UpstreamTimeoutError("the listener did not accept in time") from exc
     finally:
-        state.rendezvous.discard(key)
+        state.cluster.discard_pending(key)
         if not pending.future.done():
             pending.future.cancel()
 
@@ -285,7 +282,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
 
 async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     key = addr.rendezvous_key
-    pending = state.rendezvous.claim(key) if key else None
+    pending = state.cluster.claim_pending(key) if key else None
     if pending is None or pending.future.done():
         raise RendezvousError("the rendezvous address is unknown, used or expired")
     if not addr.path.lower().startswith(pending.hc_name.lower()):

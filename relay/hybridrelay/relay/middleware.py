@@ -51,7 +51,8 @@ def error_response(
 
 
 def _action(request: web.Request) -> str:
-    return request.get(ACTION_KEY, "http")
+    action = request.get(ACTION_KEY)
+    return action if isinstance(action, str) else "http"
 
 
 @web.middleware

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -15,21 +14,10 @@ from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.metrics import RelayMetrics
-from hybridrelay.relay.rendezvous import RendezvousTable
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.base import Store
 
-__all__ = ["STATE", "PendingConnect", "RelayState"]
-
-
-@dataclass(eq=False, slots=True)
-class PendingConnect:
-    """A sender waiting for its listener to dial the rendezvous address."""
-
-    hc_name: str
-    # Resolves to the listener's chosen sub-protocol (str or None) or a rejection.
-    future: asyncio.Future[object]
-    splice: Splice
+__all__ = ["STATE", "RelayState"]
 
 
 @dataclass(eq=False)
@@ -38,7 +26,6 @@ class RelayState:
     store: Store
     cluster: ClusterState
     metrics: RelayMetrics
-    rendezvous: RendezvousTable[PendingConnect]
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     channels: set[ControlChannel] = field(default_factory=set)

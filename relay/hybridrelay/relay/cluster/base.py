@@ -8,13 +8,29 @@ the cluster state, which knows whether the listener lives on this node.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from hybridrelay.protocol.messages import Accept, Request
+from hybridrelay.relay.splice import Splice
 
-__all__ = ["ClusterState", "ListenerHandle", "ListenerPort"]
+__all__ = ["ClusterState", "ListenerHandle", "ListenerPort", "PendingConnect"]
+
+
+@dataclass(eq=False, slots=True)
+class PendingConnect:
+    """A sender waiting for its listener to dial the rendezvous address.
+
+    The address always points at the node holding the sender (HC §2.4), so
+    pending senders are looked up on the node that registered them.
+    """
+
+    hc_name: str
+    # Resolves to the listener's chosen sub-protocol (str or None) or a rejection.
+    future: asyncio.Future[object]
+    splice: Splice
 
 
 class ListenerPort(Protocol):
@@ -66,5 +82,20 @@ class ClusterState(Protocol):
     def stream_ended(self, handle: ListenerHandle) -> None: ...
 
     async def listener_count(self, hc_name: str) -> int: ...
+
+    def add_pending(self, pending: PendingConnect) -> str:
+        """Register a waiting sender; returns its unguessable rendezvous key.
+
+        Raises UnavailableError when too many senders wait at once.
+        """
+        ...
+
+    def claim_pending(self, key: str) -> PendingConnect | None:
+        """Take a waiting sender once; None when the key is unknown, used or expired."""
+        ...
+
+    def discard_pending(self, key: str) -> None: ...
+
+    def pending_count(self) -> int: ...
 
     async def close(self) -> None: ...

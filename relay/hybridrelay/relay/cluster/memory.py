@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 
-from hybridrelay.errors import ConnectionClosedError, QuotaExceededError
+from hybridrelay.errors import ConnectionClosedError, QuotaExceededError, UnavailableError
+from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
-from hybridrelay.relay.cluster.base import ListenerHandle, ListenerPort
+from hybridrelay.relay.cluster.base import ListenerHandle, ListenerPort, PendingConnect
+from hybridrelay.relay.rendezvous import RendezvousTable, TableFullError
 
 __all__ = ["MemoryClusterState"]
 
@@ -16,11 +19,20 @@ __all__ = ["MemoryClusterState"]
 class MemoryClusterState:
     """Implements :class:`~hybridrelay.relay.cluster.base.ClusterState` for one node."""
 
-    def __init__(self, *, node_id: str = "local", rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        node_id: str = "local",
+        rng: random.Random | None = None,
+        rendezvous_ttl: float = RENDEZVOUS_TIMEOUT_S,
+        max_pending: int = 10_000,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.node_id = node_id
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
+        self._pending = RendezvousTable[PendingConnect](now=now, ttl=rendezvous_ttl, limit=max_pending)
 
     async def attach(self, channel: ListenerPort, *, max_listeners: int) -> None:
         hc = channel.hc_name.lower()
@@ -80,6 +92,21 @@ class MemoryClusterState:
 
     async def listener_count(self, hc_name: str) -> int:
         return len(self._channels.get(hc_name.lower(), {}))
+
+    def add_pending(self, pending: PendingConnect) -> str:
+        try:
+            return self._pending.create(pending)
+        except TableFullError as exc:
+            raise UnavailableError("too many senders are waiting for listeners") from exc
+
+    def claim_pending(self, key: str) -> PendingConnect | None:
+        return self._pending.claim(key)
+
+    def discard_pending(self, key: str) -> None:
+        self._pending.discard(key)
+
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     def total_listeners(self) -> int:
         return sum(len(c) for c in self._channels.values())
