@@ -342,7 +342,25 @@ class Series:
         }
         if self.relay_cpu_s:
             out["relay_process_cpu_s"] = [round(v, 3) for v in self.relay_cpu_s]
+            # ~1.0 on the relay path: bench and relay took turns on one CPU (serialised);
+            # closer to 2.0: they ran in parallel on two CPUs.
+            out["cpus_busy"] = [
+                round((b + r) / w, 2)
+                for b, r, w in zip(self.bench_cpu_s, self.relay_cpu_s, self.wall_s, strict=True)
+            ]
         return out
+
+
+def pin(relay: RelayProcess) -> dict[str, int]:
+    """Give the bench process and the relay one CPU each (the first two we may use)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise BenchError("--pin needs os.sched_setaffinity (Linux)")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or relay.pid is None:
+        raise BenchError(f"--pin needs two CPUs, this process may use {cpus}")
+    os.sched_setaffinity(0, {cpus[0]})
+    os.sched_setaffinity(relay.pid, {cpus[1]})
+    return {"bench_cpu": cpus[0], "relay_cpu": cpus[1]}
 
 
 async def measure(
@@ -426,6 +444,7 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
     errors: list[str] = []
     key = secrets.token_urlsafe(32)
     direct_series, relay_series = Series("direct"), Series("relay")
+    machine = machine_info(uvloop_on)
 
     with tempfile.TemporaryDirectory(prefix="hybridrelay-bench-") as tmp:
         relay = RelayProcess(write_config(Path(tmp), key))
@@ -434,6 +453,7 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
         try:
             direct_url = await direct.start()
             relay_url = await relay.start()
+            pinned = pin(relay) if args.pin else None
             relay_path = RelayPath(relay_url, SasTokenProvider(RULE, key), errors)
             await relay_path.start()
 
@@ -489,7 +509,7 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
         "ratio_median": round(relay_stats["median"] / direct_stats["median"], 3),
         "cpu": {"direct": direct_series.cpu(), "relay": relay_series.cpu()},
         "relay_pid": relay_pid,
-        "machine": machine_info(uvloop_on),
+        "machine": machine | {"pinned": pinned},
         "notes": NOTES,
     }
 
@@ -516,6 +536,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--no-uvloop", action="store_true", help="use the default asyncio loop in the bench process"
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="Linux: pin the bench process to one CPU and the relay to another",
     )
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = p.parse_args(argv)

@@ -31,7 +31,8 @@ class Backoff:
     _up_since: float | None = None
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * self.factor**self.attempts)
+        # Clamp the exponent: factor**attempts overflows a float long before attempts wraps.
+        ceiling = min(self.cap, self.base * self.factor ** min(self.attempts, 64))
         self.attempts += 1
         return self.rng.uniform(0, ceiling)
 

@@ -289,16 +289,7 @@ async def test_demo_runs_to_completion(procs: ProcessGroup, tmp_path: Path) -> N
 
 # -- f. SIGTERM drains ----------------------------------------------------------------------
 
-_STALLED_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product: after drain_timeout the relay sends 1001 and then waits close_timeout more for "
-        "the sender's close frame, so a stalled sender delays exit to drain_timeout + close_timeout"
-    ),
-)
-
-
-@pytest.mark.parametrize("sender", ["closes", pytest.param("stalled", marks=_STALLED_XFAIL)])
+@pytest.mark.parametrize("sender", ["closes", "stalled"])
 async def test_relay_sigterm_with_open_stream_exits_0_within_drain_timeout(
     relay_process_factory: ProcessFactory, echo_server: tuple[str, int], sender: str
 ) -> None:

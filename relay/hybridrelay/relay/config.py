@@ -194,7 +194,8 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
             else:
                 merged[key] = raw
         except ValueError as exc:
-            raise ConfigError("<environment>", name, f"must be a {kind.__name__}") from exc
+            noun = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+            raise ConfigError("<environment>", name, f"must be {noun}") from exc
     return merged
 
 
@@ -228,7 +229,13 @@ def _settings(table: Table) -> RelaySettings:
         raise table.error("tls_cert", "tls_cert and tls_key must be given together")
     if s.public_url:
         parts = urlsplit(s.public_url)
-        if parts.scheme not in {"ws", "wss"} or not parts.netloc or parts.query:
+        try:
+            _ = parts.port  # raises for a non-numeric or out-of-range port
+        except ValueError as exc:
+            raise table.error(
+                "public_url", "must look like ws://host:port or wss://host (invalid port)"
+            ) from exc
+        if parts.scheme not in {"ws", "wss"} or not parts.hostname or parts.query:
             raise table.error("public_url", "must look like ws://host:port or wss://host")
     return s
 

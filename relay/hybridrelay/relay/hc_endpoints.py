@@ -327,12 +327,21 @@ def is_hc_path(path: str) -> bool:
 
 
 async def shutdown_connections(
-    state: RelayState, code: int, reason: str, *, include_streams: bool = True
+    state: RelayState,
+    code: int,
+    reason: str,
+    *,
+    include_streams: bool = True,
+    close_timeout: float | None = None,
 ) -> None:
-    """Close every control channel (and relayed connection) of this node."""
+    """Close every control channel (and relayed connection) of this node.
+
+    ``close_timeout`` bounds how long a relayed peer may take to answer the close
+    before its connection is cut (default: the configured close_timeout).
+    """
     if include_streams:
         for splice in list(state.splices):
-            splice.shutdown(code, reason)
+            splice.shutdown(code, reason, timeout=close_timeout)
     closers = [channel.close(code, reason) for channel in list(state.channels)]
     if closers:
         await asyncio.gather(*closers, return_exceptions=True)

@@ -25,6 +25,8 @@ __all__ = ["run", "tls_context"]
 
 log = logging.getLogger(RELAY)
 
+_FINAL_CLOSE_S = 1.0
+
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -82,7 +84,15 @@ async def run(
                 await asyncio.gather(*(asyncio.shield(sp.done) for sp in list(state.splices)))
         except TimeoutError:
             log.warning("drain_deadline_passed", extra={"open": len(state.splices)})
-        await shutdown_connections(state, 1001, "relay shutting down")
+        # Past the deadline peers get one second to answer our close, then are cut,
+        # so a SIGTERM'd relay is gone within drain_timeout + ~1 s.
+        await shutdown_connections(state, 1001, "relay shutting down", close_timeout=_FINAL_CLOSE_S)
+        if state.splices:
+            try:
+                async with asyncio.timeout(_FINAL_CLOSE_S + 0.5):
+                    await asyncio.gather(*(asyncio.shield(sp.done) for sp in list(state.splices)))
+            except TimeoutError:
+                log.warning("streams_cut", extra={"open": len(state.splices)})
     finally:
         await runner.cleanup()
         log.info("relay_stopped")

@@ -345,11 +345,11 @@ class Splice:
             self.shutdown(1001, "relay shutting down")
             raise
 
-    def shutdown(self, code: int, reason: str) -> None:
+    def shutdown(self, code: int, reason: str, *, timeout: float | None = None) -> None:
         """Close both legs from the relay side (entity deleted, relay stopping)."""
         payload = encode_close_payload(code, reason)
         for leg in (self.sender, self.listener):
-            leg.send_close(payload, timeout=self._close_timeout)
+            leg.send_close(payload, timeout=self._close_timeout if timeout is None else timeout)
 
     # -- events from the legs ---------------------------------------------------------
 
