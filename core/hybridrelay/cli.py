@@ -83,7 +83,7 @@ def _add_key_options(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridrelay", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=os.environ.get("HYBRIDRELAY_LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", default=os.environ.get("HYBRIDRELAY_LOG_LEVEL"))
     parser.add_argument(
         "--log-format",
         choices=("kv", "json"),
@@ -221,7 +221,9 @@ def _demo(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hybridrelay`` console script."""
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    # The demo narrates on stdout; its logs would only drown that out.
+    level = args.log_level or ("warning" if args.command == "demo" else "info")
+    configure_logging(level, args.log_format)
     commands: dict[str, Callable[[argparse.Namespace], None]] = {
         "relay": _serve,
         "listen": _listen,

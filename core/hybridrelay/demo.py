@@ -91,7 +91,16 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
                 print(
                     f"[client]   1 MiB round trip in {secs * 1000:.1f} ms ({2 * got / secs / 1e6:.0f} MB/s)"
                 )
-            print(f"[listener] stats: {listener.stats}")
+            # The listener finishes its side of the stream just after the client's close.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    while listener.stats.active:
+                        await asyncio.sleep(0.01)
+            st = listener.stats
+            print(
+                f"[listener] {st.accepted} connection(s) bridged, "
+                f"{st.bytes_up} B from the service, {st.bytes_down} B to it"
+            )
             print("demo finished: relay, listener and client all on the embedded default")
         finally:
             listener_stop.set()
