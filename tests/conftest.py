@@ -101,11 +101,11 @@ async def relay_process_factory(
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         for proc in started:
-            print(f"--- relay log ({proc.url}) ---\n{proc.log()}")
+            print(f"--- relay log ({proc.url}) ---\n{proc.log()}")  # noqa: T201 - shown on failure
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep

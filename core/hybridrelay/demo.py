@@ -75,9 +75,8 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
                             break
                         echoed += chunk
                     ms = (time.perf_counter() - started) * 1000
-                    print(
-                        f"[client]   sent {len(payload)} B, got back {echoed.decode()!r} in {ms:.2f} ms"
-                    )
+                    text = echoed.decode()
+                    print(f"[client]   sent {len(payload)} B, got back {text!r} in {ms:.2f} ms")
                 blob = secrets.token_bytes(1 << 20)
                 started = time.perf_counter()
                 await stream.write(blob)
@@ -88,14 +87,12 @@ async def run_demo(stop: asyncio.Event, *, messages: int = 5) -> None:
                         break
                     got += len(chunk)
                 secs = time.perf_counter() - started
-                print(
-                    f"[client]   1 MiB round trip in {secs * 1000:.1f} ms ({2 * got / secs / 1e6:.0f} MB/s)"
-                )
+                rate = 2 * got / secs / 1e6
+                print(f"[client]   1 MiB round trip in {secs * 1000:.1f} ms ({rate:.0f} MB/s)")
             # The listener finishes its side of the stream just after the client's close.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
-                    while listener.stats.active:
-                        await asyncio.sleep(0.01)
+                    await listener.idle.wait()
             st = listener.stats
             print(
                 f"[listener] {st.accepted} connection(s) bridged, "

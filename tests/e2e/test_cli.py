@@ -289,6 +289,7 @@ async def test_demo_runs_to_completion(procs: ProcessGroup, tmp_path: Path) -> N
 
 # -- f. SIGTERM drains ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sender", ["closes", "stalled"])
 async def test_relay_sigterm_with_open_stream_exits_0_within_drain_timeout(
     relay_process_factory: ProcessFactory, echo_server: tuple[str, int], sender: str

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
@@ -49,7 +50,7 @@ async def send(
     headers: dict[str, str] | None = None,
     query: str = "",
     suffix: str = "",
-    **options: object,
+    **options: Any,
 ) -> WsConnection:
     url = connect_url(relay, hc + suffix, query)
     all_headers = dict(headers or {})
@@ -59,7 +60,7 @@ async def send(
         all_headers["ServiceBusAuthorization"] = token
     return await ws_connect(
         url, headers=all_headers, subprotocols=subprotocols, open_timeout=20, **options
-    )  # type: ignore[arg-type] # test passthrough
+    )
 
 
 async def echo_behaviour(ws: WsConnection) -> None:
@@ -97,7 +98,8 @@ class RawListener:
         return self
 
     async def _read(self) -> None:
-        assert self.control is not None and self.control_closed is not None
+        assert self.control is not None
+        assert self.control_closed is not None
         try:
             while True:
                 message = json.loads(await self.control.recv())
@@ -141,7 +143,10 @@ class RawListener:
         accept: dict[str, object], status: int, description: str, *, bare: bool = False
     ) -> int:
         prefix = "" if bare else "sb-hc-"
-        url = f"{accept['address']}&{prefix}statusCode={status}&{prefix}statusDescription={quote(description)}"
+        url = (
+            f"{accept['address']}&{prefix}statusCode={status}"
+            f"&{prefix}statusDescription={quote(description)}"
+        )
         try:
             ws = await ws_connect(url)
         except HandshakeError as exc:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class HalfOpenProxy:
-    """Forwards 127.0.0.1:port to a target until :meth:`blackhole`; then drops bytes, keeps sockets."""
+    """Forwards 127.0.0.1:port to a target until blackhole(); then drops bytes, keeps sockets."""
 
     target_host: str
     target_port: int

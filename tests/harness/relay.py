@@ -14,9 +14,9 @@ import re
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -94,7 +94,9 @@ def write_config(
     tls: tuple[Path, Path] | None = None,
     port: int = 0,
 ) -> Path:
-    text = DEFAULT_CONFIG.format(ping_interval=ping_interval, data_dir=directory / "data", port=port)
+    text = DEFAULT_CONFIG.format(
+        ping_interval=ping_interval, data_dir=directory / "data", port=port
+    )
     if relay_extra:
         text = text.replace("[relay]\n", f"[relay]\n{relay_extra}\n", 1)
     if tls is not None:
@@ -148,7 +150,8 @@ class RelayProcess:
         return self
 
     async def _read_output(self, ready: asyncio.Future[str]) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             text = line.decode("utf-8", "replace").rstrip()
             self.log_lines.append(text)

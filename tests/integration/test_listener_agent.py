@@ -1,4 +1,4 @@
-"""The listener agent (library) against a real relay: TCP bridging, hooks, reconnects, renewal, drain."""
+"""The listener agent against a real relay: TCP bridging, hooks, reconnects, renewal, drain."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.timing import seconds
 
 from hybridrelay.backoff import Backoff
 from hybridrelay.client import connect
@@ -17,8 +19,6 @@ from hybridrelay.errors import ConnectionClosedError, EntityNotFoundError, Hands
 from hybridrelay.listener import AcceptRequest, HeaderAllowList, Listener, Reject, TcpTarget
 from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection
-from tests.harness.relay import ROOT_KEY, InProcessRelay
-from tests.harness.timing import seconds
 
 ROOT = "RootManageSharedAccessKey"
 
@@ -76,7 +76,7 @@ async def test_tcp_target_bridge_with_half_close(relay: InProcessRelay, echo_ser
 
 
 async def test_unreachable_target_rejects_sender_with_502(relay: InProcessRelay) -> None:
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,10 +113,17 @@ async def test_accept_hooks_reject_and_accept(relay: InProcessRelay) -> None:
     )
     async with running(listener):
         with pytest.raises(HandshakeError) as info:
-            await connect(relay.url, "echo", key_name=ROOT, key=ROOT_KEY, headers={"X-Device": "evil"})
+            await connect(
+                relay.url, "echo", key_name=ROOT, key=ROOT_KEY, headers={"X-Device": "evil"}
+            )
         assert info.value.status == 403
         async with connect(
-            relay.url, "echo", key_name=ROOT, key=ROOT_KEY, headers={"X-Device": "dev-1"}, subprotocols=("p1", "p2")
+            relay.url,
+            "echo",
+            key_name=ROOT,
+            key=ROOT_KEY,
+            headers={"X-Device": "dev-1"},
+            subprotocols=("p1", "p2"),
         ) as ws:
             assert ws.subprotocol == "p1"
             await ws.send("hi")
@@ -157,7 +164,11 @@ async def test_listener_reconnects_after_relay_restart(relay_factory) -> None:
     first = await relay_factory()
     port = int(first.url.rsplit(":", 1)[1])
     listener = Listener(
-        first.url, "echo", token_provider=tokens(), handler=echo_handler, backoff=Backoff(base=0.2, cap=1.0)
+        first.url,
+        "echo",
+        token_provider=tokens(),
+        handler=echo_handler,
+        backoff=Backoff(base=0.2, cap=1.0),
     )
     async with running(listener):
         await first.stop()

@@ -11,20 +11,32 @@ import time
 import aiohttp
 import pytest
 from tests.harness.peers import RawListener, connect_url, listen_url, send, token_for
-from tests.harness.relay import LISTEN_KEY, OTHER_KEY, ROOT_KEY, SEND_KEY, InProcessRelay, RelayProcess
+from tests.harness.relay import (
+    LISTEN_KEY,
+    OTHER_KEY,
+    ROOT_KEY,
+    SEND_KEY,
+    InProcessRelay,
+    RelayProcess,
+)
 from tests.harness.timing import seconds
-
-
-@pytest.fixture(params=["in-process", "subprocess"])
-async def relay(request: pytest.FixtureRequest, relay_factory, relay_process_factory) -> InProcessRelay | RelayProcess:
-    """Every test here runs against the relay in-process and as a real subprocess."""
-    if request.param == "in-process":
-        return await relay_factory()
-    return await relay_process_factory()
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.wsclient import WsConnection, ws_connect
+
+
+@pytest.fixture(params=["in-process", "subprocess"])
+async def relay(
+    request: pytest.FixtureRequest, relay_factory, relay_process_factory
+) -> InProcessRelay | RelayProcess:
+    """Every test here runs against the relay in-process and as a real subprocess."""
+    started: InProcessRelay | RelayProcess
+    if request.param == "in-process":
+        started = await relay_factory()
+    else:
+        started = await relay_process_factory()
+    return started
 
 
 async def test_text_and_binary_echo(relay: InProcessRelay | RelayProcess) -> None:
@@ -50,6 +62,7 @@ async def test_32_mib_message_streams_through(relay: InProcessRelay | RelayProce
         blob = random.randbytes(32 << 20)
         await ws.send(blob)
         echoed = await ws.recv()
+        assert isinstance(echoed, bytes)
         assert hashlib.sha256(echoed).digest() == hashlib.sha256(blob).digest()
         await ws.close()
     finally:
@@ -80,7 +93,9 @@ async def test_fragmentation_preserved_both_ways(relay: InProcessRelay | RelayPr
         await listener.stop()
 
 
-async def test_300_concurrent_streams_sha256_both_ways(relay: InProcessRelay | RelayProcess) -> None:
+async def test_300_concurrent_streams_sha256_both_ways(
+    relay: InProcessRelay | RelayProcess,
+) -> None:
     listener = await RawListener(relay.url, "echo").start()
     rng = random.Random(7)
 
@@ -151,7 +166,7 @@ async def test_accept_message_shape(relay: InProcessRelay | RelayProcess) -> Non
         assert "Sec-WebSocket-Key" in headers
         assert "ServiceBusAuthorization" not in headers
         assert accept["remoteEndpoint"]["address"] == "127.0.0.1"  # type: ignore[index]
-        assert accept["id"] in address
+        assert str(accept["id"]) in address
         leg = await listener.dial(accept)
         ws = await asyncio.wait_for(sender, seconds(10))
         await ws.send(b"ping")
@@ -264,7 +279,8 @@ async def test_load_balancing_two_listeners(relay: InProcessRelay | RelayProcess
             await ws.send("x")
             await ws.recv()
             await ws.close()
-        assert len(a.legs) >= 1 and len(b.legs) >= 1
+        assert len(a.legs) >= 1
+        assert len(b.legs) >= 1
         assert len(a.legs) + len(b.legs) == 20
     finally:
         await a.stop()
@@ -339,7 +355,9 @@ async def test_expired_token_and_wrong_scope(relay: InProcessRelay | RelayProces
         await keeper.stop()
 
 
-async def test_token_in_query_and_namespace_wide_token(relay: InProcessRelay | RelayProcess) -> None:
+async def test_token_in_query_and_namespace_wide_token(
+    relay: InProcessRelay | RelayProcess,
+) -> None:
     namespace_token = create_sas_token(
         "http://127.0.0.1/", "RootManageSharedAccessKey", ROOT_KEY, int(time.time()) + 600
     )
@@ -350,7 +368,9 @@ async def test_token_in_query_and_namespace_wide_token(relay: InProcessRelay | R
     await control.close()
 
 
-async def test_anonymous_sender_allowed_only_where_configured(relay: InProcessRelay | RelayProcess) -> None:
+async def test_anonymous_sender_allowed_only_where_configured(
+    relay: InProcessRelay | RelayProcess,
+) -> None:
     listener = await RawListener(relay.url, "anon").start()
     keeper = await RawListener(relay.url, "echo").start()
     try:
@@ -393,7 +413,9 @@ async def test_longest_entity_wins(relay: InProcessRelay | RelayProcess) -> None
 
 
 @pytest.mark.parametrize("closer", ["sender", "listener"])
-async def test_close_code_and_reason_forwarded(relay: InProcessRelay | RelayProcess, closer: str) -> None:
+async def test_close_code_and_reason_forwarded(
+    relay: InProcessRelay | RelayProcess, closer: str
+) -> None:
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     try:
         task = asyncio.create_task(send(relay.url, "echo"))
@@ -482,8 +504,8 @@ async def test_health_ready_and_metrics(relay: InProcessRelay | RelayProcess) ->
 
 
 async def test_hc_path_without_upgrade_is_400(relay: InProcessRelay | RelayProcess) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(relay.http_url + "/$hc/echo?sb-hc-action=connect") as resp:
-            assert resp.status == 400
-            body = json.loads(await resp.text())
-            assert body["error"]["message"] == "This endpoint is only for web-socket requests."
+    url = relay.http_url + "/$hc/echo?sb-hc-action=connect"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 400
+        body = json.loads(await resp.text())
+    assert body["error"]["message"] == "This endpoint is only for web-socket requests."

@@ -9,8 +9,17 @@ import pytest
 from hybridrelay.backoff import Backoff
 
 
-def make(seed: int = 0, **kwargs: float) -> Backoff:
-    return Backoff(rng=random.Random(seed), **kwargs)
+def make(
+    seed: int = 0,
+    *,
+    base: float = 0.5,
+    factor: float = 2.0,
+    cap: float = 30.0,
+    stable_after: float = 60.0,
+) -> Backoff:
+    return Backoff(
+        base=base, factor=factor, cap=cap, stable_after=stable_after, rng=random.Random(seed)
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -1,4 +1,4 @@
-"""choose_listener: fewest active streams wins, seeded random tie-break, id filters (HC §2.3, §9)."""
+"""choose_listener: fewest active wins, seeded random tie-break, id filters (HC §2.3, §9)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_tie_is_deterministic_for_a_seed() -> None:
 def test_tie_break_uses_the_injected_rng_and_reaches_every_tied_candidate() -> None:
     candidates = loads(("a", 2), ("b", 2), ("busy", 3))
     rng = random.Random(1234)
-    picks = Counter()
+    picks: Counter[str] = Counter()
     for _ in range(400):
         chosen = choose_listener(candidates, rng=rng)
         assert chosen is not None

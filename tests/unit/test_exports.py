@@ -39,15 +39,15 @@ def test_all_is_declared_and_complete(name: str) -> None:
 
 
 def test_apps_import_connect_from_client() -> None:
-    from hybridrelay.client import connect  # noqa: PLC0415
+    from hybridrelay.client import connect
 
     assert callable(connect)
 
 
 def test_example_relay_config_loads() -> None:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from hybridrelay.relay.config import load_relay_config  # noqa: PLC0415
+    from hybridrelay.relay.config import load_relay_config
 
     config = load_relay_config(Path(__file__).parents[2] / "deploy" / "relay.example.toml", {})
     assert config.relay.public_url == "wss://relay.example.com"

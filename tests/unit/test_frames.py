@@ -5,6 +5,7 @@ Everything here is bytes in, recorded events out; no sockets and no event loop.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field
 
@@ -279,7 +280,7 @@ def test_stream_fed_byte_by_byte(masked: bool) -> None:
 
 def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -321,17 +322,18 @@ def test_masked_payload_round_trips_under_any_mask_and_chunking(
 def test_fragmented_message_state(masked: bool) -> None:
     rec = Recorder()
     parser = FrameParser(rec, masked=masked)
-    assert not parser.in_message
-    parser.feed(frame(Opcode.TEXT, b"a", fin=False, masked=masked))
-    assert parser.in_message
-    parser.feed(frame(Opcode.PING, b"p", masked=masked))
-    parser.feed(frame(Opcode.CLOSE, encode_close_payload(1001), masked=masked))
-    assert parser.in_message
-    parser.feed(frame(Opcode.CONTINUATION, b"b", fin=False, masked=masked))
-    assert parser.in_message
-    parser.feed(frame(Opcode.PONG, b"", masked=masked))
-    parser.feed(frame(Opcode.CONTINUATION, b"c", masked=masked))
-    assert not parser.in_message
+    states = [parser.in_message]
+    for data in (
+        frame(Opcode.TEXT, b"a", fin=False, masked=masked),
+        frame(Opcode.PING, b"p", masked=masked),
+        frame(Opcode.CLOSE, encode_close_payload(1001), masked=masked),
+        frame(Opcode.CONTINUATION, b"b", fin=False, masked=masked),
+        frame(Opcode.PONG, b"", masked=masked),
+        frame(Opcode.CONTINUATION, b"c", masked=masked),
+    ):
+        parser.feed(data)
+        states.append(parser.in_message)
+    assert states == [False, True, True, True, True, True, False]
     parser.feed(frame(Opcode.BINARY, b"next", masked=masked))
     assert rec.frames() == [
         ("data", False, Opcode.TEXT, b"a"),
@@ -375,9 +377,7 @@ def test_continuation_after_a_finished_message_fails(masked: bool) -> None:
 @pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
 @pytest.mark.parametrize("second", [Opcode.TEXT, Opcode.BINARY])
 def test_new_data_frame_inside_a_fragmented_message_fails(masked: bool, second: int) -> None:
-    data = frame(Opcode.BINARY, b"a", fin=False, masked=masked) + frame(
-        second, b"b", masked=masked
-    )
+    data = frame(Opcode.BINARY, b"a", fin=False, masked=masked) + frame(second, b"b", masked=masked)
     rec = Recorder()
     parser = FrameParser(rec, masked=masked)
     with pytest.raises(FrameError) as info:

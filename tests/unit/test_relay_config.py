@@ -233,9 +233,7 @@ def test_env_applies_without_a_relay_table(tmp_path: Path) -> None:
         ("HYBRIDRELAY_PING_INTERVAL", "fast", "number"),
     ],
 )
-def test_bad_env_value_names_the_variable(
-    tmp_path: Path, name: str, value: str, kind: str
-) -> None:
+def test_bad_env_value_names_the_variable(tmp_path: Path, name: str, value: str, kind: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, RULE, {name: value})
     assert info.value.path == "<environment>"
@@ -262,14 +260,26 @@ def test_env_value_is_range_checked_like_the_file(tmp_path: Path) -> None:
         ("[relay]\nPort = 8080\n" + RULE, "relay.Port"),
         (RULE + "bogus = 1\n", "rules[0].bogus"),
         (f'[[rules]]\nname = "r"\nkey = "{KEY}"\nprimary_key = "x"\n', "rules[0].primary_key"),
-        (RULE + '[[hybrid_connections]]\nname = "hc"\nbogus = true\n', "hybrid_connections[0].bogus"),
+        (
+            RULE + '[[hybrid_connections]]\nname = "hc"\nbogus = true\n',
+            "hybrid_connections[0].bogus",
+        ),
         (
             RULE + f'[[hybrid_connections]]\nname = "hc"\n[[hybrid_connections.rules]]\n'
             f'name = "r"\nkey = "{KEY}"\nright = ["Send"]\n',
             "hybrid_connections[0].rules[0].right",
         ),
     ],
-    ids=["top-level", "top-level-table", "relay", "relay-case", "rule", "rule-other", "hc", "hc-rule"],
+    ids=[
+        "top-level",
+        "top-level-table",
+        "relay",
+        "relay-case",
+        "rule",
+        "rule-other",
+        "hc",
+        "hc-rule",
+    ],
 )
 def test_unknown_keys(tmp_path: Path, text: str, key: str) -> None:
     refuse(tmp_path, text, key, "unknown key")
@@ -324,7 +334,11 @@ def test_invalid_namespace_rule(tmp_path: Path, body: str, key: str, reason: str
 @pytest.mark.parametrize(
     ("body", "key", "reason"),
     [
-        ('requires_client_authorization = "no"\n', "requires_client_authorization", "true or false"),
+        (
+            'requires_client_authorization = "no"\n',
+            "requires_client_authorization",
+            "true or false",
+        ),
         ('http = "yes"\n', "http", "must be true or false"),
         ("http = 1\n", "http", "must be true or false"),
         ("max_listeners = 0\n", "max_listeners", "between 1 and"),
@@ -332,9 +346,7 @@ def test_invalid_namespace_rule(tmp_path: Path, body: str, key: str, reason: str
         ('rules = "x"\n', "rules", "array of tables"),
     ],
 )
-def test_invalid_hybrid_connection_values(
-    tmp_path: Path, body: str, key: str, reason: str
-) -> None:
+def test_invalid_hybrid_connection_values(tmp_path: Path, body: str, key: str, reason: str) -> None:
     text = RULE + '[[hybrid_connections]]\nname = "hc"\n' + body
     refuse(tmp_path, text, f"hybrid_connections[0].{key}", reason)
 
@@ -394,7 +406,10 @@ def test_rule_key_too_short(tmp_path: Path) -> None:
 
 
 def test_hc_rule_key_too_short(tmp_path: Path) -> None:
-    text = '[[hybrid_connections]]\nname = "hc"\n[[hybrid_connections.rules]]\nname = "r"\nkey = "short"\n'
+    text = (
+        '[[hybrid_connections]]\nname = "hc"\n'
+        '[[hybrid_connections.rules]]\nname = "r"\nkey = "short"\n'
+    )
     refuse(tmp_path, text, "hybrid_connections[0].rules[0].key", "at least 16")
 
 
@@ -427,7 +442,11 @@ def test_duplicate_hc_rule_name(tmp_path: Path) -> None:
 
 
 def test_same_rule_name_in_different_scopes_is_fine(tmp_path: Path) -> None:
-    text = RULE + '[[hybrid_connections]]\nname = "hc"\n' + f'[[hybrid_connections.rules]]\nname = "root"\nkey = "{KEY}"\n'
+    text = (
+        RULE
+        + '[[hybrid_connections]]\nname = "hc"\n'
+        + f'[[hybrid_connections.rules]]\nname = "root"\nkey = "{KEY}"\n'
+    )
     assert load(tmp_path, text).hybrid_connections[0].rules[0].name == "root"
 
 
@@ -435,7 +454,10 @@ def test_same_rule_name_in_different_scopes_is_fine(tmp_path: Path) -> None:
 def test_duplicate_hybrid_connection_is_case_insensitive(
     tmp_path: Path, first: str, second: str
 ) -> None:
-    text = RULE + f'[[hybrid_connections]]\nname = "{first}"\n[[hybrid_connections]]\nname = "{second}"\n'
+    text = (
+        RULE
+        + f'[[hybrid_connections]]\nname = "{first}"\n[[hybrid_connections]]\nname = "{second}"\n'
+    )
     refuse(tmp_path, text, "hybrid_connections", "defined twice")
 
 
@@ -510,7 +532,9 @@ def test_development_key_from_env() -> None:
 
 def test_development_config_takes_env_overrides() -> None:
     config = development_config({"HYBRIDRELAY_PORT": "9001", "HYBRIDRELAY_HOST": "0.0.0.0"})
-    assert (config.relay.port, config.relay.host, config.relay.auto_create) == (9001, "0.0.0.0", True)
+    assert config.relay.port == 9001
+    assert config.relay.host == "0.0.0.0"
+    assert config.relay.auto_create is True
     with pytest.raises(ConfigError) as info:
         development_config({"HYBRIDRELAY_PORT": "abc"})
     assert info.value.key == "HYBRIDRELAY_PORT"

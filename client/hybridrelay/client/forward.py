@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hybridrelay.bridge import bridge
 from hybridrelay.client.connection import connect
-from hybridrelay.errors import HandshakeError, HybridRelayError
+from hybridrelay.errors import HybridRelayError
 from hybridrelay.logs import CLIENT
 from hybridrelay.protocol.sas import TokenProvider
 

@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from hybridrelay.errors import ProtocolError
 
-try:  # the C helper websockets ships; same semantics as the fallback below
-    from websockets.speedups import apply_mask as _c_apply_mask
-except ImportError:  # pragma: no cover - websockets always ships the extension on CPython wheels
-    _c_apply_mask = None
+
+def _load_c_mask() -> Callable[[Any, bytes], bytes] | None:
+    """The C helper websockets ships; same semantics as the fallback below."""
+    try:
+        from websockets import speedups
+    except ImportError:  # pragma: no cover - websockets ships the extension on CPython wheels
+        return None
+    # Its stub's parameter type differs between websockets releases; it takes any buffer.
+    return cast("Callable[[Any, bytes], bytes]", speedups.apply_mask)
+
+
+_c_apply_mask = _load_c_mask()
 
 __all__ = [
     "MAX_CONTROL_PAYLOAD",

@@ -121,6 +121,8 @@ class Listener:
         self._select = select_subprotocol or (lambda offered: offered[0] if offered else None)
         self._streams: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
+        self.idle = asyncio.Event()  # set while no relayed stream is open
+        self.idle.set()
         self.stats = ListenerStats()
         self.listen_url = (
             f"{self.relay}/$hc/{quote(self.hc, safe='/')}?sb-hc-action=listen"
@@ -285,12 +287,12 @@ class Listener:
                     await self._reject(accept.address, verdict, clog)
                     return
             if self._target is not None:
-                await self._bridge_to_target(accept, request, clog)
-            else:
-                await self._run_handler(accept, request, clog)
+                await self._bridge_to_target(self._target, accept, request, clog)
+            elif self._handler is not None:
+                await self._run_handler(self._handler, accept, request)
         except (OSError, TimeoutError, HybridRelayError) as exc:
             clog.warning("connection_failed", extra={"error": str(exc) or type(exc).__name__})
-        except Exception:  # top level of a stream task: our bug or the app's, never silent
+        except Exception:  # noqa: BLE001 - top of a stream task: the app's bug or ours, logged
             clog.exception("connection_crashed")
 
     async def _rendezvous(
@@ -305,17 +307,24 @@ class Listener:
             auto_close_echo=not stream,
         )
 
+    def _stream_started(self) -> None:
+        self.stats.accepted += 1
+        self.stats.active += 1
+        self.idle.clear()
+
+    def _stream_ended(self) -> None:
+        self.stats.active -= 1
+        if not self.stats.active:
+            self.idle.set()
+
     async def _bridge_to_target(
-        self, accept: Accept, request: AcceptRequest, clog: ConnectionLogger
+        self, target: TcpTarget, accept: Accept, request: AcceptRequest, clog: ConnectionLogger
     ) -> None:
-        assert self._target is not None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(self._target.host, self._target.port)
+                reader, writer = await asyncio.open_connection(target.host, target.port)
         except (OSError, TimeoutError) as exc:
-            clog.warning(
-                "target_unreachable", extra={"target": str(self._target), "error": str(exc)}
-            )
+            clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
             await self._reject(accept.address, Reject(502, "target unreachable"), clog)
             return
         try:
@@ -323,9 +332,8 @@ class Listener:
         except BaseException:
             writer.close()
             raise
-        self.stats.accepted += 1
-        self.stats.active += 1
-        clog.info("connection_accepted", extra={"target": str(self._target)})
+        self._stream_started()
+        clog.info("connection_accepted", extra={"target": str(target)})
         try:
             result = await bridge(ws, reader, writer)
             self.stats.bytes_up += result.bytes_up
@@ -339,19 +347,17 @@ class Listener:
                 },
             )
         finally:
-            self.stats.active -= 1
+            self._stream_ended()
 
     async def _run_handler(
-        self, accept: Accept, request: AcceptRequest, clog: ConnectionLogger
+        self, handler: StreamHandler, accept: Accept, request: AcceptRequest
     ) -> None:
-        assert self._handler is not None
         ws = await self._rendezvous(accept, request, stream=False)
-        self.stats.accepted += 1
-        self.stats.active += 1
+        self._stream_started()
         try:
-            await self._handler(ws, request)
+            await handler(ws, request)
         finally:
-            self.stats.active -= 1
+            self._stream_ended()
             await ws.close()
 
     async def _reject(self, address: str, reject: Reject, clog: ConnectionLogger) -> None:

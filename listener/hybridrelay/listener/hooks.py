@@ -31,7 +31,7 @@ class Reject:
     description: str = "Rejected by user code"
 
 
-AcceptHook = Callable[[AcceptRequest], "Reject | None | Awaitable[Reject | None]"]
+AcceptHook = Callable[[AcceptRequest], "Reject | Awaitable[Reject | None] | None"]
 
 
 class HeaderAllowList:

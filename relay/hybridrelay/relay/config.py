@@ -175,6 +175,13 @@ _ENV_TYPES: Mapping[str, type] = {
 }
 
 
+def _env_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered not in {"1", "0", "true", "false", "yes", "no"}:
+        raise ValueError(raw)
+    return lowered in {"1", "true", "yes"}
+
+
 def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str, object]:
     merged = dict(data)
     for key, kind in _ENV_TYPES.items():
@@ -184,9 +191,7 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
         name = f"HYBRIDRELAY_{key.upper()}"
         try:
             if kind is bool:
-                if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
-                    raise ValueError(raw)
-                merged[key] = raw.lower() in {"1", "true", "yes"}
+                merged[key] = _env_bool(raw)
             elif kind is int:
                 merged[key] = int(raw)
             elif kind is float:
@@ -194,7 +199,9 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
             else:
                 merged[key] = raw
         except ValueError as exc:
-            noun = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+            noun = {bool: "true or false", int: "an integer", float: "a number"}.get(
+                kind, "a string"
+            )
             raise ConfigError("<environment>", name, f"must be {noun}") from exc
     return merged
 

@@ -33,12 +33,12 @@ from hybridrelay.protocol.messages import Accept, RemoteEndpoint
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
+from hybridrelay.relay.cluster.base import PendingConnect
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.splice import Splice, take_over
-from hybridrelay.relay.cluster.base import PendingConnect
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 

@@ -24,6 +24,7 @@ Ping/pong are answered per hop and never forwarded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -143,7 +144,7 @@ class Leg(asyncio.Protocol):
         *,
         paused: bool = False,
     ) -> None:
-        """Make this leg the transport's protocol; ``paused`` holds reading until :meth:`release`."""
+        """Make this leg the transport's protocol; ``paused`` holds reading until release()."""
         transport, inner, tail = parts
         self.transport = transport
         self._inner = inner
@@ -387,10 +388,9 @@ class Splice:
                 # The close we forwarded may still await its answer; bound the wait.
                 peer.arm_close_timer(self._close_timeout)
             if peer.transport is not None and not peer.lost:
-                try:
-                    peer.transport.resume_reading()  # nothing left to wait for on this side
-                except RuntimeError:
-                    pass
+                # Nothing is left to wait for on this side.
+                with contextlib.suppress(RuntimeError):
+                    peer.transport.resume_reading()
             return
         self._finish()
 

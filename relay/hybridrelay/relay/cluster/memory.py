@@ -32,7 +32,9 @@ class MemoryClusterState:
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
-        self._pending = RendezvousTable[PendingConnect](now=now, ttl=rendezvous_ttl, limit=max_pending)
+        self._pending = RendezvousTable[PendingConnect](
+            now=now, ttl=rendezvous_ttl, limit=max_pending
+        )
 
     async def attach(self, channel: ListenerPort, *, max_listeners: int) -> None:
         hc = channel.hc_name.lower()

@@ -43,7 +43,7 @@ class Store(Protocol):
     """Hybrid connections and rules; lookups are case-insensitive (HC §2.1)."""
 
     async def resolve(self, path: str) -> tuple[HybridConnection, str] | None:
-        """Return the longest hybrid connection that ``path`` names on a '/' boundary, and the suffix."""
+        """Return the longest HC that ``path`` names on a '/' boundary, and the suffix."""
         ...
 
     async def get(self, name: str) -> HybridConnection | None: ...

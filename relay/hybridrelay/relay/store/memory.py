@@ -1,4 +1,4 @@
-"""In-process store seeded from the config file; auto-created entities persist as JSON in the data dir."""
+"""In-process store seeded from the config; auto-created entities persist as JSON in data_dir."""
 
 from __future__ import annotations
 
