@@ -113,8 +113,13 @@ def _rule(table: Table) -> RuleConfig:
     if len(key) < 16:
         raise table.error("key", "must be at least 16 characters")
     secondary = table.get_str("secondary_key")
+    if secondary is not None and len(secondary) < 16:
+        raise table.error("secondary_key", "must be at least 16 characters")
+    names = table.str_list("rights", ("Listen", "Send"))
+    if not names:
+        raise table.error("rights", "must list at least one of Listen, Send, Manage")
     try:
-        rights = Rights.parse(table.str_list("rights", ("Listen", "Send")))
+        rights = Rights.parse(names)
     except ValueError as exc:
         raise table.error("rights", str(exc)) from exc
     table.reject_unknown()
