@@ -22,6 +22,7 @@ bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
     ├── RendezvousError                    403
     ├── RejectedError(status, description) listener's own status
     ├── UpstreamTimeoutError               504
+    ├── BadGatewayError                    502
     ├── UnavailableError                   503
     ├── HandshakeError(status, reason)     a non-101 answer seen by a WebSocket client
     └── ConnectionClosedError(code, reason)
@@ -33,6 +34,7 @@ from typing import ClassVar
 
 __all__ = [
     "AuthError",
+    "BadGatewayError",
     "ConfigError",
     "ConnectionClosedError",
     "EntityNotFoundError",
@@ -160,6 +162,13 @@ class UpstreamTimeoutError(HybridRelayError):
 
     http_status = 504
     error_code = "GatewayTimeout"
+
+
+class BadGatewayError(HybridRelayError):
+    """The listener (or its target) failed after it was chosen."""
+
+    http_status = 502
+    error_code = "BadGateway"
 
 
 class UnavailableError(HybridRelayError):

@@ -17,9 +17,9 @@ from multidict import CIMultiDictProxy
 
 from hybridrelay.errors import (
     AuthError,
+    BadGatewayError,
     ConnectionClosedError,
     EntityNotFoundError,
-    HybridRelayError,
     NoListenerError,
     ProtocolError,
     RejectedError,
@@ -48,13 +48,6 @@ log = logging.getLogger(RELAY)
 
 _CONTROL_MAX_MESSAGE = 1 << 20
 _AUTH_HEADER = "ServiceBusAuthorization"
-
-
-class ListenerHandshakeError(HybridRelayError):
-    """The listener's rendezvous dial failed after it was claimed (the sender gets 502)."""
-
-    http_status = 502
-    error_code = "BadGateway"
 
 
 class _Rejected:
@@ -295,7 +288,7 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
         handshake = parse_client_handshake(request.method, request.headers)
     except ProtocolError:
         pending.future.set_exception(
-            ListenerHandshakeError("the listener's rendezvous handshake was invalid")
+            BadGatewayError("the listener's rendezvous handshake was invalid")
         )
         raise
     # The listener names the one sub-protocol it picked from connectHeaders (HC §5).
@@ -308,7 +301,7 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     except (ConnectionError, RuntimeError) as exc:
         if not pending.future.done():
             pending.future.set_exception(
-                ListenerHandshakeError("the listener vanished during its handshake")
+                BadGatewayError("the listener vanished during its handshake")
             )
         log.info("listener_gone_during_rendezvous", extra={"error": type(exc).__name__})
         return response
