@@ -68,6 +68,9 @@ class Table:
     def error(self, key: str, reason: str) -> ConfigError:
         return ConfigError(self._path, self._key(key), reason)
 
+    def has(self, key: str) -> bool:
+        return key in self._data
+
     def _get(self, key: str) -> object | None:
         self._seen.add(key)
         return self._data.get(key)

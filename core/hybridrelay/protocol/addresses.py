@@ -24,10 +24,12 @@ __all__ = [
     "RENDEZVOUS_PARAM",
     "Action",
     "HcAddress",
+    "HttpTarget",
     "build_rendezvous_address",
     "entity_uri",
     "match_entity",
     "parse_hc_target",
+    "parse_http_target",
     "strip_relay_params",
 ]
 
@@ -243,6 +245,49 @@ def parse_hc_target(raw_path: str, raw_query: str) -> HcAddress:
         rendezvous_key=values.get(RENDEZVOUS_PARAM) or None,
         app_query="&".join(kept),
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpTarget:
+    """An HTTP-mode request target (HC §2.7, §2.10)."""
+
+    path: str  # percent-decoded path without the leading "/" (entity + suffix)
+    token: str | None  # sb-hc-token from the query, decoded once
+    request_target: str  # what the listener sees: raw path + query without sb-hc-* pairs
+
+
+def parse_http_target(raw_path: str, raw_query: str) -> HttpTarget:
+    """Parse the target of an HTTP-mode request (no ``$hc``).
+
+    Args:
+        raw_path: The path as sent, starting with "/".
+        raw_query: The raw query, without "?" (empty when there is none).
+
+    Returns:
+        The decoded entity path, the query token if any, and the ``requestTarget`` for the
+        listener: the raw path and query byte for byte, minus every ``sb-hc-*=`` pair.
+
+    Raises:
+        InvalidAddressError: The path is not absolute, is over 8 KiB, has a broken escape
+            or a control character, or the query is over 8 KiB.
+    """
+    if len(raw_path) > _MAX_PART_LEN:
+        raise InvalidAddressError("path is longer than 8 KiB")
+    if len(raw_query) > _MAX_PART_LEN:
+        raise InvalidAddressError("query is longer than 8 KiB")
+    if not raw_path.startswith("/"):
+        raise InvalidAddressError("path must start with '/'")
+    path = _strict_unquote(raw_path[1:], "path")
+    if _CONTROL_CHAR.search(path):
+        raise InvalidAddressError("control character in path")
+    token: str | None = None
+    for part in _query_parts(raw_query):
+        name, sep, raw_value = part.partition("=")
+        if sep and _param_name(name) == "sb-hc-token":
+            token = _decode_param("sb-hc-token", raw_value) or None
+    kept = strip_relay_params(raw_query) if raw_query else ""
+    target = raw_path + ("?" + kept if kept else "")
+    return HttpTarget(path=path, token=token, request_target=target)
 
 
 def strip_relay_params(raw_query: str) -> str:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from hybridrelay.errors import ProtocolError
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_connections
 from hybridrelay.relay.health import healthz, metrics, readyz
+from hybridrelay.relay.http_mode import handle_http
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.state import STATE, RelayState
@@ -24,15 +24,9 @@ __all__ = ["create_app"]
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
-    if is_hc_path(request.path) or is_hc_path(request.raw_path):
+    if is_hc_path(request.raw_path):
         return await handle_hc(request)
-    # HTTP request/response mode (HC §2.7) is issue 3; until then say so plainly.
-    raise NotImplementedHttpModeError("HTTP relaying is not enabled on this relay")
-
-
-class NotImplementedHttpModeError(ProtocolError):
-    http_status = 501
-    error_code = "NotImplemented"
+    return await handle_http(request)
 
 
 def create_app(

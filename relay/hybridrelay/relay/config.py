@@ -54,6 +54,7 @@ class HybridConnectionConfig:
     # None: not declared; True/False: the HC serves HTTP-mode senders or not (issue 3).
     http: bool | None = None
     max_listeners: int = MAX_LISTENERS_PER_HC
+    request_timeout: float | None = None  # HTTP mode; None: the relay-wide value
     rules: tuple[RuleConfig, ...] = ()
 
 
@@ -70,6 +71,7 @@ class RelaySettings:
     ping_interval: float = 30.0
     token_grace: float = 300.0
     rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S
+    request_timeout: float = 60.0  # HTTP mode: response header deadline and body idle limit
     close_timeout: float = 10.0
     max_pending_rendezvous: int = 10_000
     check_token_host: bool = False
@@ -155,6 +157,11 @@ def _hybrid_connection(table: Table, default_max: int) -> HybridConnectionConfig
         requires_client_authorization=table.get_bool("requires_client_authorization", True),
         http=http_value,
         max_listeners=table.get_int("max_listeners", default_max, minimum=1, maximum=10_000),
+        request_timeout=(
+            table.get_float("request_timeout", 60.0, minimum=0.1, maximum=3600)
+            if table.has("request_timeout")
+            else None
+        ),
         rules=tuple(rules),
     )
     table.reject_unknown()
@@ -173,6 +180,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "ping_interval": float,
     "token_grace": float,
     "rendezvous_timeout": float,
+    "request_timeout": float,
     "close_timeout": float,
     "max_pending_rendezvous": int,
     "check_token_host": bool,
@@ -228,6 +236,9 @@ def _settings(table: Table) -> RelaySettings:
         token_grace=table.get_float("token_grace", d.token_grace, maximum=86_400),
         rendezvous_timeout=table.get_float(
             "rendezvous_timeout", d.rendezvous_timeout, minimum=0.1, maximum=RENDEZVOUS_TIMEOUT_S
+        ),
+        request_timeout=table.get_float(
+            "request_timeout", d.request_timeout, minimum=0.1, maximum=3600
         ),
         close_timeout=table.get_float("close_timeout", d.close_timeout, minimum=0.1, maximum=600),
         max_pending_rendezvous=table.get_int(

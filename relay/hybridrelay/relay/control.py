@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import WSMsgType, web
 
@@ -27,6 +27,7 @@ from hybridrelay.protocol.messages import (
     decode,
     encode,
 )
+from hybridrelay.relay.pending import PendingRequest
 
 __all__ = ["ControlChannel"]
 
@@ -51,6 +52,7 @@ class ControlChannel:
         ping_interval: float,
         token_grace: float,
         log: ConnectionLogger,
+        requests: Mapping[str, PendingRequest] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._request = request
@@ -64,6 +66,11 @@ class ControlChannel:
         self._log = log
         self._now = now
         self._send_lock = asyncio.Lock()
+        self._requests: Mapping[str, PendingRequest] = requests if requests is not None else {}
+        # The response whose body is the next binary message on this channel (HC §4);
+        # _skip_body swallows the body of a response nobody waits for.
+        self._body_for: PendingRequest | None = None
+        self._skip_body = False
         self._last_seen = asyncio.get_running_loop().time()
         self.closing = False
 
@@ -75,14 +82,19 @@ class ControlChannel:
     def hc_name(self) -> str:
         return self._hc_name
 
-    async def deliver(self, message: Accept | Request) -> None:
-        """Send one control message; ConnectionClosedError when the channel is gone or stuck."""
+    async def deliver(self, message: Accept | Request, body: bytes | None = None) -> None:
+        """Send one control message, and its body right after it (HC §4: adjacent).
+
+        Raises ConnectionClosedError when the channel is gone or stuck.
+        """
         if self.closing or self._ws.closed:
             raise ConnectionClosedError(1001, "control channel closed")
         text = encode(message)
         try:
             async with self._send_lock, asyncio.timeout(_SEND_TIMEOUT):
                 await self._ws.send_str(text)
+                if body is not None:
+                    await self._ws.send_bytes(body)
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             self.abort()
             raise ConnectionClosedError(1011, "control channel send failed") from exc
@@ -151,20 +163,44 @@ class ControlChannel:
                 return
             self._log.info("token_renewed", extra={"expires_at": self.expires_at})
         elif isinstance(message, Response):
-            # HTTP-mode responses belong to issue 3's request table; until it exists none
-            # can match a request of ours, so there is nothing to hand them to.
-            self._log.warning(
-                "response_for_unknown_request", extra={"request_id": message.request_id}
-            )
+            self._on_response(message)
         else:
             self._log.warning("unexpected_control_message", extra={"kind": type(message).__name__})
             await self.close(1002, "listeners may only send renewToken and response")
 
+    def _on_response(self, response: Response) -> None:
+        pending = self._requests.get(response.request_id)
+        # Only the listener that got a request may answer it.
+        if pending is None or pending.listener_id != self._listener_id:
+            self._log.warning(
+                "response_for_unknown_request", extra={"request_id": response.request_id}
+            )
+            self._skip_body = response.body
+            return
+        if not pending.deliver_header(response):
+            self._log.warning("duplicate_response", extra={"request_id": response.request_id})
+            self._skip_body = response.body
+            return
+        if response.body:
+            self._body_for = pending
+
     def _on_binary(self, data: bytes) -> None:
-        if data:
+        pending, self._body_for = self._body_for, None
+        if pending is not None:
+            pending.body.feed(data)
+            pending.body.feed_eof()
+        elif self._skip_body:
+            self._skip_body = False
+        elif data:
             # A body with no header before it (HC §4); hyco-https sends an empty one after
             # body:false responses, which is harmless and ignored.
             self._log.warning("unexpected_binary_message", extra={"size": len(data)})
+
+    def fail_inflight(self, error: HybridRelayError) -> None:
+        """The channel is gone: a response body it was delivering never completes."""
+        pending, self._body_for = self._body_for, None
+        if pending is not None:
+            pending.body.fail(error)
 
     async def _watchdog(self) -> None:
         # Ticks four times per interval so a silent listener is dropped soon after it

@@ -33,11 +33,12 @@ from hybridrelay.protocol.messages import Accept, RemoteEndpoint
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
-from hybridrelay.relay.cluster.base import PendingConnect
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
+from hybridrelay.relay.pending import PendingConnect
 from hybridrelay.relay.splice import Splice, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
@@ -96,7 +97,7 @@ async def handle_hc(request: web.Request) -> web.StreamResponse:
         return await _connect(request, state, addr)
     if addr.action == "accept":
         return await _accept(request, state, addr)
-    raise ProtocolError(f"sb-hc-action={addr.action} is not served on this endpoint")
+    return await handle_request_dial(request, state, addr)
 
 
 def _token(request: web.Request, addr: HcAddress) -> str | None:
@@ -163,6 +164,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         ping_interval=state.config.relay.ping_interval,
         token_grace=state.config.relay.token_grace,
         log=clog,
+        requests=state.http_requests,
         now=state.now,
     )
     # Reserve the slot before answering 101, so the 26th listener gets a clean 403.
@@ -177,6 +179,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         finally:
             state.channels.discard(channel)
             state.metrics.listeners.dec()
+            _fail_requests_of(state, channel)
         clog.info("listener_disconnected", extra={"code": code})
     finally:
         await state.cluster.detach(channel)
@@ -189,6 +192,9 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     loop = asyncio.get_running_loop()
     started = loop.time()
     hc, suffix = await _resolve(state, addr, create=False)
+    if hc.http is True:
+        # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
+        raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
     authorize(
         _token(request, addr),
         hc=hc,
@@ -276,7 +282,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
 async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     key = addr.rendezvous_key
     pending = state.cluster.claim_pending(key) if key else None
-    if pending is None or pending.future.done():
+    if not isinstance(pending, PendingConnect) or pending.future.done():
         raise RendezvousError("the rendezvous address is unknown, used or expired")
     if not addr.path.lower().startswith(pending.hc_name.lower()):
         pending.future.set_exception(RendezvousError("rendezvous address mismatch"))
@@ -312,6 +318,16 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.shield(splice.done)
     return response
+
+
+def _fail_requests_of(state: RelayState, channel: ControlChannel) -> None:
+    """HTTP requests this listener still owed an answer fail fast (502), not at 60 s."""
+    error = BadGatewayError("the listener disconnected")
+    channel.fail_inflight(error)
+    for pending in list(state.http_requests.values()):
+        same = pending.listener_id == channel.listener_id and pending.hc_name == channel.hc_name
+        if same and not pending.header.done() and not pending.sockets:
+            pending.fail(error)
 
 
 def is_hc_path(path: str) -> bool:

@@ -36,6 +36,18 @@ class RelayMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
             registry=r,
         )
+        self.http_requests = Counter(
+            "hybridrelay_http_requests",
+            "HTTP-mode requests answered by listeners, by status",
+            ["status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "hybridrelay_http_response_seconds",
+            "HTTP-mode request arrival to the listener's response header",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 60),
+            registry=r,
+        )
         self.rejections = Counter(
             "hybridrelay_rejections",
             "Requests the relay refused, by HTTP status",

@@ -41,22 +41,33 @@ class RendezvousTable(Generic[T]):
         self._ttl = ttl
         self._limit = limit
         self._new_key = new_key
-        # Insertion order is expiry order because every entry gets the same ttl.
+        # Insertion order is expiry order for entries of the default ttl; longer-lived ones
+        # (HTTP requests) are discarded by their owners and only delay the sweep.
         self._entries: OrderedDict[str, tuple[float, T]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def create(self, value: T) -> str:
-        """Register ``value``; returns its key. Raises TableFullError at the limit."""
+    def create(self, value: T, *, ttl: float | None = None) -> str:
+        """Register ``value`` for ``ttl`` seconds (default: the table's); returns its key.
+
+        Raises TableFullError at the limit.
+        """
         self.sweep()
         if len(self._entries) >= self._limit:
             raise TableFullError("too many pending rendezvous")
         key = self._new_key()
         while key in self._entries:  # pragma: no cover - 192 random bits
             key = self._new_key()
-        self._entries[key] = (self._now() + self._ttl, value)
+        self._entries[key] = (self._now() + (self._ttl if ttl is None else ttl), value)
         return key
+
+    def get(self, key: str) -> T | None:
+        """The value for ``key`` without taking it; None when unknown or expired."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < self._now():
+            return None
+        return entry[1]
 
     def claim(self, key: str) -> T | None:
         """Take the value for ``key`` once; None when unknown, used or expired."""

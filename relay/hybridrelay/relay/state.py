@@ -14,6 +14,7 @@ from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.base import Store
 
@@ -30,6 +31,7 @@ class RelayState:
     rng: random.Random = field(default_factory=random.Random)
     channels: set[ControlChannel] = field(default_factory=set)
     splices: set[Splice] = field(default_factory=set)
+    http_requests: dict[str, PendingRequest] = field(default_factory=dict)
     draining: bool = False
 
     @property

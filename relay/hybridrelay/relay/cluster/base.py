@@ -8,29 +8,17 @@ the cluster state, which knows whether the listener lives on this node.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from hybridrelay.protocol.messages import Accept, Request
-from hybridrelay.relay.splice import Splice
+from hybridrelay.relay.pending import PendingConnect, PendingRequest
 
-__all__ = ["ClusterState", "ListenerHandle", "ListenerPort", "PendingConnect"]
+__all__ = ["ClusterState", "ListenerHandle", "ListenerPort", "Pending"]
 
 
-@dataclass(eq=False, slots=True)
-class PendingConnect:
-    """A sender waiting for its listener to dial the rendezvous address.
-
-    The address always points at the node holding the sender (HC §2.4), so
-    pending senders are looked up on the node that registered them.
-    """
-
-    hc_name: str
-    # Resolves to the listener's chosen sub-protocol (str or None) or a rejection.
-    future: asyncio.Future[object]
-    splice: Splice
+Pending = PendingConnect | PendingRequest
 
 
 class ListenerPort(Protocol):
@@ -42,8 +30,8 @@ class ListenerPort(Protocol):
     @property
     def hc_name(self) -> str: ...
 
-    async def deliver(self, message: Accept | Request) -> None:
-        """Send one control message to the listener; raises ConnectionClosedError if gone."""
+    async def deliver(self, message: Accept | Request, body: bytes | None = None) -> None:
+        """Send one control message (and a body right after it); ConnectionClosedError if gone."""
         ...
 
 
@@ -73,8 +61,10 @@ class ClusterState(Protocol):
         """Choose a listener for new work (fewest active streams, random tie-break)."""
         ...
 
-    async def deliver(self, handle: ListenerHandle, message: Accept | Request) -> None:
-        """Send a control message to the chosen listener, wherever it is connected."""
+    async def deliver(
+        self, handle: ListenerHandle, message: Accept | Request, body: bytes | None = None
+    ) -> None:
+        """Send a control message (and its body) to the chosen listener, wherever it is."""
         ...
 
     def stream_started(self, handle: ListenerHandle) -> None: ...
@@ -83,15 +73,19 @@ class ClusterState(Protocol):
 
     async def listener_count(self, hc_name: str) -> int: ...
 
-    def add_pending(self, pending: PendingConnect) -> str:
-        """Register a waiting sender; returns its unguessable rendezvous key.
+    def add_pending(self, pending: Pending, *, ttl: float | None = None) -> str:
+        """Register a waiting sender or request; returns its unguessable rendezvous key.
 
-        Raises UnavailableError when too many senders wait at once.
+        Raises UnavailableError when too many wait at once.
         """
         ...
 
-    def claim_pending(self, key: str) -> PendingConnect | None:
-        """Take a waiting sender once; None when the key is unknown, used or expired."""
+    def claim_pending(self, key: str) -> Pending | None:
+        """Take what waits at ``key`` (once); None when unknown, used or expired."""
+        ...
+
+    def find_pending(self, key: str) -> Pending | None:
+        """Look at what waits at ``key`` without taking it (HTTP requests allow several dials)."""
         ...
 
     def discard_pending(self, key: str) -> None: ...

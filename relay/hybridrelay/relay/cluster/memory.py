@@ -10,7 +10,7 @@ from hybridrelay.errors import ConnectionClosedError, QuotaExceededError, Unavai
 from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
-from hybridrelay.relay.cluster.base import ListenerHandle, ListenerPort, PendingConnect
+from hybridrelay.relay.cluster.base import ListenerHandle, ListenerPort, Pending
 from hybridrelay.relay.rendezvous import RendezvousTable, TableFullError
 
 __all__ = ["MemoryClusterState"]
@@ -32,9 +32,7 @@ class MemoryClusterState:
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
-        self._pending = RendezvousTable[PendingConnect](
-            now=now, ttl=rendezvous_ttl, limit=max_pending
-        )
+        self._pending = RendezvousTable[Pending](now=now, ttl=rendezvous_ttl, limit=max_pending)
 
     async def attach(self, channel: ListenerPort, *, max_listeners: int) -> None:
         hc = channel.hc_name.lower()
@@ -76,11 +74,13 @@ class MemoryClusterState:
             return None
         return ListenerHandle(hc, chosen.listener_id, self.node_id)
 
-    async def deliver(self, handle: ListenerHandle, message: Accept | Request) -> None:
+    async def deliver(
+        self, handle: ListenerHandle, message: Accept | Request, body: bytes | None = None
+    ) -> None:
         channel = self.find(handle.hc_name, handle.listener_id)
         if channel is None:
             raise ConnectionClosedError(1001, "listener went away")
-        await channel.deliver(message)
+        await channel.deliver(message, body)
 
     def stream_started(self, handle: ListenerHandle) -> None:
         key = (handle.hc_name, handle.listener_id)
@@ -95,14 +95,17 @@ class MemoryClusterState:
     async def listener_count(self, hc_name: str) -> int:
         return len(self._channels.get(hc_name.lower(), {}))
 
-    def add_pending(self, pending: PendingConnect) -> str:
+    def add_pending(self, pending: Pending, *, ttl: float | None = None) -> str:
         try:
-            return self._pending.create(pending)
+            return self._pending.create(pending, ttl=ttl)
         except TableFullError as exc:
             raise UnavailableError("too many senders are waiting for listeners") from exc
 
-    def claim_pending(self, key: str) -> PendingConnect | None:
+    def claim_pending(self, key: str) -> Pending | None:
         return self._pending.claim(key)
+
+    def find_pending(self, key: str) -> Pending | None:
+        return self._pending.get(key)
 
     def discard_pending(self, key: str) -> None:
         self._pending.discard(key)

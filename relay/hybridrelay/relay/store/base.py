@@ -35,6 +35,7 @@ class HybridConnection:
     requires_client_authorization: bool = True
     http: bool | None = None
     max_listeners: int = MAX_LISTENERS_PER_HC
+    request_timeout: float | None = None  # HTTP mode; None: the relay-wide value
     rules: tuple[Rule, ...] = ()
     config_owned: bool = False
 

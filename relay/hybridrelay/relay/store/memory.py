@@ -39,6 +39,7 @@ class MemoryStore:
                 requires_client_authorization=hc.requires_client_authorization,
                 http=hc.http,
                 max_listeners=hc.max_listeners,
+                request_timeout=hc.request_timeout,
                 rules=tuple(_rule(r) for r in hc.rules),
                 config_owned=True,
             )

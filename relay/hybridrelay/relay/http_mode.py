@@ -1,0 +1,534 @@
+"""HTTP request/response mode (HC §2.6, §2.7, §2.10, §3.2-3.3, §4).
+
+A plain HTTP request to ``/{entity}[/suffix]`` becomes a ``request`` for one
+listener of that entity:
+
+- **inline** on the control channel when the body is known and at most 64 KiB
+  and the header block at most 32 KiB: the JSON header, then the body as one
+  binary message, adjacent (the control channel's send lock keeps them so);
+- **rendezvous-only** otherwise: the control channel only carries ``address``
+  and ``id``; the listener dials that address and receives the full request
+  there, with the body streamed from the sender as one fragmented message.
+
+The response may come back on the control channel or on any rendezvous socket
+the listener opens to the request's address, in any order across requests,
+matched by ``requestId``; its body streams to the sender as it arrives, with
+backpressure. A rendezvous socket is closed (1000) once its response is
+complete (HC §4: treat every HTTP rendezvous as single use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Final, cast
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from hybridrelay.errors import (
+    BadGatewayError,
+    ConnectionClosedError,
+    EntityNotFoundError,
+    HybridRelayError,
+    InvalidMessageError,
+    PayloadTooBigError,
+    ProtocolError,
+    RendezvousError,
+    UpstreamTimeoutError,
+)
+from hybridrelay.logs import RELAY
+from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_http_target
+from hybridrelay.protocol.codes import (
+    CONTROL_MESSAGE_LIMIT,
+    INLINE_BODY_LIMIT,
+    INLINE_HEADERS_LIMIT,
+)
+from hybridrelay.protocol.frames import (
+    FrameError,
+    FrameParser,
+    Opcode,
+    encode_close_payload,
+    encode_frame,
+    encode_frame_header,
+)
+from hybridrelay.protocol.messages import RemoteEndpoint, Request, Response, decode, encode
+from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay.auth import authorize
+from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.pending import PendingRequest
+from hybridrelay.relay.splice import take_over
+from hybridrelay.relay.state import STATE, RelayState
+
+__all__ = ["handle_http", "handle_request_dial"]
+
+log = logging.getLogger(RELAY)
+
+# RFC 9110 §7.6.1 connection-level fields, plus the proxy ones; never forwarded either way.
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "close",
+        "host",
+        "content-length",
+    }
+)
+_CHUNK: Final = 64 * 1024
+_BODY_READ_TIMEOUT: Final = 60.0
+
+
+class MethodNotAllowedError(ProtocolError):
+    http_status = 405
+    error_code = "MethodNotAllowed"
+
+
+class HeadersTooLargeError(ProtocolError):
+    http_status = 431
+    error_code = "RequestHeaderFieldsTooLarge"
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    # Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    return {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+        if token.strip()
+    }
+
+
+def _request_headers(request: web.Request, *, drop_authorization: bool) -> dict[str, str]:
+    """Sender headers for ``requestHeaders``: auth and hop-by-hop removed, repeats joined."""
+    dropped = _HOP_BY_HOP | _connection_tokens(request.headers) | {"servicebusauthorization"}
+    if drop_authorization:
+        dropped = dropped | {"authorization"}
+    out: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if name.lower() in dropped:
+            continue
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _response_headers(response: Response, via: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    raw = response.response_headers or {}
+    named = {t.strip().lower() for t in raw.get("connection", raw.get("Connection", "")).split(",")}
+    for name, value in raw.items():
+        lowered = name.lower()
+        if lowered in _HOP_BY_HOP or lowered in named or lowered == "via":
+            continue
+        headers.add(name, value)
+    upstream_via = next((v for k, v in raw.items() if k.lower() == "via"), None)
+    headers["Via"] = f"{upstream_via}, {via}" if upstream_via else via
+    return headers
+
+
+def _token(
+    request: web.Request, query_token: str | None, requires_auth: bool
+) -> tuple[str | None, bool]:
+    """The sender's token and whether ``Authorization`` carried it (HC §2.7 order)."""
+    if query_token:
+        return query_token, False
+    header = request.headers.get("ServiceBusAuthorization")
+    if header:
+        return header, False
+    if requires_auth and "Authorization" in request.headers:
+        return request.headers["Authorization"], True
+    return None, False
+
+
+def _remote(request: web.Request) -> RemoteEndpoint | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return RemoteEndpoint(address=str(peer[0]), port=int(peer[1]))
+    return None
+
+
+def _header_block_size(request: web.Request) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+
+
+async def handle_http(request: web.Request) -> web.StreamResponse:
+    """Relay one plain HTTP request to a listener and stream its response back."""
+    state = request.app[STATE]
+    if request.method == "CONNECT":
+        raise MethodNotAllowedError("CONNECT is not relayed")
+    if "upgrade" in _connection_tokens(request.headers):
+        raise ProtocolError("WebSocket senders must use /$hc/{hybrid connection}")
+    if _header_block_size(request) > INLINE_HEADERS_LIMIT:
+        raise HeadersTooLargeError("request headers are over 32 KiB")
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    target = parse_http_target(raw_path, raw_query)
+    found = await state.store.resolve(target.path)
+    if found is None:
+        raise EntityNotFoundError("Endpoint does not exist.")
+    hc, suffix = found
+    if hc.http is False:
+        raise EntityNotFoundError("HTTP relaying is disabled for this hybrid connection")
+    token, from_authorization = _token(request, target.token, hc.requires_client_authorization)
+    authorize(
+        token,
+        hc=hc,
+        namespace_rules=await state.store.namespace_rules(),
+        right=Rights.SEND,
+        now=state.now(),
+        path=hc.name + suffix,
+    )
+    handle = await state.cluster.pick(hc.name)
+    if handle is None:
+        raise BadGatewayError("no listener is connected to this hybrid connection")
+
+    request_id = str(uuid.uuid4())
+    length = request.content_length
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    has_body = bool(length) or chunked
+    inline = (length is not None and length <= INLINE_BODY_LIMIT) or not has_body
+    message = Request(
+        address="",  # filled in once the rendezvous key exists
+        id=request_id,
+        request_target=target.request_target,
+        method=request.method,
+        remote_endpoint=_remote(request),
+        request_headers=_request_headers(request, drop_authorization=from_authorization),
+        body=has_body,
+    )
+    pending = PendingRequest(
+        hc_name=hc.name,
+        request_id=request_id,
+        listener_id=handle.listener_id,
+        message=message,
+        sender=request,
+        inline=inline,
+    )
+    timeout = hc.request_timeout or state.config.relay.request_timeout
+    # The key must outlive the whole exchange: a large response is uploaded at its end.
+    key = state.cluster.add_pending(pending, ttl=timeout + 5.0)
+    address = build_rendezvous_address(
+        public_url=state.public_url,
+        entity=hc.name,
+        suffix="",
+        app_query="",
+        action="request",
+        tracking_id=request_id,
+        rendezvous_key=key,
+    )
+    pending.message = message = _with_address(message, address)
+    state.http_requests[request_id] = pending
+    state.cluster.stream_started(handle)
+    started = asyncio.get_running_loop().time()
+    try:
+        body = await request.read() if inline and has_body else None
+        if inline and len(encode(message)) > CONTROL_MESSAGE_LIMIT - 1024:
+            inline = pending.inline = False  # too big for the control channel after all
+        try:
+            if inline:
+                pending.delivered = True
+                await state.cluster.deliver(handle, message, body if has_body else None)
+            else:
+                await state.cluster.deliver(handle, Request(address=address, id=request_id))
+        except ConnectionClosedError as exc:
+            raise BadGatewayError("the chosen listener went away") from exc
+        try:
+            async with asyncio.timeout(timeout):
+                response = await asyncio.shield(pending.header)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(
+                "The request was routed to the listener but the listener did not respond "
+                f"in the required time ({timeout:g} s)."
+            ) from exc
+        state.metrics.http_seconds.observe(asyncio.get_running_loop().time() - started)
+        return await _stream_response(request, pending, response, state, timeout)
+    finally:
+        state.cluster.discard_pending(key)
+        state.http_requests.pop(request_id, None)
+        state.cluster.stream_ended(handle)
+        pending.fail(BadGatewayError("request finished"))
+        pending.closed = True
+        for sock in list(pending.sockets):
+            cast(HttpRendezvous, sock).shutdown()
+
+
+def _with_address(message: Request, address: str) -> Request:
+    return Request(
+        address=address,
+        id=message.id,
+        request_target=message.request_target,
+        method=message.method,
+        remote_endpoint=message.remote_endpoint,
+        request_headers=message.request_headers,
+        body=message.body,
+    )
+
+
+async def _stream_response(
+    request: web.Request,
+    pending: PendingRequest,
+    response: Response,
+    state: RelayState,
+    idle_timeout: float,
+) -> web.StreamResponse:
+    host = request.host.split(":")[0] or "relay"
+    reply = web.StreamResponse(
+        status=response.status_code,
+        reason=_reason(response.status_description),
+        headers=_response_headers(response, f"1.1 {host}"),
+    )
+    state.metrics.http_requests.labels(str(response.status_code)).inc()
+    await reply.prepare(request)
+    try:
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await pending.body.read()
+            if not chunk:
+                break
+            await reply.write(chunk)
+    except (HybridRelayError, TimeoutError) as exc:
+        # Headers are out: the only honest signal left is a broken response (no final
+        # chunk), never a silently truncated 200 (issue 3).
+        log.warning(
+            "http_response_broken",
+            extra={"request_id": pending.request_id, "reason": str(exc) or type(exc).__name__},
+        )
+        if request.transport is not None:
+            request.transport.abort()
+        return reply
+    await reply.write_eof()
+    return reply
+
+
+def _reason(description: str | None) -> str | None:
+    if not description:
+        return None
+    clean = "".join(c if 32 <= ord(c) < 127 else " " for c in description).strip()
+    return clean[:200] or None
+
+
+# -- the listener's rendezvous socket for a request (sb-hc-action=request) -----------------
+
+
+async def handle_request_dial(
+    request: web.Request, state: RelayState, addr: HcAddress
+) -> web.StreamResponse:
+    """A listener dialled a request's address: hand it the request and/or take its response."""
+    key = addr.rendezvous_key
+    pending = state.cluster.find_pending(key) if key else None
+    if not isinstance(pending, PendingRequest) or pending.body.finished:
+        raise RendezvousError("the rendezvous address is unknown, used or expired")
+    handshake = parse_client_handshake(request.method, request.headers)
+    chosen = handshake.protocols[0] if handshake.protocols else None
+    reply = web.StreamResponse(status=101, headers=accept_headers(handshake, chosen))
+    await reply.prepare(request)
+    sock = HttpRendezvous(pending)
+    try:
+        sock.attach(take_over(request))
+    except ConnectionError:
+        return reply
+    pending.sockets.add(sock)
+    try:
+        if not pending.delivered:
+            # Rendezvous-only request: this socket gets the full request (HC §3.2).
+            pending.delivered = True
+            await sock.send_request(pending)
+        await sock.closed
+    except (ConnectionError, HybridRelayError, TimeoutError) as exc:
+        log.info(
+            "request_rendezvous_failed", extra={"request_id": pending.request_id, "error": str(exc)}
+        )
+        pending.fail(BadGatewayError("the listener's rendezvous connection failed"))
+        sock.abort()
+    finally:
+        pending.sockets.discard(sock)
+    return reply
+
+
+class HttpRendezvous(asyncio.Protocol):
+    """One listener rendezvous socket of an HTTP request, after the relay's 101."""
+
+    def __init__(self, pending: PendingRequest) -> None:
+        self._pending = pending
+        self._parser = FrameParser(self, masked=True)
+        self._transport: asyncio.Transport | None = None
+        self._inner: asyncio.BaseProtocol | None = None
+        self._text: bytearray | None = None  # a response header being received
+        self._in_body = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._close_sent = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def attach(self, parts: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes]) -> None:
+        transport, inner, tail = parts
+        self._transport = transport
+        self._inner = inner
+        transport.set_protocol(self)
+        if transport.is_closing():
+            self.connection_lost(None)
+            return
+        self._pending.body.set_flow_control(transport.pause_reading, transport.resume_reading)
+        if tail:
+            self.data_received(tail)
+
+    # -- sending the request (rendezvous-only form) ------------------------------------
+
+    async def send_request(self, pending: PendingRequest) -> None:
+        self._write(
+            encode_frame(fin=True, opcode=Opcode.TEXT, payload=encode(pending.message).encode())
+        )
+        if not pending.message.body:
+            return
+        # HC §4: the body is exactly one binary message, streamed as it arrives.
+        opcode = int(Opcode.BINARY)
+        async for chunk in _read_body(pending):
+            self._write(encode_frame_header(fin=False, opcode=opcode, length=len(chunk)) + chunk)
+            opcode = int(Opcode.CONTINUATION)
+            await self._drained()
+        self._write(encode_frame_header(fin=True, opcode=opcode, length=0))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is None or self.closed.done():
+            raise ConnectionResetError("rendezvous connection closed")
+        self._transport.write(data)
+
+    async def _drained(self) -> None:
+        if self._write_paused:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed(data)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+        except HybridRelayError as exc:
+            self._fail(exc.close_code, str(exc)[:100])
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._in_body or (self._text is not None):
+            self._pending.body.fail(BadGatewayError("the listener closed mid-response"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("rendezvous connection lost"))
+            self._drain.exception()
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connection_lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- FrameSink: the listener's response ------------------------------------------------
+
+    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        if opcode == Opcode.TEXT:
+            self._text = bytearray()
+        elif opcode == Opcode.BINARY:
+            if not self._pending.header.done():
+                raise InvalidMessageError("a body arrived before its response header")
+            self._in_body = True
+
+    def on_payload(self, data: bytes, frame_done: bool) -> None:
+        if self._text is not None:
+            self._text += data
+            if len(self._text) > CONTROL_MESSAGE_LIMIT:
+                raise PayloadTooBigError("response header over 64 KiB")
+            if frame_done and not self._parser.in_message:
+                text, self._text = bytes(self._text), None
+                self._on_header(text)
+        elif self._in_body:
+            self._pending.body.feed(data)
+            if frame_done and not self._parser.in_message:
+                self._in_body = False
+                self._pending.body.feed_eof()
+                self.finish()
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == Opcode.PING:
+            self._write_control(Opcode.PONG, payload)
+        elif opcode == Opcode.CLOSE:
+            if not self._close_sent:
+                self._close_sent = True
+                self._write_control(Opcode.CLOSE, payload)
+            if self._transport is not None:
+                self._transport.close()
+
+    def _on_header(self, text: bytes) -> None:
+        message = decode(text)
+        if not isinstance(message, Response) or message.request_id != self._pending.request_id:
+            raise InvalidMessageError("expected the response to this socket's request")
+        if not self._pending.deliver_header(message):
+            raise InvalidMessageError("a second response for the same request")
+        if not message.body:
+            self.finish()
+
+    # -- closing --------------------------------------------------------------------------
+
+    def _write_control(self, opcode: int, payload: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode_frame(fin=True, opcode=opcode, payload=payload))
+
+    def finish(self) -> None:
+        """Close with 1000: the exchange on this socket is over (single use, HC §4)."""
+        if self._close_sent or self._in_body:
+            return
+        self._close_sent = True
+        self._write_control(Opcode.CLOSE, encode_close_payload(1000, ""))
+        if self._close_timer is None and self._transport is not None:
+            self._close_timer = asyncio.get_running_loop().call_later(5.0, self.abort)
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.warning("request_rendezvous_protocol_error", extra={"code": code, "reason": reason})
+        if self._in_body or not self._pending.header.done():
+            self._pending.body.fail(BadGatewayError("the listener broke the protocol"))
+            self._in_body = False
+        if not self._close_sent:
+            self._close_sent = True
+            self._write_control(Opcode.CLOSE, encode_close_payload(code, reason))
+        if self._transport is not None:
+            self._transport.close()
+
+    def shutdown(self) -> None:
+        """The request is over: close politely, or cut a socket still carrying a body."""
+        if self._in_body:
+            self.abort()
+        else:
+            self.finish()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def _read_body(pending: PendingRequest) -> AsyncIterator[bytes]:
+    # Only while the sender's handler still owns its request: once it has answered
+    # (say 504), aiohttp may drain the body itself.
+    while not pending.closed:
+        async with asyncio.timeout(_BODY_READ_TIMEOUT):
+            chunk = await pending.sender.content.read(_CHUNK)
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,140 @@
+"""What waits at a rendezvous address: a WebSocket sender or an HTTP-mode request.
+
+The address handed to a listener (HC §2.4, §2.6) carries no token; its key is
+the capability. A sender's key is single use. An HTTP request's key serves
+every dial for that request until its response is complete, because listeners
+may dial once to fetch a large request and again to upload a large response
+(hyco-https does, Part 2 §5.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from hybridrelay.errors import HybridRelayError
+from hybridrelay.protocol.messages import Request, Response
+from hybridrelay.relay.splice import Splice
+
+__all__ = ["BodyPipe", "PendingConnect", "PendingRequest"]
+
+
+@dataclass(eq=False, slots=True)
+class PendingConnect:
+    """A sender waiting for its listener to dial the rendezvous address."""
+
+    hc_name: str
+    # Resolves to the listener's chosen sub-protocol (str or None) or a rejection.
+    future: asyncio.Future[object]
+    splice: Splice
+
+
+class BodyPipe:
+    """One response body flowing from a listener to an HTTP sender, bounded by bytes.
+
+    The producer (a control channel or a rendezvous socket) feeds chunks from
+    protocol callbacks; the sender's handler reads them. Above ``high`` bytes the
+    producer is paused (its transport stops reading) until the reader drained half.
+    """
+
+    def __init__(self, *, high: int = 256 * 1024) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._high = high
+        self._eof = False
+        self._error: HybridRelayError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._pause: Callable[[], None] | None = None
+        self._resume: Callable[[], None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._eof or self._error is not None
+
+    def set_flow_control(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._pause = pause
+        self._resume = resume
+
+    def feed(self, chunk: bytes) -> None:
+        if self.finished or not chunk:
+            return
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > self._high and not self._paused and self._pause is not None:
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        if not self.finished:
+            self._eof = True
+            self._wake()
+
+    def fail(self, error: HybridRelayError) -> None:
+        if not self.finished:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """Next chunk; b"" at the end; raises the producer's failure."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._size -= len(chunk)
+        if self._paused and self._size <= self._high // 2 and self._resume is not None:
+            self._paused = False
+            self._resume()
+        return chunk
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """An HTTP-mode request waiting for (or receiving) its listener's response."""
+
+    hc_name: str
+    request_id: str
+    listener_id: str
+    message: Request  # the full inline-form request
+    sender: web.Request  # the HTTP request whose body a rendezvous dial streams
+    inline: bool
+    header: asyncio.Future[Response] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    body: BodyPipe = field(default_factory=BodyPipe)
+    delivered: bool = False  # the listener has the request (inline, or sent on a rendezvous)
+    closed: bool = False  # the sender's handler is done with it
+    sockets: set[object] = field(default_factory=set)  # open rendezvous sockets for it
+
+    def deliver_header(self, response: Response) -> bool:
+        """Record the response header; False if one arrived already."""
+        if self.header.done():
+            return False
+        self.header.set_result(response)
+        if not response.body:
+            self.body.feed_eof()
+        return True
+
+    def fail(self, error: HybridRelayError) -> None:
+        if not self.header.done():
+            self.header.set_exception(error)
+            # Retrieved by the sender's handler; mark it so an abandoned one stays quiet.
+            self.header.exception()
+        self.body.fail(error)
