@@ -1,11 +1,17 @@
-"""Listener: keeps one control channel open and serves every ``accept`` on it (HC §2.2-2.5).
+"""Listener: keeps one control channel open and serves every ``accept`` and ``request`` on it.
 
-Each accepted connection is either bridged byte for byte to a TCP target or
-handed to a Python handler as a WebSocket stream. The control channel
+Each accepted connection (HC §2.2-2.5) is either bridged byte for byte to a TCP
+target or handed to a Python handler as a WebSocket stream. Each HTTP-mode
+``request`` (HC §2.6, §3.2-3.3, §4) goes to an :data:`HttpHandler`, for example an
+:class:`HttpTarget` forwarding to a local HTTP service. The control channel
 reconnects with full-jitter backoff and never gives up on its own, except on
 404 (the hybrid connection does not exist), which retrying cannot fix. Tokens
 are renewed before they expire. ``stop`` drains: no new accepts, open streams
-get ``drain_timeout`` seconds to finish.
+and requests get ``drain_timeout`` seconds to finish.
+
+Every send on the control channel (``renewToken``, inline ``response`` header
+and body) holds one lock, so a response header and its body message are always
+adjacent (HC §4).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final, TypeAlias
 from urllib.parse import quote, urlsplit
 
 from hybridrelay.backoff import Backoff
@@ -28,18 +35,40 @@ from hybridrelay.errors import (
     EntityNotFoundError,
     HandshakeError,
     HybridRelayError,
+    InvalidMessageError,
 )
 from hybridrelay.listener.hooks import AcceptHook, AcceptRequest, Reject
+from hybridrelay.listener.http_target import (
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    HttpTarget,
+    build_request,
+    close_body,
+    error_response,
+    response_header_map,
+)
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
-from hybridrelay.protocol.messages import Accept, RenewToken, Request, decode, encode
+from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
+from hybridrelay.protocol.messages import (
+    Accept,
+    RenewToken,
+    Request,
+    Response,
+    decode,
+    encode,
+)
 from hybridrelay.protocol.sas import TokenProvider, audience_for, token_expiry
 from hybridrelay.wsclient import WsConnection, ws_connect
 
-__all__ = ["Listener", "ListenerStats", "StreamHandler", "TcpTarget", "parse_target"]
+__all__ = ["Listener", "ListenerStats", "StreamHandler", "Target", "TcpTarget", "parse_target"]
 
 log = logging.getLogger(LISTENER)
 
 StreamHandler = Callable[[WsConnection, AcceptRequest], Awaitable[None]]
+
+# Bodies of known size are sent in frames of this size over a rendezvous socket.
+_FRAGMENT: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +80,37 @@ class TcpTarget:
         return f"tcp://{self.host}:{self.port}"
 
 
-def parse_target(url: str) -> TcpTarget:
-    """Parse ``tcp://host:port``; raises ValueError with the reason."""
-    parts = urlsplit(url)
+Target: TypeAlias = TcpTarget | HttpTarget
+
+
+def parse_target(url: str) -> Target:
+    """Parse ``tcp://host:port`` or ``http(s)://host[:port][/base]``.
+
+    Args:
+        url: The target URL.
+
+    Returns:
+        A :class:`TcpTarget` (bridge accepted WebSocket connections) or an
+        :class:`HttpTarget` (serve HTTP-mode requests; it opens no connection yet).
+
+    Raises:
+        ValueError: The URL is not one of those forms; the message says why.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid target URL: {exc}") from exc
+    if parts.scheme in ("http", "https"):
+        return HttpTarget(url)
     if parts.scheme != "tcp":
-        raise ValueError(f"unsupported target scheme {parts.scheme!r} (expected tcp://host:port)")
-    if not parts.hostname or parts.port is None:
+        raise ValueError(
+            f"unsupported target scheme {parts.scheme!r} "
+            "(expected tcp://host:port or http://host:port[/base])"
+        )
+    if not parts.hostname or port is None:
         raise ValueError("target must be tcp://host:port")
-    return TcpTarget(parts.hostname, parts.port)
+    return TcpTarget(parts.hostname, port)
 
 
 @dataclass
@@ -70,6 +122,10 @@ class ListenerStats:
     active: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    requests: int = 0  # HTTP-mode requests received
+    responses_inline: int = 0  # answered on the control channel
+    responses_rendezvous: int = 0  # answered over a rendezvous socket
+    request_failures: int = 0  # requests that got no complete response from us
 
 
 class Listener:
@@ -81,8 +137,13 @@ class Listener:
         token_provider: issues SAS tokens with the Listen right.
         target: bridge every connection to this TCP target, or
         handler: call this coroutine with each connection's stream.
+        http_handler: answer HTTP-mode requests with this (an :class:`HttpTarget` or
+            any :data:`HttpHandler`); without it requests are answered 501. At least
+            one of ``target``, ``handler`` and ``http_handler`` is required.
         hooks: accept hooks, run in order; the first :class:`Reject` wins.
         listener_id: sent as ``sb-hc-id``; random when omitted.
+        request_timeout: longest an ``http_handler`` may take to return its response;
+            after it the request is dropped (the relay has answered 504 by then, HC §4).
     """
 
     def __init__(
@@ -93,6 +154,7 @@ class Listener:
         token_provider: TokenProvider,
         target: TcpTarget | None = None,
         handler: StreamHandler | None = None,
+        http_handler: HttpHandler | None = None,
         hooks: Sequence[AcceptHook] = (),
         listener_id: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -102,15 +164,22 @@ class Listener:
         drain_timeout: float = 10.0,
         backoff: Backoff | None = None,
         select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
+        request_timeout: float = 60.0,
     ) -> None:
-        if (target is None) == (handler is None):
-            raise ValueError("give exactly one of target= and handler=")
+        if target is not None and handler is not None:
+            raise ValueError("give at most one of target= and handler=")
+        if target is None and handler is None and http_handler is None:
+            raise ValueError("give target=, handler= or http_handler=")
         self.relay = relay.rstrip("/")
         self.hc = hc.strip("/")
         self.listener_id = listener_id or str(uuid.uuid4())
         self._tokens = token_provider
         self._target = target
         self._handler = handler
+        self._http_handler = http_handler
+        self._request_timeout = request_timeout
+        # One lock for every send on the control channel (HC §4 adjacency).
+        self._control_lock = asyncio.Lock()
         self._hooks = tuple(hooks)
         self._ssl = ssl_context
         self._ping_interval = ping_interval
@@ -145,6 +214,8 @@ class Listener:
                         await stop.wait()
         finally:
             await self._drain()
+            if isinstance(self._http_handler, HttpTarget):
+                await self._http_handler.aclose()
 
     async def _connect_once(self, stop: asyncio.Event) -> float:
         """One control-channel session; returns how long to wait before the next."""
@@ -197,11 +268,7 @@ class Listener:
         closer = asyncio.create_task(close_on_stop())
         renewer = asyncio.create_task(self._renew_loop(ws, token))
         try:
-            while True:
-                message = await ws.recv()
-                if isinstance(message, str):
-                    self._on_control_message(message)
-                # Binary messages are HTTP-mode request bodies (issue 3); not served here.
+            await self._control_loop(ws)
         except ConnectionClosedError as exc:
             level = logging.INFO if stop.is_set() else logging.WARNING
             self._log.log(
@@ -225,7 +292,8 @@ class Listener:
             await asyncio.sleep(max(min(lifetime * 0.75, lifetime - 30.0), 1.0))
             token = self._tokens.token_for(audience_for(self.listen_url), time.time())
             try:
-                await ws.send(encode(RenewToken(token=token)))
+                async with self._control_lock:
+                    await ws.send(encode(RenewToken(token=token)))
             except ConnectionClosedError:
                 return
             self._log.info("token_renewed")
@@ -242,22 +310,47 @@ class Listener:
         if pending:
             await asyncio.wait(pending)
 
-    # -- accepts -----------------------------------------------------------------------
+    # -- control channel ---------------------------------------------------------------
 
-    def _on_control_message(self, text: str) -> None:
-        try:
-            message = decode(text)
-        except HybridRelayError as exc:
-            self._log.warning("control_message_invalid", extra={"error": str(exc)})
-            return
-        if isinstance(message, Accept):
-            self._spawn(self._handle_accept(message))
-        elif isinstance(message, Request):
-            self._log.warning("http_request_unsupported", extra={"id": message.id})
-        else:
-            self._log.warning("unexpected_control_message", extra={"kind": type(message).__name__})
+    async def _control_loop(self, ws: WsConnection) -> None:
+        """Read the control channel until it closes (raises ConnectionClosedError).
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+        Nothing slow happens here: accepts and requests each get their own task. The
+        only await besides the next message is an inline request's body, which the
+        relay sends right after the request (HC §4).
+        """
+        pending: str | bytes | None = None
+        while True:
+            message = pending if pending is not None else await ws.recv()
+            pending = None
+            if isinstance(message, bytes):
+                # Only a body after an inline request may be binary; it was read below.
+                self._log.warning("unexpected_binary_message", extra={"size": len(message)})
+                continue
+            try:
+                decoded = decode(message)
+            except HybridRelayError as exc:
+                self._log.warning("control_message_invalid", extra={"error": str(exc)})
+                continue
+            if isinstance(decoded, Accept):
+                self._spawn(self._handle_accept(decoded))
+            elif isinstance(decoded, Request):
+                body: bytes | None = None
+                if decoded.inline and decoded.body:
+                    following = await ws.recv()
+                    if isinstance(following, str):
+                        self._log.warning("request_body_missing", extra={"id": decoded.id})
+                        self._spawn(self._answer_broken_request(ws, decoded))
+                        pending = following  # it is the next control message
+                        continue
+                    body = following
+                self._spawn(self._handle_request(ws, decoded, body))
+            else:
+                self._log.warning(
+                    "unexpected_control_message", extra={"kind": type(decoded).__name__}
+                )
+
+    def _spawn(self, coro: Awaitable[None]) -> None:  # accepts and requests alike
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
@@ -376,3 +469,197 @@ class Listener:
             return
         ws.abort()
         clog.warning("reject_not_acknowledged")
+
+    # -- HTTP mode ---------------------------------------------------------------------
+
+    async def _dial_request(self, address: str) -> WsConnection:
+        # HC §2.6: the address is the credential; no token on this dial.
+        return await ws_connect(address, ssl=self._ssl, open_timeout=self._connect_timeout)
+
+    async def _receive_request(self, ws: WsConnection, announced: Request) -> Request:
+        """The full request on a rendezvous socket of a rendezvous-only request (HC §3.2)."""
+        async with asyncio.timeout(self._connect_timeout):
+            text = await ws.recv()
+        if not isinstance(text, str):
+            raise InvalidMessageError("expected the request message on the rendezvous socket")
+        message = decode(text)
+        if not isinstance(message, Request) or not message.inline:
+            raise InvalidMessageError("expected an inline-form request on the rendezvous socket")
+        if message.id != announced.id:
+            self._log.warning(
+                "request_id_mismatch", extra={"announced": announced.id, "got": message.id}
+            )
+        return message
+
+    async def _handle_request(
+        self, control: WsConnection, request: Request, body: bytes | None
+    ) -> None:
+        """Serve one HTTP-mode request; the top of its task."""
+        clog = ConnectionLogger(log, {"hc": self.hc, "request": request.id})
+        self.stats.requests += 1
+        rendezvous: WsConnection | None = None
+        try:
+            if request.inline:
+                full = request
+                source: bytes | AsyncIterator[bytes] | None = body
+            else:
+                rendezvous = await self._dial_request(request.address)
+                full = await self._receive_request(rendezvous, request)
+                source = _body_frames(rendezvous) if full.body else None
+            http_request = build_request(self.hc, full, source)
+            response = await self._call_http_handler(http_request, clog)
+            if response is None:
+                self.stats.request_failures += 1
+                return
+            await self._send_response(control, full, rendezvous, response, clog)
+        except (OSError, TimeoutError, HybridRelayError) as exc:
+            self.stats.request_failures += 1
+            clog.warning("request_failed", extra={"error": str(exc) or type(exc).__name__})
+        except Exception:  # noqa: BLE001 - top of a request task: our bug, logged
+            self.stats.request_failures += 1
+            clog.exception("request_crashed")
+        finally:
+            if rendezvous is not None:
+                await rendezvous.close()
+
+    async def _answer_broken_request(self, control: WsConnection, request: Request) -> None:
+        clog = ConnectionLogger(log, {"hc": self.hc, "request": request.id})
+        response = error_response(400, "BadRequest", "request body message missing")
+        try:
+            await self._send_response(control, request, None, response, clog)
+        except (OSError, TimeoutError, HybridRelayError) as exc:
+            clog.warning("request_failed", extra={"error": str(exc) or type(exc).__name__})
+
+    async def _call_http_handler(
+        self, request: HttpRequest, clog: ConnectionLogger
+    ) -> HttpResponse | None:
+        """The handler's response, an error response, or None when it took too long."""
+        if self._http_handler is None:
+            return error_response(501, "NotImplemented", "this listener serves no HTTP requests")
+        if len(self._streams) > self._max_streams:
+            return error_response(503, "ListenerAtCapacity", "listener at capacity")
+        deadline = asyncio.timeout(self._request_timeout)
+        try:
+            async with deadline:
+                response = await self._http_handler(request)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            clog.warning("http_handler_timeout", extra={"timeout_s": self._request_timeout})
+            return None
+        except Exception:  # noqa: BLE001 - the app's handler failed; the sender gets a 500
+            clog.exception("http_handler_crashed")
+            return error_response(500, "InternalServerError", "the listener's handler failed")
+        if not isinstance(response, HttpResponse):
+            clog.error("http_handler_bad_result", extra={"type": type(response).__name__})
+            return error_response(500, "InternalServerError", "the listener's handler failed")
+        return response
+
+    def _response_header(
+        self, request: Request, response: HttpResponse, has_body: bool, clog: ConnectionLogger
+    ) -> str | None:
+        try:
+            return encode(
+                Response(
+                    request_id=request.id,
+                    status_code=response.status,
+                    status_description=response.reason,
+                    response_headers=response_header_map(response.headers),
+                    body=has_body,
+                )
+            )
+        except HybridRelayError as exc:  # status out of range, headers over 64 KiB
+            clog.error("http_response_invalid", extra={"error": str(exc)})
+            return None
+
+    async def _send_response(
+        self,
+        control: WsConnection,
+        request: Request,
+        rendezvous: WsConnection | None,
+        response: HttpResponse,
+        clog: ConnectionLogger,
+    ) -> None:
+        """Send ``response`` inline when small and allowed, else over rendezvous (HC §4)."""
+        body = response.body
+        try:
+            if request.method == "HEAD" or response.status in (204, 304) or response.status < 200:
+                await close_body(body)
+                body = b""
+            data = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else None
+            has_body = data is None or bool(data)
+            header = self._response_header(request, response, has_body, clog)
+            if header is None:
+                await close_body(body)
+                response = error_response(500, "InternalServerError", "invalid response")
+                body = data = bytes(response.body)  # type: ignore[arg-type] # error_response bodies are bytes
+                has_body = True
+                header = self._response_header(request, response, has_body, clog)
+                assert header is not None
+            if (
+                rendezvous is None
+                and data is not None
+                and len(data) <= INLINE_BODY_LIMIT
+                and await self._send_inline(control, header, data)
+            ):
+                self.stats.responses_inline += 1
+                clog.debug("response_sent", extra={"status": response.status, "via": "control"})
+                return
+            owned = rendezvous is None
+            ws = rendezvous if rendezvous is not None else await self._dial_request(request.address)
+            try:
+                await ws.send(header)
+                if has_body:
+                    await ws.send_fragments(_fragments(data if data is not None else body))
+                await ws.close(1000)
+            finally:
+                if owned:
+                    await ws.close()
+            self.stats.responses_rendezvous += 1
+            clog.debug("response_sent", extra={"status": response.status, "via": "rendezvous"})
+        finally:
+            await close_body(body)
+
+    async def _send_inline(self, control: WsConnection, header: str, data: bytes) -> bool:
+        """Header and body on the control channel, adjacent; False if it closed first."""
+        async with self._control_lock:
+            try:
+                await control.send(header)
+            except ConnectionClosedError:
+                # Nothing went out: the relay may still take the answer over rendezvous.
+                return False
+            if data:
+                await control.send(data)
+        return True
+
+
+async def _body_frames(ws: WsConnection) -> AsyncIterator[bytes]:
+    """The frames of the body message on a rendezvous socket, as they arrive (HC §4)."""
+    async for fragment in ws.recv_fragments():
+        if isinstance(fragment, str):
+            raise InvalidMessageError("a request body must be a binary message")
+        if fragment:
+            yield fragment
+
+
+def _chunks(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), _FRAGMENT):
+        yield bytes(view[start : start + _FRAGMENT])
+
+
+async def _fragments(body: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """One body message's fragments; at least one, since ``body: true`` promises a message."""
+    if isinstance(body, bytes):
+        for chunk in _chunks(body):
+            yield chunk
+        return
+    sent = False
+    async for chunk in body:
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise TypeError(f"response body chunks must be bytes, not {type(chunk).__name__}")
+        if chunk:
+            sent = True
+            yield bytes(chunk)
+    if not sent:
+        yield b""

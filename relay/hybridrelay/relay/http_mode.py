@@ -322,7 +322,9 @@ async def handle_request_dial(
 ) -> web.StreamResponse:
     """A listener dialled a request's address: hand it the request and/or take its response."""
     key = addr.rendezvous_key
-    pending = state.cluster.find_pending(key) if key else None
+    if not key:
+        raise ProtocolError("a request dial needs the address the relay handed out")  # HC §2.6
+    pending = state.cluster.find_pending(key)
     if not isinstance(pending, PendingRequest) or pending.body.finished:
         raise RendezvousError("the rendezvous address is unknown, used or expired")
     handshake = parse_client_handshake(request.method, request.headers)
