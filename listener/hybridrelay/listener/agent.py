@@ -69,6 +69,9 @@ StreamHandler = Callable[[WsConnection, AcceptRequest], Awaitable[None]]
 
 # Bodies of known size are sent in frames of this size over a rendezvous socket.
 _FRAGMENT: Final = 64 * 1024
+_INVALID_RESPONSE_BODY: Final = (
+    b'{"error":{"code":"InternalServerError","message":"invalid response"}}'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +544,8 @@ class Listener:
         deadline = asyncio.timeout(self._request_timeout)
         try:
             async with deadline:
-                response = await self._http_handler(request)
+                # object: apps without type checking may return anything.
+                response: object = await self._http_handler(request)
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -586,16 +590,26 @@ class Listener:
             if request.method == "HEAD" or response.status in (204, 304) or response.status < 200:
                 await close_body(body)
                 body = b""
-            data = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else None
+            data: bytes | None = None
+            source: bytes | AsyncIterable[bytes]
+            if isinstance(body, bytes | bytearray | memoryview):
+                source = data = bytes(body)
+            else:
+                source = body
             has_body = data is None or bool(data)
             header = self._response_header(request, response, has_body, clog)
             if header is None:
                 await close_body(body)
-                response = error_response(500, "InternalServerError", "invalid response")
-                body = data = bytes(response.body)  # type: ignore[arg-type] # error_response bodies are bytes
+                body = source = data = _INVALID_RESPONSE_BODY
                 has_body = True
-                header = self._response_header(request, response, has_body, clog)
-                assert header is not None
+                header = encode(
+                    Response(
+                        request_id=request.id,
+                        status_code=500,
+                        response_headers={"Content-Type": "application/json"},
+                        body=True,
+                    )
+                )
             if (
                 rendezvous is None
                 and data is not None
@@ -610,7 +624,7 @@ class Listener:
             try:
                 await ws.send(header)
                 if has_body:
-                    await ws.send_fragments(_fragments(data if data is not None else body))
+                    await ws.send_fragments(_fragments(source))
                 await ws.close(1000)
             finally:
                 if owned:

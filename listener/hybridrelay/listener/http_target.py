@@ -1,4 +1,4 @@
-"""HTTP mode for listeners: relayed requests as :class:`HttpRequest`, answers as :class:`HttpResponse`.
+"""HTTP mode for listeners: relayed requests in, :class:`HttpResponse` answers out.
 
 The listener turns each ``request`` message (HC §3.2) and its body into an
 :class:`HttpRequest`, awaits an :data:`HttpHandler` and sends the returned
@@ -397,11 +397,10 @@ class HttpTarget:
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         """Forward one request; a failing service becomes a 502 with a JSON error body."""
         session = self._get_session()
-        data: bytes | RequestBody | None
-        if request.body.length is None:
-            data = request.body  # streamed from the rendezvous socket, sent chunked
-        else:
-            data = (await request.read()) or None
+        # A body streamed from a rendezvous socket goes on chunked; a known one as bytes.
+        data: bytes | RequestBody | None = (
+            request.body if request.body.length is None else (await request.read()) or None
+        )
         try:
             response = await session.request(
                 request.method,
