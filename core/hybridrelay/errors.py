@@ -18,6 +18,7 @@ bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
     │   └── ForbiddenError                 403
     ├── EntityNotFoundError                404
     ├── QuotaExceededError                 403
+    ├── ListenerConflictError              409
     ├── NoListenerError                    404 (WebSocket) / 502 (HTTP mode)
     ├── RendezvousError                    403
     ├── RejectedError(status, description) listener's own status
@@ -43,6 +44,7 @@ __all__ = [
     "HybridRelayError",
     "InvalidAddressError",
     "InvalidMessageError",
+    "ListenerConflictError",
     "NoListenerError",
     "PayloadTooBigError",
     "ProtocolError",
@@ -130,6 +132,13 @@ class QuotaExceededError(HybridRelayError):
 
     http_status = 403
     error_code = "QuotaExceeded"
+
+
+class ListenerConflictError(HybridRelayError):
+    """A listener with the same sb-hc-id is connected and takeover is off."""
+
+    http_status = 409
+    error_code = "Conflict"
 
 
 class NoListenerError(HybridRelayError):

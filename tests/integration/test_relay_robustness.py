@@ -248,3 +248,33 @@ async def test_sender_vanishing_while_waiting_for_listener(relay: InProcessRelay
         await _wait_until(lambda: not relay.state.splices, seconds(10))
     finally:
         await listener.stop()
+
+
+async def test_same_listener_id_takes_over_stale_channel(relay: InProcessRelay) -> None:
+    stale = await RawListener(relay.url, "echo", listener_id="gateway-1").start()
+    fresh = await RawListener(relay.url, "echo", listener_id="gateway-1").start()
+    try:
+        # The old channel is dropped at once, not after two ping intervals.
+        code, _ = await stale.wait_control_closed(seconds(5))
+        assert code == 1006
+        await _wait_until(lambda: len(relay.state.channels) == 1, seconds(5))
+        ws = await send(relay.url, "echo")
+        await ws.send("via the new channel")
+        assert await ws.recv() == "via the new channel"
+        await ws.close()
+        assert fresh.legs
+        assert not stale.legs
+    finally:
+        await stale.stop()
+        await fresh.stop()
+
+
+async def test_takeover_off_refuses_duplicate_id(relay_factory) -> None:
+    relay = await relay_factory(relay_extra="listener_takeover = false")
+    first = await RawListener(relay.url, "echo", listener_id="gateway-1").start()
+    try:
+        with pytest.raises(HandshakeError) as info:
+            await RawListener(relay.url, "echo", listener_id="gateway-1").start()
+        assert info.value.status == 409
+    finally:
+        await first.stop()

@@ -76,6 +76,8 @@ class RelaySettings:
     max_pending_rendezvous: int = 10_000
     check_token_host: bool = False
     drain_timeout: float = 10.0
+    # A listener reconnecting with the sb-hc-id of a connected one replaces it at once.
+    listener_takeover: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +187,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "max_pending_rendezvous": int,
     "check_token_host": bool,
     "drain_timeout": float,
+    "listener_takeover": bool,
 }
 
 
@@ -246,6 +249,7 @@ def _settings(table: Table) -> RelaySettings:
         ),
         check_token_host=table.get_bool("check_token_host", d.check_token_host),
         drain_timeout=table.get_float("drain_timeout", d.drain_timeout, maximum=3600),
+        listener_takeover=table.get_bool("listener_takeover", d.listener_takeover),
     )
     table.reject_unknown()
     if (s.tls_cert is None) != (s.tls_key is None):

@@ -168,7 +168,9 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         now=state.now,
     )
     # Reserve the slot before answering 101, so the 26th listener gets a clean 403.
-    await state.cluster.attach(channel, max_listeners=hc.max_listeners)
+    await state.cluster.attach(
+        channel, max_listeners=hc.max_listeners, takeover=state.config.relay.listener_takeover
+    )
     try:
         await ws.prepare(request)
         state.channels.add(channel)

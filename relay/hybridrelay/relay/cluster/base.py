@@ -34,6 +34,10 @@ class ListenerPort(Protocol):
         """Send one control message (and a body right after it); ConnectionClosedError if gone."""
         ...
 
+    def abort(self) -> None:
+        """Drop the channel at once (it was taken over or its node is going away)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerHandle:
@@ -45,8 +49,15 @@ class ListenerHandle:
 
 
 class ClusterState(Protocol):
-    async def attach(self, channel: ListenerPort, *, max_listeners: int) -> None:
-        """Register a control channel; QuotaExceededError past ``max_listeners``."""
+    async def attach(
+        self, channel: ListenerPort, *, max_listeners: int, takeover: bool = True
+    ) -> None:
+        """Register a control channel; QuotaExceededError past ``max_listeners``.
+
+        A channel whose listener id is already connected replaces the old one when
+        ``takeover`` is on (a restarted agent must not wait out its own stale binding);
+        otherwise ListenerConflictError.
+        """
         ...
 
     async def detach(self, channel: ListenerPort) -> None: ...

@@ -6,7 +6,12 @@ import random
 import time
 from collections.abc import Callable, Collection
 
-from hybridrelay.errors import ConnectionClosedError, QuotaExceededError, UnavailableError
+from hybridrelay.errors import (
+    ConnectionClosedError,
+    ListenerConflictError,
+    QuotaExceededError,
+    UnavailableError,
+)
 from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
@@ -34,9 +39,19 @@ class MemoryClusterState:
         self._active: dict[tuple[str, str], int] = {}
         self._pending = RendezvousTable[Pending](now=now, ttl=rendezvous_ttl, limit=max_pending)
 
-    async def attach(self, channel: ListenerPort, *, max_listeners: int) -> None:
+    async def attach(
+        self, channel: ListenerPort, *, max_listeners: int, takeover: bool = True
+    ) -> None:
         hc = channel.hc_name.lower()
         channels = self._channels.setdefault(hc, {})
+        old = channels.get(channel.listener_id)
+        if old is not None:
+            if not takeover:
+                raise ListenerConflictError(
+                    f"a listener with sb-hc-id {channel.listener_id!r} is already connected"
+                )
+            del channels[channel.listener_id]
+            old.abort()
         if len(channels) >= max_listeners:
             raise QuotaExceededError(
                 f"QuotaExceeded: MaximumListenersPerEndpoint ({max_listeners}) reached"
