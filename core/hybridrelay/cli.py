@@ -98,10 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override [relay] port")
     serve.add_argument("--host", help="override [relay] host")
 
-    listen = sub.add_parser("listen", help="run a listener agent bridging to a TCP target")
+    listen = sub.add_parser(
+        "listen", help="run a listener agent bridging to a TCP and/or an HTTP target"
+    )
     listen.add_argument("--relay", required=True, help="relay URL, ws://host:port or wss://host")
     listen.add_argument("--hc", required=True, help="hybrid connection name")
-    listen.add_argument("--target", required=True, help="tcp://host:port")
+    listen.add_argument(
+        "--target",
+        required=True,
+        action="append",
+        help="tcp://host:port (WebSocket senders) or http://host:port[/base] (HTTP requests);"
+        " give it twice, once of each kind, to serve both on one hybrid connection",
+    )
     _add_key_options(listen)
 
     forward = sub.add_parser("forward", help="forward a local TCP port through the relay")
@@ -151,18 +159,30 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _listen(args: argparse.Namespace) -> None:
-    from hybridrelay.listener import Listener, parse_target
+    from hybridrelay.listener import HttpTarget, Listener, TcpTarget, parse_target
     from hybridrelay.protocol.sas import SasTokenProvider
 
-    try:
-        target = parse_target(args.target)
-    except ValueError as exc:
-        raise ConfigError("<command line>", "--target", str(exc)) from exc
+    tcp: TcpTarget | None = None
+    http: HttpTarget | None = None
+    for text in args.target:
+        try:
+            target = parse_target(text)
+        except ValueError as exc:
+            raise ConfigError("<command line>", "--target", str(exc)) from exc
+        if isinstance(target, TcpTarget):
+            if tcp is not None:
+                raise ConfigError("<command line>", "--target", "give at most one tcp:// target")
+            tcp = target
+        else:
+            if http is not None:
+                raise ConfigError("<command line>", "--target", "give at most one http:// target")
+            http = target
     listener = Listener(
         args.relay,
         args.hc,
         token_provider=SasTokenProvider(args.key_name, _read_key(args)),
-        target=target,
+        target=tcp,
+        http_handler=http,
         ssl_context=_client_tls(args),
     )
     _run(listener.run)

@@ -4,8 +4,8 @@
         async with relay.request("POST", "api", "/items?x=1", data=b"...") as resp:
             body = await resp.read()
 
-    async with request("GET", "http://127.0.0.1:8080", "api", "/health", key_name=..., key=...) as resp:
-        ...
+    async with request("GET", RELAY, "api", "/health", key_name=NAME, key=KEY) as resp:
+        print(resp.status)
 
 The request goes to ``{relay}/{hc}{path}`` (no ``$hc``) with a SAS token in the
 ``ServiceBusAuthorization`` header. The token's audience is the hybrid connection's
@@ -121,9 +121,8 @@ class _ResponseContext:
             # The session goes away with this call, so the body is read now and stays
             # readable on the response (read(), text(), json()).
             try:
-                await response.read()
+                await response.read()  # at the end of the body aiohttp frees the connection
             finally:
-                response.release()
                 await self._close_session()
         return response
 
@@ -216,9 +215,7 @@ class RelayHttpClient:
             also be awaited for the response (then release it yourself).
         """
         url = http_url(self.relay, hc, path)
-        options.update(
-            headers=_headers(http_url(self.relay, hc), self._tokens, headers), data=data
-        )
+        options.update(headers=_headers(http_url(self.relay, hc), self._tokens, headers), data=data)
         return _ResponseContext(self._get_session, False, method, url, options)
 
     def get(self, hc: str, path: str = "/", **kwargs: Any) -> _ResponseContext:

@@ -126,6 +126,7 @@ class ListenerStats:
     bytes_up: int = 0
     bytes_down: int = 0
     requests: int = 0  # HTTP-mode requests received
+    requests_rendezvous: int = 0  # of which rendezvous-only (fetched from a rendezvous socket)
     responses_inline: int = 0  # answered on the control channel
     responses_rendezvous: int = 0  # answered over a rendezvous socket
     request_failures: int = 0  # requests that got no complete response from us
@@ -183,6 +184,7 @@ class Listener:
         self._request_timeout = request_timeout
         # One lock for every send on the control channel (HC §4 adjacency).
         self._control_lock = asyncio.Lock()
+        self._exchanges: set[_Exchange] = set()  # HTTP requests in flight
         self._hooks = tuple(hooks)
         self._ssl = ssl_context
         self._ping_interval = ping_interval
@@ -266,7 +268,11 @@ class Listener:
     async def _serve(self, ws: WsConnection, stop: asyncio.Event, token: str) -> None:
         async def close_on_stop() -> None:
             await stop.wait()
-            await ws.close(1000, "listener stopping")
+            # The relay fails requests still owed on a closed control channel unless they
+            # have a rendezvous socket open; open one for each so they can finish.
+            await self._secure_exchanges()
+            async with self._control_lock:  # never between a response header and its body
+                await ws.close(1000, "listener stopping")
 
         closer = asyncio.create_task(close_on_stop())
         renewer = asyncio.create_task(self._renew_loop(ws, token))
@@ -500,13 +506,15 @@ class Listener:
         """Serve one HTTP-mode request; the top of its task."""
         clog = ConnectionLogger(log, {"hc": self.hc, "request": request.id})
         self.stats.requests += 1
-        rendezvous: WsConnection | None = None
+        exchange = _Exchange(request)
+        self._exchanges.add(exchange)
         try:
             if request.inline:
                 full = request
                 source: bytes | AsyncIterator[bytes] | None = body
             else:
-                rendezvous = await self._dial_request(request.address)
+                self.stats.requests_rendezvous += 1
+                rendezvous = exchange.rendezvous = await self._dial_request(request.address)
                 full = await self._receive_request(rendezvous, request)
                 source = _body_frames(rendezvous) if full.body else None
             http_request = build_request(self.hc, full, source)
@@ -514,7 +522,7 @@ class Listener:
             if response is None:
                 self.stats.request_failures += 1
                 return
-            await self._send_response(control, full, rendezvous, response, clog)
+            await self._send_response(control, exchange, full, response, clog)
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.request_failures += 1
             clog.warning("request_failed", extra={"error": str(exc) or type(exc).__name__})
@@ -522,16 +530,23 @@ class Listener:
             self.stats.request_failures += 1
             clog.exception("request_crashed")
         finally:
-            if rendezvous is not None:
-                await rendezvous.close()
+            self._exchanges.discard(exchange)
+            exchange.finished = True
+            if exchange.rendezvous is not None:
+                await exchange.rendezvous.close()
 
     async def _answer_broken_request(self, control: WsConnection, request: Request) -> None:
         clog = ConnectionLogger(log, {"hc": self.hc, "request": request.id})
         response = error_response(400, "BadRequest", "request body message missing")
+        exchange = _Exchange(request)
         try:
-            await self._send_response(control, request, None, response, clog)
+            await self._send_response(control, exchange, request, response, clog)
         except (OSError, TimeoutError, HybridRelayError) as exc:
             clog.warning("request_failed", extra={"error": str(exc) or type(exc).__name__})
+        finally:
+            exchange.finished = True
+            if exchange.rendezvous is not None:
+                await exchange.rendezvous.close()
 
     async def _call_http_handler(
         self, request: HttpRequest, clog: ConnectionLogger
@@ -579,12 +594,17 @@ class Listener:
     async def _send_response(
         self,
         control: WsConnection,
+        exchange: _Exchange,
         request: Request,
-        rendezvous: WsConnection | None,
         response: HttpResponse,
         clog: ConnectionLogger,
     ) -> None:
-        """Send ``response`` inline when small and allowed, else over rendezvous (HC §4)."""
+        """Send ``response`` inline when small and allowed, else over rendezvous (HC §4).
+
+        Inline needs a body of known size up to 64 KiB and a request that came inline
+        (a rendezvous-only request is answered on its own socket). The exchange's
+        rendezvous socket, once there is one, is closed by the request's task.
+        """
         body = response.body
         try:
             if request.method == "HEAD" or response.status in (204, 304) or response.status < 200:
@@ -611,40 +631,108 @@ class Listener:
                     )
                 )
             if (
-                rendezvous is None
+                exchange.rendezvous is None
                 and data is not None
                 and len(data) <= INLINE_BODY_LIMIT
-                and await self._send_inline(control, header, data)
+                and await self._send_inline(control, exchange, header, data)
             ):
                 self.stats.responses_inline += 1
                 clog.debug("response_sent", extra={"status": response.status, "via": "control"})
                 return
-            owned = rendezvous is None
-            ws = rendezvous if rendezvous is not None else await self._dial_request(request.address)
-            try:
-                await ws.send(header)
-                if has_body:
-                    await ws.send_fragments(_fragments(source))
-                await ws.close(1000)
-            finally:
-                if owned:
-                    await ws.close()
+            ws = await self._answer_socket(exchange)
+            await ws.send(header)
+            if has_body:
+                await ws.send_fragments(_fragments(source))
+            await ws.close(1000)  # HC §4: single use
             self.stats.responses_rendezvous += 1
             clog.debug("response_sent", extra={"status": response.status, "via": "rendezvous"})
         finally:
             await close_body(body)
 
-    async def _send_inline(self, control: WsConnection, header: str, data: bytes) -> bool:
-        """Header and body on the control channel, adjacent; False if it closed first."""
+    async def _send_inline(
+        self, control: WsConnection, exchange: _Exchange, header: str, data: bytes
+    ) -> bool:
+        """Header and body on the control channel, adjacent.
+
+        Returns False, having sent nothing, when the channel is closed or a stopping
+        listener opened a rendezvous socket for the exchange meanwhile.
+        """
         async with self._control_lock:
+            if exchange.rendezvous is not None:
+                return False
+            exchange.responding = True
             try:
                 await control.send(header)
             except ConnectionClosedError:
                 # Nothing went out: the relay may still take the answer over rendezvous.
+                exchange.responding = False
                 return False
             if data:
                 await control.send(data)
         return True
+
+    async def _answer_socket(self, exchange: _Exchange) -> WsConnection:
+        """The exchange's rendezvous socket: the one it has, the one being dialled, or new."""
+        if exchange.rendezvous is not None:
+            return exchange.rendezvous
+        predial = exchange.predial
+        if predial is not None:
+            await asyncio.wait({predial})  # not `await predial`: its cancellation is not ours
+            if not predial.cancelled() and predial.exception() is None:
+                exchange.rendezvous = predial.result()
+                return exchange.rendezvous
+        exchange.rendezvous = await self._dial_request(exchange.request.address)
+        return exchange.rendezvous
+
+    async def _secure_exchanges(self) -> None:
+        """Before a deliberate close of the control channel: give every request still to
+        be answered its rendezvous socket (the address stays valid, HC §3.2, §4)."""
+        waiting = [
+            exchange
+            for exchange in self._exchanges
+            if exchange.rendezvous is None and exchange.predial is None and not exchange.responding
+        ]
+        if not waiting:
+            return
+        self._log.info("securing_requests", extra={"count": len(waiting)})
+        dials: dict[asyncio.Task[WsConnection], _Exchange] = {}
+        for exchange in waiting:
+            task = asyncio.create_task(self._dial_request(exchange.request.address))
+            exchange.predial = task
+            dials[task] = exchange
+        try:
+            await asyncio.wait(dials, timeout=self._connect_timeout)
+        finally:
+            for task in dials:
+                task.cancel()
+            await asyncio.wait(dials)
+            for task, exchange in dials.items():
+                await self._claim(task, exchange)
+
+    async def _claim(self, task: asyncio.Task[WsConnection], exchange: _Exchange) -> None:
+        if task.cancelled():
+            return
+        if (error := task.exception()) is not None:
+            self._log.warning("request_rendezvous_failed", extra={"error": str(error)})
+            return
+        ws = task.result()
+        if exchange.rendezvous is ws:
+            return  # the request's task took it already
+        if exchange.rendezvous is None and not exchange.finished and not exchange.responding:
+            exchange.rendezvous = ws  # closed by the request's task
+        else:
+            await ws.close()
+
+
+@dataclass(eq=False)
+class _Exchange:
+    """One HTTP-mode request in flight and its rendezvous socket (owned by its task)."""
+
+    request: Request
+    rendezvous: WsConnection | None = None
+    predial: asyncio.Task[WsConnection] | None = None  # dialled by a stopping listener
+    responding: bool = False  # the answer is going out on the control channel
+    finished: bool = False
 
 
 async def _body_frames(ws: WsConnection) -> AsyncIterator[bytes]:
