@@ -13,7 +13,7 @@ from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_connections
 from hybridrelay.relay.health import healthz, metrics, readyz
-from hybridrelay.relay.http_mode import handle_http
+from hybridrelay.relay.http_mode import drop_invented_headers, handle_http
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.state import STATE, RelayState
@@ -58,6 +58,7 @@ def create_app(
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(drop_invented_headers)
     return app
 
 

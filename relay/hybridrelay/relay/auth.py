@@ -8,6 +8,7 @@ right → 403. Manage implies Listen and Send; namespace rules cover every entit
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
@@ -20,7 +21,7 @@ from hybridrelay.protocol.sas import (
 )
 from hybridrelay.relay.store.base import HybridConnection, Rule
 
-__all__ = ["Principal", "authorize", "check_token"]
+__all__ = ["Principal", "TokenCache", "authorize", "check_token"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +92,39 @@ def check_token(
     return Principal(rule=rule.name, rights=rule.rights, expires_at=float(token.expiry))
 
 
+class TokenCache:
+    """Tokens already verified for a (hybrid connection, right, path), until they expire.
+
+    Devices and load generators repeat the same token for every request; parsing it
+    and computing the HMAC each time was a tenth of the relay's CPU in HTTP mode.
+    Anything that changes rules or keys must call :meth:`clear`.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[_CacheKey, Principal] = OrderedDict()
+
+    def get(self, key: _CacheKey, now: float) -> Principal | None:
+        principal = self._entries.get(key)
+        if principal is None:
+            return None
+        if principal.expires_at is None or principal.expires_at < now:
+            del self._entries[key]
+            return None
+        return principal
+
+    def put(self, key: _CacheKey, principal: Principal) -> None:
+        self._entries[key] = principal
+        if len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_CacheKey = tuple[str, str, int, str, str | None]
+
+
 def authorize(
     token_text: str | None,
     *,
@@ -100,13 +134,19 @@ def authorize(
     now: float,
     host: str | None = None,
     path: str | None = None,
+    cache: TokenCache | None = None,
 ) -> Principal:
     """Authorize a handshake; senders of HCs without client authorization pass anonymously."""
     if right == Rights.SEND and not hc.requires_client_authorization:
         return ANONYMOUS_SENDER
     if not token_text:
         raise AuthError("a token is required (ServiceBusAuthorization header or sb-hc-token)")
-    return check_token(
+    key = (token_text, hc.name, right.value, path or hc.name, host)
+    if cache is not None:
+        cached = cache.get(key, now)
+        if cached is not None:
+            return cached
+    principal = check_token(
         token_text,
         hc=hc,
         namespace_rules=namespace_rules,
@@ -115,3 +155,6 @@ def authorize(
         host=host,
         path=path,
     )
+    if cache is not None:
+        cache.put(key, principal)
+    return principal

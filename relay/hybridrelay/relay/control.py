@@ -70,6 +70,7 @@ class ControlChannel:
         # The response whose body is the next binary message on this channel (HC §4);
         # _skip_body swallows the body of a response nobody waits for.
         self._body_for: PendingRequest | None = None
+        self._body_header: Response | None = None
         self._skip_body = False
         self._last_seen = asyncio.get_running_loop().time()
         self.closing = False
@@ -177,18 +178,25 @@ class ControlChannel:
             )
             self._skip_body = response.body
             return
-        if not pending.deliver_header(response):
+        if pending.header.done():
             self._log.warning("duplicate_response", extra={"request_id": response.request_id})
             self._skip_body = response.body
             return
         if response.body:
+            # Header and body travel adjacent (HC §4); hand them over together so the
+            # sender gets a Content-Length answer.
             self._body_for = pending
+            self._body_header = response
+        else:
+            pending.deliver_header(response)
 
     def _on_binary(self, data: bytes) -> None:
         pending, self._body_for = self._body_for, None
-        if pending is not None:
+        header, self._body_header = self._body_header, None
+        if pending is not None and header is not None:
             pending.body.feed(data)
             pending.body.feed_eof()
+            pending.deliver_header(header)
         elif self._skip_body:
             self._skip_body = False
         elif data:
@@ -199,8 +207,9 @@ class ControlChannel:
     def fail_inflight(self, error: HybridRelayError) -> None:
         """The channel is gone: a response body it was delivering never completes."""
         pending, self._body_for = self._body_for, None
+        self._body_header = None
         if pending is not None:
-            pending.body.fail(error)
+            pending.fail(error)
 
     async def _watchdog(self) -> None:
         # Ticks four times per interval so a silent listener is dropped soon after it

@@ -205,6 +205,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         now=state.now(),
         host=request.host if state.config.relay.check_token_host else None,
         path=hc.name + suffix,
+        cache=state.tokens,
     )
     handshake = parse_client_handshake(request.method, request.headers)
     handle = await state.cluster.pick(

@@ -62,7 +62,16 @@ from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import STATE, RelayState
 
-__all__ = ["handle_http", "handle_request_dial"]
+__all__ = [
+    "RELAYED",
+    "MethodNotAllowedError",
+    "drop_invented_headers",
+    "handle_http",
+    "handle_request_dial",
+]
+
+# Marks responses that carry a listener's answer (their headers are the listener's).
+RELAYED: Final = web.ResponseKey("hybridrelay_relayed_headers", frozenset)
 
 log = logging.getLogger(RELAY)
 
@@ -81,6 +90,8 @@ _HOP_BY_HOP: Final = frozenset(
         "close",
         "host",
         "content-length",
+        # The relay answers "Expect: 100-continue" itself; the listener gets the whole body.
+        "expect",
     }
 )
 _CHUNK: Final = 64 * 1024
@@ -184,6 +195,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         right=Rights.SEND,
         now=state.now(),
         path=hc.name + suffix,
+        cache=state.tokens,
     )
     handle = await state.cluster.pick(hc.name)
     if handle is None:
@@ -229,13 +241,15 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     started = asyncio.get_running_loop().time()
     try:
         body = await request.read() if inline and has_body else None
-        if inline and len(encode(message)) > CONTROL_MESSAGE_LIMIT - 1024:
-            inline = pending.inline = False  # too big for the control channel after all
         try:
             if inline:
-                pending.delivered = True
-                await state.cluster.deliver(handle, message, body if has_body else None)
-            else:
+                try:
+                    pending.delivered = True
+                    await state.cluster.deliver(handle, message, body if has_body else None)
+                except PayloadTooBigError:
+                    # Escaped header text can outgrow the control channel's 64 KiB.
+                    inline = pending.inline = pending.delivered = False
+            if not inline:
                 await state.cluster.deliver(handle, Request(address=address, id=request_id))
         except ConnectionClosedError as exc:
             raise BadGatewayError("the chosen listener went away") from exc
@@ -278,13 +292,19 @@ async def _stream_response(
     state: RelayState,
     idle_timeout: float,
 ) -> web.StreamResponse:
-    host = request.host.split(":")[0] or "relay"
-    reply = web.StreamResponse(
-        status=response.status_code,
-        reason=_reason(response.status_description),
-        headers=_response_headers(response, f"1.1 {host}"),
-    )
-    state.metrics.http_requests.labels(str(response.status_code)).inc()
+    status = response.status_code
+    reason = _reason(response.status_description)
+    headers = _response_headers(response, f"1.1 {state.via_name}")
+    sent = frozenset(name.lower() for name in headers)
+    state.metrics.http_requests.labels(str(status)).inc()
+    whole = pending.body.take_all() if response.body else None
+    if whole is not None:
+        # The body came whole (inline, HC §4): answer with a Content-Length, not chunks.
+        answer = web.Response(status=status, reason=reason, headers=headers, body=whole)
+        answer[RELAYED] = sent
+        return answer
+    reply = web.StreamResponse(status=status, reason=reason, headers=headers)
+    reply[RELAYED] = sent
     await reply.prepare(request)
     try:
         while True:
@@ -305,6 +325,13 @@ async def _stream_response(
         return reply
     await reply.write_eof()
     return reply
+
+
+async def drop_invented_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: keep aiohttp from adding a Content-Type the listener never sent."""
+    sent = response.get(RELAYED)
+    if sent is not None and "content-type" not in sent:
+        response.headers.popall("Content-Type", None)
 
 
 def _reason(description: str | None) -> str | None:

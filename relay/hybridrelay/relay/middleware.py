@@ -17,6 +17,7 @@ from aiohttp import web
 
 from hybridrelay.errors import HybridRelayError, RejectedError
 from hybridrelay.logs import RELAY, redact_url
+from hybridrelay.relay.http_mode import MethodNotAllowedError
 from hybridrelay.relay.metrics import RelayMetrics
 
 __all__ = ["ACTION_KEY", "METRICS_KEY", "error_middleware", "error_response"]
@@ -57,6 +58,10 @@ def _action(request: web.Request) -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "CONNECT":
+        # aiohttp parses a CONNECT target as authority-form, so no route ever matches it.
+        _count(request, 405)
+        return error_response(405, MethodNotAllowedError.error_code, "CONNECT is not relayed")
     try:
         return await handler(request)
     except RejectedError as exc:

@@ -75,6 +75,15 @@ class BodyPipe:
             self._eof = True
             self._wake()
 
+    def take_all(self) -> bytes | None:
+        """The whole body if it has fully arrived already, else None (keep streaming)."""
+        if not self._eof or self._error is not None:
+            return None
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return data
+
     def fail(self, error: HybridRelayError) -> None:
         if not self.finished:
             self._error = error

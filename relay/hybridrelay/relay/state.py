@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.control import ControlChannel
@@ -32,11 +34,17 @@ class RelayState:
     channels: set[ControlChannel] = field(default_factory=set)
     splices: set[Splice] = field(default_factory=set)
     http_requests: dict[str, PendingRequest] = field(default_factory=dict)
+    tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
 
     @property
     def public_url(self) -> str:
         return self.config.relay.public_url
+
+    @property
+    def via_name(self) -> str:
+        """How this relay names itself in ``Via``: its public host, never a sender's Host."""
+        return urlsplit(self.public_url).hostname or "hybridrelay"
 
 
 STATE: Final = web.AppKey("hybridrelay_state", RelayState)
