@@ -1,20 +1,19 @@
-"""HTTP mode through the real relay and our listener in front of a real aiohttp app: deadlines and failures."""
+"""HTTP mode through the relay and our listener in front of a real aiohttp app: deadlines, failures."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
+from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.timing import seconds
 
 from hybridrelay.listener import HttpTarget, Listener
 from hybridrelay.protocol.sas import SasTokenProvider, audience_for, create_sas_token
-from tests.harness.relay import ROOT_KEY, InProcessRelay
-from tests.harness.timing import seconds
 
 ROOT = "RootManageSharedAccessKey"
 SLOW_HC = '\n[[hybrid_connections]]\nname = "slowhc"\nrequest_timeout = 1\n'
@@ -49,6 +48,11 @@ def _headers(relay: InProcessRelay, hc: str) -> dict[str, str]:
     }
 
 
+async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
+    while await resp.content.read(65536):
+        pass
+
+
 async def _start(listener: Listener) -> tuple[asyncio.Event, asyncio.Task[None]]:
     stop = asyncio.Event()
     task = asyncio.create_task(listener.run(stop))
@@ -57,8 +61,9 @@ async def _start(listener: Listener) -> tuple[asyncio.Event, asyncio.Task[None]]
 
 
 @pytest.fixture
-async def slow_relay(relay_factory) -> AsyncIterator[InProcessRelay]:
-    yield await relay_factory(extra=SLOW_HC)
+async def slow_relay(relay_factory) -> InProcessRelay:
+    relay: InProcessRelay = await relay_factory(extra=SLOW_HC)
+    return relay
 
 
 async def test_slow_app_gives_504_at_the_configured_deadline(
@@ -119,9 +124,7 @@ async def test_listener_going_away_mid_response_breaks_it(
                     with pytest.raises(
                         (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
                     ):
-                        while True:
-                            if not await resp.content.read(65536):
-                                break
+                        await _read_to_end(resp)
     finally:
         stop.set()
         await asyncio.wait_for(task, seconds(10))
