@@ -1,4 +1,4 @@
-"""HTTP mode through the relay and our listener in front of a real aiohttp app: deadlines, failures."""
+"""HTTP mode through the relay and our listener in front of a real app: deadlines, failures."""
 
 from __future__ import annotations
 
