@@ -47,7 +47,7 @@ from bench.throughput import (
     BenchError,
     RelayProcess,
     machine_info,
-    uvloop_factory,
+    run_main,
     write_config,
 )
 from hybridrelay.errors import ConnectionClosedError
@@ -859,29 +859,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    fallback: str | None = "disabled by --no-uvloop"
-    if not args.no_uvloop:
-        loop_factory, fallback = uvloop_factory()
-        if fallback is not None:
-            print(f"http: not using uvloop in the bench process: {fallback}", file=sys.stderr)
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            result = runner.run(run(args, loop_factory is not None))
-        if fallback is not None:
-            result["machine"]["uvloop_not_used_because"] = fallback
-    except KeyboardInterrupt:
-        print("http: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the one place that turns failures into an exit status
-        print(f"http: error: {str(exc) or repr(exc)}", file=sys.stderr)
-        return 1
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", "utf-8")
-    return 0
+    return run_main("http", parse_args(argv), run)
 
 
 if __name__ == "__main__":

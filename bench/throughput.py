@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -593,30 +593,38 @@ def uvloop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, st
     return uvloop.new_event_loop, None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(
+    name: str,
+    args: argparse.Namespace,
+    body: Callable[[argparse.Namespace, bool], Coroutine[Any, Any, dict[str, Any]]],
+) -> int:
+    """Run a bench's ``body`` under uvloop when possible; print and save its JSON."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     fallback: str | None = "disabled by --no-uvloop"
     if not args.no_uvloop:
         loop_factory, fallback = uvloop_factory()
         if fallback is not None:
-            print(f"throughput: not using uvloop in the bench process: {fallback}", file=sys.stderr)
+            print(f"{name}: not using uvloop in the bench process: {fallback}", file=sys.stderr)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            result = runner.run(run(args, loop_factory is not None))
+            result = runner.run(body(args, loop_factory is not None))
         if fallback is not None:
             result["machine"]["uvloop_not_used_because"] = fallback
     except KeyboardInterrupt:
-        print("throughput: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns failures into an exit status
-        print(f"throughput: error: {str(exc) or repr(exc)}", file=sys.stderr)
+        print(f"{name}: error: {str(exc) or repr(exc)}", file=sys.stderr)
         return 1
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n", "utf-8")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("throughput", parse_args(argv), run)
 
 
 if __name__ == "__main__":
