@@ -27,13 +27,12 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.logs import BRIDGE
-from hybridrelay.wsclient import WsConnection
 
-__all__ = ["BridgeStats", "bridge"]
+__all__ = ["BridgeStats", "BridgeStream", "bridge"]
 
 logger = logging.getLogger(BRIDGE)
 
@@ -60,6 +59,41 @@ class BridgeStats:
     close_code: int | None = None
 
 
+class BridgeStream(Protocol):
+    """The part of :class:`~hybridrelay.wsclient.WsConnection` that :func:`bridge` uses.
+
+    A relayed stream, or a wrapper around one (a listener accept hook may wrap the
+    stream, for example to compress it), must offer exactly this:
+
+    - ``read()``: the next chunk of payload, ``b""`` once the peer's close arrived;
+      raises ``ConnectionClosedError`` when the connection failed or was lost.
+    - ``write(data)``: send ``data`` (one message); raises ``ConnectionClosedError``.
+    - ``close_write(code)``: half-close, keep reading. ``close(code, reason)``: close
+      and wait for the end. ``abort()``: drop the connection now.
+    - ``close_code``/``close_reason``: the peer's close (1006 when lost, None while open);
+      ``auto_close_echo``: must be False for a bridge (half-close allowed).
+    """
+
+    @property
+    def auto_close_echo(self) -> bool: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str: ...
+
+    async def read(self) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close_write(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class _StreamFailedError(Exception):
     """The TCP/unix side failed (reset, broken pipe)."""
 
@@ -73,7 +107,7 @@ class _IdleError(Exception):
 
 
 async def bridge(
-    ws: WsConnection,
+    ws: BridgeStream,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     *,
@@ -83,7 +117,8 @@ async def bridge(
     """Copy bytes both ways between ``ws`` and a stream until both directions have ended.
 
     Args:
-        ws: An open connection made with ``auto_close_echo=False``.
+        ws: An open connection made with ``auto_close_echo=False``, or a wrapper
+            around one offering :class:`BridgeStream`.
         reader: The stream's reader.
         writer: The stream's writer; closed when the bridge returns.
         chunk_size: Largest read from the stream, so the largest message we send.
@@ -112,7 +147,7 @@ async def bridge(
 class _Bridge:
     def __init__(
         self,
-        ws: WsConnection,
+        ws: BridgeStream,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         chunk_size: int,

@@ -99,27 +99,75 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override [relay] host")
 
     listen = sub.add_parser(
-        "listen", help="run a listener agent bridging to a TCP and/or an HTTP target"
+        "listen",
+        help="run a listener agent: one mapping from flags, or many from --config FILE",
     )
-    listen.add_argument("--relay", required=True, help="relay URL, ws://host:port or wss://host")
-    listen.add_argument("--hc", required=True, help="hybrid connection name")
+    listen.add_argument(
+        "--config",
+        metavar="FILE",
+        help="agent TOML config with any number of [[mappings]] (SIGHUP reloads it);"
+        " excludes the single-mapping flags below",
+    )
+    listen.add_argument(
+        "--status",
+        metavar="HOST:PORT",
+        help="with --config: serve /status, /metrics and /healthz here (overrides status =)",
+    )
+    listen.add_argument("--relay", help="relay URL, ws://host:port or wss://host")
+    listen.add_argument("--hc", help="hybrid connection name")
     listen.add_argument(
         "--target",
-        required=True,
         action="append",
-        help="tcp://host:port (WebSocket senders) or http://host:port[/base] (HTTP requests);"
-        " give it twice, once of each kind, to serve both on one hybrid connection",
+        help="tcp://host:port, unix:///path or udp://host:port (WebSocket senders) or"
+        " http://host:port[/base] (HTTP requests); give it twice, a stream target and an"
+        " http:// one, to serve both on one hybrid connection",
     )
-    _add_key_options(listen)
+    listen.add_argument("--key-name", help="SAS rule name")
+    listen_key = listen.add_mutually_exclusive_group()
+    listen_key.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
+    listen_key.add_argument(
+        "--key-env", metavar="VAR", help="read the SAS key from this environment variable"
+    )
+    listen_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
+    listen.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
 
-    forward = sub.add_parser("forward", help="forward a local TCP port through the relay")
-    forward.add_argument("--relay", required=True)
-    forward.add_argument("--hc", required=True)
-    forward.add_argument("--local", default="127.0.0.1:0", help="HOST:PORT to listen on")
+    forward = sub.add_parser(
+        "forward",
+        help="forward local TCP/UDP ports through the relay: one binding from flags,"
+        " or many from --config FILE",
+    )
+    forward.add_argument(
+        "--config",
+        metavar="FILE",
+        help="forwarder TOML config with any number of [[bindings]];"
+        " excludes the single-binding flags below",
+    )
+    forward.add_argument("--relay", help="relay URL, ws://host:port or wss://host")
+    forward.add_argument("--hc", help="hybrid connection name")
+    forward.add_argument(
+        "--local",
+        help="HOST:PORT (TCP, default 127.0.0.1:0) or udp://HOST:PORT to listen on",
+    )
     forward.add_argument(
         "--allow-public-bind", action="store_true", help="allow a non-loopback --local"
     )
-    _add_key_options(forward)
+    forward.add_argument(
+        "--ping-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="keepalive on each relayed stream; a dead relay resets the local client (0: off)",
+    )
+    forward.add_argument("--key-name", help="SAS rule name")
+    forward_key = forward.add_mutually_exclusive_group()
+    forward_key.add_argument(
+        "--key", help="SAS key (visible in the process list; prefer --key-env)"
+    )
+    forward_key.add_argument(
+        "--key-env", metavar="VAR", help="read the SAS key from this environment variable"
+    )
+    forward_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
+    forward.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
 
     token = sub.add_parser("token", help="print a SAS token")
     token.add_argument(
@@ -158,21 +206,55 @@ def _serve(args: argparse.Namespace) -> None:
     _run(lambda stop: run(config, stop, on_ready=ready))
 
 
+_LISTEN_MAPPING_FLAGS = (
+    "relay",
+    "hc",
+    "target",
+    "key_name",
+    "key",
+    "key_env",
+    "key_file",
+    "ca_file",
+)
+
+
 def _listen(args: argparse.Namespace) -> None:
-    from hybridrelay.listener import HttpTarget, Listener, TcpTarget, parse_target
+    if args.config:
+        given = [name for name in _LISTEN_MAPPING_FLAGS if getattr(args, name)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(
+                "<command line>",
+                flag,
+                "cannot be combined with --config (the file holds the mappings)",
+            )
+        _listen_agent(args)
+        return
+    if args.status:
+        raise ConfigError("<command line>", "--status", "needs --config")
+    for name in ("relay", "hc", "target", "key_name"):
+        if not getattr(args, name):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
+
+    from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
     from hybridrelay.protocol.sas import SasTokenProvider
 
-    tcp: TcpTarget | None = None
+    stream: StreamTarget | None = None
     http: HttpTarget | None = None
     for text in args.target:
         try:
             target = parse_target(text)
         except ValueError as exc:
             raise ConfigError("<command line>", "--target", str(exc)) from exc
-        if isinstance(target, TcpTarget):
-            if tcp is not None:
-                raise ConfigError("<command line>", "--target", "give at most one tcp:// target")
-            tcp = target
+        if not isinstance(target, HttpTarget):
+            if stream is not None:
+                raise ConfigError(
+                    "<command line>",
+                    "--target",
+                    "give at most one tcp://, unix:// or udp:// target",
+                )
+            stream = target
         else:
             if http is not None:
                 raise ConfigError("<command line>", "--target", "give at most one http:// target")
@@ -181,42 +263,137 @@ def _listen(args: argparse.Namespace) -> None:
         args.relay,
         args.hc,
         token_provider=SasTokenProvider(args.key_name, _read_key(args)),
-        target=tcp,
+        target=stream,
         http_handler=http,
         ssl_context=_client_tls(args),
     )
     _run(listener.run)
 
 
+def _listen_agent(args: argparse.Namespace) -> None:
+    """``listen --config``: every mapping of the file; SIGHUP reloads, SIGTERM drains."""
+    from hybridrelay.listener.config import load_agent_config, parse_status_address
+    from hybridrelay.listener.status import serve_status
+    from hybridrelay.listener.supervisor import Agent
+
+    path = args.config
+    config = load_agent_config(path, os.environ)
+    status = config.status
+    if args.status:
+        try:
+            status = parse_status_address(args.status, allow_public=config.allow_public_status)
+        except ValueError as exc:
+            raise ConfigError("<command line>", "--status", str(exc)) from exc
+    if config.log_level and not args.log_level:
+        configure_logging(config.log_level, args.log_format)
+    agent = Agent(config, loader=lambda: load_agent_config(path, os.environ))
+
+    async def announce() -> None:
+        await agent.ready.wait()
+        mappings = agent.status().mappings
+        online = sum(1 for m in mappings if m.state == "online")
+        failed = sum(1 for m in mappings if m.state == "failed")
+        print(
+            f"agent ready: {len(mappings)} mappings ({online} online, {failed} failed)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def body(stop: asyncio.Event) -> None:
+        reload = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
+        async with contextlib.AsyncExitStack() as stack:
+            if status is not None:
+                host, port = status
+                try:
+                    bound = await stack.enter_async_context(serve_status(agent.status, host, port))
+                except OSError as exc:
+                    raise ConfigError(
+                        config.source, "status", f"cannot listen on {host}:{port}: {exc.strerror}"
+                    ) from exc
+                shown = f"[{host}]" if ":" in host else host
+                print(f"agent status at http://{shown}:{bound}", file=sys.stderr, flush=True)
+            announcer = asyncio.create_task(announce())
+            try:
+                await agent.run(stop, reload)
+            finally:
+                announcer.cancel()
+                await asyncio.wait({announcer})
+
+    _run(body)
+
+
 def _forward(args: argparse.Namespace) -> None:
-    from hybridrelay.client import Forwarder
+    from hybridrelay.client import ForwardService, load_forward_config
+    from hybridrelay.client.config import is_loopback, parse_local
+    from hybridrelay.client.forward import Forwarder, UdpForwarder
     from hybridrelay.protocol.sas import SasTokenProvider
 
-    host, _, port = args.local.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("<command line>", "--local", "must be HOST:PORT")
-    host = host.strip("[]")
-    if host not in {"127.0.0.1", "::1", "localhost"} and not args.allow_public_bind:
-        raise ConfigError(
-            "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
-        )
-    forwarder = Forwarder(
-        args.relay,
-        args.hc,
-        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
-        host=host,
-        port=int(port),
-        ssl_context=_client_tls(args),
-    )
+    flags = {
+        "--relay": args.relay,
+        "--hc": args.hc,
+        "--local": args.local,
+        "--key-name": args.key_name,
+        "--key": args.key,
+        "--key-env": args.key_env,
+        "--key-file": args.key_file,
+        "--ca-file": args.ca_file,
+    }
+    if args.config:
+        given = [flag for flag, value in flags.items() if value]
+        if given:
+            raise ConfigError(
+                "<command line>", given[0], "give --config or binding flags, not both"
+            )
+        service = ForwardService.from_config(load_forward_config(args.config))
+    else:
+        for flag in ("--relay", "--hc", "--key-name"):
+            if not flags[flag]:
+                raise ConfigError("<command line>", flag, "is required (or give --config)")
+        try:
+            transport, host, port = parse_local(args.local or "127.0.0.1:0")
+        except ValueError as exc:
+            raise ConfigError("<command line>", "--local", str(exc)) from exc
+        if not is_loopback(host) and not args.allow_public_bind:
+            raise ConfigError(
+                "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
+            )
+        tokens = SasTokenProvider(args.key_name, _read_key(args))
+        ping = args.ping_interval if args.ping_interval > 0 else None
+        forwarder: Forwarder | UdpForwarder
+        if transport == "udp":
+            forwarder = UdpForwarder(
+                args.relay,
+                args.hc,
+                token_provider=tokens,
+                host=host,
+                port=port,
+                ssl_context=_client_tls(args),
+                ping_interval=ping,
+            )
+        else:
+            forwarder = Forwarder(
+                args.relay,
+                args.hc,
+                token_provider=tokens,
+                host=host,
+                port=port,
+                ssl_context=_client_tls(args),
+                ping_interval=ping,
+            )
+        service = ForwardService([forwarder])
 
     async def body(stop: asyncio.Event) -> None:
         async def announce() -> None:
-            await forwarder.ready.wait()
-            print(f"forwarding {host}:{forwarder.port} -> {args.hc}", file=sys.stderr, flush=True)
+            await service.ready.wait()
+            for f in service.forwarders:
+                local = f"{f.host}:{f.port}" if f.transport == "tcp" else f"udp://{f.host}:{f.port}"
+                print(f"forwarding {local} -> {f.hc}", file=sys.stderr, flush=True)
 
         announcer = asyncio.create_task(announce())
         try:
-            await forwarder.run(stop)
+            await service.run(stop)
         finally:
             announcer.cancel()
 

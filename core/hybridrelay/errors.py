@@ -26,7 +26,10 @@ bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
     ├── BadGatewayError                    502
     ├── UnavailableError                   503
     ├── HandshakeError(status, reason)     a non-101 answer seen by a WebSocket client
-    └── ConnectionClosedError(code, reason)
+    ├── ConnectionClosedError(code, reason)
+    ├── ValidationError(field, reason)     400 (ArgumentInvalid): a management input is invalid
+    ├── ConflictError                      409: exists already, config-owned, concurrent change
+    └── PreconditionFailedError            412: If-Match names another etag
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "AuthError",
     "BadGatewayError",
     "ConfigError",
+    "ConflictError",
     "ConnectionClosedError",
     "EntityNotFoundError",
     "ForbiddenError",
@@ -47,6 +51,7 @@ __all__ = [
     "ListenerConflictError",
     "NoListenerError",
     "PayloadTooBigError",
+    "PreconditionFailedError",
     "ProtocolError",
     "QuotaExceededError",
     "RejectedError",
@@ -54,6 +59,7 @@ __all__ = [
     "TokenExpiredError",
     "UnavailableError",
     "UpstreamTimeoutError",
+    "ValidationError",
 ]
 
 
@@ -206,3 +212,29 @@ class ConnectionClosedError(HybridRelayError):
         self.code = code
         self.reason = reason
         super().__init__(f"connection closed: {code} {reason}".rstrip())
+
+
+class ValidationError(HybridRelayError):
+    """A management input is invalid: a bad deviceId, an oversized field, a bad page token."""
+
+    http_status = 400
+    error_code = "ArgumentInvalid"
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class ConflictError(HybridRelayError):
+    """The write conflicts with the stored state: the entity exists, or the config owns it."""
+
+    http_status = 409
+    error_code = "Conflict"
+
+
+class PreconditionFailedError(HybridRelayError):
+    """An ``If-Match`` etag does not match the stored entity's etag."""
+
+    http_status = 412
+    error_code = "PreconditionFailed"

