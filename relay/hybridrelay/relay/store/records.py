@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ __all__ = [
 RandomBytes = Callable[[int], bytes]
 Clock = Callable[[], float]
 _CURSOR_PREFIX: Final = "c1."
+_CURSOR_BODY: Final = re.compile(r"^[A-Za-z0-9_-]{1,700}$")
 
 
 class Minter:
@@ -105,6 +107,8 @@ def decode_continuation(token: str) -> str:
     if not token.startswith(_CURSOR_PREFIX):
         raise ValidationError("continuation", "not a continuation token from this relay")
     body = token[len(_CURSOR_PREFIX) :]
+    if not _CURSOR_BODY.match(body):
+        raise ValidationError("continuation", "not a continuation token from this relay")
     try:
         return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
     except (binascii.Error, ValueError) as exc:

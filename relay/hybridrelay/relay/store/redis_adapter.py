@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
@@ -105,15 +105,30 @@ class RedisAdapter:
         self._client = client
 
     @classmethod
-    def from_url(cls, url: str, *, client_name: str | None = None) -> RedisAdapter:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        client_name: str | None = None,
+        max_connections: int = 64,
+        pool_timeout: float = 10.0,
+    ) -> RedisAdapter:
         """Connect lazily to ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
-        ``client_name`` shows in ``CLIENT LIST``, so an operator can tell relay nodes apart.
+        The pool *waits* up to ``pool_timeout`` for a free connection when all
+        ``max_connections`` are busy (redis-py's default pool fails at once with "Too many
+        connections"), so a burst of work queues instead of failing. ``client_name``
+        shows in ``CLIENT LIST``, so an operator can tell relay nodes apart.
         """
-        client: Redis = Redis.from_url(
-            url, decode_responses=True, health_check_interval=15, client_name=client_name
+        pool = BlockingConnectionPool.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=15,
+            client_name=client_name,
+            max_connections=max_connections,
+            timeout=pool_timeout,
         )
-        return cls(client)
+        return cls(Redis.from_pool(pool))  # the client owns the pool and closes it
 
     async def aclose(self) -> None:
         try:

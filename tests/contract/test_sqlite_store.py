@@ -1,0 +1,109 @@
+"""What only the SQLite store promises: one WAL file, versioned schema, legacy import, own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tests.contract.stores import Clock, make_config
+
+from hybridrelay.errors import ConfigError, UnavailableError
+from hybridrelay.relay.config import RelaySettings
+from hybridrelay.relay.store.models import Device, HybridConnection
+from hybridrelay.relay.store.sqlite import DEFAULT_FILE, SqliteStore
+
+
+async def test_file_is_wal_with_a_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = await SqliteStore.open(make_config(), path=path)
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    db.close()
+
+
+async def test_default_file_lives_in_the_data_dir(tmp_path: Path) -> None:
+    config = make_config()
+    config = replace(config, relay=RelaySettings(data_dir=str(tmp_path / "data")))
+    store = await SqliteStore.open(config)
+    await store.close()
+    assert (tmp_path / "data" / DEFAULT_FILE).is_file()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    await (await SqliteStore.open(make_config(), path=path)).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE schema_version SET version = 99")
+    db.close()
+    with pytest.raises(ConfigError, match="newer than this relay"):
+        await SqliteStore.open(make_config(), path=path)
+
+
+async def test_memory_store_names_are_imported_once(tmp_path: Path) -> None:
+    (tmp_path / "hybrid_connections.json").write_text(
+        json.dumps(["legacy/one", "not a valid name!", 7]), "utf-8"
+    )
+    store = await SqliteStore.open(make_config(), path=tmp_path / DEFAULT_FILE)
+    legacy = await store.get("legacy/one")
+    assert legacy is not None
+    assert not legacy.config_owned
+    await store.delete_hybrid_connection("legacy/one")
+    await store.close()
+    store = await SqliteStore.open(make_config(), path=tmp_path / DEFAULT_FILE)
+    assert await store.get("legacy/one") is None  # not imported again
+    await store.close()
+
+
+async def test_in_memory_database(clock: Clock) -> None:
+    store = await SqliteStore.open(make_config(), path=":memory:", now=clock)
+    hc, created = await store.put_hybrid_connection(HybridConnection(name="mem"))
+    assert created
+    assert await store.get("mem") == hc
+    await store.close()
+
+
+async def test_blocking_work_runs_on_one_thread_and_hot_reads_stay_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(make_config(), path=tmp_path / DEFAULT_FILE)
+    threads: set[str] = set()
+    original = store._conn
+
+    def spy() -> sqlite3.Connection:
+        threads.add(threading.current_thread().name)
+        return original()
+
+    store._conn = spy  # type: ignore[method-assign]  # observe which thread touches the file
+    await asyncio.gather(*(store.create_device(Device(device_id=f"t{i}")) for i in range(20)))
+    await store.list_devices()
+    assert len(threads) == 1
+    assert threading.current_thread().name not in threads
+    threads.clear()
+    assert await store.resolve("cfg/hc/x") is not None
+    assert await store.get_device("t1") is not None  # cached by create
+    assert threads == set()
+    await store.close()
+
+
+async def test_device_cache_is_bounded(tmp_path: Path) -> None:
+    store = await SqliteStore.open(make_config(), path=tmp_path / DEFAULT_FILE, device_cache_size=3)
+    created = [await store.create_device(Device(device_id=f"c{i}")) for i in range(10)]
+    for device in created:
+        assert await store.get_device(device.device_id) == device
+    assert len(store._devices) <= 3
+    await store.close()
+
+
+async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
+    store = await SqliteStore.open(make_config(), path=tmp_path / DEFAULT_FILE)
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(UnavailableError):
+        await store.create_device(Device(device_id="late"))
