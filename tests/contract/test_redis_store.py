@@ -11,7 +11,7 @@ from tests.contract.stores import make_config
 from tests.harness.redis import unique_prefix
 from tests.harness.timing import seconds
 
-from hybridrelay.errors import UnavailableError
+from hybridrelay.errors import UnavailableError, ValidationError
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.store.models import ChangeEvent, Device, HybridConnection
 from hybridrelay.relay.store.redis import RedisStore
@@ -60,7 +60,7 @@ async def test_keys_are_namespaced_and_hash_tagged(redis_url: str, prefix: str) 
 
 
 async def test_bad_prefix_is_refused(redis_url: str) -> None:
-    with pytest.raises(ValueError, match="prefix"):
+    with pytest.raises(ValidationError, match="prefix"):
         await RedisStore.open(redis_url, make_config(), prefix="{tag}")
 
 

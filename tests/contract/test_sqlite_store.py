@@ -1,4 +1,4 @@
-"""What only the SQLite store promises: one WAL file, versioned schema, legacy import, own thread."""
+"""What only the SQLite store promises: a WAL file, a versioned schema, one worker thread."""
 
 from __future__ import annotations
 

@@ -479,10 +479,12 @@ async def test_reload_with_a_new_key_keeps_the_control_channel(
         path.write_text(agent_toml([relay.url], [new], agent_id="k"), "utf-8")
         agent.proc.send_signal(signal.SIGHUP)
         await agent.proc.wait_for_line(r"event=config_reloaded .*restarted=0 removed=0 rekeyed=1")
+        # The new key is proven at once: a renewToken signed with it, accepted by the relay.
+        await agent.proc.wait_for_line(r"event=token_renewed")
         await stream.send(b"still here")
         assert await _recv_exactly(stream, 10) == b"still here"
-    assert (await agent.mapping("hc-ws"))["connects"] == connects
     await echo(relay.url, "hc-ws")
+    assert (await agent.mapping("hc-ws"))["connects"] == connects
 
 
 # -- (f) a missing hybrid connection, (g) /metrics --------------------------------------

@@ -188,6 +188,7 @@ class Listener:
         self._select = select_subprotocol or (lambda offered: offered[0] if offered else None)
         self._streams: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
+        self._renew_now = asyncio.Event()
         self.idle = asyncio.Event()  # set while no relayed stream is open
         self.idle.set()
         self.stats = ListenerStats()
@@ -200,9 +201,11 @@ class Listener:
     # -- lifecycle -------------------------------------------------------------------
 
     def set_token_provider(self, provider: TokenProvider) -> None:
-        """Issue the next token (renewal or reconnect) from ``provider``: key rotation
-        without dropping the control channel or any stream."""
+        """Switch to ``provider`` (key rotation) without dropping the control channel or
+        any stream: a renewToken signed with the new key goes out at once, so the old
+        key can be revoked on the relay right after the reload."""
         self._tokens = provider
+        self._renew_now.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; raises EntityNotFoundError if the relay says 404."""
@@ -294,9 +297,13 @@ class Listener:
             expiry = token_expiry(token)
             if expiry is None:
                 return
-            # Renew when a quarter of the lifetime is left, at least 30 s before expiry.
+            # Renew when a quarter of the lifetime is left, at least 30 s before expiry,
+            # or at once when the key changed.
             lifetime = max(expiry - time.time(), 0.0)
-            await asyncio.sleep(max(min(lifetime * 0.75, lifetime - 30.0), 1.0))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(min(lifetime * 0.75, lifetime - 30.0), 1.0)):
+                    await self._renew_now.wait()
+            self._renew_now.clear()
             token = self._tokens.token_for(audience_for(self.listen_url), time.time())
             try:
                 async with self._control_lock:

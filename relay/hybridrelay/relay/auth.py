@@ -4,12 +4,18 @@ Order of checks, and the status each failure gets (HC Part 1 §7):
 token missing or malformed, unknown rule, bad signature, expired → 401;
 valid token whose ``sr`` does not cover the entity, or whose rule lacks the
 right → 403. Manage implies Listen and Send; namespace rules cover every entity.
+
+JWT bearer tokens (``Bearer <jwt>`` or a raw JWT, HC §8.4) take the same
+place: :func:`check_token` sends them to ``jwt_auth.verify_jwt`` (401s) and
+checks the rights their claims grant on the entity (403).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
 from hybridrelay.protocol.sas import (
@@ -19,9 +25,13 @@ from hybridrelay.protocol.sas import (
     resource_covers,
     verify_signature,
 )
+from hybridrelay.relay.jwt_auth import bearer_token, verify_jwt
 from hybridrelay.relay.store.base import HybridConnection, Rule
 
-__all__ = ["Principal", "TokenCache", "authorize", "check_token"]
+if TYPE_CHECKING:
+    from hybridrelay.relay.config import JwtIssuerConfig
+
+__all__ = ["Principal", "TokenCache", "authorize", "check_jwt", "check_token"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +67,37 @@ def _signed_by(token: SasToken, rule: Rule) -> bool:
     return rule.secondary_key is not None and verify_signature(token, rule.secondary_key)
 
 
+def _right_name(right: Rights) -> str:
+    return "Listen" if right == Rights.LISTEN else "Send" if right == Rights.SEND else "Manage"
+
+
+def check_jwt(
+    token: str,
+    *,
+    hc: HybridConnection,
+    right: Rights,
+    now: float,
+    jwt_issuers: Sequence[JwtIssuerConfig],
+    grace: float = 0.0,
+) -> Principal:
+    """Verify a JWT bearer token (no ``Bearer`` word) for ``right`` on ``hc``.
+
+    The rule of the principal is ``jwt:{sub}`` (``jwt:{iss}`` without a subject);
+    its rights are those the token grants on this hybrid connection.
+    """
+    verified = verify_jwt(token, issuers=jwt_issuers, now=now, grace=grace)
+    rights = verified.grants.rights_for(hc.name)
+    if not rights.allows(right):
+        raise ForbiddenError(
+            f"the token grants no {_right_name(right)} right on this hybrid connection"
+        )
+    return Principal(
+        rule=f"jwt:{verified.subject or verified.issuer}",
+        rights=rights,
+        expires_at=verified.expires_at,
+    )
+
+
 def check_token(
     token_text: str,
     *,
@@ -67,13 +108,22 @@ def check_token(
     grace: float = 0.0,
     host: str | None = None,
     path: str | None = None,
+    jwt_issuers: Sequence[JwtIssuerConfig] = (),
 ) -> Principal:
     """Verify a SAS token for ``right`` on ``hc``; raises AuthError / ForbiddenError.
 
     ``path`` is the resource asked for (entity plus suffix); the token's ``sr``
     must cover it, so a token minted for ``hc/sub`` (hyco signs the full URI)
     is good for that suffix but not for the bare entity.
+
+    A JWT bearer token (see ``jwt_auth.bearer_token``) is checked against
+    ``jwt_issuers`` instead; without issuers it is refused with 401. Its rights
+    cover the hybrid connection with every suffix; ``host`` does not apply (its
+    ``aud`` names the relay).
     """
+    bearer = bearer_token(token_text)
+    if bearer is not None:
+        return check_jwt(bearer, hc=hc, right=right, now=now, jwt_issuers=jwt_issuers, grace=grace)
     token = parse_sas_token(token_text)
     rule = _find_rule(token.key_name, hc, namespace_rules)
     if rule is None:
@@ -85,15 +135,15 @@ def check_token(
     if not resource_covers(token.resource, host=host, entity_path=path or hc.name):
         raise ForbiddenError("the token is not valid for this hybrid connection")
     if not rule.rights.allows(right):
-        needed = (
-            "Listen" if right == Rights.LISTEN else "Send" if right == Rights.SEND else "Manage"
-        )
-        raise ForbiddenError(f"the token's rule lacks the {needed} right")
+        raise ForbiddenError(f"the token's rule lacks the {_right_name(right)} right")
     return Principal(rule=rule.name, rights=rule.rights, expires_at=float(token.expiry))
 
 
 class TokenCache:
     """Tokens already verified for a (hybrid connection, right, path), until they expire.
+
+    JWTs are cached like SAS tokens (the key holds the whole token text) until
+    their ``exp``; the issuer's leeway is not granted to cached entries.
 
     Devices and load generators repeat the same token for every request; parsing it
     and computing the HMAC each time was a tenth of the relay's CPU in HTTP mode.
@@ -135,8 +185,13 @@ def authorize(
     host: str | None = None,
     path: str | None = None,
     cache: TokenCache | None = None,
+    jwt_issuers: Sequence[JwtIssuerConfig] = (),
 ) -> Principal:
-    """Authorize a handshake; senders of HCs without client authorization pass anonymously."""
+    """Authorize a handshake; senders of HCs without client authorization pass anonymously.
+
+    ``token_text`` is a SAS token or a JWT bearer token (``Bearer <jwt>`` or the
+    raw JWT), the latter verified against ``jwt_issuers``.
+    """
     if right == Rights.SEND and not hc.requires_client_authorization:
         return ANONYMOUS_SENDER
     if not token_text:
@@ -154,6 +209,7 @@ def authorize(
         now=now,
         host=host,
         path=path,
+        jwt_issuers=jwt_issuers,
     )
     if cache is not None:
         cache.put(key, principal)

@@ -1,5 +1,8 @@
 """RelayConfig: the ``[relay]``, ``[[rules]]`` and ``[[hybrid_connections]]`` schema.
 
+``[[jwt_issuers]]`` adds the identity providers whose JWT bearer tokens the
+relay accepts besides SAS (issue 5; see ``jwt_auth.py``).
+
 Parsed, completed, validated, then frozen (style §3.6). ``HYBRIDRELAY_{KEY}``
 environment variables override the ``[relay]`` keys (``HYBRIDRELAY_PORT=9000``).
 Without a file, :func:`development_config` gives the embedded default: one
@@ -21,10 +24,18 @@ from hybridrelay.config import Secret, Table, load_toml
 from hybridrelay.errors import ConfigError
 from hybridrelay.protocol.codes import MAX_LISTENERS_PER_HC, RENDEZVOUS_TIMEOUT_S
 from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay.jwt_auth import (
+    ALGORITHMS,
+    JwtKey,
+    KeyFileError,
+    load_jwks_file,
+    load_public_keys,
+)
 
 __all__ = [
     "DEV_RULE_NAME",
     "HybridConnectionConfig",
+    "JwtIssuerConfig",
     "RelayConfig",
     "RelaySettings",
     "RuleConfig",
@@ -59,6 +70,23 @@ class HybridConnectionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JwtIssuerConfig:
+    """One ``[[jwt_issuers]]`` table: whose JWT bearer tokens the relay accepts (issue 5).
+
+    ``keys`` are loaded when the config is read, from ``public_keys`` (PEM files)
+    or ``jwks_file``; relative paths are relative to the config file. Only the
+    keys usable with ``algorithms`` are kept.
+    """
+
+    issuer: str
+    audiences: tuple[str, ...]
+    keys: tuple[JwtKey, ...]
+    algorithms: tuple[str, ...] = ALGORITHMS
+    leeway: float = 30.0
+    rights_claim: str = "hc"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RelaySettings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -85,6 +113,7 @@ class RelayConfig:
     relay: RelaySettings = field(default_factory=RelaySettings)
     rules: tuple[RuleConfig, ...] = ()
     hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
+    jwt_issuers: tuple[JwtIssuerConfig, ...] = ()
     source: str = "<defaults>"
 
     def hybrid_connection(self, name: str) -> HybridConnectionConfig | None:
@@ -168,6 +197,103 @@ def _hybrid_connection(table: Table, default_max: int) -> HybridConnectionConfig
     )
     table.reject_unknown()
     return hc
+
+
+# Claims a rights claim must not shadow: the registered ones (RFC 7519 §4.1) and
+# the scope claims, which are read as "hc:{right}:{pattern}" strings.
+_RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "scp"})
+
+
+def _audiences(table: Table) -> tuple[str, ...]:
+    value = table._get("audience")
+    if value is None:
+        raise table.error("audience", "is required")
+    values = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, str) and v for v in values)
+    ):
+        raise table.error("audience", "must be a non-empty string or list of strings")
+    return tuple(values)
+
+
+def _jwt_algorithms(table: Table) -> tuple[str, ...]:
+    names = table.str_list("algorithms", ALGORITHMS)
+    if not names:
+        raise table.error("algorithms", "must list at least one of RS256, ES256")
+    for name in names:
+        if name.lower() == "none":
+            raise table.error("algorithms", "'none' is never accepted")
+        if name.upper().startswith("HS"):
+            raise table.error(
+                "algorithms", f"{name!r}: shared-secret (HMAC) algorithms are not accepted"
+            )
+        if name not in ALGORITHMS:
+            raise table.error("algorithms", f"unsupported {name!r} (RS256 and ES256 only)")
+    return tuple(dict.fromkeys(names))
+
+
+def _jwt_keys(table: Table, base_dir: Path) -> tuple[str, tuple[JwtKey, ...]]:
+    paths = table.str_list("public_keys") if table.has("public_keys") else None
+    jwks_file = table.get_str("jwks_file")
+    if table.get_str("jwks_url") is not None:
+        raise table.error(
+            "jwks_url",
+            "fetching a JWKS over the network is not implemented yet; "
+            "download it and set jwks_file instead",
+        )
+    if paths is not None and jwks_file is not None:
+        raise table.error("public_keys", "give either public_keys or jwks_file, not both")
+    try:
+        if paths is not None:
+            if not paths:
+                raise table.error("public_keys", "must list at least one PEM file")
+            return "public_keys", load_public_keys(base_dir / p for p in paths)
+        if jwks_file:
+            return "jwks_file", load_jwks_file(base_dir / jwks_file)
+    except KeyFileError as exc:
+        raise table.error("public_keys" if paths is not None else "jwks_file", str(exc)) from exc
+    raise table.error("public_keys", "one of public_keys or jwks_file is required")
+
+
+def _jwt_issuer(table: Table, base_dir: Path) -> JwtIssuerConfig:
+    issuer = table.req_str("issuer")
+    audiences = _audiences(table)
+    key_field, keys = _jwt_keys(table, base_dir)
+    algorithms = _jwt_algorithms(table)
+    usable = tuple(k for k in keys if k.algorithm in algorithms)
+    if not usable:
+        raise table.error(
+            key_field,
+            f"no key fits the algorithms {', '.join(algorithms)} (RSA for RS256, "
+            "EC P-256 for ES256)",
+        )
+    leeway = table.get_float("leeway", 30.0, maximum=300.0)
+    rights_claim = table.get_str("rights_claim", "hc") or ""
+    if not rights_claim:
+        raise table.error("rights_claim", "must not be empty")
+    if rights_claim in _RESERVED_CLAIMS:
+        raise table.error("rights_claim", f"{rights_claim!r} is a registered or scope claim")
+    table.reject_unknown()
+    return JwtIssuerConfig(
+        issuer=issuer,
+        audiences=audiences,
+        keys=usable,
+        algorithms=algorithms,
+        leeway=leeway,
+        rights_claim=rights_claim,
+    )
+
+
+def _jwt_issuers(top: Table, base_dir: Path) -> tuple[JwtIssuerConfig, ...]:
+    issuers = [_jwt_issuer(t, base_dir) for t in top.tables("jwt_issuers")]
+    seen: set[str] = set()
+    for issuer in issuers:
+        if issuer.issuer in seen:
+            raise top.error("jwt_issuers", f"issuer {issuer.issuer!r} is defined twice")
+        seen.add(issuer.issuer)
+    return tuple(issuers)
 
 
 _ENV_TYPES: Mapping[str, type] = {
@@ -301,11 +427,16 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
         if hc.name.lower() in seen:
             raise top.error("hybrid_connections", f"{hc.name!r} is defined twice")
         seen.add(hc.name.lower())
+    jwt_issuers = _jwt_issuers(top, Path(path).parent)
     top.reject_unknown()
-    if not rules and not any(hc.rules for hc in hcs):
+    if not rules and not any(hc.rules for hc in hcs) and not jwt_issuers:
         raise top.error("rules", "no SAS rule is defined; nobody could listen")
     return RelayConfig(
-        relay=settings, rules=tuple(rules), hybrid_connections=tuple(hcs), source=str(path)
+        relay=settings,
+        rules=tuple(rules),
+        hybrid_connections=tuple(hcs),
+        jwt_issuers=jwt_issuers,
+        source=str(path),
     )
 
 

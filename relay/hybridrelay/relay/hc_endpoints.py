@@ -132,6 +132,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         right=Rights.LISTEN,
         now=state.now(),
         host=request.host if state.config.relay.check_token_host else None,
+        jwt_issuers=state.config.jwt_issuers,
     )
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
@@ -149,6 +150,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
             right=Rights.LISTEN,
             now=state.now(),
             host=request.host if state.config.relay.check_token_host else None,
+            jwt_issuers=state.config.jwt_issuers,
         )
         if fresh.expires_at is None:  # pragma: no cover - SAS tokens always expire
             raise AuthError("token without expiry")
@@ -206,6 +208,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         host=request.host if state.config.relay.check_token_host else None,
         path=hc.name + suffix,
         cache=state.tokens,
+        jwt_issuers=state.config.jwt_issuers,
     )
     handshake = parse_client_handshake(request.method, request.headers)
     handle = await state.cluster.pick(

@@ -196,6 +196,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         now=state.now(),
         path=hc.name + suffix,
         cache=state.tokens,
+        jwt_issuers=state.config.jwt_issuers,
     )
     handle = await state.cluster.pick(hc.name)
     if handle is None:

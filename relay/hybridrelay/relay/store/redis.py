@@ -171,6 +171,12 @@ def _json(doc: dict[str, object]) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
+def _check_name(field: str, value: str) -> None:
+    # No '{' or '}' (they would break the hash tags) and nothing CLIENT SETNAME refuses.
+    if not _PREFIX.match(value):
+        raise ValidationError(field, "1-64 letters, digits, '.', '_' or '-'")
+
+
 def _config_owned(doc: str) -> bool:
     try:
         parsed = json.loads(doc)
@@ -187,8 +193,7 @@ class RedisStore:
     """:class:`~hybridrelay.relay.store.base.Store` on Redis; open with :meth:`open`."""
 
     def __init__(self, redis: RedisAdapter, *, prefix: str, minter: Minter, node_id: str) -> None:
-        if not _PREFIX.match(prefix):
-            raise ValidationError("prefix", "1-64 letters, digits, '.', '_' or '-'")
+        _check_name("prefix", prefix)
         self._redis = redis
         self._minter = minter
         self._node = node_id
@@ -233,6 +238,8 @@ class RedisStore:
             UnavailableError: Redis cannot be reached.
         """
         node = node_id or secrets.token_hex(8)
+        _check_name("prefix", prefix)
+        _check_name("node_id", node)
         store = cls(
             RedisAdapter.from_url(url, client_name=f"hybridrelay-{node}"),
             prefix=prefix,

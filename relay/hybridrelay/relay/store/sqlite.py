@@ -863,7 +863,9 @@ class SqliteStore:
         return record
 
     async def delete_device(self, device_id: str, *, if_match: str) -> Device:
-        return await self._run(functools.partial(self._db_delete_device, device_id, if_match))
+        deleted = await self._run(functools.partial(self._db_delete_device, device_id, if_match))
+        self._last_touch.pop(device_id, None)  # a re-created device starts unthrottled
+        return deleted
 
     def _db_delete_device(self, device_id: str, if_match: str) -> Device:
         with self._tx() as tx:
