@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
@@ -18,7 +17,6 @@ from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
-from hybridrelay.relay.store.memory import MemoryStore
 
 __all__ = ["create_app"]
 
@@ -32,7 +30,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 def create_app(
     config: RelayConfig,
     *,
-    store: Store | None = None,
+    store: Store,
     cluster: ClusterState | None = None,
     metrics_: RelayMetrics | None = None,
 ) -> web.Application:
@@ -41,7 +39,7 @@ def create_app(
     m = metrics_ or RelayMetrics()
     state = RelayState(
         config=config,
-        store=store or MemoryStore(config, persist_dir=Path(config.relay.data_dir)),
+        store=store,
         cluster=cluster
         or MemoryClusterState(
             rendezvous_ttl=config.relay.rendezvous_timeout,

@@ -18,7 +18,6 @@ from multidict import CIMultiDictProxy
 from hybridrelay.errors import (
     AuthError,
     BadGatewayError,
-    ConnectionClosedError,
     EntityNotFoundError,
     NoListenerError,
     ProtocolError,
@@ -35,6 +34,7 @@ from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
@@ -211,14 +211,9 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         jwt_issuers=state.config.jwt_issuers,
     )
     handshake = parse_client_handshake(request.method, request.headers)
-    handle = await state.cluster.pick(
-        hc.name,
-        allowed=parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners")),
-        disallowed=parse_listener_filter(
-            request.headers.get("Microsoft-Relay-DisallowedListeners")
-        ),
-    )
-    if handle is None:
+    allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
+    disallowed = parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners"))
+    if not await state.cluster.listener_count(hc.name):
         raise NoListenerError("no listener is connected to this hybrid connection")
 
     splice = Splice(
@@ -242,10 +237,9 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         remote_endpoint=_remote(request),
     )
     try:
-        try:
-            await state.cluster.deliver(handle, accept)
-        except ConnectionClosedError as exc:
-            raise NoListenerError("the chosen listener went away") from exc
+        handle = await deliver_to_listener(
+            state.cluster, hc.name, accept, allowed=allowed, disallowed=disallowed
+        )
         try:
             async with asyncio.timeout(state.config.relay.rendezvous_timeout):
                 outcome = await asyncio.shield(pending.future)

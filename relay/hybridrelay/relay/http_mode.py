@@ -30,10 +30,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from hybridrelay.errors import (
     BadGatewayError,
-    ConnectionClosedError,
     EntityNotFoundError,
     HybridRelayError,
     InvalidMessageError,
+    NoListenerError,
     PayloadTooBigError,
     ProtocolError,
     RendezvousError,
@@ -57,6 +57,8 @@ from hybridrelay.protocol.frames import (
 from hybridrelay.protocol.messages import RemoteEndpoint, Request, Response, decode, encode
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.auth import authorize
+from hybridrelay.relay.cluster.base import ListenerHandle
+from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.splice import take_over
@@ -198,8 +200,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         cache=state.tokens,
         jwt_issuers=state.config.jwt_issuers,
     )
-    handle = await state.cluster.pick(hc.name)
-    if handle is None:
+    if not await state.cluster.listener_count(hc.name):
         raise BadGatewayError("no listener is connected to this hybrid connection")
 
     request_id = str(uuid.uuid4())
@@ -219,7 +220,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     pending = PendingRequest(
         hc_name=hc.name,
         request_id=request_id,
-        listener_id=handle.listener_id,
+        listener_id="",  # set when a listener is chosen
         message=message,
         sender=request,
         inline=inline,
@@ -238,22 +239,38 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     )
     pending.message = message = _with_address(message, address)
     state.http_requests[request_id] = pending
-    state.cluster.stream_started(handle)
     started = asyncio.get_running_loop().time()
+    handle: ListenerHandle | None = None
+
+    def chosen(candidate: ListenerHandle) -> None:
+        pending.listener_id = candidate.listener_id
+
     try:
         body = await request.read() if inline and has_body else None
         try:
             if inline:
                 try:
                     pending.delivered = True
-                    await state.cluster.deliver(handle, message, body if has_body else None)
+                    handle = await deliver_to_listener(
+                        state.cluster,
+                        hc.name,
+                        message,
+                        body if has_body else None,
+                        on_chosen=chosen,
+                    )
                 except PayloadTooBigError:
                     # Escaped header text can outgrow the control channel's 64 KiB.
                     inline = pending.inline = pending.delivered = False
-            if not inline:
-                await state.cluster.deliver(handle, Request(address=address, id=request_id))
-        except ConnectionClosedError as exc:
-            raise BadGatewayError("the chosen listener went away") from exc
+            if handle is None:
+                handle = await deliver_to_listener(
+                    state.cluster,
+                    hc.name,
+                    Request(address=address, id=request_id),
+                    on_chosen=chosen,
+                )
+        except NoListenerError as exc:
+            raise BadGatewayError(str(exc)) from exc
+        state.cluster.stream_started(handle)
         try:
             async with asyncio.timeout(timeout):
                 response = await asyncio.shield(pending.header)
@@ -267,7 +284,8 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     finally:
         state.cluster.discard_pending(key)
         state.http_requests.pop(request_id, None)
-        state.cluster.stream_ended(handle)
+        if handle is not None:
+            state.cluster.stream_ended(handle)
         pending.fail(BadGatewayError("request finished"))
         pending.closed = True
         for sock in list(pending.sockets):

@@ -20,6 +20,7 @@ from hybridrelay.relay.app import create_app
 from hybridrelay.relay.config import RelayConfig, complete
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE
+from hybridrelay.relay.store.sqlite import SqliteStore
 
 __all__ = ["run", "tls_context"]
 
@@ -50,7 +51,8 @@ async def run(
         on_app: called with the aiohttp application before it starts (tests inspect state).
     """
     s = config.relay
-    app = create_app(config)
+    # The embedded default store: one SQLite file under data_dir (config entities imported).
+    app = create_app(config, store=await SqliteStore.open(config))
     if on_app is not None:
         on_app(app)
     runner = web.AppRunner(
