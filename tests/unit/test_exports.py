@@ -24,6 +24,7 @@ MODULES = [
     "hybridrelay.relay",
     "hybridrelay.relay.config",
     "hybridrelay.relay.splice",
+    "hybridrelay.relay.jwt_auth",
     "hybridrelay.relay.rendezvous",
     "hybridrelay.relay.balancer",
     "hybridrelay.listener",
