@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from hybridrelay.relay import device_auth
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.config import RelayConfig
@@ -14,7 +15,9 @@ from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_conne
 from hybridrelay.relay.health import healthz, metrics, readyz
 from hybridrelay.relay.http_mode import drop_invented_headers, handle_http
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.mgmt import add_routes as add_mgmt_routes
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
+from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 
@@ -50,11 +53,15 @@ def create_app(
     )
     app[STATE] = state
     app[METRICS_KEY] = m
+    app[REACTIONS] = Reactions(state)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_mgmt_routes(app.router)  # /$mgmt/v1: before the catch-all
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(reactions_ctx)  # torn down before _lifecycle closes the store
+    device_auth.install(app)  # after _lifecycle: stops watching before the store closes
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(drop_invented_headers)
     return app

@@ -8,6 +8,13 @@ right → 403. Manage implies Listen and Send; namespace rules cover every entit
 JWT bearer tokens (``Bearer <jwt>`` or a raw JWT, HC §8.4) take the same
 place: :func:`check_token` sends them to ``jwt_auth.verify_jwt`` (401s) and
 checks the rights their claims grant on the entity (403).
+
+Device identities (issue 5, ``device_auth.py``): a device SAS token (``sr`` naming
+``{host}/devices/{deviceId}``, no ``skn``) or, without a token, a verified TLS client
+certificate is checked against the device the caller read from the store
+(``device_auth.credentials``); the principal's rule is ``device:{deviceId}`` and its
+``device_id`` is set. Device principals are never cached: disabling a device must
+refuse its next connect.
 """
 
 from __future__ import annotations
@@ -25,13 +32,29 @@ from hybridrelay.protocol.sas import (
     resource_covers,
     verify_signature,
 )
+from hybridrelay.relay.device_auth import (
+    DeviceToken,
+    PeerCertificate,
+    parse_device_token,
+    verify_device_certificate,
+    verify_device_token,
+)
 from hybridrelay.relay.jwt_auth import bearer_token, verify_jwt
 from hybridrelay.relay.store.base import HybridConnection, Rule
+from hybridrelay.relay.store.models import Device
 
 if TYPE_CHECKING:
     from hybridrelay.relay.config import JwtIssuerConfig
 
-__all__ = ["Principal", "TokenCache", "authorize", "check_jwt", "check_token"]
+__all__ = [
+    "Principal",
+    "TokenCache",
+    "authorize",
+    "check_device_certificate",
+    "check_device_token",
+    "check_jwt",
+    "check_token",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +64,7 @@ class Principal:
     rule: str | None
     rights: Rights
     expires_at: float | None  # token se; None for anonymous senders
+    device_id: str | None = None  # set for device identities (rule is "device:{id}")
 
     @property
     def anonymous(self) -> bool:
@@ -98,6 +122,51 @@ def check_jwt(
     )
 
 
+def check_device_token(
+    token: DeviceToken,
+    device: Device | None,
+    *,
+    hc: HybridConnection,
+    right: Rights,
+    now: float,
+    grace: float = 0.0,
+    host: str | None = None,
+) -> Principal:
+    """Verify a device SAS token (``device_auth.verify_device_token``) as a principal."""
+    device, rights = verify_device_token(
+        token, device, hc_name=hc.name, right=right, now=now, grace=grace, host=host
+    )
+    return Principal(
+        rule=f"device:{device.device_id}",
+        rights=rights,
+        expires_at=float(token.expiry),
+        device_id=device.device_id,
+    )
+
+
+def check_device_certificate(
+    certificate: PeerCertificate,
+    device: Device | None,
+    *,
+    hc: HybridConnection,
+    right: Rights,
+    now: float,
+) -> Principal:
+    """Verify a TLS client certificate (``device_auth.verify_device_certificate``).
+
+    The principal expires with the certificate.
+    """
+    device, rights = verify_device_certificate(
+        certificate, device, hc_name=hc.name, right=right, now=now
+    )
+    return Principal(
+        rule=f"device:{device.device_id}",
+        rights=rights,
+        expires_at=certificate.not_after,
+        device_id=device.device_id,
+    )
+
+
 def check_token(
     token_text: str,
     *,
@@ -109,6 +178,7 @@ def check_token(
     host: str | None = None,
     path: str | None = None,
     jwt_issuers: Sequence[JwtIssuerConfig] = (),
+    device: Device | None = None,
 ) -> Principal:
     """Verify a SAS token for ``right`` on ``hc``; raises AuthError / ForbiddenError.
 
@@ -120,10 +190,18 @@ def check_token(
     ``jwt_issuers`` instead; without issuers it is refused with 401. Its rights
     cover the hybrid connection with every suffix; ``host`` does not apply (its
     ``aud`` names the relay).
+
+    A device SAS token (no ``skn``, ``sr`` naming a device) is checked against
+    ``device``, the identity it names as read from the store (None: unknown, 401).
     """
     bearer = bearer_token(token_text)
     if bearer is not None:
         return check_jwt(bearer, hc=hc, right=right, now=now, jwt_issuers=jwt_issuers, grace=grace)
+    device_token = parse_device_token(token_text)
+    if device_token is not None:
+        return check_device_token(
+            device_token, device, hc=hc, right=right, now=now, grace=grace, host=host
+        )
     token = parse_sas_token(token_text)
     rule = _find_rule(token.key_name, hc, namespace_rules)
     if rule is None:
@@ -186,14 +264,22 @@ def authorize(
     path: str | None = None,
     cache: TokenCache | None = None,
     jwt_issuers: Sequence[JwtIssuerConfig] = (),
+    device: Device | None = None,
+    certificate: PeerCertificate | None = None,
 ) -> Principal:
     """Authorize a handshake; senders of HCs without client authorization pass anonymously.
 
     ``token_text`` is a SAS token or a JWT bearer token (``Bearer <jwt>`` or the
     raw JWT), the latter verified against ``jwt_issuers``.
+
+    ``device`` and ``certificate`` come from ``device_auth.credentials``: the identity
+    a device token or (without a token) the TLS client certificate names, and the
+    certificate, which authenticates the request when no token is given.
     """
     if right == Rights.SEND and not hc.requires_client_authorization:
         return ANONYMOUS_SENDER
+    if not token_text and certificate is not None:
+        return check_device_certificate(certificate, device, hc=hc, right=right, now=now)
     if not token_text:
         raise AuthError("a token is required (ServiceBusAuthorization header or sb-hc-token)")
     key = (token_text, hc.name, right.value, path or hc.name, host)
@@ -210,7 +296,8 @@ def authorize(
         host=host,
         path=path,
         jwt_issuers=jwt_issuers,
+        device=device,
     )
-    if cache is not None:
+    if cache is not None and principal.device_id is None:
         cache.put(key, principal)
     return principal

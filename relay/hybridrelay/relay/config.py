@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from hybridrelay.config import Secret, Table, load_toml
@@ -34,6 +35,7 @@ from hybridrelay.relay.jwt_auth import (
 
 __all__ = [
     "DEV_RULE_NAME",
+    "ClientCertMode",
     "HybridConnectionConfig",
     "JwtIssuerConfig",
     "RelayConfig",
@@ -48,6 +50,12 @@ DEV_RULE_NAME = "RootManageSharedAccessKey"
 _ENTITY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 MAX_RULES_PER_SCOPE = 12  # HC §8.5
+ClientCertMode = Literal["none", "optional", "required"]
+_CLIENT_CERT_MODES: dict[str, ClientCertMode] = {
+    "none": "none",
+    "optional": "optional",
+    "required": "required",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +114,11 @@ class RelaySettings:
     drain_timeout: float = 10.0
     # A listener reconnecting with the sb-hc-id of a connected one replaces it at once.
     listener_takeover: bool = True
+    # TLS client certificates of devices (issue 5, device_auth.py): "none", "optional"
+    # or "required"; client_ca_file is the PEM bundle of device CA certificates (and of
+    # the self-signed certificates of thumbprint devices) the handshake trusts.
+    client_cert: ClientCertMode = "none"
+    client_ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,6 +327,8 @@ _ENV_TYPES: Mapping[str, type] = {
     "check_token_host": bool,
     "drain_timeout": float,
     "listener_takeover": bool,
+    "client_cert": str,
+    "client_ca_file": str,
 }
 
 
@@ -348,6 +363,13 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
     return merged
 
 
+def _client_cert_mode(table: Table) -> ClientCertMode:
+    mode = _CLIENT_CERT_MODES.get(table.get_str("client_cert", "none") or "none")
+    if mode is None:
+        raise table.error("client_cert", "must be none, optional or required")
+    return mode
+
+
 def _settings(table: Table) -> RelaySettings:
     d = RelaySettings()
     s = RelaySettings(
@@ -376,10 +398,16 @@ def _settings(table: Table) -> RelaySettings:
         check_token_host=table.get_bool("check_token_host", d.check_token_host),
         drain_timeout=table.get_float("drain_timeout", d.drain_timeout, maximum=3600),
         listener_takeover=table.get_bool("listener_takeover", d.listener_takeover),
+        client_cert=_client_cert_mode(table),
+        client_ca_file=table.get_str("client_ca_file"),
     )
     table.reject_unknown()
     if (s.tls_cert is None) != (s.tls_key is None):
         raise table.error("tls_cert", "tls_cert and tls_key must be given together")
+    if s.client_cert != "none" and s.tls_cert is None:
+        raise table.error("client_cert", "client certificates need TLS (tls_cert and tls_key)")
+    if s.client_cert != "none" and not s.client_ca_file:
+        raise table.error("client_ca_file", "required when client_cert is optional or required")
     if s.public_url:
         parts = urlsplit(s.public_url)
         try:

@@ -30,6 +30,7 @@ from hybridrelay.logs import RELAY, ConnectionLogger
 from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_hc_target
 from hybridrelay.protocol.messages import Accept, RemoteEndpoint
 from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
@@ -125,14 +126,18 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     hc, suffix = await _resolve(state, addr, create=True)
     if suffix:
         raise EntityNotFoundError("Endpoint does not exist.")
+    token = _token(request, addr)
+    creds = await device_auth.credentials(request, state.store, token)
     principal = authorize(
-        _token(request, addr),
+        token,
         hc=hc,
         namespace_rules=await state.store.namespace_rules(),
         right=Rights.LISTEN,
         now=state.now(),
         host=request.host if state.config.relay.check_token_host else None,
         jwt_issuers=state.config.jwt_issuers,
+        device=creds.device,
+        certificate=creds.certificate,
     )
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
@@ -151,6 +156,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
             now=state.now(),
             host=request.host if state.config.relay.check_token_host else None,
             jwt_issuers=state.config.jwt_issuers,
+            device=device_auth.known_device(state, token),
         )
         if fresh.expires_at is None:  # pragma: no cover - SAS tokens always expire
             raise AuthError("token without expiry")
@@ -179,7 +185,10 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         state.metrics.listeners.inc()
         clog.info("listener_connected", extra={"rule": principal.rule})
         try:
-            code = await channel.run()
+            async with device_auth.tracked(
+                state, principal, channel, hc_name=hc.name, right=Rights.LISTEN, device=creds.device
+            ):
+                code = await channel.run()
         finally:
             state.channels.discard(channel)
             state.metrics.listeners.dec()
@@ -199,8 +208,10 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     if hc.http is True:
         # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
-    authorize(
-        _token(request, addr),
+    token = _token(request, addr)
+    creds = await device_auth.credentials(request, state.store, token)
+    principal = authorize(
+        token,
         hc=hc,
         namespace_rules=await state.store.namespace_rules(),
         right=Rights.SEND,
@@ -209,6 +220,8 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         path=hc.name + suffix,
         cache=state.tokens,
         jwt_issuers=state.config.jwt_issuers,
+        device=creds.device,
+        certificate=creds.certificate,
     )
     handshake = parse_client_handshake(request.method, request.headers)
     allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
@@ -271,7 +284,10 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     state.metrics.connections.inc()
     state.metrics.active_connections.inc()
     try:
-        await splice.wait()
+        async with device_auth.tracked(
+            state, principal, splice, hc_name=hc.name, right=Rights.SEND, device=creds.device
+        ):
+            await splice.wait()
     finally:
         state.splices.discard(splice)
         state.cluster.stream_ended(handle)

@@ -56,6 +56,7 @@ from hybridrelay.protocol.frames import (
 )
 from hybridrelay.protocol.messages import RemoteEndpoint, Request, Response, decode, encode
 from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize
 from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import deliver_to_listener
@@ -190,7 +191,8 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     if hc.http is False:
         raise EntityNotFoundError("HTTP relaying is disabled for this hybrid connection")
     token, from_authorization = _token(request, target.token, hc.requires_client_authorization)
-    authorize(
+    creds = await device_auth.credentials(request, state.store, token)
+    principal = authorize(
         token,
         hc=hc,
         namespace_rules=await state.store.namespace_rules(),
@@ -199,6 +201,8 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         path=hc.name + suffix,
         cache=state.tokens,
         jwt_issuers=state.config.jwt_issuers,
+        device=creds.device,
+        certificate=creds.certificate,
     )
     if not await state.cluster.listener_count(hc.name):
         raise BadGatewayError("no listener is connected to this hybrid connection")
@@ -246,6 +250,9 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         pending.listener_id = candidate.listener_id
 
     try:
+        await device_auth.request_started(
+            state, principal, request, hc_name=hc.name, device=creds.device
+        )
         body = await request.read() if inline and has_body else None
         try:
             if inline:
@@ -282,6 +289,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         state.metrics.http_seconds.observe(asyncio.get_running_loop().time() - started)
         return await _stream_response(request, pending, response, state, timeout)
     finally:
+        device_auth.request_finished(state, request)
         state.cluster.discard_pending(key)
         state.http_requests.pop(request_id, None)
         if handle is not None:

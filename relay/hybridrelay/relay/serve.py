@@ -15,9 +15,10 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from hybridrelay.errors import ConfigError
 from hybridrelay.logs import RELAY
 from hybridrelay.relay.app import create_app
-from hybridrelay.relay.config import RelayConfig, complete
+from hybridrelay.relay.config import ClientCertMode, RelayConfig, complete
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE
 from hybridrelay.relay.store.sqlite import SqliteStore
@@ -29,9 +30,37 @@ log = logging.getLogger(RELAY)
 _FINAL_CLOSE_S = 1.0
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
+def tls_context(
+    cert: str,
+    key: str,
+    *,
+    client_cert: ClientCertMode = "none",
+    client_ca_file: str | None = None,
+) -> ssl.SSLContext:
+    """The server's TLS context; with ``client_cert`` it asks devices for certificates.
+
+    ``"optional"`` verifies a certificate when the client sends one, ``"required"``
+    refuses clients without one; either way only ``client_ca_file`` is trusted (never
+    the system CAs), and every certificate in it is a trust anchor, so a thumbprint
+    device's self-signed certificate listed there passes the handshake (Python's ssl
+    has no verify callback to accept unknown self-signed certificates). Expired and
+    untrusted certificates fail the handshake; ``device_auth`` maps the verified
+    certificate to a device.
+
+    Raises:
+        ConfigError: ``client_ca_file`` cannot be read or holds no certificate.
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    if client_cert != "none":
+        if not client_ca_file:
+            raise ConfigError("", "relay.client_ca_file", "required with client_cert")
+        try:
+            ctx.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(client_ca_file, "relay.client_ca_file", str(exc)) from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
 
 
@@ -51,6 +80,14 @@ async def run(
         on_app: called with the aiohttp application before it starts (tests inspect state).
     """
     s = config.relay
+    # Before anything is opened: a bad certificate or CA file fails the start cleanly.
+    ssl_ctx = (
+        tls_context(
+            s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+        )
+        if s.tls_cert and s.tls_key
+        else None
+    )
     # The embedded default store: one SQLite file under data_dir (config entities imported).
     app = create_app(config, store=await SqliteStore.open(config))
     if on_app is not None:
@@ -59,7 +96,6 @@ async def run(
         app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_timeout
     )
     await runner.setup()
-    ssl_ctx = tls_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
     site = web.TCPSite(
         runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024, reuse_address=True
     )

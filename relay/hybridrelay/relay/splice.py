@@ -303,6 +303,8 @@ class Splice:
         close_timeout: seconds a leg gets to answer a close the relay sent on its own
             (peer vanished, protocol error, shutdown) before its TCP connection is cut.
         on_finish: called once with (bytes sender->listener, bytes listener->sender).
+        hc_name: the hybrid connection relayed, so that deleting it can shut the splice
+            (``reactions.py``); ``PendingConnect`` fills it in when not given.
     """
 
     def __init__(
@@ -310,7 +312,9 @@ class Splice:
         *,
         close_timeout: float,
         on_finish: Callable[[int, int], None] | None = None,
+        hc_name: str | None = None,
     ) -> None:
+        self.hc_name = hc_name
         self.sender = Leg("sender", self)
         self.listener = Leg("listener", self)
         self.sender.peer = self.listener

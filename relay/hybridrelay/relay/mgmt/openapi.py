@@ -1,0 +1,522 @@
+"""The OpenAPI 3.1 document of ``/$mgmt/v1``, written by hand and served at ``/openapi.json``.
+
+It is a plain dict so that it reads like the document it produces; the helpers below
+only remove repetition (responses, parameters, list envelopes). The test suite
+validates it (openapi-spec-validator) and runs schemathesis against the relay with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from typing import Final
+
+__all__ = ["build_openapi", "openapi_json"]
+
+Doc = dict[str, object]
+
+_REF: Final = "#/components/schemas/"
+
+
+def _ref(name: str) -> Doc:
+    return {"$ref": _REF + name}
+
+
+def _json_content(schema: Doc) -> Doc:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str) -> Doc:
+    return {"description": description, "content": _json_content(_ref("Error"))}
+
+
+_ERRORS: Final[dict[str, Doc]] = {
+    "400": _error("Invalid input; the message names the field (and a bad character)."),
+    "401": _error("No token, or a malformed, unknown, badly signed or expired one."),
+    "403": _error("A valid token without the Manage right (or a quota is exceeded)."),
+    "404": _error("The resource does not exist."),
+}
+
+
+def _responses(ok: dict[str, Doc], *extra: str) -> Doc:
+    more = {
+        "409": _error("Exists already, owned by the config file, or changed concurrently."),
+        "412": _error("If-Match names another etag."),
+    }
+    doc: Doc = {**ok, **_ERRORS}
+    for code in extra:
+        doc[code] = more[code]
+    return doc
+
+
+def _ok(description: str, schema: str, *, etag: bool = False, paged: bool = False) -> Doc:
+    doc: Doc = {"description": description, "content": _json_content(_ref(schema))}
+    if etag:
+        doc["headers"] = {"ETag": {"schema": {"type": "string"}}}
+    if paged:
+        doc["headers"] = {
+            "x-ms-continuation": {
+                "description": "The continuationToken of the body; absent on the last page.",
+                "schema": {"type": "string"},
+            }
+        }
+    return doc
+
+
+_NO_CONTENT: Final[Doc] = {"description": "Deleted."}
+
+
+def _param(name: str, where: str, schema: Doc, description: str, *, required: bool) -> Doc:
+    return {
+        "name": name,
+        "in": where,
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_HC_NAME: Final = _param(
+    "name",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Hybrid connection name; may contain '/' (sent as is: the server matches the rest of "
+    "the path and splits off /rules... from its end). Case-insensitive.",
+    required=True,
+)
+_RULE_NAME: Final = _param(
+    "rule",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Rule name: letters, digits, '.', '_' and '-', starting alphanumeric. Case-insensitive.",
+    required=True,
+)
+_DEVICE_ID: Final = _param(
+    "deviceId",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Up to 128 ASCII letters, digits and - . + % _ # * ? ! ( ) , : = @ $ ' (percent-encode "
+    "them in the URL). Case-sensitive.",
+    required=True,
+)
+_IF_MATCH: Final = _param(
+    "If-Match",
+    "header",
+    {"type": "string"},
+    'An etag (bare, "quoted" or W/"weak") or * for any existing version.',
+    required=False,
+)
+_PAGING: Final = (
+    _param(
+        "top",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": 1000},
+        "Page size (hybrid connections: default 100; devices: default 1000).",
+        required=False,
+    ),
+    _param(
+        "continuationToken",
+        "query",
+        {"type": "string"},
+        "Where the next page starts: the continuationToken of the previous page.",
+        required=False,
+    ),
+    _param(
+        "x-ms-continuation",
+        "header",
+        {"type": "string"},
+        "The same token as a header (IoT Hub style); the query parameter wins.",
+        required=False,
+    ),
+)
+
+
+def _list_of(item: str) -> Doc:
+    return {
+        "type": "object",
+        "required": ["value", "continuationToken", "nextLink"],
+        "properties": {
+            "value": {"type": "array", "items": _ref(item)},
+            "continuationToken": {
+                "type": ["string", "null"],
+                "description": "Null on the last page; also sent as x-ms-continuation.",
+            },
+            "nextLink": {
+                "type": ["string", "null"],
+                "description": "Relative URL of the next page.",
+            },
+        },
+    }
+
+
+_TIME: Final[Doc] = {
+    "type": "string",
+    "description": "ISO 8601 UTC; 0001-01-01T00:00:00Z means never.",
+}
+_RIGHTS: Final[Doc] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "string", "enum": ["Listen", "Send", "Manage"]},
+}
+
+_HC_SETTABLE: Final[dict[str, Doc]] = {
+    "requiresClientAuthorization": {"type": "boolean", "default": True},
+    "http": {
+        "type": ["boolean", "null"],
+        "description": "true: HTTP-mode listeners only; false: WebSocket only; null: both.",
+    },
+    "maxListeners": {"type": "integer", "minimum": 1, "maximum": 10000},
+    "requestTimeout": {
+        "type": ["number", "null"],
+        "minimum": 0.1,
+        "maximum": 3600,
+        "description": "HTTP mode, seconds; null: the relay's setting.",
+    },
+    "userMetadata": {"type": "string", "description": "At most 1 KiB of UTF-8."},
+}
+
+_SCHEMAS: Final[dict[str, Doc]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "trackingId"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "trackingId": {"type": "string"},
+                },
+            }
+        },
+    },
+    "HybridConnectionInput": {
+        "type": "object",
+        "description": "PUT replaces every field (omitted ones take their defaults); "
+        "PATCH changes the fields given.",
+        "properties": _HC_SETTABLE,
+    },
+    "HybridConnection": {
+        "type": "object",
+        "required": ["name", "createdAt", "updatedAt", "listenerCount", "configOwned", "etag"],
+        "properties": {
+            "name": {"type": "string"},
+            **_HC_SETTABLE,
+            "createdAt": _TIME,
+            "updatedAt": _TIME,
+            "listenerCount": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Listeners connected now (cluster-wide).",
+            },
+            "configOwned": {
+                "type": "boolean",
+                "description": "Imported from the config file: the API cannot change or delete it.",
+            },
+            "etag": {"type": "string"},
+        },
+    },
+    "HybridConnectionList": _list_of("HybridConnection"),
+    "RuleInput": {
+        "type": "object",
+        "required": ["rights"],
+        "properties": {"rights": _RIGHTS},
+    },
+    "Rule": {
+        "type": "object",
+        "required": ["name", "rights", "configOwned"],
+        "properties": {
+            "name": {"type": "string"},
+            "rights": _RIGHTS,
+            "configOwned": {"type": "boolean"},
+            "primaryKey": {"type": "string", "description": "Not in lists."},
+            "secondaryKey": {"type": ["string", "null"], "description": "Not in lists."},
+        },
+    },
+    "RuleList": _list_of("Rule"),
+    "RegenerateInput": {
+        "type": "object",
+        "required": ["keyType"],
+        "properties": {
+            "keyType": {
+                "type": "string",
+                "enum": ["primary", "secondary", "PrimaryKey", "SecondaryKey"],
+            },
+            "key": {
+                "type": "string",
+                "minLength": 16,
+                "description": "The new key; a random 256-bit key when omitted.",
+            },
+        },
+    },
+    "Authentication": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["sas", "selfSigned", "certificateAuthority"]},
+            "symmetricKey": {
+                "type": "object",
+                "description": "Base64 of 16 to 64 bytes each; both generated when omitted.",
+                "properties": {
+                    "primaryKey": {"type": ["string", "null"]},
+                    "secondaryKey": {"type": ["string", "null"]},
+                },
+            },
+            "x509Thumbprint": {
+                "type": "object",
+                "description": "SHA-1 or SHA-256 hex thumbprints (selfSigned).",
+                "properties": {
+                    "primaryThumbprint": {"type": ["string", "null"]},
+                    "secondaryThumbprint": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+    "Grants": {
+        "type": "object",
+        "description": "Hybrid connection names or fnmatch patterns the device may use.",
+        "properties": {
+            "listen": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+            "send": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+        },
+    },
+    "DeviceInput": {
+        "type": "object",
+        "description": "Server-set fields (generationId, etag, times, connectionState) "
+        "are ignored when sent.",
+        "properties": {
+            "deviceId": {"type": "string", "description": "Must equal the path's deviceId."},
+            "status": {"type": "string", "enum": ["enabled", "disabled"]},
+            "statusReason": {"type": ["string", "null"], "maxLength": 128},
+            "authentication": _ref("Authentication"),
+            "grants": _ref("Grants"),
+        },
+    },
+    "Device": {
+        "type": "object",
+        "required": ["deviceId", "generationId", "etag", "status", "connectionState"],
+        "properties": {
+            "deviceId": {"type": "string"},
+            "generationId": {
+                "type": "string",
+                "description": "Differs when a deleted deviceId is created again.",
+            },
+            "etag": {"type": "string", "description": "Changes on every write."},
+            "status": {"type": "string", "enum": ["enabled", "disabled"]},
+            "statusReason": {"type": ["string", "null"]},
+            "statusUpdateTime": _TIME,
+            "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
+            "connectionStateUpdatedTime": _TIME,
+            "lastActivityTime": _TIME,
+            "authentication": _ref("Authentication"),
+            "grants": _ref("Grants"),
+        },
+    },
+    "DeviceList": _list_of("Device"),
+}
+
+
+def _body(schema: str, *, required: bool = True) -> Doc:
+    return {"required": required, "content": _json_content(_ref(schema))}
+
+
+def _rule_paths(prefix: str, scope_params: list[Doc], scope: str) -> dict[str, Doc]:
+    one = [*scope_params, _RULE_NAME]
+    return {
+        f"{prefix}/rules": {
+            "get": {
+                "operationId": f"list{scope}Rules",
+                "summary": f"List the {scope.lower() or 'namespace'} rules (without keys).",
+                "parameters": scope_params,
+                "responses": _responses({"200": _ok("The rules.", "RuleList")}),
+            }
+        },
+        f"{prefix}/rules/{{rule}}": {
+            "parameters": one,
+            "get": {
+                "operationId": f"get{scope}Rule",
+                "summary": "Get a rule with its keys.",
+                "responses": _responses({"200": _ok("The rule with keys.", "Rule")}),
+            },
+            "put": {
+                "operationId": f"put{scope}Rule",
+                "summary": "Create a rule (two fresh keys) or change its rights; 12 per scope.",
+                "requestBody": _body("RuleInput"),
+                "responses": _responses(
+                    {
+                        "200": _ok("Changed; with keys.", "Rule"),
+                        "201": _ok("Created; with keys.", "Rule"),
+                    },
+                    "409",
+                ),
+            },
+            "delete": {
+                "operationId": f"delete{scope}Rule",
+                "summary": "Delete a rule; tokens signed with its keys fail at once.",
+                "responses": _responses({"204": _NO_CONTENT}, "409"),
+            },
+        },
+        f"{prefix}/rules/{{rule}}/regenerate": {
+            "parameters": one,
+            "post": {
+                "operationId": f"regenerate{scope}RuleKey",
+                "summary": "Replace the primary or secondary key; old tokens fail at once.",
+                "requestBody": _body("RegenerateInput"),
+                "responses": _responses({"200": _ok("The rule with keys.", "Rule")}, "409"),
+            },
+        },
+    }
+
+
+def build_openapi() -> Doc:
+    """The document; a deep copy each call, so callers may change it."""
+    return copy.deepcopy(_document())
+
+
+def _document() -> Doc:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hybridrelay management API",
+            "version": "1",
+            "description": (
+                "Hybrid connections, SAS rules and device identities of one relay namespace. "
+                "Every operation needs the Manage right: a SAS token of a namespace rule with "
+                "Manage whose sr is the namespace (http://host/) or covers the request path, "
+                "or a JWT whose manage grants match '$mgmt' (e.g. scope hc:manage:*), in the "
+                "Authorization or ServiceBusAuthorization header. Lists page with top and "
+                "continuationToken (or the x-ms-continuation header). Errors are "
+                '{"error": {"code", "message", "trackingId"}}.'
+            ),
+        },
+        "servers": [{"url": "/$mgmt/v1"}],
+        "security": [{"sasToken": []}, {"serviceBusAuthorization": []}, {"bearer": []}],
+        "paths": {
+            "/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document (no token needed).",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/hybridconnections": {
+                "get": {
+                    "operationId": "listHybridConnections",
+                    "summary": "List hybrid connections in order of the lower-cased name.",
+                    "parameters": list(_PAGING),
+                    "responses": _responses(
+                        {"200": _ok("One page.", "HybridConnectionList", paged=True)}
+                    ),
+                }
+            },
+            "/hybridconnections/{name}": {
+                "parameters": [_HC_NAME],
+                "get": {
+                    "operationId": "getHybridConnection",
+                    "summary": "Get a hybrid connection with its live listener count.",
+                    "responses": _responses(
+                        {"200": _ok("The hybrid connection.", "HybridConnection", etag=True)}
+                    ),
+                },
+                "put": {
+                    "operationId": "putHybridConnection",
+                    "summary": "Create or replace a hybrid connection (its rules are kept).",
+                    "parameters": [_IF_MATCH],
+                    "requestBody": _body("HybridConnectionInput", required=False),
+                    "responses": _responses(
+                        {
+                            "200": _ok("Replaced.", "HybridConnection", etag=True),
+                            "201": _ok("Created.", "HybridConnection", etag=True),
+                        },
+                        "409",
+                        "412",
+                    ),
+                },
+                "patch": {
+                    "operationId": "patchHybridConnection",
+                    "summary": "Change some fields of a hybrid connection.",
+                    "parameters": [_IF_MATCH],
+                    "requestBody": _body("HybridConnectionInput"),
+                    "responses": _responses(
+                        {"200": _ok("Changed.", "HybridConnection", etag=True)}, "409", "412"
+                    ),
+                },
+                "delete": {
+                    "operationId": "deleteHybridConnection",
+                    "summary": "Delete a hybrid connection and its rules; its listeners and "
+                    "streams are closed with 1001.",
+                    "parameters": [_IF_MATCH],
+                    "responses": _responses({"204": _NO_CONTENT}, "409", "412"),
+                },
+            },
+            **_rule_paths("/hybridconnections/{name}", [_HC_NAME], "HybridConnection"),
+            **_rule_paths("", [], "Namespace"),
+            "/devices": {
+                "get": {
+                    "operationId": "listDevices",
+                    "summary": "List device identities in byte order of the deviceId.",
+                    "parameters": list(_PAGING),
+                    "responses": _responses({"200": _ok("One page.", "DeviceList", paged=True)}),
+                }
+            },
+            "/devices/{deviceId}": {
+                "parameters": [_DEVICE_ID],
+                "get": {
+                    "operationId": "getDevice",
+                    "summary": "Get a device identity (with its keys).",
+                    "responses": _responses({"200": _ok("The device.", "Device", etag=True)}),
+                },
+                "put": {
+                    "operationId": "putDevice",
+                    "summary": "Create (no If-Match) or replace (If-Match) a device identity.",
+                    "parameters": [_IF_MATCH],
+                    "requestBody": _body("DeviceInput", required=False),
+                    "responses": _responses(
+                        {
+                            "200": _ok("Replaced.", "Device", etag=True),
+                            "201": _ok("Created.", "Device", etag=True),
+                        },
+                        "409",
+                        "412",
+                    ),
+                },
+                "delete": {
+                    "operationId": "deleteDevice",
+                    "summary": "Delete a device identity (If-Match optional; * when absent).",
+                    "parameters": [_IF_MATCH],
+                    "responses": _responses({"204": _NO_CONTENT}, "412"),
+                },
+            },
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "sasToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "SharedAccessSignature sr=...&sig=...&se=...&skn=... "
+                    "or Bearer <jwt>.",
+                },
+                "serviceBusAuthorization": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "ServiceBusAuthorization",
+                },
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
+    }
+
+
+@functools.cache
+def openapi_json() -> str:
+    """The document as JSON text, built once."""
+    return json.dumps(_document(), separators=(",", ":"))

@@ -1,0 +1,214 @@
+"""What the relay does at once when the store changes (issue 5, "Effects").
+
+:class:`Reactions` subscribes to the store's change events (from this node's
+writes and, with a shared store, every other node's) for the lifetime of the app
+(:func:`reactions_ctx`, an aiohttp cleanup context) and applies them to this
+node's live state:
+
+- A rule created, changed, regenerated or deleted, a hybrid connection written or
+  deleted, a device written or deleted, or a ``reset``: the verified-token cache
+  (``RelayState.tokens``) is cleared, so the next handshake with a token signed by
+  a regenerated-away key is checked again and refused (401).
+- A hybrid connection deleted: its control channels on this node are closed with
+  1001 and its open relayed streams are shut with 1001 (the splices carry their
+  hybrid connection's name). A ``reset`` (events may have been missed) does the
+  same for every hybrid connection with channels here that no longer exists.
+- A device disabled or deleted: the callbacks registered with
+  :meth:`Reactions.on_device_revoked` (reach it as ``request.app[REACTIONS]``) are
+  called with a :class:`DeviceRevoked`. This module does not know which
+  connections belong to a device; code that does can register here instead of
+  subscribing to the store itself (``device_auth.py`` currently subscribes itself
+  and closes the device's connections with 1008). A ``reset`` calls them with
+  ``device_id=None``: re-check every device you hold.
+
+Callbacks run on the event loop, must not block and should not raise (an exception
+is logged and the next callback still runs).
+
+Not covered here (see the issue 5 notes): control channels already open keep
+renewing their tokens against the rules captured when they connected, because
+``hc_endpoints._listen`` snapshots them; and a hybrid connection has no "disabled"
+state in the model, so "deleted" is the only state that closes its listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Literal, assert_never
+
+from aiohttp import web
+
+from hybridrelay.logs import RELAY
+from hybridrelay.relay.state import RelayState
+from hybridrelay.relay.store.models import ChangeEvent
+
+__all__ = [
+    "REACTIONS",
+    "DeviceRevoked",
+    "DeviceRevokedCallback",
+    "Reactions",
+    "reactions_ctx",
+]
+
+log = logging.getLogger(RELAY)
+
+DELETED_CODE: Final = 1001  # "going away" (RFC 6455 §7.4.1): the endpoint is gone
+RevokeReason = Literal["disabled", "deleted", "reset"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRevoked:
+    """A device may no longer connect: close what it has open, refuse what comes next.
+
+    ``device_id`` is None only with ``reason="reset"``: events may have been missed,
+    so every device with live connections must be looked up again.
+    """
+
+    device_id: str | None
+    reason: RevokeReason
+
+
+DeviceRevokedCallback = Callable[[DeviceRevoked], None]
+
+
+class Reactions:
+    """Applies store change events to one relay node's live state."""
+
+    def __init__(self, state: RelayState) -> None:
+        self._state = state
+        self._device_hooks: list[DeviceRevokedCallback] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._unsubscribe is None:
+            self._unsubscribe = self._state.store.subscribe(self.on_change)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- the device authentication hook ---------------------------------------------------
+
+    def on_device_revoked(self, callback: DeviceRevokedCallback) -> Callable[[], None]:
+        """Call ``callback`` whenever a device is disabled or deleted.
+
+        Returns:
+            A function that unregisters ``callback`` (idempotent).
+        """
+        self._device_hooks.append(callback)
+
+        def unregister() -> None:
+            if callback in self._device_hooks:
+                self._device_hooks.remove(callback)
+
+        return unregister
+
+    def _revoke(self, event: DeviceRevoked) -> None:
+        for callback in list(self._device_hooks):
+            try:
+                callback(event)
+            except Exception:  # one hook's bug must not keep the others from running
+                log.exception("device_revoked_hook_failed", extra={"device": event.device_id})
+
+    # --- store events ---------------------------------------------------------------------
+
+    def on_change(self, event: ChangeEvent) -> None:
+        """The store callback: runs on the loop, never blocks; slow work goes to tasks."""
+        # Every kind can invalidate a cached verification: keys and rules (rule), the
+        # rules that vanish with a hybrid connection (hybridConnection), device tokens
+        # cached by the device authentication (device), anything (reset).
+        self._state.tokens.clear()
+        match event.kind:
+            case "rule":
+                pass
+            case "hybridConnection":
+                if event.op == "deleted":
+                    self.close_hybrid_connection(event.name, "hybrid connection deleted")
+            case "device":
+                if event.op == "deleted":
+                    self._revoke(DeviceRevoked(device_id=event.name, reason="deleted"))
+                elif event.op == "updated" and self._device_hooks:
+                    self._spawn(functools.partial(self._check_device, event.name), "device-check")
+            case "reset":
+                self._revoke(DeviceRevoked(device_id=None, reason="reset"))
+                self._spawn(self._check_hybrid_connections, "reset-check")
+            case _:
+                assert_never(event.kind)
+
+    def close_hybrid_connection(self, name: str, reason: str) -> int:
+        """Shut this node's open streams and control channels of ``name`` (1001).
+
+        Returns:
+            How many control channels are being closed.
+        """
+        wanted = name.strip("/").lower()
+        shut = 0
+        for splice in list(self._state.splices):
+            if splice.hc_name is not None and splice.hc_name.strip("/").lower() == wanted:
+                splice.shutdown(DELETED_CODE, reason)
+                shut += 1
+        channels = [c for c in list(self._state.channels) if c.hc_name.strip("/").lower() == wanted]
+        for channel in channels:
+            self._spawn(
+                functools.partial(channel.close, DELETED_CODE, reason),
+                f"close:{channel.listener_id}",
+            )
+        if channels or shut:
+            log.info(
+                "hybrid_connection_closed",
+                extra={"hc": name, "listeners": len(channels), "streams": shut, "reason": reason},
+            )
+        return len(channels)
+
+    async def _check_device(self, device_id: str) -> None:
+        device = await self._state.store.get_device(device_id)
+        if device is None:
+            self._revoke(DeviceRevoked(device_id=device_id, reason="deleted"))
+        elif device.status == "disabled":
+            self._revoke(DeviceRevoked(device_id=device_id, reason="disabled"))
+
+    async def _check_hybrid_connections(self) -> None:
+        names = {c.hc_name for c in self._state.channels}
+        names.update(s.hc_name for s in self._state.splices if s.hc_name is not None)
+        for name in sorted(names):
+            if await self._state.store.get(name) is None:
+                self.close_hybrid_connection(name, "hybrid connection deleted")
+
+    # --- owned tasks ----------------------------------------------------------------------
+
+    def _spawn(self, work: Callable[[], Awaitable[None]], name: str) -> None:
+        # A factory, not a coroutine object: a task cancelled before it starts (at
+        # stop()) then leaves no never-awaited coroutine behind.
+        task = asyncio.create_task(self._guard(work), name=f"reactions:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guard(work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception:  # top level of a task we own: log our bug, keep reacting
+            log.exception("reaction_failed")
+
+
+REACTIONS: Final = web.AppKey("hybridrelay_reactions", Reactions)
+
+
+async def reactions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: subscribe at startup, unsubscribe and finish at cleanup."""
+    reactions = app[REACTIONS]
+    reactions.start()
+    yield
+    await reactions.stop()
