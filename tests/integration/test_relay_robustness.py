@@ -278,3 +278,29 @@ async def test_takeover_off_refuses_duplicate_id(relay_factory) -> None:
         assert info.value.status == 409
     finally:
         await first.stop()
+
+
+async def test_renewal_after_key_regeneration_is_refused(relay: InProcessRelay) -> None:
+    from hybridrelay.protocol.sas import Rights
+
+    store = relay.state.store
+    rule, _ = await store.put_rule(None, "rotating", Rights.LISTEN)
+    listener = await RawListener(
+        relay.url, "echo", key_name="rotating", key=rule.primary_key
+    ).start()
+    assert listener.control is not None
+    url = listen_url(relay.url, "echo")
+    # The current key renews fine ...
+    await listener.control.send(
+        encode(RenewToken(token=token_for(url, "rotating", rule.primary_key, ttl=7200)))
+    )
+    (channel,) = relay.state.channels
+    await _wait_until(lambda: (channel.expires_at or 0) > time.time() + 3600, seconds(5))
+    # ... but once the key is regenerated, a renewal signed with the old one closes the channel.
+    await store.regenerate_key(None, "rotating", "primary")
+    await listener.control.send(
+        encode(RenewToken(token=token_for(url, "rotating", rule.primary_key, ttl=7200)))
+    )
+    code, _ = await listener.wait_control_closed(seconds(5))
+    assert code == 1008
+    await listener.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import WSMsgType, web
 
@@ -34,7 +34,7 @@ __all__ = ["ControlChannel"]
 _SEND_TIMEOUT = 10.0
 
 # renew(token) -> new expiry (unix seconds); raises AuthError when the token is refused.
-Renewer = Callable[[str], float]
+Renewer = Callable[[str], Awaitable[float]]
 
 
 class ControlChannel:
@@ -157,7 +157,7 @@ class ControlChannel:
             return
         if isinstance(message, RenewToken):
             try:
-                self.expires_at = self._renew(message.token)
+                self.expires_at = await self._renew(message.token)
             except AuthError as exc:
                 self._log.warning("token_renewal_refused", extra={"reason": str(exc)})
                 await self.close(1008, f"token renewal refused: {exc}"[:120])

@@ -145,13 +145,17 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     ws = web.WebSocketResponse(
         protocols=(), compress=False, autoping=False, max_msg_size=_CONTROL_MAX_MESSAGE, timeout=5.0
     )
-    rules = await state.store.namespace_rules()
 
-    def renew(token: str) -> float:
+    async def renew(token: str) -> float:
+        # Read rules afresh: a key regenerated or a rule deleted since this listener
+        # connected must refuse its next renewal too, not only new connects.
+        current = await state.store.get(hc.name)
+        if current is None:
+            raise AuthError("the hybrid connection was deleted")
         fresh = check_token(
             token,
-            hc=hc,
-            namespace_rules=rules,
+            hc=current,
+            namespace_rules=await state.store.namespace_rules(),
             right=Rights.LISTEN,
             now=state.now(),
             host=request.host if state.config.relay.check_token_host else None,
@@ -230,7 +234,9 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         raise NoListenerError("no listener is connected to this hybrid connection")
 
     splice = Splice(
-        close_timeout=state.config.relay.close_timeout, on_finish=state.metrics.count_bytes
+        close_timeout=state.config.relay.close_timeout,
+        on_finish=state.metrics.count_bytes,
+        hc_name=hc.name,
     )
     pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
     key = state.cluster.add_pending(pending)

@@ -32,12 +32,6 @@ class PendingConnect:
     future: asyncio.Future[object]
     splice: Splice
 
-    def __post_init__(self) -> None:
-        # The splice is made for exactly this hybrid connection; record it there so
-        # that deleting the hybrid connection can find its open streams (reactions.py).
-        if self.splice.hc_name is None:
-            self.splice.hc_name = self.hc_name
-
 
 class BodyPipe:
     """One response body flowing from a listener to an HTTP sender, bounded by bytes.
