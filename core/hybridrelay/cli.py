@@ -1,4 +1,4 @@
-"""``hybridrelay``: relay serve | listen | forward | token | demo.
+"""``hybridrelay``: relay serve | listen | forward | token | demo | admin.
 
 parse arguments -> load config -> lazy-import the component -> run it under
 one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
@@ -178,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
     demo.add_argument("--messages", type=int, default=5)
+
+    from hybridrelay.client.admin_cli import add_admin_parser
+
+    add_admin_parser(sub)
     return parser
 
 
@@ -415,6 +419,12 @@ def _demo(args: argparse.Namespace) -> None:
     _run(lambda stop: run_demo(stop, messages=args.messages))
 
 
+def _admin(args: argparse.Namespace) -> None:
+    from hybridrelay.client.admin_cli import run_admin
+
+    run_admin(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hybridrelay`` console script."""
     args = _parser().parse_args(argv)
@@ -427,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "forward": _forward,
         "token": _token,
         "demo": _demo,
+        "admin": _admin,
     }
     try:
         commands[args.command](args)

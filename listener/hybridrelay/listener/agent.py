@@ -273,7 +273,13 @@ class Listener:
             # have a rendezvous socket open; open one for each so they can finish.
             await self._secure_exchanges()
             async with self._control_lock:  # never between a response header and its body
-                await ws.close(1000, "listener stopping")
+                # Half-close: accepts the relay sent before it saw our close still arrive
+                # and are served, instead of leaving their senders to time out.
+                await ws.close_write(1000, "listener stopping")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._drain_timeout or 1.0):
+                    await ws.wait_closed()
+            ws.abort()
 
         closer = asyncio.create_task(close_on_stop())
         renewer = asyncio.create_task(self._renew_loop(ws, token))

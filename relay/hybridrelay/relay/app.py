@@ -15,7 +15,11 @@ from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_conne
 from hybridrelay.relay.health import healthz, metrics, readyz
 from hybridrelay.relay.http_mode import drop_invented_headers, handle_http
 from hybridrelay.relay.metrics import RelayMetrics
-from hybridrelay.relay.mgmt import add_routes as add_mgmt_routes
+from hybridrelay.relay.mgmt import (
+    add_routes as add_mgmt_routes,
+    events as mgmt_events,
+    jobs as mgmt_jobs,
+)
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
 from hybridrelay.relay.state import STATE, RelayState
@@ -62,6 +66,8 @@ def create_app(
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(reactions_ctx)  # torn down before _lifecycle closes the store
     device_auth.install(app)  # after _lifecycle: stops watching before the store closes
+    mgmt_events.install(app)  # after _lifecycle: stops before the store closes
+    mgmt_jobs.install(app)  # after _lifecycle: jobs are cancelled before the store closes
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(drop_invented_headers)
     return app

@@ -1,7 +1,8 @@
 """RelayConfig: the ``[relay]``, ``[[rules]]`` and ``[[hybrid_connections]]`` schema.
 
 ``[[jwt_issuers]]`` adds the identity providers whose JWT bearer tokens the
-relay accepts besides SAS (issue 5; see ``jwt_auth.py``).
+relay accepts besides SAS (issue 5; see ``jwt_auth.py``). ``[[webhooks]]`` adds
+the URLs that lifecycle events are POSTed to (issue 5; see ``mgmt/events.py``).
 
 Parsed, completed, validated, then frozen (style §3.6). ``HYBRIDRELAY_{KEY}``
 environment variables override the ``[relay]`` keys (``HYBRIDRELAY_PORT=9000``).
@@ -35,12 +36,14 @@ from hybridrelay.relay.jwt_auth import (
 
 __all__ = [
     "DEV_RULE_NAME",
+    "WEBHOOK_EVENTS",
     "ClientCertMode",
     "HybridConnectionConfig",
     "JwtIssuerConfig",
     "RelayConfig",
     "RelaySettings",
     "RuleConfig",
+    "WebhookConfig",
     "development_config",
     "load_relay_config",
     "validate_entity_name",
@@ -94,6 +97,38 @@ class JwtIssuerConfig:
     rights_claim: str = "hc"
 
 
+# The lifecycle event types (opType) of ``mgmt/events.py``; a webhook may filter on them.
+WEBHOOK_EVENTS = (
+    "createDeviceIdentity",
+    "deleteDeviceIdentity",
+    "listenerOnline",
+    "listenerOffline",
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    """One ``[[webhooks]]`` table: where lifecycle events are POSTed (issue 5).
+
+    ``header_name``/``header_value`` (TOML ``secret_header`` and ``secret``) are sent
+    with every delivery so the receiver can tell the relay from anyone else; the
+    value never reaches a log. ``events`` filters on opType (empty: all). A delivery
+    is tried up to ``max_attempts`` times with full-jitter exponential backoff
+    between ``retry_base_delay`` and ``retry_max_delay`` seconds.
+    """
+
+    url: str
+    header_name: str | None = None
+    header_value: Secret | None = None
+    events: tuple[str, ...] = ()
+    max_attempts: int = 5
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    timeout: float = 10.0
+    queue_size: int = 1000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RelaySettings:
     host: str = "127.0.0.1"
@@ -127,6 +162,7 @@ class RelayConfig:
     rules: tuple[RuleConfig, ...] = ()
     hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
     jwt_issuers: tuple[JwtIssuerConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
     source: str = "<defaults>"
 
     def hybrid_connection(self, name: str) -> HybridConnectionConfig | None:
@@ -309,6 +345,42 @@ def _jwt_issuers(top: Table, base_dir: Path) -> tuple[JwtIssuerConfig, ...]:
     return tuple(issuers)
 
 
+def _webhook(table: Table) -> WebhookConfig:
+    url = table.req_str("url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error("url", "must be an http:// or https:// URL with a host")
+    header_name = table.get_str("secret_header")
+    secret = table.get_str("secret")
+    if (header_name is None) != (secret is None):
+        raise table.error("secret_header", "secret_header and secret go together")
+    if header_name is not None and not _HEADER_NAME.match(header_name):
+        raise table.error("secret_header", "must be an HTTP header name")
+    if secret is not None and (not secret or not all(31 < ord(c) < 127 for c in secret)):
+        raise table.error("secret", "must be visible ASCII text")
+    events = table.str_list("events")
+    for event in events:
+        if event not in WEBHOOK_EVENTS:
+            raise table.error("events", f"{event!r} is not one of {', '.join(WEBHOOK_EVENTS)}")
+    base = table.get_float("retry_base_delay", 0.5, minimum=0.0, maximum=3600.0)
+    cap = table.get_float("retry_max_delay", 30.0, minimum=0.0, maximum=3600.0)
+    if cap < base:
+        raise table.error("retry_max_delay", "must not be less than retry_base_delay")
+    webhook = WebhookConfig(
+        url=url,
+        header_name=header_name,
+        header_value=Secret(secret) if secret is not None else None,
+        events=events,
+        max_attempts=table.get_int("max_attempts", 5, minimum=1, maximum=100),
+        retry_base_delay=base,
+        retry_max_delay=cap,
+        timeout=table.get_float("timeout", 10.0, minimum=0.1, maximum=300.0),
+        queue_size=table.get_int("queue_size", 1000, minimum=1, maximum=1_000_000),
+    )
+    table.reject_unknown()
+    return webhook
+
+
 _ENV_TYPES: Mapping[str, type] = {
     "host": str,
     "port": int,
@@ -456,6 +528,7 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
             raise top.error("hybrid_connections", f"{hc.name!r} is defined twice")
         seen.add(hc.name.lower())
     jwt_issuers = _jwt_issuers(top, Path(path).parent)
+    webhooks = tuple(_webhook(t) for t in top.tables("webhooks"))
     top.reject_unknown()
     if not rules and not any(hc.rules for hc in hcs) and not jwt_issuers:
         raise top.error("rules", "no SAS rule is defined; nobody could listen")
@@ -464,6 +537,7 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
         rules=tuple(rules),
         hybrid_connections=tuple(hcs),
         jwt_issuers=jwt_issuers,
+        webhooks=webhooks,
         source=str(path),
     )
 

@@ -188,6 +188,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         state.channels.add(channel)
         state.metrics.listeners.inc()
         clog.info("listener_connected", extra={"rule": principal.rule})
+        state.events.publish_listener(True, hc.name, listener_id, creds.device)
         try:
             async with device_auth.tracked(
                 state, principal, channel, hc_name=hc.name, right=Rights.LISTEN, device=creds.device
@@ -196,6 +197,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         finally:
             state.channels.discard(channel)
             state.metrics.listeners.dec()
+            state.events.publish_listener(False, hc.name, listener_id, creds.device)
             _fail_requests_of(state, channel)
         clog.info("listener_disconnected", extra={"code": code})
     finally:

@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -20,7 +20,17 @@ from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.base import Store
 
+if TYPE_CHECKING:
+    from hybridrelay.relay.mgmt.events import EventHub
+
 __all__ = ["STATE", "RelayState"]
+
+
+def _event_hub() -> EventHub:
+    # Imported late: the management package imports this module.
+    from hybridrelay.relay.mgmt.events import EventHub
+
+    return EventHub()
 
 
 @dataclass(eq=False)
@@ -36,6 +46,7 @@ class RelayState:
     http_requests: dict[str, PendingRequest] = field(default_factory=dict)
     tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
+    events: EventHub = field(default_factory=_event_hub)
 
     @property
     def public_url(self) -> str:

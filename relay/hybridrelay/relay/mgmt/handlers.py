@@ -49,6 +49,8 @@ from hybridrelay.errors import (
 )
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
+from hybridrelay.relay.mgmt.events import handle_events
+from hybridrelay.relay.mgmt.jobs import job_routes
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
@@ -518,6 +520,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/rules/{rule}/regenerate", _namespace_regenerate),
         ("/devices", _collection(_list_devices)),
         ("/devices/{device:.+}", _device),
+        ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
+        *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
     )
     for path, handler in routes:
         router.add_route("*", MGMT_PREFIX + path, handler)

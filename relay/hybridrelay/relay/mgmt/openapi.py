@@ -177,6 +177,42 @@ _HC_SETTABLE: Final[dict[str, Doc]] = {
 }
 
 _SCHEMAS: Final[dict[str, Doc]] = {
+    "Event": {
+        "type": "object",
+        "description": "A lifecycle event (GET /events, webhooks).",
+        "required": ["sequenceNumber", "properties", "body"],
+        "properties": {
+            "sequenceNumber": {"type": "integer", "minimum": 1},
+            "properties": {
+                "type": "object",
+                "required": ["opType", "hubName", "operationTimestamp"],
+                "properties": {
+                    "opType": {
+                        "type": "string",
+                        "enum": [
+                            "createDeviceIdentity",
+                            "deleteDeviceIdentity",
+                            "listenerOnline",
+                            "listenerOffline",
+                        ],
+                    },
+                    "hubName": {
+                        "type": "string",
+                        "description": "Device events: the relay's public host; listener "
+                        "events: the hybrid connection.",
+                    },
+                    "deviceId": {"type": "string"},
+                    "operationTimestamp": {"type": "string", "format": "date-time"},
+                    "listenerId": {"type": "string"},
+                },
+            },
+            "body": {
+                "type": "object",
+                "description": "Device events: the device document (key values null); "
+                "listener events: hybridConnection and listenerId.",
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -369,6 +405,39 @@ def _rule_paths(prefix: str, scope_params: list[Doc], scope: str) -> dict[str, D
     }
 
 
+# Lifecycle notifications (mgmt/events.py): a stream, so it is described here once.
+_EVENTS_PATH: Final[Doc] = {
+    "get": {
+        "operationId": "streamEvents",
+        "summary": "Lifecycle events (createDeviceIdentity, deleteDeviceIdentity, "
+        "listenerOnline, listenerOffline) as Server-Sent Events (Accept: text/event-stream: "
+        "id = sequenceNumber, event = opType, data = the Event as JSON, a comment every 15 s) "
+        "or, on a WebSocket upgrade, one JSON text message per Event. Last-Event-ID (or "
+        "lastEventId) replays the last 1,000 events after it. A subscriber too far behind "
+        "gets a final error event and is disconnected.",
+        "parameters": [
+            _param(
+                "lastEventId",
+                "query",
+                {"type": "integer", "minimum": 0},
+                "Resume after this sequenceNumber (the Last-Event-ID header wins).",
+                required=False,
+            )
+        ],
+        "responses": _responses(
+            {
+                "200": {
+                    "description": "The event stream (never ends by itself).",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "101": {"description": "Switching to a WebSocket (one Event per text message)."},
+                "406": _error("Neither Accept: text/event-stream nor a WebSocket upgrade."),
+            }
+        ),
+    }
+}
+
+
 def build_openapi() -> Doc:
     """The document; a deep copy each call, so callers may change it."""
     return copy.deepcopy(_document())
@@ -494,6 +563,7 @@ def _document() -> Doc:
                     "responses": _responses({"204": _NO_CONTENT}, "412"),
                 },
             },
+            "/events": _EVENTS_PATH,
         },
         "components": {
             "schemas": _SCHEMAS,

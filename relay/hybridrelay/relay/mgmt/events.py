@@ -1,0 +1,577 @@
+"""Lifecycle notifications (issue 5): ``GET /$mgmt/v1/events`` and ``[[webhooks]]``.
+
+:class:`EventHub` (one per relay node, ``RelayState.events``) turns what happens into
+events and fans them out:
+
+- Store change events for devices: ``created`` → ``createDeviceIdentity`` (the body is
+  the device document re-read from the store), ``deleted`` → ``deleteDeviceIdentity``
+  (the body is the last document this hub saw, else ``{"deviceId": id}``). With a
+  shared store every node sees every device's events, so each node publishes them.
+- Listeners of this node (``hc_endpoints._listen``): ``listenerOnline`` after the 101
+  and ``listenerOffline`` when the control channel ends.
+
+Every event is ``{"sequenceNumber", "properties", "body"}``. ``properties`` has IoT
+Hub's names: ``opType``, ``hubName``, ``deviceId`` (absent when no device is
+involved) and ``operationTimestamp`` (ISO 8601 UTC, when it happened). For device
+events ``hubName`` is the relay's public host (``RelayState.via_name``), as IoT Hub
+puts its hub's name there; for listener events it is the hybrid connection's name and
+``listenerId`` names the listener (``deviceId`` is the device whose token opened it).
+Device bodies are the document ``GET /devices/{id}`` answers, with the symmetric key
+values replaced by null: events reach webhooks, which must not learn device keys.
+
+``sequenceNumber`` increases by one per event on this node and starts at 1 when the
+process starts; events are published in the order they happened on this node. The
+last :data:`HISTORY` events are kept for resuming.
+
+Delivery:
+
+- ``GET /$mgmt/v1/events`` (Manage right) with ``Accept: text/event-stream``:
+  Server-Sent Events, ``id:`` = sequenceNumber, ``event:`` = opType, ``data:`` = the
+  event as JSON, a ``: heartbeat`` comment every 15 s. ``Last-Event-ID`` (or
+  ``?lastEventId=``) replays the kept events after it; an id ahead of this node's
+  sequence (the node restarted) replays everything kept. Without that ``Accept``
+  header the answer is 406 (a plain HTTP client would otherwise wait for ever).
+- The same URL as a WebSocket upgrade: one JSON text message per event.
+- Each subscriber has a bounded queue (:data:`SUBSCRIBER_QUEUE`). A subscriber that
+  falls that far behind is dropped: it gets one final ``error`` event
+  (``{"error": {"code": "SubscriberTooSlow", ...}}``) and the stream ends; it may
+  reconnect with ``Last-Event-ID``.
+- Webhooks: each ``[[webhooks]]`` entry gets the events its ``events`` filter lets
+  through, POSTed one by one as JSON in order, through a bounded queue (a full queue
+  drops the event with a log line). A 2xx is delivered; a connection error, timeout,
+  408, 429 or 5xx is retried with full-jitter exponential backoff up to
+  ``max_attempts``; other answers and the last failed attempt give up with a
+  ``webhook_gave_up`` log line. The relay's URL of the event is never logged with
+  a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import aiohttp
+from aiohttp import web
+
+from hybridrelay.backoff import Backoff
+from hybridrelay.errors import ValidationError
+from hybridrelay.logs import RELAY, redact_url
+from hybridrelay.relay.config import WebhookConfig
+from hybridrelay.relay.mgmt.access import authorize_manage
+from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.store.models import ChangeEvent, Device, format_time
+
+__all__ = [
+    "HEARTBEAT_S",
+    "HISTORY",
+    "SUBSCRIBER_QUEUE",
+    "Event",
+    "EventHub",
+    "Subscription",
+    "handle_events",
+    "install",
+]
+
+log = logging.getLogger(RELAY)
+
+HISTORY: Final = 1000
+SUBSCRIBER_QUEUE: Final = 256
+HEARTBEAT_S: Final = 15.0
+_INBOX: Final = 10_000  # occurrences waiting to become events (device re-reads are async)
+_DOC_CACHE: Final = 10_000  # last known device documents, for the bodies of deletions
+_MAX_EVENT_ID: Final = 2**63
+
+OpType = Literal[
+    "createDeviceIdentity", "deleteDeviceIdentity", "listenerOnline", "listenerOffline"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event; ``data`` is its JSON text (what every transport sends)."""
+
+    sequence: int
+    op_type: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Occurrence:
+    op_type: OpType
+    hub_name: str
+    device_id: str | None
+    at: float
+    listener_id: str | None = None
+    refresh_only: bool = False  # a device was updated: refresh its cached document
+
+
+class _Closed:
+    """The end of a subscription: the hub stopped, or the subscriber was too slow."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str | None) -> None:
+        self.error = error
+
+
+class Subscription:
+    """One subscriber: replayed events first, then live ones; ``None`` from get() ends it."""
+
+    def __init__(self, replay: list[Event], size: int) -> None:
+        self._replay = deque(replay)
+        self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue(maxsize=size + 1)
+        self._size = size
+        self.closed: _Closed | None = None
+
+    def _offer(self, event: Event) -> bool:
+        """Queue ``event``; False when the subscriber is too far behind (then it is closed)."""
+        if self.closed is not None:
+            return True
+        if self._queue.qsize() >= self._size:
+            self._close("SubscriberTooSlow")
+            return False
+        self._queue.put_nowait(event)
+        return True
+
+    def _close(self, error: str | None) -> None:
+        if self.closed is not None:
+            return
+        self.closed = _Closed(error)
+        # What is queued is dropped: the subscriber resumes with Last-Event-ID.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(self.closed)
+
+    async def get(self) -> Event | _Closed:
+        if self._replay:
+            return self._replay.popleft()
+        return await self._queue.get()
+
+
+class _Webhook:
+    """One ``[[webhooks]]`` target: a bounded queue and one delivering task."""
+
+    def __init__(self, config: WebhookConfig, rng: random.Random) -> None:
+        self.config = config
+        self._rng = rng
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._where = redact_url(config.url)
+
+    def wants(self, event: Event) -> bool:
+        return not self.config.events or event.op_type in self.config.events
+
+    def offer(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            log.warning(
+                "webhook_queue_full",
+                extra={"url": self._where, "sequence": event.sequence, "event": event.op_type},
+            )
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        self._task = asyncio.create_task(self._run(session), name=f"webhook:{self._where}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self._deliver(session, event)
+            except Exception:  # top level of a task we own: log our bug, keep delivering
+                log.exception("webhook_failed", extra={"url": self._where})
+
+    async def _deliver(self, session: aiohttp.ClientSession, event: Event) -> None:
+        cfg = self.config
+        headers = {"Content-Type": "application/json", "X-HybridRelay-Event": event.op_type}
+        if cfg.header_name is not None and cfg.header_value is not None:
+            headers[cfg.header_name] = cfg.header_value.value
+        backoff = Backoff(base=cfg.retry_base_delay, cap=cfg.retry_max_delay, rng=self._rng)
+        why = ""
+        for attempt in range(1, cfg.max_attempts + 1):
+            try:
+                async with session.post(
+                    cfg.url,
+                    data=event.data.encode("utf-8"),
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+                    allow_redirects=False,
+                ) as resp:
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                why = type(exc).__name__
+            else:
+                if 200 <= status < 300:
+                    return
+                why = f"HTTP {status}"
+                if not (status in (408, 429) or status >= 500):
+                    break
+            if attempt < cfg.max_attempts:
+                log.info(
+                    "webhook_retry",
+                    extra={"url": self._where, "sequence": event.sequence, "why": why},
+                )
+                await asyncio.sleep(backoff.next_delay())
+        log.warning(
+            "webhook_gave_up",
+            extra={
+                "url": self._where,
+                "sequence": event.sequence,
+                "event": event.op_type,
+                "why": why,
+            },
+        )
+
+
+def _redacted(doc: dict[str, object]) -> dict[str, object]:
+    auth = doc.get("authentication")
+    if isinstance(auth, dict) and isinstance(auth.get("symmetricKey"), dict):
+        doc = {
+            **doc,
+            "authentication": {**auth, "symmetricKey": {"primaryKey": None, "secondaryKey": None}},
+        }
+    return doc
+
+
+class EventHub:
+    """This node's lifecycle events: sequence, history, subscribers and webhooks."""
+
+    def __init__(
+        self,
+        *,
+        history: int = HISTORY,
+        queue_size: int = SUBSCRIBER_QUEUE,
+        heartbeat: float = HEARTBEAT_S,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.heartbeat = heartbeat
+        self._queue_size = queue_size
+        self._now = now
+        self._sequence = 0
+        self._history: deque[Event] = deque(maxlen=history)
+        self._subscribers: set[Subscription] = set()
+        self._webhooks: list[_Webhook] = []
+        self._docs: OrderedDict[str, dict[str, object]] = OrderedDict()
+        self._inbox: asyncio.Queue[_Occurrence] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._state: RelayState | None = None
+
+    @property
+    def sequence(self) -> int:
+        """The sequence number of the last published event (0: none yet)."""
+        return self._sequence
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, state: RelayState) -> None:
+        if self._worker is not None:
+            return
+        self._state = state
+        self._inbox = asyncio.Queue(maxsize=_INBOX)
+        self._worker = asyncio.create_task(self._work(self._inbox), name="events:publish")
+        self._unsubscribe = state.store.subscribe(self.on_change)
+        self._webhooks = [_Webhook(w, state.rng) for w in state.config.webhooks]
+        if self._webhooks:
+            self._session = aiohttp.ClientSession()
+            for webhook in self._webhooks:
+                webhook.start(self._session)
+
+    def close_subscribers(self) -> None:
+        """End every stream (at shutdown, so that no handler waits for its heartbeat)."""
+        for subscription in list(self._subscribers):
+            subscription._close(None)
+        self._subscribers.clear()
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.close_subscribers()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for webhook in self._webhooks:
+            await webhook.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._inbox = None
+
+    # --- what happens ---------------------------------------------------------------------
+
+    def on_change(self, event: ChangeEvent) -> None:
+        """The store callback: device creations and deletions become events."""
+        if event.kind != "device" or self._state is None:
+            return
+        if event.op == "created":
+            op: OpType = "createDeviceIdentity"
+        elif event.op == "deleted":
+            op = "deleteDeviceIdentity"
+        else:
+            if event.name in self._docs:  # keep the last known document current
+                self._enqueue(
+                    _Occurrence(
+                        "createDeviceIdentity", "", event.name, self._now(), refresh_only=True
+                    )
+                )
+            return
+        self._enqueue(_Occurrence(op, self._state.via_name, event.name, self._now()))
+
+    def publish_listener(
+        self, online: bool, hc_name: str, listener_id: str, device: Device | None = None
+    ) -> None:
+        """A listener of this node came online (after the 101) or went offline."""
+        self._enqueue(
+            _Occurrence(
+                "listenerOnline" if online else "listenerOffline",
+                hc_name,
+                device.device_id if device is not None else None,
+                self._now(),
+                listener_id,
+            )
+        )
+
+    def _enqueue(self, occurrence: _Occurrence) -> None:
+        if self._inbox is None:
+            return  # not started (or stopped): nobody can receive it
+        try:
+            self._inbox.put_nowait(occurrence)
+        except asyncio.QueueFull:
+            log.warning("event_dropped", extra={"event": occurrence.op_type})
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def _work(self, inbox: asyncio.Queue[_Occurrence]) -> None:
+        while True:
+            occurrence = await inbox.get()
+            try:
+                await self._handle(occurrence)
+            except Exception:  # top level of a task we own: log our bug, keep publishing
+                log.exception("event_failed", extra={"event": occurrence.op_type})
+
+    async def _device_doc(self, device_id: str) -> dict[str, object] | None:
+        if self._state is None:
+            return None
+        device = await self._state.store.get_device(device_id)
+        if device is None:
+            self._docs.pop(device_id, None)
+            return None
+        doc = _redacted(device.to_json())
+        self._docs[device_id] = doc
+        self._docs.move_to_end(device_id)
+        while len(self._docs) > _DOC_CACHE:
+            self._docs.popitem(last=False)
+        return doc
+
+    async def _handle(self, o: _Occurrence) -> None:
+        body: dict[str, object]
+        if o.refresh_only:
+            if o.device_id is not None:
+                await self._device_doc(o.device_id)
+            return
+        if o.op_type == "createDeviceIdentity" and o.device_id is not None:
+            body = await self._device_doc(o.device_id) or {"deviceId": o.device_id}
+        elif o.op_type == "deleteDeviceIdentity" and o.device_id is not None:
+            body = self._docs.pop(o.device_id, {}) or {"deviceId": o.device_id}
+        else:
+            body = {"hybridConnection": o.hub_name, "listenerId": o.listener_id}
+        properties: dict[str, object] = {"opType": o.op_type, "hubName": o.hub_name}
+        if o.device_id is not None:
+            properties["deviceId"] = o.device_id
+        properties["operationTimestamp"] = format_time(o.at)
+        if o.listener_id is not None:
+            properties["listenerId"] = o.listener_id
+        self.publish(o.op_type, properties, body)
+
+    def publish(self, op_type: str, properties: dict[str, object], body: object) -> Event:
+        """Number an event, keep it in the history and hand it to every subscriber."""
+        self._sequence += 1
+        doc = {"sequenceNumber": self._sequence, "properties": properties, "body": body}
+        event = Event(self._sequence, op_type, json.dumps(doc, separators=(",", ":")))
+        self._history.append(event)
+        for subscription in list(self._subscribers):
+            if not subscription._offer(event):
+                self._subscribers.discard(subscription)
+                log.warning("event_subscriber_dropped", extra={"sequence": event.sequence})
+        for webhook in self._webhooks:
+            if webhook.wants(event):
+                webhook.offer(event)
+        return event
+
+    # --- subscribers ----------------------------------------------------------------------
+
+    def subscribe(self, last_event_id: int | None = None) -> Subscription:
+        """A new subscriber; with ``last_event_id``, the kept events after it come first."""
+        replay: list[Event] = []
+        if last_event_id is not None:
+            after = last_event_id if last_event_id <= self._sequence else 0
+            replay = [e for e in self._history if e.sequence > after]
+        subscription = Subscription(replay, self._queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+        subscription._close(None)
+
+
+# --- GET /$mgmt/v1/events ----------------------------------------------------------------------
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    text = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        raise ValidationError("Last-Event-ID", "must be the sequenceNumber of an event")
+    value = int(text)
+    if value >= _MAX_EVENT_ID:
+        raise ValidationError("Last-Event-ID", "must be the sequenceNumber of an event")
+    return value
+
+
+def _sse_frame(event: Event) -> bytes:
+    return f"id: {event.sequence}\nevent: {event.op_type}\ndata: {event.data}\n\n".encode()
+
+
+def _error_doc(code: str) -> str:
+    message = "the subscriber fell too far behind; reconnect with Last-Event-ID"
+    return json.dumps({"error": {"code": code, "message": message}})
+
+
+async def _next(hub: EventHub, subscription: Subscription) -> Event | _Closed | None:
+    """The next event or end; None when a heartbeat is due."""
+    try:
+        async with asyncio.timeout(hub.heartbeat):
+            return await subscription.get()
+    except TimeoutError:
+        return None
+
+
+async def _serve_sse(
+    request: web.Request, hub: EventHub, subscription: Subscription
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await response.write(b": connected\n\n")
+        while True:
+            item = await _next(hub, subscription)
+            if item is None:
+                await response.write(b": heartbeat\n\n")
+            elif isinstance(item, _Closed):
+                if item.error is not None:
+                    await response.write(
+                        f"event: error\ndata: {_error_doc(item.error)}\n\n".encode()
+                    )
+                break
+            else:
+                await response.write(_sse_frame(item))
+    return response
+
+
+async def _serve_websocket(
+    request: web.Request, hub: EventHub, subscription: Subscription
+) -> web.StreamResponse:
+    ws = web.WebSocketResponse(heartbeat=hub.heartbeat, compress=False, max_msg_size=4096)
+    await ws.prepare(request)
+
+    async def read() -> None:
+        # Nothing is expected from the subscriber; its close ends the subscription.
+        async for _ in ws:
+            pass
+        hub.unsubscribe(subscription)
+
+    reader = asyncio.create_task(read(), name="events:ws-read")
+    try:
+        while not ws.closed:
+            item = await _next(hub, subscription)
+            if item is None:
+                continue  # aiohttp's heartbeat pings
+            if isinstance(item, _Closed):
+                if item.error is not None:
+                    await ws.send_str(_error_doc(item.error))
+                break
+            await ws.send_str(item.data)
+    except ConnectionError:
+        pass
+    finally:
+        await ws.close()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return ws
+
+
+async def handle_events(request: web.Request) -> web.StreamResponse:
+    """``/$mgmt/v1/events``: Server-Sent Events or a WebSocket (Manage right)."""
+    request[ACTION_KEY] = "mgmt"
+    if request.method != "GET":
+        refusal = error_response(405, "MethodNotAllowed", f"{request.method} is not allowed here")
+        refusal.headers["Allow"] = "GET"
+        return refusal
+    state = request.app[STATE]
+    await authorize_manage(request, state)
+    last = _last_event_id(request)
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if not upgrade and "text/event-stream" not in request.headers.get("Accept", "").lower():
+        return error_response(
+            406,
+            "NotAcceptable",
+            "this is an event stream: send Accept: text/event-stream, or upgrade to a WebSocket",
+        )
+    hub = state.events
+    subscription = hub.subscribe(last)
+    try:
+        if upgrade:
+            return await _serve_websocket(request, hub, subscription)
+        return await _serve_sse(request, hub, subscription)
+    finally:
+        hub.unsubscribe(subscription)
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await state.events.start(state)
+    yield
+    await state.events.stop()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE].events.close_subscribers()
+
+
+def install(app: web.Application) -> None:
+    """Start the hub with the app (after the store opens) and end streams at shutdown."""
+    app.cleanup_ctx.append(_events_ctx)
+    app.on_shutdown.append(_on_shutdown)
