@@ -28,7 +28,7 @@ from hybridrelay.errors import (
 )
 from hybridrelay.logs import RELAY, ConnectionLogger
 from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_hc_target
-from hybridrelay.protocol.messages import Accept, RemoteEndpoint
+from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize, check_token
@@ -39,6 +39,7 @@ from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
+from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingConnect
 from hybridrelay.relay.splice import Splice, take_over
 from hybridrelay.relay.state import STATE, RelayState
@@ -64,13 +65,6 @@ def _split_target(request: web.Request) -> tuple[str, str]:
     raw = request.raw_path
     path, _, query = raw.partition("?")
     return path, query
-
-
-def _remote(request: web.Request) -> RemoteEndpoint | None:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return RemoteEndpoint(address=str(peer[0]), port=int(peer[1]))
-    return None
 
 
 def _connect_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
@@ -255,7 +249,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         ),
         id=tracking_id,
         connect_headers=_connect_headers(request.headers),
-        remote_endpoint=_remote(request),
+        remote_endpoint=remote_endpoint(request),
     )
     try:
         handle = await deliver_to_listener(

@@ -54,13 +54,14 @@ from hybridrelay.protocol.frames import (
     encode_frame,
     encode_frame_header,
 )
-from hybridrelay.protocol.messages import RemoteEndpoint, Request, Response, decode, encode
+from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize
 from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import STATE, RelayState
@@ -162,13 +163,6 @@ def _token(
     return None, False
 
 
-def _remote(request: web.Request) -> RemoteEndpoint | None:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return RemoteEndpoint(address=str(peer[0]), port=int(peer[1]))
-    return None
-
-
 def _header_block_size(request: web.Request) -> int:
     return sum(len(k) + len(v) + 4 for k, v in request.headers.items())
 
@@ -217,7 +211,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         id=request_id,
         request_target=target.request_target,
         method=request.method,
-        remote_endpoint=_remote(request),
+        remote_endpoint=remote_endpoint(request),
         request_headers=_request_headers(request, drop_authorization=from_authorization),
         body=has_body,
     )
