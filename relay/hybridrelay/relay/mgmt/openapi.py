@@ -350,6 +350,110 @@ _SCHEMAS: Final[dict[str, Doc]] = {
         },
     },
     "DeviceList": _list_of("Device"),
+    "ImportError": {
+        "type": "object",
+        "required": ["line", "deviceId", "errorCode", "errorStatus", "message"],
+        "properties": {
+            "line": {"type": "integer", "minimum": 1, "description": "1-based line number."},
+            "deviceId": {"type": ["string", "null"], "description": "Null when unknown."},
+            "errorCode": {"type": "string"},
+            "errorStatus": {"type": "integer"},
+            "message": {"type": "string"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["jobId", "type", "status", "progress", "startTime", "endTime"],
+        "properties": {
+            "jobId": {"type": "string"},
+            "type": {"type": "string", "enum": ["export", "import"]},
+            "status": {"type": "string", "enum": ["enqueued", "running", "completed", "failed"]},
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "startTime": _TIME,
+            "endTime": _TIME,
+            "deviceCount": {
+                "type": "integer",
+                "description": "Export: devices written; import: non-blank lines read.",
+            },
+            "failureReason": {"type": ["string", "null"]},
+            "outputUrl": {"type": ["string", "null"], "description": "Export jobs only."},
+            "succeeded": {"type": "integer", "description": "Import jobs only."},
+            "failed": {"type": "integer", "description": "Import jobs only."},
+            "errorCount": {"type": "integer", "description": "Import jobs only."},
+            "errors": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": _ref("ImportError"),
+                "description": "Import jobs only: the first 1,000 line errors.",
+            },
+            "errorsUrl": {"type": "string", "description": "Import jobs only."},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["value"],
+        "properties": {"value": {"type": "array", "items": _ref("Job")}},
+    },
+}
+
+_JOB_ID: Final = _param("jobId", "path", {"type": "string"}, "The job's id.", required=True)
+_NDJSON_OK: Final[Doc] = {
+    "description": "JSON Lines, streamed.",
+    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+}
+_JOB_PATHS: Final[dict[str, Doc]] = {
+    "/jobs": {
+        "get": {
+            "operationId": "listJobs",
+            "summary": "The most recent export and import jobs (newest first, at most 100).",
+            "responses": _responses({"200": _ok("The jobs.", "JobList")}),
+        }
+    },
+    "/jobs/export": {
+        "post": {
+            "operationId": "exportDevices",
+            "summary": "Start a job that writes every device document as JSON Lines.",
+            "responses": _responses({"202": _ok("The job, enqueued.", "Job")}),
+        }
+    },
+    "/jobs/import": {
+        "post": {
+            "operationId": "importDevices",
+            "summary": "Start a job that applies JSON Lines of device documents, each with "
+            "importMode create, update (create or replace; the default), updateIfMatchETag, "
+            "delete or deleteIfMatchETag. Lines are at most 64 KiB, the body 256 MiB (413). "
+            "A bad line is reported with its number and the batch goes on.",
+            "requestBody": {
+                "required": False,
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            },
+            "responses": _responses({"202": _ok("The job, enqueued.", "Job")}),
+        }
+    },
+    "/jobs/{jobId}": {
+        "parameters": [_JOB_ID],
+        "get": {
+            "operationId": "getJob",
+            "summary": "A job's status, counts and (import) first 1,000 line errors.",
+            "responses": _responses({"200": _ok("The job.", "Job")}),
+        },
+    },
+    "/jobs/{jobId}/output": {
+        "parameters": [_JOB_ID],
+        "get": {
+            "operationId": "getJobOutput",
+            "summary": "A completed export's device documents (404 before it completes).",
+            "responses": _responses({"200": _NDJSON_OK}),
+        },
+    },
+    "/jobs/{jobId}/errors": {
+        "parameters": [_JOB_ID],
+        "get": {
+            "operationId": "getJobErrors",
+            "summary": "Every line error of a completed import, as JSON Lines of ImportError.",
+            "responses": _responses({"200": _NDJSON_OK}),
+        },
+    },
 }
 
 
@@ -564,6 +668,7 @@ def _document() -> Doc:
                 },
             },
             "/events": _EVENTS_PATH,
+            **_JOB_PATHS,
         },
         "components": {
             "schemas": _SCHEMAS,
