@@ -192,12 +192,13 @@ async def test_lifecycle_events_stream_and_webhook(
         "listenerOffline",
     ]
     ids = [e.id for e in events]
-    assert ids == sorted(ids) and len(set(ids)) == 4 and ids == [ids[0] + i for i in range(4)]
+    assert ids == [ids[0] + i for i in range(4)]
     for event in events:
         assert event.data["sequenceNumber"] == event.id
         assert event.data["properties"]["opType"] == event.event
         stamp = event.data["properties"]["operationTimestamp"]
-        assert stamp.endswith("Z") and "T" in stamp
+        assert stamp.endswith("Z")
+        assert "T" in stamp
 
     create, delete, online, offline = (e.data for e in events)
     for doc in (create, delete):
@@ -318,6 +319,7 @@ async def test_webhook_gives_up_after_max_attempts(
 
 
 def test_webhook_config_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
     base = f'[[rules]]\nname = "r"\nkey = "{ROOT_KEY}"\nrights = ["Manage"]\n'
     cases = {
         'url = "ftp://127.0.0.1/x"': "url",
@@ -326,7 +328,6 @@ def test_webhook_config_is_checked(tmp_path: Path) -> None:
         'url = "http://127.0.0.1/x"\nbogus = 1': "bogus",
     }
     for body, key in cases.items():
-        path = tmp_path / "relay.toml"
         path.write_text(base + "[[webhooks]]\n" + body + "\n", "utf-8")
         with pytest.raises(ConfigError, match=key):
             load_relay_config(path, {})
@@ -334,4 +335,5 @@ def test_webhook_config_is_checked(tmp_path: Path) -> None:
         base + '[[webhooks]]\nurl = "http://127.0.0.1/x"\nevents = ["listenerOnline"]\n', "utf-8"
     )
     (webhook,) = load_relay_config(path, {}).webhooks
-    assert webhook.events == ("listenerOnline",) and webhook.max_attempts == 5
+    assert webhook.events == ("listenerOnline",)
+    assert webhook.max_attempts == 5

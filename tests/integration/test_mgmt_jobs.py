@@ -70,7 +70,8 @@ class Jobs:
                 if seen is not None and (not seen or seen[-1] != job["status"]):
                     seen.append(job["status"])
                 if job["status"] in ("completed", "failed"):
-                    return job
+                    done: dict[str, Any] = job
+                    return done
                 await asyncio.sleep(0.02)  # polling the status endpoint
 
     async def run(self, path: str, body: bytes | None = None) -> dict[str, Any]:
@@ -263,7 +264,9 @@ async def test_import_modes(relay: InProcessRelay, session: aiohttp.ClientSessio
     assert after["m0"]["generationId"] == devices["m0"]["generationId"]  # replaced, not re-created
 
 
-async def test_job_listing_and_lookups(relay: InProcessRelay, session: aiohttp.ClientSession) -> None:
+async def test_job_listing_and_lookups(
+    relay: InProcessRelay, session: aiohttp.ClientSession
+) -> None:
     jobs = jobs_of(relay, session)
     first = await jobs.run("/jobs/export")
     second = await jobs.run("/jobs/import", b"")
