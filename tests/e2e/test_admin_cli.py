@@ -239,7 +239,7 @@ async def test_import_export_round_trip(
 async def test_events_tail(admin: Callable[..., Awaitable[Result]]) -> None:
     from hybridrelay.client.admin import AdminClient
 
-    tail = asyncio.create_task(admin("events", "tail", "--count", "1"))
+    tail: asyncio.Future[Result] = asyncio.ensure_future(admin("events", "tail", "--count", "1"))
     async with AdminClient(os.environ["HYBRIDRELAY_ADMIN_RELAY"], ROOT, ROOT_KEY) as client:
         for i in range(50):  # until the tail has subscribed and seen one
             await client.create_device(f"ev-{i}", {})
