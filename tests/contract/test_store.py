@@ -690,3 +690,17 @@ async def test_a_failing_subscriber_does_not_stop_the_others(open_store: StoreFa
     queue = _listen(store)
     await store.create_device(Device(device_id="still-delivered"))
     assert await _next(queue) == ("device", "created", "still-delivered", None)
+
+
+async def test_hybrid_connection_status_round_trips(open_store: StoreFactory) -> None:
+    store = await open_store()
+    stored, created = await store.put_hybrid_connection(HybridConnection(name="sw"))
+    assert created
+    assert stored.status == "enabled"
+    disabled, _ = await store.put_hybrid_connection(replace(stored, status="disabled"))
+    assert disabled.status == "disabled"
+    assert disabled.etag != stored.etag
+    got = await store.get("sw")
+    assert got is not None
+    assert got.status == "disabled"
+    assert HybridConnection.from_json(got.to_json()).status == "disabled"

@@ -287,6 +287,46 @@ async def test_delete_closes_listeners_with_1001_and_open_streams(
         await bystander.stop()
 
 
+async def test_disable_closes_listeners_and_refuses_until_enabled(
+    api: Api, relay: InProcessRelay
+) -> None:
+    assert (await api.call("PUT", "/hybridconnections/switchable", {})).status == 201
+    listener = await RawListener(relay.url, "switchable").start()
+    try:
+        sender = await send(relay.url, "switchable")
+        started = asyncio.get_running_loop().time()
+        patched = await api.call("PATCH", "/hybridconnections/switchable", {"status": "disabled"})
+        assert patched.status == 200
+        assert patched.body["status"] == "disabled"
+        code, _ = await listener.wait_control_closed(seconds(1))
+        assert code == 1001
+        assert asyncio.get_running_loop().time() - started < seconds(1)
+        with pytest.raises(ConnectionClosedError) as closed:
+            async with asyncio.timeout(seconds(1)):
+                await sender.recv()
+        assert closed.value.code == 1001
+        for attempt in (
+            lambda: RawListener(relay.url, "switchable").start(),
+            lambda: send(relay.url, "switchable"),
+        ):
+            with pytest.raises(HandshakeError) as info:
+                await attempt()
+            assert info.value.status == 403
+            assert "disabled" in info.value.body
+        enabled = await api.call("PATCH", "/hybridconnections/switchable", {"status": "enabled"})
+        assert enabled.body["status"] == "enabled"
+        again = await RawListener(relay.url, "switchable").start()
+        ws = await send(relay.url, "switchable")
+        await ws.send("back")
+        assert await ws.recv() == "back"
+        await ws.close()
+        await again.stop()
+        bad = await api.call("PATCH", "/hybridconnections/switchable", {"status": "paused"})
+        assert bad.status == 400
+    finally:
+        await listener.stop()
+
+
 # --- rules ----------------------------------------------------------------------------------
 
 

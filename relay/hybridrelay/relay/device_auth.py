@@ -15,8 +15,10 @@ to the hybrid connections its ``grants`` name, in one of two ways:
   the certificate's subject CN is the deviceId. A ``selfSigned`` device must present a
   certificate whose SHA-1 or SHA-256 thumbprint is its registered primary or
   secondary one; a ``certificateAuthority`` device one that chains to a CA certificate
-  in ``client_ca_file`` (the TLS handshake verified the chain; a self-issued
-  certificate never counts as CA-signed). Expired and untrusted certificates never
+  in ``client_ca_file`` or to a CA certificate registered and verified through the
+  management API (the TLS handshake verified the chain; ``ca_trust.py`` refuses
+  certificates whose runtime CA has since been deleted; a self-issued certificate
+  never counts as CA-signed). Expired and untrusted certificates never
   finish the handshake. A token, when the request carries one, takes precedence.
 
 Statuses (HC Part 1 §7): unknown device, wrong key or certificate, disabled device,
@@ -53,7 +55,7 @@ import logging
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -62,6 +64,7 @@ from aiohttp import web
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
 from hybridrelay.logs import RELAY
 from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay import ca_trust
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.models import ChangeEvent, Device
@@ -315,6 +318,9 @@ class PeerCertificate:
         sha256: Upper-case hex SHA-256 thumbprint.
         self_issued: Subject equals issuer (not signed by a CA).
         not_after: End of validity, Unix seconds (None if unreadable).
+        der: The DER certificate.
+        ca_revoked: It was issued by a CA certificate that is no longer registered and
+            verified (``ca_trust.revoked``): refused.
     """
 
     common_name: str | None
@@ -322,6 +328,8 @@ class PeerCertificate:
     sha256: str
     self_issued: bool
     not_after: float | None
+    der: bytes = field(default=b"", repr=False)
+    ca_revoked: bool = False
 
     @classmethod
     def from_ssl(cls, der: bytes, info: dict[str, object]) -> PeerCertificate:
@@ -339,6 +347,7 @@ class PeerCertificate:
             sha256=hashlib.sha256(der).hexdigest().upper(),
             self_issued=subject == issuer,
             not_after=not_after,
+            der=der,
         )
 
 
@@ -354,6 +363,12 @@ def _common_name(subject: object) -> str | None:
                 if name == "commonName" and isinstance(value, str):
                     return value
     return None
+
+
+def _ssl_context(request: web.BaseRequest) -> ssl.SSLContext | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return ssl_object.context if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
 
 
 def peer_certificate(request: web.BaseRequest) -> PeerCertificate | None:
@@ -392,6 +407,8 @@ def verify_device_certificate(
     """
     if device is None or device.device_id != certificate.common_name:
         raise AuthError("the client certificate names no registered device")
+    if certificate.ca_revoked:
+        raise AuthError("the client certificate's CA is no longer registered")
     auth = device.authentication
     if auth.type == "selfSigned":
         prints = auth.x509_thumbprint
@@ -453,6 +470,10 @@ async def credentials(
             return _NO_CREDENTIALS
         return DeviceCredentials(await _lookup(store, parsed.candidate_ids))
     certificate = peer_certificate(request)
+    if certificate is not None and await ca_trust.revoked(
+        _ssl_context(request), store, certificate.der
+    ):
+        certificate = replace(certificate, ca_revoked=True)
     if certificate is not None and certificate.common_name:
         return DeviceCredentials(await store.get_device(certificate.common_name), certificate)
     return DeviceCredentials(certificate=certificate)

@@ -44,6 +44,7 @@ from hybridrelay.relay.pending import PendingConnect
 from hybridrelay.relay.splice import Splice, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
+from hybridrelay.relay.store.models import ensure_enabled
 
 __all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
 
@@ -104,6 +105,7 @@ async def _resolve(
 ) -> tuple[HybridConnection, str]:
     found = await state.store.resolve(addr.path)
     if found is not None and (not create or not found[1]):
+        ensure_enabled(found[0])
         return found
     if create and state.config.relay.auto_create:
         name = addr.path.strip("/")
@@ -144,8 +146,8 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         # Read rules afresh: a key regenerated or a rule deleted since this listener
         # connected must refuse its next renewal too, not only new connects.
         current = await state.store.get(hc.name)
-        if current is None:
-            raise AuthError("the hybrid connection was deleted")
+        if current is None or current.status == "disabled":
+            raise AuthError("the hybrid connection was deleted or disabled")
         fresh = check_token(
             token,
             hc=current,

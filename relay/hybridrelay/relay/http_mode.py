@@ -65,6 +65,7 @@ from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.store.models import ensure_enabled
 
 __all__ = [
     "RELAYED",
@@ -182,6 +183,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise EntityNotFoundError("Endpoint does not exist.")
     hc, suffix = found
+    ensure_enabled(hc)
     if hc.http is False:
         raise EntityNotFoundError("HTTP relaying is disabled for this hybrid connection")
     token, from_authorization = _token(request, target.token, hc.requires_client_authorization)

@@ -9,8 +9,8 @@ node's live state:
   deleted, a device written or deleted, or a ``reset``: the verified-token cache
   (``RelayState.tokens``) is cleared, so the next handshake with a token signed by
   a regenerated-away key is checked again and refused (401).
-- A hybrid connection deleted: its control channels on this node are closed with
-  1001 and its open relayed streams are shut with 1001 (the splices carry their
+- A hybrid connection deleted or disabled: its control channels on this node are
+  closed with 1001 and its open relayed streams are shut with 1001 (the splices carry their
   hybrid connection's name). A ``reset`` (events may have been missed) does the
   same for every hybrid connection with channels here that no longer exists.
 - A device disabled or deleted: the callbacks registered with
@@ -24,10 +24,8 @@ node's live state:
 Callbacks run on the event loop, must not block and should not raise (an exception
 is logged and the next callback still runs).
 
-Not covered here (see the issue 5 notes): control channels already open keep
-renewing their tokens against the rules captured when they connected, because
-``hc_endpoints._listen`` snapshots them; and a hybrid connection has no "disabled"
-state in the model, so "deleted" is the only state that closes its listeners.
+Control channels re-read their hybrid connection and rules on every token renewal
+(``hc_endpoints._listen``), so a regenerated key refuses the next renewal too.
 """
 
 from __future__ import annotations
@@ -136,11 +134,17 @@ class Reactions:
             case "hybridConnection":
                 if event.op == "deleted":
                     self.close_hybrid_connection(event.name, "hybrid connection deleted")
+                else:
+                    self._spawn(
+                        functools.partial(self._check_hybrid_connection, event.name), "hc-check"
+                    )
             case "device":
                 if event.op == "deleted":
                     self._revoke(DeviceRevoked(device_id=event.name, reason="deleted"))
                 elif event.op == "updated" and self._device_hooks:
                     self._spawn(functools.partial(self._check_device, event.name), "device-check")
+            case "certificate":
+                pass  # CA trust follows these itself (ca_trust.py)
             case "reset":
                 self._revoke(DeviceRevoked(device_id=None, reason="reset"))
                 self._spawn(self._check_hybrid_connections, "reset-check")
@@ -178,6 +182,13 @@ class Reactions:
             self._revoke(DeviceRevoked(device_id=device_id, reason="deleted"))
         elif device.status == "disabled":
             self._revoke(DeviceRevoked(device_id=device_id, reason="disabled"))
+
+    async def _check_hybrid_connection(self, name: str) -> None:
+        hc = await self._state.store.get(name)
+        if hc is None:
+            self.close_hybrid_connection(name, "hybrid connection deleted")
+        elif hc.status == "disabled":
+            self.close_hybrid_connection(name, "hybrid connection disabled")
 
     async def _check_hybrid_connections(self) -> None:
         names = {c.hc_name for c in self._state.channels}

@@ -18,6 +18,7 @@ from aiohttp import web
 from hybridrelay.errors import ConfigError
 from hybridrelay.logs import RELAY
 from hybridrelay.relay.app import create_app
+from hybridrelay.relay.ca_trust import attach, cleanup_context
 from hybridrelay.relay.config import ClientCertMode, RelayConfig, complete
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE
@@ -90,6 +91,9 @@ async def run(
     )
     # The embedded default store: one SQLite file under data_dir (config entities imported).
     app = create_app(config, store=await SqliteStore.open(config))
+    if ssl_ctx is not None and s.client_cert != "none":
+        # Verified CA certificates of the store join the live context (ca_trust.py).
+        app.cleanup_ctx.append(cleanup_context(attach(ssl_ctx, s.client_ca_file)))
     if on_app is not None:
         on_app(app)
     runner = web.AppRunner(

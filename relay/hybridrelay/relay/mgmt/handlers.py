@@ -49,6 +49,7 @@ from hybridrelay.errors import (
 )
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
+from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
 from hybridrelay.relay.mgmt.jobs import job_routes
 from hybridrelay.relay.mgmt.openapi import openapi_json
@@ -303,6 +304,7 @@ _HC_SETTABLE: Final = (
     "maxListeners",
     "requestTimeout",
     "userMetadata",
+    "status",
 )
 
 
@@ -522,6 +524,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/devices/{device:.+}", _device),
         ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
         *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
+        *certificate_routes(),  # /certificates...: CA certificates (mgmt/certificates.py)
     )
     for path, handler in routes:
         router.add_route("*", MGMT_PREFIX + path, handler)

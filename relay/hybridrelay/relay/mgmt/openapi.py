@@ -161,6 +161,12 @@ _RIGHTS: Final[Doc] = {
 }
 
 _HC_SETTABLE: Final[dict[str, Doc]] = {
+    "status": {
+        "type": "string",
+        "enum": ["enabled", "disabled"],
+        "default": "enabled",
+        "description": "disabled: listeners and senders are refused and open ones closed (1001).",
+    },
     "requiresClientAuthorization": {"type": "boolean", "default": True},
     "http": {
         "type": ["boolean", "null"],
@@ -461,6 +467,88 @@ def _body(schema: str, *, required: bool = True) -> Doc:
     return {"required": required, "content": _json_content(_ref(schema))}
 
 
+# --- CA certificates (mgmt/certificates.py) ---
+
+_CERT_SCHEMAS: Final[dict[str, Doc]] = {
+    "CaCertificate": {
+        "type": "object",
+        "required": ["name", "certificate", "thumbprint", "isVerified", "etag"],
+        "properties": {
+            "name": {"type": "string"},
+            "certificate": {"type": "string", "description": "PEM."},
+            "thumbprint": {"type": "string", "description": "SHA-256, upper-case hex."},
+            "subject": {"type": "string"},
+            "expiry": _TIME,
+            "isVerified": {"type": "boolean"},
+            "verificationCode": {"type": ["string", "null"]},
+            "etag": {"type": "string"},
+            "created": _TIME,
+        },
+    },
+    "CaCertificateList": _list_of("CaCertificate"),
+    "PemCertificate": {
+        "type": "object",
+        "required": ["certificate"],
+        "properties": {"certificate": {"type": "string", "description": "One PEM certificate."}},
+    },
+}
+_CERT_NAME: Final = _param(
+    "name",
+    "path",
+    {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+    "The CA certificate's name.",
+    required=True,
+)
+_CERT_OK: Final = _ok("The CA certificate.", "CaCertificate", etag=True)
+_CERT_PATHS: Final[dict[str, Doc]] = {
+    "/certificates": {
+        "get": {
+            "operationId": "listCertificates",
+            "summary": "List the registered CA certificates.",
+            "responses": _responses({"200": _ok("All of them.", "CaCertificateList")}),
+        }
+    },
+    "/certificates/{name}": {
+        "parameters": [_CERT_NAME],
+        "get": {
+            "operationId": "getCertificate",
+            "summary": "Get a CA certificate.",
+            "responses": _responses({"200": _CERT_OK}),
+        },
+        "put": {
+            "operationId": "putCertificate",
+            "summary": "Register (or replace) a CA certificate (BasicConstraints ca=true); it "
+            "is unverified until proof of possession (the same certificate again keeps it).",
+            "requestBody": _body("PemCertificate"),
+            "responses": _responses({"200": _CERT_OK, "201": _CERT_OK}),
+        },
+        "delete": {
+            "operationId": "deleteCertificate",
+            "summary": "Delete a CA certificate; devices it signed are refused (401).",
+            "responses": _responses({"204": _NO_CONTENT}),
+        },
+    },
+    "/certificates/{name}/generateVerificationCode": {
+        "parameters": [_CERT_NAME],
+        "post": {
+            "operationId": "generateVerificationCode",
+            "summary": "A fresh verification code (in verificationCode).",
+            "responses": _responses({"200": _CERT_OK}),
+        },
+    },
+    "/certificates/{name}/verify": {
+        "parameters": [_CERT_NAME],
+        "post": {
+            "operationId": "verifyCertificate",
+            "summary": "Proof of possession: a certificate whose subject CN is the "
+            "verification code, signed by the CA's key. Then devices it signs may connect.",
+            "requestBody": _body("PemCertificate"),
+            "responses": _responses({"200": _CERT_OK}, "412"),
+        },
+    },
+}
+
+
 def _rule_paths(prefix: str, scope_params: list[Doc], scope: str) -> dict[str, Doc]:
     one = [*scope_params, _RULE_NAME]
     return {
@@ -669,9 +757,10 @@ def _document() -> Doc:
             },
             "/events": _EVENTS_PATH,
             **_JOB_PATHS,
+            **_CERT_PATHS,
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS},
             "securitySchemes": {
                 "sasToken": {
                     "type": "apiKey",

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.store.certificates import CaCertificate
 from hybridrelay.relay.store.models import (
     ChangeEvent,
     Device,
@@ -200,6 +201,40 @@ class Store(LookupStore, Protocol):
 
     async def touch_activity(self, device_id: str, now: float) -> None:
         """Record lastActivityTime (about 1 s resolution, cheap); unknown ids are ignored."""
+        ...
+
+    # --- CA certificates (store/certificates.py) ---
+
+    async def put_certificate(self, cert: CaCertificate) -> tuple[CaCertificate, bool]:
+        """Create or replace a CA certificate; a replaced one is unverified again.
+
+        ``is_verified``, ``verification_code``, ``etag`` and ``created`` are server-set.
+
+        Returns:
+            The stored record and whether it was created.
+        """
+        ...
+
+    async def get_certificate(self, name: str) -> CaCertificate | None: ...
+
+    async def list_certificates(self) -> tuple[CaCertificate, ...]:
+        """Every CA certificate, in order of the name."""
+        ...
+
+    async def delete_certificate(self, name: str) -> CaCertificate:
+        """Delete a CA certificate; returns what was deleted. Raises EntityNotFoundError."""
+        ...
+
+    async def set_verification_code(self, name: str, code: str) -> CaCertificate:
+        """Store a fresh proof-of-possession code. Raises EntityNotFoundError."""
+        ...
+
+    async def mark_verified(self, name: str, *, thumbprint: str) -> CaCertificate:
+        """Mark the certificate verified if it still has ``thumbprint``.
+
+        Raises:
+            EntityNotFoundError, PreconditionFailedError (the certificate was replaced).
+        """
         ...
 
     # --- change events ---

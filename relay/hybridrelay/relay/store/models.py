@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Final, Generic, Literal, TypeVar
 
-from hybridrelay.errors import ValidationError
+from hybridrelay.errors import ForbiddenError, ValidationError
 from hybridrelay.protocol.codes import MAX_LISTENERS_PER_HC
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import MAX_RULES_PER_SCOPE, validate_entity_name
@@ -49,6 +49,7 @@ __all__ = [
     "X509Thumbprint",
     "check_hybrid_connection",
     "check_rule_name",
+    "ensure_enabled",
     "format_time",
     "parse_time",
     "rights_from_json",
@@ -78,7 +79,7 @@ DeviceStatus = Literal["enabled", "disabled"]
 ConnectionState = Literal["connected", "disconnected"]
 AuthType = Literal["sas", "selfSigned", "certificateAuthority"]
 KeyKind = Literal["primary", "secondary"]
-ChangeKind = Literal["hybridConnection", "rule", "device", "reset"]
+ChangeKind = Literal["hybridConnection", "rule", "device", "certificate", "reset"]
 ChangeOp = Literal["created", "updated", "deleted"]
 
 _AUTH_TYPES: Final[tuple[AuthType, ...]] = ("sas", "selfSigned", "certificateAuthority")
@@ -290,6 +291,24 @@ class Rule:
         )
 
 
+HcStatus = Literal["enabled", "disabled"]
+
+
+def ensure_enabled(hc: HybridConnection) -> HybridConnection:
+    """Refuse listeners and senders of a disabled hybrid connection (403)."""
+    if hc.status == "disabled":
+        raise ForbiddenError("the hybrid connection is disabled")
+    return hc
+
+
+def _hc_status(value: object) -> HcStatus:
+    if value == "enabled":
+        return "enabled"
+    if value == "disabled":
+        return "disabled"
+    raise ValidationError("status", "must be 'enabled' or 'disabled'")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HybridConnection:
     """A hybrid connection (an entity listeners and senders meet on) with its own rules."""
@@ -305,11 +324,14 @@ class HybridConnection:
     created_at: float | None = None  # set by the store
     updated_at: float | None = None  # set by the store
     etag: str = ""  # set by the store; changes on every write
+    # A disabled hybrid connection refuses listeners and senders; its open ones are closed.
+    status: HcStatus = "enabled"
 
     def to_json(self) -> dict[str, object]:
         """The management API's view; rules are a separate resource and not included."""
         return {
             "name": self.name,
+            "status": self.status,
             "requiresClientAuthorization": self.requires_client_authorization,
             "http": self.http,
             "maxListeners": self.max_listeners,
@@ -347,6 +369,7 @@ class HybridConnection:
             updated_at=parse_time("updatedAt", doc.get("updatedAt")),
             config_owned=_bool("configOwned", doc.get("configOwned", False)),
             etag=_str("etag", doc.get("etag", "") or ""),
+            status=_hc_status(doc.get("status", "enabled")),
         )
         check_hybrid_connection(hc)
         return hc

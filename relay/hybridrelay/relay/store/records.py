@@ -125,6 +125,7 @@ def same_settings(a: HybridConnection, b: HybridConnection) -> bool:
         and a.request_timeout == b.request_timeout
         and a.user_metadata == b.user_metadata
         and a.config_owned == b.config_owned
+        and a.status == b.status
     )
 
 

@@ -9,6 +9,8 @@ tag, so each entity lives in one slot and every script touches exactly one key):
     hr:P:dev:{id}    hash: doc (JSON), etag, cs, cst, lat (connection state, its time,
                      last activity: kept apart so they never change the etag)
     hr:P:devs        sorted set, score 0: deviceIds
+    hr:P:cert:{name} hash: doc (JSON), etag: a CA certificate (store/certificates.py)
+    hr:P:certs       sorted set, score 0: CA certificate names
     hr:P:changes     pub/sub channel of change events
 
 Writes are optimistic: read, decide in Python, then a Lua script compares the etag
@@ -50,6 +52,7 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.base import ChangeCallback
+from hybridrelay.relay.store.certificates import CaCertificate, stored_certificate
 from hybridrelay.relay.store.models import (
     MAX_RULES_PER_SCOPE,
     ChangeEvent,
@@ -97,6 +100,7 @@ _KINDS: Final[dict[str, ChangeKind]] = {
     "hybridConnection": "hybridConnection",
     "rule": "rule",
     "device": "device",
+    "certificate": "certificate",
 }
 _OPS: Final[dict[str, ChangeOp]] = {
     "created": "created",
@@ -888,3 +892,100 @@ class RedisStore:
             self._last_touch.clear()
         self._last_touch[device_id] = now
         await self._touch([self._dev_hash(device_id)], [repr(round(now, 6))])
+
+    # --- CA certificates ------------------------------------------------------------------
+
+    def _cert_hash(self, name: str) -> str:
+        return f"{self._base}cert:{{{name}}}"
+
+    def _decode_certificate(self, key: str, fields: dict[str, str]) -> CaCertificate | None:
+        doc = fields.get("doc")
+        if doc is None:
+            return None
+        try:
+            return CaCertificate.from_json(json.loads(doc))
+        except (ValueError, ValidationError) as exc:
+            raise UnavailableError(f"store: unreadable record {key}: {exc}") from exc
+
+    async def get_certificate(self, name: str) -> CaCertificate | None:
+        key = self._cert_hash(name)
+        return self._decode_certificate(key, await self._redis.hgetall(key))
+
+    async def list_certificates(self) -> tuple[CaCertificate, ...]:
+        names = await self._redis.zrange_after(f"{self._base}certs", "", 100_000)
+        keys = [self._cert_hash(n) for n in names]
+        return tuple(
+            cert
+            for key, fields in zip(keys, await self._redis.hgetall_many(keys), strict=True)
+            if (cert := self._decode_certificate(key, fields)) is not None
+        )
+
+    async def put_certificate(self, cert: CaCertificate) -> tuple[CaCertificate, bool]:
+        async def attempt() -> tuple[CaCertificate, bool]:
+            existing = await self.get_certificate(cert.name)
+            record = stored_certificate(
+                cert, existing, etag=self._minter.etag(), now=self._minter.now()
+            )
+            if existing is None:
+                await self._redis.zadd(f"{self._base}certs", cert.name)
+            op: ChangeOp = "created" if existing is None else "updated"
+            status = await self._write_doc(
+                self._cert_hash(cert.name),
+                mode="create" if existing is None else "update",
+                expected=existing.etag if existing is not None else "",
+                doc=record.to_json(),
+                etag=record.etag,
+                event=ChangeEvent(kind="certificate", op=op, name=cert.name),
+            )
+            if status != "ok":
+                raise _ChangedError
+            return record, existing is None
+
+        return await self._retrying(attempt)
+
+    async def delete_certificate(self, name: str) -> CaCertificate:
+        async def attempt() -> CaCertificate:
+            current = await self.get_certificate(name)
+            if current is None:
+                raise EntityNotFoundError(f"certificate {name!r} does not exist")
+            event = ChangeEvent(kind="certificate", op="deleted", name=name)
+            status = await self._delete_doc(
+                [self._cert_hash(name)], [current.etag, self._channel, self._message(event)]
+            )
+            if status != "ok":
+                raise _ChangedError
+            await self._redis.zrem(f"{self._base}certs", name)
+            self._emit(event)
+            return current
+
+        return await self._retrying(attempt)
+
+    async def set_verification_code(self, name: str, code: str) -> CaCertificate:
+        return await self._update_certificate(name, None, verification_code=code)
+
+    async def mark_verified(self, name: str, *, thumbprint: str) -> CaCertificate:
+        return await self._update_certificate(name, thumbprint, is_verified=True)
+
+    async def _update_certificate(
+        self, name: str, thumbprint: str | None, **changes: object
+    ) -> CaCertificate:
+        async def attempt() -> CaCertificate:
+            current = await self.get_certificate(name)
+            if current is None:
+                raise EntityNotFoundError(f"certificate {name!r} does not exist")
+            if thumbprint is not None and current.thumbprint != thumbprint:
+                raise PreconditionFailedError("the certificate was replaced meanwhile")
+            record = replace(current, etag=self._minter.etag(), **changes)  # type: ignore[arg-type]
+            status = await self._write_doc(
+                self._cert_hash(name),
+                mode="update",
+                expected=current.etag,
+                doc=record.to_json(),
+                etag=record.etag,
+                event=ChangeEvent(kind="certificate", op="updated", name=name),
+            )
+            if status != "ok":
+                raise _ChangedError
+            return record
+
+        return await self._retrying(attempt)

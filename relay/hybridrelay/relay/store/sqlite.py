@@ -42,6 +42,7 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.base import ChangeCallback
+from hybridrelay.relay.store.certificates import CaCertificate, stored_certificate
 from hybridrelay.relay.store.models import (
     MAX_RULES_PER_SCOPE,
     Authentication,
@@ -128,18 +129,22 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             last_activity_time REAL
         ) WITHOUT ROWID""",
     ),
+    # v2: hybrid connections can be disabled (issue 5).
+    ("ALTER TABLE hybrid_connections ADD COLUMN status TEXT NOT NULL DEFAULT 'enabled'",),
+    # v3: CA certificates for X.509 devices (issue 5; store/certificates.py).
+    ("CREATE TABLE ca_certificates (name TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",),
 )
 
 # Whole statements, no string building: column lists spelled out once each.
 _SELECT_HC: Final = (
     "SELECT name_key, name, requires_client_authorization, http, max_listeners, "
-    "request_timeout, user_metadata, created_at, updated_at, etag, config_owned "
+    "request_timeout, user_metadata, created_at, updated_at, etag, config_owned, status "
     "FROM hybrid_connections"
 )
 _UPSERT_HC: Final = (
     "INSERT OR REPLACE INTO hybrid_connections (name_key, name, requires_client_authorization, "
     "http, max_listeners, request_timeout, user_metadata, created_at, updated_at, etag, "
-    "config_owned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "config_owned, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_RULES: Final = (
     "SELECT scope, name_key, name, primary_key, secondary_key, rights, config_owned FROM rules"
@@ -196,6 +201,7 @@ def _hc_from_row(row: sqlite3.Row, rules: tuple[Rule, ...]) -> HybridConnection:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         etag=row["etag"],
+        status=row["status"],
     )
 
 
@@ -212,6 +218,7 @@ def _hc_params(hc: HybridConnection) -> tuple[object, ...]:
         hc.updated_at,
         hc.etag,
         int(hc.config_owned),
+        hc.status,
     )
 
 
@@ -960,3 +967,74 @@ class SqliteStore:
                 )
         except sqlite3.Error:
             log.exception("store_activity_flush_failed", extra={"devices": len(batch)})
+
+    # --- CA certificates ------------------------------------------------------------------
+
+    def _read_certificate(self, db: sqlite3.Connection, name: str) -> CaCertificate | None:
+        row = db.execute("SELECT doc FROM ca_certificates WHERE name = ?", (name,)).fetchone()
+        return CaCertificate.from_json(json.loads(row[0])) if row is not None else None
+
+    def _write_certificate(self, db: sqlite3.Connection, cert: CaCertificate) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO ca_certificates (name, doc) VALUES (?, ?)",
+            (cert.name, _json(cert.to_json())),
+        )
+
+    async def put_certificate(self, cert: CaCertificate) -> tuple[CaCertificate, bool]:
+        return await self._run(functools.partial(self._db_put_certificate, cert))
+
+    def _db_put_certificate(self, cert: CaCertificate) -> tuple[CaCertificate, bool]:
+        with self._tx() as tx:
+            existing = self._read_certificate(tx, cert.name)
+            record = stored_certificate(
+                cert, existing, etag=self._minter.etag(), now=self._minter.now()
+            )
+            self._write_certificate(tx, record)
+        self._publish("certificate", "created" if existing is None else "updated", cert.name)
+        return record, existing is None
+
+    async def get_certificate(self, name: str) -> CaCertificate | None:
+        return await self._run(lambda: self._read_certificate(self._conn(), name))
+
+    async def list_certificates(self) -> tuple[CaCertificate, ...]:
+        def read() -> tuple[CaCertificate, ...]:
+            rows = self._conn().execute("SELECT doc FROM ca_certificates ORDER BY name")
+            return tuple(CaCertificate.from_json(json.loads(row[0])) for row in rows)
+
+        return await self._run(read)
+
+    async def delete_certificate(self, name: str) -> CaCertificate:
+        return await self._run(functools.partial(self._db_delete_certificate, name))
+
+    def _db_delete_certificate(self, name: str) -> CaCertificate:
+        with self._tx() as tx:
+            current = self._read_certificate(tx, name)
+            if current is None:
+                raise EntityNotFoundError(f"certificate {name!r} does not exist")
+            tx.execute("DELETE FROM ca_certificates WHERE name = ?", (name,))
+        self._publish("certificate", "deleted", name)
+        return current
+
+    async def set_verification_code(self, name: str, code: str) -> CaCertificate:
+        return await self._run(
+            functools.partial(self._db_update_certificate, name, None, verification_code=code)
+        )
+
+    async def mark_verified(self, name: str, *, thumbprint: str) -> CaCertificate:
+        return await self._run(
+            functools.partial(self._db_update_certificate, name, thumbprint, is_verified=True)
+        )
+
+    def _db_update_certificate(
+        self, name: str, thumbprint: str | None, **changes: object
+    ) -> CaCertificate:
+        with self._tx() as tx:
+            current = self._read_certificate(tx, name)
+            if current is None:
+                raise EntityNotFoundError(f"certificate {name!r} does not exist")
+            if thumbprint is not None and current.thumbprint != thumbprint:
+                raise PreconditionFailedError("the certificate was replaced meanwhile")
+            record = replace(current, etag=self._minter.etag(), **changes)  # type: ignore[arg-type]
+            self._write_certificate(tx, record)
+        self._publish("certificate", "updated", name)
+        return record
