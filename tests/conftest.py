@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hybridrelay.protocol.sas import audience_for, create_sas_token
+from tests.harness.redis import redis_url as start_redis
 from tests.harness.relay import (
     ROOT_KEY,
     InProcessRelay,
@@ -109,6 +110,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL, else a throwaway redis-server for the whole session (never the machine's)."""
+    with start_redis() as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,26 +9,19 @@ closed in reverse order.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 from tests.contract.stores import Clock, StoreFactory, make_config
-from tests.harness.redis import redis_url as start_redis, unique_prefix
+from tests.harness.redis import unique_prefix
 
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.redis import RedisStore
 from hybridrelay.relay.store.redis_adapter import RedisAdapter
 from hybridrelay.relay.store.sqlite import SqliteStore
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """REDIS_URL, else a throwaway redis-server for the whole session."""
-    with start_redis() as url:
-        yield url
 
 
 @pytest.fixture

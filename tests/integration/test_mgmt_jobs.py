@@ -13,13 +13,14 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from tests.conftest import RelayFactory
+from tests.harness.redis import unique_prefix
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 
 from hybridrelay.protocol.sas import create_sas_token
@@ -94,6 +95,22 @@ class Jobs:
                 return found
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def store_toml(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """Config text selecting each store: the relay's SQLite default, or Redis via [cluster]."""
+    if request.param == "sqlite":
+        return lambda: ""
+    url: str = request.getfixturevalue("redis_url")
+    return lambda: f'\n[cluster]\nredis_url = "{url}"\nprefix = "{unique_prefix()}"\n'
+
+
+@pytest.fixture
+async def relay(relay_factory: RelayFactory, store_toml: Callable[[], str]) -> InProcessRelay:
+    """Every jobs test runs against both stores."""
+    started: InProcessRelay = await relay_factory(extra=store_toml())
+    return started
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
@@ -157,7 +174,10 @@ def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_import_export_round_trip(
-    relay: InProcessRelay, relay_factory: RelayFactory, session: aiohttp.ClientSession
+    relay: InProcessRelay,
+    relay_factory: RelayFactory,
+    session: aiohttp.ClientSession,
+    store_toml: Callable[[], str],
 ) -> None:
     jobs = jobs_of(relay, session)
     body, expected = _import_body()
@@ -204,7 +224,7 @@ async def test_import_export_round_trip(
     # Round trip into a second relay (lines without importMode: update = create or replace).
     # The first one stops first: the harness checks that no relay task outlives a relay.
     await relay.stop()
-    second = jobs_of(await relay_factory(), session)
+    second = jobs_of(await relay_factory(extra=store_toml()), session)
     text = b"".join(_line(d) for d in output)
     started = time.monotonic()
     reimported = await second.run("/jobs/import", text)

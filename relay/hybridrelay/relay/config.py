@@ -38,6 +38,7 @@ __all__ = [
     "DEV_RULE_NAME",
     "WEBHOOK_EVENTS",
     "ClientCertMode",
+    "ClusterConfig",
     "HybridConnectionConfig",
     "JwtIssuerConfig",
     "RelayConfig",
@@ -163,6 +164,7 @@ class RelayConfig:
     hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
     jwt_issuers: tuple[JwtIssuerConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
+    cluster: ClusterConfig | None = None
     source: str = "<defaults>"
 
     def hybrid_connection(self, name: str) -> HybridConnectionConfig | None:
@@ -506,6 +508,32 @@ def complete(config: RelayConfig, bound_port: int | None = None) -> RelayConfig:
     return replace(config, relay=replace(s, public_url=f"{scheme}://{host}:{port}"))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: the shared Redis that several relay nodes keep their state in.
+
+    Today it selects the Redis store (hybrid connections, rules, devices, certificates,
+    change events shared by every node); listener presence across nodes is issue 6.
+    """
+
+    redis_url: str
+    prefix: str = "default"
+    node_id: str | None = None
+
+
+def _cluster(top: Table, env: Mapping[str, str]) -> ClusterConfig | None:
+    table = top.table("cluster")
+    url = env.get("HYBRIDRELAY_REDIS_URL") or table.get_str("redis_url")
+    prefix = table.get_str("prefix", "default") or "default"
+    node_id = table.get_str("node_id")
+    table.reject_unknown()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise table.error("redis_url", "must be a redis:// or rediss:// URL")
+    return ClusterConfig(redis_url=url, prefix=prefix, node_id=node_id)
+
+
 def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) -> RelayConfig:
     """Load, validate and freeze a relay config file; raises ConfigError."""
     env = os.environ if env is None else env
@@ -529,6 +557,7 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
         seen.add(hc.name.lower())
     jwt_issuers = _jwt_issuers(top, Path(path).parent)
     webhooks = tuple(_webhook(t) for t in top.tables("webhooks"))
+    cluster = _cluster(top, env)
     top.reject_unknown()
     if not rules and not any(hc.rules for hc in hcs) and not jwt_issuers:
         raise top.error("rules", "no SAS rule is defined; nobody could listen")
@@ -538,6 +567,7 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
         hybrid_connections=tuple(hcs),
         jwt_issuers=jwt_issuers,
         webhooks=webhooks,
+        cluster=cluster,
         source=str(path),
     )
 

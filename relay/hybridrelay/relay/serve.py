@@ -22,6 +22,8 @@ from hybridrelay.relay.ca_trust import attach, cleanup_context
 from hybridrelay.relay.config import ClientCertMode, RelayConfig, complete
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE
+from hybridrelay.relay.store.base import Store
+from hybridrelay.relay.store.redis import RedisStore
 from hybridrelay.relay.store.sqlite import SqliteStore
 
 __all__ = ["run", "tls_context"]
@@ -65,6 +67,16 @@ def tls_context(
     return ctx
 
 
+async def open_store(config: RelayConfig) -> Store:
+    """The store ``config`` asks for: Redis with ``[cluster]``, else one SQLite file."""
+    cluster = config.cluster
+    if cluster is not None:
+        return await RedisStore.open(
+            cluster.redis_url, config, prefix=cluster.prefix, node_id=cluster.node_id
+        )
+    return await SqliteStore.open(config)
+
+
 async def run(
     config: RelayConfig,
     stop: asyncio.Event,
@@ -90,7 +102,7 @@ async def run(
         else None
     )
     # The embedded default store: one SQLite file under data_dir (config entities imported).
-    app = create_app(config, store=await SqliteStore.open(config))
+    app = create_app(config, store=await open_store(config))
     if ssl_ctx is not None and s.client_cert != "none":
         # Verified CA certificates of the store join the live context (ca_trust.py).
         app.cleanup_ctx.append(cleanup_context(attach(ssl_ctx, s.client_ca_file)))
