@@ -39,8 +39,8 @@ def test_short_outage_waits_at_most_the_floor() -> None:
         delay = b.next_delay()
         delays.append(delay)
         clock.now += delay
-    # Waits grow to the floor, then with the outage (30 % of it) once that passes the floor.
-    assert delays == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.05, 1.365])
+    # Waits grow to the floor and stay under it while the outage is short.
+    assert delays == pytest.approx([0.5, 1.0, 1.5, 1.5, 1.5])
 
 
 def test_long_outage_reaches_the_cap_and_not_beyond() -> None:

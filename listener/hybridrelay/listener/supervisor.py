@@ -105,7 +105,7 @@ class AgentBackoff(Backoff):
     session; the supervisor reads online, connecting and quiet from that.
     """
 
-    floor: float = 1.0
+    floor: float = 1.5
     outage_share: float = 0.3
     clock: Callable[[], float] = time.monotonic
     notify: Callable[[], None] = lambda: None
