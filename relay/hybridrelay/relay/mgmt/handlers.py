@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -52,6 +51,7 @@ from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
 from hybridrelay.relay.mgmt.jobs import job_routes
+from hybridrelay.relay.mgmt.json_body import parse_json_object
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
@@ -75,7 +75,6 @@ _DEFAULT_DEVICE_PAGE: Final = MAX_PAGE
 _MAX_ETAG: Final = 256
 # JSON numbers beyond these cannot be a valid value of any field; refusing them at the
 # decode boundary keeps float() overflows and the like out of the codecs.
-_MAX_JSON_INT: Final = 2**63
 _KEY_TYPES: Final[dict[str, KeyKind]] = {
     "primary": "primary",
     "primarykey": "primary",
@@ -153,45 +152,12 @@ def _route(
 # --- request parsing ------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> object:
-    raise ValidationError("body", f"{name} is not a JSON number")
-
-
-def _check_json_values(doc: object) -> None:
-    # Iterative, so a deeply nested body cannot exhaust the stack here.
-    stack: list[object] = [doc]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValidationError("body", "strings must be valid Unicode text") from exc
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int):
-            if not -_MAX_JSON_INT <= value <= _MAX_JSON_INT:
-                raise ValidationError("body", "a number is out of range")
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-
-
 async def _body(request: web.Request) -> dict[str, object]:
     """The request's JSON object; an empty body is ``{}``. Raises ValidationError."""
     raw = await request.read()
     if not raw.strip():
         return {}
-    try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ValidationError("body", "not valid JSON") from exc
-    _check_json_values(doc)
-    if not isinstance(doc, dict):
-        raise ValidationError("body", "must be a JSON object")
-    return {str(k): v for k, v in doc.items()}
+    return parse_json_object(raw, "body")
 
 
 def _if_match(request: web.Request) -> str | None:

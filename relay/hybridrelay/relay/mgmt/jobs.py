@@ -58,6 +58,7 @@ from hybridrelay.errors import (
 from hybridrelay.relay.config import data_dir
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
+from hybridrelay.relay.mgmt.json_body import parse_json_object
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import MAX_PAGE, Device, format_time, validate_device_id
@@ -85,7 +86,6 @@ MAX_RUNNING_JOBS: Final = 4
 _PREFIX: Final = "/$mgmt/v1"
 _CHUNK: Final = 1 << 20
 _BATCH_LINES: Final = 512
-_MAX_JSON_INT: Final = 2**63
 _MODES: Final[dict[str, ImportMode]] = {
     "create": "create",
     "update": "update",
@@ -347,40 +347,8 @@ def _read_lines(f: IO[bytes], count: int) -> tuple[list[bytes | None], int]:
     return lines, f.tell()
 
 
-def _reject_constant(name: str) -> object:
-    raise ValidationError("line", f"{name} is not a JSON number")
-
-
-def _check_json_values(doc: object) -> None:
-    stack: list[object] = [doc]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValidationError("line", "strings must be valid Unicode text") from exc
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int):
-            if not -_MAX_JSON_INT <= value <= _MAX_JSON_INT:
-                raise ValidationError("line", "a number is out of range")
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-
-
 def _parse_line(raw: bytes) -> dict[str, object]:
-    try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ValidationError("line", "not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise ValidationError("line", "must be a JSON object")
-    _check_json_values(doc)
-    return doc
+    return parse_json_object(raw, "line")
 
 
 def _mode(doc: Mapping[str, object]) -> ImportMode:
