@@ -1,0 +1,396 @@
+"""deploy/: the container image, compose, nginx and Kubernetes manifests agree with the code.
+
+No container engine is needed: the YAML is parsed, the configs it mounts are loaded with
+the real loaders, and ports, probe paths and ``HYBRIDRELAY_*`` names are checked against
+what the relay and agent know. ``nginx -t`` runs only when nginx is on PATH.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+from hybridrelay.listener import config as agent_config
+from hybridrelay.listener.config import load_agent_config
+from hybridrelay.relay import config as relay_config
+from hybridrelay.relay.config import load_relay_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "compose.yaml"
+NGINX = DEPLOY / "nginx" / "hybridrelay.conf"
+DOCKERFILE = DEPLOY / "Dockerfile"
+RELAY_SERVICES = ("relay-1", "relay-2", "relay-3")
+
+# Every HYBRIDRELAY_* name the code reads: the [relay] overrides, the agent overrides,
+# the cluster's Redis URL, the development key and the logging options of the CLI.
+KNOWN_ENV = (
+    {f"HYBRIDRELAY_{key.upper()}" for key in relay_config._ENV_TYPES}
+    | {
+        "HYBRIDRELAY_" + (key if key == "agent_id" else f"agent_{key}").upper()
+        for key in agent_config._ENV_OVERRIDES
+    }
+    | {
+        "HYBRIDRELAY_REDIS_URL",
+        "HYBRIDRELAY_DEV_KEY",
+        "HYBRIDRELAY_LOG_LEVEL",
+        "HYBRIDRELAY_LOG_FORMAT",
+    }
+)
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _k8s_docs() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc is not None:
+                assert isinstance(doc, dict), path
+                docs.append(doc)
+    return docs
+
+
+def _kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in _k8s_docs() if d["kind"] == kind]
+
+
+def _env_names(env: Any) -> set[str]:
+    if isinstance(env, dict):
+        return set(env)
+    if isinstance(env, list):
+        return {e["name"] if isinstance(e, dict) else str(e).split("=", 1)[0] for e in env}
+    return set()
+
+
+def _port_of(env: dict[str, str], toml_port: int) -> int:
+    return int(env.get("HYBRIDRELAY_PORT", toml_port))
+
+
+def _relay_app_paths() -> set[str]:
+    source = (ROOT / "relay" / "hybridrelay" / "relay" / "app.py").read_text(encoding="utf-8")
+    return set(re.findall(r'add_get\("(/[^"]*)"', source))
+
+
+def _dockerfile_instructions() -> Iterator[tuple[str, str]]:
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            yield word.upper(), rest.strip()
+
+
+# ---- Dockerfile ------------------------------------------------------------------------
+
+
+def test_dockerfile_is_multistage_slim_non_root_with_healthcheck() -> None:
+    instructions = list(_dockerfile_instructions())
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    assert len(froms) >= 2
+    assert all(f.startswith("python:3.11-slim") for f in froms)
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    exposed = [rest for word, rest in instructions if word == "EXPOSE"]
+    assert exposed == [str(relay_config.RelaySettings().port)]
+    healthchecks = [rest for word, rest in instructions if word == "HEALTHCHECK"]
+    assert len(healthchecks) == 1
+    assert "/healthz" in healthchecks[0]
+    assert "python" in healthchecks[0]
+    assert ("ENTRYPOINT", '["hybridrelay"]') in instructions
+    assert ("CMD", '["relay", "serve", "--config", "/etc/hybridrelay/relay.toml"]') in instructions
+    env_names = set(re.findall(r"HYBRIDRELAY_[A-Z_]+", DOCKERFILE.read_text(encoding="utf-8")))
+    assert env_names <= KNOWN_ENV
+
+
+def test_dockerignore_keeps_what_the_wheel_build_copies() -> None:
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    kept = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copied = {
+        rest.split()[0].rstrip("/")
+        for word, rest in _dockerfile_instructions()
+        if word == "COPY" and not rest.startswith("--from")
+    }
+    for name in copied | {"pyproject.toml", "README.md"}:
+        assert name in kept, name
+        assert (ROOT / name).exists(), name
+
+
+# ---- compose ---------------------------------------------------------------------------
+
+
+def test_compose_services_and_images() -> None:
+    services = _compose()["services"]
+    assert {"redis", "nginx", "agent", "mosquitto", *RELAY_SERVICES} <= set(services)
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+    for name in RELAY_SERVICES:
+        build = services[name]["build"]
+        assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    assert services["agent"]["command"][:2] == ["listen", "--config"]
+
+
+def test_compose_env_names_are_known_to_the_code() -> None:
+    for name, service in _compose()["services"].items():
+        used = {n for n in _env_names(service.get("environment")) if n.startswith("HYBRIDRELAY_")}
+        assert used <= KNOWN_ENV, (name, used - KNOWN_ENV)
+
+
+def test_compose_relay_nodes_have_own_public_urls_routed_by_nginx() -> None:
+    services = _compose()["services"]
+    nginx_ports = {int(p.split(":")[-1]) for p in services["nginx"]["ports"]}
+    aliases = services["nginx"]["networks"]["default"]["aliases"]
+    nginx_conf = NGINX.read_text(encoding="utf-8")
+    public_urls = []
+    for name in RELAY_SERVICES:
+        env = services[name]["environment"]
+        assert env["HYBRIDRELAY_REDIS_URL"].startswith("redis://redis:")
+        url = env["HYBRIDRELAY_PUBLIC_URL"]
+        public_urls.append(url)
+        match = re.fullmatch(r"ws://([^:/]+):(\d+)", url)
+        assert match, url
+        host, port = match.group(1), int(match.group(2))
+        assert host in aliases
+        assert port in nginx_ports
+        # That nginx port proxies to this node alone.
+        block = re.search(
+            rf"listen {port};\s*location / \{{\s*proxy_pass http://([\w-]+):(\d+);", nginx_conf
+        )
+        assert block, port
+        assert block.group(1) == name
+    assert len(set(public_urls)) == len(RELAY_SERVICES)
+
+
+def test_compose_configs_exist_and_load() -> None:
+    services = _compose()["services"]
+    mounts: dict[str, Path] = {}
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            path = (COMPOSE.parent / source).resolve()
+            assert path.is_file(), source
+            mounts[target] = path
+    for name in RELAY_SERVICES:
+        service = services[name]
+        env = {k: str(v) for k, v in service["environment"].items()}
+        config_path = service["command"][service["command"].index("--config") + 1]
+        config = load_relay_config(mounts[config_path], env=env)
+        assert config.cluster is not None
+        assert config.cluster.redis_url == env["HYBRIDRELAY_REDIS_URL"]
+        assert config.relay.public_url == env["HYBRIDRELAY_PUBLIC_URL"]
+        assert config.relay.host == "0.0.0.0"
+        # nginx proxies to the port the node listens on.
+        assert f"{name}:{config.relay.port}" in NGINX.read_text(encoding="utf-8")
+        grace = float(service["stop_grace_period"].rstrip("s"))
+        assert grace > config.relay.drain_timeout
+    service = services["agent"]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    agent_path = mounts[service["command"][service["command"].index("--config") + 1]]
+    agent = load_agent_config(agent_path, env=env, hostname="test")
+    relay_public = {services[n]["environment"]["HYBRIDRELAY_PUBLIC_URL"] for n in RELAY_SERVICES}
+    assert set(agent.relays) == relay_public
+    (mapping,) = agent.mappings
+    assert mapping.connections % len(agent.relays) == 0  # a listener on every node
+    assert mapping.target.startswith("tcp://mosquitto:")
+
+
+def test_compose_relay_keys_match_between_relay_and_agent() -> None:
+    services = _compose()["services"]
+    relay = load_relay_config(DEPLOY / "compose" / "relay.toml", env={})
+    env = {k: str(v) for k, v in services["agent"]["environment"].items()}
+    agent = load_agent_config(DEPLOY / "compose" / "agent.toml", env=env, hostname="test")
+    (mapping,) = agent.mappings
+    hc = relay.hybrid_connection(mapping.hc)
+    assert hc is not None
+    rule = next(r for r in hc.rules if r.name == mapping.key_name)
+    assert rule.key.value == mapping.key.value
+
+
+# ---- nginx -----------------------------------------------------------------------------
+
+
+def test_nginx_config_is_websocket_aware() -> None:
+    text = NGINX.read_text(encoding="utf-8")
+    for directive in (
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_buffering off;",
+    ):
+        assert directive in text, directive
+    read_timeout = re.search(r"proxy_read_timeout (\d+)s;", text)
+    assert read_timeout
+    assert int(read_timeout.group(1)) > relay_config.RelaySettings().ping_interval * 2
+    upstream = re.search(r"upstream hybridrelay \{(.*?)\}", text, re.S)
+    assert upstream
+    assert re.findall(r"server ([\w-]+):\d+", upstream.group(1)) == list(RELAY_SERVICES)
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    site = NGINX.read_text(encoding="utf-8")
+    for name in RELAY_SERVICES:  # nginx -t resolves upstream names
+        site = site.replace(f"{name}:", "127.0.0.1:")
+    (tmp_path / "hybridrelay.conf").write_text(site, encoding="utf-8")
+    main = (DEPLOY / "compose" / "nginx.conf").read_text(encoding="utf-8")
+    main = main.replace("/etc/nginx/conf.d/hybridrelay.conf", str(tmp_path / "hybridrelay.conf"))
+    main = re.sub(r"^pid .*;$", f"pid {tmp_path / 'nginx.pid'};", main, flags=re.M)
+    (tmp_path / "nginx.conf").write_text(main, encoding="utf-8")
+    nginx = shutil.which("nginx")
+    assert nginx
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ---- Kubernetes ------------------------------------------------------------------------
+
+
+def test_k8s_manifests_parse_and_cover_the_kinds() -> None:
+    docs = _k8s_docs()
+    for doc in docs:
+        assert doc.get("apiVersion"), doc
+        assert doc.get("kind"), doc
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "Ingress",
+        "Secret",
+    } <= kinds
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file(), resource
+    assert "relay-config.example.yaml" not in kustomization["resources"]
+
+
+def _relay_container() -> tuple[dict[str, Any], dict[str, Any]]:
+    (sts,) = _kind("StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return sts, container
+
+
+def _container_env() -> dict[str, str]:
+    """The container's environment: ConfigMaps it imports, then its own literal values."""
+    _, container = _relay_container()
+    configmaps = {c["metadata"]["name"]: c["data"] for c in _kind("ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def _example_relay_toml(tmp_path: Path) -> Path:
+    (secret,) = _kind("Secret")
+    path = tmp_path / "relay.toml"
+    path.write_text(secret["stringData"]["relay.toml"], encoding="utf-8")
+    return path
+
+
+def test_k8s_env_names_are_known_to_the_code() -> None:
+    _, container = _relay_container()
+    used = {n for n in _container_env() if n.startswith("HYBRIDRELAY_")}
+    used |= {e["name"] for e in container["env"] if e["name"].startswith("HYBRIDRELAY_")}
+    assert used <= KNOWN_ENV, used - KNOWN_ENV
+    assert "HYBRIDRELAY_REDIS_URL" in used
+
+
+def test_k8s_public_url_comes_from_the_pod_name() -> None:
+    _, container = _relay_container()
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    names = list(env)
+    assert names.index("POD_NAME") < names.index("HYBRIDRELAY_PUBLIC_URL")  # $(VAR) order
+    url = env["HYBRIDRELAY_PUBLIC_URL"]["value"]
+    assert "$(POD_NAME)" in url
+    (ingress,) = _kind("Ingress")
+    hosts = {r["host"] for r in ingress["spec"]["rules"]}
+    sts, _ = _relay_container()
+    host_template = re.fullmatch(r"wss://([^/:]+)", url)
+    assert host_template
+    for i in range(sts["spec"]["replicas"]):
+        assert host_template.group(1).replace("$(POD_NAME)", f"hybridrelay-{i}") in hosts
+
+
+def test_k8s_ports_probes_and_shutdown(tmp_path: Path) -> None:
+    sts, container = _relay_container()
+    env = _container_env()
+    config = load_relay_config(_example_relay_toml(tmp_path), env=env)
+    (port,) = container["ports"]
+    assert port["containerPort"] == config.relay.port == _port_of(env, 0)
+    assert config.relay.host == "0.0.0.0"
+    assert config.cluster is not None
+    assert config.relay.public_url.startswith("wss://")
+    paths = _relay_app_paths()
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in paths
+        assert get["port"] in (port["name"], port["containerPort"])
+    resources = container["resources"]
+    assert resources["requests"]["cpu"]
+    assert resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+    pod = sts["spec"]["template"]["spec"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    pre_stop_s = float(pre_stop[-1]) if pre_stop[0] == "sleep" else 0.0
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + config.relay.drain_timeout + 1
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert container["args"][-1].startswith(mounts["config"] + "/")
+    assert container["args"][:2] == ["relay", "serve"]
+    config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    (secret,) = _kind("Secret")
+    assert config_volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert mounts["data"] == config.relay.data_dir
+
+
+def test_k8s_services_select_the_pods() -> None:
+    sts, container = _relay_container()
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    port_name = container["ports"][0]["name"]
+    services = {s["metadata"]["name"]: s for s in _kind("Service")}
+    headless = services[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    for service in services.values():
+        selector = dict(service["spec"]["selector"])
+        selector.pop("statefulset.kubernetes.io/pod-name", None)
+        assert selector.items() <= labels.items()
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] == port_name
+    (ingress,) = _kind("Ingress")
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"]["name"] in services
+    (pdb,) = _kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert (
+        pdb["spec"].get("maxUnavailable", 0) >= 1
+        or pdb["spec"].get("minAvailable", 0) < (sts["spec"]["replicas"])
+    )
