@@ -56,6 +56,31 @@ log = logging.getLogger(CLIENT)
 _UDP_SEND_BUFFER: Final = 1 << 20
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamOpener:
+    """How one binding opens its relayed byte streams (TCP tunnels and UDP flows alike)."""
+
+    relay: str
+    hc: str
+    tokens: TokenProvider | None
+    ssl_context: ssl.SSLContext | None
+    open_timeout: float
+    ping_interval: float | None
+    headers: Mapping[str, str]
+
+    async def open(self) -> WsConnection:
+        return await connect(
+            self.relay,
+            self.hc,
+            token_provider=self.tokens,
+            headers=self.headers,
+            ssl_context=self.ssl_context,
+            open_timeout=self.open_timeout,
+            ping_interval=self.ping_interval,
+            stream_mode=True,
+        )
+
+
 @dataclass
 class ForwarderStats:
     accepted: int = 0
@@ -98,16 +123,15 @@ class Forwarder:
     ) -> None:
         self.relay = relay
         self.hc = hc
-        self._tokens = token_provider
         self.host = host
         self.port = port
-        self._ssl = ssl_context
-        self._open_timeout = open_timeout
         self._drain_timeout = drain_timeout
-        self._ping_interval = ping_interval
         self._headers = dict(headers or {})
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = ForwarderStats()
+        self._opener = _StreamOpener(
+            relay, hc, token_provider, ssl_context, open_timeout, ping_interval, self._headers
+        )
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -142,16 +166,7 @@ class Forwarder:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            ws = await connect(
-                self.relay,
-                self.hc,
-                token_provider=self._tokens,
-                headers=self._headers,
-                ssl_context=self._ssl,
-                open_timeout=self._open_timeout,
-                ping_interval=self._ping_interval,
-                stream_mode=True,
-            )
+            ws = await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
             log.warning(
@@ -273,13 +288,12 @@ class UdpForwarder:
     ) -> None:
         self.relay = relay
         self.hc = hc
-        self._tokens = token_provider
         self.host = host
         self.port = port
-        self._ssl = ssl_context
-        self._open_timeout = open_timeout
-        self._ping_interval = ping_interval
         self._headers = dict(headers or {})
+        self._opener = _StreamOpener(
+            relay, hc, token_provider, ssl_context, open_timeout, ping_interval, self._headers
+        )
         self._idle_timeout = idle_timeout
         self._queue_limit = queue_limit
         self._max_flows = max_flows
@@ -397,16 +411,7 @@ class UdpForwarder:
     async def _open(self, flow: _Flow, peer: str) -> WsConnection | None:
         """The flow's relayed stream, or None (after ``retry_delay``) when refused."""
         try:
-            return await connect(
-                self.relay,
-                self.hc,
-                token_provider=self._tokens,
-                headers=self._headers,
-                ssl_context=self._ssl,
-                open_timeout=self._open_timeout,
-                ping_interval=self._ping_interval,
-                stream_mode=True,
-            )
+            return await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
             log.warning(
