@@ -304,3 +304,25 @@ async def test_renewal_after_key_regeneration_is_refused(relay: InProcessRelay) 
     code, _ = await listener.wait_control_closed(seconds(5))
     assert code == 1008
     await listener.stop()
+
+
+async def test_accept_to_a_vanished_listener_is_redispatched(relay: InProcessRelay) -> None:
+    # The only listener takes the accept and then dies without dialling.
+    doomed = await RawListener(relay.url, "echo", behaviour=None).start()
+    sender = asyncio.create_task(send(relay.url, "echo"))
+    await asyncio.wait_for(doomed.accepts.get(), seconds(10))
+    healthy = await RawListener(relay.url, "echo").start()
+    started = time.monotonic()
+    assert doomed.control is not None
+    doomed.control.abort()
+    try:
+        ws = await asyncio.wait_for(sender, seconds(10))
+        # Served by the other listener after the short grace, not after the 30 s timeout.
+        assert time.monotonic() - started < seconds(5)
+        await ws.send("rescued")
+        assert await ws.recv() == "rescued"
+        await ws.close()
+        assert len(healthy.legs) == 1
+    finally:
+        await doomed.stop()
+        await healthy.stop()

@@ -40,7 +40,7 @@ from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import PendingConnect
+from hybridrelay.relay.pending import LISTENER_GONE, PendingConnect
 from hybridrelay.relay.splice import Splice, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
@@ -52,6 +52,8 @@ log = logging.getLogger(RELAY)
 
 _CONTROL_MAX_MESSAGE = 1 << 20
 _AUTH_HEADER = "ServiceBusAuthorization"
+_REDISPATCHES = 2  # accepts re-sent to another listener when the chosen one vanished
+_LISTENER_GONE_GRACE_S = 2.0
 
 
 class _Rejected:
@@ -195,6 +197,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
             state.metrics.listeners.dec()
             state.events.publish_listener(False, hc.name, listener_id, creds.device)
             _fail_requests_of(state, channel)
+            _release_senders_of(state, channel)
         clog.info("listener_disconnected", extra={"code": code})
     finally:
         await state.cluster.detach(channel)
@@ -236,36 +239,52 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         on_finish=state.metrics.count_bytes,
         hc_name=hc.name,
     )
-    pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
-    key = state.cluster.add_pending(pending)
     tracking_id = addr.tracking_id or str(uuid.uuid4())
-    accept = Accept(
-        address=build_rendezvous_address(
-            public_url=state.public_url,
-            entity=hc.name,
-            suffix=suffix,
-            app_query=addr.app_query,
-            action="accept",
-            tracking_id=tracking_id,
-            rendezvous_key=key,
-        ),
-        id=tracking_id,
-        connect_headers=_connect_headers(request.headers),
-        remote_endpoint=remote_endpoint(request),
-    )
-    try:
-        handle = await deliver_to_listener(
-            state.cluster, hc.name, accept, allowed=allowed, disallowed=disallowed
+    deadline = loop.time() + state.config.relay.rendezvous_timeout
+    for attempt in range(_REDISPATCHES + 1):
+        pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
+        key = state.cluster.add_pending(pending)
+        accept = Accept(
+            address=build_rendezvous_address(
+                public_url=state.public_url,
+                entity=hc.name,
+                suffix=suffix,
+                app_query=addr.app_query,
+                action="accept",
+                tracking_id=tracking_id,
+                rendezvous_key=key,
+            ),
+            id=tracking_id,
+            connect_headers=_connect_headers(request.headers),
+            remote_endpoint=remote_endpoint(request),
         )
         try:
-            async with asyncio.timeout(state.config.relay.rendezvous_timeout):
-                outcome = await asyncio.shield(pending.future)
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError("the listener did not accept in time") from exc
-    finally:
-        state.cluster.discard_pending(key)
-        if not pending.future.done():
-            pending.future.cancel()
+            handle = await deliver_to_listener(
+                state.cluster,
+                hc.name,
+                accept,
+                allowed=allowed,
+                disallowed=disallowed,
+                on_chosen=pending.chosen,
+            )
+            state.waiting.add(pending)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outcome = await asyncio.shield(pending.future)
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError("the listener did not accept in time") from exc
+        finally:
+            state.waiting.discard(pending)
+            state.cluster.discard_pending(key)
+            if not pending.future.done():
+                pending.future.cancel()
+        if outcome is not LISTENER_GONE:
+            break
+        log.info(
+            "accept_redispatched", extra={"hc": hc.name, "id": tracking_id, "try": attempt + 1}
+        )
+    else:
+        raise NoListenerError("the listeners went away before accepting")
 
     if isinstance(outcome, _Rejected):
         raise RejectedError(outcome.status, outcome.description)
@@ -338,6 +357,19 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.shield(splice.done)
     return response
+
+
+def _release_senders_of(state: RelayState, channel: ControlChannel) -> None:
+    """Senders whose accept went to this vanished channel are re-dispatched after a grace.
+
+    A listener that stops gracefully still dials the accepts it has (within the grace);
+    one that crashed never will, and its senders should not wait out the 30 s.
+    """
+    loop = asyncio.get_running_loop()
+    for pending in list(state.waiting):
+        mine = pending.hc_name == channel.hc_name and pending.listener_id == channel.listener_id
+        if mine and not pending.future.done():
+            loop.call_later(_LISTENER_GONE_GRACE_S, pending.listener_gone)
 
 
 def _fail_requests_of(state: RelayState, channel: ControlChannel) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -20,7 +21,14 @@ from hybridrelay.errors import HybridRelayError
 from hybridrelay.protocol.messages import Request, Response
 from hybridrelay.relay.splice import Splice
 
-__all__ = ["BodyPipe", "PendingConnect", "PendingRequest"]
+if TYPE_CHECKING:  # cluster.base imports this module
+    from hybridrelay.relay.cluster.base import ListenerHandle
+
+__all__ = ["LISTENER_GONE", "BodyPipe", "PendingConnect", "PendingRequest"]
+
+
+# A PendingConnect outcome: the listener holding the accept vanished without dialling.
+LISTENER_GONE: Final = object()
 
 
 @dataclass(eq=False, slots=True)
@@ -28,9 +36,18 @@ class PendingConnect:
     """A sender waiting for its listener to dial the rendezvous address."""
 
     hc_name: str
-    # Resolves to the listener's chosen sub-protocol (str or None) or a rejection.
+    # Resolves to the listener's chosen sub-protocol (str or None), a rejection, or
+    # LISTENER_GONE.
     future: asyncio.Future[object]
     splice: Splice
+    listener_id: str = ""  # the listener the accept went to
+
+    def chosen(self, handle: ListenerHandle) -> None:
+        self.listener_id = handle.listener_id
+
+    def listener_gone(self) -> None:
+        if not self.future.done():
+            self.future.set_result(LISTENER_GONE)
 
 
 class BodyPipe:

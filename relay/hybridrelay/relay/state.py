@@ -16,7 +16,7 @@ from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.metrics import RelayMetrics
-from hybridrelay.relay.pending import PendingRequest
+from hybridrelay.relay.pending import PendingConnect, PendingRequest
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.base import Store
 
@@ -44,6 +44,7 @@ class RelayState:
     channels: set[ControlChannel] = field(default_factory=set)
     splices: set[Splice] = field(default_factory=set)
     http_requests: dict[str, PendingRequest] = field(default_factory=dict)
+    waiting: set[PendingConnect] = field(default_factory=set)  # senders awaiting a dial
     tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
     events: EventHub = field(default_factory=_event_hub)
