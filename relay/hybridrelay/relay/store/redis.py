@@ -519,7 +519,11 @@ class RedisStore:
         record = stored_hybrid_connection(
             hc, existing=existing, minter=self._minter, config_owned=True
         )
-        key = hc_key(hc.name)
+        await self._write_hc(record, existing)
+
+    async def _write_hc(self, record: HybridConnection, existing: HybridConnection | None) -> None:
+        """Store a stamped hybrid connection over ``existing`` (etag-checked); announce it."""
+        key = hc_key(record.name)
         if existing is None:
             await self._redis.zadd(self._hc_index, key)
         status = await self._write_doc(
@@ -531,7 +535,7 @@ class RedisStore:
             event=ChangeEvent(
                 kind="hybridConnection",
                 op="created" if existing is None else "updated",
-                name=hc.name,
+                name=record.name,
             ),
         )
         if status != "ok":
@@ -599,23 +603,7 @@ class RedisStore:
                 if if_match is not None and not etag_matches(existing.etag, if_match):
                     raise PreconditionFailedError("the etag does not match")
             record = stored_hybrid_connection(hc, existing=existing, minter=self._minter)
-            key = hc_key(record.name)
-            if existing is None:
-                await self._redis.zadd(self._hc_index, key)
-            status = await self._write_doc(
-                self._hc_hash(key),
-                mode="create" if existing is None else "update",
-                expected=existing.etag if existing is not None else "",
-                doc=record.to_json(),
-                etag=record.etag,
-                event=ChangeEvent(
-                    kind="hybridConnection",
-                    op="created" if existing is None else "updated",
-                    name=record.name,
-                ),
-            )
-            if status != "ok":
-                raise _ChangedError
+            await self._write_hc(record, existing)
             return record, existing is None
 
         return await self._retrying(attempt)
