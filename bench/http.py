@@ -48,6 +48,7 @@ from bench.throughput import (
     RelayProcess,
     machine_info,
     run_main,
+    stop_child,
     write_config,
 )
 from hybridrelay.errors import ConnectionClosedError
@@ -152,22 +153,7 @@ class ChildProcess:
         return self.process is not None and self.process.returncode is not None
 
     async def stop(self) -> None:
-        proc = self.process
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await stop_child(self.process, self._reader)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_lines[-lines:]) or "(it printed nothing)"

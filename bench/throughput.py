@@ -169,6 +169,25 @@ name = "{HC}"
     return path
 
 
+async def stop_child(
+    proc: asyncio.subprocess.Process | None, reader: asyncio.Task[None] | None
+) -> None:
+    """SIGTERM a bench child, SIGKILL it after 15 s, and let its output reader finish."""
+    if proc is not None and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(15):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if reader is not None:
+        with contextlib.suppress(asyncio.CancelledError, BenchError):
+            await reader
+
+
 @dataclass
 class RelayProcess:
     """``python -m hybridrelay relay serve --config ...`` as a child process."""
@@ -248,22 +267,7 @@ class RelayProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def stop(self) -> None:
-        proc = self.process
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, BenchError):
-                await self._reader
+        await stop_child(self.process, self._reader)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_lines[-lines:]) or "(relay printed nothing)"
