@@ -23,7 +23,7 @@ from typing import Final
 
 from .timing import seconds
 
-__all__ = ["RedisServerError", "redis_url", "unique_prefix"]
+__all__ = ["RedisServer", "RedisServerError", "redis_url", "unique_prefix"]
 
 _START_ATTEMPTS: Final = 3
 
@@ -71,16 +71,32 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _throwaway_server(executable: str) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="hybridrelay-redis-") as workdir:
-        log_path = Path(workdir) / "redis.log"
+class RedisServer:
+    """A private ``redis-server`` on a loopback port that a test may stop and start again.
+
+    The port stays the same across restarts, so clients configured with :attr:`url`
+    reconnect by themselves (the cluster's Redis-outage tests rely on that).
+    """
+
+    def __init__(self, workdir: Path, executable: str | None = None) -> None:
+        self._workdir = workdir
+        self._executable = executable or _server_executable()
+        self._log_path = workdir / "redis.log"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        """Start (on a new free port the first time, the same port after), return the URL."""
         for _ in range(_START_ATTEMPTS):
-            port = _free_port()
-            with log_path.open("ab") as log:
+            port = self.port or _free_port()
+            with self._log_path.open("ab") as log:
                 proc = subprocess.Popen(
                     [
-                        executable,
+                        self._executable,
                         "--port",
                         str(port),
                         "--bind",
@@ -90,7 +106,7 @@ def _throwaway_server(executable: str) -> Iterator[str]:
                         "--appendonly",
                         "no",
                         "--dir",
-                        workdir,
+                        str(self._workdir),
                         "--daemonize",
                         "no",
                         "--loglevel",
@@ -101,27 +117,40 @@ def _throwaway_server(executable: str) -> Iterator[str]:
                     stdin=subprocess.DEVNULL,
                 )
             deadline = time.monotonic() + seconds(10)
-            # A blocking wait is fine here: the fixture is session-scoped and synchronous.
+            # Blocking is fine: callers are synchronous fixtures or run it in a thread.
             while proc.poll() is None and not _answers_ping(port):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
             if proc.poll() is None and _answers_ping(port):
-                break
+                self.port = port
+                self._proc = proc
+                return self.url
             proc.kill()
             proc.wait()
-        else:
-            output = log_path.read_text("utf-8", "replace")
-            raise RedisServerError(f"redis-server did not start; its output:\n{output}")
+        output = self._log_path.read_text("utf-8", "replace")
+        raise RedisServerError(f"redis-server did not start; its output:\n{output}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
         try:
-            yield f"redis://127.0.0.1:{port}/0"
+            proc.wait(timeout=seconds(5))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _throwaway_server(executable: str) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="hybridrelay-redis-") as workdir:
+        server = RedisServer(Path(workdir), executable)
+        try:
+            yield server.start()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=seconds(5))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.stop()
 
 
 @contextlib.contextmanager

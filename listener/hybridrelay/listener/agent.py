@@ -161,6 +161,7 @@ class Listener:
         select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
         request_timeout: float = 60.0,
         udp_idle_timeout: float = 60.0,
+        fallback_relays: Sequence[str] = (),
     ) -> None:
         if target is not None and handler is not None:
             raise ValueError("give at most one of target= and handler=")
@@ -192,10 +193,10 @@ class Listener:
         self.idle = asyncio.Event()  # set while no relayed stream is open
         self.idle.set()
         self.stats = ListenerStats()
-        self.listen_url = (
-            f"{self.relay}/$hc/{quote(self.hc, safe='/')}?sb-hc-action=listen"
-            f"&sb-hc-id={quote(self.listener_id, safe='')}"
-        )
+        # The relay first, then the other nodes to fail over to, in turn.
+        self._relays = [self.relay, *(r.rstrip("/") for r in fallback_relays if r)]
+        self._relay_index = 0
+        self.listen_url = self._listen_url()
         self._log = ConnectionLogger(log, {"hc": self.hc, "listener": self.listener_id})
 
     # -- lifecycle -------------------------------------------------------------------
@@ -206,6 +207,21 @@ class Listener:
         key can be revoked on the relay right after the reload."""
         self._tokens = provider
         self._renew_now.set()
+
+    def _listen_url(self) -> str:
+        return (
+            f"{self.relay}/$hc/{quote(self.hc, safe='/')}?sb-hc-action=listen"
+            f"&sb-hc-id={quote(self.listener_id, safe='')}"
+        )
+
+    def _fail_over(self) -> None:
+        """Dial the next relay node next time (the one just tried is gone or leaving)."""
+        if len(self._relays) < 2:
+            return
+        self._relay_index = (self._relay_index + 1) % len(self._relays)
+        self.relay = self._relays[self._relay_index]
+        self.listen_url = self._listen_url()
+        self._log.info("relay_fail_over", extra={"relay": redact_url(self.relay)})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; raises EntityNotFoundError if the relay says 404."""
@@ -254,19 +270,25 @@ class Listener:
             return self._backoff.next_delay()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self._log.warning("relay_unreachable", extra={"error": str(exc) or type(exc).__name__})
+            self._fail_over()
             return self._backoff.next_delay()
         self.stats.connects += 1
         self._backoff.succeeded(time.monotonic())
         self._log.info("control_channel_open", extra={"relay": redact_url(self.relay)})
         self.connected.set()
         try:
-            await self._serve(ws, stop, token)
+            moved = await self._serve(ws, stop, token)
         finally:
             self.connected.clear()
             self._backoff.failed(time.monotonic())
+        if moved and len(self._relays) > 1:
+            # The node is going away (1001) or vanished: another node takes us now.
+            self._fail_over()
+            return 0.0
         return self._backoff.next_delay()
 
-    async def _serve(self, ws: WsConnection, stop: asyncio.Event, token: str) -> None:
+    async def _serve(self, ws: WsConnection, stop: asyncio.Event, token: str) -> bool:
+        """Serve one control channel; True when the relay node left (1001 or no close)."""
         async def close_on_stop() -> None:
             await stop.wait()
             # The relay fails requests still owed on a closed control channel unless they
@@ -283,6 +305,7 @@ class Listener:
 
         closer = asyncio.create_task(close_on_stop())
         renewer = asyncio.create_task(self._renew_loop(ws, token))
+        moved = False
         try:
             await self._control_loop(ws)
         except ConnectionClosedError as exc:
@@ -290,6 +313,7 @@ class Listener:
             self._log.log(
                 level, "control_channel_closed", extra={"code": exc.code, "reason": exc.reason}
             )
+            moved = exc.code in (1001, 1006)
         finally:
             for task in (closer, renewer):
                 task.cancel()
@@ -297,6 +321,7 @@ class Listener:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             ws.abort()
+        return moved
 
     async def _renew_loop(self, ws: WsConnection, token: str) -> None:
         while True:

@@ -2,9 +2,10 @@
 
 Each mapping runs ``connections`` :class:`Listener` instances, each keeping one
 control channel, spread round robin over the configured relay URLs (connection
-``i`` goes to ``relays[i % len(relays)]``). HA across relay nodes therefore needs
-``relays = [...]`` or a load balancer in front of the nodes; one URL whose name
-resolves to several addresses is dialled like any other (the OS picks).
+``i`` goes to ``relays[i % len(relays)]`` first, and moves on to the next URL when
+that node is unreachable or closes the channel with 1001 (a draining node). HA across
+relay nodes therefore needs ``relays = [...]`` or a load balancer in front of the nodes;
+one URL whose name resolves to several addresses is dialled like any other.
 
 Listener ids (``sb-hc-id``) are ``{agent_id}-{hc}-{i}``: stable across restarts of
 the agent, so a restarted agent replaces its own stale control channels on the
@@ -214,7 +215,10 @@ class _MappingRun:
         contexts: dict[str, ssl.SSLContext] = {}
         self.channels: list[_Channel] = []
         for i in range(mapping.connections):
-            relay = config.relays[i % len(config.relays)]
+            first = i % len(config.relays)
+            relay = config.relays[first]
+            # When its node fails or drains, a channel moves on to the next node in turn.
+            others = [*config.relays[first + 1 :], *config.relays[:first]]
             context = None
             if config.ca_file and relay.startswith("wss://"):
                 context = contexts.setdefault(
@@ -229,6 +233,7 @@ class _MappingRun:
                 hooks=hooks,
                 listener_id=f"{config.agent_id}-{mapping.hc}-{i}",
                 ssl_context=context,
+                fallback_relays=others,
                 ping_interval=config.ping_interval,
                 max_streams=mapping.max_streams,
                 connect_timeout=mapping.connect_timeout,

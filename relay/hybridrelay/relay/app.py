@@ -22,6 +22,7 @@ from hybridrelay.relay.mgmt import (
 )
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
+from hybridrelay.relay.remote_listeners import watch_remote_listeners
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 
@@ -56,6 +57,7 @@ def create_app(
         rng=random.Random(),  # noqa: S311 - load spreading only
     )
     app[STATE] = state
+    watch_remote_listeners(state)
     app[METRICS_KEY] = m
     app[REACTIONS] = Reactions(state)
     app.router.add_get("/healthz", healthz)

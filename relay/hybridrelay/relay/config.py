@@ -512,26 +512,31 @@ def complete(config: RelayConfig, bound_port: int | None = None) -> RelayConfig:
 class ClusterConfig:
     """``[cluster]``: the shared Redis that several relay nodes keep their state in.
 
-    Today it selects the Redis store (hybrid connections, rules, devices, certificates,
-    change events shared by every node); listener presence across nodes is issue 6.
+    It selects the Redis store (hybrid connections, rules, devices, certificates, change
+    events shared by every node) and the Redis cluster state (listener presence with a
+    heartbeat TTL, cross-node dispatch). ``node_id`` names this node (random by default);
+    each node's ``[relay] public_url`` must reach that node itself, because listeners dial
+    the rendezvous address on the sender's node.
     """
 
     redis_url: str
     prefix: str = "default"
     node_id: str | None = None
+    presence_ttl: float = 10.0
 
 
 def _cluster(top: Table, env: Mapping[str, str]) -> ClusterConfig | None:
     table = top.table("cluster")
     url = env.get("HYBRIDRELAY_REDIS_URL") or table.get_str("redis_url")
     prefix = table.get_str("prefix", "default") or "default"
-    node_id = table.get_str("node_id")
+    node_id = env.get("HYBRIDRELAY_NODE_ID") or table.get_str("node_id")
+    presence_ttl = table.get_float("presence_ttl", 10.0, minimum=1.0, maximum=300.0)
     table.reject_unknown()
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise table.error("redis_url", "must be a redis:// or rediss:// URL")
-    return ClusterConfig(redis_url=url, prefix=prefix, node_id=node_id)
+    return ClusterConfig(redis_url=url, prefix=prefix, node_id=node_id, presence_ttl=presence_ttl)
 
 
 def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) -> RelayConfig:

@@ -18,6 +18,13 @@ async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
+    reason = state.cluster.unavailable_reason()
+    if reason is not None:
+        # Open streams and this node's own listeners still work; work for listeners on
+        # other nodes does not, so a balancer should prefer nodes that see the cluster.
+        return web.json_response(
+            {"status": "degraded", "reason": f"cluster state unavailable: {reason}"}, status=503
+        )
     return web.json_response({"status": "ready", "public_url": state.public_url})
 
 

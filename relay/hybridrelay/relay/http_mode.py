@@ -59,7 +59,7 @@ from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize
 from hybridrelay.relay.cluster.base import ListenerHandle
-from hybridrelay.relay.dispatch import deliver_to_listener
+from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
@@ -242,35 +242,21 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     started = asyncio.get_running_loop().time()
     handle: ListenerHandle | None = None
 
-    def chosen(candidate: ListenerHandle) -> None:
-        pending.listener_id = candidate.listener_id
-
     try:
         await device_auth.request_started(
             state, principal, request, hc_name=hc.name, device=creds.device
         )
         body = await request.read() if inline and has_body else None
+        if body is not None:
+            pending.prefetched = body
+        compose = _composer(state, pending, address, body)
         try:
-            if inline:
-                try:
-                    pending.delivered = True
-                    handle = await deliver_to_listener(
-                        state.cluster,
-                        hc.name,
-                        message,
-                        body if has_body else None,
-                        on_chosen=chosen,
-                    )
-                except PayloadTooBigError:
-                    # Escaped header text can outgrow the control channel's 64 KiB.
-                    inline = pending.inline = pending.delivered = False
-            if handle is None:
-                handle = await deliver_to_listener(
-                    state.cluster,
-                    hc.name,
-                    Request(address=address, id=request_id),
-                    on_chosen=chosen,
-                )
+            try:
+                handle = await deliver_to_listener(state.cluster, hc.name, compose=compose)
+            except PayloadTooBigError:
+                # Escaped header text can outgrow the control channel's 64 KiB.
+                pending.inline = False
+                handle = await deliver_to_listener(state.cluster, hc.name, compose=compose)
         except NoListenerError as exc:
             raise BadGatewayError(str(exc)) from exc
         state.cluster.stream_started(handle)
@@ -294,6 +280,26 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         pending.closed = True
         for sock in list(pending.sockets):
             cast(HttpRendezvous, sock).shutdown()
+
+
+def _composer(
+    state: RelayState, pending: PendingRequest, address: str, body: bytes | None
+) -> Compose:
+    """Inline to a listener on this node when small; rendezvous-only otherwise.
+
+    A listener on another node always gets the rendezvous-only form: it dials this
+    node and takes the request (body streamed) there, so no payload crosses Redis.
+    """
+
+    def compose(candidate: ListenerHandle) -> tuple[Request, bytes | None]:
+        pending.listener_id = candidate.listener_id
+        if pending.inline and candidate.node_id == state.cluster.node_id:
+            pending.delivered = True
+            return pending.message, body
+        pending.delivered = False
+        return Request(address=address, id=pending.request_id), None
+
+    return compose
 
 
 def _with_address(message: Request, address: str) -> Request:
@@ -576,6 +582,10 @@ class HttpRendezvous(asyncio.Protocol):
 
 
 async def _read_body(pending: PendingRequest) -> AsyncIterator[bytes]:
+    if pending.prefetched is not None:
+        if pending.prefetched:
+            yield pending.prefetched
+        return
     # Only while the sender's handler still owns its request: once it has answered
     # (say 504), aiohttp may drain the body itself.
     while not pending.closed:

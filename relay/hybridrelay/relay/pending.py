@@ -148,6 +148,9 @@ class PendingRequest:
     delivered: bool = False  # the listener has the request (inline, or sent on a rendezvous)
     closed: bool = False  # the sender's handler is done with it
     sockets: set[object] = field(default_factory=set)  # open rendezvous sockets for it
+    # The body, when the relay read it whole for an inline delivery that went elsewhere
+    # (a listener on another node gets the request over its rendezvous socket instead).
+    prefetched: bytes | None = None
 
     def deliver_header(self, response: Response) -> bool:
         """Record the response header; False if one arrived already."""

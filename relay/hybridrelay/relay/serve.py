@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +20,8 @@ from hybridrelay.errors import ConfigError
 from hybridrelay.logs import RELAY
 from hybridrelay.relay.app import create_app
 from hybridrelay.relay.ca_trust import attach, cleanup_context
+from hybridrelay.relay.cluster.base import ClusterState
+from hybridrelay.relay.cluster.redis import RedisClusterState
 from hybridrelay.relay.config import ClientCertMode, RelayConfig, complete
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE
@@ -77,6 +80,21 @@ async def open_store(config: RelayConfig) -> Store:
     return await SqliteStore.open(config)
 
 
+async def open_cluster(config: RelayConfig) -> ClusterState | None:
+    """The Redis cluster state with ``[cluster]``; None for the single-node default."""
+    cluster = config.cluster
+    if cluster is None:
+        return None
+    return await RedisClusterState.open(
+        cluster.redis_url,
+        prefix=cluster.prefix,
+        node_id=cluster.node_id or secrets.token_hex(8),
+        ttl=cluster.presence_ttl,
+        rendezvous_ttl=config.relay.rendezvous_timeout,
+        max_pending=config.relay.max_pending_rendezvous,
+    )
+
+
 async def run(
     config: RelayConfig,
     stop: asyncio.Event,
@@ -101,8 +119,17 @@ async def run(
         if s.tls_cert and s.tls_key
         else None
     )
+    if config.cluster is not None and config.cluster.node_id is None:
+        # One name for this node in the store's change events and in listener presence.
+        config = replace(config, cluster=replace(config.cluster, node_id=secrets.token_hex(8)))
     # The embedded default store: one SQLite file under data_dir (config entities imported).
-    app = create_app(config, store=await open_store(config))
+    store = await open_store(config)
+    try:
+        cluster = await open_cluster(config)
+    except BaseException:
+        await store.close()
+        raise
+    app = create_app(config, store=store, cluster=cluster)
     if ssl_ctx is not None and s.client_cert != "none":
         # Verified CA certificates of the store join the live context (ca_trust.py).
         app.cleanup_ctx.append(cleanup_context(attach(ssl_ctx, s.client_ca_file)))

@@ -8,17 +8,20 @@ the cluster state, which knows whether the listener lives on this node.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.pending import PendingConnect, PendingRequest
 
-__all__ = ["ClusterState", "ListenerHandle", "ListenerPort", "Pending"]
+__all__ = ["ClusterState", "ListenerGone", "ListenerHandle", "ListenerPort", "Pending"]
 
 
 Pending = PendingConnect | PendingRequest
+
+# (hybrid connection, listener id): a listener elsewhere that this node sent work to is gone.
+ListenerGone = Callable[[str, str], None]
 
 
 class ListenerPort(Protocol):
@@ -49,6 +52,19 @@ class ListenerHandle:
 
 
 class ClusterState(Protocol):
+    node_id: str
+
+    def unavailable_reason(self) -> str | None:
+        """Why this node cannot see the cluster right now (Redis down), or None."""
+        ...
+
+    def on_listener_gone(self, callback: ListenerGone) -> None:
+        """Hear of listeners on other nodes going away after this node sent them work.
+
+        Listeners of this node are the relay's own business (it sees them close).
+        """
+        ...
+
     async def attach(
         self, channel: ListenerPort, *, max_listeners: int, takeover: bool = True
     ) -> None:

@@ -15,7 +15,7 @@ from hybridrelay.errors import (
 from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
-from hybridrelay.relay.cluster.base import ListenerHandle, ListenerPort, Pending
+from hybridrelay.relay.cluster.base import ListenerGone, ListenerHandle, ListenerPort, Pending
 from hybridrelay.relay.rendezvous import RendezvousTable, TableFullError
 
 __all__ = ["MemoryClusterState"]
@@ -38,6 +38,23 @@ class MemoryClusterState:
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
         self._pending = RendezvousTable[Pending](now=now, ttl=rendezvous_ttl, limit=max_pending)
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def on_listener_gone(self, callback: ListenerGone) -> None:
+        """Every listener is local here: the relay sees each one close itself."""
+
+    def listeners(self) -> list[ListenerPort]:
+        return [channel for channels in self._channels.values() for channel in channels.values()]
+
+    def local_loads(self, hc_name: str) -> dict[str, tuple[ListenerPort, int]]:
+        """This node's listeners of ``hc_name`` with their active stream counts."""
+        hc = hc_name.lower()
+        return {
+            lid: (channel, self._active.get((hc, lid), 0))
+            for lid, channel in self._channels.get(hc, {}).items()
+        }
 
     async def attach(
         self, channel: ListenerPort, *, max_listeners: int, takeover: bool = True

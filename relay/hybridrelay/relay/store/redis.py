@@ -20,9 +20,11 @@ exactly one passes; the other re-reads and fails with 412. Index entries are add
 before an entity and removed after it, so a listing can meet a dangling name (skipped)
 but never misses an entity.
 
-Nothing is cached here: every lookup is one round trip (``resolve`` pipelines its
-candidates), so a change is visible to every node at once. Change events still go
-to subscribers on every node, for the relay's own caches and open connections.
+Nothing is cached for normal operation: every lookup is one round trip (``resolve``
+pipelines its candidates), so a change is visible to every node at once. The last
+answers read are kept only to be served while Redis is unreachable (last_known.py).
+Change events still go to subscribers on every node, for the relay's own caches and
+open connections.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.base import ChangeCallback
 from hybridrelay.relay.store.certificates import CaCertificate, stored_certificate
+from hybridrelay.relay.store.last_known import LastKnown
 from hybridrelay.relay.store.models import (
     MAX_RULES_PER_SCOPE,
     ChangeEvent,
@@ -213,8 +216,14 @@ class RedisStore:
         self._set_state: Script = redis.script(_SET_STATE)
         self._touch: Script = redis.script(_TOUCH)
         self._subscribers: list[ChangeCallback] = []
+        # Served only while Redis is unreachable (last_known.py).
+        self._last_resolved: LastKnown[tuple[HybridConnection, str] | None] = LastKnown("resolve")
+        self._last_hc: LastKnown[HybridConnection | None] = LastKnown("hybrid connection")
+        self._last_rules: LastKnown[tuple[Rule, ...]] = LastKnown("namespace rules", limit=1)
+        self._last_devices: LastKnown[Device | None] = LastKnown("device")
         self._last_touch: dict[str, float] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._config: RelayConfig | None = None  # re-imported after Redis comes back
         self._closed = False
 
     @classmethod
@@ -250,6 +259,7 @@ class RedisStore:
             minter=Minter(now=now, rng=rng),
             node_id=node,
         )
+        store._config = config
         try:
             await store._redis.ping()
             await store._start_listener()
@@ -345,6 +355,10 @@ class RedisStore:
                 async with self._redis.subscription(self._channel) as subscription:
                     backoff.succeeded(time.monotonic())
                     if ready.is_set():
+                        # A Redis that restarted empty gets the config's entities back
+                        # (idempotent when they are there).
+                        if self._config is not None:
+                            await self.import_config(self._config)
                         # Events published while we were away are lost: caches must go.
                         self._emit(ChangeEvent(kind="reset", op="updated", name=""))
                     ready.set()
@@ -450,6 +464,9 @@ class RedisStore:
     # --- hot path -------------------------------------------------------------------------
 
     async def resolve(self, path: str) -> tuple[HybridConnection, str] | None:
+        return await self._last_resolved.read(path, lambda: self._resolve(path))
+
+    async def _resolve(self, path: str) -> tuple[HybridConnection, str] | None:
         # Longest match first: "a/b/c" tries "a/b/c", "a/b", "a" (HC §2.1), in one round trip.
         ends: list[int] = []
         end = len(path)
@@ -466,10 +483,17 @@ class RedisStore:
 
     async def get(self, name: str) -> HybridConnection | None:
         key = self._hc_hash(hc_key(name))
-        return self._decode_hc(key, await self._redis.hgetall(key))
+
+        async def fetch() -> HybridConnection | None:
+            return self._decode_hc(key, await self._redis.hgetall(key))
+
+        return await self._last_hc.read(key, fetch)
 
     async def namespace_rules(self) -> tuple[Rule, ...]:
-        return self._decode_rules(self._ns, await self._redis.hgetall(self._ns))
+        async def fetch() -> tuple[Rule, ...]:
+            return self._decode_rules(self._ns, await self._redis.hgetall(self._ns))
+
+        return await self._last_rules.read(self._ns, fetch)
 
     async def create(self, hc: HybridConnection) -> HybridConnection:
         async def attempt() -> HybridConnection:
@@ -791,7 +815,11 @@ class RedisStore:
         except ValidationError:
             return None
         key = self._dev_hash(device_id)
-        return self._decode_device(key, await self._redis.hgetall(key))
+
+        async def fetch() -> Device | None:
+            return self._decode_device(key, await self._redis.hgetall(key))
+
+        return await self._last_devices.read(key, fetch)
 
     async def create_device(self, device: Device) -> Device:
         record = new_device(device, self._minter)

@@ -68,6 +68,14 @@ class Script:
             raise _unavailable(exc) from exc
         return _str(result)
 
+    async def call_list(self, keys: Sequence[str], args: Sequence[str]) -> list[str]:
+        """Run the script when it answers with an array of strings."""
+        try:
+            result: Any = await self._script(keys=list(keys), args=list(args))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return _str_list(result)
+
 
 class Subscription:
     """One pub/sub channel; :meth:`get` waits for the next message's text."""
@@ -112,6 +120,7 @@ class RedisAdapter:
         client_name: str | None = None,
         max_connections: int = 64,
         pool_timeout: float = 10.0,
+        socket_timeout: float | None = None,
     ) -> RedisAdapter:
         """Connect lazily to ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
@@ -119,6 +128,8 @@ class RedisAdapter:
         ``max_connections`` are busy (redis-py's default pool fails at once with "Too many
         connections"), so a burst of work queues instead of failing. ``client_name``
         shows in ``CLIENT LIST``, so an operator can tell relay nodes apart.
+        ``socket_timeout`` bounds every reply (and connecting), so a Redis that hangs
+        fails fast instead of holding callers.
         """
         pool = BlockingConnectionPool.from_url(
             url,
@@ -127,6 +138,8 @@ class RedisAdapter:
             client_name=client_name,
             max_connections=max_connections,
             timeout=pool_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
         )
         return cls(Redis.from_pool(pool))  # the client owns the pool and closes it
 
@@ -139,6 +152,26 @@ class RedisAdapter:
     async def ping(self) -> None:
         try:
             await self._client.ping()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def publish(self, channel: str, message: str) -> int:
+        """PUBLISH; returns how many subscribers received it."""
+        try:
+            value: Any = await self._client.publish(channel, message)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return int(value)
+
+    async def hincrby_many(self, key_fields: Sequence[tuple[str, str, int]]) -> None:
+        """HINCRBY of several (key, field, delta) in one round trip (not atomic)."""
+        if not key_fields:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, field, delta in key_fields:
+                    _ = pipe.hincrby(key, field, delta)  # queued; executed below
+                await pipe.execute()
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
