@@ -577,3 +577,43 @@ def test_complete_keeps_an_explicit_public_url() -> None:
 def test_complete_after_load(tmp_path: Path) -> None:
     config = load(tmp_path, '[relay]\nhost = "0.0.0.0"\nport = 0\n' + RULE)
     assert complete(config, 5555).relay.public_url == "ws://127.0.0.1:5555"
+
+
+# --- [cluster] ----------------------------------------------------------------------------
+
+
+def test_cluster_table_and_its_environment_overrides(tmp_path: Path) -> None:
+    text = RULE + '[cluster]\nredis_url = "redis://r:6379/0"\nnode_id = "n1"\npresence_ttl = 4\n'
+    config = load(tmp_path, text)
+    assert config.cluster is not None
+    assert (config.cluster.redis_url, config.cluster.node_id) == ("redis://r:6379/0", "n1")
+    assert config.cluster.presence_ttl == 4.0
+    assert config.cluster.prefix == "default"
+    env = {
+        "HYBRIDRELAY_REDIS_URL": "redis://other:6379/1",
+        "HYBRIDRELAY_NODE_ID": "pod-2",
+        "HYBRIDRELAY_PUBLIC_URL": "ws://pod-2.relay:8080",
+    }
+    config = load(tmp_path, text, env)
+    assert config.cluster is not None
+    assert (config.cluster.redis_url, config.cluster.node_id) == ("redis://other:6379/1", "pod-2")
+    assert config.relay.public_url == "ws://pod-2.relay:8080"
+    assert load(tmp_path, RULE).cluster is None  # no Redis: the single-node default
+    only_env = load(tmp_path, RULE, {"HYBRIDRELAY_REDIS_URL": "redis://r/0"}).cluster
+    assert only_env is not None
+    assert only_env.presence_ttl == 10.0
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "reason"),
+    [
+        ('redis_url = "http://r:6379"', "redis_url", "redis://"),
+        ('redis_url = "redis://r"\npresence_ttl = 0.5', "presence_ttl", "between 1 and 300"),
+        ('redis_url = "redis://r"\npresence_ttl = "ten"', "presence_ttl", "number"),
+        ('redis_url = "redis://r"\nheartbeat = 3', "heartbeat", "unknown"),
+        ('redis_url = "redis://r"\nnode_id = "a{b}"', "node_id", "letters, digits"),
+        ('redis_url = "redis://r"\nprefix = "has space"', "prefix", "letters, digits"),
+    ],
+)
+def test_cluster_table_refusals(tmp_path: Path, line: str, key: str, reason: str) -> None:
+    refuse(tmp_path, RULE + f"[cluster]\n{line}\n", f"cluster.{key}", reason)

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from hybridrelay.config import Secret, Table, load_toml
@@ -525,17 +525,26 @@ class ClusterConfig:
     presence_ttl: float = 10.0
 
 
+_REDIS_NAME: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 def _cluster(top: Table, env: Mapping[str, str]) -> ClusterConfig | None:
     table = top.table("cluster")
-    url = env.get("HYBRIDRELAY_REDIS_URL") or table.get_str("redis_url")
+    # Read the file's keys even when the environment overrides them (they are known keys).
+    file_url, file_node = table.get_str("redis_url"), table.get_str("node_id")
+    url = env.get("HYBRIDRELAY_REDIS_URL") or file_url
     prefix = table.get_str("prefix", "default") or "default"
-    node_id = env.get("HYBRIDRELAY_NODE_ID") or table.get_str("node_id")
+    node_id = env.get("HYBRIDRELAY_NODE_ID") or file_node
     presence_ttl = table.get_float("presence_ttl", 10.0, minimum=1.0, maximum=300.0)
     table.reject_unknown()
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise table.error("redis_url", "must be a redis:// or rediss:// URL")
+    # They become Redis key parts and CLIENT SETNAME values: no braces (hash tags), no spaces.
+    for key, value in (("prefix", prefix), ("node_id", node_id)):
+        if value is not None and not _REDIS_NAME.match(value):
+            raise table.error(key, "must be 1-64 letters, digits, '.', '_' or '-'")
     return ClusterConfig(redis_url=url, prefix=prefix, node_id=node_id, presence_ttl=presence_ttl)
 
 
