@@ -1,4 +1,4 @@
-"""``hybridrelay``: relay serve | listen | forward | token | demo | admin.
+"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster.
 
 parse arguments -> load config -> lazy-import the component -> run it under
 one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridrelay.errors import ConfigError, EntityNotFoundError
+from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
 from hybridrelay.logs import configure_logging
 
 __all__ = ["main"]
@@ -180,8 +180,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=5)
 
     from hybridrelay.client.admin_cli import add_admin_parser
+    from hybridrelay.devcluster import add_dev_parser
 
     add_admin_parser(sub)
+    add_dev_parser(sub)
     return parser
 
 
@@ -419,6 +421,12 @@ def _demo(args: argparse.Namespace) -> None:
     _run(lambda stop: run_demo(stop, messages=args.messages))
 
 
+def _dev(args: argparse.Namespace) -> None:
+    from hybridrelay.devcluster import run_cluster
+
+    _run(lambda stop: run_cluster(args, stop))
+
+
 def _admin(args: argparse.Namespace) -> None:
     from hybridrelay.client.admin_cli import run_admin
 
@@ -438,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": _token,
         "demo": _demo,
         "admin": _admin,
+        "dev": _dev,
     }
     try:
         commands[args.command](args)
@@ -446,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except EntityNotFoundError as exc:
         print(f"hybridrelay: {exc}", file=sys.stderr)
+        return 1
+    except UnavailableError as exc:  # e.g. the cluster's Redis is unreachable at start
+        print(f"hybridrelay: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(f"hybridrelay: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

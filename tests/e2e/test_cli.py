@@ -10,6 +10,7 @@ import hashlib
 import re
 import secrets
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -228,6 +229,38 @@ async def test_relay_serve_bad_config_exits_2_with_one_line(procs: ProcessGroup)
     assert relay.lines == [
         f"hybridrelay: config error: {path}: relay.port: must be an integer, not str"
     ]
+
+
+async def test_relay_serve_unreachable_redis_or_taken_port_exits_1_with_one_line(
+    procs: ProcessGroup, tmp_path: Path
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        nobody = free.getsockname()[1]
+        free.close()  # nothing listens here: connecting is refused at once
+        config = tmp_path / "relay.toml"
+        config.write_text(
+            f'[relay]\nport = 0\ndata_dir = "{tmp_path}"\n'
+            '[[rules]]\nname = "root"\nkey = "0123456789abcdef"\nrights = ["Listen"]\n'
+            f'[cluster]\nredis_url = "redis://127.0.0.1:{nobody}/0"\n',
+            "utf-8",
+        )
+        relay = await procs.start("relay", "serve", "--config", str(config), name="no redis")
+        assert await relay.wait(timeout=20) == 1
+        assert len(relay.lines) == 1, relay.lines
+        assert relay.lines[0].startswith("hybridrelay: redis: "), relay.lines
+
+        port = holder.getsockname()[1]
+        relay = await procs.start(
+            "relay", "serve", "--port", str(port), "--host", "127.0.0.1",
+            env={"HYBRIDRELAY_DATA_DIR": str(tmp_path / "data")}, name="taken port",
+        )  # fmt: skip
+        assert await relay.wait(timeout=20) == 1
+        assert relay.lines[-1].startswith("hybridrelay: "), relay.lines
+        assert "in use" in relay.lines[-1].lower(), relay.lines
 
 
 # -- d. no config: the development default --------------------------------------------------

@@ -390,7 +390,10 @@ async def wait_ready(node: RelayProcess, want: int, timeout: float) -> dict[str,
             await asyncio.sleep(0.05)  # polling an endpoint, not synchronisation by delay
 
 
-async def test_redis_outage_degrades_then_recovers_without_restarts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("outage", ["stopped", "hung"])
+async def test_redis_outage_degrades_then_recovers_without_restarts(
+    tmp_path: Path, outage: str
+) -> None:
     redis = RedisServer(tmp_path)
     url = await asyncio.to_thread(redis.start)
     try:
@@ -403,7 +406,7 @@ async def test_redis_outage_degrades_then_recovers_without_restarts(tmp_path: Pa
                 await open_stream.send(b"open")
                 assert await open_stream.recv() == b"open"
 
-                await asyncio.to_thread(redis.stop)
+                await asyncio.to_thread(redis.stop if outage == "stopped" else redis.pause)
                 doc = await wait_ready(a, 503, timeout=10)
                 assert doc["status"] == "degraded"
                 assert "unavailable" in str(doc["reason"])
@@ -419,7 +422,7 @@ async def test_redis_outage_degrades_then_recovers_without_restarts(tmp_path: Pa
                 assert refused.value.status == 503
                 assert "Redis" in refused.value.body
 
-                await asyncio.to_thread(redis.start)
+                await asyncio.to_thread(redis.start if outage == "stopped" else redis.resume)
                 for node in (a, b):
                     doc = await wait_ready(node, 200, timeout=15)
                     assert doc["status"] == "ready"

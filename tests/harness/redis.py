@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -131,8 +132,19 @@ class RedisServer:
         output = self._log_path.read_text("utf-8", "replace")
         raise RedisServerError(f"redis-server did not start; its output:\n{output}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung Redis)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
         if proc is None:
             return
         proc.terminate()

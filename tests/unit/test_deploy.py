@@ -1,8 +1,10 @@
-"""deploy/: the container image, compose, nginx and Kubernetes manifests agree with the code.
+"""deploy/: the container image, compose, nginx, Kubernetes and systemd files agree with the code.
 
 No container engine is needed: the YAML is parsed, the configs it mounts are loaded with
-the real loaders, and ports, probe paths and ``HYBRIDRELAY_*`` names are checked against
-what the relay and agent know. ``nginx -t`` runs only when nginx is on PATH.
+the real loaders (with each node's or pod's environment), and ports, probe paths, shutdown
+budgets and ``HYBRIDRELAY_*`` names are checked against what the relay and agent know.
+``nginx -t`` runs on the shipped nginx config when nginx is on PATH (see that test for how
+the compose-only upstream names are handled).
 """
 
 from __future__ import annotations
@@ -30,21 +32,33 @@ NGINX = DEPLOY / "nginx" / "hybridrelay.conf"
 DOCKERFILE = DEPLOY / "Dockerfile"
 RELAY_SERVICES = ("relay-1", "relay-2", "relay-3")
 
-# Every HYBRIDRELAY_* name the code reads: the [relay] overrides, the agent overrides,
-# the cluster's Redis URL, the development key and the logging options of the CLI.
+SYSTEMD_RELAY = DEPLOY / "systemd" / "hybridrelay-relay.service"
+
+
+def _named_env_reads(*paths: Path) -> set[str]:
+    """``HYBRIDRELAY_*`` names read one by one (``env.get("HYBRIDRELAY_X")``) in ``paths``."""
+    names: set[str] = set()
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        names |= set(re.findall(r'env(?:iron)?\.get\(\s*"(HYBRIDRELAY_[A-Z_]+)"', text))
+    return names
+
+
+# Every HYBRIDRELAY_* name the code reads: the [relay] overrides, the agent overrides, and
+# the names read one by one ([cluster] Redis URL and node id, the development key, the
+# CLI's logging options), taken from the source so a rename here breaks this test.
 KNOWN_ENV = (
     {f"HYBRIDRELAY_{key.upper()}" for key in relay_config._ENV_TYPES}
     | {
         "HYBRIDRELAY_" + (key if key == "agent_id" else f"agent_{key}").upper()
         for key in agent_config._ENV_OVERRIDES
     }
-    | {
-        "HYBRIDRELAY_REDIS_URL",
-        "HYBRIDRELAY_DEV_KEY",
-        "HYBRIDRELAY_LOG_LEVEL",
-        "HYBRIDRELAY_LOG_FORMAT",
-    }
+    | _named_env_reads(
+        ROOT / "relay" / "hybridrelay" / "relay" / "config.py",
+        ROOT / "core" / "hybridrelay" / "cli.py",
+    )
 )
+CLUSTER_ENV = ("HYBRIDRELAY_REDIS_URL", "HYBRIDRELAY_NODE_ID", "HYBRIDRELAY_PUBLIC_URL")
 
 
 def _compose() -> dict[str, Any]:
@@ -143,10 +157,17 @@ def test_compose_services_and_images() -> None:
     assert services["agent"]["command"][:2] == ["listen", "--config"]
 
 
+def test_known_env_covers_the_cluster_settings() -> None:
+    # Guards the source scan above: these must be found, or every env check is toothless.
+    assert set(CLUSTER_ENV) | {"HYBRIDRELAY_DEV_KEY", "HYBRIDRELAY_LOG_LEVEL"} <= KNOWN_ENV
+
+
 def test_compose_env_names_are_known_to_the_code() -> None:
     for name, service in _compose()["services"].items():
         used = {n for n in _env_names(service.get("environment")) if n.startswith("HYBRIDRELAY_")}
         assert used <= KNOWN_ENV, (name, used - KNOWN_ENV)
+    for name in RELAY_SERVICES:
+        assert set(CLUSTER_ENV) <= _env_names(_compose()["services"][name]["environment"])
 
 
 def test_compose_relay_nodes_have_own_public_urls_routed_by_nginx() -> None:
@@ -190,6 +211,7 @@ def test_compose_configs_exist_and_load() -> None:
         config = load_relay_config(mounts[config_path], env=env)
         assert config.cluster is not None
         assert config.cluster.redis_url == env["HYBRIDRELAY_REDIS_URL"]
+        assert config.cluster.node_id == env["HYBRIDRELAY_NODE_ID"] == name
         assert config.relay.public_url == env["HYBRIDRELAY_PUBLIC_URL"]
         assert config.relay.host == "0.0.0.0"
         # nginx proxies to the port the node listens on.
@@ -239,26 +261,45 @@ def test_nginx_config_is_websocket_aware() -> None:
     assert re.findall(r"server ([\w-]+):\d+", upstream.group(1)) == list(RELAY_SERVICES)
 
 
+def _nginx_version(nginx: str) -> tuple[int, ...]:
+    result = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", result.stderr)
+    assert match, result.stderr
+    return tuple(int(part) for part in match.groups())
+
+
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    """``nginx -t`` on a rendered copy of the compose setup (deploy/compose/nginx.conf
+    including deploy/nginx/hybridrelay.conf), changed only where it must be outside Docker:
+
+    * ``nginx -t`` resolves every upstream host name, and ``relay-1..3`` exist only on the
+      compose network, so they become 127.0.0.1 (same ports; nothing is connected to);
+    * the include and the pid file point into ``tmp_path``, and ``-p tmp_path/`` keeps every
+      relative path there, so neither root nor /etc/nginx is needed;
+    * ``-e stderr`` (nginx >= 1.19.5) stops nginx from opening its compiled-in error log
+      (/var/log/nginx/error.log, root-only) before it reads the config.
+
+    Every other directive is tested as shipped.
+    """
+    nginx = shutil.which("nginx")
+    assert nginx
     site = NGINX.read_text(encoding="utf-8")
-    for name in RELAY_SERVICES:  # nginx -t resolves upstream names
+    for name in RELAY_SERVICES:
+        assert f"{name}:" in site
         site = site.replace(f"{name}:", "127.0.0.1:")
     (tmp_path / "hybridrelay.conf").write_text(site, encoding="utf-8")
     main = (DEPLOY / "compose" / "nginx.conf").read_text(encoding="utf-8")
+    assert "/etc/nginx/conf.d/hybridrelay.conf" in main
     main = main.replace("/etc/nginx/conf.d/hybridrelay.conf", str(tmp_path / "hybridrelay.conf"))
     main = re.sub(r"^pid .*;$", f"pid {tmp_path / 'nginx.pid'};", main, flags=re.M)
     (tmp_path / "nginx.conf").write_text(main, encoding="utf-8")
-    nginx = shutil.which("nginx")
-    assert nginx
-    result = subprocess.run(
-        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
+    args = [nginx, "-t", "-p", f"{tmp_path}/", "-c", str(tmp_path / "nginx.conf")]
+    if _nginx_version(nginx) >= (1, 19, 5):
+        args[1:1] = ["-e", "stderr"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
     assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
 
 
 # ---- Kubernetes ------------------------------------------------------------------------
@@ -317,6 +358,57 @@ def test_k8s_env_names_are_known_to_the_code() -> None:
     used |= {e["name"] for e in container["env"] if e["name"].startswith("HYBRIDRELAY_")}
     assert used <= KNOWN_ENV, used - KNOWN_ENV
     assert "HYBRIDRELAY_REDIS_URL" in used
+
+
+def _pod_env(pod_name: str, namespace: str = "relay") -> dict[str, str]:
+    """The relay container's environment in pod ``pod_name``, as the kubelet builds it:
+    ConfigMaps first, then ``env`` in order (downward API fields, ``$(VAR)`` references
+    to variables defined before)."""
+    _, container = _relay_container()
+    configmaps = {c["metadata"]["name"]: c["data"] for c in _kind("ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]])
+    fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
+            )
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def test_k8s_every_pod_is_its_own_cluster_node(tmp_path: Path) -> None:
+    sts, container = _relay_container()
+    env_items = {e["name"]: e for e in container["env"]}
+    node_id_ref = env_items["HYBRIDRELAY_NODE_ID"]["valueFrom"]["fieldRef"]
+    assert node_id_ref["fieldPath"] == "metadata.name"
+    path = _example_relay_toml(tmp_path)
+    (ingress,) = _kind("Ingress")
+    backends = {
+        r["host"]: p["backend"]["service"]["name"]
+        for r in ingress["spec"]["rules"]
+        for p in r["http"]["paths"]
+    }
+    services = {s["metadata"]["name"]: s for s in _kind("Service")}
+    seen_urls, seen_ids = set(), set()
+    for i in range(sts["spec"]["replicas"]):
+        pod = f"{sts['metadata']['name']}-{i}"
+        config = load_relay_config(path, env=_pod_env(pod))
+        assert config.cluster is not None
+        assert config.cluster.node_id == pod
+        assert config.cluster.redis_url.startswith("redis")
+        url = config.relay.public_url
+        assert "$(" not in url
+        seen_urls.add(url)
+        seen_ids.add(config.cluster.node_id)
+        # The public URL's host is routed by the Ingress to a Service selecting this pod only.
+        host = url.split("://", 1)[1].split("/")[0].split(":")[0]
+        selector = services[backends[host]]["spec"]["selector"]
+        assert selector["statefulset.kubernetes.io/pod-name"] == pod
+    assert len(seen_urls) == len(seen_ids) == sts["spec"]["replicas"]
 
 
 def test_k8s_public_url_comes_from_the_pod_name() -> None:
@@ -394,3 +486,54 @@ def test_k8s_services_select_the_pods() -> None:
         pdb["spec"].get("maxUnavailable", 0) >= 1
         or pdb["spec"].get("minAvailable", 0) < (sts["spec"]["replicas"])
     )
+
+
+# ---- systemd ---------------------------------------------------------------------------
+
+
+def _unit(path: Path) -> dict[str, list[str]]:
+    """``Key=value`` lines of a unit file (continuations joined), values per key in order."""
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    values: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def test_systemd_relay_unit_drains_and_takes_cluster_settings() -> None:
+    unit = _unit(SYSTEMD_RELAY)
+    (exec_start,) = unit["ExecStart"]
+    assert exec_start.split()[1:4] == ["relay", "serve", "--config"]
+    assert unit["KillSignal"] == ["SIGTERM"]
+    (stop_s,) = unit["TimeoutStopSec"]
+    assert float(stop_s) > relay_config.RelaySettings().drain_timeout + 1
+    assert unit["User"] != ["root"]
+    assert any(f.lstrip("-").startswith("/etc/hybridrelay/") for f in unit["EnvironmentFile"])
+    text = SYSTEMD_RELAY.read_text(encoding="utf-8")
+    mentioned = set(re.findall(r"HYBRIDRELAY_[A-Z_]+", text))
+    assert set(CLUSTER_ENV) <= mentioned
+    assert mentioned <= KNOWN_ENV, mentioned - KNOWN_ENV
+    for path in sorted((DEPLOY / "systemd").glob("*.service")):
+        if path != SYSTEMD_RELAY:
+            names = set(re.findall(r"HYBRIDRELAY_[A-Z_]+", path.read_text(encoding="utf-8")))
+            # hybridrelay-listen@ passes its own variables (from its EnvironmentFile) as
+            # command-line arguments; the key through --key-env HYBRIDRELAY_KEY.
+            names -= {"HYBRIDRELAY_RELAY", "HYBRIDRELAY_KEY_NAME", "HYBRIDRELAY_KEY"}
+            names -= {"HYBRIDRELAY_TARGET"}
+            assert names <= KNOWN_ENV, (path.name, names - KNOWN_ENV)
+
+
+# ---- docs ------------------------------------------------------------------------------
+
+
+def test_deploy_docs_name_only_settings_the_code_knows() -> None:
+    for doc in ("deploy.md", "scaling.md"):
+        text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+        names = set(re.findall(r"HYBRIDRELAY_[A-Z][A-Z_]*[A-Z]", text))
+        assert names <= KNOWN_ENV, (doc, names - KNOWN_ENV)
+        for target in re.findall(r"\]\(([^)#\s]+)", text):  # relative links resolve
+            if "://" not in target:
+                assert (ROOT / "docs" / target).resolve().exists(), (doc, target)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from hybridrelay.errors import UnavailableError
-from hybridrelay.relay.store.last_known import LastKnown
+from hybridrelay.relay.store.last_known import Breaker, LastKnown
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Source:
@@ -32,13 +40,22 @@ async def test_every_read_goes_to_the_source_while_it_answers() -> None:
 
 
 async def test_the_last_answer_is_served_while_the_source_is_down() -> None:
-    source, cache = Source(), LastKnown[str | None]("thing")
+    clock = Clock()
+    source = Source()
+    cache = LastKnown[str | None]("thing", breaker=Breaker(retry_after=1.0, now=clock))
     await cache.read("k", source.fetch)
     source.down = True
     assert await cache.read("k", source.fetch) == "v1"
+    calls = source.calls
+    # For a second after a failure the source is not asked at all (a hung Redis costs
+    # its timeout once): remembered keys are served, others fail at once.
+    assert await cache.read("k", source.fetch) == "v1"
     with pytest.raises(UnavailableError):
         await cache.read("never-read", source.fetch)
+    assert source.calls == calls
     source.down, source.value = False, "v3"
+    assert await cache.read("k", source.fetch) == "v1"
+    clock.now += 1.0
     assert await cache.read("k", source.fetch) == "v3"
 
 

@@ -55,7 +55,7 @@ from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.base import ChangeCallback
 from hybridrelay.relay.store.certificates import CaCertificate, stored_certificate
-from hybridrelay.relay.store.last_known import LastKnown
+from hybridrelay.relay.store.last_known import Breaker, LastKnown
 from hybridrelay.relay.store.models import (
     MAX_RULES_PER_SCOPE,
     ChangeEvent,
@@ -98,6 +98,7 @@ _MAX_ATTEMPTS: Final = 64
 _TOUCH_INTERVAL: Final = 1.0
 _POLL: Final = 1.0  # pub/sub read timeout; lets the loop notice a dead link
 _READY_TIMEOUT: Final = 5.0
+_REPLY_TIMEOUT: Final = 3.0  # a Redis that hangs fails requests in this, not never
 _MAX_NAME: Final = 260
 _KINDS: Final[dict[str, ChangeKind]] = {
     "hybridConnection": "hybridConnection",
@@ -217,10 +218,17 @@ class RedisStore:
         self._touch: Script = redis.script(_TOUCH)
         self._subscribers: list[ChangeCallback] = []
         # Served only while Redis is unreachable (last_known.py).
-        self._last_resolved: LastKnown[tuple[HybridConnection, str] | None] = LastKnown("resolve")
-        self._last_hc: LastKnown[HybridConnection | None] = LastKnown("hybrid connection")
-        self._last_rules: LastKnown[tuple[Rule, ...]] = LastKnown("namespace rules", limit=1)
-        self._last_devices: LastKnown[Device | None] = LastKnown("device")
+        self._down = down = Breaker()
+        self._last_resolved: LastKnown[tuple[HybridConnection, str] | None] = LastKnown(
+            "resolve", breaker=down
+        )
+        self._last_hc: LastKnown[HybridConnection | None] = LastKnown(
+            "hybrid connection", breaker=down
+        )
+        self._last_rules: LastKnown[tuple[Rule, ...]] = LastKnown(
+            "namespace rules", limit=1, breaker=down
+        )
+        self._last_devices: LastKnown[Device | None] = LastKnown("device", breaker=down)
         self._last_touch: dict[str, float] = {}
         self._listener: asyncio.Task[None] | None = None
         self._config: RelayConfig | None = None  # re-imported after Redis comes back
@@ -254,7 +262,9 @@ class RedisStore:
         _check_name("prefix", prefix)
         _check_name("node_id", node)
         store = cls(
-            RedisAdapter.from_url(url, client_name=f"hybridrelay-{node}"),
+            RedisAdapter.from_url(
+                url, client_name=f"hybridrelay-{node}", socket_timeout=_REPLY_TIMEOUT
+            ),
             prefix=prefix,
             minter=Minter(now=now, rng=rng),
             node_id=node,
@@ -354,6 +364,7 @@ class RedisStore:
             try:
                 async with self._redis.subscription(self._channel) as subscription:
                     backoff.succeeded(time.monotonic())
+                    self._down.reset()  # reachable again: no more last-known answers
                     if ready.is_set():
                         # A Redis that restarted empty gets the config's entities back
                         # (idempotent when they are there).
