@@ -41,6 +41,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 from aiohttp import web
 
+from bench.stats import paired, spread
 from bench.throughput import (
     HC,
     RULE,
@@ -780,6 +781,10 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
         "direct_rps": d,
         "relay_rps": r,
         "ratio_median": round(r["median"] / d["median"], 3),
+        # relay / direct within each round (the two ran back to back)
+        "ratio_per_round": spread(
+            paired([x.rps for x in relayed.runs], [x.rps for x in direct.runs]), 3
+        ),
         "latency_ms": {"direct": direct.latency_summary(), "relay": relayed.latency_summary()},
         "connections_opened": {p.name: p.connections["opened"] for p in paths},
         "warmup_requests": {p.name: p.warmup_requests for p in paths},

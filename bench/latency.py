@@ -2,7 +2,7 @@
 
     python -m bench.latency               # 2,000 sequential connects, 5,000 at concurrency 50
     python -m bench.latency --quick       # 200 sequential, 500 concurrent, shorter ping-pong
-    python -m bench.latency --out result.json
+    python -m bench.latency --parts connect,rate --out result.json
 
 Issue 7, items 4-6, against one relay subprocess (same setup as ``bench.throughput``):
 
@@ -10,9 +10,9 @@ Issue 7, items 4-6, against one relay subprocess (same setup as ``bench.throughp
   each is timed from the start of the sender's connect to connect() returning (the relay
   has sent 101, i.e. accept -> rendezvous -> 101 happened). Each stream then does one
   64-byte echo and is closed (not timed).
-* ``connect_rate`` (5): M relayed connects (connect, one echo, close) by 50 concurrent
-  workers; connects per second over the wall time, and the relay process's CPU time
-  (/proc/PID/stat utime+stime) per connect.
+* ``connect_rate`` (5): rounds of M relayed connects (connect, one echo, close) by 50
+  concurrent workers; connects per second over each round's wall time (median of the
+  rounds), and the relay process's CPU time (/proc/PID/stat utime+stime) per connect.
 * ``ping_pong`` (6): one open stream per path, 64-byte binary message out and back,
   direct (``ws_connect`` to an aiohttp echo server) vs relayed, alternating rounds;
   ``relay_overhead_us`` = relayed p50 - direct p50.
@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from bench.stats import paired, percentile, spread
 from bench.throughput import (
     HC,
     RULE,
@@ -61,12 +62,6 @@ Opener = Callable[[], Awaitable[WsConnection]]
 
 
 # ---------------------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an already sorted, non-empty list."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def summarize_ms(seconds: list[float]) -> dict[str, Any]:
@@ -215,10 +210,10 @@ async def connect_latency(open_relay: Opener, count: int, limit_s: float) -> dic
     }
 
 
-async def connect_rate(
+async def connect_rate_round(
     open_relay: Opener, count: int, relay: RelayProcess, limit_s: float
 ) -> dict[str, Any]:
-    """(5) ``count`` connects (connect, one echo, close) by CONCURRENCY workers."""
+    """``count`` connects (connect, one echo, close) by CONCURRENCY workers."""
     remaining = count
     latencies: list[float] = []
     errors: list[str] = []
@@ -252,25 +247,59 @@ async def connect_rate(
     completed = count - failures
     if completed == 0:
         raise BenchError(f"connect rate: every connect failed, e.g. {errors[:3]}")
-    rate = completed / wall
     out: dict[str, Any] = {
-        "concurrency": CONCURRENCY,
-        "attempted": count,
         "completed": completed,
         "failed": failures,
         "errors_sample": errors,
-        "wall_s": round(wall, 3),
-        "connects_per_s": round(rate, 1),
-        "target": ">= 1,000 relayed connects/s on one node, no errors",
-        "met": rate >= 1000 and failures == 0,
-        "connect_latency_under_load": summarize_ms(latencies),
-        "bench_process_cpu_us_per_connect": round(bench_cpu / completed * 1e6, 1),
+        "wall_s": wall,
+        "rate": completed / wall,
+        "latencies": latencies,
+        "bench_cpu_us": bench_cpu / completed * 1e6,
     }
     if relay_cpu0 is not None and relay_cpu1 is not None:
-        relay_cpu = relay_cpu1 - relay_cpu0
-        out["relay_cpu_s"] = round(relay_cpu, 3)
+        out["relay_cpu_s"] = relay_cpu1 - relay_cpu0
+        out["relay_cpu_us"] = (relay_cpu1 - relay_cpu0) / completed * 1e6
+    return out
+
+
+async def connect_rate(
+    open_relay: Opener, count: int, relay: RelayProcess, limit_s: float, rounds: int = 1
+) -> dict[str, Any]:
+    """(5) ``rounds`` rounds of ``count`` connects at concurrency CONCURRENCY."""
+    done = []
+    for rnd in range(rounds):
+        done.append(await connect_rate_round(open_relay, count, relay, limit_s))
+        print(
+            f"connect rate round {rnd + 1}: {done[-1]['rate']:.0f}/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    rates = [r["rate"] for r in done]
+    failures = sum(r["failed"] for r in done)
+    rate = statistics.median(rates)
+    out: dict[str, Any] = {
+        "concurrency": CONCURRENCY,
+        "rounds": rounds,
+        "attempted": count * rounds,
+        "completed": sum(r["completed"] for r in done),
+        "failed": failures,
+        "errors_sample": [e for r in done for e in r["errors_sample"]][:10],
+        "wall_s": [round(r["wall_s"], 3) for r in done],
+        "connects_per_s": round(rate, 1),
+        "connects_per_s_rounds": spread(rates, 1),
+        "target": ">= 1,000 relayed connects/s on one node, no errors",
+        "met": rate >= 1000 and failures == 0,
+        "connect_latency_under_load": summarize_ms([v for r in done for v in r["latencies"]]),
+        "bench_process_cpu_us_per_connect": round(
+            statistics.median(r["bench_cpu_us"] for r in done), 1
+        ),
+    }
+    if all("relay_cpu_us" in r for r in done):
+        per_connect = [r["relay_cpu_us"] for r in done]
+        out["relay_cpu_s"] = [round(r["relay_cpu_s"], 3) for r in done]
         out["relay_cpu_us_per_connect"] = {
-            "value": round(relay_cpu / completed * 1e6, 1),
+            "value": round(statistics.median(per_connect), 1),
+            "rounds": spread(per_connect, 1),
             "target": "none set by the issue (reported only)",
             "met": None,
         }
@@ -324,6 +353,7 @@ async def ping_pong(
             await close_quietly(conn)
     direct, relay = summarize_us(samples["direct"]), summarize_us(samples["relay"])
     overhead = round(relay["p50_us"] - direct["p50_us"], 1)
+    overhead_rounds = paired(round_p50_us["relay"], round_p50_us["direct"], op="diff")
     return {
         "message_bytes": len(PAYLOAD),
         "rounds": rounds,
@@ -333,6 +363,7 @@ async def ping_pong(
         "relay": relay | {"round_p50_us": round_p50_us["relay"]},
         "relay_overhead_us": {
             "p50": overhead,
+            "p50_per_round": spread(overhead_rounds, 1),
             "p99": round(relay["p99_us"] - direct["p99_us"], 1),
             "target": "p50 <= 150 us",
             "met": overhead <= 150,
@@ -378,25 +409,31 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
             try:
                 step = "warm-up"
                 await connect_latency(echo.open, args.warmup_connects, args.timeout)
-                step = "connect latency"
-                print(f"{step}: {args.connects} sequential connects", file=sys.stderr)
-                result["connect_latency"] = await connect_latency(
-                    echo.open, args.connects, args.timeout
-                )
-                step = "connect rate"
-                print(f"{step}: {args.rate_connects} connects", file=sys.stderr)
-                result["connect_rate"] = await connect_rate(
-                    echo.open, args.rate_connects, relay, args.timeout
-                )
-                step = "ping-pong"
-                result["ping_pong"] = await ping_pong(
-                    open_direct,
-                    echo.open,
-                    args.rounds,
-                    args.round_trips,
-                    args.warmup_round_trips,
-                    args.timeout,
-                )
+                if "connect" in args.parts:
+                    step = "connect latency"
+                    print(f"{step}: {args.connects} sequential connects", file=sys.stderr)
+                    result["connect_latency"] = await connect_latency(
+                        echo.open, args.connects, args.timeout
+                    )
+                if "rate" in args.parts:
+                    step = "connect rate"
+                    print(
+                        f"{step}: {args.rate_rounds} x {args.rate_connects} connects",
+                        file=sys.stderr,
+                    )
+                    result["connect_rate"] = await connect_rate(
+                        echo.open, args.rate_connects, relay, args.timeout, args.rate_rounds
+                    )
+                if "pingpong" in args.parts:
+                    step = "ping-pong"
+                    result["ping_pong"] = await ping_pong(
+                        open_direct,
+                        echo.open,
+                        args.rounds,
+                        args.round_trips,
+                        args.warmup_round_trips,
+                        args.timeout,
+                    )
             except Exception as exc:
                 detail = f"{step} failed: {exc!r}"
                 if listener_errors:
@@ -418,14 +455,33 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
     return result
 
 
+PARTS = ("connect", "rate", "pingpong")
+
+
+def _parts(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names or any(p not in PARTS for p in names):
+        raise argparse.ArgumentTypeError(f"give parts from {', '.join(PARTS)} (got {text!r})")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller counts (see each option)")
+    p.add_argument(
+        "--parts",
+        type=_parts,
+        default=list(PARTS),
+        help="comma-separated subset of connect (item 4), rate (5), pingpong (6); default all",
+    )
     p.add_argument("--connects", type=int, help="sequential connects (default 2000, --quick 200)")
     p.add_argument(
         "--rate-connects",
         type=int,
         help=f"connects at concurrency {CONCURRENCY} (default 5000, --quick 500)",
+    )
+    p.add_argument(
+        "--rate-rounds", type=int, help="rounds of --rate-connects (default 3, --quick 1)"
     )
     p.add_argument(
         "--warmup-connects", type=int, help="unrecorded connects first (default 100, --quick 20)"
@@ -452,6 +508,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = {
         "connects": (2000, 200),
         "rate_connects": (5000, 500),
+        "rate_rounds": (3, 1),
         "warmup_connects": (100, 20),
         "rounds": (10, 4),
         "round_trips": (2000, 500),
@@ -460,7 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    for name in ("connects", "rate_connects", "rounds", "round_trips"):
+    for name in ("connects", "rate_connects", "rate_rounds", "rounds", "round_trips"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("warmup_connects", "warmup_round_trips"):

@@ -6,10 +6,12 @@
 
 Issue 7, item 7, against one relay subprocess (same setup as ``bench.throughput``):
 
-1. raise RLIMIT_NOFILE of the bench process (soft up to hard); the relay subprocess
-   inherits the raised soft limit. Each relayed connection costs the bench process two
+1. raise RLIMIT_NOFILE of the bench process to 2N + margin: the hard limit too when
+   allowed (root with CAP_SYS_RESOURCE), else the soft limit up to the hard one; the
+   relay subprocess inherits both. Each relayed connection costs the bench process two
    sockets (sender + the listener's rendezvous leg) and the relay two (plus the listener's
-   control channel), so N is capped at (hard limit - margin) / 2 and the JSON says so;
+   control channel), so N is capped at (soft limit - margin) / 2 and the JSON says so
+   (``fd_limits.hard_raise_error`` says why the hard limit could not be raised);
 2. start the relay and a ``Listener`` with an echo handler; read the relay's VmRSS
    (/proc/PID/status): ``rss_before_kib``;
 3. open N relayed connections with ``hybridrelay.client.connect``, 200 at a time, and
@@ -52,7 +54,7 @@ from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection
 
 CONCURRENCY = 200
-FD_MARGIN = 256  # fds kept free for the loop, pipes, the control channel, imports ...
+FD_MARGIN = 96  # fds kept free: listening socket, epoll, pipes, control channel, ...
 ECHO = bytes(range(16))
 TARGET_KIB = 32.0
 
@@ -84,19 +86,41 @@ def nofile_limit_of(pid: int | None) -> str | None:
     return None
 
 
+CAP_SYS_RESOURCE = 24  # linux/capability.h
+
+
+def has_cap_sys_resource() -> bool | None:
+    """Whether this process may raise hard rlimits (Linux /proc), None when unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    return None
+
+
 def raise_fd_limit(wanted: int) -> dict[str, Any]:
-    """Raise the soft RLIMIT_NOFILE to ``wanted`` (at most the hard limit; try hard too)."""
+    """Raise RLIMIT_NOFILE to ``wanted``: the hard limit too when allowed (root with
+    CAP_SYS_RESOURCE), else the soft limit up to the hard one. Children inherit both."""
     soft0, hard0 = resource.getrlimit(resource.RLIMIT_NOFILE)
+    out: dict[str, Any] = {"soft_before": soft0, "hard_before": hard0, "wanted": wanted}
     hard = hard0
     if hard != resource.RLIM_INFINITY and hard < wanted:
-        with contextlib.suppress(ValueError, OSError):  # needs CAP_SYS_RESOURCE
+        try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
             hard = wanted
+        except (ValueError, OSError) as exc:
+            cap = has_cap_sys_resource()
+            why = (
+                " (this process lacks CAP_SYS_RESOURCE, e.g. a container that drops it)"
+                if cap is False
+                else ""
+            )
+            out["hard_raise_error"] = f"{exc}{why}"
     soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     soft = max(soft, soft0)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return {"soft_before": soft0, "hard_before": hard0, "soft": soft, "hard": hard}
+    return out | {"soft": soft, "hard": hard}
 
 
 async def bounded(
@@ -184,7 +208,7 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
     if n < requested:
         print(
             f"memory: fd limit {limits['soft']} (hard {limits['hard']}) allows {n} "
-            f"connections, not {requested}",
+            f"connections, not {requested}: {limits.get('hard_raise_error', '')}",
             file=sys.stderr,
         )
     key = secrets.token_urlsafe(32)

@@ -1,20 +1,25 @@
-"""Throughput of one WebSocket stream, directly and through the relay, in one run.
+"""Throughput of one WebSocket stream, directly, through the relay and through nginx, in one run.
 
     python -m bench.throughput            # 3 rounds of 256 MiB per path, 64 KiB messages
     python -m bench.throughput --quick    # 1 round of 32 MiB per path
+    python -m bench.throughput --paths direct,nginx,relay --size-mib 1024
     python -m bench.throughput --out result.json
 
-The same client send loop and the same sink run on both paths; only the path differs:
+The same client send loop and the same sink run on every path; only the path differs:
 
 * direct: client (``hybridrelay.wsclient.ws_connect``) -> aiohttp WebSocket server
 * relay:  client (``hybridrelay.client.connect``) -> relay subprocess -> ``Listener`` handler
+* nginx:  client (``ws_connect``) -> nginx (WebSocket reverse proxy, a child process)
+  -> the same aiohttp WebSocket server as ``direct`` (issue 7, item 2)
 
 The client sends N binary messages and then the text message ``end``; the sink counts the
 bytes of the binary messages and answers ``done <bytes>``. A run's time is from the first
 send to the arrival of ``done``. Paths alternate (direct, relay, direct, relay, ...), the
-reported figure per path is the median with min and max, and ``ratio_median`` is
-relay median / direct median. Exactly one JSON object goes to stdout; errors go to stderr
-and the exit status is non-zero. The relay subprocess is always stopped.
+reported figure per path is the median with min and max, ``ratios`` holds every pair's
+per-round ratios and ``ratio_median`` is relay median / direct median. Exactly one JSON
+object goes to stdout; errors go to stderr and the exit status is non-zero. Without an
+nginx binary a run that asks for the nginx path prints ``{"skipped": "..."}`` and exits 0.
+Every child process is always stopped.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from bench.nginx import NginxError, NginxProxy, find_nginx, nginx_version
+from bench.stats import paired, spread
 from hybridrelay.client import connect
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.listener import AcceptRequest, Listener
@@ -322,56 +329,58 @@ class RelayPath:
 
 # ---------------------------------------------------------------------------- measuring
 
+PATHS = ("direct", "relay", "nginx")
+CpuProbe = Callable[[], float | None]
+
 
 @dataclass
 class Series:
+    """The runs of one path; ``middle`` names the process between client and sink, if any."""
+
     name: str
+    middle: str | None = None
     mb_s: list[float] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
     bench_cpu_s: list[float] = field(default_factory=list)
-    relay_cpu_s: list[float] = field(default_factory=list)
+    middle_cpu_s: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "median": round(statistics.median(self.mb_s), 2),
-            "min": round(min(self.mb_s), 2),
-            "max": round(max(self.mb_s), 2),
-            "runs": [round(v, 2) for v in self.mb_s],
-        }
+        return spread(self.mb_s)
 
     def cpu(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "wall_s": [round(v, 3) for v in self.wall_s],
             "bench_process_cpu_s": [round(v, 3) for v in self.bench_cpu_s],
         }
-        if self.relay_cpu_s:
-            out["relay_process_cpu_s"] = [round(v, 3) for v in self.relay_cpu_s]
-            # ~1.0 on the relay path: bench and relay took turns on one CPU (serialised);
+        if self.middle and self.middle_cpu_s:
+            out[f"{self.middle}_process_cpu_s"] = [round(v, 3) for v in self.middle_cpu_s]
+            # ~1.0: bench and the middle process took turns on one CPU (serialised);
             # closer to 2.0: they ran in parallel on two CPUs.
             out["cpus_busy"] = [
                 round((b + r) / w, 2)
-                for b, r, w in zip(self.bench_cpu_s, self.relay_cpu_s, self.wall_s, strict=True)
+                for b, r, w in zip(self.bench_cpu_s, self.middle_cpu_s, self.wall_s, strict=True)
             ]
         return out
 
 
-def pin(relay: RelayProcess) -> dict[str, int]:
-    """Give the bench process and the relay one CPU each (the first two we may use)."""
+def pin(middle_pids: list[int]) -> dict[str, Any]:
+    """Give the bench process one CPU and the relay / nginx processes another."""
     if not hasattr(os, "sched_setaffinity"):
         raise BenchError("--pin needs os.sched_setaffinity (Linux)")
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2 or relay.pid is None:
+    if len(cpus) < 2 or not middle_pids:
         raise BenchError(f"--pin needs two CPUs, this process may use {cpus}")
     os.sched_setaffinity(0, {cpus[0]})
-    os.sched_setaffinity(relay.pid, {cpus[1]})
-    return {"bench_cpu": cpus[0], "relay_cpu": cpus[1]}
+    for pid in middle_pids:
+        os.sched_setaffinity(pid, {cpus[1]})
+    return {"bench_cpu": cpus[0], "relay_and_proxy_cpu": cpus[1]}
 
 
 async def measure(
     opener: Callable[[], Awaitable[WsConnection]],
     payload: bytes,
     count: int,
-    relay: RelayProcess,
+    cpu_probe: CpuProbe,
     *,
     limit_s: float,
     series: Series | None,
@@ -380,11 +389,11 @@ async def measure(
     async with asyncio.timeout(limit_s):
         conn = await opener()
         try:
-            relay_cpu0 = relay.cpu_seconds()
+            middle_cpu0 = cpu_probe()
             cpu0 = time.process_time()
             elapsed = await drive(conn, payload, count)
             cpu1 = time.process_time()
-            relay_cpu1 = relay.cpu_seconds()
+            middle_cpu1 = cpu_probe()
         finally:
             with contextlib.suppress(ConnectionClosedError, OSError):
                 await conn.close()
@@ -392,8 +401,21 @@ async def measure(
         series.mb_s.append(count * len(payload) / elapsed / MB)
         series.wall_s.append(elapsed)
         series.bench_cpu_s.append(cpu1 - cpu0)
-        if relay_cpu0 is not None and relay_cpu1 is not None:
-            series.relay_cpu_s.append(relay_cpu1 - relay_cpu0)
+        if middle_cpu0 is not None and middle_cpu1 is not None:
+            series.middle_cpu_s.append(middle_cpu1 - middle_cpu0)
+
+
+def ratios(series: dict[str, Series]) -> dict[str, Any]:
+    """relay/direct, nginx/direct and relay/nginx: ratio of medians and per-round ratios."""
+    out: dict[str, Any] = {}
+    for a, b in (("relay", "direct"), ("nginx", "direct"), ("relay", "nginx")):
+        if a in series and b in series:
+            sa, sb = series[a].mb_s, series[b].mb_s
+            out[f"{a}/{b}"] = {
+                "of_medians": round(statistics.median(sa) / statistics.median(sb), 3),
+                "per_round": spread(paired(sa, sb), 3),
+            }
+    return out
 
 
 def machine_info(uvloop_on: bool) -> dict[str, Any]:
@@ -414,6 +436,9 @@ def machine_info(uvloop_on: bool) -> dict[str, Any]:
                 break
     with contextlib.suppress(OSError):
         info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
+        info["memory_gib"] = round(int(mem[1]) / 1024**2, 1)
     try:
         info["uvloop_version"] = importlib.metadata.version("uvloop")
     except importlib.metadata.PackageNotFoundError:
@@ -427,14 +452,18 @@ NOTES = (
     "One WebSocket stream, one direction: the client sends N binary messages then the text "
     "'end'; the sink counts bytes and replies 'done <bytes>'; time = first send to 'done' "
     "(connect and close are not timed). MB = 10^6 bytes. Same client send loop "
-    "(hybridrelay WsConnection, masked client frames) and same sink logic on both paths. "
-    "Asymmetry: direct = client -> aiohttp WebSocketResponse server (max_msg_size=0, "
-    "compress=False); relay = client -> relay subprocess -> Listener's rendezvous WebSocket, "
+    "(hybridrelay WsConnection, masked client frames) and same sink logic on every path. "
+    "direct = client -> aiohttp WebSocketResponse server (max_msg_size=0, compress=False); "
+    "nginx = client -> nginx (proxy_buffering off, 64k proxy buffers, one worker) -> the same "
+    "aiohttp server; relay = client -> relay subprocess -> Listener's rendezvous WebSocket, "
     "where the sink side is itself a WebSocket *client* (hybridrelay WsConnection, unmasked "
-    "frames from the relay). Client and sink share one event loop in the bench process on "
-    "both paths; the relay is a separate process, so the relay path uses one extra process "
-    "(and CPU) that the direct path does not. Paths alternate direct/relay each round after "
-    "one unrecorded warm-up per path. ratio_median = relay median / direct median."
+    "frames from the relay). nginx copies the upgraded bytes without parsing frames; the "
+    "relay parses, unmasks and re-frames every frame. Client and sink share one event loop "
+    "in the bench process on every path; nginx and the relay are separate processes, so "
+    "those paths use one extra process (and CPU) that the direct path does not. Paths "
+    "alternate in the order given each round after one unrecorded warm-up per path. "
+    "ratios.*.per_round = the paths' ratio within each round (median [min-max]); "
+    "ratio_median = relay median / direct median."
 )
 
 
@@ -443,43 +472,94 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
     count = int(args.size_mib * 1024 * 1024) // message_bytes
     if message_bytes <= 0 or count <= 0:
         raise BenchError("--message-kib must be > 0 and --size-mib at least one message")
+    nginx_binary = find_nginx() if "nginx" in args.paths else None
+    if "nginx" in args.paths and nginx_binary is None:
+        return {
+            "benchmark": "throughput",
+            "paths": args.paths,
+            "skipped": "nginx not found (not on PATH, not in /usr/sbin or /usr/local); "
+            "install it from the OS packages (apt-get install nginx) to run this",
+        }
     payload = os.urandom(message_bytes)
     warmup_count = min(count, int(args.warmup_mib * 1024 * 1024) // message_bytes)
     errors: list[str] = []
     key = secrets.token_urlsafe(32)
-    direct_series, relay_series = Series("direct"), Series("relay")
+    series = {
+        name: Series(name, {"relay": "relay", "nginx": "nginx"}.get(name)) for name in args.paths
+    }
     machine = machine_info(uvloop_on)
+    result: dict[str, Any] = {"benchmark": "throughput", "paths": args.paths}
+    pinned: dict[str, Any] | None = None
 
     with tempfile.TemporaryDirectory(prefix="hybridrelay-bench-") as tmp:
         relay = RelayProcess(write_config(Path(tmp), key))
         direct = DirectServer(errors)
         relay_path: RelayPath | None = None
+        nginx: NginxProxy | None = None
         try:
             direct_url = await direct.start()
-            relay_url = await relay.start()
-            pinned = pin(relay) if args.pin else None
-            relay_path = RelayPath(relay_url, SasTokenProvider(RULE, key), errors)
-            await relay_path.start()
+            openers: dict[str, Callable[[], Awaitable[WsConnection]]] = {}
+            probes: dict[str, CpuProbe] = {"direct": lambda: None}
 
             async def open_direct() -> WsConnection:
                 return await ws_connect(direct_url)
 
-            paths = [(direct_series, open_direct), (relay_series, relay_path.open)]
+            openers["direct"] = open_direct
+            if "relay" in args.paths:
+                relay_url = await relay.start()
+                relay_path = RelayPath(relay_url, SasTokenProvider(RULE, key), errors)
+                await relay_path.start()
+                openers["relay"] = relay_path.open
+                probes["relay"] = relay.cpu_seconds
+                result["relay_pid"] = relay.pid
+            if nginx_binary is not None:
+                upstream = direct_url.removeprefix("ws://").split("/", 1)[0]
+                nginx = NginxProxy(nginx_binary, Path(tmp) / "nginx", upstream)
+                try:
+                    nginx_url = await nginx.start()
+                except NginxError as exc:
+                    raise BenchError(str(exc)) from exc
+                result["nginx"] = {
+                    "binary": nginx_binary,
+                    "version": nginx_version(nginx_binary),
+                    "pids": nginx.pids,
+                    "config": (nginx.directory / "nginx.conf").read_text("utf-8"),
+                }
+
+                async def open_nginx() -> WsConnection:
+                    return await ws_connect(nginx_url + "/sink")
+
+                openers["nginx"] = open_nginx
+                probes["nginx"] = nginx.cpu_seconds
+            if args.pin:
+                middle = [p for p in [relay.pid] if p is not None and "relay" in args.paths]
+                pinned = pin(middle + (nginx.pids if nginx is not None else []))
             step = "warm-up"
             try:
                 if warmup_count:
-                    for _, opener in paths:
+                    for name in args.paths:
+                        step = f"warm-up {name}"
                         await measure(
-                            opener, payload, warmup_count, relay, limit_s=args.timeout, series=None
+                            openers[name],
+                            payload,
+                            warmup_count,
+                            probes[name],
+                            limit_s=args.timeout,
+                            series=None,
                         )
                 for rnd in range(args.rounds):
-                    for series, opener in paths:
-                        step = f"round {rnd + 1} {series.name}"
+                    for name in args.paths:
+                        step = f"round {rnd + 1} {name}"
                         await measure(
-                            opener, payload, count, relay, limit_s=args.timeout, series=series
+                            openers[name],
+                            payload,
+                            count,
+                            probes[name],
+                            limit_s=args.timeout,
+                            series=series[name],
                         )
                         print(
-                            f"{step}: {series.mb_s[-1]:.1f} MB/s",
+                            f"{step}: {series[name].mb_s[-1]:.1f} MB/s",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -492,30 +572,46 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
                         f"\nrelay exited with {relay.process.returncode if relay.process else '?'}"
                     )
                     detail += ":\n" + relay.log_tail()
+                if nginx is not None:
+                    detail += "\nnginx error log:\n" + nginx.log_tail()
                 raise BenchError(detail) from exc
-            relay_pid = relay.pid
         finally:
             if relay_path is not None:
                 await relay_path.stop()
+            if nginx is not None:
+                await nginx.stop()
             await relay.stop()
             await direct.stop()
 
-    direct_stats, relay_stats = direct_series.summary(), relay_series.summary()
-    return {
-        "benchmark": "throughput",
+    summaries = {name: s.summary() for name, s in series.items()}
+    result |= {
         "message_size": message_bytes,
         "bytes_per_run": count * message_bytes,
         "messages_per_run": count,
         "warmup_bytes": warmup_count * message_bytes,
         "rounds": args.rounds,
-        "direct_mb_s": direct_stats,
-        "relay_mb_s": relay_stats,
-        "ratio_median": round(relay_stats["median"] / direct_stats["median"], 3),
-        "cpu": {"direct": direct_series.cpu(), "relay": relay_series.cpu()},
-        "relay_pid": relay_pid,
+        "mb_s": summaries,
+        **{f"{name}_mb_s": summary for name, summary in summaries.items()},
+        "ratios": ratios(series),
+        "cpu": {name: s.cpu() for name, s in series.items()},
         "machine": machine | {"pinned": pinned},
         "notes": NOTES,
     }
+    if "relay" in summaries and "direct" in summaries:
+        result["ratio_median"] = round(
+            summaries["relay"]["median"] / summaries["direct"]["median"], 3
+        )
+    return result
+
+
+def _paths(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PATHS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"give distinct paths from {', '.join(PATHS)} (got {text!r})"
+        )
+    return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -525,7 +621,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="1 round, 32 MiB per run (unless overridden)"
     )
-    p.add_argument("--rounds", type=int, help="rounds of direct+relay (default 3, --quick 1)")
+    p.add_argument(
+        "--paths",
+        type=_paths,
+        default=["direct", "relay"],
+        help="comma-separated paths measured in this order each round: direct, relay, nginx "
+        "(default direct,relay)",
+    )
+    p.add_argument("--rounds", type=int, help="rounds of all paths (default 3, --quick 1)")
     p.add_argument("--size-mib", type=float, help="bytes per run in MiB (default 256, --quick 32)")
     p.add_argument(
         "--message-kib", type=float, default=64.0, help="message size in KiB (default 64)"
@@ -544,7 +647,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--pin",
         action="store_true",
-        help="Linux: pin the bench process to one CPU and the relay to another",
+        help="Linux: pin the bench process to one CPU and the relay / nginx to another",
     )
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = p.parse_args(argv)
@@ -597,12 +700,45 @@ def uvloop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, st
     return uvloop.new_event_loop, None
 
 
+class TerminatedError(Exception):
+    """SIGTERM arrived; the bench was cancelled and has cleaned up."""
+
+
+async def _terminable(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run ``coro``; SIGTERM cancels it, so every ``finally`` (child processes!) still runs."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if terminated:
+            raise TerminatedError from None
+        raise
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 def run_main(
     name: str,
     args: argparse.Namespace,
     body: Callable[[argparse.Namespace, bool], Coroutine[Any, Any, dict[str, Any]]],
 ) -> int:
-    """Run a bench's ``body`` under uvloop when possible; print and save its JSON."""
+    """Run a bench's ``body`` under uvloop when possible; print and save its JSON.
+
+    Exit status: 0 (also for a result that says ``skipped``), 1 on failure, 130 on
+    Ctrl-C, 143 on SIGTERM; child processes are stopped in every case.
+    """
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     fallback: str | None = "disabled by --no-uvloop"
     if not args.no_uvloop:
@@ -611,15 +747,20 @@ def run_main(
             print(f"{name}: not using uvloop in the bench process: {fallback}", file=sys.stderr)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            result = runner.run(body(args, loop_factory is not None))
-        if fallback is not None:
+            result = runner.run(_terminable(body(args, loop_factory is not None)))
+        if fallback is not None and "machine" in result:
             result["machine"]["uvloop_not_used_because"] = fallback
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except TerminatedError:
+        print(f"{name}: terminated", file=sys.stderr)
+        return 143
     except Exception as exc:  # noqa: BLE001 - the one place that turns failures into an exit status
         print(f"{name}: error: {str(exc) or repr(exc)}", file=sys.stderr)
         return 1
+    if "skipped" in result:
+        print(f"{name}: skipped: {result['skipped']}", file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

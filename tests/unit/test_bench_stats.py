@@ -1,0 +1,237 @@
+"""The bench suite's pure parts: statistics, table formatting, target judgement, selection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench import report, suite
+from bench.stats import (
+    EN_DASH,
+    TIMES,
+    Row,
+    fmt,
+    markdown_table,
+    paired,
+    percentile,
+    spread,
+    text_table,
+)
+
+
+def test_spread_is_median_min_max_and_runs() -> None:
+    assert spread([3.0, 1.0, 2.0, 10.0]) == {
+        "median": 2.5,
+        "min": 1.0,
+        "max": 10.0,
+        "runs": [3.0, 1.0, 2.0, 10.0],
+    }
+    assert spread([1 / 3], digits=3) == {
+        "median": 0.333,
+        "min": 0.333,
+        "max": 0.333,
+        "runs": [0.333],
+    }
+    with pytest.raises(ValueError, match="no values"):
+        spread([])
+
+
+def test_paired_ratio_and_difference_per_round() -> None:
+    assert paired([2.0, 3.0], [4.0, 3.0]) == [0.5, 1.0]
+    assert paired([5.0, 7.0], [1.0, 2.0], op="diff") == [4.0, 5.0]
+    with pytest.raises(ValueError, match="equally long"):
+        paired([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="equally long"):
+        paired([], [])
+    with pytest.raises(ValueError, match="unknown op"):
+        paired([1.0], [1.0], op="sum")
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [(0, 1.0), (1, 1.0), (50, 50.0), (99, 99.0), (99.5, 100.0), (100, 100.0)],
+)
+def test_percentile_is_nearest_rank(q: float, expected: float) -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, q) == expected
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "digits", "text"),
+    [
+        (None, "ms", None, "—"),
+        (12345.6, "req/s", None, "12,346 req/s"),
+        (523.94, "", None, "523.9"),
+        (1.0471, "ms", None, "1.05 ms"),
+        (0.98765, "", None, "0.988"),
+        (1.0471, "ms", 3, "1.047 ms"),
+    ],
+)
+def test_fmt(value: float | None, unit: str, digits: int | None, text: str) -> None:
+    assert fmt(value, unit, digits) == text
+
+
+ROWS = [
+    Row(section="1", figure="a | b", a="x", b="y", result="0.98", target="≥ 0.6", met=True),
+    Row(section="2", figure="c", result="skipped", note="no nginx"),
+    Row(section="3", figure="d", result="0.5", target="≥ 1.5", met=False),
+]
+
+
+def test_markdown_table_escapes_pipes_and_marks_misses() -> None:
+    lines = markdown_table(ROWS).splitlines()
+    assert lines[0].startswith("| # | figure | A | B | A/B or value")
+    assert lines[1] == "|---|---|---|---|---|---|---|"
+    assert lines[2] == "| 1 | a \\| b | x | y | 0.98 | ≥ 0.6 | yes |"
+    assert lines[3] == "| 2 | c |  |  | skipped (no nginx) |  | — |"
+    assert lines[4].endswith("| ≥ 1.5 | **no** |")
+
+
+def test_text_table_aligns_cuts_long_cells_and_lists_notes() -> None:
+    rows = [*ROWS, Row(section="4", figure="f" * 80, result="1")]
+    lines = text_table(rows, width=20).splitlines()
+    header, rule, *body = lines
+    column_a = header.index(" A ") + 1
+    assert rule.split("  ")[0] == "-"
+    assert [line[column_a] for line in body[:2]] == ["x", " "]
+    assert body[3].startswith("4  " + "f" * 19 + "…")
+    assert body[2].rstrip().endswith("no")  # plain "no", no Markdown bold
+    assert "no nginx" not in body[1]  # notes go under the table
+    assert lines[-2:] == ["notes:", "  2 c: no nginx"]
+
+
+def test_row_json_round_trip() -> None:
+    for row in ROWS:
+        assert Row.from_json(json.loads(json.dumps(row.to_json()))) == row
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _spread(*runs: float) -> dict[str, Any]:
+    return spread(list(runs))
+
+
+def _results(mode: str = "full", **units: dict[str, Any]) -> dict[str, Any]:
+    return {"mode": mode, "units": units, "machine": {"cpu_model": "Test CPU", "nproc": 2}}
+
+
+def _bulk(relay: list[float], direct: list[float]) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "result": {
+            "bytes_per_run": 1 << 30,
+            "rounds": len(relay),
+            "mb_s": {"relay": spread(relay), "direct": spread(direct)},
+            "ratios": {"relay/direct": {"per_round": spread(paired(relay, direct), 3)}},
+        },
+    }
+
+
+def test_bulk_target_is_judged_on_the_median_of_per_round_ratios() -> None:
+    (row,) = report.rows(_results(bulk_64k=_bulk([610.0, 500.0, 590.0], [1000.0] * 3)))
+    assert row.met is False  # 0.59 < 0.6
+    assert row.result == f"0.59 [0.50{EN_DASH}0.61]"
+    assert row.figure.endswith(f"(1,024 MiB {TIMES} 3)")
+    (row,) = report.rows(_results(bulk_64k=_bulk([600.0, 700.0, 650.0], [1000.0] * 3)))
+    assert row.met is True
+
+
+def test_skipped_and_failed_units_get_one_row_each() -> None:
+    rows = report.rows(
+        _results(
+            nginx={"status": "skipped", "reason": "nginx not found"},
+            peer={"status": "failed", "reason": "boom\nmore"},
+        )
+    )
+    assert [(r.section, r.result, r.met, r.note) for r in rows] == [
+        ("2", "skipped", None, "nginx not found"),
+        ("3", "failed", False, "boom"),
+    ]
+
+
+def _latency(count: int, over: int = 0) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "result": {
+            "connect_latency": {
+                "count": count,
+                "p50_ms": 0.9,
+                "p99_ms": 5.5,
+                "max_ms": 8.0,
+                "over_1s": over,
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "count", "over", "met"),
+    [
+        ("full", 2000, 0, True),
+        ("full", 2000, 1, False),
+        ("full", 200, 0, False),  # too few connects to meet "none in 2,000"
+        ("quick", 200, 0, None),  # a quick run does not judge it at all
+    ],
+)
+def test_connect_targets(mode: str, count: int, over: int, met: bool | None) -> None:
+    p50, p99, over_1s = report.rows(_results(mode, latency=_latency(count, over)))
+    assert (p50.met, p99.met) == (True, False)
+    assert over_1s.met is met
+
+
+def test_memory_count_target_needs_10000_without_errors() -> None:
+    result = {
+        "connections": 9_952,
+        "connections_requested": 10_000,
+        "connections_capped_by_fd_limit": True,
+        "fd_limits": {"hard": 20_000, "hard_raise_error": "not allowed"},
+        "open_failures": 0,
+        "echo_failures": 0,
+        "rss_before_kib": 64_000,
+        "rss_open_kib": 380_000,
+        "kib_per_connection": {"value": 31.8},
+    }
+    per, count = report.rows(_results(memory={"status": "ok", "result": result}))
+    assert per.met is True
+    assert count.met is False
+    assert "20,000" in count.note
+
+
+def test_update_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(_results(bulk_64k=_bulk([700.0], [1000.0]))), "utf-8")
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "intro\n<!-- bench:machine -->\nold\n<!-- /bench:machine -->\nmiddle\n"
+        "<!-- bench:table -->\nold table\n<!-- /bench:table -->\nend\n",
+        "utf-8",
+    )
+    assert report.main([str(results), "--update", str(doc)]) == 0
+    text = doc.read_text("utf-8")
+    assert text.startswith("intro\n<!-- bench:machine -->\n- CPU: Test CPU")
+    assert "old" not in text
+    assert "| 1 | Bulk WebSocket, 64 KiB messages" in text
+    assert text.endswith("<!-- /bench:table -->\nend\n")
+
+
+# ---------------------------------------------------------------------------- suite
+
+
+def test_only_selects_units_and_latency_parts() -> None:
+    (latency,) = [u for u in suite.UNITS if u.key == "latency"]
+    assert latency.argv(False, ["rate", "http"])[-2:] == ["--parts", "rate"]
+    assert latency.argv(True, ["connect", "pingpong"])[:1] == ["--quick"]
+    assert suite._sections("bulk, http") == ["bulk", "http"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown section"):
+        suite._sections("bulk,warp")
+    covered = {s for u in suite.UNITS for s in u.sections}
+    assert covered == set(suite.SECTIONS)
