@@ -26,6 +26,7 @@ import asyncio
 import base64
 import codecs
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -118,7 +119,52 @@ class _Target:
     log_url: str  # scheme://host:port/path, never the query (it may carry sb-hc-token)
 
 
+def _quote_target(text: str) -> str:
+    # Printable ASCII without spaces is all in _TARGET_SAFE: quote() would return it as is.
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text
+    return quote(text, safe=_TARGET_SAFE)
+
+
+def _sets_nodelay(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop's TCP transports come with TCP_NODELAY already (TLS ones included).
+
+    asyncio's selector loops set it on every TCP socket and uvloop on every TCP handle;
+    setting it again costs a system call per connection. Other loops get it set here.
+    """
+    kind = type(loop)
+    known = _NODELAY_LOOPS.get(kind)
+    if known is None:
+        known = _NODELAY_LOOPS[kind] = (
+            isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+            or kind.__module__.split(".")[0] == "uvloop"
+        )
+    return known
+
+
+_NODELAY_LOOPS: dict[type, bool] = {}
+_UTF8_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+
+
 def _parse_url(url: str) -> _Target:
+    # Query strings change with every rendezvous address and senders reuse their URL:
+    # the part before the query is parsed once. Anything unusual takes the full path.
+    base, _, query = url.partition("?")
+    if not query or "#" in url or not (query.isascii() and query.isprintable()) or " " in query:
+        return _parse_full_url(url)
+    target = _parse_base_url(base)
+    resource = f"{target.resource}?{query}"
+    return _Target(
+        target.secure, target.host, target.port, resource, target.host_header, target.log_url
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_base_url(url: str) -> _Target:
+    return _parse_full_url(url)
+
+
+def _parse_full_url(url: str) -> _Target:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -140,8 +186,8 @@ def _parse_url(url: str) -> _Target:
     host_header = host_literal if port == default_port else f"{host_literal}:{port}"
     path = parts.path or "/"
     resource = path + ("?" + parts.query if parts.query else "")
-    resource = quote(resource, safe=_TARGET_SAFE)
-    log_url = f"{scheme}://{host_literal}:{port}{quote(path, safe=_TARGET_SAFE)}"
+    resource = _quote_target(resource)
+    log_url = f"{scheme}://{host_literal}:{port}{_quote_target(path)}"
     return _Target(secure, host, port, resource, host_header, log_url)
 
 
@@ -293,8 +339,9 @@ class WsConnection(asyncio.Protocol):
     Attributes:
         subprotocol: The subprotocol the server chose, or None.
         response_headers: Headers of the 101 response, names in lower case.
-        local_address: (host, port) of our end of the TCP connection.
-        remote_address: (host, port) of the server's end.
+        local_address: (host, port) of our end of the TCP connection, read on first use
+            (``("", 0)`` if the connection was gone by then).
+        remote_address: (host, port) of the server's end, likewise.
     """
 
     def __init__(
@@ -318,8 +365,7 @@ class WsConnection(asyncio.Protocol):
 
         self.subprotocol: str | None = None
         self.response_headers: dict[str, str] = {}
-        self.local_address: tuple[str, int] = ("", 0)
-        self.remote_address: tuple[str, int] = ("", 0)
+        self._addresses: dict[str, tuple[str, int]] = {}
 
         self._transport: asyncio.Transport | None = None
         self._phase = _CONNECTING
@@ -333,7 +379,7 @@ class WsConnection(asyncio.Protocol):
         self._rx_stopped = False  # no more frames are parsed (close received, or failed)
         self._frame_fin = False
         self._msg_text = False
-        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._decoder: codecs.IncrementalDecoder | None = None  # made for the first text message
         self._rx: deque[_Chunk] = deque()
         self._rx_bytes = 0
         self._rx_eof = False
@@ -355,8 +401,8 @@ class WsConnection(asyncio.Protocol):
         self._lost = False
         self._closed_waiter: asyncio.Future[None] = self._loop.create_future()
         self._timers: list[asyncio.TimerHandle] = []
-        self._keepalive_task: asyncio.Task[None] | None = None
-        self._alive_waiter: asyncio.Future[None] | None = None
+        # Timers, not a task per connection (the name predates that).
+        self._keepalive_task: _Keepalive | None = None
 
     # ------------------------------------------------------------------ public state
 
@@ -379,6 +425,27 @@ class WsConnection(asyncio.Protocol):
         return self._auto_close_echo
 
     @property
+    def local_address(self) -> tuple[str, int]:
+        return self._address("sockname")
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return self._address("peername")
+
+    def _address(self, key: str) -> tuple[str, int]:
+        # Two system calls per connection that almost nobody needs: made on demand.
+        found = self._addresses.get(key)
+        if found is None:
+            found = ("", 0)
+            if self._transport is not None and not self._lost:
+                with contextlib.suppress(OSError, RuntimeError):
+                    addr = self._transport.get_extra_info(key)
+                    if isinstance(addr, tuple) and len(addr) >= 2:
+                        found = (str(addr[0]), int(addr[1]))
+                self._addresses[key] = found
+        return found
+
+    @property
     def closed(self) -> bool:
         """True once the TCP connection is gone."""
         return self._lost
@@ -395,6 +462,32 @@ class WsConnection(asyncio.Protocol):
         async with self._send_lock:
             self._check_can_send()
             self._write_frame(True, opcode, payload)
+            await self._drain()
+
+    async def send_many(self, messages: Sequence[Data]) -> None:
+        """Send several messages, one frame each, in one write: adjacent on the wire.
+
+        For a message and its companion (an HTTP-mode response header and its body, HC
+        §4): one system call instead of one per message, and nothing can come between.
+
+        Raises:
+            ConnectionClosedError: Our close frame was sent or the connection is gone.
+        """
+        frames = [_encode_message(message) for message in messages]
+        async with self._send_lock:
+            self._check_can_send()
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            buffers: list[bytes | memoryview] = []
+            for opcode, payload in frames:
+                mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
+                buffers.append(
+                    encode_frame_header(fin=True, opcode=opcode, length=len(payload), mask=mask)
+                )
+                if payload:
+                    buffers.append(apply_mask(payload, mask))
+            transport.writelines(buffers)
             await self._drain()
 
     async def send_fragments(self, fragments: Iterable[Data] | AsyncIterable[Data]) -> None:
@@ -470,26 +563,22 @@ class WsConnection(asyncio.Protocol):
                 self._send_close(code, reason)
                 if self._close_rcvd is not None:
                     self._closing_handshake_done()
-            try:
-                async with asyncio.timeout(self._close_timeout):
-                    await asyncio.shield(self._closed_waiter)
-            except TimeoutError:
-                logger.warning("! close timeout %s: no close from the peer", self._log_url)
-                self._abort(1006, "close timeout")
+            # A timer rather than asyncio.timeout(): connection_lost() cancels it, and
+            # the wait below ends either way (the abort loses the connection).
+            self._call_later(self._close_timeout, self._close_timed_out)
         await self.wait_closed()
+
+    def _close_timed_out(self) -> None:
+        logger.warning("! close timeout %s: no close from the peer", self._log_url)
+        self._abort(1006, "close timeout")
 
     def abort(self) -> None:
         """Drop the TCP connection now, without a closing handshake."""
         self._abort(1006, "aborted")
 
     async def wait_closed(self) -> None:
-        """Wait until the TCP connection is gone and the keepalive task has ended."""
+        """Wait until the TCP connection is gone (the keepalive stops with it)."""
         await asyncio.shield(self._closed_waiter)
-        task = self._keepalive_task
-        if task is not None:
-            task.cancel()
-            # asyncio.wait neither raises the task's CancelledError nor swallows ours.
-            await asyncio.wait({task})
 
     # ------------------------------------------------------------------ receiving
 
@@ -579,21 +668,17 @@ class WsConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_connection() gives a stream transport; uvloop's don't subclass asyncio's.
         self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # asyncio sets it already on selector loops; uvloop and TLS paths vary.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for attr, key in (("local_address", "sockname"), ("remote_address", "peername")):
-            addr = transport.get_extra_info(key)
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                setattr(self, attr, (str(addr[0]), int(addr[1])))
+        if not _sets_nodelay(self._loop):
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self._phase == _OPEN:
-            waiter = self._alive_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            keepalive = self._keepalive_task
+            if keepalive is not None and keepalive.awaiting:
+                keepalive.alive()
             if not self._rx_stopped:
                 try:
                     self._parser.feed(data)
@@ -639,12 +724,11 @@ class WsConnection(asyncio.Protocol):
             timer.cancel()
         self._timers.clear()
         if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
+            self._keepalive_task.stop()
         if not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
-        if self._phase == _OPEN:
-            code = self.close_code
-            logger.debug("= closed %s code=%s error=%r", self._log_url, code, exc)
+        if self._phase == _OPEN and self._debug:
+            logger.debug("= closed %s code=%s error=%r", self._log_url, self.close_code, exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -664,7 +748,8 @@ class WsConnection(asyncio.Protocol):
         status, reason, headers = await self._read_response_head()
         if status != 101:
             body = await self._read_error_body(headers)
-            logger.debug("! handshake rejected %s: %d %s", self._log_url, status, reason)
+            if self._debug:
+                logger.debug("! handshake rejected %s: %d %s", self._log_url, status, reason)
             raise errors.HandshakeError(status, reason, body)
         self._accept_response(key, headers, subprotocols)
 
@@ -733,9 +818,7 @@ class WsConnection(asyncio.Protocol):
     def _start_keepalive(self, ping_interval: float | None, ping_timeout: float | None) -> None:
         if ping_interval is not None and not self._lost:
             timeout = ping_interval if ping_timeout is None else ping_timeout
-            self._keepalive_task = self._loop.create_task(
-                self._keepalive(ping_interval, timeout), name=f"ws-keepalive {self._log_url}"
-            )
+            self._keepalive_task = _Keepalive(self, ping_interval, timeout)
 
     # ------------------------------------------------------------------ frame callbacks
 
@@ -745,7 +828,7 @@ class WsConnection(asyncio.Protocol):
         self._frame_fin = fin
         if opcode != Opcode.CONTINUATION:
             self._msg_text = opcode == Opcode.TEXT
-            if self._msg_text:
+            if self._msg_text and self._decoder is not None:
                 self._decoder.reset()
         if self._debug:
             logger.debug("< data frame %s opcode=%d fin=%s", self._log_url, opcode, fin)
@@ -759,7 +842,10 @@ class WsConnection(asyncio.Protocol):
         item: bytes | str = data
         if self._msg_text:
             try:
-                item = self._decoder.decode(data, message_end)
+                decoder = self._decoder
+                if decoder is None:
+                    decoder = self._decoder = _UTF8_DECODER("strict")
+                item = decoder.decode(data, message_end)
             except UnicodeDecodeError as exc:
                 # RFC 6455 §8.1: invalid UTF-8 fails the connection with 1007
                 raise FrameError(1007, "invalid UTF-8 in a text message") from exc
@@ -778,7 +864,8 @@ class WsConnection(asyncio.Protocol):
             self._rx_stopped = True  # §5.5.1: nothing follows a close frame
             self._rx_eof = True
             self._wake_rx()
-            logger.debug("< CLOSE %s %d %r", self._log_url, code, reason)
+            if self._debug:
+                logger.debug("< CLOSE %s %d %r", self._log_url, code, reason)
             if self._close_sent is None and self._auto_close_echo:
                 # §5.5.1: echo the code we received; none if there was none
                 self._send_close(None if code == 1005 else code, reason)
@@ -829,7 +916,8 @@ class WsConnection(asyncio.Protocol):
         payload = b"" if code is None else encode_close_payload(code, reason)
         self._write_frame(True, Opcode.CLOSE, payload)
         self._close_sent = (1005 if code is None else code, reason)
-        logger.debug("> CLOSE %s %s %r", self._log_url, code, reason)
+        if self._debug:
+            logger.debug("> CLOSE %s %s %r", self._log_url, code, reason)
 
     def _closing_handshake_done(self) -> None:
         # Both close frames are out; the server closes TCP first (§7.1.1), or we do.
@@ -960,35 +1048,68 @@ class WsConnection(asyncio.Protocol):
             or self._failure is not None
         )
 
-    async def _keepalive(self, interval: float, pong_timeout: float) -> None:
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                if self._closing():
-                    return
-                if self._reading_paused:
-                    continue  # the peer's data waits on us, so it is alive
-                waiter = self._loop.create_future()
-                self._alive_waiter = waiter
-                self._write_frame(True, Opcode.PING, os.urandom(4))
-                try:
-                    async with asyncio.timeout(pong_timeout):
-                        await waiter
-                except TimeoutError:
-                    # Reading can't have paused meanwhile: that takes data, which
-                    # completes the waiter.
-                    if self._closing():
-                        return
-                    logger.warning(
-                        "%% keepalive timeout %s: no pong in %.1fs", self._log_url, pong_timeout
-                    )
-                    self._abort(1006, "keepalive ping timeout")
-                    return
-                finally:
-                    self._alive_waiter = None
-        except Exception:
-            logger.exception("! keepalive failed %s", self._log_url)
-            self._abort(1011, "keepalive failed")
+    def _keepalive_ping(self) -> bool:
+        """Send a keepalive ping if one is due; False when none is (closing, or paused)."""
+        if self._closing():
+            return False
+        if self._reading_paused:
+            return False  # the peer's data waits on us, so it is alive
+        self._write_frame(True, Opcode.PING, os.urandom(4))
+        return True
+
+    def _keepalive_expired(self, pong_timeout: float) -> None:
+        # Reading can't have paused meanwhile: that takes data, which counts as a pong.
+        if self._closing():
+            return
+        logger.warning("%% keepalive timeout %s: no pong in %.1fs", self._log_url, pong_timeout)
+        self._abort(1006, "keepalive ping timeout")
+
+
+class _Keepalive:
+    """Pings every ``interval`` and aborts the connection when nothing (a pong or any
+    data) arrives within ``pong_timeout`` of a ping. Timer callbacks only: a task per
+    connection would cost more than the pings."""
+
+    __slots__ = ("_conn", "_interval", "_pong_timeout", "_timer", "awaiting")
+
+    def __init__(self, conn: WsConnection, interval: float, pong_timeout: float) -> None:
+        self._conn = conn
+        self._interval = interval
+        self._pong_timeout = pong_timeout
+        self.awaiting = False  # a ping is out and nothing arrived since
+        self._timer: asyncio.TimerHandle | None = conn._loop.call_later(interval, self._tick)
+
+    def done(self) -> bool:
+        return self._timer is None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.awaiting = False
+
+    def alive(self) -> None:
+        """Data arrived after a ping: the next ping is one interval from now."""
+        self.awaiting = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._conn._loop.call_later(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        conn = self._conn
+        if conn._closing():
+            self._timer = None
+            return
+        if conn._keepalive_ping():
+            self.awaiting = True
+            self._timer = conn._loop.call_later(self._pong_timeout, self._expired)
+        else:
+            self._timer = conn._loop.call_later(self._interval, self._tick)
+
+    def _expired(self) -> None:
+        self._timer = None
+        self.awaiting = False
+        self._conn._keepalive_expired(self._pong_timeout)
 
 
 async def _aiter(fragments: Iterable[Data] | AsyncIterable[Data]) -> AsyncIterator[Data]:
@@ -1063,7 +1184,8 @@ async def ws_connect(
         max_size=max_size,
         log_url=target.log_url,
     )
-    logger.debug("= connecting %s", target.log_url)
+    if conn._debug:
+        logger.debug("= connecting %s", target.log_url)
     try:
         async with asyncio.timeout(open_timeout):
             await loop.create_connection(
@@ -1078,5 +1200,6 @@ async def ws_connect(
         conn._abort(1006, "opening handshake failed")
         raise
     conn._start_keepalive(ping_interval, ping_timeout)
-    logger.debug("= open %s subprotocol=%s", target.log_url, conn.subprotocol)
+    if conn._debug:
+        logger.debug("= open %s subprotocol=%s", target.log_url, conn.subprotocol)
     return conn

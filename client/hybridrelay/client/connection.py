@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -29,6 +30,17 @@ def send_url(relay: str, hc: str, *, tracking_id: str | None = None) -> str:
     if tracking_id:
         url += f"&sb-hc-id={quote(tracking_id, safe='')}"
     return url
+
+
+# Senders open connection after connection to the same place: build and parse it once.
+@functools.lru_cache(maxsize=256)
+def _send_url(relay: str, hc: str, tracking_id: str | None) -> str:
+    return send_url(relay, hc, tracking_id=tracking_id)
+
+
+@functools.lru_cache(maxsize=256)
+def _audience(url: str) -> str:
+    return audience_for(url)
 
 
 class _Connect:
@@ -92,13 +104,13 @@ def connect(
         HandshakeError: the relay answered with an HTTP status (401, 403, 404, 504, or the
             listener's own rejection status).
     """
-    url = send_url(relay, hc, tracking_id=tracking_id)
+    url = _send_url(relay, hc, tracking_id)
     if token_provider is None and key_name is not None and key is not None:
         token_provider = SasTokenProvider(key_name, key)
     all_headers = dict(headers or {})
     if token_provider is not None:
         all_headers["ServiceBusAuthorization"] = token_provider.token_for(
-            audience_for(url), time.time()
+            _audience(url), time.time()
         )
     return _Connect(
         url,

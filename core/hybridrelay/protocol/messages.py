@@ -158,6 +158,11 @@ def _put(obj: _Obj, name: str, value: object) -> None:
         obj[name] = value
 
 
+# One encoder for every message: json.dumps() with non-default separators builds a new
+# JSONEncoder per call. ensure_ascii stays on: the text is pure ASCII (see encode()).
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encode_accept(message: Accept) -> _Obj:
     # HC §3.1: hyco-ws/hyco-https crash on an accept whose connectHeaders lack the key.
     if not any(name.lower() == "sec-websocket-key" for name in message.connect_headers):
@@ -233,7 +238,7 @@ def encode(message: Message) -> str:
             body = {"token": message.token}
         case _:  # pragma: no cover - exhaustive; mypy checks it
             assert_never(message)
-    text = json.dumps({kind_of(message): body}, separators=(",", ":"))
+    text = _ENCODER.encode({kind_of(message): body})
     if len(text) > CONTROL_MESSAGE_LIMIT:  # ASCII only, so characters are bytes
         raise PayloadTooBigError(f"{kind_of(message)} message is over 64 KiB")
     return text
@@ -374,17 +379,23 @@ _DECODERS: Final[dict[str, Callable[[_Obj], Message]]] = {
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> _Obj:
-    obj: _Obj = {}
-    for key, value in pairs:
-        if key in obj:
-            # Two values for one name would be read differently by different peers.
-            raise InvalidMessageError(f"duplicate JSON key {key[:40]!r}")
-        obj[key] = value
+    obj: _Obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Two values for one name would be read differently by different peers.
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidMessageError(f"duplicate JSON key {key[:40]!r}")
+            seen.add(key)
     return obj
 
 
 def _reject_constant(name: str) -> NoReturn:
     raise InvalidMessageError(f"JSON constant {name} is not allowed")
+
+
+# Built once: json.loads() with hooks builds a new JSONDecoder per call.
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
 
 
 def decode(text: str | bytes) -> Message:
@@ -408,7 +419,10 @@ def decode(text: str | bytes) -> Message:
     if len(text) > CONTROL_MESSAGE_LIMIT:
         raise PayloadTooBigError("control message is over 64 KiB")
     if isinstance(text, str):
-        if len(text.encode("utf-8", "surrogatepass")) > CONTROL_MESSAGE_LIMIT:
+        # Characters are bytes for ASCII text; only other text needs measuring as UTF-8.
+        if not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > (
+            CONTROL_MESSAGE_LIMIT
+        ):
             raise PayloadTooBigError("control message is over 64 KiB")
     else:
         try:
@@ -416,7 +430,7 @@ def decode(text: str | bytes) -> Message:
         except UnicodeDecodeError as exc:
             raise InvalidMessageError("control message is not valid UTF-8") from exc
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise InvalidMessageError("control message is not valid JSON") from exc
     if not isinstance(data, dict) or len(data) != 1:

@@ -289,6 +289,7 @@ class Listener:
 
     async def _serve(self, ws: WsConnection, stop: asyncio.Event, token: str) -> bool:
         """Serve one control channel; True when the relay node left (1001 or no close)."""
+
         async def close_on_stop() -> None:
             await stop.wait()
             # The relay fails requests still owed on a closed control channel unless they
@@ -417,7 +418,7 @@ class Listener:
             if len(self._streams) > self._max_streams:
                 await self._reject(accept.address, Reject(503, "listener at capacity"), clog)
                 return
-            wrappers = await self._run_hooks(request, clog)
+            wrappers = await self._run_hooks(request, clog) if self._hooks else []
             if isinstance(wrappers, Reject):
                 await self._reject(accept.address, wrappers, clog)
                 return
@@ -798,13 +799,12 @@ class Listener:
                 return False
             exchange.responding = True
             try:
-                await control.send(header)
+                # One write for both: adjacent (HC §4) and one system call.
+                await control.send_many((header, data) if data else (header,))
             except ConnectionClosedError:
                 # Nothing went out: the relay may still take the answer over rendezvous.
                 exchange.responding = False
                 return False
-            if data:
-                await control.send(data)
         return True
 
     async def _answer_socket(self, exchange: _Exchange) -> WsConnection:

@@ -18,11 +18,22 @@ no way to carry several values.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
+import re
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Set as AbstractSet,
+)
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiohttp
@@ -69,12 +80,12 @@ _NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-T
 _READ_CHUNK: Final = 64 * 1024
 
 
-def _dropped_names(pairs: Iterable[tuple[str, str]]) -> set[str]:
-    dropped = set(_CONNECTION_LEVEL)
+def _dropped_names(pairs: Iterable[tuple[str, str]]) -> AbstractSet[str]:
+    named: set[str] = set()
     for name, value in pairs:
         if name.lower() == "connection":
-            dropped.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return dropped
+            named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return _CONNECTION_LEVEL | named if named else _CONNECTION_LEVEL
 
 
 def _pairs(headers: HeadersLike) -> list[tuple[str, str]]:
@@ -127,10 +138,14 @@ def response_header_map(headers: HeadersLike) -> dict[str, str]:
     return out
 
 
+_UNSAFE_NAME: Final = re.compile("[:\r\n\x00 \t]")
+_UNSAFE_VALUE: Final = re.compile("[\r\n\x00]")
+
+
 def _safe_header(name: object, value: object) -> bool:
     if not isinstance(name, str) or not isinstance(value, str) or not name:
         return False
-    return not any(c in name for c in ":\r\n\x00 \t") and not any(c in value for c in "\r\n\x00")
+    return _UNSAFE_NAME.search(name) is None and _UNSAFE_VALUE.search(value) is None
 
 
 class RequestBody:
@@ -141,19 +156,15 @@ class RequestBody:
             control channel), None for bodies streamed over a rendezvous socket.
     """
 
-    __slots__ = ("_consumed", "_source", "length")
+    __slots__ = ("_data", "_source", "length")
 
     def __init__(self, source: bytes | AsyncIterator[bytes] | None) -> None:
-        self._consumed = False
+        # A body that came inline is held as bytes (no generator per request).
+        self._data: bytes = b""
+        self._source: AsyncIterator[bytes] | None = None
         if source is None or isinstance(source, bytes):
-            data = source or b""
-            self.length: int | None = len(data)
-
-            async def once() -> AsyncIterator[bytes]:
-                if data:
-                    yield data
-
-            self._source: AsyncIterator[bytes] = once()
+            self._data = source or b""
+            self.length: int | None = len(self._data)
         else:
             self.length = None
             self._source = source
@@ -162,7 +173,11 @@ class RequestBody:
         return self
 
     async def __anext__(self) -> bytes:
-        self._consumed = True
+        if self._source is None:
+            data, self._data = self._data, b""
+            if not data:
+                raise StopAsyncIteration
+            return data
         return await anext(self._source)
 
     async def read(self, limit: int | None = None) -> bytes:
@@ -174,6 +189,11 @@ class RequestBody:
         Returns:
             The bytes not yet consumed through iteration.
         """
+        if self._source is None:
+            data, self._data = self._data, b""
+            if limit is not None and len(data) > limit:
+                raise ValueError(f"request body is over {limit} bytes")
+            return data
         out = bytearray()
         async for chunk in self:
             out += chunk
@@ -371,6 +391,26 @@ class HttpTarget:
         self._limit = limit
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
+        # http:// targets: the usual request (a body of known size, plain target and
+        # headers) goes over _Pool's own connections, at about a third of aiohttp's cost
+        # per request; the rest (https, streamed uploads, anything aiohttp would quote,
+        # refuse or rewrite) through aiohttp. Each keeps at most ``limit`` connections.
+        self._pool: _Pool | None = None
+        url = URL(self.base_url)
+        if parts.scheme == "http" and url.raw_host and url.raw_host.isascii():
+            host = url.raw_host
+            netloc = f"[{host}]" if ":" in host else host
+            if not url.is_default_port():
+                netloc += f":{url.port}"
+            self._pool = _Pool(
+                host,
+                url.port or 80,
+                host_header=netloc,
+                base_path=url.raw_path.rstrip("/"),
+                limit=limit,
+                connect_timeout=connect_timeout,
+                read_timeout=timeout,
+            )
 
     def __str__(self) -> str:
         return self.base_url
@@ -396,7 +436,12 @@ class HttpTarget:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         """Forward one request; a failing service becomes a 502 with a JSON error body."""
-        session = self._get_session()
+        session = self._get_session()  # opened with the first request, whichever path
+        pool = self._pool
+        if pool is not None and request.body.length is not None:
+            head = pool.request_head(request)
+            if head is not None:
+                return await self._lean(pool, request, head)
         # A body streamed from a rendezvous socket goes on chunked; a known one as bytes.
         data: bytes | RequestBody | None = (
             request.body if request.body.length is None else (await request.read()) or None
@@ -428,8 +473,427 @@ class HttpTarget:
             body = _TargetBody(response)
         return HttpResponse(response.status, list(response.headers.items()), body, response.reason)
 
+    async def _lean(self, pool: _Pool, request: HttpRequest, head: bytearray) -> HttpResponse:
+        data = await request.read()
+        try:
+            return await pool.send(head, data, request.method)
+        except TimeoutError:
+            return error_response(502, "TargetTimeout", f"{self} did not answer in time")
+        except (OSError, _TargetProtocolError) as exc:
+            return error_response(502, "TargetUnreachable", f"{self}: {type(exc).__name__}")
+
     async def aclose(self) -> None:
         """Close the pooled connections; a later request opens a new pool."""
+        if self._pool is not None:
+            self._pool.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+# -- the plain HTTP/1.1 client behind HttpTarget, for http:// targets ------------------------
+
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS_LINE: Final = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
+# aiohttp sends no Content-Length for an empty body with these methods, "0" otherwise.
+_NO_LENGTH_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_MAX_HEAD: Final = 64 * 1024
+_READ_HIGH: Final = 256 * 1024  # buffered response bytes before reading from the socket pauses
+
+
+class _TargetProtocolError(Exception):
+    """The target's answer is not HTTP/1.1 as this client reads it."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to the target; bytes arrive in ``buffer``."""
+
+    __slots__ = ("buffer", "closed", "generation", "paused", "transport", "waiter")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation  # the pool's, when this connection was opened
+        self.buffer = bytearray()
+        self.closed = False  # EOF or lost: nothing more will arrive
+        self.paused = False
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > _READ_HIGH and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def consumed(self) -> None:
+        """The reader took bytes out of ``buffer``: resume reading below half the mark."""
+        if self.paused and len(self.buffer) <= _READ_HIGH // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def more(self, limit_s: float | None) -> None:
+        """Wait for more bytes (or the end); TimeoutError after ``limit_s`` seconds.
+
+        One timer per wait (aiohttp's sock_read), cheaper than asyncio.timeout().
+        """
+        if self.closed:
+            raise _TargetProtocolError("the target closed the connection")
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = None if limit_s is None else loop.call_later(limit_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class _Pool:
+    """HTTP/1.1 keep-alive connections to one target, at most ``limit`` at a time."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        host_header: str,
+        base_path: str,
+        limit: int,
+        connect_timeout: float,
+        read_timeout: float | None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._base = base_path
+        self._host_line = f"Host: {host_header}\r\n".encode("ascii")
+        self._limit = limit
+        self._connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._generation = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def request_head(self, request: HttpRequest) -> bytearray | None:
+        """The request line and headers as aiohttp would send them, or None when this
+        request is not a plain one (then aiohttp, which quotes or refuses, sends it)."""
+        target = self._base + request.raw_path
+        if request.query_string:
+            target += "?" + request.query_string
+        method = request.method
+        if (
+            not (target.isascii() and target.isprintable())
+            or " " in target
+            or "#" in target
+            or not target.startswith("/")
+            or _TOKEN.fullmatch(method) is None
+        ):
+            return None
+        head = bytearray(f"{method} {target} HTTP/1.1\r\n".encode("ascii"))
+        head += self._host_line
+        for name, value in request.headers.items():
+            if _TOKEN.fullmatch(name) is None or _UNSAFE_VALUE.search(value) is not None:
+                return None
+            head += f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+        return head
+
+    async def send(self, head: bytearray, body: bytes, method: str) -> HttpResponse:
+        if body:
+            head += b"Content-Length: %d\r\n" % len(body)
+        elif method not in _NO_LENGTH_METHODS:
+            head += b"Content-Length: 0\r\n"
+        head += b"\r\n"
+        conn, reused = await self._acquire()
+        try:
+            assert conn.transport is not None  # noqa: S101 - set when connected
+            conn.transport.write(head + body if len(body) < 16384 else head)
+            if len(body) >= 16384:
+                conn.transport.write(body)
+            try:
+                return await self._response(conn, method)
+            except _TargetProtocolError:
+                if not (reused and not conn.buffer and method in _IDEMPOTENT):
+                    raise
+            # An idle connection the target had closed just then: once more, on a new one.
+            self._discard(conn)
+            conn, reused = await self._acquire(fresh=True)
+            assert conn.transport is not None  # noqa: S101 - set when connected
+            conn.transport.write(head + body)
+            return await self._response(conn, method)
+        except BaseException:
+            self._discard(conn)
+            raise
+
+    async def _acquire(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
+        while not fresh and self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn, True
+            self._discard(conn)
+        while self._open >= self._limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif not waiter.cancelled():
+                    self._wake_one()  # it was our turn: pass it on
+                raise
+            if not fresh and self._idle:
+                return await self._acquire()
+        self._open += 1
+        conn = _Connection(self._generation)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.get_running_loop().create_connection(
+                    lambda: conn, self._host, self._port
+                )
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+        return conn, False
+
+    def release(self, conn: _Connection) -> None:
+        """The exchange on ``conn`` is over and it may carry the next one."""
+        if conn.closed or conn.buffer or conn.generation != self._generation:
+            self._discard(conn)
+            return
+        self._idle.append(conn)
+        self._wake_one()
+
+    def _discard(self, conn: _Connection) -> None:
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.abort()
+        if conn in self._idle:
+            self._idle.remove(conn)
+        if conn.transport is not None:
+            conn.transport = None
+            self._open -= 1
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        """Close the idle connections; busy ones close when their exchange ends."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+    async def _response(self, conn: _Connection, method: str) -> HttpResponse:
+        while True:
+            end = conn.buffer.find(b"\r\n\r\n")
+            while end < 0:
+                if len(conn.buffer) > _MAX_HEAD:
+                    raise _TargetProtocolError("response head over 64 KiB")
+                await conn.more(self.read_timeout)
+                end = conn.buffer.find(b"\r\n\r\n")
+            if end > _MAX_HEAD:
+                raise _TargetProtocolError("response head over 64 KiB")
+            head = bytes(conn.buffer[:end]).decode("utf-8", "surrogateescape")
+            del conn.buffer[: end + 4]
+            conn.consumed()
+            lines = head.split("\r\n")
+            match = _STATUS_LINE.fullmatch(lines[0])
+            if match is None:
+                raise _TargetProtocolError("bad status line")
+            status = int(match.group(2))
+            if 100 <= status < 200 and status != 101:
+                continue  # interim responses (100 Continue, 103 Early Hints) are skipped
+            break
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        chunked = False
+        keep_alive = match.group(1) == "1"
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or _TOKEN.fullmatch(name) is None:
+                raise _TargetProtocolError("bad header line")
+            value = value.strip(" \t")
+            headers.append((name, value))
+            lname = name.lower()
+            if lname == "content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise _TargetProtocolError("bad Content-Length")
+                length = int(value)
+            elif lname == "transfer-encoding":
+                chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
+                if not chunked:
+                    keep_alive = False  # the body ends when the connection does
+            elif lname == "connection":
+                tokens = {t.strip().lower() for t in value.split(",")}
+                if "close" in tokens:
+                    keep_alive = False
+                elif "keep-alive" in tokens and match.group(1) == "0":
+                    keep_alive = True
+        reason = match.group(3) or ""
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            if not keep_alive or status == 101:
+                self._discard(conn)
+            else:
+                self.release(conn)
+            return HttpResponse(status, headers, b"", reason)
+        if chunked:
+            length = None
+        elif length is None:
+            keep_alive = False  # read until the target closes
+        if length is not None and length <= INLINE_BODY_LIMIT:
+            # Small and of known size: read it, so the answer can go inline (HC §4).
+            while len(conn.buffer) < length:
+                if conn.closed:
+                    raise _TargetProtocolError("the target closed the connection mid-body")
+                await conn.more(self.read_timeout)
+            body = bytes(conn.buffer[:length])
+            del conn.buffer[:length]
+            if keep_alive:
+                self.release(conn)
+            else:
+                self._discard(conn)
+            return HttpResponse(status, headers, body, reason)
+        stream = _PoolBody(self, conn, length=length, chunked=chunked, keep_alive=keep_alive)
+        return HttpResponse(status, headers, stream, reason)
+
+
+class _PoolBody:
+    """Streams a response body off a pool connection (length, chunked, or until close),
+    then hands the connection back. A class for the reason :class:`_TargetBody` is."""
+
+    __slots__ = ("_chunked", "_conn", "_done", "_keep_alive", "_pool", "_remaining")
+
+    def __init__(
+        self,
+        pool: _Pool,
+        conn: _Connection,
+        *,
+        length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._remaining = length  # of this chunk (chunked) or of the body; None: until close
+        self._chunked = chunked
+        self._keep_alive = keep_alive
+        self._done = False
+
+    def __aiter__(self) -> _PoolBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await (self._next_chunked() if self._chunked else self._next_plain())
+        except (TimeoutError, _TargetProtocolError) as exc:
+            self._finish(reuse=False)
+            raise BadGatewayError(f"target response failed: {exc!r}") from exc
+        if not chunk:
+            self._finish(reuse=self._keep_alive)
+            raise StopAsyncIteration
+        return chunk
+
+    async def _take(self, limit: int | None) -> bytes:
+        """Up to ``limit`` buffered bytes (waiting for some); b"" at the connection's end."""
+        conn = self._conn
+        while not conn.buffer:
+            if conn.closed:
+                return b""
+            await conn.more(self._pool.read_timeout)
+        if limit is None or limit >= len(conn.buffer):
+            data = bytes(conn.buffer)
+            conn.buffer.clear()
+        else:
+            data = bytes(conn.buffer[:limit])
+            del conn.buffer[:limit]
+        conn.consumed()
+        return data
+
+    async def _next_plain(self) -> bytes:
+        if self._remaining == 0:
+            return b""
+        data = await self._take(self._remaining)
+        if self._remaining is not None:
+            if not data:
+                raise _TargetProtocolError("the target closed the connection mid-body")
+            self._remaining -= len(data)
+        return data
+
+    async def _line(self) -> str:
+        conn = self._conn
+        while (end := conn.buffer.find(b"\r\n")) < 0:
+            if len(conn.buffer) > _MAX_HEAD or conn.closed:
+                raise _TargetProtocolError("bad chunked body")
+            await conn.more(self._pool.read_timeout)
+        line = bytes(conn.buffer[:end]).decode("latin-1")
+        del conn.buffer[: end + 2]
+        return line
+
+    async def _next_chunked(self) -> bytes:
+        while not self._remaining:
+            if self._remaining == 0 and await self._line():  # the CRLF after a chunk's data
+                raise _TargetProtocolError("bad chunked body")
+            size_text = (await self._line()).split(";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError as exc:
+                raise _TargetProtocolError("bad chunk size") from exc
+            if size == 0:
+                while await self._line():  # trailers, up to the empty line
+                    pass
+                return b""
+            self._remaining = size
+        data = await self._take(self._remaining)
+        if not data:
+            raise _TargetProtocolError("the target closed the connection mid-body")
+        self._remaining -= len(data)  # at 0, the CRLF after the data is read next time
+        return data
+
+    def _finish(self, *, reuse: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if reuse:
+            self._pool.release(self._conn)
+        else:
+            self._pool._discard(self._conn)
+
+    async def aclose(self) -> None:
+        # Unread data left: the connection cannot be reused.
+        self._finish(reuse=False)

@@ -50,6 +50,7 @@ __all__ = [
     "Principal",
     "TokenCache",
     "authorize",
+    "cached_principal",
     "check_device_certificate",
     "check_device_token",
     "check_jwt",
@@ -251,6 +252,30 @@ class TokenCache:
 
 
 _CacheKey = tuple[str, str, int, str, str | None]
+
+
+def cached_principal(
+    cache: TokenCache,
+    token_text: str | None,
+    *,
+    hc: HybridConnection,
+    right: Rights,
+    now: float,
+    host: str | None = None,
+    path: str | None = None,
+) -> Principal | None:
+    """What :func:`authorize` would return, if that is known without reading anything.
+
+    Anonymous senders, and tokens :func:`authorize` verified and cached for exactly
+    this entity, right, path and host (never device identities). A caller that gets
+    a principal here can skip ``device_auth.credentials()`` (a token parse per request)
+    as well as the verification; None means: call ``authorize()``.
+    """
+    if right == Rights.SEND and not hc.requires_client_authorization:
+        return ANONYMOUS_SENDER
+    if not token_text:
+        return None
+    return cache.get((token_text, hc.name, right.value, path or hc.name, host), now)
 
 
 def authorize(

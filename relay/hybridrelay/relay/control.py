@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
 from aiohttp import WSMsgType, web
 
 from hybridrelay.errors import AuthError, ConnectionClosedError, HybridRelayError
 from hybridrelay.logs import ConnectionLogger
+from hybridrelay.protocol.frames import Opcode, encode_frame, encode_frame_header
 from hybridrelay.protocol.messages import (
     Accept,
     RenewToken,
@@ -32,6 +34,8 @@ from hybridrelay.relay.pending import PendingRequest
 __all__ = ["ControlChannel"]
 
 _SEND_TIMEOUT = 10.0
+_TEXT: Final = int(Opcode.TEXT)
+_BINARY: Final = int(Opcode.BINARY)
 
 # renew(token) -> new expiry (unix seconds); raises AuthError when the token is refused.
 Renewer = Callable[[str], Awaitable[float]]
@@ -91,6 +95,24 @@ class ControlChannel:
         if self.closing or self._ws.closed:
             raise ConnectionClosedError(1001, "control channel closed")
         text = encode(message)
+        transport = self._request.transport
+        if (
+            transport is not None
+            and not self._send_lock.locked()
+            and not self._request.protocol.writing_paused
+            and not transport.is_closing()
+        ):
+            # The usual case: nothing is queued before this message and the socket takes
+            # it now. Its frames (and the body's: adjacent, HC §4) leave in one write with
+            # no lock, timer or await; they are the frames aiohttp's writer would write,
+            # which always writes whole frames, so nothing can interleave with them.
+            frame = encode_frame(fin=True, opcode=_TEXT, payload=text.encode("ascii"))
+            if body is None:
+                transport.write(frame)
+            else:
+                head = encode_frame_header(fin=True, opcode=_BINARY, length=len(body))
+                transport.writelines((frame, head, body))
+            return
         try:
             async with self._send_lock, asyncio.timeout(_SEND_TIMEOUT):
                 await self._ws.send_str(text)

@@ -8,9 +8,10 @@ raised as HybridRelayError and answered by ``middleware.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
 import uuid
+from typing import Final
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -31,17 +32,17 @@ from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, 
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
-from hybridrelay.relay.auth import authorize, check_token
+from hybridrelay.relay.auth import authorize, cached_principal, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.dispatch import deliver_to_listener
-from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.handshake import accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import LISTENER_GONE, PendingConnect
-from hybridrelay.relay.splice import Splice, take_over
+from hybridrelay.relay.pending import LISTENER_GONE, SPLICED, PendingConnect
+from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
@@ -54,6 +55,8 @@ _CONTROL_MAX_MESSAGE = 1 << 20
 _AUTH_HEADER = "ServiceBusAuthorization"
 _REDISPATCHES = 2  # accepts re-sent to another listener when the chosen one vanished
 _LISTENER_GONE_GRACE_S = 2.0
+# A PendingConnect outcome: the sender's connection closed before its 101.
+_SENDER_GONE: Final = object()
 
 
 class _Rejected:
@@ -62,6 +65,19 @@ class _Rejected:
     def __init__(self, status: int, description: str) -> None:
         self.status = status
         self.description = description
+
+
+# Tracking ids of senders that bring none: GUID-shaped (version 4, RFC 4122 variant),
+# 74 random bits per process plus a counter. Unique, and no getrandom() per connect;
+# not a secret (the rendezvous key is).
+_ID_RANDOM: Final = uuid.uuid4().hex
+_ID_HEAD: Final = f"{_ID_RANDOM[:8]}-{_ID_RANDOM[8:12]}-4{_ID_RANDOM[13:16]}-"
+_ID_VARIANT: Final = "89ab"[int(_ID_RANDOM[16], 16) & 3] + _ID_RANDOM[17:20]
+_ids = itertools.count(int(_ID_RANDOM[20:], 16) & 0xFFFFFFFF)
+
+
+def _new_tracking_id() -> str:
+    return f"{_ID_HEAD}{_ID_VARIANT}-{next(_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _split_target(request: web.Request) -> tuple[str, str]:
@@ -133,6 +149,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         right=Rights.LISTEN,
         now=state.now(),
         host=request.host if state.config.relay.check_token_host else None,
+        cache=state.tokens,
         jwt_issuers=state.config.jwt_issuers,
         device=creds.device,
         certificate=creds.certificate,
@@ -214,35 +231,47 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
     token = _token(request, addr)
-    creds = await device_auth.credentials(request, state.store, token)
-    principal = authorize(
-        token,
-        hc=hc,
-        namespace_rules=await state.store.namespace_rules(),
-        right=Rights.SEND,
-        now=state.now(),
-        host=request.host if state.config.relay.check_token_host else None,
-        path=hc.name + suffix,
-        cache=state.tokens,
-        jwt_issuers=state.config.jwt_issuers,
-        device=creds.device,
-        certificate=creds.certificate,
+    now = state.now()
+    host = request.host if state.config.relay.check_token_host else None
+    # Senders repeat their token: a verified one needs neither parsing nor a store read.
+    principal = cached_principal(
+        state.tokens, token, hc=hc, right=Rights.SEND, now=now, host=host, path=hc.name + suffix
     )
+    device = None
+    if principal is None:
+        creds = await device_auth.credentials(request, state.store, token)
+        device = creds.device
+        principal = authorize(
+            token,
+            hc=hc,
+            namespace_rules=await state.store.namespace_rules(),
+            right=Rights.SEND,
+            now=now,
+            host=host,
+            path=hc.name + suffix,
+            cache=state.tokens,
+            jwt_issuers=state.config.jwt_issuers,
+            device=creds.device,
+            certificate=creds.certificate,
+        )
     handshake = parse_client_handshake(request.method, request.headers)
     allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
     disallowed = parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners"))
     if not await state.cluster.listener_count(hc.name):
         raise NoListenerError("no listener is connected to this hybrid connection")
 
-    splice = Splice(
-        close_timeout=state.config.relay.close_timeout,
-        on_finish=state.metrics.count_bytes,
-        hc_name=hc.name,
-    )
-    tracking_id = addr.tracking_id or str(uuid.uuid4())
-    deadline = loop.time() + state.config.relay.rendezvous_timeout
+    splice = Splice(close_timeout=state.config.relay.close_timeout, hc_name=hc.name)
+    tracking_id = addr.tracking_id or _new_tracking_id()
+    deadline = started + state.config.relay.rendezvous_timeout
     for attempt in range(_REDISPATCHES + 1):
-        pending = PendingConnect(hc_name=hc.name, future=loop.create_future(), splice=splice)
+        pending = PendingConnect(
+            hc_name=hc.name,
+            future=loop.create_future(),
+            splice=splice,
+            sender=request,
+            handshake=handshake,
+            started=started,
+        )
         key = state.cluster.add_pending(pending)
         accept = Accept(
             address=build_rendezvous_address(
@@ -259,7 +288,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
             remote_endpoint=remote_endpoint(request),
         )
         try:
-            handle = await deliver_to_listener(
+            await deliver_to_listener(
                 state.cluster,
                 hc.name,
                 accept,
@@ -267,10 +296,11 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                 disallowed=disallowed,
                 on_chosen=pending.chosen,
             )
+            del accept  # not kept alive by a sender that waits
             state.waiting.add(pending)
             try:
                 async with asyncio.timeout_at(deadline):
-                    outcome = await asyncio.shield(pending.future)
+                    outcome = await pending.future
             except TimeoutError as exc:
                 raise UpstreamTimeoutError("the listener did not accept in time") from exc
         finally:
@@ -288,34 +318,17 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
 
     if isinstance(outcome, _Rejected):
         raise RejectedError(outcome.status, outcome.description)
-    protocol = outcome if isinstance(outcome, str) else None
-    if splice.listener.lost:
-        splice.abandon(1011, "listener lost")
-        raise NoListenerError("the listener closed its rendezvous connection")
-    state.metrics.rendezvous_seconds.observe(loop.time() - started)
-    response = web.StreamResponse(status=101, headers=accept_headers(handshake, protocol))
-    try:
-        await response.prepare(request)
-        sender_parts = take_over(request)
-    except (ConnectionError, RuntimeError):
-        splice.abandon(1001, "sender went away")
+    if outcome is _SENDER_GONE:
         log.info("sender_gone_before_splice", extra={"hc": hc.name, "id": tracking_id})
-        return response
-    splice.join(sender_parts)
-    state.splices.add(splice)
-    state.cluster.stream_started(handle)
-    state.metrics.connections.inc()
-    state.metrics.active_connections.inc()
-    try:
+    elif principal.device_id is not None:
+        # A device's stream keeps it "connected" while it lasts (device_auth.tracked).
         async with device_auth.tracked(
-            state, principal, splice, hc_name=hc.name, right=Rights.SEND, device=creds.device
+            state, principal, splice, hc_name=hc.name, right=Rights.SEND, device=device
         ):
             await splice.wait()
-    finally:
-        state.splices.discard(splice)
-        state.cluster.stream_ended(handle)
-        state.metrics.active_connections.dec()
-    return response
+    # SPLICED: _accept answered the sender's 101 and detached its connection from
+    # aiohttp; this handler ends now, the splice lives on in state.splices.
+    return Upgraded()
 
 
 async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
@@ -338,25 +351,59 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
         raise
     # The listener names the one sub-protocol it picked from connectHeaders (HC §5).
     chosen = handshake.protocols[0] if handshake.protocols else None
-    response = web.StreamResponse(status=101, headers=accept_headers(handshake, chosen))
     splice = pending.splice
     try:
-        await response.prepare(request)
-        splice.listener.attach(take_over(request), paused=True)
-    except (ConnectionError, RuntimeError) as exc:
-        if not pending.future.done():
-            pending.future.set_exception(
-                BadGatewayError("the listener vanished during its handshake")
-            )
+        listener = take_over(request)
+    except ConnectionError as exc:
+        pending.future.set_exception(BadGatewayError("the listener vanished during its handshake"))
         log.info("listener_gone_during_rendezvous", extra={"error": type(exc).__name__})
-        return response
-    if pending.future.done():  # the sender gave up in the meantime
+        return Upgraded()
+    try:
+        sender: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes] | None = take_over(
+            pending.sender
+        )
+    except ConnectionError:
+        sender = None
+    # Both 101s leave first, the listener's before the sender's (a sender that has its
+    # 101 may rely on the listener having its own); the bookkeeping follows. Nothing
+    # either peer sends can be read before the splice has both legs: that needs the
+    # loop, and this runs to the end without giving it back. No task switch to the
+    # sender's handler either: it only learns the outcome.
+    listener[0].write(accept_response(handshake, chosen))
+    forget(request)
+    # aiohttp's protocol is out of the picture: the legs hold only transport and tail.
+    splice.listener.attach((listener[0], None, listener[2]), paused=True)
+    if sender is None:
         splice.abandon(1001, "sender went away")
-    else:
-        pending.future.set_result(chosen)
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.shield(splice.done)
-    return response
+        pending.future.set_result(_SENDER_GONE)
+        return Upgraded()
+    sender[0].write(accept_response(pending.handshake, chosen))
+    forget(pending.sender)
+    _stream_started(state, pending, splice)
+    splice.join((sender[0], None, sender[2]))
+    pending.future.set_result(SPLICED)
+    return Upgraded()
+
+
+def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) -> None:
+    """Count a relayed connection as open until its splice finishes."""
+    handle = pending.handle
+    metrics = state.metrics
+    metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
+    metrics.connections.inc()
+    metrics.active_connections.inc()
+    state.splices.add(splice)
+    if handle is not None:
+        state.cluster.stream_started(handle)
+
+    def finished(up: int, down: int) -> None:
+        state.splices.discard(splice)
+        if handle is not None:
+            state.cluster.stream_ended(handle)
+        metrics.active_connections.dec()
+        metrics.count_bytes(up, down)
+
+    splice.on_finish = finished
 
 
 def _release_senders_of(state: RelayState, channel: ControlChannel) -> None:

@@ -57,7 +57,7 @@ from hybridrelay.protocol.frames import (
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
-from hybridrelay.relay.auth import authorize
+from hybridrelay.relay.auth import authorize, cached_principal
 from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
@@ -123,11 +123,15 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
     }
 
 
+_NOT_FORWARDED: Final = _HOP_BY_HOP | {"servicebusauthorization"}
+_NOT_FORWARDED_AUTH: Final = _NOT_FORWARDED | {"authorization"}
+
+
 def _request_headers(request: web.Request, *, drop_authorization: bool) -> dict[str, str]:
     """Sender headers for ``requestHeaders``: auth and hop-by-hop removed, repeats joined."""
-    dropped = _HOP_BY_HOP | _connection_tokens(request.headers) | {"servicebusauthorization"}
-    if drop_authorization:
-        dropped = dropped | {"authorization"}
+    dropped = _NOT_FORWARDED_AUTH if drop_authorization else _NOT_FORWARDED
+    if "Connection" in request.headers:
+        dropped = dropped | _connection_tokens(request.headers)
     out: dict[str, str] = {}
     for name, value in request.headers.items():
         if name.lower() in dropped:
@@ -136,18 +140,37 @@ def _request_headers(request: web.Request, *, drop_authorization: bool) -> dict[
     return out
 
 
-def _response_headers(response: Response, via: str) -> CIMultiDict[str]:
+def _response_headers(response: Response, via: str) -> tuple[CIMultiDict[str], frozenset[str]]:
+    """The listener's headers for the sender (plus ``Via``) and their lower-case names."""
     headers: CIMultiDict[str] = CIMultiDict()
     raw = response.response_headers or {}
-    named = {t.strip().lower() for t in raw.get("connection", raw.get("Connection", "")).split(",")}
+    connection = raw.get("connection", raw.get("Connection"))
+    named = {t.strip().lower() for t in connection.split(",")} if connection else frozenset[str]()
+    sent = {"via"}
+    upstream_via = None
     for name, value in raw.items():
         lowered = name.lower()
-        if lowered in _HOP_BY_HOP or lowered in named or lowered == "via":
+        if lowered == "via":
+            if upstream_via is None:
+                upstream_via = value
+            continue
+        if lowered in _HOP_BY_HOP or lowered in named:
             continue
         headers.add(name, value)
-    upstream_via = next((v for k, v in raw.items() if k.lower() == "via"), None)
+        sent.add(lowered)
     headers["Via"] = f"{upstream_via}, {via}" if upstream_via else via
-    return headers
+    return headers, frozenset(sent)
+
+
+_VIA: dict[str, str] = {}  # public URL -> this relay's Via entry
+
+
+def _via(state: RelayState) -> str:
+    url = state.public_url
+    via = _VIA.get(url)
+    if via is None:
+        via = _VIA[url] = f"1.1 {state.via_name}"  # parses the URL: once, not per request
+    return via
 
 
 def _token(
@@ -187,19 +210,27 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     if hc.http is False:
         raise EntityNotFoundError("HTTP relaying is disabled for this hybrid connection")
     token, from_authorization = _token(request, target.token, hc.requires_client_authorization)
-    creds = await device_auth.credentials(request, state.store, token)
-    principal = authorize(
-        token,
-        hc=hc,
-        namespace_rules=await state.store.namespace_rules(),
-        right=Rights.SEND,
-        now=state.now(),
-        path=hc.name + suffix,
-        cache=state.tokens,
-        jwt_issuers=state.config.jwt_issuers,
-        device=creds.device,
-        certificate=creds.certificate,
+    now = state.now()
+    # Senders repeat their token: a verified one needs neither parsing nor a store read.
+    principal = cached_principal(
+        state.tokens, token, hc=hc, right=Rights.SEND, now=now, path=hc.name + suffix
     )
+    device = None
+    if principal is None:
+        creds = await device_auth.credentials(request, state.store, token)
+        device = creds.device
+        principal = authorize(
+            token,
+            hc=hc,
+            namespace_rules=await state.store.namespace_rules(),
+            right=Rights.SEND,
+            now=now,
+            path=hc.name + suffix,
+            cache=state.tokens,
+            jwt_issuers=state.config.jwt_issuers,
+            device=creds.device,
+            certificate=creds.certificate,
+        )
     if not await state.cluster.listener_count(hc.name):
         raise BadGatewayError("no listener is connected to this hybrid connection")
 
@@ -243,9 +274,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     handle: ListenerHandle | None = None
 
     try:
-        await device_auth.request_started(
-            state, principal, request, hc_name=hc.name, device=creds.device
-        )
+        await device_auth.request_started(state, principal, request, hc_name=hc.name, device=device)
         body = await request.read() if inline and has_body else None
         if body is not None:
             pending.prefetched = body
@@ -323,8 +352,7 @@ async def _stream_response(
 ) -> web.StreamResponse:
     status = response.status_code
     reason = _reason(response.status_description)
-    headers = _response_headers(response, f"1.1 {state.via_name}")
-    sent = frozenset(name.lower() for name in headers)
+    headers, sent = _response_headers(response, _via(state))
     state.metrics.http_requests.labels(str(status)).inc()
     whole = pending.body.take_all() if response.body else None
     if whole is not None:

@@ -19,31 +19,43 @@ from aiohttp import web
 
 from hybridrelay.errors import HybridRelayError
 from hybridrelay.protocol.messages import Request, Response
+from hybridrelay.relay.handshake import ClientHandshake
 from hybridrelay.relay.splice import Splice
 
 if TYPE_CHECKING:  # cluster.base imports this module
     from hybridrelay.relay.cluster.base import ListenerHandle
 
-__all__ = ["LISTENER_GONE", "BodyPipe", "PendingConnect", "PendingRequest"]
+__all__ = ["LISTENER_GONE", "SPLICED", "BodyPipe", "PendingConnect", "PendingRequest"]
 
 
-# A PendingConnect outcome: the listener holding the accept vanished without dialling.
+# PendingConnect outcomes: the listener holding the accept vanished without dialling;
+# the listener dialled, both legs have their 101 and the splice runs.
 LISTENER_GONE: Final = object()
+SPLICED: Final = object()
 
 
 @dataclass(eq=False, slots=True)
 class PendingConnect:
-    """A sender waiting for its listener to dial the rendezvous address."""
+    """A sender waiting for its listener to dial the rendezvous address.
+
+    The listener's dial completes the rendezvous on its own: it answers both legs'
+    101 and starts the splice in one step (``hc_endpoints._accept``), so it needs the
+    sender's request and handshake; the sender's handler only learns the outcome.
+    """
 
     hc_name: str
-    # Resolves to the listener's chosen sub-protocol (str or None), a rejection, or
-    # LISTENER_GONE.
+    # Resolves to SPLICED, a rejection, an error, or LISTENER_GONE.
     future: asyncio.Future[object]
     splice: Splice
+    sender: web.Request  # its 101 is written by the listener's dial
+    handshake: ClientHandshake  # the sender's
+    started: float  # loop time the sender arrived
     listener_id: str = ""  # the listener the accept went to
+    handle: ListenerHandle | None = None
 
     def chosen(self, handle: ListenerHandle) -> None:
         self.listener_id = handle.listener_id
+        self.handle = handle
 
     def listener_gone(self) -> None:
         if not self.future.done():
@@ -57,6 +69,18 @@ class BodyPipe:
     protocol callbacks; the sender's handler reads them. Above ``high`` bytes the
     producer is paused (its transport stops reading) until the reader drained half.
     """
+
+    __slots__ = (
+        "_chunks",
+        "_eof",
+        "_error",
+        "_high",
+        "_pause",
+        "_paused",
+        "_resume",
+        "_size",
+        "_waiter",
+    )
 
     def __init__(self, *, high: int = 256 * 1024) -> None:
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -131,7 +155,7 @@ class BodyPipe:
         return chunk
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PendingRequest:
     """An HTTP-mode request waiting for (or receiving) its listener's response."""
 

@@ -42,7 +42,7 @@ from hybridrelay.protocol.frames import (
     parse_close_payload,
 )
 
-__all__ = ["Leg", "Splice", "take_over"]
+__all__ = ["Leg", "Splice", "Upgraded", "forget", "take_over"]
 
 log = logging.getLogger(RELAY)
 
@@ -90,6 +90,40 @@ def take_over(request: web.BaseRequest) -> tuple[asyncio.Transport, asyncio.Base
     protocol.set_parser(cast(Any, collector))
     protocol.keep_alive(False)
     return transport, protocol, bytes(collector.data)
+
+
+def forget(request: web.BaseRequest) -> None:
+    """Make aiohttp forget a connection :func:`take_over` took, without closing it.
+
+    aiohttp's handler may then return (with :class:`Upgraded`) instead of waiting as
+    long as the relayed connection lasts: its task, request, parser and buffers (about
+    13 KiB per leg, two legs per relayed connection) are freed as soon as the 101 is
+    out (issue 7: memory per idle connection). The transport is not aiohttp's any
+    more: closing it is the splice's job.
+    """
+    protocol = request.protocol
+    # Without a transport, aiohttp's connection_lost() cannot close ours; it forgets the
+    # connection (server bookkeeping, keep-alive timer, parser) and lets its handler end.
+    protocol.transport = None
+    protocol.connection_lost(None)
+
+
+class Upgraded(web.StreamResponse):
+    """What a handler returns once its connection was detached: there is nothing to write.
+
+    The 101 went out on the transport itself (``handshake.accept_response``) and the
+    transport belongs to a splice now, so aiohttp must neither prepare headers nor
+    write an end of body.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 class Leg(asyncio.Protocol):
@@ -140,7 +174,7 @@ class Leg(asyncio.Protocol):
 
     def attach(
         self,
-        parts: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes],
+        parts: tuple[asyncio.Transport, asyncio.BaseProtocol | None, bytes],
         *,
         paused: bool = False,
     ) -> None:
@@ -302,10 +336,13 @@ class Splice:
     Args:
         close_timeout: seconds a leg gets to answer a close the relay sent on its own
             (peer vanished, protocol error, shutdown) before its TCP connection is cut.
-        on_finish: called once with (bytes sender->listener, bytes listener->sender).
+        on_finish: called once with (bytes sender->listener, bytes listener->sender);
+            the attribute of that name may be replaced until the splice finishes.
         hc_name: the hybrid connection relayed, so that deleting it can shut the splice
             (``reactions.py``); ``PendingConnect`` fills it in when not given.
     """
+
+    __slots__ = ("_close_timeout", "done", "hc_name", "listener", "on_finish", "sender")
 
     def __init__(
         self,
@@ -320,10 +357,10 @@ class Splice:
         self.sender.peer = self.listener
         self.listener.peer = self.sender
         self._close_timeout = close_timeout
-        self._on_finish = on_finish
+        self.on_finish = on_finish
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def join(self, sender: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes]) -> None:
+    def join(self, sender: tuple[asyncio.Transport, asyncio.BaseProtocol | None, bytes]) -> None:
         """Attach the sender after its 101; the listener leg must be attached (paused) already."""
         self.sender.attach(sender)
         if self.listener.lost:
@@ -401,5 +438,5 @@ class Splice:
     def _finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
-            if self._on_finish is not None:
-                self._on_finish(self.sender.bytes_in, self.listener.bytes_in)
+            if self.on_finish is not None:
+                self.on_finish(self.sender.bytes_in, self.listener.bytes_in)
