@@ -32,7 +32,7 @@ from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, 
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
-from hybridrelay.relay.auth import authorize, cached_principal, check_token
+from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
@@ -42,6 +42,7 @@ from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import LISTENER_GONE, SPLICED, PendingConnect
+from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
@@ -231,29 +232,10 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
     token = _token(request, addr)
-    now = state.now()
     host = request.host if state.config.relay.check_token_host else None
-    # Senders repeat their token: a verified one needs neither parsing nor a store read.
-    principal = cached_principal(
-        state.tokens, token, hc=hc, right=Rights.SEND, now=now, host=host, path=hc.name + suffix
+    principal, device = await authorize_sender(
+        state, request, token, hc=hc, path=hc.name + suffix, host=host
     )
-    device = None
-    if principal is None:
-        creds = await device_auth.credentials(request, state.store, token)
-        device = creds.device
-        principal = authorize(
-            token,
-            hc=hc,
-            namespace_rules=await state.store.namespace_rules(),
-            right=Rights.SEND,
-            now=now,
-            host=host,
-            path=hc.name + suffix,
-            cache=state.tokens,
-            jwt_issuers=state.config.jwt_issuers,
-            device=creds.device,
-            certificate=creds.certificate,
-        )
     handshake = parse_client_handshake(request.method, request.headers)
     allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
     disallowed = parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners"))

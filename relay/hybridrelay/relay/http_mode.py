@@ -55,14 +55,13 @@ from hybridrelay.protocol.frames import (
     encode_frame_header,
 )
 from hybridrelay.protocol.messages import Request, Response, decode, encode
-from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
-from hybridrelay.relay.auth import authorize, cached_principal
 from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
+from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ensure_enabled
@@ -210,27 +209,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     if hc.http is False:
         raise EntityNotFoundError("HTTP relaying is disabled for this hybrid connection")
     token, from_authorization = _token(request, target.token, hc.requires_client_authorization)
-    now = state.now()
-    # Senders repeat their token: a verified one needs neither parsing nor a store read.
-    principal = cached_principal(
-        state.tokens, token, hc=hc, right=Rights.SEND, now=now, path=hc.name + suffix
-    )
-    device = None
-    if principal is None:
-        creds = await device_auth.credentials(request, state.store, token)
-        device = creds.device
-        principal = authorize(
-            token,
-            hc=hc,
-            namespace_rules=await state.store.namespace_rules(),
-            right=Rights.SEND,
-            now=now,
-            path=hc.name + suffix,
-            cache=state.tokens,
-            jwt_issuers=state.config.jwt_issuers,
-            device=creds.device,
-            certificate=creds.certificate,
-        )
+    principal, device = await authorize_sender(state, request, token, hc=hc, path=hc.name + suffix)
     if not await state.cluster.listener_count(hc.name):
         raise BadGatewayError("no listener is connected to this hybrid connection")
 
