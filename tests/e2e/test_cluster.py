@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 from tests.harness.cluster import Cluster, mgmt_call, running_cluster
 from tests.harness.device_certs import device_sas_token
+from tests.harness.listeners import running_listener
 from tests.harness.peers import ROOT, RawListener, connect_url, send, token_for
 from tests.harness.processes import CliProcess
 from tests.harness.redis import RedisServer
@@ -86,26 +87,6 @@ async def listening(*listeners: RawListener) -> AsyncIterator[None]:
             await listener.stop()
 
 
-@contextlib.asynccontextmanager
-async def python_listener(listener: Listener) -> AsyncIterator[Listener]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    try:
-        connected = asyncio.ensure_future(listener.connected.wait())
-        done, _ = await asyncio.wait(
-            {task, connected}, timeout=seconds(10), return_when=asyncio.FIRST_COMPLETED
-        )
-        connected.cancel()
-        if task in done:
-            task.result()
-        assert listener.connected.is_set()
-        yield listener
-    finally:
-        stop.set()
-        async with asyncio.timeout(seconds(20)):
-            await task
-
-
 def agent_config(path: Path, relays: list[str], echo: tuple[str, int], agent_id: str) -> Path:
     listed = ", ".join(f'"{r}"' for r in relays)
     path.write_text(
@@ -147,7 +128,7 @@ async def test_listener_on_one_node_serves_websocket_and_http_senders_on_another
                 token_provider=SasTokenProvider(ROOT, ROOT_KEY),
                 http_handler=HttpTarget(str(server.make_url("/"))),
             )
-            async with listening(ws_listener), python_listener(http_listener):
+            async with listening(ws_listener), running_listener(http_listener):
                 await echo_once(b.url, "echo", b"across two nodes")
                 accept = ws_listener.accepts.get_nowait()
                 # The listener dialled the sender's node, not its own.

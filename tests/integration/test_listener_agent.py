@@ -7,9 +7,9 @@ import contextlib
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
 
 import pytest
+from tests.harness.listeners import running_listener as running
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
 
@@ -21,27 +21,6 @@ from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection
 
 ROOT = "RootManageSharedAccessKey"
-
-
-@contextlib.asynccontextmanager
-async def running(listener: Listener) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    try:
-        done, _ = await asyncio.wait(
-            {task, asyncio.ensure_future(listener.connected.wait())},
-            timeout=seconds(10),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()
-        assert listener.connected.is_set()
-        yield stop
-    finally:
-        stop.set()
-        async with asyncio.timeout(seconds(20)):
-            with contextlib.suppress(EntityNotFoundError):
-                await task
 
 
 def tokens(key_name: str = ROOT, key: str = ROOT_KEY, ttl: int = 3600) -> SasTokenProvider:

@@ -31,6 +31,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
+from tests.harness.listeners import running_listener as running
 from tests.harness.processes import ProcessGroup, listen_args
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
@@ -302,26 +303,6 @@ async def fake_relay(aiohttp_server: AiohttpServer) -> FakeRelay:
 
 def tokens() -> SasTokenProvider:
     return SasTokenProvider(ROOT, ROOT_KEY)
-
-
-@contextlib.asynccontextmanager
-async def running(listener: Listener) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    try:
-        connected = asyncio.ensure_future(listener.connected.wait())
-        done, _ = await asyncio.wait(
-            {task, connected}, timeout=seconds(10), return_when=asyncio.FIRST_COMPLETED
-        )
-        connected.cancel()
-        if task in done:
-            task.result()
-        assert listener.connected.is_set()
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(seconds(20)):
-            await task
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from tests.conftest import RelayFactory
+from tests.harness.listeners import running_listener as running
 from tests.harness.proxies import HalfOpenProxy
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
@@ -36,7 +37,7 @@ from hybridrelay.client import (
     connect,
     load_forward_config,
 )
-from hybridrelay.errors import EntityNotFoundError, HandshakeError
+from hybridrelay.errors import HandshakeError
 from hybridrelay.listener import (
     AcceptRequest,
     HeaderAllowList,
@@ -61,21 +62,6 @@ def tokens() -> SasTokenProvider:
 
 def fast_backoff() -> Backoff:
     return Backoff(base=0.05, cap=0.2, rng=random.Random(7))
-
-
-@contextlib.asynccontextmanager
-async def running(listener: Listener) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    try:
-        async with asyncio.timeout(seconds(10)):
-            await listener.connected.wait()
-        yield stop
-    finally:
-        stop.set()
-        async with asyncio.timeout(seconds(20)):
-            with contextlib.suppress(EntityNotFoundError):
-                await task
 
 
 @contextlib.asynccontextmanager
