@@ -41,6 +41,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 from aiohttp import web
 
+from bench.proc import proc_cpu_seconds
 from bench.stats import paired, spread
 from bench.throughput import (
     HC,
@@ -91,18 +92,6 @@ class App:
 
 
 # ---------------------------------------------------------------------------- listeners
-
-
-def proc_cpu_seconds(pid: int | None) -> float | None:
-    """user+system CPU time of a process so far (Linux /proc, 10 ms resolution), else None."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RelayListener(Protocol):

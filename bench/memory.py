@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency import RelayEcho, close_quietly
+from bench.proc import rss_kib as proc_rss_kib
 from bench.throughput import (
     HC,
     RULE,
@@ -60,13 +61,13 @@ TARGET_KIB = 32.0
 
 
 def rss_kib(pid: int | None) -> int:
-    """VmRSS of a process in KiB (Linux /proc)."""
+    """VmRSS of a process in KiB (Linux /proc); BenchError when it can't be read."""
     if pid is None:
         raise BenchError("no relay process")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS in /proc/{pid}/status")
+    kib = proc_rss_kib(pid)
+    if kib is None:
+        raise BenchError(f"no VmRSS in /proc/{pid}/status")
+    return kib
 
 
 def fd_count(pid: int | None) -> int | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench.proc import descendants, proc_cpu_seconds, process_name
+from bench.proc import descendants, proc_cpu_seconds, process_name, stop_process
 
 __all__ = ["NginxError", "NginxProxy", "find_nginx", "free_port", "nginx_version"]
 
@@ -189,20 +189,12 @@ class NginxProxy:
         if proc is None or proc.returncode is not None:
             return
         workers = descendants(proc.pid) or self._workers
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace_s):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            # Workers outlive a killed master; they are still nginx processes of ours.
-            for pid in workers:
-                if "nginx" in process_name(pid):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signal.SIGKILL)
+        await stop_process(proc, grace_s=grace_s)
+        # Workers outlive a killed master; any still running are nginx processes of ours.
+        for pid in workers:
+            if "nginx" in process_name(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -47,6 +47,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from bench.nginx import NginxError, NginxProxy, find_nginx, nginx_version
+from bench.proc import proc_cpu_seconds, stop_process
 from bench.stats import paired, spread
 from hybridrelay.client import connect
 from hybridrelay.errors import ConnectionClosedError
@@ -180,16 +181,7 @@ async def stop_child(
     proc: asyncio.subprocess.Process | None, reader: asyncio.Task[None] | None
 ) -> None:
     """SIGTERM a bench child, SIGKILL it after 15 s, and let its output reader finish."""
-    if proc is not None and proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(15):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+    await stop_process(proc, grace_s=15.0)
     if reader is not None:
         with contextlib.suppress(asyncio.CancelledError, BenchError):
             await reader
@@ -264,14 +256,7 @@ class RelayProcess:
 
     def cpu_seconds(self) -> float | None:
         """user+system CPU time of the relay process so far (Linux /proc), else None."""
-        if self.process is None:
-            return None
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_seconds(self.process.pid if self.process is not None else None)
 
     async def stop(self) -> None:
         await stop_child(self.process, self._reader)
