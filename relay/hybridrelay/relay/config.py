@@ -155,6 +155,18 @@ class RelaySettings:
     # the self-signed certificates of thumbprint devices) the handshake trusts.
     client_cert: ClientCertMode = "none"
     client_ca_file: str | None = None
+    # Limits against hostile peers (issue 11). docs/security.md has the one table of them:
+    # default, what the peer sees when it is hit, and the metric that counts it
+    # (hybridrelay_limit_refusals{limit=...}). The defaults are far above what a single
+    # IoT gateway behind NAT ever needs.
+    handshake_timeout: float = 10.0  # TCP accept -> whole request head read (408)
+    body_idle_timeout: float = 30.0  # HTTP mode: longest silence in a sender's body (408)
+    max_connections_per_ip: int = 2000  # concurrent TCP connections per source address (429)
+    handshake_rate_per_ip: float = 200.0  # sustained requests/s per source address (429)
+    handshake_burst_per_ip: int = 1000  # ... with this many at once
+    max_pending_per_hc: int = 1000  # senders + HTTP requests waiting on one entity (503)
+    max_queued_control_frames: int = 64  # control frames queued to one leg (then not read)
+    max_token_lifetime: float = 366 * 86_400.0  # a token's se further ahead: 401; 0: off
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -403,6 +415,14 @@ _ENV_TYPES: Mapping[str, type] = {
     "listener_takeover": bool,
     "client_cert": str,
     "client_ca_file": str,
+    "handshake_timeout": float,
+    "body_idle_timeout": float,
+    "max_connections_per_ip": int,
+    "handshake_rate_per_ip": float,
+    "handshake_burst_per_ip": int,
+    "max_pending_per_hc": int,
+    "max_queued_control_frames": int,
+    "max_token_lifetime": float,
 }
 
 
@@ -474,6 +494,30 @@ def _settings(table: Table) -> RelaySettings:
         listener_takeover=table.get_bool("listener_takeover", d.listener_takeover),
         client_cert=_client_cert_mode(table),
         client_ca_file=table.get_str("client_ca_file"),
+        handshake_timeout=table.get_float(
+            "handshake_timeout", d.handshake_timeout, minimum=0.1, maximum=600
+        ),
+        body_idle_timeout=table.get_float(
+            "body_idle_timeout", d.body_idle_timeout, minimum=0.1, maximum=3600
+        ),
+        max_connections_per_ip=table.get_int(
+            "max_connections_per_ip", d.max_connections_per_ip, minimum=1, maximum=10_000_000
+        ),
+        handshake_rate_per_ip=table.get_float(
+            "handshake_rate_per_ip", d.handshake_rate_per_ip, minimum=0.1, maximum=1e9
+        ),
+        handshake_burst_per_ip=table.get_int(
+            "handshake_burst_per_ip", d.handshake_burst_per_ip, minimum=1, maximum=10_000_000
+        ),
+        max_pending_per_hc=table.get_int(
+            "max_pending_per_hc", d.max_pending_per_hc, minimum=1, maximum=10_000_000
+        ),
+        max_queued_control_frames=table.get_int(
+            "max_queued_control_frames", d.max_queued_control_frames, minimum=1, maximum=100_000
+        ),
+        max_token_lifetime=table.get_float(
+            "max_token_lifetime", d.max_token_lifetime, minimum=0.0, maximum=100 * 366 * 86_400.0
+        ),
     )
     table.reject_unknown()
     if (s.tls_cert is None) != (s.tls_key is None):

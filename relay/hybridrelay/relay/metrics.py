@@ -166,6 +166,12 @@ class RelayMetrics:
             "Requests the relay refused, by HTTP status",
             ["status", "action"],
         )
+        self.limit_refusals = Counter(
+            "hybridrelay_limit_refusals",
+            "Connections, requests and frames refused or cut by a limit against hostile peers, "
+            "by limit (docs/security.md)",
+            ["limit"],
+        )
         self._up = self.bytes_relayed.labels("sender_to_listener")
         self._down = self.bytes_relayed.labels("listener_to_sender")
         self.registry.register(
@@ -179,9 +185,14 @@ class RelayMetrics:
                     self.http_requests,
                     self.http_seconds,
                     self.rejections,
+                    self.limit_refusals,
                 )
             )
         )
+
+    def limit_hit(self, limit: str) -> None:
+        """Count one refusal by the limit named ``limit`` (a key of docs/security.md's table)."""
+        self.limit_refusals.labels(limit).value += 1
 
     def count_bytes(self, up: int, down: int) -> None:
         self._up.value += up
