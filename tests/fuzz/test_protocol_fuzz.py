@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from hypothesis import given, settings, strategies as st
 
@@ -127,6 +127,10 @@ SEGMENT = st.text(
     alphabet=st.characters(exclude_categories=("Cc", "Cs"), exclude_characters="/"),
     min_size=1,
     max_size=10,
+).filter(
+    # Segments a sender could have sent at all: no dot segments, no text that is (or
+    # decodes to) an encoded separator (issue 11, addresses.path_escape_reason).
+    lambda segment: addresses.path_escape_reason(quote(segment, safe="")) is None
 )
 VALUE = st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=20)
 APP_QUERY = st.lists(

@@ -189,7 +189,8 @@ async def test_expired_token_closes_control_channel_with_1008(relay_factory) -> 
         ("/$hc/echo?sb-hc-action=request", 400),
         ("/$hc/echo?sb-hc-action=accept&sb-hc-statusCode=abc", 400),
         ("/$hc/echo?sb-hc-action=connect&sb-hc-token=garbage", 401),
-        ("/$hc/../../etc/passwd?sb-hc-action=connect", 404),
+        # Issue 11: dot segments are refused before the entity is looked up.
+        ("/$hc/../../etc/passwd?sb-hc-action=connect", 400),
     ],
 )
 async def test_malformed_urls_get_clear_statuses(

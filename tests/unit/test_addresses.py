@@ -16,6 +16,8 @@ from hybridrelay.protocol.addresses import (
     entity_uri,
     match_entity,
     parse_hc_target,
+    parse_http_target,
+    path_escape_reason,
     strip_relay_params,
 )
 
@@ -48,7 +50,6 @@ def test_percent_encoded_dollar_prefix() -> None:
         ("/$hc/a%20b/c", "a b/c"),
         ("/$hc/hyco/", "hyco/"),
         ("/$hc/hyco/sub/path", "hyco/sub/path"),
-        ("/$hc/a%2Fb", "a/b"),
         ("/$hc/%C3%A9t%C3%A9", "été"),
         ("/$hc/a%25b", "a%b"),
     ],
@@ -69,7 +70,9 @@ def test_path_is_decoded_once(raw_path: str, path: str) -> None:
         ("/%24hc", "empty entity path"),
         ("/$hc/", "empty entity path"),
         ("/$hc//hyco", "empty entity path"),
-        ("/$hc/%2Fhyco", "empty entity path"),
+        # Issue 11: an encoded "/" used to decode into a separator the token scope check
+        # and the listener's target then read differently; it is refused outright now.
+        ("/$hc/%2Fhyco", "encoded '/', '.' or '\\' in path"),
         ("/$hc/hyco?sb-hc-action=listen", "path contains '?' or '#'"),
         ("/$hc/hyco#x", "path contains '?' or '#'"),
         ("/$hc/a%zz", "bad percent-escape in path"),
@@ -86,6 +89,47 @@ def test_bad_paths(raw_path: str, reason: str) -> None:
     with pytest.raises(InvalidAddressError) as info:
         parse_hc_target(raw_path, "sb-hc-action=listen")
     assert str(info.value) == reason
+
+
+ESCAPING_PATHS = [
+    ("/a/../b", "'.' or '..' segment in path"),
+    ("/a/./b", "'.' or '..' segment in path"),
+    ("/a/..", "'.' or '..' segment in path"),
+    ("/a/.", "'.' or '..' segment in path"),
+    ("/../a", "'.' or '..' segment in path"),
+    ("/a%2Fb", "encoded '/', '.' or '\\' in path"),
+    ("/a%2fb", "encoded '/', '.' or '\\' in path"),
+    ("/a/%2E%2E/b", "encoded '/', '.' or '\\' in path"),
+    ("/a/%2e./b", "encoded '/', '.' or '\\' in path"),
+    ("/a/file%2Etxt", "encoded '/', '.' or '\\' in path"),
+    ("/a/..%5Cb", "encoded '/', '.' or '\\' in path"),
+    ("/a/..%5cb", "encoded '/', '.' or '\\' in path"),
+    ("/a/%252E%252E/b", "encoded '/', '.' or '\\' in path"),
+    ("/a/%252f", "encoded '/', '.' or '\\' in path"),
+    ("/a/..\\b", "backslash in path"),
+    ("/a\\b", "backslash in path"),
+]
+
+
+@pytest.mark.parametrize(("raw_path", "reason"), ESCAPING_PATHS)
+def test_paths_that_could_walk_out_of_their_scope_are_refused(raw_path: str, reason: str) -> None:
+    assert path_escape_reason(raw_path) == reason
+    with pytest.raises(InvalidAddressError) as info:
+        parse_hc_target("/$hc" + raw_path, "sb-hc-action=connect")
+    assert str(info.value) == reason
+    with pytest.raises(InvalidAddressError) as info:
+        parse_http_target(raw_path, "")
+    assert str(info.value) == reason
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    ["/hyco", "/a/b.c/d", "/a/..b/c.", "/a/...", "/a%20b/c", "/a%25b", "/a/%C3%A9t%C3%A9", "/a/"],
+)
+def test_dots_inside_segments_and_other_escapes_are_fine(raw_path: str) -> None:
+    assert path_escape_reason(raw_path) is None
+    parse_hc_target("/$hc" + raw_path, "sb-hc-action=connect")
+    parse_http_target(raw_path, "")
 
 
 def test_query_over_8_kib() -> None:

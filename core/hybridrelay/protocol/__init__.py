@@ -10,6 +10,7 @@ from hybridrelay.protocol.addresses import (
     build_rendezvous_address,
     match_entity,
     parse_hc_target,
+    path_escape_reason,
     strip_relay_params,
 )
 from hybridrelay.protocol.codes import (
@@ -70,6 +71,7 @@ __all__ = [
     "match_entity",
     "parse_hc_target",
     "parse_sas_token",
+    "path_escape_reason",
     "resource_covers",
     "strip_relay_params",
     "token_expiry",

@@ -8,6 +8,14 @@ query of such a dial into an :class:`HcAddress`; :func:`build_rendezvous_address
 the one-shot address that goes into ``accept.address`` / ``request.address``.
 
 Everything here is pure string work on the *raw* request target: no sockets, no clock.
+
+Paths never walk: a ``.`` or ``..`` segment, an encoded ``/``, ``.`` or ``\\`` (``%2F``,
+``%2E``, ``%5C`` in any case, also encoded twice) or a raw backslash in an entity path
+or suffix is refused (:func:`path_escape_reason`). Token scopes are compared segment by
+segment on the decoded path, while the listener (and the on-prem service behind it)
+sees the raw one and may resolve such segments: ``hc1/public/../private`` would be
+covered by a token for ``hc1/public`` and reach ``/private`` behind the listener's base
+path. Microsoft's clients never send any of these.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ __all__ = [
     "match_entity",
     "parse_hc_target",
     "parse_http_target",
+    "path_escape_reason",
     "strip_relay_params",
 ]
 
@@ -65,6 +74,9 @@ _PARAMS: Final[dict[str, str]] = {
 
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL_CHAR: Final = re.compile(r"[\x00-\x1f\x7f]")
+# "%2F", "%2E", "%5C" in any case: a "/", "." or "\\" some later decoder may act on.
+_ENCODED_SEPARATOR: Final = re.compile(r"%(?:2[EeFf]|5[Cc])")
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +146,40 @@ def _param_name(name: str) -> str | None:
     return None
 
 
+def path_escape_reason(raw_path: str) -> str | None:
+    """Why a raw path could reach beyond the entity or suffix it names, or None.
+
+    Refused: a ``.`` or ``..`` segment (RFC 3986 §5.2.4 removes them, and so do most
+    HTTP servers), ``%2F``/``%2E``/``%5C`` in any case (a server that decodes before it
+    resolves sees ``/``, ``.`` or ``\\``), the same escapes encoded once more
+    (``%252E``, for a server that decodes twice) and a raw backslash (a separator to
+    Windows servers and to some URL parsers).
+
+    Args:
+        raw_path: A path as sent, still percent-encoded (with or without its leading "/",
+            without the query).
+
+    Returns:
+        A short reason for an error message, or None when the path is safe to scope-check
+        and to forward.
+    """
+    if "\\" in raw_path:
+        return "backslash in path"
+    if _ENCODED_SEPARATOR.search(raw_path) or _ENCODED_SEPARATOR.search(
+        raw_path.replace("%25", "%")
+    ):
+        return "encoded '/', '.' or '\\' in path"
+    if not _DOT_SEGMENTS.isdisjoint(raw_path.split("/")):
+        return "'.' or '..' segment in path"
+    return None
+
+
+def _refuse_escape(raw_path: str) -> None:
+    why = path_escape_reason(raw_path)
+    if why is not None:
+        raise InvalidAddressError(why)
+
+
 def _parse_path(raw_path: str) -> str:
     if raw_path in ("/$hc", "/%24hc"):
         raise InvalidAddressError("empty entity path")
@@ -146,6 +192,7 @@ def _parse_path(raw_path: str) -> str:
     if "?" in rest or "#" in rest:
         # A caller passed a path with its query (aiohttp's request.raw_path does that).
         raise InvalidAddressError("path contains '?' or '#'")
+    _refuse_escape(rest)  # before any decoding or scope check
     path = _strict_unquote(rest, "path")
     if not path or path.startswith("/"):
         raise InvalidAddressError("empty entity path")
@@ -208,7 +255,8 @@ def parse_hc_target(raw_path: str, raw_query: str) -> HcAddress:
         InvalidAddressError: The path is not under ``/$hc/``, the entity path is empty,
             a percent-escape is broken, the action is unknown, the status code is not an
             integer in 100..599, a parameter is repeated with a different value, a
-            control character appears, or the path or query is over 8 KiB.
+            control character appears, the path could walk out of its entity
+            (:func:`path_escape_reason`), or the path or query is over 8 KiB.
     """
     if len(raw_path) > _MAX_PART_LEN:
         raise InvalidAddressError("path is longer than 8 KiB")
@@ -269,7 +317,8 @@ def parse_http_target(raw_path: str, raw_query: str) -> HttpTarget:
 
     Raises:
         InvalidAddressError: The path is not absolute, is over 8 KiB, has a broken escape
-            or a control character, or the query is over 8 KiB.
+            or a control character, could walk out of its entity or suffix
+            (:func:`path_escape_reason`), or the query is over 8 KiB.
     """
     if len(raw_path) > _MAX_PART_LEN:
         raise InvalidAddressError("path is longer than 8 KiB")
@@ -277,6 +326,7 @@ def parse_http_target(raw_path: str, raw_query: str) -> HttpTarget:
         raise InvalidAddressError("query is longer than 8 KiB")
     if not raw_path.startswith("/"):
         raise InvalidAddressError("path must start with '/'")
+    _refuse_escape(raw_path)  # before any decoding or scope check
     path = _strict_unquote(raw_path[1:], "path")
     if _CONTROL_CHAR.search(path):
         raise InvalidAddressError("control character in path")

@@ -68,6 +68,7 @@ from hybridrelay.listener.targets import (
     parse_target,
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
+from hybridrelay.protocol.addresses import path_escape_reason
 from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
 from hybridrelay.protocol.messages import (
     Accept,
@@ -654,8 +655,15 @@ class Listener:
                 rendezvous = exchange.rendezvous = await self._dial_request(request.address)
                 full = await self._receive_request(rendezvous, request)
                 source = _body_frames(rendezvous) if full.body else None
-            http_request = build_request(self.hc, full, source)
-            response = await self._call_http_handler(http_request, clog)
+            escape = path_escape_reason((full.request_target or "/").partition("?")[0])
+            if escape is not None:
+                # The relay refuses these already; a relay that does not (compromised,
+                # older) must still not walk a handler or the target out of its base path.
+                clog.warning("request_target_refused", extra={"reason": escape})
+                response: HttpResponse | None = error_response(400, "BadRequest", escape)
+            else:
+                http_request = build_request(self.hc, full, source)
+                response = await self._call_http_handler(http_request, clog)
             if response is None:
                 self.stats.request_failures += 1
                 return
