@@ -5,7 +5,10 @@ Every error the relay, listener or client raises on purpose derives from
 handshake with (``http_status``), the WebSocket close code it closes an open
 socket with (``close_code``) and the Azure-style error code used in JSON error
 bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
-``relay/middleware.py`` is the only place that turns them into responses.
+``relay/middleware.py`` is the only place that turns them into responses. An error
+raised because a limit against hostile peers was hit names it (``limit``, a key of
+docs/security.md's table), and the middleware counts it in
+``hybridrelay_limit_refusals{limit}``.
 
     HybridRelayError
     ├── ConfigError(path, key, reason)
@@ -15,6 +18,7 @@ bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
     │   └── PayloadTooBigError             413 / 1009
     ├── AuthError                          401 (TokenMissingOrInvalid)
     │   ├── TokenExpiredError              401 / 1008
+    │   ├── TokenLifetimeError             401 / 1008: se beyond max_token_lifetime
     │   └── ForbiddenError                 403
     ├── EntityNotFoundError                404
     ├── QuotaExceededError                 403
@@ -57,6 +61,7 @@ __all__ = [
     "RejectedError",
     "RendezvousError",
     "TokenExpiredError",
+    "TokenLifetimeError",
     "UnavailableError",
     "UpstreamTimeoutError",
     "ValidationError",
@@ -69,6 +74,7 @@ class HybridRelayError(Exception):
     http_status: ClassVar[int] = 500
     close_code: ClassVar[int] = 1011
     error_code: ClassVar[str] = "InternalServerError"
+    limit: ClassVar[str | None] = None  # the limit against hostile peers that refused this
 
 
 class ConfigError(HybridRelayError):
@@ -117,6 +123,16 @@ class AuthError(HybridRelayError):
 
 class TokenExpiredError(AuthError):
     """The token's ``se`` lies in the past (beyond the grace period)."""
+
+
+class TokenLifetimeError(AuthError):
+    """The token's expiry lies further ahead than ``max_token_lifetime`` allows.
+
+    A leaked token should not stay good for years: the relay caps how far ahead a
+    token it accepts may expire, whoever signed it.
+    """
+
+    limit = "token_lifetime"
 
 
 class ForbiddenError(AuthError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
+from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError, TokenLifetimeError
 from hybridrelay.protocol.sas import Rights, create_sas_token
-from hybridrelay.relay.auth import Principal, authorize, check_token
+from hybridrelay.relay.auth import Principal, authorize, check_lifetime, check_token
 from hybridrelay.relay.store.base import HybridConnection, Rule
 
 NOW = 1_700_000_000
@@ -383,3 +383,48 @@ def test_hc_section_8_3_vector() -> None:
         vector, hc=hyco, namespace_rules=(), right=Rights.SEND, now=1_699_999_000
     )
     assert principal.expires_at == 1_700_000_000.0
+
+
+# ---------------------------------------------------------------- max_token_lifetime (issue 11)
+
+
+def test_tokens_expiring_beyond_the_lifetime_cap_are_refused() -> None:
+    far = tok(expiry=NOW + 10 * 86_400)
+    assert (
+        check_token(far, hc=HC, namespace_rules=NAMESPACE_RULES, right=Rights.LISTEN, now=NOW).rule
+        == "listen"
+    )
+    with pytest.raises(TokenLifetimeError) as info:
+        check_token(
+            far,
+            hc=HC,
+            namespace_rules=NAMESPACE_RULES,
+            right=Rights.LISTEN,
+            now=NOW,
+            max_lifetime=86_400,
+        )
+    assert info.value.http_status == 401
+    assert info.value.limit == "token_lifetime"
+    # A forged token is a bad signature, whatever its se says.
+    with pytest.raises(AuthError) as forged:
+        check_token(
+            tok(key=OTHER_KEY, expiry=NOW + 10 * 86_400),
+            hc=HC,
+            namespace_rules=NAMESPACE_RULES,
+            right=Rights.LISTEN,
+            now=NOW,
+            max_lifetime=86_400,
+        )
+    assert not isinstance(forged.value, TokenLifetimeError)
+
+
+@pytest.mark.parametrize(
+    ("expiry", "cap", "refused"),
+    [(NOW + 100, 100, False), (NOW + 101, 100, True), (NOW + 10**9, 0, False)],
+)
+def test_check_lifetime_boundaries(expiry: int, cap: float, refused: bool) -> None:
+    if refused:
+        with pytest.raises(TokenLifetimeError):
+            check_lifetime(expiry, now=NOW, max_lifetime=cap)
+    else:
+        check_lifetime(expiry, now=NOW, max_lifetime=cap)

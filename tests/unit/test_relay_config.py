@@ -218,6 +218,23 @@ def test_env_overrides_every_kind(tmp_path: Path) -> None:
     assert config.relay.max_pending_rendezvous == 42
 
 
+def test_public_hosts_are_host_names_from_file_or_env(tmp_path: Path) -> None:
+    text = '[relay]\npublic_hosts = ["Relay.Example.com:443", "relay.example.com", "[::1]"]\n'
+    config = load(tmp_path, text + RULE)
+    assert config.relay.public_hosts == ("relay.example.com", "::1")
+    env = {"HYBRIDRELAY_PUBLIC_HOSTS": "a.example.com, b.example.com:8443,"}
+    assert load(tmp_path, RULE, env).relay.public_hosts == ("a.example.com", "b.example.com")
+
+
+@pytest.mark.parametrize(
+    "value", ['["wss://relay.example.com"]', '["relay.example.com/x"]', '[""]', '["a@b"]', '"x"']
+)
+def test_public_hosts_refuses_anything_but_host_names(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"[relay]\npublic_hosts = {value}\n" + RULE)
+    assert info.value.key == "relay.public_hosts"
+
+
 def test_env_applies_without_a_relay_table(tmp_path: Path) -> None:
     config = load(tmp_path, RULE, {"HYBRIDRELAY_PORT": "0"})
     assert config.relay.port == 0

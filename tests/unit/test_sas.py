@@ -297,6 +297,21 @@ def test_resource_covers(resource: str, host: str | None, entity: str, covers: b
     assert sas.resource_covers(resource, host=host, entity_path=entity) is covers
 
 
+@pytest.mark.parametrize(
+    ("resource", "covers"),
+    [
+        ("http://relay.example.com/hyco", True),
+        ("https://RELAY-2.example.com:8443/hyco", True),
+        ("http://evil.example.com/hyco", False),
+        ("http://relay.example.com.evil/hyco", False),
+    ],
+)
+def test_resource_covers_any_of_a_set_of_hosts(resource: str, covers: bool) -> None:
+    # RelayState.token_hosts: the relay's public names, lower-case and without ports.
+    hosts = frozenset({"relay.example.com", "relay-2.example.com"})
+    assert sas.resource_covers(resource, host=hosts, entity_path="hyco") is covers
+
+
 def test_parsed_vectors_cover_their_entity() -> None:
     for vector, host in (
         (VECTOR_443, "contoso.servicebus.windows.net"),

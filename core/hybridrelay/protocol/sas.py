@@ -17,7 +17,7 @@ import enum
 import hashlib
 import hmac
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final, Protocol
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
@@ -288,7 +288,9 @@ def _path_segments(path: str) -> list[str]:
     return [segment.casefold() for segment in path.split("/")]
 
 
-def resource_covers(resource: str, *, host: str | None, entity_path: str) -> bool:
+def resource_covers(
+    resource: str, *, host: str | AbstractSet[str] | None, entity_path: str
+) -> bool:
     """Tell whether a token's resource scopes an entity (HC §8.2 scope rule).
 
     The scheme (http, https, sb, ws, wss) and port are ignored; the host is compared
@@ -300,8 +302,9 @@ def resource_covers(resource: str, *, host: str | None, entity_path: str) -> boo
     Args:
         resource: The decoded resource (``SasToken.resource``). It is not decoded
             again: an escape left in it never widens the scope.
-        host: The host the request came to (a port is ignored), or None to skip the
-            host check (for example behind a proxy that rewrites Host).
+        host: The host the token must name (a port is ignored); a set of lower-case
+            host names (no ports) any of which it may name, such as a relay's
+            configured public names; or None to skip the host check.
         entity_path: The registered entity, e.g. ``"hyco"`` or ``"a/b/c"``.
 
     Returns:
@@ -310,12 +313,12 @@ def resource_covers(resource: str, *, host: str | None, entity_path: str) -> boo
     try:
         parts = urlsplit(resource)
         sr_host = parts.hostname
-        want_host = urlsplit(f"//{host}").hostname if host is not None else None
+        wanted = {urlsplit(f"//{host}").hostname} if isinstance(host, str) else host
     except ValueError:
         return False
     if parts.scheme.lower() not in _SR_SCHEMES or not sr_host:
         return False
-    if host is not None and want_host != sr_host:
+    if wanted is not None and sr_host not in wanted:
         return False
     path = parts.path.removeprefix("/")
     if path.lower() == "$hc" or path[:4].lower() == "$hc/":

@@ -1,9 +1,11 @@
 """authorize(): who may listen on or send to a hybrid connection (HC §7, §8).
 
 Order of checks, and the status each failure gets (HC Part 1 §7):
-token missing or malformed, unknown rule, bad signature, expired → 401;
-valid token whose ``sr`` does not cover the entity, or whose rule lacks the
-right → 403. Manage implies Listen and Send; namespace rules cover every entity.
+token missing or malformed, unknown rule, bad signature, expiring further ahead
+than ``max_token_lifetime`` (:func:`check_lifetime`), expired → 401; valid token
+whose ``sr`` does not cover the entity (or, with ``check_token_host``, names
+another host than the relay's public ones), or whose rule lacks the right → 403.
+Manage implies Listen and Send; namespace rules cover every entity.
 
 JWT bearer tokens (``Bearer <jwt>`` or a raw JWT, HC §8.4) take the same
 place: :func:`check_token` sends them to ``jwt_auth.verify_jwt`` (401s) and
@@ -20,11 +22,11 @@ refuse its next connect.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
+from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError, TokenLifetimeError
 from hybridrelay.protocol.sas import (
     Rights,
     SasToken,
@@ -54,6 +56,7 @@ __all__ = [
     "check_device_certificate",
     "check_device_token",
     "check_jwt",
+    "check_lifetime",
     "check_token",
 ]
 
@@ -73,6 +76,22 @@ class Principal:
 
 
 ANONYMOUS_SENDER = Principal(rule=None, rights=Rights.SEND, expires_at=None)
+
+# The host(s) a token must name: one host (a port is ignored), a set of lower-case host
+# names (RelayState.token_hosts: the relay's public names), or None (not checked).
+TokenHosts = str | AbstractSet[str] | None
+
+
+def check_lifetime(expiry: float, *, now: float, max_lifetime: float) -> None:
+    """Refuse a verified token that expires further ahead than ``max_lifetime`` (0: no cap).
+
+    Raises:
+        TokenLifetimeError: 401, counted as ``limit_hit("token_lifetime")``.
+    """
+    if max_lifetime > 0 and expiry - now > max_lifetime:
+        raise TokenLifetimeError(
+            f"the token expires more than {max_lifetime:g} s ahead (max_token_lifetime)"
+        )
 
 
 def _find_rule(name: str, hc: HybridConnection, namespace_rules: tuple[Rule, ...]) -> Rule | None:
@@ -104,6 +123,7 @@ def check_jwt(
     now: float,
     jwt_issuers: Sequence[JwtIssuerConfig],
     grace: float = 0.0,
+    max_lifetime: float = 0.0,
 ) -> Principal:
     """Verify a JWT bearer token (no ``Bearer`` word) for ``right`` on ``hc``.
 
@@ -111,6 +131,7 @@ def check_jwt(
     its rights are those the token grants on this hybrid connection.
     """
     verified = verify_jwt(token, issuers=jwt_issuers, now=now, grace=grace)
+    check_lifetime(verified.expires_at, now=now, max_lifetime=max_lifetime)
     rights = verified.grants.rights_for(hc.name)
     if not rights.allows(right):
         raise ForbiddenError(
@@ -131,12 +152,14 @@ def check_device_token(
     right: Rights,
     now: float,
     grace: float = 0.0,
-    host: str | None = None,
+    host: TokenHosts = None,
+    max_lifetime: float = 0.0,
 ) -> Principal:
     """Verify a device SAS token (``device_auth.verify_device_token``) as a principal."""
     device, rights = verify_device_token(
         token, device, hc_name=hc.name, right=right, now=now, grace=grace, host=host
     )
+    check_lifetime(token.expiry, now=now, max_lifetime=max_lifetime)
     return Principal(
         rule=f"device:{device.device_id}",
         rights=rights,
@@ -176,10 +199,11 @@ def check_token(
     right: Rights,
     now: float,
     grace: float = 0.0,
-    host: str | None = None,
+    host: TokenHosts = None,
     path: str | None = None,
     jwt_issuers: Sequence[JwtIssuerConfig] = (),
     device: Device | None = None,
+    max_lifetime: float = 0.0,
 ) -> Principal:
     """Verify a SAS token for ``right`` on ``hc``; raises AuthError / ForbiddenError.
 
@@ -194,14 +218,32 @@ def check_token(
 
     A device SAS token (no ``skn``, ``sr`` naming a device) is checked against
     ``device``, the identity it names as read from the store (None: unknown, 401).
+
+    Whatever its kind, a token that expires more than ``max_lifetime`` seconds after
+    ``now`` is refused once its signature checks out (:func:`check_lifetime`; 0: no cap).
     """
     bearer = bearer_token(token_text)
     if bearer is not None:
-        return check_jwt(bearer, hc=hc, right=right, now=now, jwt_issuers=jwt_issuers, grace=grace)
+        return check_jwt(
+            bearer,
+            hc=hc,
+            right=right,
+            now=now,
+            jwt_issuers=jwt_issuers,
+            grace=grace,
+            max_lifetime=max_lifetime,
+        )
     device_token = parse_device_token(token_text)
     if device_token is not None:
         return check_device_token(
-            device_token, device, hc=hc, right=right, now=now, grace=grace, host=host
+            device_token,
+            device,
+            hc=hc,
+            right=right,
+            now=now,
+            grace=grace,
+            host=host,
+            max_lifetime=max_lifetime,
         )
     token = parse_sas_token(token_text)
     rule = _find_rule(token.key_name, hc, namespace_rules)
@@ -209,6 +251,7 @@ def check_token(
         raise AuthError("the token's rule (skn) is not defined for this hybrid connection")
     if not _signed_by(token, rule):
         raise AuthError("the token's signature does not match")
+    check_lifetime(token.expiry, now=now, max_lifetime=max_lifetime)
     if token.expiry + grace < now:
         raise TokenExpiredError("the token has expired")
     if not resource_covers(token.resource, host=host, entity_path=path or hc.name):
@@ -251,7 +294,7 @@ class TokenCache:
         self._entries.clear()
 
 
-_CacheKey = tuple[str, str, int, str, str | None]
+_CacheKey = tuple[str, str, int, str, str | AbstractSet[str] | None]
 
 
 def cached_principal(
@@ -261,7 +304,7 @@ def cached_principal(
     hc: HybridConnection,
     right: Rights,
     now: float,
-    host: str | None = None,
+    host: TokenHosts = None,
     path: str | None = None,
 ) -> Principal | None:
     """What :func:`authorize` would return, if that is known without reading anything.
@@ -285,12 +328,13 @@ def authorize(
     namespace_rules: tuple[Rule, ...],
     right: Rights,
     now: float,
-    host: str | None = None,
+    host: TokenHosts = None,
     path: str | None = None,
     cache: TokenCache | None = None,
     jwt_issuers: Sequence[JwtIssuerConfig] = (),
     device: Device | None = None,
     certificate: PeerCertificate | None = None,
+    max_lifetime: float = 0.0,
 ) -> Principal:
     """Authorize a handshake; senders of HCs without client authorization pass anonymously.
 
@@ -322,6 +366,7 @@ def authorize(
         path=path,
         jwt_issuers=jwt_issuers,
         device=device,
+        max_lifetime=max_lifetime,
     )
     if cache is not None and principal.device_id is None:
         cache.put(key, principal)

@@ -146,7 +146,12 @@ class RelaySettings:
     request_timeout: float = 60.0  # HTTP mode: response header deadline and body idle limit
     close_timeout: float = 10.0
     max_pending_rendezvous: int = 10_000
+    # With check_token_host, a token's host (its sr, or a device token's) must be one of
+    # the relay's own public names: public_url's host or one of public_hosts (other names
+    # the same relay or cluster is reached by). Never the request's Host header, which
+    # the sender chooses.
     check_token_host: bool = False
+    public_hosts: tuple[str, ...] = ()  # lower-case host names, no ports
     drain_timeout: float = 10.0
     # A listener reconnecting with the sb-hc-id of a connected one replaces it at once.
     listener_takeover: bool = True
@@ -411,6 +416,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "close_timeout": float,
     "max_pending_rendezvous": int,
     "check_token_host": bool,
+    "public_hosts": list,
     "drain_timeout": float,
     "listener_takeover": bool,
     "client_cert": str,
@@ -443,6 +449,8 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
         try:
             if kind is bool:
                 merged[key] = _env_bool(raw)
+            elif kind is list:  # comma-separated
+                merged[key] = [part.strip() for part in raw.split(",") if part.strip()]
             elif kind is int:
                 merged[key] = int(raw)
             elif kind is float:
@@ -462,6 +470,23 @@ def _client_cert_mode(table: Table) -> ClientCertMode:
     if mode is None:
         raise table.error("client_cert", "must be none, optional or required")
     return mode
+
+
+def _public_hosts(table: Table) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for value in table.str_list("public_hosts"):
+        name: str | None = None
+        try:
+            parts = urlsplit(f"//{value}")
+            _ = parts.port  # raises for a non-numeric or out-of-range port
+            if not (parts.path or parts.query or parts.fragment or "@" in value):
+                name = parts.hostname
+        except ValueError:
+            pass
+        if not name:
+            raise table.error("public_hosts", f"{value!r} is not a host name (host[:port])")
+        hosts.append(name)
+    return tuple(dict.fromkeys(hosts))
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -490,6 +515,7 @@ def _settings(table: Table) -> RelaySettings:
             "max_pending_rendezvous", d.max_pending_rendezvous, minimum=1, maximum=10_000_000
         ),
         check_token_host=table.get_bool("check_token_host", d.check_token_host),
+        public_hosts=_public_hosts(table),
         drain_timeout=table.get_float("drain_timeout", d.drain_timeout, maximum=3600),
         listener_takeover=table.get_bool("listener_takeover", d.listener_takeover),
         client_cert=_client_cert_mode(table),

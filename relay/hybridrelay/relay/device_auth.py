@@ -9,7 +9,8 @@ to the hybrid connections its ``grants`` name, in one of two ways:
   like every SAS token; the key is taken either base64-decoded (what IoT Hub and its
   device SDKs do) or as its text (what the relay's rule tokens do), so tokens from
   both kinds of tooling work. ``sr`` may carry any scheme or none; its host is checked
-  (case-insensitively, port ignored) only when ``check_token_host`` is on. A device id
+  (case-insensitively, port ignored) only when ``check_token_host`` is on, against the
+  relay's public names (``RelayState.token_hosts``). A device id
   the SDK percent-encoded twice (the Node SDK does) is found too.
 - **X.509 client certificates** (with TLS and ``client_cert = "optional"|"required"``):
   the certificate's subject CN is the deviceId. A ``selfSigned`` device must present a
@@ -54,7 +55,7 @@ import hmac
 import logging
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import unquote, urlsplit
@@ -268,7 +269,7 @@ def verify_device_token(
     right: Rights,
     now: float,
     grace: float = 0.0,
-    host: str | None = None,
+    host: str | AbstractSet[str] | None = None,
 ) -> tuple[Device, Rights]:
     """Check a device token for ``right`` on ``hc_name``.
 
@@ -279,7 +280,9 @@ def verify_device_token(
         right: Listen or Send.
         now: Unix seconds.
         grace: Seconds an expired token is still accepted.
-        host: The request's host, or None to skip the host check.
+        host: The host the token's ``sr`` must name (a port is ignored), a set of
+            lower-case host names any of which it may name (the relay's public names),
+            or None to skip the host check.
 
     Returns:
         The device (not None) and its rights on ``hc_name``.
@@ -300,7 +303,8 @@ def verify_device_token(
         raise AuthError("the device is disabled")
     if token.expiry + grace < now:
         raise TokenExpiredError("the token has expired")
-    if host is not None and _hostname(token.host) != _hostname(host):
+    wanted = {_hostname(host)} if isinstance(host, str) else host
+    if wanted is not None and _hostname(token.host) not in wanted:
         raise ForbiddenError("the token is not valid for this host")
     return device, _granted(device, hc_name, right)
 

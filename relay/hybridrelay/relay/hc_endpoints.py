@@ -19,6 +19,7 @@ from multidict import CIMultiDictProxy
 from hybridrelay.errors import (
     AuthError,
     BadGatewayError,
+    ConflictError,
     EntityNotFoundError,
     NoListenerError,
     ProtocolError,
@@ -47,6 +48,7 @@ from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
+from hybridrelay.relay.store.records import encode_continuation, hc_key
 
 __all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
 
@@ -119,42 +121,79 @@ def _token(request: web.Request, addr: HcAddress) -> str | None:
     return request.headers.get(_AUTH_HEADER) or addr.token
 
 
-async def _resolve(
-    state: RelayState, addr: HcAddress, *, create: bool
-) -> tuple[HybridConnection, str]:
+async def _resolve(state: RelayState, addr: HcAddress) -> tuple[HybridConnection, str]:
     found = await state.store.resolve(addr.path)
-    if found is not None and (not create or not found[1]):
-        ensure_enabled(found[0])
-        return found
-    if create and state.config.relay.auto_create:
-        name = addr.path.strip("/")
-        why = validate_entity_name(name)
-        if why is None:
-            hc = HybridConnection(name=name, max_listeners=state.config.relay.max_listeners_per_hc)
-            return await state.store.create(hc), ""
-    raise EntityNotFoundError("Endpoint does not exist.")
+    if found is None:
+        raise EntityNotFoundError("Endpoint does not exist.")
+    ensure_enabled(found[0])
+    return found
+
+
+async def _listener_entity(state: RelayState, addr: HcAddress) -> tuple[HybridConnection, bool]:
+    """The entity a listener asks for, and whether it is still to be auto-created.
+
+    A name that does not exist yet is returned unsaved (with no rules of its own), so
+    the caller authorizes against it first: only a namespace rule, a JWT or a device
+    grant that covers the name can make ``auto_create`` create it.
+    """
+    found = await state.store.resolve(addr.path)
+    if found is not None:
+        hc, suffix = found
+        if suffix:  # listeners take whole entities (HC §2.2); never create inside one
+            raise EntityNotFoundError("Endpoint does not exist.")
+        ensure_enabled(hc)
+        return hc, False
+    name = addr.path.strip("/")
+    if not state.config.relay.auto_create or validate_entity_name(name) is not None:
+        raise EntityNotFoundError("Endpoint does not exist.")
+    relay = state.config.relay
+    return HybridConnection(name=name, max_listeners=relay.max_listeners_per_hc), True
+
+
+async def _auto_create(state: RelayState, candidate: HybridConnection) -> HybridConnection:
+    """Create an authorized listener's entity, unless it would shadow another (HC §2.1).
+
+    Entities match by longest prefix, so ``a/b`` created next to ``a`` takes over the
+    requests and senders that ``a``'s listeners serve under ``/b``, and ``a`` created
+    above ``a/b`` catches every other ``a/...`` path: neither is created on a listen.
+    """
+    name = candidate.name
+    above = await state.store.resolve(name)
+    if above is not None and above[1]:
+        raise ConflictError(f"auto_create never creates an entity inside {above[0].name!r}")
+    under = await state.store.list_hybrid_connections(
+        limit=1, continuation=encode_continuation(hc_key(name) + "/")
+    )
+    if under.items and hc_key(under.items[0].name).startswith(hc_key(name) + "/"):
+        raise ConflictError(f"auto_create never creates an entity above {under.items[0].name!r}")
+    created = await state.store.create(candidate)  # the existing one when it won a race
+    ensure_enabled(created)
+    return created
 
 
 async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     if state.draining:
         raise UnavailableError("the relay is draining; try another node")
-    hc, suffix = await _resolve(state, addr, create=True)
-    if suffix:
-        raise EntityNotFoundError("Endpoint does not exist.")
+    hc, unsaved = await _listener_entity(state, addr)
     token = _token(request, addr)
     creds = await device_auth.credentials(request, state.store, token)
+    # Authenticate before anything is written: an anonymous or badly signed listen must
+    # not leave entities behind in the store (auto_create).
     principal = authorize(
         token,
         hc=hc,
         namespace_rules=await state.store.namespace_rules(),
         right=Rights.LISTEN,
         now=state.now(),
-        host=request.host if state.config.relay.check_token_host else None,
-        cache=state.tokens,
+        host=state.token_hosts,
+        cache=None if unsaved else state.tokens,
         jwt_issuers=state.config.jwt_issuers,
         device=creds.device,
         certificate=creds.certificate,
+        max_lifetime=state.config.relay.max_token_lifetime,
     )
+    if unsaved:
+        hc = await _auto_create(state, hc)
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
 
@@ -168,16 +207,22 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         current = await state.store.get(hc.name)
         if current is None or current.status == "disabled":
             raise AuthError("the hybrid connection was deleted or disabled")
-        fresh = check_token(
-            token,
-            hc=current,
-            namespace_rules=await state.store.namespace_rules(),
-            right=Rights.LISTEN,
-            now=state.now(),
-            host=request.host if state.config.relay.check_token_host else None,
-            jwt_issuers=state.config.jwt_issuers,
-            device=device_auth.known_device(state, token),
-        )
+        try:
+            fresh = check_token(
+                token,
+                hc=current,
+                namespace_rules=await state.store.namespace_rules(),
+                right=Rights.LISTEN,
+                now=state.now(),
+                host=state.token_hosts,
+                jwt_issuers=state.config.jwt_issuers,
+                device=device_auth.known_device(state, token),
+                max_lifetime=state.config.relay.max_token_lifetime,
+            )
+        except AuthError as exc:
+            if exc.limit is not None:  # not an HTTP refusal: the middleware never sees it
+                state.metrics.limit_hit(exc.limit)
+            raise
         if fresh.expires_at is None:  # pragma: no cover - SAS tokens always expire
             raise AuthError("token without expiry")
         return fresh.expires_at
@@ -227,15 +272,12 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         raise UnavailableError("the relay is draining; try another node")
     loop = asyncio.get_running_loop()
     started = loop.time()
-    hc, suffix = await _resolve(state, addr, create=False)
+    hc, suffix = await _resolve(state, addr)
     if hc.http is True:
         # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
     token = _token(request, addr)
-    host = request.host if state.config.relay.check_token_host else None
-    principal, device = await authorize_sender(
-        state, request, token, hc=hc, path=hc.name + suffix, host=host
-    )
+    principal, device = await authorize_sender(state, request, token, hc=hc, path=hc.name + suffix)
     handshake = parse_client_handshake(request.method, request.headers)
     allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
     disallowed = parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners"))

@@ -73,6 +73,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except HybridRelayError as exc:
         _count(request, exc.http_status)
+        if exc.limit is not None:
+            _count_limit(request, exc.limit)
         log.info(
             "request_refused",
             extra={
@@ -100,3 +102,9 @@ def _count(request: web.Request, status: int) -> None:
     metrics = request.app.get(METRICS_KEY)
     if metrics is not None:
         metrics.rejections.labels(str(status), _action(request)).inc()
+
+
+def _count_limit(request: web.Request, limit: str) -> None:
+    metrics = request.app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.limit_hit(limit)

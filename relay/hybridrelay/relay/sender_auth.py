@@ -26,14 +26,18 @@ async def authorize_sender(
     *,
     hc: HybridConnection,
     path: str,
-    host: str | None = None,
 ) -> tuple[Principal, Device | None]:
     """The sender's principal for Send on ``hc`` (and the device it is, if any).
 
+    With ``check_token_host`` the token must name one of the relay's public hosts
+    (``RelayState.token_hosts``), for WebSocket connects and HTTP-mode requests alike.
+
     Raises:
-        AuthError: the token is missing, malformed, expired or lacks the right.
+        AuthError: the token is missing, malformed, expired, expires further ahead than
+            ``max_token_lifetime`` or lacks the right.
     """
     now = state.now()
+    host = state.token_hosts
     principal = cached_principal(
         state.tokens, token, hc=hc, right=Rights.SEND, now=now, host=host, path=path
     )
@@ -52,5 +56,6 @@ async def authorize_sender(
         jwt_issuers=state.config.jwt_issuers,
         device=creds.device,
         certificate=creds.certificate,
+        max_lifetime=state.config.relay.max_token_lifetime,
     )
     return principal, creds.device

@@ -48,10 +48,30 @@ class RelayState:
     tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
     events: EventHub = field(default_factory=_event_hub)
+    # token_hosts, worked out once per (public_url, public_hosts): it is read per handshake.
+    _token_hosts: tuple[tuple[str, tuple[str, ...]], frozenset[str]] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def public_url(self) -> str:
         return self.config.relay.public_url
+
+    @property
+    def token_hosts(self) -> frozenset[str] | None:
+        """The hosts a token may name with ``check_token_host`` on (else None: unchecked).
+
+        The relay's own public names, from its configuration: ``public_url``'s host and
+        ``public_hosts``. Never the request's ``Host`` header, which the sender chooses.
+        """
+        relay = self.config.relay
+        if not relay.check_token_host:
+            return None
+        key = (relay.public_url, relay.public_hosts)
+        if self._token_hosts is None or self._token_hosts[0] != key:
+            names = {urlsplit(relay.public_url).hostname, *relay.public_hosts}
+            self._token_hosts = (key, frozenset(n.lower() for n in names if n))
+        return self._token_hosts[1]
 
     @property
     def via_name(self) -> str:

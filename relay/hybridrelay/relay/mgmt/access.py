@@ -15,9 +15,10 @@ up in access logs.
   ``hc:manage:*`` (``hc:manage:$mgmt`` says the same, narrower). Grants for
   hybrid connection patterns such as ``sensors/*`` do not reach the API.
 
-Failures: no token, malformed, unknown rule, bad signature, expired → 401
-(:class:`AuthError`); a valid token without Manage or scoped elsewhere → 403
-(:class:`ForbiddenError`). Messages never contain token text.
+Failures: no token, malformed, unknown rule, bad signature, expiring further ahead
+than ``max_token_lifetime``, expired → 401 (:class:`AuthError`); a valid token without
+Manage or scoped elsewhere (with ``check_token_host``: naming another host than the
+relay's public ones) → 403 (:class:`ForbiddenError`). Messages never contain token text.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
 from hybridrelay.protocol.sas import Rights, parse_sas_token, resource_covers, verify_signature
+from hybridrelay.relay.auth import check_lifetime
 from hybridrelay.relay.jwt_auth import bearer_token, verify_jwt
 from hybridrelay.relay.state import RelayState
 
@@ -84,9 +86,11 @@ async def identify(request: web.Request, state: RelayState) -> Manager:
             "(Authorization or ServiceBusAuthorization header)"
         )
     now = state.now()
+    max_lifetime = state.config.relay.max_token_lifetime
     bearer = bearer_token(token)
     if bearer is not None:
         verified = verify_jwt(bearer, issuers=state.config.jwt_issuers, now=now)
+        check_lifetime(verified.expires_at, now=now, max_lifetime=max_lifetime)
         name = verified.subject or verified.issuer
         if not verified.grants.rights_for(MGMT_SCOPE).allows(Rights.MANAGE):
             return Manager(
@@ -106,9 +110,10 @@ async def identify(request: web.Request, state: RelayState) -> Manager:
     )
     if not signed:
         raise AuthError("the token's signature does not match")
+    check_lifetime(sas.expiry, now=now, max_lifetime=max_lifetime)
     if sas.expiry < now:
         raise TokenExpiredError("the token has expired")
-    host = request.host if state.config.relay.check_token_host else None
+    host = state.token_hosts
     # The request path as the entity path: "$mgmt/v1/..." is covered by the namespace
     # root and by any "$mgmt..." prefix on a '/' boundary, never by an entity's scope.
     if not resource_covers(sas.resource, host=host, entity_path=request.path.lstrip("/")):
