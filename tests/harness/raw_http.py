@@ -20,10 +20,13 @@ from .timing import seconds
 
 __all__ = [
     "RawAnswer",
+    "close_code",
     "exchange",
     "http_request",
+    "masked_frame",
     "open_raw",
     "read_answer",
+    "read_frame",
     "upgrade_request",
 ]
 
@@ -114,3 +117,37 @@ async def exchange(
         writer.write(request)
         await writer.drain()
         return await read_answer(reader)
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame, masked as RFC 6455 §5.3 requires (payload under 64 KiB)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    head = bytes([0x80 | opcode])
+    if length < 126:
+        head += bytes([0x80 | length])
+    else:
+        head += bytes([0x80 | 126]) + length.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next (unmasked, server) frame's opcode and payload; EOF raises IncompleteReadError."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def close_code(reader: asyncio.StreamReader) -> int | None:
+    """Read frames until a close frame and return its code; None when the socket just ends."""
+    while True:
+        try:
+            opcode, payload = await read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005

@@ -169,7 +169,8 @@ async def test_device_tokens_listen_and_send_and_drive_connection_state(
         assert await sender.recv() == "hello from a device"
         sensor = await wait_state(store, "sensor-1", "connected", active=True)
         assert sensor.last_activity_time is not None
-        assert device_auth.live_devices(relay.state) == {"gateway-1": 1, "sensor-1": 1}
+        # The stream is the listening gateway's too (issue 11: disabling it cuts the stream).
+        assert device_auth.live_devices(relay.state) == {"gateway-1": 2, "sensor-1": 1}
         await sender.close()
         assert sender.close_code == 1000
         await wait_state(store, "sensor-1", "disconnected")

@@ -41,6 +41,13 @@ events from every node) so that disabling or deleting a device closes its contro
 channels and streams with 1008 within a second, and re-reads updated devices to cut
 connections whose grant was removed. Its next connect is refused with 401 because
 every handshake reads the device afresh (device principals are never cached).
+
+A relayed stream belongs to its listener's device as much as to its sender's: the
+listener's accept dial carries no token (the rendezvous key is its credential), so the
+stream is attributed to the device that owns the control channel the accept went to
+(:func:`listener_owner`), and disabling that device cuts it too. Limitation: with a
+cluster, only when that control channel is on the node that holds the stream (the
+sender's node); a device listener's streams spliced on other nodes last until they end.
 """
 
 from __future__ import annotations
@@ -78,12 +85,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DeviceCredentials",
     "DeviceToken",
+    "ListenerOwner",
     "PeerCertificate",
     "close_device_connections",
     "credentials",
     "device_rights",
     "install",
     "known_device",
+    "listener_owner",
     "live_devices",
     "parse_device_token",
     "peer_certificate",
@@ -508,6 +517,10 @@ class _Entry:
             conn.transport.abort()
 
 
+def _listener_key(hc_name: str, listener_id: str) -> tuple[str, str]:
+    return hc_name.strip("/").lower(), listener_id
+
+
 @dataclass(eq=False)
 class _Registry:
     entries: dict[str, set[_Entry]] = field(default_factory=dict)
@@ -515,13 +528,24 @@ class _Registry:
     recorded: set[str] = field(default_factory=set)  # devices last written as connected
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # (hc, listener id) -> the control channel entry of a device listening there, so the
+    # streams spliced to that listener can be attributed to its device (listener_owner).
+    listeners: dict[tuple[str, str], _Entry] = field(default_factory=dict)
 
     def add(self, device_id: str, entry: _Entry, device: Device | None) -> None:
         self.entries.setdefault(device_id, set()).add(entry)
         if device is not None and device.device_id == device_id:
             self.devices[device_id] = device
+        if isinstance(entry.connection, ControlChannel):
+            channel = entry.connection
+            self.listeners[_listener_key(channel.hc_name, channel.listener_id)] = entry
 
     def remove(self, device_id: str, entry: _Entry) -> None:
+        if isinstance(entry.connection, ControlChannel):
+            channel = entry.connection
+            key = _listener_key(channel.hc_name, channel.listener_id)
+            if self.listeners.get(key) is entry:  # not a channel that took its place
+                del self.listeners[key]
         live = self.entries.get(device_id)
         if live is None:
             return
@@ -548,6 +572,27 @@ def _registry(state: RelayState) -> _Registry:
 def live_devices(state: RelayState) -> dict[str, int]:
     """DeviceIds with live connections on this node, and how many each has."""
     return {device_id: len(entries) for device_id, entries in _registry(state).entries.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerOwner:
+    """The device that owns a listener's control channel (a principal for :func:`tracked`)."""
+
+    device_id: str
+    device: Device | None
+
+
+def listener_owner(state: RelayState, hc_name: str, listener_id: str) -> ListenerOwner | None:
+    """The device listening on ``hc_name`` as ``listener_id`` on this node, if it is one.
+
+    A stream spliced to that listener is the device's stream as well: hold it with
+    ``tracked(state, owner, splice, hc_name=..., right=Rights.LISTEN)`` so that disabling
+    or deleting the device, or taking its Listen grant away, cuts it.
+    """
+    entry = _registry(state).listeners.get(_listener_key(hc_name, listener_id))
+    if entry is None:
+        return None
+    return ListenerOwner(entry.device_id, _registry(state).devices.get(entry.device_id))
 
 
 def known_device(state: RelayState, token_text: str) -> Device | None:

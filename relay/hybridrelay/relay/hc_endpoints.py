@@ -8,6 +8,7 @@ raised as HybridRelayError and answered by ``middleware.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
@@ -344,12 +345,31 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         raise RejectedError(outcome.status, outcome.description)
     if outcome is _SENDER_GONE:
         log.info("sender_gone_before_splice", extra={"hc": hc.name, "id": tracking_id})
-    elif principal.device_id is not None:
-        # A device's stream keeps it "connected" while it lasts (device_auth.tracked).
-        async with device_auth.tracked(
-            state, principal, splice, hc_name=hc.name, right=Rights.SEND, device=device
-        ):
-            await splice.wait()
+    else:
+        # A device's stream keeps it "connected" while it lasts and is cut when the device
+        # is disabled (device_auth.tracked): the sender's device, and the listener's, whose
+        # accept dial carried only the rendezvous key (the stream is its channel's).
+        owner = device_auth.listener_owner(state, hc.name, pending.listener_id)
+        async with contextlib.AsyncExitStack() as devices:
+            if principal.device_id is not None:
+                await devices.enter_async_context(
+                    device_auth.tracked(
+                        state, principal, splice, hc_name=hc.name, right=Rights.SEND, device=device
+                    )
+                )
+            if owner is not None:
+                await devices.enter_async_context(
+                    device_auth.tracked(
+                        state,
+                        owner,
+                        splice,
+                        hc_name=hc.name,
+                        right=Rights.LISTEN,
+                        device=owner.device,
+                    )
+                )
+            if principal.device_id is not None or owner is not None:
+                await splice.wait()
     # SPLICED: _accept answered the sender's 101 and detached its connection from
     # aiohttp; this handler ends now, the splice lives on in state.splices.
     return Upgraded()

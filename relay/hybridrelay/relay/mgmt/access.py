@@ -15,6 +15,11 @@ up in access logs.
   ``hc:manage:*`` (``hc:manage:$mgmt`` says the same, narrower). Grants for
   hybrid connection patterns such as ``sensors/*`` do not reach the API.
 
+Long-lived calls (the event streams of ``events.py``) are authorized once at the start
+and then watched (:func:`until_revoked`): when the rule or key that signed the token is
+regenerated, changed or deleted (the store's change events, from every node) or the
+token expires, the call learns of it at once and ends.
+
 Failures: no token, malformed, unknown rule, bad signature, expiring further ahead
 than ``max_token_lifetime``, expired → 401 (:class:`AuthError`); a valid token without
 Manage or scoped elsewhere (with ``check_token_host``: naming another host than the
@@ -23,6 +28,7 @@ relay's public ones) → 403 (:class:`ForbiddenError`). Messages never contain t
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -33,6 +39,7 @@ from hybridrelay.protocol.sas import Rights, parse_sas_token, resource_covers, v
 from hybridrelay.relay.auth import check_lifetime
 from hybridrelay.relay.jwt_auth import bearer_token, verify_jwt
 from hybridrelay.relay.state import RelayState
+from hybridrelay.relay.store.models import ChangeEvent
 
 __all__ = [
     "MGMT_SCOPE",
@@ -41,6 +48,7 @@ __all__ = [
     "identify",
     "request_token",
     "require_manage",
+    "until_revoked",
 ]
 
 # The name JWT manage grants are matched against (fnmatch, case-insensitive).
@@ -58,6 +66,7 @@ class Manager:
     kind: Literal["sas", "jwt"]
     name: str  # rule name, or the JWT subject (its issuer when it has none)
     refusal: str | None = None
+    expires_at: float | None = None  # the token's se / exp
 
     @property
     def who(self) -> str:
@@ -97,8 +106,9 @@ async def identify(request: web.Request, state: RelayState) -> Manager:
                 kind="jwt",
                 name=name,
                 refusal="the token grants no manage right on the management API",
+                expires_at=verified.expires_at,
             )
-        return Manager(kind="jwt", name=name)
+        return Manager(kind="jwt", name=name, expires_at=verified.expires_at)
 
     sas = parse_sas_token(token)
     wanted = sas.key_name.lower()
@@ -121,12 +131,16 @@ async def identify(request: web.Request, state: RelayState) -> Manager:
             kind="sas",
             name=rule.name,
             refusal="the token is not valid for the management API (sr)",
+            expires_at=sas.expiry,
         )
     if Rights.MANAGE not in rule.rights:
         return Manager(
-            kind="sas", name=rule.name, refusal="the token's rule lacks the Manage right"
+            kind="sas",
+            name=rule.name,
+            refusal="the token's rule lacks the Manage right",
+            expires_at=sas.expiry,
         )
-    return Manager(kind="sas", name=rule.name)
+    return Manager(kind="sas", name=rule.name, expires_at=sas.expiry)
 
 
 def require_manage(manager: Manager) -> Manager:
@@ -144,3 +158,42 @@ async def authorize_manage(request: web.Request, state: RelayState) -> Manager:
         ForbiddenError: 403, the token is valid but lacks Manage or is scoped elsewhere.
     """
     return require_manage(await identify(request, state))
+
+
+async def until_revoked(request: web.Request, state: RelayState, manager: Manager) -> str:
+    """Wait while ``request``'s token still authorizes it; return why it no longer does.
+
+    For calls that outlive their handshake (event streams). Rules change through the
+    store, whose change events reach every node: each ``rule`` (or ``reset``) event
+    re-runs the whole check on the request's token against the rules as they are now,
+    so a regenerated or deleted key, a deleted rule or a rule that lost Manage ends the
+    call within the event's delivery time. The token's expiry ends it too (there is no
+    renewal on these calls).
+
+    Returns:
+        The reason, for the caller's close message and log line.
+    """
+    changed = asyncio.Event()
+
+    def on_change(event: ChangeEvent) -> None:
+        if event.kind in ("rule", "reset"):
+            changed.set()
+
+    unsubscribe = state.store.subscribe(on_change)
+    try:
+        while True:
+            remaining = None if manager.expires_at is None else manager.expires_at - state.now()
+            if remaining is not None and remaining <= 0:
+                return "the token has expired"
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                continue  # the expiry is due: checked at the top
+            changed.clear()
+            try:
+                require_manage(await identify(request, state))
+            except AuthError as exc:  # ForbiddenError included
+                return str(exc)
+    finally:
+        unsubscribe()

@@ -36,6 +36,10 @@ Delivery:
   falls that far behind is dropped: it gets one final ``error`` event
   (``{"error": {"code": "SubscriberTooSlow", ...}}``) and the stream ends; it may
   reconnect with ``Last-Event-ID``.
+- A stream lasts only as long as the token that opened it would still be accepted
+  (``access.until_revoked``): when its rule or key is regenerated, changed or deleted,
+  or the token expires, the subscriber gets a final ``error`` event (code
+  ``AuthorizationRevoked``; a WebSocket is then closed with 1008) within a second.
 - Webhooks: each ``[[webhooks]]`` entry gets the events its ``events`` filter lets
   through, POSTed one by one as JSON in order, through a bounded queue (a full queue
   drops the event with a log line). A 2xx is delivered; a connection error, timeout,
@@ -65,7 +69,7 @@ from hybridrelay.backoff import Backoff
 from hybridrelay.errors import ValidationError
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.config import WebhookConfig
-from hybridrelay.relay.mgmt.access import authorize_manage
+from hybridrelay.relay.mgmt.access import authorize_manage, until_revoked
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ChangeEvent, Device, format_time
@@ -114,13 +118,23 @@ class _Occurrence:
     refresh_only: bool = False  # a device was updated: refresh its cached document
 
 
+_TOO_SLOW: Final = "SubscriberTooSlow"
+_REVOKED: Final = "AuthorizationRevoked"
+_MESSAGES: Final = {
+    _TOO_SLOW: "the subscriber fell too far behind; reconnect with Last-Event-ID",
+    _REVOKED: "the token that opened this stream is no longer valid",
+}
+
+
 class _Closed:
-    """The end of a subscription: the hub stopped, or the subscriber was too slow."""
+    """The end of a subscription: the hub stopped, the subscriber was too slow, or the
+    token that opened it no longer would (``error`` names which; ``reason`` says why)."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "reason")
 
-    def __init__(self, error: str | None) -> None:
+    def __init__(self, error: str | None, reason: str = "") -> None:
         self.error = error
+        self.reason = reason
 
 
 class Subscription:
@@ -137,15 +151,15 @@ class Subscription:
         if self.closed is not None:
             return True
         if self._queue.qsize() >= self._size:
-            self._close("SubscriberTooSlow")
+            self._close(_TOO_SLOW)
             return False
         self._queue.put_nowait(event)
         return True
 
-    def _close(self, error: str | None) -> None:
+    def _close(self, error: str | None, reason: str = "") -> None:
         if self.closed is not None:
             return
-        self.closed = _Closed(error)
+        self.closed = _Closed(error, reason)
         # What is queued is dropped: the subscriber resumes with Last-Event-ID.
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -434,6 +448,11 @@ class EventHub:
         self._subscribers.discard(subscription)
         subscription._close(None)
 
+    def revoke(self, subscription: Subscription, reason: str) -> None:
+        """End a subscription whose authorization lapsed; its last event says so."""
+        self._subscribers.discard(subscription)
+        subscription._close(_REVOKED, reason)
+
 
 # --- GET /$mgmt/v1/events ----------------------------------------------------------------------
 
@@ -455,8 +474,11 @@ def _sse_frame(event: Event) -> bytes:
     return f"id: {event.sequence}\nevent: {event.op_type}\ndata: {event.data}\n\n".encode()
 
 
-def _error_doc(code: str) -> str:
-    message = "the subscriber fell too far behind; reconnect with Last-Event-ID"
+def _error_doc(closed: _Closed) -> str:
+    code = closed.error or ""
+    message = _MESSAGES.get(code, "")
+    if closed.reason:
+        message = f"{message}: {closed.reason}"
     return json.dumps({"error": {"code": code, "message": message}})
 
 
@@ -488,9 +510,7 @@ async def _serve_sse(
                 await response.write(b": heartbeat\n\n")
             elif isinstance(item, _Closed):
                 if item.error is not None:
-                    await response.write(
-                        f"event: error\ndata: {_error_doc(item.error)}\n\n".encode()
-                    )
+                    await response.write(f"event: error\ndata: {_error_doc(item)}\n\n".encode())
                 break
             else:
                 await response.write(_sse_frame(item))
@@ -510,6 +530,7 @@ async def _serve_websocket(
         hub.unsubscribe(subscription)
 
     reader = asyncio.create_task(read(), name="events:ws-read")
+    code, reason = 1000, b""
     try:
         while not ws.closed:
             item = await _next(hub, subscription)
@@ -517,13 +538,16 @@ async def _serve_websocket(
                 continue  # aiohttp's heartbeat pings
             if isinstance(item, _Closed):
                 if item.error is not None:
-                    await ws.send_str(_error_doc(item.error))
+                    await ws.send_str(_error_doc(item))
+                if item.error == _REVOKED:
+                    # RFC 6455 §7.4.1: 1008, the policy (this token) no longer allows it.
+                    code, reason = 1008, item.reason.encode("utf-8")[:120]
                 break
             await ws.send_str(item.data)
     except ConnectionError:
         pass
     finally:
-        await ws.close()
+        await ws.close(code=code, message=reason)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
@@ -538,7 +562,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
         refusal.headers["Allow"] = "GET"
         return refusal
     state = request.app[STATE]
-    await authorize_manage(request, state)
+    manager = await authorize_manage(request, state)
     last = _last_event_id(request)
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     if not upgrade and "text/event-stream" not in request.headers.get("Accept", "").lower():
@@ -549,11 +573,27 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
         )
     hub = state.events
     subscription = hub.subscribe(last)
+
+    async def guard() -> None:
+        # Authorized once above, but a stream may last for days: end it when its
+        # token would no longer be accepted (access.until_revoked).
+        try:
+            reason = await until_revoked(request, state, manager)
+        except Exception:  # the top of a task we own; fail closed: a stream unchecked ends
+            log.exception("event_stream_recheck_failed", extra={"who": manager.who})
+            reason = "the authorization could not be checked again"
+        log.info("event_stream_revoked", extra={"who": manager.who, "reason": reason})
+        hub.revoke(subscription, reason)
+
+    watch = asyncio.create_task(guard(), name="events:authorization")
     try:
         if upgrade:
             return await _serve_websocket(request, hub, subscription)
         return await _serve_sse(request, hub, subscription)
     finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         hub.unsubscribe(subscription)
 
 
