@@ -99,10 +99,13 @@ def make_device_cert(
     ca: DeviceCa | None = None,
     expired: bool = False,
     file_stem: str | None = None,
+    ca_capable: bool = False,
 ) -> DeviceCert:
     """A device certificate with CN = ``device_id``: signed by ``ca``, else self-signed.
 
-    ``expired`` makes one whose validity ended an hour ago.
+    ``expired`` makes one whose validity ended an hour ago. ``ca_capable`` gives it
+    CA:TRUE and keyCertSign, as ``openssl req -x509`` does by default: a self-signed
+    one can then sign other certificates (see :func:`as_ca`).
     """
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -119,8 +122,8 @@ def make_device_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca_capable, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=ca_capable), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
@@ -149,6 +152,14 @@ def make_device_cert(
         sha1=hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),
         sha256=hashlib.sha256(der).hexdigest().upper(),
     )
+
+
+def as_ca(device: DeviceCert) -> DeviceCa:
+    """A device certificate and its key as a signer (what its holder can do with them)."""
+    key = serialization.load_pem_private_key(device.key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    cert = x509.load_pem_x509_certificate(device.cert.read_bytes())
+    return DeviceCa(name=device.device_id, cert=cert, key=key, pem=device.cert)
 
 
 def write_bundle(path: Path, *pems: Path) -> Path:

@@ -309,6 +309,8 @@ def cert(
         "sha256": SHA256,
         "self_issued": self_issued,
         "not_after": float(LATER),
+        # What credentials() works out for a CA device whose chain ends at a trusted CA.
+        "ca_anchored": not self_issued,
     }
     fields.update(changes)
     return PeerCertificate(**fields)  # type: ignore[arg-type]
@@ -380,6 +382,11 @@ def test_certificate_refusals() -> None:
         by_cert(cert(None), ca_device())
     with pytest.raises(AuthError, match="signed by a registered CA"):
         by_cert(cert(self_issued=True), ca_device())
+    # Issue 11: not self-issued is not enough; the chain must end at a CA (ca_trust).
+    with pytest.raises(AuthError, match="signed by a registered CA"):
+        by_cert(cert(ca_anchored=False), ca_device())
+    # Thumbprint devices match by thumbprint alone, whatever vouched for the chain.
+    assert by_cert(cert(ca_anchored=False), thumbprint_device(SHA256)).device_id == "dev-x"
     with pytest.raises(AuthError, match="does not authenticate with certificates"):
         by_cert(cert(), sas_device("dev-x"))
     with pytest.raises(AuthError, match="disabled") as info:

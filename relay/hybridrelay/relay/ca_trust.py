@@ -6,17 +6,23 @@ added to the *live* context with ``SSLContext.load_verify_locations(cadata=...)`
 when they are verified (the store's ``certificate`` change events, from every node)
 and, at start, for those verified already.
 
-Python's ``ssl`` cannot remove a CA from a live context, so a deleted (or replaced,
-hence unverified) CA keeps passing the handshake. :func:`revoked` closes that gap for
-device authentication: a client certificate directly issued by a CA this process
-loaded at run time (checked with the CA's public key, not only the issuer name) is
-accepted only while a verified store record has that CA's thumbprint, or when a
-``client_ca_file`` certificate issued it too.
+The handshake alone proves too little for a CA-authenticated device. Python's ``ssl``
+cannot remove a CA from a live context, so a deleted (or replaced, hence unverified) CA
+keeps passing it; and ``client_ca_file`` also holds thumbprint devices' self-signed
+certificates, each a trust anchor under partial-chain verification, so one made with
+CA:TRUE (``openssl req -x509``'s default) verifies any leaf its owner signs, for any
+CN. :func:`anchored` therefore looks at the chain the handshake verified (leaf first)
+and accepts it for a CA device only when it ends at a CA this relay means as one:
 
-Limits: only CAs that *directly* issue device certificates are checked. A device
-chain through an intermediate the client sends, below a deleted runtime CA, still
-passes until the relay restarts; register the issuing CA itself. A CA's deletion takes
-effect on the next connect (it does not cut live connections).
+- a CA loaded at run time whose verified store record still carries its thumbprint, or
+- a ``client_ca_file`` certificate that is a CA (basicConstraints CA:TRUE, keyCertSign
+  when it has a key usage) and no device's certificate (its CN names no registered
+  device; a thumbprint device's certificate must carry its deviceId as CN to be used).
+
+A leaf that is its own anchor (a listed self-signed certificate) never counts. A CA's
+deletion takes effect on the next connect (it does not cut live connections).
+Limitation: a device certificate left in ``client_ca_file`` after its device was
+deleted is no longer recognised as one; remove it from the file.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import contextlib
 import logging
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -39,7 +45,15 @@ from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.certificates import CaCertificate, thumbprint
 from hybridrelay.relay.store.models import ChangeEvent
 
-__all__ = ["CaTrust", "attach", "cleanup_context", "issued_by", "revoked", "trust_of"]
+__all__ = [
+    "CaTrust",
+    "anchored",
+    "attach",
+    "cleanup_context",
+    "issued_by",
+    "trust_of",
+    "verified_chain",
+]
 
 log = logging.getLogger(RELAY)
 
@@ -96,24 +110,71 @@ def trust_of(context: ssl.SSLContext | None) -> CaTrust | None:
     return _TRUSTS.get(context) if context is not None else None
 
 
-async def revoked(context: ssl.SSLContext | None, store: Store, der: bytes) -> bool:
-    """Whether a handshake-verified client certificate owes its trust to a CA that is gone.
+def verified_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The chain the handshake verified, leaf first and trust anchor last, as DER.
 
-    True when a CA loaded at run time directly issued it, no ``client_ca_file`` CA did,
-    and no verified store record carries that runtime CA's thumbprint any more.
+    Python 3.13 has ``get_verified_chain()``; before it the same call exists on the
+    object underneath (``_sslobj``, since 3.10). Empty when neither is there: then no
+    chain is ``anchored`` and CA devices are refused (fail closed).
     """
-    trust = trust_of(context)
-    if trust is None or not trust.loaded:
+    public = getattr(ssl_object, "get_verified_chain", None)
+    if callable(public):
+        return tuple(c if isinstance(c, bytes) else _der(c) for c in public() or ())
+    inner = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
+    if callable(inner):
+        return tuple(_der(c) for c in inner() or ())
+    return ()
+
+
+def _der(certificate: object) -> bytes:
+    # _ssl.Certificate.public_bytes() writes PEM by default.
+    return ssl.PEM_cert_to_DER_cert(certificate.public_bytes())  # type: ignore[attr-defined] # _ssl.Certificate has no stub before 3.13
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
         return False
     try:
-        leaf = x509.load_der_x509_certificate(der)
-    except ValueError:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
         return True
-    issuers = [t for t, ca in trust.loaded.items() if issued_by(leaf, ca)]
-    if not issuers or any(issued_by(leaf, ca) for ca in trust.config_cas):
+
+
+async def _names_a_device(store: Store, cert: x509.Certificate) -> bool:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    for attribute in names:
+        value = attribute.value
+        text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        if await store.get_device(text) is not None:
+            return True
+    return False
+
+
+async def anchored(context: ssl.SSLContext | None, store: Store, chain: Sequence[bytes]) -> bool:
+    """Whether a handshake-verified chain (leaf first) ends at a CA trusted for CA devices.
+
+    See the module docstring: a verified runtime CA, or a ``client_ca_file`` CA that is
+    no device's certificate. A one-certificate chain (the leaf is its own anchor) and a
+    context without client-certificate trust are never anchored.
+    """
+    trust = trust_of(context)
+    if trust is None or len(chain) < 2:
         return False
-    current = {c.thumbprint for c in await store.list_certificates() if c.is_verified}
-    return not current.intersection(issuers)
+    try:
+        anchor = x509.load_der_x509_certificate(chain[-1])
+    except ValueError:
+        return False
+    print_ = thumbprint(anchor)
+    if print_ in trust.loaded:
+        current = {c.thumbprint for c in await store.list_certificates() if c.is_verified}
+        if print_ in current:
+            return True
+    if any(anchor == ca for ca in trust.config_cas):
+        return _is_ca(anchor) and not await _names_a_device(store, anchor)
+    return False
 
 
 async def _watch(trust: CaTrust, store: Store) -> AsyncIterator[None]:

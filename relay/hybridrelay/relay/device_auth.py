@@ -15,12 +15,14 @@ to the hybrid connections its ``grants`` name, in one of two ways:
 - **X.509 client certificates** (with TLS and ``client_cert = "optional"|"required"``):
   the certificate's subject CN is the deviceId. A ``selfSigned`` device must present a
   certificate whose SHA-1 or SHA-256 thumbprint is its registered primary or
-  secondary one; a ``certificateAuthority`` device one that chains to a CA certificate
-  in ``client_ca_file`` or to a CA certificate registered and verified through the
-  management API (the TLS handshake verified the chain; ``ca_trust.py`` refuses
-  certificates whose runtime CA has since been deleted; a self-issued certificate
-  never counts as CA-signed). Expired and untrusted certificates never
-  finish the handshake. A token, when the request carries one, takes precedence.
+  secondary one (exact match, nothing else); a ``certificateAuthority`` device one
+  whose verified chain ends at a CA certificate in ``client_ca_file`` that is no
+  device's own, or at a CA certificate registered and verified through the management
+  API (``ca_trust.anchored``: a thumbprint device's certificate, though a trust anchor
+  to the handshake, never vouches for another device; a runtime CA deleted since
+  vouches for nobody; a self-issued certificate never counts as CA-signed). Expired
+  and untrusted certificates never finish the handshake. A token, when the request
+  carries one, takes precedence.
 
 Statuses (HC Part 1 §7): unknown device, wrong key or certificate, disabled device,
 expired token → 401; a device whose grants do not cover the hybrid connection → 403.
@@ -332,8 +334,9 @@ class PeerCertificate:
         self_issued: Subject equals issuer (not signed by a CA).
         not_after: End of validity, Unix seconds (None if unreadable).
         der: The DER certificate.
-        ca_revoked: It was issued by a CA certificate that is no longer registered and
-            verified (``ca_trust.revoked``): refused.
+        chain: The chain the handshake verified, leaf first, trust anchor last (DER).
+        ca_anchored: The chain ends at a CA trusted for CA devices
+            (``ca_trust.anchored``); only worked out for ``certificateAuthority`` devices.
     """
 
     common_name: str | None
@@ -342,11 +345,14 @@ class PeerCertificate:
     self_issued: bool
     not_after: float | None
     der: bytes = field(default=b"", repr=False)
-    ca_revoked: bool = False
+    chain: tuple[bytes, ...] = field(default=(), repr=False)
+    ca_anchored: bool = False
 
     @classmethod
-    def from_ssl(cls, der: bytes, info: dict[str, object]) -> PeerCertificate:
-        """Build from ``getpeercert(True)`` and ``getpeercert()``."""
+    def from_ssl(
+        cls, der: bytes, info: dict[str, object], chain: tuple[bytes, ...] = ()
+    ) -> PeerCertificate:
+        """Build from ``getpeercert(True)``, ``getpeercert()`` and the verified chain."""
         subject = info.get("subject") or ()
         issuer = info.get("issuer") or ()
         not_after_text = info.get("notAfter")
@@ -361,6 +367,7 @@ class PeerCertificate:
             self_issued=subject == issuer,
             not_after=not_after,
             der=der,
+            chain=chain,
         )
 
 
@@ -396,7 +403,7 @@ def peer_certificate(request: web.BaseRequest) -> PeerCertificate | None:
     info = ssl_object.getpeercert()  # empty unless the handshake verified the chain
     if not info:
         return None
-    return PeerCertificate.from_ssl(der, dict(info))
+    return PeerCertificate.from_ssl(der, dict(info), ca_trust.verified_chain(ssl_object))
 
 
 def verify_device_certificate(
@@ -414,14 +421,13 @@ def verify_device_certificate(
 
     Raises:
         AuthError: Unknown device (by CN), the device uses SAS keys, a thumbprint that is
-            not registered, a self-issued certificate for a CA device, disabled (401).
+            not registered, a CA device's certificate that is self-issued or does not
+            chain to a CA trusted for CA devices, disabled (401).
         TokenExpiredError: The certificate has expired (the handshake normally refuses it).
         ForbiddenError: The grants lack the right (403).
     """
     if device is None or device.device_id != certificate.common_name:
         raise AuthError("the client certificate names no registered device")
-    if certificate.ca_revoked:
-        raise AuthError("the client certificate's CA is no longer registered")
     auth = device.authentication
     if auth.type == "selfSigned":
         prints = auth.x509_thumbprint
@@ -429,7 +435,7 @@ def verify_device_certificate(
         if not registered & {certificate.sha1, certificate.sha256}:
             raise AuthError("the client certificate's thumbprint is not the device's")
     elif auth.type == "certificateAuthority":
-        if certificate.self_issued:
+        if certificate.self_issued or not certificate.ca_anchored:
             raise AuthError("the device needs a certificate signed by a registered CA")
     else:
         raise AuthError("the device does not authenticate with certificates")
@@ -483,13 +489,14 @@ async def credentials(
             return _NO_CREDENTIALS
         return DeviceCredentials(await _lookup(store, parsed.candidate_ids))
     certificate = peer_certificate(request)
-    if certificate is not None and await ca_trust.revoked(
-        _ssl_context(request), store, certificate.der
-    ):
-        certificate = replace(certificate, ca_revoked=True)
-    if certificate is not None and certificate.common_name:
-        return DeviceCredentials(await store.get_device(certificate.common_name), certificate)
-    return DeviceCredentials(certificate=certificate)
+    if certificate is None or not certificate.common_name:
+        return DeviceCredentials(certificate=certificate)
+    device = await store.get_device(certificate.common_name)
+    if device is not None and device.authentication.type == "certificateAuthority":
+        # Only a CA device's chain needs an anchor (thumbprint devices match exactly).
+        anchored = await ca_trust.anchored(_ssl_context(request), store, certificate.chain)
+        certificate = replace(certificate, ca_anchored=anchored)
+    return DeviceCredentials(device, certificate)
 
 
 # --- live connections per device --------------------------------------------------------

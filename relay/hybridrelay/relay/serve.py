@@ -51,7 +51,9 @@ def tls_context(
     device's self-signed certificate listed there passes the handshake (Python's ssl
     has no verify callback to accept unknown self-signed certificates). Expired and
     untrusted certificates fail the handshake; ``device_auth`` maps the verified
-    certificate to a device.
+    certificate to a device, and accepts a chain for a CA device only when its anchor
+    is a CA meant as one (``ca_trust.anchored``): a thumbprint device's certificate,
+    an anchor here, never vouches for anyone but itself.
 
     Raises:
         ConfigError: ``client_ca_file`` cannot be read or holds no certificate.
