@@ -242,7 +242,12 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     if not await state.cluster.listener_count(hc.name):
         raise NoListenerError("no listener is connected to this hybrid connection")
 
-    splice = Splice(close_timeout=state.config.relay.close_timeout, hc_name=hc.name)
+    splice = Splice(
+        close_timeout=state.config.relay.close_timeout,
+        hc_name=hc.name,
+        max_queued_control=state.config.relay.max_queued_control_frames,
+        limit_hit=state.metrics.limit_hit,
+    )
     tracking_id = addr.tracking_id or _new_tracking_id()
     deadline = started + state.config.relay.rendezvous_timeout
     for attempt in range(_REDISPATCHES + 1):
