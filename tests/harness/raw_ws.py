@@ -51,6 +51,7 @@ class RawWs:
     status: int = 0
     head: str = ""
     _buffer: bytearray = field(default_factory=bytearray)
+    _unsent: memoryview = field(default_factory=lambda: memoryview(b""))
 
     @classmethod
     async def open(
@@ -111,6 +112,40 @@ class RawWs:
 
     async def send(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def send_until_stalled(self, chunk: bytes, *, volume: int, stall: float) -> int:
+        """Send ``chunk`` over and over, never reading, until ``volume`` bytes went out
+        or the socket took nothing for ``stall`` seconds (the server stopped reading).
+
+        Returns the bytes sent. A chunk cut short by the stall is finished by the next
+        call (or :meth:`send_rest`), so frames stay whole on the wire.
+        """
+        loop = asyncio.get_running_loop()
+        sent = 0
+        while sent < volume:
+            if not self._unsent:
+                self._unsent = memoryview(chunk)
+            try:
+                n = self.sock.send(self._unsent)
+            except BlockingIOError:
+                writable = loop.create_future()
+                loop.add_writer(self.sock.fileno(), writable.set_result, None)
+                try:
+                    async with asyncio.timeout(stall):
+                        await writable
+                except TimeoutError:
+                    return sent
+                finally:
+                    loop.remove_writer(self.sock.fileno())
+                continue
+            sent += n
+            self._unsent = self._unsent[n:]
+        return sent
+
+    async def send_rest(self) -> None:
+        """Finish the chunk :meth:`send_until_stalled` was cut short in."""
+        rest, self._unsent = bytes(self._unsent), memoryview(b"")
+        await self.send(rest)
 
     async def recv_frame(self) -> tuple[int, bytes]:
         """The next whole frame from the server as (opcode, payload); EOFError at the end."""

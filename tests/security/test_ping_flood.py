@@ -52,16 +52,7 @@ async def _flood(relay: RelayProcess, peer: RawWs) -> Flood:
     assert relay.process is not None
     pid = relay.process.pid
     baseline = rss_kib(pid)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds(60)
-    sent = 0
-    while sent < _VOLUME and loop.time() < deadline:
-        try:
-            async with asyncio.timeout(seconds(1)):
-                await peer.send(_CHUNK)
-        except TimeoutError:
-            break
-        sent += len(_CHUNK)
+    sent = await peer.send_until_stalled(_CHUNK, volume=_VOLUME, stall=seconds(1))
     return Flood(sent=sent, rss_growth_kib=rss_kib(pid) - baseline)
 
 
@@ -212,3 +203,60 @@ async def test_control_channel_ping_flood_without_reading_keeps_relay_memory_bou
         await _assert_serving(relay)
     finally:
         peer.close()
+
+
+@dataclass
+class Pair:
+    sender: RawWs
+    listener: RawWs
+
+
+@pytest.fixture
+async def pair(relay: RelayProcess) -> AsyncIterator[Pair]:
+    """A raw sender spliced to a raw listener leg on "echo", both with small receive buffers."""
+    control = await RawListener(relay.url, "echo", behaviour=None).start()
+    url = f"{relay.url}/$hc/echo?sb-hc-action=connect"
+    dialling = asyncio.create_task(
+        RawWs.open(url, headers={"ServiceBusAuthorization": token_for(url)}, rcvbuf=_RCVBUF)
+    )
+    try:
+        accept = await asyncio.wait_for(control.accepts.get(), seconds(10))
+        listener = await RawWs.open(str(accept["address"]), rcvbuf=_RCVBUF)
+        sender = await asyncio.wait_for(dialling, seconds(10))
+        assert (sender.status, listener.status) == (101, 101)
+        yield Pair(sender, listener)
+        sender.close()
+        listener.close()
+    finally:
+        dialling.cancel()
+        await control.stop()
+
+
+async def _read_into(peer: RawWs, into: bytearray) -> None:
+    loop = asyncio.get_running_loop()
+    while chunk := await loop.sock_recv(peer.sock, 1 << 16):
+        into += chunk
+
+
+async def test_sender_not_reading_its_download_can_still_upload(pair: Pair) -> None:
+    """Not an attack but what the defence must keep: a sender that never reads still uploads."""
+    download = masked_frame(0x2, b"d" * 60_000) * 4
+    # The listener streams until the relay stops reading it: the sender's buffer is full.
+    downloaded = await pair.listener.send_until_stalled(download, volume=_VOLUME, stall=seconds(1))
+    assert downloaded < _VOLUME
+    frames = 280  # 16 MiB
+    expected = frames * (4 + 60_000)  # what the listener gets: unmasked, 4-byte headers
+    received = bytearray()
+    reading = asyncio.create_task(_read_into(pair.listener, received))
+    try:
+        async with asyncio.timeout(seconds(30)):
+            upload = masked_frame(0x2, b"u" * 60_000)
+            for _ in range(frames):
+                await pair.sender.send(upload)
+            while len(received) < expected:
+                await asyncio.sleep(0.05)  # polling a buffer another task fills, bounded
+        assert len(received) == expected
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading

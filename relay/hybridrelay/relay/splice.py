@@ -18,13 +18,13 @@ The relay also writes to a leg on its own account: a pong for each ping the leg
 sends, and close frames. Those wait in ``Leg.queued`` while a data frame to the
 leg is in flight, and also while the leg's own write buffer is over its mark, so
 a peer that pings and never reads cannot fill relay memory with pongs (issue 11).
-At ``max_queued_control_frames`` waiting frames the leg stops being read until
-they are written, and later pongs replace the newest waiting one (RFC 6455
-§5.5.3 allows answering only the most recent ping). The leg's own full write
-buffer alone does not stop reading it: its data goes to the *other* leg, whose
-buffer decides, so the two directions stay as independent as over plain TCP.
-Each reason to stop reading is a bit in ``Leg._holds``; a leg reads again only
-when none is left.
+At ``max_queued_control_frames`` waiting frames later pongs replace the newest
+waiting one (RFC 6455 §5.5.3 allows answering only the most recent ping), and a
+leg whose write buffer is over its mark stops being read until it has taken
+them. The leg's own full write buffer alone does not stop reading it: its data
+goes to the *other* leg, whose buffer decides, so the two directions stay as
+independent as over plain TCP. Each reason to stop reading is a bit in
+``Leg._holds``; a leg reads again only when none is left.
 
 Close (HC §5, RFC 6455 §7): a close frame is forwarded with its code and
 reason; the other direction keeps flowing until the other side closes too
@@ -71,9 +71,9 @@ _PONG_FIRST_BYTE: Final = 0x80 | _PONG  # an encoded pong frame starts with this
 # Why a leg is not being read (bits of Leg._holds); it reads again when none is left.
 _UNRELEASED: Final = 1  # attached, waiting for the other leg (Leg.release)
 _PEER_FULL: Final = 2  # the peer's write buffer is over the mark: what we read would pile up
-_BACKLOG: Final = 4  # max_queued_control_frames frames wait to be written to this leg
+_BACKLOG: Final = 4  # max_queued_control_frames frames wait for room in this leg's buffer
 
-# hybridrelay_limit_refusals{limit=...} when a leg stops being read for its backlog.
+# hybridrelay_limit_refusals{limit=...}: each time a leg's control-frame queue fills up.
 LIMIT_QUEUED_CONTROL: Final = "max_queued_control_frames"
 
 
@@ -283,6 +283,7 @@ class Leg(asyncio.Protocol):
         self._write_paused = False
         if self.queued and not self.out_remaining:
             self.flush_queued()
+        self.unhold(_BACKLOG)  # what still waits, waits for the frame in flight only
         self.peer.unhold(_PEER_FULL)
 
     # -- FrameSink: frames received on this leg go to the peer ---------------------
@@ -347,16 +348,19 @@ class Leg(asyncio.Protocol):
         limit = self.splice.max_queued_control
         if len(queued) < limit:
             queued.append(frame)
-            # Two legs each held until the other's frame in flight completes would wait
-            # forever; the backlog stays bounded without the hold (pongs coalesce below).
-            if len(queued) == limit and not (self.peer._holds & _BACKLOG):
-                self.hold(_BACKLOG)
-                self.splice.limit_hit(LIMIT_QUEUED_CONTROL)
+            if len(queued) < limit:
+                return
+            self.splice.limit_hit(LIMIT_QUEUED_CONTROL)
         elif frame[0] == _PONG_FIRST_BYTE and queued[-1][0] == _PONG_FIRST_BYTE:
             # RFC 6455 §5.5.3: a pong for the most recent ping answers the earlier ones.
             queued[-1] = frame
         else:
             queued.append(frame)  # the one close frame (close_sent guards it)
+        # Full. A leg that does not read what it is sent stops being read until it does.
+        # A backlog that only waits for a frame in flight is left to coalesce: holding
+        # there could make two legs wait forever, each for the other's frame.
+        if self._write_paused and not self._holds & _BACKLOG:
+            self.hold(_BACKLOG)
 
     def flush_queued(self) -> None:
         frames, self.queued = self.queued, []
