@@ -142,10 +142,10 @@ class RawWs:
             self._unsent = self._unsent[n:]
         return sent
 
-    async def send_rest(self) -> None:
-        """Finish the chunk :meth:`send_until_stalled` was cut short in."""
+    async def send_rest(self, then: bytes = b"") -> None:
+        """Finish the chunk :meth:`send_until_stalled` was cut short in, then send ``then``."""
         rest, self._unsent = bytes(self._unsent), memoryview(b"")
-        await self.send(rest)
+        await self.send(rest + then)
 
     async def recv_frame(self) -> tuple[int, bytes]:
         """The next whole frame from the server as (opcode, payload); EOFError at the end."""

@@ -260,3 +260,24 @@ async def test_sender_not_reading_its_download_can_still_upload(pair: Pair) -> N
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reading
+
+
+async def test_control_channel_flooder_that_never_reads_is_dropped(
+    relay_process_factory: ProcessFactory,
+) -> None:
+    """A listener pings on its control channel and never reads: the relay drops it, not waits."""
+    proc = await relay_process_factory(ping_interval=1)
+    url = listen_url(proc.url, "echo")
+    peer = await RawWs.open(
+        url, headers={"ServiceBusAuthorization": token_for(url)}, rcvbuf=_RCVBUF
+    )
+    try:
+        assert peer.status == 101
+        assert await peer.send_until_stalled(_CHUNK, volume=_VOLUME, stall=seconds(1)) < _VOLUME
+        # Without reading (reading would let the relay go on): the relay cuts the
+        # connection within two ping intervals, which the stalled send then reports.
+        async with asyncio.timeout(seconds(15)):
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                await peer.send_rest(_CHUNK * 64)
+    finally:
+        peer.close()

@@ -35,7 +35,7 @@ from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
-from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.control import ControlChannel, ControlSocketResponse
 from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.handshake import accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
@@ -158,7 +158,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
 
-    ws = web.WebSocketResponse(
+    ws = ControlSocketResponse(
         protocols=(), compress=False, autoping=False, max_msg_size=_CONTROL_MAX_MESSAGE, timeout=5.0
     )
 

@@ -53,7 +53,7 @@ from hybridrelay.protocol.frames import (
     parse_close_payload,
 )
 
-__all__ = ["Leg", "Splice", "Upgraded", "forget", "take_over"]
+__all__ = ["LIMIT_QUEUED_CONTROL", "Leg", "Splice", "Upgraded", "forget", "take_over"]
 
 log = logging.getLogger(RELAY)
 
