@@ -258,6 +258,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
             sender=request,
             handshake=handshake,
             started=started,
+            suffix=suffix,
         )
         key = state.cluster.add_pending(pending)
         accept = Accept(
@@ -320,12 +321,15 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
 
 async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     key = addr.rendezvous_key
-    pending = state.cluster.claim_pending(key) if key else None
-    if not isinstance(pending, PendingConnect) or pending.future.done():
+    # Look before taking: a dial that is refused leaves the rendezvous to the listener
+    # that has the right address (nothing awaits between the look and the claim).
+    pending = state.cluster.find_pending(key) if key else None
+    if key is None or not isinstance(pending, PendingConnect) or pending.future.done():
         raise RendezvousError("the rendezvous address is unknown, used or expired")
-    if not addr.path.lower().startswith(pending.hc_name.lower()):
-        pending.future.set_exception(RendezvousError("rendezvous address mismatch"))
-        raise RendezvousError("the rendezvous address does not match its hybrid connection")
+    if not pending.dialled_at(addr.path):
+        log.warning("rendezvous_path_mismatch", extra={"hc": pending.hc_name, "action": "accept"})
+        raise RendezvousError("the rendezvous address is unknown, used or expired")
+    state.cluster.claim_pending(key)
     if addr.status_code is not None:
         pending.future.set_result(_Rejected(addr.status_code, addr.status_description or ""))
         return web.Response(status=410, reason="Gone", text="rejection delivered to the sender")

@@ -390,6 +390,9 @@ async def handle_request_dial(
     pending = state.cluster.find_pending(key)
     if not isinstance(pending, PendingRequest) or pending.body.finished:
         raise RendezvousError("the rendezvous address is unknown, used or expired")
+    if not pending.dialled_at(addr.path):
+        log.warning("rendezvous_path_mismatch", extra={"hc": pending.hc_name, "action": "request"})
+        raise RendezvousError("the rendezvous address is unknown, used or expired")
     handshake = parse_client_handshake(request.method, request.headers)
     chosen = handshake.protocols[0] if handshake.protocols else None
     reply = web.StreamResponse(status=101, headers=accept_headers(handshake, chosen))
