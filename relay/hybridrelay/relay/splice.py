@@ -217,7 +217,7 @@ class Leg(asyncio.Protocol):
             self.connection_lost(None)
             return
         self._tail = tail
-        self._holds = _UNRELEASED
+        self._holds |= _UNRELEASED
         if paused:
             transport.pause_reading()
         else:
@@ -236,13 +236,13 @@ class Leg(asyncio.Protocol):
 
     # -- reading holds: pause while any reason holds, resume when none is left ----------
 
-    def hold(self, reason: int) -> None:
+    def _hold(self, reason: int) -> None:
         holds = self._holds
         self._holds = holds | reason
         if not holds and not self.lost and self.transport is not None:
             self.transport.pause_reading()
 
-    def unhold(self, reason: int) -> None:
+    def _unhold(self, reason: int) -> None:
         holds = self._holds
         if holds & reason:
             self._holds = holds = holds & ~reason
@@ -277,14 +277,14 @@ class Leg(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self.peer.hold(_PEER_FULL)
+        self.peer._hold(_PEER_FULL)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self.queued and not self.out_remaining:
             self.flush_queued()
-        self.unhold(_BACKLOG)  # what still waits, waits for the frame in flight only
-        self.peer.unhold(_PEER_FULL)
+        self._unhold(_BACKLOG)  # what still waits, waits for the frame in flight only
+        self.peer._unhold(_PEER_FULL)
 
     # -- FrameSink: frames received on this leg go to the peer ---------------------
 
@@ -360,7 +360,7 @@ class Leg(asyncio.Protocol):
         # A backlog that only waits for a frame in flight is left to coalesce: holding
         # there could make two legs wait forever, each for the other's frame.
         if self._write_paused and not self._holds & _BACKLOG:
-            self.hold(_BACKLOG)
+            self._hold(_BACKLOG)
 
     def flush_queued(self) -> None:
         frames, self.queued = self.queued, []
@@ -368,7 +368,7 @@ class Leg(asyncio.Protocol):
             self.transport.writelines(frames)
             if self._close_after_flush:
                 self.transport.close()
-        self.unhold(_BACKLOG)
+        self._unhold(_BACKLOG)
 
     def send_close(self, payload: bytes, *, timeout: float | None) -> None:
         """Send a close frame (once); abort instead if a frame to this leg is half written."""
@@ -524,7 +524,7 @@ class Splice:
                 # The close we forwarded may still await its answer; bound the wait.
                 peer.arm_close_timer(self._close_timeout)
             # Nothing is left to wait for on this side: read the peer's close.
-            peer.unhold(_PEER_FULL)
+            peer._unhold(_PEER_FULL)
             return
         self._finish()
 
