@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from typing import Any, Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp.http import WebSocketWriter
 
 from hybridrelay.errors import AuthError, ConnectionClosedError, HybridRelayError
 from hybridrelay.logs import ConnectionLogger
-from hybridrelay.protocol.frames import Opcode, encode_frame, encode_frame_header
+from hybridrelay.protocol.frames import MaskCheck, Opcode, encode_frame, encode_frame_header
 from hybridrelay.protocol.messages import (
     Accept,
     RenewToken,
@@ -31,7 +32,7 @@ from hybridrelay.protocol.messages import (
 )
 from hybridrelay.relay.pending import PendingRequest
 
-__all__ = ["ControlChannel"]
+__all__ = ["ControlChannel", "ControlSocketResponse"]
 
 _SEND_TIMEOUT = 10.0
 _TEXT: Final = int(Opcode.TEXT)
@@ -39,6 +40,61 @@ _BINARY: Final = int(Opcode.BINARY)
 
 # renew(token) -> new expiry (unix seconds); raises AuthError when the token is refused.
 Renewer = Callable[[str], Awaitable[float]]
+
+
+class ControlSocketResponse(web.WebSocketResponse):
+    """aiohttp's server WebSocket, failing a client that sends an unmasked frame (1002).
+
+    RFC 6455 §5.1: a server must close the connection on an unmasked client frame.
+    aiohttp's reader unmasks what is masked and takes the rest as it is, so a
+    :class:`MaskCheck` sits in front of it, on the one path bytes take from the
+    connection to the reader (``RequestHandler._payload_parser``). The bytes a client
+    sent behind its handshake, which aiohttp hands the reader the moment it is
+    installed, go through the check too.
+    """
+
+    def _post_start(
+        self, request: web.BaseRequest, protocol: str | None, writer: WebSocketWriter
+    ) -> None:
+        handler = request.protocol
+        tail, handler._message_tail = handler._message_tail, b""
+        super()._post_start(request, protocol, writer)
+        gate = _MaskedFramesOnly(handler._payload_parser, self._fail_unmasked)
+        handler._payload_parser = gate
+        if tail:
+            gate.feed_data(tail)  # as set_parser does: a failure shows in the next receive
+
+    def _fail_unmasked(self) -> None:
+        # What aiohttp's reader does with its own protocol errors: receive() then closes
+        # with this code and returns an ERROR message.
+        if self._reader is not None:
+            self._reader.set_exception(
+                WebSocketError(WSCloseCode.PROTOCOL_ERROR, "unmasked client frame")
+            )
+
+
+class _MaskedFramesOnly:
+    """Passes a client's bytes to aiohttp's WebSocket reader up to its first unmasked frame."""
+
+    __slots__ = ("_check", "_fail", "_reader")
+
+    def __init__(self, reader: Any, fail: Callable[[], None]) -> None:
+        self._reader = reader  # aiohttp's WebSocketReader (its C or its Python build)
+        self._fail = fail
+        self._check = MaskCheck()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        good = self._check.feed(data)
+        if good == len(data):
+            result: tuple[bool, bytes] = self._reader.feed_data(data)
+            return result
+        if good:
+            self._reader.feed_data(data[:good])
+        self._fail()
+        return True, b""  # aiohttp's "stop reading this connection"
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
 
 
 class ControlChannel:
@@ -127,8 +183,14 @@ class ControlChannel:
             return
         self.closing = True
         self._log.info("control_channel_closing", extra={"code": code, "reason": reason})
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self._ws.close(code=code, message=reason.encode("utf-8"))
+        try:
+            # A listener that does not read would hold the close (and us) forever.
+            async with asyncio.timeout(_SEND_TIMEOUT):
+                await self._ws.close(code=code, message=reason.encode("utf-8"))
+        except TimeoutError:
+            self.abort()
+        except (ConnectionError, RuntimeError):
+            pass
 
     def abort(self) -> None:
         self.closing = True
@@ -158,12 +220,22 @@ class ControlChannel:
             elif msg.type == WSMsgType.BINARY:
                 self._on_binary(msg.data)
             elif msg.type == WSMsgType.PING:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.pong(msg.data)
+                try:
+                    # The pong waits for room in the socket buffer (aiohttp drains); a
+                    # listener that pings and never reads must not hold this loop forever.
+                    async with asyncio.timeout(_SEND_TIMEOUT):
+                        await ws.pong(msg.data)
+                except TimeoutError:
+                    self._log.warning("control_channel_not_reading")
+                    self.abort()
+                    return
+                except (ConnectionError, RuntimeError):
+                    pass
             elif msg.type == WSMsgType.PONG:
                 continue
             elif msg.type == WSMsgType.ERROR:
-                self._log.warning("control_channel_error", extra={"error": str(ws.exception())})
+                error = ws.exception() or msg.data
+                self._log.warning("control_channel_error", extra={"error": str(error)})
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
@@ -193,8 +265,13 @@ class ControlChannel:
 
     def _on_response(self, response: Response) -> None:
         pending = self._requests.get(response.request_id)
-        # Only the listener that got a request may answer it.
-        if pending is None or pending.listener_id != self._listener_id:
+        # Only the listener that got a request may answer it. Listener ids are chosen
+        # by listeners and only unique per hybrid connection, so the entity counts too.
+        if (
+            pending is None
+            or pending.listener_id != self._listener_id
+            or pending.hc_name != self._hc_name
+        ):
             self._log.warning(
                 "response_for_unknown_request", extra={"request_id": response.request_id}
             )
@@ -255,6 +332,11 @@ class ControlChannel:
             if now >= next_ping:
                 next_ping = now + interval
                 try:
-                    await self._ws.ping()
+                    # Bounded: a listener that does not read must not stop this watch (its
+                    # silence, the token's expiry); the ping itself is written at once.
+                    async with asyncio.timeout(interval):
+                        await self._ws.ping()
+                except TimeoutError:
+                    pass
                 except (ConnectionError, RuntimeError):
                     return

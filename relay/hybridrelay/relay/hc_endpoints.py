@@ -37,7 +37,7 @@ from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
-from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.control import ControlChannel, ControlSocketResponse
 from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.handshake import accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
@@ -198,7 +198,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
 
-    ws = web.WebSocketResponse(
+    ws = ControlSocketResponse(
         protocols=(), compress=False, autoping=False, max_msg_size=_CONTROL_MAX_MESSAGE, timeout=5.0
     )
 
@@ -285,7 +285,12 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     if not await state.cluster.listener_count(hc.name):
         raise NoListenerError("no listener is connected to this hybrid connection")
 
-    splice = Splice(close_timeout=state.config.relay.close_timeout, hc_name=hc.name)
+    splice = Splice(
+        close_timeout=state.config.relay.close_timeout,
+        hc_name=hc.name,
+        max_queued_control=state.config.relay.max_queued_control_frames,
+        limit_hit=state.metrics.limit_hit,
+    )
     tracking_id = addr.tracking_id or _new_tracking_id()
     deadline = started + state.config.relay.rendezvous_timeout
     for attempt in range(_REDISPATCHES + 1):
@@ -296,6 +301,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
             sender=request,
             handshake=handshake,
             started=started,
+            suffix=suffix,
         )
         key = state.cluster.add_pending(pending)
         accept = Accept(
@@ -377,12 +383,15 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
 
 async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     key = addr.rendezvous_key
-    pending = state.cluster.claim_pending(key) if key else None
-    if not isinstance(pending, PendingConnect) or pending.future.done():
+    # Look before taking: a dial that is refused leaves the rendezvous to the listener
+    # that has the right address (nothing awaits between the look and the claim).
+    pending = state.cluster.find_pending(key) if key else None
+    if key is None or not isinstance(pending, PendingConnect) or pending.future.done():
         raise RendezvousError("the rendezvous address is unknown, used or expired")
-    if not addr.path.lower().startswith(pending.hc_name.lower()):
-        pending.future.set_exception(RendezvousError("rendezvous address mismatch"))
-        raise RendezvousError("the rendezvous address does not match its hybrid connection")
+    if not pending.dialled_at(addr.path):
+        log.warning("rendezvous_path_mismatch", extra={"hc": pending.hc_name, "action": "accept"})
+        raise RendezvousError("the rendezvous address is unknown, used or expired")
+    state.cluster.claim_pending(key)
     if addr.status_code is not None:
         pending.future.set_result(_Rejected(addr.status_code, addr.status_description or ""))
         return web.Response(status=410, reason="Gone", text="rejection delivered to the sender")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
 from aiohttp import web
@@ -62,7 +62,7 @@ from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
-from hybridrelay.relay.splice import take_over
+from hybridrelay.relay.splice import LIMIT_QUEUED_CONTROL, take_over
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ensure_enabled
 
@@ -390,11 +390,18 @@ async def handle_request_dial(
     pending = state.cluster.find_pending(key)
     if not isinstance(pending, PendingRequest) or pending.body.finished:
         raise RendezvousError("the rendezvous address is unknown, used or expired")
+    if not pending.dialled_at(addr.path):
+        log.warning("rendezvous_path_mismatch", extra={"hc": pending.hc_name, "action": "request"})
+        raise RendezvousError("the rendezvous address is unknown, used or expired")
     handshake = parse_client_handshake(request.method, request.headers)
     chosen = handshake.protocols[0] if handshake.protocols else None
     reply = web.StreamResponse(status=101, headers=accept_headers(handshake, chosen))
     await reply.prepare(request)
-    sock = HttpRendezvous(pending)
+    sock = HttpRendezvous(
+        pending,
+        max_queued_control=state.config.relay.max_queued_control_frames,
+        limit_hit=state.metrics.limit_hit,
+    )
     try:
         sock.attach(take_over(request))
     except ConnectionError:
@@ -417,10 +424,29 @@ async def handle_request_dial(
     return reply
 
 
-class HttpRendezvous(asyncio.Protocol):
-    """One listener rendezvous socket of an HTTP request, after the relay's 101."""
+# Why a rendezvous socket is not being read (bits of HttpRendezvous._holds).
+_BODY_FULL: Final = 1  # the sender has not taken the response body read so far
+_PONG_BACKLOG: Final = 2  # max_queued_control_frames pongs wait for room in the write buffer
 
-    def __init__(self, pending: PendingRequest) -> None:
+
+class HttpRendezvous(asyncio.Protocol):
+    """One listener rendezvous socket of an HTTP request, after the relay's 101.
+
+    Pongs the relay owes the listener wait while the socket's write buffer is over
+    its mark (a listener that pings and never reads must not fill relay memory,
+    issue 11); at ``max_queued_control`` of them the socket stops being read until
+    they are written, and later pongs replace the newest waiting one (RFC 6455
+    §5.5.3). Reading also stops while the sender has not taken the response body
+    (``BodyPipe``); it resumes only when neither holds.
+    """
+
+    def __init__(
+        self,
+        pending: PendingRequest,
+        *,
+        max_queued_control: int = 64,
+        limit_hit: Callable[[str], None] = lambda limit: None,
+    ) -> None:
         self._pending = pending
         self._parser = FrameParser(self, masked=True)
         self._transport: asyncio.Transport | None = None
@@ -428,6 +454,10 @@ class HttpRendezvous(asyncio.Protocol):
         self._text: bytearray | None = None  # a response header being received
         self._in_body = False
         self._write_paused = False
+        self._pongs: list[bytes] = []  # owed while the write buffer is over its mark
+        self._max_pongs = max_queued_control
+        self._limit_hit = limit_hit
+        self._holds = 0  # _BODY_FULL, _PONG_BACKLOG
         self._drain: asyncio.Future[None] | None = None
         self._close_sent = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -441,7 +471,7 @@ class HttpRendezvous(asyncio.Protocol):
         if transport.is_closing():
             self.connection_lost(None)
             return
-        self._pending.body.set_flow_control(transport.pause_reading, transport.resume_reading)
+        self._pending.body.set_flow_control(self._hold_for_body, self._release_for_body)
         if tail:
             self.data_received(tail)
 
@@ -478,8 +508,34 @@ class HttpRendezvous(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._pongs:
+            pongs, self._pongs = self._pongs, []
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.writelines(pongs)
+            self._unhold(_PONG_BACKLOG)
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+
+    # -- reading holds -----------------------------------------------------------------
+
+    def _hold(self, reason: int) -> None:
+        holds = self._holds
+        self._holds = holds | reason
+        if not holds and self._transport is not None:
+            self._transport.pause_reading()
+
+    def _unhold(self, reason: int) -> None:
+        holds = self._holds
+        if holds & reason:
+            self._holds = holds = holds & ~reason
+            if not holds and self._transport is not None:
+                self._transport.resume_reading()
+
+    def _hold_for_body(self) -> None:
+        self._hold(_BODY_FULL)
+
+    def _release_for_body(self) -> None:
+        self._unhold(_BODY_FULL)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -533,13 +589,28 @@ class HttpRendezvous(asyncio.Protocol):
 
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
-            self._write_control(Opcode.PONG, payload)
+            self._pong(payload)
         elif opcode == Opcode.CLOSE:
             if not self._close_sent:
                 self._close_sent = True
-                self._write_control(Opcode.CLOSE, payload)
+                self._write_close(payload)
             if self._transport is not None:
                 self._transport.close()
+
+    def _pong(self, payload: bytes) -> None:
+        frame = encode_frame(fin=True, opcode=Opcode.PONG, payload=payload)
+        if not self._write_paused:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(frame)
+            return
+        pongs = self._pongs
+        if len(pongs) < self._max_pongs:
+            pongs.append(frame)
+            if len(pongs) == self._max_pongs:
+                self._hold(_PONG_BACKLOG)
+                self._limit_hit(LIMIT_QUEUED_CONTROL)
+        else:
+            pongs[-1] = frame  # RFC 6455 §5.5.3: answering the most recent ping is enough
 
     def _on_header(self, text: bytes) -> None:
         message = decode(text)
@@ -552,16 +623,21 @@ class HttpRendezvous(asyncio.Protocol):
 
     # -- closing --------------------------------------------------------------------------
 
-    def _write_control(self, opcode: int, payload: bytes) -> None:
+    def _write_close(self, payload: bytes) -> None:
+        # Written at once even over the mark: one per socket. Pongs still owed are moot,
+        # and the listener's answering close must be read.
+        if self._pongs:
+            self._pongs.clear()
+            self._unhold(_PONG_BACKLOG)
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode_frame(fin=True, opcode=opcode, payload=payload))
+            self._transport.write(encode_frame(fin=True, opcode=Opcode.CLOSE, payload=payload))
 
     def finish(self) -> None:
         """Close with 1000: the exchange on this socket is over (single use, HC §4)."""
         if self._close_sent or self._in_body:
             return
         self._close_sent = True
-        self._write_control(Opcode.CLOSE, encode_close_payload(1000, ""))
+        self._write_close(encode_close_payload(1000, ""))
         if self._close_timer is None and self._transport is not None:
             self._close_timer = asyncio.get_running_loop().call_later(5.0, self.abort)
 
@@ -572,7 +648,7 @@ class HttpRendezvous(asyncio.Protocol):
             self._in_body = False
         if not self._close_sent:
             self._close_sent = True
-            self._write_control(Opcode.CLOSE, encode_close_payload(code, reason))
+            self._write_close(encode_close_payload(code, reason))
         if self._transport is not None:
             self._transport.close()
 

@@ -28,6 +28,17 @@ if TYPE_CHECKING:  # cluster.base imports this module
 __all__ = ["LISTENER_GONE", "SPLICED", "BodyPipe", "PendingConnect", "PendingRequest"]
 
 
+def _is_path(dialled: str, entity: str, suffix: str) -> bool:
+    """Whether a dial's decoded path is the one the relay put in the rendezvous address.
+
+    Listeners dial the address verbatim (HC §2.4, §2.6): the entity as registered
+    (compared ignoring case, as every entity name is) and the sender's suffix exactly.
+    A prefix is not enough: the key of ``hc1`` must not open a dial to ``hc10``.
+    """
+    n = len(entity)
+    return dialled[:n].casefold() == entity.casefold() and dialled[n:] == suffix
+
+
 # PendingConnect outcomes: the listener holding the accept vanished without dialling;
 # the listener dialled, both legs have their 101 and the splice runs.
 LISTENER_GONE: Final = object()
@@ -50,8 +61,13 @@ class PendingConnect:
     sender: web.Request  # its 101 is written by the listener's dial
     handshake: ClientHandshake  # the sender's
     started: float  # loop time the sender arrived
+    suffix: str = ""  # the sender's path after the entity, kept in the accept address
     listener_id: str = ""  # the listener the accept went to
     handle: ListenerHandle | None = None
+
+    def dialled_at(self, path: str) -> bool:
+        """Whether a dial to ``path`` (decoded, after ``/$hc/``) is to this accept address."""
+        return _is_path(path, self.hc_name, self.suffix)
 
     def chosen(self, handle: ListenerHandle) -> None:
         self.listener_id = handle.listener_id
@@ -175,6 +191,10 @@ class PendingRequest:
     # The body, when the relay read it whole for an inline delivery that went elsewhere
     # (a listener on another node gets the request over its rendezvous socket instead).
     prefetched: bytes | None = None
+
+    def dialled_at(self, path: str) -> bool:
+        """Whether a dial to ``path`` is to this request's address (the entity, no suffix)."""
+        return _is_path(path, self.hc_name, "")
 
     def deliver_header(self, response: Response) -> bool:
         """Record the response header; False if one arrived already."""

@@ -14,6 +14,18 @@ Backpressure: when a leg's transport buffer passes its high-water mark, asyncio
 calls ``pause_writing`` on that leg, which pauses *reading* on the other leg;
 ``resume_writing`` resumes it. A reader that stops reading thus stops the writer.
 
+The relay also writes to a leg on its own account: a pong for each ping the leg
+sends, and close frames. Those wait in ``Leg.queued`` while a data frame to the
+leg is in flight, and also while the leg's own write buffer is over its mark, so
+a peer that pings and never reads cannot fill relay memory with pongs (issue 11).
+At ``max_queued_control_frames`` waiting frames later pongs replace the newest
+waiting one (RFC 6455 §5.5.3 allows answering only the most recent ping), and a
+leg whose write buffer is over its mark stops being read until it has taken
+them. The leg's own full write buffer alone does not stop reading it: its data
+goes to the *other* leg, whose buffer decides, so the two directions stay as
+independent as over plain TCP. Each reason to stop reading is a bit in
+``Leg._holds``; a leg reads again only when none is left.
+
 Close (HC §5, RFC 6455 §7): a close frame is forwarded with its code and
 reason; the other direction keeps flowing until the other side closes too
 (NET's half-close), then the relay closes both TCP connections. A leg that
@@ -24,7 +36,6 @@ Ping/pong are answered per hop and never forwarded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -42,7 +53,7 @@ from hybridrelay.protocol.frames import (
     parse_close_payload,
 )
 
-__all__ = ["Leg", "Splice", "Upgraded", "forget", "take_over"]
+__all__ = ["LIMIT_QUEUED_CONTROL", "Leg", "Splice", "Upgraded", "forget", "take_over"]
 
 log = logging.getLogger(RELAY)
 
@@ -55,6 +66,15 @@ WRITE_HIGH_WATER: Final = 256 * 1024
 _PONG: Final = int(Opcode.PONG)
 _PING: Final = int(Opcode.PING)
 _CLOSE: Final = int(Opcode.CLOSE)
+_PONG_FIRST_BYTE: Final = 0x80 | _PONG  # an encoded pong frame starts with this byte
+
+# Why a leg is not being read (bits of Leg._holds); it reads again when none is left.
+_UNRELEASED: Final = 1  # attached, waiting for the other leg (Leg.release)
+_PEER_FULL: Final = 2  # the peer's write buffer is over the mark: what we read would pile up
+_BACKLOG: Final = 4  # max_queued_control_frames frames wait for room in this leg's buffer
+
+# hybridrelay_limit_refusals{limit=...}: each time a leg's control-frame queue fills up.
+LIMIT_QUEUED_CONTROL: Final = "max_queued_control_frames"
 
 
 class _TailCollector:
@@ -130,11 +150,14 @@ class Leg(asyncio.Protocol):
     """One side of a relayed connection: a client's WebSocket after the relay's 101."""
 
     __slots__ = (
+        "_close_after_flush",
         "_close_timer",
         "_forwarding",
         "_header",
+        "_holds",
         "_inner",
         "_tail",
+        "_write_paused",
         "bytes_in",
         "close_received",
         "close_sent",
@@ -160,7 +183,12 @@ class Leg(asyncio.Protocol):
         # Bytes of the frame currently streamed *to* this leg that are still to come;
         # control frames for this leg wait while it is non-zero.
         self.out_remaining = 0
+        # Control frames for this leg that wait for the frame in flight or for room in the
+        # write buffer; at most Splice.max_queued_control of them (then pongs coalesce).
         self.queued: list[bytes] = []
+        self._write_paused = False  # this leg's write buffer is over its high-water mark
+        self._holds = 0  # reasons not to read this leg (_UNRELEASED, _PEER_FULL, _BACKLOG)
+        self._close_after_flush = False  # close_transport waits for queued frames to go out
         self._header: bytes | None = None
         self._forwarding = True
         self.close_sent = False
@@ -189,6 +217,7 @@ class Leg(asyncio.Protocol):
             self.connection_lost(None)
             return
         self._tail = tail
+        self._holds |= _UNRELEASED
         if paused:
             transport.pause_reading()
         else:
@@ -201,7 +230,24 @@ class Leg(asyncio.Protocol):
             return
         if tail:
             self.data_received(tail)
-        self.transport.resume_reading()
+        self._holds &= ~_UNRELEASED
+        if not self._holds and not self.lost:
+            self.transport.resume_reading()
+
+    # -- reading holds: pause while any reason holds, resume when none is left ----------
+
+    def _hold(self, reason: int) -> None:
+        holds = self._holds
+        self._holds = holds | reason
+        if not holds and not self.lost and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _unhold(self, reason: int) -> None:
+        holds = self._holds
+        if holds & reason:
+            self._holds = holds = holds & ~reason
+            if not holds and not self.lost and self.transport is not None:
+                self.transport.resume_reading()
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -230,14 +276,15 @@ class Leg(asyncio.Protocol):
         self.splice.leg_lost(self)
 
     def pause_writing(self) -> None:
-        peer = self.peer
-        if not peer.lost and peer.transport is not None:
-            peer.transport.pause_reading()
+        self._write_paused = True
+        self.peer._hold(_PEER_FULL)
 
     def resume_writing(self) -> None:
-        peer = self.peer
-        if not peer.lost and peer.transport is not None:
-            peer.transport.resume_reading()
+        self._write_paused = False
+        if self.queued and not self.out_remaining:
+            self.flush_queued()
+        self._unhold(_BACKLOG)  # what still waits, waits for the frame in flight only
+        self.peer._unhold(_PEER_FULL)
 
     # -- FrameSink: frames received on this leg go to the peer ---------------------
 
@@ -266,7 +313,7 @@ class Leg(asyncio.Protocol):
             write(data)
         if frame_done:
             peer.out_remaining = 0
-            if peer.queued:
+            if peer.queued and not peer._write_paused:
                 peer.flush_queued()
         else:
             peer.out_remaining -= len(data)
@@ -289,27 +336,58 @@ class Leg(asyncio.Protocol):
         if self.lost or self.transport is None:
             return
         frame = encode_frame(fin=True, opcode=opcode, payload=payload)
-        if self.out_remaining:
-            self.queued.append(frame)  # a streamed frame is in flight; send after it
+        if self.out_remaining or self._write_paused:
+            # A streamed frame is in flight (send after it), or the leg does not read
+            # what it is sent: nothing the relay owes it goes into the transport buffer.
+            self._queue_control(frame)
         else:
             self.transport.write(frame)
+
+    def _queue_control(self, frame: bytes) -> None:
+        queued = self.queued
+        limit = self.splice.max_queued_control
+        if len(queued) < limit:
+            queued.append(frame)
+            if len(queued) < limit:
+                return
+            self.splice.limit_hit(LIMIT_QUEUED_CONTROL)
+        elif frame[0] == _PONG_FIRST_BYTE and queued[-1][0] == _PONG_FIRST_BYTE:
+            # RFC 6455 §5.5.3: a pong for the most recent ping answers the earlier ones.
+            queued[-1] = frame
+        else:
+            queued.append(frame)  # the one close frame (close_sent guards it)
+        # Full. A leg that does not read what it is sent stops being read until it does.
+        # A backlog that only waits for a frame in flight is left to coalesce: holding
+        # there could make two legs wait forever, each for the other's frame.
+        if self._write_paused and not self._holds & _BACKLOG:
+            self._hold(_BACKLOG)
 
     def flush_queued(self) -> None:
         frames, self.queued = self.queued, []
         if self.transport is not None and not self.lost:
             self.transport.writelines(frames)
-            if any(f[0] & 0x0F == _CLOSE for f in frames) and self.close_received:
+            if self._close_after_flush:
                 self.transport.close()
+        self._unhold(_BACKLOG)
 
     def send_close(self, payload: bytes, *, timeout: float | None) -> None:
         """Send a close frame (once); abort instead if a frame to this leg is half written."""
         if self.lost or self.close_sent:
             return
         self.close_sent = True
-        if self.out_remaining and self.peer.lost:
-            # The frame in flight to this leg can never be completed: its source is gone.
-            self.abort()
-            return
+        source = self.peer
+        if self.out_remaining and source.lost:
+            if source._header is None:
+                # Part of the frame in flight to this leg is on the wire and its source
+                # is gone: it can never be completed, and nothing may follow it.
+                self.abort()
+                return
+            # Headers go out with the first payload bytes: not a byte of this frame was
+            # written, so the leg can still be told why with a proper close (HC §5: 1011).
+            source._header = None
+            self.out_remaining = 0
+            if self.queued and not self._write_paused:
+                self.flush_queued()
         self.send_control(_CLOSE, payload)
         if timeout is not None:
             self.arm_close_timer(timeout)
@@ -322,7 +400,8 @@ class Leg(asyncio.Protocol):
     def close_transport(self) -> None:
         if not self.lost and self.transport is not None:
             if self.queued:
-                return  # flush_queued closes once the pending close frame is out
+                self._close_after_flush = True  # once the pending close frame is out
+                return
             self.transport.close()
 
     def abort(self) -> None:
@@ -340,9 +419,21 @@ class Splice:
             the attribute of that name may be replaced until the splice finishes.
         hc_name: the hybrid connection relayed, so that deleting it can shut the splice
             (``reactions.py``); ``PendingConnect`` fills it in when not given.
+        max_queued_control: control frames (pongs, a close) that may wait for one leg
+            before it stops being read (``[relay] max_queued_control_frames``).
+        limit_hit: counts a limit reached, by name (``RelayMetrics.limit_hit``).
     """
 
-    __slots__ = ("_close_timeout", "done", "hc_name", "listener", "on_finish", "sender")
+    __slots__ = (
+        "_close_timeout",
+        "done",
+        "hc_name",
+        "limit_hit",
+        "listener",
+        "max_queued_control",
+        "on_finish",
+        "sender",
+    )
 
     def __init__(
         self,
@@ -350,8 +441,12 @@ class Splice:
         close_timeout: float,
         on_finish: Callable[[int, int], None] | None = None,
         hc_name: str | None = None,
+        max_queued_control: int = 64,
+        limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.hc_name = hc_name
+        self.max_queued_control = max_queued_control
+        self.limit_hit = limit_hit
         self.sender = Leg("sender", self)
         self.listener = Leg("listener", self)
         self.sender.peer = self.listener
@@ -428,10 +523,8 @@ class Splice:
             else:
                 # The close we forwarded may still await its answer; bound the wait.
                 peer.arm_close_timer(self._close_timeout)
-            if peer.transport is not None and not peer.lost:
-                # Nothing is left to wait for on this side.
-                with contextlib.suppress(RuntimeError):
-                    peer.transport.resume_reading()
+            # Nothing is left to wait for on this side: read the peer's close.
+            peer._unhold(_PEER_FULL)
             return
         self._finish()
 

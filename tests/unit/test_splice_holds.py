@@ -1,0 +1,158 @@
+"""Why a splice leg is not read, reason by reason (relay/splice.py ``Leg._holds``).
+
+A leg may be unread for several reasons at once (its peer's buffer is full, the
+control frames it is owed pile up); it must be read again only when the last one
+is gone, whatever the order. Driven with bytes through a recording transport:
+the socket behaviour itself is covered by tests/security/test_ping_flood.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hybridrelay.protocol.frames import encode_frame
+from hybridrelay.relay.splice import Splice
+
+_MASK = b"\x0a\x0b\x0c\x0d"
+
+
+class RecordingTransport(asyncio.Transport):
+    """Records what a leg writes and whether it reads; pause/resume must alternate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.written = bytearray()
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        assert self.reading, "paused twice"
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        return None
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def _ping(payload: bytes) -> bytes:
+    return encode_frame(fin=True, opcode=0x9, payload=payload, mask=_MASK)
+
+
+def _pong(payload: bytes) -> bytes:
+    return encode_frame(fin=True, opcode=0xA, payload=payload)
+
+
+@pytest.fixture
+def hits() -> list[str]:
+    return []
+
+
+@pytest.fixture
+async def splice(hits: list[str]) -> Splice:
+    splice = Splice(close_timeout=5.0, max_queued_control=4, limit_hit=hits.append)
+    splice.listener.attach((RecordingTransport(), None, b""), paused=True)
+    splice.join((RecordingTransport(), None, b""))
+    return splice
+
+
+def _transport(leg: Any) -> RecordingTransport:
+    transport = leg.transport
+    assert isinstance(transport, RecordingTransport)
+    return transport
+
+
+async def test_pongs_to_a_leg_that_does_not_read_wait_then_coalesce_then_hold(
+    splice: Splice, hits: list[str]
+) -> None:
+    sender = _transport(splice.sender)
+    splice.sender.pause_writing()  # its socket buffer is over the mark
+    splice.sender.data_received(b"".join(_ping(b"%d" % i) for i in range(3)))
+    assert sender.written == b""  # nothing more goes into a full buffer
+    assert sender.is_reading()
+    assert not hits
+    splice.sender.data_received(_ping(b"3") + _ping(b"4") + _ping(b"5"))
+    # Fourth pong: the queue is full, the leg is not read; later pongs replace the newest.
+    assert not sender.is_reading()
+    assert hits == ["max_queued_control_frames"]
+    assert splice.sender.queued == [_pong(b"0"), _pong(b"1"), _pong(b"2"), _pong(b"5")]
+    splice.sender.resume_writing()
+    assert sender.written == _pong(b"0") + _pong(b"1") + _pong(b"2") + _pong(b"5")
+    assert sender.is_reading()
+
+
+@pytest.mark.parametrize("first", ["own", "peer"])
+async def test_a_leg_held_for_two_reasons_reads_again_only_when_both_are_gone(
+    splice: Splice, first: str
+) -> None:
+    sender = _transport(splice.sender)
+    splice.sender.pause_writing()
+    splice.sender.data_received(b"".join(_ping(b"%d" % i) for i in range(4)))
+    splice.listener.pause_writing()  # and what the sender sends could not be written
+    assert not sender.is_reading()
+    if first == "own":
+        splice.sender.resume_writing()
+        assert not sender.is_reading()  # the listener's buffer is still full
+        splice.listener.resume_writing()
+    else:
+        splice.listener.resume_writing()
+        assert not sender.is_reading()  # its own pongs still wait
+        splice.sender.resume_writing()
+    assert sender.is_reading()
+
+
+async def test_pongs_behind_a_frame_in_flight_coalesce_without_holding_the_leg(
+    splice: Splice, hits: list[str]
+) -> None:
+    sender, listener = _transport(splice.sender), _transport(splice.listener)
+    # The listener starts a 10-byte frame to the sender and sends 4 bytes of it.
+    frame = encode_frame(fin=True, opcode=0x2, payload=b"0123456789", mask=_MASK)
+    splice.listener.data_received(frame[:10])
+    splice.sender.data_received(b"".join(_ping(b"%d" % i) for i in range(6)))
+    # The queue is full but only waits for that frame: the sender is still read (holding
+    # it could make two legs each wait for the other's frame).
+    assert sender.is_reading()
+    assert listener.is_reading()
+    assert hits == ["max_queued_control_frames"]
+    assert len(splice.sender.queued) == 4
+    splice.listener.data_received(frame[10:])
+    pongs = _pong(b"0") + _pong(b"1") + _pong(b"2") + _pong(b"5")
+    assert sender.written == b"\x82\x0a0123456789" + pongs
+
+
+async def test_the_unreleased_listener_leg_stays_unread_whatever_its_peer_does() -> None:
+    splice = Splice(close_timeout=5.0)
+    listener = RecordingTransport()
+    splice.listener.attach((listener, None, b""), paused=True)
+    splice.sender.attach((RecordingTransport(), None, b""))
+    splice.sender.pause_writing()
+    splice.sender.resume_writing()
+    assert not listener.is_reading()  # still waiting for release()
+    splice.listener.release()
+    assert listener.is_reading()
