@@ -24,12 +24,19 @@ bodies (``error_code``); the values follow the protocol doc, Part 1 §7.
     ├── RejectedError(status, description) listener's own status
     ├── UpstreamTimeoutError               504
     ├── BadGatewayError                    502
-    ├── UnavailableError                   503
+    ├── UnavailableError                   503 (Retry-After when retrying helps)
+    ├── RequestTimeoutError                408: a sender's head or body stalled
+    ├── RateLimitedError                   429 + Retry-After: a per-source cap
     ├── HandshakeError(status, reason)     a non-101 answer seen by a WebSocket client
     ├── ConnectionClosedError(code, reason)
     ├── ValidationError(field, reason)     400 (ArgumentInvalid): a management input is invalid
     ├── ConflictError                      409: exists already, config-owned, concurrent change
     └── PreconditionFailedError            412: If-Match names another etag
+
+An error raised because a limit against hostile peers was hit names that limit
+(``limit``, the config key in docs/security.md) and may say when a retry can
+succeed (``retry_after``, seconds); the middleware counts the one and sends the
+other as ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -54,8 +61,10 @@ __all__ = [
     "PreconditionFailedError",
     "ProtocolError",
     "QuotaExceededError",
+    "RateLimitedError",
     "RejectedError",
     "RendezvousError",
+    "RequestTimeoutError",
     "TokenExpiredError",
     "UnavailableError",
     "UpstreamTimeoutError",
@@ -69,6 +78,13 @@ class HybridRelayError(Exception):
     http_status: ClassVar[int] = 500
     close_code: ClassVar[int] = 1011
     error_code: ClassVar[str] = "InternalServerError"
+
+    def __init__(
+        self, *args: object, limit: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(*args)
+        self.limit = limit  # the limit (config key) this refusal enforces, if any
+        self.retry_after = retry_after  # seconds until a retry may succeed, if known
 
 
 class ConfigError(HybridRelayError):
@@ -192,6 +208,22 @@ class UnavailableError(HybridRelayError):
     http_status = 503
     close_code = 1001
     error_code = "ServiceUnavailable"
+
+
+class RequestTimeoutError(HybridRelayError):
+    """A sender's request head or body stalled longer than the relay waits (RFC 9110 §15.5.9)."""
+
+    http_status = 408
+    close_code = 1008
+    error_code = "RequestTimeout"
+
+
+class RateLimitedError(HybridRelayError):
+    """A source address is over its share (connections or requests per second)."""
+
+    http_status = 429
+    close_code = 1008
+    error_code = "TooManyRequests"
 
 
 class HandshakeError(HybridRelayError):

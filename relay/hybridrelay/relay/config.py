@@ -13,6 +13,7 @@ listen.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -160,10 +161,17 @@ class RelaySettings:
     # (hybridrelay_limit_refusals{limit=...}). The defaults are far above what a single
     # IoT gateway behind NAT ever needs.
     handshake_timeout: float = 10.0  # TCP accept -> whole request head read (408)
+    # An idle keep-alive connection (its last response sent, no next request head yet) is
+    # closed after this long, as nginx does (75 s); longer than clients' own pool timeouts.
+    keepalive_timeout: float = 75.0
     body_idle_timeout: float = 30.0  # HTTP mode: longest silence in a sender's body (408)
     max_connections_per_ip: int = 2000  # concurrent TCP connections per source address (429)
     handshake_rate_per_ip: float = 200.0  # sustained requests/s per source address (429)
     handshake_burst_per_ip: int = 1000  # ... with this many at once
+    # Source networks the per-IP caps above do not apply to. Loopback by default: a local
+    # TLS-terminating proxy or a co-located agent is the source of everyone behind it, so
+    # capping it would cap them all (the proxy is where per-client limits belong then).
+    per_ip_limits_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_pending_per_hc: int = 1000  # senders + HTTP requests waiting on one entity (503)
     max_queued_control_frames: int = 64  # control frames queued to one leg (then not read)
     max_token_lifetime: float = 366 * 86_400.0  # a token's se further ahead: 401; 0: off
@@ -416,10 +424,12 @@ _ENV_TYPES: Mapping[str, type] = {
     "client_cert": str,
     "client_ca_file": str,
     "handshake_timeout": float,
+    "keepalive_timeout": float,
     "body_idle_timeout": float,
     "max_connections_per_ip": int,
     "handshake_rate_per_ip": float,
     "handshake_burst_per_ip": int,
+    "per_ip_limits_exempt": tuple,
     "max_pending_per_hc": int,
     "max_queued_control_frames": int,
     "max_token_lifetime": float,
@@ -447,6 +457,8 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
                 merged[key] = int(raw)
             elif kind is float:
                 merged[key] = float(raw)
+            elif kind is tuple:  # a comma-separated list: "10.0.0.0/8, ::1/128"
+                merged[key] = [item.strip() for item in raw.split(",") if item.strip()]
             else:
                 merged[key] = raw
         except ValueError as exc:
@@ -462,6 +474,17 @@ def _client_cert_mode(table: Table) -> ClientCertMode:
     if mode is None:
         raise table.error("client_cert", "must be none, optional or required")
     return mode
+
+
+def _networks(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of CIDR networks ("10.0.0.0/8", "::1/128"; a bare address is one host)."""
+    values = table.str_list(key, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise table.error(key, f"{value!r} is not an IP network (CIDR)") from exc
+    return values
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -497,6 +520,9 @@ def _settings(table: Table) -> RelaySettings:
         handshake_timeout=table.get_float(
             "handshake_timeout", d.handshake_timeout, minimum=0.1, maximum=600
         ),
+        keepalive_timeout=table.get_float(
+            "keepalive_timeout", d.keepalive_timeout, minimum=0.1, maximum=3600
+        ),
         body_idle_timeout=table.get_float(
             "body_idle_timeout", d.body_idle_timeout, minimum=0.1, maximum=3600
         ),
@@ -509,6 +535,7 @@ def _settings(table: Table) -> RelaySettings:
         handshake_burst_per_ip=table.get_int(
             "handshake_burst_per_ip", d.handshake_burst_per_ip, minimum=1, maximum=10_000_000
         ),
+        per_ip_limits_exempt=_networks(table, "per_ip_limits_exempt", d.per_ip_limits_exempt),
         max_pending_per_hc=table.get_int(
             "max_pending_per_hc", d.max_pending_per_hc, minimum=1, maximum=10_000_000
         ),
