@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -21,7 +22,13 @@ import pytest
 from hybridrelay.errors import ConnectionClosedError
 from tests.harness.http_peers import HttpListener
 from tests.harness.peers import RawListener, connect_url, send, token_for
-from tests.harness.raw_http import RawResponse, limit_refusals, open_raw, read_response
+from tests.harness.raw_http import (
+    RawResponse,
+    limit_refusals,
+    open_raw,
+    read_response,
+    relay_address,
+)
 from tests.harness.relay import RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
@@ -226,6 +233,48 @@ async def test_a_sender_vanishing_mid_body_is_one_info_line(
     _assert_quiet(relay)
 
 
+async def test_a_sender_that_stops_reading_its_response_is_cut(
+    relay_process_factory: ProcessFactory,
+) -> None:
+    """A sender never reads a 16 MiB response: cut at body_idle_timeout, its pending slot freed."""
+    relay = await relay_process_factory(
+        relay_extra="body_idle_timeout = 1\nmax_pending_per_hc = 1", extra=OPEN_HCS
+    )
+    listener = await HttpListener(relay.url, "open-a").start()
+    host, port = relay_address(relay.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up at once
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    upload: asyncio.Task[None] | None = None
+    try:
+        writer.write(b"GET /open-a/big HTTP/1.1\r\nHost: relay\r\n\r\n")  # never reads
+        async with asyncio.timeout(seconds(30)):
+            request = await listener.next_request()
+            ws = await listener.dial(request)
+            upload = asyncio.create_task(
+                listener.respond(request.id, 200, body=b"x" * (16 << 20), ws=ws)
+            )
+            # The entity's one pending slot is the reader's until the relay cuts it.
+            async with _answering(listener), aiohttp.ClientSession() as session:
+                while True:  # bounded by the timeout above
+                    async with session.get(f"{relay.http_url}/open-a/small") as resp:
+                        if resp.status == 200:
+                            break
+                        assert resp.status == 503
+                    await asyncio.sleep(0.1)
+        assert await limit_refusals(relay.url, "body_idle_timeout") == 1
+    finally:
+        if upload is not None:
+            upload.cancel()
+            await asyncio.wait({upload})
+        writer.close()
+        await listener.stop()
+    await relay.stop()
+    _assert_quiet(relay)
+
+
 # -- 1,000 slow clients -------------------------------------------------------------------------
 
 
@@ -415,6 +464,27 @@ async def test_a_flooded_hybrid_connection_does_not_deny_another_http(
         await _close_all(flood)
         await silent.stop()
         await answering.stop()
+
+
+async def test_a_full_rendezvous_table_is_503_with_retry_after(
+    relay_process_factory: ProcessFactory,
+) -> None:
+    """4 requests wait where the whole table holds 3: the 4th gets 503, Retry-After, a count."""
+    relay = await relay_process_factory(relay_extra="max_pending_rendezvous = 3", extra=OPEN_HCS)
+    silent = await HttpListener(relay.url, "open-a").start()
+    flood: list[Stream] = []
+    try:
+        for _ in range(4):
+            stream = await open_raw(relay.url)
+            stream[1].write(b"GET /open-a/x HTTP/1.1\r\nHost: relay\r\n\r\n")
+            flood.append(stream)
+        async with asyncio.timeout(seconds(20)):
+            refused = await _first_answers(flood, 1)
+        assert [(r.status, r.header("Retry-After")) for r in refused] == [(503, "1")]
+        assert await limit_refusals(relay.url, "max_pending_rendezvous") == 1
+    finally:
+        await _close_all(flood)
+        await silent.stop()
 
 
 async def test_a_flooded_hybrid_connection_does_not_deny_another_connect(

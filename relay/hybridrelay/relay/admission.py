@@ -402,8 +402,8 @@ class FrontDoorProtocol(RequestHandler):
         Closing a socket whose peer's request is still unread makes the kernel send a
         TCP reset, and a reset arriving first makes the peer drop our answer unread. So
         the answer goes out with our FIN (on plain TCP), what the peer sends is read and
-        dropped, and the connection closes when the peer closes its side, or after a
-        short linger at most.
+        dropped, and the connection closes when the peer closes its side (aiohttp's
+        ``eof_received`` lets the transport close), or after a short linger at most.
         """
         # A stream transport (uvloop's do not subclass asyncio's: no isinstance check).
         writer = cast(asyncio.Transport, transport)
@@ -419,11 +419,6 @@ class FrontDoorProtocol(RequestHandler):
             return  # aiohttp never knew this connection
         self._release()
         super().connection_lost(exc)
-
-    def eof_received(self) -> None:
-        # Returning None lets the transport close itself: for a refused connection the
-        # peer has read its answer, for any other it had nothing more to say.
-        return None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -475,6 +470,10 @@ class FrontDoorProtocol(RequestHandler):
         self.force_close()  # closes after the 408 is flushed
 
     # -- requests -----------------------------------------------------------------------
+
+    @property
+    def front_door(self) -> FrontDoor:
+        return self._front_door
 
     def admit_request(self) -> Refusal | None:
         """Charge one request to its source: the first was paid when the connection opened."""

@@ -395,13 +395,21 @@ async def _stream_response(
     reply = web.StreamResponse(status=status, reason=reason, headers=headers)
     reply[RELAYED] = sent
     await reply.prepare(request)
+    # A sender that stops reading its response holds the listener's stream and a pending
+    # slot: it gets as long as a sender may pause in its own body, then it is cut.
+    write_timeout = state.config.relay.body_idle_timeout
     try:
         while True:
             async with asyncio.timeout(idle_timeout):
                 chunk = await pending.body.read()
             if not chunk:
                 break
-            await reply.write(chunk)
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await reply.write(chunk)
+            except TimeoutError:
+                state.metrics.limit_hit("body_idle_timeout")
+                raise
     except (HybridRelayError, TimeoutError) as exc:
         # Headers are out: the only honest signal left is a broken response (no final
         # chunk), never a silently truncated 200 (issue 3).

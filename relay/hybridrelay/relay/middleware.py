@@ -74,15 +74,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except HybridRelayError as exc:
         _count(request, exc.http_status)
-        log.info(
-            "request_refused",
-            extra={
-                "status": exc.http_status,
-                "action": _action(request),
-                "reason": str(exc),
-                "path": redact_url(request.path),
-            },
-        )
+        fields: dict[str, object] = {
+            "status": exc.http_status,
+            "action": _action(request),
+            "reason": str(exc),
+            "path": redact_url(request.path),
+        }
+        protocol = request.protocol
+        if exc.limit is not None and isinstance(protocol, FrontDoorProtocol):
+            # A limit's refusals come in floods: their lines share the front door's budget.
+            protocol.front_door.note("request_refused", **fields)
+        else:
+            log.info("request_refused", extra=fields)
         response = error_response(exc.http_status, exc.error_code, str(exc))
         _limit_refusal(request, response, exc)
         return response
