@@ -359,7 +359,15 @@ class FrontDoorProtocol(RequestHandler):
     aiohttp's ``RequestHandler`` is reused untouched otherwise.
     """
 
-    __slots__ = ("_front_door", "_head_timer", "_peer", "_refused", "_requests", "_source")
+    __slots__ = (
+        "_front_door",
+        "_head_timer",
+        "_linger_timer",
+        "_peer",
+        "_refused",
+        "_requests",
+        "_source",
+    )
 
     def __init__(self, manager: web.Server, *, front_door: FrontDoor, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -369,6 +377,7 @@ class FrontDoorProtocol(RequestHandler):
         self._refused = False
         self._requests = 0  # requests that reached the application on this connection
         self._head_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None  # a refused connection's
 
     # -- connection ---------------------------------------------------------------------
 
@@ -410,12 +419,12 @@ class FrontDoorProtocol(RequestHandler):
         writer.write(answer)
         if writer.can_write_eof():
             writer.write_eof()
-        self._head_timer = self._loop.call_later(_REFUSED_LINGER_S, transport.close)
+        self._linger_timer = self._loop.call_later(_REFUSED_LINGER_S, transport.close)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
             return  # aiohttp never knew this connection
         self._release()
         super().connection_lost(exc)

@@ -168,10 +168,19 @@ class RelaySettings:
     max_connections_per_ip: int = 2000  # concurrent TCP connections per source address (429)
     handshake_rate_per_ip: float = 200.0  # sustained requests/s per source address (429)
     handshake_burst_per_ip: int = 1000  # ... with this many at once
-    # Source networks the per-IP caps above do not apply to. Loopback by default: a local
-    # TLS-terminating proxy or a co-located agent is the source of everyone behind it, so
-    # capping it would cap them all (the proxy is where per-client limits belong then).
-    per_ip_limits_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Source networks the per-IP caps above do not apply to. Loopback and private networks
+    # by default: there the source is a proxy, ingress or load balancer in front of the
+    # relay (every deployment in deploy/), or a co-located agent, i.e. everyone behind it;
+    # capping it would cap them all, and per-client limits belong on that proxy. Anonymous
+    # internet traffic reaching the relay directly comes from public addresses.
+    per_ip_limits_exempt: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    )
     max_pending_per_hc: int = 1000  # senders + HTTP requests waiting on one entity (503)
     max_queued_control_frames: int = 64  # control frames queued to one leg (then not read)
     max_token_lifetime: float = 366 * 86_400.0  # a token's se further ahead: 401; 0: off
