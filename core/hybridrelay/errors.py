@@ -28,12 +28,19 @@ docs/security.md's table), and the middleware counts it in
     ├── RejectedError(status, description) listener's own status
     ├── UpstreamTimeoutError               504
     ├── BadGatewayError                    502
-    ├── UnavailableError                   503
+    ├── UnavailableError                   503 (Retry-After when retrying helps)
+    ├── RequestTimeoutError                408: a sender's head or body stalled
+    ├── RateLimitedError                   429 + Retry-After: a per-source cap
     ├── HandshakeError(status, reason)     a non-101 answer seen by a WebSocket client
     ├── ConnectionClosedError(code, reason)
     ├── ValidationError(field, reason)     400 (ArgumentInvalid): a management input is invalid
     ├── ConflictError                      409: exists already, config-owned, concurrent change
     └── PreconditionFailedError            412: If-Match names another etag
+
+An error raised because a limit against hostile peers was hit names that limit
+(``limit``, the config key in docs/security.md) and may say when a retry can
+succeed (``retry_after``, seconds); the middleware counts the one and sends the
+other as ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ __all__ = [
     "PreconditionFailedError",
     "ProtocolError",
     "QuotaExceededError",
+    "RateLimitedError",
     "RejectedError",
     "RendezvousError",
+    "RequestTimeoutError",
     "TokenExpiredError",
     "TokenLifetimeError",
     "UnavailableError",
@@ -74,7 +83,20 @@ class HybridRelayError(Exception):
     http_status: ClassVar[int] = 500
     close_code: ClassVar[int] = 1011
     error_code: ClassVar[str] = "InternalServerError"
-    limit: ClassVar[str | None] = None  # the limit against hostile peers that refused this
+    # The limit against hostile peers (its docs/security.md name) this refusal enforces,
+    # if any: a subclass may fix it, a raise may name it. And seconds until a retry may
+    # succeed, if known (Retry-After).
+    limit: str | None = None
+    retry_after: int | None = None
+
+    def __init__(
+        self, *args: object, limit: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(*args)
+        if limit is not None:
+            self.limit = limit
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class ConfigError(HybridRelayError):
@@ -208,6 +230,22 @@ class UnavailableError(HybridRelayError):
     http_status = 503
     close_code = 1001
     error_code = "ServiceUnavailable"
+
+
+class RequestTimeoutError(HybridRelayError):
+    """A sender's request head or body stalled longer than the relay waits (RFC 9110 §15.5.9)."""
+
+    http_status = 408
+    close_code = 1008
+    error_code = "RequestTimeout"
+
+
+class RateLimitedError(HybridRelayError):
+    """A source address is over its share (connections or requests per second)."""
+
+    http_status = 429
+    close_code = 1008
+    error_code = "TooManyRequests"
 
 
 class HandshakeError(HybridRelayError):

@@ -84,6 +84,21 @@ def test_environment_overrides_the_file() -> None:
     assert config.relay.auto_create is True
 
 
+def test_per_ip_limits_exempt_from_the_environment_is_a_comma_separated_list() -> None:
+    path = HERE / "valid" / "minimal.toml"
+    assert "127.0.0.0/8" in load_relay_config(path, {}).relay.per_ip_limits_exempt
+    env = {"HYBRIDRELAY_PER_IP_LIMITS_EXEMPT": "198.51.100.7, 2001:db8::/32"}
+    config = load_relay_config(path, env)
+    assert config.relay.per_ip_limits_exempt == ("198.51.100.7", "2001:db8::/32")
+    assert (
+        load_relay_config(path, {"HYBRIDRELAY_PER_IP_LIMITS_EXEMPT": ""}).relay.per_ip_limits_exempt
+        == ()
+    )
+    with pytest.raises(ConfigError) as info:
+        load_relay_config(path, {"HYBRIDRELAY_PER_IP_LIMITS_EXEMPT": "10.0.0.0/8, nope"})
+    assert info.value.key == "relay.per_ip_limits_exempt"
+
+
 def test_full_file_values() -> None:
     config = load_relay_config(HERE / "valid" / "full.toml", {})
     assert config.relay.public_url == "wss://relay.example.com"

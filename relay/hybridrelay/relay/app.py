@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from hybridrelay.relay import device_auth
+from hybridrelay.relay.admission import PendingShare, rate_limit_middleware
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.config import RelayConfig
@@ -43,7 +44,10 @@ def create_app(
     metrics_: RelayMetrics | None = None,
 ) -> web.Application:
     """Build the relay's aiohttp application from a completed config."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    # rate_limit_middleware raises inside error_middleware, which answers its 429.
+    app = web.Application(
+        middlewares=[error_middleware, rate_limit_middleware], client_max_size=1 << 20
+    )
     m = metrics_ or RelayMetrics()
     state = RelayState(
         config=config,
@@ -55,6 +59,7 @@ def create_app(
         ),
         metrics=m,
         rng=random.Random(),  # noqa: S311 - load spreading only
+        pending_share=PendingShare(config.relay.max_pending_per_hc),
     )
     app[STATE] = state
     watch_remote_listeners(state)

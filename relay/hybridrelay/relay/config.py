@@ -13,6 +13,7 @@ listen.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -165,10 +166,26 @@ class RelaySettings:
     # (hybridrelay_limit_refusals{limit=...}). The defaults are far above what a single
     # IoT gateway behind NAT ever needs.
     handshake_timeout: float = 10.0  # TCP accept -> whole request head read (408)
+    # An idle keep-alive connection (its last response sent, no next request head yet) is
+    # closed after this long, as nginx does (75 s); longer than clients' own pool timeouts.
+    keepalive_timeout: float = 75.0
     body_idle_timeout: float = 30.0  # HTTP mode: longest silence in a sender's body (408)
     max_connections_per_ip: int = 2000  # concurrent TCP connections per source address (429)
     handshake_rate_per_ip: float = 200.0  # sustained requests/s per source address (429)
     handshake_burst_per_ip: int = 1000  # ... with this many at once
+    # Source networks the per-IP caps above do not apply to. Loopback and private networks
+    # by default: there the source is a proxy, ingress or load balancer in front of the
+    # relay (every deployment in deploy/), or a co-located agent, i.e. everyone behind it;
+    # capping it would cap them all, and per-client limits belong on that proxy. Anonymous
+    # internet traffic reaching the relay directly comes from public addresses.
+    per_ip_limits_exempt: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    )
     max_pending_per_hc: int = 1000  # senders + HTTP requests waiting on one entity (503)
     max_queued_control_frames: int = 64  # control frames queued to one leg (then not read)
     max_token_lifetime: float = 366 * 86_400.0  # a token's se further ahead: 401; 0: off
@@ -422,10 +439,12 @@ _ENV_TYPES: Mapping[str, type] = {
     "client_cert": str,
     "client_ca_file": str,
     "handshake_timeout": float,
+    "keepalive_timeout": float,
     "body_idle_timeout": float,
     "max_connections_per_ip": int,
     "handshake_rate_per_ip": float,
     "handshake_burst_per_ip": int,
+    "per_ip_limits_exempt": tuple,
     "max_pending_per_hc": int,
     "max_queued_control_frames": int,
     "max_token_lifetime": float,
@@ -455,6 +474,8 @@ def _env_overrides(data: dict[str, object], env: Mapping[str, str]) -> dict[str,
                 merged[key] = int(raw)
             elif kind is float:
                 merged[key] = float(raw)
+            elif kind is tuple:  # a comma-separated list: "10.0.0.0/8, ::1/128"
+                merged[key] = [item.strip() for item in raw.split(",") if item.strip()]
             else:
                 merged[key] = raw
         except ValueError as exc:
@@ -487,6 +508,17 @@ def _public_hosts(table: Table) -> tuple[str, ...]:
             raise table.error("public_hosts", f"{value!r} is not a host name (host[:port])")
         hosts.append(name)
     return tuple(dict.fromkeys(hosts))
+
+
+def _networks(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of CIDR networks ("10.0.0.0/8", "::1/128"; a bare address is one host)."""
+    values = table.str_list(key, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise table.error(key, f"{value!r} is not an IP network (CIDR)") from exc
+    return values
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -523,6 +555,9 @@ def _settings(table: Table) -> RelaySettings:
         handshake_timeout=table.get_float(
             "handshake_timeout", d.handshake_timeout, minimum=0.1, maximum=600
         ),
+        keepalive_timeout=table.get_float(
+            "keepalive_timeout", d.keepalive_timeout, minimum=0.1, maximum=3600
+        ),
         body_idle_timeout=table.get_float(
             "body_idle_timeout", d.body_idle_timeout, minimum=0.1, maximum=3600
         ),
@@ -535,6 +570,7 @@ def _settings(table: Table) -> RelaySettings:
         handshake_burst_per_ip=table.get_int(
             "handshake_burst_per_ip", d.handshake_burst_per_ip, minimum=1, maximum=10_000_000
         ),
+        per_ip_limits_exempt=_networks(table, "per_ip_limits_exempt", d.per_ip_limits_exempt),
         max_pending_per_hc=table.get_int(
             "max_pending_per_hc", d.max_pending_per_hc, minimum=1, maximum=10_000_000
         ),

@@ -175,6 +175,10 @@ async def _auto_create(state: RelayState, candidate: HybridConnection) -> Hybrid
 async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
     if state.draining:
         raise UnavailableError("the relay is draining; try another node")
+    # The one handshake parser of every leg (400 for what RFC 6455 §4.2.1 refuses, such
+    # as non-ASCII bytes in Sec-WebSocket-Version or -Key), before WebSocketResponse.prepare
+    # could meet them and fail with a 500.
+    parse_client_handshake(request.method, request.headers)
     hc, unsaved = await _listener_entity(state, addr)
     token = _token(request, addr)
     creds = await device_auth.credentials(request, state.store, token)
@@ -293,59 +297,61 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     )
     tracking_id = addr.tracking_id or _new_tracking_id()
     deadline = started + state.config.relay.rendezvous_timeout
-    for attempt in range(_REDISPATCHES + 1):
-        pending = PendingConnect(
-            hc_name=hc.name,
-            future=loop.create_future(),
-            splice=splice,
-            sender=request,
-            handshake=handshake,
-            started=started,
-            suffix=suffix,
-        )
-        key = state.cluster.add_pending(pending)
-        accept = Accept(
-            address=build_rendezvous_address(
-                public_url=state.public_url,
-                entity=hc.name,
+    # One slot of this entity's share while the sender waits for its rendezvous.
+    with state.pending_share.hold(hc.name):
+        for attempt in range(_REDISPATCHES + 1):
+            pending = PendingConnect(
+                hc_name=hc.name,
+                future=loop.create_future(),
+                splice=splice,
+                sender=request,
+                handshake=handshake,
+                started=started,
                 suffix=suffix,
-                app_query=addr.app_query,
-                action="accept",
-                tracking_id=tracking_id,
-                rendezvous_key=key,
-            ),
-            id=tracking_id,
-            connect_headers=_connect_headers(request.headers),
-            remote_endpoint=remote_endpoint(request),
-        )
-        try:
-            await deliver_to_listener(
-                state.cluster,
-                hc.name,
-                accept,
-                allowed=allowed,
-                disallowed=disallowed,
-                on_chosen=pending.chosen,
             )
-            del accept  # not kept alive by a sender that waits
-            state.waiting.add(pending)
+            key = state.cluster.add_pending(pending)
+            accept = Accept(
+                address=build_rendezvous_address(
+                    public_url=state.public_url,
+                    entity=hc.name,
+                    suffix=suffix,
+                    app_query=addr.app_query,
+                    action="accept",
+                    tracking_id=tracking_id,
+                    rendezvous_key=key,
+                ),
+                id=tracking_id,
+                connect_headers=_connect_headers(request.headers),
+                remote_endpoint=remote_endpoint(request),
+            )
             try:
-                async with asyncio.timeout_at(deadline):
-                    outcome = await pending.future
-            except TimeoutError as exc:
-                raise UpstreamTimeoutError("the listener did not accept in time") from exc
-        finally:
-            state.waiting.discard(pending)
-            state.cluster.discard_pending(key)
-            if not pending.future.done():
-                pending.future.cancel()
-        if outcome is not LISTENER_GONE:
-            break
-        log.info(
-            "accept_redispatched", extra={"hc": hc.name, "id": tracking_id, "try": attempt + 1}
-        )
-    else:
-        raise NoListenerError("the listeners went away before accepting")
+                await deliver_to_listener(
+                    state.cluster,
+                    hc.name,
+                    accept,
+                    allowed=allowed,
+                    disallowed=disallowed,
+                    on_chosen=pending.chosen,
+                )
+                del accept  # not kept alive by a sender that waits
+                state.waiting.add(pending)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        outcome = await pending.future
+                except TimeoutError as exc:
+                    raise UpstreamTimeoutError("the listener did not accept in time") from exc
+            finally:
+                state.waiting.discard(pending)
+                state.cluster.discard_pending(key)
+                if not pending.future.done():
+                    pending.future.cancel()
+            if outcome is not LISTENER_GONE:
+                break
+            log.info(
+                "accept_redispatched", extra={"hc": hc.name, "id": tracking_id, "try": attempt + 1}
+            )
+        else:
+            raise NoListenerError("the listeners went away before accepting")
 
     if isinstance(outcome, _Rejected):
         raise RejectedError(outcome.status, outcome.description)

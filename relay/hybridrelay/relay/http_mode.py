@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hybridrelay.errors import (
@@ -37,6 +39,7 @@ from hybridrelay.errors import (
     PayloadTooBigError,
     ProtocolError,
     RendezvousError,
+    RequestTimeoutError,
     UpstreamTimeoutError,
 )
 from hybridrelay.logs import RELAY
@@ -99,7 +102,6 @@ _HOP_BY_HOP: Final = frozenset(
     }
 )
 _CHUNK: Final = 64 * 1024
-_BODY_READ_TIMEOUT: Final = 60.0
 
 
 class MethodNotAllowedError(ProtocolError):
@@ -213,34 +215,88 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     if not await state.cluster.listener_count(hc.name):
         raise BadGatewayError("no listener is connected to this hybrid connection")
 
-    request_id = str(uuid.uuid4())
     length = request.content_length
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     has_body = bool(length) or chunked
     inline = (length is not None and length <= INLINE_BODY_LIMIT) or not has_body
-    message = Request(
-        address="",  # filled in once the rendezvous key exists
-        id=request_id,
-        request_target=target.request_target,
-        method=request.method,
-        remote_endpoint=remote_endpoint(request),
-        request_headers=_request_headers(request, drop_authorization=from_authorization),
-        body=has_body,
+    try:
+        await device_auth.request_started(state, principal, request, hc_name=hc.name, device=device)
+        # A small body is read whole before any pending work exists for it: a sender
+        # that stalls in its body holds no rendezvous slot and no listener's attention.
+        body = await _read_inline_body(request, state) if inline and has_body else None
+        with state.pending_share.hold(hc.name):
+            return await _exchange(
+                request,
+                state,
+                hc_name=hc.name,
+                response_timeout=hc.request_timeout or state.config.relay.request_timeout,
+                message=Request(
+                    address="",  # filled in once the rendezvous key exists
+                    id=str(uuid.uuid4()),
+                    request_target=target.request_target,
+                    method=request.method,
+                    remote_endpoint=remote_endpoint(request),
+                    request_headers=_request_headers(
+                        request, drop_authorization=from_authorization
+                    ),
+                    body=has_body,
+                ),
+                inline=inline,
+                body=body,
+            )
+    finally:
+        device_auth.request_finished(state, request)
+
+
+async def _read_inline_body(request: web.Request, state: RelayState) -> bytes:
+    """The whole (at most 64 KiB) body; 408 when the sender goes silent in it."""
+    idle = state.config.relay.body_idle_timeout
+    parts: list[bytes] = []
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError as exc:
+            raise _body_stalled(idle) from exc
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            raise ProtocolError("the request body is malformed") from exc
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+def _body_stalled(idle: float) -> RequestTimeoutError:
+    return RequestTimeoutError(
+        f"the request body stalled for {idle:g} s", limit="body_idle_timeout"
     )
+
+
+async def _exchange(
+    request: web.Request,
+    state: RelayState,
+    *,
+    hc_name: str,
+    response_timeout: float,
+    message: Request,
+    inline: bool,
+    body: bytes | None,
+) -> web.StreamResponse:
+    """Hand the request to a listener and stream its response back (HC §3.2-3.3, §4)."""
+    timeout = response_timeout
+    request_id = message.id
     pending = PendingRequest(
-        hc_name=hc.name,
+        hc_name=hc_name,
         request_id=request_id,
         listener_id="",  # set when a listener is chosen
         message=message,
         sender=request,
         inline=inline,
     )
-    timeout = hc.request_timeout or state.config.relay.request_timeout
     # The key must outlive the whole exchange: a large response is uploaded at its end.
     key = state.cluster.add_pending(pending, ttl=timeout + 5.0)
     address = build_rendezvous_address(
         public_url=state.public_url,
-        entity=hc.name,
+        entity=hc_name,
         suffix="",
         app_query="",
         action="request",
@@ -253,18 +309,16 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     handle: ListenerHandle | None = None
 
     try:
-        await device_auth.request_started(state, principal, request, hc_name=hc.name, device=device)
-        body = await request.read() if inline and has_body else None
         if body is not None:
             pending.prefetched = body
         compose = _composer(state, pending, address, body)
         try:
             try:
-                handle = await deliver_to_listener(state.cluster, hc.name, compose=compose)
+                handle = await deliver_to_listener(state.cluster, hc_name, compose=compose)
             except PayloadTooBigError:
                 # Escaped header text can outgrow the control channel's 64 KiB.
                 pending.inline = False
-                handle = await deliver_to_listener(state.cluster, hc.name, compose=compose)
+                handle = await deliver_to_listener(state.cluster, hc_name, compose=compose)
         except NoListenerError as exc:
             raise BadGatewayError(str(exc)) from exc
         state.cluster.stream_started(handle)
@@ -279,7 +333,6 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         state.metrics.http_seconds.observe(asyncio.get_running_loop().time() - started)
         return await _stream_response(request, pending, response, state, timeout)
     finally:
-        device_auth.request_finished(state, request)
         state.cluster.discard_pending(key)
         state.http_requests.pop(request_id, None)
         if handle is not None:
@@ -342,13 +395,21 @@ async def _stream_response(
     reply = web.StreamResponse(status=status, reason=reason, headers=headers)
     reply[RELAYED] = sent
     await reply.prepare(request)
+    # A sender that stops reading its response holds the listener's stream and a pending
+    # slot: it gets as long as a sender may pause in its own body, then it is cut.
+    write_timeout = state.config.relay.body_idle_timeout
     try:
         while True:
             async with asyncio.timeout(idle_timeout):
                 chunk = await pending.body.read()
             if not chunk:
                 break
-            await reply.write(chunk)
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await reply.write(chunk)
+            except TimeoutError:
+                state.metrics.limit_hit("body_idle_timeout")
+                raise
     except (HybridRelayError, TimeoutError) as exc:
         # Headers are out: the only honest signal left is a broken response (no final
         # chunk), never a silently truncated 200 (issue 3).
@@ -411,13 +472,18 @@ async def handle_request_dial(
         if not pending.delivered:
             # Rendezvous-only request: this socket gets the full request (HC §3.2).
             pending.delivered = True
-            await sock.send_request(pending)
+            await sock.send_request(pending, state.config.relay.body_idle_timeout)
         await sock.closed
     except (ConnectionError, HybridRelayError, TimeoutError) as exc:
         log.info(
             "request_rendezvous_failed", extra={"request_id": pending.request_id, "error": str(exc)}
         )
-        pending.fail(BadGatewayError("the listener's rendezvous connection failed"))
+        if isinstance(exc, RequestTimeoutError | ProtocolError):
+            # The sender's body stalled or was malformed: the sender gets its 408/400
+            # (unless the response has started), the listener a cut request.
+            pending.fail(exc)
+        else:
+            pending.fail(BadGatewayError("the listener's rendezvous connection failed"))
         sock.abort()
     finally:
         pending.sockets.discard(sock)
@@ -477,7 +543,7 @@ class HttpRendezvous(asyncio.Protocol):
 
     # -- sending the request (rendezvous-only form) ------------------------------------
 
-    async def send_request(self, pending: PendingRequest) -> None:
+    async def send_request(self, pending: PendingRequest, body_idle_timeout: float) -> None:
         self._write(
             encode_frame(fin=True, opcode=Opcode.TEXT, payload=encode(pending.message).encode())
         )
@@ -485,7 +551,7 @@ class HttpRendezvous(asyncio.Protocol):
             return
         # HC §4: the body is exactly one binary message, streamed as it arrives.
         opcode = int(Opcode.BINARY)
-        async for chunk in _read_body(pending):
+        async for chunk in _read_body(pending, body_idle_timeout):
             self._write(encode_frame_header(fin=False, opcode=opcode, length=len(chunk)) + chunk)
             opcode = int(Opcode.CONTINUATION)
             await self._drained()
@@ -664,7 +730,7 @@ class HttpRendezvous(asyncio.Protocol):
             self._transport.abort()
 
 
-async def _read_body(pending: PendingRequest) -> AsyncIterator[bytes]:
+async def _read_body(pending: PendingRequest, idle: float) -> AsyncIterator[bytes]:
     if pending.prefetched is not None:
         if pending.prefetched:
             yield pending.prefetched
@@ -672,8 +738,14 @@ async def _read_body(pending: PendingRequest) -> AsyncIterator[bytes]:
     # Only while the sender's handler still owns its request: once it has answered
     # (say 504), aiohttp may drain the body itself.
     while not pending.closed:
-        async with asyncio.timeout(_BODY_READ_TIMEOUT):
-            chunk = await pending.sender.content.read(_CHUNK)
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await pending.sender.content.read(_CHUNK)
+        except TimeoutError as exc:
+            raise _body_stalled(idle) from exc
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            # Bad chunked framing or a body cut short: the sender's fault (400).
+            raise ProtocolError("the request body is malformed") from exc
         if not chunk:
             return
         yield chunk

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from hybridrelay.errors import HybridRelayError, RejectedError
 from hybridrelay.logs import RELAY, redact_url
+from hybridrelay.relay.admission import FrontDoorProtocol
 from hybridrelay.relay.http_mode import MethodNotAllowedError
 from hybridrelay.relay.metrics import RelayMetrics
 
@@ -73,18 +74,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except HybridRelayError as exc:
         _count(request, exc.http_status)
-        if exc.limit is not None:
-            _count_limit(request, exc.limit)
-        log.info(
-            "request_refused",
-            extra={
-                "status": exc.http_status,
-                "action": _action(request),
-                "reason": str(exc),
-                "path": redact_url(request.path),
-            },
-        )
-        return error_response(exc.http_status, exc.error_code, str(exc))
+        fields: dict[str, object] = {
+            "status": exc.http_status,
+            "action": _action(request),
+            "reason": str(exc),
+            "path": redact_url(request.path),
+        }
+        protocol = request.protocol
+        if exc.limit is not None and isinstance(protocol, FrontDoorProtocol):
+            # A limit's refusals come in floods: their lines share the front door's budget.
+            protocol.front_door.note("request_refused", **fields)
+        else:
+            log.info("request_refused", extra=fields)
+        response = error_response(exc.http_status, exc.error_code, str(exc))
+        _limit_refusal(request, response, exc)
+        return response
     except web.HTTPException as exc:
         _count(request, exc.status)
         return error_response(exc.status, "HttpError", exc.reason)
@@ -98,13 +102,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "InternalServerError", "internal error")
 
 
+def _limit_refusal(request: web.Request, response: web.Response, exc: HybridRelayError) -> None:
+    """A refusal by a limit against hostile peers: counted, with Retry-After, 408s close."""
+    if exc.limit is not None:
+        metrics = request.app.get(METRICS_KEY)
+        if metrics is not None:
+            metrics.limit_hit(exc.limit)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if exc.http_status == 408:
+        # The sender's body stalled: the connection cannot carry another request, and
+        # reading out the rest of its body (aiohttp's lingering close) only keeps it.
+        response.force_close()
+        protocol = request.protocol
+        if isinstance(protocol, FrontDoorProtocol):
+            protocol.close_without_lingering()
+
+
 def _count(request: web.Request, status: int) -> None:
     metrics = request.app.get(METRICS_KEY)
     if metrics is not None:
         metrics.rejections.labels(str(status), _action(request)).inc()
-
-
-def _count_limit(request: web.Request, limit: str) -> None:
-    metrics = request.app.get(METRICS_KEY)
-    if metrics is not None:
-        metrics.limit_hit(limit)

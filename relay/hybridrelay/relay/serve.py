@@ -18,6 +18,7 @@ from aiohttp import web
 
 from hybridrelay.errors import ConfigError
 from hybridrelay.logs import RELAY
+from hybridrelay.relay.admission import FrontDoor, FrontDoorSite
 from hybridrelay.relay.app import create_app
 from hybridrelay.relay.ca_trust import attach, cleanup_context
 from hybridrelay.relay.cluster.base import ClusterState
@@ -34,6 +35,7 @@ __all__ = ["run", "tls_context"]
 log = logging.getLogger(RELAY)
 
 _FINAL_CLOSE_S = 1.0
+_OPEN_FILES_UNLIMITED = 1 << 20  # the soft limit asked for when the hard one is unlimited
 
 
 def tls_context(
@@ -70,6 +72,29 @@ def tls_context(
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every connection is a descriptor.
+
+    The usual soft limit (1024) is what a few hundred slow clients exhaust; the hard
+    limit is what the operator allows. Without a ``resource`` module (Windows) or
+    permission, the limit stays as it is.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, _OPEN_FILES_UNLIMITED)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open_file_limit_unchanged", extra={"soft": soft, "error": str(exc)})
+    else:
+        log.info("open_file_limit_raised", extra={"from": soft, "to": target})
 
 
 async def open_store(config: RelayConfig) -> Store:
@@ -137,12 +162,24 @@ async def run(
         app.cleanup_ctx.append(cleanup_context(attach(ssl_ctx, s.client_ca_file)))
     if on_app is not None:
         on_app(app)
+    _raise_open_file_limit()
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_timeout
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=s.drain_timeout,
+        keepalive_timeout=s.keepalive_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024, reuse_address=True
+    front_door = FrontDoor(s, app[STATE].metrics, now=asyncio.get_running_loop().time)
+    site = FrontDoorSite(
+        runner,
+        s.host,
+        s.port,
+        front_door=front_door,
+        ssl_context=ssl_ctx,
+        backlog=1024,
+        reuse_address=True,
     )
     await site.start()
     try:

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hybridrelay.relay.admission import PendingShare
 from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
-from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.config import RelayConfig, RelaySettings
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.pending import PendingConnect, PendingRequest
@@ -45,6 +46,10 @@ class RelayState:
     splices: set[Splice] = field(default_factory=set)
     http_requests: dict[str, PendingRequest] = field(default_factory=dict)
     waiting: set[PendingConnect] = field(default_factory=set)  # senders awaiting a dial
+    # Pending work per hybrid connection (max_pending_per_hc): HTTP requests and senders.
+    pending_share: PendingShare = field(
+        default_factory=lambda: PendingShare(RelaySettings().max_pending_per_hc)
+    )
     tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
     events: EventHub = field(default_factory=_event_hub)

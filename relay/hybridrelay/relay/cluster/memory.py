@@ -131,7 +131,11 @@ class MemoryClusterState:
         try:
             return self._pending.create(pending, ttl=ttl)
         except TableFullError as exc:
-            raise UnavailableError("too many senders are waiting for listeners") from exc
+            raise UnavailableError(
+                "too many senders are waiting for listeners",
+                limit="max_pending_rendezvous",
+                retry_after=1,
+            ) from exc
 
     def claim_pending(self, key: str) -> Pending | None:
         return self._pending.claim(key)

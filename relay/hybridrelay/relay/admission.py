@@ -1,0 +1,610 @@
+"""The front door: what an anonymous connection may cost before it is a request (issue 11).
+
+Every TCP connection reaches the relay before anyone knows who sent it, so what it
+may hold is capped here, as early and as cheaply as the layer allows:
+
+- per source address (IPv6: per /64, the block one subscriber gets): concurrent
+  connections (``max_connections_per_ip``) and new connections and requests per
+  second (``handshake_rate_per_ip`` / ``handshake_burst_per_ip``, a token bucket).
+  A refused connection gets a fixed ``429`` with ``Retry-After`` and is closed at
+  once, before aiohttp starts a task or registers the connection;
+- a connection that has not delivered a whole request head within
+  ``handshake_timeout`` of opening (TLS included) gets ``408`` and is closed
+  (aiohttp itself has no header-read timeout: a slowloris head waits forever);
+  an idle keep-alive connection is closed after ``keepalive_timeout``;
+- pending work (HTTP requests and senders waiting on a rendezvous) of one hybrid
+  connection is capped (``max_pending_per_hc``), so one flooded entity cannot take
+  the whole rendezvous table from the others;
+- a malformed request gets a body-less ``400`` (right for a HEAD as well) and one
+  rate-limited info line, never aiohttp's error-level traceback per request.
+
+The sans-I/O parts (:class:`TokenBucket`, :class:`SourceLimits`, :class:`PendingShare`,
+:class:`LogBudget`) take the clock as an argument and are tested without sockets;
+:class:`FrontDoorSite` and :class:`FrontDoorProtocol` are the asyncio/aiohttp glue.
+Each refusal is counted by ``RelayMetrics.limit_hit(<config key>)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from hybridrelay.errors import RateLimitedError, UnavailableError
+from hybridrelay.logs import RELAY
+from hybridrelay.relay.config import RelaySettings
+from hybridrelay.relay.metrics import RelayMetrics
+
+__all__ = [
+    "FrontDoor",
+    "FrontDoorProtocol",
+    "FrontDoorSite",
+    "LogBudget",
+    "PendingShare",
+    "Refusal",
+    "SourceLimits",
+    "TokenBucket",
+    "rate_limit_middleware",
+    "source_key",
+]
+
+log = logging.getLogger(RELAY)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Refusals written straight to the transport, before (or instead of) aiohttp's parser.
+# No body: the method is unknown, and a response to HEAD must not have one.
+_TIMEOUT_408: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
+_IPV6_SUBSCRIBER_PREFIX: Final = 64
+# How long a refused connection may stay open for its answer to be read (see _refuse).
+_REFUSED_LINGER_S: Final = 1.0
+# Refusal log lines: a burst, then at most this many per second (the rest are counted).
+_LOG_RATE: Final = 5.0
+_LOG_BURST: Final = 20
+
+
+def _raw_429(retry_after: int) -> bytes:
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n" % retry_after
+    )
+
+
+# -- sans-I/O ----------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; starts full."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, *, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0 when granted, else the seconds until one is there."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self._tokens >= self._burst
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a source is refused: the limit (config key) and when to retry (whole seconds)."""
+
+    limit: str
+    retry_after: int
+
+
+class _Source:
+    __slots__ = ("bucket", "connections")
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.connections = 0
+
+
+def source_key(host: str) -> str:
+    """The unit a per-IP cap counts: the address, an IPv6 address's /64, v4-mapped as IPv4.
+
+    One IPv6 subscriber routinely holds a whole /64; counting single addresses would let
+    one machine pose as 2**64 sources.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, _IPV6_SUBSCRIBER_PREFIX), strict=False))
+    return str(address)
+
+
+class SourceLimits:
+    """Per-source connection counts and request token buckets.
+
+    A source is kept while it has connections or its bucket is still refilling, so the
+    table holds at most the live connections' sources plus those seen in the last
+    ``burst / rate`` seconds; idle ones are swept at most once per ``sweep_interval``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        rate: float,
+        burst: int,
+        exempt: Sequence[str] = (),
+        sweep_interval: float = 10.0,
+    ) -> None:
+        self._max_connections = max_connections
+        self._rate = rate
+        self._burst = burst
+        self._exempt: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(net, strict=False) for net in exempt
+        )
+        self._sweep_interval = sweep_interval
+        self._next_sweep = 0.0
+        self._sources: dict[str, _Source] = {}
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def key(self, host: str) -> str | None:
+        """The source ``host`` counts against; None when exempt (or not an IP address)."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None  # a UNIX socket or no peer: nothing to count per address
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in net for net in self._exempt):
+            return None
+        return source_key(str(address))
+
+    def _source(self, key: str, now: float) -> _Source:
+        source = self._sources.get(key)
+        if source is None:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            source = self._sources[key] = _Source(
+                TokenBucket(rate=self._rate, burst=self._burst, now=now)
+            )
+        return source
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self._sweep_interval
+        idle = [k for k, s in self._sources.items() if not s.connections and s.bucket.full(now)]
+        for k in idle:
+            del self._sources[k]
+
+    def open(self, key: str, now: float) -> Refusal | None:
+        """A new connection from ``key``: counted, or refused (nothing counted then)."""
+        source = self._source(key, now)
+        if source.connections >= self._max_connections:
+            # Retrying helps as soon as one of the source's connections ends.
+            return Refusal("max_connections_per_ip", 1)
+        wait = source.bucket.take(now)
+        if wait:
+            return Refusal("handshake_rate_per_ip", max(1, math.ceil(wait)))
+        source.connections += 1
+        return None
+
+    def close(self, key: str) -> None:
+        """A connection :meth:`open` counted has ended (or left aiohttp for a splice)."""
+        source = self._sources.get(key)
+        if source is not None and source.connections > 0:
+            source.connections -= 1
+
+    def request(self, key: str, now: float) -> Refusal | None:
+        """One more request on a connection of ``key`` (the first was paid by :meth:`open`)."""
+        wait = self._source(key, now).bucket.take(now)
+        if wait:
+            return Refusal("handshake_rate_per_ip", max(1, math.ceil(wait)))
+        return None
+
+    def connections(self, key: str) -> int:
+        source = self._sources.get(key)
+        return source.connections if source is not None else 0
+
+
+class PendingShare:
+    """How much pending work each hybrid connection holds, capped per entity.
+
+    Pending work is an HTTP request waiting on (or streaming through) a listener, or a
+    sender waiting for its rendezvous; the global rendezvous table stays capped by
+    ``max_pending_rendezvous``, and this share keeps one entity from taking all of it.
+    """
+
+    __slots__ = ("_counts", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, hc_name: str) -> bool:
+        key = hc_name.lower()
+        count = self._counts.get(key, 0)
+        if count >= self._limit:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    def release(self, hc_name: str) -> None:
+        key = hc_name.lower()
+        count = self._counts.get(key, 0) - 1
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
+
+    def count(self, hc_name: str) -> int:
+        return self._counts.get(hc_name.lower(), 0)
+
+    @contextlib.contextmanager
+    def hold(self, hc_name: str) -> Iterator[None]:
+        """One slot of ``hc_name`` for the ``with`` body.
+
+        Raises:
+            UnavailableError: the entity's share is used up (503, ``Retry-After``).
+        """
+        if not self.acquire(hc_name):
+            raise UnavailableError(
+                "too many requests are waiting for this hybrid connection's listeners",
+                limit="max_pending_per_hc",
+                retry_after=1,
+            )
+        try:
+            yield
+        finally:
+            self.release(hc_name)
+
+
+class LogBudget:
+    """A token bucket for log lines: hostile traffic must not turn into disk writes.
+
+    :meth:`allow` says whether to write a line now and how many were dropped since the
+    last one written (put that in the line, so nothing is silently lost).
+    """
+
+    __slots__ = ("_bucket", "_dropped")
+
+    def __init__(self, *, rate: float, burst: int, now: float) -> None:
+        self._bucket = TokenBucket(rate=rate, burst=burst, now=now)
+        self._dropped = 0
+
+    def allow(self, now: float) -> tuple[bool, int]:
+        if self._bucket.take(now):
+            self._dropped += 1
+            return False, 0
+        dropped, self._dropped = self._dropped, 0
+        return True, dropped
+
+
+# -- asyncio glue -----------------------------------------------------------------------------
+
+
+class FrontDoor:
+    """The per-process front-door state the protocol objects share."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        metrics: RelayMetrics,
+        *,
+        now: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.now = now
+        self.sources = SourceLimits(
+            max_connections=settings.max_connections_per_ip,
+            rate=settings.handshake_rate_per_ip,
+            burst=settings.handshake_burst_per_ip,
+            exempt=settings.per_ip_limits_exempt,
+        )
+        self._log_budget = LogBudget(rate=_LOG_RATE, burst=_LOG_BURST, now=now())
+
+    def note(self, event: str, **fields: object) -> None:
+        """An info line about a hostile or broken peer, within the log budget."""
+        allowed, dropped = self._log_budget.allow(self.now())
+        if allowed:
+            if dropped:
+                fields["suppressed"] = dropped
+            log.info(event, extra=fields)
+
+    def refused(self, limit: str, peer: str) -> None:
+        self.metrics.limit_hit(limit)
+        self.note("connection_refused", limit=limit, peer=peer)
+
+
+def _peer_host(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""
+
+
+class FrontDoorProtocol(RequestHandler):
+    """aiohttp's per-connection protocol with the front door's limits.
+
+    Everything here happens per connection, before and around aiohttp's own parsing;
+    aiohttp's ``RequestHandler`` is reused untouched otherwise.
+    """
+
+    __slots__ = (
+        "_front_door",
+        "_head_timer",
+        "_linger_timer",
+        "_peer",
+        "_refused",
+        "_requests",
+        "_source",
+    )
+
+    def __init__(self, manager: web.Server, *, front_door: FrontDoor, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._front_door = front_door
+        self._source: str | None = None  # the counted source (None: exempt or not counted)
+        self._peer = ""
+        self._refused = False
+        self._requests = 0  # requests that reached the application on this connection
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None  # a refused connection's
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        door = self._front_door
+        self._peer = _peer_host(transport)
+        key = door.sources.key(self._peer)
+        if key is not None:
+            refusal = door.sources.open(key, door.now())
+            if refusal is not None:
+                # Before aiohttp sets up anything for it: a fixed answer, then close.
+                self._refused = True
+                door.refused(refusal.limit, self._peer)
+                self._refuse(transport, _raw_429(refusal.retry_after))
+                return
+            self._source = key
+        super().connection_made(transport)
+        # aiohttp arms its keep-alive timer at the start too, as its only guard against a
+        # connection that never sends a request; the head timer is that guard here (and
+        # answers 408), so aiohttp's would only race it. It re-arms after each response.
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        self._head_timer = self._loop.call_later(
+            door.settings.handshake_timeout, self._head_timed_out
+        )
+
+    def _refuse(self, transport: asyncio.BaseTransport, answer: bytes) -> None:
+        """Send ``answer`` and close, without the reset that would destroy it.
+
+        Closing a socket whose peer's request is still unread makes the kernel send a
+        TCP reset, and a reset arriving first makes the peer drop our answer unread. So
+        the answer goes out with our FIN (on plain TCP), what the peer sends is read and
+        dropped, and the connection closes when the peer closes its side (aiohttp's
+        ``eof_received`` lets the transport close), or after a short linger at most.
+        """
+        # A stream transport (uvloop's do not subclass asyncio's: no isinstance check).
+        writer = cast(asyncio.Transport, transport)
+        writer.write(answer)
+        if writer.can_write_eof():
+            writer.write_eof()
+        self._linger_timer = self._loop.call_later(_REFUSED_LINGER_S, transport.close)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+            return  # aiohttp never knew this connection
+        self._release()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped while the refusal lingers
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued and self._current_request is not None:
+            self._fail_unfinished_body()
+        if self._head_timer is not None and self._request_count:
+            # A whole head arrived (or a malformed one was answered): no 408 for it.
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _fail_unfinished_body(self) -> None:
+        """A parse error in the body of the request being handled fails that body.
+
+        aiohttp's parser drops the body's reader when the bytes after a request's head
+        turn malformed (bad chunk framing) and queues a 400 for after the handler, which
+        meanwhile waits for body bytes that can never come: the sender would get a 408
+        at body_idle_timeout instead of its 400 now.
+        """
+        request = self._current_request
+        error = self._messages[-1][0]
+        if request is None or not isinstance(error, _ErrInfo):
+            return
+        if not request.content.is_eof() and request.content.exception() is None:
+            request.content.set_exception(error.exc)
+            # Nothing after the error can be framed: close after the response, without
+            # aiohttp's lingering read (it would only meet the same exception again).
+            self.close_without_lingering()
+
+    def _release(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._source is not None:
+            # Also when a splice takes the transport over (splice.forget): the relayed
+            # stream is authorized work, no longer an anonymous connection.
+            self._front_door.sources.close(self._source)
+            self._source = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or self._request_count or transport.is_closing():
+            return
+        self._front_door.refused("handshake_timeout", self._peer)
+        transport.write(_TIMEOUT_408)
+        self.force_close()  # closes after the 408 is flushed
+
+    # -- requests -----------------------------------------------------------------------
+
+    @property
+    def front_door(self) -> FrontDoor:
+        return self._front_door
+
+    def admit_request(self) -> Refusal | None:
+        """Charge one request to its source: the first was paid when the connection opened."""
+        self._requests += 1
+        if self._requests == 1 or self._source is None:
+            return None
+        return self._front_door.sources.request(self._source, self._front_door.now())
+
+    def close_without_lingering(self) -> None:
+        """Close right after the response: do not read out the rest of a stalled body.
+
+        aiohttp reads an unread body for up to ``lingering_time`` (10 s) after the
+        response; after a 408 for a stalled body that only keeps the slow sender.
+        """
+        self._lingering_time = 0.0
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A malformed request or a vanished peer is the peer's business, not an error.
+
+        aiohttp logs each at level error with a traceback (about 1.5 KB per request from
+        anyone on the internet) and answers with a body even to HEAD. Here: one info line
+        within the log budget, a count, and a body-less answer that closes the connection.
+        Only a failure of our own (500 with an exception that is not the peer's) keeps
+        aiohttp's error log.
+        """
+        if isinstance(exc, ConnectionError):
+            raise exc  # the peer is gone: aiohttp closes quietly (middleware logged it)
+        malformed = isinstance(exc, HttpProcessingError) and status < 500
+        if not malformed and status != 504:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; only closing is left")
+        door = self._front_door
+        if malformed:
+            door.metrics.rejections.labels(str(status), "malformed").inc()
+            # The exception's class says what was wrong; its text quotes the peer's bytes.
+            door.note("bad_request", status=status, reason=type(exc).__name__, peer=self._peer)
+        else:  # 504: a handler's TimeoutError escaped (the middleware logged it)
+            door.metrics.rejections.labels(str(status), "timeout").inc()
+        response = web.Response(status=status)
+        response.force_close()
+        return response
+
+
+class FrontDoorSite(web.TCPSite):
+    """A TCPSite whose connections get :class:`FrontDoorProtocol` and a TLS handshake deadline.
+
+    ``TCPSite`` uses the runner's ``Server`` as the protocol factory and asyncio's
+    default 60 s TLS handshake timeout; both are set here, the rest is TCPSite's.
+    """
+
+    __slots__ = ("_front_door",)
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None,
+        port: int,
+        *,
+        front_door: FrontDoor,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 128,
+        reuse_address: bool | None = None,
+    ) -> None:
+        super().__init__(
+            runner,
+            host,
+            port,
+            ssl_context=ssl_context,
+            backlog=backlog,
+            reuse_address=reuse_address,
+        )
+        self._front_door = front_door
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the runner must be set up before its site starts")
+        door = self._front_door
+        # The keyword arguments AppRunner gave its Server (debug, access log, timeouts).
+        handler_args = server._kwargs  # private, but aiohttp keeps them nowhere else
+
+        def protocol() -> FrontDoorProtocol:
+            return FrontDoorProtocol(server, loop=loop, front_door=door, **handler_args)
+
+        self._server = await loop.create_server(
+            protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            ssl_handshake_timeout=door.settings.handshake_timeout if self._ssl_context else None,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Charge each further request on a keep-alive connection to its source's bucket.
+
+    Sits inside ``error_middleware``, which answers the RateLimitedError (429).
+    """
+    protocol = request.protocol
+    if isinstance(protocol, FrontDoorProtocol):
+        refusal = protocol.admit_request()
+        if refusal is not None:
+            raise RateLimitedError(
+                "too many requests from this address",
+                limit=refusal.limit,
+                retry_after=refusal.retry_after,
+            )
+    return await handler(request)
