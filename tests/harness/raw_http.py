@@ -197,7 +197,7 @@ async def read_answer(reader: asyncio.StreamReader) -> RawResponse:
     async with asyncio.timeout(seconds(20)):
         head = await reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        version, status, reason = (status_line.split(" ", 2) + [""])[:3]
+        version, status, reason = [*status_line.split(" ", 2), ""][:3]
         response = RawResponse(status=int(status), reason=reason, version=version)
         for line in header_lines:
             if line:
