@@ -69,6 +69,7 @@ from hybridrelay.listener.targets import (
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
 from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
+from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import (
     Accept,
     RenewToken,
@@ -715,16 +716,16 @@ class Listener:
         self, request: Request, response: HttpResponse, has_body: bool, clog: ConnectionLogger
     ) -> str | None:
         try:
-            return encode(
-                Response(
-                    request_id=request.id,
-                    status_code=response.status,
-                    status_description=response.reason,
-                    response_headers=response_header_map(response.headers),
-                    body=has_body,
-                )
+            message = Response(
+                request_id=request.id,
+                status_code=response.status,
+                status_description=response.reason,
+                response_headers=response_header_map(response.headers),
+                body=has_body,
             )
-        except HybridRelayError as exc:  # status out of range, headers over 64 KiB
+            check_response(message)  # what the relay would refuse with a 502
+            return encode(message)
+        except HybridRelayError as exc:  # a 1xx or 600+ status, headers over 64 KiB
             clog.error("http_response_invalid", extra={"error": str(exc)})
             return None
 

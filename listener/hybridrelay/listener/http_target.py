@@ -42,6 +42,7 @@ from yarl import URL
 
 from hybridrelay.errors import BadGatewayError
 from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
+from hybridrelay.protocol.http_response import is_field_value, is_token
 from hybridrelay.protocol.messages import RemoteEndpoint, Request
 
 __all__ = [
@@ -138,14 +139,12 @@ def response_header_map(headers: HeadersLike) -> dict[str, str]:
     return out
 
 
-_UNSAFE_NAME: Final = re.compile("[:\r\n\x00 \t]")
 _UNSAFE_VALUE: Final = re.compile("[\r\n\x00]")
 
 
 def _safe_header(name: object, value: object) -> bool:
-    if not isinstance(name, str) or not isinstance(value, str) or not name:
-        return False
-    return _UNSAFE_NAME.search(name) is None and _UNSAFE_VALUE.search(value) is None
+    # The relay refuses a whole response over one bad header (502); drop the header here.
+    return is_token(name) and is_field_value(value)
 
 
 class RequestBody:

@@ -54,6 +54,7 @@ from hybridrelay.protocol.frames import (
     encode_frame,
     encode_frame_header,
 )
+from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.cluster.base import ListenerHandle
@@ -542,9 +543,16 @@ class HttpRendezvous(asyncio.Protocol):
                 self._transport.close()
 
     def _on_header(self, text: bytes) -> None:
-        message = decode(text)
-        if not isinstance(message, Response) or message.request_id != self._pending.request_id:
-            raise InvalidMessageError("expected the response to this socket's request")
+        try:
+            message = decode(text)
+            if not isinstance(message, Response) or message.request_id != self._pending.request_id:
+                raise InvalidMessageError("expected the response to this socket's request")
+            check_response(message)
+        except HybridRelayError:
+            # The sender gets a 502 now, not a 504 at the request timeout; this socket is
+            # closed with the error's code (1002) by data_received.
+            self._pending.fail(BadGatewayError("the listener's response is not valid HTTP"))
+            raise
         if not self._pending.deliver_header(message):
             raise InvalidMessageError("a second response for the same request")
         if not message.body:
