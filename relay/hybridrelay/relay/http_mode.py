@@ -59,6 +59,7 @@ from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
+from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
@@ -225,7 +226,9 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         request_target=target.request_target,
         method=request.method,
         remote_endpoint=remote_endpoint(request),
-        request_headers=_request_headers(request, drop_authorization=from_authorization),
+        request_headers=add_forwarding_headers(
+            _request_headers(request, drop_authorization=from_authorization), request
+        ),
         body=has_body,
     )
     pending = PendingRequest(
