@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -166,6 +167,7 @@ class HostileServer:
 
     behaviour: Behaviour
     host: str = "127.0.0.1"
+    ssl: ssl_module.SSLContext | None = None
     arrivals: int = 0
     peers: list[ServerPeer] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,7 +181,7 @@ class HostileServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.ssl else 'ws'}://{self.host}:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.arrivals += 1
@@ -214,7 +216,7 @@ class HostileServer:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[HostileServer]:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.ssl)
         try:
             yield self
         finally:

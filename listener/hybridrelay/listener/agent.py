@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from hybridrelay.backoff import Backoff
 from hybridrelay.bridge import BridgeStream, bridge
@@ -84,6 +84,7 @@ from hybridrelay.wsclient import WsConnection, ws_connect
 __all__ = [
     "Listener",
     "ListenerStats",
+    "RendezvousHosts",
     "StreamHandler",
     "StreamTarget",
     "Target",
@@ -140,6 +141,12 @@ class Listener:
         connect_timeout: bound on dialling the relay and on connecting to the target.
         udp_idle_timeout: a ``udp://`` stream with no datagram either way for this long
             is closed (1000).
+        rendezvous_hosts: hosts besides those of ``relay`` and ``fallback_relays`` that
+            the relay may send rendezvous addresses for: exact names or IPs, or
+            ``*.example.com`` for any name under example.com (relay nodes behind one
+            load-balanced name, each with its own ``public_url``). Any other address is
+            refused: the listener never dials where a relay (or whoever controls it)
+            points it, and never over ws:// when the relay is wss://.
     """
 
     def __init__(
@@ -163,6 +170,7 @@ class Listener:
         request_timeout: float = 60.0,
         udp_idle_timeout: float = 60.0,
         fallback_relays: Sequence[str] = (),
+        rendezvous_hosts: Sequence[str] = (),
     ) -> None:
         if target is not None and handler is not None:
             raise ValueError("give at most one of target= and handler=")
@@ -197,6 +205,7 @@ class Listener:
         # The relay first, then the other nodes to fail over to, in turn.
         self._relays = [self.relay, *(r.rstrip("/") for r in fallback_relays if r)]
         self._relay_index = 0
+        self._rendezvous_hosts = RendezvousHosts(self._relays, rendezvous_hosts)
         self.listen_url = self._listen_url()
         self._log = ConnectionLogger(log, {"hc": self.hc, "listener": self.listener_id})
 
@@ -380,22 +389,40 @@ class Listener:
                 self._log.warning("control_message_invalid", extra={"error": str(exc)})
                 continue
             if isinstance(decoded, Accept):
-                self._spawn(self._handle_accept(decoded))
+                if self._address_allowed(decoded.address, decoded.id):
+                    self._spawn(self._handle_accept(decoded))
             elif isinstance(decoded, Request):
                 body: bytes | None = None
                 if decoded.inline and decoded.body:
                     following = await ws.recv()
                     if isinstance(following, str):
                         self._log.warning("request_body_missing", extra={"id": decoded.id})
-                        self._spawn(self._answer_broken_request(ws, decoded))
+                        if self._address_allowed(decoded.address, decoded.id):
+                            self._spawn(self._answer_broken_request(ws, decoded))
                         pending = following  # it is the next control message
                         continue
                     body = following
-                self._spawn(self._handle_request(ws, decoded, body))
+                if self._address_allowed(decoded.address, decoded.id):
+                    self._spawn(self._handle_request(ws, decoded, body))
             else:
                 self._log.warning(
                     "unexpected_control_message", extra={"kind": type(decoded).__name__}
                 )
+
+    def _address_allowed(self, address: str, tracking_id: str) -> bool:
+        """Whether to dial a rendezvous address from the relay; logs a refusal.
+
+        A refused accept or request is answered with nothing: any answer (a reject, a
+        response over rendezvous) would be a dial to that address.
+        """
+        why = self._rendezvous_hosts.refusal(address, self.relay)
+        if why is None:
+            return True
+        self._log.warning(
+            "rendezvous_address_refused",
+            extra={"id": tracking_id, "address": redact_url(address), "reason": why},
+        )
+        return False
 
     def _spawn(self, coro: Awaitable[None]) -> None:  # accepts and requests alike
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -859,6 +886,63 @@ class Listener:
             exchange.rendezvous = ws  # closed by the request's task
         else:
             await ws.close()
+
+
+class RendezvousHosts:
+    """Where a listener may dial the rendezvous addresses its relay hands out (HC §2.4, §2.6).
+
+    The relay's ``public_url`` decides the address, and a listener dials it without a
+    second thought in the SDKs; a compromised relay (or one that was configured wrong)
+    would aim the listener at any host on its network. Only the hosts of the relay URLs
+    the listener was given pass, plus the configured extra names (``*.example.com``: any
+    name under example.com), compared without case; ports are not compared (relay nodes
+    behind one name differ in port, see deploy/compose). A wss:// relay's addresses must
+    be wss:// as well.
+    """
+
+    __slots__ = ("_exact", "_suffixes")
+
+    def __init__(self, relays: Sequence[str], extra: Sequence[str] = ()) -> None:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for relay in relays:
+            host = _host_of(relay)
+            if host:
+                exact.add(host)
+        for item in extra:
+            name = item.strip().lower().rstrip(".")
+            if name.startswith("*."):
+                suffixes.append(name[1:])  # ".example.com"
+            elif name:
+                exact.add(name.strip("[]"))
+        self._exact = frozenset(exact)
+        self._suffixes = tuple(suffixes)
+
+    def refusal(self, address: str, relay: str) -> str | None:
+        """Why ``address`` must not be dialled for the relay at ``relay``, or None."""
+        try:
+            parts = urlsplit(address)
+            _ = parts.port
+        except ValueError:
+            return "not a URL"
+        scheme = parts.scheme.lower()
+        if scheme not in ("ws", "wss"):
+            return f"scheme {scheme[:10]!r} is not ws or wss"
+        if scheme == "ws" and urlsplit(relay).scheme.lower() == "wss":
+            return "ws:// address from a wss:// relay (a TLS downgrade)"
+        host = (parts.hostname or "").rstrip(".")
+        if not host:
+            return "no host"
+        if host in self._exact or any(host.endswith(suffix) for suffix in self._suffixes):
+            return None
+        return f"host {host[:100]!r} is neither the relay's nor in rendezvous_hosts"
+
+
+def _host_of(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
 
 
 def _wrap(ws: WsConnection, wrappers: Sequence[StreamWrapper]) -> BridgeStream:

@@ -10,6 +10,7 @@ that deployment tools and tests rely on::
     status = "127.0.0.1:9100"             # optional local /status, /metrics, /healthz
     allow_public_status = false           # needed for a status address beyond loopback
     ca_file = "/etc/hybridrelay/ca.pem"   # optional CA bundle for wss:// relays
+    rendezvous_hosts = ["*.relay.example.com"]  # more hosts rendezvous addresses may name
     log_level = "info"                    # unless --log-level / HYBRIDRELAY_LOG_LEVEL says
 
     [[mappings]]
@@ -123,12 +124,22 @@ class AgentConfig:
     status: tuple[str, int] | None = None  # host, port (0: any free port)
     allow_public_status: bool = False
     ca_file: str | None = None
+    # Hosts besides the relays' own that accept/request addresses may name (exact, or
+    # "*.example.com"); the agent refuses to dial any other (issue 11).
+    rendezvous_hosts: tuple[str, ...] = ()
     log_level: str | None = None
     source: str = "<defaults>"
 
     def listener_settings(self) -> tuple[object, ...]:
         """The global values every Listener is built from; a change restarts all mappings."""
-        return (self.relays, self.agent_id, self.ping_interval, self.drain_timeout, self.ca_file)
+        return (
+            self.relays,
+            self.agent_id,
+            self.ping_interval,
+            self.drain_timeout,
+            self.ca_file,
+            self.rendezvous_hosts,
+        )
 
 
 # -- small validators -------------------------------------------------------------------
@@ -171,6 +182,28 @@ def _relay_url(url: str) -> str | None:
     if parts.query or parts.fragment:
         return "must not have a query or fragment"
     return None
+
+
+_HOST_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PATTERN: Final = re.compile(rf"^(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+
+
+def _rendezvous_hosts(top: Table) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for i, text in enumerate(top.str_list("rendezvous_hosts")):
+        bare = text.strip("[]")
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if not _HOST_PATTERN.match(text):
+                raise top.error(
+                    f"rendezvous_hosts[{i}]",
+                    "must be a host name, an IP address or '*.domain' (no scheme or port)",
+                ) from None
+            hosts.append(text.lower().rstrip("."))
+        else:
+            hosts.append(bare.lower())
+    return tuple(hosts)
 
 
 def _hc_name(name: str) -> str | None:
@@ -402,6 +435,7 @@ def load_agent_config(
         if not ca_path.is_file():
             raise top.error("ca_file", f"{ca_path} is not a readable file")
         ca_file = str(ca_path)
+    rendezvous_hosts = _rendezvous_hosts(top)
     log_level = top.get_str("log_level")
     if log_level is not None and log_level.lower() not in _LOG_LEVELS:
         raise top.error("log_level", "must be one of " + ", ".join(_LOG_LEVELS))
@@ -438,6 +472,7 @@ def load_agent_config(
         status=status,
         allow_public_status=allow_public,
         ca_file=ca_file,
+        rendezvous_hosts=rendezvous_hosts,
         log_level=log_level.lower() if log_level else None,
         source=source,
     )
