@@ -209,4 +209,8 @@ def test_rendezvous_hosts_rules() -> None:
     assert hosts.refusal("wss://evilrelay.example.com/$hc/x", "wss://relay.example.com")
     assert hosts.refusal("wss://relay.example.com.evil/$hc/x", "wss://relay.example.com")
     assert hosts.refusal("https://relay.example.com/$hc/x", "wss://relay.example.com")
+    local = RendezvousHosts(["wss://localhost:8443"])
+    assert local.refusal("wss://127.0.0.1:8443/$hc/x", "wss://localhost:8443") is None
+    assert local.refusal("wss://[::1]:8443/$hc/x", "wss://localhost:8443") is None
+    assert local.refusal("wss://127.0.0.2:8443/$hc/x", "wss://localhost:8443")
     assert hosts.refusal("wss://relay.example.com:bad/$hc/x", "wss://relay.example.com")

@@ -145,6 +145,12 @@ def test_rendezvous_hosts_are_normalised(tmp_path: Path) -> None:
     assert load_agent_config(_write(tmp_path, MINIMAL), {}).rendezvous_hosts == ()
 
 
+def test_max_message_size(tmp_path: Path) -> None:
+    assert load_agent_config(_write(tmp_path, MINIMAL), {}).max_message_size == 1 << 20
+    config = load_agent_config(_write(tmp_path, "max_message_size = 65536\n" + MINIMAL), {})
+    assert config.max_message_size == 65536
+
+
 def test_same_but_key(tmp_path: Path) -> None:
     a = load_agent_config(_write(tmp_path, MINIMAL), {}).mappings[0]
     rotated = load_agent_config(

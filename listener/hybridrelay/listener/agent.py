@@ -40,6 +40,7 @@ from hybridrelay.errors import (
     HandshakeError,
     HybridRelayError,
     InvalidMessageError,
+    PayloadTooBigError,
 )
 from hybridrelay.listener.hooks import (
     Accept as AcceptVerdict,
@@ -68,7 +69,7 @@ from hybridrelay.listener.targets import (
     parse_target,
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
-from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
+from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT, INLINE_BODY_LIMIT
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import (
     Accept,
@@ -79,7 +80,7 @@ from hybridrelay.protocol.messages import (
     encode,
 )
 from hybridrelay.protocol.sas import TokenProvider, audience_for, token_expiry
-from hybridrelay.wsclient import WsConnection, ws_connect
+from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
 
 __all__ = [
     "Listener",
@@ -147,6 +148,11 @@ class Listener:
             load-balanced name, each with its own ``public_url``). Any other address is
             refused: the listener never dials where a relay (or whoever controls it)
             points it, and never over ws:// when the relay is wss://.
+        max_message_size: the largest message reassembled from the relay, in bytes: a
+            control-channel message, a request on a rendezvous socket, a message a
+            ``handler`` receives with ``recv()`` (default 1 MiB, at least 64 KiB, the
+            control-channel limit of HC §3; None: no limit). A larger one closes that
+            socket with 1009. HTTP request bodies are streamed, never reassembled.
     """
 
     def __init__(
@@ -171,11 +177,14 @@ class Listener:
         udp_idle_timeout: float = 60.0,
         fallback_relays: Sequence[str] = (),
         rendezvous_hosts: Sequence[str] = (),
+        max_message_size: int | None = DEFAULT_MAX_SIZE,
     ) -> None:
         if target is not None and handler is not None:
             raise ValueError("give at most one of target= and handler=")
         if target is None and handler is None and http_handler is None:
             raise ValueError("give target=, handler= or http_handler=")
+        if max_message_size is not None and max_message_size < CONTROL_MESSAGE_LIMIT:
+            raise ValueError("max_message_size must be at least 64 KiB (HC §3)")
         self.relay = relay.rstrip("/")
         self.hc = hc.strip("/")
         self.listener_id = listener_id or str(uuid.uuid4())
@@ -206,6 +215,7 @@ class Listener:
         self._relays = [self.relay, *(r.rstrip("/") for r in fallback_relays if r)]
         self._relay_index = 0
         self._rendezvous_hosts = RendezvousHosts(self._relays, rendezvous_hosts)
+        self._max_message_size = max_message_size
         self.listen_url = self._listen_url()
         self._log = ConnectionLogger(log, {"hc": self.hc, "listener": self.listener_id})
 
@@ -261,6 +271,7 @@ class Listener:
                 open_timeout=self._connect_timeout,
                 ping_interval=self._ping_interval,
                 ping_timeout=self._ping_interval,
+                max_size=self._max_message_size,
             )
         except HandshakeError as exc:
             if exc.status == 404:
@@ -325,6 +336,12 @@ class Listener:
                 level, "control_channel_closed", extra={"code": exc.code, "reason": exc.reason}
             )
             moved = exc.code in (1001, 1006)
+        except PayloadTooBigError as exc:
+            # recv() failed the channel with 1009 (max_message_size); reconnect as after
+            # any other close. The relay's misbehaviour, not ours: a warning.
+            self._log.warning(
+                "control_channel_closed", extra={"code": exc.close_code, "reason": str(exc)}
+            )
         finally:
             for task in (closer, renewer):
                 task.cancel()
@@ -507,6 +524,7 @@ class Listener:
             # connection forever: the relay answers pings per hop (splice.py).
             ping_interval=self._ping_interval,
             auto_close_echo=not stream,
+            max_size=self._max_message_size,
         )
 
     def _stream_started(self) -> None:
@@ -648,7 +666,12 @@ class Listener:
 
     async def _dial_request(self, address: str) -> WsConnection:
         # HC §2.6: the address is the credential; no token on this dial.
-        return await ws_connect(address, ssl=self._ssl, open_timeout=self._connect_timeout)
+        return await ws_connect(
+            address,
+            ssl=self._ssl,
+            open_timeout=self._connect_timeout,
+            max_size=self._max_message_size,
+        )
 
     async def _receive_request(self, ws: WsConnection, announced: Request) -> Request:
         """The full request on a rendezvous socket of a rendezvous-only request (HC §3.2)."""
@@ -894,10 +917,10 @@ class RendezvousHosts:
     The relay's ``public_url`` decides the address, and a listener dials it without a
     second thought in the SDKs; a compromised relay (or one that was configured wrong)
     would aim the listener at any host on its network. Only the hosts of the relay URLs
-    the listener was given pass, plus the configured extra names (``*.example.com``: any
-    name under example.com), compared without case; ports are not compared (relay nodes
-    behind one name differ in port, see deploy/compose). A wss:// relay's addresses must
-    be wss:// as well.
+    the listener was given pass (``localhost``, ``127.0.0.1`` and ``::1`` count as one),
+    plus the configured extra names (``*.example.com``: any name under example.com),
+    compared without case; ports are not compared (relay nodes behind one name differ in
+    port, see deploy/compose). A wss:// relay's addresses must be wss:// as well.
     """
 
     __slots__ = ("_exact", "_suffixes")
@@ -907,7 +930,11 @@ class RendezvousHosts:
         suffixes: list[str] = []
         for relay in relays:
             host = _host_of(relay)
-            if host:
+            if host in _LOCALHOST:
+                # "localhost" is the loopback address a relay's default public_url names
+                # (ws://127.0.0.1:port); the rest of 127/8 is another host.
+                exact.update(_LOCALHOST)
+            elif host:
                 exact.add(host)
         for item in extra:
             name = item.strip().lower().rstrip(".")
@@ -936,6 +963,9 @@ class RendezvousHosts:
         if host in self._exact or any(host.endswith(suffix) for suffix in self._suffixes):
             return None
         return f"host {host[:100]!r} is neither the relay's nor in rendezvous_hosts"
+
+
+_LOCALHOST: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _host_of(url: str) -> str:
@@ -969,8 +999,9 @@ class _Exchange:
 
 
 async def _body_frames(ws: WsConnection) -> AsyncIterator[bytes]:
-    """The frames of the body message on a rendezvous socket, as they arrive (HC §4)."""
-    async for fragment in ws.recv_fragments():
+    """The body message on a rendezvous socket, as it arrives (HC §4): streamed in pieces,
+    never assembled, so a body (or one frame of it) of any size holds no more memory."""
+    async for fragment in ws.recv_stream():
         if isinstance(fragment, str):
             raise InvalidMessageError("a request body must be a binary message")
         if fragment:

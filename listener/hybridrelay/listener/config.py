@@ -11,6 +11,7 @@ that deployment tools and tests rely on::
     allow_public_status = false           # needed for a status address beyond loopback
     ca_file = "/etc/hybridrelay/ca.pem"   # optional CA bundle for wss:// relays
     rendezvous_hosts = ["*.relay.example.com"]  # more hosts rendezvous addresses may name
+    max_message_size = 1048576            # bytes; larger relay messages close with 1009
     log_level = "info"                    # unless --log-level / HYBRIDRELAY_LOG_LEVEL says
 
     [[mappings]]
@@ -48,6 +49,8 @@ from urllib.parse import urlsplit
 from hybridrelay.config import Secret, Table, load_toml
 from hybridrelay.errors import ConfigError
 from hybridrelay.listener.targets import parse_target
+from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+from hybridrelay.wsclient import DEFAULT_MAX_SIZE
 
 __all__ = [
     "TARGET_SCHEMES",
@@ -127,6 +130,9 @@ class AgentConfig:
     # Hosts besides the relays' own that accept/request addresses may name (exact, or
     # "*.example.com"); the agent refuses to dial any other (issue 11).
     rendezvous_hosts: tuple[str, ...] = ()
+    # The largest message reassembled from the relay (control channel, a request on a
+    # rendezvous socket); HTTP bodies stream. At least the control-channel limit (64 KiB).
+    max_message_size: int = DEFAULT_MAX_SIZE
     log_level: str | None = None
     source: str = "<defaults>"
 
@@ -139,6 +145,7 @@ class AgentConfig:
             self.drain_timeout,
             self.ca_file,
             self.rendezvous_hosts,
+            self.max_message_size,
         )
 
 
@@ -436,6 +443,9 @@ def load_agent_config(
             raise top.error("ca_file", f"{ca_path} is not a readable file")
         ca_file = str(ca_path)
     rendezvous_hosts = _rendezvous_hosts(top)
+    max_message_size = top.get_int(
+        "max_message_size", DEFAULT_MAX_SIZE, minimum=CONTROL_MESSAGE_LIMIT, maximum=1 << 30
+    )
     log_level = top.get_str("log_level")
     if log_level is not None and log_level.lower() not in _LOG_LEVELS:
         raise top.error("log_level", "must be one of " + ", ".join(_LOG_LEVELS))
@@ -473,6 +483,7 @@ def load_agent_config(
         allow_public_status=allow_public,
         ca_file=ca_file,
         rendezvous_hosts=rendezvous_hosts,
+        max_message_size=max_message_size,
         log_level=log_level.lower() if log_level else None,
         source=source,
     )

@@ -235,6 +235,7 @@ class _MappingRun:
                 ssl_context=context,
                 fallback_relays=others,
                 rendezvous_hosts=config.rendezvous_hosts,
+                max_message_size=config.max_message_size,
                 ping_interval=config.ping_interval,
                 max_streams=mapping.max_streams,
                 connect_timeout=mapping.connect_timeout,
