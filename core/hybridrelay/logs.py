@@ -52,11 +52,28 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
 
 
+# A log line never carries a control character raw: C0 (CR and LF forge lines, ESC starts
+# terminal escape sequences), DEL and C1 (0x9B is a one-byte CSI). Peers put them into
+# paths, headers and ids; every rendered value is escaped, in both formats.
+# Values holding these, or any character str.isprintable() refuses, are written as JSON
+# strings, whose ensure_ascii escaping covers C0, DEL, C1 and everything beyond ASCII (a
+# backslash is quoted too, so that a raw one is never read as an escape).
+_KV_QUOTE: Final = frozenset(' "=\\')
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _kv(value: object) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    # isprintable() is False for every control character, and also for lone surrogates,
+    # line/paragraph separators and bidi overrides, which garble a line as well.
+    if not text or not text.isprintable() or not _KV_QUOTE.isdisjoint(text):
         return json.dumps(text)
     return text
+
+
+def _key(name: str) -> str:
+    # extra= keys come from our code, but a peer-chosen key would be a forging lever too.
+    return name if _PLAIN_KEY.fullmatch(name) else json.dumps(name)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -70,7 +87,7 @@ class KeyValueFormatter(logging.Formatter):
             f"logger={record.name}",
             f"event={_kv(record.getMessage())}",
         ]
-        parts.extend(f"{k}={_kv(v)}" for k, v in _extras(record).items())
+        parts.extend(f"{_key(k)}={_kv(v)}" for k, v in _extras(record).items())
         if record.exc_info:
             parts.append(f"exc={_kv(self.formatException(record.exc_info))}")
         return " ".join(parts)
@@ -89,6 +106,7 @@ class JsonFormatter(logging.Formatter):
         doc.update(_extras(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
+        # ensure_ascii (the default) escapes every control character, keys included.
         return json.dumps(doc, default=str)
 
 

@@ -16,8 +16,16 @@ Receiving: the frame parser streams payload into a bounded deque of chunks. Read
 from the socket pauses above ``read_limit`` buffered bytes and resumes below half of
 it. Text is checked as UTF-8 while it arrives (§8.1, close 1007). Consumers pick
 their view of the same chunks: whole messages (:meth:`~WsConnection.recv`), frames
-of one message (:meth:`~WsConnection.recv_fragments`) or a byte stream
+of one message (:meth:`~WsConnection.recv_fragments`), one message's payload as it
+arrives (:meth:`~WsConnection.recv_stream`) or a byte stream
 (:meth:`~WsConnection.read`).
+
+Only :meth:`~WsConnection.recv` assembles a whole message in memory, so only it has a
+size limit: ``max_size``, :data:`DEFAULT_MAX_SIZE` (1 MiB, as websockets) unless the
+caller says otherwise; a larger message fails the connection with 1009 (RFC 6455 §7.4.1)
+before more than ``max_size`` bytes of it are held. The streaming views hold at most
+``read_limit`` bytes (and :meth:`~WsConnection.recv_fragments` one frame) whatever the
+message's size.
 """
 
 from __future__ import annotations
@@ -58,11 +66,14 @@ from hybridrelay.protocol.frames import (
     parse_close_payload,
 )
 
-__all__ = ["WsConnection", "ws_connect"]
+__all__ = ["DEFAULT_MAX_SIZE", "WsConnection", "ws_connect"]
 
 logger = logging.getLogger("hybridrelay.client")
 
 Data: TypeAlias = str | bytes | bytearray | memoryview
+
+DEFAULT_MAX_SIZE: Final = 1 << 20
+"""The largest message :meth:`WsConnection.recv` assembles by default (bytes on the wire)."""
 
 _GUID: Final = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _MAX_RESPONSE_HEAD: Final = 64 * 1024
@@ -350,7 +361,7 @@ class WsConnection(asyncio.Protocol):
         auto_close_echo: bool = True,
         read_limit: int = 1 << 20,
         close_timeout: float = 10.0,
-        max_size: int | None = None,
+        max_size: int | None = DEFAULT_MAX_SIZE,
         log_url: str = "",
     ) -> None:
         if read_limit < 2:
@@ -640,6 +651,27 @@ class WsConnection(asyncio.Protocol):
                 raise
             yield _join(parts)
             if parts[-1].message_end:
+                return
+
+    async def recv_stream(self) -> AsyncIterator[bytes | str]:
+        """Yield the payload of the next message as it arrives, in pieces of any size.
+
+        Neither the message nor one of its frames is assembled: a message of any size
+        streams through at most ``read_limit`` buffered bytes (no ``max_size`` applies).
+        Text comes decoded, a character split across pieces with the later one. Consume
+        the iterator to its end, or break out and the next recv() skips the rest.
+
+        Raises:
+            ConnectionClosedError: As for :meth:`recv`, also in the middle of a message.
+        """
+        await self._skip_rest_of_message()
+        while True:
+            chunk = await self._next_chunk()
+            if chunk is None:
+                raise self._closed_error()
+            if chunk.data:
+                yield chunk.data
+            if chunk.message_end:
                 return
 
     async def read(self) -> bytes:
@@ -955,7 +987,20 @@ class WsConnection(asyncio.Protocol):
         self._wake_rx()
         if self._close_sent is None:
             self._send_close(code, reason)
-        self._close_transport()
+        self._close_after_failure()
+
+    def _close_after_failure(self) -> None:
+        # Closing a socket that still has unread data sends a TCP reset, and a reset makes
+        # the peer drop what it has not read yet: our close frame (1009 to a peer that
+        # floods us, say). So stop sending (FIN) and read on, discarding (nothing is
+        # parsed any more), until the peer closes or the grace is over.
+        transport = self._transport
+        if transport is None or self._lost or not transport.can_write_eof():
+            self._close_transport()  # TLS has no half-close
+            return
+        self._resume_reading()  # what was received stays for the consumer; no more is kept
+        transport.write_eof()
+        self._call_later(min(self._close_timeout, _TCP_CLOSE_GRACE), self._close_transport)
 
     def _closed_error(self) -> errors.ConnectionClosedError:
         if self._close_rcvd is not None:
@@ -1133,7 +1178,7 @@ async def ws_connect(
     read_limit: int = 1 << 20,
     close_timeout: float = 10.0,
     auto_close_echo: bool = True,
-    max_size: int | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
 ) -> WsConnection:
     """Open a WebSocket connection as a client.
 
@@ -1152,7 +1197,10 @@ async def ws_connect(
         close_timeout: Bound on the closing handshake.
         auto_close_echo: Answer the peer's close frame at once (plain WebSocket). Byte
             bridges pass False to keep sending after the peer's half-close.
-        max_size: Largest message :meth:`WsConnection.recv` assembles (None: no limit).
+        max_size: Largest message :meth:`WsConnection.recv` assembles, in bytes (default
+            :data:`DEFAULT_MAX_SIZE`, 1 MiB; None: no limit, for peers you trust). A
+            larger one fails the connection with 1009 and raises PayloadTooBigError.
+            The streaming receives (recv_stream, recv_fragments, read) have no limit.
 
     Returns:
         The open connection.

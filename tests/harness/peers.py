@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
 from hybridrelay.protocol.sas import audience_for, create_sas_token
-from hybridrelay.wsclient import WsConnection, ws_connect
+from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
 
 from .relay import ROOT_KEY
 
@@ -81,6 +81,7 @@ class RawListener:
     key: str = ROOT_KEY
     listener_id: str | None = None
     subprotocol_choice: str | None = None
+    max_size: int | None = DEFAULT_MAX_SIZE  # what recv() on a dialled leg assembles
     accepts: asyncio.Queue[dict[str, object]] = field(default_factory=asyncio.Queue)
     legs: list[WsConnection] = field(default_factory=list)
     control: WsConnection | None = None
@@ -136,6 +137,7 @@ class RawListener:
         choice = self.subprotocol_choice or (offered[0] if offered else None)
         if choice:
             protocols = (choice,)
+        options.setdefault("max_size", self.max_size)
         return await ws_connect(str(accept["address"]), subprotocols=protocols, **options)  # type: ignore[arg-type] # test passthrough
 
     @staticmethod

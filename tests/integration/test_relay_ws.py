@@ -56,9 +56,10 @@ async def test_text_and_binary_echo(relay: InProcessRelay | RelayProcess) -> Non
 
 
 async def test_32_mib_message_streams_through(relay: InProcessRelay | RelayProcess) -> None:
-    listener = await RawListener(relay.url, "echo").start()
+    # Both ends assemble the whole message: past wsclient's 1 MiB default (issue 11).
+    listener = await RawListener(relay.url, "echo", max_size=None).start()
     try:
-        ws = await send(relay.url, "echo")
+        ws = await send(relay.url, "echo", max_size=None)
         blob = random.randbytes(32 << 20)
         await ws.send(blob)
         echoed = await ws.recv()

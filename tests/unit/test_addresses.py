@@ -552,3 +552,34 @@ def test_entity_uri() -> None:
 def test_exports() -> None:
     for name in addresses.__all__:
         assert hasattr(addresses, name), name
+
+
+def test_built_address_encodes_what_would_change_the_url() -> None:
+    # A raw "#" made the relay's own parameters a fragment (issue 11); escapes, "+" and a
+    # stray "%" stay as the sender wrote them.
+    built = build_rendezvous_address(
+        public_url="ws://relay",
+        entity="e",
+        suffix="",
+        app_query='a=1#f&b=[x] "y"&c=é\x7f&d=%41+%zz',
+        action="accept",
+        tracking_id="t",
+        rendezvous_key="k",
+    )
+    assert built == (
+        "ws://relay/$hc/e?a=1%23f&b=%5Bx%5D%20%22y%22&c=%C3%A9%7F&d=%41+%zz"
+        "&sb-hc-action=accept&sb-hc-id=t&sb-hc-rdv=k"
+    )
+
+
+def test_built_address_refuses_a_query_that_is_not_utf8() -> None:
+    with pytest.raises(InvalidAddressError):
+        build_rendezvous_address(
+            public_url="ws://relay",
+            entity="e",
+            suffix="",
+            app_query="a=\ud800",
+            action="accept",
+            tracking_id="t",
+            rendezvous_key="k",
+        )

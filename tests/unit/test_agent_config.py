@@ -138,6 +138,19 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert (info.value.path, info.value.key) == ("<environment>", "HYBRIDRELAY_AGENT_DRAIN_TIMEOUT")
 
 
+def test_rendezvous_hosts_are_normalised(tmp_path: Path) -> None:
+    text = 'rendezvous_hosts = ["*.Nodes.Example.com", "[::1]", "10.0.0.7", "relay-2.example."]\n'
+    config = load_agent_config(_write(tmp_path, text + MINIMAL), {})
+    assert config.rendezvous_hosts == ("*.nodes.example.com", "::1", "10.0.0.7", "relay-2.example")
+    assert load_agent_config(_write(tmp_path, MINIMAL), {}).rendezvous_hosts == ()
+
+
+def test_max_message_size(tmp_path: Path) -> None:
+    assert load_agent_config(_write(tmp_path, MINIMAL), {}).max_message_size == 1 << 20
+    config = load_agent_config(_write(tmp_path, "max_message_size = 65536\n" + MINIMAL), {})
+    assert config.max_message_size == 65536
+
+
 def test_same_but_key(tmp_path: Path) -> None:
     a = load_agent_config(_write(tmp_path, MINIMAL), {}).mappings[0]
     rotated = load_agent_config(
@@ -191,6 +204,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     text = EXAMPLE.read_text("utf-8").replace("/etc/hybridrelay/", f"{tmp_path}/")
     config = load_agent_config(_write(tmp_path, text), {"HYBRIDRELAY_COAP_KEY": "coap-value"})
     assert config.relays == ("wss://relay.example.com",)
+    assert config.rendezvous_hosts == ("*.relay.example.com",)
     assert config.status == ("127.0.0.1", 9100)
     assert [(m.hc, m.connections) for m in config.mappings] == [
         ("mqtt", 2),

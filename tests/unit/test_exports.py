@@ -15,6 +15,7 @@ MODULES = [
     "hybridrelay.protocol.addresses",
     "hybridrelay.protocol.codes",
     "hybridrelay.protocol.frames",
+    "hybridrelay.protocol.http_response",
     "hybridrelay.protocol.messages",
     "hybridrelay.protocol.sas",
     "hybridrelay.wsclient",

@@ -17,7 +17,7 @@ from types import TracebackType
 from urllib.parse import quote
 
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider, audience_for
-from hybridrelay.wsclient import WsConnection, ws_connect
+from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
 
 __all__ = ["RelayStream", "connect", "send_url"]
 
@@ -84,6 +84,7 @@ def connect(
     ping_interval: float | None = None,
     stream_mode: bool = False,
     tracking_id: str | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
 ) -> _Connect:
     """Open a relayed connection to the listener of ``hc``.
 
@@ -96,6 +97,10 @@ def connect(
         headers: extra request headers; they reach the listener in ``connectHeaders``.
         open_timeout: how long to wait for the listener to accept (the relay gives up at 30 s).
         stream_mode: keep sending after the peer's close (half-close) for byte bridges.
+        max_size: the largest message ``stream.recv()`` assembles, in bytes (default 1 MiB,
+            ``hybridrelay.wsclient.DEFAULT_MAX_SIZE``; None: no limit). A larger one closes
+            the stream with 1009 and raises PayloadTooBigError; ``recv_stream()``,
+            ``recv_fragments()`` and ``read()`` stream messages of any size.
 
     Returns:
         An awaitable async context manager yielding the :data:`RelayStream`.
@@ -120,4 +125,5 @@ def connect(
         open_timeout=open_timeout,
         ping_interval=ping_interval,
         auto_close_echo=not stream_mode,
+        max_size=max_size,
     )

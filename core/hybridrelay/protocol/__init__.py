@@ -21,6 +21,7 @@ from hybridrelay.protocol.codes import (
     RENDEZVOUS_TIMEOUT_S,
     CloseCode,
 )
+from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import (
     Accept,
     Message,
@@ -65,6 +66,7 @@ __all__ = [
     "TokenProvider",
     "audience_for",
     "build_rendezvous_address",
+    "check_response",
     "create_sas_token",
     "decode",
     "encode",

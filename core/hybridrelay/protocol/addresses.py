@@ -73,6 +73,11 @@ _PARAMS: Final[dict[str, str]] = {
 }
 
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# What may stay as it is in a query (RFC 3986 §3.4: pchar / "/" / "?"), plus "%" so that the
+# sender's escapes (and a stray "%", which no delimiter is) pass byte for byte. quote()
+# always keeps letters, digits and "_.-~". Everything else (a "#" above all, which would
+# turn the rest of the address into a fragment) is %-encoded as UTF-8.
+_QUERY_SAFE: Final = "!$&'()*+,;=:@/?%"
 _CONTROL_CHAR: Final = re.compile(r"[\x00-\x1f\x7f]")
 # "%2F", "%2E", "%5C" in any case: a "/", "." or "\\" some later decoder may act on.
 _ENCODED_SEPARATOR: Final = re.compile(r"%(?:2[EeFf]|5[Cc])")
@@ -413,10 +418,24 @@ def build_rendezvous_address(
         tracking_id: The id that also goes into the message's ``id`` field.
         rendezvous_key: The unguessable single-use key.
 
+    Every part is encoded for its place: the sender's query keeps its pairs, separators and
+    escapes, while characters that a URL parser would read differently (``#``, spaces,
+    controls, non-ASCII) are %-encoded, so the listener decodes the same values and the
+    relay's own parameters after them stay in the query.
+
     Returns:
         The address, e.g. ``wss://relay.example.com/$hc/hyco/x?a=1&sb-hc-action=accept&sb-hc-id=7&sb-hc-rdv=k``.
+
+    Raises:
+        InvalidAddressError: The query holds text that is not UTF-8 (undecodable bytes
+            of the request line).
     """
-    query = f"{app_query}&" if app_query else ""
+    try:
+        # surrogateescape: bytes the HTTP parser could not decode go back out as they came.
+        query = quote(app_query, safe=_QUERY_SAFE, errors="surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise InvalidAddressError("query is not valid UTF-8") from exc
+    query = f"{query}&" if query else ""
     return (
         f"{public_url.rstrip('/')}/$hc/{quote(entity, safe='/')}{quote(suffix, safe='/')}"
         f"?{query}sb-hc-action={action}&sb-hc-id={quote(tracking_id, safe='')}"

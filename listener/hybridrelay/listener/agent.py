@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from hybridrelay.backoff import Backoff
 from hybridrelay.bridge import BridgeStream, bridge
@@ -40,6 +40,7 @@ from hybridrelay.errors import (
     HandshakeError,
     HybridRelayError,
     InvalidMessageError,
+    PayloadTooBigError,
 )
 from hybridrelay.listener.hooks import (
     Accept as AcceptVerdict,
@@ -69,7 +70,8 @@ from hybridrelay.listener.targets import (
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
 from hybridrelay.protocol.addresses import path_escape_reason
-from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
+from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT, INLINE_BODY_LIMIT
+from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import (
     Accept,
     RenewToken,
@@ -79,11 +81,12 @@ from hybridrelay.protocol.messages import (
     encode,
 )
 from hybridrelay.protocol.sas import TokenProvider, audience_for, token_expiry
-from hybridrelay.wsclient import WsConnection, ws_connect
+from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
 
 __all__ = [
     "Listener",
     "ListenerStats",
+    "RendezvousHosts",
     "StreamHandler",
     "StreamTarget",
     "Target",
@@ -140,6 +143,17 @@ class Listener:
         connect_timeout: bound on dialling the relay and on connecting to the target.
         udp_idle_timeout: a ``udp://`` stream with no datagram either way for this long
             is closed (1000).
+        rendezvous_hosts: hosts besides those of ``relay`` and ``fallback_relays`` that
+            the relay may send rendezvous addresses for: exact names or IPs, or
+            ``*.example.com`` for any name under example.com (relay nodes behind one
+            load-balanced name, each with its own ``public_url``). Any other address is
+            refused: the listener never dials where a relay (or whoever controls it)
+            points it, and never over ws:// when the relay is wss://.
+        max_message_size: the largest message reassembled from the relay, in bytes: a
+            control-channel message, a request on a rendezvous socket, a message a
+            ``handler`` receives with ``recv()`` (default 1 MiB, at least 64 KiB, the
+            control-channel limit of HC §3; None: no limit). A larger one closes that
+            socket with 1009. HTTP request bodies are streamed, never reassembled.
     """
 
     def __init__(
@@ -163,11 +177,15 @@ class Listener:
         request_timeout: float = 60.0,
         udp_idle_timeout: float = 60.0,
         fallback_relays: Sequence[str] = (),
+        rendezvous_hosts: Sequence[str] = (),
+        max_message_size: int | None = DEFAULT_MAX_SIZE,
     ) -> None:
         if target is not None and handler is not None:
             raise ValueError("give at most one of target= and handler=")
         if target is None and handler is None and http_handler is None:
             raise ValueError("give target=, handler= or http_handler=")
+        if max_message_size is not None and max_message_size < CONTROL_MESSAGE_LIMIT:
+            raise ValueError("max_message_size must be at least 64 KiB (HC §3)")
         self.relay = relay.rstrip("/")
         self.hc = hc.strip("/")
         self.listener_id = listener_id or str(uuid.uuid4())
@@ -197,6 +215,8 @@ class Listener:
         # The relay first, then the other nodes to fail over to, in turn.
         self._relays = [self.relay, *(r.rstrip("/") for r in fallback_relays if r)]
         self._relay_index = 0
+        self._rendezvous_hosts = RendezvousHosts(self._relays, rendezvous_hosts)
+        self._max_message_size = max_message_size
         self.listen_url = self._listen_url()
         self._log = ConnectionLogger(log, {"hc": self.hc, "listener": self.listener_id})
 
@@ -252,6 +272,7 @@ class Listener:
                 open_timeout=self._connect_timeout,
                 ping_interval=self._ping_interval,
                 ping_timeout=self._ping_interval,
+                max_size=self._max_message_size,
             )
         except HandshakeError as exc:
             if exc.status == 404:
@@ -316,6 +337,12 @@ class Listener:
                 level, "control_channel_closed", extra={"code": exc.code, "reason": exc.reason}
             )
             moved = exc.code in (1001, 1006)
+        except PayloadTooBigError as exc:
+            # recv() failed the channel with 1009 (max_message_size); reconnect as after
+            # any other close. The relay's misbehaviour, not ours: a warning.
+            self._log.warning(
+                "control_channel_closed", extra={"code": exc.close_code, "reason": str(exc)}
+            )
         finally:
             for task in (closer, renewer):
                 task.cancel()
@@ -380,22 +407,40 @@ class Listener:
                 self._log.warning("control_message_invalid", extra={"error": str(exc)})
                 continue
             if isinstance(decoded, Accept):
-                self._spawn(self._handle_accept(decoded))
+                if self._address_allowed(decoded.address, decoded.id):
+                    self._spawn(self._handle_accept(decoded))
             elif isinstance(decoded, Request):
                 body: bytes | None = None
                 if decoded.inline and decoded.body:
                     following = await ws.recv()
                     if isinstance(following, str):
                         self._log.warning("request_body_missing", extra={"id": decoded.id})
-                        self._spawn(self._answer_broken_request(ws, decoded))
+                        if self._address_allowed(decoded.address, decoded.id):
+                            self._spawn(self._answer_broken_request(ws, decoded))
                         pending = following  # it is the next control message
                         continue
                     body = following
-                self._spawn(self._handle_request(ws, decoded, body))
+                if self._address_allowed(decoded.address, decoded.id):
+                    self._spawn(self._handle_request(ws, decoded, body))
             else:
                 self._log.warning(
                     "unexpected_control_message", extra={"kind": type(decoded).__name__}
                 )
+
+    def _address_allowed(self, address: str, tracking_id: str) -> bool:
+        """Whether to dial a rendezvous address from the relay; logs a refusal.
+
+        A refused accept or request is answered with nothing: any answer (a reject, a
+        response over rendezvous) would be a dial to that address.
+        """
+        why = self._rendezvous_hosts.refusal(address, self.relay)
+        if why is None:
+            return True
+        self._log.warning(
+            "rendezvous_address_refused",
+            extra={"id": tracking_id, "address": redact_url(address), "reason": why},
+        )
+        return False
 
     def _spawn(self, coro: Awaitable[None]) -> None:  # accepts and requests alike
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -480,6 +525,7 @@ class Listener:
             # connection forever: the relay answers pings per hop (splice.py).
             ping_interval=self._ping_interval,
             auto_close_echo=not stream,
+            max_size=self._max_message_size,
         )
 
     def _stream_started(self) -> None:
@@ -621,7 +667,12 @@ class Listener:
 
     async def _dial_request(self, address: str) -> WsConnection:
         # HC §2.6: the address is the credential; no token on this dial.
-        return await ws_connect(address, ssl=self._ssl, open_timeout=self._connect_timeout)
+        return await ws_connect(
+            address,
+            ssl=self._ssl,
+            open_timeout=self._connect_timeout,
+            max_size=self._max_message_size,
+        )
 
     async def _receive_request(self, ws: WsConnection, announced: Request) -> Request:
         """The full request on a rendezvous socket of a rendezvous-only request (HC §3.2)."""
@@ -723,16 +774,16 @@ class Listener:
         self, request: Request, response: HttpResponse, has_body: bool, clog: ConnectionLogger
     ) -> str | None:
         try:
-            return encode(
-                Response(
-                    request_id=request.id,
-                    status_code=response.status,
-                    status_description=response.reason,
-                    response_headers=response_header_map(response.headers),
-                    body=has_body,
-                )
+            message = Response(
+                request_id=request.id,
+                status_code=response.status,
+                status_description=response.reason,
+                response_headers=response_header_map(response.headers),
+                body=has_body,
             )
-        except HybridRelayError as exc:  # status out of range, headers over 64 KiB
+            check_response(message)  # what the relay would refuse with a 502
+            return encode(message)
+        except HybridRelayError as exc:  # a 1xx or 600+ status, headers over 64 KiB
             clog.error("http_response_invalid", extra={"error": str(exc)})
             return None
 
@@ -868,6 +919,70 @@ class Listener:
             await ws.close()
 
 
+class RendezvousHosts:
+    """Where a listener may dial the rendezvous addresses its relay hands out (HC §2.4, §2.6).
+
+    The relay's ``public_url`` decides the address, and a listener dials it without a
+    second thought in the SDKs; a compromised relay (or one that was configured wrong)
+    would aim the listener at any host on its network. Only the hosts of the relay URLs
+    the listener was given pass (``localhost``, ``127.0.0.1`` and ``::1`` count as one),
+    plus the configured extra names (``*.example.com``: any name under example.com),
+    compared without case; ports are not compared (relay nodes behind one name differ in
+    port, see deploy/compose). A wss:// relay's addresses must be wss:// as well.
+    """
+
+    __slots__ = ("_exact", "_suffixes")
+
+    def __init__(self, relays: Sequence[str], extra: Sequence[str] = ()) -> None:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for relay in relays:
+            host = _host_of(relay)
+            if host in _LOCALHOST:
+                # "localhost" is the loopback address a relay's default public_url names
+                # (ws://127.0.0.1:port); the rest of 127/8 is another host.
+                exact.update(_LOCALHOST)
+            elif host:
+                exact.add(host)
+        for item in extra:
+            name = item.strip().lower().rstrip(".")
+            if name.startswith("*."):
+                suffixes.append(name[1:])  # ".example.com"
+            elif name:
+                exact.add(name.strip("[]"))
+        self._exact = frozenset(exact)
+        self._suffixes = tuple(suffixes)
+
+    def refusal(self, address: str, relay: str) -> str | None:
+        """Why ``address`` must not be dialled for the relay at ``relay``, or None."""
+        try:
+            parts = urlsplit(address)
+            _ = parts.port
+        except ValueError:
+            return "not a URL"
+        scheme = parts.scheme.lower()
+        if scheme not in ("ws", "wss"):
+            return f"scheme {scheme[:10]!r} is not ws or wss"
+        if scheme == "ws" and urlsplit(relay).scheme.lower() == "wss":
+            return "ws:// address from a wss:// relay (a TLS downgrade)"
+        host = (parts.hostname or "").rstrip(".")
+        if not host:
+            return "no host"
+        if host in self._exact or any(host.endswith(suffix) for suffix in self._suffixes):
+            return None
+        return f"host {host[:100]!r} is neither the relay's nor in rendezvous_hosts"
+
+
+_LOCALHOST: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_of(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
+
+
 def _wrap(ws: WsConnection, wrappers: Sequence[StreamWrapper]) -> BridgeStream:
     stream: BridgeStream = ws
     for wrapper in wrappers:
@@ -892,8 +1007,9 @@ class _Exchange:
 
 
 async def _body_frames(ws: WsConnection) -> AsyncIterator[bytes]:
-    """The frames of the body message on a rendezvous socket, as they arrive (HC §4)."""
-    async for fragment in ws.recv_fragments():
+    """The body message on a rendezvous socket, as it arrives (HC §4): streamed in pieces,
+    never assembled, so a body (or one frame of it) of any size holds no more memory."""
+    async for fragment in ws.recv_stream():
         if isinstance(fragment, str):
             raise InvalidMessageError("a request body must be a binary message")
         if fragment:

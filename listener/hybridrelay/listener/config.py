@@ -10,6 +10,8 @@ that deployment tools and tests rely on::
     status = "127.0.0.1:9100"             # optional local /status, /metrics, /healthz
     allow_public_status = false           # needed for a status address beyond loopback
     ca_file = "/etc/hybridrelay/ca.pem"   # optional CA bundle for wss:// relays
+    rendezvous_hosts = ["*.relay.example.com"]  # more hosts rendezvous addresses may name
+    max_message_size = 1048576            # bytes; larger relay messages close with 1009
     log_level = "info"                    # unless --log-level / HYBRIDRELAY_LOG_LEVEL says
 
     [[mappings]]
@@ -47,6 +49,8 @@ from urllib.parse import urlsplit
 from hybridrelay.config import Secret, Table, load_toml
 from hybridrelay.errors import ConfigError
 from hybridrelay.listener.targets import parse_target
+from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+from hybridrelay.wsclient import DEFAULT_MAX_SIZE
 
 __all__ = [
     "TARGET_SCHEMES",
@@ -123,12 +127,26 @@ class AgentConfig:
     status: tuple[str, int] | None = None  # host, port (0: any free port)
     allow_public_status: bool = False
     ca_file: str | None = None
+    # Hosts besides the relays' own that accept/request addresses may name (exact, or
+    # "*.example.com"); the agent refuses to dial any other (issue 11).
+    rendezvous_hosts: tuple[str, ...] = ()
+    # The largest message reassembled from the relay (control channel, a request on a
+    # rendezvous socket); HTTP bodies stream. At least the control-channel limit (64 KiB).
+    max_message_size: int = DEFAULT_MAX_SIZE
     log_level: str | None = None
     source: str = "<defaults>"
 
     def listener_settings(self) -> tuple[object, ...]:
         """The global values every Listener is built from; a change restarts all mappings."""
-        return (self.relays, self.agent_id, self.ping_interval, self.drain_timeout, self.ca_file)
+        return (
+            self.relays,
+            self.agent_id,
+            self.ping_interval,
+            self.drain_timeout,
+            self.ca_file,
+            self.rendezvous_hosts,
+            self.max_message_size,
+        )
 
 
 # -- small validators -------------------------------------------------------------------
@@ -171,6 +189,28 @@ def _relay_url(url: str) -> str | None:
     if parts.query or parts.fragment:
         return "must not have a query or fragment"
     return None
+
+
+_HOST_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PATTERN: Final = re.compile(rf"^(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+
+
+def _rendezvous_hosts(top: Table) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for i, text in enumerate(top.str_list("rendezvous_hosts")):
+        bare = text.strip("[]")
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if not _HOST_PATTERN.match(text):
+                raise top.error(
+                    f"rendezvous_hosts[{i}]",
+                    "must be a host name, an IP address or '*.domain' (no scheme or port)",
+                ) from None
+            hosts.append(text.lower().rstrip("."))
+        else:
+            hosts.append(bare.lower())
+    return tuple(hosts)
 
 
 def _hc_name(name: str) -> str | None:
@@ -402,6 +442,10 @@ def load_agent_config(
         if not ca_path.is_file():
             raise top.error("ca_file", f"{ca_path} is not a readable file")
         ca_file = str(ca_path)
+    rendezvous_hosts = _rendezvous_hosts(top)
+    max_message_size = top.get_int(
+        "max_message_size", DEFAULT_MAX_SIZE, minimum=CONTROL_MESSAGE_LIMIT, maximum=1 << 30
+    )
     log_level = top.get_str("log_level")
     if log_level is not None and log_level.lower() not in _LOG_LEVELS:
         raise top.error("log_level", "must be one of " + ", ".join(_LOG_LEVELS))
@@ -438,6 +482,8 @@ def load_agent_config(
         status=status,
         allow_public_status=allow_public,
         ca_file=ca_file,
+        rendezvous_hosts=rendezvous_hosts,
+        max_message_size=max_message_size,
         log_level=log_level.lower() if log_level else None,
         source=source,
     )

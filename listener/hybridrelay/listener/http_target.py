@@ -42,6 +42,7 @@ from yarl import URL
 
 from hybridrelay.errors import BadGatewayError
 from hybridrelay.protocol.codes import INLINE_BODY_LIMIT
+from hybridrelay.protocol.http_response import is_field_value, is_token
 from hybridrelay.protocol.messages import RemoteEndpoint, Request
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "error_response",
     "forwardable_request_headers",
     "response_header_map",
+    "sender_address_headers",
 ]
 
 HeadersLike: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -138,14 +140,12 @@ def response_header_map(headers: HeadersLike) -> dict[str, str]:
     return out
 
 
-_UNSAFE_NAME: Final = re.compile("[:\r\n\x00 \t]")
 _UNSAFE_VALUE: Final = re.compile("[\r\n\x00]")
 
 
 def _safe_header(name: object, value: object) -> bool:
-    if not isinstance(name, str) or not isinstance(value, str) or not name:
-        return False
-    return _UNSAFE_NAME.search(name) is None and _UNSAFE_VALUE.search(value) is None
+    # The relay refuses a whole response over one bad header (502); drop the header here.
+    return is_token(name) and is_field_value(value)
 
 
 class RequestBody:
@@ -321,6 +321,51 @@ def build_request(
     )
 
 
+def _last_forwarded_for(value: str) -> str:
+    """The ``for=`` node of the last element of a ``Forwarded`` value (RFC 7239), unquoted."""
+    for pair in value.rsplit(",", 1)[-1].split(";"):
+        name, _, node = pair.partition("=")
+        if name.strip().lower() == "for":
+            return node.strip().strip('"').removeprefix("[").removesuffix("]")
+    return ""
+
+
+def sender_address_headers(request: HttpRequest) -> CIMultiDictProxy[str] | CIMultiDict[str]:
+    """The request's headers with the sender's address, as the relay reported it, last.
+
+    A target behind the agent trusts the last ``X-Forwarded-For`` / ``Forwarded`` element
+    and ``X-Real-IP`` as the proxy's own observation. hybridrelay's relay appends the
+    sender's address itself; a relay that does not (or a sender's own copies) must not
+    decide what the target sees, so the agent appends ``remoteEndpoint``'s address where
+    it is not last already and sets ``X-Real-IP`` to it.
+
+    Args:
+        request: A relayed request.
+
+    Returns:
+        ``request.headers`` itself when nothing needs changing (or the relay gave no
+        address), else a corrected copy.
+    """
+    remote = request.remote
+    if remote is None:
+        return request.headers
+    address = remote.address
+    chain = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+    forwarded = ", ".join(request.headers.getall("Forwarded", ()))
+    xff_ok = chain.rsplit(",", 1)[-1].strip() == address
+    forwarded_ok = _last_forwarded_for(forwarded) == address
+    if xff_ok and forwarded_ok and request.headers.getall("X-Real-IP", ()) == [address]:
+        return request.headers
+    headers = CIMultiDict(request.headers)
+    if not xff_ok:
+        headers["X-Forwarded-For"] = f"{chain}, {address}" if chain else address
+    if not forwarded_ok:
+        node = f'"[{address}]"' if ":" in address else address
+        headers["Forwarded"] = f"{forwarded}, for={node}" if forwarded else f"for={node}"
+    headers["X-Real-IP"] = address
+    return headers
+
+
 class _TargetBody:
     """Streams a target response's body, then returns its connection to the pool.
 
@@ -437,9 +482,10 @@ class HttpTarget:
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         """Forward one request; a failing service becomes a 502 with a JSON error body."""
         session = self._get_session()  # opened with the first request, whichever path
+        headers = sender_address_headers(request)
         pool = self._pool
         if pool is not None and request.body.length is not None:
-            head = pool.request_head(request)
+            head = pool.request_head(request, headers)
             if head is not None:
                 return await self._lean(pool, request, head)
         # A body streamed from a rendezvous socket goes on chunked; a known one as bytes.
@@ -450,7 +496,7 @@ class HttpTarget:
             response = await session.request(
                 request.method,
                 self.url_for(request),
-                headers=request.headers,
+                headers=headers,
                 data=data,
                 allow_redirects=False,
             )
@@ -603,7 +649,9 @@ class _Pool:
         self._generation = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def request_head(self, request: HttpRequest) -> bytearray | None:
+    def request_head(
+        self, request: HttpRequest, headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    ) -> bytearray | None:
         """The request line and headers as aiohttp would send them, or None when this
         request is not a plain one (then aiohttp, which quotes or refuses, sends it)."""
         target = self._base + request.raw_path
@@ -620,7 +668,7 @@ class _Pool:
             return None
         head = bytearray(f"{method} {target} HTTP/1.1\r\n".encode("ascii"))
         head += self._host_line
-        for name, value in request.headers.items():
+        for name, value in headers.items():
             if _TOKEN.fullmatch(name) is None or _UNSAFE_VALUE.search(value) is not None:
                 return None
             head += f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")

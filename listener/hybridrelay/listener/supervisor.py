@@ -234,6 +234,8 @@ class _MappingRun:
                 listener_id=f"{config.agent_id}-{mapping.hc}-{i}",
                 ssl_context=context,
                 fallback_relays=others,
+                rendezvous_hosts=config.rendezvous_hosts,
+                max_message_size=config.max_message_size,
                 ping_interval=config.ping_interval,
                 max_streams=mapping.max_streams,
                 connect_timeout=mapping.connect_timeout,

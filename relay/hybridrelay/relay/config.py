@@ -48,6 +48,8 @@ __all__ = [
     "WebhookConfig",
     "development_config",
     "load_relay_config",
+    "placeholder_keys",
+    "refuse_placeholder_keys",
     "validate_entity_name",
 ]
 
@@ -189,6 +191,9 @@ class RelaySettings:
     max_pending_per_hc: int = 1000  # senders + HTTP requests waiting on one entity (503)
     max_queued_control_frames: int = 64  # control frames queued to one leg (then not read)
     max_token_lifetime: float = 366 * 86_400.0  # a token's se further ahead: 401; 0: off
+    # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
+    # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
+    allow_placeholder_keys: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -448,6 +453,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "max_pending_per_hc": int,
     "max_queued_control_frames": int,
     "max_token_lifetime": float,
+    "allow_placeholder_keys": bool,
 }
 
 
@@ -580,6 +586,7 @@ def _settings(table: Table) -> RelaySettings:
         max_token_lifetime=table.get_float(
             "max_token_lifetime", d.max_token_lifetime, minimum=0.0, maximum=100 * 366 * 86_400.0
         ),
+        allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
     )
     table.reject_unknown()
     if (s.tls_cert is None) != (s.tls_key is None):
@@ -690,6 +697,48 @@ def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) ->
         cluster=cluster,
         source=str(path),
     )
+
+
+# What the example configs (deploy/, docs/, README) write where a key belongs, so that a
+# copied example never serves with a key that is published in this repository.
+PLACEHOLDER_MARKERS: Final = ("replace-with", "change-me", "changeme", "placeholder", "...")
+
+
+def placeholder_keys(config: RelayConfig) -> list[str]:
+    """The config keys (``rules[0].key``, ...) whose value is an example's placeholder."""
+    found: list[str] = []
+    scopes: list[tuple[str, tuple[RuleConfig, ...]]] = [("rules", config.rules)]
+    scopes += [
+        (f"hybrid_connections[{i}].rules", hc.rules)
+        for i, hc in enumerate(config.hybrid_connections)
+    ]
+    for prefix, rules in scopes:
+        for j, rule in enumerate(rules):
+            for name, secret in (("key", rule.key), ("secondary_key", rule.secondary_key)):
+                lowered = secret.value.lower() if secret is not None else ""
+                if any(marker in lowered for marker in PLACEHOLDER_MARKERS):
+                    found.append(f"{prefix}[{j}].{name}")
+    return found
+
+
+def refuse_placeholder_keys(config: RelayConfig) -> list[str]:
+    """Raise ConfigError for a placeholder key unless ``allow_placeholder_keys`` is set.
+
+    Returns:
+        The placeholder keys let through (only with ``allow_placeholder_keys``).
+
+    Raises:
+        ConfigError: A rule key or secondary key is an example's placeholder.
+    """
+    found = placeholder_keys(config)
+    if found and not config.relay.allow_placeholder_keys:
+        raise ConfigError(
+            config.source,
+            found[0],
+            "is a placeholder from an example config; put a random key here "
+            "(e.g. openssl rand -base64 32)",
+        )
+    return found
 
 
 def development_config(env: Mapping[str, str] | None = None) -> RelayConfig:

@@ -19,9 +19,16 @@ from typing import Any, Final
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.http import WebSocketWriter
 
-from hybridrelay.errors import AuthError, ConnectionClosedError, HybridRelayError
+from hybridrelay.errors import (
+    AuthError,
+    BadGatewayError,
+    ConnectionClosedError,
+    HybridRelayError,
+    InvalidMessageError,
+)
 from hybridrelay.logs import ConnectionLogger
 from hybridrelay.protocol.frames import MaskCheck, Opcode, encode_frame, encode_frame_header
+from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import (
     Accept,
     RenewToken,
@@ -279,6 +286,19 @@ class ControlChannel:
             return
         if pending.header.done():
             self._log.warning("duplicate_response", extra={"request_id": response.request_id})
+            self._skip_body = response.body
+            return
+        try:
+            check_response(response)
+        except InvalidMessageError as exc:
+            # A well-formed message whose content cannot go on an HTTP connection (a 101,
+            # a header that would split the sender's response): that request gets a 502,
+            # the channel and every other request on it carry on.
+            self._log.warning(
+                "http_response_invalid",
+                extra={"request_id": response.request_id, "reason": str(exc)},
+            )
+            pending.fail(BadGatewayError("the listener's response is not valid HTTP"))
             self._skip_body = response.body
             return
         if response.body:

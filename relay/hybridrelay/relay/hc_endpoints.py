@@ -39,6 +39,7 @@ from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel, ControlSocketResponse
 from hybridrelay.relay.dispatch import deliver_to_listener
+from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.middleware import ACTION_KEY
@@ -321,7 +322,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                     rendezvous_key=key,
                 ),
                 id=tracking_id,
-                connect_headers=_connect_headers(request.headers),
+                connect_headers=add_forwarding_headers(_connect_headers(request.headers), request),
                 remote_endpoint=remote_endpoint(request),
             )
             try:

@@ -57,10 +57,12 @@ from hybridrelay.protocol.frames import (
     encode_frame,
     encode_frame_header,
 )
+from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
+from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PendingRequest
@@ -236,8 +238,8 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
                     request_target=target.request_target,
                     method=request.method,
                     remote_endpoint=remote_endpoint(request),
-                    request_headers=_request_headers(
-                        request, drop_authorization=from_authorization
+                    request_headers=add_forwarding_headers(
+                        _request_headers(request, drop_authorization=from_authorization), request
                     ),
                     body=has_body,
                 ),
@@ -679,9 +681,16 @@ class HttpRendezvous(asyncio.Protocol):
             pongs[-1] = frame  # RFC 6455 §5.5.3: answering the most recent ping is enough
 
     def _on_header(self, text: bytes) -> None:
-        message = decode(text)
-        if not isinstance(message, Response) or message.request_id != self._pending.request_id:
-            raise InvalidMessageError("expected the response to this socket's request")
+        try:
+            message = decode(text)
+            if not isinstance(message, Response) or message.request_id != self._pending.request_id:
+                raise InvalidMessageError("expected the response to this socket's request")
+            check_response(message)
+        except HybridRelayError:
+            # The sender gets a 502 now, not a 504 at the request timeout; this socket is
+            # closed with the error's code (1002) by data_received.
+            self._pending.fail(BadGatewayError("the listener's response is not valid HTTP"))
+            raise
         if not self._pending.deliver_header(message):
             raise InvalidMessageError("a second response for the same request")
         if not message.body:

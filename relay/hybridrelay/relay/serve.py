@@ -23,7 +23,12 @@ from hybridrelay.relay.app import create_app
 from hybridrelay.relay.ca_trust import attach, cleanup_context
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.redis import RedisClusterState
-from hybridrelay.relay.config import ClientCertMode, RelayConfig, complete
+from hybridrelay.relay.config import (
+    ClientCertMode,
+    RelayConfig,
+    complete,
+    refuse_placeholder_keys,
+)
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE
 from hybridrelay.relay.store.base import Store
@@ -138,6 +143,10 @@ async def run(
         on_app: called with the aiohttp application before it starts (tests inspect state).
     """
     s = config.relay
+    # A key copied from an example config is public: refuse to serve with it.
+    allowed = refuse_placeholder_keys(config)
+    if allowed:
+        log.warning("placeholder_keys_allowed", extra={"keys": ",".join(allowed)})
     # Before anything is opened: a bad certificate or CA file fails the start cleanly.
     ssl_ctx = (
         tls_context(

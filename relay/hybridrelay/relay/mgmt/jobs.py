@@ -60,6 +60,7 @@ from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
 from hybridrelay.relay.mgmt.json_body import parse_json_object
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import MAX_PAGE, Device, format_time, validate_device_id
 
@@ -280,12 +281,13 @@ def _registry(request: web.Request) -> JobRegistry:
 
 
 def _write_block(path: Path, lines: list[bytes], *, first: bool) -> None:
-    with path.open("wb" if first else "ab") as f:
+    # Device credentials: 0600 in a 0700 directory, whatever the umask.
+    with open_private(path, "wb" if first else "ab") as f:
         f.writelines(lines)
 
 
 async def _export(state: RelayState, job: Job) -> None:
-    await asyncio.to_thread(job.directory.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_dir, job.directory)
     continuation: str | None = None
     first = True
     while True:
@@ -311,8 +313,8 @@ async def _spool(request: web.Request, job: Job) -> int:
     length = request.content_length
     if length is not None and length > MAX_IMPORT_BYTES:
         raise PayloadTooBigError(f"an import body is at most {MAX_IMPORT_BYTES} bytes")
-    await asyncio.to_thread(job.directory.mkdir, parents=True, exist_ok=True)
-    f = await asyncio.to_thread(job.input_path.open, "wb")
+    await asyncio.to_thread(private_dir, job.directory)
+    f = await asyncio.to_thread(open_private, job.input_path, "wb")
     total = 0
     try:
         buffer = bytearray()
@@ -411,7 +413,7 @@ def _line_error(number: int, device_id: object, exc: HybridRelayError) -> dict[s
 
 async def _import(state: RelayState, job: Job, size: int) -> None:
     f = await asyncio.to_thread(job.input_path.open, "rb")
-    errors_file = await asyncio.to_thread(job.errors_path.open, "wb")
+    errors_file = await asyncio.to_thread(open_private, job.errors_path, "wb")
     try:
         number = 0
         while True:

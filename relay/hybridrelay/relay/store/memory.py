@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hybridrelay.logs import RELAY
 from hybridrelay.relay.config import RelayConfig, RuleConfig
+from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.store.base import HybridConnection, Rule
 
 __all__ = ["MemoryStore"]
@@ -67,9 +68,10 @@ class MemoryStore:
         if self._persist is None:
             return
         names = sorted(hc.name for hc in self._by_name.values() if not hc.config_owned)
-        self._persist.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._persist.parent)
         tmp = self._persist.with_suffix(".tmp")
-        tmp.write_text(json.dumps(names), "utf-8")
+        with open_private(tmp, "wb") as f:
+            f.write(json.dumps(names).encode("utf-8"))
         tmp.replace(self._persist)
 
     async def resolve(self, path: str) -> tuple[HybridConnection, str] | None:

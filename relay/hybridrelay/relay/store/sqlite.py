@@ -41,6 +41,7 @@ from hybridrelay.errors import (
 from hybridrelay.logs import RELAY
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.private_files import open_private, private_dir, tighten
 from hybridrelay.relay.store.base import ChangeCallback
 from hybridrelay.relay.store.certificates import CaCertificate, stored_certificate
 from hybridrelay.relay.store.models import (
@@ -395,10 +396,18 @@ class SqliteStore:
 
     def _db_open(self) -> None:
         if self._path != ":memory:":
+            path = Path(self._path)
             try:
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)
+                # Keys live in this file: 0600 before SQLite writes a byte, and SQLite
+                # gives its -wal and -shm files the database file's mode.
+                open_private(path, "r+b").close()
+                for suffix in ("-wal", "-shm", "-journal"):
+                    tighten(path.with_name(path.name + suffix))  # left by an older version
             except OSError as exc:
-                raise ConfigError(self._path, "", f"cannot create the data dir: {exc}") from exc
+                raise ConfigError(
+                    self._path, "", f"cannot create the store in its data dir: {exc}"
+                ) from exc
         try:
             db = sqlite3.connect(self._path, isolation_level=None)
         except sqlite3.Error as exc:

@@ -1,0 +1,76 @@
+"""Proxy headers the relay sets itself on what it forwards to a listener (HC §2.10, §3.2).
+
+Senders' headers reach the listener in ``requestHeaders`` (HTTP mode) and
+``connectHeaders`` (WebSocket senders), and an HTTP target behind the listener agent
+often allow-lists by the client address a proxy reports. A sender that writes its own
+``X-Forwarded-For: 10.0.0.1`` must not pass for 10.0.0.1, so the relay behaves as
+proxies do (nginx ``$proxy_add_x_forwarded_for``, RFC 7239 §4):
+
+- ``X-Forwarded-For`` and ``Forwarded`` keep what the sender sent and get the address
+  the relay saw appended, so the last element is always the relay's own observation;
+- ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``X-Real-IP`` hold one value each,
+  which only the relay can know: a sender's copies are replaced.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp import web
+
+from hybridrelay.relay.peer import remote_endpoint
+
+__all__ = ["add_forwarding_headers"]
+
+_APPENDED: Final = ("x-forwarded-for", "forwarded")
+_REPLACED: Final = frozenset({"x-forwarded-proto", "x-forwarded-host", "x-real-ip"})
+# RFC 7239 §4: a value that is not a token goes in a quoted-string.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _quoted(value: str) -> str:
+    if _TOKEN.fullmatch(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _node(address: str) -> str:
+    # RFC 7239 §6: an IPv6 node is bracketed (and so quoted).
+    return _quoted(f"[{address}]" if ":" in address else address)
+
+
+def add_forwarding_headers(headers: dict[str, str], request: web.Request) -> dict[str, str]:
+    """Return ``headers`` (a sender's, repeated names joined) with the relay's proxy headers.
+
+    Args:
+        headers: What would be forwarded, names in the sender's spelling.
+        request: The sender's request: its peer address, TLS and ``Host``.
+
+    Returns:
+        A new dict: the sender's ``X-Forwarded-For`` and ``Forwarded`` (any spelling, joined)
+        with the peer appended, ``X-Forwarded-Proto``/``-Host``/``X-Real-IP`` the relay's.
+    """
+    endpoint = remote_endpoint(request)
+    peer = endpoint.address if endpoint is not None else "unknown"
+    proto = "https" if request.secure else "http"
+    out: dict[str, str] = {}
+    earlier: dict[str, list[str]] = {name: [] for name in _APPENDED}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in earlier:
+            if value.strip():
+                earlier[lowered].append(value.strip())
+        elif lowered not in _REPLACED:
+            out[name] = value
+    out["X-Forwarded-For"] = ", ".join([*earlier["x-forwarded-for"], peer])
+    element = f"for={_node(peer)};proto={proto}"
+    if request.host:
+        element += f";host={_quoted(request.host)}"
+    out["Forwarded"] = ", ".join([*earlier["forwarded"], element])
+    out["X-Forwarded-Proto"] = proto
+    if request.host:
+        out["X-Forwarded-Host"] = request.host
+    out["X-Real-IP"] = peer
+    return out
