@@ -17,7 +17,13 @@ from hybridrelay.protocol.frames import Opcode
 from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection
 from tests.conftest import ROOT, RelayFactory
-from tests.harness.hostile import host_port, masked_frame, raw_ws_connect, read_frame
+from tests.harness.hostile import (
+    host_port,
+    masked_frame,
+    raw_ws_connect,
+    read_frame,
+    read_http_answer,
+)
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener
 from tests.harness.relay import ROOT_KEY
@@ -87,3 +93,21 @@ async def test_the_listener_reads_the_senders_query_values_back(
         if writer is not None:
             writer.close()
         await listener.stop()
+
+
+async def test_an_http_request_target_with_a_raw_hash_is_refused(
+    relay_factory: RelayFactory,
+) -> None:
+    """HTTP-mode sender puts a raw '#' in its request target: 400, nothing reaches a listener."""
+    relay = await relay_factory()
+    host, port = host_port(relay.url)
+    for target in ("/anon/a#b", "/anon/a?x=1#b", "/anon#?sb-hc-action=listen"):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: relay\r\n\r\n".encode())
+            async with asyncio.timeout(seconds(5)):
+                answer = await read_http_answer(reader)
+            assert answer.status == 400, target
+        finally:
+            writer.close()
+            await writer.wait_closed()

@@ -21,6 +21,7 @@ from hybridrelay.errors import ConnectionClosedError
 from tests.harness.hostile import host_port, read_http_answer
 from tests.harness.http_peers import HttpListener
 from tests.harness.peers import token_for
+from tests.harness.raw_ws import RawWs, unmasked_frame
 from tests.harness.relay import InProcessRelay
 from tests.harness.timing import seconds
 
@@ -95,6 +96,29 @@ async def test_an_answer_that_is_not_valid_http_is_a_502_and_keep_alive_survives
         assert (answer.status, answer.header("X-Ok"), answer.body) == (200, "yes", b"next")
         assert listener.control_closed is not None
         assert not listener.control_closed.done()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_broken_frame_on_a_request_rendezvous_is_the_senders_502_at_once(
+    relay: InProcessRelay, listener: HttpListener
+) -> None:
+    """Listener breaks RFC 6455 on the request's rendezvous before answering: 502 now, not 504."""
+    reader, writer = await asyncio.open_connection(*host_port(relay.url))
+    try:
+        writer.write(_request(relay, "first"))
+        request = await listener.next_request()
+        rendezvous = await RawWs.open(request.address)
+        try:
+            assert rendezvous.status == 101
+            await rendezvous.send(unmasked_frame(0x1, b'{"response":{}}'))
+            async with asyncio.timeout(seconds(5)):
+                answer = await read_http_answer(reader)
+                assert await rendezvous.recv_close() == 1002
+        finally:
+            rendezvous.close()
+        assert answer.status == 502
     finally:
         writer.close()
         await writer.wait_closed()

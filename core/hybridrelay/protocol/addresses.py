@@ -323,7 +323,7 @@ def parse_http_target(raw_path: str, raw_query: str) -> HttpTarget:
     Raises:
         InvalidAddressError: The path is not absolute, is over 8 KiB, has a broken escape
             or a control character, could walk out of its entity or suffix
-            (:func:`path_escape_reason`), or the query is over 8 KiB.
+            (:func:`path_escape_reason`), holds a raw ``#``, or the query is over 8 KiB.
     """
     if len(raw_path) > _MAX_PART_LEN:
         raise InvalidAddressError("path is longer than 8 KiB")
@@ -331,6 +331,10 @@ def parse_http_target(raw_path: str, raw_query: str) -> HttpTarget:
         raise InvalidAddressError("query is longer than 8 KiB")
     if not raw_path.startswith("/"):
         raise InvalidAddressError("path must start with '/'")
+    if "#" in raw_path or "#" in raw_query:
+        # RFC 9112 §3.2: a request target carries no fragment. Passed on, the listener's
+        # URL for its target would end where the sender's "#" stood.
+        raise InvalidAddressError("'#' in request target")
     _refuse_escape(raw_path)  # before any decoding or scope check
     path = _strict_unquote(raw_path[1:], "path")
     if _CONTROL_CHAR.search(path):

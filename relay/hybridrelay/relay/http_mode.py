@@ -719,7 +719,8 @@ class HttpRendezvous(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         log.warning("request_rendezvous_protocol_error", extra={"code": code, "reason": reason})
         if self._in_body or not self._pending.header.done():
-            self._pending.body.fail(BadGatewayError("the listener broke the protocol"))
+            # The sender learns now (502), not at the request timeout (504).
+            self._pending.fail(BadGatewayError("the listener broke the protocol"))
             self._in_body = False
         if not self._close_sent:
             self._close_sent = True
