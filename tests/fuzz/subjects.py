@@ -252,6 +252,7 @@ class NoRelay:
 
 
 _READY: Final = re.compile(r"relay ready at (\S+)")
+_LINE_CAP: Final = 1 << 20  # a longer log line is judged in pieces of this size
 _ERROR_LINE: Final = re.compile(r"level=(error|critical)|\bexc=|^Traceback|Traceback \(most recent")
 
 
@@ -292,19 +293,32 @@ class ProcessSubject:
         return subject
 
     async def _read(self, ready: asyncio.Future[str]) -> None:
+        # Chunks, not readline(): a hostile input can make the relay log a line longer
+        # than any StreamReader limit, and a reader that dies on it stops draining the
+        # pipe, so the relay blocks on its next log write.
         assert self.process is not None
         assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.lines += 1
-            self.tail.append(text)
-            del self.tail[:-200]
-            if not ready.done() and (match := _READY.search(text)):
-                ready.set_result(match.group(1))
-            elif _ERROR_LINE.search(text):
-                self.errors.add(text)
+        pending = b""
+        while chunk := await self.process.stdout.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > _LINE_CAP:
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                self._line(line.decode("utf-8", "replace").rstrip(), ready)
+        if pending:
+            self._line(pending.decode("utf-8", "replace").rstrip(), ready)
         if not ready.done():
             ready.set_exception(RuntimeError("relay exited"))
+
+    def _line(self, text: str, ready: asyncio.Future[str]) -> None:
+        self.lines += 1
+        self.tail.append(text[:3000])
+        del self.tail[:-200]
+        if not ready.done() and (match := _READY.search(text)):
+            ready.set_result(match.group(1))
+        elif _ERROR_LINE.search(text):
+            self.errors.add(text)
 
     @property
     def port(self) -> int:

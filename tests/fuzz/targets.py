@@ -145,8 +145,10 @@ def _signer(subject: Subject, entity: str) -> Callable[[TokenSpec], str]:
             return token(f"{base}/{SPLICE_HC}")
         if kind == "send_only":
             return token(f"{base}/{entity}", key_name="send-only", key=SEND_KEY)
+        # bad_signature: a good token whose signature has its first characters changed.
         good = token(f"{base}/{entity}")
-        return good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
+        head, _, rest = good.partition("sig=")
+        return f"{head}sig={'AAAA' if not rest.startswith('AAAA') else 'BBBB'}{rest[4:]}"
 
     return sign
 
@@ -202,10 +204,7 @@ class ControlTarget:
     def __init__(self, subject: Subject) -> None:
         self.subject = subject
         self.count = 0
-        sign = _signer(subject, CONTROL_HC)
-        self.sign = sign
-        # The same kinds always sign to the same text within a second; accept by kind.
-        self._accepted_kinds = strategies.ACCEPTED_TOKENS
+        self.sign = _signer(subject, CONTROL_HC)
 
     async def check(self, example: strategies.ControlExample, findings: Findings) -> None:
         self.count += 1
@@ -215,7 +214,7 @@ class ControlTarget:
         def sign(spec: TokenSpec) -> str:
             # One text per kind and example: the verdict must see the token that was sent.
             text = signed.get(spec.kind) or signed.setdefault(spec.kind, self.sign(spec))
-            if spec.kind in self._accepted_kinds:
+            if spec.kind in strategies.ACCEPTED_TOKENS:
                 accepted.add(text)
             return text
 
