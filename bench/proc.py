@@ -13,6 +13,12 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+
+# Longest child output line read whole. asyncio's default, 64 KiB, is less than what a
+# relay under attack may log in one line (aiohttp quotes malformed requests); a reader
+# that died on it would stop draining the pipe and the child would block on its log.
+OUTPUT_LINE_LIMIT: Final = 1 << 24
 
 __all__ = [
     "LineChild",
@@ -121,6 +127,7 @@ class LineChild:
             stderr=asyncio.subprocess.STDOUT,
             env=dict(self.env) if self.env is not None else None,
             cwd=self.cwd,
+            limit=OUTPUT_LINE_LIMIT,
         )
         self._reader = asyncio.create_task(self._read_output())
         try:

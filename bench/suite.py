@@ -43,7 +43,17 @@ __all__ = ["SECTIONS", "UNITS", "main"]
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_OUT: Final = Path("bench-results.json")
-SECTIONS: Final = ("bulk", "nginx", "peer", "connect", "rate", "pingpong", "memory", "http")
+SECTIONS: Final = (
+    "bulk",
+    "nginx",
+    "peer",
+    "connect",
+    "rate",
+    "pingpong",
+    "memory",
+    "http",
+    "attack",
+)
 GRACE_S: Final = 30.0  # a unit's time to clean up after SIGTERM
 
 
@@ -116,6 +126,9 @@ UNITS: Final = (
         600,
     ),
     Unit("memory", ("memory",), "bench.memory", "--connections 10000", "--quick", 600),
+    # Issue 11: legitimate connects while slow clients, ping flooders and junk handshakes
+    # attack (a fresh relay per phase). Quick: baseline and all attacks at once, about 40 s.
+    Unit("attack", ("attack",), "bench.attack", "", "--quick", 900),
 )
 
 

@@ -17,10 +17,11 @@ from hybridrelay.errors import (
     PayloadTooBigError,
 )
 from hybridrelay.protocol import addresses, messages, sas
+from tests.fuzz.profiles import PURE_EXAMPLES
 
 T = TypeVar("T")
 
-FUZZ = settings(max_examples=300, deadline=None, database=None)
+FUZZ = settings(max_examples=PURE_EXAMPLES, deadline=None, database=None)
 
 # Characters that make URL and token parsers branch.
 URLISH = st.text(alphabet="%+&=?#/$ hcsbHCSB-aA0123456789fF.:;é\x00\x7f", max_size=60)

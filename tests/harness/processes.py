@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 KEY_ENV: Final = "HYBRIDRELAY_KEY"
+# Longest output line read whole (asyncio's default is 64 KiB): see relay.OUTPUT_LINE_LIMIT.
+OUTPUT_LINE_LIMIT: Final = 1 << 24
 _FORWARDING: Final = re.compile(r"forwarding (?P<host>\S+):(?P<port>\d+) -> ")
 
 
@@ -95,6 +97,7 @@ class CliProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self._env,
             cwd=self._cwd,
+            limit=OUTPUT_LINE_LIMIT,
         )
         self._reader = asyncio.create_task(self._read_output(self._proc))
         return self

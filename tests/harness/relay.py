@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +26,12 @@ from hybridrelay.relay.config import RelayConfig, load_relay_config
 from hybridrelay.relay.state import STATE, RelayState
 
 from .timing import seconds
+
+# A child's output line may be this long before readline() gives up. Hostile input can
+# make the relay log a line far over asyncio's 64 KiB default (aiohttp quotes the bad
+# bytes of a malformed request); a reader that died on it would stop draining the pipe
+# and the relay would block on its next log write.
+OUTPUT_LINE_LIMIT: Final = 1 << 24
 
 # Keys used by every test config; tokens are signed with them.
 ROOT_KEY = "root-key-0123456789abcdef0123456789"
@@ -137,6 +143,7 @@ class RelayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
+            limit=OUTPUT_LINE_LIMIT,
         )
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_output(ready))

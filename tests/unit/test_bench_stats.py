@@ -206,6 +206,32 @@ def test_memory_count_target_needs_10000_without_errors() -> None:
     assert "20,000" in count.note
 
 
+def _attack_phase(rate: float | None, p99: float | None, peak: int, cap: bool) -> dict[str, Any]:
+    return {
+        "attempted": 100,
+        "success_rate": rate,
+        "connect_p99_ms": p99,
+        "relay_rss_kib": {"start": 60_000, "peak": peak, "end": peak},
+        "rss_cap_hit": cap,
+    }
+
+
+def test_attack_rows_judge_each_attack_phase_against_99_percent() -> None:
+    result = {
+        "phases": {
+            "baseline": _attack_phase(1.0, 4.0, 70_000, False),
+            "slow": _attack_phase(0.995, 9.0, 90_000, False),
+            "flood": _attack_phase(0.0, None, 2_200_000, True),
+        }
+    }
+    result["baseline"] = result["phases"]["baseline"]
+    slow, flood = report.rows(_results(attack={"status": "ok", "result": result}))
+    assert (slow.section, slow.result, slow.met) == ("9", "99.5%", True)
+    assert "baseline 100%" in slow.b
+    assert (flood.result, flood.met, flood.note) == ("0.0%", False, "RSS cap hit")
+    assert "2,148 MiB" in flood.a
+
+
 def test_update_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
     results = tmp_path / "r.json"
     results.write_text(json.dumps(_results(bulk_64k=_bulk([700.0], [1000.0]))), "utf-8")

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -100,6 +101,8 @@ StreamHandler = Callable[[WsConnection, AcceptRequest], Awaitable[None]]
 
 # Bodies of known size are sent in frames of this size over a rendezvous socket.
 _FRAGMENT: Final = 64 * 1024
+# RFC 6455 §4.1: every subprotocol a client offers is an RFC 7230 token.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _INVALID_RESPONSE_BODY: Final = (
     b'{"error":{"code":"InternalServerError","message":"invalid response"}}'
 )
@@ -464,6 +467,14 @@ class Listener:
             if len(self._streams) > self._max_streams:
                 await self._reject(accept.address, Reject(503, "listener at capacity"), clog)
                 return
+            if not all(_TOKEN.fullmatch(p) for p in offered):
+                # The sender's handshake is invalid: refuse it now (400), rather than fail
+                # our own dial on it and leave the sender to wait out the rendezvous.
+                clog.warning("accept_invalid_subprotocol", extra={"offered": repr(offered)[:200]})
+                await self._reject(
+                    accept.address, Reject(400, "invalid Sec-WebSocket-Protocol"), clog
+                )
+                return
             wrappers = await self._run_hooks(request, clog) if self._hooks else []
             if isinstance(wrappers, Reject):
                 await self._reject(accept.address, wrappers, clog)
@@ -705,7 +716,7 @@ class Listener:
                 self.stats.requests_rendezvous += 1
                 rendezvous = exchange.rendezvous = await self._dial_request(request.address)
                 full = await self._receive_request(rendezvous, request)
-                source = _body_frames(rendezvous) if full.body else None
+                source = _body_frames(rendezvous, exchange) if full.body else None
             escape = path_escape_reason((full.request_target or "/").partition("?")[0])
             if escape is not None:
                 # The relay refuses these already; a relay that does not (compromised,
@@ -714,7 +725,7 @@ class Listener:
                 response: HttpResponse | None = error_response(400, "BadRequest", escape)
             else:
                 http_request = build_request(self.hc, full, source)
-                response = await self._call_http_handler(http_request, clog)
+                response = await self._call_http_handler(http_request, clog, exchange)
             if response is None:
                 self.stats.request_failures += 1
                 return
@@ -745,9 +756,10 @@ class Listener:
                 await exchange.rendezvous.close()
 
     async def _call_http_handler(
-        self, request: HttpRequest, clog: ConnectionLogger
+        self, request: HttpRequest, clog: ConnectionLogger, exchange: _Exchange | None = None
     ) -> HttpResponse | None:
-        """The handler's response, an error response, or None when it took too long."""
+        """The handler's response, an error response, or None when it took too long or the
+        request's body was lost (no one is left to answer)."""
         if self._http_handler is None:
             return error_response(501, "NotImplemented", "this listener serves no HTTP requests")
         if len(self._streams) > self._max_streams:
@@ -763,6 +775,11 @@ class Listener:
             clog.warning("http_handler_timeout", extra={"timeout_s": self._request_timeout})
             return None
         except Exception:  # noqa: BLE001 - the app's handler failed; the sender gets a 500
+            if exchange is not None and exchange.body_lost is not None:
+                # The sender or the relay went away mid-body and the handler stumbled on
+                # it: a peer going away, not the app's bug.
+                clog.info("request_body_lost", extra={"error": str(exchange.body_lost)})
+                return None
             clog.exception("http_handler_crashed")
             return error_response(500, "InternalServerError", "the listener's handler failed")
         if not isinstance(response, HttpResponse):
@@ -1004,16 +1021,25 @@ class _Exchange:
     predial: asyncio.Task[WsConnection] | None = None  # dialled by a stopping listener
     responding: bool = False  # the answer is going out on the control channel
     finished: bool = False
+    body_lost: HybridRelayError | None = None  # why the body stream ended early, if it did
 
 
-async def _body_frames(ws: WsConnection) -> AsyncIterator[bytes]:
+async def _body_frames(ws: WsConnection, exchange: _Exchange) -> AsyncIterator[bytes]:
     """The body message on a rendezvous socket, as it arrives (HC §4): streamed in pieces,
-    never assembled, so a body (or one frame of it) of any size holds no more memory."""
-    async for fragment in ws.recv_stream():
-        if isinstance(fragment, str):
-            raise InvalidMessageError("a request body must be a binary message")
-        if fragment:
-            yield fragment
+    never assembled, so a body (or one frame of it) of any size holds no more memory.
+
+    Why the body ended early is kept on the exchange: the handler's error that follows
+    is then the peer's doing, not the app's.
+    """
+    try:
+        async for fragment in ws.recv_stream():
+            if isinstance(fragment, str):
+                raise InvalidMessageError("a request body must be a binary message")
+            if fragment:
+                yield fragment
+    except HybridRelayError as exc:
+        exchange.body_lost = exc
+        raise
 
 
 def _chunks(data: bytes) -> Iterator[bytes]:

@@ -1,0 +1,113 @@
+"""Senders that misbehave towards the listener agent through the relay (found by tests/fuzz).
+
+A peer's misbehaviour is refused cheaply and logged as a warning at most; a peer going
+away is an info line. Neither may produce a traceback in the agent's log (a log-filling
+lever against the on-premises side) or leave a sender waiting out a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hybridrelay.listener import HttpRequest, HttpResponse, Listener, TcpTarget
+from hybridrelay.protocol.sas import SasTokenProvider
+from tests.conftest import RelayFactory, make_token
+from tests.harness.listeners import running_listener
+from tests.harness.relay import ROOT_KEY
+from tests.harness.timing import seconds
+
+ROOT = "RootManageSharedAccessKey"
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith("hybridrelay") and (r.levelno >= logging.ERROR or r.exc_info)
+    ]
+
+
+async def _head(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(seconds(10)):
+        return await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.fixture
+async def echo_target() -> AsyncIterator[TcpTarget]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield TcpTarget("127.0.0.1", server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
+
+
+async def test_non_token_subprotocol_offer_is_refused_with_400(
+    relay_factory: RelayFactory, echo_target: TcpTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender offers ``Sec-WebSocket-Protocol: a b`` (not a token): the sender gets 400 at once
+    and the agent logs no traceback."""
+    relay = await relay_factory(relay_extra="rendezvous_timeout = 5")
+    listener = Listener(
+        relay.url, "echo", token_provider=SasTokenProvider(ROOT, ROOT_KEY), target=echo_target
+    )
+    async with running_listener(listener):
+        host, port = relay.url.removeprefix("ws://").split(":")
+        target = "/$hc/echo?sb-hc-action=connect"
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                (
+                    f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Protocol: a b\r\n"
+                    f"ServiceBusAuthorization: {make_token(relay.url + target)}\r\n\r\n"
+                ).encode()
+            )
+            head = await _head(reader)  # before the fix: 504 after the rendezvous timeout
+        finally:
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert listener.stats.rejected == 1
+    assert not _tracebacks(caplog)
+
+
+async def test_sender_vanishing_mid_body_is_an_info_line_in_the_agent(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender starts a 1 MB HTTP-mode POST (streamed over rendezvous) and vanishes mid-body:
+    the agent counts the request as failed and logs no traceback."""
+    relay = await relay_factory()
+    reading = asyncio.Event()
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        reading.set()
+        return HttpResponse(200, body=await request.read())
+
+    listener = Listener(
+        relay.url, "echo", token_provider=SasTokenProvider(ROOT, ROOT_KEY), http_handler=handler
+    )
+    async with running_listener(listener):
+        host, port = relay.url.removeprefix("ws://").split(":")
+        url = f"http://{host}:{port}/echo"
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /echo/upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000000\r\n"
+            f"ServiceBusAuthorization: {make_token(url)}\r\n\r\n".encode()
+            + b"x" * 200_000
+        )
+        async with asyncio.timeout(seconds(10)):
+            await reading.wait()
+        writer.transport.abort()
+        async with asyncio.timeout(seconds(10)):
+            while not listener.stats.request_failures:  # polling a counter, bounded
+                await asyncio.sleep(0.01)
+    assert not _tracebacks(caplog)
