@@ -41,6 +41,7 @@ __all__ = [
     "FrameSink",
     "MaskCheck",
     "Opcode",
+    "StopParsing",
     "apply_mask",
     "encode_close_payload",
     "encode_frame",
@@ -147,6 +148,16 @@ def encode_close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + data
 
 
+class StopParsing(Exception):  # noqa: N818 - a signal from a sink, not an error
+    """Raised by a sink to end parsing: :meth:`FrameParser.feed` discards the rest.
+
+    RFC 6455 §5.5.1: after a close frame (or a frame that failed the connection) the
+    endpoint must not act on any further data, including frames that arrived in the
+    same read. The sink raises this from its callback; the parser drops the rest of
+    that read and every later one, at no cost to frames that do not stop it.
+    """
+
+
 class FrameSink(Protocol):
     """Receives what a :class:`FrameParser` finds, in order."""
 
@@ -165,6 +176,7 @@ _HEAD: Final = 0
 _PAYLOAD: Final = 1
 _CONTROL: Final = 2
 _FAILED: Final = 3
+_STOPPED: Final = 4  # a sink raised StopParsing: everything after is discarded
 
 
 class FrameParser:
@@ -211,6 +223,8 @@ class FrameParser:
         """Consume bytes from the network; raises :class:`FrameError` on a protocol violation."""
         if self._state == _FAILED:
             raise FrameError(1002, "frame parser already failed")
+        if self._state == _STOPPED:
+            return
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -254,6 +268,10 @@ class FrameParser:
         except FrameError:
             self._state = _FAILED
             raise
+        except StopParsing:
+            self._state = _STOPPED
+            self._buf = b""
+            return
         if pos < end:
             self._buf = data[pos:]
 

@@ -53,6 +53,7 @@ from hybridrelay.protocol.frames import (
     FrameError,
     FrameParser,
     Opcode,
+    StopParsing,
     encode_close_payload,
     encode_frame,
     encode_frame_header,
@@ -664,6 +665,7 @@ class HttpRendezvous(asyncio.Protocol):
                 self._write_close(payload)
             if self._transport is not None:
                 self._transport.close()
+            raise StopParsing  # RFC 6455 §5.5.1: nothing after a close is acted on
 
     def _pong(self, payload: bytes) -> None:
         frame = encode_frame(fin=True, opcode=Opcode.PONG, payload=payload)

@@ -47,6 +47,7 @@ from hybridrelay.protocol.frames import (
     FrameError,
     FrameParser,
     Opcode,
+    StopParsing,
     encode_close_payload,
     encode_frame,
     encode_frame_header,
@@ -326,8 +327,11 @@ class Leg(asyncio.Protocol):
                 parse_close_payload(payload)  # validate before forwarding
             except FrameError as exc:
                 self.splice.protocol_error(self, exc.code, exc.reason)
-                return
-            self.splice.close_received(self, payload)
+            else:
+                self.splice.close_received(self, payload)
+            # RFC 6455 §5.5.1: nothing after a close is acted on, not even frames that
+            # came in the same read as it.
+            raise StopParsing
         # Pongs only prove liveness; nothing to do.
 
     # -- writing to this leg ---------------------------------------------------------
