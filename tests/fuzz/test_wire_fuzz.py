@@ -6,8 +6,8 @@ property it checks becomes one test here, so a failure names the rule that broke
 shows the first examples that broke it, as sent. ``python -m tests.fuzz`` runs the same
 targets for as long as you like against a relay process (its RSS included).
 
-Properties marked xfail are holes of issue 11 whose fix belongs to another part of it
-(named in the reason); the lead removes the mark when the fix is merged.
+Every property holds: the holes of issue 11 this campaign found are closed, and a
+property that breaks again fails here with the first examples that broke it.
 """
 
 from __future__ import annotations
@@ -23,16 +23,9 @@ from tests.fuzz.targets import TARGETS
 COMMON = ("error_logged", "relay_down", "hang", "harness_error", "relay_leak")
 
 
-def _known(area: str, what: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=False, reason=f"issue 11, {area}: {what}")
-
-
-def _props(*names: str | tuple[str, pytest.MarkDecorator]) -> list[object]:
-    """Test parameters: property names, some with their xfail mark."""
-    marked = {n[0]: n[1] for n in names if isinstance(n, tuple)}
-    plain = [n for n in names if isinstance(n, str)]
-    ordered = list(dict.fromkeys([*plain, *COMMON, *marked]))
-    return [pytest.param(n, marks=marked[n], id=n) if n in marked else n for n in ordered]
+def _props(*names: str) -> list[str]:
+    """Test parameters: the target's own property names, then the common ones."""
+    return list(dict.fromkeys([*names, *COMMON]))
 
 
 def _campaign(name: str) -> Iterator[TargetResult]:
@@ -77,13 +70,7 @@ def agent_control() -> Iterator[TargetResult]:
         "undocumented_close_code",
         "no_close_frame",
         "bad_frame_from_relay",
-        (
-            "unmasked_frame_accepted",
-            _known(
-                "robustness (listen path, closest part: frontdoor)",
-                "unmasked client frames are accepted on the control channel",
-            ),
-        ),
+        "unmasked_frame_accepted",
     ),
 )
 def test_relay_control_channel(relay_control: TargetResult, prop: str) -> None:
@@ -101,20 +88,10 @@ def test_relay_control_channel(relay_control: TargetResult, prop: str) -> None:
         "well_formed_refused",
         "body_altered",
         "agent_error_logged",
-        ("error_logged", _known("frontdoor", "malformed requests log an error-level traceback")),
-        ("head_response_body", _known("frontdoor", "aiohttp's 400 answers to HEAD carry a body")),
-        (
-            "wrong_http_version",
-            _known("frontdoor", "a request line with HTTP/2.0 or HTTP/0.9 is answered in kind"),
-        ),
-        (
-            "relay_leak",
-            _known(
-                "frontdoor (timeouts)",
-                "a refused request whose body was not read keeps aiohttp's handler task "
-                "(lingering close, 10 s) after the sender went away, past relay shutdown",
-            ),
-        ),
+        "error_logged",
+        "head_response_body",
+        "wrong_http_version",
+        "relay_leak",
     ),
 )
 def test_http_mode_requests(http_mode: TargetResult, prop: str) -> None:
@@ -130,21 +107,8 @@ def test_http_mode_requests(http_mode: TargetResult, prop: str) -> None:
         "pongs_wrong",
         "wrong_close",
         "bad_frame_from_relay",
-        (
-            "acted_after_close",
-            _known(
-                "flood (splice)",
-                "frames after an invalid close frame in the same read are still relayed",
-            ),
-        ),
-        (
-            "no_close_frame",
-            _known(
-                "flood (splice)",
-                "a peer that vanishes after a frame header gets the other peer a TCP reset, "
-                "not a close frame (1011)",
-            ),
-        ),
+        "acted_after_close",
+        "no_close_frame",
     ),
 )
 def test_splice_frames(splice_frames: TargetResult, prop: str) -> None:
@@ -158,23 +122,10 @@ def test_splice_frames(splice_frames: TargetResult, prop: str) -> None:
     _props(
         "valid_answer_altered",
         "undocumented_close_code",
-        ("relay_answered_500", _known("trust", "a header with CR/LF/NUL answers the sender 500")),
-        (
-            "malformed_response",
-            _known("trust", "a 500 with a Content-Length that disagrees with its body; 1xx/101"),
-        ),
-        (
-            "invalid_answer_forwarded",
-            _known(
-                "trust",
-                "status 1xx/600-999 and non-token header names reach the sender; a bad answer "
-                "on a rendezvous socket leaves the sender waiting out request_timeout (504)",
-            ),
-        ),
-        (
-            "error_logged",
-            _known("trust", "a bad listener answer logs internal_error with a traceback"),
-        ),
+        "relay_answered_500",
+        "malformed_response",
+        "invalid_answer_forwarded",
+        "error_logged",
     ),
 )
 def test_listener_answers(listener_answers: TargetResult, prop: str) -> None:
@@ -190,10 +141,7 @@ def test_listener_answers(listener_answers: TargetResult, prop: str) -> None:
         "agent_dropped_control_channel",
         "agent_unresponsive",
         "agent_sent_invalid_message",
-        (
-            "agent_dialed_foreign_host",
-            _known("trust", "the agent dials any host an accept or request address names"),
-        ),
+        "agent_dialed_foreign_host",
     ),
 )
 def test_agent_control_channel(agent_control: TargetResult, prop: str) -> None:

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.harness.http_peers import HttpListener
-from tests.harness.peers import connect_url, listen_url, token_for
+from tests.harness.peers import RawListener, connect_url, listen_url, token_for
 from tests.harness.raw_http import RawResponse, connect_raw, metric_value, read_response
-from tests.harness.relay import RelayProcess
+from tests.harness.relay import InProcessRelay, RelayProcess
 from tests.harness.timing import seconds
 
 ProcessFactory = Callable[..., Awaitable[RelayProcess]]
@@ -198,3 +198,50 @@ async def test_non_ascii_handshake_headers_are_refused_with_400(
     assert response.status == 400
     await relay.stop()
     _assert_quiet(relay)
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+async def test_other_http_versions_are_answered_505_in_http_1(
+    relay_process_factory: ProcessFactory, version: str
+) -> None:
+    """A request line naming HTTP/2.0 or 0.9: a 505 an HTTP/1 client reads, nothing relayed."""
+    relay = await relay_process_factory(extra=OPEN_HC)
+    listener = await HttpListener(relay.url, "open-a").start()
+    try:
+        request = f"GET /open-a/x {version}\r\nHost: relay\r\n\r\n".encode()
+        response = await _exchange(relay, request, head=True)
+        assert (response.version, response.status) in {("HTTP/1.0", 505), ("HTTP/1.1", 505)}
+        assert listener.requests.empty()
+    finally:
+        await listener.stop()
+    await relay.stop()
+    _assert_quiet(relay)
+
+
+@pytest.mark.parametrize("offer", ["a b", "mqtt, (x)", 'x"y', "ä"])
+async def test_a_subprotocol_offer_that_is_not_a_token_is_refused_before_any_listener(
+    relay: InProcessRelay, offer: str
+) -> None:
+    """Sender offers a Sec-WebSocket-Protocol that is no token: 400, the listener sees nothing."""
+    control = await RawListener(relay.url, "echo", behaviour=None).start()
+    try:
+        url = connect_url(relay.url, "echo")
+        path_and_query = url[url.index("/$hc/") :]
+        reader, writer = await connect_raw(relay.url)
+        try:
+            writer.write(
+                _upgrade(
+                    path_and_query, token_for(url), version=b"13", key=b"dGhlIHNhbXBsZSBub25jZQ=="
+                )[:-2]
+                + b"Sec-WebSocket-Protocol: "
+                + offer.encode()
+                + b"\r\n\r\n"
+            )
+            async with asyncio.timeout(seconds(10)):
+                response = await read_response(reader)
+        finally:
+            writer.close()
+        assert response.status == 400
+        assert control.accepts.empty()
+    finally:
+        await control.stop()

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from hybridrelay.errors import RateLimitedError, UnavailableError
@@ -67,6 +69,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TIMEOUT_408: Final = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 )
+_HTTP_1: Final = frozenset({HttpVersion10, HttpVersion11})
 _IPV6_SUBSCRIBER_PREFIX: Final = 64
 # How long a refused connection may stay open for its answer to be read (see _refuse).
 _REFUSED_LINGER_S: Final = 1.0
@@ -434,12 +437,31 @@ class FrontDoorProtocol(RequestHandler):
             return  # read and dropped while the refusal lingers
         queued = len(self._messages)
         super().data_received(data)
-        if len(self._messages) > queued and self._current_request is not None:
-            self._fail_unfinished_body()
+        if len(self._messages) > queued:
+            self._refuse_unknown_versions(queued)
+            if self._current_request is not None:
+                self._fail_unfinished_body()
         if self._head_timer is not None and self._request_count:
             # A whole head arrived (or a malformed one was answered): no 408 for it.
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _refuse_unknown_versions(self, first: int) -> None:
+        """A request line naming another version than HTTP/1.0 or 1.1 is answered 505.
+
+        aiohttp's parser takes ``HTTP/2.0`` or ``HTTP/0.9`` in a request line and would
+        answer in kind, a status line no HTTP/1 client can read; nothing such a peer
+        sends is relayed either.
+        """
+        messages = self._messages
+        for index in range(first, len(messages)):
+            message, _ = messages[index]
+            if isinstance(message, RawRequestMessage) and message.version not in _HTTP_1:
+                error = HttpProcessingError(code=505, message="HTTP version not supported")
+                messages[index] = (
+                    _ErrInfo(status=505, exc=error, message=error.message),
+                    EMPTY_PAYLOAD,
+                )
 
     def _fail_unfinished_body(self) -> None:
         """A parse error in the body of the request being handled fails that body.
@@ -484,6 +506,11 @@ class FrontDoorProtocol(RequestHandler):
     def front_door(self) -> FrontDoor:
         return self._front_door
 
+    @property
+    def handler_task(self) -> asyncio.Task[None] | None:
+        """The task serving this connection's requests (aiohttp's), None before the first."""
+        return self._task_handler
+
     def admit_request(self) -> Refusal | None:
         """Charge one request to its source: the first was paid when the connection opened."""
         self._requests += 1
@@ -516,7 +543,7 @@ class FrontDoorProtocol(RequestHandler):
         """
         if isinstance(exc, ConnectionError):
             raise exc  # the peer is gone: aiohttp closes quietly (middleware logged it)
-        malformed = isinstance(exc, HttpProcessingError) and status < 500
+        malformed = isinstance(exc, HttpProcessingError) and (status < 500 or status == 505)
         if not malformed and status != 504:
             return super().handle_error(request, status, exc, message)
         if request.writer.output_size > 0:

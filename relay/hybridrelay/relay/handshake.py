@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -19,6 +20,7 @@ from hybridrelay.errors import ProtocolError
 __all__ = ["ClientHandshake", "accept_headers", "accept_response", "parse_client_handshake"]
 
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _SWITCHING: Final = (
     b"HTTP/1.1 101 Switching Protocols\r\n"
     b"Upgrade: websocket\r\n"
@@ -63,6 +65,11 @@ def parse_client_handshake(method: str, headers: Mapping[str, str]) -> ClientHan
     offered: list[str] = []
     for value in _all(headers, "Sec-WebSocket-Protocol"):
         offered.extend(p.strip() for p in value.split(",") if p.strip())
+    for protocol in offered:
+        # RFC 6455 §4.1: each subprotocol is a token. Anything else would reach the
+        # listener's connectHeaders and its own handshake code (which may choke on it).
+        if not _TOKEN.fullmatch(protocol):
+            raise ProtocolError("Sec-WebSocket-Protocol offers a value that is not a token")
     return ClientHandshake(key=key, protocols=tuple(offered))
 
 

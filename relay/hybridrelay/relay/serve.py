@@ -18,7 +18,7 @@ from aiohttp import web
 
 from hybridrelay.errors import ConfigError
 from hybridrelay.logs import RELAY
-from hybridrelay.relay.admission import FrontDoor, FrontDoorSite
+from hybridrelay.relay.admission import FrontDoor, FrontDoorProtocol, FrontDoorSite
 from hybridrelay.relay.app import create_app
 from hybridrelay.relay.ca_trust import attach, cleanup_context
 from hybridrelay.relay.cluster.base import ClusterState
@@ -223,5 +223,19 @@ async def run(
             except TimeoutError:
                 log.warning("streams_cut", extra={"open": len(state.splices)})
     finally:
+        web_server = runner.server
+        connections = list(web_server.connections) if web_server is not None else []
         await runner.cleanup()
+        # aiohttp cancels the handler tasks it gave up waiting for (a refused request's
+        # lingering read of an unread body, say) without awaiting them: let them end
+        # before run() returns, so nothing of the relay outlives it.
+        handlers = [
+            task
+            for protocol in connections
+            if isinstance(protocol, FrontDoorProtocol)
+            and (task := protocol.handler_task) is not None
+            and not task.done()
+        ]
+        if handlers:
+            await asyncio.wait(handlers, timeout=_FINAL_CLOSE_S)
         log.info("relay_stopped")
