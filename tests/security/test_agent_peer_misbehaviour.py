@@ -8,6 +8,7 @@ lever against the on-premises side) or leave a sender waiting out a timeout.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ import pytest
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener, TcpTarget
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.conftest import RelayFactory, make_token
+from tests.harness.hostile import HostileServer, ServerPeer
 from tests.harness.listeners import running_listener
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
@@ -50,32 +52,46 @@ async def echo_target() -> AsyncIterator[TcpTarget]:
 
 
 async def test_non_token_subprotocol_offer_is_refused_with_400(
-    relay_factory: RelayFactory, echo_target: TcpTarget, caplog: pytest.LogCaptureFixture
+    echo_target: TcpTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A sender offers ``Sec-WebSocket-Protocol: a b`` (not a token): the sender gets 400 at once
-    and the agent logs no traceback."""
-    relay = await relay_factory(relay_extra="rendezvous_timeout = 5")
-    listener = Listener(
-        relay.url, "echo", token_provider=SasTokenProvider(ROOT, ROOT_KEY), target=echo_target
-    )
-    async with running_listener(listener):
-        host, port = relay.url.removeprefix("ws://").split(":")
-        target = "/$hc/echo?sb-hc-action=connect"
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(
-                (
-                    f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                    "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    "Sec-WebSocket-Protocol: a b\r\n"
-                    f"ServiceBusAuthorization: {make_token(relay.url + target)}\r\n\r\n"
-                ).encode()
-            )
-            head = await _head(reader)  # before the fix: 504 after the rendezvous timeout
-        finally:
-            writer.close()
-    assert head.startswith(b"HTTP/1.1 400 "), head
+    """A relay passes on an accept offering ``Sec-WebSocket-Protocol: a b`` (not a token): the
+    agent rejects it with 400 at once and logs no traceback. (Our relay refuses such a sender
+    itself; this is the agent's own defence against a relay that does not.)"""
+    dials: asyncio.Queue[str] = asyncio.Queue()
+    dialled = asyncio.Event()
+
+    async def relay(peer: ServerPeer) -> None:
+        if "sb-hc-action=listen" not in peer.target:
+            await dials.put(peer.target)  # the agent's rendezvous (or reject) dial
+            dialled.set()
+            return
+        if dialled.is_set():
+            await peer.reader.read()  # a reconnect after the test: just hold it
+            return
+        address = f"{server.url}/$hc/echo?sb-hc-action=accept&sb-hc-id=1&sb-hc-rdv=key"
+        headers = {
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Protocol": "a b",
+        }
+        await peer.send_text(
+            json.dumps({"accept": {"address": address, "id": "1", "connectHeaders": headers}})
+        )
+        # Keep the control channel open until the agent has answered, then drop it (a
+        # hostile relay owes no close handshake: the agent must not wait for one).
+        await dialled.wait()
+
+    server = HostileServer(relay)
+    async with server.running():
+        listener = Listener(
+            server.url, "echo", token_provider=SasTokenProvider(ROOT, ROOT_KEY), target=echo_target
+        )
+        async with running_listener(listener):
+            async with asyncio.timeout(seconds(10)):
+                dial = await dials.get()
+    # Before the fix: the agent dialled to accept, choked on "a b" (ValueError traceback)
+    # and the sender waited out the rendezvous timeout.
+    assert "statusCode=400" in dial or "sb-hc-statusCode=400" in dial, dial
     assert listener.stats.rejected == 1
     assert not _tracebacks(caplog)
 
