@@ -15,6 +15,9 @@ may hold is capped here, as early and as cheaply as the layer allows:
 - pending work (HTTP requests and senders waiting on a rendezvous) of one hybrid
   connection is capped (``max_pending_per_hc``), so one flooded entity cannot take
   the whole rendezvous table from the others;
+- a request head whose request line or a header line is over ``max_head_line_size``,
+  or that has more than ``max_headers`` header lines, is refused by aiohttp's parser
+  (400) before any handler runs;
 - a malformed request gets a body-less ``400`` (right for a HEAD as well) and one
   rate-limited info line, never aiohttp's error-level traceback per request.
 
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from hybridrelay.errors import RateLimitedError, UnavailableError
@@ -54,6 +57,7 @@ __all__ = [
     "Refusal",
     "SourceLimits",
     "TokenBucket",
+    "head_limit",
     "rate_limit_middleware",
     "source_key",
 ]
@@ -73,6 +77,15 @@ _REFUSED_LINGER_S: Final = 1.0
 # Refusal log lines: a burst, then at most this many per second (the rest are counted).
 _LOG_RATE: Final = 5.0
 _LOG_BURST: Final = 20
+
+
+def head_limit(exc: BaseException | None) -> str | None:
+    """The ``[relay]`` key whose limit aiohttp's parser enforced in ``exc``, if any."""
+    if isinstance(exc, LineTooLong):
+        return "max_head_line_size"  # aiohttp's max_line_size and max_field_size
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        return "max_headers"
+    return None
 
 
 def _raw_429(retry_after: int) -> bytes:
@@ -469,6 +482,13 @@ class FrontDoorProtocol(RequestHandler):
             self._front_door.sources.close(self._source)
             self._source = None
 
+    def _process_keepalive(self) -> None:
+        """aiohttp's keep-alive timer: an idle connection it closes is counted."""
+        closing = self._force_close
+        super()._process_keepalive()
+        if self._force_close and not closing:
+            self._front_door.metrics.limit_hit("keepalive_timeout")
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         transport = self.transport
@@ -524,6 +544,9 @@ class FrontDoorProtocol(RequestHandler):
         door = self._front_door
         if malformed:
             door.metrics.rejections.labels(str(status), "malformed").inc()
+            limit = head_limit(exc)
+            if limit is not None:
+                door.metrics.limit_hit(limit)
             # The exception's class says what was wrong; its text quotes the peer's bytes.
             door.note("bad_request", status=status, reason=type(exc).__name__, peer=self._peer)
         else:  # 504: a handler's TimeoutError escaped (the middleware logged it)
