@@ -57,7 +57,6 @@ __all__ = [
     "Refusal",
     "SourceLimits",
     "TokenBucket",
-    "head_limit",
     "rate_limit_middleware",
     "source_key",
 ]
@@ -77,15 +76,6 @@ _REFUSED_LINGER_S: Final = 1.0
 # Refusal log lines: a burst, then at most this many per second (the rest are counted).
 _LOG_RATE: Final = 5.0
 _LOG_BURST: Final = 20
-
-
-def head_limit(exc: BaseException | None) -> str | None:
-    """The ``[relay]`` key whose limit aiohttp's parser enforced in ``exc``, if any."""
-    if isinstance(exc, LineTooLong):
-        return "max_head_line_size"  # aiohttp's max_line_size and max_field_size
-    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
-        return "max_headers"
-    return None
 
 
 def _raw_429(retry_after: int) -> bytes:
@@ -544,9 +534,11 @@ class FrontDoorProtocol(RequestHandler):
         door = self._front_door
         if malformed:
             door.metrics.rejections.labels(str(status), "malformed").inc()
-            limit = head_limit(exc)
-            if limit is not None:
-                door.metrics.limit_hit(limit)
+            # aiohttp's parser enforced a [relay] key (serve.py passes them to it).
+            if isinstance(exc, LineTooLong):  # its max_line_size or max_field_size
+                door.metrics.limit_hit("max_head_line_size")
+            elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+                door.metrics.limit_hit("max_headers")
             # The exception's class says what was wrong; its text quotes the peer's bytes.
             door.note("bad_request", status=status, reason=type(exc).__name__, peer=self._peer)
         else:  # 504: a handler's TimeoutError escaped (the middleware logged it)
