@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
@@ -363,6 +363,7 @@ class FrontDoorProtocol(RequestHandler):
     """
 
     __slots__ = (
+        "_body",
         "_front_door",
         "_head_timer",
         "_linger_timer",
@@ -381,6 +382,7 @@ class FrontDoorProtocol(RequestHandler):
         self._requests = 0  # requests that reached the application on this connection
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None  # a refused connection's
+        self._body: StreamReader | None = None  # the last request's body stream
 
     # -- connection ---------------------------------------------------------------------
 
@@ -431,6 +433,12 @@ class FrontDoorProtocol(RequestHandler):
             return  # aiohttp never knew this connection
         self._release()
         super().connection_lost(exc)
+        body, self._body = self._body, None
+        if body is not None and not body.is_eof() and body.exception() is None:
+            # aiohttp fails the body of a request still being handled, but not one it is
+            # reading out after a refusal (a 413's lingering read): that read would wait
+            # its full lingering time for bytes a vanished peer never sends.
+            body.feed_eof()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -494,8 +502,9 @@ class FrontDoorProtocol(RequestHandler):
     def front_door(self) -> FrontDoor:
         return self._front_door
 
-    def admit_request(self) -> Refusal | None:
+    def admit_request(self, body: StreamReader) -> Refusal | None:
         """Charge one request to its source: the first was paid when the connection opened."""
+        self._body = body
         self._requests += 1
         if self._requests == 1 or self._source is None:
             return None
@@ -615,7 +624,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     """
     protocol = request.protocol
     if isinstance(protocol, FrontDoorProtocol):
-        refusal = protocol.admit_request()
+        refusal = protocol.admit_request(request.content)
         if refusal is not None:
             raise RateLimitedError(
                 "too many requests from this address",
