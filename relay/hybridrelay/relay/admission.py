@@ -8,9 +8,10 @@ may hold is capped here, as early and as cheaply as the layer allows:
   second (``handshake_rate_per_ip`` / ``handshake_burst_per_ip``, a token bucket).
   A refused connection gets a fixed ``429`` with ``Retry-After`` and is closed at
   once, before aiohttp starts a task or registers the connection;
-- a connection that has not delivered a whole request head within
-  ``handshake_timeout`` of opening (TLS included) gets ``408`` and is closed
-  (aiohttp itself has no header-read timeout: a slowloris head waits forever);
+- a TLS handshake gets ``handshake_timeout`` (asyncio drops it after that), and then
+  a connection that has not delivered a whole request head within
+  ``handshake_timeout`` gets ``408`` and is closed (aiohttp itself has no
+  header-read timeout: a slowloris head waits forever);
   an idle keep-alive connection is closed after ``keepalive_timeout``;
 - pending work (HTTP requests and senders waiting on a rendezvous) of one hybrid
   connection is capped (``max_pending_per_hc``), so one flooded entity cannot take

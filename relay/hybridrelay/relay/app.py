@@ -48,8 +48,8 @@ def create_app(
     """Build the relay's aiohttp application from a completed config."""
     # rate_limit_middleware raises inside error_middleware, which answers its 429.
     relay = config.relay
-    # client_max_size bounds every request.read() (the management bodies; HTTP mode and
-    # imports stream): 413 beyond, counted where the bodies are read (mgmt/json_body.py).
+    # Management bodies are read by mgmt/json_body.read_body, which refuses (413) and counts
+    # at this size; client_max_size is aiohttp's backstop for any request.read() to come.
     app = web.Application(
         middlewares=[error_middleware, rate_limit_middleware],
         client_max_size=relay.max_management_body_size,

@@ -171,7 +171,7 @@ class RelaySettings:
     # default, what the peer sees when it is hit, and the metric that counts it
     # (hybridrelay_limit_refusals{limit=...}). The defaults are far above what a single
     # IoT gateway behind NAT ever needs.
-    handshake_timeout: float = 10.0  # TCP accept -> whole request head read (408)
+    handshake_timeout: float = 10.0  # the TLS handshake; then the first request head (408)
     # An idle keep-alive connection (its last response sent, no next request head yet) is
     # closed after this long, as nginx does (75 s); longer than clients' own pool timeouts.
     keepalive_timeout: float = 75.0

@@ -37,7 +37,9 @@ Delivery:
   gets one final ``error`` event (``{"error": {"code": "SubscriberTooSlow", ...}}``)
   and the stream ends; it may reconnect with ``Last-Event-ID``. One that stops reading
   what it is sent is cut after ``body_idle_timeout`` (a write that long pending). A
-  subscriber sends nothing: a WebSocket message over 4 KiB closes it with 1009.
+  subscriber sends nothing: a WebSocket message over 4 KiB closes it with 1009, and a
+  WebSocket subscriber that does not answer a heartbeat ping within half a heartbeat
+  is closed (aiohttp's heartbeat, 1006 on our side).
 - A stream lasts only as long as the token that opened it would still be accepted
   (``access.until_revoked``): when its rule or key is regenerated, changed or deleted,
   or the token expires, the subscriber gets a final ``error`` event (code
@@ -47,7 +49,8 @@ Delivery:
   drops the event with a log line).
 - Every drop and cut above is counted by ``limit_hit`` (docs/security.md): the
   subscriber queue, a write stalled past ``body_idle_timeout``, the WebSocket message
-  size (``event_stream_message_size``), the webhook queue (``webhooks.queue_size``)
+  size (``event_stream_message_size``) and heartbeat (``event_stream_heartbeat``), the
+  webhook queue (``webhooks.queue_size``)
   and this hub's inbox (``event_inbox``, :data:`INBOX` occurrences waiting to become
   events). A 2xx is delivered; a connection error, timeout,
   408, 429 or 5xx is retried with full-jitter exponential backoff up to
@@ -572,6 +575,8 @@ async def _serve_websocket(
                 error = ws.exception()
                 if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
                     hub.limit_hit("event_stream_message_size")
+                elif isinstance(error, TimeoutError):  # no pong for half a heartbeat
+                    hub.limit_hit("event_stream_heartbeat")
         hub.unsubscribe(subscription)
 
     reader = asyncio.create_task(read(), name="events:ws-read")
