@@ -154,7 +154,7 @@ class TokenLifetimeError(AuthError):
     token it accepts may expire, whoever signed it.
     """
 
-    limit = "token_lifetime"
+    limit = "max_token_lifetime"
 
 
 class ForbiddenError(AuthError):

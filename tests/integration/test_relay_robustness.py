@@ -16,7 +16,6 @@ from tests.harness.timing import seconds
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
 from hybridrelay.protocol.frames import encode_frame
 from hybridrelay.protocol.messages import RenewToken, encode
-from hybridrelay.relay.splice import WRITE_HIGH_WATER
 from hybridrelay.wsclient import WsConnection, ws_connect
 
 
@@ -71,9 +70,10 @@ async def test_stalled_reader_keeps_relay_memory_bounded(relay: InProcessRelay) 
             await asyncio.wait_for(flood(), seconds(3))
         # The sender got blocked: the relay buffered at most its high-water mark per leg.
         (splice,) = relay.state.splices
+        high_water = relay.state.config.relay.stream_buffer_size
         for leg in (splice.sender, splice.listener):
             assert leg.transport is not None
-            assert leg.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 2 * 65536
+            assert leg.transport.get_write_buffer_size() <= high_water + 2 * 65536
         # Kernel buffers and the listener's own read buffer hold the rest; far below "unbounded".
         assert sent < 64 << 20, sent
     finally:

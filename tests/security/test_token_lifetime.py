@@ -3,7 +3,7 @@
 A leaked SAS token signed with ``se`` ten years ahead is a permanent credential. The
 relay caps how far ahead an accepted token may expire, for rule SAS tokens, device SAS
 tokens and JWTs, wherever tokens are checked (listen, connect, HTTP mode, renewals,
-management API): 401, counted as ``hybridrelay_limit_refusals{limit="token_lifetime"}``.
+management API): 401, counted as ``hybridrelay_limit_refusals{limit="max_token_lifetime"}``.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def refusals(relay: InProcessRelay) -> int:
     async with aiohttp.ClientSession() as session, session.get(relay.http_url + "/metrics") as r:
         text = await r.text()
     found = re.search(
-        r'^hybridrelay_limit_refusals_total\{limit="token_lifetime"\} (\S+)$', text, re.M
+        r'^hybridrelay_limit_refusals_total\{limit="max_token_lifetime"\} (\S+)$', text, re.M
     )
     return int(float(found.group(1))) if found else 0
 

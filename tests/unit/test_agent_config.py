@@ -16,7 +16,14 @@ from hybridrelay.errors import ConfigError
 from hybridrelay.listener import HeaderAllowList, RateLimit
 from hybridrelay.listener.config import load_agent_config, parse_status_address
 from hybridrelay.listener.status import AgentCollector
-from hybridrelay.listener.supervisor import Agent, AgentStatus, MappingStatus, build_hooks
+from hybridrelay.listener.supervisor import (
+    Agent,
+    AgentStatus,
+    MappingStatus,
+    _MappingRun,
+    _targets,
+    build_hooks,
+)
 
 HERE = Path(__file__).parent / "config"
 INVALID = sorted((HERE / "agent_invalid").glob("*.toml"))
@@ -261,3 +268,21 @@ def test_metrics_have_per_mapping_series() -> None:
     assert 'hybridrelay_agent_mapping_state{hc="coap",state="failed"' in text
     assert 'hybridrelay_agent_reloads_total{result="applied"} 1.0' in text
     assert snapshot.to_json()["mappings"][1]["state"] == "failed"  # type: ignore[index]  # JSON
+
+
+async def test_target_limits_reach_the_listener(tmp_path: Path) -> None:
+    """max_target_connections bounds an HTTP target's pool; udp_idle_timeout a udp flow."""
+    text = MINIMAL.replace("tcp://127.0.0.1:1883", "http://127.0.0.1:8081/api") + (
+        "max_target_connections = 7\n"
+        '[[mappings]]\nhc = "coap"\ntarget = "udp://127.0.0.1:5683"\n'
+        'key_name = "listen"\nkey = "k"\nudp_idle_timeout = 5\n'
+    )
+    config = load_agent_config(_write(tmp_path, text), {})
+    web, coap = config.mappings
+    assert (web.max_target_connections, web.udp_idle_timeout) == (7, 60.0)
+    assert (coap.max_target_connections, coap.udp_idle_timeout) == (100, 5.0)
+    run = _MappingRun(coap, config, (), lambda: None)
+    assert run.channels[0].listener._udp_idle_timeout == 5.0
+    _, http = _targets(web)
+    assert http is not None
+    assert http._limit == 7

@@ -404,7 +404,7 @@ def test_tokens_expiring_beyond_the_lifetime_cap_are_refused() -> None:
             max_lifetime=86_400,
         )
     assert info.value.http_status == 401
-    assert info.value.limit == "token_lifetime"
+    assert info.value.limit == "max_token_lifetime"
     # A forged token is a bad signature, whatever its se says.
     with pytest.raises(AuthError) as forged:
         check_token(

@@ -103,6 +103,9 @@ def test_full_file_values() -> None:
     config = load_relay_config(HERE / "valid" / "full.toml", {})
     assert config.relay.public_url == "wss://relay.example.com"
     assert config.relay.drain_timeout == 2.0
+    assert config.relay.max_head_line_size == 16384
+    assert config.relay.max_control_message_size == 65536
+    assert config.relay.event_subscriber_queue == 16
     mqtt = config.hybrid_connection("MQTT")
     assert mqtt is not None
     assert mqtt.max_listeners == 2

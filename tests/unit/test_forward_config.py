@@ -49,6 +49,7 @@ def test_full_file_loads_every_form() -> None:
     assert dict(mqtt.headers) == {"X-Device": "dev-1"}
     assert (mqtt.ping_interval, mqtt.open_timeout) == (5.0, 10.0)
     assert (coap.transport, coap.port, coap.udp_idle_timeout) == ("udp", 5683, 20.0)
+    assert (coap.udp_max_flows, anon.udp_max_flows) == (8, 64)  # per binding, then the default
     assert coap.key is not None
     assert coap.key.value == "file-key-0123456789"
     assert (ssh.transport, ssh.host, ssh.port, ssh.ping_interval) == ("tcp", "::1", 2222, None)
@@ -71,6 +72,7 @@ def test_minimal_file_gets_defaults() -> None:
         30.0,
         60.0,
     )
+    assert binding.udp_max_flows == 1024
     assert not config.allow_public_bind
 
 

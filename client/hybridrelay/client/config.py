@@ -6,6 +6,7 @@
     # ping_interval = 10                        keepalive on each relayed stream (s)
     # open_timeout = 30                         wait this long for the listener (s)
     # udp_idle_timeout = 60                     UDP flows end after this much silence (s)
+    # udp_max_flows = 1024                      UDP peers served at once; others' datagrams drop
 
     [[bindings]]
     local = "127.0.0.1:11883"                   # or "udp://127.0.0.1:5683", "127.0.0.1:5683/udp"
@@ -13,7 +14,7 @@
     key_name = "send-rule"
     key_env = "HYBRIDRELAY_SEND_KEY"            # or key_file = "...", or key = "..."
     # headers = ["X-Device: dev-1"]             sent to the listener (connectHeaders)
-    # ping_interval, open_timeout, udp_idle_timeout: per-binding overrides
+    # ping_interval, open_timeout, udp_idle_timeout, udp_max_flows: per-binding overrides
 
 Parsed, completed, validated, then frozen (style §3.6): unknown keys are errors,
 every error is a :class:`~hybridrelay.errors.ConfigError` naming the file, the key
@@ -64,6 +65,7 @@ class BindingConfig:
     ping_interval: float | None
     open_timeout: float
     udp_idle_timeout: float
+    udp_max_flows: int = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +159,7 @@ def load_forward_config(path: str | Path, env: Mapping[str, str] | None = None) 
     ping_default = root.get_float("ping_interval", 10.0, minimum=0.0, maximum=3600.0)
     open_default = root.get_float("open_timeout", 30.0, minimum=0.1, maximum=600.0)
     idle_default = root.get_float("udp_idle_timeout", 60.0, minimum=0.1, maximum=86400.0)
+    flows_default = root.get_int("udp_max_flows", 1024, minimum=1, maximum=1_000_000)
     tables = root.tables("bindings")
     root.reject_unknown()
     if not tables:
@@ -164,7 +167,7 @@ def load_forward_config(path: str | Path, env: Mapping[str, str] | None = None) 
 
     bindings: list[BindingConfig] = []
     seen: dict[tuple[Transport, str, int], str] = {}
-    defaults = _Defaults(ping_default, open_default, idle_default)
+    defaults = _Defaults(ping_default, open_default, idle_default, flows_default)
     for index, table in enumerate(tables):
         binding = _binding(table, source, environ, allow_public, defaults)
         where = (binding.transport, binding.host, binding.port)
@@ -186,6 +189,7 @@ class _Defaults:
     ping_interval: float
     open_timeout: float
     udp_idle_timeout: float
+    udp_max_flows: int
 
 
 def _binding(
@@ -225,6 +229,9 @@ def _binding(
     )
     if table.has("udp_idle_timeout") and transport != "udp":
         raise table.error("udp_idle_timeout", "only applies to a udp:// binding")
+    flows = table.get_int("udp_max_flows", defaults.udp_max_flows, minimum=1, maximum=1_000_000)
+    if table.has("udp_max_flows") and transport != "udp":
+        raise table.error("udp_max_flows", "only applies to a udp:// binding")
     table.reject_unknown()
     return BindingConfig(
         local=local,
@@ -238,6 +245,7 @@ def _binding(
         ping_interval=ping or None,  # 0 turns keepalive off
         open_timeout=open_timeout,
         udp_idle_timeout=idle,
+        udp_max_flows=flows,
     )
 
 

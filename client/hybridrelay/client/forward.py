@@ -456,6 +456,7 @@ def forwarder_for(
             ping_interval=binding.ping_interval,
             headers=binding.headers,
             idle_timeout=binding.udp_idle_timeout,
+            max_flows=binding.udp_max_flows,
         )
     return Forwarder(
         relay,

@@ -264,9 +264,9 @@ def parse_hc_target(raw_path: str, raw_query: str) -> HcAddress:
             (:func:`path_escape_reason`), or the path or query is over 8 KiB.
     """
     if len(raw_path) > _MAX_PART_LEN:
-        raise InvalidAddressError("path is longer than 8 KiB")
+        raise InvalidAddressError("path is longer than 8 KiB", limit="address_part_size")
     if len(raw_query) > _MAX_PART_LEN:
-        raise InvalidAddressError("query is longer than 8 KiB")
+        raise InvalidAddressError("query is longer than 8 KiB", limit="address_part_size")
     path = _parse_path(raw_path)
 
     values: dict[str, str] = {}
@@ -326,9 +326,9 @@ def parse_http_target(raw_path: str, raw_query: str) -> HttpTarget:
             (:func:`path_escape_reason`), holds a raw ``#``, or the query is over 8 KiB.
     """
     if len(raw_path) > _MAX_PART_LEN:
-        raise InvalidAddressError("path is longer than 8 KiB")
+        raise InvalidAddressError("path is longer than 8 KiB", limit="address_part_size")
     if len(raw_query) > _MAX_PART_LEN:
-        raise InvalidAddressError("query is longer than 8 KiB")
+        raise InvalidAddressError("query is longer than 8 KiB", limit="address_part_size")
     if not raw_path.startswith("/"):
         raise InvalidAddressError("path must start with '/'")
     if "#" in raw_path or "#" in raw_query:

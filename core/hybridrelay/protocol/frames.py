@@ -68,8 +68,8 @@ _CONTROL_OPCODES: Final = frozenset({0x8, 0x9, 0xA})
 class FrameError(ProtocolError):
     """The peer sent a frame RFC 6455 forbids; ``close_code`` says how to fail the connection."""
 
-    def __init__(self, close_code: int, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, close_code: int, reason: str, *, limit: str | None = None) -> None:
+        super().__init__(reason, limit=limit)
         self.code = close_code
         self.reason = reason
 
@@ -311,7 +311,9 @@ class FrameParser:
             if not fin:
                 raise FrameError(1002, "fragmented control frame")
             if length > MAX_CONTROL_PAYLOAD:
-                raise FrameError(1002, "control frame payload over 125 bytes")
+                raise FrameError(
+                    1002, "control frame payload over 125 bytes", limit="max_control_payload"
+                )
             self._ctl_opcode = opcode
             self._remaining = length
             self._state = _CONTROL

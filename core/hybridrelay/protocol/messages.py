@@ -240,7 +240,9 @@ def encode(message: Message) -> str:
             assert_never(message)
     text = _ENCODER.encode({kind_of(message): body})
     if len(text) > CONTROL_MESSAGE_LIMIT:  # ASCII only, so characters are bytes
-        raise PayloadTooBigError(f"{kind_of(message)} message is over 64 KiB")
+        raise PayloadTooBigError(
+            f"{kind_of(message)} message is over 64 KiB", limit="control_message_limit"
+        )
     return text
 
 
@@ -417,13 +419,15 @@ def decode(text: str | bytes) -> Message:
             unknown kind, or a field is missing or of the wrong type (the message names it).
     """
     if len(text) > CONTROL_MESSAGE_LIMIT:
-        raise PayloadTooBigError("control message is over 64 KiB")
+        raise PayloadTooBigError("control message is over 64 KiB", limit="control_message_limit")
     if isinstance(text, str):
         # Characters are bytes for ASCII text; only other text needs measuring as UTF-8.
         if not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > (
             CONTROL_MESSAGE_LIMIT
         ):
-            raise PayloadTooBigError("control message is over 64 KiB")
+            raise PayloadTooBigError(
+                "control message is over 64 KiB", limit="control_message_limit"
+            )
     else:
         try:
             text = text.decode("utf-8")

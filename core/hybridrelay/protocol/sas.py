@@ -232,7 +232,7 @@ def parse_sas_token(text: str) -> SasToken:
         len(text) > _MAX_TOKEN_BYTES
         or len(text.encode("utf-8", "surrogatepass")) > _MAX_TOKEN_BYTES
     ):
-        raise AuthError("token longer than 4 KiB")
+        raise AuthError("token longer than 4 KiB", limit="sas_token_size")
     word, sep, rest = text.strip().partition(" ")
     if not sep or word.lower() != _SCHEME_WORD.lower():
         # e.g. a JWT, which NET sends in the same header (HC §8.4).

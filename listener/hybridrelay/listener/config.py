@@ -20,8 +20,11 @@ that deployment tools and tests rely on::
     key_name = "listen-rule"
     key_file = "/etc/hybridrelay/mqtt.key"  # or key = "..." or key_env = "VAR"
     connections = 2                       # control channels kept open (HA), 1..16
-    max_streams = 1024
+    max_streams = 1024                    # streams + HTTP requests at once; more: 503
     connect_timeout = 10
+    # request_timeout = 60                # http(s) targets: longest a response may take
+    # max_target_connections = 100        # http(s) targets: connections to it at once
+    # udp_idle_timeout = 60               # udp targets: a silent flow is closed
     allow_headers = { "x-device-class" = ["sensor", "gateway"] }
     hooks = ["mypkg.hooks:audit", { path = "mypkg.hooks:limit", args = { per_minute = 60 } }]
 
@@ -104,6 +107,10 @@ class MappingConfig:
     max_streams: int = 1024
     connect_timeout: float = 10.0
     request_timeout: float = 60.0  # http(s) targets: longest a response may take
+    # http(s) targets: connections open to the service at once; further requests wait
+    # for one (within request_timeout), so senders cannot open a connection each.
+    max_target_connections: int = 100
+    udp_idle_timeout: float = 60.0  # udp targets: a flow silent both ways this long closes
     allow_headers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # lower-cased names
     hooks: tuple[HookSpec, ...] = ()
 
@@ -350,9 +357,20 @@ def _mapping(
         request_timeout=table.get_float(
             "request_timeout", d.request_timeout, minimum=0.1, maximum=3600
         ),
+        max_target_connections=table.get_int(
+            "max_target_connections", d.max_target_connections, minimum=1, maximum=100_000
+        ),
+        udp_idle_timeout=table.get_float(
+            "udp_idle_timeout", d.udp_idle_timeout, minimum=0.1, maximum=86_400
+        ),
         allow_headers=_allow_headers(table),
         hooks=_hooks(table, source, prefix),
     )
+    scheme = urlsplit(target).scheme
+    if table.has("udp_idle_timeout") and scheme != "udp":
+        raise table.error("udp_idle_timeout", "only applies to a udp:// target")
+    if table.has("max_target_connections") and scheme not in ("http", "https"):
+        raise table.error("max_target_connections", "only applies to an http(s):// target")
     table.reject_unknown()
     return mapping
 

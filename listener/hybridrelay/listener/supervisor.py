@@ -242,6 +242,7 @@ class _MappingRun:
                 drain_timeout=config.drain_timeout,
                 backoff=watch,
                 request_timeout=mapping.request_timeout,
+                udp_idle_timeout=mapping.udp_idle_timeout,
                 target=target,
                 http_handler=http_handler,
             )
@@ -305,7 +306,10 @@ def _targets(mapping: MappingConfig) -> tuple[StreamTarget | None, HttpTarget | 
     parsed = parse_target(mapping.target)  # validated when the config was loaded
     if isinstance(parsed, HttpTarget):
         http = HttpTarget(
-            mapping.target, timeout=mapping.request_timeout, connect_timeout=mapping.connect_timeout
+            mapping.target,
+            timeout=mapping.request_timeout,
+            connect_timeout=mapping.connect_timeout,
+            limit=mapping.max_target_connections,
         )
         return None, http
     return parsed, None

@@ -8,13 +8,17 @@ may hold is capped here, as early and as cheaply as the layer allows:
   second (``handshake_rate_per_ip`` / ``handshake_burst_per_ip``, a token bucket).
   A refused connection gets a fixed ``429`` with ``Retry-After`` and is closed at
   once, before aiohttp starts a task or registers the connection;
-- a connection that has not delivered a whole request head within
-  ``handshake_timeout`` of opening (TLS included) gets ``408`` and is closed
-  (aiohttp itself has no header-read timeout: a slowloris head waits forever);
+- a TLS handshake gets ``handshake_timeout`` (asyncio drops it after that), and then
+  a connection that has not delivered a whole request head within
+  ``handshake_timeout`` gets ``408`` and is closed (aiohttp itself has no
+  header-read timeout: a slowloris head waits forever);
   an idle keep-alive connection is closed after ``keepalive_timeout``;
 - pending work (HTTP requests and senders waiting on a rendezvous) of one hybrid
   connection is capped (``max_pending_per_hc``), so one flooded entity cannot take
   the whole rendezvous table from the others;
+- a request head whose request line or a header line is over ``max_head_line_size``,
+  or that has more than ``max_headers`` header lines, is refused by aiohttp's parser
+  (400) before any handler runs;
 - a malformed request gets a body-less ``400`` (right for a HEAD as well) and one
   rate-limited info line, never aiohttp's error-level traceback per request.
 
@@ -36,9 +40,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
@@ -363,6 +367,7 @@ class FrontDoorProtocol(RequestHandler):
     """
 
     __slots__ = (
+        "_body",
         "_front_door",
         "_head_timer",
         "_linger_timer",
@@ -381,6 +386,7 @@ class FrontDoorProtocol(RequestHandler):
         self._requests = 0  # requests that reached the application on this connection
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None  # a refused connection's
+        self._body: StreamReader | None = None  # the last request's body stream
 
     # -- connection ---------------------------------------------------------------------
 
@@ -431,6 +437,12 @@ class FrontDoorProtocol(RequestHandler):
             return  # aiohttp never knew this connection
         self._release()
         super().connection_lost(exc)
+        body, self._body = self._body, None
+        if body is not None and not body.is_eof() and body.exception() is None:
+            # aiohttp fails the body of a request still being handled, but not one it is
+            # reading out after a refusal (a 413's lingering read): that read would wait
+            # its full lingering time for bytes a vanished peer never sends.
+            body.feed_eof()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -491,6 +503,13 @@ class FrontDoorProtocol(RequestHandler):
             self._front_door.sources.close(self._source)
             self._source = None
 
+    def _process_keepalive(self) -> None:
+        """aiohttp's keep-alive timer: an idle connection it closes is counted."""
+        closing = self._force_close
+        super()._process_keepalive()
+        if self._force_close and not closing:
+            self._front_door.metrics.limit_hit("keepalive_timeout")
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         transport = self.transport
@@ -511,8 +530,9 @@ class FrontDoorProtocol(RequestHandler):
         """The task serving this connection's requests (aiohttp's), None before the first."""
         return self._task_handler
 
-    def admit_request(self) -> Refusal | None:
+    def admit_request(self, body: StreamReader) -> Refusal | None:
         """Charge one request to its source: the first was paid when the connection opened."""
+        self._body = body
         self._requests += 1
         if self._requests == 1 or self._source is None:
             return None
@@ -551,6 +571,11 @@ class FrontDoorProtocol(RequestHandler):
         door = self._front_door
         if malformed:
             door.metrics.rejections.labels(str(status), "malformed").inc()
+            # aiohttp's parser enforced a [relay] key (serve.py passes them to it).
+            if isinstance(exc, LineTooLong):  # its max_line_size or max_field_size
+                door.metrics.limit_hit("max_head_line_size")
+            elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+                door.metrics.limit_hit("max_headers")
             # The exception's class says what was wrong; its text quotes the peer's bytes.
             door.note("bad_request", status=status, reason=type(exc).__name__, peer=self._peer)
         else:  # 504: a handler's TimeoutError escaped (the middleware logged it)
@@ -627,7 +652,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     """
     protocol = request.protocol
     if isinstance(protocol, FrontDoorProtocol):
-        refusal = protocol.admit_request()
+        refusal = protocol.admit_request(request.content)
         if refusal is not None:
             raise RateLimitedError(
                 "too many requests from this address",

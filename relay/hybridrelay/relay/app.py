@@ -9,6 +9,7 @@ from aiohttp import web
 
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.admission import PendingShare, rate_limit_middleware
+from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.config import RelayConfig
@@ -21,6 +22,7 @@ from hybridrelay.relay.mgmt import (
     events as mgmt_events,
     jobs as mgmt_jobs,
 )
+from hybridrelay.relay.mgmt.events import EventHub
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
 from hybridrelay.relay.remote_listeners import watch_remote_listeners
@@ -45,8 +47,12 @@ def create_app(
 ) -> web.Application:
     """Build the relay's aiohttp application from a completed config."""
     # rate_limit_middleware raises inside error_middleware, which answers its 429.
+    relay = config.relay
+    # Management bodies are read by mgmt/json_body.read_body, which refuses (413) and counts
+    # at this size; client_max_size is aiohttp's backstop for any request.read() to come.
     app = web.Application(
-        middlewares=[error_middleware, rate_limit_middleware], client_max_size=1 << 20
+        middlewares=[error_middleware, rate_limit_middleware],
+        client_max_size=relay.max_management_body_size,
     )
     m = metrics_ or RelayMetrics()
     state = RelayState(
@@ -59,7 +65,13 @@ def create_app(
         ),
         metrics=m,
         rng=random.Random(),  # noqa: S311 - load spreading only
-        pending_share=PendingShare(config.relay.max_pending_per_hc),
+        pending_share=PendingShare(relay.max_pending_per_hc),
+        tokens=TokenCache(relay.token_cache_size),
+        events=EventHub(
+            history=relay.event_history,
+            queue_size=relay.event_subscriber_queue,
+            limit_hit=m.limit_hit,
+        ),
     )
     app[STATE] = state
     watch_remote_listeners(state)

@@ -86,7 +86,7 @@ def check_lifetime(expiry: float, *, now: float, max_lifetime: float) -> None:
     """Refuse a verified token that expires further ahead than ``max_lifetime`` (0: no cap).
 
     Raises:
-        TokenLifetimeError: 401, counted as ``limit_hit("token_lifetime")``.
+        TokenLifetimeError: 401, counted as ``limit_hit("max_token_lifetime")``.
     """
     if max_lifetime > 0 and expiry - now > max_lifetime:
         raise TokenLifetimeError(

@@ -25,7 +25,11 @@ from urllib.parse import urlsplit
 
 from hybridrelay.config import Secret, Table, load_toml
 from hybridrelay.errors import ConfigError
-from hybridrelay.protocol.codes import MAX_LISTENERS_PER_HC, RENDEZVOUS_TIMEOUT_S
+from hybridrelay.protocol.codes import (
+    CONTROL_MESSAGE_LIMIT,
+    MAX_LISTENERS_PER_HC,
+    RENDEZVOUS_TIMEOUT_S,
+)
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.jwt_auth import (
     ALGORITHMS,
@@ -167,7 +171,7 @@ class RelaySettings:
     # default, what the peer sees when it is hit, and the metric that counts it
     # (hybridrelay_limit_refusals{limit=...}). The defaults are far above what a single
     # IoT gateway behind NAT ever needs.
-    handshake_timeout: float = 10.0  # TCP accept -> whole request head read (408)
+    handshake_timeout: float = 10.0  # the TLS handshake; then the first request head (408)
     # An idle keep-alive connection (its last response sent, no next request head yet) is
     # closed after this long, as nginx does (75 s); longer than clients' own pool timeouts.
     keepalive_timeout: float = 75.0
@@ -191,6 +195,37 @@ class RelaySettings:
     max_pending_per_hc: int = 1000  # senders + HTTP requests waiting on one entity (503)
     max_queued_control_frames: int = 64  # control frames queued to one leg (then not read)
     max_token_lifetime: float = 366 * 86_400.0  # a token's se further ahead: 401; 0: off
+    # How long a listener's control channel may take to take a message the relay sends
+    # (an accept, a request, a pong): a listener that stops reading would hold the
+    # sender, and the channel's reader, for ever. Then the channel is cut.
+    control_send_timeout: float = 10.0
+    # The largest message a listener may send on its control channel. JSON messages stay
+    # under HC's 64 KiB anyway (control_message_limit); what can be larger is an inline
+    # response body (HC says at most 64 KiB, larger ones should come over rendezvous,
+    # but listeners are tolerated up to this). Larger: the channel closes with 1009.
+    max_control_message_size: int = 1 << 20
+    # Bytes buffered per direction of a relayed stream (a spliced WebSocket leg's write
+    # buffer, an HTTP-mode response body) before the relay stops reading the other side:
+    # memory per stream against throughput on long, fast links. Backpressure, no refusal.
+    stream_buffer_size: int = 256 * 1024
+    # aiohttp's request-head parser: the longest request line or header line (bytes),
+    # and the most header lines in one head; larger heads get 400 before any handler
+    # runs. 8190 is aiohttp's (and about nginx's 8k) default; big cookies or JWTs in
+    # headers may need more.
+    max_head_line_size: int = 8190
+    max_headers: int = 128
+    # A management request body (JSON documents, a CA certificate), 413 beyond. Device
+    # imports stream to a file instead and have max_import_size.
+    max_management_body_size: int = 1 << 20
+    max_import_size: int = 256 * 1024 * 1024  # an import job's body (413)
+    max_running_jobs: int = 4  # import/export jobs running at once (403 QuotaExceeded)
+    # Verified tokens remembered (least recently used first out): a token pushed out is
+    # verified again on its next use, so this trades CPU for memory, nothing else.
+    token_cache_size: int = 4096
+    # Management event streams (/$mgmt/v1/events): events kept for Last-Event-ID resumes,
+    # and events one subscriber may fall behind before it is dropped ("SubscriberTooSlow").
+    event_history: int = 1000
+    event_subscriber_queue: int = 256
     # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
     # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
     allow_placeholder_keys: bool = False
@@ -453,6 +488,17 @@ _ENV_TYPES: Mapping[str, type] = {
     "max_pending_per_hc": int,
     "max_queued_control_frames": int,
     "max_token_lifetime": float,
+    "control_send_timeout": float,
+    "max_control_message_size": int,
+    "stream_buffer_size": int,
+    "max_head_line_size": int,
+    "max_headers": int,
+    "max_management_body_size": int,
+    "max_import_size": int,
+    "max_running_jobs": int,
+    "token_cache_size": int,
+    "event_history": int,
+    "event_subscriber_queue": int,
     "allow_placeholder_keys": bool,
 }
 
@@ -585,6 +631,41 @@ def _settings(table: Table) -> RelaySettings:
         ),
         max_token_lifetime=table.get_float(
             "max_token_lifetime", d.max_token_lifetime, minimum=0.0, maximum=100 * 366 * 86_400.0
+        ),
+        control_send_timeout=table.get_float(
+            "control_send_timeout", d.control_send_timeout, minimum=0.1, maximum=600
+        ),
+        max_control_message_size=table.get_int(
+            "max_control_message_size",
+            d.max_control_message_size,
+            minimum=CONTROL_MESSAGE_LIMIT,
+            maximum=1 << 30,
+        ),
+        stream_buffer_size=table.get_int(
+            "stream_buffer_size", d.stream_buffer_size, minimum=16 * 1024, maximum=1 << 30
+        ),
+        max_head_line_size=table.get_int(
+            "max_head_line_size", d.max_head_line_size, minimum=1024, maximum=1 << 20
+        ),
+        max_headers=table.get_int("max_headers", d.max_headers, minimum=16, maximum=10_000),
+        max_management_body_size=table.get_int(
+            "max_management_body_size",
+            d.max_management_body_size,
+            minimum=64 * 1024,
+            maximum=1 << 30,
+        ),
+        max_import_size=table.get_int(
+            "max_import_size", d.max_import_size, minimum=1 << 20, maximum=1 << 40
+        ),
+        max_running_jobs=table.get_int(
+            "max_running_jobs", d.max_running_jobs, minimum=1, maximum=1000
+        ),
+        token_cache_size=table.get_int(
+            "token_cache_size", d.token_cache_size, minimum=0, maximum=10_000_000
+        ),
+        event_history=table.get_int("event_history", d.event_history, minimum=0, maximum=1_000_000),
+        event_subscriber_queue=table.get_int(
+            "event_subscriber_queue", d.event_subscriber_queue, minimum=1, maximum=1_000_000
         ),
         allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
     )

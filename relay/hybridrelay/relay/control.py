@@ -6,6 +6,11 @@ It sends ``accept`` (and, in HTTP mode, ``request``) messages, takes
 has shown no sign of life for two intervals. Token expiry is enforced with a
 grace period because both SDKs renew exactly at expiry (HC §3.4); a failed
 renewal closes the channel with 1008.
+
+Every wait on the listener is bounded (``[relay]`` keys): a message or pong the
+listener does not take within ``control_send_timeout``, a close it does not answer
+within ``close_timeout``; each cut, like the silent channel and the expired token,
+is counted by ``limit_hit`` under the key's name (docs/security.md).
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ from hybridrelay.relay.pending import PendingRequest
 
 __all__ = ["ControlChannel", "ControlSocketResponse"]
 
-_SEND_TIMEOUT = 10.0
 _TEXT: Final = int(Opcode.TEXT)
 _BINARY: Final = int(Opcode.BINARY)
 
 # renew(token) -> new expiry (unix seconds); raises AuthError when the token is refused.
 Renewer = Callable[[str], Awaitable[float]]
+
+# aiohttp's reader reports an oversized control frame as a 1002 with this text (RFC 6455
+# §5.5); it is counted as the protocol value it breaks.
+_CONTROL_FRAME_TOO_BIG: Final = "Control frame payload cannot be larger than 125 bytes"
 
 
 class ControlSocketResponse(web.WebSocketResponse):
@@ -121,6 +129,9 @@ class ControlChannel:
         log: ConnectionLogger,
         requests: Mapping[str, PendingRequest] | None = None,
         now: Callable[[], float] = time.time,
+        send_timeout: float = 10.0,
+        close_timeout: float = 10.0,
+        limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self._request = request
         self._ws = ws
@@ -132,6 +143,9 @@ class ControlChannel:
         self._grace = token_grace
         self._log = log
         self._now = now
+        self._send_timeout = send_timeout
+        self._close_timeout = close_timeout
+        self._limit_hit = limit_hit
         self._send_lock = asyncio.Lock()
         self._requests: Mapping[str, PendingRequest] = requests if requests is not None else {}
         # The response whose body is the next binary message on this channel (HC §4);
@@ -177,11 +191,14 @@ class ControlChannel:
                 transport.writelines((frame, head, body))
             return
         try:
-            async with self._send_lock, asyncio.timeout(_SEND_TIMEOUT):
+            async with self._send_lock, asyncio.timeout(self._send_timeout):
                 await self._ws.send_str(text)
                 if body is not None:
                     await self._ws.send_bytes(body)
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            if isinstance(exc, TimeoutError):
+                self._log.warning("control_channel_not_reading")
+                self._limit_hit("control_send_timeout")
             self.abort()
             raise ConnectionClosedError(1011, "control channel send failed") from exc
 
@@ -191,10 +208,13 @@ class ControlChannel:
         self.closing = True
         self._log.info("control_channel_closing", extra={"code": code, "reason": reason})
         try:
-            # A listener that does not read would hold the close (and us) forever.
-            async with asyncio.timeout(_SEND_TIMEOUT):
+            # A listener that does not read, or never answers, would hold the close (and
+            # us) forever. aiohttp's own wait for the answer is longer (ws timeout), so
+            # this one decides and is counted.
+            async with asyncio.timeout(self._close_timeout):
                 await self._ws.close(code=code, message=reason.encode("utf-8"))
         except TimeoutError:
+            self._limit_hit("close_timeout")
             self.abort()
         except (ConnectionError, RuntimeError):
             pass
@@ -230,10 +250,11 @@ class ControlChannel:
                 try:
                     # The pong waits for room in the socket buffer (aiohttp drains); a
                     # listener that pings and never reads must not hold this loop forever.
-                    async with asyncio.timeout(_SEND_TIMEOUT):
+                    async with asyncio.timeout(self._send_timeout):
                         await ws.pong(msg.data)
                 except TimeoutError:
                     self._log.warning("control_channel_not_reading")
+                    self._limit_hit("control_send_timeout")
                     self.abort()
                     return
                 except (ConnectionError, RuntimeError):
@@ -243,6 +264,7 @@ class ControlChannel:
             elif msg.type == WSMsgType.ERROR:
                 error = ws.exception() or msg.data
                 self._log.warning("control_channel_error", extra={"error": str(error)})
+                self._count_frame_limit(error)
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
@@ -254,6 +276,8 @@ class ControlChannel:
             message = decode(text)
         except HybridRelayError as exc:
             self._log.warning("control_message_invalid", extra={"error": str(exc)})
+            if exc.limit is not None:  # over HC's 64 KiB (control_message_limit): 1009
+                self._limit_hit(exc.limit)
             await self.close(exc.close_code, str(exc)[:120])
             return
         if isinstance(message, RenewToken):
@@ -269,6 +293,15 @@ class ControlChannel:
         else:
             self._log.warning("unexpected_control_message", extra={"kind": type(message).__name__})
             await self.close(1002, "listeners may only send renewToken and response")
+
+    def _count_frame_limit(self, error: object) -> None:
+        """Count a frame aiohttp's reader refused for its size (the rest is misbehaviour)."""
+        if not isinstance(error, WebSocketError):
+            return
+        if error.code == WSCloseCode.MESSAGE_TOO_BIG:
+            self._limit_hit("max_control_message_size")
+        elif error.code == WSCloseCode.PROTOCOL_ERROR and str(error) == _CONTROL_FRAME_TOO_BIG:
+            self._limit_hit("max_control_payload")
 
     def _on_response(self, response: Response) -> None:
         pending = self._requests.get(response.request_id)
@@ -340,6 +373,7 @@ class ControlChannel:
             await asyncio.sleep(interval / 4)
             now = loop.time()
             if self.expires_at is not None and self.expires_at + self._grace <= self._now():
+                self._limit_hit("token_grace")
                 await self.close(1008, "token expired")
                 return
             if now - self._last_seen > 2 * interval:
@@ -347,6 +381,7 @@ class ControlChannel:
                     "control_channel_unresponsive",
                     extra={"silent_s": round(now - self._last_seen, 2)},
                 )
+                self._limit_hit("ping_interval")
                 self.abort()
                 return
             if now >= next_ping:

@@ -56,7 +56,6 @@ __all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
 
 log = logging.getLogger(RELAY)
 
-_CONTROL_MAX_MESSAGE = 1 << 20
 _AUTH_HEADER = "ServiceBusAuthorization"
 _REDISPATCHES = 2  # accepts re-sent to another listener when the chosen one vanished
 _LISTENER_GONE_GRACE_S = 2.0
@@ -203,8 +202,15 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
 
+    relay = state.config.relay
     ws = ControlSocketResponse(
-        protocols=(), compress=False, autoping=False, max_msg_size=_CONTROL_MAX_MESSAGE, timeout=5.0
+        protocols=(),
+        compress=False,
+        autoping=False,
+        max_msg_size=relay.max_control_message_size,
+        # aiohttp's own wait for a close answer; ControlChannel.close bounds (and counts)
+        # it at close_timeout, so this one must never fire first.
+        timeout=relay.close_timeout + 1.0,
     )
 
     async def renew(token: str) -> float:
@@ -245,6 +251,9 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         log=clog,
         requests=state.http_requests,
         now=state.now,
+        send_timeout=relay.control_send_timeout,
+        close_timeout=relay.close_timeout,
+        limit_hit=state.metrics.limit_hit,
     )
     # Reserve the slot before answering 101, so the 26th listener gets a clean 403.
     await state.cluster.attach(
@@ -290,14 +299,16 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     if not await state.cluster.listener_count(hc.name):
         raise NoListenerError("no listener is connected to this hybrid connection")
 
+    relay = state.config.relay
     splice = Splice(
-        close_timeout=state.config.relay.close_timeout,
+        close_timeout=relay.close_timeout,
         hc_name=hc.name,
-        max_queued_control=state.config.relay.max_queued_control_frames,
+        max_queued_control=relay.max_queued_control_frames,
+        write_buffer=relay.stream_buffer_size,
         limit_hit=state.metrics.limit_hit,
     )
     tracking_id = addr.tracking_id or _new_tracking_id()
-    deadline = started + state.config.relay.rendezvous_timeout
+    deadline = started + relay.rendezvous_timeout
     # One slot of this entity's share while the sender waits for its rendezvous.
     with state.pending_share.hold(hc.name):
         for attempt in range(_REDISPATCHES + 1):
@@ -340,7 +351,9 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                     async with asyncio.timeout_at(deadline):
                         outcome = await pending.future
                 except TimeoutError as exc:
-                    raise UpstreamTimeoutError("the listener did not accept in time") from exc
+                    raise UpstreamTimeoutError(
+                        "the listener did not accept in time", limit="rendezvous_timeout"
+                    ) from exc
             finally:
                 state.waiting.discard(pending)
                 state.cluster.discard_pending(key)

@@ -66,7 +66,7 @@ from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import PendingRequest
+from hybridrelay.relay.pending import BodyPipe, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import LIMIT_QUEUED_CONTROL, take_over
 from hybridrelay.relay.state import STATE, RelayState
@@ -115,6 +115,7 @@ class MethodNotAllowedError(ProtocolError):
 class HeadersTooLargeError(ProtocolError):
     http_status = 431
     error_code = "RequestHeaderFieldsTooLarge"
+    limit = "inline_headers_limit"  # HC §9: 32 KiB of headers on the control channel
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -294,6 +295,7 @@ async def _exchange(
         message=message,
         sender=request,
         inline=inline,
+        body=BodyPipe(high=state.config.relay.stream_buffer_size),
     )
     # The key must outlive the whole exchange: a large response is uploaded at its end.
     key = state.cluster.add_pending(pending, ttl=timeout + 5.0)
@@ -331,7 +333,8 @@ async def _exchange(
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 "The request was routed to the listener but the listener did not respond "
-                f"in the required time ({timeout:g} s)."
+                f"in the required time ({timeout:g} s).",
+                limit="request_timeout",
             ) from exc
         state.metrics.http_seconds.observe(asyncio.get_running_loop().time() - started)
         return await _stream_response(request, pending, response, state, timeout)
@@ -403,8 +406,13 @@ async def _stream_response(
     write_timeout = state.config.relay.body_idle_timeout
     try:
         while True:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await pending.body.read()
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await pending.body.read()
+            except TimeoutError:
+                # The listener paused in its body for the whole request timeout.
+                state.metrics.limit_hit("request_timeout")
+                raise
             if not chunk:
                 break
             try:
@@ -464,6 +472,7 @@ async def handle_request_dial(
     sock = HttpRendezvous(
         pending,
         max_queued_control=state.config.relay.max_queued_control_frames,
+        close_timeout=state.config.relay.close_timeout,
         limit_hit=state.metrics.limit_hit,
     )
     try:
@@ -514,6 +523,7 @@ class HttpRendezvous(asyncio.Protocol):
         pending: PendingRequest,
         *,
         max_queued_control: int = 64,
+        close_timeout: float = 10.0,
         limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self._pending = pending
@@ -525,6 +535,7 @@ class HttpRendezvous(asyncio.Protocol):
         self._write_paused = False
         self._pongs: list[bytes] = []  # owed while the write buffer is over its mark
         self._max_pongs = max_queued_control
+        self._close_timeout = close_timeout
         self._limit_hit = limit_hit
         self._holds = 0  # _BODY_FULL, _PONG_BACKLOG
         self._drain: asyncio.Future[None] | None = None
@@ -610,8 +621,12 @@ class HttpRendezvous(asyncio.Protocol):
         try:
             self._parser.feed(data)
         except FrameError as exc:
+            if exc.limit is not None:  # a control frame over RFC 6455's 125 bytes
+                self._limit_hit(exc.limit)
             self._fail(exc.code, exc.reason)
         except HybridRelayError as exc:
+            if exc.limit is not None:  # a response header over HC's 64 KiB
+                self._limit_hit(exc.limit)
             self._fail(exc.close_code, str(exc)[:100])
 
     def eof_received(self) -> bool:
@@ -645,7 +660,9 @@ class HttpRendezvous(asyncio.Protocol):
         if self._text is not None:
             self._text += data
             if len(self._text) > CONTROL_MESSAGE_LIMIT:
-                raise PayloadTooBigError("response header over 64 KiB")
+                raise PayloadTooBigError(
+                    "response header over 64 KiB", limit="control_message_limit"
+                )
             if frame_done and not self._parser.in_message:
                 text, self._text = bytes(self._text), None
                 self._on_header(text)
@@ -716,7 +733,15 @@ class HttpRendezvous(asyncio.Protocol):
         self._close_sent = True
         self._write_close(encode_close_payload(1000, ""))
         if self._close_timer is None and self._transport is not None:
-            self._close_timer = asyncio.get_running_loop().call_later(5.0, self.abort)
+            # A listener that never answers the close is cut (close_timeout, counted).
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self._close_timeout, self._close_timed_out
+            )
+
+    def _close_timed_out(self) -> None:
+        if self._transport is not None and not self.closed.done():
+            self._limit_hit("close_timeout")
+            self._transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
         log.warning("request_rendezvous_protocol_error", extra={"code": code, "reason": reason})

@@ -381,7 +381,9 @@ def verify_jwt(
     """
     if not issuers:
         raise AuthError(JWT_NOT_ACCEPTED)
-    if len(token) > MAX_JWT_LENGTH or not is_jwt(token):
+    if len(token) > MAX_JWT_LENGTH:
+        raise AuthError("the bearer token is over 16 KiB", limit="jwt_size")
+    if not is_jwt(token):
         raise AuthError("the bearer token is not a well-formed JWT")
     issuer, alg, kid = _issuer(token, issuers)
     candidates = [

@@ -178,6 +178,10 @@ async def run(
         handle_signals=False,
         shutdown_timeout=s.drain_timeout,
         keepalive_timeout=s.keepalive_timeout,
+        # aiohttp's request-head parser limits (400 beyond; FrontDoorProtocol counts them).
+        max_line_size=s.max_head_line_size,
+        max_field_size=s.max_head_line_size,
+        max_headers=s.max_headers,
     )
     await runner.setup()
     front_door = FrontDoor(s, app[STATE].metrics, now=asyncio.get_running_loop().time)
@@ -213,6 +217,8 @@ async def run(
                 await asyncio.gather(*(asyncio.shield(sp.done) for sp in list(state.splices)))
         except TimeoutError:
             log.warning("drain_deadline_passed", extra={"open": len(state.splices)})
+            for _ in state.splices:  # each is closed now, and cut a second later
+                state.metrics.limit_hit("drain_timeout")
         # Past the deadline peers get one second to answer our close, then are cut,
         # so a SIGTERM'd relay is gone within drain_timeout + ~1 s.
         await shutdown_connections(state, 1001, "relay shutting down", close_timeout=_FINAL_CLOSE_S)

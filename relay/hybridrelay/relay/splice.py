@@ -61,9 +61,6 @@ log = logging.getLogger(RELAY)
 # Payloads smaller than this are joined with their header into one write; larger
 # ones are written separately to avoid copying them.
 _COALESCE_LIMIT: Final = 16 * 1024
-# Transport write buffer high-water mark per leg; reading on the other leg pauses above it.
-WRITE_HIGH_WATER: Final = 256 * 1024
-
 _PONG: Final = int(Opcode.PONG)
 _PING: Final = int(Opcode.PING)
 _CLOSE: Final = int(Opcode.CLOSE)
@@ -211,7 +208,8 @@ class Leg(asyncio.Protocol):
         transport, inner, tail = parts
         self.transport = transport
         self._inner = inner
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # Reading on the other leg pauses above this ([relay] stream_buffer_size).
+        transport.set_write_buffer_limits(high=self.splice.write_buffer)
         transport.set_protocol(self)
         if transport.is_closing():
             # Lost before we took over: aiohttp saw connection_lost, we never will.
@@ -258,6 +256,8 @@ class Leg(asyncio.Protocol):
         try:
             self.parser.feed(data)
         except FrameError as exc:
+            if exc.limit is not None:  # a control frame over RFC 6455's 125 bytes
+                self.splice.limit_hit(exc.limit)
             self.splice.protocol_error(self, exc.code, exc.reason)
 
     def eof_received(self) -> bool:
@@ -399,7 +399,14 @@ class Leg(asyncio.Protocol):
     def arm_close_timer(self, timeout: float) -> None:
         """Cut the connection if it has not closed ``timeout`` seconds from now."""
         if self._close_timer is None and not self.lost:
-            self._close_timer = asyncio.get_running_loop().call_later(timeout, self.abort)
+            self._close_timer = asyncio.get_running_loop().call_later(
+                timeout, self._close_timed_out
+            )
+
+    def _close_timed_out(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.splice.limit_hit("close_timeout")
+            self.transport.abort()
 
     def close_transport(self) -> None:
         if not self.lost and self.transport is not None:
@@ -425,6 +432,8 @@ class Splice:
             (``reactions.py``); ``PendingConnect`` fills it in when not given.
         max_queued_control: control frames (pongs, a close) that may wait for one leg
             before it stops being read (``[relay] max_queued_control_frames``).
+        write_buffer: bytes a leg's write buffer holds before the other leg stops being
+            read (``[relay] stream_buffer_size``).
         limit_hit: counts a limit reached, by name (``RelayMetrics.limit_hit``).
     """
 
@@ -437,6 +446,7 @@ class Splice:
         "max_queued_control",
         "on_finish",
         "sender",
+        "write_buffer",
     )
 
     def __init__(
@@ -446,10 +456,12 @@ class Splice:
         on_finish: Callable[[int, int], None] | None = None,
         hc_name: str | None = None,
         max_queued_control: int = 64,
+        write_buffer: int = 256 * 1024,
         limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.hc_name = hc_name
         self.max_queued_control = max_queued_control
+        self.write_buffer = write_buffer
         self.limit_hit = limit_hit
         self.sender = Leg("sender", self)
         self.listener = Leg("listener", self)

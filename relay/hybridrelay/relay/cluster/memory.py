@@ -71,7 +71,8 @@ class MemoryClusterState:
             old.abort()
         if len(channels) >= max_listeners:
             raise QuotaExceededError(
-                f"QuotaExceeded: MaximumListenersPerEndpoint ({max_listeners}) reached"
+                f"QuotaExceeded: MaximumListenersPerEndpoint ({max_listeners}) reached",
+                limit="max_listeners_per_hc",
             )
         channels[channel.listener_id] = channel
         self._active.setdefault((hc, channel.listener_id), 0)

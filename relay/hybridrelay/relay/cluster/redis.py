@@ -313,7 +313,8 @@ class RedisClusterState:
             else:
                 if outcome == "full":
                     raise QuotaExceededError(
-                        f"QuotaExceeded: MaximumListenersPerEndpoint ({max_listeners}) reached"
+                        f"QuotaExceeded: MaximumListenersPerEndpoint ({max_listeners}) reached",
+                        limit="max_listeners_per_hc",
                     )
                 if outcome == "conflict":
                     raise ListenerConflictError(

@@ -28,6 +28,7 @@ from hybridrelay.errors import EntityNotFoundError, HybridRelayError, Validation
 from hybridrelay.relay.ca_trust import issued_by
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
+from hybridrelay.relay.mgmt.json_body import read_body
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.certificates import (
@@ -84,8 +85,12 @@ def _table(operations: Mapping[str, Operation]) -> Handler:
 
 
 async def _pem(request: web.Request) -> str:
+    relay = request.app[STATE].config.relay
+    raw = await read_body(
+        request, max_size=relay.max_management_body_size, idle=relay.body_idle_timeout
+    )
     try:
-        doc = json.loads(await request.read())
+        doc = json.loads(raw)
     except ValueError as exc:
         raise ValidationError("body", "not valid JSON") from exc
     pem = doc.get("certificate") if isinstance(doc, dict) else None

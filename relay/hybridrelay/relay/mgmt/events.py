@@ -21,7 +21,7 @@ values replaced by null: events reach webhooks, which must not learn device keys
 
 ``sequenceNumber`` increases by one per event on this node and starts at 1 when the
 process starts; events are published in the order they happened on this node. The
-last :data:`HISTORY` events are kept for resuming.
+last ``[relay] event_history`` events (default :data:`HISTORY`) are kept for resuming.
 
 Delivery:
 
@@ -32,17 +32,27 @@ Delivery:
   sequence (the node restarted) replays everything kept. Without that ``Accept``
   header the answer is 406 (a plain HTTP client would otherwise wait for ever).
 - The same URL as a WebSocket upgrade: one JSON text message per event.
-- Each subscriber has a bounded queue (:data:`SUBSCRIBER_QUEUE`). A subscriber that
-  falls that far behind is dropped: it gets one final ``error`` event
-  (``{"error": {"code": "SubscriberTooSlow", ...}}``) and the stream ends; it may
-  reconnect with ``Last-Event-ID``.
+- Each subscriber has a bounded queue (``[relay] event_subscriber_queue``, default
+  :data:`SUBSCRIBER_QUEUE`). A subscriber that falls that far behind is dropped: it
+  gets one final ``error`` event (``{"error": {"code": "SubscriberTooSlow", ...}}``)
+  and the stream ends; it may reconnect with ``Last-Event-ID``. One that stops reading
+  what it is sent is cut after ``body_idle_timeout`` (a write that long pending). A
+  subscriber sends nothing: a WebSocket message over 4 KiB closes it with 1009, and a
+  WebSocket subscriber that does not answer a heartbeat ping within half a heartbeat
+  is closed (aiohttp's heartbeat, 1006 on our side).
 - A stream lasts only as long as the token that opened it would still be accepted
   (``access.until_revoked``): when its rule or key is regenerated, changed or deleted,
   or the token expires, the subscriber gets a final ``error`` event (code
   ``AuthorizationRevoked``; a WebSocket is then closed with 1008) within a second.
 - Webhooks: each ``[[webhooks]]`` entry gets the events its ``events`` filter lets
   through, POSTed one by one as JSON in order, through a bounded queue (a full queue
-  drops the event with a log line). A 2xx is delivered; a connection error, timeout,
+  drops the event with a log line).
+- Every drop and cut above is counted by ``limit_hit`` (docs/security.md): the
+  subscriber queue, a write stalled past ``body_idle_timeout``, the WebSocket message
+  size (``event_stream_message_size``) and heartbeat (``event_stream_heartbeat``), the
+  webhook queue (``webhooks.queue_size``)
+  and this hub's inbox (``event_inbox``, :data:`INBOX` occurrences waiting to become
+  events). A 2xx is delivered; a connection error, timeout,
   408, 429 or 5xx is retried with full-jitter exponential backoff up to
   ``max_attempts``; other answers and the last failed attempt give up with a
   ``webhook_gave_up`` log line. The relay's URL of the event is never logged with
@@ -58,12 +68,12 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from hybridrelay.backoff import Backoff
 from hybridrelay.errors import ValidationError
@@ -77,6 +87,7 @@ from hybridrelay.relay.store.models import ChangeEvent, Device, format_time
 __all__ = [
     "HEARTBEAT_S",
     "HISTORY",
+    "INBOX",
     "SUBSCRIBER_QUEUE",
     "Event",
     "EventHub",
@@ -90,7 +101,9 @@ log = logging.getLogger(RELAY)
 HISTORY: Final = 1000
 SUBSCRIBER_QUEUE: Final = 256
 HEARTBEAT_S: Final = 15.0
-_INBOX: Final = 10_000  # occurrences waiting to become events (device re-reads are async)
+INBOX: Final = 10_000  # occurrences waiting to become events (device re-reads are async)
+# A subscriber sends nothing (its close ends the stream): a message this big is hostile.
+_SUBSCRIBER_MESSAGE: Final = 4096
 _DOC_CACHE: Final = 10_000  # last known device documents, for the bodies of deletions
 _MAX_EVENT_ID: Final = 2**63
 
@@ -174,9 +187,15 @@ class Subscription:
 class _Webhook:
     """One ``[[webhooks]]`` target: a bounded queue and one delivering task."""
 
-    def __init__(self, config: WebhookConfig, rng: random.Random) -> None:
+    def __init__(
+        self,
+        config: WebhookConfig,
+        rng: random.Random,
+        limit_hit: Callable[[str], None] = lambda limit: None,
+    ) -> None:
         self.config = config
         self._rng = rng
+        self._limit_hit = limit_hit
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.queue_size)
         self._task: asyncio.Task[None] | None = None
         self._where = redact_url(config.url)
@@ -188,6 +207,7 @@ class _Webhook:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
+            self._limit_hit("webhooks.queue_size")
             log.warning(
                 "webhook_queue_full",
                 extra={"url": self._where, "sequence": event.sequence, "event": event.op_type},
@@ -273,8 +293,10 @@ class EventHub:
         queue_size: int = SUBSCRIBER_QUEUE,
         heartbeat: float = HEARTBEAT_S,
         now: Callable[[], float] = time.time,
+        limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.heartbeat = heartbeat
+        self.limit_hit = limit_hit
         self._queue_size = queue_size
         self._now = now
         self._sequence = 0
@@ -299,10 +321,10 @@ class EventHub:
         if self._worker is not None:
             return
         self._state = state
-        self._inbox = asyncio.Queue(maxsize=_INBOX)
+        self._inbox = asyncio.Queue(maxsize=INBOX)
         self._worker = asyncio.create_task(self._work(self._inbox), name="events:publish")
         self._unsubscribe = state.store.subscribe(self.on_change)
-        self._webhooks = [_Webhook(w, state.rng) for w in state.config.webhooks]
+        self._webhooks = [_Webhook(w, state.rng, self.limit_hit) for w in state.config.webhooks]
         if self._webhooks:
             self._session = aiohttp.ClientSession()
             for webhook in self._webhooks:
@@ -371,6 +393,7 @@ class EventHub:
         try:
             self._inbox.put_nowait(occurrence)
         except asyncio.QueueFull:
+            self.limit_hit("event_inbox")
             log.warning("event_dropped", extra={"event": occurrence.op_type})
 
     # --- publishing -----------------------------------------------------------------------
@@ -426,6 +449,7 @@ class EventHub:
         for subscription in list(self._subscribers):
             if not subscription._offer(event):
                 self._subscribers.discard(subscription)
+                self.limit_hit("event_subscriber_queue")
                 log.warning("event_subscriber_dropped", extra={"sequence": event.sequence})
         for webhook in self._webhooks:
             if webhook.wants(event):
@@ -491,8 +515,26 @@ async def _next(hub: EventHub, subscription: Subscription) -> Event | _Closed | 
         return None
 
 
+async def _write(
+    request: web.Request, hub: EventHub, idle: float, write: Awaitable[object]
+) -> None:
+    """One write to a subscriber; one that stops reading is cut after ``idle`` seconds.
+
+    Without it the handler would wait for ever on a full socket buffer (the queue
+    behind it only drops the subscriber, it cannot unblock the write).
+    """
+    try:
+        async with asyncio.timeout(idle):
+            await write
+    except TimeoutError as exc:
+        hub.limit_hit("body_idle_timeout")
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the subscriber stopped reading") from exc
+
+
 async def _serve_sse(
-    request: web.Request, hub: EventHub, subscription: Subscription
+    request: web.Request, hub: EventHub, subscription: Subscription, write_timeout: float
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -503,30 +545,38 @@ async def _serve_sse(
     )
     await response.prepare(request)
     with contextlib.suppress(ConnectionError):
-        await response.write(b": connected\n\n")
+        await _write(request, hub, write_timeout, response.write(b": connected\n\n"))
         while True:
             item = await _next(hub, subscription)
             if item is None:
-                await response.write(b": heartbeat\n\n")
+                await _write(request, hub, write_timeout, response.write(b": heartbeat\n\n"))
             elif isinstance(item, _Closed):
                 if item.error is not None:
-                    await response.write(f"event: error\ndata: {_error_doc(item)}\n\n".encode())
+                    frame = f"event: error\ndata: {_error_doc(item)}\n\n".encode()
+                    await _write(request, hub, write_timeout, response.write(frame))
                 break
             else:
-                await response.write(_sse_frame(item))
+                await _write(request, hub, write_timeout, response.write(_sse_frame(item)))
     return response
 
 
 async def _serve_websocket(
-    request: web.Request, hub: EventHub, subscription: Subscription
+    request: web.Request, hub: EventHub, subscription: Subscription, write_timeout: float
 ) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=hub.heartbeat, compress=False, max_msg_size=4096)
+    ws = web.WebSocketResponse(
+        heartbeat=hub.heartbeat, compress=False, max_msg_size=_SUBSCRIBER_MESSAGE
+    )
     await ws.prepare(request)
 
     async def read() -> None:
         # Nothing is expected from the subscriber; its close ends the subscription.
-        async for _ in ws:
-            pass
+        async for message in ws:
+            if message.type == WSMsgType.ERROR:
+                error = ws.exception()
+                if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
+                    hub.limit_hit("event_stream_message_size")
+                elif isinstance(error, TimeoutError):  # no pong for half a heartbeat
+                    hub.limit_hit("event_stream_heartbeat")
         hub.unsubscribe(subscription)
 
     reader = asyncio.create_task(read(), name="events:ws-read")
@@ -538,16 +588,17 @@ async def _serve_websocket(
                 continue  # aiohttp's heartbeat pings
             if isinstance(item, _Closed):
                 if item.error is not None:
-                    await ws.send_str(_error_doc(item))
+                    await _write(request, hub, write_timeout, ws.send_str(_error_doc(item)))
                 if item.error == _REVOKED:
                     # RFC 6455 §7.4.1: 1008, the policy (this token) no longer allows it.
                     code, reason = 1008, item.reason.encode("utf-8")[:120]
                 break
-            await ws.send_str(item.data)
+            await _write(request, hub, write_timeout, ws.send_str(item.data))
     except ConnectionError:
         pass
     finally:
-        await ws.close(code=code, message=reason)
+        with contextlib.suppress(ConnectionError):
+            await _write(request, hub, write_timeout, ws.close(code=code, message=reason))
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
@@ -587,9 +638,11 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
 
     watch = asyncio.create_task(guard(), name="events:authorization")
     try:
+        # A subscriber that stops reading is cut like an HTTP-mode sender that does.
+        write_timeout = state.config.relay.body_idle_timeout
         if upgrade:
-            return await _serve_websocket(request, hub, subscription)
-        return await _serve_sse(request, hub, subscription)
+            return await _serve_websocket(request, hub, subscription, write_timeout)
+        return await _serve_sse(request, hub, subscription, write_timeout)
     finally:
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):

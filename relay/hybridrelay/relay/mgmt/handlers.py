@@ -51,7 +51,7 @@ from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
 from hybridrelay.relay.mgmt.jobs import job_routes
-from hybridrelay.relay.mgmt.json_body import parse_json_object
+from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
@@ -154,7 +154,10 @@ def _route(
 
 async def _body(request: web.Request) -> dict[str, object]:
     """The request's JSON object; an empty body is ``{}``. Raises ValidationError."""
-    raw = await request.read()
+    relay = request.app[STATE].config.relay
+    raw = await read_body(
+        request, max_size=relay.max_management_body_size, idle=relay.body_idle_timeout
+    )
     if not raw.strip():
         return {}
     return parse_json_object(raw, "body")

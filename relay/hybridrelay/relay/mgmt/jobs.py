@@ -58,7 +58,7 @@ from hybridrelay.errors import (
 from hybridrelay.relay.config import data_dir
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
-from hybridrelay.relay.mgmt.json_body import parse_json_object
+from hybridrelay.relay.mgmt.json_body import body_chunks, parse_json_object
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.state import STATE, RelayState
@@ -66,7 +66,6 @@ from hybridrelay.relay.store.models import MAX_PAGE, Device, format_time, valida
 
 __all__ = [
     "JOBS",
-    "MAX_IMPORT_BYTES",
     "MAX_LINE_BYTES",
     "MAX_REPORTED_ERRORS",
     "Job",
@@ -79,11 +78,11 @@ JobType = Literal["export", "import"]
 JobStatus = Literal["enqueued", "running", "completed", "failed"]
 ImportMode = Literal["create", "update", "updateIfMatchETag", "delete", "deleteIfMatchETag"]
 
+# One import line is one device document, whose fields are bounded (store/models.py):
+# a line over this is that line's error ("import_line_size"), the job goes on.
 MAX_LINE_BYTES: Final = 64 * 1024
-MAX_IMPORT_BYTES: Final = 256 * 1024 * 1024
-MAX_REPORTED_ERRORS: Final = 1000
-MAX_JOBS_KEPT: Final = 100
-MAX_RUNNING_JOBS: Final = 4
+MAX_REPORTED_ERRORS: Final = 1000  # errors listed in the job; all are in its errors file
+MAX_JOBS_KEPT: Final = 100  # finished jobs remembered (the oldest are forgotten first)
 _PREFIX: Final = "/$mgmt/v1"
 _CHUNK: Final = 1 << 20
 _BATCH_LINES: Final = 512
@@ -183,8 +182,11 @@ class JobRegistry:
     def new_job(self, kind: JobType, who: str) -> Job:
         if self._closing:
             raise QuotaExceededError("the relay is shutting down")
-        if sum(not j.finished for j in self._jobs.values()) >= MAX_RUNNING_JOBS:
-            raise QuotaExceededError(f"at most {MAX_RUNNING_JOBS} jobs may run at once")
+        running = self.state.config.relay.max_running_jobs
+        if sum(not j.finished for j in self._jobs.values()) >= running:
+            raise QuotaExceededError(
+                f"at most {running} jobs may run at once", limit="max_running_jobs"
+            )
         job = Job(job_id=uuid.uuid4().hex, type=kind, directory=self.directory, who=who)
         self._jobs[job.job_id] = job
         return job
@@ -309,19 +311,27 @@ def _dump(doc: object) -> bytes:
 
 
 async def _spool(request: web.Request, job: Job) -> int:
-    """Copy the request body to the job's input file; returns its size. 413 over the cap."""
+    """Copy the request body to the job's input file; returns its size.
+
+    413 over ``max_import_size``, 408 when the body stalls for ``body_idle_timeout``.
+    """
+    relay = request.app[STATE].config.relay
+    limit = relay.max_import_size
+    too_big = PayloadTooBigError(
+        f"an import body is at most {limit} bytes", limit="max_import_size"
+    )
     length = request.content_length
-    if length is not None and length > MAX_IMPORT_BYTES:
-        raise PayloadTooBigError(f"an import body is at most {MAX_IMPORT_BYTES} bytes")
+    if length is not None and length > limit:
+        raise too_big
     await asyncio.to_thread(private_dir, job.directory)
     f = await asyncio.to_thread(open_private, job.input_path, "wb")
     total = 0
     try:
         buffer = bytearray()
-        async for chunk in request.content.iter_chunked(_CHUNK):
+        async for chunk in body_chunks(request, relay.body_idle_timeout, _CHUNK):
             total += len(chunk)
-            if total > MAX_IMPORT_BYTES:
-                raise PayloadTooBigError(f"an import body is at most {MAX_IMPORT_BYTES} bytes")
+            if total > limit:
+                raise too_big
             buffer += chunk
             if len(buffer) >= _CHUNK:
                 await asyncio.to_thread(f.write, bytes(buffer))
@@ -429,6 +439,7 @@ async def _import(state: RelayState, job: Job, size: int) -> None:
                 device_id: object = None
                 try:
                     if raw is None:
+                        state.metrics.limit_hit("import_line_size")
                         raise PayloadTooBigError(f"a line is at most {MAX_LINE_BYTES} bytes")
                     doc = _parse_line(raw)
                     device_id = doc.get("deviceId")

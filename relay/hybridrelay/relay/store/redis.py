@@ -710,7 +710,9 @@ class RedisStore:
         if status == "missing":
             raise EntityNotFoundError(f"hybrid connection {scope!r} does not exist")
         if status == "quota":
-            raise QuotaExceededError(f"at most {MAX_RULES_PER_SCOPE} rules per scope")
+            raise QuotaExceededError(
+                f"at most {MAX_RULES_PER_SCOPE} rules per scope", limit="max_rules_per_scope"
+            )
         if status != "ok":
             raise _ChangedError
 

@@ -754,7 +754,10 @@ class SqliteStore:
                 rule = replace(current, name=name, rights=rights)
             else:
                 if len(rules) >= MAX_RULES_PER_SCOPE:
-                    raise QuotaExceededError(f"at most {MAX_RULES_PER_SCOPE} rules per scope")
+                    raise QuotaExceededError(
+                        f"at most {MAX_RULES_PER_SCOPE} rules per scope",
+                        limit="max_rules_per_scope",
+                    )
                 rule = Rule(
                     name=name,
                     primary_key=self._minter.key(),
