@@ -99,10 +99,15 @@ def write_config(
     relay_extra: str = "",
     tls: tuple[Path, Path] | None = None,
     port: int = 0,
+    replace: Mapping[str, str] | None = None,
 ) -> Path:
+    """The test config in ``directory``; ``replace`` edits lines it sets (each must be there)."""
     text = DEFAULT_CONFIG.format(
         ping_interval=ping_interval, data_dir=directory / "data", port=port
     )
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
     if relay_extra:
         text = text.replace("[relay]\n", f"[relay]\n{relay_extra}\n", 1)
     if tls is not None:

@@ -17,7 +17,7 @@ import pytest
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener, TcpTarget
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.conftest import RelayFactory, make_token
-from tests.harness.hostile import HostileServer, ServerPeer
+from tests.harness.hostile_server import HostileServer, ServerPeer
 from tests.harness.listeners import running_listener
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
@@ -31,11 +31,6 @@ def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.name.startswith("hybridrelay") and (r.levelno >= logging.ERROR or r.exc_info)
     ]
-
-
-async def _head(reader: asyncio.StreamReader) -> bytes:
-    async with asyncio.timeout(seconds(10)):
-        return await reader.readuntil(b"\r\n\r\n")
 
 
 @pytest.fixture

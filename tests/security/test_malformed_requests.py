@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.harness.http_peers import HttpListener
+from tests.harness.metrics import metric_value
 from tests.harness.peers import RawListener, connect_url, listen_url, token_for
-from tests.harness.raw_http import RawResponse, connect_raw, metric_value, read_response
+from tests.harness.raw_http import RawResponse, connect_raw, read_response
 from tests.harness.relay import InProcessRelay, RelayProcess
 from tests.harness.timing import seconds
 

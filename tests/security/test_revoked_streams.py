@@ -25,15 +25,8 @@ from hybridrelay.wsclient import ws_connect
 from tests.conftest import make_token
 from tests.harness.device_certs import device_sas_token
 from tests.harness.peers import RawListener, listen_url
-from tests.harness.raw_http import (
-    close_code,
-    exchange,
-    masked_frame,
-    open_raw,
-    read_answer,
-    read_frame,
-    upgrade_request,
-)
+from tests.harness.raw_http import exchange, open_raw, read_head, upgrade_request
+from tests.harness.raw_ws import masked_frame, read_close_code, read_frame
 from tests.harness.relay import InProcessRelay
 from tests.harness.timing import seconds
 
@@ -93,7 +86,7 @@ async def event_stream(
         auth = {"Authorization": token}
         if transport == "websocket":
             writer.write(upgrade_request("/$mgmt/v1/events", host_of(relay), auth))
-            assert (await read_answer(reader)).status == 101
+            assert (await read_head(reader)).status == 101
         else:
             lines = [
                 "GET /$mgmt/v1/events HTTP/1.1",
@@ -102,7 +95,7 @@ async def event_stream(
                 f"Authorization: {token}",
             ]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            assert (await read_answer(reader)).status == 200
+            assert (await read_head(reader)).status == 200  # its body: the event stream
             async with asyncio.timeout(seconds(5)):
                 await reader.readuntil(b": connected\n\n")
         yield reader
@@ -113,9 +106,9 @@ async def stream_end(reader: asyncio.StreamReader, transport: str) -> object:
     async with asyncio.timeout(seconds(5)):
         if transport == "websocket":
             while True:
-                opcode, payload = await read_frame(reader)
+                _, opcode, payload = await read_frame(reader)
                 if opcode == 0x1 and b"AuthorizationRevoked" in payload:
-                    return await close_code(reader)
+                    return await read_close_code(reader)
                 assert opcode != 0x8, payload
         # Until the last chunk of the (chunked) event stream: the relay ended the response.
         rest = await reader.readuntil(b"\r\n0\r\n\r\n")
@@ -131,7 +124,7 @@ async def still_flowing(
     await mgmt(relay, "PUT", "/devices/probe-device", {})
     async with asyncio.timeout(seconds(5)):
         if transport == "websocket":
-            opcode, payload = await read_frame(reader)
+            _, opcode, payload = await read_frame(reader)
             assert opcode == 0x1, payload
             assert b"createDeviceIdentity" in payload, payload
         else:
@@ -213,10 +206,11 @@ async def test_disabling_a_listening_device_cuts_the_streams_spliced_to_it(
         async with open_raw(relay.url) as (reader, writer):
             auth = {"ServiceBusAuthorization": make_token(f"http://{host_of(relay)}/echo")}
             writer.write(upgrade_request("/$hc/echo?sb-hc-action=connect", host_of(relay), auth))
-            assert (await read_answer(reader)).status == 101
+            assert (await read_head(reader)).status == 101
             writer.write(masked_frame(0x1, b"before"))
             async with asyncio.timeout(seconds(5)):
-                assert await read_frame(reader) == (0x1, b"before")
+                _, opcode, payload = await read_frame(reader)
+                assert (opcode, payload) == (0x1, b"before")
             disabled = {
                 "status": "disabled",
                 "statusReason": "stolen",
@@ -230,6 +224,6 @@ async def test_disabling_a_listening_device_cuts_the_streams_spliced_to_it(
             code, _ = await listener.wait_control_closed(seconds(5))
             assert code == 1008
             async with asyncio.timeout(seconds(5)):
-                assert await close_code(reader) == 1008  # the stream, not only the channel
+                assert await read_close_code(reader) == 1008  # the stream, not only the channel
     finally:
         await listener.stop()

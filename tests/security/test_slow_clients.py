@@ -21,14 +21,9 @@ import pytest
 
 from hybridrelay.errors import ConnectionClosedError
 from tests.harness.http_peers import HttpListener
+from tests.harness.metrics import limit_refusals
 from tests.harness.peers import RawListener, connect_url, send, token_for
-from tests.harness.raw_http import (
-    RawResponse,
-    connect_raw,
-    limit_refusals,
-    read_response,
-    relay_address,
-)
+from tests.harness.raw_http import RawResponse, connect_raw, read_response, relay_address
 from tests.harness.relay import RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles

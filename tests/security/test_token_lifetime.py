@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +25,7 @@ from hybridrelay.relay.store.models import Authentication, Device, Grants, Symme
 from hybridrelay.wsclient import ws_connect
 from tests.conftest import RelayFactory, make_token
 from tests.harness.device_certs import device_sas_token
+from tests.harness.metrics import limit_refusals
 from tests.harness.peers import listen_url
 from tests.harness.raw_http import exchange, http_request, upgrade_request
 from tests.harness.relay import InProcessRelay
@@ -85,12 +84,7 @@ def tokens(relay: InProcessRelay, ttl: int) -> dict[str, str]:
 
 
 async def refusals(relay: InProcessRelay) -> int:
-    async with aiohttp.ClientSession() as session, session.get(relay.http_url + "/metrics") as r:
-        text = await r.text()
-    found = re.search(
-        r'^hybridrelay_limit_refusals_total\{limit="max_token_lifetime"\} (\S+)$', text, re.M
-    )
-    return int(float(found.group(1))) if found else 0
+    return int(await limit_refusals(relay.url, "max_token_lifetime"))
 
 
 async def status(relay: InProcessRelay, request: bytes) -> int:
