@@ -22,8 +22,8 @@ from typing import Final, Protocol
 
 from hybridrelay.logs import KeyValueFormatter
 from hybridrelay.protocol.sas import audience_for, create_sas_token
-from tests.fuzz.wire import RawSocket, head_status
 from tests.harness.attack import rss_kib
+from tests.harness.raw_http import http_request, open_raw, read_head
 from tests.harness.relay import LISTEN_KEY, ROOT_KEY, SEND_KEY, InProcessRelay, load
 from tests.harness.timing import seconds
 
@@ -188,16 +188,12 @@ async def healthy(subject: Subject) -> bool:
     if subject.kind == "none":
         return True
     try:
-        async with asyncio.timeout(seconds(5)):
-            sock = await RawSocket.open("127.0.0.1", subject.port)
-            try:
-                await sock.send(b"GET /healthz HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n")
-                head = await sock.read_head()
-            finally:
-                await sock.close()
-    except (OSError, TimeoutError):
-        return False
-    return head is not None and head_status(head) == 200
+        async with asyncio.timeout(seconds(5)), open_raw(subject.url) as (reader, writer):
+            writer.write(http_request("GET", "/healthz", "fuzz"))
+            head = await read_head(reader)
+    except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError):
+        return False  # refused, silent, cut or not HTTP
+    return head.status == 200
 
 
 @dataclass
