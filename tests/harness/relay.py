@@ -20,6 +20,8 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
@@ -117,6 +119,23 @@ def write_config(
     path = directory / "relay.toml"
     path.write_text(text + extra, "utf-8")
     return path
+
+
+def jwt_issuer_config(
+    pem: Path, key: rsa.RSAPrivateKey, issuer: str, audience: str = "hybridrelay"
+) -> str:
+    """A ``[[jwt_issuers]]`` section (for ``extra``) trusting ``key``, whose public half is
+    written to ``pem``."""
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem.write_bytes(public)
+    return f"""
+[[jwt_issuers]]
+issuer = "{issuer}"
+audience = "{audience}"
+public_keys = ['{pem}']
+"""
 
 
 _READY = re.compile(r"relay ready at (\S+)")

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
@@ -38,7 +37,7 @@ from tests.harness.raw_http import (
     upgrade_request,
 )
 from tests.harness.raw_ws import RawWs, masked_frame
-from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config
 from tests.harness.timing import seconds
 
 MGMT = "/$mgmt/v1"
@@ -138,18 +137,7 @@ async def test_a_jwt_over_16_kib_is_refused_and_counted(
 ) -> None:
     """A sender sends a 17 KB bearer token to a relay that takes JWTs: 401, counted as jwt_size."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "idp.pem"
-    pem.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    issuer = f"""
-[[jwt_issuers]]
-issuer = "https://idp.example"
-audience = "hybridrelay"
-public_keys = ['{pem}']
-"""
+    issuer = jwt_issuer_config(tmp_path / "idp.pem", key, "https://idp.example")
     relay = await relay_factory(relay_extra="max_head_line_size = 65536", extra=issuer)
     claims = {
         "iss": "https://idp.example",

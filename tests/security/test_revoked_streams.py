@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -20,17 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 from hybridrelay.wsclient import ws_connect
 from tests.conftest import make_token
-from tests.harness.device_certs import device_sas_token
+from tests.harness.device_certs import SAS_DEVICE_KEY, device_sas_token, sas_device
 from tests.harness.peers import RawListener, listen_url
 from tests.harness.raw_http import exchange, open_raw, read_head, upgrade_request
 from tests.harness.raw_ws import masked_frame, read_close_code, read_frame
 from tests.harness.relay import InProcessRelay
 from tests.harness.timing import seconds
-
-DEVICE_KEY = base64.b64encode(b"device-primary-key-0123456789abc").decode()
 
 
 def host_of(relay: InProcessRelay) -> str:
@@ -192,15 +188,8 @@ async def test_disabling_a_listening_device_cuts_the_streams_spliced_to_it(
     relay: InProcessRelay,
 ) -> None:
     """A device listens, a sender connects, the device is disabled by PUT: the stream is cut."""
-    keys = SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY)
-    await relay.state.store.create_device(
-        Device(
-            device_id="gateway-1",
-            authentication=Authentication(type="sas", symmetric_key=keys),
-            grants=Grants(listen=("echo",)),
-        )
-    )
-    token = device_sas_token(host_of(relay), "gateway-1", DEVICE_KEY)
+    await relay.state.store.create_device(sas_device("gateway-1", listen=("echo",)))
+    token = device_sas_token(host_of(relay), "gateway-1", SAS_DEVICE_KEY)
     listener = await DeviceListener(relay.url, "echo", token=token).start()
     try:
         async with open_raw(relay.url) as (reader, writer):
@@ -216,7 +205,7 @@ async def test_disabling_a_listening_device_cuts_the_streams_spliced_to_it(
                 "statusReason": "stolen",
                 "authentication": {
                     "type": "sas",
-                    "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY},
+                    "symmetricKey": {"primaryKey": SAS_DEVICE_KEY, "secondaryKey": SAS_DEVICE_KEY},
                 },
                 "grants": {"listen": ["echo"]},
             }
