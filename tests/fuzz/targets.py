@@ -36,15 +36,11 @@ from tests.fuzz.subjects import (
     token,
 )
 from tests.fuzz.wire import (
-    CLOSE,
-    PING,
-    PONG,
     BadAnswerError,
     BadServerFrameError,
     RawSocket,
     ServerFrame,
     client_frame,
-    close_payload,
     head_status,
     parse_answers,
     parse_server_frames,
@@ -53,6 +49,7 @@ from tests.harness.http_peers import HttpListener
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener
 from tests.harness.raw_http import http_request, upgrade_request
+from tests.harness.raw_ws import CLOSE, PING, PONG, close_payload
 from tests.harness.relay import LISTEN_KEY, ROOT_KEY, SEND_KEY
 from tests.harness.timing import seconds
 
