@@ -1,4 +1,4 @@
-"""Fixtures the adversarial suite shares: a raw sender spliced to a raw listener leg."""
+"""What the adversarial suite shares: a raw sender spliced to a raw listener leg, quiet logs."""
 
 from __future__ import annotations
 
@@ -52,3 +52,10 @@ async def raw_pair(
     finally:
         dialling.cancel()
         await control.stop()
+
+
+def assert_quiet(relay: RelayProcess) -> None:
+    """The relay logged no error and no traceback: hostile input costs a warning at most."""
+    log = relay.log()
+    assert "level=error" not in log
+    assert "Traceback" not in log

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import resource
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from hybridrelay.errors import ConnectionClosedError
+from tests.conftest import ProcessFactory
 from tests.harness.http_peers import HttpListener
 from tests.harness.metrics import limit_refusals
 from tests.harness.peers import RawListener, connect_url, send, token_for
@@ -27,8 +28,7 @@ from tests.harness.raw_http import RawResponse, connect_raw, read_response, rela
 from tests.harness.relay import RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
-
-ProcessFactory = Callable[..., Awaitable[RelayProcess]]
+from tests.security.conftest import assert_quiet
 
 ATTACKER = "127.0.0.2"
 
@@ -99,12 +99,6 @@ async def _first_answers(streams: list[Stream], count: int) -> list[RawResponse]
         await asyncio.wait(tasks)
 
 
-def _assert_quiet(relay: RelayProcess) -> None:
-    log = relay.log()
-    assert "level=error" not in log
-    assert "Traceback" not in log
-
-
 async def _legit_http(session: aiohttp.ClientSession, relay: RelayProcess, hc: str) -> bool:
     async with session.post(f"{relay.http_url}/{hc}/item", data=b"hello") as resp:
         return resp.status == 200 and await resp.read() == b"ok"
@@ -153,7 +147,7 @@ async def test_slow_heads_are_answered_408_and_idle_keepalive_is_closed(
             writer.close()
     assert await limit_refusals(relay.url, "handshake_timeout") == 101
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_stalled_tls_handshake_is_closed(
@@ -168,7 +162,7 @@ async def test_a_stalled_tls_handshake_is_closed(
     finally:
         writer.close()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 # -- stalled bodies --------------------------------------------------------------------------
@@ -202,7 +196,7 @@ async def test_stalled_bodies_are_answered_408_and_closed(
     finally:
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_sender_vanishing_mid_body_is_one_info_line(
@@ -225,7 +219,7 @@ async def test_a_sender_vanishing_mid_body_is_one_info_line(
     finally:
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_sender_that_stops_reading_its_response_is_cut(
@@ -267,7 +261,7 @@ async def test_a_sender_that_stops_reading_its_response_is_cut(
         writer.close()
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 # -- 1,000 slow clients -------------------------------------------------------------------------
@@ -372,7 +366,7 @@ async def test_connections_per_source_are_capped_with_429(
     finally:
         await _close_all(held)
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_new_connections_and_requests_per_source_are_rate_limited_with_429(
@@ -425,7 +419,7 @@ async def test_new_connections_and_requests_per_source_are_rate_limited_with_429
     assert int(retry_after) >= 1
     assert await limit_refusals(relay.url, "handshake_rate_per_ip") == 2
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 # -- a per-hybrid-connection share of pending work ---------------------------------------------
