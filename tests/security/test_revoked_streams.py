@@ -23,7 +23,7 @@ from hybridrelay.wsclient import ws_connect
 from tests.conftest import make_token
 from tests.harness.device_certs import SAS_DEVICE_KEY, device_sas_token, sas_device
 from tests.harness.peers import RawListener, listen_url
-from tests.harness.raw_http import exchange, open_raw, read_head, upgrade_request
+from tests.harness.raw_http import exchange, http_request, open_raw, read_head, upgrade_request
 from tests.harness.raw_ws import masked_frame, read_close_code, read_frame
 from tests.harness.relay import InProcessRelay
 from tests.harness.timing import seconds
@@ -38,16 +38,14 @@ async def mgmt(
 ) -> dict[str, object]:
     """A management call with the root token, as an operator's tool would make it."""
     data = b"" if body is None else json.dumps(body).encode()
-    head = [
-        f"{method} /$mgmt/v1{path} HTTP/1.1",
-        f"Host: {host_of(relay)}",
-        f"Authorization: {make_token(f'http://{host_of(relay)}/')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(data)}",
-        "Connection: close",
-        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
-    ]
-    answer = await exchange(relay.http_url, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
+    fields = {
+        "Authorization": make_token(f"http://{host_of(relay)}/"),
+        "Content-Type": "application/json",
+        "Content-Length": str(len(data)),
+        **{name.replace("_", "-"): value for name, value in headers.items()},
+    }
+    head = http_request(method, f"/$mgmt/v1{path}", host_of(relay), fields)
+    answer = await exchange(relay.http_url, head + data)
     assert 200 <= answer.status < 300, answer
     return json.loads(answer.body) if answer.body else {}
 

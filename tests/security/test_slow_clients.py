@@ -24,7 +24,13 @@ from tests.conftest import ProcessFactory
 from tests.harness.http_peers import HttpListener
 from tests.harness.metrics import limit_refusals
 from tests.harness.peers import RawListener, connect_url, send, token_for
-from tests.harness.raw_http import RawResponse, connect_raw, read_response, relay_address
+from tests.harness.raw_http import (
+    RawResponse,
+    connect_raw,
+    read_response,
+    relay_address,
+    upgrade_request,
+)
 from tests.harness.relay import RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
@@ -486,12 +492,8 @@ async def test_a_flooded_hybrid_connection_does_not_deny_another_connect(
     silent = await RawListener(relay.url, "hc-ws", behaviour=None).start()
     echo = await RawListener(relay.url, "echo").start()
     url = connect_url(relay.url, "hc-ws")
-    upgrade = (
-        b"GET /$hc/hc-ws?sb-hc-action=connect HTTP/1.1\r\nHost: relay\r\n"
-        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"ServiceBusAuthorization: " + token_for(url).encode() + b"\r\n\r\n"
-    )
+    auth = {"ServiceBusAuthorization": token_for(url)}
+    upgrade = upgrade_request("/$hc/hc-ws?sb-hc-action=connect", "relay", auth)
     flood: list[Stream] = []
     try:
         for _ in range(10):
