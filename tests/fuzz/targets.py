@@ -30,10 +30,8 @@ from tests.fuzz.subjects import (
     CONTROL_HC,
     HTTP_HC,
     OPEN_HC,
-    ROOT,
     SPLICE_HC,
     Subject,
-    token,
 )
 from tests.fuzz.wire import (
     BadAnswerError,
@@ -47,7 +45,7 @@ from tests.fuzz.wire import (
 )
 from tests.harness.http_peers import HttpListener
 from tests.harness.listeners import running_listener
-from tests.harness.peers import RawListener
+from tests.harness.peers import ROOT, RawListener, token_for
 from tests.harness.raw_http import http_request, upgrade_request
 from tests.harness.raw_ws import CLOSE, PING, PONG, close_payload
 from tests.harness.relay import LISTEN_KEY, ROOT_KEY, SEND_KEY
@@ -133,19 +131,19 @@ def _signer(subject: Subject, entity: str) -> Callable[[TokenSpec], str]:
     def sign(spec: TokenSpec) -> str:
         kind = spec.kind
         if kind == "valid":
-            return token(f"{base}/{entity}")
+            return token_for(f"{base}/{entity}")
         if kind == "listen_rule":
-            return token(f"{base}/{entity}", key_name="listen-only", key=LISTEN_KEY)
+            return token_for(f"{base}/{entity}", key_name="listen-only", key=LISTEN_KEY)
         if kind == "namespace":
-            return token(f"{base}/")
+            return token_for(f"{base}/")
         if kind == "expired":
-            return token(f"{base}/{entity}", ttl=-3600)  # past the 300 s grace
+            return token_for(f"{base}/{entity}", ttl=-3600)  # past the 300 s grace
         if kind == "other_hc":
-            return token(f"{base}/{SPLICE_HC}")
+            return token_for(f"{base}/{SPLICE_HC}")
         if kind == "send_only":
-            return token(f"{base}/{entity}", key_name="send-only", key=SEND_KEY)
+            return token_for(f"{base}/{entity}", key_name="send-only", key=SEND_KEY)
         # bad_signature: a good token whose signature has its first characters changed.
-        good = token(f"{base}/{entity}")
+        good = token_for(f"{base}/{entity}")
         head, _, rest = good.partition("sig=")
         return f"{head}sig={'AAAA' if not rest.startswith('AAAA') else 'BBBB'}{rest[4:]}"
 
@@ -222,7 +220,7 @@ class ControlTarget:
         sock, status = await _open_ws(
             self.subject,
             f"/$hc/{CONTROL_HC}?{query}",
-            [("ServiceBusAuthorization", token(url))],
+            [("ServiceBusAuthorization", token_for(url))],
         )
         try:
             if status != 101:
@@ -437,7 +435,7 @@ class SpliceTarget:
         connect = f"/$hc/{SPLICE_HC}?sb-hc-action=connect"
         url = f"ws://{_host(self.subject)}{connect}"
         sender = await RawSocket.open("127.0.0.1", self.subject.port)
-        auth = [("ServiceBusAuthorization", token(url))]
+        auth = [("ServiceBusAuthorization", token_for(url))]
         await sender.send(upgrade_request(connect, _host(self.subject), auth, key=WS_KEY))
         try:
             async with asyncio.timeout(seconds(10)):
@@ -619,7 +617,7 @@ class AnswerTarget:
         listener = await self._fresh_listener(findings)
         url = f"http://{_host(self.subject)}/{ANSWER_HC}"
         body = b"hello" if example.method == "POST" else b""
-        headers = {"ServiceBusAuthorization": token(url), "Content-Length": str(len(body))}
+        headers = {"ServiceBusAuthorization": token_for(url), "Content-Length": str(len(body))}
         head = http_request(example.method, f"/{ANSWER_HC}/x", "fuzz", headers)
         sender = await RawSocket.open("127.0.0.1", self.subject.port)
         try:
