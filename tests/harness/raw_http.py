@@ -100,15 +100,20 @@ async def open_raw(
 # ----------------------------------------------------------------------------------- requests
 
 
-def _head(lines: list[str], headers: Headers | None) -> bytes:
+def _request_head(lines: list[str], headers: Headers | None) -> bytes:
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     lines += [f"{name}: {value}" for name, value in pairs]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def http_request(method: str, target: str, host: str, headers: Headers | None = None) -> bytes:
-    """A body-less HTTP/1.1 request head for ``target`` (sent as is) that closes the connection."""
-    return _head([f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"], headers)
+    """An HTTP/1.1 request head for ``target`` (sent as is) that closes the connection.
+
+    A body, if any, is sent after it, its Content-Length among ``headers``.
+    """
+    return _request_head(
+        [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"], headers
+    )
 
 
 def upgrade_request(
@@ -127,7 +132,7 @@ def upgrade_request(
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
     ]
-    return _head(lines, headers)
+    return _request_head(lines, headers)
 
 
 # ---------------------------------------------------------------------------------- responses

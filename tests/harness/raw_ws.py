@@ -273,13 +273,13 @@ class RawWs:
     async def recv_frame(self) -> tuple[int, bytes]:
         """The next whole frame from the server as (opcode, payload); EOFError at the end."""
         loop = asyncio.get_running_loop()
-        while len(self._buffer) < frame_size(self._buffer):
+        while len(self._buffer) < (size := frame_size(self._buffer)):
             chunk = await loop.sock_recv(self.sock, 65536)
             if not chunk:
                 raise EOFError("connection closed")
             self._buffer += chunk
         frame = decode_frame(self._buffer)
-        del self._buffer[: frame_size(self._buffer)]
+        del self._buffer[:size]
         return frame.opcode, frame.payload
 
     async def recv_close(self) -> int:
