@@ -51,11 +51,17 @@ from typing import Any, Final
 
 from bench.proc import LineChild, proc_cpu_seconds, rss_kib
 from bench.stats import percentile
-from bench.throughput import BenchError, machine_info, run_main, uvloop_factory
+from bench.throughput import (
+    HC,
+    RULE,
+    BenchError,
+    machine_info,
+    run_main,
+    uvloop_factory,
+    write_config as write_throughput_config,
+)
 
-HC: Final = "bench"
 PUBLIC_HC: Final = "public"  # anonymous senders allowed: the slow-body attackers' target
-RULE: Final = "RootManageSharedAccessKey"
 KEY_ENV: Final = "HYBRIDRELAY_BENCH_KEY"
 ATTACKER_ADDRESS: Final = "127.0.0.2"
 PAYLOAD: Final = bytes(range(64))
@@ -81,29 +87,14 @@ LIMITS: Final = {
 
 
 def write_config(directory: Path, key: str) -> tuple[Path, str]:
+    """The throughput bench's config with the limits above and an anonymous hybrid
+    connection; its path, and its text with the key left out."""
     limits = "\n".join(f"{name} = {json.dumps(value)}" for name, value in LIMITS.items())
-    text = f"""\
-[relay]
-host = "127.0.0.1"
-port = 0
-data_dir = "{directory / "data"}"
-{limits}
-
-[[rules]]
-name = "{RULE}"
-key = "{key}"
-rights = ["Manage", "Listen", "Send"]
-
-[[hybrid_connections]]
-name = "{HC}"
-
-[[hybrid_connections]]
-name = "{PUBLIC_HC}"
-requires_client_authorization = false
-"""
-    path = directory / "relay.toml"
-    path.write_text(text, "utf-8")
-    return path, text.replace(key, "<random key>")
+    public = (
+        f'\n[[hybrid_connections]]\nname = "{PUBLIC_HC}"\nrequires_client_authorization = false\n'
+    )
+    path = write_throughput_config(directory, key, relay_extra=limits, extra=public)
+    return path, path.read_text("utf-8").replace(key, "<random key>")
 
 
 # ---------------------------------------------------------------------------- children
@@ -116,23 +107,11 @@ class CountingChild(LineChild):
     error_lines: int = 0
     error_sample: list[str] = field(default_factory=list)
 
-    async def _read_output(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        assert self._ready is not None
-        assert self._pattern is not None
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.log_lines.append(text)
-            del self.log_lines[:-200]
-            if _ERROR_LINE.search(text):
-                self.error_lines += 1
-                if len(self.error_sample) < 3:
-                    self.error_sample.append(text[:400])
-            if not self._ready.done() and (match := self._pattern.search(text)):
-                self._ready.set_result(match)
-        if not self._ready.done():
-            self._ready.set_exception(RuntimeError(f"{self.name} exited"))
+    def _on_line(self, text: str) -> None:
+        if _ERROR_LINE.search(text):
+            self.error_lines += 1
+            if len(self.error_sample) < 3:
+                self.error_sample.append(text[:400])
 
 
 def _env(key: str, level: str = "warning") -> dict[str, str]:

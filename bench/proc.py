@@ -148,10 +148,14 @@ class LineChild:
             text = line.decode("utf-8", "replace").rstrip()
             self.log_lines.append(text)
             del self.log_lines[:-200]
+            self._on_line(text)
             if not self._ready.done() and (match := self._pattern.search(text)):
                 self._ready.set_result(match)
         if not self._ready.done():
             self._ready.set_exception(RuntimeError(f"{self.name} exited"))
+
+    def _on_line(self, text: str) -> None:
+        """Each output line as it comes (for subclasses that watch the output)."""
 
     @property
     def pid(self) -> int | None:

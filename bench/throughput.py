@@ -156,14 +156,18 @@ def _toml_str(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid TOML basic string
 
 
-def write_config(directory: Path, key: str) -> Path:
-    """The development config shape: one namespace rule, one hybrid connection."""
+def write_config(directory: Path, key: str, *, relay_extra: str = "", extra: str = "") -> Path:
+    """The development config shape: one namespace rule, one hybrid connection.
+
+    ``relay_extra`` adds lines to ``[relay]``; ``extra`` is appended (more sections).
+    """
+    relay_lines = f"{relay_extra}\n" if relay_extra else ""
     text = f"""\
 [relay]
 host = "127.0.0.1"
 port = 0
 data_dir = {_toml_str(str(directory / "data"))}
-
+{relay_lines}
 [[rules]]
 name = "{RULE}"
 key = "{key}"
@@ -171,7 +175,7 @@ rights = ["Manage", "Listen", "Send"]
 
 [[hybrid_connections]]
 name = "{HC}"
-"""
+{extra}"""
     path = directory / "relay.toml"
     path.write_text(text, "utf-8")
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -43,6 +43,7 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
         relay_extra: str = "",
         tls: TlsFiles | None = None,
         port: int = 0,
+        replace: Mapping[str, str] | None = None,
     ) -> InProcessRelay:
         directory = tmp_path / f"relay{len(started)}"
         directory.mkdir()
@@ -53,6 +54,7 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
             relay_extra=relay_extra,
             tls=(tls.cert, tls.key) if tls else None,
             port=port,
+            replace=replace,
         )
         relay = InProcessRelay(load(path))
         started.append(relay)

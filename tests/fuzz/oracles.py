@@ -28,17 +28,8 @@ from tests.fuzz.strategies import (
     SpliceExample,
     TokenSpec,
 )
-from tests.fuzz.wire import (
-    BINARY,
-    CLOSE,
-    CONTINUATION,
-    PING,
-    PONG,
-    TEXT,
-    client_frame,
-    close_payload,
-    valid_close_code,
-)
+from tests.fuzz.wire import client_frame, valid_close_code
+from tests.harness.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, close_payload
 
 __all__ = [
     "AnswerVerdict",

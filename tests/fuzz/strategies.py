@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from hypothesis import strategies as st
 
-from tests.fuzz.wire import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT
+from tests.harness.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT
 
 __all__ = [
     "AGENT_EXAMPLES",

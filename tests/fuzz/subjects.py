@@ -14,21 +14,19 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
 from hybridrelay.logs import KeyValueFormatter
-from hybridrelay.protocol.sas import audience_for, create_sas_token
-from tests.fuzz.wire import RawSocket, head_status
 from tests.harness.attack import rss_kib
+from tests.harness.peers import ROOT
+from tests.harness.raw_http import http_request, open_raw, read_head
 from tests.harness.relay import LISTEN_KEY, ROOT_KEY, SEND_KEY, InProcessRelay, load
 from tests.harness.timing import seconds
 
 __all__ = [
-    "ROOT",
     "ErrorLog",
     "InProcessSubject",
     "NoRelay",
@@ -36,10 +34,7 @@ __all__ = [
     "Subject",
     "capture_errors",
     "fuzz_config",
-    "token",
 ]
-
-ROOT: Final = "RootManageSharedAccessKey"
 
 # Hybrid connections of the fuzz relay, one per target so that no target's listener gets
 # another target's accepts or requests.
@@ -98,19 +93,6 @@ def fuzz_config(directory: Path) -> Path:
     path = directory / "relay.toml"
     path.write_text(FUZZ_CONFIG.format(data_dir=directory / "data"), "utf-8")
     return path
-
-
-def token(
-    url: str,
-    *,
-    key_name: str = ROOT,
-    key: str = ROOT_KEY,
-    ttl: int = 3600,
-    now: float | None = None,
-) -> str:
-    """A SAS token for ``url``'s audience, expiring ``ttl`` seconds from now (may be negative)."""
-    moment = time.time() if now is None else now
-    return create_sas_token(audience_for(url), key_name, key, int(moment) + ttl)
 
 
 # -------------------------------------------------------------------------------------------- logs
@@ -188,16 +170,12 @@ async def healthy(subject: Subject) -> bool:
     if subject.kind == "none":
         return True
     try:
-        async with asyncio.timeout(seconds(5)):
-            sock = await RawSocket.open("127.0.0.1", subject.port)
-            try:
-                await sock.send(b"GET /healthz HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n")
-                head = await sock.read_head()
-            finally:
-                await sock.close()
-    except (OSError, TimeoutError):
-        return False
-    return head is not None and head_status(head) == 200
+        async with asyncio.timeout(seconds(5)), open_raw(subject.url) as (reader, writer):
+            writer.write(http_request("GET", "/healthz", "fuzz"))
+            head = await read_head(reader)
+    except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError):
+        return False  # refused, silent, cut or not HTTP
+    return head.status == 200
 
 
 @dataclass

@@ -23,7 +23,6 @@ from hybridrelay.errors import ConnectionClosedError, HybridRelayError
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener, TcpTarget
 from hybridrelay.protocol.messages import RenewToken, Response, decode
 from hybridrelay.protocol.sas import SasTokenProvider
-from hybridrelay.wsclient import WsConnection, ws_connect
 from tests.fuzz import oracles, strategies
 from tests.fuzz.strategies import AddressSpec, TokenSpec
 from tests.fuzz.subjects import (
@@ -31,27 +30,24 @@ from tests.fuzz.subjects import (
     CONTROL_HC,
     HTTP_HC,
     OPEN_HC,
-    ROOT,
     SPLICE_HC,
     Subject,
-    token,
 )
 from tests.fuzz.wire import (
-    CLOSE,
-    PING,
-    PONG,
     BadAnswerError,
     BadServerFrameError,
     RawSocket,
     ServerFrame,
     client_frame,
-    close_payload,
     head_status,
     parse_answers,
     parse_server_frames,
-    upgrade_head,
 )
 from tests.harness.http_peers import HttpListener
+from tests.harness.listeners import running_listener
+from tests.harness.peers import ROOT, RawListener, token_for
+from tests.harness.raw_http import http_request, upgrade_request
+from tests.harness.raw_ws import CLOSE, PING, PONG, close_payload
 from tests.harness.relay import LISTEN_KEY, ROOT_KEY, SEND_KEY
 from tests.harness.timing import seconds
 
@@ -91,6 +87,7 @@ PROPERTIES: Final = {
 }
 
 EXAMPLE_TIMEOUT: Final = 20.0  # one example, everything included
+WS_KEY: Final = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key: the same bytes every run
 
 
 class Findings:
@@ -134,19 +131,19 @@ def _signer(subject: Subject, entity: str) -> Callable[[TokenSpec], str]:
     def sign(spec: TokenSpec) -> str:
         kind = spec.kind
         if kind == "valid":
-            return token(f"{base}/{entity}")
+            return token_for(f"{base}/{entity}")
         if kind == "listen_rule":
-            return token(f"{base}/{entity}", key_name="listen-only", key=LISTEN_KEY)
+            return token_for(f"{base}/{entity}", key_name="listen-only", key=LISTEN_KEY)
         if kind == "namespace":
-            return token(f"{base}/")
+            return token_for(f"{base}/")
         if kind == "expired":
-            return token(f"{base}/{entity}", ttl=-3600)  # past the 300 s grace
+            return token_for(f"{base}/{entity}", ttl=-3600)  # past the 300 s grace
         if kind == "other_hc":
-            return token(f"{base}/{SPLICE_HC}")
+            return token_for(f"{base}/{SPLICE_HC}")
         if kind == "send_only":
-            return token(f"{base}/{entity}", key_name="send-only", key=SEND_KEY)
+            return token_for(f"{base}/{entity}", key_name="send-only", key=SEND_KEY)
         # bad_signature: a good token whose signature has its first characters changed.
-        good = token(f"{base}/{entity}")
+        good = token_for(f"{base}/{entity}")
         head, _, rest = good.partition("sig=")
         return f"{head}sig={'AAAA' if not rest.startswith('AAAA') else 'BBBB'}{rest[4:]}"
 
@@ -189,7 +186,7 @@ async def _open_ws(
     subject: Subject, target: str, headers: list[tuple[str, str]]
 ) -> tuple[RawSocket, int | None]:
     sock = await RawSocket.open("127.0.0.1", subject.port)
-    await sock.send(upgrade_head(target, _host(subject), headers))
+    await sock.send(upgrade_request(target, _host(subject), headers, key=WS_KEY))
     async with asyncio.timeout(seconds(10)):
         head = await sock.read_head()
     return sock, head_status(head) if head is not None else None
@@ -223,7 +220,7 @@ class ControlTarget:
         sock, status = await _open_ws(
             self.subject,
             f"/$hc/{CONTROL_HC}?{query}",
-            [("ServiceBusAuthorization", token(url))],
+            [("ServiceBusAuthorization", token_for(url))],
         )
         try:
             if status != 101:
@@ -301,26 +298,9 @@ async def _echo_handler(request: HttpRequest) -> HttpResponse:
     )
 
 
-async def _start_listener(listener: Listener) -> tuple[asyncio.Task[None], asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    connected = asyncio.ensure_future(listener.connected.wait())
-    done, _ = await asyncio.wait(
-        {task, connected}, timeout=seconds(10), return_when=asyncio.FIRST_COMPLETED
-    )
-    connected.cancel()
-    if task in done:
-        task.result()
-    if not listener.connected.is_set():
-        raise RuntimeError("fuzz listener agent did not connect")
-    return task, stop
-
-
-async def _stop_listener(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    stop.set()
-    with contextlib.suppress(HybridRelayError, TimeoutError):
-        async with asyncio.timeout(seconds(20)):
-            await task
+# How a fuzz agent's run may end at teardown without failing the campaign: the properties
+# judge the agent while it runs, hostile examples may leave it failed or slow to stop.
+AGENT_ENDINGS: Final = (HybridRelayError, TimeoutError)
 
 
 class HttpTarget:
@@ -328,7 +308,7 @@ class HttpTarget:
 
     def __init__(self, subject: Subject) -> None:
         self.subject = subject
-        self.agents: list[tuple[Listener, asyncio.Task[None], asyncio.Event]] = []
+        self.agents = contextlib.AsyncExitStack()
 
     @classmethod
     async def start(cls, subject: Subject) -> HttpTarget:
@@ -342,8 +322,9 @@ class HttpTarget:
                 connect_timeout=5,
                 request_timeout=5,
             )
-            task, stop = await _start_listener(listener)
-            self.agents.append((listener, task, stop))
+            await self.agents.enter_async_context(
+                running_listener(listener, tolerate=AGENT_ENDINGS)
+            )
         return self
 
     async def check(self, example: strategies.HttpExample, findings: Findings) -> None:
@@ -414,8 +395,7 @@ class HttpTarget:
             )
 
     async def close(self) -> None:
-        for _, task, stop in reversed(self.agents):
-            await _stop_listener(task, stop)
+        await self.agents.aclose()
 
 
 def _complete(received: bytearray, methods: list[str], wanted: int) -> bool:
@@ -442,42 +422,27 @@ def _complete(received: bytearray, methods: list[str], wanted: int) -> bool:
 class SpliceTarget:
     """A hostile peer on one leg of a relayed stream; the other leg is a polite peer."""
 
-    def __init__(self, subject: Subject) -> None:
+    def __init__(self, subject: Subject, control: RawListener) -> None:
         self.subject = subject
-        self.accepts: asyncio.Queue[str] = asyncio.Queue()
-        self.control: WsConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.control = control  # takes the accepts; the legs are dialled raw
 
     @classmethod
     async def start(cls, subject: Subject) -> SpliceTarget:
-        self = cls(subject)
-        url = f"{subject.url}/$hc/{SPLICE_HC}?sb-hc-action=listen&sb-hc-id=fuzz-splice"
-        self.control = await ws_connect(url, headers={"ServiceBusAuthorization": token(url)})
-        self._reader = asyncio.create_task(self._read_accepts())
-        return self
-
-    async def _read_accepts(self) -> None:
-        assert self.control is not None
-        with contextlib.suppress(ConnectionClosedError):
-            while True:
-                message = json.loads(await self.control.recv())
-                await self.accepts.put(message["accept"]["address"])
+        control = RawListener(subject.url, SPLICE_HC, behaviour=None, listener_id="fuzz-splice")
+        return cls(subject, await control.start())
 
     async def _legs(self, findings: Findings) -> tuple[RawSocket, RawSocket] | None:
         connect = f"/$hc/{SPLICE_HC}?sb-hc-action=connect"
         url = f"ws://{_host(self.subject)}{connect}"
         sender = await RawSocket.open("127.0.0.1", self.subject.port)
-        await sender.send(
-            upgrade_head(connect, _host(self.subject), [("ServiceBusAuthorization", token(url))])
-        )
+        auth = [("ServiceBusAuthorization", token_for(url))]
+        await sender.send(upgrade_request(connect, _host(self.subject), auth, key=WS_KEY))
         try:
             async with asyncio.timeout(seconds(10)):
-                address = await self.accepts.get()
-                parts = urlsplit(address)
+                parts = urlsplit(str((await self.control.accepts.get())["address"]))
                 listener = await RawSocket.open("127.0.0.1", self.subject.port)
-                await listener.send(
-                    upgrade_head(f"{parts.path}?{parts.query}", _host(self.subject))
-                )
+                target = f"{parts.path}?{parts.query}"
+                await listener.send(upgrade_request(target, _host(self.subject), key=WS_KEY))
                 heads = [await listener.read_head(), await sender.read_head()]
         except TimeoutError:
             sender.abort()
@@ -603,12 +568,7 @@ class SpliceTarget:
             findings.items.extend(found.items)
 
     async def close(self) -> None:
-        if self.control is not None:
-            with contextlib.suppress(ConnectionClosedError, OSError):
-                await self.control.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.wait({self._reader})
+        await self.control.stop()
 
 
 def _frames_repr(frames: tuple[tuple[bool, int, bytes], ...]) -> str:
@@ -657,13 +617,11 @@ class AnswerTarget:
         listener = await self._fresh_listener(findings)
         url = f"http://{_host(self.subject)}/{ANSWER_HC}"
         body = b"hello" if example.method == "POST" else b""
-        head = (
-            f"{example.method} /{ANSWER_HC}/x HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n"
-            f"ServiceBusAuthorization: {token(url)}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
+        headers = {"ServiceBusAuthorization": token_for(url), "Content-Length": str(len(body))}
+        head = http_request(example.method, f"/{ANSWER_HC}/x", "fuzz", headers)
         sender = await RawSocket.open("127.0.0.1", self.subject.port)
         try:
-            await sender.send(head.encode() + body)
+            await sender.send(head + body)
             request = await listener.next_request(timeout=10)
             text = oracles.render_answer(example, request.id)
             verdict = oracles.answer_verdict(text)
@@ -843,7 +801,8 @@ class AgentTarget:
         self.foreign_dials = 0
         self.count = 0
         self._servers: list[asyncio.Server] = []
-        self._agent: tuple[Listener, asyncio.Task[None], asyncio.Event] | None = None
+        self._agent: Listener | None = None
+        self._running = contextlib.AsyncExitStack()
         self.foreign_port = 0
         self.closed_port = 1
 
@@ -877,8 +836,8 @@ class AgentTarget:
             connect_timeout=2,
             request_timeout=2,
         )
-        task, stop = await _start_listener(listener)
-        self._agent = (listener, task, stop)
+        await self._running.enter_async_context(running_listener(listener, tolerate=AGENT_ENDINGS))
+        self._agent = listener
         async with asyncio.timeout(seconds(10)):
             await self.fake.connected.wait()
         return self
@@ -945,7 +904,7 @@ class AgentTarget:
     async def _settle(self) -> None:
         """Let the agent finish what this example started (dials end within connect_timeout)."""
         assert self._agent is not None
-        streams = self._agent[0]._streams  # accept and request tasks in flight
+        streams = self._agent._streams  # accept and request tasks in flight
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds(5)):
                 while streams:
@@ -996,9 +955,7 @@ class AgentTarget:
             findings.add("agent_unresponsive", "no answer to a valid request within 5 s")
 
     async def close(self) -> None:
-        if self._agent is not None:
-            _, task, stop = self._agent
-            await _stop_listener(task, stop)
+        await self._running.aclose()
         await self.fake.stop()
         for server in self._servers:
             server.close()

@@ -1,8 +1,11 @@
-"""Raw bytes on a socket, as an attacker writes them: client frames, upgrade heads, HTTP answers.
+"""The fuzzer's judge of the relay's bytes, and the socket that collects them.
 
-Nothing here uses the relay's own frame parser or codec, so the fuzz properties check the
-relay against an independent reading of RFC 6455 and RFC 9112. Every read is bounded in
-bytes and in time.
+Frames and requests are packed with the attacker harness (:mod:`tests.harness.raw_ws`,
+:mod:`tests.harness.raw_http`), with a fixed masking key so that an example sends the same
+bytes every time. What comes back is judged here, strictly and with nothing of the relay's
+own parser or codec: every server frame against RFC 6455, every response against RFC 9112
+(the harness's readers take what a test expects; these name every rule the bytes break).
+Every read is bounded in bytes and in time.
 """
 
 from __future__ import annotations
@@ -11,50 +14,38 @@ import asyncio
 import contextlib
 import re
 import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from tests.harness.raw_ws import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    close_code as close_code_of,
+    encode_frame,
+)
+
 __all__ = [
-    "CLOSE",
-    "CONTINUATION",
-    "PING",
-    "PONG",
     "BadAnswerError",
     "BadServerFrameError",
     "HttpAnswer",
     "RawSocket",
     "ServerFrame",
     "client_frame",
-    "close_payload",
-    "mask_bytes",
+    "head_status",
     "parse_answers",
     "parse_server_frames",
-    "upgrade_head",
     "valid_close_code",
 ]
 
-CONTINUATION: Final = 0x0
-TEXT: Final = 0x1
-BINARY: Final = 0x2
-CLOSE: Final = 0x8
-PING: Final = 0x9
-PONG: Final = 0xA
 _KNOWN_OPCODES: Final = frozenset({CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG})
+FUZZ_MASK: Final = b"\x37\xfa\x21\x3d"  # every example's frames are masked with this key
 
 READ_LIMIT: Final = 4 << 20  # bytes read from one socket in one example, at most
-
-
-def mask_bytes(data: bytes, key: bytes) -> bytes:
-    """RFC 6455 §5.3 masking (XOR with the 4-byte key, repeated)."""
-    n = len(data)
-    if not n:
-        return b""
-    repeated = key * (n // 4) + key[: n % 4]
-    return (int.from_bytes(data, sys.byteorder) ^ int.from_bytes(repeated, sys.byteorder)).to_bytes(
-        n, sys.byteorder
-    )
 
 
 def client_frame(
@@ -63,26 +54,11 @@ def client_frame(
     *,
     fin: bool = True,
     rsv: int = 0,
-    mask: bytes | None = b"\x37\xfa\x21\x3d",
+    mask: bytes | None = FUZZ_MASK,
     length: int | None = None,
 ) -> bytes:
     """One frame as a client sends it; ``length`` overrides the announced payload length."""
-    announced = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0x0F)])
-    mbit = 0x80 if mask is not None else 0
-    if announced < 126:
-        head += bytes([mbit | announced])
-    elif announced < 1 << 16:
-        head += bytes([mbit | 126]) + struct.pack("!H", announced)
-    else:
-        head += bytes([mbit | 127]) + struct.pack("!Q", announced)
-    if mask is None:
-        return head + payload
-    return head + mask + mask_bytes(payload, mask)
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return struct.pack("!H", code) + reason
+    return encode_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask, length=length)
 
 
 def valid_close_code(code: int) -> bool:
@@ -101,12 +77,7 @@ class ServerFrame:
     @property
     def close_code(self) -> int | None:
         """The code of a close frame (1005 when it has none), else None."""
-        if self.opcode != CLOSE:
-            return None
-        if len(self.payload) < 2:
-            return 1005
-        code: int = struct.unpack_from("!H", self.payload)[0]
-        return code
+        return close_code_of(self.payload) if self.opcode == CLOSE else None
 
 
 class BadServerFrameError(Exception):
@@ -243,20 +214,6 @@ class RawSocket:
 
     def abort(self) -> None:
         self.writer.transport.abort()
-
-
-def upgrade_head(target: str, host: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
-    """A WebSocket upgrade request as browsers and the SDKs send it (RFC 6455 §4.1)."""
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        *(f"{name}: {value}" for name, value in headers),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 _STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([^\r\n]*))?\r\n")

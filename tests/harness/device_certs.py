@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
+
 
 @dataclass(frozen=True)
 class DeviceCa:
@@ -192,3 +194,19 @@ def device_sas_token(
     if skn is not None:
         token += f"&skn={skn}"
     return token
+
+
+# The symmetric key of the SAS devices the tests register (base64, as IoT Hub shows keys).
+SAS_DEVICE_KEY = base64.b64encode(b"device-primary-key-0123456789abc").decode()
+
+
+def sas_device(
+    device_id: str, *, listen: tuple[str, ...] = (), send: tuple[str, ...] = ()
+) -> Device:
+    """A SAS device with :data:`SAS_DEVICE_KEY` as both keys, granted ``listen``/``send``."""
+    keys = SymmetricKey(primary_key=SAS_DEVICE_KEY, secondary_key=SAS_DEVICE_KEY)
+    return Device(
+        device_id=device_id,
+        authentication=Authentication(type="sas", symmetric_key=keys),
+        grants=Grants(listen=listen, send=send),
+    )

@@ -15,11 +15,14 @@ __all__ = ["running_listener"]
 
 
 @contextlib.asynccontextmanager
-async def running_listener(listener: Listener) -> AsyncIterator[asyncio.Event]:
+async def running_listener(
+    listener: Listener, *, tolerate: tuple[type[Exception], ...] = (EntityNotFoundError,)
+) -> AsyncIterator[asyncio.Event]:
     """Start ``listener``, wait until its control channel is open, stop it on exit.
 
     Yields the stop event (set it to stop early). A listener that fails before it
-    connects raises here; one that ends with 404 on the way out is fine.
+    connects raises here; one that ends on the way out with one of ``tolerate`` (by
+    default 404) is fine, ``TimeoutError`` there meaning it did not stop within 20 s.
     """
     stop = asyncio.Event()
     task = asyncio.create_task(listener.run(stop))
@@ -35,6 +38,6 @@ async def running_listener(listener: Listener) -> AsyncIterator[asyncio.Event]:
         yield stop
     finally:
         stop.set()
-        async with asyncio.timeout(seconds(20)):
-            with contextlib.suppress(EntityNotFoundError):
+        with contextlib.suppress(*tolerate):
+            async with asyncio.timeout(seconds(20)):
                 await task

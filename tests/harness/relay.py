@@ -20,6 +20,8 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
@@ -99,10 +101,15 @@ def write_config(
     relay_extra: str = "",
     tls: tuple[Path, Path] | None = None,
     port: int = 0,
+    replace: Mapping[str, str] | None = None,
 ) -> Path:
+    """The test config in ``directory``; ``replace`` edits lines it sets (each must be there)."""
     text = DEFAULT_CONFIG.format(
         ping_interval=ping_interval, data_dir=directory / "data", port=port
     )
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
     if relay_extra:
         text = text.replace("[relay]\n", f"[relay]\n{relay_extra}\n", 1)
     if tls is not None:
@@ -112,6 +119,23 @@ def write_config(
     path = directory / "relay.toml"
     path.write_text(text + extra, "utf-8")
     return path
+
+
+def jwt_issuer_config(
+    pem: Path, key: rsa.RSAPrivateKey, issuer: str, audience: str = "hybridrelay"
+) -> str:
+    """A ``[[jwt_issuers]]`` section (for ``extra``) trusting ``key``, whose public half is
+    written to ``pem``."""
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem.write_bytes(public)
+    return f"""
+[[jwt_issuers]]
+issuer = "{issuer}"
+audience = "{audience}"
+public_keys = ['{pem}']
+"""
 
 
 _READY = re.compile(r"relay ready at (\S+)")

@@ -21,12 +21,11 @@ from urllib.parse import quote
 import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict
 from tests.conftest import RelayFactory
 from tests.harness.peers import RawListener, connect_url, send, token_for
-from tests.harness.relay import LISTEN_KEY, ROOT_KEY, InProcessRelay
+from tests.harness.relay import LISTEN_KEY, ROOT_KEY, InProcessRelay, jwt_issuer_config
 from tests.harness.timing import seconds
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
@@ -730,16 +729,7 @@ def idp_token(**claims: Any) -> str:
 
 
 async def test_jwt_with_manage_scope(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    pem = tmp_path / "idp.pem"
-    pem.write_bytes(
-        RSA_KEY.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    relay = await relay_factory(
-        extra=f'\n[[jwt_issuers]]\nissuer = "{IDP}"\naudience = "hybridrelay"\n'
-        f"public_keys = ['{pem}']\n"
-    )
+    relay = await relay_factory(extra=jwt_issuer_config(tmp_path / "idp.pem", RSA_KEY, IDP))
     async with aiohttp.ClientSession() as session:
         api = Api(session, relay.http_url + "/$mgmt/v1", None)
         ok = await api.call(

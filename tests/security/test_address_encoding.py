@@ -13,19 +13,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from hybridrelay.listener import Listener
 from hybridrelay.listener.hooks import AcceptRequest
-from hybridrelay.protocol.frames import Opcode
 from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection
 from tests.conftest import ROOT, RelayFactory
-from tests.harness.hostile import (
-    host_port,
-    masked_frame,
-    raw_ws_connect,
-    read_frame,
-    read_http_answer,
-)
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener
+from tests.harness.raw_http import connect_raw, read_response, upgrade
+from tests.harness.raw_ws import BINARY, masked_frame, read_frame
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
 
@@ -46,15 +40,14 @@ async def test_a_sender_with_url_specials_in_its_query_gets_its_stream(
     listener = Listener(
         relay.url, "anon", token_provider=SasTokenProvider(ROOT, ROOT_KEY), handler=echo
     )
-    host, port = host_port(relay.url)
     async with running_listener(listener):
         # Far below the 30 s rendezvous timeout the sender used to wait out.
         async with asyncio.timeout(seconds(5)):
-            reader, writer, head = await raw_ws_connect(host, port, f"/$hc/anon?{HOSTILE_QUERY}")
+            reader, writer, head = await upgrade(relay.url, f"/$hc/anon?{HOSTILE_QUERY}")
             try:
-                assert head.startswith(b"HTTP/1.1 101"), head
-                writer.write(masked_frame(Opcode.BINARY, b"through"))
-                assert await read_frame(reader) == (True, Opcode.BINARY, b"through")
+                assert (head.version, head.status) == ("HTTP/1.1", 101), head
+                writer.write(masked_frame(BINARY, b"through"))
+                assert await read_frame(reader) == (True, BINARY, b"through")
             finally:
                 writer.close()
                 await writer.wait_closed()
@@ -66,10 +59,9 @@ async def test_the_listener_reads_the_senders_query_values_back(
     """Sender puts URL specials in its query: the accept address decodes to the same values."""
     relay = await relay_factory()
     listener = await RawListener(relay.url, "anon", behaviour=None).start()
-    host, port = host_port(relay.url)
     writer = None
     try:
-        sender = asyncio.ensure_future(raw_ws_connect(host, port, f"/$hc/anon?{HOSTILE_QUERY}"))
+        sender = asyncio.ensure_future(upgrade(relay.url, f"/$hc/anon?{HOSTILE_QUERY}"))
         async with asyncio.timeout(seconds(5)):
             accept = await listener.accepts.get()
         address = urlsplit(str(accept["address"]))
@@ -87,7 +79,7 @@ async def test_the_listener_reads_the_senders_query_values_back(
         ws = await listener.dial(accept)  # the dial the '#' used to break
         async with asyncio.timeout(seconds(5)):
             _, writer, head = await sender
-        assert head.startswith(b"HTTP/1.1 101"), head
+        assert (head.version, head.status) == ("HTTP/1.1", 101), head
         ws.abort()  # the raw sender would never answer a closing handshake
     finally:
         if writer is not None:
@@ -100,13 +92,12 @@ async def test_an_http_request_target_with_a_raw_hash_is_refused(
 ) -> None:
     """HTTP-mode sender puts a raw '#' in its request target: 400, nothing reaches a listener."""
     relay = await relay_factory()
-    host, port = host_port(relay.url)
     for target in ("/anon/a#b", "/anon/a?x=1#b", "/anon#?sb-hc-action=listen"):
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await connect_raw(relay.url)
         try:
             writer.write(f"GET {target} HTTP/1.1\r\nHost: relay\r\n\r\n".encode())
             async with asyncio.timeout(seconds(5)):
-                answer = await read_http_answer(reader)
+                answer = await read_response(reader)
             assert answer.status == 400, target
         finally:
             writer.close()

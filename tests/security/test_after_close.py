@@ -10,35 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.harness.peers import RawListener, token_for
-from tests.harness.raw_ws import RawWs, masked_frame
-from tests.harness.relay import InProcessRelay
+from tests.harness.raw_ws import masked_frame
 from tests.harness.timing import seconds
-
-
-@pytest.fixture
-async def pair(relay: InProcessRelay) -> AsyncIterator[tuple[RawWs, RawWs]]:
-    """A raw sender spliced to a raw listener leg on "echo"."""
-    control = await RawListener(relay.url, "echo", behaviour=None).start()
-    url = f"{relay.url}/$hc/echo?sb-hc-action=connect"
-    dialling = asyncio.create_task(
-        RawWs.open(url, headers={"ServiceBusAuthorization": token_for(url)})
-    )
-    try:
-        accept = await asyncio.wait_for(control.accepts.get(), seconds(10))
-        listener = await RawWs.open(str(accept["address"]))
-        sender = await asyncio.wait_for(dialling, seconds(10))
-        assert (sender.status, listener.status) == (101, 101)
-        yield sender, listener
-        sender.close()
-        listener.close()
-    finally:
-        dialling.cancel()
-        await control.stop()
+from tests.security.conftest import RawPair
 
 
 @pytest.mark.parametrize(
@@ -47,10 +24,10 @@ async def pair(relay: InProcessRelay) -> AsyncIterator[tuple[RawWs, RawWs]]:
     ids=["valid-close", "invalid-close"],
 )
 async def test_frames_behind_a_close_in_the_same_write_are_dropped(
-    pair: tuple[RawWs, RawWs], close_code: int, seen_by_listener: int
+    raw_pair: RawPair, close_code: int, seen_by_listener: int
 ) -> None:
     """Sender writes close + text + ping in one write: listener gets only the close."""
-    sender, listener = pair
+    sender, listener = raw_pair.sender, raw_pair.listener
     await sender.send(
         masked_frame(0x8, struct.pack("!H", close_code))
         + masked_frame(0x1, b"after the close")

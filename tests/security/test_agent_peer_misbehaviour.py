@@ -17,8 +17,9 @@ import pytest
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener, TcpTarget
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.conftest import RelayFactory, make_token
-from tests.harness.hostile import HostileServer, ServerPeer
+from tests.harness.hostile_server import HostileServer, ServerPeer
 from tests.harness.listeners import running_listener
+from tests.harness.raw_http import connect_raw, relay_address
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
 
@@ -31,11 +32,6 @@ def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.name.startswith("hybridrelay") and (r.levelno >= logging.ERROR or r.exc_info)
     ]
-
-
-async def _head(reader: asyncio.StreamReader) -> bytes:
-    async with asyncio.timeout(seconds(10)):
-        return await reader.readuntil(b"\r\n\r\n")
 
 
 @pytest.fixture
@@ -112,9 +108,9 @@ async def test_sender_vanishing_mid_body_is_an_info_line_in_the_agent(
         relay.url, "echo", token_provider=SasTokenProvider(ROOT, ROOT_KEY), http_handler=handler
     )
     async with running_listener(listener):
-        host, port = relay.url.removeprefix("ws://").split(":")
+        host, port = relay_address(relay.url)
         url = f"http://{host}:{port}/echo"
-        _, writer = await asyncio.open_connection(host, int(port))
+        _, writer = await connect_raw(relay.url)
         writer.write(
             f"POST /echo/upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000000\r\n"
             f"ServiceBusAuthorization: {make_token(url)}\r\n\r\n".encode()

@@ -19,9 +19,9 @@ from hybridrelay.listener.http_target import build_request
 from hybridrelay.protocol.messages import RemoteEndpoint, Request
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.conftest import ROOT
-from tests.harness.hostile import host_port, raw_ws_connect, read_http_answer
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener, token_for
+from tests.harness.raw_http import connect_raw, read_response, upgrade
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
 
@@ -74,7 +74,7 @@ async def test_an_ip_allow_listing_target_sees_the_real_peer_last(relay: InProce
             relay.url, "hyco", token_provider=SasTokenProvider(ROOT, ROOT_KEY), http_handler=target
         )
         async with running_listener(listener):
-            reader, writer = await asyncio.open_connection(*host_port(relay.url))
+            reader, writer = await connect_raw(relay.url)
             try:
                 token = token_for(f"{relay.http_url}/hyco")
                 lines = [
@@ -85,7 +85,7 @@ async def test_an_ip_allow_listing_target_sees_the_real_peer_last(relay: InProce
                 ]
                 writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
                 async with asyncio.timeout(seconds(10)):
-                    answer = await read_http_answer(reader)
+                    answer = await read_response(reader)
             finally:
                 writer.close()
                 await writer.wait_closed()
@@ -105,9 +105,8 @@ async def test_websocket_senders_connect_headers_carry_the_real_peer_last(
     listener = await RawListener(relay.url, "anon", behaviour=None).start()
     writer = None
     try:
-        host, port = host_port(relay.url)
         sender = asyncio.ensure_future(
-            raw_ws_connect(host, port, "/$hc/anon?sb-hc-action=connect", SPOOFED)
+            upgrade(relay.url, "/$hc/anon?sb-hc-action=connect", SPOOFED)
         )
         async with asyncio.timeout(seconds(5)):
             accept = await listener.accepts.get()
@@ -120,7 +119,7 @@ async def test_websocket_senders_connect_headers_carry_the_real_peer_last(
         ws = await listener.dial(accept)
         async with asyncio.timeout(seconds(5)):
             _, writer, head = await sender
-        assert head.startswith(b"HTTP/1.1 101")
+        assert (head.version, head.status) == ("HTTP/1.1", 101)
         ws.abort()
     finally:
         if writer is not None:

@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
@@ -28,19 +26,18 @@ from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.mgmt.events import EventHub
 from hybridrelay.wsclient import WsConnection, ws_connect
 from tests.conftest import ROOT, RelayFactory, make_token
+from tests.harness.metrics import limit_refusals
 from tests.harness.peers import RawListener, connect_url, listen_url, send, token_for
 from tests.harness.raw_http import (
     RawResponse,
     exchange,
     http_request,
-    limit_refusals,
     open_raw,
-    read_answer,
     read_response,
     upgrade_request,
 )
 from tests.harness.raw_ws import RawWs, masked_frame
-from tests.harness.relay import ROOT_KEY, InProcessRelay, load, write_config
+from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config
 from tests.harness.timing import seconds
 
 MGMT = "/$mgmt/v1"
@@ -64,29 +61,6 @@ async def _raw(relay: InProcessRelay, request: bytes) -> RawResponse:
 
 def _listen_headers(relay: InProcessRelay, hc: str, *, ttl: int = 3600) -> dict[str, str]:
     return {"ServiceBusAuthorization": token_for(listen_url(relay.url, hc), ttl=ttl)}
-
-
-@pytest.fixture
-async def relay_with(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[InProcessRelay]]]:
-    """An in-process relay whose config text is edited first (keys the harness sets itself)."""
-    started: list[InProcessRelay] = []
-
-    async def start(*, replace: dict[str, str], relay_extra: str = "") -> InProcessRelay:
-        directory = tmp_path / f"edited{len(started)}"
-        directory.mkdir()
-        path = write_config(directory, relay_extra=relay_extra)
-        text = path.read_text("utf-8")
-        for old, new in replace.items():
-            assert old in text
-            text = text.replace(old, new)
-        path.write_text(text, "utf-8")
-        relay = InProcessRelay(load(path))
-        started.append(relay)
-        return await relay.start()
-
-    yield start
-    for relay in reversed(started):
-        await relay.stop()
 
 
 # -- the front door: aiohttp's request-head parser and keep-alive -----------------------
@@ -163,18 +137,7 @@ async def test_a_jwt_over_16_kib_is_refused_and_counted(
 ) -> None:
     """A sender sends a 17 KB bearer token to a relay that takes JWTs: 401, counted as jwt_size."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "idp.pem"
-    pem.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    issuer = f"""
-[[jwt_issuers]]
-issuer = "https://idp.example"
-audience = "hybridrelay"
-public_keys = ['{pem}']
-"""
+    issuer = jwt_issuer_config(tmp_path / "idp.pem", key, "https://idp.example")
     relay = await relay_factory(relay_extra="max_head_line_size = 65536", extra=issuer)
     claims = {
         "iss": "https://idp.example",
@@ -385,10 +348,10 @@ async def test_a_listener_json_message_over_64_kib_is_refused_and_counted(
 
 
 async def test_a_peer_that_never_answers_a_close_is_cut_and_counted(
-    relay_with: Callable[..., Awaitable[InProcessRelay]],
+    relay_factory: RelayFactory,
 ) -> None:
     """The listener vanishes; the sender never answers the relay's 1011: cut, close_timeout."""
-    relay = await relay_with(replace={"close_timeout = 3": "close_timeout = 0.2"})
+    relay = await relay_factory(replace={"close_timeout = 3": "close_timeout = 0.2"})
     listener = await RawListener(relay.url, "echo", behaviour=None).start()
     url = connect_url(relay.url, "echo")
     opening = asyncio.create_task(
@@ -468,7 +431,7 @@ async def test_a_stalled_management_body_gets_408_and_is_counted(
         writer.write(
             _mgmt_request(relay, "PUT", "/hybridconnections/slow", b'{"userMe', length=100)
         )
-        answer = await read_answer(reader)
+        answer = await read_response(reader)
     assert answer.status == 408
     assert await _counted(relay, "body_idle_timeout") == 1
 
@@ -481,7 +444,7 @@ async def test_an_import_over_the_size_is_refused_and_counted(relay_factory: Rel
     relay = await relay_factory(relay_extra="max_import_size = 1048576")
     async with open_raw(relay.url) as (reader, writer):
         writer.write(_mgmt_request(relay, "POST", "/jobs/import", b"", length=2 << 20))
-        answer = await read_answer(reader)
+        answer = await read_response(reader)
     # The relay reads out an announced body for a while after a refusal (so that its 413 is
     # not lost to a reset); the peer's going away ends that (the harness checks no task of
     # the relay is left when it stops).

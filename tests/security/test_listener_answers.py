@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hybridrelay.errors import ConnectionClosedError
-from tests.harness.hostile import host_port, read_http_answer
 from tests.harness.http_peers import HttpListener
 from tests.harness.peers import token_for
+from tests.harness.raw_http import connect_raw, read_response
 from tests.harness.raw_ws import RawWs, unmasked_frame
 from tests.harness.relay import InProcessRelay
 from tests.harness.timing import seconds
@@ -68,7 +68,7 @@ async def test_an_answer_that_is_not_valid_http_is_a_502_and_keep_alive_survives
 ) -> None:
     """Listener answers with a 1xx/600+ status or a bad header: sender gets a 502, then more."""
     status, headers = BAD_ANSWERS[case]
-    reader, writer = await asyncio.open_connection(*host_port(relay.url))
+    reader, writer = await connect_raw(relay.url)
     try:
         writer.write(_request(relay, "first"))
         request = await listener.next_request()
@@ -76,7 +76,7 @@ async def test_an_answer_that_is_not_valid_http_is_a_502_and_keep_alive_survives
         await listener.respond(request.id, status, headers=headers, body=b"body", ws=rendezvous)
 
         async with asyncio.timeout(seconds(5)):
-            answer = await read_http_answer(reader)
+            answer = await read_response(reader)
         assert answer.status == 502
         assert json.loads(answer.body)["error"]["code"] == "BadGateway"
         assert answer.header("X-Injected") is None
@@ -92,7 +92,7 @@ async def test_an_answer_that_is_not_valid_http_is_a_502_and_keep_alive_survives
         assert second.target == f"/{HC}/second"
         await listener.respond(second.id, 200, headers={"X-Ok": "yes"}, body=b"next")
         async with asyncio.timeout(seconds(5)):
-            answer = await read_http_answer(reader)
+            answer = await read_response(reader)
         assert (answer.status, answer.header("X-Ok"), answer.body) == (200, "yes", b"next")
         assert listener.control_closed is not None
         assert not listener.control_closed.done()
@@ -105,7 +105,7 @@ async def test_a_broken_frame_on_a_request_rendezvous_is_the_senders_502_at_once
     relay: InProcessRelay, listener: HttpListener
 ) -> None:
     """Listener breaks RFC 6455 on the request's rendezvous before answering: 502 now, not 504."""
-    reader, writer = await asyncio.open_connection(*host_port(relay.url))
+    reader, writer = await connect_raw(relay.url)
     try:
         writer.write(_request(relay, "first"))
         request = await listener.next_request()
@@ -114,7 +114,7 @@ async def test_a_broken_frame_on_a_request_rendezvous_is_the_senders_502_at_once
             assert rendezvous.status == 101
             await rendezvous.send(unmasked_frame(0x1, b'{"response":{}}'))
             async with asyncio.timeout(seconds(5)):
-                answer = await read_http_answer(reader)
+                answer = await read_response(reader)
                 assert await rendezvous.recv_close() == 1002
         finally:
             rendezvous.close()

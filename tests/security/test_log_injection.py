@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hybridrelay.logs import JsonFormatter, KeyValueFormatter
+from tests.harness.raw_http import exchange, http_request
 from tests.harness.relay import RelayProcess, write_config
 from tests.harness.timing import seconds
 
@@ -31,26 +32,12 @@ HOSTILE_PATHS = (
 _RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # tab aside: nothing raw
 
 
-async def _get(port: int, path: str) -> bytes:
-    """One raw HTTP/1.1 request; the status line of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        async with asyncio.timeout(seconds(10)):
-            return await reader.readline()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
 async def _attack(relay: RelayProcess) -> list[str]:
-    port = int(relay.url.rsplit(":", 1)[1])
     for path in HOSTILE_PATHS:
-        status = await _get(port, path)
-        assert status.startswith((b"HTTP/1.1 4", b"HTTP/1.1 5")), status
+        answer = await exchange(relay.url, http_request("GET", path, "relay"))
+        assert (answer.version, answer.status // 100) in {("HTTP/1.1", 4), ("HTTP/1.1", 5)}, answer
     # A last, harmless request marks the end: once it is logged, every earlier line is.
-    await _get(port, "/end-of-attack-marker")
+    await exchange(relay.url, http_request("GET", "/end-of-attack-marker", "relay"))
     async with asyncio.timeout(seconds(10)):
         while not any("end-of-attack-marker" in line for line in relay.log_lines):
             await asyncio.sleep(0.02)  # the log reader task appends lines as they arrive

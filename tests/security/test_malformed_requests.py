@@ -10,17 +10,17 @@ parser, never a 500.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.conftest import ProcessFactory
 from tests.harness.http_peers import HttpListener
+from tests.harness.metrics import metric_value
 from tests.harness.peers import RawListener, connect_url, listen_url, token_for
-from tests.harness.raw_http import RawResponse, connect_raw, metric_value, read_response
+from tests.harness.raw_http import RawResponse, connect_raw, read_response
 from tests.harness.relay import InProcessRelay, RelayProcess
 from tests.harness.timing import seconds
-
-ProcessFactory = Callable[..., Awaitable[RelayProcess]]
+from tests.security.conftest import assert_quiet
 
 OPEN_HC = """
 [[hybrid_connections]]
@@ -73,12 +73,6 @@ async def _exchange(relay: RelayProcess, data: bytes, *, head: bool = False) -> 
         writer.close()
 
 
-def _assert_quiet(relay: RelayProcess) -> None:
-    log = relay.log()
-    assert "level=error" not in log
-    assert "Traceback" not in log
-
-
 async def test_malformed_requests_get_a_plain_400_and_no_error_log(
     relay_process_factory: ProcessFactory,
 ) -> None:
@@ -100,7 +94,7 @@ async def test_malformed_requests_get_a_plain_400_and_no_error_log(
     finally:
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_bad_chunk_after_the_head_is_the_senders_400(
@@ -127,7 +121,7 @@ async def test_a_bad_chunk_after_the_head_is_the_senders_400(
         writer.close()
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_head_refusals_carry_no_body(relay_process_factory: ProcessFactory) -> None:
@@ -156,7 +150,7 @@ async def test_head_refusals_carry_no_body(relay_process_factory: ProcessFactory
     assert following.status == 200
     assert following.body.startswith(b"{")
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 def _upgrade(path_and_query: str, token: str, *, version: bytes, key: bytes) -> bytes:
@@ -197,7 +191,7 @@ async def test_non_ascii_handshake_headers_are_refused_with_400(
         writer.close()
     assert response.status == 400
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 @pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
@@ -215,7 +209,7 @@ async def test_other_http_versions_are_answered_505_in_http_1(
     finally:
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 @pytest.mark.parametrize("offer", ["a b", "mqtt, (x)", 'x"y', "ä"])

@@ -28,10 +28,19 @@ from aiohttp import web
 from hybridrelay.client import connect
 from hybridrelay.errors import PayloadTooBigError
 from hybridrelay.listener import HttpTarget, Listener
-from hybridrelay.protocol.frames import Opcode, encode_frame_header, parse_close_payload
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.conftest import ROOT
-from tests.harness.hostile import HostileServer, ServerPeer, read_frame, unmasked_frame
+from tests.harness.hostile_server import HostileServer, ServerPeer
+from tests.harness.raw_ws import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    TEXT,
+    close_code,
+    frame_head,
+    read_frame,
+    unmasked_frame,
+)
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
 
@@ -75,19 +84,17 @@ async def flood_one_message(peer: ServerPeer, opcode: int, total: int = HUGE) ->
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 _, op, payload = await read_frame(peer.reader)
-                if op == Opcode.CLOSE:
-                    flood.close_code = parse_close_payload(payload)[0]
+                if op == CLOSE:
+                    flood.close_code = close_code(payload)
                     break
         closed.set()
 
     watcher = asyncio.create_task(watch())
-    piece = (b" " if opcode == Opcode.TEXT else b"\x00") * PIECE
+    piece = (b" " if opcode == TEXT else b"\x00") * PIECE
     first = True
     try:
         while flood.sent < total and not closed.is_set():
-            peer.writer.write(
-                unmasked_frame(opcode if first else Opcode.CONTINUATION, piece, fin=False)
-            )
+            peer.writer.write(unmasked_frame(opcode if first else CONTINUATION, piece, fin=False))
             first = False
             flood.sent += PIECE
             await peer.writer.drain()
@@ -110,7 +117,7 @@ async def test_a_client_stream_closes_1009_on_a_huge_message() -> None:
     floods: list[Flood] = []
 
     async def relay(peer: ServerPeer) -> None:
-        floods.append(await flood_one_message(peer, Opcode.BINARY))
+        floods.append(await flood_one_message(peer, BINARY))
 
     server = HostileServer(relay)
     async with server.running():
@@ -171,7 +178,7 @@ async def test_the_agent_closes_its_control_channel_1009_and_reconnects() -> Non
             second_channel.set()  # the agent came back
             await peer.reader.read()
             return
-        floods.append(await flood_one_message(peer, Opcode.TEXT))
+        floods.append(await flood_one_message(peer, TEXT))
 
     server = HostileServer(relay)
     async with server.running():
@@ -193,7 +200,7 @@ async def test_the_agent_closes_a_rendezvous_socket_1009_on_a_huge_request() -> 
             await peer.send_text(json.dumps({"request": {"address": address, "id": "1"}}))
             await peer.reader.read()
         else:
-            floods.append(await flood_one_message(peer, Opcode.TEXT))
+            floods.append(await flood_one_message(peer, TEXT))
             done.set()
 
     server = HostileServer(relay)
@@ -237,15 +244,15 @@ async def test_the_agent_streams_a_request_body_of_any_size(frame_size: int) -> 
         # no big buffer, so the peak below is the agent's.
         piece = b"\x00" * PIECE
         for start in range(0, body_size, frame_size):
-            opcode = Opcode.BINARY if start == 0 else Opcode.CONTINUATION
+            opcode = BINARY if start == 0 else CONTINUATION
             fin = start + frame_size >= body_size
-            peer.writer.write(encode_frame_header(fin=fin, opcode=opcode, length=frame_size))
+            peer.writer.write(frame_head(opcode, frame_size, fin=fin))
             for _ in range(frame_size // PIECE):
                 peer.writer.write(piece)
                 await peer.writer.drain()
         while True:
             _, op, payload = await read_frame(peer.reader)
-            if op == Opcode.TEXT:
+            if op == TEXT:
                 answer.set_result(json.loads(payload))
                 break
 

@@ -26,7 +26,7 @@ from hybridrelay.protocol.sas import SasTokenProvider
 from tests.conftest import RelayFactory, make_token
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener
-from tests.harness.raw_http import exchange, http_request, open_raw, read_answer, upgrade_request
+from tests.harness.raw_http import exchange, http_request, open_raw, read_head, upgrade_request
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
 
@@ -92,7 +92,7 @@ async def test_websocket_connect_escaping_the_token_scope_is_400(
         # The token itself is good for what it names.
         async with open_raw(relay.url) as (reader, writer):
             writer.write(upgrade_request("/$hc/hc1/public/x", host_of(relay), headers))
-            assert (await read_answer(reader)).status == 101
+            assert (await read_head(reader)).status == 101
 
 
 @pytest.mark.parametrize("escape", ESCAPES)

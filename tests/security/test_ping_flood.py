@@ -20,10 +20,12 @@ import pytest
 
 from tests.conftest import ProcessFactory
 from tests.harness.attack import rss_kib
+from tests.harness.metrics import limit_refusals
 from tests.harness.peers import RawListener, listen_url, send, token_for
 from tests.harness.raw_ws import RawWs, masked_frame
 from tests.harness.relay import RelayProcess
 from tests.harness.timing import seconds
+from tests.security.conftest import RawPair
 
 pytestmark = pytest.mark.e2e
 
@@ -84,21 +86,6 @@ async def relay(relay_process_factory: ProcessFactory) -> AsyncIterator[RelayPro
         await legit.stop()
 
 
-async def _limit_refusals(relay: RelayProcess, limit: str) -> float:
-    """``hybridrelay_limit_refusals_total{limit=...}`` from the relay's /metrics."""
-    async with (
-        aiohttp.ClientSession() as session,
-        asyncio.timeout(seconds(10)),
-        session.get(relay.http_url + "/metrics") as resp,
-    ):
-        text = await resp.text()
-    prefix = f'hybridrelay_limit_refusals_total{{limit="{limit}"}} '
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return 0.0
-
-
 def _report(what: str, flood: Flood) -> None:
     sent, growth = flood.sent / 2**20, flood.rss_growth_kib / 1024
     print(f"{what}: sent {sent:.1f} MiB, relay RSS +{growth:.1f} MiB")  # noqa: T201 - pytest -s
@@ -118,7 +105,7 @@ async def test_sender_ping_flood_without_reading_keeps_relay_memory_bounded(
         flood = await _flood(relay, peer)
         _report("sender leg", flood)
         assert flood.rss_growth_kib < _RSS_BOUND_KIB, flood
-        assert await _limit_refusals(relay, "max_queued_control_frames") >= 1
+        assert await limit_refusals(relay.url, "max_queued_control_frames") >= 1
         await _assert_serving(relay)
     finally:
         peer.close()
@@ -140,7 +127,7 @@ async def test_listener_leg_ping_flood_without_reading_keeps_relay_memory_bounde
         flood = await _flood(relay, peer)
         _report("listener leg", flood)
         assert flood.rss_growth_kib < _RSS_BOUND_KIB, flood
-        assert await _limit_refusals(relay, "max_queued_control_frames") >= 1
+        assert await limit_refusals(relay.url, "max_queued_control_frames") >= 1
         await _assert_serving(relay)
         sender.abort()
     finally:
@@ -175,7 +162,7 @@ async def test_http_rendezvous_ping_flood_without_reading_keeps_relay_memory_bou
         flood = await _flood(relay, peer)
         _report("HTTP rendezvous socket", flood)
         assert flood.rss_growth_kib < _RSS_BOUND_KIB, flood
-        assert await _limit_refusals(relay, "max_queued_control_frames") >= 1
+        assert await limit_refusals(relay.url, "max_queued_control_frames") >= 1
         await _assert_serving(relay)
     finally:
         if peer is not None:
@@ -205,31 +192,10 @@ async def test_control_channel_ping_flood_without_reading_keeps_relay_memory_bou
         peer.close()
 
 
-@dataclass
-class Pair:
-    sender: RawWs
-    listener: RawWs
-
-
 @pytest.fixture
-async def pair(relay: RelayProcess) -> AsyncIterator[Pair]:
-    """A raw sender spliced to a raw listener leg on "echo", both with small receive buffers."""
-    control = await RawListener(relay.url, "echo", behaviour=None).start()
-    url = f"{relay.url}/$hc/echo?sb-hc-action=connect"
-    dialling = asyncio.create_task(
-        RawWs.open(url, headers={"ServiceBusAuthorization": token_for(url)}, rcvbuf=_RCVBUF)
-    )
-    try:
-        accept = await asyncio.wait_for(control.accepts.get(), seconds(10))
-        listener = await RawWs.open(str(accept["address"]), rcvbuf=_RCVBUF)
-        sender = await asyncio.wait_for(dialling, seconds(10))
-        assert (sender.status, listener.status) == (101, 101)
-        yield Pair(sender, listener)
-        sender.close()
-        listener.close()
-    finally:
-        dialling.cancel()
-        await control.stop()
+def raw_pair_rcvbuf() -> int:
+    """Both legs of ``raw_pair`` stop taking bytes early."""
+    return _RCVBUF
 
 
 async def _read_into(peer: RawWs, into: bytearray) -> None:
@@ -238,21 +204,23 @@ async def _read_into(peer: RawWs, into: bytearray) -> None:
         into += chunk
 
 
-async def test_sender_not_reading_its_download_can_still_upload(pair: Pair) -> None:
+async def test_sender_not_reading_its_download_can_still_upload(raw_pair: RawPair) -> None:
     """Not an attack but what the defence must keep: a sender that never reads still uploads."""
     download = masked_frame(0x2, b"d" * 60_000) * 4
     # The listener streams until the relay stops reading it: the sender's buffer is full.
-    downloaded = await pair.listener.send_until_stalled(download, volume=_VOLUME, stall=seconds(1))
+    downloaded = await raw_pair.listener.send_until_stalled(
+        download, volume=_VOLUME, stall=seconds(1)
+    )
     assert downloaded < _VOLUME
     frames = 280  # 16 MiB
     expected = frames * (4 + 60_000)  # what the listener gets: unmasked, 4-byte headers
     received = bytearray()
-    reading = asyncio.create_task(_read_into(pair.listener, received))
+    reading = asyncio.create_task(_read_into(raw_pair.listener, received))
     try:
         async with asyncio.timeout(seconds(30)):
             upload = masked_frame(0x2, b"u" * 60_000)
             for _ in range(frames):
-                await pair.sender.send(upload)
+                await raw_pair.sender.send(upload)
             while len(received) < expected:
                 await asyncio.sleep(0.05)  # polling a buffer another task fills, bounded
         assert len(received) == expected

@@ -24,7 +24,7 @@ from hybridrelay.listener.http_target import HttpRequest, HttpResponse
 from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection
 from tests.conftest import ROOT
-from tests.harness.hostile import HostileServer, ServerPeer
+from tests.harness.hostile_server import HostileServer, ServerPeer
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -20,24 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 from hybridrelay.wsclient import ws_connect
 from tests.conftest import make_token
-from tests.harness.device_certs import device_sas_token
+from tests.harness.device_certs import SAS_DEVICE_KEY, device_sas_token, sas_device
 from tests.harness.peers import RawListener, listen_url
-from tests.harness.raw_http import (
-    close_code,
-    exchange,
-    masked_frame,
-    open_raw,
-    read_answer,
-    read_frame,
-    upgrade_request,
-)
+from tests.harness.raw_http import exchange, http_request, open_raw, read_head, upgrade_request
+from tests.harness.raw_ws import masked_frame, read_close_code, read_frame
 from tests.harness.relay import InProcessRelay
 from tests.harness.timing import seconds
-
-DEVICE_KEY = base64.b64encode(b"device-primary-key-0123456789abc").decode()
 
 
 def host_of(relay: InProcessRelay) -> str:
@@ -49,16 +38,14 @@ async def mgmt(
 ) -> dict[str, object]:
     """A management call with the root token, as an operator's tool would make it."""
     data = b"" if body is None else json.dumps(body).encode()
-    head = [
-        f"{method} /$mgmt/v1{path} HTTP/1.1",
-        f"Host: {host_of(relay)}",
-        f"Authorization: {make_token(f'http://{host_of(relay)}/')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(data)}",
-        "Connection: close",
-        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
-    ]
-    answer = await exchange(relay.http_url, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
+    fields = {
+        "Authorization": make_token(f"http://{host_of(relay)}/"),
+        "Content-Type": "application/json",
+        "Content-Length": str(len(data)),
+        **{name.replace("_", "-"): value for name, value in headers.items()},
+    }
+    head = http_request(method, f"/$mgmt/v1{path}", host_of(relay), fields)
+    answer = await exchange(relay.http_url, head + data)
     assert 200 <= answer.status < 300, answer
     return json.loads(answer.body) if answer.body else {}
 
@@ -93,7 +80,7 @@ async def event_stream(
         auth = {"Authorization": token}
         if transport == "websocket":
             writer.write(upgrade_request("/$mgmt/v1/events", host_of(relay), auth))
-            assert (await read_answer(reader)).status == 101
+            assert (await read_head(reader)).status == 101
         else:
             lines = [
                 "GET /$mgmt/v1/events HTTP/1.1",
@@ -102,7 +89,7 @@ async def event_stream(
                 f"Authorization: {token}",
             ]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            assert (await read_answer(reader)).status == 200
+            assert (await read_head(reader)).status == 200  # its body: the event stream
             async with asyncio.timeout(seconds(5)):
                 await reader.readuntil(b": connected\n\n")
         yield reader
@@ -113,9 +100,9 @@ async def stream_end(reader: asyncio.StreamReader, transport: str) -> object:
     async with asyncio.timeout(seconds(5)):
         if transport == "websocket":
             while True:
-                opcode, payload = await read_frame(reader)
+                _, opcode, payload = await read_frame(reader)
                 if opcode == 0x1 and b"AuthorizationRevoked" in payload:
-                    return await close_code(reader)
+                    return await read_close_code(reader)
                 assert opcode != 0x8, payload
         # Until the last chunk of the (chunked) event stream: the relay ended the response.
         rest = await reader.readuntil(b"\r\n0\r\n\r\n")
@@ -131,7 +118,7 @@ async def still_flowing(
     await mgmt(relay, "PUT", "/devices/probe-device", {})
     async with asyncio.timeout(seconds(5)):
         if transport == "websocket":
-            opcode, payload = await read_frame(reader)
+            _, opcode, payload = await read_frame(reader)
             assert opcode == 0x1, payload
             assert b"createDeviceIdentity" in payload, payload
         else:
@@ -199,30 +186,24 @@ async def test_disabling_a_listening_device_cuts_the_streams_spliced_to_it(
     relay: InProcessRelay,
 ) -> None:
     """A device listens, a sender connects, the device is disabled by PUT: the stream is cut."""
-    keys = SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY)
-    await relay.state.store.create_device(
-        Device(
-            device_id="gateway-1",
-            authentication=Authentication(type="sas", symmetric_key=keys),
-            grants=Grants(listen=("echo",)),
-        )
-    )
-    token = device_sas_token(host_of(relay), "gateway-1", DEVICE_KEY)
+    await relay.state.store.create_device(sas_device("gateway-1", listen=("echo",)))
+    token = device_sas_token(host_of(relay), "gateway-1", SAS_DEVICE_KEY)
     listener = await DeviceListener(relay.url, "echo", token=token).start()
     try:
         async with open_raw(relay.url) as (reader, writer):
             auth = {"ServiceBusAuthorization": make_token(f"http://{host_of(relay)}/echo")}
             writer.write(upgrade_request("/$hc/echo?sb-hc-action=connect", host_of(relay), auth))
-            assert (await read_answer(reader)).status == 101
+            assert (await read_head(reader)).status == 101
             writer.write(masked_frame(0x1, b"before"))
             async with asyncio.timeout(seconds(5)):
-                assert await read_frame(reader) == (0x1, b"before")
+                _, opcode, payload = await read_frame(reader)
+                assert (opcode, payload) == (0x1, b"before")
             disabled = {
                 "status": "disabled",
                 "statusReason": "stolen",
                 "authentication": {
                     "type": "sas",
-                    "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY},
+                    "symmetricKey": {"primaryKey": SAS_DEVICE_KEY, "secondaryKey": SAS_DEVICE_KEY},
                 },
                 "grants": {"listen": ["echo"]},
             }
@@ -230,6 +211,6 @@ async def test_disabling_a_listening_device_cuts_the_streams_spliced_to_it(
             code, _ = await listener.wait_control_closed(seconds(5))
             assert code == 1008
             async with asyncio.timeout(seconds(5)):
-                assert await close_code(reader) == 1008  # the stream, not only the channel
+                assert await read_close_code(reader) == 1008  # the stream, not only the channel
     finally:
         await listener.stop()

@@ -14,26 +14,27 @@ import asyncio
 import contextlib
 import resource
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from hybridrelay.errors import ConnectionClosedError
+from tests.conftest import ProcessFactory
 from tests.harness.http_peers import HttpListener
+from tests.harness.metrics import limit_refusals
 from tests.harness.peers import RawListener, connect_url, send, token_for
 from tests.harness.raw_http import (
     RawResponse,
     connect_raw,
-    limit_refusals,
     read_response,
     relay_address,
+    upgrade_request,
 )
 from tests.harness.relay import RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
-
-ProcessFactory = Callable[..., Awaitable[RelayProcess]]
+from tests.security.conftest import assert_quiet
 
 ATTACKER = "127.0.0.2"
 
@@ -104,12 +105,6 @@ async def _first_answers(streams: list[Stream], count: int) -> list[RawResponse]
         await asyncio.wait(tasks)
 
 
-def _assert_quiet(relay: RelayProcess) -> None:
-    log = relay.log()
-    assert "level=error" not in log
-    assert "Traceback" not in log
-
-
 async def _legit_http(session: aiohttp.ClientSession, relay: RelayProcess, hc: str) -> bool:
     async with session.post(f"{relay.http_url}/{hc}/item", data=b"hello") as resp:
         return resp.status == 200 and await resp.read() == b"ok"
@@ -158,7 +153,7 @@ async def test_slow_heads_are_answered_408_and_idle_keepalive_is_closed(
             writer.close()
     assert await limit_refusals(relay.url, "handshake_timeout") == 101
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_stalled_tls_handshake_is_closed(
@@ -173,7 +168,7 @@ async def test_a_stalled_tls_handshake_is_closed(
     finally:
         writer.close()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 # -- stalled bodies --------------------------------------------------------------------------
@@ -207,7 +202,7 @@ async def test_stalled_bodies_are_answered_408_and_closed(
     finally:
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_sender_vanishing_mid_body_is_one_info_line(
@@ -230,7 +225,7 @@ async def test_a_sender_vanishing_mid_body_is_one_info_line(
     finally:
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_a_sender_that_stops_reading_its_response_is_cut(
@@ -272,7 +267,7 @@ async def test_a_sender_that_stops_reading_its_response_is_cut(
         writer.close()
         await listener.stop()
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 # -- 1,000 slow clients -------------------------------------------------------------------------
@@ -377,7 +372,7 @@ async def test_connections_per_source_are_capped_with_429(
     finally:
         await _close_all(held)
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 async def test_new_connections_and_requests_per_source_are_rate_limited_with_429(
@@ -430,7 +425,7 @@ async def test_new_connections_and_requests_per_source_are_rate_limited_with_429
     assert int(retry_after) >= 1
     assert await limit_refusals(relay.url, "handshake_rate_per_ip") == 2
     await relay.stop()
-    _assert_quiet(relay)
+    assert_quiet(relay)
 
 
 # -- a per-hybrid-connection share of pending work ---------------------------------------------
@@ -497,12 +492,8 @@ async def test_a_flooded_hybrid_connection_does_not_deny_another_connect(
     silent = await RawListener(relay.url, "hc-ws", behaviour=None).start()
     echo = await RawListener(relay.url, "echo").start()
     url = connect_url(relay.url, "hc-ws")
-    upgrade = (
-        b"GET /$hc/hc-ws?sb-hc-action=connect HTTP/1.1\r\nHost: relay\r\n"
-        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"ServiceBusAuthorization: " + token_for(url).encode() + b"\r\n\r\n"
-    )
+    auth = {"ServiceBusAuthorization": token_for(url)}
+    upgrade = upgrade_request("/$hc/hc-ws?sb-hc-action=connect", "relay", auth)
     flood: list[Stream] = []
     try:
         for _ in range(10):

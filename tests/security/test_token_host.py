@@ -9,7 +9,6 @@ on every action: listen, connect, HTTP mode, token renewal and the management AP
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -17,9 +16,8 @@ import pytest
 
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener
 from hybridrelay.protocol.sas import SasTokenProvider
-from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 from tests.conftest import RelayFactory, make_token
-from tests.harness.device_certs import device_sas_token
+from tests.harness.device_certs import SAS_DEVICE_KEY, device_sas_token, sas_device
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener
 from tests.harness.raw_http import exchange, http_request, upgrade_request
@@ -27,7 +25,6 @@ from tests.harness.relay import ROOT_KEY, InProcessRelay
 
 EVIL = "evil.example.com"
 ALIAS = "relay.example.com"  # a second public name of the relay (public_hosts)
-DEVICE_KEY = base64.b64encode(b"device-primary-key-0123456789abc").decode()
 
 
 @pytest.fixture
@@ -110,19 +107,10 @@ async def test_management_token_for_another_host_is_refused(relay: InProcessRela
 
 async def test_device_token_for_another_host_is_refused(relay: InProcessRelay) -> None:
     """Device upgrades with a device token whose sr names evil.example.com (any Host): 403."""
-    await relay.state.store.create_device(
-        Device(
-            device_id="dev-1",
-            authentication=Authentication(
-                type="sas",
-                symmetric_key=SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY),
-            ),
-            grants=Grants(listen=("echo",)),
-        )
-    )
+    await relay.state.store.create_device(sas_device("dev-1", listen=("echo",)))
     target = "/$hc/echo?sb-hc-action=listen"
-    evil = device_sas_token(EVIL, "dev-1", DEVICE_KEY)
+    evil = device_sas_token(EVIL, "dev-1", SAS_DEVICE_KEY)
     for sent_host in (EVIL, own_host(relay)):
         assert await upgrade_status(relay, target, sent_host, evil) == 403, sent_host
-    good = device_sas_token(own_host(relay), "dev-1", DEVICE_KEY)
+    good = device_sas_token(own_host(relay), "dev-1", SAS_DEVICE_KEY)
     assert await upgrade_status(relay, target, EVIL, good) == 101

@@ -9,27 +9,23 @@ management API): 401, counted as ``hybridrelay_limit_refusals{limit="max_token_l
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import re
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridrelay.errors import ConnectionClosedError
-from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 from hybridrelay.wsclient import ws_connect
 from tests.conftest import RelayFactory, make_token
-from tests.harness.device_certs import device_sas_token
+from tests.harness.device_certs import SAS_DEVICE_KEY, device_sas_token, sas_device
+from tests.harness.metrics import limit_refusals
 from tests.harness.peers import listen_url
 from tests.harness.raw_http import exchange, http_request, upgrade_request
-from tests.harness.relay import InProcessRelay
+from tests.harness.relay import InProcessRelay, jwt_issuer_config
 from tests.harness.timing import seconds
 
 MAX = 3600  # max_token_lifetime in these tests
@@ -37,34 +33,13 @@ TOO_LONG = 2 * 86_400
 FINE = 600
 IDP = "https://idp.example"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-DEVICE_KEY = base64.b64encode(b"device-primary-key-0123456789abc").decode()
 
 
 @pytest.fixture
 async def relay(relay_factory: RelayFactory, tmp_path: Path) -> InProcessRelay:
-    pem = tmp_path / "idp.pem"
-    pem.write_bytes(
-        RSA_KEY.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    issuer = f"""
-[[jwt_issuers]]
-issuer = "{IDP}"
-audience = "hybridrelay"
-public_keys = ['{pem}']
-"""
+    issuer = jwt_issuer_config(tmp_path / "idp.pem", RSA_KEY, IDP)
     relay = await relay_factory(relay_extra=f"max_token_lifetime = {MAX}", extra=issuer)
-    await relay.state.store.create_device(
-        Device(
-            device_id="dev-1",
-            authentication=Authentication(
-                type="sas",
-                symmetric_key=SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY),
-            ),
-            grants=Grants(listen=("echo",), send=("echo",)),
-        )
-    )
+    await relay.state.store.create_device(sas_device("dev-1", listen=("echo",), send=("echo",)))
     return relay
 
 
@@ -79,18 +54,13 @@ def tokens(relay: InProcessRelay, ttl: int) -> dict[str, str]:
     claims = {"iss": IDP, "aud": "hybridrelay", "sub": "svc", "exp": now + ttl, "hc": grants}
     return {
         "sas": make_token(f"http://{host_of(relay)}/", ttl=ttl),
-        "device": device_sas_token(host_of(relay), "dev-1", DEVICE_KEY, ttl=ttl),
+        "device": device_sas_token(host_of(relay), "dev-1", SAS_DEVICE_KEY, ttl=ttl),
         "jwt": "Bearer " + jwt.encode(claims, RSA_KEY, algorithm="RS256"),
     }
 
 
 async def refusals(relay: InProcessRelay) -> int:
-    async with aiohttp.ClientSession() as session, session.get(relay.http_url + "/metrics") as r:
-        text = await r.text()
-    found = re.search(
-        r'^hybridrelay_limit_refusals_total\{limit="max_token_lifetime"\} (\S+)$', text, re.M
-    )
-    return int(float(found.group(1))) if found else 0
+    return int(await limit_refusals(relay.url, "max_token_lifetime"))
 
 
 async def status(relay: InProcessRelay, request: bytes) -> int:
