@@ -127,3 +127,20 @@ def test_log_budget_allows_a_burst_then_counts_what_it_dropped() -> None:
     assert budget.allow(0.1) == (False, 0)
     assert budget.allow(1.0) == (True, 2)
     assert budget.allow(2.0) == (True, 0)
+
+
+def test_exempt_networks_match_by_prefix_in_both_families() -> None:
+    limits = SourceLimits(
+        max_connections=1,
+        rate=1.0,
+        burst=1,
+        exempt=("10.0.0.0/8", "2001:db8:aa::/48", "::ffff:192.168.0.0/112"),
+    )
+    assert limits.key("10.255.0.1") is None
+    assert limits.key("11.0.0.1") == "11.0.0.1"
+    assert limits.key("2001:db8:aa:1::5") is None
+    assert limits.key("2001:db8:ab::5") == "2001:db8:ab::/64"
+    assert limits.key("192.168.3.4") is None  # the v4-mapped network is the IPv4 one
+    assert limits.key("::ffff:192.168.3.4") is None
+    assert limits.key("192.169.0.1") == "192.169.0.1"
+    assert limits.key("127.1") is None  # not an address a socket reports: not counted
