@@ -209,7 +209,13 @@ def _serve(args: argparse.Namespace) -> None:
     def ready(completed: Any) -> None:
         print(f"relay ready at {completed.relay.public_url}", file=sys.stderr, flush=True)
 
-    _run(lambda stop: run(config, stop, on_ready=ready))
+    async def serve(stop: asyncio.Event) -> None:
+        reload = asyncio.Event()  # SIGHUP: reload the TLS certificate, key and client CAs
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
+        await run(config, stop, on_ready=ready, reload=reload)
+
+    _run(serve)
 
 
 _LISTEN_MAPPING_FLAGS = (
