@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -44,6 +45,33 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(ConfigError, match="newer than this relay"):
         await SqliteStore.open(make_config(), path=path)
+
+
+async def test_a_migration_keeps_the_store_as_it_was_for_a_rollback(tmp_path: Path) -> None:
+    path = tmp_path / DEFAULT_FILE
+    store = await SqliteStore.open(make_config(), path=path)
+    await store.put_hybrid_connection(HybridConnection(name="kept"))
+    await store.close()
+    # The file as the previous release left it: schema version 2 (no CA certificates yet).
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP TABLE ca_certificates")
+        db.execute("UPDATE schema_version SET version = 2")
+
+    store = await SqliteStore.open(make_config(), path=path)
+    assert await store.get("kept") is not None
+    await store.close()
+    kept = tmp_path / f"{DEFAULT_FILE}.v2.bak"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    with contextlib.closing(sqlite3.connect(kept)) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        names = [row[0] for row in db.execute("SELECT name FROM hybrid_connections")]
+        assert "kept" in names
+    # An up-to-date store is not copied again, nor is a new one.
+    kept.unlink()
+    await (await SqliteStore.open(make_config(), path=path)).close()
+    await (await SqliteStore.open(make_config(), path=tmp_path / "new.sqlite3")).close()
+    assert not kept.exists()
+    assert not (tmp_path / "new.sqlite3.v0.bak").exists()
 
 
 async def test_memory_store_names_are_imported_once(tmp_path: Path) -> None:

@@ -150,7 +150,12 @@ class CertificateReloader:
             # One line, no traceback: a bad renewal is the operator's to fix, not our bug.
             log.error(  # noqa: TRY400
                 "tls_reload_failed",
-                extra={"cause": cause, "error": _reason(exc), "kept": "previous certificate"},
+                extra={
+                    "cause": cause,
+                    "error": _reason(exc),
+                    "files": ",".join(self._paths),
+                    "kept": "previous certificate",
+                },
             )
             return False
         self.current = context
