@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import shutil
 import ssl
@@ -19,9 +20,11 @@ import pytest
 from tests.harness.device_certs import make_device_ca, make_device_cert
 from tests.harness.tls import TlsFiles, make_tls_files
 
+from hybridrelay.relay.ca_trust import attach, trust_of
 from hybridrelay.relay.config import RelaySettings
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.serve import tls_context
+from hybridrelay.relay.store.certificates import thumbprint
 from hybridrelay.relay.tls_reload import CertificateReloader
 
 
@@ -165,3 +168,33 @@ async def test_a_reload_follows_a_new_client_ca_file(tmp_path: Path) -> None:
         await _handshake(port, new_device.client_context(server_files.ca_cert))
         with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
             await _handshake(port, old_device.client_context(server_files.ca_cert))
+
+
+async def test_cas_trusted_at_run_time_stay_trusted_after_a_reload(tmp_path: Path) -> None:
+    """A CA registered through the management API (ca_trust.CaTrust) joins the new context."""
+    server_files = make_tls_files(tmp_path)
+    config_ca, runtime_ca = make_device_ca(tmp_path, "config CA"), make_device_ca(tmp_path, "rt CA")
+    device = make_device_cert(tmp_path, "dev-rt", ca=runtime_ca)
+    settings = RelaySettings(
+        tls_cert=str(server_files.cert),
+        tls_key=str(server_files.key),
+        client_cert="required",
+        client_ca_file=str(config_ca.pem),
+    )
+    live = _build(settings)
+    trust = attach(live, settings.client_ca_file)
+    # What CaTrust.trust does for a verified CA record of the store.
+    live.load_verify_locations(cadata=runtime_ca.pem.read_text("ascii"))
+    trust.loaded[thumbprint(runtime_ca.cert)] = runtime_ca.cert
+    reloader = CertificateReloader(
+        settings,
+        live,
+        build=_build,
+        on_context=functools.partial(trust.rebind, client_ca_file=settings.client_ca_file),
+    )
+    async with _server(live) as port:
+        await _handshake(port, device.client_context(server_files.ca_cert))
+        assert reloader.reload("signal")
+        assert trust_of(reloader.current) is trust
+        assert trust.context is reloader.current
+        await _handshake(port, device.client_context(server_files.ca_cert))
