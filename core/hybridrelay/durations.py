@@ -17,7 +17,7 @@ __all__ = ["DURATION_HELP", "duration_arg", "parse_duration"]
 
 DURATION_HELP: Final = "30s, 30m, 1h, 1d, 1h30m or plain seconds"
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_NUMBER: Final = r"\d{1,12}(?:\.\d{1,9})?"
+_NUMBER: Final = r"[0-9]{1,12}(?:\.[0-9]{1,9})?"  # ASCII digits: \d also takes other scripts
 _PLAIN: Final = re.compile(_NUMBER)
 _PART: Final = re.compile(rf"({_NUMBER})([smhd])")
 _UNITED: Final = re.compile(rf"(?:{_NUMBER}[smhd]){{1,4}}")
@@ -35,6 +35,8 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
         seconds = float(value)
     elif _UNITED.fullmatch(value):
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(value))
+    elif value.startswith("-") and (_PLAIN.fullmatch(value[1:]) or _UNITED.fullmatch(value[1:])):
+        raise ValueError(f"{text!r}: a duration cannot be negative")
     else:
         raise ValueError(f"{text!r} is not a duration (use {DURATION_HELP})")
     if seconds == 0 and not allow_zero:
