@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from hybridrelay.durations import DURATION_HELP, duration_arg
 from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
@@ -91,7 +91,7 @@ stdout once it is serving."""
 
 # Every environment variable the CLI honours, one line each (tests/unit/test_cli_help.py
 # finds the names in the source and fails on one missing here).
-ENVIRONMENT: tuple[tuple[str, str], ...] = (
+ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_LOG_LEVEL", "default of --log-level"),
     ("HYBRIDRELAY_LOG_FORMAT", "default of --log-format"),
     ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
@@ -291,7 +291,7 @@ def _serve(args: argparse.Namespace) -> None:
     _run(lambda stop: run(config, stop, on_ready=ready, on_app=app_built))
 
 
-DASHBOARD_PATH = "/$dashboard/"
+DASHBOARD_PATH: Final = "/$dashboard/"
 
 
 def ready_line(public_url: str, routes: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ means nothing, negatives, junk) with the same words.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from collections.abc import Callable
 from typing import Final
@@ -17,7 +16,8 @@ __all__ = ["DURATION_HELP", "duration_arg", "parse_duration"]
 
 DURATION_HELP: Final = "30s, 30m, 1h, 1d, 1h30m or plain seconds"
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_NUMBER: Final = r"[0-9]{1,12}(?:\.[0-9]{1,9})?"  # ASCII digits: \d also takes other scripts
+# ASCII digits only (\d also matches other scripts' digits), and few: the sum stays finite.
+_NUMBER: Final = r"[0-9]{1,12}(?:\.[0-9]{1,9})?"
 _PLAIN: Final = re.compile(_NUMBER)
 _PART: Final = re.compile(rf"({_NUMBER})([smhd])")
 _UNITED: Final = re.compile(rf"(?:{_NUMBER}[smhd]){{1,4}}")
@@ -41,8 +41,6 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
         raise ValueError(f"{text!r} is not a duration (use {DURATION_HELP})")
     if seconds == 0 and not allow_zero:
         raise ValueError(f"{text!r}: must be more than 0 seconds")
-    if not math.isfinite(seconds):  # pragma: no cover - the digit limits keep it finite
-        raise ValueError(f"{text!r} is too long")
     return seconds
 
 
