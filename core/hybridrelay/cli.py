@@ -157,7 +157,14 @@ def _parser() -> argparse.ArgumentParser:
 
     relay = sub.add_parser("relay", help="run the relay server")
     relay_sub = relay.add_subparsers(dest="relay_command", required=True)
-    serve = relay_sub.add_parser("serve", help="serve hybrid connections")
+    serve = relay_sub.add_parser(
+        "serve",
+        help="serve hybrid connections",
+        description="Serve hybrid connections until SIGTERM or Ctrl-C (open streams get"
+        " drain_timeout). Logs go to stderr; once serving, one line goes to stdout:"
+        " 'hybridrelay relay ready at URL', with '(dashboard: URL/$dashboard/)' when the"
+        " relay serves its dashboard.",
+    )
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
     serve.add_argument("--host", help="override [relay] host")
