@@ -19,7 +19,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
+from hybridrelay.cli_credentials import (
+    DEVICE_FLAGS,
+    add_device_options,
+    device_token_args,
+    token_provider,
+)
+from hybridrelay.errors import (
+    ConfigError,
+    EntityNotFoundError,
+    InvalidAddressError,
+    UnavailableError,
+)
 from hybridrelay.logs import configure_logging
 
 __all__ = ["main"]
@@ -71,7 +82,7 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key-name", required=True, help="SAS rule name")
+    p.add_argument("--key-name", help="SAS rule name (or --device-id)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
     g.add_argument(
@@ -130,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     listen.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(listen)
 
     forward = sub.add_parser(
         "forward",
@@ -168,13 +180,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     forward_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     forward.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(forward)
 
-    token = sub.add_parser("token", help="print a SAS token")
+    token = sub.add_parser("token", help="print a SAS token (a rule's, or a device's)")
     token.add_argument(
         "--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)"
     )
     token.add_argument("--ttl", type=int, default=3600)
     _add_key_options(token)
+    add_device_options(token)
 
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
     demo.add_argument("--messages", type=int, default=5)
@@ -221,6 +235,7 @@ _LISTEN_MAPPING_FLAGS = (
     "key_env",
     "key_file",
     "ca_file",
+    *DEVICE_FLAGS,
 )
 
 
@@ -238,13 +253,12 @@ def _listen(args: argparse.Namespace) -> None:
         return
     if args.status:
         raise ConfigError("<command line>", "--status", "needs --config")
-    for name in ("relay", "hc", "target", "key_name"):
+    for name in ("relay", "hc", "target"):
         if not getattr(args, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     stream: StreamTarget | None = None
     http: HttpTarget | None = None
@@ -268,7 +282,7 @@ def _listen(args: argparse.Namespace) -> None:
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        token_provider=token_provider(args, _read_key),
         target=stream,
         http_handler=http,
         ssl_context=_client_tls(args),
@@ -334,7 +348,6 @@ def _forward(args: argparse.Namespace) -> None:
     from hybridrelay.client import ForwardService, load_forward_config
     from hybridrelay.client.config import is_loopback, parse_local
     from hybridrelay.client.forward import Forwarder, UdpForwarder
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     flags = {
         "--relay": args.relay,
@@ -345,6 +358,7 @@ def _forward(args: argparse.Namespace) -> None:
         "--key-env": args.key_env,
         "--key-file": args.key_file,
         "--ca-file": args.ca_file,
+        **{"--" + name.replace("_", "-"): getattr(args, name) for name in DEVICE_FLAGS},
     }
     if args.config:
         given = [flag for flag, value in flags.items() if value]
@@ -354,7 +368,7 @@ def _forward(args: argparse.Namespace) -> None:
             )
         service = ForwardService.from_config(load_forward_config(args.config))
     else:
-        for flag in ("--relay", "--hc", "--key-name"):
+        for flag in ("--relay", "--hc"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
         try:
@@ -365,7 +379,7 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
             )
-        tokens = SasTokenProvider(args.key_name, _read_key(args))
+        tokens = token_provider(args, _read_key)
         ping = args.ping_interval if args.ping_interval > 0 else None
         forwarder: Forwarder | UdpForwarder
         if transport == "udp":
@@ -407,11 +421,20 @@ def _forward(args: argparse.Namespace) -> None:
 
 
 def _token(args: argparse.Namespace) -> None:
+    from hybridrelay.protocol.device_sas import create_device_token
     from hybridrelay.protocol.sas import audience_for, create_sas_token
 
-    token = create_sas_token(
-        audience_for(args.uri), args.key_name, _read_key(args), int(time.time()) + args.ttl
-    )
+    expiry = int(time.time()) + args.ttl
+    device = device_token_args(args)
+    if device is None and not args.key_name:
+        raise ConfigError("<command line>", "--key-name", "is required (or --device-id)")
+    try:
+        if device is not None:  # only the URI's host counts: a device token names no entity
+            token = create_device_token(args.uri, *device, expiry)
+        else:
+            token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), expiry)
+    except InvalidAddressError as exc:
+        raise ConfigError("<command line>", "--uri", str(exc)) from exc
     print(token)
 
 
