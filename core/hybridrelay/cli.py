@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridrelay.cli_credentials import (
+from hybridrelay.credentials import (
     DEVICE_FLAGS,
     add_device_options,
     device_token_args,

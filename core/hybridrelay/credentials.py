@@ -1,10 +1,15 @@
 """Who ``listen``, ``forward`` and ``token`` sign as: a SAS rule or a registered device.
 
-A rule is ``--key-name`` with ``--key``/``--key-env``/``--key-file`` (cli.py's options).
-A device is ``--device-id`` with its key from ``--device-key-env VAR``,
+On the command line, a rule is ``--key-name`` with ``--key``/``--key-env``/``--key-file``
+(cli.py's options). A device is ``--device-id`` with its key from ``--device-key-env VAR``,
 ``--device-key-file FILE``, ``--device-key KEY`` or, when none is given,
 ``$HYBRIDRELAY_DEVICE_KEY``. The two are exclusive: a device signs with its own key
 (``hybridrelay.protocol.device_sas``), never a rule's.
+
+In the agent's ``[[mappings]]`` and the forwarder's ``[[bindings]]``, a device is
+``device_id`` with exactly one of ``device_key``, ``device_key_file`` (relative to the
+config file) and ``device_key_env``; these exclude ``key_name`` and the rule's keys
+(:func:`device_from_table`).
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
+from hybridrelay.config import Secret, Table
 from hybridrelay.errors import ConfigError
 from hybridrelay.protocol.device_sas import DeviceTokenProvider, check_device_id, decode_device_key
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 
 __all__ = [
+    "DEVICE_CONFIG_KEYS",
     "DEVICE_FLAGS",
     "DEVICE_KEY_ENV",
     "add_device_options",
+    "device_from_table",
     "device_key",
     "device_token_args",
     "token_provider",
@@ -149,3 +157,73 @@ def device_token_args(args: argparse.Namespace) -> tuple[str, str] | None:
     if not uses_device(args):
         return None
     return _device_id(args), device_key(args, os.environ)
+
+
+# --- config files -----------------------------------------------------------------------
+
+DEVICE_CONFIG_KEYS: Final = ("device_id", "device_key", "device_key_file", "device_key_env")
+_DEVICE_KEY_KEYS: Final = DEVICE_CONFIG_KEYS[1:]
+_RULE_CONFIG_KEYS: Final = ("key_name", "key", "key_file", "key_env")
+
+
+def device_from_table(
+    table: Table, base: Path, env: Mapping[str, str]
+) -> tuple[str, Secret] | None:
+    """The device a ``[[mappings]]`` or ``[[bindings]]`` table signs as, if it names one.
+
+    Args:
+        table: The table; its device keys are marked as read.
+        base: The config file's directory (a relative ``device_key_file`` is under it).
+        env: Where ``device_key_env`` is looked up.
+
+    Returns:
+        (deviceId, device key), or None when the table has none of the device keys.
+
+    Raises:
+        ConfigError: Device and rule keys mixed, no or several device keys, an
+            unreadable file, an unset variable, or a value that is no device key or id.
+    """
+    given = [name for name in DEVICE_CONFIG_KEYS if table.has(name)]
+    if not given:
+        return None
+    rule = next((name for name in _RULE_CONFIG_KEYS if table.has(name)), None)
+    if rule is not None:
+        raise table.error(
+            rule,
+            "cannot be combined with device_id (a device signs with its own key;"
+            " give key_name and a key, or device_id and a device key)",
+        )
+    device_id = table.get_str("device_id")
+    if device_id is None:
+        raise table.error(given[0], "needs device_id")
+    why = check_device_id(device_id)
+    if why:
+        raise table.error("device_id", why)
+    keys = [name for name in _DEVICE_KEY_KEYS if table.has(name)]
+    if len(keys) != 1:
+        where = keys[1] if keys else "device_id"
+        raise table.error(
+            where, "give exactly one of device_key, device_key_file and device_key_env"
+        )
+    which = keys[0]
+    text = table.req_str(which)
+    if which == "device_key":
+        value = text
+    elif which == "device_key_env":
+        value = env.get(text, "")
+        if not value:
+            raise table.error(which, f"environment variable {text} is not set")
+    else:
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            value = path.read_text("utf-8").strip()
+        except OSError as exc:
+            raise table.error(which, f"cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise table.error(which, f"{path} is not UTF-8 text") from exc
+    try:
+        decode_device_key(value)
+    except ValueError as exc:
+        raise table.error(which, str(exc)) from None
+    return device_id, Secret(value.strip())
