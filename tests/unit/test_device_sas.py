@@ -11,7 +11,7 @@ from tests.harness.device_certs import device_sas_token
 
 from hybridrelay.errors import AuthError, InvalidAddressError
 from hybridrelay.protocol import DeviceTokenProvider, create_device_token
-from hybridrelay.protocol.sas import Rights
+from hybridrelay.protocol.sas import Rights, token_expiry
 from hybridrelay.relay.device_auth import parse_device_token, verify_device_token
 from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 
@@ -135,3 +135,15 @@ def test_provider_refuses_bad_input_without_showing_the_key() -> None:
     provider = DeviceTokenProvider("dev-1", PRIMARY)
     assert PRIMARY not in repr(provider)
     assert "dev-1" in repr(provider)
+
+
+def test_token_expiry_reads_device_tokens_so_listeners_renew_them() -> None:
+    token = create_device_token("relay.example.com", "dev-1", PRIMARY, NOW + 3600)
+    assert token_expiry(token) == NOW + 3600
+    assert token_expiry(DeviceTokenProvider("dev-1", PRIMARY).token_for("http://h/x", NOW)) == (
+        NOW + 3600
+    )
+    # Still None for what is neither a rule's nor a device's token.
+    assert token_expiry("SharedAccessSignature sr=h%2Fhc&sig=x&se=1") is None
+    assert token_expiry(token.replace("&se=", "&se=x")) is None
+    assert token_expiry("Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig") is None
