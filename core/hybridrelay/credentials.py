@@ -85,31 +85,30 @@ def device_key(args: argparse.Namespace, env: Mapping[str, str]) -> str:
         ConfigError: Not given, unreadable, empty or not a device key; names the option.
     """
     if args.device_key:
-        where, value = "--device-key", str(args.device_key)
+        source, where, value = _CLI, "--device-key", str(args.device_key)
     elif args.device_key_file:
-        where = "--device-key-file"
+        source, where = args.device_key_file, ""
         try:
             value = Path(args.device_key_file).read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(
-                args.device_key_file, "", f"cannot read device key file: {exc.strerror}"
-            ) from exc
+            raise ConfigError(source, "", f"cannot read device key file: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
-            raise ConfigError(args.device_key_file, "", "the device key file is not text") from exc
+            raise ConfigError(source, "", "the device key file is not text") from exc
     else:
         variable = args.device_key_env or DEVICE_KEY_ENV
-        where, value = variable, env.get(variable, "")
+        source, where, value = "<environment>", variable, env.get(variable, "")
         if not value:
             hint = (
                 ""
                 if args.device_key_env
                 else " (give --device-key-env VAR, --device-key-file FILE or --device-key KEY)"
             )
-            raise ConfigError("<environment>", variable, f"is not set{hint}")
+            raise ConfigError(source, variable, f"is not set{hint}")
+    if not value.strip():
+        raise ConfigError(source, where, "the device key is empty")
     try:
         decode_device_key(value)
     except ValueError as exc:
-        source = _CLI if where.startswith("--") else "<environment>"
         raise ConfigError(source, where, str(exc)) from None
     return value
 

@@ -268,3 +268,18 @@ def test_device_option_errors_name_the_option(
     err = capsys.readouterr().err
     assert expected in err
     assert err.count("\n") == 1
+
+
+def test_a_bad_device_key_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n", "utf-8")
+    text = tmp_path / "rule.key"
+    text.write_text("root-key-0123456789abcdef0123456789\n", "utf-8")
+    base = ["token", "--uri", "ws://127.0.0.1:9", "--device-id", "d", "--device-key-file"]
+    for path, reason in (
+        (empty, "the device key is empty"),
+        (text, "a device key must be base64"),
+        (tmp_path / "missing.key", "cannot read device key file"),
+    ):
+        assert main([*base, str(path)]) == 2
+        assert f"config error: {path}: {reason}" in capsys.readouterr().err
