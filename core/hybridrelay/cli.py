@@ -20,8 +20,19 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from hybridrelay.credentials import (
+    DEVICE_FLAGS,
+    add_device_options,
+    device_token_args,
+    token_provider,
+)
 from hybridrelay.durations import DURATION_HELP, duration_arg
-from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
+from hybridrelay.errors import (
+    ConfigError,
+    EntityNotFoundError,
+    InvalidAddressError,
+    UnavailableError,
+)
 from hybridrelay.logs import configure_logging
 
 __all__ = ["main"]
@@ -73,7 +84,7 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key-name", required=True, help="SAS rule name")
+    p.add_argument("--key-name", help="SAS rule name (or --device-id)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
     g.add_argument(
@@ -103,10 +114,12 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_AGENT_PING_INTERVAL", "listen --config: ping_interval"),
     ("HYBRIDRELAY_AGENT_DRAIN_TIMEOUT", "listen --config: drain_timeout"),
     ("HYBRIDRELAY_RELAY", "forward --config: relay"),
+    ("HYBRIDRELAY_DEVICE_KEY", "listen/forward/token --device-id: the device key, by default"),
     ("HYBRIDRELAY_ADMIN_RELAY", "admin: --relay"),
     ("HYBRIDRELAY_ADMIN_KEY_NAME", "admin: --key-name"),
     ("HYBRIDRELAY_ADMIN_KEY", "admin: the key, unless --key-env or --key-file"),
     ("any name", '--key-env VAR, key_env = "VAR": a SAS key (e.g. HYBRIDRELAY_KEY)'),
+    ("any name", '--device-key-env VAR, device_key_env = "VAR": a device key'),
 )
 
 
@@ -214,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     listen.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(listen)
 
     forward = sub.add_parser(
         "forward",
@@ -253,8 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     forward_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     forward.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(forward)
 
-    token = sub.add_parser("token", help="print a SAS token")
+    token = sub.add_parser("token", help="print a SAS token (a rule's, or a device's)")
     token.add_argument(
         "--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)"
     )
@@ -266,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"how long the token is valid: {DURATION_HELP} (default 1h)",
     )
     _add_key_options(token)
+    add_device_options(token)
 
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
     demo.add_argument(
@@ -367,6 +383,7 @@ _LISTEN_MAPPING_FLAGS = (
     "key_env",
     "key_file",
     "ca_file",
+    *DEVICE_FLAGS,
 )
 
 
@@ -384,13 +401,12 @@ def _listen(args: argparse.Namespace) -> None:
         return
     if args.status:
         raise ConfigError("<command line>", "--status", "needs --config")
-    for name in ("relay", "hc", "target", "key_name"):
+    for name in ("relay", "hc", "target"):
         if not getattr(args, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     stream: StreamTarget | None = None
     http: HttpTarget | None = None
@@ -414,7 +430,7 @@ def _listen(args: argparse.Namespace) -> None:
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        token_provider=token_provider(args, _read_key),
         target=stream,
         http_handler=http,
         ssl_context=_client_tls(args),
@@ -480,7 +496,6 @@ def _forward(args: argparse.Namespace) -> None:
     from hybridrelay.client import ForwardService, load_forward_config
     from hybridrelay.client.config import is_loopback, parse_local
     from hybridrelay.client.forward import Forwarder, UdpForwarder
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     flags = {
         "--relay": args.relay,
@@ -491,6 +506,7 @@ def _forward(args: argparse.Namespace) -> None:
         "--key-env": args.key_env,
         "--key-file": args.key_file,
         "--ca-file": args.ca_file,
+        **{"--" + name.replace("_", "-"): getattr(args, name) for name in DEVICE_FLAGS},
     }
     if args.config:
         given = [flag for flag, value in flags.items() if value]
@@ -500,7 +516,7 @@ def _forward(args: argparse.Namespace) -> None:
             )
         service = ForwardService.from_config(load_forward_config(args.config))
     else:
-        for flag in ("--relay", "--hc", "--key-name"):
+        for flag in ("--relay", "--hc"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
         try:
@@ -511,7 +527,7 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
             )
-        tokens = SasTokenProvider(args.key_name, _read_key(args))
+        tokens = token_provider(args, _read_key)
         ping = args.ping_interval if args.ping_interval > 0 else None
         forwarder: Forwarder | UdpForwarder
         if transport == "udp":
@@ -553,10 +569,20 @@ def _forward(args: argparse.Namespace) -> None:
 
 
 def _token(args: argparse.Namespace) -> None:
+    from hybridrelay.protocol.device_sas import create_device_token
     from hybridrelay.protocol.sas import audience_for, create_sas_token
 
     expiry = int(time.time()) + math.ceil(args.ttl)
-    token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), expiry)
+    device = device_token_args(args)
+    if device is None and not args.key_name:
+        raise ConfigError("<command line>", "--key-name", "is required (or --device-id)")
+    try:
+        if device is not None:  # only the URI's host counts: a device token names no entity
+            token = create_device_token(args.uri, *device, expiry)
+        else:
+            token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), expiry)
+    except InvalidAddressError as exc:
+        raise ConfigError("<command line>", "--uri", str(exc)) from exc
     print(token)
 
 

@@ -38,7 +38,7 @@ from hybridrelay.client.connection import connect
 from hybridrelay.datagram_bridge import DatagramBridge, DatagramStats
 from hybridrelay.errors import ConfigError, HybridRelayError
 from hybridrelay.logs import CLIENT, host_port, peer_text
-from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
+from hybridrelay.protocol.sas import TokenProvider
 from hybridrelay.wsclient import WsConnection
 
 __all__ = [
@@ -439,11 +439,7 @@ def forwarder_for(
     binding: BindingConfig, relay: str, ssl_context: ssl.SSLContext | None = None
 ) -> AnyForwarder:
     """The forwarder serving one ``[[bindings]]`` entry of a forward config."""
-    tokens = (
-        SasTokenProvider(binding.key_name, binding.key.value)
-        if binding.key_name and binding.key is not None
-        else None
-    )
+    tokens = binding.token_provider()
     if binding.transport == "udp":
         return UdpForwarder(
             relay,
