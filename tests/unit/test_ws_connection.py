@@ -546,3 +546,55 @@ def test_split_input_gives_the_same_events(wire: bytes, cuts: list[int]) -> None
     streamed = _whole_frames(Connection(Role.SERVER, streaming=True).receive_data(wire))
     split = _whole_frames(_feed(Connection(Role.SERVER, streaming=True), wire, cuts))
     assert split == streamed
+
+
+@pytest.mark.parametrize("target_role", [Role.SERVER, Role.CLIENT])
+def test_splice_to_forwards_frames_without_events(target_role: Role) -> None:
+    """splice_to() is forward() without the Frame events: same bytes on the wire."""
+    wire = (
+        client_frame(Opcode.BINARY, b"a" * 3000, fin=False)
+        + client_frame(Opcode.PING, b"hi")
+        + client_frame(Opcode.CONTINUATION, b"")
+        + client_frame(Opcode.TEXT, "é".encode())
+    )
+    leg = Connection(Role.SERVER, streaming=True)
+    target = Connection(target_role)
+    leg.splice_to(target)
+    events: list[Event] = []
+    for i in range(0, len(wire), 1000):
+        events += leg.receive_data(wire[i : i + 1000])
+    assert events == [Ping(b"hi")]
+    assert leg.bytes_received == 3002
+    assert WireReader(masked=target_role is Role.CLIENT).read(target) == [
+        (Opcode.BINARY, False, b"a" * 3000),
+        (Opcode.CONTINUATION, True, b""),
+        (Opcode.TEXT, True, "é".encode()),
+    ]
+
+
+def test_splice_to_holds_the_targets_control_frames_until_the_frame_ends() -> None:
+    leg = Connection(Role.SERVER, streaming=True)
+    target = Connection(Role.SERVER)
+    leg.splice_to(target)
+    wire = client_frame(Opcode.BINARY, b"z" * 100)
+    leg.receive_data(wire[:50])
+    assert target.frame_in_flight
+    target.receive_data(client_frame(Opcode.PING, b"p"))  # the target's own peer pings
+    assert target.control_pending == 1
+    leg.receive_data(wire[50:])
+    assert WireReader(masked=False).read(target) == [
+        (Opcode.BINARY, True, b"z" * 100),
+        (Opcode.PONG, True, b"p"),
+    ]
+
+
+def test_splice_to_drops_frames_once_the_target_closed() -> None:
+    leg = Connection(Role.SERVER, streaming=True)
+    target = Connection(Role.SERVER)
+    leg.splice_to(target)
+    target.send_close(1000)
+    target.data_to_send()
+    assert leg.receive_data(client_frame(Opcode.BINARY, b"lost")) == []
+    assert target.data_to_send() == []
+    with pytest.raises(ValueError, match="streaming"):
+        Connection(Role.SERVER).splice_to(target)

@@ -238,6 +238,8 @@ class Connection:
         "_f_opcode",
         "_f_start",
         "_failure",
+        "_forwarding",
+        "_header",
         "_high_water",
         "_holds",
         "_lost",
@@ -258,6 +260,7 @@ class Connection:
         "_queued",
         "_receiving",
         "_streaming",
+        "_target",
         "_validate",
         "_write_paused",
         "auto_close_echo",
@@ -286,6 +289,7 @@ class Connection:
         self._masks = role is Role.CLIENT
         self._parser = FrameParser(self, masked=role is Role.SERVER)
         self._streaming = streaming
+        self._target: Connection | None = None  # splice_to()
         self._max_message_size = None if streaming else max_message_size
         self._validate = validate_utf8
         self._max_queued = max_queued_control
@@ -306,6 +310,8 @@ class Connection:
         self._f_fin = True
         self._f_length = 0
         self._f_start = True
+        self._forwarding = False  # splice_to(): this frame goes to the target
+        self._header: bytes | None = None  # splice_to(): header waiting for its payload
         self._msg_text = False
         self._msg_parts: list[bytes] = []  # a binary message being reassembled
         self._msg_texts: list[str] = []  # a text message being reassembled, decoded
@@ -441,44 +447,55 @@ class Connection:
         the connection closed) is dropped whole, as a splice must once the other side
         has closed; the pieces of a frame whose start went out always follow it.
         """
-        if frame.start:
+        self._forward_piece(*frame)
+
+    def splice_to(self, target: Connection | None) -> None:
+        """Streaming: forward every data frame straight to ``target`` (None: stop).
+
+        What a splice does with :class:`Frame` events, without making them: the relay's
+        hot path costs one call per piece. Control frames and closes still come out
+        as events, for the glue (a splice forwards a close with its code and reason).
+        """
+        if target is not None and not self._streaming:
+            raise ValueError("only a streaming connection forwards frames")
+        self._target = target
+
+    def _forward_piece(
+        self, opcode: int, fin: bool, length: int, data: bytes, start: bool, end: bool
+    ) -> None:
+        if start:
             if self._out_remaining:
                 raise ValueError("a forwarded frame is half sent")
-            if not self.can_send:
+            state = self.state
+            if state is not State.OPEN and state is not State.CLOSE_RECEIVED:
                 return  # dropped; its further pieces find _out_remaining == 0 too
-            length = frame.length
-            data = frame.data
             if self._masks:
                 mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
-                header = encode_frame_header(
-                    fin=frame.fin, opcode=frame.opcode, length=length, mask=mask
-                )
+                header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
+                self._out_mask = mask
+                self._out_offset = len(data)
                 if data:
                     data = apply_mask(data, mask)
-                self._out_mask = mask
-                self._out_offset = len(frame.data)
             else:
-                header = encode_frame_header(fin=frame.fin, opcode=frame.opcode, length=length)
+                header = encode_frame_header(fin=fin, opcode=opcode, length=length)
             if len(data) < _COALESCE_LIMIT:
                 self._out.append(header + data)
             else:
                 self._out.append(header)
                 self._out.append(data)
-            self._out_in_message = not frame.fin
-            if frame.end:
-                if self._queued and not self._write_paused:
-                    self._flush_queued()
-            else:
-                self._out_remaining = length - len(frame.data)
+            self._out_in_message = not fin
+            if not end:
+                self._out_remaining = length - len(data)
+            elif self._queued and not self._write_paused:
+                self._flush_queued()
             return
         if not self._out_remaining:
             return  # the rest of a dropped frame
-        data = frame.data
         if self._masks:
             data = apply_mask(data, self._out_mask, self._out_offset)
             self._out_offset += len(data)
         self._out.append(data)
-        if frame.end:
+        if end:
             self._out_remaining = 0
             if self._queued and not self._write_paused:
                 self._flush_queued()
@@ -542,12 +559,57 @@ class Connection:
             if self._msg_size > limit:
                 # Refused at the header: not a byte of it is held.
                 raise FrameError(1009, f"message over {limit} bytes")
+        target = self._target
+        if target is None:
+            return
+        # splice_to(): what _forward_piece does, inline, as relay/splice.py Leg did: the
+        # header waits for the first payload bytes, to go out in one buffer with them.
+        state = target.state
+        if target._out_remaining:
+            raise ValueError("a forwarded frame is half sent")
+        if state is not State.OPEN and state is not State.CLOSE_RECEIVED:
+            self._forwarding = False  # dropped whole: the target has closed
+            return
+        self._forwarding = True
+        if target._masks:
+            mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
+            self._header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
+            target._out_mask = mask
+            target._out_offset = 0
+        else:
+            self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
+        target._out_remaining = length  # control frames to the target wait for this one
+        target._out_in_message = not fin
 
     def on_payload(self, data: bytes, frame_done: bool) -> None:
         self.bytes_received += len(data)
         if self._streaming:
             if self._msg_text and self._validate:
                 self._decode(data, frame_done and self._f_fin)
+            target = self._target
+            if target is not None:
+                if not self._forwarding:
+                    return  # a frame dropped at its header
+                if target._masks:
+                    data = apply_mask(data, target._out_mask, target._out_offset)
+                    target._out_offset += len(data)
+                header = self._header
+                if header is not None:
+                    self._header = None
+                    if len(data) < _COALESCE_LIMIT:
+                        target._out.append(header + data)
+                    else:
+                        target._out.append(header)
+                        target._out.append(data)
+                elif data:
+                    target._out.append(data)
+                if frame_done:
+                    target._out_remaining = 0
+                    if target._queued and not target._write_paused:
+                        target._flush_queued()
+                else:
+                    target._out_remaining -= len(data)
+                return
             self._events.append(
                 Frame(self._f_opcode, self._f_fin, self._f_length, data, self._f_start, frame_done)
             )
