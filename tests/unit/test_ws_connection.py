@@ -598,3 +598,26 @@ def test_splice_to_drops_frames_once_the_target_closed() -> None:
     assert target.data_to_send() == []
     with pytest.raises(ValueError, match="streaming"):
         Connection(Role.SERVER).splice_to(target)
+
+
+def test_abandon_frame_frees_the_target_only_if_nothing_of_the_frame_went_out() -> None:
+    """A splice whose source vanishes mid-frame: a close can still follow a frame whose
+    header never left; after part of a frame only an abort can."""
+    leg = Connection(Role.SERVER, streaming=True)
+    target = Connection(Role.SERVER)
+    leg.splice_to(target)
+    header_only = client_frame(Opcode.BINARY, b"q" * 50)[:6]  # header and mask, no payload
+    leg.receive_data(header_only)
+    target.send_close(1011, "sender connection lost")
+    assert target.control_pending == 1
+    assert leg.abandon_frame()
+    assert WireReader(masked=False).read(target) == [
+        (Opcode.CLOSE, True, encode_close_payload(1011, "sender connection lost"))
+    ]
+    leg2 = Connection(Role.SERVER, streaming=True)
+    target2 = Connection(Role.SERVER)
+    leg2.splice_to(target2)
+    leg2.receive_data(client_frame(Opcode.BINARY, b"q" * 50)[:20])
+    assert target2.data_to_send() != []
+    assert not leg2.abandon_frame()
+    assert target2.frame_in_flight

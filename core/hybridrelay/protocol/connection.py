@@ -460,6 +460,26 @@ class Connection:
             raise ValueError("only a streaming connection forwards frames")
         self._target = target
 
+    def abandon_frame(self) -> bool:
+        """splice_to(): this connection is gone in the middle of a frame to the target.
+
+        True when not a byte of that frame reached the target's output (its header waits
+        for the first payload bytes): the frame is forgotten and the target's control
+        frames, a close saying why (HC §5: 1011), may go out. False when part of it did:
+        nothing may follow those bytes, so the glue can only abort the target.
+        """
+        target = self._target
+        if target is None or not target._out_remaining:
+            return True
+        if self._header is None:
+            return False
+        self._header = None
+        self._forwarding = False
+        target._out_remaining = 0
+        if target._queued and not target._write_paused:
+            target._flush_queued()
+        return True
+
     def _forward_piece(
         self, opcode: int, fin: bool, length: int, data: bytes, start: bool, end: bool
     ) -> None:
@@ -544,24 +564,25 @@ class Connection:
     # ------------------------------------------------------------------ FrameSink
 
     def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
-        self._f_fin = fin
-        self._f_length = length
-        self._f_start = True
-        self._f_opcode = opcode
-        if opcode:
-            self._msg_text = opcode == _TEXT
-            if self._msg_text and self._decoder is not None:
-                self._decoder.reset()
-            self._msg_size = 0
-        limit = self._max_message_size
-        if limit is not None:
-            self._msg_size += length
-            if self._msg_size > limit:
-                # Refused at the header: not a byte of it is held.
-                raise FrameError(1009, f"message over {limit} bytes")
         target = self._target
-        if target is None:
-            return
+        if target is None or self._validate:  # a relay's splice_to() skips this
+            self._f_fin = fin
+            self._f_length = length
+            self._f_start = True
+            self._f_opcode = opcode
+            if opcode:
+                self._msg_text = opcode == _TEXT
+                if self._msg_text and self._decoder is not None:
+                    self._decoder.reset()
+                self._msg_size = 0
+            limit = self._max_message_size
+            if limit is not None:
+                self._msg_size += length
+                if self._msg_size > limit:
+                    # Refused at the header: not a byte of it is held.
+                    raise FrameError(1009, f"message over {limit} bytes")
+            if target is None:
+                return
         # splice_to(): what _forward_piece does, inline, as relay/splice.py Leg did: the
         # header waits for the first payload bytes, to go out in one buffer with them.
         state = target.state
@@ -584,7 +605,7 @@ class Connection:
     def on_payload(self, data: bytes, frame_done: bool) -> None:
         self.bytes_received += len(data)
         if self._streaming:
-            if self._msg_text and self._validate:
+            if self._validate and self._msg_text:
                 self._decode(data, frame_done and self._f_fin)
             target = self._target
             if target is not None:
