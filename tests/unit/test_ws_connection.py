@@ -355,6 +355,14 @@ def test_eof_without_close_is_abnormal_1006() -> None:
     assert server.receive_data(client_frame(Opcode.BINARY, b"x")) == []
 
 
+def test_eof_after_our_close_but_before_theirs_is_abnormal() -> None:
+    client = Connection(Role.CLIENT)
+    client.send_close(1000)
+    assert client.receive_eof() == [ConnectionLost()]
+    assert state(client) is State.CLOSED
+    assert client.close_code == 1006
+
+
 def test_eof_after_close_is_not_abnormal() -> None:
     server = Connection(Role.SERVER, auto_close_echo=False)
     server.receive_data(client_frame(Opcode.CLOSE, encode_close_payload(1001, "away")))
@@ -543,9 +551,19 @@ def test_split_input_gives_the_same_events(wire: bytes, cuts: list[int]) -> None
     a.receive_data(wire)
     _feed(b, wire, cuts)
     assert b"".join(a.data_to_send()) == b"".join(b.data_to_send())
-    streamed = _whole_frames(Connection(Role.SERVER, streaming=True).receive_data(wire))
+    stream_events = Connection(Role.SERVER, streaming=True).receive_data(wire)
     split = _whole_frames(_feed(Connection(Role.SERVER, streaming=True), wire, cuts))
-    assert split == streamed
+    assert split == _whole_frames(stream_events)
+    # A splice: forwarding the events and splice_to() on split input write the same bytes.
+    forwarded = Connection(Role.SERVER)
+    for event in stream_events:
+        if isinstance(event, Frame):
+            forwarded.forward(event)
+    spliced = Connection(Role.SERVER)
+    leg = Connection(Role.SERVER, streaming=True)
+    leg.splice_to(spliced)
+    _feed(leg, wire, cuts)
+    assert b"".join(spliced.data_to_send()) == b"".join(forwarded.data_to_send())
 
 
 @pytest.mark.parametrize("target_role", [Role.SERVER, Role.CLIENT])
