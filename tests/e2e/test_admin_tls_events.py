@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from tests.harness.relay import ROOT_KEY, RelayProcess
+from tests.harness.device_certs import make_device_ca, make_device_cert
+from tests.harness.peers import token_for
+from tests.harness.relay import ROOT_KEY, InProcessRelay, RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles, make_tls_files
+
+from hybridrelay.client.admin import AdminClient
 
 pytestmark = pytest.mark.e2e
 
@@ -120,3 +125,136 @@ async def test_tls_relay_ca_from_the_environment(
     assert r.code == 2
     assert "HYBRIDRELAY_ADMIN_CA_FILE" in r.err
     assert "nope.pem" in r.err
+
+
+# --- every change is an event; --since replays them ---------------------------------------
+
+
+async def mgmt(base: str, method: str, path: str, body: object = None) -> dict[str, Any]:
+    """One management call with the root key (for the resources AdminClient has no call for)."""
+    url = f"{base}/$mgmt/v1{path}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, json=body, headers={"Authorization": token_for(url)}) as resp,
+    ):
+        text = await resp.text()
+        assert resp.status < 300, f"{method} {path}: {resp.status} {text}"
+        doc = json.loads(text) if text else {}
+        return doc if isinstance(doc, dict) else {}
+
+
+async def every_kind_of_change(base: str, directory: Path) -> tuple[list[str], list[str]]:
+    """Make one change of each kind on the relay at ``base``; answer the opTypes they
+    should publish, in order, and every secret the answers revealed."""
+    secrets: list[str] = []
+    async with AdminClient(base, ROOT, ROOT_KEY) as admin:
+        await admin.put_hybrid_connection("ev-hc", {"maxListeners": 3})
+        await admin.update_hybrid_connection("ev-hc", {"userMetadata": "m"})
+        await admin.update_hybrid_connection("ev-hc", {"status": "disabled"})
+        await admin.update_hybrid_connection("ev-hc", {"status": "enabled"})
+        rule = await admin.put_rule("ev-rule", ["Listen"], "ev-hc")
+        rule = await admin.put_rule("ev-rule", ["Listen", "Send"], "ev-hc")
+        secrets += [rule["primaryKey"], rule["secondaryKey"]]
+        rule = await admin.regenerate_key("ev-rule", "primary", "ev-hc")
+        secrets.append(rule["primaryKey"])
+        await admin.delete_rule("ev-rule", "ev-hc")
+        device = await admin.create_device("ev-dev", {})
+        secrets += list(device["authentication"]["symmetricKey"].values())
+        await admin.update_device("ev-dev", {"grants": {"listen": ["ev-hc"], "send": []}})
+        await admin.set_device_status("ev-dev", "disabled", reason="lost")
+        await admin.set_device_status("ev-dev", "enabled")
+        fresh = {"primaryKey": "A" * 44, "secondaryKey": "B" * 44}
+        secrets += list(fresh.values())
+        await admin.update_device(
+            "ev-dev", {"authentication": {"type": "sas", "symmetricKey": fresh}}
+        )
+        await admin.delete_device("ev-dev")
+        await admin.delete_hybrid_connection("ev-hc")
+    ca = make_device_ca(directory)
+    await mgmt(base, "PUT", "/certificates/fleet", {"certificate": ca.pem.read_text()})
+    code = (await mgmt(base, "POST", "/certificates/fleet/generateVerificationCode"))[
+        "verificationCode"
+    ]
+    secrets.append(code)
+    proof = make_device_cert(directory, code, ca=ca, file_stem="proof")
+    await mgmt(base, "POST", "/certificates/fleet/verify", {"certificate": proof.cert.read_text()})
+    await mgmt(base, "DELETE", "/certificates/fleet")
+    expected = [
+        "createHybridConnection",
+        "updateHybridConnection",
+        "disableHybridConnection",
+        "enableHybridConnection",
+        "createAuthorizationRule",
+        "updateAuthorizationRule",
+        "regenerateAuthorizationRuleKey",
+        "deleteAuthorizationRule",
+        "createDeviceIdentity",
+        "updateDeviceIdentity",
+        "disableDeviceIdentity",
+        "enableDeviceIdentity",
+        "regenerateDeviceKeys",
+        "deleteDeviceIdentity",
+        "deleteHybridConnection",
+        "createCertificate",
+        "generateCertificateVerificationCode",
+        "verifyCertificate",
+        "deleteCertificate",
+    ]
+    return expected, secrets
+
+
+def op_types(events: list[Any]) -> list[str]:
+    return [e["properties"]["opType"] for e in events]
+
+
+async def test_events_tail_replays_every_change(relay: InProcessRelay, tmp_path: Path) -> None:
+    expected, secrets = await every_kind_of_change(relay.http_url, tmp_path)
+    env = admin_env(relay.http_url)
+
+    # After the fact: everything kept, at once (no new event is needed to end it).
+    r = await hybridrelay(env, "admin", "events", "tail", "--since", "0", "--count", "19")
+    assert r.code == 0, r.err
+    events = r.lines()
+    assert op_types(events) == expected
+    for secret in secrets:  # no key and no verification code in any event
+        assert secret not in r.out
+    for event in events:
+        if "deviceId" in event["properties"] and "authentication" in event["body"]:
+            keys = event["body"]["authentication"]["symmetricKey"]
+            assert keys == {"primaryKey": None, "secondaryKey": None}
+    by_op = {e["properties"]["opType"]: e for e in events}
+    assert by_op["disableDeviceIdentity"]["body"]["status"] == "disabled"
+    assert by_op["disableDeviceIdentity"]["properties"]["deviceId"] == "ev-dev"
+    assert by_op["disableHybridConnection"]["body"]["status"] == "disabled"
+    assert by_op["regenerateAuthorizationRuleKey"]["properties"] == {
+        "opType": "regenerateAuthorizationRuleKey",
+        "hubName": "127.0.0.1",
+        "ruleName": "ev-rule",
+        "hybridConnection": "ev-hc",
+        "operationTimestamp": by_op["regenerateAuthorizationRuleKey"]["properties"][
+            "operationTimestamp"
+        ],
+    }
+    assert by_op["verifyCertificate"]["body"]["isVerified"] is True
+
+    # Resume after a sequence number: only what came after it.
+    middle = events[13]["sequenceNumber"]
+    r = await hybridrelay(env, "admin", "events", "tail", "--since", str(middle), "--count", "5")
+    assert r.code == 0, r.err
+    assert op_types(r.lines()) == expected[14:]
+
+    # From a time: the last hour holds them all; a live event follows the replay.
+    tail = asyncio.ensure_future(
+        hybridrelay(env, "admin", "events", "tail", "--since", "1h", "--count", "20")
+    )
+    # Whenever the tail subscribes, the replay (since the hour) or the stream has it.
+    async with AdminClient(relay.http_url, ROOT, ROOT_KEY) as admin:
+        await admin.create_device("ev-live", {})
+    r = await tail
+    assert r.code == 0, r.err
+    assert op_types(r.lines()) == [*expected, "createDeviceIdentity"]
+
+    # Bad values are usage errors.
+    r = await hybridrelay(env, "admin", "events", "tail", "--since", "yesterday")
+    assert r.code == 2
+    assert "--since" in r.err

@@ -77,6 +77,60 @@ def _page_size(text: str) -> int:
     return value
 
 
+_TAIL_HELP: Final = """\
+Print the relay's lifecycle events, one JSON document per line, as they happen
+(GET /$mgmt/v1/events), until Ctrl-C or --count. Every management change is an
+event: devices created, updated, disabled, enabled, given new keys or deleted;
+hybrid connections and SAS rules created, changed or deleted; rule keys
+regenerated; CA certificates; bulk jobs; listeners coming online or going
+offline. No event carries a key.
+
+--since replays what the relay still keeps (its last [relay] event_history
+events, 1,000 by default, since it started) before the live events:
+  --since 0                      everything kept
+  --since 42                     the events after sequenceNumber 42 (resume)
+  --since 10m                    the events of the last ten minutes (s, m, h, d)
+  --since 2026-01-31T12:00:00Z   the events at or after that time
+With --count N the command ends after N events, so --since ... --count N
+returns at once when the relay kept that many. Sequence numbers are a relay
+node's own and start again when it restarts."""
+
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str) -> tuple[str, str]:
+    """``--since``: ("id", N) or ("time", ISO 8601 UTC)."""
+    import datetime as dt
+
+    value = text.strip()
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return "id", str(int(value))
+    unit = _DURATION_UNITS.get(value[-1:].lower())
+    number = value[:-1]
+    if unit is not None and number.isascii() and number.isdigit() and len(number) <= 9:
+        then = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(number) * unit)
+        return "time", then.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "must be a sequence number, a duration such as 10m or an ISO 8601 time"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError("an ISO 8601 time needs a zone, e.g. Z")
+    return "time", when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _common() -> argparse.ArgumentParser:
     """Connection and output options, accepted before or after the subcommand."""
     p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
@@ -229,11 +283,25 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("file", metavar="FILE.jsonl")
-    events = groups.add_parser("events", help="lifecycle events").add_subparsers(
-        dest="admin_action", required=True
+    events = groups.add_parser(
+        "events", help="lifecycle events", allow_abbrev=False
+    ).add_subparsers(dest="admin_action", required=True)
+    p = _leaf(events, "tail", common, "print the relay's lifecycle events as JSON lines")
+    p.description = _TAIL_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="first replay the kept events after sequence number ID (0: all kept), "
+        "or from a time: 30s, 10m, 2h, 1d ago or an ISO 8601 time",
     )
-    p = _leaf(events, "tail", common, "print one JSON line per event until Ctrl-C")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--count",
+        type=_count,
+        metavar="N",
+        help="stop after N events, replayed ones included",
+    )
     return admin
 
 
@@ -634,9 +702,12 @@ async def _export(client: AdminClient, args: argparse.Namespace) -> None:
 
 async def _events(client: AdminClient, args: argparse.Namespace) -> None:
     seen = 0
-    if args.count is not None and args.count <= 0:
-        return
-    async for event in client.events():
+    since = args.since
+    stream = client.events(
+        last_event_id=since[1] if since is not None and since[0] == "id" else None,
+        since=since[1] if since is not None and since[0] == "time" else None,
+    )
+    async for event in stream:
         _out(json.dumps(event, ensure_ascii=False))
         sys.stdout.flush()
         seen += 1

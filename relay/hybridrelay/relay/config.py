@@ -106,9 +106,31 @@ class JwtIssuerConfig:
 
 
 # The lifecycle event types (opType) of ``mgmt/events.py``; a webhook may filter on them.
+# tests/integration/test_mgmt_events.py checks that it names every one the hub publishes.
 WEBHOOK_EVENTS = (
     "createDeviceIdentity",
+    "updateDeviceIdentity",
+    "disableDeviceIdentity",
+    "enableDeviceIdentity",
+    "regenerateDeviceKeys",
     "deleteDeviceIdentity",
+    "createHybridConnection",
+    "updateHybridConnection",
+    "disableHybridConnection",
+    "enableHybridConnection",
+    "deleteHybridConnection",
+    "createAuthorizationRule",
+    "updateAuthorizationRule",
+    "regenerateAuthorizationRuleKey",
+    "deleteAuthorizationRule",
+    "createCertificate",
+    "updateCertificate",
+    "generateCertificateVerificationCode",
+    "verifyCertificate",
+    "deleteCertificate",
+    "startJob",
+    "completeJob",
+    "failJob",
     "listenerOnline",
     "listenerOffline",
 )
