@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.harness.cluster import running_cluster
 from tests.harness.device_certs import make_device_ca, make_device_cert
 from tests.harness.peers import token_for
 from tests.harness.relay import ROOT_KEY, InProcessRelay, RelayProcess
@@ -258,3 +259,34 @@ async def test_events_tail_replays_every_change(relay: InProcessRelay, tmp_path:
     r = await hybridrelay(env, "admin", "events", "tail", "--since", "yesterday")
     assert r.code == 2
     assert "--since" in r.err
+
+
+async def test_cluster_changes_on_one_node_are_events_on_the_other(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with running_cluster(tmp_path, redis_url, 2) as cluster:
+        writer, reader = cluster.nodes
+        async with AdminClient(writer.http_url, ROOT, ROOT_KEY) as admin:
+            await admin.put_hybrid_connection("cl-hc", {})
+            await admin.put_rule("cl-rule", ["Send"], "cl-hc")
+            rule = await admin.regenerate_key("cl-rule", "secondary", "cl-hc")
+            await admin.create_device("cl-dev", {})
+            await admin.set_device_status("cl-dev", "disabled", reason="stolen")
+            await admin.delete_device("cl-dev")
+        # The reader heard of each change through Redis and numbered it itself.
+        r = await hybridrelay(
+            admin_env(reader.http_url), "admin", "events", "tail", "--since", "0", "--count", "6"
+        )
+        assert r.code == 0, r.err
+        events = r.lines()
+        assert op_types(events) == [
+            "createHybridConnection",
+            "createAuthorizationRule",
+            "regenerateAuthorizationRuleKey",
+            "createDeviceIdentity",
+            "disableDeviceIdentity",
+            "deleteDeviceIdentity",
+        ]
+        assert [e["sequenceNumber"] for e in events] == [1, 2, 3, 4, 5, 6]
+        assert events[4]["body"]["statusReason"] == "stolen"
+        assert rule["secondaryKey"] not in r.out
