@@ -382,7 +382,9 @@ def _tls_failure(url: str, settings: _Settings, exc: Exception) -> str:
         reason = f"certificate verify failed: {verify_message}"
     else:
         reason = str(cert_error or exc)
-    if settings.ca_file is None:
+    if "hostname" in reason.lower():
+        hint = f"use a host the certificate names in the relay URL ({settings.relay_from})"
+    elif settings.ca_file is None:
         hint = (
             f"pass --ca-file FILE or set {ENV_CA_FILE} to the CA that signed the relay's "
             f"certificate"
