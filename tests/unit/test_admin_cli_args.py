@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hybridrelay.cli import _parser, main
@@ -73,3 +75,22 @@ def test_tls_failure_names_the_cause_and_the_fix() -> None:
     with_ca = _Settings("--relay", "ca.pem", "--ca-file")
     line = failure("unable to get local issuer certificate", with_ca)
     assert "the CA bundle ca.pem (from --ca-file) did not verify it" in line
+
+
+def test_an_unreadable_ca_file_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HYBRIDRELAY_ADMIN_RELAY", "https://127.0.0.1:1")
+    monkeypatch.setenv("HYBRIDRELAY_ADMIN_KEY_NAME", "root")
+    monkeypatch.setenv("HYBRIDRELAY_ADMIN_KEY", "k" * 32)
+    monkeypatch.setenv("HYBRIDRELAY_ADMIN_CA_FILE", str(tmp_path / "nope.pem"))
+    assert main(["admin", "hc", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "HYBRIDRELAY_ADMIN_CA_FILE" in err
+    assert "nope.pem" in err
+    # The flag wins: its file is the one named.
+    assert main(["admin", "--ca-file", str(tmp_path / "flag.pem"), "hc", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "--ca-file" in err
+    assert "flag.pem" in err
+    assert "nope.pem" not in err
