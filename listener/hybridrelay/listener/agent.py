@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, urlsplit
 
-from hybridrelay.backoff import Backoff
+from hybridrelay.backoff import Backoff, ReconnectBackoff
 from hybridrelay.bridge import BridgeStream, bridge
 from hybridrelay.datagram_bridge import DatagramBridge
 from hybridrelay.errors import (
@@ -207,7 +207,8 @@ class Listener:
         self._max_streams = max_streams
         self._connect_timeout = connect_timeout
         self._drain_timeout = drain_timeout
-        self._backoff = backoff or Backoff()
+        # One policy for every listener (flags, agent config, code): README's promise.
+        self._backoff = backoff or ReconnectBackoff()
         self._select = select_subprotocol or (lambda offered: offered[0] if offered else None)
         self._streams: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
