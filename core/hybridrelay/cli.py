@@ -202,9 +202,18 @@ def _serve(args: argparse.Namespace) -> None:
         env["HYBRIDRELAY_HOST"] = args.host
     config = load_relay_config(args.config, env) if args.config else development_config(env)
     if not args.config:
-        key = config.rules[0].key.value
-        # Printed once, on purpose: the development default has no other way to hand out its key.
-        print(f"development mode: rule {DEV_RULE_NAME} key {key}", file=sys.stderr, flush=True)
+        from hybridrelay.relay.dev_key import development_key
+
+        # Kept in data_dir (or taken from HYBRIDRELAY_DEV_KEY): a restart keeps its agents.
+        dev = development_key(Path(config.relay.data_dir), env)
+        config = development_config(env, key=dev.value)
+        where = f" (kept in {dev.path})" if dev.path else " (from HYBRIDRELAY_DEV_KEY)"
+        # Printed on purpose: the development default has no other way to hand out its key.
+        print(
+            f"development mode: rule {DEV_RULE_NAME} key {dev.value}{where}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def ready(completed: Any) -> None:
         print(f"relay ready at {completed.relay.public_url}", file=sys.stderr, flush=True)
