@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import ssl
@@ -17,10 +18,10 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
-from hybridrelay.logs import configure_logging
+from hybridrelay.logs import CLIENT, LISTENER, configure_logging
 
 __all__ = ["main"]
 
@@ -68,6 +69,48 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if getattr(args, "ca_file", None):
         return ssl.create_default_context(cafile=args.ca_file)
     return None
+
+
+def _check_relay_url(url: str, source: str = "<command line>", key: str = "--relay") -> None:
+    from hybridrelay.probe import relay_url_problem
+
+    if (problem := relay_url_problem(url)) is not None:
+        raise ConfigError(source, key, problem)
+
+
+async def _probe_at_start(
+    probe: Callable[[], Coroutine[Any, Any, Any]],
+    *,
+    hc: str,
+    action: Literal["connect", "listen"],
+    source: str,
+    keys: dict[str, str],
+) -> bool:
+    """Probe the relay before serving: a configuration mistake raises ConfigError (exit 2,
+    one line); an unreachable relay is logged and the caller serves and retries anyway.
+
+    Returns:
+        Whether the relay answered (False: unreachable, serve anyway).
+    """
+    from hybridrelay.probe import ProbeOutcome, ProbeResult, advice
+
+    result: ProbeResult = await probe()
+    line = advice(result, hc, action)
+    if result.fatal:
+        setting = result.setting or "relay"
+        raise ConfigError(source, keys.get(setting, keys["relay"]), line)
+    log = logging.getLogger(LISTENER if action == "listen" else CLIENT)
+    if result.outcome in (ProbeOutcome.UNREACHABLE, ProbeOutcome.UNAVAILABLE):
+        log.warning("relay_not_reachable_at_start", extra={"hc": hc, "error": result.detail})
+        return False
+    if result.outcome is ProbeOutcome.OK:
+        log.info("relay_checked", extra={"hc": hc, "listeners": result.listeners})
+    else:
+        log.info("relay_not_checked", extra={"hc": hc, "reason": result.detail})
+    return True
+
+
+_FLAG_KEYS: Final = {"relay": "--relay", "key": "--key-name", "hc": "--hc", "ca_file": "--ca-file"}
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
@@ -252,7 +295,9 @@ def _listen(args: argparse.Namespace) -> None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
+    _check_relay_url(args.relay)
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
+    from hybridrelay.probe import probe_relay
     from hybridrelay.protocol.sas import SasTokenProvider
 
     stream: StreamTarget | None = None
@@ -274,15 +319,30 @@ def _listen(args: argparse.Namespace) -> None:
             if http is not None:
                 raise ConfigError("<command line>", "--target", "give at most one http:// target")
             http = target
+    tokens = SasTokenProvider(args.key_name, _read_key(args))
+    tls = _client_tls(args)
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        token_provider=tokens,
         target=stream,
         http_handler=http,
-        ssl_context=_client_tls(args),
+        ssl_context=tls,
     )
-    _run(listener.run)
+
+    async def body(stop: asyncio.Event) -> None:
+        await _probe_at_start(
+            lambda: probe_relay(
+                args.relay, args.hc, token_provider=tokens, action="listen", ssl_context=tls
+            ),
+            hc=args.hc,
+            action="listen",
+            source="<command line>",
+            keys=_FLAG_KEYS,
+        )
+        await listener.run(stop)
+
+    _run(body)
 
 
 def _listen_agent(args: argparse.Namespace) -> None:
@@ -361,11 +421,23 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", given[0], "give --config or binding flags, not both"
             )
-        service = ForwardService.from_config(load_forward_config(args.config))
+        config = load_forward_config(args.config)
+        service = ForwardService.from_config(config)
+        source = config.source
+        keys = [
+            {
+                "relay": "relay",
+                "ca_file": "ca_file",
+                "hc": f"bindings[{i}].hc",
+                "key": f"bindings[{i}].key_name",
+            }
+            for i in range(len(service.forwarders))
+        ]
     else:
         for flag in ("--relay", "--hc", "--key-name"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
+        _check_relay_url(args.relay)
         try:
             transport, host, port = parse_local(args.local or "127.0.0.1:0")
         except ValueError as exc:
@@ -398,8 +470,23 @@ def _forward(args: argparse.Namespace) -> None:
                 ping_interval=ping,
             )
         service = ForwardService([forwarder])
+        source = "<command line>"
+        keys = [dict(_FLAG_KEYS)]
 
     async def body(stop: asyncio.Event) -> None:
+        # Before "forwarding": a wrong key, name, URL or CA fails now, not at the first
+        # client. An unreachable relay is not a mistake: serve, and the clients retry.
+        for f, setting_keys in zip(service.forwarders, keys, strict=True):
+            answered = await _probe_at_start(
+                f.probe,
+                hc=f.hc,
+                action="connect",
+                source=source,
+                keys=setting_keys,
+            )
+            if not answered:
+                break  # the same relay for every binding: do not wait for it again
+
         async def announce() -> None:
             await service.ready.wait()
             for f in service.forwarders:

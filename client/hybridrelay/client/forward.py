@@ -39,6 +39,7 @@ from hybridrelay.datagram_bridge import DatagramBridge, DatagramStats
 from hybridrelay.errors import ConfigError, HandshakeError, HybridRelayError
 from hybridrelay.logs import CLIENT
 from hybridrelay.outage import OutageReport
+from hybridrelay.probe import ProbeResult, probe_relay
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 from hybridrelay.wsclient import WsConnection
 
@@ -92,6 +93,11 @@ class _StreamOpener:
                 },
             )
         return ws
+
+    async def probe(self) -> ProbeResult:
+        return await probe_relay(
+            self.relay, self.hc, token_provider=self.tokens, ssl_context=self.ssl_context
+        )
 
     def refused(self, event: str, exc: BaseException, peer: str) -> None:
         """Log why a stream could not be opened: every refusal by the relay or the
@@ -167,6 +173,11 @@ class Forwarder:
             relay, hc, token_provider, ssl_context, open_timeout, ping_interval, self._headers
         )
         self.ready = asyncio.Event()
+
+    async def probe(self) -> ProbeResult:
+        """Check the relay URL, TLS, the token and the hybrid connection, opening no
+        stream (:func:`hybridrelay.probe.probe_relay`)."""
+        return await self._opener.probe()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set.
@@ -342,6 +353,11 @@ class UdpForwarder:
     def flows(self) -> int:
         """Flows in the table now (connecting, open, or waiting out ``retry_delay``)."""
         return len(self._flows)
+
+    async def probe(self) -> ProbeResult:
+        """Check the relay URL, TLS, the token and the hybrid connection, opening no
+        stream (:func:`hybridrelay.probe.probe_relay`)."""
+        return await self._opener.probe()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set.

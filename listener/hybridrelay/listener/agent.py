@@ -71,6 +71,7 @@ from hybridrelay.listener.targets import (
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
 from hybridrelay.outage import OutageReport
+from hybridrelay.probe import relay_url_problem
 from hybridrelay.protocol.addresses import path_escape_reason
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT, INLINE_BODY_LIMIT
 from hybridrelay.protocol.http_response import check_response
@@ -190,6 +191,10 @@ class Listener:
             raise ValueError("give target=, handler= or http_handler=")
         if max_message_size is not None and max_message_size < CONTROL_MESSAGE_LIMIT:
             raise ValueError("max_message_size must be at least 64 KiB (HC §3)")
+        for url in (relay, *fallback_relays):
+            # Retrying an https:// URL forever helps no one: refuse it here.
+            if url and (problem := relay_url_problem(url)) is not None:
+                raise ValueError(problem)
         self.relay = relay.rstrip("/")
         self.hc = hc.strip("/")
         self.listener_id = listener_id or str(uuid.uuid4())
