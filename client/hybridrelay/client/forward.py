@@ -37,7 +37,7 @@ from hybridrelay.client.config import BindingConfig, ForwardConfig
 from hybridrelay.client.connection import connect
 from hybridrelay.datagram_bridge import DatagramBridge, DatagramStats
 from hybridrelay.errors import ConfigError, HandshakeError, HybridRelayError
-from hybridrelay.logs import CLIENT
+from hybridrelay.logs import CLIENT, host_port, peer_text
 from hybridrelay.outage import OutageReport
 from hybridrelay.probe import ProbeResult, probe_relay
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
@@ -189,7 +189,7 @@ class Forwarder:
         self.port = server.sockets[0].getsockname()[1]
         log.info(
             "forwarder_listening",
-            extra={"local": f"tcp {self.host}:{self.port}", "hc": self.hc},
+            extra={"local": f"tcp {host_port(self.host, self.port)}", "hc": self.hc},
         )
         self.ready.set()
         try:
@@ -205,7 +205,7 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+        peer = peer_text(writer.get_extra_info("peername"))
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -214,7 +214,7 @@ class Forwarder:
             ws = await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
-            self._opener.refused("tunnel_refused", exc, str(peer))
+            self._opener.refused("tunnel_refused", exc, peer)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -229,7 +229,7 @@ class Forwarder:
             log.info(
                 "tunnel_closed",
                 extra={
-                    "peer": str(peer),
+                    "peer": peer,
                     "bytes_up": result.bytes_up,
                     "bytes_down": result.bytes_down,
                     "code": result.close_code,
@@ -237,7 +237,7 @@ class Forwarder:
                 },
             )
         except (OSError, HybridRelayError) as exc:
-            log.warning("tunnel_failed", extra={"peer": str(peer), "error": str(exc)})
+            log.warning("tunnel_failed", extra={"peer": peer, "error": str(exc)})
         finally:
             self.stats.active -= 1
 
@@ -373,7 +373,7 @@ class UdpForwarder:
         self.port = transport.get_extra_info("sockname")[1]
         log.info(
             "forwarder_listening",
-            extra={"local": f"udp {self.host}:{self.port}", "hc": self.hc},
+            extra={"local": f"udp {host_port(self.host, self.port)}", "hc": self.hc},
         )
         self.ready.set()
         try:
@@ -424,7 +424,7 @@ class UdpForwarder:
         return deliver
 
     async def _run_flow(self, flow: _Flow) -> None:
-        peer = str(flow.peer[:2])
+        peer = peer_text(flow.peer)
         try:
             ws = await self._open(flow, peer)
             if ws is None:
@@ -568,7 +568,7 @@ class ForwardService:
             raise ConfigError(
                 self._source or "<command line>",
                 f"bindings[{index}].local" if self._source else "--local",
-                f"cannot bind {forwarder.transport} {forwarder.host}:{forwarder.port}: "
+                f"cannot bind {forwarder.transport} {host_port(forwarder.host, forwarder.port)}: "
                 f"{exc.strerror or exc}",
             ) from exc
 
