@@ -140,7 +140,11 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
     ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
     ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
-    ("HYBRIDRELAY_DEV_KEY", "the development key (relay serve without --config, dev cluster)"),
+    (
+        "HYBRIDRELAY_DEV_KEY",
+        "the development key (relay serve without --config: else kept in DATA_DIR/dev-key;"
+        " dev cluster)",
+    ),
     ("HYBRIDRELAY_AGENT_ID", "listen --config: agent_id"),
     ("HYBRIDRELAY_AGENT_STATUS", "listen --config: status"),
     ("HYBRIDRELAY_AGENT_PING_INTERVAL", "listen --config: ping_interval"),

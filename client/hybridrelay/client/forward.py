@@ -99,7 +99,7 @@ class _StreamOpener:
             self.relay, self.hc, token_provider=self.tokens, ssl_context=self.ssl_context
         )
 
-    def refused(self, event: str, exc: BaseException, peer: str) -> None:
+    def open_failed(self, event: str, exc: BaseException, peer: str) -> None:
         """Log why a stream could not be opened: every refusal by the relay or the
         listener (it names the cause), but an unreachable relay once, then a summary a
         minute, however many local clients keep arriving meanwhile."""
@@ -214,7 +214,7 @@ class Forwarder:
             ws = await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
-            self._opener.refused("tunnel_refused", exc, peer)
+            self._opener.open_failed("tunnel_refused", exc, peer)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -462,7 +462,7 @@ class UdpForwarder:
             return await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
-            self._opener.refused("udp_flow_refused", exc, peer)
+            self._opener.open_failed("udp_flow_refused", exc, peer)
         flow.state = "failed"
         flow.bridge.stop()  # drops what is queued and what arrives while we wait
         await asyncio.sleep(self._retry_delay)
