@@ -170,3 +170,22 @@ async def test_a_relay_that_is_down_at_start_is_retried_not_refused(
     await forwarder.wait_for_line(r"level=warning .*event=relay_not_reachable_at_start", 20)
     await forwarded_port(forwarder, 20)  # serving anyway: the relay may come back
     assert forwarder.returncode is None
+
+
+async def test_forward_config_names_the_binding_that_is_wrong(
+    procs: ProcessGroup, relay: InProcessRelay, tmp_path: Path
+) -> None:
+    config = tmp_path / "forward.toml"
+    config.write_text(
+        f'relay = "{relay.url}"\n'
+        f'[[bindings]]\nlocal = "127.0.0.1:0"\nhc = "echo"\nkey_name = "{ROOT}"\n'
+        'key_env = "HYBRIDRELAY_KEY"\n'
+        f'[[bindings]]\nlocal = "127.0.0.1:0"\nhc = "no-such-hc"\nkey_name = "{ROOT}"\n'
+        'key_env = "HYBRIDRELAY_KEY"\n',
+        "utf-8",
+    )
+    proc = await procs.start("forward", "--config", str(config), key=ROOT_KEY, name="forward")
+    assert await proc.wait(20) == 2, proc.output()
+    (line,) = [line for line in proc.lines if line.startswith("hybridrelay:")]
+    assert line.startswith(f"hybridrelay: config error: {config}: bindings[1].hc: "), line
+    assert "'no-such-hc'" in line
