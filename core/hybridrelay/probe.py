@@ -134,7 +134,7 @@ def advice(result: ProbeResult, hc: str, action: Action) -> str:
         case ProbeOutcome.BAD_TOKEN:
             return (
                 f"the relay refused the key for {right} on {hc!r} (HTTP {result.status}: "
-                f"{detail}); check the key name and the key"
+                f"{detail}); check the key name (or device id) and the key"
             )
         case ProbeOutcome.NO_SUCH_ENTITY:
             line = f"the relay has no hybrid connection {hc!r} ({detail})"

@@ -40,7 +40,7 @@ from hybridrelay.errors import ConfigError, HandshakeError, HybridRelayError
 from hybridrelay.logs import CLIENT, host_port, peer_text
 from hybridrelay.outage import OutageReport
 from hybridrelay.probe import ProbeResult, probe_relay
-from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
+from hybridrelay.protocol.sas import TokenProvider
 from hybridrelay.wsclient import WsConnection
 
 __all__ = [
@@ -485,11 +485,7 @@ def forwarder_for(
     binding: BindingConfig, relay: str, ssl_context: ssl.SSLContext | None = None
 ) -> AnyForwarder:
     """The forwarder serving one ``[[bindings]]`` entry of a forward config."""
-    tokens = (
-        SasTokenProvider(binding.key_name, binding.key.value)
-        if binding.key_name and binding.key is not None
-        else None
-    )
+    tokens = binding.token_provider()
     if binding.transport == "udp":
         return UdpForwarder(
             relay,
