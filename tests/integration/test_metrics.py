@@ -26,6 +26,7 @@ from tests.conftest import RelayFactory
 from tests.harness.http_peers import HttpListener
 from tests.harness.metrics import Samples, parse_exposition, sample, scrape
 from tests.harness.peers import RawListener, send
+from tests.harness.redis import RedisServer, unique_prefix
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
@@ -137,8 +138,12 @@ async def test_hybrid_connections_beyond_the_cap_share_the_other_series(
         await second.stop()
 
 
-async def test_build_info(relay: InProcessRelay) -> None:
+async def test_build_info_process_and_cluster_state(relay: InProcessRelay) -> None:
     samples = await scrape(relay.http_url)
+    assert sample(samples, "hybridrelay_cluster_state_available") == 1  # a single node
+    resident = sample(samples, "process_resident_memory_bytes")
+    assert resident is not None
+    assert resident > 10_000_000
     info = [(key, value) for key, value in samples.items() if key[0] == "hybridrelay_build_info"]
     assert info == [
         (
@@ -218,3 +223,24 @@ def test_hostile_label_values_are_escaped() -> None:
     for name in names:
         assert sample(samples, "hybridrelay_hc_listeners", hc=name) == 1
         assert sample(samples, "hybridrelay_hc_rejections_total", hc=name, status="404") == 1
+
+
+@pytest.mark.redis
+async def test_cluster_state_available_follows_redis(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """The gauge the "Redis degraded" alert watches: 0 while Redis is down, 1 once back."""
+    redis = RedisServer(tmp_path)
+    url = await asyncio.to_thread(redis.start)
+    try:
+        extra = (
+            f'\n[cluster]\nredis_url = "{url}"\nprefix = "{unique_prefix()}"\npresence_ttl = 2\n'
+        )
+        relay = await relay_factory(extra=extra)
+        assert sample(await scrape(relay.http_url), "hybridrelay_cluster_state_available") == 1
+        await asyncio.to_thread(redis.stop)
+        await _until(relay, lambda s: sample(s, "hybridrelay_cluster_state_available") == 0)
+        await asyncio.to_thread(redis.start)
+        await _until(relay, lambda s: sample(s, "hybridrelay_cluster_state_available") == 1)
+    finally:
+        await asyncio.to_thread(redis.stop)

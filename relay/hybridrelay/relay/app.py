@@ -74,6 +74,7 @@ def create_app(
         ),
     )
     app[STATE] = state
+    m.cluster_available = lambda: state.cluster.unavailable_reason() is None
     watch_remote_listeners(state)
     app[METRICS_KEY] = m
     app[REACTIONS] = Reactions(state)

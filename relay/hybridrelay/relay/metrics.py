@@ -14,12 +14,12 @@ import bisect
 import math
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final, Self
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -255,7 +255,12 @@ class RelayMetrics:
         )
         self._hcs: dict[str, HcStats] = {}
         self._hc_other: HcStats | None = None
+        # Whether the shared cluster state (Redis) answers, asked at scrape time; the
+        # application sets it (always true for a single node).
+        self.cluster_available: Callable[[], bool] | None = None
         self.registry.register(_Collector(self))
+        # process_resident_memory_bytes, process_open_fds, ... (read from /proc per scrape).
+        ProcessCollector(registry=self.registry)
 
     def limit_hit(self, limit: str) -> None:
         """Count one refusal by the limit named ``limit`` (a key of docs/security.md's table)."""
@@ -328,6 +333,15 @@ class RelayMetrics:
 
     def collect(self) -> list[Metric]:
         families = [metric.collect() for metric in self._metrics]
+        if self.cluster_available is not None:
+            families.append(
+                GaugeMetricFamily(
+                    "hybridrelay_cluster_state_available",
+                    "1 when the shared cluster state (Redis) answers, 0 while it does not "
+                    "(/readyz says degraded); always 1 for a single node",
+                    value=1 if self.cluster_available() else 0,
+                )
+            )
         families.extend(self._collect_hcs())
         return families
 
