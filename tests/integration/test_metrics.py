@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import platform
+import socket
 import ssl
 from collections.abc import Callable
 from importlib.metadata import version
@@ -27,11 +28,12 @@ from tests.harness.http_peers import HttpListener
 from tests.harness.metrics import Samples, parse_exposition, sample, scrape
 from tests.harness.peers import RawListener, send
 from tests.harness.redis import RedisServer, unique_prefix
-from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.relay import ROOT_KEY, InProcessRelay, write_config
 from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
 
-from hybridrelay.errors import HandshakeError
+from hybridrelay.errors import ConfigError, HandshakeError
+from hybridrelay.relay.config import load_relay_config
 from hybridrelay.relay.metrics import HC_OTHER, RelayMetrics
 from hybridrelay.relay.tls_expiry import observe_certificates
 
@@ -244,3 +246,16 @@ async def test_cluster_state_available_follows_redis(
         await _until(relay, lambda s: sample(s, "hybridrelay_cluster_state_available") == 1)
     finally:
         await asyncio.to_thread(redis.stop)
+
+
+async def test_a_metrics_address_in_use_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, relay_extra=f'metrics_listen = "127.0.0.1:{port}"')
+        relay = InProcessRelay(load_relay_config(path, {}))
+        with pytest.raises(ConfigError) as info:
+            await relay.start()
+    assert info.value.key == "relay.metrics_listen"
+    assert f"cannot listen on 127.0.0.1:{port}" in info.value.reason

@@ -152,8 +152,14 @@ async def _serve_metrics(
     try:
         site = FrontDoorSite(runner, address[0], address[1], front_door=front_door)
         await site.start()
-    except BaseException:
+    except BaseException as exc:
         await runner.cleanup()
+        if isinstance(exc, OSError):  # in use, not an address of this host: name the key
+            raise ConfigError(
+                state.config.source,
+                "relay.metrics_listen",
+                f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}",
+            ) from exc
         raise
     sockets = getattr(site._server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else address[1]
