@@ -19,6 +19,9 @@ that deployment tools and tests rely on::
     target = "tcp://127.0.0.1:1883"       # tcp:// http:// https:// unix:// udp://
     key_name = "listen-rule"
     key_file = "/etc/hybridrelay/mqtt.key"  # or key = "..." or key_env = "VAR"
+    # or, as a device of the relay's registry (instead of key_name and its key):
+    # device_id = "gw-17"
+    # device_key_file = "gw-17.key"       # or device_key = "..." or device_key_env = "VAR"
     connections = 2                       # control channels kept open (HA), 1..16
     max_streams = 1024                    # streams + HTTP requests at once; more: 503
     connect_timeout = 10
@@ -50,9 +53,12 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.credentials import device_from_table
 from hybridrelay.errors import ConfigError
 from hybridrelay.listener.targets import parse_target
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+from hybridrelay.protocol.device_sas import DeviceTokenProvider
+from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE
 
 __all__ = [
@@ -101,8 +107,9 @@ class MappingConfig:
 
     hc: str
     target: str  # the URL as written; hybridrelay.listener.parse_target accepted it
-    key_name: str
-    key: Secret
+    key_name: str  # "" for a device
+    key: Secret  # the rule's key, or the device's with device_id
+    device_id: str | None = None  # sign as this device (device SAS) instead of a rule
     connections: int = 1
     max_streams: int = 1024
     connect_timeout: float = 10.0
@@ -120,8 +127,17 @@ class MappingConfig:
         return (self.hc, self.target)
 
     def same_but_key(self, other: MappingConfig) -> bool:
-        """True when ``other`` differs from this mapping in its key (name or value) at most."""
-        return replace(self, key=other.key, key_name=other.key_name) == other
+        """True when ``other`` differs from this mapping in its credentials at most."""
+        return (
+            replace(self, key=other.key, key_name=other.key_name, device_id=other.device_id)
+            == other
+        )
+
+    def token_provider(self) -> TokenProvider:
+        """The provider this mapping's listeners sign with: the device's or the rule's."""
+        if self.device_id is not None:
+            return DeviceTokenProvider(self.device_id, self.key.value)
+        return SasTokenProvider(self.key_name, self.key.value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,15 +356,23 @@ def _mapping(
         raise table.error("hc", why)
     target = table.req_str("target")
     _check_target(table, target)
-    key_name = table.req_str("key_name")
-    if not _KEY_NAME.match(key_name):
-        raise table.error("key_name", "letters, digits, '.', '_' and '-' only (at most 256)")
+    device = device_from_table(table, base, env)
+    device_id: str | None = None
+    if device is not None:
+        key_name = ""
+        device_id, key = device
+    else:
+        key_name = table.req_str("key_name")
+        if not _KEY_NAME.match(key_name):
+            raise table.error("key_name", "letters, digits, '.', '_' and '-' only (at most 256)")
+        key = _key(table, base, env)
     d = MappingConfig(hc="", target="", key_name="", key=Secret(""))
     mapping = MappingConfig(
         hc=hc,
         target=target,
         key_name=key_name,
-        key=_key(table, base, env),
+        key=key,
+        device_id=device_id,
         connections=table.get_int("connections", d.connections, minimum=1, maximum=MAX_CONNECTIONS),
         max_streams=table.get_int("max_streams", d.max_streams, minimum=1, maximum=1_000_000),
         connect_timeout=table.get_float(
