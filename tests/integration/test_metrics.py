@@ -259,3 +259,19 @@ async def test_a_metrics_address_in_use_is_a_config_error_naming_the_key(tmp_pat
             await relay.start()
     assert info.value.key == "relay.metrics_listen"
     assert f"cannot listen on 127.0.0.1:{port}" in info.value.reason
+
+
+def test_a_listener_chosen_status_does_not_multiply_an_entitys_series() -> None:
+    """A listener may reject with any 4xx/5xx: per entity, unusual ones are "4xx"/"5xx"."""
+    metrics = RelayMetrics()
+    for status in (404, 418, 499, 503, 599):
+        metrics.rejected(status, "connect", "echo")
+    samples = parse_exposition(generate_latest(metrics.registry).decode())
+    per_hc = {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "hybridrelay_hc_rejections_total"
+    }
+    assert per_hc == {"404": 1, "4xx": 2, "503": 1, "5xx": 1}
+    # The relay-wide family keeps every status, as before.
+    assert sample(samples, "hybridrelay_rejections_total", status="418", action="connect") == 1

@@ -45,6 +45,13 @@ HC_OTHER: Final = "_other"
 # The [relay] key that caps the hc label values (docs/security.md's limits table).
 LIMIT_HC_LABELS: Final = "max_metrics_hc_labels"
 DEFAULT_MAX_HC_LABELS: Final = 100
+# Statuses the relay answers refusals with keep their own status label per hybrid
+# connection; any other (a listener may reject with any 4xx or 5xx) counts as "4xx" or
+# "5xx", so a listener cannot multiply its entity's series.
+_HC_STATUS_LABELS: Final = {
+    code: str(code)
+    for code in (400, 401, 403, 404, 405, 408, 409, 412, 413, 429, 431, 500, 502, 503, 504)
+}
 
 
 def build_version() -> str:
@@ -323,9 +330,9 @@ class RelayMetrics:
 
     def rejected(self, status: int, action: str, hc_name: str | None) -> None:
         """The relay refused a request; ``hc_name`` once it named an existing entity."""
-        code = str(status)
-        self.rejections.labels(code, action).value += 1
+        self.rejections.labels(str(status), action).value += 1
         if hc_name is not None:
+            code = _HC_STATUS_LABELS.get(status) or f"{status // 100}xx"
             by_status = self.hc(hc_name).rejections
             by_status[code] = by_status.get(code, 0) + 1
 
