@@ -11,6 +11,7 @@ exposition is the one prometheus_client's Counter, Gauge and Histogram produce.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import platform
 import time
@@ -54,6 +55,7 @@ _HC_STATUS_LABELS: Final = {
 }
 
 
+@functools.cache  # reading the package metadata takes milliseconds
 def build_version() -> str:
     """The installed hybridrelay's version ("unknown" when run from a bare source tree)."""
     try:
