@@ -164,8 +164,16 @@ def _not_after(path: Path) -> float:
     return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
 
 
-def _self_signed(path: Path, days: int) -> None:
+def _self_signed(path: Path, days: int, key_path: Path | None = None) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
+    if key_path is not None:
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "renewed")])
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -275,3 +283,29 @@ def test_a_listener_chosen_status_does_not_multiply_an_entitys_series() -> None:
     assert per_hc == {"404": 1, "4xx": 2, "503": 1, "5xx": 1}
     # The relay-wide family keeps every status, as before.
     assert sample(samples, "hybridrelay_rejections_total", status="418", action="connect") == 1
+
+
+async def test_the_expiry_follows_a_certificate_renewed_on_disk(
+    relay_factory: RelayFactory, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    """The relay's own reload (a file change here; SIGHUP is the same path) updates the gauge,
+    read over plain HTTP on the metrics address while the public port serves TLS."""
+    relay = await relay_factory(
+        tls=tls_files, relay_extra='tls_reload_interval = 0.05\nmetrics_listen = "127.0.0.1:0"'
+    )
+    address = relay.state.metrics_address
+    assert address is not None
+    base = f"http://{address[0]}:{address[1]}"
+    expiry = "hybridrelay_tls_certificate_expiry_seconds"
+    before = sample(await scrape(base), expiry, certificate="tls_cert")
+    assert before == _not_after(tls_files.cert)
+    renewed, renewed_key = tmp_path / "renewed.pem", tmp_path / "renewed-key.pem"
+    _self_signed(renewed, days=90, key_path=renewed_key)
+    tls_files.key.write_bytes(renewed_key.read_bytes())
+    tls_files.cert.write_bytes(renewed.read_bytes())
+    async with asyncio.timeout(seconds(10)):
+        while sample(await scrape(base), expiry, certificate="tls_cert") != _not_after(renewed):
+            await asyncio.sleep(0.05)  # polling the endpoint, not synchronisation by delay
+    ok = sample(await scrape(base), "hybridrelay_tls_reloads_total", result="ok")
+    assert ok is not None
+    assert ok >= 1

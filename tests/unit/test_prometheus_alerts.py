@@ -1,4 +1,5 @@
-"""deploy/prometheus/: the alert rules name metrics and labels the relay really exposes, are
+"""deploy/prometheus/: the alert rules name metrics and labels the relay (and the listener
+agent) really expose, are
 documented in docs/operations.md, and (where ``promtool`` is on PATH) pass Prometheus's own
 checks and the rules' unit tests (``alerts.test.yaml``: each alert fires on its series and
 stays quiet below its threshold).
@@ -14,9 +15,11 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from tests.harness.metrics import parse_exposition
 
+from hybridrelay.listener.status import AgentCollector
+from hybridrelay.listener.supervisor import AgentStatus, MappingStatus
 from hybridrelay.relay.metrics import RelayMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,16 +42,17 @@ _PROMQL_WORDS = {
     "on",
     "humanize",
     "without",
+    "histogram_quantile",
 }
 
 
-def _rules() -> list[dict[str, Any]]:
+def _groups() -> dict[str, list[dict[str, Any]]]:
     data = yaml.safe_load(ALERTS.read_text("utf-8"))
-    rules: list[dict[str, Any]] = []
-    for group in data["groups"]:
-        assert group["name"]
-        rules.extend(group["rules"])
-    return rules
+    return {group["name"]: group["rules"] for group in data["groups"]}
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [rule for rules in _groups().values() for rule in rules]
 
 
 def _exposed() -> dict[str, set[str]]:
@@ -59,10 +63,36 @@ def _exposed() -> dict[str, set[str]]:
     metrics.limit_hit("max_headers")
     metrics.tls_certificate_expiry.labels("tls_cert").set(1)
     metrics.cluster_available = lambda: True
+    metrics.tls_reloads.labels("failed").inc()
+    metrics.rejected(503, "connect", "mqtt")
+    agent = CollectorRegistry()
+    agent.register(AgentCollector(_agent_status))
     names: dict[str, set[str]] = {}
-    for name, labels in parse_exposition(generate_latest(metrics.registry).decode()):
-        names.setdefault(name, set()).update(label for label, _ in labels)
+    for registry in (metrics.registry, agent):
+        for name, labels in parse_exposition(generate_latest(registry).decode()):
+            names.setdefault(name, set()).update(label for label, _ in labels)
     return names
+
+
+def _agent_status() -> AgentStatus:
+    mapping = MappingStatus(
+        hc="mqtt",
+        target="tcp://127.0.0.1:1883",
+        state="online",
+        connections=1,
+        connections_online=1,
+        attempts=1,
+        connects=1,
+        reconnects=0,
+        active_streams=0,
+        accepted=0,
+        rejected=0,
+        requests=0,
+        bytes_up=0,
+        bytes_down=0,
+        error=None,
+    )
+    return AgentStatus(agent_id="gw", ready=True, reloads=0, reload_failures=0, mappings=(mapping,))
 
 
 def _selectors(expr: str) -> list[tuple[str, set[str]]]:
@@ -101,6 +131,8 @@ def test_rules_name_only_metrics_and_labels_the_relay_exposes() -> None:
             assert not unknown, f"{rule['alert']}: {name} has no label {unknown}"
         for grouping in re.findall(r"by \(([^)]*)\)", rule["expr"]):
             for label in (part.strip() for part in grouping.split(",")):
+                if label in {"job", "instance"}:
+                    continue
                 assert any(label in exposed[n] for n, _ in selectors if n in exposed), label
 
 
@@ -111,14 +143,16 @@ def test_every_alert_is_documented_in_the_operations_guide() -> None:
         assert f"`{rule['alert']}`" in section, rule["alert"]
 
 
-def test_the_example_scrape_config_loads_the_rules_under_the_job_they_select() -> None:
+def test_the_example_scrape_config_loads_the_rules_under_the_jobs_they_select() -> None:
     config = yaml.safe_load((PROMETHEUS / "prometheus.example.yml").read_text("utf-8"))
     assert config["rule_files"] == ["alerts.yaml"]
-    [job] = config["scrape_configs"]
-    assert job["job_name"] == "hybridrelay"
-    for rule in _rules():
-        if "job=" in rule["expr"]:
-            assert 'job="hybridrelay"' in rule["expr"], rule["alert"]
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    groups = _groups()
+    assert set(groups) == jobs == {"hybridrelay", "hybridrelay-agent"}
+    for job, rules in groups.items():
+        for rule in rules:
+            selected = set(re.findall(r'job="([^"]*)"', rule["expr"]))
+            assert selected == {job}, rule["alert"]
 
 
 def _promtool(*args: str) -> None:

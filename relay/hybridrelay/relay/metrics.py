@@ -247,6 +247,11 @@ class RelayMetrics:
             "by its [relay] key",
             ["certificate"],
         )
+        self.tls_reloads = Counter(
+            "hybridrelay_tls_reloads",
+            "Reloads of the TLS certificate, key and client CA files, by result (ok, failed)",
+            ["result"],
+        )
         self._up = self.bytes_relayed.labels("sender_to_listener")
         self._down = self.bytes_relayed.labels("listener_to_sender")
         self._metrics: tuple[Counter | Gauge | Histogram, ...] = (
@@ -261,6 +266,7 @@ class RelayMetrics:
             self.rejections,
             self.limit_refusals,
             self.tls_certificate_expiry,
+            self.tls_reloads,
         )
         self._hcs: dict[str, HcStats] = {}
         self._hc_other: HcStats | None = None
