@@ -281,10 +281,6 @@ class RelayMetrics:
         """Count one refusal by the limit named ``limit`` (a key of docs/security.md's table)."""
         self.limit_refusals.labels(limit).value += 1
 
-    def count_bytes(self, up: int, down: int) -> None:
-        self._up.value += up
-        self._down.value += down
-
     # -- per hybrid connection --------------------------------------------------------
 
     def hc(self, name: str) -> HcStats:
