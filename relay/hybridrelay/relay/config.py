@@ -254,6 +254,13 @@ class RelaySettings:
     # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
     # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
     allow_placeholder_keys: bool = False
+    # Serve /metrics (and /healthz, /readyz) on this HOST:PORT of its own, plain HTTP, and
+    # no longer on the public port: what the relay counts is for its operator, not for
+    # the internet. None: /metrics stays on the public port, as before.
+    metrics_listen: tuple[str, int] | None = None
+    # Hybrid connections given their own hc="..." label in the per-entity metrics; the
+    # rest share hc="_other", so the exposition stays bounded however many there are.
+    max_metrics_hc_labels: int = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -526,6 +533,8 @@ _ENV_TYPES: Mapping[str, type] = {
     "event_history": int,
     "event_subscriber_queue": int,
     "allow_placeholder_keys": bool,
+    "metrics_listen": str,
+    "max_metrics_hc_labels": int,
 }
 
 
@@ -597,6 +606,18 @@ def _networks(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ..
         except ValueError as exc:
             raise table.error(key, f"{value!r} is not an IP network (CIDR)") from exc
     return values
+
+
+def _host_port(table: Table, key: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT`` too; port 0: any free port), or None when unset."""
+    text = table.get_str(key)
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise table.error(key, f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9180")
+    return host, int(port)
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -697,6 +718,10 @@ def _settings(table: Table) -> RelaySettings:
             "event_subscriber_queue", d.event_subscriber_queue, minimum=1, maximum=1_000_000
         ),
         allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
+        metrics_listen=_host_port(table, "metrics_listen"),
+        max_metrics_hc_labels=table.get_int(
+            "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000
+        ),
     )
     table.reject_unknown()
     if (s.tls_cert is None) != (s.tls_key is None):

@@ -32,10 +32,13 @@ from hybridrelay.relay.config import (
     refuse_placeholder_keys,
 )
 from hybridrelay.relay.hc_endpoints import shutdown_connections
-from hybridrelay.relay.state import STATE
+from hybridrelay.relay.health import metrics_app
+from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.redis import RedisStore
 from hybridrelay.relay.store.sqlite import SqliteStore
+from hybridrelay.relay.tls_expiry import observe_certificates
 from hybridrelay.relay.tls_reload import CertificateReloader
 
 __all__ = ["run", "tls_context"]
@@ -152,6 +155,58 @@ async def open_cluster(config: RelayConfig) -> ClusterState | None:
     )
 
 
+def _loaded(
+    metrics: RelayMetrics,
+    settings: RelaySettings,
+    follow: Callable[[ssl.SSLContext], None] | None,
+    context: ssl.SSLContext,
+) -> None:
+    """A reloaded TLS context is about to serve: trust follows it, the expiry gauge too."""
+    if follow is not None:
+        follow(context)
+    observe_certificates(metrics, settings)
+
+
+async def _serve_metrics(
+    state: RelayState, address: tuple[str, int], front_door: FrontDoor
+) -> web.AppRunner:
+    """Serve :func:`metrics_app` on ``address`` (``[relay] metrics_listen``), plain HTTP.
+
+    Its connections pass the same front door as the public port's (head deadline, per-IP
+    caps), so a metrics address reachable by others is no easier to exhaust.
+    """
+    s = state.config.relay
+    runner = web.AppRunner(
+        metrics_app(state),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=_FINAL_CLOSE_S,
+        keepalive_timeout=s.keepalive_timeout,
+        max_line_size=s.max_head_line_size,
+        max_field_size=s.max_head_line_size,
+        max_headers=s.max_headers,
+    )
+    await runner.setup()
+    try:
+        site = FrontDoorSite(runner, address[0], address[1], front_door=front_door)
+        await site.start()
+    except BaseException as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):  # in use, not an address of this host: name the key
+            raise ConfigError(
+                state.config.source,
+                "relay.metrics_listen",
+                f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}",
+            ) from exc
+        raise
+    sockets = getattr(site._server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else address[1]
+    state.metrics_address = (address[0], port)
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    log.info("metrics_listening", extra={"url": f"http://{host}:{port}/metrics"})
+    return runner
+
+
 async def run(
     config: RelayConfig,
     stop: asyncio.Event,
@@ -193,6 +248,7 @@ async def run(
         await store.close()
         raise
     app = create_app(config, store=store, cluster=cluster)
+    observe_certificates(app[STATE].metrics, s)
     reloader: CertificateReloader | None = None
     if ssl_ctx is not None:
         follow: Callable[[ssl.SSLContext], None] | None = None
@@ -206,7 +262,7 @@ async def run(
             s,
             ssl_ctx,
             build=_tls_context_of,
-            on_context=follow,
+            on_context=functools.partial(_loaded, app[STATE].metrics, s, follow),
             counter=app[STATE].metrics.tls_reloads,
         )
     if on_app is not None:
@@ -235,7 +291,10 @@ async def run(
         reuse_address=True,
     )
     await site.start()
+    metrics_runner: web.AppRunner | None = None
     try:
+        if s.metrics_listen is not None:
+            metrics_runner = await _serve_metrics(app[STATE], s.metrics_listen, front_door)
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else s.port
@@ -291,4 +350,6 @@ async def run(
         ]
         if handlers:
             await asyncio.wait(handlers, timeout=_FINAL_CLOSE_S)
+        if metrics_runner is not None:  # last: scrapes see the drain through
+            await metrics_runner.cleanup()
         log.info("relay_stopped")
