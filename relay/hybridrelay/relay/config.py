@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.config import (
+    Field,
+    Schema,
+    Secret,
+    Table,
+    load_toml,
+    readable_file,
+    resolve_path,
+    unknown_keys_first,
+)
 from hybridrelay.errors import ConfigError
 from hybridrelay.protocol.codes import (
     CONTROL_MESSAGE_LIMIT,
@@ -41,6 +50,7 @@ from hybridrelay.relay.jwt_auth import (
 
 __all__ = [
     "DEV_RULE_NAME",
+    "RELAY_SCHEMA",
     "WEBHOOK_EVENTS",
     "ClientCertMode",
     "ClusterConfig",
@@ -742,16 +752,111 @@ def _cluster(top: Table, env: Mapping[str, str]) -> ClusterConfig | None:
     return ClusterConfig(redis_url=url, prefix=prefix, node_id=node_id, presence_ttl=presence_ttl)
 
 
+_RULE_SCHEMA: Final = Schema.of("name", "key", "secondary_key", "rights")
+# Every key each table knows (unknown_keys_first), and which name files. [relay] is
+# every key with an environment override, which is all of them.
+_PATH_KEYS: Final[Mapping[str, Field]] = {
+    "tls_cert": Field.FILE,
+    "tls_key": Field.FILE,
+    "client_ca_file": Field.FILE,
+    "data_dir": Field.DIR,
+}
+RELAY_SCHEMA: Final = Schema.of(
+    relay=Schema({**dict.fromkeys(_ENV_TYPES, Field.VALUE), **_PATH_KEYS}),
+    rules=_RULE_SCHEMA,
+    hybrid_connections=Schema.of(
+        "name",
+        "requires_client_authorization",
+        "http",
+        "max_listeners",
+        "request_timeout",
+        rules=_RULE_SCHEMA,
+    ),
+    jwt_issuers=Schema.of(
+        "issuer",
+        "audience",
+        "algorithms",
+        "leeway",
+        "rights_claim",
+        "jwks_url",
+        public_keys=Field.FILES,
+        jwks_file=Field.FILE,
+    ),
+    webhooks=Schema.of(
+        "url",
+        "secret_header",
+        "secret",
+        "events",
+        "max_attempts",
+        "retry_base_delay",
+        "retry_max_delay",
+        "timeout",
+        "queue_size",
+    ),
+    cluster=Schema.of("redis_url", "prefix", "node_id", "presence_ttl"),
+)
+
+
+def _resolve_files(
+    settings: RelaySettings,
+    source: str | None,
+    in_file: Mapping[str, object],
+    env: Mapping[str, str],
+) -> RelaySettings:
+    """Resolve the [relay] paths and check the files can be read.
+
+    A path written in the file is relative to the file's directory; one from the
+    environment (or the built-in ``data_dir`` default) to the working directory. A
+    file that cannot be read is named with its key: ``relay.tls_cert: cannot read
+    /etc/tls/cert.pem: No such file or directory``.
+    """
+    resolved: dict[str, str | None] = {}
+    for key, kind in _PATH_KEYS.items():
+        value: str | None = getattr(settings, key)
+        resolved[key] = value
+        env_name = f"HYBRIDRELAY_{key.upper()}"
+        if not value:
+            continue
+        if env_name in env:
+            path, where = Path(value), ("<environment>", env_name)
+        elif source is not None and key in in_file:
+            path, where = resolve_path(source, value), (source, f"relay.{key}")
+        else:
+            continue  # the built-in data_dir default: the working directory's
+        if kind is Field.FILE:
+            why = readable_file(path)
+        else:
+            why = f"{path} is not a directory" if path.exists() and not path.is_dir() else None
+        if why:
+            raise ConfigError(*where, why)
+        resolved[key] = str(path)
+    return replace(
+        settings,
+        tls_cert=resolved["tls_cert"],
+        tls_key=resolved["tls_key"],
+        client_ca_file=resolved["client_ca_file"],
+        data_dir=resolved["data_dir"] or settings.data_dir,
+    )
+
+
 def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) -> RelayConfig:
-    """Load, validate and freeze a relay config file; raises ConfigError."""
+    """Load, validate and freeze a relay config file; raises ConfigError.
+
+    Unknown keys are reported first, all at once, with did-you-mean suggestions.
+    """
     env = os.environ if env is None else env
     data = load_toml(path)
+    return unknown_keys_first(data, RELAY_SCHEMA, str(path), lambda: _relay_config(path, data, env))
+
+
+def _relay_config(path: str | Path, data: dict[str, object], env: Mapping[str, str]) -> RelayConfig:
     top = Table(data, path=str(path), prefix="")
     relay_raw = data.get("relay", {})
     if not isinstance(relay_raw, dict):
         raise top.error("relay", "must be a table")
     top._get("relay")
     settings = _settings(Table(_env_overrides(relay_raw, env), path=str(path), prefix="relay"))
+    settings = _resolve_files(settings, str(path), relay_raw, env)
     rules = [_rule(t) for t in top.tables("rules")]
     _check_unique_rules(rules, top, "rules")
     hcs = [
@@ -826,7 +931,7 @@ def development_config(env: Mapping[str, str] | None = None) -> RelayConfig:
     """The embedded default: one namespace rule with a fresh key, HCs created on first listen."""
     env = os.environ if env is None else env
     table = Table(_env_overrides({"auto_create": True}, env), path="<defaults>", prefix="relay")
-    settings = _settings(table)
+    settings = _resolve_files(_settings(table), None, {}, env)
     key = env.get("HYBRIDRELAY_DEV_KEY") or secrets.token_urlsafe(32)
     rule = RuleConfig(
         name=DEV_RULE_NAME, key=Secret(key), rights=Rights.LISTEN | Rights.SEND | Rights.MANAGE
