@@ -1,4 +1,4 @@
-"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster.
+"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster | check.
 
 parse arguments -> load config -> lazy-import the component -> run it under
 one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
@@ -19,7 +19,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
+from hybridrelay.errors import (
+    ConfigError,
+    EntityNotFoundError,
+    MultiConfigError,
+    UnavailableError,
+)
 from hybridrelay.logs import configure_logging
 
 __all__ = ["main"]
@@ -179,11 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
     demo.add_argument("--messages", type=int, default=5)
 
+    from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
     from hybridrelay.devcluster import add_dev_parser
 
     add_admin_parser(sub)
     add_dev_parser(sub)
+    add_check_parser(sub)
     return parser
 
 
@@ -433,6 +440,12 @@ def _admin(args: argparse.Namespace) -> None:
     run_admin(args)
 
 
+def _check(args: argparse.Namespace) -> None:
+    from hybridrelay.check import run_check
+
+    run_check(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hybridrelay`` console script."""
     args = _parser().parse_args(argv)
@@ -447,11 +460,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "admin": _admin,
         "dev": _dev,
+        "check": _check,
     }
     try:
         commands[args.command](args)
     except ConfigError as exc:
-        print(f"hybridrelay: config error: {exc}", file=sys.stderr)
+        for error in exc.errors if isinstance(exc, MultiConfigError) else (exc,):
+            print(f"hybridrelay: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except EntityNotFoundError as exc:
         print(f"hybridrelay: {exc}", file=sys.stderr)
@@ -460,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridrelay: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the port is taken
-        print(f"hybridrelay: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hybridrelay: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
