@@ -95,8 +95,9 @@ def detect_kind(data: Mapping[str, object], path: str) -> Kind:
     if found:
         raise _kind_error(path, f"has tables of {' and '.join(found)} configs")
     near = ""
+    tables = {m for markers in _MARKERS.values() for m in markers}
     for key in data:
-        hint = suggest(key, [m for markers in _MARKERS.values() for m in markers])
+        hint = "" if key in tables else suggest(key, sorted(tables))
         if hint:
             near = f"; {key!r}{hint}"
             break

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hybridrelay.check import check_config, detect_kind
 from hybridrelay.client.config import FORWARD_SCHEMA, load_forward_config
 from hybridrelay.config import Schema, file_problems, load_toml, suggest, unknown_keys
 from hybridrelay.errors import ConfigError, MultiConfigError
@@ -168,3 +169,27 @@ def test_file_problems_lists_every_unusable_file(tmp_path: Path) -> None:
             f"cannot read {tmp_path / 'gone.json'}: No such file or directory",
         ),
     ]
+
+
+def test_check_tells_the_kind_or_asks_for_it(tmp_path: Path) -> None:
+    assert detect_kind({"relay": {}}, "r.toml") == "relay"
+    assert detect_kind({"relay": "ws://x", "mappings": []}, "a.toml") == "agent"
+    assert detect_kind({"relay": "ws://x", "bindings": []}, "f.toml") == "forwarder"
+    with pytest.raises(ConfigError) as info:
+        detect_kind({"relay": "ws://x", "binding": []}, "odd.toml")
+    assert str(info.value) == (
+        "odd.toml: cannot tell a relay, agent or forwarder config: has no [relay], [[rules]],"
+        " [[mappings]] or [[bindings]] table; 'binding' (did you mean bindings?);"
+        " give --kind relay|agent|forwarder"
+    )
+    with pytest.raises(ConfigError, match="has tables of agent and forwarder configs"):
+        detect_kind({"mappings": [], "bindings": []}, "both.toml")
+
+
+def test_check_as_the_wrong_kind_reports_its_keys_as_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "forward.toml"
+    path.write_text('relay = "ws://127.0.0.1:9"\n[[bindings]]\nlocal = "127.0.0.1:0"\nhc = "a"\n')
+    assert check_config(str(path), env={}).kind == "forwarder"
+    with pytest.raises(MultiConfigError) as info:
+        check_config(str(path), "agent", env={})
+    assert info.value.errors[0].key == "bindings"
