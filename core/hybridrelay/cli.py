@@ -65,13 +65,21 @@ def _read_key(args: argparse.Namespace) -> str:
         try:
             return Path(args.key_file).read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(args.key_file, "", f"cannot read key file: {exc.strerror}") from exc
+            raise ConfigError(
+                "<command line>", "--key-file", f"cannot read {args.key_file}: {exc.strerror}"
+            ) from exc
     raise ConfigError("<command line>", "--key", "give --key, --key-env or --key-file")
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if getattr(args, "ca_file", None):
-        return ssl.create_default_context(cafile=args.ca_file)
+        try:
+            return ssl.create_default_context(cafile=args.ca_file)
+        except OSError as exc:  # ssl.SSLError too: not a PEM bundle
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "<command line>", "--ca-file", f"cannot read {args.ca_file}: {reason}"
+            ) from exc
     return None
 
 

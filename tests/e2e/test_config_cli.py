@@ -93,6 +93,22 @@ async def test_relay_serve_finds_relative_tls_files_and_data_dir_next_to_its_con
         assert not (elsewhere / "state").exists()
 
 
+def test_a_missing_ca_file_on_the_command_line_is_named_relative_to_the_working_directory(
+    elsewhere: Path,
+) -> None:
+    done = hybridrelay(
+        "forward",
+        *("--relay", "wss://127.0.0.1:9", "--hc", "mqtt", "--key-name", "send"),
+        *("--key", "secret", "--ca-file", "ca.pem"),
+        cwd=elsewhere,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "hybridrelay: config error: <command line>: --ca-file: cannot read ca.pem:"
+        " No such file or directory"
+    ]
+
+
 # -- unknown keys first ------------------------------------------------------------------------
 
 
