@@ -208,7 +208,12 @@ def check_config(
     data = load_toml(path)
     kind = kind or detect_kind(data, path)
     schema = _schema(kind)
-    problems = unknown_keys(data, schema, path=path) + file_problems(data, schema, path=path)
+    files = file_problems(data, schema, path=path)
+    if kind == "relay":  # a [relay] path the environment overrides is not the one used
+        files = [
+            f for f in files if f"HYBRIDRELAY_{f.key.removeprefix('relay.').upper()}" not in env
+        ]
+    problems = unknown_keys(data, schema, path=path) + files
     try:
         checked = _load(kind, path, env)
     except MultiConfigError as exc:

@@ -193,3 +193,12 @@ def test_check_as_the_wrong_kind_reports_its_keys_as_unknown(tmp_path: Path) -> 
     with pytest.raises(MultiConfigError) as info:
         check_config(str(path), "agent", env={})
     assert info.value.errors[0].key == "bindings"
+
+
+def test_check_follows_the_environment_for_relay_paths(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[relay]\ndata_dir = "relay.toml"\n{RULE}', "utf-8")
+    with pytest.raises(MultiConfigError, match=r"relay\.data_dir: .* is not a directory"):
+        check_config(str(path), env={})
+    env = {"HYBRIDRELAY_DATA_DIR": str(tmp_path / "state")}
+    assert check_config(str(path), env=env).summary[2] == f"  store: SQLite in {tmp_path / 'state'}"
