@@ -30,6 +30,7 @@ from hybridrelay.errors import (
     UpstreamTimeoutError,
 )
 from hybridrelay.logs import RELAY, ConnectionLogger
+from hybridrelay.probe import LISTENERS_HEADER, PROBE_HEADER
 from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_hc_target
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
@@ -118,6 +119,21 @@ async def handle_hc(request: web.Request) -> web.StreamResponse:
     return await handle_request_dial(request, state, addr)
 
 
+def _is_probe(request: web.Request) -> bool:
+    """A connect or listen handshake with the probe header and (so that no other server
+    upgrades it) no Sec-WebSocket-Key: answered 204 once the entity and the token pass,
+    before anything is created, dispatched or attached (hybridrelay.probe). Its refusals
+    are those of the real handshake, in the same order: it tells nothing a handshake
+    would not."""
+    return PROBE_HEADER in request.headers and "Sec-WebSocket-Key" not in request.headers
+
+
+async def _probe_answer(state: RelayState, hc_name: str, action: str) -> web.Response:
+    listeners = await state.cluster.listener_count(hc_name)
+    log.debug("probe_answered", extra={"hc": hc_name, "action": action})
+    return web.Response(status=204, headers={LISTENERS_HEADER: str(listeners)})
+
+
 def _token(request: web.Request, addr: HcAddress) -> str | None:
     return request.headers.get(_AUTH_HEADER) or addr.token
 
@@ -178,7 +194,9 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     # The one handshake parser of every leg (400 for what RFC 6455 §4.2.1 refuses, such
     # as non-ASCII bytes in Sec-WebSocket-Version or -Key), before WebSocketResponse.prepare
     # could meet them and fail with a 500.
-    parse_client_handshake(request.method, request.headers)
+    probe = _is_probe(request)
+    if not probe:
+        parse_client_handshake(request.method, request.headers)
     hc, unsaved = await _listener_entity(state, addr)
     token = _token(request, addr)
     creds = await device_auth.credentials(request, state.store, token)
@@ -197,6 +215,8 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         certificate=creds.certificate,
         max_lifetime=state.config.relay.max_token_lifetime,
     )
+    if probe:  # nothing created: auto_create would make the entity at the real listen
+        return await _probe_answer(state, hc.name, "listen")
     if unsaved:
         hc = await _auto_create(state, hc)
     listener_id = addr.tracking_id or str(uuid.uuid4())
@@ -293,6 +313,8 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
     token = _token(request, addr)
     principal, device = await authorize_sender(state, request, token, hc=hc, path=hc.name + suffix)
+    if _is_probe(request):
+        return await _probe_answer(state, hc.name, "connect")
     handshake = parse_client_handshake(request.method, request.headers)
     allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
     disallowed = parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners"))
