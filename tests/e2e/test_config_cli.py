@@ -8,15 +8,18 @@ validates a relay, agent or forwarder config without running it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from tests.harness.processes import CliProcess
+from tests.harness.relay import LISTEN_KEY, ROOT_KEY, RelayProcess
 from tests.harness.timing import seconds
 from tests.harness.tls import make_tls_files
 
@@ -189,3 +192,83 @@ def test_check_forwarder_config_prints_its_bindings(tmp_path: Path, elsewhere: P
         "  binding 127.0.0.1:11883 -> mqtt (rule send)",
         "  binding udp://127.0.0.1:5683 -> coap (anonymous)",
     ]
+
+
+# -- hybridrelay check --probe ----------------------------------------------------------------
+
+
+async def test_check_probe_asks_the_relay_about_each_mapping(
+    relay_process_factory: Callable[..., Awaitable[RelayProcess]], tmp_path: Path, elsewhere: Path
+) -> None:
+    relay = await relay_process_factory()
+    good = tmp_path / "agent.toml"
+    mapping = '[[mappings]]\nhc = "{hc}"\ntarget = "tcp://127.0.0.1:1883"\nkey_name = "{rule}"\n'
+    good.write_text(
+        f'relay = "{relay.url}"\nagent_id = "gw"\n'
+        + mapping.format(hc="hc-ws", rule="listen-only")
+        + f'key = "{LISTEN_KEY}"\n',
+        "utf-8",
+    )
+    done = await asyncio.to_thread(
+        hybridrelay, "check", "--config", str(good), "--probe", cwd=elsewhere
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[-1] == (
+        f"  probe mappings[0]: hc-ws at {relay.url} (listen): accepted, 0 listeners online"
+    )
+
+    # The listen-only rule of hc-ws is no rule of "other", and "nope" does not exist.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        good.read_text("utf-8")
+        + mapping.format(hc="other", rule="listen-only")
+        + f'key = "{LISTEN_KEY}"\n'
+        + mapping.format(hc="nope", rule="RootManageSharedAccessKey")
+        + f'key = "{ROOT_KEY}"\n',
+        "utf-8",
+    )
+    done = await asyncio.to_thread(
+        hybridrelay, "check", "--config", str(bad), "--probe", cwd=elsewhere
+    )
+    assert done.returncode == 2
+    errors = done.stderr.splitlines()
+    assert [line.split(": relay refused ")[0] for line in errors] == [
+        f"hybridrelay: config error: {bad}: mappings[1]",
+        f"hybridrelay: config error: {bad}: mappings[2]",
+    ]
+    assert f"other at {relay.url} (listen):" in errors[0]
+    assert f"nope at {relay.url} (listen):" in errors[1]
+    assert LISTEN_KEY not in done.stdout + done.stderr
+
+    # A relay config probes its own hybrid connections at its public URL.
+    assert relay.config_path is not None
+    served = tmp_path / "relay.toml"
+    served.write_text(
+        relay.config_path.read_text("utf-8").replace(
+            "[relay]\n", f'[relay]\npublic_url = "{relay.url}"\n', 1
+        ),
+        "utf-8",
+    )
+    done = await asyncio.to_thread(
+        hybridrelay, "check", "--config", str(served), "--probe", cwd=elsewhere
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    probes = [line for line in done.stdout.splitlines() if line.startswith("  probe ")]
+    assert len(probes) == 8  # every [[hybrid_connections]] of the test config
+    assert all(line.endswith("(listen): accepted, 0 listeners online") for line in probes)
+
+
+def test_check_probe_of_an_unreachable_relay_exits_1(tmp_path: Path, elsewhere: Path) -> None:
+    with socket.socket() as closed:  # a free port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = tmp_path / "forward.toml"
+    config.write_text(
+        f'relay = "ws://127.0.0.1:{port}"\n[[bindings]]\nlocal = "127.0.0.1:0"\nhc = "mqtt"\n',
+        "utf-8",
+    )
+    done = hybridrelay("check", "--config", str(config), "--probe", cwd=elsewhere)
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"hybridrelay: probe bindings[0]: mqtt at ws://127.0.0.1:{port} (connect): unreachable: "
+    )
