@@ -207,22 +207,21 @@ def check_config(
     env = os.environ if env is None else env
     data = load_toml(path)
     kind = kind or detect_kind(data, path)
+    try:
+        return _load(kind, path, env)
+    except MultiConfigError as exc:
+        found = list(exc.errors)
+    except ConfigError as exc:
+        found = [exc]
+    # The loader stopped at its first mistake: look for the others it would have met.
+    # (A file it loads has no unknown key and no unusable file; it has the last word.)
     schema = _schema(kind)
     files = file_problems(data, schema, path=path)
     if kind == "relay":  # a [relay] path the environment overrides is not the one used
         files = [
             f for f in files if f"HYBRIDRELAY_{f.key.removeprefix('relay.').upper()}" not in env
         ]
-    problems = unknown_keys(data, schema, path=path) + files
-    try:
-        checked = _load(kind, path, env)
-    except MultiConfigError as exc:
-        problems += exc.errors
-    except ConfigError as exc:
-        problems.append(exc)
-    else:
-        if not problems:
-            return checked
+    problems = [*unknown_keys(data, schema, path=path), *files, *found]
     # The loader may report again what the scans found (the first unknown key, a file).
     unique: dict[tuple[str, str, str], ConfigError] = {}
     for problem in problems:
@@ -250,7 +249,10 @@ def _relay_summary(config: RelayConfig) -> list[str]:
     tls = f", TLS {s.tls_cert}" if s.tls_cert else ", no TLS (ws://)"
     if s.client_cert != "none":
         tls += f", client certificates {s.client_cert} (CAs {s.client_ca_file})"
-    lines.append(f"  listens on {shown_host}:{s.port}{tls}; public URL {s.public_url}")
+    if config.relay.port == 0 and not config.relay.public_url:
+        lines.append(f"  listens on {shown_host}, any free port{tls}")
+    else:
+        lines.append(f"  listens on {shown_host}:{s.port}{tls}; public URL {s.public_url}")
     if config.cluster is not None:
         redis = config.cluster.redis_url.split("@")[-1].split("://")[-1]  # no password
         lines.append(f"  store: Redis {redis} (prefix {config.cluster.prefix})")

@@ -6,6 +6,11 @@ the URLs that lifecycle events are POSTed to (issue 5; see ``mgmt/events.py``).
 
 Parsed, completed, validated, then frozen (style §3.6). ``HYBRIDRELAY_{KEY}``
 environment variables override the ``[relay]`` keys (``HYBRIDRELAY_PORT=9000``).
+Relative paths written in the file (``tls_cert``, ``tls_key``, ``client_ca_file``,
+``data_dir``, JWT key files) resolve against the file's directory and the files must
+be readable (an error names the key and the OS's reason); paths from the environment
+resolve against the working directory. Unknown keys are reported first
+(:data:`RELAY_SCHEMA`).
 Without a file, :func:`development_config` gives the embedded default: one
 namespace rule with a fresh random key, hybrid connections created on first
 listen.
