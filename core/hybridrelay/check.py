@@ -287,7 +287,8 @@ def _agent_summary(config: AgentConfig) -> list[str]:
         lines.append(f"  status on {host}:{port}")
     for m in config.mappings:
         channels = _plural(m.connections, "connection")
-        lines.append(f"  mapping {m.hc} -> {m.target} (rule {m.key_name}, {channels})")
+        who = f"device {m.device_id}" if m.device_id is not None else f"rule {m.key_name}"
+        lines.append(f"  mapping {m.hc} -> {m.target} ({who}, {channels})")
     return lines
 
 
@@ -298,7 +299,13 @@ def _forward_summary(config: ForwardConfig) -> list[str]:
     ]
     for b in config.bindings:
         local = f"{b.host}:{b.port}" if b.transport == "tcp" else f"udp://{b.host}:{b.port}"
-        who = f"rule {b.key_name}" if b.key_name else "anonymous"
+        who = (
+            f"device {b.device_id}"
+            if b.device_id is not None
+            else f"rule {b.key_name}"
+            if b.key_name
+            else "anonymous"
+        )
         lines.append(f"  binding {local} -> {b.hc} ({who})")
     return lines
 
@@ -309,9 +316,7 @@ def _forward_summary(config: ForwardConfig) -> list[str]:
 def _agent_probes(config: AgentConfig) -> list[_Probe]:
     ctx = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
     return [
-        _Probe(
-            f"mappings[{i}]", relay, m.hc, SasTokenProvider(m.key_name, m.key.value), "listen", ctx
-        )
+        _Probe(f"mappings[{i}]", relay, m.hc, m.token_provider(), "listen", ctx)
         for relay in config.relays
         for i, m in enumerate(config.mappings)
     ]
@@ -321,8 +326,9 @@ def _forward_probes(config: ForwardConfig) -> list[_Probe]:
     ctx = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
     found: list[_Probe] = []
     for i, b in enumerate(config.bindings):
-        tokens = SasTokenProvider(b.key_name, b.key.value) if b.key_name and b.key else None
-        found.append(_Probe(f"bindings[{i}]", config.relay, b.hc, tokens, "connect", ctx))
+        found.append(
+            _Probe(f"bindings[{i}]", config.relay, b.hc, b.token_provider(), "connect", ctx)
+        )
     return found
 
 

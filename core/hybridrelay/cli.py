@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import ssl
@@ -17,11 +18,19 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from hybridrelay.credentials import (
+    DEVICE_FLAGS,
+    add_device_options,
+    device_token_args,
+    token_provider,
+)
+from hybridrelay.durations import DURATION_HELP, duration_arg
 from hybridrelay.errors import (
     ConfigError,
     EntityNotFoundError,
+    InvalidAddressError,
     MultiConfigError,
     UnavailableError,
 )
@@ -84,7 +93,7 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key-name", required=True, help="SAS rule name")
+    p.add_argument("--key-name", help="SAS rule name (or --device-id)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
     g.add_argument(
@@ -94,19 +103,90 @@ def _add_key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
 
 
+_DESCRIPTION = """\
+A self-hosted reverse relay speaking the Azure Relay Hybrid Connections protocol:
+the relay server, the listener agent next to a private service, the local port
+forwarder, and tools. Logs go to stderr; 'relay serve' also prints one line on
+stdout once it is serving."""
+
+# Every environment variable the CLI honours, one line each (tests/unit/test_cli_help.py
+# finds the names in the source and fails on one missing here).
+ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
+    ("HYBRIDRELAY_LOG_LEVEL", "default of --log-level"),
+    ("HYBRIDRELAY_LOG_FORMAT", "default of --log-format"),
+    ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
+    ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
+    ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
+    ("HYBRIDRELAY_DEV_KEY", "the development key (relay serve without --config, dev cluster)"),
+    ("HYBRIDRELAY_AGENT_ID", "listen --config: agent_id"),
+    ("HYBRIDRELAY_AGENT_STATUS", "listen --config: status"),
+    ("HYBRIDRELAY_AGENT_PING_INTERVAL", "listen --config: ping_interval"),
+    ("HYBRIDRELAY_AGENT_DRAIN_TIMEOUT", "listen --config: drain_timeout"),
+    ("HYBRIDRELAY_RELAY", "forward --config: relay"),
+    ("HYBRIDRELAY_DEVICE_KEY", "listen/forward/token --device-id: the device key, by default"),
+    ("HYBRIDRELAY_ADMIN_RELAY", "admin: --relay"),
+    ("HYBRIDRELAY_ADMIN_KEY_NAME", "admin: --key-name"),
+    ("HYBRIDRELAY_ADMIN_KEY", "admin: the key, unless --key-env or --key-file"),
+    ("any name", '--key-env VAR, key_env = "VAR": a SAS key (e.g. HYBRIDRELAY_KEY)'),
+    ("any name", '--device-key-env VAR, device_key_env = "VAR": a device key'),
+)
+
+
+def _epilog() -> str:
+    width = max(len(name) for name, _ in ENVIRONMENT)
+    lines = [f"  {name:<{width}}  {what}" for name, what in ENVIRONMENT]
+    return "\n".join(
+        [
+            "environment variables (a flag given wins; a config file's key loses to them):",
+            *lines,
+            "",
+            "'hybridrelay COMMAND --help' describes a command's options.",
+        ]
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hybridrelay")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybridrelay", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=os.environ.get("HYBRIDRELAY_LOG_LEVEL"))
+    parser = argparse.ArgumentParser(
+        prog="hybridrelay",
+        description=_DESCRIPTION,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hybridrelay {_version()}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("HYBRIDRELAY_LOG_LEVEL"),
+        metavar="LEVEL",
+        help="debug, info, warning or error: the least severe log line written to stderr"
+        " (default info; demo: warning)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("kv", "json"),
         default=os.environ.get("HYBRIDRELAY_LOG_FORMAT", "kv"),
+        help="key=value lines (default) or one JSON object per line",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     relay = sub.add_parser("relay", help="run the relay server")
     relay_sub = relay.add_subparsers(dest="relay_command", required=True)
-    serve = relay_sub.add_parser("serve", help="serve hybrid connections")
+    serve = relay_sub.add_parser(
+        "serve",
+        help="serve hybrid connections",
+        description="Serve hybrid connections until SIGTERM or Ctrl-C (open streams get"
+        " drain_timeout). Logs go to stderr; once serving, one line goes to stdout:"
+        " 'hybridrelay relay ready at URL', with '(dashboard: URL/$dashboard/)' when the"
+        " relay serves its dashboard.",
+    )
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
     serve.add_argument("--host", help="override [relay] host")
@@ -143,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     listen.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(listen)
 
     forward = sub.add_parser(
         "forward",
@@ -166,10 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--ping-interval",
-        type=float,
+        type=duration_arg(allow_zero=True),
         default=10.0,
-        metavar="SECONDS",
-        help="keepalive on each relayed stream; a dead relay resets the local client (0: off)",
+        metavar="DURATION",
+        help="keepalive on each relayed stream; a dead relay resets the local client"
+        " (default 10s, 0: off)",
     )
     forward.add_argument("--key-name", help="SAS rule name")
     forward_key = forward.add_mutually_exclusive_group()
@@ -181,16 +263,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     forward_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     forward.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(forward)
 
-    token = sub.add_parser("token", help="print a SAS token")
+    token = sub.add_parser("token", help="print a SAS token (a rule's, or a device's)")
     token.add_argument(
         "--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)"
     )
-    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument(
+        "--ttl",
+        type=duration_arg(),
+        default=3600.0,
+        metavar="DURATION",
+        help=f"how long the token is valid: {DURATION_HELP} (default 1h)",
+    )
     _add_key_options(token)
+    add_device_options(token)
 
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
-    demo.add_argument("--messages", type=int, default=5)
+    demo.add_argument(
+        "--messages", type=int, default=5, metavar="N", help="messages to send (default 5)"
+    )
 
     from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
@@ -221,10 +313,33 @@ def _serve(args: argparse.Namespace) -> None:
         # Printed once, on purpose: the development default has no other way to hand out its key.
         print(f"development mode: rule {DEV_RULE_NAME} key {key}", file=sys.stderr, flush=True)
 
-    def ready(completed: Any) -> None:
-        print(f"relay ready at {completed.relay.public_url}", file=sys.stderr, flush=True)
+    routes: list[str] = []
 
-    _run(lambda stop: run(config, stop, on_ready=ready))
+    def ready(completed: Any) -> None:
+        # The one line on stdout (logs are on stderr): a script or a person reads it there.
+        print(ready_line(completed.relay.public_url, routes), flush=True)
+
+    def app_built(app: Any) -> None:
+        routes.extend(resource.canonical for resource in app.router.resources())
+
+    _run(lambda stop: run(config, stop, on_ready=ready, on_app=app_built))
+
+
+DASHBOARD_PATH: Final = "/$dashboard/"
+
+
+def ready_line(public_url: str, routes: Sequence[str]) -> str:
+    """``hybridrelay relay ready at URL``, with the dashboard's address when the app has one.
+
+    ``routes`` are the canonical paths of the relay app's resources (a sub-app or static
+    directory mounted at ``/$dashboard`` shows as that prefix).
+    """
+    line = f"hybridrelay relay ready at {public_url}"
+    prefix = DASHBOARD_PATH.rstrip("/")
+    if any(route == prefix or route.startswith(DASHBOARD_PATH) for route in routes):
+        http = public_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        line += f" (dashboard: {http.rstrip('/')}{DASHBOARD_PATH})"
+    return line
 
 
 _LISTEN_MAPPING_FLAGS = (
@@ -236,6 +351,7 @@ _LISTEN_MAPPING_FLAGS = (
     "key_env",
     "key_file",
     "ca_file",
+    *DEVICE_FLAGS,
 )
 
 
@@ -253,13 +369,12 @@ def _listen(args: argparse.Namespace) -> None:
         return
     if args.status:
         raise ConfigError("<command line>", "--status", "needs --config")
-    for name in ("relay", "hc", "target", "key_name"):
+    for name in ("relay", "hc", "target"):
         if not getattr(args, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     stream: StreamTarget | None = None
     http: HttpTarget | None = None
@@ -283,7 +398,7 @@ def _listen(args: argparse.Namespace) -> None:
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        token_provider=token_provider(args, _read_key),
         target=stream,
         http_handler=http,
         ssl_context=_client_tls(args),
@@ -349,7 +464,6 @@ def _forward(args: argparse.Namespace) -> None:
     from hybridrelay.client import ForwardService, load_forward_config
     from hybridrelay.client.config import is_loopback, parse_local
     from hybridrelay.client.forward import Forwarder, UdpForwarder
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     flags = {
         "--relay": args.relay,
@@ -360,6 +474,7 @@ def _forward(args: argparse.Namespace) -> None:
         "--key-env": args.key_env,
         "--key-file": args.key_file,
         "--ca-file": args.ca_file,
+        **{"--" + name.replace("_", "-"): getattr(args, name) for name in DEVICE_FLAGS},
     }
     if args.config:
         given = [flag for flag, value in flags.items() if value]
@@ -369,7 +484,7 @@ def _forward(args: argparse.Namespace) -> None:
             )
         service = ForwardService.from_config(load_forward_config(args.config))
     else:
-        for flag in ("--relay", "--hc", "--key-name"):
+        for flag in ("--relay", "--hc"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
         try:
@@ -380,7 +495,7 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
             )
-        tokens = SasTokenProvider(args.key_name, _read_key(args))
+        tokens = token_provider(args, _read_key)
         ping = args.ping_interval if args.ping_interval > 0 else None
         forwarder: Forwarder | UdpForwarder
         if transport == "udp":
@@ -422,11 +537,20 @@ def _forward(args: argparse.Namespace) -> None:
 
 
 def _token(args: argparse.Namespace) -> None:
+    from hybridrelay.protocol.device_sas import create_device_token
     from hybridrelay.protocol.sas import audience_for, create_sas_token
 
-    token = create_sas_token(
-        audience_for(args.uri), args.key_name, _read_key(args), int(time.time()) + args.ttl
-    )
+    expiry = int(time.time()) + math.ceil(args.ttl)
+    device = device_token_args(args)
+    if device is None and not args.key_name:
+        raise ConfigError("<command line>", "--key-name", "is required (or --device-id)")
+    try:
+        if device is not None:  # only the URI's host counts: a device token names no entity
+            token = create_device_token(args.uri, *device, expiry)
+        else:
+            token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), expiry)
+    except InvalidAddressError as exc:
+        raise ConfigError("<command line>", "--uri", str(exc)) from exc
     print(token)
 
 

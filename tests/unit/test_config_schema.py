@@ -202,3 +202,27 @@ def test_check_follows_the_environment_for_relay_paths(tmp_path: Path) -> None:
         check_config(str(path), env={})
     env = {"HYBRIDRELAY_DATA_DIR": str(tmp_path / "state")}
     assert check_config(str(path), env=env).summary[2] == f"  store: SQLite in {tmp_path / 'state'}"
+
+
+def test_check_knows_device_keys_and_names_the_device(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "dev.key").write_text("MDEyMzQ1Njc4OWFiY2RlZg==\n")  # base64 of 16 bytes
+    path = tmp_path / "forward.toml"
+    path.write_text(
+        'relay = "ws://127.0.0.1:9"\n[[bindings]]\nlocal = "127.0.0.1:0"\nhc = "a"\n'
+        'device_id = "dev-1"\ndevice_key_file = "keys/dev.key"\n',
+        "utf-8",
+    )
+    assert (
+        check_config(str(path), env={}).summary[-1] == "  binding 127.0.0.1:0 -> a (device dev-1)"
+    )
+    path.write_text(path.read_text().replace("keys/dev.key", "keys/gone.key") + "devise = 1\n")
+    with pytest.raises(MultiConfigError) as info:
+        check_config(str(path), env={})
+    assert [(e.key, e.reason) for e in info.value.errors][:2] == [
+        ("bindings[0].devise", "unknown key (did you mean device_id?)"),
+        (
+            "bindings[0].device_key_file",
+            f"cannot read {tmp_path / 'keys' / 'gone.key'}: No such file or directory",
+        ),
+    ]

@@ -19,6 +19,7 @@ MODULES = [
     "hybridrelay.protocol.http_response",
     "hybridrelay.protocol.messages",
     "hybridrelay.protocol.sas",
+    "hybridrelay.protocol.device_sas",
     "hybridrelay.wsclient",
     "hybridrelay.bridge",
     "hybridrelay.datagrams",

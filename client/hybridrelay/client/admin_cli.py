@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from hybridrelay.durations import DURATION_HELP, duration_arg
 from hybridrelay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,6 +47,16 @@ _AUTH_TYPES: Final = {
     "x509-ca": "certificateAuthority",
 }
 _HIDDEN_KEY_NOTE: Final = "keys are left out; add --keys to show them"
+_RULE_HC_HELP: Final = "a rule of this hybrid connection (default: a namespace rule)"
+# The syntax relay/store/models.py Grants checks and matches (fnmatchcase, lower-cased).
+GRANT_PATTERNS_HELP: Final = (
+    "PATTERN is a hybrid connection name or a pattern: * matches any run of characters,"
+    " '/' included, and ? one character; case does not matter. Allowed: letters, digits,"
+    " '.', '_', '-', '/', '*', '?' (no [...] sets; not first: '.', '_', '-', '/'), at most"
+    " 260 characters, at most 100"
+    " patterns per device. A device listens or sends only where one of its patterns"
+    " matches. Quote patterns in the shell: --grant-send 'sensors/*'."
+)
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -113,18 +124,41 @@ def _hc_fields(p: argparse.ArgumentParser) -> None:
         help="senders need a token",
     )
     p.add_argument("--http", type=_bool_text, metavar="true|false", help="allow HTTP requests")
-    p.add_argument("--max-listeners", type=int, metavar="N")
-    p.add_argument("--request-timeout", type=float, metavar="SECONDS")
+    p.add_argument(
+        "--max-listeners", type=int, metavar="N", help="listeners it may have at once (1-10000)"
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=duration_arg(),
+        metavar="DURATION",
+        help=f"HTTP mode: wait this long for the listener's response ({DURATION_HELP})",
+    )
     p.add_argument("--metadata", metavar="TEXT", help="user metadata")
     p.add_argument("--etag", help="only while the entity still has this etag (If-Match)")
 
 
 def _device_fields(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grant-listen", action="append", metavar="PATTERN", help="may listen here")
-    p.add_argument("--grant-send", action="append", metavar="PATTERN", help="may send here")
+    p.add_argument(
+        "--grant-listen",
+        action="append",
+        metavar="PATTERN",
+        help="may listen on the hybrid connections PATTERN matches (repeatable; see below)",
+    )
+    p.add_argument(
+        "--grant-send",
+        action="append",
+        metavar="PATTERN",
+        help="may send to the hybrid connections PATTERN matches (repeatable; see below)",
+    )
     p.add_argument("--auth", choices=sorted(_AUTH_TYPES), help="authentication type (default sas)")
-    p.add_argument("--primary-thumbprint", metavar="HEX")
-    p.add_argument("--secondary-thumbprint", metavar="HEX")
+    p.add_argument(
+        "--primary-thumbprint",
+        metavar="HEX",
+        help="x509-thumbprint: SHA-1 or SHA-256 of the device's certificate",
+    )
+    p.add_argument(
+        "--secondary-thumbprint", metavar="HEX", help="x509-thumbprint: a second certificate"
+    )
     p.add_argument("--keys", action="store_true", help="show the device's keys")
 
 
@@ -145,38 +179,44 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     p = _leaf(hc, "list", common, "list hybrid connections")
     p.add_argument("--top", type=_page_size, metavar="N", help="page size")
     p = _leaf(hc, "show", common, "show one hybrid connection")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     p = _leaf(hc, "create", common, "create a hybrid connection (fails when it exists)")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     _hc_fields(p)
     p = _leaf(hc, "update", common, "change the fields given")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     _hc_fields(p)
     p = _leaf(hc, "delete", common, "delete a hybrid connection")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     p.add_argument("--etag", help="only while it still has this etag")
 
     rule = groups.add_parser(
         "rule", help="SAS rules (namespace, or --hc NAME)", allow_abbrev=False
     ).add_subparsers(dest="admin_action", required=True)
     p = _leaf(rule, "list", common, "list rules (without keys)")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p = _leaf(rule, "show", common, "show one rule")
-    p.add_argument("rule")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("rule", help="rule name")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p.add_argument("--keys", action="store_true", help="show its keys")
     p = _leaf(rule, "create", common, "create a rule, or change its rights")
-    p.add_argument("rule")
+    p.add_argument("rule", help="rule name")
     p.add_argument("--rights", required=True, help="comma-separated: Listen,Send,Manage")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p.add_argument("--keys", action="store_true", help="show its keys")
     p = _leaf(rule, "delete", common, "delete a rule")
-    p.add_argument("rule")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("rule", help="rule name")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p = _leaf(rule, "regenerate", common, "replace a key of a rule")
-    p.add_argument("rule")
-    p.add_argument("--key", dest="key_type", required=True, choices=("primary", "secondary"))
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("rule", help="rule name")
+    p.add_argument(
+        "--key",
+        dest="key_type",
+        required=True,
+        choices=("primary", "secondary"),
+        help="which key gets a new random value",
+    )
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p.add_argument("--keys", action="store_true", help="show the new keys")
 
     device = groups.add_parser("device", help="devices", allow_abbrev=False).add_subparsers(
@@ -185,23 +225,27 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     p = _leaf(device, "list", common, "list devices")
     p.add_argument("--top", type=_page_size, metavar="N", help="page size")
     p = _leaf(device, "show", common, "show one device")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     p.add_argument("--keys", action="store_true", help="show its keys")
     p = _leaf(device, "create", common, "create a device (fails when it exists)")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     _device_fields(p)
+    p.epilog = GRANT_PATTERNS_HELP
     p = _leaf(device, "update", common, "change grants or authentication (GET + PUT If-Match)")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     _device_fields(p)
+    p.epilog = (
+        GRANT_PATTERNS_HELP + " On update, --grant-listen or --grant-send replaces that list."
+    )
     p.add_argument("--etag", help="only while it still has this etag (default: the one read)")
     p = _leaf(device, "delete", common, "delete a device")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     p.add_argument("--etag", help="only while it still has this etag")
     p = _leaf(device, "disable", common, "disable a device (cuts its live streams)")
-    p.add_argument("device_id", metavar="ID")
-    p.add_argument("--reason", metavar="TEXT")
+    p.add_argument("device_id", metavar="ID", help="device id")
+    p.add_argument("--reason", metavar="TEXT", help="status reason, shown with the device")
     p = _leaf(device, "enable", common, "enable a device")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
 
     p = groups.add_parser(
         "import",
@@ -209,7 +253,7 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
         help="bulk import devices from a JSON Lines file (an import job)",
         allow_abbrev=False,
     )
-    p.add_argument("file", metavar="FILE.jsonl")
+    p.add_argument("file", metavar="FILE.jsonl", help="one device document per line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p = groups.add_parser(
         "export",
@@ -217,7 +261,7 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
         help="export every device (keys included) to a JSON Lines file",
         allow_abbrev=False,
     )
-    p.add_argument("file", metavar="FILE.jsonl")
+    p.add_argument("file", metavar="FILE.jsonl", help="written here, one device per line")
     events = groups.add_parser("events", help="lifecycle events").add_subparsers(
         dest="admin_action", required=True
     )

@@ -13,14 +13,18 @@
     hc = "mqtt"
     key_name = "send-rule"
     key_env = "HYBRIDRELAY_SEND_KEY"            # or key_file = "...", or key = "..."
+    # device_id = "dev-42"                      or sign as a device of the relay's registry
+    # device_key_env = "DEV42_KEY"              (instead of key_name and its key), with
+    #                                           device_key_file = "..." or device_key = "..."
     # headers = ["X-Device: dev-1"]             sent to the listener (connectHeaders)
     # ping_interval, open_timeout, udp_idle_timeout, udp_max_flows: per-binding overrides
 
 Parsed, completed, validated, then frozen (style §3.6): unknown keys are errors,
 every error is a :class:`~hybridrelay.errors.ConfigError` naming the file, the key
 (``bindings[1].local``) and the reason. ``HYBRIDRELAY_RELAY`` overrides ``relay``.
-A relative ``key_file`` is relative to the config file. A binding without
-``key_name`` and key is anonymous (for hybrid connections that allow it).
+A relative ``key_file`` (or ``device_key_file``) is relative to the config file. A
+binding without ``key_name`` and key, or ``device_id`` and device key, is anonymous
+(for hybrid connections that allow it).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ from hybridrelay.config import (
     resolve_path,
     unknown_keys_first,
 )
+from hybridrelay.credentials import device_from_table
+from hybridrelay.protocol.device_sas import DeviceTokenProvider
+from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 
 __all__ = [
     "FORWARD_SCHEMA",
@@ -69,12 +76,23 @@ class BindingConfig:
     port: int
     hc: str
     key_name: str | None
-    key: Secret | None
+    key: Secret | None  # the rule's key, or the device's with device_id
     headers: Mapping[str, str]
     ping_interval: float | None
     open_timeout: float
     udp_idle_timeout: float
     udp_max_flows: int = 1024
+    device_id: str | None = None  # sign as this device (device SAS) instead of a rule
+
+    def token_provider(self) -> TokenProvider | None:
+        """The device's provider, the rule's, or None for an anonymous binding."""
+        if self.key is None:
+            return None
+        if self.device_id is not None:
+            return DeviceTokenProvider(self.device_id, self.key.value)
+        if self.key_name:
+            return SasTokenProvider(self.key_name, self.key.value)
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,7 +188,11 @@ FORWARD_SCHEMA: Final = Schema.of(
         "open_timeout",
         "udp_idle_timeout",
         "udp_max_flows",
+        "device_id",
+        "device_key",
+        "device_key_env",
         key_file=Field.FILE,
+        device_key_file=Field.FILE,
     ),
 )
 
@@ -247,12 +269,19 @@ def _binding(
     hc = table.req_str("hc").strip("/")
     if not hc:
         raise table.error("hc", "is required")
-    key_name = table.get_str("key_name")
-    key = _key(table, source, env)
-    if key is not None and not key_name:
-        raise table.error("key_name", "is required with a key")
-    if key_name and key is None:
-        raise table.error("key_name", "needs one of key, key_file or key_env")
+    device = device_from_table(table, Path(source).parent, env)
+    device_id: str | None = None
+    if device is not None:
+        key_name: str | None = None
+        device_id, device_key = device
+        key: Secret | None = device_key
+    else:
+        key_name = table.get_str("key_name")
+        key = _key(table, source, env)
+        if key is not None and not key_name:
+            raise table.error("key_name", "is required with a key")
+        if key_name and key is None:
+            raise table.error("key_name", "needs one of key, key_file or key_env")
     headers: dict[str, str] = {}
     for line in table.str_list("headers"):
         name, sep, value = line.partition(":")
@@ -286,6 +315,7 @@ def _binding(
         open_timeout=open_timeout,
         udp_idle_timeout=idle,
         udp_max_flows=flows,
+        device_id=device_id,
     )
 
 

@@ -37,8 +37,8 @@ from hybridrelay.client.config import BindingConfig, ForwardConfig
 from hybridrelay.client.connection import connect
 from hybridrelay.datagram_bridge import DatagramBridge, DatagramStats
 from hybridrelay.errors import ConfigError, HybridRelayError
-from hybridrelay.logs import CLIENT
-from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
+from hybridrelay.logs import CLIENT, host_port, peer_text
+from hybridrelay.protocol.sas import TokenProvider
 from hybridrelay.wsclient import WsConnection
 
 __all__ = [
@@ -144,7 +144,7 @@ class Forwarder:
         self.port = server.sockets[0].getsockname()[1]
         log.info(
             "forwarder_listening",
-            extra={"local": f"tcp {self.host}:{self.port}", "hc": self.hc},
+            extra={"local": f"tcp {host_port(self.host, self.port)}", "hc": self.hc},
         )
         self.ready.set()
         try:
@@ -160,7 +160,7 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+        peer = peer_text(writer.get_extra_info("peername"))
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -170,7 +170,7 @@ class Forwarder:
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
             log.warning(
-                "tunnel_refused", extra={"peer": str(peer), "error": str(exc) or type(exc).__name__}
+                "tunnel_refused", extra={"peer": peer, "error": str(exc) or type(exc).__name__}
             )
             writer.close()
             with contextlib.suppress(OSError):
@@ -186,7 +186,7 @@ class Forwarder:
             log.info(
                 "tunnel_closed",
                 extra={
-                    "peer": str(peer),
+                    "peer": peer,
                     "bytes_up": result.bytes_up,
                     "bytes_down": result.bytes_down,
                     "code": result.close_code,
@@ -194,7 +194,7 @@ class Forwarder:
                 },
             )
         except (OSError, HybridRelayError) as exc:
-            log.warning("tunnel_failed", extra={"peer": str(peer), "error": str(exc)})
+            log.warning("tunnel_failed", extra={"peer": peer, "error": str(exc)})
         finally:
             self.stats.active -= 1
 
@@ -325,7 +325,7 @@ class UdpForwarder:
         self.port = transport.get_extra_info("sockname")[1]
         log.info(
             "forwarder_listening",
-            extra={"local": f"udp {self.host}:{self.port}", "hc": self.hc},
+            extra={"local": f"udp {host_port(self.host, self.port)}", "hc": self.hc},
         )
         self.ready.set()
         try:
@@ -376,7 +376,7 @@ class UdpForwarder:
         return deliver
 
     async def _run_flow(self, flow: _Flow) -> None:
-        peer = str(flow.peer[:2])
+        peer = peer_text(flow.peer)
         try:
             ws = await self._open(flow, peer)
             if ws is None:
@@ -439,11 +439,7 @@ def forwarder_for(
     binding: BindingConfig, relay: str, ssl_context: ssl.SSLContext | None = None
 ) -> AnyForwarder:
     """The forwarder serving one ``[[bindings]]`` entry of a forward config."""
-    tokens = (
-        SasTokenProvider(binding.key_name, binding.key.value)
-        if binding.key_name and binding.key is not None
-        else None
-    )
+    tokens = binding.token_provider()
     if binding.transport == "udp":
         return UdpForwarder(
             relay,
@@ -522,7 +518,7 @@ class ForwardService:
             raise ConfigError(
                 self._source or "<command line>",
                 f"bindings[{index}].local" if self._source else "--local",
-                f"cannot bind {forwarder.transport} {forwarder.host}:{forwarder.port}: "
+                f"cannot bind {forwarder.transport} {host_port(forwarder.host, forwarder.port)}: "
                 f"{exc.strerror or exc}",
             ) from exc
 

@@ -19,6 +19,9 @@ that deployment tools and tests rely on::
     target = "tcp://127.0.0.1:1883"       # tcp:// http:// https:// unix:// udp://
     key_name = "listen-rule"
     key_file = "/etc/hybridrelay/mqtt.key"  # or key = "..." or key_env = "VAR"
+    # or, as a device of the relay's registry (instead of key_name and its key):
+    # device_id = "gw-17"
+    # device_key_file = "gw-17.key"       # or device_key = "..." or device_key_env = "VAR"
     connections = 2                       # control channels kept open (HA), 1..16
     max_streams = 1024                    # streams + HTTP requests at once; more: 503
     connect_timeout = 10
@@ -58,9 +61,12 @@ from hybridrelay.config import (
     resolve_path,
     unknown_keys_first,
 )
+from hybridrelay.credentials import device_from_table
 from hybridrelay.errors import ConfigError
 from hybridrelay.listener.targets import parse_target
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+from hybridrelay.protocol.device_sas import DeviceTokenProvider
+from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE
 
 __all__ = [
@@ -110,8 +116,9 @@ class MappingConfig:
 
     hc: str
     target: str  # the URL as written; hybridrelay.listener.parse_target accepted it
-    key_name: str
-    key: Secret
+    key_name: str  # "" for a device
+    key: Secret  # the rule's key, or the device's with device_id
+    device_id: str | None = None  # sign as this device (device SAS) instead of a rule
     connections: int = 1
     max_streams: int = 1024
     connect_timeout: float = 10.0
@@ -129,8 +136,17 @@ class MappingConfig:
         return (self.hc, self.target)
 
     def same_but_key(self, other: MappingConfig) -> bool:
-        """True when ``other`` differs from this mapping in its key (name or value) at most."""
-        return replace(self, key=other.key, key_name=other.key_name) == other
+        """True when ``other`` differs from this mapping in its credentials at most."""
+        return (
+            replace(self, key=other.key, key_name=other.key_name, device_id=other.device_id)
+            == other
+        )
+
+    def token_provider(self) -> TokenProvider:
+        """The provider this mapping's listeners sign with: the device's or the rule's."""
+        if self.device_id is not None:
+            return DeviceTokenProvider(self.device_id, self.key.value)
+        return SasTokenProvider(self.key_name, self.key.value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,15 +363,23 @@ def _mapping(
         raise table.error("hc", why)
     target = table.req_str("target")
     _check_target(table, target)
-    key_name = table.req_str("key_name")
-    if not _KEY_NAME.match(key_name):
-        raise table.error("key_name", "letters, digits, '.', '_' and '-' only (at most 256)")
+    device = device_from_table(table, base, env)
+    device_id: str | None = None
+    if device is not None:
+        key_name = ""
+        device_id, key = device
+    else:
+        key_name = table.req_str("key_name")
+        if not _KEY_NAME.match(key_name):
+            raise table.error("key_name", "letters, digits, '.', '_' and '-' only (at most 256)")
+        key = _key(table, base, env)
     d = MappingConfig(hc="", target="", key_name="", key=Secret(""))
     mapping = MappingConfig(
         hc=hc,
         target=target,
         key_name=key_name,
-        key=_key(table, base, env),
+        key=key,
+        device_id=device_id,
         connections=table.get_int("connections", d.connections, minimum=1, maximum=MAX_CONNECTIONS),
         max_streams=table.get_int("max_streams", d.max_streams, minimum=1, maximum=1_000_000),
         connect_timeout=table.get_float(
@@ -474,7 +498,11 @@ AGENT_SCHEMA: Final = Schema.of(
         "request_timeout",
         "max_target_connections",
         "udp_idle_timeout",
+        "device_id",
+        "device_key",
+        "device_key_env",
         key_file=Field.FILE,
+        device_key_file=Field.FILE,
         allow_headers=Field.FREE,
         hooks=Schema.of("path", args=Field.FREE),
     ),

@@ -38,7 +38,6 @@ from hybridrelay.listener.hooks import AcceptHook, HeaderAllowList, load_hook
 from hybridrelay.listener.http_target import HttpTarget
 from hybridrelay.listener.targets import StreamTarget, parse_target
 from hybridrelay.logs import LISTENER
-from hybridrelay.protocol.sas import SasTokenProvider
 
 __all__ = ["Agent", "AgentBackoff", "AgentStatus", "MappingState", "MappingStatus"]
 
@@ -211,7 +210,7 @@ class _MappingRun:
         self.stop = asyncio.Event()
         self.error: str | None = None
         self._notify = notify
-        self._tokens = SasTokenProvider(mapping.key_name, mapping.key.value)
+        self._tokens = mapping.token_provider()
         contexts: dict[str, ssl.SSLContext] = {}
         self.channels: list[_Channel] = []
         for i in range(mapping.connections):
@@ -275,7 +274,7 @@ class _MappingRun:
 
     def rekey(self, mapping: MappingConfig) -> None:
         self.mapping = mapping
-        self._tokens = SasTokenProvider(mapping.key_name, mapping.key.value)
+        self._tokens = mapping.token_provider()
         for channel in self.channels:
             channel.listener.set_token_provider(self._tokens)
 
