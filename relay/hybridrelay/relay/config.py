@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -759,7 +759,7 @@ def _cluster(top: Table, env: Mapping[str, str]) -> ClusterConfig | None:
 
 _RULE_SCHEMA: Final = Schema.of("name", "key", "secondary_key", "rights")
 # Every key each table knows (unknown_keys_first), and which name files. [relay] is
-# every key with an environment override, which is all of them.
+# every RelaySettings field and every key with an environment override (all of them).
 _PATH_KEYS: Final[Mapping[str, Field]] = {
     "tls_cert": Field.FILE,
     "tls_key": Field.FILE,
@@ -767,7 +767,13 @@ _PATH_KEYS: Final[Mapping[str, Field]] = {
     "data_dir": Field.DIR,
 }
 RELAY_SCHEMA: Final = Schema.of(
-    relay=Schema({**dict.fromkeys(_ENV_TYPES, Field.VALUE), **_PATH_KEYS}),
+    relay=Schema(
+        {
+            **dict.fromkeys((f.name for f in fields(RelaySettings)), Field.VALUE),
+            **dict.fromkeys(_ENV_TYPES, Field.VALUE),
+            **_PATH_KEYS,
+        }
+    ),
     rules=_RULE_SCHEMA,
     hybrid_connections=Schema.of(
         "name",
