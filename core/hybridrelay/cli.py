@@ -183,13 +183,26 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve hybrid connections",
         description="Serve hybrid connections until SIGTERM or Ctrl-C (open streams get"
-        " drain_timeout). Logs go to stderr; once serving, one line goes to stdout:"
+        " drain_timeout). SIGHUP reloads tls_cert, tls_key and client_ca_file (so does a"
+        " change of those files, see tls_reload_interval). Logs go to stderr; once serving,"
+        " one line goes to stdout:"
         " 'hybridrelay relay ready at URL', with '(dashboard: URL/$dashboard/)' when the"
         " relay serves its dashboard.",
     )
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
     serve.add_argument("--host", help="override [relay] host")
+    backup = relay_sub.add_parser(
+        "backup",
+        help="copy the SQLite store to a file while the relay runs (online backup API)",
+        description="Copy the relay's SQLite store ({data_dir}/hybridrelay.sqlite3) to OUTPUT"
+        " as one consistent, self-contained database, while the relay keeps serving. The copy"
+        " holds every key: it is written 0600. Restore: docs/operations.md.",
+    )
+    backup.add_argument(
+        "--config", help="the relay's TOML config (finds data_dir); without it, the default"
+    )
+    backup.add_argument("output", metavar="OUTPUT", help="the backup file to write (replaced)")
 
     listen = sub.add_parser(
         "listen",
@@ -294,6 +307,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _relay(args: argparse.Namespace) -> None:
+    if args.relay_command == "backup":
+        _backup(args)
+    else:
+        _serve(args)
+
+
 def _serve(args: argparse.Namespace) -> None:
     from hybridrelay.relay import run
     from hybridrelay.relay.config import (
@@ -322,7 +342,13 @@ def _serve(args: argparse.Namespace) -> None:
     def app_built(app: Any) -> None:
         routes.extend(resource.canonical for resource in app.router.resources())
 
-    _run(lambda stop: run(config, stop, on_ready=ready, on_app=app_built))
+    async def serve(stop: asyncio.Event) -> None:
+        reload = asyncio.Event()  # SIGHUP: reload the TLS certificate, key and client CAs
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
+        await run(config, stop, on_ready=ready, on_app=app_built, reload=reload)
+
+    _run(serve)
 
 
 DASHBOARD_PATH: Final = "/$dashboard/"
@@ -340,6 +366,23 @@ def ready_line(public_url: str, routes: Sequence[str]) -> str:
         http = public_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
         line += f" (dashboard: {http.rstrip('/')}{DASHBOARD_PATH})"
     return line
+
+
+def _backup(args: argparse.Namespace) -> None:
+    from hybridrelay.relay.config import data_dir, development_config, load_relay_config
+    from hybridrelay.relay.store.backup import backup_store
+    from hybridrelay.relay.store.sqlite import DEFAULT_FILE
+
+    env = dict(os.environ)
+    config = load_relay_config(args.config, env) if args.config else development_config(env)
+    if config.cluster is not None:
+        raise ConfigError(
+            args.config or "<command line>",
+            "cluster",
+            "this relay's store is Redis: back it up with Redis (BGSAVE), see docs/operations.md",
+        )
+    source = data_dir(config) / DEFAULT_FILE
+    print(backup_store(source, Path(args.output)).describe())
 
 
 _LISTEN_MAPPING_FLAGS = (
@@ -585,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or ("warning" if args.command == "demo" else "info")
     configure_logging(level, args.log_format)
     commands: dict[str, Callable[[argparse.Namespace], None]] = {
-        "relay": _serve,
+        "relay": _relay,
         "listen": _listen,
         "forward": _forward,
         "token": _token,

@@ -182,6 +182,9 @@ class RelaySettings:
     # the self-signed certificates of thumbprint devices) the handshake trusts.
     client_cert: ClientCertMode = "none"
     client_ca_file: str | None = None
+    # Seconds between looks at the TLS files' inode/mtime/size (tls_reload.py): a renewed
+    # certificate is served within two intervals, no restart. 0: only SIGHUP reloads.
+    tls_reload_interval: float = 60.0
     # Limits against hostile peers (issue 11). docs/security.md has the one table of them:
     # default, what the peer sees when it is hit, and the metric that counts it
     # (hybridrelay_limit_refusals{limit=...}). The defaults are far above what a single
@@ -493,6 +496,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "listener_takeover": bool,
     "client_cert": str,
     "client_ca_file": str,
+    "tls_reload_interval": float,
     "handshake_timeout": float,
     "keepalive_timeout": float,
     "body_idle_timeout": float,
@@ -619,6 +623,9 @@ def _settings(table: Table) -> RelaySettings:
         listener_takeover=table.get_bool("listener_takeover", d.listener_takeover),
         client_cert=_client_cert_mode(table),
         client_ca_file=table.get_str("client_ca_file"),
+        tls_reload_interval=table.get_float(
+            "tls_reload_interval", d.tls_reload_interval, maximum=86_400
+        ),
         handshake_timeout=table.get_float(
             "handshake_timeout", d.handshake_timeout, minimum=0.1, maximum=600
         ),

@@ -172,6 +172,11 @@ class RelayMetrics:
             "by limit (docs/security.md)",
             ["limit"],
         )
+        self.tls_reloads = Counter(
+            "hybridrelay_tls_reloads",
+            "Reloads of the TLS certificate, key and client CA files, by result (ok, failed)",
+            ["result"],
+        )
         self._up = self.bytes_relayed.labels("sender_to_listener")
         self._down = self.bytes_relayed.labels("listener_to_sender")
         self.registry.register(
@@ -186,6 +191,7 @@ class RelayMetrics:
                     self.http_seconds,
                     self.rejections,
                     self.limit_refusals,
+                    self.tls_reloads,
                 )
             )
         )

@@ -8,6 +8,7 @@ does not set one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import ssl
@@ -26,6 +27,7 @@ from hybridrelay.relay.cluster.redis import RedisClusterState
 from hybridrelay.relay.config import (
     ClientCertMode,
     RelayConfig,
+    RelaySettings,
     complete,
     refuse_placeholder_keys,
 )
@@ -34,6 +36,7 @@ from hybridrelay.relay.state import STATE
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.redis import RedisStore
 from hybridrelay.relay.store.sqlite import SqliteStore
+from hybridrelay.relay.tls_reload import CertificateReloader
 
 __all__ = ["run", "tls_context"]
 
@@ -87,6 +90,28 @@ def tls_context(
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
+
+
+def _tls_context_of(s: RelaySettings) -> ssl.SSLContext:
+    if not (s.tls_cert and s.tls_key):
+        raise ConfigError("", "relay.tls_cert", "TLS is not configured")
+    return tls_context(
+        s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+    )
+
+
+async def _watch_tls(
+    reloader: CertificateReloader | None, interval: float, reload: asyncio.Event | None
+) -> None:
+    """Reload the TLS files on ``reload`` and when they change; without TLS, say so."""
+    signalled = reload or asyncio.Event()
+    if reloader is not None:
+        await reloader.run(interval, signalled)
+        return
+    while True:
+        await signalled.wait()
+        signalled.clear()
+        log.info("reload_nothing_to_reload", extra={"why": "no tls_cert configured"})
 
 
 def _raise_open_file_limit() -> None:
@@ -143,6 +168,7 @@ async def run(
     *,
     on_ready: Callable[[RelayConfig], None] | None = None,
     on_app: Callable[[web.Application], None] | None = None,
+    reload: asyncio.Event | None = None,
 ) -> None:
     """Serve the relay until ``stop`` is set.
 
@@ -151,6 +177,7 @@ async def run(
         stop: set it to drain and stop.
         on_ready: called with the completed config (real port, public URL) once serving.
         on_app: called with the aiohttp application before it starts (tests inspect state).
+        reload: set it (the CLI does on SIGHUP) to reload the TLS files; cleared here.
     """
     s = config.relay
     # A key copied from an example config is public: refuse to serve with it.
@@ -179,9 +206,22 @@ async def run(
         await store.close()
         raise
     app = create_app(config, store=store, cluster=cluster)
-    if ssl_ctx is not None and s.client_cert != "none":
-        # Verified CA certificates of the store join the live context (ca_trust.py).
-        app.cleanup_ctx.append(cleanup_context(attach(ssl_ctx, s.client_ca_file)))
+    reloader: CertificateReloader | None = None
+    if ssl_ctx is not None:
+        follow: Callable[[ssl.SSLContext], None] | None = None
+        if s.client_cert != "none":
+            # Verified CA certificates of the store join the live context (ca_trust.py).
+            trust = attach(ssl_ctx, s.client_ca_file)
+            app.cleanup_ctx.append(cleanup_context(trust))
+            follow = functools.partial(trust.rebind, client_ca_file=s.client_ca_file)
+        # New handshakes get renewed TLS files (SIGHUP or a change on disk; tls_reload.py).
+        reloader = CertificateReloader(
+            s,
+            ssl_ctx,
+            build=_tls_context_of,
+            on_context=follow,
+            counter=app[STATE].metrics.tls_reloads,
+        )
     if on_app is not None:
         on_app(app)
     _raise_open_file_limit()
@@ -220,7 +260,14 @@ async def run(
         )
         if on_ready is not None:
             on_ready(state.config)
-        await stop.wait()
+        watcher = asyncio.create_task(
+            _watch_tls(reloader, s.tls_reload_interval, reload), name="tls reload"
+        )
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            await asyncio.wait({watcher})
         log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
         # Refuse new work, send listeners elsewhere, let open streams finish in time.
         state.draining = True

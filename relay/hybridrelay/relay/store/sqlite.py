@@ -433,6 +433,8 @@ class SqliteStore:
                 f"store schema version {current} is newer than this relay "
                 f"(it knows up to {len(_MIGRATIONS)})",
             )
+        if 0 < current < len(_MIGRATIONS):
+            self._db_keep_before_migrating(db, current)
         for version in range(current, len(_MIGRATIONS)):
             with self._tx() as tx:
                 for statement in _MIGRATIONS[version]:
@@ -441,6 +443,23 @@ class SqliteStore:
                 tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
             log.info("store_migrated", extra={"path": self._path, "version": version + 1})
         return current == 0
+
+    def _db_keep_before_migrating(self, db: sqlite3.Connection, version: int) -> None:
+        # The way back from an upgrade: an older relay refuses the migrated file, so keep
+        # the file as it was (a consistent copy, 0600: it holds every key) next to it.
+        if self._path == ":memory:":
+            return
+        path = Path(self._path)
+        copy = path.with_name(f"{path.name}.v{version}.bak")
+        try:
+            open_private(copy, "wb").close()
+            with contextlib.closing(sqlite3.connect(copy)) as target:
+                db.backup(target)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                str(copy), "", f"cannot keep a copy of the store before migrating it: {exc}"
+            ) from exc
+        log.info("store_kept_before_migration", extra={"path": str(copy), "version": version})
 
     def _db_import_legacy(self, db: sqlite3.Connection) -> None:
         # The names MemoryStore persisted for auto-created hybrid connections.
