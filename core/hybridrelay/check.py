@@ -386,6 +386,11 @@ def _probe(checked: Checked, path: str, out: Callable[[str], None]) -> None:
     if not probes:
         out("  probe: nothing to probe (no hybrid connection, or port 0 without public_url)")
         return
+    # A listener without a SAS rule (JWT or device listeners only) has nothing to show.
+    for p in probes:
+        if p.action == "listen" and p.tokens is None:
+            out(f"  probe {p.where}: {p.hc}: not probed (no SAS rule may listen on it)")
+    probes = [p for p in probes if p.action != "listen" or p.tokens is not None]
     results = asyncio.run(_run_probes(probes))
     mistakes: list[ConfigError] = []
     unreachable: list[str] = []
@@ -397,7 +402,7 @@ def _probe(checked: Checked, path: str, out: Callable[[str], None]) -> None:
             )
             out(f"  probe {p.where}: {target}: accepted{online}")
         elif r.fatal:
-            mistakes.append(ConfigError(path, p.where, f"relay refused {target}: {r.detail}"))
+            mistakes.append(ConfigError(path, p.where, f"{target}: {r.outcome.value}: {r.detail}"))
         elif r.outcome is ProbeOutcome.UNSUPPORTED:
             out(f"  probe {p.where}: {target}: cannot tell ({r.detail})")
         else:
