@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from hybridrelay.credentials import (
     DEVICE_FLAGS,
@@ -34,7 +35,7 @@ from hybridrelay.errors import (
     MultiConfigError,
     UnavailableError,
 )
-from hybridrelay.logs import configure_logging
+from hybridrelay.logs import CLIENT, LISTENER, configure_logging
 
 __all__ = ["main"]
 
@@ -92,6 +93,55 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return None
 
 
+def _check_relay_url(url: str, source: str = "<command line>", key: str = "--relay") -> None:
+    from hybridrelay.probe import relay_url_problem
+
+    if (problem := relay_url_problem(url)) is not None:
+        raise ConfigError(source, key, problem)
+
+
+async def _probe_at_start(
+    probe: Callable[[], Coroutine[Any, Any, Any]],
+    *,
+    hc: str,
+    action: Literal["connect", "listen"],
+    source: str,
+    keys: dict[str, str],
+) -> bool:
+    """Probe the relay before serving: a configuration mistake raises ConfigError (exit 2,
+    one line); an unreachable relay is logged and the caller serves and retries anyway.
+
+    Returns:
+        Whether the relay answered (False: unreachable, serve anyway).
+    """
+    from hybridrelay.probe import ProbeOutcome, ProbeResult, advice
+
+    result: ProbeResult = await probe()
+    line = advice(result, hc, action)
+    if result.fatal:
+        setting = result.setting or "relay"
+        raise ConfigError(source, keys.get(setting, keys["relay"]), line)
+    log = logging.getLogger(LISTENER if action == "listen" else CLIENT)
+    if result.outcome in (ProbeOutcome.UNREACHABLE, ProbeOutcome.UNAVAILABLE):
+        log.warning("relay_not_reachable_at_start", extra={"hc": hc, "error": result.detail})
+        return False
+    if result.outcome is ProbeOutcome.OK:
+        log.info("relay_checked", extra={"hc": hc, "listeners": result.listeners})
+    else:
+        log.info("relay_not_checked", extra={"hc": hc, "reason": result.detail})
+    return True
+
+
+_FLAG_KEYS: Final = {"relay": "--relay", "key": "--key-name", "hc": "--hc", "ca_file": "--ca-file"}
+
+
+def _flag_keys(args: argparse.Namespace) -> dict[str, str]:
+    """The flag each probe verdict points at (a device's key rather than a rule's)."""
+    from hybridrelay.credentials import uses_device
+
+    return {**_FLAG_KEYS, "key": "--device-key"} if uses_device(args) else dict(_FLAG_KEYS)
+
+
 def _add_key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-name", help="SAS rule name (or --device-id)")
     g = p.add_mutually_exclusive_group()
@@ -117,7 +167,11 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
     ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
     ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
-    ("HYBRIDRELAY_DEV_KEY", "the development key (relay serve without --config, dev cluster)"),
+    (
+        "HYBRIDRELAY_DEV_KEY",
+        "the development key (relay serve without --config: else kept in DATA_DIR/dev-key;"
+        " dev cluster)",
+    ),
     ("HYBRIDRELAY_AGENT_ID", "listen --config: agent_id"),
     ("HYBRIDRELAY_AGENT_STATUS", "listen --config: status"),
     ("HYBRIDRELAY_AGENT_PING_INTERVAL", "listen --config: ping_interval"),
@@ -329,9 +383,18 @@ def _serve(args: argparse.Namespace) -> None:
         env["HYBRIDRELAY_HOST"] = args.host
     config = load_relay_config(args.config, env) if args.config else development_config(env)
     if not args.config:
-        key = config.rules[0].key.value
-        # Printed once, on purpose: the development default has no other way to hand out its key.
-        print(f"development mode: rule {DEV_RULE_NAME} key {key}", file=sys.stderr, flush=True)
+        from hybridrelay.relay.dev_key import development_key
+
+        # Kept in data_dir (or taken from HYBRIDRELAY_DEV_KEY): a restart keeps its agents.
+        dev = development_key(Path(config.relay.data_dir), env)
+        config = development_config(env, key=dev.value)
+        where = f" (kept in {dev.path})" if dev.path else " (from HYBRIDRELAY_DEV_KEY)"
+        # Printed on purpose: the development default has no other way to hand out its key.
+        print(
+            f"development mode: rule {DEV_RULE_NAME} key {dev.value}{where}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     routes: list[str] = []
 
@@ -417,7 +480,9 @@ def _listen(args: argparse.Namespace) -> None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
+    _check_relay_url(args.relay)
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
+    from hybridrelay.probe import probe_relay
 
     stream: StreamTarget | None = None
     http: HttpTarget | None = None
@@ -438,15 +503,30 @@ def _listen(args: argparse.Namespace) -> None:
             if http is not None:
                 raise ConfigError("<command line>", "--target", "give at most one http:// target")
             http = target
+    tokens = token_provider(args, _read_key)
+    tls = _client_tls(args)
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=token_provider(args, _read_key),
+        token_provider=tokens,
         target=stream,
         http_handler=http,
-        ssl_context=_client_tls(args),
+        ssl_context=tls,
     )
-    _run(listener.run)
+
+    async def body(stop: asyncio.Event) -> None:
+        await _probe_at_start(
+            lambda: probe_relay(
+                args.relay, args.hc, token_provider=tokens, action="listen", ssl_context=tls
+            ),
+            hc=args.hc,
+            action="listen",
+            source="<command line>",
+            keys=_flag_keys(args),
+        )
+        await listener.run(stop)
+
+    _run(body)
 
 
 def _listen_agent(args: argparse.Namespace) -> None:
@@ -525,11 +605,23 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", given[0], "give --config or binding flags, not both"
             )
-        service = ForwardService.from_config(load_forward_config(args.config))
+        config = load_forward_config(args.config)
+        service = ForwardService.from_config(config)
+        source = config.source
+        keys = [
+            {
+                "relay": "relay",
+                "ca_file": "ca_file",
+                "hc": f"bindings[{i}].hc",
+                "key": f"bindings[{i}].{'device_id' if b.device_id else 'key_name'}",
+            }
+            for i, b in enumerate(config.bindings)
+        ]
     else:
         for flag in ("--relay", "--hc"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
+        _check_relay_url(args.relay)
         try:
             transport, host, port = parse_local(args.local or "127.0.0.1:0")
         except ValueError as exc:
@@ -562,8 +654,23 @@ def _forward(args: argparse.Namespace) -> None:
                 ping_interval=ping,
             )
         service = ForwardService([forwarder])
+        source = "<command line>"
+        keys = [_flag_keys(args)]
 
     async def body(stop: asyncio.Event) -> None:
+        # Before "forwarding": a wrong key, name, URL or CA fails now, not at the first
+        # client. An unreachable relay is not a mistake: serve, and the clients retry.
+        for f, setting_keys in zip(service.forwarders, keys, strict=True):
+            answered = await _probe_at_start(
+                f.probe,
+                hc=f.hc,
+                action="connect",
+                source=source,
+                keys=setting_keys,
+            )
+            if not answered:
+                break  # the same relay for every binding: do not wait for it again
+
         async def announce() -> None:
             await service.ready.wait()
             for f in service.forwarders:

@@ -945,12 +945,18 @@ def refuse_placeholder_keys(config: RelayConfig) -> list[str]:
     return found
 
 
-def development_config(env: Mapping[str, str] | None = None) -> RelayConfig:
-    """The embedded default: one namespace rule with a fresh key, HCs created on first listen."""
+def development_config(
+    env: Mapping[str, str] | None = None, *, key: str | None = None
+) -> RelayConfig:
+    """The embedded default: one namespace rule, HCs created on first listen.
+
+    The rule's key is ``key``, else ``HYBRIDRELAY_DEV_KEY``, else a fresh random one
+    (``hybridrelay relay serve`` passes the one kept in ``data_dir``, see dev_key.py).
+    """
     env = os.environ if env is None else env
     table = Table(_env_overrides({"auto_create": True}, env), path="<defaults>", prefix="relay")
     settings = _resolve_files(_settings(table), None, {}, env)
-    key = env.get("HYBRIDRELAY_DEV_KEY") or secrets.token_urlsafe(32)
+    key = key or env.get("HYBRIDRELAY_DEV_KEY") or secrets.token_urlsafe(32)
     rule = RuleConfig(
         name=DEV_RULE_NAME, key=Secret(key), rights=Rights.LISTEN | Rights.SEND | Rights.MANAGE
     )
