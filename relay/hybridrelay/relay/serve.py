@@ -69,17 +69,27 @@ def tls_context(
     an anchor here, never vouches for anyone but itself.
 
     Raises:
-        ConfigError: ``client_ca_file`` cannot be read or holds no certificate.
+        ConfigError: the certificate or key cannot be loaded, or ``client_ca_file``
+            cannot be read or holds no certificate.
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:  # a bad PEM, a key that is not the certificate's
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            "", "relay.tls_cert", f"cannot load {cert} with the key {key}: {reason}"
+        ) from exc
     if client_cert != "none":
         if not client_ca_file:
             raise ConfigError("", "relay.client_ca_file", "required with client_cert")
         try:
             ctx.load_verify_locations(cafile=client_ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(client_ca_file, "relay.client_ca_file", str(exc)) from exc
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "", "relay.client_ca_file", f"cannot load {client_ca_file}: {reason}"
+            ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
@@ -230,13 +240,16 @@ async def run(
     if allowed:
         log.warning("placeholder_keys_allowed", extra={"keys": ",".join(allowed)})
     # Before anything is opened: a bad certificate or CA file fails the start cleanly.
-    ssl_ctx = (
-        tls_context(
-            s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+    try:
+        ssl_ctx = (
+            tls_context(
+                s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+            )
+            if s.tls_cert and s.tls_key
+            else None
         )
-        if s.tls_cert and s.tls_key
-        else None
-    )
+    except ConfigError as exc:
+        raise ConfigError(config.source, exc.key, exc.reason) from exc
     if config.cluster is not None and config.cluster.node_id is None:
         # One name for this node in the store's change events and in listener presence.
         config = replace(config, cluster=replace(config.cluster, node_id=secrets.token_hex(8)))
