@@ -1,4 +1,4 @@
-"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster.
+"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster | check.
 
 parse arguments -> load config -> lazy-import the component -> run it under
 one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from hybridrelay.credentials import (
     DEVICE_FLAGS,
@@ -31,9 +32,10 @@ from hybridrelay.errors import (
     ConfigError,
     EntityNotFoundError,
     InvalidAddressError,
+    MultiConfigError,
     UnavailableError,
 )
-from hybridrelay.logs import configure_logging
+from hybridrelay.logs import CLIENT, LISTENER, configure_logging
 
 __all__ = ["main"]
 
@@ -73,14 +75,71 @@ def _read_key(args: argparse.Namespace) -> str:
         try:
             return Path(args.key_file).read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(args.key_file, "", f"cannot read key file: {exc.strerror}") from exc
+            raise ConfigError(
+                "<command line>", "--key-file", f"cannot read {args.key_file}: {exc.strerror}"
+            ) from exc
     raise ConfigError("<command line>", "--key", "give --key, --key-env or --key-file")
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if getattr(args, "ca_file", None):
-        return ssl.create_default_context(cafile=args.ca_file)
+        try:
+            return ssl.create_default_context(cafile=args.ca_file)
+        except OSError as exc:  # ssl.SSLError too: not a PEM bundle
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "<command line>", "--ca-file", f"cannot read {args.ca_file}: {reason}"
+            ) from exc
     return None
+
+
+def _check_relay_url(url: str, source: str = "<command line>", key: str = "--relay") -> None:
+    from hybridrelay.probe import relay_url_problem
+
+    if (problem := relay_url_problem(url)) is not None:
+        raise ConfigError(source, key, problem)
+
+
+async def _probe_at_start(
+    probe: Callable[[], Coroutine[Any, Any, Any]],
+    *,
+    hc: str,
+    action: Literal["connect", "listen"],
+    source: str,
+    keys: dict[str, str],
+) -> bool:
+    """Probe the relay before serving: a configuration mistake raises ConfigError (exit 2,
+    one line); an unreachable relay is logged and the caller serves and retries anyway.
+
+    Returns:
+        Whether the relay answered (False: unreachable, serve anyway).
+    """
+    from hybridrelay.probe import ProbeOutcome, ProbeResult, advice
+
+    result: ProbeResult = await probe()
+    line = advice(result, hc, action)
+    if result.fatal:
+        setting = result.setting or "relay"
+        raise ConfigError(source, keys.get(setting, keys["relay"]), line)
+    log = logging.getLogger(LISTENER if action == "listen" else CLIENT)
+    if result.outcome in (ProbeOutcome.UNREACHABLE, ProbeOutcome.UNAVAILABLE):
+        log.warning("relay_not_reachable_at_start", extra={"hc": hc, "error": result.detail})
+        return False
+    if result.outcome is ProbeOutcome.OK:
+        log.info("relay_checked", extra={"hc": hc, "listeners": result.listeners})
+    else:
+        log.info("relay_not_checked", extra={"hc": hc, "reason": result.detail})
+    return True
+
+
+_FLAG_KEYS: Final = {"relay": "--relay", "key": "--key-name", "hc": "--hc", "ca_file": "--ca-file"}
+
+
+def _flag_keys(args: argparse.Namespace) -> dict[str, str]:
+    """The flag each probe verdict points at (a device's key rather than a rule's)."""
+    from hybridrelay.credentials import uses_device
+
+    return {**_FLAG_KEYS, "key": "--device-key"} if uses_device(args) else dict(_FLAG_KEYS)
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
@@ -108,7 +167,11 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
     ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
     ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
-    ("HYBRIDRELAY_DEV_KEY", "the development key (relay serve without --config, dev cluster)"),
+    (
+        "HYBRIDRELAY_DEV_KEY",
+        "the development key (relay serve without --config: else kept in DATA_DIR/dev-key;"
+        " dev cluster)",
+    ),
     ("HYBRIDRELAY_AGENT_ID", "listen --config: agent_id"),
     ("HYBRIDRELAY_AGENT_STATUS", "listen --config: status"),
     ("HYBRIDRELAY_AGENT_PING_INTERVAL", "listen --config: ping_interval"),
@@ -118,6 +181,7 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_ADMIN_RELAY", "admin: --relay"),
     ("HYBRIDRELAY_ADMIN_KEY_NAME", "admin: --key-name"),
     ("HYBRIDRELAY_ADMIN_KEY", "admin: the key, unless --key-env or --key-file"),
+    ("HYBRIDRELAY_ADMIN_CA_FILE", "admin: --ca-file"),
     ("any name", '--key-env VAR, key_env = "VAR": a SAS key (e.g. HYBRIDRELAY_KEY)'),
     ("any name", '--device-key-env VAR, device_key_env = "VAR": a device key'),
 )
@@ -288,11 +352,13 @@ def _parser() -> argparse.ArgumentParser:
         "--messages", type=int, default=5, metavar="N", help="messages to send (default 5)"
     )
 
+    from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
     from hybridrelay.devcluster import add_dev_parser
 
     add_admin_parser(sub)
     add_dev_parser(sub)
+    add_check_parser(sub)
     return parser
 
 
@@ -318,9 +384,18 @@ def _serve(args: argparse.Namespace) -> None:
         env["HYBRIDRELAY_HOST"] = args.host
     config = load_relay_config(args.config, env) if args.config else development_config(env)
     if not args.config:
-        key = config.rules[0].key.value
-        # Printed once, on purpose: the development default has no other way to hand out its key.
-        print(f"development mode: rule {DEV_RULE_NAME} key {key}", file=sys.stderr, flush=True)
+        from hybridrelay.relay.dev_key import development_key
+
+        # Kept in data_dir (or taken from HYBRIDRELAY_DEV_KEY): a restart keeps its agents.
+        dev = development_key(Path(config.relay.data_dir), env)
+        config = development_config(env, key=dev.value)
+        where = f" (kept in {dev.path})" if dev.path else " (from HYBRIDRELAY_DEV_KEY)"
+        # Printed on purpose: the development default has no other way to hand out its key.
+        print(
+            f"development mode: rule {DEV_RULE_NAME} key {dev.value}{where}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     routes: list[str] = []
 
@@ -406,7 +481,9 @@ def _listen(args: argparse.Namespace) -> None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
+    _check_relay_url(args.relay)
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
+    from hybridrelay.probe import probe_relay
 
     stream: StreamTarget | None = None
     http: HttpTarget | None = None
@@ -427,15 +504,30 @@ def _listen(args: argparse.Namespace) -> None:
             if http is not None:
                 raise ConfigError("<command line>", "--target", "give at most one http:// target")
             http = target
+    tokens = token_provider(args, _read_key)
+    tls = _client_tls(args)
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=token_provider(args, _read_key),
+        token_provider=tokens,
         target=stream,
         http_handler=http,
-        ssl_context=_client_tls(args),
+        ssl_context=tls,
     )
-    _run(listener.run)
+
+    async def body(stop: asyncio.Event) -> None:
+        await _probe_at_start(
+            lambda: probe_relay(
+                args.relay, args.hc, token_provider=tokens, action="listen", ssl_context=tls
+            ),
+            hc=args.hc,
+            action="listen",
+            source="<command line>",
+            keys=_flag_keys(args),
+        )
+        await listener.run(stop)
+
+    _run(body)
 
 
 def _listen_agent(args: argparse.Namespace) -> None:
@@ -514,11 +606,23 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", given[0], "give --config or binding flags, not both"
             )
-        service = ForwardService.from_config(load_forward_config(args.config))
+        config = load_forward_config(args.config)
+        service = ForwardService.from_config(config)
+        source = config.source
+        keys = [
+            {
+                "relay": "relay",
+                "ca_file": "ca_file",
+                "hc": f"bindings[{i}].hc",
+                "key": f"bindings[{i}].{'device_id' if b.device_id else 'key_name'}",
+            }
+            for i, b in enumerate(config.bindings)
+        ]
     else:
         for flag in ("--relay", "--hc"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
+        _check_relay_url(args.relay)
         try:
             transport, host, port = parse_local(args.local or "127.0.0.1:0")
         except ValueError as exc:
@@ -551,8 +655,23 @@ def _forward(args: argparse.Namespace) -> None:
                 ping_interval=ping,
             )
         service = ForwardService([forwarder])
+        source = "<command line>"
+        keys = [_flag_keys(args)]
 
     async def body(stop: asyncio.Event) -> None:
+        # Before "forwarding": a wrong key, name, URL or CA fails now, not at the first
+        # client. An unreachable relay is not a mistake: serve, and the clients retry.
+        for f, setting_keys in zip(service.forwarders, keys, strict=True):
+            answered = await _probe_at_start(
+                f.probe,
+                hc=f.hc,
+                action="connect",
+                source=source,
+                keys=setting_keys,
+            )
+            if not answered:
+                break  # the same relay for every binding: do not wait for it again
+
         async def announce() -> None:
             await service.ready.wait()
             for f in service.forwarders:
@@ -604,6 +723,12 @@ def _admin(args: argparse.Namespace) -> None:
     run_admin(args)
 
 
+def _check(args: argparse.Namespace) -> None:
+    from hybridrelay.check import run_check
+
+    run_check(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hybridrelay`` console script."""
     args = _parser().parse_args(argv)
@@ -618,11 +743,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "admin": _admin,
         "dev": _dev,
+        "check": _check,
     }
     try:
         commands[args.command](args)
     except ConfigError as exc:
-        print(f"hybridrelay: config error: {exc}", file=sys.stderr)
+        for error in exc.errors if isinstance(exc, MultiConfigError) else (exc,):
+            print(f"hybridrelay: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except EntityNotFoundError as exc:
         print(f"hybridrelay: {exc}", file=sys.stderr)
@@ -631,7 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridrelay: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the port is taken
-        print(f"hybridrelay: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hybridrelay: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
