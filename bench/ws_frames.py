@@ -134,7 +134,6 @@ def recv_today(reads: list[bytes], frames: int) -> None:
     async def run() -> None:
         conn = wsclient.WsConnection(read_limit=1 << 30, max_size=None)
         conn.connection_made(_NullTransport())
-        conn._phase = wsclient._OPEN
         recv = conn.recv
         got = 0
         for data in reads:

@@ -337,6 +337,11 @@ class Connection:
         return self._close_received[1] if self._close_received is not None else ""
 
     @property
+    def close_received(self) -> tuple[int, str] | None:
+        """(code, reason) of the peer's close frame once it arrived (1005: no code)."""
+        return self._close_received
+
+    @property
     def close_sent(self) -> tuple[int, str] | None:
         """(code, reason) of our close frame once it is queued or sent (1005: no code)."""
         return self._close_sent
@@ -539,6 +544,33 @@ class Connection:
         self._queue_close(code, reason)
         self.state = State.CLOSED if self._close_received is not None else State.CLOSE_SENT
 
+    def fail(self, code: int, reason: str) -> None:
+        """The application fails the connection (RFC 6455 §7.1.7), for a reason of its own:
+        a message too big for it (1009), one it cannot finish (1011). Our close frame with
+        ``code`` is queued unless one went out or ``code`` is 1006 (an abort: a keepalive
+        or close timeout); nothing more is parsed; the state is CLOSED. No event."""
+        if self._failure is None:
+            self._failure = (code, reason)
+        self._receiving = False
+        self._msg_parts = []
+        self._msg_texts = []
+        if self._close_sent is None and code != 1006 and self.state is not State.CLOSED:
+            self._queue_close(code, reason)
+        self.state = State.CLOSED
+
+    def closed_error(self) -> ConnectionClosedError:
+        """Why nothing more can be received or sent: the peer's close, our failure, our
+        close, else an abnormal closure (1006)."""
+        if self._close_received is not None:
+            code, reason = self._close_received
+        elif self._failure is not None:
+            code, reason = self._failure
+        elif self._close_sent is not None and not self._lost:
+            code, reason = self._close_sent
+        else:
+            code, reason = 1006, "connection lost"
+        return ConnectionClosedError(code, reason)
+
     # ------------------------------------------------------------------ flow control
 
     def outgoing_buffered(self, size: int) -> None:
@@ -695,15 +727,7 @@ class Connection:
 
     def _check_can_send(self) -> None:
         if not (self.state is State.OPEN or self.state is State.CLOSE_RECEIVED):
-            if self._close_received is not None:
-                code, reason = self._close_received
-            elif self._failure is not None:
-                code, reason = self._failure
-            elif self._close_sent is not None and not self._lost:
-                code, reason = self._close_sent
-            else:
-                code, reason = 1006, "connection lost"
-            raise ConnectionClosedError(code, reason)
+            raise self.closed_error()
 
     def _encode(self, fin: bool, opcode: int, payload: bytes) -> list[bytes]:
         if self._masks:

@@ -10,22 +10,33 @@ start of the body, which the listener and the client report (401, 403, 404, 410.
 Bounded: the response head may be ``max_head`` bytes, the body of a refusal is kept up
 to ``max_error_body`` bytes. The glue bounds the time: when the body of a refusal stops
 short (its wait timed out), :meth:`ClientHandshake.refusal` gives the error with what
-came. URL parsing stays with the glue: this takes the Host header and request target.
+came. :func:`parse_ws_url` turns a ``ws://`` / ``wss://`` URL into what the glue
+connects to and the Host header and request target the handshake sends.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
+from urllib.parse import quote, urlsplit
 
 from hybridrelay import errors
 
-__all__ = ["MAX_ERROR_BODY", "MAX_RESPONSE_HEAD", "Accepted", "ClientHandshake", "accept_value"]
+__all__ = [
+    "MAX_ERROR_BODY",
+    "MAX_RESPONSE_HEAD",
+    "Accepted",
+    "ClientHandshake",
+    "WsUrl",
+    "accept_value",
+    "parse_ws_url",
+]
 
 MAX_RESPONSE_HEAD: Final = 64 * 1024
 MAX_ERROR_BODY: Final = 4 * 1024
@@ -46,6 +57,10 @@ _RESERVED_HEADERS: Final = frozenset(
 )
 _TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 
+# Everything printable in ASCII except the space stays as it is in the request target
+# (a literal ``$`` in ``/$hc/``, existing %-escapes); the rest is %-encoded as UTF-8.
+_TARGET_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F))
+
 _HEAD: Final = 0  # reading the response head
 _BODY: Final = 1  # a refusal: reading the start of its body
 _DONE: Final = 2
@@ -58,12 +73,90 @@ def accept_value(key: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class WsUrl:
+    """A parsed ``ws://`` / ``wss://`` URL."""
+
+    secure: bool
+    host: str  # for connecting and TLS SNI (IDNA-encoded)
+    port: int
+    resource: str  # request target: path + query, as given, escaped where needed
+    host_header: str
+    log_url: str  # scheme://host:port/path, never the query (it may carry sb-hc-token)
+
+
+def _quote_target(text: str) -> str:
+    # Printable ASCII without spaces is all in _TARGET_SAFE: quote() would return it as is.
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text
+    return quote(text, safe=_TARGET_SAFE)
+
+
+def parse_ws_url(url: str) -> WsUrl:
+    """Parse a WebSocket URL; path and query are kept as given (a literal ``$`` stays),
+    only spaces, controls and non-ASCII are %-encoded.
+
+    Raises:
+        InvalidAddressError: not a ws/wss URL with a host.
+    """
+    # Query strings change with every rendezvous address and senders reuse their URL:
+    # the part before the query is parsed once. Anything unusual takes the full path.
+    base, _, query = url.partition("?")
+    if not query or "#" in url or not (query.isascii() and query.isprintable()) or " " in query:
+        return _parse_full_url(url)
+    target = _parse_base_url(base)
+    return WsUrl(
+        target.secure,
+        target.host,
+        target.port,
+        f"{target.resource}?{query}",
+        target.host_header,
+        target.log_url,
+    )
+
+
+# A memo of a pure function (same URL, same answer), not state: bounded, shared safely.
+@functools.lru_cache(maxsize=64)
+def _parse_base_url(url: str) -> WsUrl:
+    return _parse_full_url(url)
+
+
+def _parse_full_url(url: str) -> WsUrl:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise errors.InvalidAddressError(f"invalid WebSocket URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise errors.InvalidAddressError(f"WebSocket URL scheme must be ws or wss, not {scheme!r}")
+    host = parts.hostname
+    if not host:
+        raise errors.InvalidAddressError("WebSocket URL has no host")
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    secure = scheme == "wss"
+    default_port = 443 if secure else 80
+    if port is None:
+        port = default_port
+    host_literal = f"[{host}]" if ":" in host else host
+    host_header = host_literal if port == default_port else f"{host_literal}:{port}"
+    path = parts.path or "/"
+    resource = _quote_target(path + ("?" + parts.query if parts.query else ""))
+    log_url = f"{scheme}://{host_literal}:{port}{_quote_target(path)}"
+    return WsUrl(secure, host, port, resource, host_header, log_url)
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """The server switched protocols. Header names are in lower case."""
 
     subprotocol: str | None
     headers: Mapping[str, str] = field(repr=False)
     leftover: bytes = b""  # bytes after the head: the first frames, for the Connection
+
+
+def _size(limit: int) -> str:
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
 
 
 def _check_header(name: str, value: str) -> None:
@@ -240,7 +333,7 @@ class ClientHandshake:
         if end < 0 or end + 4 > self._max_head:
             if len(self._buf) > self._max_head:
                 self._phase = _DONE
-                raise errors.PayloadTooBigError(f"HTTP response head over {self._max_head} bytes")
+                raise errors.PayloadTooBigError(f"HTTP response head over {_size(self._max_head)}")
             return None
         head = bytes(self._buf[: end + 4])
         rest = bytes(self._buf[end + 4 :])
