@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hybridrelay.relay import device_auth
+from hybridrelay.relay import dashboard, device_auth
 from hybridrelay.relay.admission import PendingShare, rate_limit_middleware
 from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
@@ -81,6 +81,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_mgmt_routes(app.router)  # /$mgmt/v1: before the catch-all
+    dashboard.install(app)  # /$dashboard/: before the catch-all
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(reactions_ctx)  # torn down before _lifecycle closes the store

@@ -51,6 +51,10 @@ class _Family:
             child = self._children[values] = type(self)(self.name, self.doc)
         return child
 
+    def counts(self) -> list[tuple[tuple[str, ...], float]]:
+        """Each label combination with its value (the management API's ``/stats``)."""
+        return [(values, cell.value) for values, cell in self._cells()]
+
     def _cells(self) -> Iterable[tuple[tuple[str, ...], Self]]:
         if self.labelnames:
             return self._children.items()

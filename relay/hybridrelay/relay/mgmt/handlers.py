@@ -52,6 +52,7 @@ from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
 from hybridrelay.relay.mgmt.jobs import job_routes
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
+from hybridrelay.relay.mgmt.live import close_stream, list_listeners, list_streams, stats
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
@@ -458,6 +459,33 @@ async def _device(request: web.Request) -> web.StreamResponse:
     return await _serve(request, operations)
 
 
+# --- live state of this node (mgmt/live.py) ---------------------------------------------------
+
+
+async def _listeners(call: _Call) -> web.StreamResponse:
+    return _json(list_listeners(call.request, call.state))
+
+
+async def _streams(call: _Call) -> web.StreamResponse:
+    return _json(list_streams(call.request, call.state))
+
+
+async def _stats(call: _Call) -> web.StreamResponse:
+    return _json(stats(call.state))
+
+
+async def _close_stream(call: _Call, stream_id: str) -> web.StreamResponse:
+    close_stream(call.request, call.state, stream_id)
+    return _no_content()
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    operations: dict[str, Operation] = {
+        "DELETE": functools.partial(_close_stream, stream_id=request.match_info["stream"])
+    }
+    return await _serve(request, operations)
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 
@@ -491,6 +519,10 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/rules/{rule}/regenerate", _namespace_regenerate),
         ("/devices", _collection(_list_devices)),
         ("/devices/{device:.+}", _device),
+        ("/listeners", _collection(_listeners)),
+        ("/streams", _collection(_streams)),
+        ("/streams/{stream}", _stream),
+        ("/stats", _collection(_stats)),
         ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
         *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
         *certificate_routes(),  # /certificates...: CA certificates (mgmt/certificates.py)

@@ -630,6 +630,147 @@ _EVENTS_PATH: Final[Doc] = {
 }
 
 
+_HC_FILTER: Final = _param(
+    "hybridConnection",
+    "query",
+    {"type": "string", "minLength": 1},
+    "Only those of this hybrid connection (ignoring case).",
+    required=False,
+)
+_LIVE_SCHEMAS: Final[dict[str, Doc]] = {
+    "Listener": {
+        "type": "object",
+        "description": "A listener's control channel connected to this node.",
+        "required": ["hybridConnection", "id", "remoteAddress", "connectedAt", "activeStreams"],
+        "properties": {
+            "hybridConnection": {"type": "string"},
+            "id": {"type": "string", "description": "The listener's id (its tracking id)."},
+            "remoteAddress": {"type": "string", "description": "address:port as seen here."},
+            "connectedAt": _TIME,
+            "activeStreams": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ListenerList": _list_of("Listener"),
+    "Stream": {
+        "type": "object",
+        "description": "A spliced WebSocket stream (sender <-> listener) open on this node.",
+        "required": [
+            "id",
+            "hybridConnection",
+            "listenerId",
+            "senderAddress",
+            "startedAt",
+            "bytesSenderToListener",
+            "bytesListenerToSender",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "hybridConnection": {"type": "string"},
+            "listenerId": {"type": "string"},
+            "senderAddress": {"type": "string"},
+            "startedAt": _TIME,
+            "bytesSenderToListener": {"type": "integer", "minimum": 0},
+            "bytesListenerToSender": {"type": "integer", "minimum": 0},
+        },
+    },
+    "StreamList": _list_of("Stream"),
+    "Stats": {
+        "type": "object",
+        "description": "This node's counters (the same as /metrics): listeners and streams "
+        "now, connections and bytes since start (bytes of finished streams), refusals by "
+        "HTTP status and action (with a reason in words) and by limit (docs/security.md).",
+        "required": [
+            "listeners",
+            "activeStreams",
+            "connections",
+            "bytesSenderToListener",
+            "bytesListenerToSender",
+            "refusals",
+            "limitRefusals",
+        ],
+        "properties": {
+            "listeners": {"type": "integer"},
+            "activeStreams": {"type": "integer"},
+            "connections": {"type": "integer"},
+            "bytesSenderToListener": {"type": "integer"},
+            "bytesListenerToSender": {"type": "integer"},
+            "refusals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status", "action", "reason", "count"],
+                    "properties": {
+                        "status": {"type": "string"},
+                        "action": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "count": {"type": "integer"},
+                    },
+                },
+            },
+            "limitRefusals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["limit", "count"],
+                    "properties": {"limit": {"type": "string"}, "count": {"type": "integer"}},
+                },
+            },
+        },
+    },
+}
+_LIVE_PATHS: Final[dict[str, Doc]] = {
+    "/listeners": {
+        "get": {
+            "operationId": "listListeners",
+            "summary": "Listeners connected to this node, with their open streams.",
+            "parameters": [_HC_FILTER],
+            "responses": _responses({"200": _ok("All of them, one page.", "ListenerList")}),
+        }
+    },
+    "/streams": {
+        "get": {
+            "operationId": "listStreams",
+            "summary": "WebSocket streams spliced on this node, oldest first.",
+            "parameters": [_HC_FILTER],
+            "responses": _responses({"200": _ok("All of them, one page.", "StreamList")}),
+        }
+    },
+    "/streams/{streamId}": {
+        "parameters": [
+            _param(
+                "streamId",
+                "path",
+                {"type": "string"},
+                "A stream's id (GET /streams).",
+                required=True,
+            )
+        ],
+        "delete": {
+            "operationId": "closeStream",
+            "summary": "Close a live stream: both peers get close code 1008 with the reason "
+            "(audit-logged).",
+            "parameters": [
+                _param(
+                    "reason",
+                    "query",
+                    {"type": "string", "maxLength": 120},
+                    "The close reason (default: closed by an operator).",
+                    required=False,
+                )
+            ],
+            "responses": _responses({"204": {"description": "Closing."}}),
+        },
+    },
+    "/stats": {
+        "get": {
+            "operationId": "getStats",
+            "summary": "This node's counters, refusals grouped by reason.",
+            "responses": _responses({"200": _ok("The counters.", "Stats")}),
+        }
+    },
+}
+
+
 def build_openapi() -> Doc:
     """The document; a deep copy each call, so callers may change it."""
     return copy.deepcopy(_document())
@@ -755,12 +896,13 @@ def _document() -> Doc:
                     "responses": _responses({"204": _NO_CONTENT}, "412"),
                 },
             },
+            **_LIVE_PATHS,
             "/events": _EVENTS_PATH,
             **_JOB_PATHS,
             **_CERT_PATHS,
         },
         "components": {
-            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS},
+            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS, **_LIVE_SCHEMAS},
             "securitySchemes": {
                 "sasToken": {
                     "type": "apiKey",

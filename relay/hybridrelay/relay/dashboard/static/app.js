@@ -1,0 +1,375 @@
+// The hybridrelay dashboard: plain ES module, no build step, no inline script or style.
+// Every URL is relative to the page (/$dashboard/), so a proxy's path prefix is kept.
+// Data is put in the page with textContent only, never as HTML.
+
+const REFRESH_MS = 2000;
+const state = { session: null, timers: [] };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error?.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.error?.code;
+  }
+}
+
+async function request(method, url, body, headers = {}) {
+  const init = { method, headers: { ...headers }, credentials: "same-origin" };
+  if (method !== "GET" && state.session) init.headers["X-CSRF-Token"] = state.session.csrfToken;
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(url, init);
+  const text = await response.text();
+  const doc = text ? JSON.parse(text) : null;
+  if (response.status === 401 && url !== "login") {
+    showLogin();
+    throw new ApiError(401, doc);
+  }
+  if (!response.ok) throw new ApiError(response.status, doc);
+  return { doc, headers: response.headers };
+}
+
+const api = async (method, path, body, headers) =>
+  (await request(method, "api/" + path, body, headers)).doc;
+const enc = encodeURIComponent;
+const hcPath = (name) => name.split("/").map(enc).join("/");
+const isOperator = () => state.session?.role === "operator";
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function age(iso) {
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}
+
+function table(headings, rows, emptyText) {
+  const body = rows.length
+    ? rows
+    : [el("tr", {}, el("td", { class: "empty", colspan: headings.length, text: emptyText }))];
+  return el("div", { class: "scroll" },
+    el("table", {}, el("thead", {}, el("tr", {}, headings.map((h) => el("th", { text: h })))),
+      el("tbody", {}, body)));
+}
+
+function card(stat, label, value, sub) {
+  return el("div", { class: "card", "data-stat": stat },
+    el("span", { class: "n", text: value }), el("span", { class: "label", text: label }),
+    sub ? el("span", { class: "sub", text: sub }) : null);
+}
+
+function errorLine(where) {
+  return (error) => { where.textContent = error.message; };
+}
+
+// A part of a page that is redrawn every REFRESH_MS; forms stay outside it.
+function live(container, draw) {
+  const run = async () => {
+    try { container.replaceChildren(...[await draw()].flat()); }
+    catch (error) { if (!(error instanceof ApiError && error.status === 401)) container.replaceChildren(el("p", { class: "error", text: error.message })); }
+  };
+  state.timers.push(setInterval(run, REFRESH_MS));
+  return run();
+}
+
+// --- pages ---------------------------------------------------------------------------------
+
+async function overview(main) {
+  main.append(el("h1", { text: "Overview" }));
+  const cards = el("div", { class: "cards", id: "overview-cards" });
+  const refusals = el("div", { id: "refusals" });
+  main.append(cards, el("h2", { text: "Refusals by reason" }), refusals);
+  await live(cards, async () => {
+    const [stats, hcs, devices] = await Promise.all([
+      api("GET", "stats"), api("GET", "hybridconnections?top=1000"), api("GET", "devices?top=1000"),
+    ]);
+    const more = (page) => (page.continuationToken ? "+" : "");
+    const enabled = devices.value.filter((d) => d.status === "enabled").length;
+    const connected = devices.value.filter((d) => d.connectionState === "connected").length;
+    return [
+      card("hybridconnections", "Hybrid connections", `${hcs.value.length}${more(hcs)}`),
+      card("listeners", "Listeners online", stats.listeners),
+      card("streams", "Live streams", stats.activeStreams, `${stats.connections} since start`),
+      card("devices", "Devices", `${devices.value.length}${more(devices)}`,
+        `${enabled} enabled, ${devices.value.length - enabled} disabled, ${connected} connected`),
+      card("bytes", "Bytes relayed", bytes(stats.bytesSenderToListener + stats.bytesListenerToSender),
+        `${bytes(stats.bytesSenderToListener)} up, ${bytes(stats.bytesListenerToSender)} down`),
+    ];
+  });
+  await live(refusals, async () => {
+    const stats = await api("GET", "stats");
+    const total = stats.refusals.reduce((sum, r) => sum + r.count, 0) || 1;
+    const rows = stats.refusals.map((r) => el("tr", { "data-refusal": `${r.status}-${r.action}` },
+      el("td", { text: r.reason }), el("td", { text: r.status }), el("td", { text: r.action }),
+      el("td", { text: r.count }), el("td", {}, el("meter", { min: 0, max: total, value: r.count }))));
+    const limits = stats.limitRefusals.map((r) => el("tr", {},
+      el("td", { text: r.limit }), el("td", { text: r.count })));
+    return [
+      table(["Reason", "Status", "Action", "Count", ""], rows, "No refusals yet"),
+      el("h2", { text: "Refusals by limit" }),
+      table(["Limit (docs/security.md)", "Count"], limits, "No limit reached yet"),
+    ];
+  });
+}
+
+function hcStatus(hc) {
+  if (hc.status === "disabled") return "disabled";
+  return hc.listenerCount > 0 ? "healthy" : "down";
+}
+
+async function hybridConnections(main) {
+  main.append(el("h1", { text: "Hybrid connections" }));
+  if (isOperator()) {
+    const name = el("input", { id: "hc-name", placeholder: "new hybrid connection name", required: true });
+    const error = el("span", { class: "error" });
+    main.append(el("form", {
+      class: "inline",
+      onsubmit: (event) => {
+        event.preventDefault();
+        api("PUT", "hybridconnections/" + hcPath(name.value.trim()), {})
+          .then(() => { location.hash = "#/hc/" + enc(name.value.trim()); })
+          .catch(errorLine(error));
+      },
+    }, name, el("button", { type: "submit", class: "primary", text: "Create" }), error));
+  }
+  const list = el("div", { id: "hc-list" });
+  main.append(list);
+  await live(list, async () => {
+    const [hcs, streams] = await Promise.all([api("GET", "hybridconnections?top=1000"), api("GET", "streams")]);
+    const open = {};
+    for (const s of streams.value) open[s.hybridConnection.toLowerCase()] = (open[s.hybridConnection.toLowerCase()] || 0) + 1;
+    const rows = hcs.value.map((hc) => {
+      const status = hcStatus(hc);
+      return el("tr", { "data-hc": hc.name },
+        el("td", {}, el("a", { href: "#/hc/" + enc(hc.name), text: hc.name })),
+        el("td", { class: `status-${status}`, text: status }),
+        el("td", { class: "listeners", text: `${hc.listenerCount} / ${hc.maxListeners}` }),
+        el("td", { class: "streams", text: open[hc.name.toLowerCase()] || 0 }),
+        el("td", { text: hc.http === true ? "HTTP" : hc.http === false ? "WebSocket" : "both" }));
+    });
+    return table(["Name", "Status", "Listeners", "Live streams", "Mode"], rows, "No hybrid connections");
+  });
+}
+
+function keyCells(rule) {
+  return el("div", { class: "keys" },
+    el("span", {}, "primary ", el("code", { class: "primary-key", text: rule.primaryKey })),
+    el("span", {}, "secondary ", el("code", { class: "secondary-key", text: rule.secondaryKey || "" })));
+}
+
+async function hybridConnection(main, name) {
+  const path = "hybridconnections/" + hcPath(name);
+  main.append(el("h1", { text: name }));
+  const summary = el("div", { class: "cards", id: "hc-cards" });
+  const listeners = el("div", { id: "listeners" });
+  const rules = el("div", { id: "rules" });
+  const message = el("p", { class: "error", role: "alert" });
+  main.append(summary, el("h2", { text: "Listeners (this node)" }), listeners, el("h2", { text: "Rules" }), message);
+
+  async function drawRules() {
+    const list = await api("GET", path + "/rules");
+    const rows = list.value.map((rule) => {
+      const keys = el("td", { class: "key-cell" });
+      const actions = el("td", {},
+        el("button", { type: "button", text: "Show keys", onclick: () => api("GET", `${path}/rules/${enc(rule.name)}`).then((r) => keys.replaceChildren(keyCells(r))).catch(errorLine(message)) }));
+      if (isOperator()) {
+        actions.append(" ",
+          el("button", { type: "button", text: "Regenerate primary", onclick: () => api("POST", `${path}/rules/${enc(rule.name)}/regenerate`, { keyType: "primary" }).then((r) => keys.replaceChildren(keyCells(r))).catch(errorLine(message)) }),
+          " ",
+          el("button", { type: "button", class: "danger", text: "Delete", onclick: () => api("DELETE", `${path}/rules/${enc(rule.name)}`).then(() => drawRules()).catch(errorLine(message)) }));
+      }
+      return el("tr", { "data-rule": rule.name }, el("td", { text: rule.name }), el("td", { text: rule.rights.join(", ") }), keys, actions);
+    });
+    rules.replaceChildren(table(["Name", "Rights", "Keys", ""], rows, "No rules of its own: namespace rules apply"));
+  }
+
+  if (isOperator()) {
+    const ruleName = el("input", { id: "rule-name", placeholder: "rule name", required: true });
+    const rights = ["Listen", "Send", "Manage"].map((right) =>
+      el("label", {}, el("input", { type: "checkbox", value: right, checked: right !== "Manage", "data-right": right }), ` ${right}`));
+    const created = el("div", { id: "rule-created" });
+    main.append(rules, el("form", {
+      class: "inline",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const chosen = rights.map((l) => l.firstChild).filter((box) => box.checked).map((box) => box.value);
+        api("PUT", `${path}/rules/${enc(ruleName.value.trim())}`, { rights: chosen })
+          .then((rule) => { created.replaceChildren(el("p", { text: `Created ${rule.name}:` }), keyCells(rule)); return drawRules(); })
+          .catch(errorLine(message));
+      },
+    }, ruleName, rights, el("button", { type: "submit", class: "primary", text: "Create rule" })), created);
+  } else {
+    main.append(rules);
+  }
+
+  await live(summary, async () => {
+    const [hc, streams] = await Promise.all([api("GET", path), api("GET", "streams?hybridConnection=" + enc(name))]);
+    const status = hcStatus(hc);
+    const toggle = isOperator()
+      ? el("button", { type: "button", id: "hc-toggle", text: hc.status === "disabled" ? "Enable" : "Disable", onclick: () => api("PATCH", path, { status: hc.status === "disabled" ? "enabled" : "disabled" }).catch(errorLine(message)) })
+      : null;
+    return [
+      card("status", "Status", status, null),
+      card("ActiveListeners", "ActiveListeners", `${hc.listenerCount} / ${hc.maxListeners}`),
+      card("ActiveConnections", "ActiveConnections", streams.value.length),
+      el("div", { class: "card" }, el("span", { class: "label", text: hc.configOwned ? "Owned by the config file" : "Created by the API" }), el("span", { class: "sub" }, toggle)),
+    ];
+  });
+  await live(listeners, async () => {
+    const list = await api("GET", "listeners?hybridConnection=" + enc(name));
+    const rows = list.value.map((l) => el("tr", { "data-listener": l.id },
+      el("td", {}, el("code", { text: l.id })), el("td", { text: l.remoteAddress }),
+      el("td", { text: `${age(l.connectedAt)} ago`, title: l.connectedAt }), el("td", { class: "streams", text: l.activeStreams })));
+    return table(["Id", "Remote address", "Connected", "Active streams"], rows, "No listener connected");
+  });
+  await drawRules().catch(errorLine(message));
+}
+
+async function streams(main) {
+  main.append(el("h1", { text: "Live streams" }));
+  const message = el("p", { class: "error", role: "alert" });
+  const list = el("div", { id: "stream-list" });
+  main.append(message, list);
+  const draw = async () => {
+    const open = await api("GET", "streams");
+    const rows = open.value.map((s) => el("tr", { "data-stream": s.id },
+      el("td", {}, el("a", { href: "#/hc/" + enc(s.hybridConnection), text: s.hybridConnection })),
+      el("td", { text: s.senderAddress }), el("td", {}, el("code", { text: s.listenerId })),
+      el("td", { class: "up", text: bytes(s.bytesSenderToListener) }), el("td", { class: "down", text: bytes(s.bytesListenerToSender) }),
+      el("td", { text: age(s.startedAt), title: s.startedAt }),
+      el("td", {}, isOperator() ? el("button", {
+        type: "button", class: "danger", text: "Close",
+        onclick: () => api("DELETE", `streams/${enc(s.id)}?reason=${enc("closed from the dashboard")}`).then(draw).catch(errorLine(message)),
+      }) : null)));
+    list.replaceChildren(table(["Hybrid connection", "Sender", "Listener", "Up", "Down", "Age", ""], rows, "No live stream"));
+  };
+  state.timers.push(setInterval(() => draw().catch(() => {}), REFRESH_MS));
+  await draw();
+}
+
+async function devices(main) {
+  main.append(el("h1", { text: "Devices" }));
+  const message = el("p", { class: "error", role: "alert" });
+  const search = el("input", { id: "device-search", type: "search", placeholder: "filter by id" });
+  const list = el("div", { id: "device-list" });
+  const pager = el("div", { class: "inline" });
+  const pages = [null];
+  let page = { value: [], continuationToken: null };
+  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, search), message, list, pager);
+
+  async function toggle(device) {
+    const { doc, headers } = await request("GET", "api/devices/" + enc(device.deviceId));
+    doc.status = doc.status === "enabled" ? "disabled" : "enabled";
+    doc.statusReason = doc.status === "disabled" ? "disabled from the dashboard" : "";
+    await api("PUT", "devices/" + enc(device.deviceId), doc, { "If-Match": headers.get("ETag") || "*" });
+    await load(pages[pages.length - 1]);
+  }
+
+  function draw() {
+    const needle = search.value.trim().toLowerCase();
+    const rows = page.value.filter((d) => !needle || d.deviceId.toLowerCase().includes(needle)).map((d) => el("tr", { "data-device": d.deviceId },
+      el("td", { text: d.deviceId }),
+      el("td", { class: `status-${d.status}`, text: d.status + (d.statusReason ? ` (${d.statusReason})` : "") }),
+      el("td", { class: `status-${d.connectionState}`, text: d.connectionState }),
+      el("td", { text: d.lastActivityTime && !d.lastActivityTime.startsWith("0001") ? d.lastActivityTime : "never" }),
+      el("td", { text: d.authentication?.type || "" }),
+      el("td", {}, isOperator() ? el("button", { type: "button", class: d.status === "enabled" ? "danger" : "", text: d.status === "enabled" ? "Disable" : "Enable", onclick: () => toggle(d).catch(errorLine(message)) }) : null)));
+    list.replaceChildren(table(["Device id", "Status", "Connection", "Last activity", "Auth", ""], rows, "No devices"));
+    pager.replaceChildren(
+      pages.length > 1 ? el("button", { type: "button", text: "Previous page", onclick: () => { pages.pop(); load(pages[pages.length - 1]).catch(errorLine(message)); } }) : null,
+      page.continuationToken ? el("button", { type: "button", text: "Next page", onclick: () => { pages.push(page.continuationToken); load(page.continuationToken).catch(errorLine(message)); } }) : null);
+  }
+
+  async function load(token) {
+    page = await api("GET", "devices?top=50" + (token ? "&continuationToken=" + enc(token) : ""));
+    draw();
+  }
+  search.addEventListener("input", draw);
+  state.timers.push(setInterval(() => load(pages[pages.length - 1]).catch(() => {}), REFRESH_MS * 2));
+  await load(null);
+}
+
+// --- shell ---------------------------------------------------------------------------------
+
+function showLogin() {
+  state.session = null;
+  for (const timer of state.timers.splice(0)) clearInterval(timer);
+  $("main").replaceChildren();
+  $("nav").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("login").hidden = false;
+}
+
+async function route() {
+  for (const timer of state.timers.splice(0)) clearInterval(timer);
+  if (!state.session) return;
+  const [, page = "overview", ...rest] = (location.hash || "#/overview").split("/");
+  for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === page || (page === "hc" && link.dataset.page === "hcs"));
+  const main = $("main");
+  main.replaceChildren();
+  const pages = { overview, hcs: hybridConnections, streams, devices };
+  try {
+    if (page === "hc") await hybridConnection(main, decodeURIComponent(rest.join("/")));
+    else await (pages[page] || overview)(main);
+    main.dataset.ready = page;
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) main.append(el("p", { class: "error", text: error.message }));
+  }
+}
+
+function signedIn(session) {
+  state.session = session;
+  $("login").hidden = true;
+  $("nav").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = `${session.who} (${session.role})`;
+  route();
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const jwt = $("jwt").value.trim();
+  const body = jwt ? { token: jwt } : { keyName: $("key-name").value.trim(), key: $("key").value };
+  $("login-error").textContent = "";
+  try {
+    const { doc } = await request("POST", "login", body);
+    $("key").value = "";
+    $("jwt").value = "";
+    signedIn(doc);
+  } catch (error) {
+    $("login-error").textContent = error.status === 429 ? "Too many failed logins; wait a minute." : `Login refused: ${error.message}`;
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  try { await request("POST", "logout"); } finally { showLogin(); }
+});
+
+window.addEventListener("hashchange", route);
+
+request("GET", "session").then(({ doc }) => signedIn(doc)).catch(() => showLogin());
