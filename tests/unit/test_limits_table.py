@@ -36,6 +36,7 @@ NOT_LIMITS = frozenset(
         "client_cert",
         "client_ca_file",
         "allow_placeholder_keys",
+        "dashboard_viewers",
     }
 )
 

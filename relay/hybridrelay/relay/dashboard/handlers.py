@@ -120,7 +120,9 @@ def _session_doc(session: Session) -> dict[str, object]:
 
 async def _redirect(request: web.Request) -> web.StreamResponse:
     # Relative, so that a proxy's prefix stays: /x/$dashboard -> /x/$dashboard/.
-    raise web.HTTPFound(DASHBOARD_PREFIX.lstrip("/") + "/")
+    # Answered, not raised: the error middleware turns raised HTTP errors into JSON.
+    location = DASHBOARD_PREFIX.lstrip("/") + "/"
+    return _secure(web.Response(status=302, headers={"Location": location}))
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
@@ -299,6 +301,11 @@ async def _api(request: web.Request) -> web.StreamResponse:
     return _secure(response)
 
 
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    request[ACTION_KEY] = "dashboard"
+    return _secure(error_response(404, "EndpointNotFound", "no such dashboard resource"))
+
+
 def install(app: web.Application) -> None:
     """Add the dashboard's routes (before the relay's catch-all) and its state."""
     state = app[STATE]
@@ -319,3 +326,5 @@ def install(app: web.Application) -> None:
     router.add_get(DASHBOARD_PREFIX + "/session", _whoami)
     router.add_post(DASHBOARD_PREFIX + "/logout", _logout)
     router.add_route("*", DASHBOARD_PREFIX + "/api/{tail:.+}", _api)
+    # Anything else under the prefix is the dashboard's 404, never a relayed request.
+    router.add_route("*", DASHBOARD_PREFIX + "/{tail:.*}", _not_found)

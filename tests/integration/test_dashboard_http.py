@@ -1,0 +1,282 @@
+"""The dashboard's HTTP side (issue 14) against an in-process relay, without a browser.
+
+Login, session cookie, CSRF, roles and the failed-login limit; the management API
+resources the dashboard reads (/listeners, /streams, /stats) and the stream close
+(1008, audit-logged). The pages themselves are driven in Chromium by
+tests/browser/test_dashboard.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.conftest import RelayFactory
+from tests.harness.peers import RawListener, send
+from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.timing import seconds
+from yarl import URL
+
+from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.protocol.sas import create_sas_token
+from hybridrelay.relay.mgmt.audit import AUDIT
+from hybridrelay.relay.mgmt.openapi import build_openapi
+
+ROOT = "RootManageSharedAccessKey"
+
+
+class Browserish:
+    """An HTTP client that keeps cookies like a browser (IP hosts included)."""
+
+    def __init__(self, relay: InProcessRelay, session: aiohttp.ClientSession) -> None:
+        self.base = relay.http_url + "/$dashboard/"
+        self.session = session
+        self.csrf: str | None = None
+
+    async def call(
+        self, method: str, path: str, body: object = None, *, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        data = json.dumps(body) if body is not None else None
+        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        all_headers.update(headers or {})
+        async with self.session.request(
+            method, self.base + path, data=data, headers=all_headers
+        ) as resp:
+            text = await resp.text()
+            is_json = resp.content_type == "application/json" and text
+            return resp.status, json.loads(text) if is_json else text, resp
+
+    async def login(self, key_name: str = ROOT, key: str = ROOT_KEY) -> tuple[int, Any]:
+        status, doc, _ = await self.call("POST", "login", {"keyName": key_name, "key": key})
+        if status == 200:
+            self.csrf = doc["csrfToken"]
+        return status, doc
+
+    async def write(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        assert self.csrf is not None
+        status, doc, _ = await self.call(method, path, body, headers={"X-CSRF-Token": self.csrf})
+        return status, doc
+
+
+@pytest.fixture
+async def client(relay: InProcessRelay) -> AsyncIterator[Browserish]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield Browserish(relay, session)
+
+
+def mgmt_token(relay: InProcessRelay) -> str:
+    return create_sas_token(relay.http_url + "/", ROOT, ROOT_KEY, int(time.time()) + 600)
+
+
+async def test_login_sets_a_strict_httponly_cookie_scoped_to_the_dashboard(
+    client: Browserish,
+) -> None:
+    status, doc, resp = await client.call("POST", "login", {"keyName": ROOT, "key": ROOT_KEY})
+    assert status == 200
+    assert doc["who"] == f"sas:{ROOT}"
+    assert doc["role"] == "operator"
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    # No Path: the browser scopes it to /$dashboard, never the relayed paths at /.
+    assert "Path" not in cookie
+    assert ROOT_KEY not in cookie
+    assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    status, stats, _ = await client.call("GET", "api/stats")
+    assert status == 200
+    assert stats["listeners"] == 0
+    status, whoami, _ = await client.call("GET", "session")
+    assert status == 200
+    assert whoami["csrfToken"] == doc["csrfToken"]
+    assert "credential" not in whoami
+
+
+async def test_wrong_key_missing_cookie_and_missing_csrf_are_refused(client: Browserish) -> None:
+    assert (await client.login(key="not-the-key"))[0] == 401
+    assert (await client.login(key_name="no-such-rule"))[0] == 401
+    # No session: the API, the session and logout answer 401.
+    for method, path in (("GET", "api/stats"), ("GET", "session"), ("POST", "logout")):
+        status, doc, _ = await client.call(method, path)
+        assert status == 401, path
+        assert doc["error"]["code"] == "SessionRequired"
+    assert (await client.login())[0] == 200
+    # A write without the CSRF header, or with another one, changes nothing.
+    for headers in ({}, {"X-CSRF-Token": "forged"}):
+        status, doc, _ = await client.call(
+            "PUT", "api/hybridconnections/made-here", {}, headers=headers
+        )
+        assert status == 403
+        assert doc["error"]["code"] == "CsrfTokenInvalid"
+    assert (await client.call("GET", "api/hybridconnections/made-here"))[0] == 404
+    assert (await client.write("PUT", "api/hybridconnections/made-here", {}))[0] == 201
+    # Logout needs the CSRF token too, then the cookie is worthless.
+    assert (await client.call("POST", "logout"))[0] == 403
+    assert (await client.write("POST", "logout"))[0] == 204
+    assert (await client.call("GET", "api/stats"))[0] == 401
+
+
+async def test_a_login_page_is_served_with_a_strict_policy(client: Browserish) -> None:
+    status, _, resp = await client.call("GET", "")
+    assert status == 200
+    policy = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    for name in ("app.js", "app.css"):
+        assert (await client.call("GET", "static/" + name))[0] == 200
+    assert (await client.call("GET", "static/nope.js"))[0] == 404
+    # Relative redirect from the bare prefix keeps a proxy's own prefix.
+    async with client.session.get(client.base.rstrip("/"), allow_redirects=False) as redirect:
+        assert redirect.status == 302
+        assert redirect.headers["Location"] == "$dashboard/"
+
+
+async def test_api_paths_cannot_leave_the_management_api(client: Browserish) -> None:
+    assert (await client.login())[0] == 200
+    for tail in ("%2e%2e/healthz", "%2E/stats", "devices//x"):
+        url = URL(client.base + "api/" + tail, encoded=True)  # sent as is, not normalized
+        async with client.session.get(url, allow_redirects=False) as resp:
+            assert resp.status == 404, tail
+    # Percent-encoded names reach the API as sent.
+    status, doc, _ = await client.call("GET", "api/hybridconnections/nested%2Fpath")
+    assert status == 200
+    assert doc["name"] == "nested/path"
+
+
+async def test_failed_logins_are_limited_per_address_and_counted(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(relay_extra="dashboard_login_failures = 3")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        client = Browserish(relay, session)
+        for _ in range(3):
+            assert (await client.login(key="wrong"))[0] == 401
+        status, doc = await client.login()  # even the right key: the minute is not over
+        assert status == 429
+        assert doc["error"]["code"] == "TooManyRequests"
+    limits = dict(relay.state.metrics.limit_refusals.counts())
+    assert limits[("dashboard_login_failures",)] == 1
+
+
+async def test_viewers_read_but_do_not_write(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(relay_extra=f'dashboard_viewers = ["sas:{ROOT}"]')
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        client = Browserish(relay, session)
+        status, doc = await client.login()
+        assert status == 200
+        assert doc["role"] == "viewer"
+        assert (await client.call("GET", "api/hybridconnections"))[0] == 200
+        status, refusal = await client.write("PUT", "api/hybridconnections/nope", {})
+        assert status == 403
+        assert refusal["error"]["code"] == "ReadOnlySession"
+
+
+async def test_a_regenerated_key_ends_the_session(
+    client: Browserish, relay: InProcessRelay
+) -> None:
+    assert (await client.login())[0] == 200
+    created = await client.write("PUT", "api/rules/dash-admin", {"rights": ["Manage"]})
+    assert created[0] == 201
+    other = Browserish(relay, client.session)
+    other.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with other.session:
+        assert (await other.login("dash-admin", created[1]["primaryKey"]))[0] == 200
+        assert (await other.call("GET", "api/stats"))[0] == 200
+        regenerated = await client.write(
+            "POST", "api/rules/dash-admin/regenerate", {"keyType": "primary"}
+        )
+        assert regenerated[0] == 200
+        # The session's credential is checked by the API on every call.
+        assert (await other.call("GET", "api/stats"))[0] == 401
+
+
+async def test_listeners_streams_and_closing_one_with_1008(
+    relay: InProcessRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = await RawListener(relay.url, "echo", listener_id="dash-listener").start()
+    headers = {"Authorization": mgmt_token(relay)}
+    base = relay.http_url + "/$mgmt/v1"
+    try:
+        sender = await send(relay.url, "echo")
+        await sender.send("hello")
+        assert await sender.recv() == "hello"
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(base + "/listeners?hybridConnection=ECHO") as resp:
+                listeners = (await resp.json())["value"]
+            assert [(item["id"], item["activeStreams"]) for item in listeners] == [
+                ("dash-listener", 1)
+            ]
+            assert listeners[0]["remoteAddress"].startswith("127.0.0.1:")
+            async with http.get(base + "/streams") as resp:
+                streams = (await resp.json())["value"]
+            assert len(streams) == 1
+            stream = streams[0]
+            assert stream["hybridConnection"] == "echo"
+            assert stream["listenerId"] == "dash-listener"
+            assert stream["bytesSenderToListener"] > 0
+            async with http.get(base + "/streams?hybridConnection=other") as resp:
+                assert (await resp.json())["value"] == []
+
+            caplog.set_level(logging.INFO, logger=AUDIT)
+            async with http.delete(
+                f"{base}/streams/{stream['id']}", params={"reason": "bye now"}
+            ) as resp:
+                assert resp.status == 204
+            with pytest.raises(ConnectionClosedError) as closed:
+                async with asyncio.timeout(seconds(5)):
+                    await sender.recv()
+            assert (closed.value.code, closed.value.reason) == (1008, "bye now")
+            writes = [r for r in caplog.records if r.getMessage() == "mgmt_write"]
+            assert [(r.who, r.method, r.status) for r in writes] == [  # type: ignore[attr-defined]
+                (f"sas:{ROOT}", "DELETE", 204)
+            ]
+            async with http.delete(f"{base}/streams/{stream['id']}") as resp:
+                assert resp.status == 404
+            async with http.delete(f"{base}/streams/x", params={"reason": "\x00"}) as resp:
+                assert resp.status == 400
+            async with http.get(base + "/stats") as resp:
+                stats = await resp.json()
+            assert stats["connections"] == 1
+            assert stats["listeners"] == 1
+    finally:
+        await listener.stop()
+
+
+async def test_refusals_are_grouped_by_reason(relay: InProcessRelay) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(relay.http_url + "/$mgmt/v1/stats") as resp:
+            assert resp.status == 401  # no token: itself a refusal
+        async with http.get(
+            relay.http_url + "/$mgmt/v1/stats", headers={"Authorization": mgmt_token(relay)}
+        ) as resp:
+            stats = await resp.json()
+    assert {"status": "401", "action": "mgmt", "reason": "bad or expired token", "count": 1} in (
+        stats["refusals"]
+    )
+
+
+def test_the_openapi_document_describes_the_live_resources() -> None:
+    paths = build_openapi()["paths"]
+    assert set(paths["/streams/{streamId}"]) >= {"delete"}
+    for path in ("/listeners", "/streams", "/stats"):
+        assert "get" in paths[path]
+
+
+async def test_sessions_beyond_the_cap_are_refused_and_counted(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(relay_extra="max_dashboard_sessions = 1")
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as first, aiohttp.ClientSession() as second:
+        assert (await Browserish(relay, first).login())[0] == 200
+        status, doc = await Browserish(relay, second).login()
+        assert status == 429
+        assert doc["error"]["code"] == "TooManyRequests"
+    limits = dict(relay.state.metrics.limit_refusals.counts())
+    assert limits[("max_dashboard_sessions",)] == 1
