@@ -263,6 +263,7 @@ async def test_refusals_are_grouped_by_reason(relay: InProcessRelay) -> None:
 
 def test_the_openapi_document_describes_the_live_resources() -> None:
     paths = build_openapi()["paths"]
+    assert isinstance(paths, dict)
     assert set(paths["/streams/{streamId}"]) >= {"delete"}
     for path in ("/listeners", "/streams", "/stats"):
         assert "get" in paths[path]

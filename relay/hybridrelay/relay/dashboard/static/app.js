@@ -3,7 +3,15 @@
 // Data is put in the page with textContent only, never as HTML.
 
 const REFRESH_MS = 2000;
-const state = { session: null, timers: [] };
+const state = { session: null, view: null };
+
+// What one drawn page polls; a navigation stops the previous page's timers, including
+// those a page that was still loading would start afterwards.
+class View {
+  constructor() { this.timers = []; this.stopped = false; }
+  every(ms, fn) { if (!this.stopped) this.timers.push(setInterval(fn, ms)); }
+  stop() { this.stopped = true; for (const timer of this.timers.splice(0)) clearInterval(timer); }
+}
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -87,23 +95,23 @@ function errorLine(where) {
 }
 
 // A part of a page that is redrawn every REFRESH_MS; forms stay outside it.
-function live(container, draw) {
+function live(view, container, draw) {
   const run = async () => {
-    try { container.replaceChildren(...[await draw()].flat()); }
+    try { container.replaceChildren(...[await draw()].flat().filter(Boolean)); }
     catch (error) { if (!(error instanceof ApiError && error.status === 401)) container.replaceChildren(el("p", { class: "error", text: error.message })); }
   };
-  state.timers.push(setInterval(run, REFRESH_MS));
+  view.every(REFRESH_MS, run);
   return run();
 }
 
 // --- pages ---------------------------------------------------------------------------------
 
-async function overview(main) {
+async function overview(main, view) {
   main.append(el("h1", { text: "Overview" }));
   const cards = el("div", { class: "cards", id: "overview-cards" });
   const refusals = el("div", { id: "refusals" });
   main.append(cards, el("h2", { text: "Refusals by reason" }), refusals);
-  await live(cards, async () => {
+  await live(view, cards, async () => {
     const [stats, hcs, devices] = await Promise.all([
       api("GET", "stats"), api("GET", "hybridconnections?top=1000"), api("GET", "devices?top=1000"),
     ]);
@@ -120,7 +128,7 @@ async function overview(main) {
         `${bytes(stats.bytesSenderToListener)} up, ${bytes(stats.bytesListenerToSender)} down`),
     ];
   });
-  await live(refusals, async () => {
+  await live(view, refusals, async () => {
     const stats = await api("GET", "stats");
     const total = stats.refusals.reduce((sum, r) => sum + r.count, 0) || 1;
     const rows = stats.refusals.map((r) => el("tr", { "data-refusal": `${r.status}-${r.action}` },
@@ -141,7 +149,7 @@ function hcStatus(hc) {
   return hc.listenerCount > 0 ? "healthy" : "down";
 }
 
-async function hybridConnections(main) {
+async function hybridConnections(main, view) {
   main.append(el("h1", { text: "Hybrid connections" }));
   if (isOperator()) {
     const name = el("input", { id: "hc-name", placeholder: "new hybrid connection name", required: true });
@@ -158,7 +166,7 @@ async function hybridConnections(main) {
   }
   const list = el("div", { id: "hc-list" });
   main.append(list);
-  await live(list, async () => {
+  await live(view, list, async () => {
     const [hcs, streams] = await Promise.all([api("GET", "hybridconnections?top=1000"), api("GET", "streams")]);
     const open = {};
     for (const s of streams.value) open[s.hybridConnection.toLowerCase()] = (open[s.hybridConnection.toLowerCase()] || 0) + 1;
@@ -177,11 +185,11 @@ async function hybridConnections(main) {
 
 function keyCells(rule) {
   return el("div", { class: "keys" },
-    el("span", {}, "primary ", el("code", { class: "primary-key", text: rule.primaryKey })),
-    el("span", {}, "secondary ", el("code", { class: "secondary-key", text: rule.secondaryKey || "" })));
+    el("span", {}, "primary ", el("code", { class: "primary-key volatile", text: rule.primaryKey })),
+    el("span", {}, "secondary ", el("code", { class: "secondary-key volatile", text: rule.secondaryKey || "" })));
 }
 
-async function hybridConnection(main, name) {
+async function hybridConnection(main, view, name) {
   const path = "hybridconnections/" + hcPath(name);
   main.append(el("h1", { text: name }));
   const summary = el("div", { class: "cards", id: "hc-cards" });
@@ -226,7 +234,7 @@ async function hybridConnection(main, name) {
     main.append(rules);
   }
 
-  await live(summary, async () => {
+  await live(view, summary, async () => {
     const [hc, streams] = await Promise.all([api("GET", path), api("GET", "streams?hybridConnection=" + enc(name))]);
     const status = hcStatus(hc);
     const toggle = isOperator()
@@ -239,17 +247,17 @@ async function hybridConnection(main, name) {
       el("div", { class: "card" }, el("span", { class: "label", text: hc.configOwned ? "Owned by the config file" : "Created by the API" }), el("span", { class: "sub" }, toggle)),
     ];
   });
-  await live(listeners, async () => {
+  await live(view, listeners, async () => {
     const list = await api("GET", "listeners?hybridConnection=" + enc(name));
     const rows = list.value.map((l) => el("tr", { "data-listener": l.id },
-      el("td", {}, el("code", { text: l.id })), el("td", { text: l.remoteAddress }),
-      el("td", { text: `${age(l.connectedAt)} ago`, title: l.connectedAt }), el("td", { class: "streams", text: l.activeStreams })));
+      el("td", {}, el("code", { text: l.id })), el("td", { class: "volatile", text: l.remoteAddress }),
+      el("td", { class: "volatile", text: `${age(l.connectedAt)} ago`, title: l.connectedAt }), el("td", { class: "streams", text: l.activeStreams })));
     return table(["Id", "Remote address", "Connected", "Active streams"], rows, "No listener connected");
   });
   await drawRules().catch(errorLine(message));
 }
 
-async function streams(main) {
+async function streams(main, view) {
   main.append(el("h1", { text: "Live streams" }));
   const message = el("p", { class: "error", role: "alert" });
   const list = el("div", { id: "stream-list" });
@@ -258,20 +266,20 @@ async function streams(main) {
     const open = await api("GET", "streams");
     const rows = open.value.map((s) => el("tr", { "data-stream": s.id },
       el("td", {}, el("a", { href: "#/hc/" + enc(s.hybridConnection), text: s.hybridConnection })),
-      el("td", { text: s.senderAddress }), el("td", {}, el("code", { text: s.listenerId })),
+      el("td", { class: "volatile", text: s.senderAddress }), el("td", {}, el("code", { text: s.listenerId })),
       el("td", { class: "up", text: bytes(s.bytesSenderToListener) }), el("td", { class: "down", text: bytes(s.bytesListenerToSender) }),
-      el("td", { text: age(s.startedAt), title: s.startedAt }),
+      el("td", { class: "volatile", text: age(s.startedAt), title: s.startedAt }),
       el("td", {}, isOperator() ? el("button", {
         type: "button", class: "danger", text: "Close",
         onclick: () => api("DELETE", `streams/${enc(s.id)}?reason=${enc("closed from the dashboard")}`).then(draw).catch(errorLine(message)),
       }) : null)));
     list.replaceChildren(table(["Hybrid connection", "Sender", "Listener", "Up", "Down", "Age", ""], rows, "No live stream"));
   };
-  state.timers.push(setInterval(() => draw().catch(() => {}), REFRESH_MS));
+  view.every(REFRESH_MS, () => draw().catch(() => {}));
   await draw();
 }
 
-async function devices(main) {
+async function devices(main, view) {
   main.append(el("h1", { text: "Devices" }));
   const message = el("p", { class: "error", role: "alert" });
   const search = el("input", { id: "device-search", type: "search", placeholder: "filter by id" });
@@ -294,14 +302,15 @@ async function devices(main) {
     const rows = page.value.filter((d) => !needle || d.deviceId.toLowerCase().includes(needle)).map((d) => el("tr", { "data-device": d.deviceId },
       el("td", { text: d.deviceId }),
       el("td", { class: `status-${d.status}`, text: d.status + (d.statusReason ? ` (${d.statusReason})` : "") }),
-      el("td", { class: `status-${d.connectionState}`, text: d.connectionState }),
-      el("td", { text: d.lastActivityTime && !d.lastActivityTime.startsWith("0001") ? d.lastActivityTime : "never" }),
+      el("td", { class: `status-${String(d.connectionState).toLowerCase()}`, text: d.connectionState }),
+      el("td", { class: "volatile", text: d.lastActivityTime && !d.lastActivityTime.startsWith("0001") ? d.lastActivityTime : "never" }),
       el("td", { text: d.authentication?.type || "" }),
       el("td", {}, isOperator() ? el("button", { type: "button", class: d.status === "enabled" ? "danger" : "", text: d.status === "enabled" ? "Disable" : "Enable", onclick: () => toggle(d).catch(errorLine(message)) }) : null)));
     list.replaceChildren(table(["Device id", "Status", "Connection", "Last activity", "Auth", ""], rows, "No devices"));
-    pager.replaceChildren(
+    pager.replaceChildren(...[
       pages.length > 1 ? el("button", { type: "button", text: "Previous page", onclick: () => { pages.pop(); load(pages[pages.length - 1]).catch(errorLine(message)); } }) : null,
-      page.continuationToken ? el("button", { type: "button", text: "Next page", onclick: () => { pages.push(page.continuationToken); load(page.continuationToken).catch(errorLine(message)); } }) : null);
+      page.continuationToken ? el("button", { type: "button", text: "Next page", onclick: () => { pages.push(page.continuationToken); load(page.continuationToken).catch(errorLine(message)); } }) : null,
+    ].filter(Boolean));
   }
 
   async function load(token) {
@@ -309,7 +318,7 @@ async function devices(main) {
     draw();
   }
   search.addEventListener("input", draw);
-  state.timers.push(setInterval(() => load(pages[pages.length - 1]).catch(() => {}), REFRESH_MS * 2));
+  view.every(REFRESH_MS * 2, () => load(pages[pages.length - 1]).catch(() => {}));
   await load(null);
 }
 
@@ -317,7 +326,7 @@ async function devices(main) {
 
 function showLogin() {
   state.session = null;
-  for (const timer of state.timers.splice(0)) clearInterval(timer);
+  state.view?.stop();
   $("main").replaceChildren();
   $("nav").hidden = true;
   $("logout").hidden = true;
@@ -326,7 +335,9 @@ function showLogin() {
 }
 
 async function route() {
-  for (const timer of state.timers.splice(0)) clearInterval(timer);
+  state.view?.stop();
+  const view = (state.view = new View());
+  delete $("main").dataset.ready;
   if (!state.session) return;
   const [, page = "overview", ...rest] = (location.hash || "#/overview").split("/");
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === page || (page === "hc" && link.dataset.page === "hcs"));
@@ -334,10 +345,14 @@ async function route() {
   main.replaceChildren();
   const pages = { overview, hcs: hybridConnections, streams, devices };
   try {
-    if (page === "hc") await hybridConnection(main, decodeURIComponent(rest.join("/")));
-    else await (pages[page] || overview)(main);
+    const target = el("div");
+    if (page === "hc") await hybridConnection(target, view, decodeURIComponent(rest.join("/")));
+    else await (pages[page] || overview)(target, view);
+    if (view.stopped) return; // a newer navigation is drawing
+    main.replaceChildren(...target.childNodes);
     main.dataset.ready = page;
   } catch (error) {
+    if (view.stopped) return;
     if (!(error instanceof ApiError && error.status === 401)) main.append(el("p", { class: "error", text: error.message }));
   }
 }

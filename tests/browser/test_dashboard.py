@@ -1,0 +1,243 @@
+"""The dashboard in a real browser (issue 14): headless Chromium from Debian, driven by
+Playwright's async API, against an in-process relay on a real port with real listeners
+and senders.
+
+Nothing downloads a browser: Chromium is /usr/bin/chromium (``apt-get install chromium``;
+scripts/test installs it when it runs as root). Without it these tests fail, never skip.
+One browser serves the module; each test gets a fresh relay and browser context. Each
+page's screenshot is written to docs/img/dashboard-*.png (what changes from run to run,
+addresses, ages and keys, is masked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+from tests.harness.device_certs import device_sas_token
+from tests.harness.peers import RawListener, send
+from tests.harness.relay import ROOT_KEY, InProcessRelay, load, write_config
+from tests.harness.timing import seconds
+
+from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CHROMIUM: Final = Path(os.environ.get("HYBRIDRELAY_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS: Final = Path(__file__).parents[2] / "docs" / "img"
+VIEWPORT: Final = {"width": 1100, "height": 680}
+PHONE: Final = {"width": 390, "height": 780}
+DEVICE_KEY: Final = base64.b64encode(b"dashboard-device-key-0123456789a").decode()
+DEVICE_KEY2: Final = base64.b64encode(b"dashboard-device-key-2-123456789").decode()
+
+expect.set_options(timeout=seconds(10) * 1000)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install chromium; "
+            "scripts/test does so when run as root). Browser tests never skip."
+        )
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def relay(tmp_path: Path) -> AsyncIterator[InProcessRelay]:
+    started = await InProcessRelay(load(write_config(tmp_path))).start()
+    yield started
+    await started.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport=VIEWPORT, device_scale_factor=1)  # type: ignore[arg-type]
+    opened = await context.new_page()
+    yield opened
+    await context.close()
+
+
+async def log_in(page: Page, relay: InProcessRelay, key: str = ROOT_KEY) -> None:
+    await page.goto(relay.http_url + "/$dashboard/")
+    await page.fill("#key", key)
+    await page.click("#login-button")
+
+
+async def show(page: Page, hash_: str) -> None:
+    """Open a page of the dashboard and wait until it has drawn."""
+    await page.evaluate("hash => { location.hash = hash; }", hash_)
+    name = hash_.split("/")[1]
+    await expect(page.locator("#main")).to_have_attribute("data-ready", name)
+
+
+async def screenshot(page: Page, name: str) -> None:
+    await page.screenshot(
+        path=SCREENSHOTS / f"dashboard-{name}.png",
+        mask=[page.locator(".volatile")],
+        mask_color="#e3e7ec",
+        animations="disabled",
+        caret="hide",
+    )
+
+
+async def closed_code(sender: object) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosedError) as closed:
+        async with asyncio.timeout(seconds(5)):
+            await sender.recv()  # type: ignore[attr-defined]
+    return closed.value.code, closed.value.reason
+
+
+async def test_login_refuses_a_wrong_key_then_logs_in_and_out(
+    page: Page, relay: InProcessRelay
+) -> None:
+    await log_in(page, relay, key="not-the-key")
+    await expect(page.locator("#login-error")).to_contain_text("Login refused")
+    await expect(page.locator("#nav")).to_be_hidden()
+    await page.fill("#key", "")
+    await screenshot(page, "login")
+
+    await page.fill("#key", ROOT_KEY)
+    await page.click("#login-button")
+    await expect(page.locator("#who")).to_have_text("sas:RootManageSharedAccessKey (operator)")
+    await expect(page.locator("#main")).to_have_attribute("data-ready", "overview")
+    cookies = await page.context.cookies()
+    assert [(c["name"], c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == [
+        ("hybridrelay_session", True, "Strict", "/$dashboard")
+    ]
+    # The page cannot read its own session cookie (HttpOnly).
+    assert await page.evaluate("document.cookie") == ""
+
+    await page.click("#logout")
+    await expect(page.locator("#login")).to_be_visible()
+    status = await page.evaluate("fetch('api/stats').then(r => r.status)")
+    assert status == 401
+
+
+async def test_overview_counts_a_listener_that_comes_and_goes(
+    page: Page, relay: InProcessRelay
+) -> None:
+    await log_in(page, relay)
+    listeners = page.locator("[data-stat=listeners] .n")
+    await expect(listeners).to_have_text("0")
+    listener = await RawListener(relay.url, "hc-ws", listener_id="overview-listener").start()
+    try:
+        await expect(listeners).to_have_text("1")
+        await expect(page.locator("[data-stat=hybridconnections] .n")).to_have_text("8")
+        await screenshot(page, "overview")
+        # Readable on a phone: the same page at a phone's width, nothing cut off.
+        await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+        await expect(listeners).to_have_text("1")
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"]
+        await screenshot(page, "phone")
+        await page.set_viewport_size(VIEWPORT)  # type: ignore[arg-type]
+    finally:
+        await listener.stop()
+    await expect(listeners).to_have_text("0")
+
+
+async def test_a_live_stream_moves_bytes_and_closes_from_its_button(
+    page: Page, relay: InProcessRelay
+) -> None:
+    listener = await RawListener(relay.url, "echo", listener_id="echo-listener").start()
+    try:
+        sender = await send(relay.url, "echo")
+        await sender.send("x" * 5000)
+        assert await sender.recv() == "x" * 5000
+        await log_in(page, relay)
+        await show(page, "#/streams")
+        row = page.locator("tr[data-stream]")
+        await expect(row).to_have_count(1)
+        await expect(row.locator(".up")).not_to_have_text("0 B")
+        await expect(row.locator(".down")).not_to_have_text("0 B")
+        await screenshot(page, "streams")
+
+        await row.get_by_role("button", name="Close").click()
+        assert await closed_code(sender) == (1008, "closed from the dashboard")
+        await expect(row).to_have_count(0)
+    finally:
+        await listener.stop()
+
+
+async def test_disabling_a_device_cuts_its_live_stream(page: Page, relay: InProcessRelay) -> None:
+    await relay.state.store.create_device(
+        Device(
+            device_id="car-7",
+            authentication=Authentication(
+                type="sas",
+                symmetric_key=SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY2),
+            ),
+            grants=Grants(send=("echo",)),
+        )
+    )
+    listener = await RawListener(relay.url, "echo", listener_id="echo-listener").start()
+    try:
+        token = device_sas_token(urlsplit(relay.url).netloc, "car-7", DEVICE_KEY)
+        sender = await send(relay.url, "echo", token=token)
+        await sender.send("hello")
+        assert await sender.recv() == "hello"
+        await log_in(page, relay)
+        await show(page, "#/devices")
+        row = page.locator('tr[data-device="car-7"]')
+        await expect(row.locator(".status-connected")).to_have_text("Connected")
+        await screenshot(page, "devices")
+
+        await row.get_by_role("button", name="Disable").click()
+        code, _ = await closed_code(sender)
+        assert code == 1008
+        await expect(row.locator(".status-disabled")).to_contain_text("disabled")
+        await expect(row.get_by_role("button", name="Enable")).to_be_visible()
+    finally:
+        await listener.stop()
+
+
+async def test_a_rule_created_in_the_dashboard_works_at_once(
+    page: Page, relay: InProcessRelay
+) -> None:
+    await log_in(page, relay)
+    await show(page, "#/hc/hc-ws")
+    await page.fill("#rule-name", "made-in-browser")
+    await page.get_by_role("button", name="Create rule").click()
+    key = await page.locator("#rule-created .primary-key").text_content()
+    assert key
+    await expect(page.locator('tr[data-rule="made-in-browser"]')).to_contain_text("Listen, Send")
+
+    listener = await RawListener(
+        relay.url, "hc-ws", key_name="made-in-browser", key=key, listener_id="new-key-listener"
+    ).start()
+    try:
+        listed = page.locator('tr[data-listener="new-key-listener"]')
+        await expect(listed).to_be_visible()
+        sender = await send(relay.url, "hc-ws", key_name="made-in-browser", key=key)
+        await sender.send("with the new key")
+        assert await sender.recv() == "with the new key"
+        await expect(listed.locator(".streams")).to_have_text("1")
+        await (
+            page.locator('tr[data-rule="made-in-browser"]')
+            .get_by_role("button", name="Show keys")
+            .click()
+        )
+        await expect(page.locator('tr[data-rule="made-in-browser"] .primary-key')).to_have_text(key)
+        await screenshot(page, "hybrid-connection")
+
+        await show(page, "#/hcs")
+        hc_row = page.locator('tr[data-hc="hc-ws"]')
+        await expect(hc_row.locator(".listeners")).to_have_text("1 / 25")
+        await expect(hc_row.locator(".streams")).to_have_text("1")
+        await screenshot(page, "hybrid-connections")
+        await sender.close()
+    finally:
+        await listener.stop()
