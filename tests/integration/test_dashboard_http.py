@@ -13,13 +13,16 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import RelayFactory
 from tests.harness.peers import RawListener, send
-from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config
 from tests.harness.timing import seconds
 from yarl import URL
 
@@ -281,3 +284,46 @@ async def test_sessions_beyond_the_cap_are_refused_and_counted(
         assert doc["error"]["code"] == "TooManyRequests"
     limits = dict(relay.state.metrics.limit_refusals.counts())
     assert limits[("max_dashboard_sessions",)] == 1
+
+
+IDP = "https://idp.example"
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def idp_token(ttl: int, **claims: object) -> str:
+    now = int(time.time())
+    payload = {"iss": IDP, "aud": "hybridrelay", "sub": "ops-robot", "exp": now + ttl, **claims}
+    return jwt.encode(payload, RSA_KEY, algorithm="RS256")
+
+
+async def test_a_manage_jwt_logs_in_until_it_expires_and_a_listen_jwt_does_not(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = await relay_factory(
+        extra=jwt_issuer_config(tmp_path / "idp.pem", RSA_KEY, IDP),
+        relay_extra='dashboard_viewers = ["jwt:ops-robot"]',
+    )
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        client = Browserish(relay, session)
+        listen_only = idp_token(600, scope="hc:listen:*")
+        status, doc, _ = await client.call("POST", "login", {"token": listen_only})
+        assert status == 403  # a valid token without manage: no session
+        assert (await client.call("GET", "api/stats"))[0] == 401
+        before = time.time()
+        status, doc, _ = await client.call(
+            "POST", "login", {"token": idp_token(120, scope="hc:manage:*")}
+        )
+        assert status == 200
+        assert (doc["who"], doc["role"]) == ("jwt:ops-robot", "viewer")
+        # The session ends with the token, before dashboard_session_ttl (1800 s).
+        assert before + 100 <= doc["expiresAt"] <= before + 121
+        assert (await client.call("GET", "api/hybridconnections"))[0] == 200
+    # A form post (what another site could send without a preflight) is not a login.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            relay.http_url + "/$dashboard/login", data={"keyName": ROOT, "key": ROOT_KEY}
+        ) as resp,
+    ):
+        assert resp.status == 415
+        assert "Set-Cookie" not in resp.headers
