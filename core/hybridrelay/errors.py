@@ -12,6 +12,7 @@ docs/security.md's table), and the middleware counts it in
 
     HybridRelayError
     ├── ConfigError(path, key, reason)
+    │   └── MultiConfigError(errors)       several at once (every unknown key of a file)
     ├── ProtocolError                      400 / 1002
     │   ├── InvalidAddressError            400
     │   ├── InvalidMessageError            400 / 1002
@@ -60,6 +61,7 @@ __all__ = [
     "InvalidAddressError",
     "InvalidMessageError",
     "ListenerConflictError",
+    "MultiConfigError",
     "NoListenerError",
     "PayloadTooBigError",
     "PreconditionFailedError",
@@ -109,6 +111,21 @@ class ConfigError(HybridRelayError):
         where = f"{path}: " if path else ""
         what = f"{key}: " if key else ""
         super().__init__(f"{where}{what}{reason}")
+
+
+class MultiConfigError(ConfigError):
+    """Several config mistakes found at once; ``errors`` holds each (at least one).
+
+    It reads as its first error (path, key, reason, str), so a caller that expects a
+    single ConfigError still sees a sensible one; the CLI prints every line.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("MultiConfigError needs at least one error")
+        first = errors[0]
+        super().__init__(first.path, first.key, first.reason)
+        self.errors = tuple(errors)
 
 
 class ProtocolError(HybridRelayError):

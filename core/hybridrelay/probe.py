@@ -36,6 +36,8 @@ __all__ = [
     "PROBE_HEADER",
     "ProbeOutcome",
     "ProbeResult",
+    "Setting",
+    "advice",
     "classify",
     "probe_relay",
     "relay_url_problem",
@@ -51,12 +53,15 @@ _DETAIL_LIMIT: Final = 200
 _SCHEME_HINTS: Final = {"https": "wss", "http": "ws"}
 
 Action = Literal["connect", "listen"]
+# The setting a fatal outcome points at (a CLI maps it to its flag, a config to its key).
+Setting = Literal["relay", "key", "hc", "ca_file"]
 
 
 class ProbeOutcome(enum.StrEnum):
     OK = "ok"  # the relay knows the entity and accepts the token for the action
     BAD_URL = "bad-url"  # not a ws:// or wss:// URL with a host
-    BAD_TOKEN = "bad-token"  # noqa: S105 - a verdict, not a secret; 401/403: wrong key or rule name, expired, lacks the right
+    # 401/403: wrong key or rule name, expired, lacks the right
+    BAD_TOKEN = "bad-token"  # noqa: S105 - a verdict, not a secret
     NO_SUCH_ENTITY = "no-such-entity"  # 404: no such hybrid connection (or not for this use)
     TLS_ERROR = "tls-error"  # handshake failed: untrusted certificate, not a TLS port...
     UNREACHABLE = "unreachable"  # no TCP connection, refused, reset, timed out, DNS
@@ -91,6 +96,7 @@ class ProbeResult:
     detail: str
     status: int | None = None
     listeners: int | None = None
+    untrusted: bool = False  # TLS_ERROR: the certificate did not verify (else: not TLS)
 
     @property
     def fatal(self) -> bool:
@@ -100,6 +106,52 @@ class ProbeResult:
     @property
     def ok(self) -> bool:
         return self.outcome is ProbeOutcome.OK
+
+    @property
+    def setting(self) -> Setting | None:
+        """Which setting is wrong, for a fatal outcome."""
+        if self.outcome is ProbeOutcome.TLS_ERROR and not self.untrusted:
+            return "relay"  # no TLS on that port: the URL, not the CA
+        return _SETTINGS.get(self.outcome)
+
+
+_SETTINGS: Final[dict[ProbeOutcome, Setting]] = {
+    ProbeOutcome.BAD_URL: "relay",
+    ProbeOutcome.BAD_TOKEN: "key",
+    ProbeOutcome.NO_SUCH_ENTITY: "hc",
+    ProbeOutcome.TLS_ERROR: "ca_file",
+}
+
+
+def advice(result: ProbeResult, hc: str, action: Action) -> str:
+    """One line for a person: what the probe found, and for a mistake what to check."""
+    right = "Send" if action == "connect" else "Listen"
+    detail = result.detail
+    match result.outcome:
+        case ProbeOutcome.OK:
+            online = "" if result.listeners is None else f", {result.listeners} listener(s) online"
+            return f"the relay accepts the key for {right} on {hc!r}{online}"
+        case ProbeOutcome.BAD_TOKEN:
+            return (
+                f"the relay refused the key for {right} on {hc!r} (HTTP {result.status}: "
+                f"{detail}); check the key name (or device id) and the key"
+            )
+        case ProbeOutcome.NO_SUCH_ENTITY:
+            line = f"the relay has no hybrid connection {hc!r} ({detail})"
+            if action == "connect":
+                line += (
+                    "; if the relay creates hybrid connections on first listen,"
+                    " start the listener first"
+                )
+            return line
+        case ProbeOutcome.TLS_ERROR if result.untrusted:
+            return f"{detail}; trust the relay's CA with --ca-file (ca_file in a config file)"
+        case ProbeOutcome.TLS_ERROR:
+            return f"{detail}; if the relay serves plain ws:// on that port, use ws://"
+        case ProbeOutcome.UNREACHABLE | ProbeOutcome.UNAVAILABLE:
+            return f"the relay is not reachable now ({detail})"
+        case _:
+            return detail
 
 
 def relay_url_problem(url: str) -> str | None:
@@ -270,12 +322,12 @@ async def probe_relay(
             return await _exchange(host, port, ssl_context, request)
     except ssl.SSLCertVerificationError as exc:
         detail = _one_line(exc.verify_message or str(exc))
-        return ProbeResult(ProbeOutcome.TLS_ERROR, f"certificate not trusted: {detail}")
+        return ProbeResult(
+            ProbeOutcome.TLS_ERROR, f"certificate not trusted: {detail}", untrusted=True
+        )
     except ssl.SSLError as exc:
         detail = _one_line(exc.reason or str(exc))
-        return ProbeResult(
-            ProbeOutcome.TLS_ERROR, f"TLS handshake failed ({detail}): is it a ws:// port?"
-        )
+        return ProbeResult(ProbeOutcome.TLS_ERROR, f"TLS handshake failed ({detail})")
     except TimeoutError:
         return ProbeResult(ProbeOutcome.UNREACHABLE, f"no answer within {timeout:g} s")
     except OSError as exc:

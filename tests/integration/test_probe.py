@@ -77,6 +77,7 @@ async def test_untrusted_certificate_is_a_tls_error(
     untrusted = await probe_relay(secure.url, "echo", token_provider=_root())
     assert untrusted.outcome is ProbeOutcome.TLS_ERROR
     assert "certificate" in untrusted.detail
+    assert untrusted.setting == "ca_file"
     trusted = await probe_relay(
         secure.url,
         "echo",
@@ -91,6 +92,7 @@ async def test_wss_to_a_plain_port_is_a_tls_error(relay: InProcessRelay) -> None
         relay.url.replace("ws://", "wss://"), "echo", token_provider=_root(), timeout=seconds(5)
     )
     assert plain.outcome is ProbeOutcome.TLS_ERROR
+    assert plain.setting == "relay"
 
 
 async def test_a_sender_probe_reaches_no_listener(relay: InProcessRelay) -> None:
