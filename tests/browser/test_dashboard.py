@@ -225,6 +225,8 @@ async def test_a_rule_created_in_the_dashboard_works_at_once(
         await sender.send("with the new key")
         assert await sender.recv() == "with the new key"
         await expect(listed.locator(".streams")).to_have_text("1")
+        await expect(page.locator("[data-stat=ActiveConnections] .n")).to_have_text("1")
+        await expect(page.locator('[data-stat="SenderConnections-Success"] .n')).to_have_text("1")
         await (
             page.locator('tr[data-rule="made-in-browser"]')
             .get_by_role("button", name="Show keys")

@@ -247,6 +247,20 @@ async def test_listeners_streams_and_closing_one_with_1008(
                 stats = await resp.json()
             assert stats["connections"] == 1
             assert stats["listeners"] == 1
+            async with http.get(base + "/stats?hybridConnection=ECHO") as resp:
+                counters = (await resp.json())["hybridConnection"]
+            assert counters["name"] == "echo"
+            assert counters["ActiveListeners"] == 1
+            assert counters["SenderConnections-Success"] == 1
+            async with http.get(base + "/stats?hybridConnection=nope") as resp:
+                assert resp.status == 404
+            # Once both legs are closed the stream's bytes are counted for its entity.
+            async with asyncio.timeout(seconds(5)):
+                while counters["ActiveConnections"]:
+                    await asyncio.sleep(0.02)  # polling the API, not synchronisation by delay
+                    async with http.get(base + "/stats?hybridConnection=echo") as resp:
+                        counters = (await resp.json())["hybridConnection"]
+            assert counters["BytesTransferred"] == 2 * len("hello")
     finally:
         await listener.stop()
 

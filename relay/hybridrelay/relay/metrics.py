@@ -294,6 +294,10 @@ class RelayMetrics:
             stats = self._new_hc(name)
         return stats
 
+    def hc_numbers(self, name: str) -> HcStats | None:
+        """The numbers kept for the entity ``name``, without giving it a label (None: none)."""
+        return self._hcs.get(name)
+
     def _new_hc(self, name: str) -> HcStats:
         if len(self._hcs) < self.max_hc_labels:
             stats = self._hcs[name] = HcStats()

@@ -52,7 +52,13 @@ from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
 from hybridrelay.relay.mgmt.jobs import job_routes
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
-from hybridrelay.relay.mgmt.live import close_stream, list_listeners, list_streams, stats
+from hybridrelay.relay.mgmt.live import (
+    azure_counters,
+    close_stream,
+    list_listeners,
+    list_streams,
+    stats,
+)
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
@@ -471,7 +477,12 @@ async def _streams(call: _Call) -> web.StreamResponse:
 
 
 async def _stats(call: _Call) -> web.StreamResponse:
-    return _json(stats(call.state))
+    doc = stats(call.state)
+    name = call.request.query.get("hybridConnection")
+    if name is not None:
+        hc = await _existing_hc(call.state, name)
+        doc["hybridConnection"] = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+    return _json(doc)
 
 
 async def _close_stream(call: _Call, stream_id: str) -> web.StreamResponse:

@@ -17,11 +17,13 @@ from typing import Final
 from aiohttp import web
 
 from hybridrelay.errors import EntityNotFoundError, ValidationError
+from hybridrelay.relay.metrics import HcStats
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.state import RelayState
 
 __all__ = [
     "CLOSE_CODE",
+    "azure_counters",
     "close_stream",
     "list_listeners",
     "list_streams",
@@ -145,4 +147,26 @@ def stats(state: RelayState) -> dict[str, object]:
         "bytesListenerToSender": int(directions.get(("listener_to_sender",), 0)),
         "refusals": refusals,
         "limitRefusals": sorted(limits, key=lambda item: str(item["limit"])),
+    }
+
+
+def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
+    """One hybrid connection's numbers on this node, named as Azure Monitor names them.
+
+    None (nothing counted yet, or the entity shares the ``_other`` metrics label beyond
+    ``max_metrics_hc_labels``) reads as zeros. Sender refusals are split by class: 4xx is
+    the sender's error (bad token, no listener, quota), 5xx the relay's or listener's.
+    """
+    n = numbers or HcStats()
+    client = sum(count for code, count in n.rejections.items() if code.startswith("4"))
+    server = sum(count for code, count in n.rejections.items() if code.startswith("5"))
+    return {
+        "name": name,
+        "counted": numbers is not None,
+        "ActiveListeners": n.listeners,
+        "ActiveConnections": n.active_connections,
+        "SenderConnections-Success": n.connections + n.http_requests,
+        "SenderConnections-ClientError": client,
+        "SenderConnections-ServerError": server,
+        "BytesTransferred": n.bytes_up + n.bytes_down,
     }

@@ -720,6 +720,34 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
                     },
                 },
             },
+            "hybridConnection": {
+                "type": "object",
+                "description": "With ?hybridConnection=: that entity's numbers on this node, "
+                "named as Azure Monitor names them (SenderConnections-*: relayed connections "
+                "and HTTP requests answered; refusals by 4xx and 5xx; BytesTransferred: of "
+                "finished streams). counted is false when nothing was counted yet or the "
+                "entity is beyond max_metrics_hc_labels.",
+                "required": [
+                    "name",
+                    "counted",
+                    "ActiveListeners",
+                    "ActiveConnections",
+                    "SenderConnections-Success",
+                    "SenderConnections-ClientError",
+                    "SenderConnections-ServerError",
+                    "BytesTransferred",
+                ],
+                "properties": {
+                    "name": {"type": "string"},
+                    "counted": {"type": "boolean"},
+                    "ActiveListeners": {"type": "integer"},
+                    "ActiveConnections": {"type": "integer"},
+                    "SenderConnections-Success": {"type": "integer"},
+                    "SenderConnections-ClientError": {"type": "integer"},
+                    "SenderConnections-ServerError": {"type": "integer"},
+                    "BytesTransferred": {"type": "integer"},
+                },
+            },
             "limitRefusals": {
                 "type": "array",
                 "items": {
@@ -778,6 +806,7 @@ _LIVE_PATHS: Final[dict[str, Doc]] = {
         "get": {
             "operationId": "getStats",
             "summary": "This node's counters, refusals grouped by reason.",
+            "parameters": [_HC_FILTER],
             "responses": _responses({"200": _ok("The counters.", "Stats")}),
         }
     },

@@ -235,15 +235,20 @@ async function hybridConnection(main, view, name) {
   }
 
   await live(view, summary, async () => {
-    const [hc, streams] = await Promise.all([api("GET", path), api("GET", "streams?hybridConnection=" + enc(name))]);
+    const [hc, stats] = await Promise.all([api("GET", path), api("GET", "stats?hybridConnection=" + enc(name))]);
+    const counters = stats.hybridConnection;
     const status = hcStatus(hc);
     const toggle = isOperator()
       ? el("button", { type: "button", id: "hc-toggle", text: hc.status === "disabled" ? "Enable" : "Disable", onclick: () => api("PATCH", path, { status: hc.status === "disabled" ? "enabled" : "disabled" }).catch(errorLine(message)) })
       : null;
     return [
       card("status", "Status", status, null),
-      card("ActiveListeners", "ActiveListeners", `${hc.listenerCount} / ${hc.maxListeners}`),
-      card("ActiveConnections", "ActiveConnections", streams.value.length),
+      card("ActiveListeners", "ActiveListeners", `${hc.listenerCount} / ${hc.maxListeners}`, "all nodes, against the cap"),
+      card("ActiveConnections", "ActiveConnections", counters.ActiveConnections, "this node"),
+      card("SenderConnections-Success", "SenderConnections-Success", counters["SenderConnections-Success"]),
+      card("SenderConnections-ClientError", "SenderConnections-ClientError", counters["SenderConnections-ClientError"]),
+      card("SenderConnections-ServerError", "SenderConnections-ServerError", counters["SenderConnections-ServerError"]),
+      card("BytesTransferred", "BytesTransferred", bytes(counters.BytesTransferred), "finished streams"),
       el("div", { class: "card" }, el("span", { class: "label", text: hc.configOwned ? "Owned by the config file" : "Created by the API" }), el("span", { class: "sub" }, toggle)),
     ];
   });
