@@ -84,6 +84,7 @@ async def show(page: Page, hash_: str) -> None:
 
 
 async def screenshot(page: Page, name: str) -> None:
+    await page.evaluate("window.scrollTo(0, 0)")
     await page.screenshot(
         path=SCREENSHOTS / f"dashboard-{name}.png",
         mask=[page.locator(".volatile")],
