@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.harness.device_certs import device_sas_token
 from tests.harness.peers import RawListener, send
 from tests.harness.relay import ROOT_KEY, InProcessRelay, load, write_config
 from tests.harness.timing import seconds
+from yarl import URL
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
@@ -244,3 +247,56 @@ async def test_a_rule_created_in_the_dashboard_works_at_once(
         await sender.close()
     finally:
         await listener.stop()
+
+
+PROXY_PREFIX: Final = "/ops/relay"
+_HOP_HEADERS: Final = frozenset({"host", "connection", "transfer-encoding", "content-length"})
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def prefix_proxy(relay: InProcessRelay) -> AsyncIterator[str]:
+    """A reverse proxy that serves the relay under /ops/relay/ (as nginx's location would)."""
+    upstream = aiohttp.ClientSession(auto_decompress=False)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        tail = request.rel_url.raw_path_qs[len(PROXY_PREFIX) :]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        async with upstream.request(
+            request.method,
+            URL(relay.http_url + tail, encoded=True),
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+        ) as answer:
+            body = await answer.read()
+            kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS]
+            response = web.Response(status=answer.status, body=body)
+            for name, value in kept:
+                response.headers.add(name, value)
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", PROXY_PREFIX + "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}{PROXY_PREFIX}"
+    await runner.cleanup()
+    await upstream.close()
+
+
+async def test_the_dashboard_works_under_a_proxy_prefix(page: Page, prefix_proxy: str) -> None:
+    # The bare prefix redirects relatively, keeping the proxy's part of the path.
+    await page.goto(prefix_proxy + "/$dashboard")
+    assert page.url == prefix_proxy + "/$dashboard/"
+    await page.fill("#key", ROOT_KEY)
+    await page.click("#login-button")
+    await expect(page.locator("#main")).to_have_attribute("data-ready", "overview")
+    await expect(page.locator("[data-stat=hybridconnections] .n")).to_have_text("8")
+    await show(page, "#/devices")
+    # The cookie is scoped to the dashboard under the prefix: relayed paths never get it.
+    cookies = await page.context.cookies()
+    assert [c["path"] for c in cookies] == [PROXY_PREFIX + "/$dashboard"]
+    assert await page.context.cookies([prefix_proxy + "/$hc/echo"]) == []
