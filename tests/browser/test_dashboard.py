@@ -204,6 +204,23 @@ async def test_disabling_a_device_cuts_its_live_stream(page: Page, relay: InProc
         assert code == 1008
         await expect(row.locator(".status-disabled")).to_contain_text("disabled")
         await expect(row.get_by_role("button", name="Enable")).to_be_visible()
+
+        # A device created on the page sends with the key the page shows.
+        await page.fill("#device-id", "made-in-browser")
+        await page.fill("#device-send", "echo, sensors/*")
+        await page.get_by_role("button", name="Create device").click()
+        key = await page.locator("#device-created .primary-key").text_content()
+        assert key
+        created = page.locator('tr[data-device="made-in-browser"]')
+        await expect(created).to_contain_text("enabled")
+        await created.get_by_role("button", name="Show keys").click()
+        await expect(created.locator(".primary-key")).to_have_text(key)
+        token = device_sas_token(urlsplit(relay.url).netloc, "made-in-browser", key)
+        sender = await send(relay.url, "echo", token=token)
+        await sender.send("from a new device")
+        assert await sender.recv() == "from a new device"
+        await expect(created.locator(".status-connected")).to_have_text("Connected")
+        await sender.close()
     finally:
         await listener.stop()
 

@@ -189,6 +189,14 @@ function keyCells(rule) {
     el("span", {}, "secondary ", el("code", { class: "secondary-key volatile", text: rule.secondaryKey || "" })));
 }
 
+function deviceKeys(device) {
+  const keys = device.authentication?.symmetricKey || {};
+  if (!keys.primaryKey) return el("span", { class: "note", text: "no keys (X.509)" });
+  return el("div", { class: "keys" },
+    el("span", {}, "primary ", el("code", { class: "primary-key volatile", text: keys.primaryKey })),
+    el("span", {}, "secondary ", el("code", { class: "secondary-key volatile", text: keys.secondaryKey || "" })));
+}
+
 async function hybridConnection(main, view, name) {
   const path = "hybridconnections/" + hcPath(name);
   main.append(el("h1", { text: name }));
@@ -292,7 +300,24 @@ async function devices(main, view) {
   const pager = el("div", { class: "inline" });
   const pages = [null];
   let page = { value: [], continuationToken: null };
+  const shown = new Map(); // devices whose keys were asked for, until the page is left
   main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, search), message, list, pager);
+  if (isOperator()) {
+    const patterns = (input) => input.value.split(",").map((p) => p.trim()).filter(Boolean);
+    const id = el("input", { id: "device-id", placeholder: "new device id", required: true });
+    const send = el("input", { id: "device-send", placeholder: "may send to (e.g. sensors/*)" });
+    const listen = el("input", { id: "device-listen", placeholder: "may listen on" });
+    const created = el("div", { id: "device-created" });
+    main.append(el("h2", { text: "New device" }), el("form", {
+      class: "inline",
+      onsubmit: (event) => {
+        event.preventDefault();
+        api("PUT", "devices/" + enc(id.value.trim()), { grants: { send: patterns(send), listen: patterns(listen) } })
+          .then((device) => { created.replaceChildren(el("p", { text: `Created ${device.deviceId}:` }), deviceKeys(device)); return load(pages[pages.length - 1]); })
+          .catch(errorLine(message));
+      },
+    }, id, send, listen, el("button", { type: "submit", class: "primary", text: "Create device" })), created);
+  }
 
   async function toggle(device) {
     const { doc, headers } = await request("GET", "api/devices/" + enc(device.deviceId));
@@ -310,8 +335,12 @@ async function devices(main, view) {
       el("td", { class: `status-${String(d.connectionState).toLowerCase()}`, text: d.connectionState }),
       el("td", { class: "volatile", text: d.lastActivityTime && !d.lastActivityTime.startsWith("0001") ? d.lastActivityTime : "never" }),
       el("td", { text: d.authentication?.type || "" }),
-      el("td", {}, isOperator() ? el("button", { type: "button", class: d.status === "enabled" ? "danger" : "", text: d.status === "enabled" ? "Disable" : "Enable", onclick: () => toggle(d).catch(errorLine(message)) }) : null)));
-    list.replaceChildren(table(["Device id", "Status", "Connection", "Last activity", "Auth", ""], rows, "No devices"));
+      el("td", { class: "key-cell" }, shown.has(d.deviceId) ? deviceKeys(shown.get(d.deviceId)) : null),
+      el("td", {},
+        el("button", { type: "button", text: "Show keys", onclick: () => api("GET", "devices/" + enc(d.deviceId)).then((full) => { shown.set(d.deviceId, full); draw(); }).catch(errorLine(message)) }),
+        " ",
+        isOperator() ? el("button", { type: "button", class: d.status === "enabled" ? "danger" : "", text: d.status === "enabled" ? "Disable" : "Enable", onclick: () => toggle(d).catch(errorLine(message)) }) : null)));
+    list.replaceChildren(table(["Device id", "Status", "Connection", "Last activity", "Auth", "Keys", ""], rows, "No devices"));
     pager.replaceChildren(...[
       pages.length > 1 ? el("button", { type: "button", text: "Previous page", onclick: () => { pages.pop(); load(pages[pages.length - 1]).catch(errorLine(message)); } }) : null,
       page.continuationToken ? el("button", { type: "button", text: "Next page", onclick: () => { pages.push(page.continuationToken); load(page.continuationToken).catch(errorLine(message)); } }) : null,
