@@ -317,3 +317,37 @@ async def test_the_dashboard_works_under_a_proxy_prefix(page: Page, prefix_proxy
     cookies = await page.context.cookies()
     assert [c["path"] for c in cookies] == [PROXY_PREFIX + "/$dashboard"]
     assert await page.context.cookies([prefix_proxy + "/$hc/echo"]) == []
+
+
+async def test_the_event_tail_shows_listeners_and_changes_live(
+    page: Page, relay: InProcessRelay
+) -> None:
+    await log_in(page, relay)
+    await show(page, "#/events")
+    await expect(page.locator("#event-status")).to_have_text("live")
+    listener = await RawListener(relay.url, "hc-ws", listener_id="tail-listener").start()
+    try:
+        online = page.locator('tr[data-event="listenerOnline"]')
+        await expect(online).to_contain_text("hc-ws")
+        await expect(online).to_contain_text("listener tail-listener")
+    finally:
+        await listener.stop()
+    await expect(page.locator('tr[data-event="listenerOffline"]')).to_contain_text("hc-ws")
+    # A change made elsewhere (here: straight in the store) arrives too.
+    await relay.state.store.create_device(
+        Device(
+            device_id="tail-device",
+            authentication=Authentication(
+                type="sas",
+                symmetric_key=SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY2),
+            ),
+        )
+    )
+    await expect(page.locator('tr[data-event="createDeviceIdentity"]')).to_contain_text(
+        "tail-device"
+    )
+    await page.fill("#event-filter", "listeneroffline")
+    await expect(page.locator("tr[data-event]")).to_have_count(1)
+    await page.fill("#event-filter", "")
+    await page.locator("#event-filter").blur()
+    await screenshot(page, "events")

@@ -9,6 +9,7 @@ tests/browser/test_dashboard.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -341,3 +342,23 @@ async def test_a_manage_jwt_logs_in_until_it_expires_and_a_listen_jwt_does_not(
     ):
         assert resp.status == 415
         assert "Set-Cookie" not in resp.headers
+
+
+async def test_an_event_stream_through_the_dashboard_ends_at_logout(client: Browserish) -> None:
+    assert (await client.login())[0] == 200
+    async with client.session.get(
+        client.base + "api/events", headers={"Accept": "text/event-stream"}
+    ) as stream:
+        assert stream.status == 200
+        assert stream.content_type == "text/event-stream"
+        # A change made through the dashboard arrives on its own stream.
+        assert (await client.write("PUT", "api/hybridconnections/tail-me", {}))[0] == 201
+        async with asyncio.timeout(seconds(5)):
+            while b"createHybridConnection" not in await stream.content.readline():
+                pass
+        assert (await client.write("POST", "logout"))[0] == 204
+        async with asyncio.timeout(seconds(5)):
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                while await stream.content.readline():
+                    pass  # heartbeats at most, until the relay ends the stream
+    assert not client.session.closed

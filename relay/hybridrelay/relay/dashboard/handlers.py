@@ -18,10 +18,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -72,6 +73,13 @@ audit = logging.getLogger(AUDIT)
 class Dashboard:
     sessions: SessionTable
     logins: LoginLimiter
+    # Calls still running per session (event streams last): a logout ends them. Expiry
+    # needs no help: the session's credential expires with it and the API ends them then.
+    running: dict[str, set[asyncio.Task[Any]]] = field(default_factory=dict)
+
+    def end_calls(self, session_id: str) -> None:
+        for task in self.running.pop(session_id, ()):
+            task.cancel()
 
 
 DASHBOARD: Final = web.AppKey("hybridrelay_dashboard", Dashboard)
@@ -253,6 +261,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     request.app[DASHBOARD].sessions.drop(session.id)
+    request.app[DASHBOARD].end_calls(session.id)
     audit.info("dashboard_logout", extra={"who": session.who, "peer": peer_text(_peer(request))})
     response = web.Response(status=204)
     _set_cookie(response, "", 0, request.secure)
@@ -297,8 +306,19 @@ async def _api(request: web.Request) -> web.StreamResponse:
     match.add_app(request.app)
     match.freeze()
     inner._match_info = match
-    response = await match.handler(inner)
-    return _secure(response)
+    running = request.app[DASHBOARD].running.setdefault(session.id, set())
+    task = asyncio.current_task()
+    if task is not None:
+        running.add(task)
+    try:
+        response = await match.handler(inner)
+    finally:
+        if task is not None:
+            running.discard(task)
+        if not running and request.app[DASHBOARD].running.get(session.id) is running:
+            del request.app[DASHBOARD].running[session.id]
+    # An event stream was sent as it went; its headers are out already.
+    return response if response.prepared else _secure(response)
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

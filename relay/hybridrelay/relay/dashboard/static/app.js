@@ -8,9 +8,14 @@ const state = { session: null, view: null };
 // What one drawn page polls; a navigation stops the previous page's timers, including
 // those a page that was still loading would start afterwards.
 class View {
-  constructor() { this.timers = []; this.stopped = false; }
+  constructor() { this.timers = []; this.closers = []; this.stopped = false; }
   every(ms, fn) { if (!this.stopped) this.timers.push(setInterval(fn, ms)); }
-  stop() { this.stopped = true; for (const timer of this.timers.splice(0)) clearInterval(timer); }
+  onStop(fn) { if (this.stopped) fn(); else this.closers.push(fn); }
+  stop() {
+    this.stopped = true;
+    for (const timer of this.timers.splice(0)) clearInterval(timer);
+    for (const close of this.closers.splice(0)) close();
+  }
 }
 const $ = (id) => document.getElementById(id);
 
@@ -356,6 +361,58 @@ async function devices(main, view) {
   await load(null);
 }
 
+// Every opType the relay publishes (relay/mgmt/events.py; a unit test keeps this in step).
+// EventSource has no wildcard: a named event is heard only by a listener for its name.
+const OP_TYPES = [
+  "createDeviceIdentity", "updateDeviceIdentity", "disableDeviceIdentity", "enableDeviceIdentity",
+  "regenerateDeviceKeys", "deleteDeviceIdentity",
+  "createHybridConnection", "updateHybridConnection", "disableHybridConnection",
+  "enableHybridConnection", "deleteHybridConnection",
+  "createAuthorizationRule", "updateAuthorizationRule", "regenerateAuthorizationRuleKey",
+  "deleteAuthorizationRule",
+  "createCertificate", "updateCertificate", "generateCertificateVerificationCode",
+  "verifyCertificate", "deleteCertificate",
+  "listenerOnline", "listenerOffline", "startJob", "completeJob", "failJob",
+];
+const MAX_EVENTS = 200;
+
+async function events(main, view) {
+  main.append(el("h1", { text: "Events" }),
+    el("p", { class: "note", text: "Lifecycle events of the last 15 minutes, then live (newest first)." }));
+  const filter = el("input", { id: "event-filter", type: "search", placeholder: "filter: opType or name" });
+  const status = el("p", { class: "note", id: "event-status", text: "connecting" });
+  const list = el("div", { id: "event-list" });
+  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, filter), status, list);
+  const seen = [];
+  const draw = () => {
+    const needle = filter.value.trim().toLowerCase();
+    const rows = seen.filter((e) => !needle || e.text.includes(needle)).map((e) => el("tr", { "data-event": e.op },
+      el("td", { class: "volatile", text: e.time }), el("td", { text: e.op }), el("td", { text: e.entity }),
+      el("td", { text: e.detail })));
+    list.replaceChildren(table(["When", "Event", "Entity", "Detail"], rows, "No events yet"));
+  };
+  filter.addEventListener("input", draw);
+  const since = new Date(Date.now() - 15 * 60 * 1000).toISOString();
+  const source = new EventSource("api/events?since=" + enc(since));
+  view.onStop(() => source.close());
+  const heard = (message) => {
+    const event = JSON.parse(message.data);
+    const p = event.properties || {};
+    // A listener event names its hybrid connection in hubName (and its device in deviceId).
+    const hc = p.hybridConnection || (p.listenerId ? p.hubName : "");
+    const entity = hc || p.deviceId || p.ruleName || p.certificateName || p.jobId || "";
+    const detail = p.listenerId ? `listener ${p.listenerId}` : "";
+    seen.unshift({ op: p.opType, time: p.operationTimestamp, entity, detail,
+      text: `${p.opType} ${entity} ${detail}`.toLowerCase() });
+    seen.splice(MAX_EVENTS);
+    draw();
+  };
+  for (const op of OP_TYPES) source.addEventListener(op, heard);
+  source.addEventListener("open", () => { status.textContent = "live"; });
+  source.addEventListener("error", () => { status.textContent = source.readyState === EventSource.CLOSED ? "ended: reload to reconnect" : "reconnecting"; });
+  draw();
+}
+
 // --- shell ---------------------------------------------------------------------------------
 
 function showLogin() {
@@ -377,7 +434,7 @@ async function route() {
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === page || (page === "hc" && link.dataset.page === "hcs"));
   const main = $("main");
   main.replaceChildren();
-  const pages = { overview, hcs: hybridConnections, streams, devices };
+  const pages = { overview, hcs: hybridConnections, streams, devices, events };
   try {
     const target = el("div");
     if (page === "hc") await hybridConnection(target, view, decodeURIComponent(rest.join("/")));
