@@ -140,6 +140,8 @@ async def test_overview_counts_a_listener_that_comes_and_goes(
     try:
         await expect(listeners).to_have_text("1")
         await expect(page.locator("[data-stat=hybridconnections] .n")).to_have_text("8")
+        for chart in ("#chart-bytes", "#chart-connects"):
+            await expect(page.locator(f"{chart} svg polyline").first).to_be_attached()
         await screenshot(page, "overview")
         # Readable on a phone: the same page at a phone's width, nothing cut off.
         await page.set_viewport_size(PHONE)  # type: ignore[arg-type]

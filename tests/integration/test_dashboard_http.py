@@ -31,6 +31,7 @@ from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.openapi import build_openapi
+from hybridrelay.relay.traffic import TRAFFIC, totals
 
 ROOT = "RootManageSharedAccessKey"
 
@@ -262,6 +263,34 @@ async def test_listeners_streams_and_closing_one_with_1008(
                     async with http.get(base + "/stats?hybridConnection=echo") as resp:
                         counters = (await resp.json())["hybridConnection"]
             assert counters["BytesTransferred"] == 2 * len("hello")
+    finally:
+        await listener.stop()
+
+
+async def test_stats_traffic_counts_open_streams_bytes(relay: InProcessRelay) -> None:
+    assert relay.app is not None
+    history = relay.app[TRAFFIC]
+    start = relay.state.now()
+    history.sample(start, totals(relay.state))  # a fresh baseline, whatever ran before
+    listener = await RawListener(relay.url, "echo").start()
+    try:
+        sender = await send(relay.url, "echo")
+        await sender.send("y" * 4000)
+        assert await sender.recv() == "y" * 4000
+        # Sampled while the stream is open: its bytes count before it finishes.
+        history.sample(start + 4, totals(relay.state))
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": mgmt_token(relay)}) as http,
+            http.get(relay.http_url + "/$mgmt/v1/stats") as resp,
+        ):
+            traffic = (await resp.json())["traffic"]
+        assert traffic["interval"] == 5
+        # The relay's own sampler may have ticked in between: find the point made here.
+        point = next(p for p in traffic["points"] if p["time"] == round(start + 4, 3))
+        assert point["bytesUpPerSecond"] >= 1000  # 4000 bytes over at most 4 s
+        assert point["bytesDownPerSecond"] >= 1000
+        assert point["connectsPerSecond"] > 0
+        await sender.close()
     finally:
         await listener.stop()
 

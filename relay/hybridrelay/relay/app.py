@@ -28,6 +28,7 @@ from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
 from hybridrelay.relay.remote_listeners import watch_remote_listeners
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
+from hybridrelay.relay.traffic import TRAFFIC, TrafficHistory, traffic_ctx
 
 __all__ = ["create_app"]
 
@@ -87,6 +88,8 @@ def create_app(
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(reactions_ctx)  # torn down before _lifecycle closes the store
+    app[TRAFFIC] = TrafficHistory()
+    app.cleanup_ctx.append(traffic_ctx)  # the last 15 minutes of traffic (GET /stats)
     device_auth.install(app)  # after _lifecycle: stops watching before the store closes
     mgmt_events.install(app)  # after _lifecycle: stops before the store closes
     mgmt_jobs.install(app)  # after _lifecycle: jobs are cancelled before the store closes

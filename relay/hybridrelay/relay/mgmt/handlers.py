@@ -72,6 +72,7 @@ from hybridrelay.relay.store.models import (
     rights_from_json,
     validate_device_id,
 )
+from hybridrelay.relay.traffic import INTERVAL, TRAFFIC
 
 __all__ = ["MGMT_PREFIX", "add_routes"]
 
@@ -478,6 +479,11 @@ async def _streams(call: _Call) -> web.StreamResponse:
 
 async def _stats(call: _Call) -> web.StreamResponse:
     doc = stats(call.state)
+    history = call.request.app.get(TRAFFIC)
+    doc["traffic"] = {
+        "interval": INTERVAL,
+        "points": [p.to_json() for p in history.points()] if history is not None else [],
+    }
     name = call.request.query.get("hybridConnection")
     if name is not None:
         hc = await _existing_hc(call.state, name)

@@ -700,6 +700,7 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
             "bytesListenerToSender",
             "refusals",
             "limitRefusals",
+            "traffic",
         ],
         "properties": {
             "listeners": {"type": "integer"},
@@ -717,6 +718,35 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
                         "action": {"type": "string"},
                         "reason": {"type": "string"},
                         "count": {"type": "integer"},
+                    },
+                },
+            },
+            "traffic": {
+                "type": "object",
+                "description": "The last 15 minutes on this node, one point per interval "
+                "(seconds): bytes each way per second (open streams included) and streams "
+                "started per second, oldest first.",
+                "required": ["interval", "points"],
+                "properties": {
+                    "interval": {"type": "number"},
+                    "points": {
+                        "type": "array",
+                        "maxItems": 180,
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "time",
+                                "bytesUpPerSecond",
+                                "bytesDownPerSecond",
+                                "connectsPerSecond",
+                            ],
+                            "properties": {
+                                "time": {"type": "number", "description": "Unix seconds."},
+                                "bytesUpPerSecond": {"type": "number"},
+                                "bytesDownPerSecond": {"type": "number"},
+                                "connectsPerSecond": {"type": "number"},
+                            },
+                        },
                     },
                 },
             },

@@ -109,13 +109,41 @@ function live(view, container, draw) {
   return run();
 }
 
+// A small line chart drawn as SVG elements (no library, no inline style): one polyline
+// per series over the last 15 minutes, the y axis from 0 to the largest value.
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  return node;
+}
+
+function chart(id, title, points, series, format) {
+  const width = 600, height = 120, span = 15 * 60;
+  const end = points.length ? points[points.length - 1].time : Date.now() / 1000;
+  const top = Math.max(1e-9, ...points.flatMap((p) => series.map((s) => p[s.key])));
+  const x = (t) => ((t - (end - span)) / span) * width;
+  const y = (v) => height - (v / top) * (height - 8);
+  const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": title, preserveAspectRatio: "none" });
+  drawing.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
+  for (const s of series) {
+    const line = points.map((p) => `${x(p.time).toFixed(1)},${y(p[s.key]).toFixed(1)}`).join(" ");
+    drawing.append(svg("polyline", { points: line, class: `series ${s.class}`, "data-series": s.key }));
+  }
+  const last = points[points.length - 1];
+  const legend = series.map((s) => el("span", { class: `legend ${s.class}`, text: `${s.label} ${last ? format(last[s.key]) : "-"}` }));
+  return el("figure", { class: "card chart-card", id }, el("figcaption", { text: title }, " ", legend), drawing,
+    el("span", { class: "sub", text: `last 15 min, peak ${format(top === 1e-9 ? 0 : top)}` }));
+}
+
 // --- pages ---------------------------------------------------------------------------------
 
 async function overview(main, view) {
   main.append(el("h1", { text: "Overview" }));
   const cards = el("div", { class: "cards", id: "overview-cards" });
   const refusals = el("div", { id: "refusals" });
-  main.append(cards, el("h2", { text: "Refusals by reason" }), refusals);
+  const charts = el("div", { class: "charts", id: "charts" });
+  main.append(cards, charts, el("h2", { text: "Refusals by reason" }), refusals);
   await live(view, cards, async () => {
     const [stats, hcs, devices] = await Promise.all([
       api("GET", "stats"), api("GET", "hybridconnections?top=1000"), api("GET", "devices?top=1000"),
@@ -131,6 +159,18 @@ async function overview(main, view) {
         `${enabled} enabled, ${devices.value.length - enabled} disabled, ${connected} connected`),
       card("bytes", "Bytes relayed", bytes(stats.bytesSenderToListener + stats.bytesListenerToSender),
         `${bytes(stats.bytesSenderToListener)} up, ${bytes(stats.bytesListenerToSender)} down`),
+    ];
+  });
+  await live(view, charts, async () => {
+    const points = (await api("GET", "stats")).traffic.points;
+    return [
+      chart("chart-bytes", "Bytes per second", points, [
+        { key: "bytesUpPerSecond", label: "up", class: "up" },
+        { key: "bytesDownPerSecond", label: "down", class: "down" },
+      ], (v) => `${bytes(Math.round(v))}/s`),
+      chart("chart-connects", "Connects per second", points, [
+        { key: "connectsPerSecond", label: "connects", class: "up" },
+      ], (v) => `${v.toFixed(2)}/s`),
     ];
   });
   await live(view, refusals, async () => {
