@@ -46,6 +46,7 @@ other as ``Retry-After``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 __all__ = [
@@ -268,10 +269,13 @@ class RateLimitedError(HybridRelayError):
 class HandshakeError(HybridRelayError):
     """A WebSocket opening handshake got a non-101 answer (seen by clients)."""
 
-    def __init__(self, status: int, reason: str, body: str = "") -> None:
+    def __init__(
+        self, status: int, reason: str, body: str = "", *, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
-        self.body = body
+        self.body = body  # an excerpt: the first few KiB at most
+        self.headers: Mapping[str, str] = headers or {}  # names in lower case
         detail = f": {body}" if body else ""
         super().__init__(f"handshake failed with HTTP {status} {reason}{detail}")
 
