@@ -349,6 +349,11 @@ async def test_a_manage_jwt_logs_in_until_it_expires_and_a_listen_jwt_does_not(
     )
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         client = Browserish(relay, session)
+        for garbage in ("not-a-jwt", "Bearer a.b.c", "x" * 9000):
+            status, doc, _ = await client.call("POST", "login", {"token": garbage})
+            assert status in (400, 401), (garbage[:20], status, doc)
+        bad_body = await client.call("POST", "login", {"keyName": 1, "key": None})
+        assert bad_body[0] == 400
         listen_only = idp_token(600, scope="hc:listen:*")
         status, doc, _ = await client.call("POST", "login", {"token": listen_only})
         assert status == 403  # a valid token without manage: no session
