@@ -353,3 +353,25 @@ async def test_the_event_tail_shows_listeners_and_changes_live(
     await page.fill("#event-filter", "")
     await page.locator("#event-filter").blur()
     await screenshot(page, "events")
+
+
+async def test_a_viewer_sees_the_pages_without_write_buttons_or_keys(
+    page: Page, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path, relay_extra='dashboard_viewers = ["sas:RootManageSharedAccessKey"]'
+    )
+    viewer_relay = await InProcessRelay(load(config)).start()
+    try:
+        await log_in(page, viewer_relay)
+        await expect(page.locator("#who")).to_have_text("sas:RootManageSharedAccessKey (viewer)")
+        await show(page, "#/hc/hc-ws")
+        rule = page.locator('tr[data-rule="listen-only"]')
+        await expect(rule).to_contain_text("Listen")
+        await expect(page.locator("#main button")).to_have_count(0)
+        await expect(page.locator("#rule-name")).to_have_count(0)
+        await show(page, "#/hcs")
+        await expect(page.locator('tr[data-hc="hc-ws"]')).to_be_visible()
+        await expect(page.locator("#hc-name")).to_have_count(0)
+    finally:
+        await viewer_relay.stop()

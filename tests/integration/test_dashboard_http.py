@@ -31,6 +31,7 @@ from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.openapi import build_openapi
+from hybridrelay.relay.store.models import Device
 from hybridrelay.relay.traffic import TRAFFIC, totals
 
 ROOT = "RootManageSharedAccessKey"
@@ -180,6 +181,21 @@ async def test_viewers_read_but_do_not_write(relay_factory: RelayFactory) -> Non
         status, refusal = await client.write("PUT", "api/hybridconnections/nope", {})
         assert status == 403
         assert refusal["error"]["code"] == "ReadOnlySession"
+        # Keys would make a viewer an operator (or a device): it never sees one.
+        await relay.state.store.create_device(Device(device_id="keyed"))
+        status, rule, _ = await client.call("GET", f"api/rules/{ROOT}")
+        assert status == 200
+        assert rule["name"] == ROOT
+        assert (rule["primaryKey"], rule["secondaryKey"]) == (None, None)
+        status, device, _ = await client.call("GET", "api/devices/keyed")
+        assert status == 200
+        assert device["authentication"]["symmetricKey"] == {
+            "primaryKey": None,
+            "secondaryKey": None,
+        }
+        status, page, _ = await client.call("GET", "api/devices")
+        assert [d["authentication"]["symmetricKey"]["primaryKey"] for d in page["value"]] == [None]
+        assert ROOT_KEY not in json.dumps(rule)
 
 
 async def test_a_regenerated_key_ends_the_session(

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -317,8 +318,32 @@ async def _api(request: web.Request) -> web.StreamResponse:
             running.discard(task)
         if not running and request.app[DASHBOARD].running.get(session.id) is running:
             del request.app[DASHBOARD].running[session.id]
-    # An event stream was sent as it went; its headers are out already.
-    return response if response.prepared else _secure(response)
+    if response.prepared:
+        return response  # an event stream, sent as it went (events carry no keys)
+    if session.role != "operator":
+        _redact_keys(response)
+    return _secure(response)
+
+
+_KEY_FIELDS: Final = frozenset({"primaryKey", "secondaryKey"})
+
+
+def _redacted(doc: object) -> object:
+    if isinstance(doc, dict):
+        return {k: None if k in _KEY_FIELDS else _redacted(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_redacted(item) for item in doc]
+    return doc
+
+
+def _redact_keys(response: web.StreamResponse) -> None:
+    """A viewer sees no key: with one it could log in as an operator (or act as a device)."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return
+    body = response.body
+    if not isinstance(body, bytes | bytearray) or not body:
+        return
+    response.body = json.dumps(_redacted(json.loads(body))).encode()
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

@@ -255,10 +255,11 @@ async function hybridConnection(main, view, name) {
     const list = await api("GET", path + "/rules");
     const rows = list.value.map((rule) => {
       const keys = el("td", { class: "key-cell" });
-      const actions = el("td", {},
-        el("button", { type: "button", text: "Show keys", onclick: () => api("GET", `${path}/rules/${enc(rule.name)}`).then((r) => keys.replaceChildren(keyCells(r))).catch(errorLine(message)) }));
-      if (isOperator()) {
-        actions.append(" ",
+      const actions = el("td", {});
+      if (isOperator()) { // viewers are shown no key (the relay blanks them anyway)
+        actions.append(
+          el("button", { type: "button", text: "Show keys", onclick: () => api("GET", `${path}/rules/${enc(rule.name)}`).then((r) => keys.replaceChildren(keyCells(r))).catch(errorLine(message)) }),
+          " ",
           el("button", { type: "button", text: "Regenerate primary", onclick: () => api("POST", `${path}/rules/${enc(rule.name)}/regenerate`, { keyType: "primary" }).then((r) => keys.replaceChildren(keyCells(r))).catch(errorLine(message)) }),
           " ",
           el("button", { type: "button", class: "danger", text: "Delete", onclick: () => api("DELETE", `${path}/rules/${enc(rule.name)}`).then(() => drawRules()).catch(errorLine(message)) }));
@@ -382,7 +383,7 @@ async function devices(main, view) {
       el("td", { text: d.authentication?.type || "" }),
       el("td", { class: "key-cell" }, shown.has(d.deviceId) ? deviceKeys(shown.get(d.deviceId)) : null),
       el("td", {},
-        el("button", { type: "button", text: "Show keys", onclick: () => api("GET", "devices/" + enc(d.deviceId)).then((full) => { shown.set(d.deviceId, full); draw(); }).catch(errorLine(message)) }),
+        isOperator() ? el("button", { type: "button", text: "Show keys", onclick: () => api("GET", "devices/" + enc(d.deviceId)).then((full) => { shown.set(d.deviceId, full); draw(); }).catch(errorLine(message)) }) : null,
         " ",
         isOperator() ? el("button", { type: "button", class: d.status === "enabled" ? "danger" : "", text: d.status === "enabled" ? "Disable" : "Enable", onclick: () => toggle(d).catch(errorLine(message)) }) : null)));
     list.replaceChildren(table(["Device id", "Status", "Connection", "Last activity", "Auth", "Keys", ""], rows, "No devices"));
