@@ -140,6 +140,9 @@ async def test_overview_counts_a_listener_that_comes_and_goes(
     try:
         await expect(listeners).to_have_text("1")
         await expect(page.locator("[data-stat=hybridconnections] .n")).to_have_text("8")
+        # A call without a token is refused: its source shows up on the overview.
+        assert await page.evaluate("fetch('../$mgmt/v1/stats').then(r => r.status)") == 401
+        await expect(page.locator('tr[data-source="127.0.0.1"]')).to_be_visible()
         for chart in ("#chart-bytes", "#chart-connects"):
             await expect(page.locator(f"{chart} svg polyline").first).to_be_attached()
         await screenshot(page, "overview")

@@ -322,6 +322,7 @@ async def test_refusals_are_grouped_by_reason(relay: InProcessRelay) -> None:
     assert {"status": "401", "action": "mgmt", "reason": "bad or expired token", "count": 1} in (
         stats["refusals"]
     )
+    assert stats["topRefusedSources"] == [{"address": "127.0.0.1", "count": 1, "error": 0}]
 
 
 def test_the_openapi_document_describes_the_live_resources() -> None:

@@ -26,6 +26,7 @@ from hybridrelay.relay.mgmt.events import EventHub
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
 from hybridrelay.relay.remote_listeners import watch_remote_listeners
+from hybridrelay.relay.sources import REFUSED_SOURCES, TopSources
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.traffic import TRAFFIC, TrafficHistory, traffic_ctx
@@ -78,6 +79,7 @@ def create_app(
     m.cluster_available = lambda: state.cluster.unavailable_reason() is None
     watch_remote_listeners(state)
     app[METRICS_KEY] = m
+    app[REFUSED_SOURCES] = TopSources()  # counted by the error middleware (GET /stats)
     app[REACTIONS] = Reactions(state)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -61,6 +61,7 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import (
     MAX_PAGE,
@@ -479,6 +480,11 @@ async def _streams(call: _Call) -> web.StreamResponse:
 
 async def _stats(call: _Call) -> web.StreamResponse:
     doc = stats(call.state)
+    sources = call.request.app.get(REFUSED_SOURCES)
+    doc["topRefusedSources"] = [
+        {"address": s.address, "count": s.count, "error": s.error}
+        for s in (sources.top(10) if sources is not None else [])
+    ]
     history = call.request.app.get(TRAFFIC)
     doc["traffic"] = {
         "interval": INTERVAL,

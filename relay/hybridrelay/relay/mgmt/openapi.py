@@ -700,6 +700,7 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
             "bytesListenerToSender",
             "refusals",
             "limitRefusals",
+            "topRefusedSources",
             "traffic",
         ],
         "properties": {
@@ -718,6 +719,21 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
                         "action": {"type": "string"},
                         "reason": {"type": "string"},
                         "count": {"type": "integer"},
+                    },
+                },
+            },
+            "topRefusedSources": {
+                "type": "array",
+                "maxItems": 10,
+                "description": "The source addresses refused most on this node (404s aside), "
+                "from a bounded table of 1000 addresses; a count may be high by at most error.",
+                "items": {
+                    "type": "object",
+                    "required": ["address", "count", "error"],
+                    "properties": {
+                        "address": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "error": {"type": "integer"},
                     },
                 },
             },

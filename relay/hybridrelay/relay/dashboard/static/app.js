@@ -181,8 +181,12 @@ async function overview(main, view) {
       el("td", { text: r.count }), el("td", {}, el("meter", { min: 0, max: total, value: r.count }))));
     const limits = stats.limitRefusals.map((r) => el("tr", {},
       el("td", { text: r.limit }), el("td", { text: r.count })));
+    const sources = stats.topRefusedSources.map((r) => el("tr", { "data-source": r.address },
+      el("td", { text: r.address }), el("td", { text: r.error ? `${r.count} (±${r.error})` : r.count })));
     return [
       table(["Reason", "Status", "Action", "Count", ""], rows, "No refusals yet"),
+      el("h2", { text: "Top refused sources" }),
+      table(["Source address", "Refusals (404s aside)"], sources, "No source refused yet"),
       el("h2", { text: "Refusals by limit" }),
       table(["Limit (docs/security.md)", "Count"], limits, "No limit reached yet"),
     ];
