@@ -149,6 +149,16 @@ async def test_api_paths_cannot_leave_the_management_api(client: Browserish) -> 
         url = URL(client.base + "api/" + tail, encoded=True)  # sent as is, not normalized
         async with client.session.get(url, allow_redirects=False) as resp:
             assert resp.status == 404, tail
+    # No WebSocket rides on the session cookie (the page uses Server-Sent Events).
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    status, doc, _ = await client.call("GET", "api/events", headers=upgrade)
+    assert status == 400
+    assert doc["error"]["code"] == "UpgradeRefused"
     # Percent-encoded names reach the API as sent.
     status, doc, _ = await client.call("GET", "api/hybridconnections/nested%2Fpath")
     assert status == 200

@@ -298,6 +298,10 @@ async def _api(request: web.Request) -> web.StreamResponse:
             return refusal
         if session.role != "operator":
             return _secure(error_response(403, "ReadOnlySession", "this login is read-only"))
+    if request.headers.get("Upgrade"):
+        # The page uses Server-Sent Events; a WebSocket riding on the cookie would be one
+        # more way in (cross-site WebSocket hijacking) for nothing the page needs.
+        return _secure(error_response(400, "UpgradeRefused", "no WebSocket through the dashboard"))
     url = _api_url(request)
     if url is None or not url.path.startswith(MGMT_PREFIX + "/"):
         return _secure(error_response(404, "EndpointNotFound", "no such management resource"))
