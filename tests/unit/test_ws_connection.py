@@ -639,3 +639,32 @@ def test_abandon_frame_frees_the_target_only_if_nothing_of_the_frame_went_out() 
     assert target2.data_to_send() != []
     assert not leg2.abandon_frame()
     assert target2.frame_in_flight
+
+
+def test_the_application_fails_the_connection_with_its_own_code() -> None:
+    # wsclient's recv() refusing a message over max_size, send_fragments() left unfinished.
+    pair = ConnectionPair.make()
+    pair.client.fail(1009, "message too big")
+    assert pair.client.state is State.CLOSED
+    assert pair.client.failure == (1009, "message too big")
+    assert WireReader(masked=True).read(pair.client) == [
+        (Opcode.CLOSE, True, encode_close_payload(1009, "message too big"))
+    ]
+    assert (
+        pair.client.receive_data(encode_frame(fin=True, opcode=Opcode.BINARY, payload=b"x")) == []
+    )
+    error = pair.client.closed_error()
+    assert (error.code, error.reason) == (1009, "message too big")
+    with pytest.raises(ConnectionClosedError):
+        pair.client.send_message(b"x")
+
+
+def test_an_abort_sends_no_close_frame_and_the_peers_close_still_explains() -> None:
+    server = Connection(Role.SERVER, auto_close_echo=False)
+    server.receive_data(client_frame(Opcode.CLOSE, encode_close_payload(4000, "bye")))
+    assert server.close_received == (4000, "bye")
+    server.fail(1006, "keepalive ping timeout")  # 1006 may not be sent (RFC 6455 §7.4.1)
+    assert server.data_to_send() == []
+    assert server.state is State.CLOSED
+    error = server.closed_error()
+    assert (error.code, error.reason) == (4000, "bye")

@@ -128,6 +128,10 @@ class State(Enum):
     CLOSED = "closed"
 
 
+_OPEN: Final = State.OPEN
+_CLOSE_RECEIVED: Final = State.CLOSE_RECEIVED
+
+
 class Hold(IntFlag):
     """Reasons not to read the peer; it is read again when none is left."""
 
@@ -431,7 +435,10 @@ class Connection:
             ValueError: the frame does not fit the message being sent (RFC 6455 §5.4),
                 or a forwarded frame is half sent.
         """
-        self._check_can_send()
+        # Inlined checks and encoding: this runs once per message a client sends.
+        state = self.state
+        if state is not _OPEN and state is not _CLOSE_RECEIVED:
+            raise self.closed_error()
         if self._out_remaining:
             raise ValueError("a forwarded frame is half sent")
         if opcode == _CONT:
@@ -443,7 +450,18 @@ class Connection:
         else:
             raise ValueError(f"not a data opcode: {opcode:#x}")
         self._out_in_message = not fin
-        self._write_whole(fin, opcode, payload)
+        if self._masks:
+            mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
+            header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
+            if payload:
+                payload = apply_mask(payload, mask)
+        else:
+            header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload))
+        if len(payload) < _COALESCE_LIMIT:
+            self._out.append(header + payload)
+        else:
+            self._out.append(header)
+            self._out.append(payload)
 
     def forward(self, frame: Frame) -> None:
         """Streaming: send a piece of a data frame received on another connection.
@@ -740,9 +758,6 @@ class Connection:
         if len(payload) < _COALESCE_LIMIT:
             return [header + payload]
         return [header, payload]
-
-    def _write_whole(self, fin: bool, opcode: int, payload: bytes) -> None:
-        self._out.extend(self._encode(fin, opcode, payload))
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
         (frame,) = self._encode(True, opcode, payload)  # at most 125 bytes: one buffer
