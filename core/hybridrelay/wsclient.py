@@ -592,7 +592,7 @@ class WsConnection(asyncio.Protocol):
 
     def _on_events(self, events: list[Event]) -> None:
         rx = self._rx
-        received = False
+        received = control = False
         for event in events:
             if type(event) is Frame:
                 opcode, fin, _length, data, start, end = event
@@ -617,7 +617,9 @@ class WsConnection(asyncio.Protocol):
                 rx.append(_Chunk(item, len(data), end, message_end))
                 self._rx_bytes += len(data)
                 received = True
-            elif isinstance(event, CloseReceived):
+                continue
+            control = True  # data frames write nothing; the rest may (a pong, a close)
+            if isinstance(event, CloseReceived):
                 if self._debug:
                     logger.debug("< CLOSE %s %d %r", self._log_url, event.code, event.reason)
                 self._rx_eof = True
@@ -636,9 +638,10 @@ class WsConnection(asyncio.Protocol):
             if self._rx_bytes > self._read_limit:
                 self._pause_reading()
             self._wake_rx()
-        if self._write_paused:
-            self._sync_reading()  # the Connection may hold a peer that does not read
-        self._flush()  # pongs
+        if control:
+            if self._write_paused:
+                self._sync_reading()  # the Connection may hold a peer that does not read
+            self._flush()
 
     # ------------------------------------------------------------------ internals
 
