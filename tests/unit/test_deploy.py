@@ -114,7 +114,17 @@ def test_dockerfile_is_multistage_slim_non_root_with_healthcheck() -> None:
     instructions = list(_dockerfile_instructions())
     froms = [rest for word, rest in instructions if word == "FROM"]
     assert len(froms) >= 2
-    assert all(f.startswith("python:3.11-slim") for f in froms)
+    # Pinned: one exact Python release on one Debian release, the same in every stage (the
+    # final stage runs the venv the build stage made).
+    images = {f.split()[0] for f in froms}
+    assert len(images) == 1, images
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", images.pop())
+    labels = " ".join(rest for word, rest in instructions if word == "LABEL")
+    for label in ("org.opencontainers.image.source", "org.opencontainers.image.version"):
+        assert label in labels
+    version = re.search(r"ARG VERSION=(\S+)", DOCKERFILE.read_text(encoding="utf-8"))
+    assert version
+    assert version.group(1) == _pyproject_version()
     users = [rest for word, rest in instructions if word == "USER"]
     assert users
     assert users[-1].split(":")[0] not in {"root", "0"}
@@ -128,6 +138,33 @@ def test_dockerfile_is_multistage_slim_non_root_with_healthcheck() -> None:
     assert ("CMD", '["relay", "serve", "--config", "/etc/hybridrelay/relay.toml"]') in instructions
     env_names = set(re.findall(r"HYBRIDRELAY_[A-Z_]+", DOCKERFILE.read_text(encoding="utf-8")))
     assert env_names <= KNOWN_ENV
+
+
+def _pyproject_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version = "([^"]+)"', text, re.M)
+    assert match
+    return match.group(1)
+
+
+def test_image_dependencies_are_pinned_and_match_pyproject() -> None:
+    """deploy/requirements.lock pins (==) every runtime dependency pyproject.toml names."""
+    lock = {}
+    for raw in (DEPLOY / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, line
+            lock[name.lower().replace("_", "-")] = version
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = text[text.index("dependencies = [") : text.index("]", text.index("dependencies = ["))]
+    names = re.findall(r'^\s*"([A-Za-z0-9_.-]+)', block, re.M)
+    assert names
+    for name in names:
+        assert name.lower().replace("_", "-") in lock, name
+    for compose_image in (s["image"] for s in _compose()["services"].values() if "image" in s):
+        if compose_image != "hybridrelay:local":
+            assert re.search(r":\d+\.\d+\.\d+", compose_image), compose_image
 
 
 def test_dockerignore_keeps_what_the_wheel_build_copies() -> None:
