@@ -86,7 +86,12 @@ def podman(*args: str, check_rc: bool = True, timeout: float = 120) -> str:
     return done.stdout
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    detail: Callable[[], str] = lambda: "",
+) -> T:
     """Poll ``probe`` until it returns something other than None/False, or fail."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -99,7 +104,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
             last_error = exc
         time.sleep(0.2)
     raise ContainerCheckError(
-        f"timed out after {timeout:.0f} s waiting for {what} (last: {last_error})"
+        f"timed out after {timeout:.0f} s waiting for {what} ({detail()}; last: {last_error})"
     )
 
 
@@ -325,8 +330,8 @@ key_env = "SEND_KEY"
             IMAGE, "listen", "--config", "/etc/hybridrelay/agent.toml",
         )  # fmt: skip
         podman(
-            "run", "-d", "--name", forwarder, "--read-only", "--network", "host", "--no-healthcheck",
-            "-e", f"SEND_KEY={send_key}",
+            "run", "-d", "--name", forwarder, "--read-only", "--no-healthcheck",
+            "--network", "host", "-e", f"SEND_KEY={send_key}",
             "-v", f"{forward_toml}:/etc/hybridrelay/forward.toml:ro",
             IMAGE, "forward", "--config", "/etc/hybridrelay/forward.toml",
         )  # fmt: skip
@@ -354,13 +359,13 @@ key_env = "SEND_KEY"
 
 @dataclass
 class Publisher:
+    """One paho client (persistent session) publishing ``{RUN}/c{index}`` with seq payloads."""
+
     index: int
     port: int
-    sent: int = 0
-    acked: set[int] = field(default_factory=set)
+    messages: list[mqtt.MQTTMessageInfo] = field(default_factory=list)
     connects: int = 0
-    mids: dict[int, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    acked_mids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.client = mqtt.Client(
@@ -373,15 +378,21 @@ class Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish
 
+    @property
+    def sent(self) -> int:
+        return len(self.messages)
+
+    def acked(self) -> int:
+        # No lock of ours around publish(): on_publish runs under paho's mutex, so a lock
+        # held around publish() deadlocks. set.add is atomic; mids do not wrap at 500.
+        return len(self.acked_mids & {info.mid for info in self.messages})
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self.acked_mids.add(mid)
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
             self.connects += 1
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        with self.lock:
-            seq = self.mids.pop(mid, None)
-            if seq is not None:
-                self.acked.add(seq)
 
     def start(self) -> None:
         self.client.connect_async("127.0.0.1", self.port, keepalive=10)
@@ -389,10 +400,8 @@ class Publisher:
 
     def publish_next(self) -> None:
         # Queued by paho while disconnected (QoS 1), sent on reconnect.
-        with self.lock:
-            info = self.client.publish(f"{RUN}/c{self.index}", str(self.sent), qos=1)
-            self.mids[info.mid] = self.sent
-            self.sent += 1
+        info = self.client.publish(f"{RUN}/c{self.index}", str(self.sent), qos=1)
+        self.messages.append(info)
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -475,6 +484,17 @@ def gaps_by_client(
     return longest
 
 
+def free_subnet_prefix() -> str:
+    """A 172.28.N prefix no podman network uses (the compose file pins node addresses)."""
+    names = podman("network", "ls", "--format", "{{.Name}}").split()
+    used = podman("network", "inspect", *names) if names else "[]"
+    for third in range(240, 256):
+        prefix = f"172.28.{third}"
+        if f'"{prefix}.0/24"' not in used:
+            return prefix
+    raise ContainerCheckError("no free 172.28.240-255.0/24 subnet")
+
+
 def check_compose(work: Path, cleanup: list[list[str]]) -> dict[str, Any]:
     log("compose: podman-compose up (Redis, 3 relays, nginx, agent, Mosquitto)")
     project = RUN
@@ -482,9 +502,11 @@ def check_compose(work: Path, cleanup: list[list[str]]) -> dict[str, Any]:
     env = {
         **os.environ,
         "HYBRIDRELAY_BIND": "127.0.0.1",
+        "HYBRIDRELAY_SUBNET_PREFIX": free_subnet_prefix(),
         **{f"HYBRIDRELAY_{k}_PORT": str(v) for k, v in ports.items()},
     }
-    compose = ["podman-compose", "-p", project, "-f", str(COMPOSE_FILE)]
+    # podman-compose >= 1.1 (PyPI): 1.0.3 (Debian bookworm) ignores network aliases.
+    compose = [sys.executable, "-m", "podman_compose", "-p", project, "-f", str(COMPOSE_FILE)]
     cleanup.append([*compose, "down", "-t", "0"])
     up = subprocess.run(
         [*compose, "up", "-d"], capture_output=True, text=True, env=env, timeout=300, check=False
@@ -595,14 +617,16 @@ key_env = "SEND_KEY"
 
         wait_for(
             "every PUBACK",
-            lambda: all(len(p.acked) == MESSAGES // CLIENTS for p in publishers),
-            180,
+            lambda: all(p.acked() == MESSAGES // CLIENTS for p in publishers),
+            120,
+            detail=lambda: f"acked {[p.acked() for p in publishers]}",
         )
         per_client = MESSAGES // CLIENTS
         wait_for(
             "every message at Mosquitto",
             lambda: len({(c, s) for _, c, s in subscriber.arrivals}) >= MESSAGES,
             60,
+            detail=lambda: f"{len({(c, s) for _, c, s in subscriber.arrivals})} distinct",
         )
     finally:
         for publisher in publishers:
@@ -627,7 +651,7 @@ key_env = "SEND_KEY"
             {
                 "client": client,
                 "published": per_client,
-                "acked": len(publishers[client].acked),
+                "acked": publishers[client].acked(),
                 "delivered": len(seqs),
                 "distinct": len(first_seen),
                 "duplicates": len(seqs) - len(first_seen),
@@ -661,16 +685,21 @@ def main() -> int:
         work.chmod(0o755)
         try:
             report["image"] = check_image()
-            report["single"] = check_single_containers(work, cleanup)
-            report["compose"] = check_compose(work, cleanup)
-        except ContainerCheckError as exc:
+            for section, run in (("single", check_single_containers), ("compose", check_compose)):
+                try:
+                    report[section] = run(work, cleanup)
+                finally:
+                    # Each section leaves nothing behind, also when it failed.
+                    for command in cleanup:
+                        program = [] if command[0] == sys.executable else ["podman"]
+                        subprocess.run(
+                            [*program, *command], capture_output=True, timeout=300, check=False
+                        )
+                    cleanup.clear()
+        except Exception as exc:  # noqa: BLE001 - any failure ends in the report, exit 1
             ok = False
-            report["failed"] = str(exc)
-            log(f"FAILED: {exc}")
-        finally:
-            for command in cleanup:
-                program = [] if command[0] == "podman-compose" else ["podman"]
-                subprocess.run([*program, *command], capture_output=True, timeout=300, check=False)
+            report["failed"] = str(exc) if isinstance(exc, ContainerCheckError) else repr(exc)
+            log(f"FAILED: {report['failed']}")
     report["ok"] = ok
     report["seconds"] = round(time.monotonic() - started, 1)
     text = json.dumps(report, indent=2)
