@@ -154,7 +154,8 @@ def test_image_dependencies_are_pinned_and_match_pyproject() -> None:
         line = raw.split("#")[0].strip()
         if line:
             name, sep, version = line.partition("==")
-            assert sep and version, line
+            assert sep, line
+            assert version, line
             lock[name.lower().replace("_", "-")] = version
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     block = text[text.index("dependencies = [") : text.index("]", text.index("dependencies = ["))]
@@ -574,3 +575,28 @@ def test_deploy_docs_name_only_settings_the_code_knows() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)", text):  # relative links resolve
             if "://" not in target:
                 assert (ROOT / "docs" / target).resolve().exists(), (doc, target)
+
+
+def _compose_default(value: str) -> str:
+    """``${NAME:-default}`` -> ``default`` (what compose substitutes with NAME unset)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_relay_nodes_keep_their_addresses_across_restarts() -> None:
+    """nginx resolves relay-N once: each node has a fixed address in the declared subnet."""
+    import ipaddress
+
+    compose = _compose()
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    network = ipaddress.ip_network(_compose_default(subnet))
+    addresses = set()
+    for name in RELAY_SERVICES:
+        address = ipaddress.ip_address(
+            _compose_default(compose["services"][name]["networks"]["default"]["ipv4_address"])
+        )
+        assert address in network, (name, address)
+        addresses.add(address)
+    assert len(addresses) == len(RELAY_SERVICES)
+    for port in compose["services"]["nginx"]["ports"]:
+        # Overridable host side (scripts/container-test binds free loopback ports).
+        assert port.startswith("${RELAY_DEMO_BIND:-"), port
