@@ -504,17 +504,20 @@ def channel_opens(container: str) -> list[tuple[str, str]]:
 
 def gaps_by_client(
     arrivals: list[tuple[float, int, int]], start: float, end: float
-) -> dict[int, float]:
-    """Longest time between two first deliveries of a client inside [start, end]."""
+) -> dict[int, tuple[float, float]]:
+    """Per client, the longest silence between two first deliveries ending inside [start, end]:
+    (when it began, relative to ``start``; how long it lasted)."""
     seen: set[tuple[int, int]] = set()
     last: dict[int, float] = {}
-    longest: dict[int, float] = {}
+    longest: dict[int, tuple[float, float]] = {}
     for at, client, seq in arrivals:
         if (client, seq) in seen:
             continue
         seen.add((client, seq))
         if start <= at <= end and client in last:
-            longest[client] = max(longest.get(client, 0.0), at - last[client])
+            gap = at - last[client]
+            if gap > longest.get(client, (0.0, 0.0))[1]:
+                longest[client] = (last[client] - start, gap)
         if at <= end:
             last[client] = at
     return longest
@@ -703,8 +706,15 @@ key_env = "SEND_KEY"
     for restart in restarts:
         check(restart["agent_reopened_on"], f"the agent did not move off {restart['node']}")
         gaps = gaps_by_client(arrivals, restart["start"], restart["end"])
-        restart["interruption_s"] = round(max(gaps.values(), default=0.0), 2)
-        restart["interruption_by_client_s"] = {str(c): round(g, 2) for c, g in sorted(gaps.items())}
+        restart["interruption_s"] = round(max((g for _, g in gaps.values()), default=0.0), 2)
+        restart["interruption_by_client_s"] = {
+            str(c): round(g, 2) for c, (_, g) in sorted(gaps.items())
+        }
+        # When each client's longest silence began, in seconds after the stop was sent
+        # (during the drain, or when the drained stream closed and the client reconnected).
+        restart["interruption_began_after_s"] = {
+            str(c): round(b, 2) for c, (b, _) in sorted(gaps.items())
+        }
         restart["start"] = round(restart["start"] - traffic_started, 2)
         restart["end"] = round(restart["end"] - traffic_started, 2)
     return {
