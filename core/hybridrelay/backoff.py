@@ -2,15 +2,19 @@
 
 Pure and injectable (websockets' ``backoff()`` generator is the model), so the
 listener, the forwarder and later the relay's Redis link share one policy and
-tests need no clock or randomness patching.
+tests need no clock or randomness patching. :class:`ReconnectBackoff` is the
+listener's control-channel policy, whether the listener was started from flags,
+from an agent config or from code: one policy, so one promise in the README.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "ReconnectBackoff"]
 
 
 @dataclass
@@ -48,3 +52,39 @@ class Backoff:
         if self._up_since is not None and now - self._up_since >= self.stable_after:
             self.attempts = 0
         self._up_since = None
+
+
+@dataclass
+class ReconnectBackoff(Backoff):
+    """:class:`Backoff` whose ceiling is also bounded by a share of the outage so far.
+
+    The ceiling is ``max(floor, outage_share * outage)``, where the outage started when
+    the connection was lost after a stable session (or first failed). The wait after a
+    relay comes back is then at most ``floor`` for short outages (a relay restart, a
+    deploy) and a fixed share of the outage for long ones, while the attempt rate still
+    falls off: one attempt per ``floor / 2`` s on average at first, then ``outage *
+    outage_share / 2`` s apart, the 30 s cap after ``cap / outage_share`` s. A flapping
+    relay (sessions shorter than ``stable_after``) does not restart the outage clock, so
+    it gets backed off the same way. 401/403 (``at_cap``) still wait near the cap.
+    """
+
+    floor: float = 1.5
+    outage_share: float = 0.3
+    clock: Callable[[], float] = time.monotonic
+    _outage_since: float | None = None
+
+    def next_delay(self) -> float:
+        now = self.clock()
+        if self._outage_since is None:
+            self._outage_since = now
+        bound = max(self.floor, self.outage_share * (now - self._outage_since))
+        # Backoff.next_delay's ceiling, with the outage bound applied.
+        ceiling = min(self.cap, bound, self.base * self.factor ** min(self.attempts, 64))
+        self.attempts += 1
+        return self.rng.uniform(0, ceiling)
+
+    def failed(self, now: float) -> None:
+        stable = self._up_since is not None and now - self._up_since >= self.stable_after
+        super().failed(now)
+        if stable or self._outage_since is None:
+            self._outage_since = now

@@ -1,4 +1,4 @@
-"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster.
+"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster | check.
 
 parse arguments -> load config -> lazy-import the component -> run it under
 one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import math
 import os
 import signal
 import ssl
@@ -17,10 +19,23 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
-from hybridrelay.errors import ConfigError, EntityNotFoundError, UnavailableError
-from hybridrelay.logs import configure_logging
+from hybridrelay.credentials import (
+    DEVICE_FLAGS,
+    add_device_options,
+    device_token_args,
+    token_provider,
+)
+from hybridrelay.durations import DURATION_HELP, duration_arg
+from hybridrelay.errors import (
+    ConfigError,
+    EntityNotFoundError,
+    InvalidAddressError,
+    MultiConfigError,
+    UnavailableError,
+)
+from hybridrelay.logs import CLIENT, LISTENER, configure_logging
 
 __all__ = ["main"]
 
@@ -60,18 +75,75 @@ def _read_key(args: argparse.Namespace) -> str:
         try:
             return Path(args.key_file).read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(args.key_file, "", f"cannot read key file: {exc.strerror}") from exc
+            raise ConfigError(
+                "<command line>", "--key-file", f"cannot read {args.key_file}: {exc.strerror}"
+            ) from exc
     raise ConfigError("<command line>", "--key", "give --key, --key-env or --key-file")
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if getattr(args, "ca_file", None):
-        return ssl.create_default_context(cafile=args.ca_file)
+        try:
+            return ssl.create_default_context(cafile=args.ca_file)
+        except OSError as exc:  # ssl.SSLError too: not a PEM bundle
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "<command line>", "--ca-file", f"cannot read {args.ca_file}: {reason}"
+            ) from exc
     return None
 
 
+def _check_relay_url(url: str, source: str = "<command line>", key: str = "--relay") -> None:
+    from hybridrelay.probe import relay_url_problem
+
+    if (problem := relay_url_problem(url)) is not None:
+        raise ConfigError(source, key, problem)
+
+
+async def _probe_at_start(
+    probe: Callable[[], Coroutine[Any, Any, Any]],
+    *,
+    hc: str,
+    action: Literal["connect", "listen"],
+    source: str,
+    keys: dict[str, str],
+) -> bool:
+    """Probe the relay before serving: a configuration mistake raises ConfigError (exit 2,
+    one line); an unreachable relay is logged and the caller serves and retries anyway.
+
+    Returns:
+        Whether the relay answered (False: unreachable, serve anyway).
+    """
+    from hybridrelay.probe import ProbeOutcome, ProbeResult, advice
+
+    result: ProbeResult = await probe()
+    line = advice(result, hc, action)
+    if result.fatal:
+        setting = result.setting or "relay"
+        raise ConfigError(source, keys.get(setting, keys["relay"]), line)
+    log = logging.getLogger(LISTENER if action == "listen" else CLIENT)
+    if result.outcome in (ProbeOutcome.UNREACHABLE, ProbeOutcome.UNAVAILABLE):
+        log.warning("relay_not_reachable_at_start", extra={"hc": hc, "error": result.detail})
+        return False
+    if result.outcome is ProbeOutcome.OK:
+        log.info("relay_checked", extra={"hc": hc, "listeners": result.listeners})
+    else:
+        log.info("relay_not_checked", extra={"hc": hc, "reason": result.detail})
+    return True
+
+
+_FLAG_KEYS: Final = {"relay": "--relay", "key": "--key-name", "hc": "--hc", "ca_file": "--ca-file"}
+
+
+def _flag_keys(args: argparse.Namespace) -> dict[str, str]:
+    """The flag each probe verdict points at (a device's key rather than a rule's)."""
+    from hybridrelay.credentials import uses_device
+
+    return {**_FLAG_KEYS, "key": "--device-key"} if uses_device(args) else dict(_FLAG_KEYS)
+
+
 def _add_key_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key-name", required=True, help="SAS rule name")
+    p.add_argument("--key-name", help="SAS rule name (or --device-id)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key", help="SAS key (visible in the process list; prefer --key-env)")
     g.add_argument(
@@ -81,22 +153,111 @@ def _add_key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
 
 
+_DESCRIPTION = """\
+A self-hosted reverse relay speaking the Azure Relay Hybrid Connections protocol:
+the relay server, the listener agent next to a private service, the local port
+forwarder, and tools. Logs go to stderr; 'relay serve' also prints one line on
+stdout once it is serving."""
+
+# Every environment variable the CLI honours, one line each (tests/unit/test_cli_help.py
+# finds the names in the source and fails on one missing here).
+ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
+    ("HYBRIDRELAY_LOG_LEVEL", "default of --log-level"),
+    ("HYBRIDRELAY_LOG_FORMAT", "default of --log-format"),
+    ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
+    ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
+    ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
+    (
+        "HYBRIDRELAY_DEV_KEY",
+        "the development key (relay serve without --config: else kept in DATA_DIR/dev-key;"
+        " dev cluster)",
+    ),
+    ("HYBRIDRELAY_AGENT_ID", "listen --config: agent_id"),
+    ("HYBRIDRELAY_AGENT_STATUS", "listen --config: status"),
+    ("HYBRIDRELAY_AGENT_PING_INTERVAL", "listen --config: ping_interval"),
+    ("HYBRIDRELAY_AGENT_DRAIN_TIMEOUT", "listen --config: drain_timeout"),
+    ("HYBRIDRELAY_RELAY", "forward --config: relay"),
+    ("HYBRIDRELAY_DEVICE_KEY", "listen/forward/token --device-id: the device key, by default"),
+    ("HYBRIDRELAY_ADMIN_RELAY", "admin: --relay"),
+    ("HYBRIDRELAY_ADMIN_KEY_NAME", "admin: --key-name"),
+    ("HYBRIDRELAY_ADMIN_KEY", "admin: the key, unless --key-env or --key-file"),
+    ("HYBRIDRELAY_ADMIN_CA_FILE", "admin: --ca-file"),
+    ("any name", '--key-env VAR, key_env = "VAR": a SAS key (e.g. HYBRIDRELAY_KEY)'),
+    ("any name", '--device-key-env VAR, device_key_env = "VAR": a device key'),
+)
+
+
+def _epilog() -> str:
+    width = max(len(name) for name, _ in ENVIRONMENT)
+    lines = [f"  {name:<{width}}  {what}" for name, what in ENVIRONMENT]
+    return "\n".join(
+        [
+            "environment variables (a flag given wins; a config file's key loses to them):",
+            *lines,
+            "",
+            "'hybridrelay COMMAND --help' describes a command's options.",
+        ]
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hybridrelay")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybridrelay", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=os.environ.get("HYBRIDRELAY_LOG_LEVEL"))
+    parser = argparse.ArgumentParser(
+        prog="hybridrelay",
+        description=_DESCRIPTION,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hybridrelay {_version()}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("HYBRIDRELAY_LOG_LEVEL"),
+        metavar="LEVEL",
+        help="debug, info, warning or error: the least severe log line written to stderr"
+        " (default info; demo: warning)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("kv", "json"),
         default=os.environ.get("HYBRIDRELAY_LOG_FORMAT", "kv"),
+        help="key=value lines (default) or one JSON object per line",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     relay = sub.add_parser("relay", help="run the relay server")
     relay_sub = relay.add_subparsers(dest="relay_command", required=True)
-    serve = relay_sub.add_parser("serve", help="serve hybrid connections")
+    serve = relay_sub.add_parser(
+        "serve",
+        help="serve hybrid connections",
+        description="Serve hybrid connections until SIGTERM or Ctrl-C (open streams get"
+        " drain_timeout). SIGHUP reloads tls_cert, tls_key and client_ca_file (so does a"
+        " change of those files, see tls_reload_interval). Logs go to stderr; once serving,"
+        " one line goes to stdout:"
+        " 'hybridrelay relay ready at URL', with '(dashboard: URL/$dashboard/)' when the"
+        " relay serves its dashboard.",
+    )
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
     serve.add_argument("--host", help="override [relay] host")
+    backup = relay_sub.add_parser(
+        "backup",
+        help="copy the SQLite store to a file while the relay runs (online backup API)",
+        description="Copy the relay's SQLite store ({data_dir}/hybridrelay.sqlite3) to OUTPUT"
+        " as one consistent, self-contained database, while the relay keeps serving. The copy"
+        " holds every key: it is written 0600. Restore: docs/operations.md.",
+    )
+    backup.add_argument(
+        "--config", help="the relay's TOML config (finds data_dir); without it, the default"
+    )
+    backup.add_argument("output", metavar="OUTPUT", help="the backup file to write (replaced)")
 
     listen = sub.add_parser(
         "listen",
@@ -130,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     listen.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(listen)
 
     forward = sub.add_parser(
         "forward",
@@ -153,10 +315,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--ping-interval",
-        type=float,
+        type=duration_arg(allow_zero=True),
         default=10.0,
-        metavar="SECONDS",
-        help="keepalive on each relayed stream; a dead relay resets the local client (0: off)",
+        metavar="DURATION",
+        help="keepalive on each relayed stream; a dead relay resets the local client"
+        " (default 10s, 0: off)",
     )
     forward.add_argument("--key-name", help="SAS rule name")
     forward_key = forward.add_mutually_exclusive_group()
@@ -168,23 +331,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     forward_key.add_argument("--key-file", metavar="FILE", help="read the SAS key from this file")
     forward.add_argument("--ca-file", help="trust this CA bundle for wss:// relays")
+    add_device_options(forward)
 
-    token = sub.add_parser("token", help="print a SAS token")
+    token = sub.add_parser("token", help="print a SAS token (a rule's, or a device's)")
     token.add_argument(
         "--uri", required=True, help="resource URI (relay URL + /$hc/NAME, or http://host/NAME)"
     )
-    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument(
+        "--ttl",
+        type=duration_arg(),
+        default=3600.0,
+        metavar="DURATION",
+        help=f"how long the token is valid: {DURATION_HELP} (default 1h)",
+    )
     _add_key_options(token)
+    add_device_options(token)
 
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
-    demo.add_argument("--messages", type=int, default=5)
+    demo.add_argument(
+        "--messages", type=int, default=5, metavar="N", help="messages to send (default 5)"
+    )
 
+    from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
     from hybridrelay.devcluster import add_dev_parser
 
     add_admin_parser(sub)
     add_dev_parser(sub)
+    add_check_parser(sub)
     return parser
+
+
+def _relay(args: argparse.Namespace) -> None:
+    if args.relay_command == "backup":
+        _backup(args)
+    else:
+        _serve(args)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -202,14 +384,69 @@ def _serve(args: argparse.Namespace) -> None:
         env["HYBRIDRELAY_HOST"] = args.host
     config = load_relay_config(args.config, env) if args.config else development_config(env)
     if not args.config:
-        key = config.rules[0].key.value
-        # Printed once, on purpose: the development default has no other way to hand out its key.
-        print(f"development mode: rule {DEV_RULE_NAME} key {key}", file=sys.stderr, flush=True)
+        from hybridrelay.relay.dev_key import development_key
+
+        # Kept in data_dir (or taken from HYBRIDRELAY_DEV_KEY): a restart keeps its agents.
+        dev = development_key(Path(config.relay.data_dir), env)
+        config = development_config(env, key=dev.value)
+        where = f" (kept in {dev.path})" if dev.path else " (from HYBRIDRELAY_DEV_KEY)"
+        # Printed on purpose: the development default has no other way to hand out its key.
+        print(
+            f"development mode: rule {DEV_RULE_NAME} key {dev.value}{where}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    routes: list[str] = []
 
     def ready(completed: Any) -> None:
-        print(f"relay ready at {completed.relay.public_url}", file=sys.stderr, flush=True)
+        # The one line on stdout (logs are on stderr): a script or a person reads it there.
+        print(ready_line(completed.relay.public_url, routes), flush=True)
 
-    _run(lambda stop: run(config, stop, on_ready=ready))
+    def app_built(app: Any) -> None:
+        routes.extend(resource.canonical for resource in app.router.resources())
+
+    async def serve(stop: asyncio.Event) -> None:
+        reload = asyncio.Event()  # SIGHUP: reload the TLS certificate, key and client CAs
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
+        await run(config, stop, on_ready=ready, on_app=app_built, reload=reload)
+
+    _run(serve)
+
+
+DASHBOARD_PATH: Final = "/$dashboard/"
+
+
+def ready_line(public_url: str, routes: Sequence[str]) -> str:
+    """``hybridrelay relay ready at URL``, with the dashboard's address when the app has one.
+
+    ``routes`` are the canonical paths of the relay app's resources (a sub-app or static
+    directory mounted at ``/$dashboard`` shows as that prefix).
+    """
+    line = f"hybridrelay relay ready at {public_url}"
+    prefix = DASHBOARD_PATH.rstrip("/")
+    if any(route == prefix or route.startswith(DASHBOARD_PATH) for route in routes):
+        http = public_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        line += f" (dashboard: {http.rstrip('/')}{DASHBOARD_PATH})"
+    return line
+
+
+def _backup(args: argparse.Namespace) -> None:
+    from hybridrelay.relay.config import data_dir, development_config, load_relay_config
+    from hybridrelay.relay.store.backup import backup_store
+    from hybridrelay.relay.store.sqlite import DEFAULT_FILE
+
+    env = dict(os.environ)
+    config = load_relay_config(args.config, env) if args.config else development_config(env)
+    if config.cluster is not None:
+        raise ConfigError(
+            args.config or "<command line>",
+            "cluster",
+            "this relay's store is Redis: back it up with Redis (BGSAVE), see docs/operations.md",
+        )
+    source = data_dir(config) / DEFAULT_FILE
+    print(backup_store(source, Path(args.output)).describe())
 
 
 _LISTEN_MAPPING_FLAGS = (
@@ -221,6 +458,7 @@ _LISTEN_MAPPING_FLAGS = (
     "key_env",
     "key_file",
     "ca_file",
+    *DEVICE_FLAGS,
 )
 
 
@@ -238,13 +476,14 @@ def _listen(args: argparse.Namespace) -> None:
         return
     if args.status:
         raise ConfigError("<command line>", "--status", "needs --config")
-    for name in ("relay", "hc", "target", "key_name"):
+    for name in ("relay", "hc", "target"):
         if not getattr(args, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError("<command line>", flag, "is required (or give --config FILE)")
 
+    _check_relay_url(args.relay)
     from hybridrelay.listener import HttpTarget, Listener, StreamTarget, parse_target
-    from hybridrelay.protocol.sas import SasTokenProvider
+    from hybridrelay.probe import probe_relay
 
     stream: StreamTarget | None = None
     http: HttpTarget | None = None
@@ -265,15 +504,30 @@ def _listen(args: argparse.Namespace) -> None:
             if http is not None:
                 raise ConfigError("<command line>", "--target", "give at most one http:// target")
             http = target
+    tokens = token_provider(args, _read_key)
+    tls = _client_tls(args)
     listener = Listener(
         args.relay,
         args.hc,
-        token_provider=SasTokenProvider(args.key_name, _read_key(args)),
+        token_provider=tokens,
         target=stream,
         http_handler=http,
-        ssl_context=_client_tls(args),
+        ssl_context=tls,
     )
-    _run(listener.run)
+
+    async def body(stop: asyncio.Event) -> None:
+        await _probe_at_start(
+            lambda: probe_relay(
+                args.relay, args.hc, token_provider=tokens, action="listen", ssl_context=tls
+            ),
+            hc=args.hc,
+            action="listen",
+            source="<command line>",
+            keys=_flag_keys(args),
+        )
+        await listener.run(stop)
+
+    _run(body)
 
 
 def _listen_agent(args: argparse.Namespace) -> None:
@@ -334,7 +588,6 @@ def _forward(args: argparse.Namespace) -> None:
     from hybridrelay.client import ForwardService, load_forward_config
     from hybridrelay.client.config import is_loopback, parse_local
     from hybridrelay.client.forward import Forwarder, UdpForwarder
-    from hybridrelay.protocol.sas import SasTokenProvider
 
     flags = {
         "--relay": args.relay,
@@ -345,6 +598,7 @@ def _forward(args: argparse.Namespace) -> None:
         "--key-env": args.key_env,
         "--key-file": args.key_file,
         "--ca-file": args.ca_file,
+        **{"--" + name.replace("_", "-"): getattr(args, name) for name in DEVICE_FLAGS},
     }
     if args.config:
         given = [flag for flag, value in flags.items() if value]
@@ -352,11 +606,23 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", given[0], "give --config or binding flags, not both"
             )
-        service = ForwardService.from_config(load_forward_config(args.config))
+        config = load_forward_config(args.config)
+        service = ForwardService.from_config(config)
+        source = config.source
+        keys = [
+            {
+                "relay": "relay",
+                "ca_file": "ca_file",
+                "hc": f"bindings[{i}].hc",
+                "key": f"bindings[{i}].{'device_id' if b.device_id else 'key_name'}",
+            }
+            for i, b in enumerate(config.bindings)
+        ]
     else:
-        for flag in ("--relay", "--hc", "--key-name"):
+        for flag in ("--relay", "--hc"):
             if not flags[flag]:
                 raise ConfigError("<command line>", flag, "is required (or give --config)")
+        _check_relay_url(args.relay)
         try:
             transport, host, port = parse_local(args.local or "127.0.0.1:0")
         except ValueError as exc:
@@ -365,7 +631,7 @@ def _forward(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "<command line>", "--local", "binds beyond loopback need --allow-public-bind"
             )
-        tokens = SasTokenProvider(args.key_name, _read_key(args))
+        tokens = token_provider(args, _read_key)
         ping = args.ping_interval if args.ping_interval > 0 else None
         forwarder: Forwarder | UdpForwarder
         if transport == "udp":
@@ -389,8 +655,23 @@ def _forward(args: argparse.Namespace) -> None:
                 ping_interval=ping,
             )
         service = ForwardService([forwarder])
+        source = "<command line>"
+        keys = [_flag_keys(args)]
 
     async def body(stop: asyncio.Event) -> None:
+        # Before "forwarding": a wrong key, name, URL or CA fails now, not at the first
+        # client. An unreachable relay is not a mistake: serve, and the clients retry.
+        for f, setting_keys in zip(service.forwarders, keys, strict=True):
+            answered = await _probe_at_start(
+                f.probe,
+                hc=f.hc,
+                action="connect",
+                source=source,
+                keys=setting_keys,
+            )
+            if not answered:
+                break  # the same relay for every binding: do not wait for it again
+
         async def announce() -> None:
             await service.ready.wait()
             for f in service.forwarders:
@@ -407,11 +688,20 @@ def _forward(args: argparse.Namespace) -> None:
 
 
 def _token(args: argparse.Namespace) -> None:
+    from hybridrelay.protocol.device_sas import create_device_token
     from hybridrelay.protocol.sas import audience_for, create_sas_token
 
-    token = create_sas_token(
-        audience_for(args.uri), args.key_name, _read_key(args), int(time.time()) + args.ttl
-    )
+    expiry = int(time.time()) + math.ceil(args.ttl)
+    device = device_token_args(args)
+    if device is None and not args.key_name:
+        raise ConfigError("<command line>", "--key-name", "is required (or --device-id)")
+    try:
+        if device is not None:  # only the URI's host counts: a device token names no entity
+            token = create_device_token(args.uri, *device, expiry)
+        else:
+            token = create_sas_token(audience_for(args.uri), args.key_name, _read_key(args), expiry)
+    except InvalidAddressError as exc:
+        raise ConfigError("<command line>", "--uri", str(exc)) from exc
     print(token)
 
 
@@ -433,6 +723,12 @@ def _admin(args: argparse.Namespace) -> None:
     run_admin(args)
 
 
+def _check(args: argparse.Namespace) -> None:
+    from hybridrelay.check import run_check
+
+    run_check(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hybridrelay`` console script."""
     args = _parser().parse_args(argv)
@@ -440,18 +736,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or ("warning" if args.command == "demo" else "info")
     configure_logging(level, args.log_format)
     commands: dict[str, Callable[[argparse.Namespace], None]] = {
-        "relay": _serve,
+        "relay": _relay,
         "listen": _listen,
         "forward": _forward,
         "token": _token,
         "demo": _demo,
         "admin": _admin,
         "dev": _dev,
+        "check": _check,
     }
     try:
         commands[args.command](args)
     except ConfigError as exc:
-        print(f"hybridrelay: config error: {exc}", file=sys.stderr)
+        for error in exc.errors if isinstance(exc, MultiConfigError) else (exc,):
+            print(f"hybridrelay: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except EntityNotFoundError as exc:
         print(f"hybridrelay: {exc}", file=sys.stderr)
@@ -460,7 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridrelay: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the port is taken
-        print(f"hybridrelay: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hybridrelay: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

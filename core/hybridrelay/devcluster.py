@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from hybridrelay.durations import duration_arg
 from hybridrelay.errors import ConfigError, UnavailableError
 
 __all__ = [
@@ -492,7 +493,11 @@ def add_dev_parser(sub: Any) -> argparse.ArgumentParser:
     )
     cluster.add_argument("--hc", default="demo", help="hybrid connection the examples use")
     cluster.add_argument(
-        "--drain-timeout", type=float, default=5.0, help="[relay] drain_timeout of the nodes"
+        "--drain-timeout",
+        type=duration_arg(allow_zero=True),
+        default=5.0,
+        metavar="DURATION",
+        help="[relay] drain_timeout of the nodes (default 5s)",
     )
     return cluster
 

@@ -24,6 +24,8 @@ __all__ = [
     "RELAY",
     "ConnectionLogger",
     "configure_logging",
+    "host_port",
+    "peer_text",
     "redact_url",
 ]
 
@@ -40,6 +42,24 @@ _SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;])(?:sb-hc-token|sig|sb-hc-rdv|token)
 def redact_url(url: str) -> str:
     """Replace the values of token-like query parameters with ``***``."""
     return _SECRET_PARAM.sub(r"\1***", url)
+
+
+def host_port(host: str, port: int | str) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[::1]:8080``) as in a URL."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peer_text(peername: object) -> str:
+    """A socket's ``peername`` for a log line: ``host:port`` / ``[addr]:port``, never a tuple.
+
+    IPv4 gives ``(host, port)``, IPv6 ``(host, port, flowinfo, scope_id)``; a Unix socket's
+    peer is a path (often empty), and an unknown peer is None: ``-`` then.
+    """
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return host_port(str(peername[0]), str(peername[1]))
+    if isinstance(peername, str | bytes) and peername:
+        return peername if isinstance(peername, str) else peername.decode("utf-8", "replace")
+    return "-"
 
 
 # Attributes every LogRecord has; anything else came in through extra=.

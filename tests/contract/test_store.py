@@ -704,3 +704,47 @@ async def test_hybrid_connection_status_round_trips(open_store: StoreFactory) ->
     assert got is not None
     assert got.status == "disabled"
     assert HybridConnection.from_json(got.to_json()).status == "disabled"
+
+
+async def test_change_events_say_what_an_update_was(open_store: StoreFactory) -> None:
+    """``ChangeEvent.detail`` on the writing node and, through Redis, on another one."""
+    writer = await open_store()
+    nodes = [writer]
+    if open_store.kind == "redis":
+        nodes.append(await open_store())
+    queues = [_listen(node) for node in nodes]
+
+    hc, _ = await writer.put_hybrid_connection(HybridConnection(name="det"))
+    hc, _ = await writer.put_hybrid_connection(replace(hc, status="disabled"))
+    hc, _ = await writer.put_hybrid_connection(replace(hc, user_metadata="m"))
+    await writer.put_hybrid_connection(replace(hc, status="enabled"))
+    await writer.put_rule("det", "r", Rights.LISTEN)
+    await writer.regenerate_key("det", "r", "primary")
+    device = await writer.create_device(Device(device_id="det-dev"))
+    device = await writer.replace_device(replace(device, status="disabled"), if_match="*")
+    device = await writer.replace_device(replace(device, status="enabled"), if_match="*")
+    keys = Authentication(
+        type="sas", symmetric_key=SymmetricKey(primary_key=KEY_A, secondary_key=KEY_B)
+    )
+    device = await writer.replace_device(replace(device, authentication=keys), if_match="*")
+    await writer.replace_device(replace(device, grants=Grants(listen=("det",))), if_match="*")
+    expected = [
+        ("hybridConnection", "created", None),
+        ("hybridConnection", "updated", "disabled"),
+        ("hybridConnection", "updated", None),
+        ("hybridConnection", "updated", "enabled"),
+        ("rule", "created", None),
+        ("rule", "updated", "keys"),
+        ("device", "created", None),
+        ("device", "updated", "disabled"),
+        ("device", "updated", "enabled"),
+        ("device", "updated", "keys"),
+        ("device", "updated", None),
+    ]
+    for queue in queues:
+        got = []
+        for _ in expected:
+            async with asyncio.timeout(seconds(1)):
+                event = await queue.get()
+            got.append((event.kind, event.op, event.detail))
+        assert got == expected

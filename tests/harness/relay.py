@@ -1,8 +1,8 @@
 """Relays for tests: a real subprocess (e2e) and an in-process one (integration).
 
-Both bind port 0. The subprocess reports its URL on stderr ("relay ready at
-..."), readiness is then confirmed on /readyz, and its log is kept and shown
-only when a test fails.
+Both bind port 0. The subprocess reports its URL in its one stdout line ("hybridrelay
+relay ready at ..."; its log is on stderr, read merged with it), readiness is then
+confirmed on /readyz, and its log is kept and shown only when a test fails.
 """
 
 from __future__ import annotations

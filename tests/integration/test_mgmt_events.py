@@ -24,8 +24,13 @@ from tests.harness.timing import seconds
 
 from hybridrelay.errors import ConfigError
 from hybridrelay.protocol.sas import create_sas_token
-from hybridrelay.relay.config import load_relay_config
-from hybridrelay.relay.mgmt.events import EventHub
+from hybridrelay.relay.config import WEBHOOK_EVENTS, load_relay_config
+from hybridrelay.relay.mgmt.events import (
+    JOB_OP_TYPES,
+    LISTENER_OP_TYPES,
+    STORE_OP_TYPES,
+    EventHub,
+)
 
 ROOT = "RootManageSharedAccessKey"
 SSE_HEADERS = {"Accept": "text/event-stream"}
@@ -337,3 +342,67 @@ def test_webhook_config_is_checked(tmp_path: Path) -> None:
     (webhook,) = load_relay_config(path, {}).webhooks
     assert webhook.events == ("listenerOnline",)
     assert webhook.max_attempts == 5
+
+
+def test_webhook_filter_names_every_event_the_hub_publishes() -> None:
+    published = {*STORE_OP_TYPES.values(), *LISTENER_OP_TYPES, *JOB_OP_TYPES.values()}
+    assert set(WEBHOOK_EVENTS) == published
+    assert len(WEBHOOK_EVENTS) == len(published)
+
+
+async def test_import_job_events_and_since(
+    relay: InProcessRelay, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from hybridrelay.client.admin import AdminClient
+
+    source = tmp_path / "devices.jsonl"
+    source.write_text('{"deviceId": "job-1"}\n{"deviceId": "job-2"}\n', "utf-8")
+    async with AdminClient(relay.http_url, ROOT, ROOT_KEY) as admin:
+        job = await admin.wait_job(str((await admin.start_import(source))["jobId"]))
+        assert job["status"] == "completed"
+        # Replayed from a time before it all; the import's events are kept in order.
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(seconds(10)):
+            async for event in admin.events(since="2000-01-01T00:00:00Z"):
+                events.append(event)
+                if event["properties"]["opType"] == "completeJob":
+                    break
+    assert [e["properties"]["opType"] for e in events] == [
+        "startJob",
+        "createDeviceIdentity",
+        "createDeviceIdentity",
+        "completeJob",
+    ]
+    start, done = events[0], events[-1]
+    assert start["properties"]["jobId"] == done["properties"]["jobId"] == job["jobId"]
+    assert start["body"]["status"] == "running"
+    assert done["body"]["succeeded"] == 2
+    assert "errors" not in done["body"]
+
+    # since is at or after a time: one after the last event replays nothing of it.
+    later = done["properties"]["operationTimestamp"]
+    stream = await subscribe_since(session, relay, "2999-01-01T00:00:00Z")
+    try:
+        assert await mgmt(session, relay, "PUT", "/devices/after") == 201
+        live = await stream.next()
+        assert live.data["properties"]["deviceId"] == "after"
+        assert live.data["properties"]["operationTimestamp"] >= later
+    finally:
+        await stream.close()
+    headers = auth(**SSE_HEADERS)
+    async with session.get(
+        relay.http_url + "/$mgmt/v1/events?since=yesterday", headers=headers
+    ) as resp:
+        assert resp.status == 400
+
+
+async def subscribe_since(
+    session: aiohttp.ClientSession, relay: InProcessRelay, since: str
+) -> SseStream:
+    response = await session.get(
+        relay.http_url + "/$mgmt/v1/events",
+        params={"since": since},
+        headers=auth(**SSE_HEADERS),
+    )
+    assert response.status == 200, await response.text()
+    return SseStream(response).start()

@@ -138,3 +138,27 @@ def test_defaults() -> None:
     b = Backoff()
     assert (b.base, b.factor, b.cap, b.stable_after, b.attempts) == (0.5, 2.0, 30.0, 60.0, 0)
     assert 0.0 <= b.next_delay() <= 0.5
+
+
+def test_reconnect_policy_waits_at_most_the_floor_in_a_short_outage() -> None:
+    # The listener's policy whatever started it (flags, agent config, code): a relay
+    # restart of a few seconds is followed by a wait of at most 1.5 s.
+    from hybridrelay.backoff import ReconnectBackoff
+
+    now = [0.0]
+
+    class Top(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b
+
+    b = ReconnectBackoff(rng=Top(), clock=lambda: now[0])
+    b.succeeded(0.0)
+    now[0] = 100.0
+    b.failed(100.0)
+    delays = []
+    while now[0] < 110.0:  # a relay down for 10 s
+        delay = b.next_delay()
+        delays.append(delay)
+        now[0] += delay
+    assert max(delays) <= 0.3 * 10.0
+    assert all(d <= 1.5 for d in delays[:4])

@@ -35,7 +35,9 @@ NOT_LIMITS = frozenset(
         "listener_takeover",
         "client_cert",
         "client_ca_file",
+        "tls_reload_interval",  # how often the relay looks at its own TLS files
         "allow_placeholder_keys",
+        "metrics_listen",
     }
 )
 

@@ -10,10 +10,12 @@ from hybridrelay.client.forward import (
     UdpForwarderStats,
 )
 from hybridrelay.client.http import RelayHttpClient, http_url, relay_session, request
+from hybridrelay.protocol.device_sas import DeviceTokenProvider
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 
 __all__ = [
     "BindingConfig",
+    "DeviceTokenProvider",
     "ForwardConfig",
     "ForwardService",
     "Forwarder",

@@ -414,13 +414,21 @@ class AdminClient:
 
     # --- events -------------------------------------------------------------------------
 
-    async def events(self, *, last_event_id: str | None = None) -> AsyncIterator[Document]:
-        """The relay's lifecycle events (Server-Sent Events), as they happen, for ever."""
+    async def events(
+        self, *, last_event_id: str | None = None, since: str | None = None
+    ) -> AsyncIterator[Document]:
+        """The relay's lifecycle events (Server-Sent Events), as they happen, for ever.
+
+        The relay first replays the events it kept after ``last_event_id`` (a
+        sequenceNumber; ``"0"``: all kept) and/or at or after ``since`` (an ISO 8601
+        time with a zone), then sends live ones.
+        """
         headers = {"Authorization": self._auth(), "Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
+        params = {"since": since} if since is not None else None
         async with self._get_session().get(
-            self._url("/events"),
+            self._url("/events", params),
             headers=headers,
             ssl=self._ssl or True,
             timeout=aiohttp.ClientTimeout(total=None),

@@ -3,6 +3,7 @@
     export HYBRIDRELAY_ADMIN_RELAY=http://127.0.0.1:8080
     export HYBRIDRELAY_ADMIN_KEY_NAME=RootManageSharedAccessKey
     export HYBRIDRELAY_ADMIN_KEY=...            # or --key-env VAR / --key-file FILE
+    export HYBRIDRELAY_ADMIN_CA_FILE=ca.pem     # an https relay with its own CA
     hybridrelay admin hc create sensors --max-listeners 5
     hybridrelay admin device list --table
     hybridrelay admin device disable dev-1 --reason lost
@@ -10,7 +11,10 @@
 Output is JSON: one document, or one document per line for lists (``--table`` for
 columns). Keys are left out of every answer unless ``--keys`` asks for them.
 Exit codes: 0 done, 1 the API answered an error (status, code and message on
-stderr) or the relay could not be reached, 2 usage or configuration error.
+stderr) or the relay could not be reached, 2 usage or configuration error (an
+https relay whose certificate does not verify is one: the error names the URL,
+the reason and ``--ca-file`` / ``HYBRIDRELAY_ADMIN_CA_FILE``). An option given on
+the command line wins over its environment variable.
 
 This module only builds the parser and runs the commands; the HTTP calls are
 :class:`hybridrelay.client.admin.AdminClient` (imported when a command runs).
@@ -20,14 +24,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from hybridrelay.durations import DURATION_HELP, duration_arg, parse_duration
 from hybridrelay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +45,9 @@ __all__ = ["add_admin_parser", "run_admin"]
 ENV_RELAY: Final = "HYBRIDRELAY_ADMIN_RELAY"
 ENV_KEY_NAME: Final = "HYBRIDRELAY_ADMIN_KEY_NAME"
 ENV_KEY: Final = "HYBRIDRELAY_ADMIN_KEY"
+ENV_CA_FILE: Final = "HYBRIDRELAY_ADMIN_CA_FILE"
 EXIT_API: Final = 1
+EXIT_CONFIG: Final = 2
 _WHERE: Final = "<command line>"
 _AUTH_TYPES: Final = {
     "sas": "sas",
@@ -46,6 +55,16 @@ _AUTH_TYPES: Final = {
     "x509-ca": "certificateAuthority",
 }
 _HIDDEN_KEY_NOTE: Final = "keys are left out; add --keys to show them"
+_RULE_HC_HELP: Final = "a rule of this hybrid connection (default: a namespace rule)"
+# The syntax relay/store/models.py Grants checks and matches (fnmatchcase, lower-cased).
+GRANT_PATTERNS_HELP: Final = (
+    "PATTERN is a hybrid connection name or a pattern: * matches any run of characters,"
+    " '/' included, and ? one character; case does not matter. Allowed: letters, digits,"
+    " '.', '_', '-', '/', '*', '?' (no [...] sets; not first: '.', '_', '-', '/'), at most"
+    " 260 characters, at most 100"
+    " patterns per device. A device listens or sends only where one of its patterns"
+    " matches. Quote patterns in the shell: --grant-send 'sensors/*'."
+)
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -70,6 +89,57 @@ def _page_size(text: str) -> int:
     return value
 
 
+_TAIL_HELP: Final = """\
+Print the relay's lifecycle events, one JSON document per line, as they happen
+(GET /$mgmt/v1/events), until Ctrl-C or --count. Every management change is an
+event: devices created, updated, disabled, enabled, given new keys or deleted;
+hybrid connections and SAS rules created, changed or deleted; rule keys
+regenerated; CA certificates; bulk jobs; listeners coming online or going
+offline. No event carries a key.
+
+--since replays what the relay still keeps (its last [relay] event_history
+events, 1,000 by default, since it started) before the live events:
+  --since 0                      everything kept
+  --since 42                     the events after sequenceNumber 42 (resume)
+  --since 10m                    the events of the last ten minutes (1h30m, 2d...)
+  --since 2026-01-31T12:00:00Z   the events at or after that time
+With --count N the command ends after N events, so --since ... --count N
+returns at once when the relay kept that many. Sequence numbers are a relay
+node's own and start again when it restarts."""
+
+
+def _since(text: str) -> tuple[str, str]:
+    """``--since``: ("id", N) for a sequence number, else ("time", ISO 8601 UTC)."""
+    import datetime as dt
+
+    value = text.strip()
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return "id", str(int(value))  # plain digits: a sequenceNumber, not seconds
+    with contextlib.suppress(ValueError):
+        ago = dt.timedelta(seconds=parse_duration(value))
+        then = dt.datetime.now(dt.UTC) - ago
+        return "time", then.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            "must be a sequence number, a duration such as 10m or an ISO 8601 time"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError("an ISO 8601 time needs a zone, e.g. Z")
+    return "time", when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _common() -> argparse.ArgumentParser:
     """Connection and output options, accepted before or after the subcommand."""
     p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
@@ -82,7 +152,11 @@ def _common() -> argparse.ArgumentParser:
         "--key-env", metavar="VAR", help=f"read the key from this variable (default {ENV_KEY})"
     )
     key.add_argument("--key-file", metavar="FILE", help="read the key from this file")
-    p.add_argument("--ca-file", metavar="FILE", help="trust this CA bundle for https relays")
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help=f"trust this CA bundle for https relays (env {ENV_CA_FILE})",
+    )
     p.add_argument("--table", action="store_true", help="print a table instead of JSON")
     return p
 
@@ -113,18 +187,41 @@ def _hc_fields(p: argparse.ArgumentParser) -> None:
         help="senders need a token",
     )
     p.add_argument("--http", type=_bool_text, metavar="true|false", help="allow HTTP requests")
-    p.add_argument("--max-listeners", type=int, metavar="N")
-    p.add_argument("--request-timeout", type=float, metavar="SECONDS")
+    p.add_argument(
+        "--max-listeners", type=int, metavar="N", help="listeners it may have at once (1-10000)"
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=duration_arg(),
+        metavar="DURATION",
+        help=f"HTTP mode: wait this long for the listener's response ({DURATION_HELP})",
+    )
     p.add_argument("--metadata", metavar="TEXT", help="user metadata")
     p.add_argument("--etag", help="only while the entity still has this etag (If-Match)")
 
 
 def _device_fields(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grant-listen", action="append", metavar="PATTERN", help="may listen here")
-    p.add_argument("--grant-send", action="append", metavar="PATTERN", help="may send here")
+    p.add_argument(
+        "--grant-listen",
+        action="append",
+        metavar="PATTERN",
+        help="may listen on the hybrid connections PATTERN matches (repeatable; see below)",
+    )
+    p.add_argument(
+        "--grant-send",
+        action="append",
+        metavar="PATTERN",
+        help="may send to the hybrid connections PATTERN matches (repeatable; see below)",
+    )
     p.add_argument("--auth", choices=sorted(_AUTH_TYPES), help="authentication type (default sas)")
-    p.add_argument("--primary-thumbprint", metavar="HEX")
-    p.add_argument("--secondary-thumbprint", metavar="HEX")
+    p.add_argument(
+        "--primary-thumbprint",
+        metavar="HEX",
+        help="x509-thumbprint: SHA-1 or SHA-256 of the device's certificate",
+    )
+    p.add_argument(
+        "--secondary-thumbprint", metavar="HEX", help="x509-thumbprint: a second certificate"
+    )
     p.add_argument("--keys", action="store_true", help="show the device's keys")
 
 
@@ -145,38 +242,44 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     p = _leaf(hc, "list", common, "list hybrid connections")
     p.add_argument("--top", type=_page_size, metavar="N", help="page size")
     p = _leaf(hc, "show", common, "show one hybrid connection")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     p = _leaf(hc, "create", common, "create a hybrid connection (fails when it exists)")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     _hc_fields(p)
     p = _leaf(hc, "update", common, "change the fields given")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     _hc_fields(p)
     p = _leaf(hc, "delete", common, "delete a hybrid connection")
-    p.add_argument("name")
+    p.add_argument("name", help="hybrid connection name")
     p.add_argument("--etag", help="only while it still has this etag")
 
     rule = groups.add_parser(
         "rule", help="SAS rules (namespace, or --hc NAME)", allow_abbrev=False
     ).add_subparsers(dest="admin_action", required=True)
     p = _leaf(rule, "list", common, "list rules (without keys)")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p = _leaf(rule, "show", common, "show one rule")
-    p.add_argument("rule")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("rule", help="rule name")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p.add_argument("--keys", action="store_true", help="show its keys")
     p = _leaf(rule, "create", common, "create a rule, or change its rights")
-    p.add_argument("rule")
+    p.add_argument("rule", help="rule name")
     p.add_argument("--rights", required=True, help="comma-separated: Listen,Send,Manage")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p.add_argument("--keys", action="store_true", help="show its keys")
     p = _leaf(rule, "delete", common, "delete a rule")
-    p.add_argument("rule")
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("rule", help="rule name")
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p = _leaf(rule, "regenerate", common, "replace a key of a rule")
-    p.add_argument("rule")
-    p.add_argument("--key", dest="key_type", required=True, choices=("primary", "secondary"))
-    p.add_argument("--hc", metavar="NAME")
+    p.add_argument("rule", help="rule name")
+    p.add_argument(
+        "--key",
+        dest="key_type",
+        required=True,
+        choices=("primary", "secondary"),
+        help="which key gets a new random value",
+    )
+    p.add_argument("--hc", metavar="NAME", help=_RULE_HC_HELP)
     p.add_argument("--keys", action="store_true", help="show the new keys")
 
     device = groups.add_parser("device", help="devices", allow_abbrev=False).add_subparsers(
@@ -185,23 +288,27 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     p = _leaf(device, "list", common, "list devices")
     p.add_argument("--top", type=_page_size, metavar="N", help="page size")
     p = _leaf(device, "show", common, "show one device")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     p.add_argument("--keys", action="store_true", help="show its keys")
     p = _leaf(device, "create", common, "create a device (fails when it exists)")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     _device_fields(p)
+    p.epilog = GRANT_PATTERNS_HELP
     p = _leaf(device, "update", common, "change grants or authentication (GET + PUT If-Match)")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     _device_fields(p)
+    p.epilog = (
+        GRANT_PATTERNS_HELP + " On update, --grant-listen or --grant-send replaces that list."
+    )
     p.add_argument("--etag", help="only while it still has this etag (default: the one read)")
     p = _leaf(device, "delete", common, "delete a device")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
     p.add_argument("--etag", help="only while it still has this etag")
     p = _leaf(device, "disable", common, "disable a device (cuts its live streams)")
-    p.add_argument("device_id", metavar="ID")
-    p.add_argument("--reason", metavar="TEXT")
+    p.add_argument("device_id", metavar="ID", help="device id")
+    p.add_argument("--reason", metavar="TEXT", help="status reason, shown with the device")
     p = _leaf(device, "enable", common, "enable a device")
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", help="device id")
 
     p = groups.add_parser(
         "import",
@@ -209,7 +316,7 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
         help="bulk import devices from a JSON Lines file (an import job)",
         allow_abbrev=False,
     )
-    p.add_argument("file", metavar="FILE.jsonl")
+    p.add_argument("file", metavar="FILE.jsonl", help="one device document per line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p = groups.add_parser(
         "export",
@@ -217,12 +324,26 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
         help="export every device (keys included) to a JSON Lines file",
         allow_abbrev=False,
     )
-    p.add_argument("file", metavar="FILE.jsonl")
-    events = groups.add_parser("events", help="lifecycle events").add_subparsers(
-        dest="admin_action", required=True
+    p.add_argument("file", metavar="FILE.jsonl", help="written here, one device per line")
+    events = groups.add_parser(
+        "events", help="lifecycle events", allow_abbrev=False
+    ).add_subparsers(dest="admin_action", required=True)
+    p = _leaf(events, "tail", common, "print the relay's lifecycle events as JSON lines")
+    p.description = _TAIL_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="first replay the kept events after sequence number ID (0: all kept), "
+        "or from a time: a duration ago (30s, 10m, 1h30m, 1d) or an ISO 8601 time",
     )
-    p = _leaf(events, "tail", common, "print one JSON line per event until Ctrl-C")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--count",
+        type=_count,
+        metavar="N",
+        help="stop after N events, replayed ones included",
+    )
     return admin
 
 
@@ -252,26 +373,72 @@ def _read_key(args: argparse.Namespace) -> str:
     return value
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """Where the relay URL and the CA bundle came from, for the errors that name them."""
+
+    relay_from: str
+    ca_file: str | None
+    ca_from: str | None
+
+
+def _setting(args: argparse.Namespace, name: str, flag: str, env: str) -> tuple[str, str] | None:
+    """(value, where it came from): the flag wins over the environment variable."""
+    value = _opt(args, name)
+    if value:
+        return str(value), flag
+    value = os.environ.get(env, "").strip()
+    return (value, env) if value else None
+
+
+def _client(args: argparse.Namespace) -> tuple[AdminClient, _Settings]:
     from hybridrelay.client.admin import AdminClient
 
-    relay = _opt(args, "relay") or os.environ.get(ENV_RELAY)
-    if not relay:
+    relay = _setting(args, "relay", "--relay", ENV_RELAY)
+    if relay is None:
         raise ConfigError(_WHERE, "--relay", f"is required (or set {ENV_RELAY})")
     key_name = _opt(args, "key_name") or os.environ.get(ENV_KEY_NAME)
     if not key_name:
         raise ConfigError(_WHERE, "--key-name", f"is required (or set {ENV_KEY_NAME})")
     key = _read_key(args)
+    ca = _setting(args, "ca_file", "--ca-file", ENV_CA_FILE)
     context: ssl.SSLContext | None = None
-    if _opt(args, "ca_file"):
+    if ca is not None:
         try:
-            context = ssl.create_default_context(cafile=args.ca_file)
+            context = ssl.create_default_context(cafile=ca[0])
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(args.ca_file, "", f"cannot load CA bundle: {exc}") from exc
+            where = _WHERE if ca[1] == "--ca-file" else "<environment>"
+            raise ConfigError(where, ca[1], f"cannot load CA bundle {ca[0]}: {exc}") from exc
     try:
-        return AdminClient(relay, key_name, key, ssl_context=context)
+        client = AdminClient(relay[0], key_name, key, ssl_context=context)
     except ValueError as exc:
-        raise ConfigError(_WHERE, "--relay", str(exc)) from exc
+        raise ConfigError(_WHERE, relay[1], str(exc)) from exc
+    return client, _Settings(relay[1], *(ca or (None, None)))
+
+
+def _tls_failure(url: str, settings: _Settings, exc: Exception) -> str:
+    """One line: the URL, why its certificate was refused, and what to do about it."""
+    cert_error = getattr(exc, "certificate_error", None)
+    verify_message = getattr(cert_error, "verify_message", None)
+    if verify_message:
+        reason = f"certificate verify failed: {verify_message}"
+    else:
+        reason = str(cert_error or exc)
+    if "hostname" in reason.lower():
+        hint = f"use a host the certificate names in the relay URL ({settings.relay_from})"
+    elif settings.ca_file is None:
+        hint = (
+            f"pass --ca-file FILE or set {ENV_CA_FILE} to the CA that signed the relay's "
+            f"certificate"
+        )
+    else:
+        hint = (
+            f"the CA bundle {settings.ca_file} (from {settings.ca_from}) did not verify it; "
+            f"check that file and the relay URL (from {settings.relay_from})"
+        )
+    return (
+        f"cannot verify the TLS certificate of {url} (from {settings.relay_from}): {reason}; {hint}"
+    )
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -579,9 +746,12 @@ async def _export(client: AdminClient, args: argparse.Namespace) -> None:
 
 async def _events(client: AdminClient, args: argparse.Namespace) -> None:
     seen = 0
-    if args.count is not None and args.count <= 0:
-        return
-    async for event in client.events():
+    since = args.since
+    stream = client.events(
+        last_event_id=since[1] if since is not None and since[0] == "id" else None,
+        since=since[1] if since is not None and since[0] == "time" else None,
+    )
+    async for event in stream:
         _out(json.dumps(event, ensure_ascii=False))
         sys.stdout.flush()
         seen += 1
@@ -611,7 +781,7 @@ def run_admin(args: argparse.Namespace) -> None:
 
     from hybridrelay.client.admin import AdminApiError
 
-    client = _client(args)
+    client, settings = _client(args)
 
     async def body() -> None:
         async with client:
@@ -622,7 +792,13 @@ def run_admin(args: argparse.Namespace) -> None:
     except AdminApiError as exc:
         sys.stderr.write(f"hybridrelay: {exc.status} {exc.code}: {exc.message}\n")
         raise SystemExit(EXIT_API) from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Retrying cannot help: the relay is reached but not trusted (a configuration error).
+        sys.stderr.write(f"hybridrelay: {_tls_failure(client.base_url, settings, exc)}\n")
+        raise SystemExit(EXIT_CONFIG) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
-        sys.stderr.write(f"hybridrelay: cannot reach {client.base_url}: {reason}\n")
+        sys.stderr.write(
+            f"hybridrelay: cannot reach {client.base_url} (from {settings.relay_from}): {reason}\n"
+        )
         raise SystemExit(EXIT_API) from None

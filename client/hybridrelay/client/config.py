@@ -13,14 +13,18 @@
     hc = "mqtt"
     key_name = "send-rule"
     key_env = "HYBRIDRELAY_SEND_KEY"            # or key_file = "...", or key = "..."
+    # device_id = "dev-42"                      or sign as a device of the relay's registry
+    # device_key_env = "DEV42_KEY"              (instead of key_name and its key), with
+    #                                           device_key_file = "..." or device_key = "..."
     # headers = ["X-Device: dev-1"]             sent to the listener (connectHeaders)
     # ping_interval, open_timeout, udp_idle_timeout, udp_max_flows: per-binding overrides
 
 Parsed, completed, validated, then frozen (style §3.6): unknown keys are errors,
 every error is a :class:`~hybridrelay.errors.ConfigError` naming the file, the key
 (``bindings[1].local``) and the reason. ``HYBRIDRELAY_RELAY`` overrides ``relay``.
-A relative ``key_file`` is relative to the config file. A binding without
-``key_name`` and key is anonymous (for hybrid connections that allow it).
+A relative ``key_file`` (or ``device_key_file``) is relative to the config file. A
+binding without ``key_name`` and key, or ``device_id`` and device key, is anonymous
+(for hybrid connections that allow it).
 """
 
 from __future__ import annotations
@@ -34,9 +38,21 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.config import (
+    Field,
+    Schema,
+    Secret,
+    Table,
+    load_toml,
+    resolve_path,
+    unknown_keys_first,
+)
+from hybridrelay.credentials import device_from_table
+from hybridrelay.protocol.device_sas import DeviceTokenProvider
+from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 
 __all__ = [
+    "FORWARD_SCHEMA",
     "BindingConfig",
     "ForwardConfig",
     "is_loopback",
@@ -60,12 +76,23 @@ class BindingConfig:
     port: int
     hc: str
     key_name: str | None
-    key: Secret | None
+    key: Secret | None  # the rule's key, or the device's with device_id
     headers: Mapping[str, str]
     ping_interval: float | None
     open_timeout: float
     udp_idle_timeout: float
     udp_max_flows: int = 1024
+    device_id: str | None = None  # sign as this device (device SAS) instead of a rule
+
+    def token_provider(self) -> TokenProvider | None:
+        """The device's provider, the rule's, or None for an anonymous binding."""
+        if self.key is None:
+            return None
+        if self.device_id is not None:
+            return DeviceTokenProvider(self.device_id, self.key.value)
+        if self.key_name:
+            return SasTokenProvider(self.key_name, self.key.value)
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,9 +161,46 @@ def load_forward_config(path: str | Path, env: Mapping[str, str] | None = None) 
     Raises:
         ConfigError: The file is unreadable or invalid; names the file, key and reason.
     """
-    source = str(path)
     environ = os.environ if env is None else env
-    root = Table(load_toml(path), path=source, prefix="")
+    data = load_toml(path)
+    return unknown_keys_first(
+        data, FORWARD_SCHEMA, str(path), lambda: _forward_config(str(path), data, environ)
+    )
+
+
+# Every key each table knows (unknown_keys_first), and which name files.
+FORWARD_SCHEMA: Final = Schema.of(
+    "relay",
+    "allow_public_bind",
+    "ping_interval",
+    "open_timeout",
+    "udp_idle_timeout",
+    "udp_max_flows",
+    ca_file=Field.FILE,
+    bindings=Schema.of(
+        "local",
+        "hc",
+        "key_name",
+        "key",
+        "key_env",
+        "headers",
+        "ping_interval",
+        "open_timeout",
+        "udp_idle_timeout",
+        "udp_max_flows",
+        "device_id",
+        "device_key",
+        "device_key_env",
+        key_file=Field.FILE,
+        device_key_file=Field.FILE,
+    ),
+)
+
+
+def _forward_config(
+    source: str, data: dict[str, object], environ: Mapping[str, str]
+) -> ForwardConfig:
+    root = Table(data, path=source, prefix="")
     file_relay = root.get_str("relay")  # read even when overridden: it is a known key
     relay = root.env_override("relay", environ) or file_relay
     if not relay:
@@ -150,11 +214,9 @@ def load_forward_config(path: str | Path, env: Mapping[str, str] | None = None) 
         raise root.error("relay", "must be a ws:// or wss:// URL")
     if relay_parts.query or relay_parts.fragment:
         raise root.error("relay", "must not have a query or fragment")
-    ca_file = root.get_str("ca_file")
-    if ca_file is not None:
-        ca_file = str(_relative(source, ca_file))
-        if relay_parts.scheme != "wss":
-            raise root.error("ca_file", "only applies to a wss:// relay")
+    if root.has("ca_file") and relay_parts.scheme != "wss":
+        raise root.error("ca_file", "only applies to a wss:// relay")
+    ca_file = root.get_file("ca_file")
     allow_public = root.get_bool("allow_public_bind", default=False)
     ping_default = root.get_float("ping_interval", 10.0, minimum=0.0, maximum=3600.0)
     open_default = root.get_float("open_timeout", 30.0, minimum=0.1, maximum=600.0)
@@ -207,12 +269,19 @@ def _binding(
     hc = table.req_str("hc").strip("/")
     if not hc:
         raise table.error("hc", "is required")
-    key_name = table.get_str("key_name")
-    key = _key(table, source, env)
-    if key is not None and not key_name:
-        raise table.error("key_name", "is required with a key")
-    if key_name and key is None:
-        raise table.error("key_name", "needs one of key, key_file or key_env")
+    device = device_from_table(table, Path(source).parent, env)
+    device_id: str | None = None
+    if device is not None:
+        key_name: str | None = None
+        device_id, device_key = device
+        key: Secret | None = device_key
+    else:
+        key_name = table.get_str("key_name")
+        key = _key(table, source, env)
+        if key is not None and not key_name:
+            raise table.error("key_name", "is required with a key")
+        if key_name and key is None:
+            raise table.error("key_name", "needs one of key, key_file or key_env")
     headers: dict[str, str] = {}
     for line in table.str_list("headers"):
         name, sep, value = line.partition(":")
@@ -246,6 +315,7 @@ def _binding(
         open_timeout=open_timeout,
         udp_idle_timeout=idle,
         udp_max_flows=flows,
+        device_id=device_id,
     )
 
 
@@ -261,7 +331,7 @@ def _key(table: Table, source: str, env: Mapping[str, str]) -> Secret | None:
             raise table.error("key", "must not be empty")
         return Secret(key)
     if key_file is not None:
-        file = _relative(source, key_file)
+        file = resolve_path(source, key_file)
         try:
             value = file.read_text("utf-8").strip()
         except OSError as exc:
@@ -277,8 +347,3 @@ def _key(table: Table, source: str, env: Mapping[str, str]) -> Secret | None:
             raise table.error("key_env", f"environment variable {key_env} is not set")
         return Secret(value)
     return None
-
-
-def _relative(source: str, name: str) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else Path(source).parent / path

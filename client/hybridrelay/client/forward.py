@@ -29,16 +29,18 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
 from hybridrelay.bridge import bridge
 from hybridrelay.client.config import BindingConfig, ForwardConfig
 from hybridrelay.client.connection import connect
 from hybridrelay.datagram_bridge import DatagramBridge, DatagramStats
-from hybridrelay.errors import ConfigError, HybridRelayError
-from hybridrelay.logs import CLIENT
-from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
+from hybridrelay.errors import ConfigError, HandshakeError, HybridRelayError
+from hybridrelay.logs import CLIENT, host_port, peer_text
+from hybridrelay.outage import OutageReport
+from hybridrelay.probe import ProbeResult, probe_relay
+from hybridrelay.protocol.sas import TokenProvider
 from hybridrelay.wsclient import WsConnection
 
 __all__ = [
@@ -56,7 +58,7 @@ log = logging.getLogger(CLIENT)
 _UDP_SEND_BUFFER: Final = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _StreamOpener:
     """How one binding opens its relayed byte streams (TCP tunnels and UDP flows alike)."""
 
@@ -68,8 +70,10 @@ class _StreamOpener:
     ping_interval: float | None
     headers: Mapping[str, str]
 
+    outage: OutageReport = field(default_factory=OutageReport, compare=False)
+
     async def open(self) -> WsConnection:
-        return await connect(
+        ws = await connect(
             self.relay,
             self.hc,
             token_provider=self.tokens,
@@ -79,6 +83,42 @@ class _StreamOpener:
             ping_interval=self.ping_interval,
             stream_mode=True,
         )
+        if (outage := self.outage.succeeded(time.monotonic())) is not None:
+            log.info(
+                "relay_reachable_again",
+                extra={
+                    "hc": self.hc,
+                    "down_s": round(outage.seconds, 1),
+                    "attempts": outage.attempts,
+                },
+            )
+        return ws
+
+    async def probe(self) -> ProbeResult:
+        return await probe_relay(
+            self.relay, self.hc, token_provider=self.tokens, ssl_context=self.ssl_context
+        )
+
+    def open_failed(self, event: str, exc: BaseException, peer: str) -> None:
+        """Log why a stream could not be opened: every refusal by the relay or the
+        listener (it names the cause), but an unreachable relay once, then a summary a
+        minute, however many local clients keep arriving meanwhile."""
+        fields: dict[str, object] = {"peer": peer, "error": str(exc) or type(exc).__name__}
+        if isinstance(exc, HandshakeError):
+            log.warning(event, extra=fields)
+            return
+        verdict, outage = self.outage.failed(time.monotonic())
+        if verdict == "first":
+            log.warning(event, extra=fields)
+        elif verdict == "summary":
+            summary = {
+                "hc": self.hc,
+                "down_s": round(outage.seconds, 1),
+                "attempts": outage.attempts,
+            }
+            log.warning("relay_still_unreachable", extra=summary | fields)
+        else:
+            log.debug(event, extra=fields)
 
 
 @dataclass
@@ -134,6 +174,11 @@ class Forwarder:
         )
         self.ready = asyncio.Event()
 
+    async def probe(self) -> ProbeResult:
+        """Check the relay URL, TLS, the token and the hybrid connection, opening no
+        stream (:func:`hybridrelay.probe.probe_relay`)."""
+        return await self._opener.probe()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set.
 
@@ -144,7 +189,7 @@ class Forwarder:
         self.port = server.sockets[0].getsockname()[1]
         log.info(
             "forwarder_listening",
-            extra={"local": f"tcp {self.host}:{self.port}", "hc": self.hc},
+            extra={"local": f"tcp {host_port(self.host, self.port)}", "hc": self.hc},
         )
         self.ready.set()
         try:
@@ -160,7 +205,7 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+        peer = peer_text(writer.get_extra_info("peername"))
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -169,9 +214,7 @@ class Forwarder:
             ws = await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
-            log.warning(
-                "tunnel_refused", extra={"peer": str(peer), "error": str(exc) or type(exc).__name__}
-            )
+            self._opener.open_failed("tunnel_refused", exc, peer)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -186,7 +229,7 @@ class Forwarder:
             log.info(
                 "tunnel_closed",
                 extra={
-                    "peer": str(peer),
+                    "peer": peer,
                     "bytes_up": result.bytes_up,
                     "bytes_down": result.bytes_down,
                     "code": result.close_code,
@@ -194,7 +237,7 @@ class Forwarder:
                 },
             )
         except (OSError, HybridRelayError) as exc:
-            log.warning("tunnel_failed", extra={"peer": str(peer), "error": str(exc)})
+            log.warning("tunnel_failed", extra={"peer": peer, "error": str(exc)})
         finally:
             self.stats.active -= 1
 
@@ -311,6 +354,11 @@ class UdpForwarder:
         """Flows in the table now (connecting, open, or waiting out ``retry_delay``)."""
         return len(self._flows)
 
+    async def probe(self) -> ProbeResult:
+        """Check the relay URL, TLS, the token and the hybrid connection, opening no
+        stream (:func:`hybridrelay.probe.probe_relay`)."""
+        return await self._opener.probe()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set.
 
@@ -325,7 +373,7 @@ class UdpForwarder:
         self.port = transport.get_extra_info("sockname")[1]
         log.info(
             "forwarder_listening",
-            extra={"local": f"udp {self.host}:{self.port}", "hc": self.hc},
+            extra={"local": f"udp {host_port(self.host, self.port)}", "hc": self.hc},
         )
         self.ready.set()
         try:
@@ -376,7 +424,7 @@ class UdpForwarder:
         return deliver
 
     async def _run_flow(self, flow: _Flow) -> None:
-        peer = str(flow.peer[:2])
+        peer = peer_text(flow.peer)
         try:
             ws = await self._open(flow, peer)
             if ws is None:
@@ -414,9 +462,7 @@ class UdpForwarder:
             return await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
-            log.warning(
-                "udp_flow_refused", extra={"peer": peer, "error": str(exc) or type(exc).__name__}
-            )
+            self._opener.open_failed("udp_flow_refused", exc, peer)
         flow.state = "failed"
         flow.bridge.stop()  # drops what is queued and what arrives while we wait
         await asyncio.sleep(self._retry_delay)
@@ -439,11 +485,7 @@ def forwarder_for(
     binding: BindingConfig, relay: str, ssl_context: ssl.SSLContext | None = None
 ) -> AnyForwarder:
     """The forwarder serving one ``[[bindings]]`` entry of a forward config."""
-    tokens = (
-        SasTokenProvider(binding.key_name, binding.key.value)
-        if binding.key_name and binding.key is not None
-        else None
-    )
+    tokens = binding.token_provider()
     if binding.transport == "udp":
         return UdpForwarder(
             relay,
@@ -522,7 +564,7 @@ class ForwardService:
             raise ConfigError(
                 self._source or "<command line>",
                 f"bindings[{index}].local" if self._source else "--local",
-                f"cannot bind {forwarder.transport} {forwarder.host}:{forwarder.port}: "
+                f"cannot bind {forwarder.transport} {host_port(forwarder.host, forwarder.port)}: "
                 f"{exc.strerror or exc}",
             ) from exc
 

@@ -21,6 +21,7 @@ from hybridrelay.protocol.codes import (
     RENDEZVOUS_TIMEOUT_S,
     CloseCode,
 )
+from hybridrelay.protocol.device_sas import DeviceTokenProvider, create_device_token
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import (
     Accept,
@@ -54,6 +55,7 @@ __all__ = [
     "RENDEZVOUS_TIMEOUT_S",
     "Accept",
     "CloseCode",
+    "DeviceTokenProvider",
     "HcAddress",
     "Message",
     "RemoteEndpoint",
@@ -67,6 +69,7 @@ __all__ = [
     "audience_for",
     "build_rendezvous_address",
     "check_response",
+    "create_device_token",
     "create_sas_token",
     "decode",
     "encode",

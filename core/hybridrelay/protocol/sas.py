@@ -23,6 +23,7 @@ from typing import Final, Protocol
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from hybridrelay.errors import AuthError, InvalidAddressError
+from hybridrelay.protocol.device_sas import device_token_expiry
 
 __all__ = [
     "Rights",
@@ -334,6 +335,9 @@ def resource_covers(
 def token_expiry(token_text: str) -> int | None:
     """Return a token's ``se``, or None when it is not a well-formed SAS token.
 
+    A rule's token and a device's (no ``skn``, :mod:`hybridrelay.protocol.device_sas`)
+    both count: a listener renews either on this schedule.
+
     Args:
         token_text: A raw token.
 
@@ -343,7 +347,7 @@ def token_expiry(token_text: str) -> int | None:
     try:
         return parse_sas_token(token_text).expiry
     except AuthError:
-        return None
+        return device_token_expiry(token_text)
 
 
 class TokenProvider(Protocol):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, urlsplit
 
-from hybridrelay.backoff import Backoff
+from hybridrelay.backoff import Backoff, ReconnectBackoff
 from hybridrelay.bridge import BridgeStream, bridge
 from hybridrelay.datagram_bridge import DatagramBridge
 from hybridrelay.errors import (
@@ -70,6 +70,8 @@ from hybridrelay.listener.targets import (
     parse_target,
 )
 from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
+from hybridrelay.outage import OutageReport
+from hybridrelay.probe import relay_url_problem
 from hybridrelay.protocol.addresses import path_escape_reason
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT, INLINE_BODY_LIMIT
 from hybridrelay.protocol.http_response import check_response
@@ -189,6 +191,10 @@ class Listener:
             raise ValueError("give target=, handler= or http_handler=")
         if max_message_size is not None and max_message_size < CONTROL_MESSAGE_LIMIT:
             raise ValueError("max_message_size must be at least 64 KiB (HC §3)")
+        for url in (relay, *fallback_relays):
+            # Retrying an https:// URL forever helps no one: refuse it here.
+            if url and (problem := relay_url_problem(url)) is not None:
+                raise ValueError(problem)
         self.relay = relay.rstrip("/")
         self.hc = hc.strip("/")
         self.listener_id = listener_id or str(uuid.uuid4())
@@ -207,7 +213,11 @@ class Listener:
         self._max_streams = max_streams
         self._connect_timeout = connect_timeout
         self._drain_timeout = drain_timeout
-        self._backoff = backoff or Backoff()
+        # One policy for every listener (flags, agent config, code): README's promise.
+        self._backoff = backoff or ReconnectBackoff()
+        # Attempts failing for one cause are logged once, then summarised.
+        self._outage = OutageReport()
+        self._quiet = False  # the last failure was not logged: nor is its reconnect
         self._select = select_subprotocol or (lambda offered: offered[0] if offered else None)
         self._streams: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -254,7 +264,11 @@ class Listener:
                 delay = await self._connect_once(stop)
                 if stop.is_set():
                     break
-                self._log.info("reconnect_scheduled", extra={"delay_s": round(delay, 2)})
+                self._log.log(
+                    logging.DEBUG if self._quiet else logging.INFO,
+                    "reconnect_scheduled",
+                    extra={"delay_s": round(delay, 2)},
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
@@ -286,17 +300,33 @@ class Listener:
                     f"hybrid connection {self.hc!r} does not exist on {self.relay}"
                 ) from exc
             if exc.status in (401, 403):
-                self._log.error(
-                    "listen_refused",
-                    extra={"status": exc.status, "reason": exc.reason, "detail": exc.body[:200]},
-                )
+                fields: dict[str, object] = {
+                    "status": exc.status,
+                    "reason": exc.reason,
+                    "detail": exc.body[:200],
+                }
+                if exc.status == 401 and self.stats.connects:
+                    # The same token provider was accepted before: the relay's key changed
+                    # (a development relay without a kept key, a rotated or revoked key).
+                    fields["hint"] = (
+                        "this listener was connected before with the same key: the relay's"
+                        " key may have changed (regenerated, rotated, or a development relay"
+                        " that made a new one)"
+                    )
+                self._log.error("listen_refused", extra=fields)
                 return self._backoff.at_cap()
-            self._log.warning("listen_failed", extra={"status": exc.status, "reason": exc.reason})
+            self._failed("listen_failed", {"status": exc.status, "reason": exc.reason})
             return self._backoff.next_delay()
         except (OSError, TimeoutError, HybridRelayError) as exc:
-            self._log.warning("relay_unreachable", extra={"error": str(exc) or type(exc).__name__})
+            self._failed("relay_unreachable", {"error": str(exc) or type(exc).__name__})
             self._fail_over()
             return self._backoff.next_delay()
+        self._quiet = False
+        if (outage := self._outage.succeeded(time.monotonic())) is not None:
+            self._log.info(
+                "relay_reachable_again",
+                extra={"down_s": round(outage.seconds, 1), "attempts": outage.attempts},
+            )
         self.stats.connects += 1
         self._backoff.succeeded(time.monotonic())
         self._log.info("control_channel_open", extra={"relay": redact_url(self.relay)})
@@ -311,6 +341,18 @@ class Listener:
             self._fail_over()
             return 0.0
         return self._backoff.next_delay()
+
+    def _failed(self, event: str, fields: dict[str, object]) -> None:
+        """Log the first failure of a streak, then a summary a minute (the rest: debug)."""
+        verdict, outage = self._outage.failed(time.monotonic())
+        self._quiet = verdict == "quiet"
+        if verdict == "first":
+            self._log.warning(event, extra=fields)
+        elif verdict == "summary":
+            summary = {"down_s": round(outage.seconds, 1), "attempts": outage.attempts}
+            self._log.warning("relay_still_unreachable", extra=summary | fields)
+        else:
+            self._log.debug(event, extra=fields)
 
     async def _serve(self, ws: WsConnection, stop: asyncio.Event, token: str) -> bool:
         """Serve one control channel; True when the relay node left (1001 or no close)."""

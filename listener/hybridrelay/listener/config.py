@@ -19,6 +19,9 @@ that deployment tools and tests rely on::
     target = "tcp://127.0.0.1:1883"       # tcp:// http:// https:// unix:// udp://
     key_name = "listen-rule"
     key_file = "/etc/hybridrelay/mqtt.key"  # or key = "..." or key_env = "VAR"
+    # or, as a device of the relay's registry (instead of key_name and its key):
+    # device_id = "gw-17"
+    # device_key_file = "gw-17.key"       # or device_key = "..." or device_key_env = "VAR"
     connections = 2                       # control channels kept open (HA), 1..16
     max_streams = 1024                    # streams + HTTP requests at once; more: 503
     connect_timeout = 10
@@ -49,13 +52,25 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.config import (
+    Field,
+    Schema,
+    Secret,
+    Table,
+    load_toml,
+    resolve_path,
+    unknown_keys_first,
+)
+from hybridrelay.credentials import device_from_table
 from hybridrelay.errors import ConfigError
 from hybridrelay.listener.targets import parse_target
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+from hybridrelay.protocol.device_sas import DeviceTokenProvider
+from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE
 
 __all__ = [
+    "AGENT_SCHEMA",
     "TARGET_SCHEMES",
     "AgentConfig",
     "HookSpec",
@@ -101,8 +116,9 @@ class MappingConfig:
 
     hc: str
     target: str  # the URL as written; hybridrelay.listener.parse_target accepted it
-    key_name: str
-    key: Secret
+    key_name: str  # "" for a device
+    key: Secret  # the rule's key, or the device's with device_id
+    device_id: str | None = None  # sign as this device (device SAS) instead of a rule
     connections: int = 1
     max_streams: int = 1024
     connect_timeout: float = 10.0
@@ -120,8 +136,17 @@ class MappingConfig:
         return (self.hc, self.target)
 
     def same_but_key(self, other: MappingConfig) -> bool:
-        """True when ``other`` differs from this mapping in its key (name or value) at most."""
-        return replace(self, key=other.key, key_name=other.key_name) == other
+        """True when ``other`` differs from this mapping in its credentials at most."""
+        return (
+            replace(self, key=other.key, key_name=other.key_name, device_id=other.device_id)
+            == other
+        )
+
+    def token_provider(self) -> TokenProvider:
+        """The provider this mapping's listeners sign with: the device's or the rule's."""
+        if self.device_id is not None:
+            return DeviceTokenProvider(self.device_id, self.key.value)
+        return SasTokenProvider(self.key_name, self.key.value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,9 +296,7 @@ def _key(table: Table, base: Path, env: Mapping[str, str]) -> Secret:
         if not secret:
             raise table.error("key_env", f"environment variable {value} is not set")
         return Secret(secret)
-    path = Path(value)
-    if not path.is_absolute():
-        path = base / path
+    path = resolve_path(table.source, value)
     try:
         secret = path.read_text("utf-8").strip()
     except OSError as exc:
@@ -340,15 +363,23 @@ def _mapping(
         raise table.error("hc", why)
     target = table.req_str("target")
     _check_target(table, target)
-    key_name = table.req_str("key_name")
-    if not _KEY_NAME.match(key_name):
-        raise table.error("key_name", "letters, digits, '.', '_' and '-' only (at most 256)")
+    device = device_from_table(table, base, env)
+    device_id: str | None = None
+    if device is not None:
+        key_name = ""
+        device_id, key = device
+    else:
+        key_name = table.req_str("key_name")
+        if not _KEY_NAME.match(key_name):
+            raise table.error("key_name", "letters, digits, '.', '_' and '-' only (at most 256)")
+        key = _key(table, base, env)
     d = MappingConfig(hc="", target="", key_name="", key=Secret(""))
     mapping = MappingConfig(
         hc=hc,
         target=target,
         key_name=key_name,
-        key=_key(table, base, env),
+        key=key,
+        device_id=device_id,
         connections=table.get_int("connections", d.connections, minimum=1, maximum=MAX_CONNECTIONS),
         max_streams=table.get_int("max_streams", d.max_streams, minimum=1, maximum=1_000_000),
         connect_timeout=table.get_float(
@@ -436,9 +467,54 @@ def load_agent_config(
             file, the key and the reason.
     """
     env = os.environ if env is None else env
+    raw = load_toml(path)
+    return unknown_keys_first(
+        raw, AGENT_SCHEMA, str(path), lambda: _agent_config(path, raw, env, hostname)
+    )
+
+
+# Every key each table knows (unknown_keys_first), and which name files.
+AGENT_SCHEMA: Final = Schema.of(
+    "relay",
+    "relays",
+    "agent_id",
+    "ping_interval",
+    "drain_timeout",
+    "status",
+    "allow_public_status",
+    "rendezvous_hosts",
+    "max_message_size",
+    "log_level",
+    ca_file=Field.FILE,
+    mappings=Schema.of(
+        "hc",
+        "target",
+        "key_name",
+        "key",
+        "key_env",
+        "connections",
+        "max_streams",
+        "connect_timeout",
+        "request_timeout",
+        "max_target_connections",
+        "udp_idle_timeout",
+        "device_id",
+        "device_key",
+        "device_key_env",
+        key_file=Field.FILE,
+        device_key_file=Field.FILE,
+        allow_headers=Field.FREE,
+        hooks=Schema.of("path", args=Field.FREE),
+    ),
+)
+
+
+def _agent_config(
+    path: str | Path, raw: dict[str, object], env: Mapping[str, str], hostname: str | None
+) -> AgentConfig:
     source = str(path)
     base = Path(path).parent
-    data = _env_overrides(load_toml(path), env)
+    data = _env_overrides(raw, env)
     top = Table(data, path=source, prefix="")
     relays = _relays(top)
     agent_id = top.get_str("agent_id")
@@ -454,12 +530,7 @@ def load_agent_config(
             status = parse_status_address(status_text, allow_public=allow_public)
         except ValueError as exc:
             raise top.error("status", str(exc)) from exc
-    ca_file = top.get_str("ca_file")
-    if ca_file is not None:
-        ca_path = Path(ca_file) if Path(ca_file).is_absolute() else base / ca_file
-        if not ca_path.is_file():
-            raise top.error("ca_file", f"{ca_path} is not a readable file")
-        ca_file = str(ca_path)
+    ca_file = top.get_file("ca_file")
     rendezvous_hosts = _rendezvous_hosts(top)
     max_message_size = top.get_int(
         "max_message_size", DEFAULT_MAX_SIZE, minimum=CONTROL_MESSAGE_LIMIT, maximum=1 << 30

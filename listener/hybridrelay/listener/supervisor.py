@@ -25,12 +25,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Final, Literal
 
-from hybridrelay.backoff import Backoff
+from hybridrelay.backoff import ReconnectBackoff
 from hybridrelay.errors import ConfigError, EntityNotFoundError
 from hybridrelay.listener.agent import Listener, ListenerStats
 from hybridrelay.listener.config import AgentConfig, HookSpec, MappingConfig
@@ -38,7 +37,6 @@ from hybridrelay.listener.hooks import AcceptHook, HeaderAllowList, load_hook
 from hybridrelay.listener.http_target import HttpTarget
 from hybridrelay.listener.targets import StreamTarget, parse_target
 from hybridrelay.logs import LISTENER
-from hybridrelay.protocol.sas import SasTokenProvider
 
 __all__ = ["Agent", "AgentBackoff", "AgentStatus", "MappingState", "MappingStatus"]
 
@@ -87,33 +85,21 @@ class AgentStatus:
 
 
 @dataclass
-class AgentBackoff(Backoff):
-    """The agent's reconnect policy, and its view of one Listener's sessions.
+class AgentBackoff(ReconnectBackoff):
+    """The agent's view of one Listener's sessions, on the listeners' one reconnect policy.
 
-    Delays are core :class:`Backoff` (exponential, full jitter, cap 30 s, attempts
-    reset after a stable minute, 401/403 near the cap) with one more bound on the
-    ceiling: ``max(floor, outage_share * outage)``, where the outage started when
-    the channel was lost after a stable session (or first failed). The wait after a
-    relay comes back is then at most ``floor`` for short outages (a relay restart,
-    a deploy) and a fixed share of the outage for long ones, while the attempt rate
-    still falls off: one attempt per ``floor / 2`` s on average at first, then
-    ``outage * outage_share / 2`` s apart, the 30 s cap after ``cap / outage_share``
-    s. A flapping relay (sessions shorter than ``stable_after``) does not restart the
-    outage clock, so it gets backed off the same way.
-
-    The Listener calls ``succeeded`` when a control channel opens, ``failed`` when it
-    closes, and ``next_delay``/``at_cap`` once per failed attempt and once after each
-    session; the supervisor reads online, connecting and quiet from that.
+    Delays are core :class:`ReconnectBackoff` (full jitter, cap 30 s, bounded by a share
+    of the outage: at most 1.5 s after a short relay restart), the same as a listener
+    started from flags or code. The Listener calls ``succeeded`` when a control channel
+    opens, ``failed`` when it closes, and ``next_delay``/``at_cap`` once per failed
+    attempt and once after each session; the supervisor reads online, connecting and
+    quiet from that.
     """
 
-    floor: float = 1.5
-    outage_share: float = 0.3
-    clock: Callable[[], float] = time.monotonic
     notify: Callable[[], None] = lambda: None
     up: bool = False
     ended: int = 0  # attempts that have finished, one way or the other
     _after_session: bool = False
-    _outage_since: float | None = None
 
     def next_delay(self) -> float:
         if self._after_session:
@@ -121,14 +107,7 @@ class AgentBackoff(Backoff):
         else:
             self.ended += 1
         self.notify()
-        now = self.clock()
-        if self._outage_since is None:
-            self._outage_since = now
-        bound = max(self.floor, self.outage_share * (now - self._outage_since))
-        # Backoff.next_delay's ceiling, with the outage bound applied.
-        ceiling = min(self.cap, bound, self.base * self.factor ** min(self.attempts, 64))
-        self.attempts += 1
-        return self.rng.uniform(0, ceiling)
+        return super().next_delay()
 
     def at_cap(self) -> float:
         self.ended += 1
@@ -143,10 +122,7 @@ class AgentBackoff(Backoff):
         self.notify()
 
     def failed(self, now: float) -> None:
-        stable = self._up_since is not None and now - self._up_since >= self.stable_after
         super().failed(now)
-        if stable or self._outage_since is None:
-            self._outage_since = now
         self.up = False
         self.notify()
 
@@ -211,7 +187,7 @@ class _MappingRun:
         self.stop = asyncio.Event()
         self.error: str | None = None
         self._notify = notify
-        self._tokens = SasTokenProvider(mapping.key_name, mapping.key.value)
+        self._tokens = mapping.token_provider()
         contexts: dict[str, ssl.SSLContext] = {}
         self.channels: list[_Channel] = []
         for i in range(mapping.connections):
@@ -275,7 +251,7 @@ class _MappingRun:
 
     def rekey(self, mapping: MappingConfig) -> None:
         self.mapping = mapping
-        self._tokens = SasTokenProvider(mapping.key_name, mapping.key.value)
+        self._tokens = mapping.token_provider()
         for channel in self.channels:
             channel.listener.set_token_provider(self._tokens)
 

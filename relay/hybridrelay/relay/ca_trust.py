@@ -39,6 +39,7 @@ from typing import Final
 from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from hybridrelay.logs import RELAY
 from hybridrelay.relay.store.base import Store
@@ -89,6 +90,20 @@ class CaTrust:
         log.info("ca_trusted", extra={"certificate": record.name, "thumbprint": record.thumbprint})
         return True
 
+    def rebind(self, context: ssl.SSLContext, client_ca_file: str | None) -> None:
+        """Follow a reloaded TLS context (tls_reload.py): the CAs loaded so far join it.
+
+        Connections made on the old context keep it; ``anchored`` finds this same
+        trust for them (so a CA taken out of ``client_ca_file`` stops anchoring at once).
+        """
+        for cert in self.loaded.values():
+            context.load_verify_locations(
+                cadata=cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            )
+        self.config_cas = _config_cas(client_ca_file)
+        self.context = context
+        _TRUSTS[context] = self
+
     async def refresh(self, store: Store) -> None:
         """Trust every verified CA certificate in the store."""
         for record in await store.list_certificates():
@@ -97,13 +112,16 @@ class CaTrust:
 
 def attach(context: ssl.SSLContext, client_ca_file: str | None) -> CaTrust:
     """Make ``context`` (a client-certificate server context) follow registered CAs."""
-    config_cas: list[x509.Certificate] = []
-    if client_ca_file:
-        with contextlib.suppress(OSError, ValueError):
-            config_cas = x509.load_pem_x509_certificates(Path(client_ca_file).read_bytes())
-    trust = CaTrust(context, config_cas)
+    trust = CaTrust(context, _config_cas(client_ca_file))
     _TRUSTS[context] = trust
     return trust
+
+
+def _config_cas(client_ca_file: str | None) -> list[x509.Certificate]:
+    if client_ca_file:
+        with contextlib.suppress(OSError, ValueError):
+            return x509.load_pem_x509_certificates(Path(client_ca_file).read_bytes())
+    return []
 
 
 def trust_of(context: ssl.SSLContext | None) -> CaTrust | None:

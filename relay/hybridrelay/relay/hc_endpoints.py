@@ -30,6 +30,7 @@ from hybridrelay.errors import (
     UpstreamTimeoutError,
 )
 from hybridrelay.logs import RELAY, ConnectionLogger
+from hybridrelay.probe import LISTENERS_HEADER, PROBE_HEADER
 from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_hc_target
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
@@ -47,7 +48,7 @@ from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import LISTENER_GONE, SPLICED, PendingConnect
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
-from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
 from hybridrelay.relay.store.records import encode_continuation, hc_key
@@ -118,6 +119,21 @@ async def handle_hc(request: web.Request) -> web.StreamResponse:
     return await handle_request_dial(request, state, addr)
 
 
+def _is_probe(request: web.Request) -> bool:
+    """A connect or listen handshake with the probe header and (so that no other server
+    upgrades it) no Sec-WebSocket-Key: answered 204 once the entity and the token pass,
+    before anything is created, dispatched or attached (hybridrelay.probe). Its refusals
+    are those of the real handshake, in the same order: it tells nothing a handshake
+    would not."""
+    return PROBE_HEADER in request.headers and "Sec-WebSocket-Key" not in request.headers
+
+
+async def _probe_answer(state: RelayState, hc_name: str, action: str) -> web.Response:
+    listeners = await state.cluster.listener_count(hc_name)
+    log.debug("probe_answered", extra={"hc": hc_name, "action": action})
+    return web.Response(status=204, headers={LISTENERS_HEADER: str(listeners)})
+
+
 def _token(request: web.Request, addr: HcAddress) -> str | None:
     return request.headers.get(_AUTH_HEADER) or addr.token
 
@@ -178,8 +194,12 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     # The one handshake parser of every leg (400 for what RFC 6455 §4.2.1 refuses, such
     # as non-ASCII bytes in Sec-WebSocket-Version or -Key), before WebSocketResponse.prepare
     # could meet them and fail with a 500.
-    parse_client_handshake(request.method, request.headers)
+    probe = _is_probe(request)
+    if not probe:
+        parse_client_handshake(request.method, request.headers)
     hc, unsaved = await _listener_entity(state, addr)
+    if not unsaved:  # a name that is not an entity yet never becomes a metric label
+        request[HC_NAME] = hc.name
     token = _token(request, addr)
     creds = await device_auth.credentials(request, state.store, token)
     # Authenticate before anything is written: an anonymous or badly signed listen must
@@ -197,6 +217,8 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         certificate=creds.certificate,
         max_lifetime=state.config.relay.max_token_lifetime,
     )
+    if probe:  # nothing created: auto_create would make the entity at the real listen
+        return await _probe_answer(state, hc.name, "listen")
     if unsaved:
         hc = await _auto_create(state, hc)
     listener_id = addr.tracking_id or str(uuid.uuid4())
@@ -262,7 +284,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     try:
         await ws.prepare(request)
         state.channels.add(channel)
-        state.metrics.listeners.inc()
+        listener_stats = state.metrics.listener_connected(hc.name)
         clog.info("listener_connected", extra={"rule": principal.rule})
         state.events.publish_listener(True, hc.name, listener_id, creds.device)
         try:
@@ -272,7 +294,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
                 code = await channel.run()
         finally:
             state.channels.discard(channel)
-            state.metrics.listeners.dec()
+            state.metrics.listener_disconnected(listener_stats)
             state.events.publish_listener(False, hc.name, listener_id, creds.device)
             _fail_requests_of(state, channel)
             _release_senders_of(state, channel)
@@ -288,11 +310,14 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     loop = asyncio.get_running_loop()
     started = loop.time()
     hc, suffix = await _resolve(state, addr)
+    request[HC_NAME] = hc.name
     if hc.http is True:
         # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
     token = _token(request, addr)
     principal, device = await authorize_sender(state, request, token, hc=hc, path=hc.name + suffix)
+    if _is_probe(request):
+        return await _probe_answer(state, hc.name, "connect")
     handshake = parse_client_handshake(request.method, request.headers)
     allowed = parse_listener_filter(request.headers.get("Microsoft-Relay-AllowedListeners"))
     disallowed = parse_listener_filter(request.headers.get("Microsoft-Relay-DisallowedListeners"))
@@ -463,8 +488,7 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
     handle = pending.handle
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
-    metrics.connections.inc()
-    metrics.active_connections.inc()
+    stats = metrics.stream_started(pending.hc_name)
     state.splices.add(splice)
     if handle is not None:
         state.cluster.stream_started(handle)
@@ -473,8 +497,7 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
         state.splices.discard(splice)
         if handle is not None:
             state.cluster.stream_ended(handle)
-        metrics.active_connections.dec()
-        metrics.count_bytes(up, down)
+        metrics.stream_finished(stats, up, down)
 
     splice.on_finish = finished
 

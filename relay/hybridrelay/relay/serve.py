@@ -8,6 +8,7 @@ does not set one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import ssl
@@ -26,14 +27,19 @@ from hybridrelay.relay.cluster.redis import RedisClusterState
 from hybridrelay.relay.config import (
     ClientCertMode,
     RelayConfig,
+    RelaySettings,
     complete,
     refuse_placeholder_keys,
 )
 from hybridrelay.relay.hc_endpoints import shutdown_connections
-from hybridrelay.relay.state import STATE
+from hybridrelay.relay.health import metrics_app
+from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.redis import RedisStore
 from hybridrelay.relay.store.sqlite import SqliteStore
+from hybridrelay.relay.tls_expiry import observe_certificates
+from hybridrelay.relay.tls_reload import CertificateReloader
 
 __all__ = ["run", "tls_context"]
 
@@ -63,20 +69,52 @@ def tls_context(
     an anchor here, never vouches for anyone but itself.
 
     Raises:
-        ConfigError: ``client_ca_file`` cannot be read or holds no certificate.
+        ConfigError: the certificate or key cannot be loaded, or ``client_ca_file``
+            cannot be read or holds no certificate.
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:  # a bad PEM, a key that is not the certificate's
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            "", "relay.tls_cert", f"cannot load {cert} with the key {key}: {reason}"
+        ) from exc
     if client_cert != "none":
         if not client_ca_file:
             raise ConfigError("", "relay.client_ca_file", "required with client_cert")
         try:
             ctx.load_verify_locations(cafile=client_ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(client_ca_file, "relay.client_ca_file", str(exc)) from exc
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "", "relay.client_ca_file", f"cannot load {client_ca_file}: {reason}"
+            ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
+
+
+def _tls_context_of(s: RelaySettings) -> ssl.SSLContext:
+    if not (s.tls_cert and s.tls_key):
+        raise ConfigError("", "relay.tls_cert", "TLS is not configured")
+    return tls_context(
+        s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+    )
+
+
+async def _watch_tls(
+    reloader: CertificateReloader | None, interval: float, reload: asyncio.Event | None
+) -> None:
+    """Reload the TLS files on ``reload`` and when they change; without TLS, say so."""
+    signalled = reload or asyncio.Event()
+    if reloader is not None:
+        await reloader.run(interval, signalled)
+        return
+    while True:
+        await signalled.wait()
+        signalled.clear()
+        log.info("reload_nothing_to_reload", extra={"why": "no tls_cert configured"})
 
 
 def _raise_open_file_limit() -> None:
@@ -127,12 +165,65 @@ async def open_cluster(config: RelayConfig) -> ClusterState | None:
     )
 
 
+def _loaded(
+    metrics: RelayMetrics,
+    settings: RelaySettings,
+    follow: Callable[[ssl.SSLContext], None] | None,
+    context: ssl.SSLContext,
+) -> None:
+    """A reloaded TLS context is about to serve: trust follows it, the expiry gauge too."""
+    if follow is not None:
+        follow(context)
+    observe_certificates(metrics, settings)
+
+
+async def _serve_metrics(
+    state: RelayState, address: tuple[str, int], front_door: FrontDoor
+) -> web.AppRunner:
+    """Serve :func:`metrics_app` on ``address`` (``[relay] metrics_listen``), plain HTTP.
+
+    Its connections pass the same front door as the public port's (head deadline, per-IP
+    caps), so a metrics address reachable by others is no easier to exhaust.
+    """
+    s = state.config.relay
+    runner = web.AppRunner(
+        metrics_app(state),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=_FINAL_CLOSE_S,
+        keepalive_timeout=s.keepalive_timeout,
+        max_line_size=s.max_head_line_size,
+        max_field_size=s.max_head_line_size,
+        max_headers=s.max_headers,
+    )
+    await runner.setup()
+    try:
+        site = FrontDoorSite(runner, address[0], address[1], front_door=front_door)
+        await site.start()
+    except BaseException as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):  # in use, not an address of this host: name the key
+            raise ConfigError(
+                state.config.source,
+                "relay.metrics_listen",
+                f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}",
+            ) from exc
+        raise
+    sockets = getattr(site._server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else address[1]
+    state.metrics_address = (address[0], port)
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    log.info("metrics_listening", extra={"url": f"http://{host}:{port}/metrics"})
+    return runner
+
+
 async def run(
     config: RelayConfig,
     stop: asyncio.Event,
     *,
     on_ready: Callable[[RelayConfig], None] | None = None,
     on_app: Callable[[web.Application], None] | None = None,
+    reload: asyncio.Event | None = None,
 ) -> None:
     """Serve the relay until ``stop`` is set.
 
@@ -141,6 +232,7 @@ async def run(
         stop: set it to drain and stop.
         on_ready: called with the completed config (real port, public URL) once serving.
         on_app: called with the aiohttp application before it starts (tests inspect state).
+        reload: set it (the CLI does on SIGHUP) to reload the TLS files; cleared here.
     """
     s = config.relay
     # A key copied from an example config is public: refuse to serve with it.
@@ -148,13 +240,16 @@ async def run(
     if allowed:
         log.warning("placeholder_keys_allowed", extra={"keys": ",".join(allowed)})
     # Before anything is opened: a bad certificate or CA file fails the start cleanly.
-    ssl_ctx = (
-        tls_context(
-            s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+    try:
+        ssl_ctx = (
+            tls_context(
+                s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+            )
+            if s.tls_cert and s.tls_key
+            else None
         )
-        if s.tls_cert and s.tls_key
-        else None
-    )
+    except ConfigError as exc:
+        raise ConfigError(config.source, exc.key, exc.reason) from exc
     if config.cluster is not None and config.cluster.node_id is None:
         # One name for this node in the store's change events and in listener presence.
         config = replace(config, cluster=replace(config.cluster, node_id=secrets.token_hex(8)))
@@ -166,9 +261,23 @@ async def run(
         await store.close()
         raise
     app = create_app(config, store=store, cluster=cluster)
-    if ssl_ctx is not None and s.client_cert != "none":
-        # Verified CA certificates of the store join the live context (ca_trust.py).
-        app.cleanup_ctx.append(cleanup_context(attach(ssl_ctx, s.client_ca_file)))
+    observe_certificates(app[STATE].metrics, s)
+    reloader: CertificateReloader | None = None
+    if ssl_ctx is not None:
+        follow: Callable[[ssl.SSLContext], None] | None = None
+        if s.client_cert != "none":
+            # Verified CA certificates of the store join the live context (ca_trust.py).
+            trust = attach(ssl_ctx, s.client_ca_file)
+            app.cleanup_ctx.append(cleanup_context(trust))
+            follow = functools.partial(trust.rebind, client_ca_file=s.client_ca_file)
+        # New handshakes get renewed TLS files (SIGHUP or a change on disk; tls_reload.py).
+        reloader = CertificateReloader(
+            s,
+            ssl_ctx,
+            build=_tls_context_of,
+            on_context=functools.partial(_loaded, app[STATE].metrics, s, follow),
+            counter=app[STATE].metrics.tls_reloads,
+        )
     if on_app is not None:
         on_app(app)
     _raise_open_file_limit()
@@ -195,7 +304,10 @@ async def run(
         reuse_address=True,
     )
     await site.start()
+    metrics_runner: web.AppRunner | None = None
     try:
+        if s.metrics_listen is not None:
+            metrics_runner = await _serve_metrics(app[STATE], s.metrics_listen, front_door)
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else s.port
@@ -207,7 +319,14 @@ async def run(
         )
         if on_ready is not None:
             on_ready(state.config)
-        await stop.wait()
+        watcher = asyncio.create_task(
+            _watch_tls(reloader, s.tls_reload_interval, reload), name="tls reload"
+        )
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            await asyncio.wait({watcher})
         log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
         # Refuse new work, send listeners elsewhere, let open streams finish in time.
         state.draining = True
@@ -244,4 +363,6 @@ async def run(
         ]
         if handlers:
             await asyncio.wait(handlers, timeout=_FINAL_CLOSE_S)
+        if metrics_runner is not None:  # last: scrapes see the drain through
+            await metrics_runner.cleanup()
         log.info("relay_stopped")

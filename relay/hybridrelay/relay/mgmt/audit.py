@@ -18,6 +18,8 @@ from typing import Final
 
 from aiohttp import web
 
+from hybridrelay.logs import peer_text
+
 __all__ = ["AUDIT", "WRITE_METHODS", "audit_write"]
 
 AUDIT: Final = "hybridrelay.relay.audit"
@@ -27,10 +29,7 @@ log = logging.getLogger(AUDIT)
 
 
 def _peer(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return "-"
+    return peer_text(request.transport.get_extra_info("peername") if request.transport else None)
 
 
 def audit_write(

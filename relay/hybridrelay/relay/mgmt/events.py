@@ -3,25 +3,37 @@
 :class:`EventHub` (one per relay node, ``RelayState.events``) turns what happens into
 events and fans them out:
 
-- Store change events for devices: ``created`` → ``createDeviceIdentity`` (the body is
-  the device document re-read from the store), ``deleted`` → ``deleteDeviceIdentity``
-  (the body is the last document this hub saw, else ``{"deviceId": id}``). With a
-  shared store every node sees every device's events, so each node publishes them.
+- Every change of the store (:data:`STORE_OP_TYPES`): devices (``createDeviceIdentity``,
+  ``updateDeviceIdentity``, ``disableDeviceIdentity``, ``enableDeviceIdentity``,
+  ``regenerateDeviceKeys``, ``deleteDeviceIdentity``), hybrid connections
+  (``create``/``update``/``disable``/``enable``/``deleteHybridConnection``), SAS rules
+  (``create``/``update``/``deleteAuthorizationRule``, ``regenerateAuthorizationRuleKey``)
+  and CA certificates (``create``/``update``/``deleteCertificate``,
+  ``generateCertificateVerificationCode``, ``verifyCertificate``). The store says what an
+  update was (``ChangeEvent.detail``); a plain update is ``update...``. The body is the
+  entity as ``GET`` answers it, re-read when the event is published (a deletion's body is
+  the last device document this hub saw, else ``{"deviceId"}`` / ``{"name"}``). With a
+  shared store (Redis) every node hears of every change, so each node publishes it:
+  a subscriber of any node sees the whole cluster's changes.
 - Listeners of this node (``hc_endpoints._listen``): ``listenerOnline`` after the 101
   and ``listenerOffline`` when the control channel ends.
+- Bulk jobs of this node (``jobs.py``): ``startJob``, then ``completeJob`` or ``failJob``
+  (the job document without its error list).
 
 Every event is ``{"sequenceNumber", "properties", "body"}``. ``properties`` has IoT
 Hub's names: ``opType``, ``hubName``, ``deviceId`` (absent when no device is
-involved) and ``operationTimestamp`` (ISO 8601 UTC, when it happened). For device
-events ``hubName`` is the relay's public host (``RelayState.via_name``), as IoT Hub
-puts its hub's name there; for listener events it is the hybrid connection's name and
+involved) and ``operationTimestamp`` (ISO 8601 UTC, when it happened), plus
+``hybridConnection``, ``ruleName``, ``certificateName`` or ``jobId`` naming the entity.
+``hubName`` is the relay's public host (``RelayState.via_name``), as IoT Hub puts its
+hub's name there; for listener events it is the hybrid connection's name and
 ``listenerId`` names the listener (``deviceId`` is the device whose token opened it).
-Device bodies are the document ``GET /devices/{id}`` answers, with the symmetric key
-values replaced by null: events reach webhooks, which must not learn device keys.
+No event carries a secret: device bodies have the symmetric key values replaced by null,
+rule bodies have no keys, certificate bodies no verification code (events reach webhooks).
 
 ``sequenceNumber`` increases by one per event on this node and starts at 1 when the
 process starts; events are published in the order they happened on this node. The
 last ``[relay] event_history`` events (default :data:`HISTORY`) are kept for resuming.
+Sequence numbers are a node's own: resume on the node that numbered them.
 
 Delivery:
 
@@ -29,7 +41,9 @@ Delivery:
   Server-Sent Events, ``id:`` = sequenceNumber, ``event:`` = opType, ``data:`` = the
   event as JSON, a ``: heartbeat`` comment every 15 s. ``Last-Event-ID`` (or
   ``?lastEventId=``) replays the kept events after it; an id ahead of this node's
-  sequence (the node restarted) replays everything kept. Without that ``Accept``
+  sequence (the node restarted) replays everything kept. ``?since=`` (an ISO 8601 time
+  with a zone) replays the kept events that happened at or after it; given both, an
+  event must pass both. Live events follow the replay. Without that ``Accept``
   header the answer is 406 (a plain HTTP client would otherwise wait for ever).
 - The same URL as a WebSocket upgrade: one JSON text message per event.
 - Each subscriber has a bounded queue (``[relay] event_subscriber_queue``, default
@@ -70,24 +84,27 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import aiohttp
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from hybridrelay.backoff import Backoff
-from hybridrelay.errors import ValidationError
+from hybridrelay.errors import HybridRelayError, ValidationError
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.config import WebhookConfig
 from hybridrelay.relay.mgmt.access import authorize_manage, until_revoked
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
-from hybridrelay.relay.store.models import ChangeEvent, Device, format_time
+from hybridrelay.relay.store.models import ChangeEvent, Device, format_time, parse_time
 
 __all__ = [
     "HEARTBEAT_S",
     "HISTORY",
     "INBOX",
+    "JOB_OP_TYPES",
+    "LISTENER_OP_TYPES",
+    "STORE_OP_TYPES",
     "SUBSCRIBER_QUEUE",
     "Event",
     "EventHub",
@@ -107,9 +124,49 @@ _SUBSCRIBER_MESSAGE: Final = 4096
 _DOC_CACHE: Final = 10_000  # last known device documents, for the bodies of deletions
 _MAX_EVENT_ID: Final = 2**63
 
-OpType = Literal[
-    "createDeviceIdentity", "deleteDeviceIdentity", "listenerOnline", "listenerOffline"
-]
+# A store change (kind, op, detail) -> its opType; a detail the table does not know falls
+# back to (kind, op, None). Device names are IoT Hub's; the rest follow the same pattern.
+STORE_OP_TYPES: Final[dict[tuple[str, str, str | None], str]] = {
+    ("device", "created", None): "createDeviceIdentity",
+    ("device", "updated", None): "updateDeviceIdentity",
+    ("device", "updated", "disabled"): "disableDeviceIdentity",
+    ("device", "updated", "enabled"): "enableDeviceIdentity",
+    ("device", "updated", "keys"): "regenerateDeviceKeys",
+    ("device", "deleted", None): "deleteDeviceIdentity",
+    ("hybridConnection", "created", None): "createHybridConnection",
+    ("hybridConnection", "updated", None): "updateHybridConnection",
+    ("hybridConnection", "updated", "disabled"): "disableHybridConnection",
+    ("hybridConnection", "updated", "enabled"): "enableHybridConnection",
+    ("hybridConnection", "deleted", None): "deleteHybridConnection",
+    ("rule", "created", None): "createAuthorizationRule",
+    ("rule", "updated", None): "updateAuthorizationRule",
+    ("rule", "updated", "keys"): "regenerateAuthorizationRuleKey",
+    ("rule", "deleted", None): "deleteAuthorizationRule",
+    ("certificate", "created", None): "createCertificate",
+    ("certificate", "updated", None): "updateCertificate",
+    ("certificate", "updated", "verificationCode"): "generateCertificateVerificationCode",
+    ("certificate", "updated", "verified"): "verifyCertificate",
+    ("certificate", "deleted", None): "deleteCertificate",
+}
+LISTENER_OP_TYPES: Final = ("listenerOnline", "listenerOffline")
+JOB_OP_TYPES: Final[dict[str, str]] = {
+    "running": "startJob",
+    "completed": "completeJob",
+    "failed": "failJob",
+}
+# The job fields an event carries (not the error list: it may be 1,000 entries long).
+_JOB_FIELDS: Final = (
+    "jobId",
+    "type",
+    "status",
+    "progress",
+    "startTime",
+    "endTime",
+    "deviceCount",
+    "failureReason",
+    "succeeded",
+    "failed",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +176,18 @@ class Event:
     sequence: int
     op_type: str
     data: str
+    at: float = 0.0  # when it happened (operationTimestamp), for ``since`` replays
 
 
 @dataclass(frozen=True, slots=True)
 class _Occurrence:
-    op_type: OpType
+    op_type: str
     hub_name: str
     device_id: str | None
     at: float
     listener_id: str | None = None
-    refresh_only: bool = False  # a device was updated: refresh its cached document
+    change: ChangeEvent | None = None  # a store change: its body is read when published
+    body: dict[str, object] | None = None  # a ready body (jobs)
 
 
 _TOO_SLOW: Final = "SubscriberTooSlow"
@@ -356,22 +415,24 @@ class EventHub:
     # --- what happens ---------------------------------------------------------------------
 
     def on_change(self, event: ChangeEvent) -> None:
-        """The store callback: device creations and deletions become events."""
-        if event.kind != "device" or self._state is None:
+        """The store callback: every change of an entity becomes an event (a reset does not)."""
+        if self._state is None:
             return
-        if event.op == "created":
-            op: OpType = "createDeviceIdentity"
-        elif event.op == "deleted":
-            op = "deleteDeviceIdentity"
-        else:
-            if event.name in self._docs:  # keep the last known document current
-                self._enqueue(
-                    _Occurrence(
-                        "createDeviceIdentity", "", event.name, self._now(), refresh_only=True
-                    )
-                )
+        op = STORE_OP_TYPES.get((event.kind, event.op, event.detail)) or STORE_OP_TYPES.get(
+            (event.kind, event.op, None)
+        )
+        if op is None:
+            return  # "reset": events were missed, there is nothing to name
+        device_id = event.name if event.kind == "device" else None
+        self._enqueue(_Occurrence(op, self._state.via_name, device_id, self._now(), change=event))
+
+    def publish_job(self, job: dict[str, object]) -> None:
+        """A bulk job of this node started, completed or failed (``job``: its document)."""
+        op = JOB_OP_TYPES.get(str(job.get("status")))
+        if op is None or self._state is None:
             return
-        self._enqueue(_Occurrence(op, self._state.via_name, event.name, self._now()))
+        body: dict[str, object] = {k: job[k] for k in _JOB_FIELDS if k in job}
+        self._enqueue(_Occurrence(op, self._state.via_name, None, self._now(), body=body))
 
     def publish_listener(
         self, online: bool, hc_name: str, listener_id: str, device: Device | None = None
@@ -420,31 +481,66 @@ class EventHub:
             self._docs.popitem(last=False)
         return doc
 
+    async def _store_body(self, change: ChangeEvent) -> dict[str, object]:
+        """The entity as it is now (deletions: as last seen), without a key or code."""
+        name, state = change.name, self._state
+        if change.kind == "device":
+            if change.op == "deleted":
+                return self._docs.pop(name, {}) or {"deviceId": name}
+            return await self._device_doc(name) or {"deviceId": name}
+        if change.op == "deleted" or state is None:
+            return {"name": name}
+        if change.kind == "hybridConnection":
+            hc = await state.store.get(name)
+            return hc.to_json() if hc is not None else {"name": name}
+        if change.kind == "rule":
+            for rule in await state.store.list_rules(change.scope):
+                if rule.name.lower() == name.lower():
+                    return rule.to_json(include_keys=False)
+            return {"name": name}
+        cert = await state.store.get_certificate(name)
+        if cert is None:
+            return {"name": name}
+        # The proof-of-possession code goes to the admin who asked for it, not to webhooks.
+        return {**cert.to_json(), "verificationCode": None}
+
     async def _handle(self, o: _Occurrence) -> None:
         body: dict[str, object]
-        if o.refresh_only:
-            if o.device_id is not None:
-                await self._device_doc(o.device_id)
-            return
-        if o.op_type == "createDeviceIdentity" and o.device_id is not None:
-            body = await self._device_doc(o.device_id) or {"deviceId": o.device_id}
-        elif o.op_type == "deleteDeviceIdentity" and o.device_id is not None:
-            body = self._docs.pop(o.device_id, {}) or {"deviceId": o.device_id}
+        properties: dict[str, object] = {"opType": o.op_type, "hubName": o.hub_name}
+        change = o.change
+        if change is not None:
+            try:
+                body = await self._store_body(change)
+            except HybridRelayError:  # the store is unreachable: the event still goes out
+                body = {"deviceId" if change.kind == "device" else "name": change.name}
+            if change.kind == "hybridConnection":
+                properties["hybridConnection"] = change.name
+            elif change.kind == "rule":
+                properties["ruleName"] = change.name
+                if change.scope is not None:
+                    properties["hybridConnection"] = change.scope
+            elif change.kind == "certificate":
+                properties["certificateName"] = change.name
+        elif o.body is not None:
+            body = o.body
+            properties["jobId"] = o.body.get("jobId")
         else:
             body = {"hybridConnection": o.hub_name, "listenerId": o.listener_id}
-        properties: dict[str, object] = {"opType": o.op_type, "hubName": o.hub_name}
         if o.device_id is not None:
             properties["deviceId"] = o.device_id
         properties["operationTimestamp"] = format_time(o.at)
         if o.listener_id is not None:
             properties["listenerId"] = o.listener_id
-        self.publish(o.op_type, properties, body)
+        self.publish(o.op_type, properties, body, at=o.at)
 
-    def publish(self, op_type: str, properties: dict[str, object], body: object) -> Event:
+    def publish(
+        self, op_type: str, properties: dict[str, object], body: object, *, at: float | None = None
+    ) -> Event:
         """Number an event, keep it in the history and hand it to every subscriber."""
         self._sequence += 1
         doc = {"sequenceNumber": self._sequence, "properties": properties, "body": body}
-        event = Event(self._sequence, op_type, json.dumps(doc, separators=(",", ":")))
+        data = json.dumps(doc, separators=(",", ":"))
+        event = Event(self._sequence, op_type, data, self._now() if at is None else at)
         self._history.append(event)
         for subscription in list(self._subscribers):
             if not subscription._offer(event):
@@ -458,12 +554,18 @@ class EventHub:
 
     # --- subscribers ----------------------------------------------------------------------
 
-    def subscribe(self, last_event_id: int | None = None) -> Subscription:
-        """A new subscriber; with ``last_event_id``, the kept events after it come first."""
+    def subscribe(
+        self, last_event_id: int | None = None, since: float | None = None
+    ) -> Subscription:
+        """A new subscriber; the kept events after ``last_event_id`` and at or after
+        ``since`` (a Unix time) come first, when either is given."""
         replay: list[Event] = []
-        if last_event_id is not None:
-            after = last_event_id if last_event_id <= self._sequence else 0
-            replay = [e for e in self._history if e.sequence > after]
+        if last_event_id is not None or since is not None:
+            after = last_event_id or 0
+            if after > self._sequence:  # this node restarted: its numbers began again
+                after = 0
+            oldest = since if since is not None else float("-inf")
+            replay = [e for e in self._history if e.sequence > after and e.at >= oldest]
         subscription = Subscription(replay, self._queue_size)
         self._subscribers.add(subscription)
         return subscription
@@ -492,6 +594,15 @@ def _last_event_id(request: web.Request) -> int | None:
     if value >= _MAX_EVENT_ID:
         raise ValidationError("Last-Event-ID", "must be the sequenceNumber of an event")
     return value
+
+
+def _since(request: web.Request) -> float | None:
+    text = request.query.get("since")
+    if text is None or not text.strip():
+        return None
+    if len(text) > 64:
+        raise ValidationError("since", "must be an ISO 8601 time with a zone")
+    return parse_time("since", text.strip())
 
 
 def _sse_frame(event: Event) -> bytes:
@@ -615,6 +726,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     manager = await authorize_manage(request, state)
     last = _last_event_id(request)
+    since = _since(request)
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     if not upgrade and "text/event-stream" not in request.headers.get("Accept", "").lower():
         return error_response(
@@ -623,7 +735,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
             "this is an event stream: send Accept: text/event-stream, or upgrade to a WebSocket",
         )
     hub = state.events
-    subscription = hub.subscribe(last)
+    subscription = hub.subscribe(last, since)
 
     async def guard() -> None:
         # Authorized once above, but a stream may last for days: end it when its

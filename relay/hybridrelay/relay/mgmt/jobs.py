@@ -29,7 +29,8 @@ Endpoints (all need the Manage right, like the rest of ``/$mgmt/v1``):
 
 Jobs are tasks owned by the app: :func:`install` adds a cleanup context that cancels
 and awaits them before the store closes (a cancelled job ends ``failed``). Each job
-start and finish is one ``mgmt_job`` line on the audit logger (ids and counts only).
+start and finish is one ``mgmt_job`` line on the audit logger (ids and counts only) and
+one lifecycle event of this node (``startJob``, then ``completeJob`` or ``failJob``).
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ class JobRegistry:
     async def _run(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
         _audit_job(job, "start")
         job.status = "running"
+        self.state.events.publish_job(job.to_json())  # startJob (this node's own event)
         try:
             await work(job)
         except asyncio.CancelledError:
@@ -219,6 +221,7 @@ class JobRegistry:
         finally:
             job.end_time = time.time()
             _audit_job(job, "finish")
+            self.state.events.publish_job(job.to_json())  # completeJob or failJob
             if job.type == "import":
                 with contextlib.suppress(OSError):
                     job.input_path.unlink(missing_ok=True)

@@ -12,6 +12,8 @@ import functools
 import json
 from typing import Final
 
+from hybridrelay.relay.config import WEBHOOK_EVENTS
+
 __all__ = ["build_openapi", "openapi_json"]
 
 Doc = dict[str, object]
@@ -193,29 +195,28 @@ _SCHEMAS: Final[dict[str, Doc]] = {
                 "type": "object",
                 "required": ["opType", "hubName", "operationTimestamp"],
                 "properties": {
-                    "opType": {
-                        "type": "string",
-                        "enum": [
-                            "createDeviceIdentity",
-                            "deleteDeviceIdentity",
-                            "listenerOnline",
-                            "listenerOffline",
-                        ],
-                    },
+                    "opType": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
                     "hubName": {
                         "type": "string",
-                        "description": "Device events: the relay's public host; listener "
-                        "events: the hybrid connection.",
+                        "description": "Listener events: the hybrid connection; the others: "
+                        "the relay's public host.",
                     },
                     "deviceId": {"type": "string"},
                     "operationTimestamp": {"type": "string", "format": "date-time"},
                     "listenerId": {"type": "string"},
+                    "hybridConnection": {"type": "string"},
+                    "ruleName": {"type": "string"},
+                    "certificateName": {"type": "string"},
+                    "jobId": {"type": "string"},
                 },
             },
             "body": {
                 "type": "object",
-                "description": "Device events: the device document (key values null); "
-                "listener events: hybridConnection and listenerId.",
+                "description": "The entity as GET answers it when the event was published "
+                "(device key values null, rules without keys, certificates without their "
+                "verification code; a deletion: the last device document seen, else "
+                "deviceId or name); jobs: the job without its errors; listener events: "
+                "hybridConnection and listenerId.",
             },
         },
     },
@@ -601,20 +602,32 @@ def _rule_paths(prefix: str, scope_params: list[Doc], scope: str) -> dict[str, D
 _EVENTS_PATH: Final[Doc] = {
     "get": {
         "operationId": "streamEvents",
-        "summary": "Lifecycle events (createDeviceIdentity, deleteDeviceIdentity, "
-        "listenerOnline, listenerOffline) as Server-Sent Events (Accept: text/event-stream: "
-        "id = sequenceNumber, event = opType, data = the Event as JSON, a comment every 15 s) "
-        "or, on a WebSocket upgrade, one JSON text message per Event. Last-Event-ID (or "
-        "lastEventId) replays the last 1,000 events after it. A subscriber too far behind "
-        "gets a final error event and is disconnected.",
+        "summary": "Lifecycle events: every change of a device, hybrid connection, rule or "
+        "certificate (create, update, disable, enable, new keys, delete, ...), bulk jobs and "
+        "listeners coming online or going offline (see Event.opType), as Server-Sent Events "
+        "(Accept: text/event-stream: id = sequenceNumber, event = opType, data = the Event "
+        "as JSON, a comment every 15 s) or, on a WebSocket upgrade, one JSON text message per "
+        "Event. Last-Event-ID (or lastEventId) and since replay the kept events (the node's "
+        "last [relay] event_history, 1,000 by default) before the live ones. Sequence "
+        "numbers are the node's own. A subscriber too far behind gets a final error event "
+        "and is disconnected.",
         "parameters": [
             _param(
                 "lastEventId",
                 "query",
                 {"type": "integer", "minimum": 0},
-                "Resume after this sequenceNumber (the Last-Event-ID header wins).",
+                "Resume after this sequenceNumber (the Last-Event-ID header wins); 0 "
+                "replays every kept event.",
                 required=False,
-            )
+            ),
+            _param(
+                "since",
+                "query",
+                {"type": "string", "format": "date-time"},
+                "Replay the kept events that happened at or after this time (ISO 8601 with "
+                "a zone); with Last-Event-ID, an event must pass both.",
+                required=False,
+            ),
         ],
         "responses": _responses(
             {

@@ -27,6 +27,7 @@ from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import MAX_RULES_PER_SCOPE, validate_entity_name
 
 __all__ = [
+    "CHANGE_DETAILS",
     "DEVICE_ID_MAX",
     "MAX_PAGE",
     "MAX_RULES_PER_SCOPE",
@@ -34,6 +35,7 @@ __all__ = [
     "USER_METADATA_MAX",
     "AuthType",
     "Authentication",
+    "ChangeDetail",
     "ChangeEvent",
     "ChangeKind",
     "ChangeOp",
@@ -81,6 +83,15 @@ AuthType = Literal["sas", "selfSigned", "certificateAuthority"]
 KeyKind = Literal["primary", "secondary"]
 ChangeKind = Literal["hybridConnection", "rule", "device", "certificate", "reset"]
 ChangeOp = Literal["created", "updated", "deleted"]
+# What an "updated" change was, when the store can tell (the lifecycle events name it).
+ChangeDetail = Literal["disabled", "enabled", "keys", "verificationCode", "verified"]
+CHANGE_DETAILS: Final[tuple[ChangeDetail, ...]] = (
+    "disabled",
+    "enabled",
+    "keys",
+    "verificationCode",
+    "verified",
+)
 
 _AUTH_TYPES: Final[tuple[AuthType, ...]] = ("sas", "selfSigned", "certificateAuthority")
 _AUTH_BY_NAME: Final[dict[str, AuthType]] = {t: t for t in _AUTH_TYPES}
@@ -648,9 +659,13 @@ class ChangeEvent:
     ``name`` is the hybrid connection name (as stored), the rule name or the deviceId;
     for rules, ``scope`` is the hybrid connection name or None for the namespace.
     ``kind="reset"`` means events may have been missed (a Redis reconnect): drop every cache.
+    ``detail`` says what an update was when the writer knew: a status change of a device or
+    hybrid connection (``disabled``/``enabled``), new keys (``keys``: a device's or a rule's
+    regenerated), a certificate's ``verificationCode`` or ``verified``; None otherwise.
     """
 
     kind: ChangeKind
     op: ChangeOp
     name: str
     scope: str | None = None
+    detail: ChangeDetail | None = None

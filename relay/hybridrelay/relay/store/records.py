@@ -22,6 +22,7 @@ from hybridrelay.relay.config import RelayConfig, RuleConfig
 from hybridrelay.relay.store.models import (
     MAX_PAGE,
     Authentication,
+    ChangeDetail,
     Device,
     HybridConnection,
     Rule,
@@ -37,12 +38,14 @@ __all__ = [
     "config_hybrid_connections",
     "config_namespace_rules",
     "decode_continuation",
+    "device_change_detail",
     "encode_continuation",
     "etag_matches",
     "hc_key",
     "new_device",
     "replaced_device",
     "same_settings",
+    "status_detail",
     "stored_hybrid_connection",
 ]
 
@@ -196,6 +199,23 @@ def replaced_device(current: Device, device: Device, minter: Minter) -> Device:
         last_activity_time=current.last_activity_time,
         authentication=auth,
     )
+
+
+def status_detail(before: str, after: str) -> ChangeDetail | None:
+    """``disabled``/``enabled`` when a status changed (for the change event), else None."""
+    if before == after:
+        return None
+    return "disabled" if after == "disabled" else "enabled"
+
+
+def device_change_detail(current: Device, record: Device) -> ChangeDetail | None:
+    """What replacing ``current`` by ``record`` was: a status change, new keys, or None."""
+    status = status_detail(current.status, record.status)
+    if status is not None:
+        return status
+    if current.authentication.symmetric_key != record.authentication.symmetric_key:
+        return "keys"
+    return None
 
 
 def _config_rule(rc: RuleConfig) -> Rule:

@@ -57,7 +57,9 @@ from hybridrelay.relay.store.base import ChangeCallback
 from hybridrelay.relay.store.certificates import CaCertificate, stored_certificate
 from hybridrelay.relay.store.last_known import Breaker, LastKnown
 from hybridrelay.relay.store.models import (
+    CHANGE_DETAILS,
     MAX_RULES_PER_SCOPE,
+    ChangeDetail,
     ChangeEvent,
     ChangeKind,
     ChangeOp,
@@ -78,12 +80,14 @@ from hybridrelay.relay.store.records import (
     config_hybrid_connections,
     config_namespace_rules,
     decode_continuation,
+    device_change_detail,
     encode_continuation,
     etag_matches,
     hc_key,
     new_device,
     replaced_device,
     same_settings,
+    status_detail,
     stored_hybrid_connection,
 )
 from hybridrelay.relay.store.redis_adapter import RedisAdapter, Script
@@ -111,6 +115,7 @@ _OPS: Final[dict[str, ChangeOp]] = {
     "updated": "updated",
     "deleted": "deleted",
 }
+_DETAILS: Final[dict[str, ChangeDetail]] = {d: d for d in CHANGE_DETAILS}
 
 # KEYS[1] entity hash. ARGV: mode (create|update), expected etag ("" = none), doc, etag,
 # channel, event ("" = publish nothing).
@@ -299,9 +304,16 @@ class RedisStore:
         return f"{self._base}dev:{{{device_id}}}"
 
     def _message(self, event: ChangeEvent) -> str:
-        return _json(
-            {"o": self._node, "k": event.kind, "p": event.op, "n": event.name, "s": event.scope}
-        )
+        doc: dict[str, object] = {
+            "o": self._node,
+            "k": event.kind,
+            "p": event.op,
+            "n": event.name,
+            "s": event.scope,
+        }
+        if event.detail is not None:  # absent, not null: what older nodes sent
+            doc["d"] = event.detail
+        return _json(doc)
 
     def _emit(self, event: ChangeEvent) -> None:
         for callback in list(self._subscribers):
@@ -336,7 +348,11 @@ class RedisStore:
             return
         self._emit(
             ChangeEvent(
-                kind=kind, op=op, name=name, scope=scope if isinstance(scope, str) else None
+                kind=kind,
+                op=op,
+                name=name,
+                scope=scope if isinstance(scope, str) else None,
+                detail=_DETAILS.get(str(doc.get("d"))),  # unknown or absent: a plain update
             )
         )
 
@@ -571,6 +587,7 @@ class RedisStore:
                 kind="hybridConnection",
                 op="created" if existing is None else "updated",
                 name=record.name,
+                detail=status_detail(existing.status, record.status) if existing else None,
             ),
         )
         if status != "ok":
@@ -813,7 +830,9 @@ class RedisStore:
                 rule=rule,
                 quota=0,
                 needs_doc=scope is not None,
-                event=ChangeEvent(kind="rule", op="updated", name=current.name, scope=scope_name),
+                event=ChangeEvent(
+                    kind="rule", op="updated", name=current.name, scope=scope_name, detail="keys"
+                ),
             )
             self._scope_status(status, scope)
             return rule
@@ -863,7 +882,12 @@ class RedisStore:
                 expected=current.etag,
                 doc=record.to_json(),
                 etag=record.etag,
-                event=ChangeEvent(kind="device", op="updated", name=record.device_id),
+                event=ChangeEvent(
+                    kind="device",
+                    op="updated",
+                    name=record.device_id,
+                    detail=device_change_detail(current, record),
+                ),
             )
             if status != "ok":
                 raise _ChangedError
@@ -1005,13 +1029,14 @@ class RedisStore:
             if thumbprint is not None and current.thumbprint != thumbprint:
                 raise PreconditionFailedError("the certificate was replaced meanwhile")
             record = replace(current, etag=self._minter.etag(), **changes)  # type: ignore[arg-type]
+            detail: ChangeDetail = "verified" if changes.get("is_verified") else "verificationCode"
             status = await self._write_doc(
                 self._cert_hash(name),
                 mode="update",
                 expected=current.etag,
                 doc=record.to_json(),
                 etag=record.etag,
-                event=ChangeEvent(kind="certificate", op="updated", name=name),
+                event=ChangeEvent(kind="certificate", op="updated", name=name, detail=detail),
             )
             if status != "ok":
                 raise _ChangedError

@@ -47,6 +47,7 @@ from hybridrelay.relay.store.certificates import CaCertificate, stored_certifica
 from hybridrelay.relay.store.models import (
     MAX_RULES_PER_SCOPE,
     Authentication,
+    ChangeDetail,
     ChangeEvent,
     ChangeKind,
     ChangeOp,
@@ -69,12 +70,14 @@ from hybridrelay.relay.store.records import (
     config_hybrid_connections,
     config_namespace_rules,
     decode_continuation,
+    device_change_detail,
     encode_continuation,
     etag_matches,
     hc_key,
     new_device,
     replaced_device,
     same_settings,
+    status_detail,
     stored_hybrid_connection,
 )
 
@@ -362,9 +365,16 @@ class SqliteStore:
             raise UnavailableError("the store is closed")
         return self._db
 
-    def _publish(self, kind: ChangeKind, op: ChangeOp, name: str, scope: str | None = None) -> None:
+    def _publish(
+        self,
+        kind: ChangeKind,
+        op: ChangeOp,
+        name: str,
+        scope: str | None = None,
+        detail: ChangeDetail | None = None,
+    ) -> None:
         # Called on the worker after a commit; subscribers run on the loop, in order.
-        event = ChangeEvent(kind=kind, op=op, name=name, scope=scope)
+        event = ChangeEvent(kind=kind, op=op, name=name, scope=scope, detail=detail)
         self._loop.call_soon_threadsafe(self._emit, event)
 
     def _emit(self, event: ChangeEvent) -> None:
@@ -433,6 +443,8 @@ class SqliteStore:
                 f"store schema version {current} is newer than this relay "
                 f"(it knows up to {len(_MIGRATIONS)})",
             )
+        if 0 < current < len(_MIGRATIONS):
+            self._db_keep_before_migrating(db, current)
         for version in range(current, len(_MIGRATIONS)):
             with self._tx() as tx:
                 for statement in _MIGRATIONS[version]:
@@ -441,6 +453,23 @@ class SqliteStore:
                 tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
             log.info("store_migrated", extra={"path": self._path, "version": version + 1})
         return current == 0
+
+    def _db_keep_before_migrating(self, db: sqlite3.Connection, version: int) -> None:
+        # The way back from an upgrade: an older relay refuses the migrated file, so keep
+        # the file as it was (a consistent copy, 0600: it holds every key) next to it.
+        if self._path == ":memory:":
+            return
+        path = Path(self._path)
+        copy = path.with_name(f"{path.name}.v{version}.bak")
+        try:
+            open_private(copy, "wb").close()
+            with contextlib.closing(sqlite3.connect(copy)) as target:
+                db.backup(target)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                str(copy), "", f"cannot keep a copy of the store before migrating it: {exc}"
+            ) from exc
+        log.info("store_kept_before_migration", extra={"path": str(copy), "version": version})
 
     def _db_import_legacy(self, db: sqlite3.Connection) -> None:
         # The names MemoryStore persisted for auto-created hybrid connections.
@@ -673,7 +702,12 @@ class SqliteStore:
             record = stored_hybrid_connection(hc, existing=existing, minter=self._minter)
             self._upsert_hc(tx, record)
             self._refresh_scope(tx, key)
-        self._publish("hybridConnection", "created" if existing is None else "updated", record.name)
+        self._publish(
+            "hybridConnection",
+            "created" if existing is None else "updated",
+            record.name,
+            detail=status_detail(existing.status, record.status) if existing else None,
+        )
         return self._hcs[key], existing is None
 
     async def delete_hybrid_connection(
@@ -817,7 +851,7 @@ class SqliteStore:
             )
             self._upsert_rule(tx, scope_key, rule)
             self._refresh_scope(tx, scope_key)
-        self._publish("rule", "updated", rule.name, scope_name)
+        self._publish("rule", "updated", rule.name, scope_name, detail="keys")
         return rule
 
     # --- devices --------------------------------------------------------------------------
@@ -878,7 +912,9 @@ class SqliteStore:
                 ),
             )
         self._cache_device(record.device_id, record)
-        self._publish("device", "updated", record.device_id)
+        self._publish(
+            "device", "updated", record.device_id, detail=device_change_detail(current, record)
+        )
         return record
 
     async def delete_device(self, device_id: str, *, if_match: str) -> Device:
@@ -1048,5 +1084,6 @@ class SqliteStore:
                 raise PreconditionFailedError("the certificate was replaced meanwhile")
             record = replace(current, etag=self._minter.etag(), **changes)  # type: ignore[arg-type]
             self._write_certificate(tx, record)
-        self._publish("certificate", "updated", name)
+        detail: ChangeDetail = "verified" if changes.get("is_verified") else "verificationCode"
+        self._publish("certificate", "updated", name, detail=detail)
         return record
