@@ -523,6 +523,17 @@ def gaps_by_client(
     return longest
 
 
+def save_logs(directory: Path, containers: list[str]) -> None:
+    """Each container's log as ``NAME.log`` (kept after the run, for a failed CI job)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for container in containers:
+        done = subprocess.run(
+            ["podman", "logs", "-t", container],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        (directory / f"{container}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+
+
 def free_subnet_prefix() -> str:
     """A 172.28.N prefix no podman network uses (the compose file pins node addresses)."""
     names = podman("network", "ls", "--format", "{{.Name}}").split()
@@ -547,6 +558,10 @@ def check_compose(work: Path, cleanup: list[list[str]]) -> dict[str, Any]:
     # podman-compose >= 1.1 (PyPI): 1.0.3 (Debian bookworm) ignores network aliases.
     compose = [sys.executable, "-m", "podman_compose", "-p", project, "-f", str(COMPOSE_FILE)]
     cleanup.append([*compose, "down", "-t", "0"])
+    logs_dir = Path(
+        os.environ.get("CONTAINER_TEST_LOGS")
+        or Path(tempfile.gettempdir()) / "hybridrelay-container-test-logs"
+    )
     up = subprocess.run(
         [*compose, "up", "-d"], capture_output=True, text=True, env=env, timeout=300, check=False
     )
@@ -674,6 +689,7 @@ key_env = "SEND_KEY"
         for publisher in publishers:
             publisher.stop()
         subscriber.close()
+        save_logs(logs_dir, [forwarder, *(name(n) for n in (*NODES, "agent", "nginx"))])
 
     arrivals = list(subscriber.arrivals)
     result_clients = []
@@ -724,6 +740,7 @@ key_env = "SEND_KEY"
         "distinct": len({(c, s) for _, c, s in arrivals}),
         "paced_rate_per_s": PACED_RATE,
         "restarts": restarts,
+        "logs": str(logs_dir),
     }
 
 
