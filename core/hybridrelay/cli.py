@@ -158,6 +158,7 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
     ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
     ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
+    ("HYBRIDRELAY_WORKER_INDEX", "set by relay serve --workers for its worker processes"),
     (
         "HYBRIDRELAY_DEV_KEY",
         "the development key (relay serve without --config: else kept in DATA_DIR/dev-key;"
