@@ -329,6 +329,36 @@ def _attack(units: dict[str, Unit], quick: bool) -> list[Row]:
     return out
 
 
+def _workers(units: dict[str, Unit], quick: bool) -> list[Row]:
+    unit = units.get("workers")
+    figure = "Worker scaling, 2 workers vs 1"
+    if (row := _status_row("10", figure, unit, "reported")) or unit is None:
+        return [row] if row else []
+    r = unit["result"]
+    rates, bulk, ratios = r["connects_per_s"], r["bulk_mb_s"], r["ratios"]
+    load = r.get("loadavg_at_start") or [None]
+    note = f"load average {load[0]:.1f} at start" if load[0] is not None else ""
+    return [
+        Row(
+            section="10",
+            figure=f"Worker scaling: connects/s, c={r['concurrency']} ({r['rounds']} rounds)",
+            a="2 workers " + _range(rates["2"], "/s", 0),
+            b="1 worker " + _range(rates["1"], "/s", 0),
+            result=_range(ratios["connects_2_over_1"], digits=2),
+            target="reported",
+            note=f"{r['failed_connects']} failed; {note}".rstrip("; "),
+        ),
+        Row(
+            section="10",
+            figure=f"Worker scaling: bulk, {r['clients']} streams of 64 KiB messages",
+            a="2 workers " + _range(bulk["2"], "MB/s", 0),
+            b="1 worker " + _range(bulk["1"], "MB/s", 0),
+            result=_range(ratios["bulk_2_over_1"], digits=2),
+            target="reported",
+        ),
+    ]
+
+
 BUILDERS: Final[list[Callable[[dict[str, Unit], bool], list[Row]]]] = [
     _bulk,
     _nginx,
@@ -337,6 +367,7 @@ BUILDERS: Final[list[Callable[[dict[str, Unit], bool], list[Row]]]] = [
     _memory,
     _http,
     _attack,
+    _workers,
 ]
 
 
