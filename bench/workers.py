@@ -253,10 +253,17 @@ async def connects_round(
     return out
 
 
-async def bulk_round(url: str, key: str, n_clients: int, mib: int) -> dict[str, Any]:
+async def bulk_round(
+    relay: WorkersRelay, url: str, key: str, n_clients: int, mib: int
+) -> dict[str, Any]:
+    cpu0 = relay.cpu_seconds()
     done = await clients(url, key, n_clients, "bulk", ["--mib", str(mib)])
+    cpu1 = relay.cpu_seconds()
     total = sum(d["bytes"] for d in done)
-    return {"bytes": total, "mb_s": total / max(d["wall_s"] for d in done) / MB}
+    out: dict[str, Any] = {"bytes": total, "mb_s": total / max(d["wall_s"] for d in done) / MB}
+    if cpu0 is not None and cpu1 is not None:
+        out["relay_cpu_s_per_gb"] = (cpu1 - cpu0) / (total / 1e9)
+    return out
 
 
 def _cluster_config(directory: Path, key: str, redis_url: str, workers: int) -> Path:
@@ -302,11 +309,12 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
             rates: dict[int, list[float]] = {n: [] for n in MODES}
             cpu: dict[int, list[float]] = {n: [] for n in MODES}
             mb_s: dict[int, list[float]] = {n: [] for n in MODES}
+            cpu_gb: dict[int, list[float]] = {n: [] for n in MODES}
             failed = 0
             for rnd in range(args.rounds + 1):  # round 0 warms both up, unrecorded
                 for n in MODES:
                     c = await connects_round(relays[n], urls[n], key, args.clients, args.connects)
-                    b = await bulk_round(urls[n], key, args.clients, args.mib)
+                    b = await bulk_round(relays[n], urls[n], key, args.clients, args.mib)
                     if rnd == 0:
                         continue
                     failed += c["failed"]
@@ -314,6 +322,8 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
                     mb_s[n].append(b["mb_s"])
                     if "relay_cpu_us" in c:
                         cpu[n].append(c["relay_cpu_us"])
+                    if "relay_cpu_s_per_gb" in b:
+                        cpu_gb[n].append(b["relay_cpu_s_per_gb"])
                     print(
                         f"round {rnd} workers={n}: {c['rate']:.0f} connects/s,"
                         f" {b['mb_s']:.0f} MB/s",
@@ -325,6 +335,9 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
                 str(n): spread(cpu[n], 1) for n in MODES if cpu[n]
             }
             result["bulk_mb_s"] = {str(n): spread(mb_s[n], 1) for n in MODES}
+            result["relay_cpu_s_per_gb"] = {
+                str(n): spread(cpu_gb[n], 2) for n in MODES if cpu_gb[n]
+            }
             connect_ratio = paired(rates[2], rates[1])
             bulk_ratio = paired(mb_s[2], mb_s[1])
             result["ratios"] = {
