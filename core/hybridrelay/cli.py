@@ -1,4 +1,4 @@
-"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster.
+"""``hybridrelay``: relay serve | listen | forward | token | demo | admin | dev cluster | check.
 
 parse arguments -> load config -> lazy-import the component -> run it under
 one event loop (uvloop when installed) with SIGINT/SIGTERM wired to ``stop``.
@@ -32,6 +32,7 @@ from hybridrelay.errors import (
     ConfigError,
     EntityNotFoundError,
     InvalidAddressError,
+    MultiConfigError,
     UnavailableError,
 )
 from hybridrelay.logs import CLIENT, LISTENER, configure_logging
@@ -74,13 +75,21 @@ def _read_key(args: argparse.Namespace) -> str:
         try:
             return Path(args.key_file).read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(args.key_file, "", f"cannot read key file: {exc.strerror}") from exc
+            raise ConfigError(
+                "<command line>", "--key-file", f"cannot read {args.key_file}: {exc.strerror}"
+            ) from exc
     raise ConfigError("<command line>", "--key", "give --key, --key-env or --key-file")
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if getattr(args, "ca_file", None):
-        return ssl.create_default_context(cafile=args.ca_file)
+        try:
+            return ssl.create_default_context(cafile=args.ca_file)
+        except OSError as exc:  # ssl.SSLError too: not a PEM bundle
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "<command line>", "--ca-file", f"cannot read {args.ca_file}: {reason}"
+            ) from exc
     return None
 
 
@@ -351,11 +360,13 @@ def _parser() -> argparse.ArgumentParser:
         "--messages", type=int, default=5, metavar="N", help="messages to send (default 5)"
     )
 
+    from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
     from hybridrelay.devcluster import add_dev_parser
 
     add_admin_parser(sub)
     add_dev_parser(sub)
+    add_check_parser(sub)
     return parser
 
 
@@ -778,6 +789,12 @@ def _admin(args: argparse.Namespace) -> None:
     run_admin(args)
 
 
+def _check(args: argparse.Namespace) -> None:
+    from hybridrelay.check import run_check
+
+    run_check(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hybridrelay`` console script."""
     args = _parser().parse_args(argv)
@@ -792,11 +809,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "admin": _admin,
         "dev": _dev,
+        "check": _check,
     }
     try:
         commands[args.command](args)
     except ConfigError as exc:
-        print(f"hybridrelay: config error: {exc}", file=sys.stderr)
+        for error in exc.errors if isinstance(exc, MultiConfigError) else (exc,):
+            print(f"hybridrelay: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except EntityNotFoundError as exc:
         print(f"hybridrelay: {exc}", file=sys.stderr)
@@ -805,7 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridrelay: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the port is taken
-        print(f"hybridrelay: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hybridrelay: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

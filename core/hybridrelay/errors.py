@@ -12,6 +12,7 @@ docs/security.md's table), and the middleware counts it in
 
     HybridRelayError
     ├── ConfigError(path, key, reason)
+    │   └── MultiConfigError(errors)       several at once (every unknown key of a file)
     ├── ProtocolError                      400 / 1002
     │   ├── InvalidAddressError            400
     │   ├── InvalidMessageError            400 / 1002
@@ -45,6 +46,7 @@ other as ``Retry-After``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "InvalidAddressError",
     "InvalidMessageError",
     "ListenerConflictError",
+    "MultiConfigError",
     "NoListenerError",
     "PayloadTooBigError",
     "PreconditionFailedError",
@@ -109,6 +112,21 @@ class ConfigError(HybridRelayError):
         where = f"{path}: " if path else ""
         what = f"{key}: " if key else ""
         super().__init__(f"{where}{what}{reason}")
+
+
+class MultiConfigError(ConfigError):
+    """Several config mistakes found at once; ``errors`` holds each (at least one).
+
+    It reads as its first error (path, key, reason, str), so a caller that expects a
+    single ConfigError still sees a sensible one; the CLI prints every line.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("MultiConfigError needs at least one error")
+        first = errors[0]
+        super().__init__(first.path, first.key, first.reason)
+        self.errors = tuple(errors)
 
 
 class ProtocolError(HybridRelayError):
@@ -251,10 +269,13 @@ class RateLimitedError(HybridRelayError):
 class HandshakeError(HybridRelayError):
     """A WebSocket opening handshake got a non-101 answer (seen by clients)."""
 
-    def __init__(self, status: int, reason: str, body: str = "") -> None:
+    def __init__(
+        self, status: int, reason: str, body: str = "", *, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
-        self.body = body
+        self.body = body  # an excerpt: the first few KiB at most
+        self.headers: Mapping[str, str] = headers or {}  # names in lower case
         detail = f": {body}" if body else ""
         super().__init__(f"handshake failed with HTTP {status} {reason}{detail}")
 

@@ -106,6 +106,8 @@ def test_full_file_values() -> None:
     assert config.relay.max_head_line_size == 16384
     assert config.relay.max_control_message_size == 65536
     assert config.relay.event_subscriber_queue == 16
+    assert config.relay.metrics_listen == ("::1", 9180)
+    assert config.relay.max_metrics_hc_labels == 20
     mqtt = config.hybrid_connection("MQTT")
     assert mqtt is not None
     assert mqtt.max_listeners == 2

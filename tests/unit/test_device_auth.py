@@ -444,16 +444,20 @@ def _config(tmp_path: Path, relay: str, env: dict[str, str] | None = None) -> ob
 
 
 def test_client_cert_settings(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem", "x.pem"):  # the files must be readable
+        (tmp_path / name).write_text("x")
     tls = 'tls_cert = "c.pem"\ntls_key = "k.pem"\n'
     config = _config(tmp_path, tls + 'client_cert = "required"\nclient_ca_file = "ca.pem"')
     assert config.relay.client_cert == "required"  # type: ignore[attr-defined]
-    assert config.relay.client_ca_file == "ca.pem"  # type: ignore[attr-defined]
+    # Relative to the config file.
+    assert config.relay.client_ca_file == str(tmp_path / "ca.pem")  # type: ignore[attr-defined]
     default = _config(tmp_path, "")
     assert default.relay.client_cert == "none"  # type: ignore[attr-defined]
-    env = {"HYBRIDRELAY_CLIENT_CERT": "optional", "HYBRIDRELAY_CLIENT_CA_FILE": "x.pem"}
+    ca = str(tmp_path / "x.pem")
+    env = {"HYBRIDRELAY_CLIENT_CERT": "optional", "HYBRIDRELAY_CLIENT_CA_FILE": ca}
     overridden = _config(tmp_path, tls, env)
     assert overridden.relay.client_cert == "optional"  # type: ignore[attr-defined]
-    assert overridden.relay.client_ca_file == "x.pem"  # type: ignore[attr-defined]
+    assert overridden.relay.client_ca_file == ca  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -61,11 +62,14 @@ def test_apps_import_connect_from_client() -> None:
     assert callable(connect)
 
 
-def test_example_relay_config_loads() -> None:
-    from pathlib import Path
-
+def test_example_relay_config_loads(tmp_path: Path) -> None:
     from hybridrelay.relay.config import load_relay_config
 
-    config = load_relay_config(Path(__file__).parents[2] / "deploy" / "relay.example.toml", {})
+    # Its TLS files live under /etc/hybridrelay on a real host: stand-ins from the environment.
+    env = {"HYBRIDRELAY_TLS_CERT": str(tmp_path / "cert.pem")}
+    env["HYBRIDRELAY_TLS_KEY"] = str(tmp_path / "key.pem")
+    for name in env.values():
+        Path(name).write_text("x")
+    config = load_relay_config(Path(__file__).parents[2] / "deploy" / "relay.example.toml", env)
     assert config.relay.public_url == "wss://relay.example.com"
     assert config.hybrid_connections[0].name == "mqtt"

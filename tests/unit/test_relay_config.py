@@ -78,13 +78,17 @@ def test_minimal(tmp_path: Path) -> None:
 
 
 def test_full(tmp_path: Path) -> None:
+    # The TLS files must be readable; written relative, they are the config file's neighbours.
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "cert.pem").write_text("cert")
+    (tmp_path / "key.pem").write_text("key")
     text = f"""
 [relay]
 host = "0.0.0.0"
 port = 8443
 public_url = "wss://relay.example.com:8443"
-tls_cert = "/etc/relay/cert.pem"
-tls_key = "/etc/relay/key.pem"
+tls_cert = "tls/cert.pem"
+tls_key = "{tmp_path / "key.pem"}"
 data_dir = "/var/lib/relay"
 auto_create = true
 max_listeners_per_hc = 7
@@ -112,8 +116,8 @@ rights = ["Send"]
         host="0.0.0.0",
         port=8443,
         public_url="wss://relay.example.com:8443",
-        tls_cert="/etc/relay/cert.pem",
-        tls_key="/etc/relay/key.pem",
+        tls_cert=str(tmp_path / "tls" / "cert.pem"),
+        tls_key=str(tmp_path / "key.pem"),
         data_dir="/var/lib/relay",
         auto_create=True,
         max_listeners_per_hc=7,

@@ -38,12 +38,21 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.config import (
+    Field,
+    Schema,
+    Secret,
+    Table,
+    load_toml,
+    resolve_path,
+    unknown_keys_first,
+)
 from hybridrelay.credentials import device_from_table
 from hybridrelay.protocol.device_sas import DeviceTokenProvider
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 
 __all__ = [
+    "FORWARD_SCHEMA",
     "BindingConfig",
     "ForwardConfig",
     "is_loopback",
@@ -152,9 +161,46 @@ def load_forward_config(path: str | Path, env: Mapping[str, str] | None = None) 
     Raises:
         ConfigError: The file is unreadable or invalid; names the file, key and reason.
     """
-    source = str(path)
     environ = os.environ if env is None else env
-    root = Table(load_toml(path), path=source, prefix="")
+    data = load_toml(path)
+    return unknown_keys_first(
+        data, FORWARD_SCHEMA, str(path), lambda: _forward_config(str(path), data, environ)
+    )
+
+
+# Every key each table knows (unknown_keys_first), and which name files.
+FORWARD_SCHEMA: Final = Schema.of(
+    "relay",
+    "allow_public_bind",
+    "ping_interval",
+    "open_timeout",
+    "udp_idle_timeout",
+    "udp_max_flows",
+    ca_file=Field.FILE,
+    bindings=Schema.of(
+        "local",
+        "hc",
+        "key_name",
+        "key",
+        "key_env",
+        "headers",
+        "ping_interval",
+        "open_timeout",
+        "udp_idle_timeout",
+        "udp_max_flows",
+        "device_id",
+        "device_key",
+        "device_key_env",
+        key_file=Field.FILE,
+        device_key_file=Field.FILE,
+    ),
+)
+
+
+def _forward_config(
+    source: str, data: dict[str, object], environ: Mapping[str, str]
+) -> ForwardConfig:
+    root = Table(data, path=source, prefix="")
     file_relay = root.get_str("relay")  # read even when overridden: it is a known key
     relay = root.env_override("relay", environ) or file_relay
     if not relay:
@@ -168,11 +214,9 @@ def load_forward_config(path: str | Path, env: Mapping[str, str] | None = None) 
         raise root.error("relay", "must be a ws:// or wss:// URL")
     if relay_parts.query or relay_parts.fragment:
         raise root.error("relay", "must not have a query or fragment")
-    ca_file = root.get_str("ca_file")
-    if ca_file is not None:
-        ca_file = str(_relative(source, ca_file))
-        if relay_parts.scheme != "wss":
-            raise root.error("ca_file", "only applies to a wss:// relay")
+    if root.has("ca_file") and relay_parts.scheme != "wss":
+        raise root.error("ca_file", "only applies to a wss:// relay")
+    ca_file = root.get_file("ca_file")
     allow_public = root.get_bool("allow_public_bind", default=False)
     ping_default = root.get_float("ping_interval", 10.0, minimum=0.0, maximum=3600.0)
     open_default = root.get_float("open_timeout", 30.0, minimum=0.1, maximum=600.0)
@@ -287,7 +331,7 @@ def _key(table: Table, source: str, env: Mapping[str, str]) -> Secret | None:
             raise table.error("key", "must not be empty")
         return Secret(key)
     if key_file is not None:
-        file = _relative(source, key_file)
+        file = resolve_path(source, key_file)
         try:
             value = file.read_text("utf-8").strip()
         except OSError as exc:
@@ -303,8 +347,3 @@ def _key(table: Table, source: str, env: Mapping[str, str]) -> Secret | None:
             raise table.error("key_env", f"environment variable {key_env} is not set")
         return Secret(value)
     return None
-
-
-def _relative(source: str, name: str) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else Path(source).parent / path

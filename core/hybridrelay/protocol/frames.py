@@ -46,6 +46,7 @@ __all__ = [
     "encode_close_payload",
     "encode_frame",
     "encode_frame_header",
+    "is_valid_close_code",
     "parse_close_payload",
 ]
 
@@ -117,7 +118,8 @@ def encode_frame(*, fin: bool, opcode: int, payload: bytes, mask: bytes | None =
     return header + payload
 
 
-def _valid_close_code(code: int) -> bool:
+def is_valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame (never 1005, 1006 or 1015)."""
     # RFC 6455 §7.4: 1000-1003, 1007-1011 (and the later 1012-1014) or 3000-4999.
     return code in {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014} or (
         3000 <= code <= 4999
@@ -131,7 +133,7 @@ def parse_close_payload(payload: bytes) -> tuple[int, str]:
     if len(payload) == 1:
         raise FrameError(1002, "close frame with a 1-byte payload")
     (code,) = struct.unpack_from("!H", payload)
-    if not _valid_close_code(code):
+    if not is_valid_close_code(code):
         raise FrameError(1002, f"invalid close code {code}")
     try:
         reason = payload[2:].decode("utf-8")

@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.config import (
+    Field,
+    Schema,
+    Secret,
+    Table,
+    load_toml,
+    resolve_path,
+    unknown_keys_first,
+)
 from hybridrelay.credentials import device_from_table
 from hybridrelay.errors import ConfigError
 from hybridrelay.listener.targets import parse_target
@@ -62,6 +70,7 @@ from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE
 
 __all__ = [
+    "AGENT_SCHEMA",
     "TARGET_SCHEMES",
     "AgentConfig",
     "HookSpec",
@@ -287,9 +296,7 @@ def _key(table: Table, base: Path, env: Mapping[str, str]) -> Secret:
         if not secret:
             raise table.error("key_env", f"environment variable {value} is not set")
         return Secret(secret)
-    path = Path(value)
-    if not path.is_absolute():
-        path = base / path
+    path = resolve_path(table.source, value)
     try:
         secret = path.read_text("utf-8").strip()
     except OSError as exc:
@@ -460,9 +467,54 @@ def load_agent_config(
             file, the key and the reason.
     """
     env = os.environ if env is None else env
+    raw = load_toml(path)
+    return unknown_keys_first(
+        raw, AGENT_SCHEMA, str(path), lambda: _agent_config(path, raw, env, hostname)
+    )
+
+
+# Every key each table knows (unknown_keys_first), and which name files.
+AGENT_SCHEMA: Final = Schema.of(
+    "relay",
+    "relays",
+    "agent_id",
+    "ping_interval",
+    "drain_timeout",
+    "status",
+    "allow_public_status",
+    "rendezvous_hosts",
+    "max_message_size",
+    "log_level",
+    ca_file=Field.FILE,
+    mappings=Schema.of(
+        "hc",
+        "target",
+        "key_name",
+        "key",
+        "key_env",
+        "connections",
+        "max_streams",
+        "connect_timeout",
+        "request_timeout",
+        "max_target_connections",
+        "udp_idle_timeout",
+        "device_id",
+        "device_key",
+        "device_key_env",
+        key_file=Field.FILE,
+        device_key_file=Field.FILE,
+        allow_headers=Field.FREE,
+        hooks=Schema.of("path", args=Field.FREE),
+    ),
+)
+
+
+def _agent_config(
+    path: str | Path, raw: dict[str, object], env: Mapping[str, str], hostname: str | None
+) -> AgentConfig:
     source = str(path)
     base = Path(path).parent
-    data = _env_overrides(load_toml(path), env)
+    data = _env_overrides(raw, env)
     top = Table(data, path=source, prefix="")
     relays = _relays(top)
     agent_id = top.get_str("agent_id")
@@ -478,12 +530,7 @@ def load_agent_config(
             status = parse_status_address(status_text, allow_public=allow_public)
         except ValueError as exc:
             raise top.error("status", str(exc)) from exc
-    ca_file = top.get_str("ca_file")
-    if ca_file is not None:
-        ca_path = Path(ca_file) if Path(ca_file).is_absolute() else base / ca_file
-        if not ca_path.is_file():
-            raise top.error("ca_file", f"{ca_path} is not a readable file")
-        ca_file = str(ca_path)
+    ca_file = top.get_file("ca_file")
     rendezvous_hosts = _rendezvous_hosts(top)
     max_message_size = top.get_int(
         "max_message_size", DEFAULT_MAX_SIZE, minimum=CONTROL_MESSAGE_LIMIT, maximum=1 << 30

@@ -54,7 +54,7 @@ def create_app(
         middlewares=[error_middleware, rate_limit_middleware],
         client_max_size=relay.max_management_body_size,
     )
-    m = metrics_ or RelayMetrics()
+    m = metrics_ or RelayMetrics(max_hc_labels=relay.max_metrics_hc_labels)
     state = RelayState(
         config=config,
         store=store,
@@ -74,12 +74,14 @@ def create_app(
         ),
     )
     app[STATE] = state
+    m.cluster_available = lambda: state.cluster.unavailable_reason() is None
     watch_remote_listeners(state)
     app[METRICS_KEY] = m
     app[REACTIONS] = Reactions(state)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    if relay.metrics_listen is None:  # else only on that address (serve.py)
+        app.router.add_get("/metrics", metrics)
     add_mgmt_routes(app.router)  # /$mgmt/v1: before the catch-all
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_lifecycle)

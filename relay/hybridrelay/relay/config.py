@@ -6,6 +6,11 @@ the URLs that lifecycle events are POSTed to (issue 5; see ``mgmt/events.py``).
 
 Parsed, completed, validated, then frozen (style §3.6). ``HYBRIDRELAY_{KEY}``
 environment variables override the ``[relay]`` keys (``HYBRIDRELAY_PORT=9000``).
+Relative paths written in the file (``tls_cert``, ``tls_key``, ``client_ca_file``,
+``data_dir``, JWT key files) resolve against the file's directory and the files must
+be readable (an error names the key and the OS's reason); paths from the environment
+resolve against the working directory. Unknown keys are reported first
+(:data:`RELAY_SCHEMA`).
 Without a file, :func:`development_config` gives the embedded default: one
 namespace rule with a fresh random key, hybrid connections created on first
 listen.
@@ -18,12 +23,21 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from hybridrelay.config import Secret, Table, load_toml
+from hybridrelay.config import (
+    Field,
+    Schema,
+    Secret,
+    Table,
+    load_toml,
+    readable_file,
+    resolve_path,
+    unknown_keys_first,
+)
 from hybridrelay.errors import ConfigError
 from hybridrelay.protocol.codes import (
     CONTROL_MESSAGE_LIMIT,
@@ -41,6 +55,7 @@ from hybridrelay.relay.jwt_auth import (
 
 __all__ = [
     "DEV_RULE_NAME",
+    "RELAY_SCHEMA",
     "WEBHOOK_EVENTS",
     "ClientCertMode",
     "ClusterConfig",
@@ -262,6 +277,13 @@ class RelaySettings:
     # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
     # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
     allow_placeholder_keys: bool = False
+    # Serve /metrics (and /healthz, /readyz) on this HOST:PORT of its own, plain HTTP, and
+    # no longer on the public port: what the relay counts is for its operator, not for
+    # the internet. None: /metrics stays on the public port, as before.
+    metrics_listen: tuple[str, int] | None = None
+    # Hybrid connections given their own hc="..." label in the per-entity metrics; the
+    # rest share hc="_other", so the exposition stays bounded however many there are.
+    max_metrics_hc_labels: int = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -536,6 +558,8 @@ _ENV_TYPES: Mapping[str, type] = {
     "event_history": int,
     "event_subscriber_queue": int,
     "allow_placeholder_keys": bool,
+    "metrics_listen": str,
+    "max_metrics_hc_labels": int,
 }
 
 
@@ -607,6 +631,18 @@ def _networks(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ..
         except ValueError as exc:
             raise table.error(key, f"{value!r} is not an IP network (CIDR)") from exc
     return values
+
+
+def _host_port(table: Table, key: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT`` too; port 0: any free port), or None when unset."""
+    text = table.get_str(key)
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise table.error(key, f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9180")
+    return host, int(port)
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -709,6 +745,10 @@ def _settings(table: Table) -> RelaySettings:
             "event_subscriber_queue", d.event_subscriber_queue, minimum=1, maximum=1_000_000
         ),
         allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
+        metrics_listen=_host_port(table, "metrics_listen"),
+        max_metrics_hc_labels=table.get_int(
+            "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000
+        ),
     )
     table.reject_unknown()
     if (s.tls_cert is None) != (s.tls_key is None):
@@ -783,16 +823,117 @@ def _cluster(top: Table, env: Mapping[str, str]) -> ClusterConfig | None:
     return ClusterConfig(redis_url=url, prefix=prefix, node_id=node_id, presence_ttl=presence_ttl)
 
 
+_RULE_SCHEMA: Final = Schema.of("name", "key", "secondary_key", "rights")
+# Every key each table knows (unknown_keys_first), and which name files. [relay] is
+# every RelaySettings field and every key with an environment override (all of them).
+_PATH_KEYS: Final[Mapping[str, Field]] = {
+    "tls_cert": Field.FILE,
+    "tls_key": Field.FILE,
+    "client_ca_file": Field.FILE,
+    "data_dir": Field.DIR,
+}
+RELAY_SCHEMA: Final = Schema.of(
+    relay=Schema(
+        {
+            **dict.fromkeys((f.name for f in fields(RelaySettings)), Field.VALUE),
+            **dict.fromkeys(_ENV_TYPES, Field.VALUE),
+            **_PATH_KEYS,
+        }
+    ),
+    rules=_RULE_SCHEMA,
+    hybrid_connections=Schema.of(
+        "name",
+        "requires_client_authorization",
+        "http",
+        "max_listeners",
+        "request_timeout",
+        rules=_RULE_SCHEMA,
+    ),
+    jwt_issuers=Schema.of(
+        "issuer",
+        "audience",
+        "algorithms",
+        "leeway",
+        "rights_claim",
+        "jwks_url",
+        public_keys=Field.FILES,
+        jwks_file=Field.FILE,
+    ),
+    webhooks=Schema.of(
+        "url",
+        "secret_header",
+        "secret",
+        "events",
+        "max_attempts",
+        "retry_base_delay",
+        "retry_max_delay",
+        "timeout",
+        "queue_size",
+    ),
+    cluster=Schema.of("redis_url", "prefix", "node_id", "presence_ttl"),
+)
+
+
+def _resolve_files(
+    settings: RelaySettings,
+    source: str | None,
+    in_file: Mapping[str, object],
+    env: Mapping[str, str],
+) -> RelaySettings:
+    """Resolve the [relay] paths and check the files can be read.
+
+    A path written in the file is relative to the file's directory; one from the
+    environment (or the built-in ``data_dir`` default) to the working directory. A
+    file that cannot be read is named with its key: ``relay.tls_cert: cannot read
+    /etc/tls/cert.pem: No such file or directory``.
+    """
+    resolved: dict[str, str | None] = {}
+    for key, kind in _PATH_KEYS.items():
+        value: str | None = getattr(settings, key)
+        resolved[key] = value
+        env_name = f"HYBRIDRELAY_{key.upper()}"
+        if not value:
+            continue
+        if env_name in env:
+            path, where = Path(value), ("<environment>", env_name)
+        elif source is not None and key in in_file:
+            path, where = resolve_path(source, value), (source, f"relay.{key}")
+        else:
+            continue  # the built-in data_dir default: the working directory's
+        if kind is Field.FILE:
+            why = readable_file(path)
+        else:
+            why = f"{path} is not a directory" if path.exists() and not path.is_dir() else None
+        if why:
+            raise ConfigError(*where, why)
+        resolved[key] = str(path)
+    return replace(
+        settings,
+        tls_cert=resolved["tls_cert"],
+        tls_key=resolved["tls_key"],
+        client_ca_file=resolved["client_ca_file"],
+        data_dir=resolved["data_dir"] or settings.data_dir,
+    )
+
+
 def load_relay_config(path: str | Path, env: Mapping[str, str] | None = None) -> RelayConfig:
-    """Load, validate and freeze a relay config file; raises ConfigError."""
+    """Load, validate and freeze a relay config file; raises ConfigError.
+
+    Unknown keys are reported first, all at once, with did-you-mean suggestions.
+    """
     env = os.environ if env is None else env
     data = load_toml(path)
+    return unknown_keys_first(data, RELAY_SCHEMA, str(path), lambda: _relay_config(path, data, env))
+
+
+def _relay_config(path: str | Path, data: dict[str, object], env: Mapping[str, str]) -> RelayConfig:
     top = Table(data, path=str(path), prefix="")
     relay_raw = data.get("relay", {})
     if not isinstance(relay_raw, dict):
         raise top.error("relay", "must be a table")
     top._get("relay")
     settings = _settings(Table(_env_overrides(relay_raw, env), path=str(path), prefix="relay"))
+    settings = _resolve_files(settings, str(path), relay_raw, env)
     rules = [_rule(t) for t in top.tables("rules")]
     _check_unique_rules(rules, top, "rules")
     hcs = [
@@ -873,7 +1014,7 @@ def development_config(
     """
     env = os.environ if env is None else env
     table = Table(_env_overrides({"auto_create": True}, env), path="<defaults>", prefix="relay")
-    settings = _settings(table)
+    settings = _resolve_files(_settings(table), None, {}, env)
     key = key or env.get("HYBRIDRELAY_DEV_KEY") or secrets.token_urlsafe(32)
     rule = RuleConfig(
         name=DEV_RULE_NAME, key=Secret(key), rights=Rights.LISTEN | Rights.SEND | Rights.MANAGE

@@ -48,7 +48,7 @@ from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import LISTENER_GONE, SPLICED, PendingConnect
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
-from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
 from hybridrelay.relay.store.records import encode_continuation, hc_key
@@ -198,6 +198,8 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     if not probe:
         parse_client_handshake(request.method, request.headers)
     hc, unsaved = await _listener_entity(state, addr)
+    if not unsaved:  # a name that is not an entity yet never becomes a metric label
+        request[HC_NAME] = hc.name
     token = _token(request, addr)
     creds = await device_auth.credentials(request, state.store, token)
     # Authenticate before anything is written: an anonymous or badly signed listen must
@@ -282,7 +284,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     try:
         await ws.prepare(request)
         state.channels.add(channel)
-        state.metrics.listeners.inc()
+        listener_stats = state.metrics.listener_connected(hc.name)
         clog.info("listener_connected", extra={"rule": principal.rule})
         state.events.publish_listener(True, hc.name, listener_id, creds.device)
         try:
@@ -292,7 +294,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
                 code = await channel.run()
         finally:
             state.channels.discard(channel)
-            state.metrics.listeners.dec()
+            state.metrics.listener_disconnected(listener_stats)
             state.events.publish_listener(False, hc.name, listener_id, creds.device)
             _fail_requests_of(state, channel)
             _release_senders_of(state, channel)
@@ -308,6 +310,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
     loop = asyncio.get_running_loop()
     started = loop.time()
     hc, suffix = await _resolve(state, addr)
+    request[HC_NAME] = hc.name
     if hc.http is True:
         # Its listeners are HTTP-only; hyco-https crashes on an accept (HC Part 2 §5.2).
         raise EntityNotFoundError("this hybrid connection serves HTTP requests only")
@@ -485,8 +488,7 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
     handle = pending.handle
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
-    metrics.connections.inc()
-    metrics.active_connections.inc()
+    stats = metrics.stream_started(pending.hc_name)
     state.splices.add(splice)
     if handle is not None:
         state.cluster.stream_started(handle)
@@ -495,8 +497,7 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
         state.splices.discard(splice)
         if handle is not None:
             state.cluster.stream_ended(handle)
-        metrics.active_connections.dec()
-        metrics.count_bytes(up, down)
+        metrics.stream_finished(stats, up, down)
 
     splice.on_finish = finished
 

@@ -1,13 +1,18 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (it takes new work), plus ``/metrics``."""
+"""``/healthz`` (the process answers) and ``/readyz`` (it takes new work), plus ``/metrics``.
+
+They are routes of the relay's public application; with ``[relay] metrics_listen``,
+:func:`metrics_app` serves all three on that address instead (``/metrics`` leaves the
+public port, the probes stay on both: balancers probe the public one).
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hybridrelay.relay.state import STATE
+from hybridrelay.relay.state import STATE, RelayState
 
-__all__ = ["healthz", "metrics", "readyz"]
+__all__ = ["healthz", "metrics", "metrics_app", "readyz"]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -32,3 +37,14 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def metrics_app(state: RelayState) -> web.Application:
+    """The small application of the metrics address: ``/metrics``, ``/healthz``, ``/readyz``."""
+    # GET only, no bodies read: the smallest client_max_size aiohttp allows is plenty.
+    app = web.Application(client_max_size=1024)
+    app[STATE] = state
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

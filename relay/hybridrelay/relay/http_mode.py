@@ -69,7 +69,7 @@ from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import BodyPipe, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import LIMIT_QUEUED_CONTROL, take_over
-from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.models import ensure_enabled
 
 __all__ = [
@@ -212,6 +212,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         raise EntityNotFoundError("Endpoint does not exist.")
     hc, suffix = found
     ensure_enabled(hc)
+    request[HC_NAME] = hc.name
     if hc.http is False:
         raise EntityNotFoundError("HTTP relaying is disabled for this hybrid connection")
     token, from_authorization = _token(request, target.token, hc.requires_client_authorization)
@@ -391,7 +392,7 @@ async def _stream_response(
     status = response.status_code
     reason = _reason(response.status_description)
     headers, sent = _response_headers(response, _via(state))
-    state.metrics.http_requests.labels(str(status)).inc()
+    state.metrics.http_answered(pending.hc_name, status)
     whole = pending.body.take_all() if response.body else None
     if whole is not None:
         # The body came whole (inline, HC §4): answer with a Content-Length, not chunks.

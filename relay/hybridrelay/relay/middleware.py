@@ -20,6 +20,7 @@ from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.admission import FrontDoorProtocol
 from hybridrelay.relay.http_mode import MethodNotAllowedError
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.state import HC_NAME
 
 __all__ = ["ACTION_KEY", "METRICS_KEY", "error_middleware", "error_response"]
 
@@ -122,4 +123,4 @@ def _limit_refusal(request: web.Request, response: web.Response, exc: HybridRela
 def _count(request: web.Request, status: int) -> None:
     metrics = request.app.get(METRICS_KEY)
     if metrics is not None:
-        metrics.rejections.labels(str(status), _action(request)).inc()
+        metrics.rejected(status, _action(request), request.get(HC_NAME))

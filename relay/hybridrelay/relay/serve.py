@@ -33,10 +33,13 @@ from hybridrelay.relay.config import (
     refuse_placeholder_keys,
 )
 from hybridrelay.relay.hc_endpoints import shutdown_connections
-from hybridrelay.relay.state import STATE
+from hybridrelay.relay.health import metrics_app
+from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.redis import RedisStore
 from hybridrelay.relay.store.sqlite import SqliteStore
+from hybridrelay.relay.tls_expiry import observe_certificates
 from hybridrelay.relay.tls_reload import CertificateReloader
 
 __all__ = ["run", "tls_context", "worker_url"]
@@ -67,17 +70,27 @@ def tls_context(
     an anchor here, never vouches for anyone but itself.
 
     Raises:
-        ConfigError: ``client_ca_file`` cannot be read or holds no certificate.
+        ConfigError: the certificate or key cannot be loaded, or ``client_ca_file``
+            cannot be read or holds no certificate.
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:  # a bad PEM, a key that is not the certificate's
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            "", "relay.tls_cert", f"cannot load {cert} with the key {key}: {reason}"
+        ) from exc
     if client_cert != "none":
         if not client_ca_file:
             raise ConfigError("", "relay.client_ca_file", "required with client_cert")
         try:
             ctx.load_verify_locations(cafile=client_ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(client_ca_file, "relay.client_ca_file", str(exc)) from exc
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                "", "relay.client_ca_file", f"cannot load {client_ca_file}: {reason}"
+            ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
@@ -172,6 +185,58 @@ async def open_cluster(config: RelayConfig) -> ClusterState | None:
     )
 
 
+def _loaded(
+    metrics: RelayMetrics,
+    settings: RelaySettings,
+    follow: Callable[[ssl.SSLContext], None] | None,
+    context: ssl.SSLContext,
+) -> None:
+    """A reloaded TLS context is about to serve: trust follows it, the expiry gauge too."""
+    if follow is not None:
+        follow(context)
+    observe_certificates(metrics, settings)
+
+
+async def _serve_metrics(
+    state: RelayState, address: tuple[str, int], front_door: FrontDoor
+) -> web.AppRunner:
+    """Serve :func:`metrics_app` on ``address`` (``[relay] metrics_listen``), plain HTTP.
+
+    Its connections pass the same front door as the public port's (head deadline, per-IP
+    caps), so a metrics address reachable by others is no easier to exhaust.
+    """
+    s = state.config.relay
+    runner = web.AppRunner(
+        metrics_app(state),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=_FINAL_CLOSE_S,
+        keepalive_timeout=s.keepalive_timeout,
+        max_line_size=s.max_head_line_size,
+        max_field_size=s.max_head_line_size,
+        max_headers=s.max_headers,
+    )
+    await runner.setup()
+    try:
+        site = FrontDoorSite(runner, address[0], address[1], front_door=front_door)
+        await site.start()
+    except BaseException as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):  # in use, not an address of this host: name the key
+            raise ConfigError(
+                state.config.source,
+                "relay.metrics_listen",
+                f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}",
+            ) from exc
+        raise
+    sockets = getattr(site._server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else address[1]
+    state.metrics_address = (address[0], port)
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    log.info("metrics_listening", extra={"url": f"http://{host}:{port}/metrics"})
+    return runner
+
+
 async def run(
     config: RelayConfig,
     stop: asyncio.Event,
@@ -199,13 +264,16 @@ async def run(
     if allowed:
         log.warning("placeholder_keys_allowed", extra={"keys": ",".join(allowed)})
     # Before anything is opened: a bad certificate or CA file fails the start cleanly.
-    ssl_ctx = (
-        tls_context(
-            s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+    try:
+        ssl_ctx = (
+            tls_context(
+                s.tls_cert, s.tls_key, client_cert=s.client_cert, client_ca_file=s.client_ca_file
+            )
+            if s.tls_cert and s.tls_key
+            else None
         )
-        if s.tls_cert and s.tls_key
-        else None
-    )
+    except ConfigError as exc:
+        raise ConfigError(config.source, exc.key, exc.reason) from exc
     if config.cluster is not None and config.cluster.node_id is None:
         # One name for this node in the store's change events and in listener presence.
         config = replace(config, cluster=replace(config.cluster, node_id=secrets.token_hex(8)))
@@ -217,6 +285,7 @@ async def run(
         await store.close()
         raise
     app = create_app(config, store=store, cluster=cluster)
+    observe_certificates(app[STATE].metrics, s)
     reloader: CertificateReloader | None = None
     if ssl_ctx is not None:
         follow: Callable[[ssl.SSLContext], None] | None = None
@@ -230,7 +299,7 @@ async def run(
             s,
             ssl_ctx,
             build=_tls_context_of,
-            on_context=follow,
+            on_context=functools.partial(_loaded, app[STATE].metrics, s, follow),
             counter=app[STATE].metrics.tls_reloads,
         )
     if on_app is not None:
@@ -260,7 +329,14 @@ async def run(
         reuse_port=worker_index is not None,
     )
     await site.start()
+    metrics_runner: web.AppRunner | None = None
     try:
+        if s.metrics_listen is not None:
+            metrics_at = s.metrics_listen
+            if worker_index is not None and metrics_at[1]:
+                # Each worker its own metrics: worker i on metrics_listen's port + i.
+                metrics_at = (metrics_at[0], metrics_at[1] + worker_index)
+            metrics_runner = await _serve_metrics(app[STATE], metrics_at, front_door)
         port = _bound_port(site, s.port)
         state = app[STATE]
         state.config = complete(replace(config), port)
@@ -335,4 +411,6 @@ async def run(
         ]
         if handlers:
             await asyncio.wait(handlers, timeout=_FINAL_CLOSE_S)
+        if metrics_runner is not None:  # last: scrapes see the drain through
+            await metrics_runner.cleanup()
         log.info("relay_stopped")

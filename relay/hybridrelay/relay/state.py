@@ -24,7 +24,7 @@ from hybridrelay.relay.store.base import Store
 if TYPE_CHECKING:
     from hybridrelay.relay.mgmt.events import EventHub
 
-__all__ = ["STATE", "RelayState"]
+__all__ = ["HC_NAME", "STATE", "RelayState"]
 
 
 def _event_hub() -> EventHub:
@@ -52,6 +52,8 @@ class RelayState:
     )
     tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
+    # Where /metrics is served when [relay] metrics_listen moves it off the public port.
+    metrics_address: tuple[str, int] | None = None
     events: EventHub = field(default_factory=_event_hub)
     # token_hosts, worked out once per (public_url, public_hosts): it is read per handshake.
     _token_hosts: tuple[tuple[str, tuple[str, ...]], frozenset[str]] | None = field(
@@ -96,3 +98,6 @@ class RelayState:
 
 
 STATE: Final = web.AppKey("hybridrelay_state", RelayState)
+# The existing hybrid connection a request was found to address: its refusals are counted
+# under that name (RelayMetrics.rejected). Never set for a name that is not an entity.
+HC_NAME: Final = web.RequestKey("hybridrelay_hc_name", str)

@@ -73,6 +73,10 @@ def check_workers(config: RelayConfig, source: str) -> None:
         )
     if s.worker_port and s.worker_port + s.workers - 1 > 65535:
         raise ConfigError(source, "relay.worker_port", "worker_port + workers - 1 exceeds 65535")
+    if s.metrics_listen is not None and s.metrics_listen[1] + s.workers - 1 > 65535:
+        raise ConfigError(
+            source, "relay.metrics_listen", "its port + workers - 1 exceeds 65535 (one per worker)"
+        )
 
 
 def worker_ready_line(index: int, node_id: str, rendezvous_url: str, ready_line: str) -> str:

@@ -1,0 +1,765 @@
+"""One WebSocket connection, sans-I/O: bytes in, events out, bytes to send (RFC 6455).
+
+Every WebSocket rule the project needs is decided here once: masking per role, the
+control-frame limits, ping answered with pong, the closing handshake with half-close
+(Hybrid Connections, HC Part 1 §5), failing the connection with the right close code,
+the size of reassembled messages, UTF-8 of text, and when to stop reading a peer that
+does not read what it is sent. The glue around it (an :class:`asyncio.Protocol`) only
+moves bytes and obeys :attr:`Connection.wants_read`; it never reads a frame itself.
+
+Use::
+
+    conn = Connection(Role.SERVER, streaming=True)
+    for event in conn.receive_data(data):   # one batch per read
+        ...
+    transport.writelines(conn.data_to_send())
+
+The framing is :class:`~hybridrelay.protocol.frames.FrameParser`; this class is its sink.
+
+States and what each allows (h11 style). "send data" is :meth:`Connection.send_message`,
+:meth:`~Connection.send_frame` and the start of a :meth:`~Connection.forward`; the rest of
+a forwarded frame already started always goes out, so a frame is never cut in two.
+
+============== ===================== ================================= ================
+state          receiving             sending                           next state on
+============== ===================== ================================= ================
+OPEN           every frame parsed;   data, ping, close                 our close: CLOSE_SENT;
+               ping answered (pong)                                    peer's close: CLOSE_RECEIVED
+                                                                       (CLOSED with auto_close_echo)
+CLOSE_SENT     every frame parsed;   nothing (ConnectionClosedError)   peer's close: CLOSED
+               pings not answered
+CLOSE_RECEIVED nothing: bytes after  data, ping, close (half-close,    our close: CLOSED
+               the close are dropped HC §5)
+CLOSED         nothing               nothing                           (final)
+============== ===================== ================================= ================
+
+From any state but CLOSED: a frame that breaks the protocol fails the connection: our
+close frame with the code (1002 protocol, 1007 bad UTF-8, 1009 too big) goes out unless
+one went out already, nothing more is parsed, a :class:`Failed` event says why, and the
+state is CLOSED. End of stream (:meth:`~Connection.receive_eof`) makes the state CLOSED;
+before the peer's close frame it is an abnormal closure (:class:`ConnectionLost`, 1006).
+Once CLOSED and :attr:`~Connection.control_pending` is empty the glue closes TCP (a
+server at once, RFC 6455 §7.1.1; a client after a short grace for the server to do it).
+
+Control frames the connection owes the peer (pongs, its close) wait while a forwarded
+frame is half sent (nothing may come between its bytes) and while the peer's write
+buffer is over its high-water mark (:meth:`~Connection.outgoing_buffered`), so a peer
+that pings and never reads cannot fill memory with pongs. At ``max_queued_control``
+waiting frames a new pong replaces the newest waiting pong (§5.5.3: answering the most
+recent ping is enough), and while the write buffer is over its mark the peer is not read
+(:attr:`Hold.BACKLOG`) until it takes them. Reading stops for as long as any reason in
+:class:`Hold` is set; the glue adds its own (a splice holds a leg while the other leg's
+buffer is full, :attr:`Hold.PEER_FULL`) and only calls ``pause_reading`` /
+``resume_reading`` when :attr:`~Connection.wants_read` changes.
+
+Two ways to receive data: messages (the default) reassembles each message into one
+:class:`TextMessage` or :class:`BytesMessage`, failing with 1009 at the first header that
+would take it over ``max_message_size``; streaming (``streaming=True``, for a splice or a
+byte bridge) hands every payload chunk over as it arrives as a :class:`Frame`, at any size,
+with nothing buffered. Events of the data path are NamedTuples rather than frozen
+dataclasses: a frozen dataclass costs several times more to build, once per frame.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass
+from enum import Enum, IntFlag
+from typing import Final, NamedTuple, TypeAlias
+
+from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.protocol.frames import (
+    FrameError,
+    FrameParser,
+    Opcode,
+    StopParsing,
+    apply_mask,
+    encode_close_payload,
+    encode_frame_header,
+    is_valid_close_code,
+    parse_close_payload,
+)
+
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_QUEUED_CONTROL",
+    "BytesMessage",
+    "CloseReceived",
+    "Connection",
+    "ConnectionLost",
+    "Event",
+    "Failed",
+    "Frame",
+    "Hold",
+    "Ping",
+    "Pong",
+    "Role",
+    "State",
+    "TextMessage",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20  # as websockets and wsclient.DEFAULT_MAX_SIZE
+DEFAULT_MAX_QUEUED_CONTROL: Final = 64  # [relay] max_queued_control_frames
+DEFAULT_HIGH_WATER: Final = 256 * 1024  # [relay] stream_buffer_size
+
+# Payloads under this are joined with their header into one bytes object; larger ones
+# go out as two buffers, not copied (relay/splice.py does the same).
+_COALESCE_LIMIT: Final = 16 * 1024
+_TEXT: Final = int(Opcode.TEXT)
+_BINARY: Final = int(Opcode.BINARY)
+_CONT: Final = int(Opcode.CONTINUATION)
+_CLOSE: Final = int(Opcode.CLOSE)
+_PING: Final = int(Opcode.PING)
+_PONG: Final = int(Opcode.PONG)
+_UTF8_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+
+
+class Role(Enum):
+    CLIENT = "client"  # masks what it sends; refuses masked frames (RFC 6455 §5.1)
+    SERVER = "server"  # sends unmasked; refuses unmasked frames
+
+
+class State(Enum):
+    OPEN = "open"
+    CLOSE_SENT = "close_sent"
+    CLOSE_RECEIVED = "close_received"
+    CLOSED = "closed"
+
+
+class Hold(IntFlag):
+    """Reasons not to read the peer; it is read again when none is left."""
+
+    BACKLOG = 1  # ours: control frames owed to it wait while its write buffer is full
+    PEER_FULL = 2  # the glue's: where its data goes (a splice's other leg) is full
+    UNRELEASED = 4  # the glue's: not started yet (a splice leg waiting for its partner)
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class Frame(NamedTuple):
+    """Streaming mode: a piece of a data frame's payload, unmasked.
+
+    ``start`` marks a frame's first piece (``length`` is its whole payload length, as
+    for :func:`~hybridrelay.protocol.frames.encode_frame_header`), ``end`` its last; a
+    frame that arrived whole is one event with both. ``opcode`` is 0 for continuations.
+    """
+
+    opcode: int
+    fin: bool
+    length: int
+    data: bytes
+    start: bool
+    end: bool
+
+
+class TextMessage(NamedTuple):
+    """Messages mode: a whole text message, decoded."""
+
+    data: str
+
+
+class BytesMessage(NamedTuple):
+    """Messages mode: a whole binary message."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The peer pinged; the pong is already queued (none once our close is sent)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    """The peer's close frame: ``code`` 1005 when it carried none. Nothing after it is read."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The peer broke the protocol; our close frame with ``code`` is queued (if none was
+    sent yet) and the state is CLOSED. ``limit`` names the limit it hit, if one."""
+
+    code: int
+    reason: str
+    limit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """End of stream before the peer's close frame: an abnormal closure (1006)."""
+
+
+Event: TypeAlias = (
+    Frame | TextMessage | BytesMessage | Ping | Pong | CloseReceived | Failed | ConnectionLost
+)
+
+
+class Connection:
+    """One end of a WebSocket connection after its opening handshake.
+
+    Args:
+        role: :attr:`Role.CLIENT` masks what it sends and refuses masked frames;
+            :attr:`Role.SERVER` the reverse.
+        streaming: hand data over as :class:`Frame` pieces (no size limit) instead of
+            whole messages.
+        max_message_size: largest reassembled message in payload bytes (None: no limit);
+            a larger one fails the connection with 1009. Not used when streaming.
+        validate_utf8: streaming: check text as UTF-8 as it arrives, across frames
+            (1007); a relay that only passes frames on may leave that to the endpoints.
+            Messages are always checked (a :class:`TextMessage` holds a str).
+        auto_close_echo: answer the peer's close frame at once (plain WebSocket). False
+            keeps the connection half-open (CLOSE_RECEIVED) until :meth:`send_close`.
+        max_queued_control: control frames that may wait for the peer before pongs
+            coalesce and, while its buffer is full, it stops being read.
+        high_water: bytes in the peer's write buffer over which it counts as full; it
+            stops counting as full at a quarter of that (asyncio's default low mark).
+    """
+
+    __slots__ = (
+        "_close_received",
+        "_close_sent",
+        "_decoder",
+        "_events",
+        "_f_fin",
+        "_f_length",
+        "_f_opcode",
+        "_f_start",
+        "_failure",
+        "_forwarding",
+        "_header",
+        "_high_water",
+        "_holds",
+        "_lost",
+        "_low_water",
+        "_masks",
+        "_max_message_size",
+        "_max_queued",
+        "_msg_parts",
+        "_msg_size",
+        "_msg_text",
+        "_msg_texts",
+        "_out",
+        "_out_in_message",
+        "_out_mask",
+        "_out_offset",
+        "_out_remaining",
+        "_parser",
+        "_queued",
+        "_receiving",
+        "_streaming",
+        "_target",
+        "_validate",
+        "_write_paused",
+        "auto_close_echo",
+        "bytes_received",
+        "role",
+        "state",
+    )
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        streaming: bool = False,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        validate_utf8: bool = True,
+        auto_close_echo: bool = True,
+        max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL,
+        high_water: int = DEFAULT_HIGH_WATER,
+    ) -> None:
+        if max_queued_control < 1:
+            raise ValueError("max_queued_control must be at least 1")
+        self.role = role
+        self.state = State.OPEN
+        self.auto_close_echo = auto_close_echo
+        self.bytes_received = 0  # data payload bytes, for metrics
+        self._masks = role is Role.CLIENT
+        self._parser = FrameParser(self, masked=role is Role.SERVER)
+        self._streaming = streaming
+        self._target: Connection | None = None  # splice_to()
+        self._max_message_size = None if streaming else max_message_size
+        self._validate = validate_utf8
+        self._max_queued = max_queued_control
+        self._high_water = high_water
+        self._low_water = high_water // 4
+        self._receiving = True  # frames are parsed (OPEN, CLOSE_SENT)
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._queued: list[bytes] = []
+        self._out_remaining = 0  # bytes of a forwarded frame still to come
+        self._out_mask = b""
+        self._out_offset = 0
+        self._out_in_message = False  # a fragmented message we send is unfinished
+        self._write_paused = False
+        self._holds = 0
+        # The data frame being received, and the message it belongs to
+        self._f_opcode = 0
+        self._f_fin = True
+        self._f_length = 0
+        self._f_start = True
+        self._forwarding = False  # splice_to(): this frame goes to the target
+        self._header: bytes | None = None  # splice_to(): header waiting for its payload
+        self._msg_text = False
+        self._msg_parts: list[bytes] = []  # a binary message being reassembled
+        self._msg_texts: list[str] = []  # a text message being reassembled, decoded
+        self._msg_size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._close_sent: tuple[int, str] | None = None
+        self._close_received: tuple[int, str] | None = None
+        self._failure: tuple[int, str] | None = None
+        self._lost = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code (1005 if its close had none), 1006 after an abnormal
+        closure, None while neither happened."""
+        if self._close_received is not None:
+            return self._close_received[0]
+        return 1006 if self._lost else None
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_received[1] if self._close_received is not None else ""
+
+    @property
+    def close_sent(self) -> tuple[int, str] | None:
+        """(code, reason) of our close frame once it is queued or sent (1005: no code)."""
+        return self._close_sent
+
+    @property
+    def failure(self) -> tuple[int, str] | None:
+        """(code, reason) when this side failed the connection."""
+        return self._failure
+
+    @property
+    def can_send(self) -> bool:
+        """Whether data may be sent: OPEN or CLOSE_RECEIVED."""
+        return self.state is State.OPEN or self.state is State.CLOSE_RECEIVED
+
+    @property
+    def wants_read(self) -> bool:
+        """False while any :class:`Hold` is set: the glue pauses reading the transport."""
+        return not self._holds
+
+    @property
+    def holds(self) -> Hold:
+        return Hold(self._holds)
+
+    @property
+    def frame_in_flight(self) -> bool:
+        """A forwarded frame is half sent: nothing else may be written until it ends."""
+        return self._out_remaining > 0
+
+    @property
+    def control_pending(self) -> int:
+        """Control frames waiting for the frame in flight or for room in the write buffer."""
+        return len(self._queued)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Consume bytes from the network; return the events they complete, in order.
+
+        After the peer's close frame, a failure or the end of stream the bytes are
+        dropped unparsed (RFC 6455 §5.5.1), even the rest of the read the close came in.
+        """
+        if self._receiving:
+            try:
+                self._parser.feed(data)
+            except FrameError as exc:
+                self._fail(exc.code, exc.reason, exc.limit)
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    def receive_eof(self) -> list[Event]:
+        """The peer closed its sending side (TCP FIN) or the connection dropped."""
+        if self._close_received is None and not self._lost and self._failure is None:
+            self._events.append(ConnectionLost())
+        self._lost = True
+        self._receiving = False
+        self.state = State.CLOSED
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ output
+
+    def data_to_send(self) -> list[bytes]:
+        """The bytes to write, in order, as buffers for ``transport.writelines``."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send a whole message in one frame: str as TEXT, bytes-like as BINARY."""
+        if isinstance(message, str):
+            self.send_frame(_TEXT, message.encode("utf-8"))
+        else:
+            self.send_frame(_BINARY, bytes(message))
+
+    def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        """Send one data frame; a fragmented message is TEXT/BINARY then continuations.
+
+        Raises:
+            ConnectionClosedError: our close frame is out, or the connection is closed.
+            ValueError: the frame does not fit the message being sent (RFC 6455 §5.4),
+                or a forwarded frame is half sent.
+        """
+        self._check_can_send()
+        if self._out_remaining:
+            raise ValueError("a forwarded frame is half sent")
+        if opcode == _CONT:
+            if not self._out_in_message:
+                raise ValueError("continuation frame outside a fragmented message")
+        elif opcode in (_TEXT, _BINARY):
+            if self._out_in_message:
+                raise ValueError("new data frame inside a fragmented message")
+        else:
+            raise ValueError(f"not a data opcode: {opcode:#x}")
+        self._out_in_message = not fin
+        self._write_whole(fin, opcode, payload)
+
+    def forward(self, frame: Frame) -> None:
+        """Streaming: send a piece of a data frame received on another connection.
+
+        A frame whose first piece comes while sending is not allowed (our close is out,
+        the connection closed) is dropped whole, as a splice must once the other side
+        has closed; the pieces of a frame whose start went out always follow it.
+        """
+        self._forward_piece(*frame)
+
+    def splice_to(self, target: Connection | None) -> None:
+        """Streaming: forward every data frame straight to ``target`` (None: stop).
+
+        What a splice does with :class:`Frame` events, without making them: the relay's
+        hot path costs one call per piece. Control frames and closes still come out
+        as events, for the glue (a splice forwards a close with its code and reason).
+        """
+        if target is not None and not self._streaming:
+            raise ValueError("only a streaming connection forwards frames")
+        self._target = target
+
+    def abandon_frame(self) -> bool:
+        """splice_to(): this connection is gone in the middle of a frame to the target.
+
+        True when not a byte of that frame reached the target's output (its header waits
+        for the first payload bytes): the frame is forgotten and the target's control
+        frames, a close saying why (HC §5: 1011), may go out. False when part of it did:
+        nothing may follow those bytes, so the glue can only abort the target.
+        """
+        target = self._target
+        if target is None or not target._out_remaining:
+            return True
+        if self._header is None:
+            return False
+        self._header = None
+        self._forwarding = False
+        target._out_remaining = 0
+        if target._queued and not target._write_paused:
+            target._flush_queued()
+        return True
+
+    def _forward_piece(
+        self, opcode: int, fin: bool, length: int, data: bytes, start: bool, end: bool
+    ) -> None:
+        if start:
+            if self._out_remaining:
+                raise ValueError("a forwarded frame is half sent")
+            state = self.state
+            if state is not State.OPEN and state is not State.CLOSE_RECEIVED:
+                return  # dropped; its further pieces find _out_remaining == 0 too
+            if self._masks:
+                mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
+                header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
+                self._out_mask = mask
+                self._out_offset = len(data)
+                if data:
+                    data = apply_mask(data, mask)
+            else:
+                header = encode_frame_header(fin=fin, opcode=opcode, length=length)
+            if len(data) < _COALESCE_LIMIT:
+                self._out.append(header + data)
+            else:
+                self._out.append(header)
+                self._out.append(data)
+            self._out_in_message = not fin
+            if not end:
+                self._out_remaining = length - len(data)
+            elif self._queued and not self._write_paused:
+                self._flush_queued()
+            return
+        if not self._out_remaining:
+            return  # the rest of a dropped frame
+        if self._masks:
+            data = apply_mask(data, self._out_mask, self._out_offset)
+            self._out_offset += len(data)
+        self._out.append(data)
+        if end:
+            self._out_remaining = 0
+            if self._queued and not self._write_paused:
+                self._flush_queued()
+        else:
+            self._out_remaining -= len(data)
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        self._check_can_send()
+        self._send_control(_PING, payload)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> None:
+        """Send our close frame (once; later calls do nothing). ``code`` 1005 sends none.
+
+        OPEN becomes CLOSE_SENT, CLOSE_RECEIVED becomes CLOSED. The reason is cut to fit
+        the 125-byte control payload.
+        """
+        if code != 1005 and not is_valid_close_code(code):
+            raise ValueError(f"{code} is not a close code an endpoint may send (RFC 6455 §7.4)")
+        if self._close_sent is not None or self.state is State.CLOSED:
+            return
+        self._queue_close(code, reason)
+        self.state = State.CLOSED if self._close_received is not None else State.CLOSE_SENT
+
+    # ------------------------------------------------------------------ flow control
+
+    def outgoing_buffered(self, size: int) -> None:
+        """The transport holds ``size`` bytes not yet written to the peer.
+
+        Over the high-water mark the peer counts as full: control frames wait for it.
+        At or under the low mark they go out, and reading it resumes if the backlog held it.
+        """
+        if size > self._high_water:
+            self._write_paused = True
+        elif size <= self._low_water and self._write_paused:
+            self._write_paused = False
+            if self._queued and not self._out_remaining:
+                self._flush_queued()
+            self._holds &= ~Hold.BACKLOG  # what still waits, waits for the frame in flight
+
+    def hold_reading(self, reason: Hold) -> None:
+        self._holds |= reason
+
+    def unhold_reading(self, reason: Hold) -> None:
+        self._holds &= ~reason
+
+    # ------------------------------------------------------------------ FrameSink
+
+    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        target = self._target
+        if target is None or self._validate:  # a relay's splice_to() skips this
+            self._f_fin = fin
+            self._f_length = length
+            self._f_start = True
+            self._f_opcode = opcode
+            if opcode:
+                self._msg_text = opcode == _TEXT
+                if self._msg_text and self._decoder is not None:
+                    self._decoder.reset()
+                self._msg_size = 0
+            limit = self._max_message_size
+            if limit is not None:
+                self._msg_size += length
+                if self._msg_size > limit:
+                    # Refused at the header: not a byte of it is held.
+                    raise FrameError(1009, f"message over {limit} bytes")
+            if target is None:
+                return
+        # splice_to(): what _forward_piece does, inline, as relay/splice.py Leg did: the
+        # header waits for the first payload bytes, to go out in one buffer with them.
+        state = target.state
+        if target._out_remaining:
+            raise ValueError("a forwarded frame is half sent")
+        if state is not State.OPEN and state is not State.CLOSE_RECEIVED:
+            self._forwarding = False  # dropped whole: the target has closed
+            return
+        self._forwarding = True
+        if target._masks:
+            mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
+            self._header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
+            target._out_mask = mask
+            target._out_offset = 0
+        else:
+            self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
+        target._out_remaining = length  # control frames to the target wait for this one
+        target._out_in_message = not fin
+
+    def on_payload(self, data: bytes, frame_done: bool) -> None:
+        self.bytes_received += len(data)
+        if self._streaming:
+            if self._validate and self._msg_text:
+                self._decode(data, frame_done and self._f_fin)
+            target = self._target
+            if target is not None:
+                if not self._forwarding:
+                    return  # a frame dropped at its header
+                if target._masks:
+                    data = apply_mask(data, target._out_mask, target._out_offset)
+                    target._out_offset += len(data)
+                header = self._header
+                if header is not None:
+                    self._header = None
+                    if len(data) < _COALESCE_LIMIT:
+                        target._out.append(header + data)
+                    else:
+                        target._out.append(header)
+                        target._out.append(data)
+                elif data:
+                    target._out.append(data)
+                if frame_done:
+                    target._out_remaining = 0
+                    if target._queued and not target._write_paused:
+                        target._flush_queued()
+                else:
+                    target._out_remaining -= len(data)
+                return
+            self._events.append(
+                Frame(self._f_opcode, self._f_fin, self._f_length, data, self._f_start, frame_done)
+            )
+            self._f_start = False
+            return
+        message_end = frame_done and self._f_fin
+        if self._msg_text:
+            texts = self._msg_texts
+            if message_end and not texts:  # the common case: a message in one piece
+                try:
+                    self._events.append(TextMessage(data.decode("utf-8")))
+                except UnicodeDecodeError as exc:
+                    raise FrameError(1007, "invalid UTF-8 in a text message") from exc
+                return
+            texts.append(self._decode(data, message_end))  # fails early, not at the end
+            if message_end:
+                self._events.append(TextMessage("".join(texts)))
+                self._msg_texts = []
+            return
+        parts = self._msg_parts
+        if not message_end:
+            parts.append(data)
+        elif parts:
+            parts.append(data)
+            self._events.append(BytesMessage(b"".join(parts)))
+            self._msg_parts = []
+        else:
+            self._events.append(BytesMessage(data))
+
+    def _decode(self, data: bytes, final: bool) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = _UTF8_DECODER("strict")
+        try:
+            return decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            # RFC 6455 §8.1: invalid UTF-8 fails the connection with 1007
+            raise FrameError(1007, "invalid UTF-8 in a text message") from exc
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == _PING:
+            self._events.append(Ping(payload))
+            if self._close_sent is None:  # §5.5.1: nothing after our close frame
+                self._send_control(_PONG, payload)
+        elif opcode == _PONG:
+            self._events.append(Pong(payload))
+        else:
+            code, reason = parse_close_payload(payload)  # FrameError fails the connection
+            self._close_received = (code, reason)
+            self._receiving = False
+            self._events.append(CloseReceived(code, reason))
+            if self._close_sent is not None:
+                self.state = State.CLOSED
+            elif self.auto_close_echo:
+                self._queue_close(code, reason)  # §5.5.1: echo the code, none if none
+                self.state = State.CLOSED
+            else:
+                self.state = State.CLOSE_RECEIVED
+            raise StopParsing  # §5.5.1: nothing after a close frame is acted on
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_can_send(self) -> None:
+        if not (self.state is State.OPEN or self.state is State.CLOSE_RECEIVED):
+            if self._close_received is not None:
+                code, reason = self._close_received
+            elif self._failure is not None:
+                code, reason = self._failure
+            elif self._close_sent is not None and not self._lost:
+                code, reason = self._close_sent
+            else:
+                code, reason = 1006, "connection lost"
+            raise ConnectionClosedError(code, reason)
+
+    def _encode(self, fin: bool, opcode: int, payload: bytes) -> list[bytes]:
+        if self._masks:
+            mask = os.urandom(4)
+            header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
+            if payload:
+                payload = apply_mask(payload, mask)
+        else:
+            header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload))
+        if len(payload) < _COALESCE_LIMIT:
+            return [header + payload]
+        return [header, payload]
+
+    def _write_whole(self, fin: bool, opcode: int, payload: bytes) -> None:
+        self._out.extend(self._encode(fin, opcode, payload))
+
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        (frame,) = self._encode(True, opcode, payload)  # at most 125 bytes: one buffer
+        if not (self._out_remaining or self._write_paused):
+            self._out.append(frame)
+            return
+        queued = self._queued
+        limit = self._max_queued
+        if len(queued) < limit:
+            queued.append(frame)
+            if len(queued) < limit:
+                return
+        elif opcode != _CLOSE and queued[-1][0] == frame[0]:
+            # §5.5.3: a pong for the most recent ping answers the earlier ones (and one
+            # waiting ping of ours is as good as two).
+            queued[-1] = frame
+        else:
+            queued.append(frame)  # the one close frame, or a ping after a pong
+        # Full: a peer that does not read what it is sent stops being read until it does.
+        # A backlog that only waits for a frame in flight is left to coalesce: holding
+        # there could make two spliced peers wait forever, each for the other's frame.
+        if self._write_paused:
+            self._holds |= Hold.BACKLOG
+
+    def _flush_queued(self) -> None:
+        self._out.extend(self._queued)
+        self._queued = []
+        self._holds &= ~Hold.BACKLOG
+
+    def _queue_close(self, code: int, reason: str) -> None:
+        payload = b"" if code == 1005 else encode_close_payload(code, reason)
+        self._close_sent = (code, reason)
+        self._send_control(_CLOSE, payload)
+
+    def _fail(self, code: int, reason: str, limit: str | None) -> None:
+        """RFC 6455 §7.1.7: send a close frame with ``code`` if none went out, parse no more."""
+        self._failure = (code, reason)
+        self._receiving = False
+        self._msg_parts = []
+        self._msg_texts = []
+        if self._close_sent is None:
+            self._queue_close(code, reason)
+        self.state = State.CLOSED
+        self._events.append(Failed(code, reason, limit))
