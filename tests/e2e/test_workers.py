@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,11 @@ async def _worker_ready(relay: CliProcess, timeout: float = 30.0) -> tuple[int, 
 
 @contextlib.asynccontextmanager
 async def workers_relay(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, relay_extra: str = ""
 ) -> AsyncIterator[tuple[CliProcess, str, dict[int, Worker]]]:
     """``relay serve --workers 2`` on a fresh key prefix: the process, its URL, its workers."""
     cluster = f'\n[cluster]\nredis_url = "{redis_url}"\nprefix = "{unique_prefix()}"\n'
-    config = write_config(tmp_path, extra=cluster)
+    config = write_config(tmp_path, extra=cluster, relay_extra=relay_extra)
     relay = CliProcess(["relay", "serve", "--config", str(config), "--workers", "2"])
     async with relay:
         try:
@@ -108,10 +109,35 @@ async def test_two_workers_share_the_port_and_serve_each_others_listeners(
         assert all(n > 0 for n in landed), f"the kernel sent every connect to one worker: {landed}"
 
 
-async def test_a_killed_worker_is_restarted_and_sigterm_drains_all(
+def _two_free_ports() -> int:
+    """A port P with P + 1 free too (a worker's metrics port is metrics_listen's + index)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        with contextlib.suppress(OSError), socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 1))
+            return port
+    raise AssertionError("no two adjacent free ports")
+
+
+async def metrics_status(port: int) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        return resp.status
+
+
+async def test_a_killed_worker_is_restarted_sighup_is_forwarded_sigterm_drains_all(
     tmp_path: Path, redis_url: str
 ) -> None:
-    async with workers_relay(tmp_path, redis_url) as (relay, url, workers):
+    metrics = _two_free_ports()
+    extra = f'metrics_listen = "127.0.0.1:{metrics}"'
+    async with workers_relay(tmp_path, redis_url, extra) as (relay, url, workers):
+        # One metrics address per worker: metrics_listen's port + the worker's index.
+        assert [await metrics_status(metrics + i) for i in (0, 1)] == [200, 200]
         os.kill(workers[1].pid, signal.SIGKILL)
         await relay.wait_for_line(r"event=relay_worker_exited worker=1 code=-9", timeout=10)
         index, restarted = await _worker_ready(relay)
@@ -124,6 +150,11 @@ async def test_a_killed_worker_is_restarted_and_sigterm_drains_all(
             await echo(url, b"through the shared port")
         finally:
             await listener.stop()
+        assert await metrics_status(metrics + 1) == 200  # the new worker took the address
+
+        relay.send_signal(signal.SIGHUP)  # forwarded: each worker reloads (here: no TLS)
+        for _ in workers:
+            await relay.wait_for_line(r"event=reload_nothing_to_reload", timeout=10)
 
         relay.send_signal(signal.SIGTERM)
         assert await relay.wait(timeout=30) == 0
