@@ -202,14 +202,21 @@ class _Supervisor:
         """Run ``worker`` until ``stop``; restart it with a backoff when it dies."""
         loop = asyncio.get_running_loop()
         while not self._stopped():
-            process = await self._spawn(worker)
-            if self._stopped():  # the stop came while it started: it missed the SIGTERM
-                process.terminate()
-            reader = asyncio.create_task(self._read(worker, process))
-            code = await process.wait()
-            await asyncio.wait({reader}, timeout=1.0)
-            reader.cancel()
-            await asyncio.wait({reader})
+            try:
+                process = await self._spawn(worker)
+            except OSError as exc:  # out of processes or descriptors: as if it died at once
+                log.warning(
+                    "relay_worker_spawn_failed", extra={"worker": worker.index, "error": str(exc)}
+                )
+                code = 1
+            else:
+                if self._stopped():  # the stop came while it started: it missed the SIGTERM
+                    process.terminate()
+                reader = asyncio.create_task(self._read(worker, process))
+                code = await process.wait()
+                await asyncio.wait({reader}, timeout=1.0)
+                reader.cancel()
+                await asyncio.wait({reader})
             if self._stopped():
                 self.final_codes[worker.index] = code
                 return
