@@ -37,6 +37,7 @@ NOT_LIMITS = frozenset(
         "client_ca_file",
         "tls_reload_interval",  # how often the relay looks at its own TLS files
         "allow_placeholder_keys",
+        "dashboard_viewers",
         "metrics_listen",
     }
 )
