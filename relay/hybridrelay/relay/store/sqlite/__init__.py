@@ -23,7 +23,7 @@ from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.records import Clock, Minter, RandomBytes
 from hybridrelay.relay.store.sqlite.certificates import SqliteCertificates
 from hybridrelay.relay.store.sqlite.devices import SqliteDevices
-from hybridrelay.relay.store.sqlite.engine import DEFAULT_FILE, SqliteEngine
+from hybridrelay.relay.store.sqlite.engine import DEFAULT_FILE
 from hybridrelay.relay.store.sqlite.hybrid_connections import SqliteHybridConnections
 
 __all__ = ["DEFAULT_FILE", "SqliteStore"]
@@ -96,4 +96,4 @@ class SqliteStore(SqliteHybridConnections, SqliteDevices, SqliteCertificates):
     def _db_close(self) -> None:
         if self._db is not None:
             self._db_flush_activity()  # last activity collected but not yet written
-        SqliteEngine._db_close(self)
+        super()._db_close()
