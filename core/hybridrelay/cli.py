@@ -362,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
-    from hybridrelay.devcluster import add_dev_parser
+    from hybridrelay.dev.cluster import add_dev_parser
 
     add_admin_parser(sub)
     add_dev_parser(sub)
@@ -778,7 +778,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _dev(args: argparse.Namespace) -> None:
-    from hybridrelay.devcluster import run_cluster
+    from hybridrelay.dev.cluster import run_cluster
 
     _run(lambda stop: run_cluster(args, stop))
 
