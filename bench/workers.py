@@ -275,7 +275,7 @@ def _cluster_config(directory: Path, key: str, redis_url: str, workers: int) -> 
 
 
 async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
-    from hybridrelay.devcluster import start_redis
+    from hybridrelay.dev.cluster import start_redis
 
     key = secrets.token_urlsafe(32)
     tokens = SasTokenProvider(RULE, key)
