@@ -5,8 +5,9 @@ and senders.
 Nothing downloads a browser: Chromium is /usr/bin/chromium (``apt-get install chromium``;
 scripts/test installs it when it runs as root). Without it these tests fail, never skip.
 One browser serves the module; each test gets a fresh relay and browser context. Each
-page's screenshot is written to docs/img/dashboard-*.png (what changes from run to run,
-addresses, ages and keys, is masked).
+page's screenshot is written to test-artifacts/dashboard-*.png, or to the directory
+HYBRIDRELAY_SCREENSHOTS names (docs/img for the README); what changes from run to run,
+addresses, ages and keys, is masked.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ from hybridrelay.relay.store.models import Authentication, Device, Grants, Symme
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CHROMIUM: Final = Path(os.environ.get("HYBRIDRELAY_CHROMIUM", "/usr/bin/chromium"))
-SCREENSHOTS: Final = Path(__file__).parents[2] / "docs" / "img"
+# Test artifacts by default (git-ignored), so a test run leaves the tree clean; refresh the
+# README's pictures with HYBRIDRELAY_SCREENSHOTS=docs/img ./scripts/test tests/browser.
+SCREENSHOTS: Final = Path(
+    os.environ.get("HYBRIDRELAY_SCREENSHOTS", Path(__file__).parents[2] / "test-artifacts")
+)
 VIEWPORT: Final = {"width": 1100, "height": 680}
 PHONE: Final = {"width": 390, "height": 780}
 DEVICE_KEY: Final = base64.b64encode(b"dashboard-device-key-0123456789a").decode()
@@ -88,6 +93,7 @@ async def show(page: Page, hash_: str) -> None:
 
 async def screenshot(page: Page, name: str) -> None:
     await page.evaluate("window.scrollTo(0, 0)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(
         path=SCREENSHOTS / f"dashboard-{name}.png",
         mask=[page.locator(".volatile")],

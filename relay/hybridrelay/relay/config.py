@@ -179,6 +179,14 @@ class RelaySettings:
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""  # completed from host/port when empty
+    # ``workers`` relay processes share ``port`` (SO_REUSEPORT) and the [cluster] Redis;
+    # each also serves on its own port, worker_port + index (0: a free one), which it
+    # advertises as its rendezvous address (docs/scaling.md, "Workers").
+    workers: int = 1
+    worker_port: int = 0
+    # This process's own address for rendezvous when it is one of several workers (set by
+    # serve.run, never by config); empty: public_url.
+    rendezvous_url: str = ""
     tls_cert: str | None = None
     tls_key: str | None = None
     data_dir: str = ".hybridrelay"
@@ -517,6 +525,8 @@ _ENV_TYPES: Mapping[str, type] = {
     "host": str,
     "port": int,
     "public_url": str,
+    "workers": int,
+    "worker_port": int,
     "tls_cert": str,
     "tls_key": str,
     "data_dir": str,
@@ -654,6 +664,8 @@ def _settings(table: Table) -> RelaySettings:
         host=table.get_str("host", d.host) or d.host,
         port=table.get_int("port", d.port, minimum=0, maximum=65535),
         public_url=table.get_str("public_url", "") or "",
+        workers=table.get_int("workers", d.workers, minimum=1, maximum=256),
+        worker_port=table.get_int("worker_port", d.worker_port, minimum=0, maximum=65535),
         tls_cert=table.get_str("tls_cert"),
         tls_key=table.get_str("tls_key"),
         data_dir=table.get_str("data_dir", d.data_dir) or d.data_dir,

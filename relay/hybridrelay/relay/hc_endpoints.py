@@ -351,7 +351,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
             key = state.cluster.add_pending(pending)
             accept = Accept(
                 address=build_rendezvous_address(
-                    public_url=state.public_url,
+                    public_url=state.rendezvous_url,
                     entity=hc.name,
                     suffix=suffix,
                     app_query=addr.app_query,
