@@ -263,7 +263,8 @@ class WsConnection(asyncio.Protocol):
         async with self._send_lock:
             self._conn.send_frame(opcode, payload)
             self._flush()
-            await self._drain()
+            if self._write_paused or self._lost:  # no coroutine per message otherwise
+                await self._drain()
 
     async def send_many(self, messages: Sequence[Data]) -> None:
         """Send several messages, one frame each, in one write: adjacent on the wire.
@@ -279,7 +280,8 @@ class WsConnection(asyncio.Protocol):
             for opcode, payload in frames:
                 self._conn.send_frame(opcode, payload)
             self._flush()
-            await self._drain()
+            if self._write_paused or self._lost:  # no coroutine per message otherwise
+                await self._drain()
 
     async def send_fragments(self, fragments: Iterable[Data] | AsyncIterable[Data]) -> None:
         """Send one message, one frame per fragment; the first fragment decides its type.
@@ -311,13 +313,15 @@ class WsConnection(asyncio.Protocol):
                         conn.send_frame(_CONT if started else opcode, pending, fin=False)
                         started = True
                         self._flush()
-                        await self._drain()
+                        if self._write_paused or self._lost:  # no coroutine per message otherwise
+                            await self._drain()
                     pending = payload
                 if pending is not None:
                     conn.send_frame(_CONT if started else opcode, pending)
                     complete = True
                     self._flush()
-                    await self._drain()
+                    if self._write_paused or self._lost:  # no coroutine per message otherwise
+                        await self._drain()
             except BaseException:
                 # Once our close frame is out the message is moot; otherwise it must not
                 # stay open.
