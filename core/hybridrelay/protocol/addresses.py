@@ -514,6 +514,5 @@ def reject_uri(address: str, status: int, description: str) -> str:
         description: The reason phrase the sender gets.
     """
     return (
-        f"{address}&sb-hc-statusCode={status}"
-        f"&sb-hc-statusDescription={quote(description, safe='')}"
+        f"{address}&sb-hc-statusCode={status}&sb-hc-statusDescription={quote(description, safe='')}"
     )
