@@ -44,7 +44,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -100,14 +100,21 @@ def write_config(directory: Path, key: str) -> tuple[Path, str]:
 # ---------------------------------------------------------------------------- children
 
 
-@dataclass
 class CountingChild(LineChild):
     """A :class:`LineChild` that also counts error-level and traceback lines."""
 
-    error_lines: int = 0
-    error_sample: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        super().__init__(name, argv, env, cwd)
+        self.error_lines = 0
+        self.error_sample: list[str] = []
 
-    def _on_line(self, text: str) -> None:
+    def on_line(self, text: str) -> None:
         if _ERROR_LINE.search(text):
             self.error_lines += 1
             if len(self.error_sample) < 3:

@@ -50,9 +50,9 @@ from bench.throughput import (
     RelayProcess,
     machine_info,
     run_main,
-    stop_child,
     write_config,
 )
+from hybridrelay.dev.children import ChildProcess as DevChildProcess
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.protocol.sas import SasTokenProvider, audience_for, create_sas_token
 from hybridrelay.wsclient import WsConnection, ws_connect
@@ -106,47 +106,21 @@ class RelayListener(Protocol):
     def failure_detail(self) -> str: ...
 
 
-@dataclass
-class ChildProcess:
+class ChildProcess(DevChildProcess):
     """A subprocess whose output is kept (last 200 lines) and which is always stopped."""
 
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path | None = None
-    process: asyncio.subprocess.Process | None = None
-    log_lines: list[str] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.env,
-            cwd=self.cwd,
-        )
-        self._reader = asyncio.create_task(self._read_output())
-
-    async def _read_output(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            self.log_lines.append(line.decode("utf-8", "replace").rstrip())
-            del self.log_lines[:-200]
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        super().__init__(argv[0], argv, env=env, cwd=cwd, keep_lines=200, stop_grace=15.0)
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+    def log_lines(self) -> list[str]:
+        return self.lines
 
-    def exited(self) -> bool:
-        return self.process is not None and self.process.returncode is not None
-
-    async def stop(self) -> None:
-        await stop_child(self.process, self._reader)
+    async def stop(self, grace: float | None = None) -> int | None:
+        return await super().stop(grace)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_lines[-lines:]) or "(it printed nothing)"
+        return "\n".join(self.lines[-lines:]) or "(it printed nothing)"
 
 
 def _child_env(key: str) -> dict[str, str]:

@@ -14,13 +14,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench.proc import descendants, proc_cpu_seconds, process_name, stop_process
+from bench.proc import descendants, free_port, proc_cpu_seconds, process_name, stop_process
 
 __all__ = ["NginxError", "NginxProxy", "find_nginx", "free_port", "nginx_version"]
 
@@ -89,14 +88,6 @@ def nginx_version(binary: str) -> str:
         return f"unknown ({exc})"
     text = (done.stderr or done.stdout).strip()
     return text.split(":", 1)[1].strip() if ":" in text else text
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (for programs that cannot bind 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

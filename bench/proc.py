@@ -1,28 +1,32 @@
 """Child processes of the benches: /proc readings and a child that announces readiness on a line.
 
+The children themselves are :class:`hybridrelay.dev.children.ChildProcess` (shared with
+the dev cluster and the tests).
+
 Every child is stopped with SIGTERM, then SIGKILL after a grace period, on every path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
-import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
-# Longest child output line read whole. asyncio's default, 64 KiB, is less than what a
-# relay under attack may log in one line (aiohttp quotes malformed requests); a reader
-# that died on it would stop draining the pipe and the child would block on its log.
-OUTPUT_LINE_LIMIT: Final = 1 << 24
+from hybridrelay.dev.children import (
+    OUTPUT_LINE_LIMIT,
+    ChildExitedError,
+    ChildProcess,
+    free_port,
+    stop_process,
+)
 
 __all__ = [
+    "OUTPUT_LINE_LIMIT",
     "LineChild",
     "descendants",
+    "free_port",
     "proc_cpu_seconds",
     "process_name",
     "rss_kib",
@@ -83,23 +87,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-async def stop_process(proc: asyncio.subprocess.Process | None, grace_s: float = 15.0) -> None:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL; returns once the child is reaped."""
-    if proc is None or proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(grace_s):
-            await proc.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
-@dataclass
-class LineChild:
+class LineChild(ChildProcess):
     """A child process whose output is kept (last 200 lines) and which says when it is ready.
 
     ``start()`` returns the first match of ``ready`` in its output (stdout and stderr
@@ -107,75 +95,34 @@ class LineChild:
     the wait runs out first.
     """
 
-    name: str
-    argv: Sequence[str]
-    env: Mapping[str, str] | None = None
-    cwd: Path | None = None
-    process: asyncio.subprocess.Process | None = None
-    log_lines: list[str] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
-    _pattern: re.Pattern[str] | None = None
-    _ready: asyncio.Future[re.Match[str]] | None = None
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        super().__init__(name, argv, env=env, cwd=cwd, keep_lines=200, stop_grace=15.0)
 
-    async def start(self, ready: str, wait_s: float = 20.0) -> re.Match[str]:
-        self._pattern = re.compile(ready)
-        self._ready = asyncio.get_running_loop().create_future()
-        self.process = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=dict(self.env) if self.env is not None else None,
-            cwd=self.cwd,
-            limit=OUTPUT_LINE_LIMIT,
-        )
-        self._reader = asyncio.create_task(self._read_output())
+    async def start(self, ready: str, wait_s: float = 20.0) -> re.Match[str]:  # type: ignore[override]
+        await super().start()
         try:
-            async with asyncio.timeout(wait_s):
-                return await self._ready
-        except (TimeoutError, RuntimeError) as exc:
-            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            return await self.wait_for_line(ready, wait_s)
+        except (TimeoutError, ChildExitedError) as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else f"{self.name} exited"
             raise RuntimeError(
                 f"{self.name} not ready ({why}); its output:\n{self.log_tail()}"
             ) from exc
 
-    async def _read_output(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        assert self._ready is not None
-        assert self._pattern is not None
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.log_lines.append(text)
-            del self.log_lines[:-200]
-            self._on_line(text)
-            if not self._ready.done() and (match := self._pattern.search(text)):
-                self._ready.set_result(match)
-        if not self._ready.done():
-            self._ready.set_exception(RuntimeError(f"{self.name} exited"))
-
-    def _on_line(self, text: str) -> None:
-        """Each output line as it comes (for subclasses that watch the output)."""
-
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    def exited(self) -> bool:
-        return self.process is not None and self.process.returncode is not None
+    def log_lines(self) -> list[str]:
+        return self.lines
 
     def cpu_seconds(self) -> float | None:
         return proc_cpu_seconds(self.pid)
 
-    async def stop(self) -> None:
-        await stop_process(self.process)
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._reader
-            if self._ready is not None and not self._ready.done():
-                self._ready.cancel()
-            elif self._ready is not None and not self._ready.cancelled():
-                self._ready.exception()  # retrieved, so asyncio does not log it
+    async def stop(self, grace: float | None = None) -> int | None:
+        return await super().stop(grace)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_lines[-lines:]) or "(it printed nothing)"
+        return "\n".join(self.lines[-lines:]) or "(it printed nothing)"

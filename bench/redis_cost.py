@@ -3,7 +3,7 @@
     python -m bench.redis_cost                  # 500 connects per case
     python -m bench.redis_cost --connects 100 --out result.json
 
-Setup: a throwaway ``redis-server`` (``hybridrelay.devcluster.start_redis``: free loopback
+Setup: a throwaway ``redis-server`` (``hybridrelay.dev.cluster.start_redis``: free loopback
 port, no persistence; never the machine's own Redis), two relay subprocesses
 (``bench.throughput.RelayProcess``) with ``[cluster]`` on it (same prefix, node ids
 ``node-a`` and ``node-b``), and a ``Listener`` with an echo handler (``bench.latency.RelayEcho``)
@@ -57,7 +57,7 @@ from bench.throughput import (
     write_config,
 )
 from hybridrelay.client import connect
-from hybridrelay.devcluster import start_redis
+from hybridrelay.dev.cluster import start_redis
 from hybridrelay.errors import HandshakeError, HybridRelayError
 from hybridrelay.protocol.sas import SasTokenProvider
 from hybridrelay.wsclient import WsConnection

@@ -329,6 +329,54 @@ def _attack(units: dict[str, Unit], quick: bool) -> list[Row]:
     return out
 
 
+def _cpu_note(r: dict[str, Any], key: str, unit: str, digits: int) -> str:
+    """``relay CPU 2 workers X / 1 worker Y unit`` when the result has ``key``."""
+    cpu = r.get(key) or {}
+    if "1" not in cpu or "2" not in cpu:
+        return ""
+    two, one = fmt(cpu["2"]["median"], "", digits), fmt(cpu["1"]["median"], "", digits)
+    return f"relay CPU {two} (2 workers) / {one} (1 worker) {unit}"
+
+
+def _workers(units: dict[str, Unit], quick: bool) -> list[Row]:
+    unit = units.get("workers")
+    figure = "Worker scaling, 2 workers vs 1"
+    if (row := _status_row("10", figure, unit, "reported")) or unit is None:
+        return [row] if row else []
+    r = unit["result"]
+    rates, bulk, ratios = r["connects_per_s"], r["bulk_mb_s"], r["ratios"]
+    load = r.get("loadavg_at_start") or [None]
+    note = f"load average {load[0]:.1f} at start" if load[0] is not None else ""
+    return [
+        Row(
+            section="10",
+            figure=f"Worker scaling: connects/s, c={r['concurrency']} ({r['rounds']} rounds)",
+            a="2 workers " + _range(rates["2"], "/s", 0),
+            b="1 worker " + _range(rates["1"], "/s", 0),
+            result=_range(ratios["connects_2_over_1"], digits=2),
+            target="reported",
+            note="; ".join(
+                part
+                for part in (
+                    f"{r['failed_connects']} failed",
+                    _cpu_note(r, "relay_cpu_us_per_connect", "µs per connect", 0),
+                    note,
+                )
+                if part
+            ),
+        ),
+        Row(
+            section="10",
+            figure=f"Worker scaling: bulk, {r['clients']} streams of 64 KiB messages",
+            a="2 workers " + _range(bulk["2"], "MB/s", 0),
+            b="1 worker " + _range(bulk["1"], "MB/s", 0),
+            result=_range(ratios["bulk_2_over_1"], digits=2),
+            target="reported",
+            note=_cpu_note(r, "relay_cpu_s_per_gb", "s per GB", 2),
+        ),
+    ]
+
+
 BUILDERS: Final[list[Callable[[dict[str, Unit], bool], list[Row]]]] = [
     _bulk,
     _nginx,
@@ -337,6 +385,7 @@ BUILDERS: Final[list[Callable[[dict[str, Unit], bool], list[Row]]]] = [
     _memory,
     _http,
     _attack,
+    _workers,
 ]
 
 

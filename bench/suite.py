@@ -53,6 +53,7 @@ SECTIONS: Final = (
     "memory",
     "http",
     "attack",
+    "workers",
 )
 GRACE_S: Final = 30.0  # a unit's time to clean up after SIGTERM
 
@@ -129,6 +130,8 @@ UNITS: Final = (
     # Issue 11: legitimate connects while slow clients, ping flooders and junk handshakes
     # attack (a fresh relay per phase). Quick: baseline and all attacks at once, about 40 s.
     Unit("attack", ("attack",), "bench.attack", "", "--quick", 900),
+    # Issue 16: connects/s and bulk through one port with 1 vs 2 workers (a private Redis).
+    Unit("workers", ("workers",), "bench.workers", "", "--quick", 900),
 )
 
 

@@ -47,9 +47,10 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from bench.nginx import NginxError, NginxProxy, find_nginx, nginx_version
-from bench.proc import proc_cpu_seconds, stop_process
+from bench.proc import proc_cpu_seconds
 from bench.stats import paired, spread
 from hybridrelay.client import connect
+from hybridrelay.dev.children import ChildExitedError, ChildProcess
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.listener import AcceptRequest, Listener
 from hybridrelay.protocol.sas import SasTokenProvider
@@ -181,69 +182,30 @@ name = "{HC}"
     return path
 
 
-async def stop_child(
-    proc: asyncio.subprocess.Process | None, reader: asyncio.Task[None] | None
-) -> None:
-    """SIGTERM a bench child, SIGKILL it after 15 s, and let its output reader finish."""
-    await stop_process(proc, grace_s=15.0)
-    if reader is not None:
-        with contextlib.suppress(asyncio.CancelledError, BenchError):
-            await reader
-
-
-@dataclass
-class RelayProcess:
+class RelayProcess(ChildProcess):
     """``python -m hybridrelay relay serve --config ...`` as a child process."""
 
-    config_path: Path
-    url: str = ""
-    process: asyncio.subprocess.Process | None = None
-    log_lines: list[str] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    async def start(self, wait_s: float = 20.0) -> str:
+    def __init__(self, config_path: Path) -> None:
         # Inherited HYBRIDRELAY_* variables would override the config; drop them.
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDRELAY_")}
         env |= {"PYTHONUNBUFFERED": "1", "HYBRIDRELAY_LOG_LEVEL": "warning"}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hybridrelay",
-            "relay",
-            "serve",
-            "--config",
-            str(self.config_path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read_output(ready))
+        argv = [sys.executable, "-m", "hybridrelay", "relay", "serve", "--config", str(config_path)]
+        super().__init__("relay", argv, env=env, keep_lines=200, stop_grace=15.0)
+        self.config_path = config_path
+        self.url = ""
+
+    @property
+    def log_lines(self) -> list[str]:
+        return self.lines
+
+    async def start(self, wait_s: float = 20.0) -> str:  # type: ignore[override]
+        await super().start()
         try:
-            async with asyncio.timeout(wait_s):
-                self.url = await ready
+            self.url = (await self.wait_for_line(_READY, wait_s)).group(1)
             await self._wait_ready()
-        except (TimeoutError, BenchError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ChildExitedError, BenchError, aiohttp.ClientError) as exc:
             raise BenchError(f"relay did not start ({exc!r}):\n{self.log_tail()}") from exc
         return self.url
-
-    async def _read_output(self, ready: asyncio.Future[str]) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.log_lines.append(text)
-            del self.log_lines[:-200]
-            match = _READY.search(text)
-            if match and not ready.done():
-                ready.set_result(match.group(1))
-        if not ready.done():
-            ready.set_exception(BenchError("relay exited before it was ready"))
 
     async def _wait_ready(self) -> None:
         http_url = self.url.replace("ws://", "http://", 1)
@@ -255,18 +217,12 @@ class RelayProcess:
                             return
                 await asyncio.sleep(0.05)  # polling an endpoint
 
-    def exited(self) -> bool:
-        return self.process is not None and self.process.returncode is not None
-
     def cpu_seconds(self) -> float | None:
         """user+system CPU time of the relay process so far (Linux /proc), else None."""
-        return proc_cpu_seconds(self.process.pid if self.process is not None else None)
-
-    async def stop(self) -> None:
-        await stop_child(self.process, self._reader)
+        return proc_cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_lines[-lines:]) or "(relay printed nothing)"
+        return "\n".join(self.lines[-lines:]) or "(relay printed nothing)"
 
 
 @dataclass

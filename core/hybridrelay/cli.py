@@ -167,6 +167,7 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_<KEY>", "relay serve: [relay] KEY (HYBRIDRELAY_PORT=9000)"),
     ("HYBRIDRELAY_REDIS_URL", "relay serve: [cluster] redis_url"),
     ("HYBRIDRELAY_NODE_ID", "relay serve: [cluster] node_id"),
+    ("HYBRIDRELAY_WORKER_INDEX", "set by relay serve --workers for its worker processes"),
     (
         "HYBRIDRELAY_DEV_KEY",
         "the development key (relay serve without --config: else kept in DATA_DIR/dev-key;"
@@ -247,6 +248,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
     serve.add_argument("--host", help="override [relay] host")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="override [relay] workers: N relay processes share the port (SO_REUSEPORT) and"
+        " the [cluster] Redis, one per core (default 1; N > 1 needs [cluster]; docs/scaling.md)",
+    )
     backup = relay_sub.add_parser(
         "backup",
         help="copy the SQLite store to a file while the relay runs (online backup API)",
@@ -354,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
-    from hybridrelay.devcluster import add_dev_parser
+    from hybridrelay.dev.cluster import add_dev_parser
 
     add_admin_parser(sub)
     add_dev_parser(sub)
@@ -370,19 +378,28 @@ def _relay(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from hybridrelay.relay import run
     from hybridrelay.relay.config import (
         DEV_RULE_NAME,
         development_config,
         load_relay_config,
     )
+    from hybridrelay.relay.workers import WORKER_ENV, watch_supervisor, worker_ready_line
 
     env = dict(os.environ)
     if args.port is not None:
         env["HYBRIDRELAY_PORT"] = str(args.port)
     if args.host is not None:
         env["HYBRIDRELAY_HOST"] = args.host
+    if args.workers is not None:
+        env["HYBRIDRELAY_WORKERS"] = str(args.workers)
     config = load_relay_config(args.config, env) if args.config else development_config(env)
+    worker = env.get(WORKER_ENV)
+    if worker is None and config.relay.workers > 1:
+        _supervise(args, config)
+        return
     if not args.config:
         from hybridrelay.relay.dev_key import development_key
 
@@ -401,7 +418,11 @@ def _serve(args: argparse.Namespace) -> None:
 
     def ready(completed: Any) -> None:
         # The one line on stdout (logs are on stderr): a script or a person reads it there.
-        print(ready_line(completed.relay.public_url, routes), flush=True)
+        line = ready_line(completed.relay.public_url, routes)
+        if worker is not None:  # for the supervisor, which prints the line once all serve
+            node = completed.cluster.node_id if completed.cluster else ""
+            line = worker_ready_line(int(worker), node, completed.relay.rendezvous_url, line)
+        print(line, flush=True)
 
     def app_built(app: Any) -> None:
         routes.extend(resource.canonical for resource in app.router.resources())
@@ -410,9 +431,54 @@ def _serve(args: argparse.Namespace) -> None:
         reload = asyncio.Event()  # SIGHUP: reload the TLS certificate, key and client CAs
         with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
-        await run(config, stop, on_ready=ready, on_app=app_built, reload=reload)
+        if worker is not None:
+            watch_supervisor(stop)
+        await run(
+            config,
+            stop,
+            on_ready=ready,
+            on_app=app_built,
+            reload=reload,
+            worker_index=None if worker is None else int(worker),
+        )
 
+    if worker is not None and config.cluster is not None and config.cluster.node_id:
+        # Each worker is a cluster node of its own: a configured node id gets its index.
+        node_id = f"{config.cluster.node_id}-{worker}"
+        config = replace(config, cluster=replace(config.cluster, node_id=node_id))
     _run(serve)
+
+
+def _supervise(args: argparse.Namespace, config: Any) -> None:
+    """``--workers N``: N ``relay serve`` children on one port (relay/workers.py)."""
+    from hybridrelay.relay.workers import check_workers, reserve_port, supervise
+
+    check_workers(config, args.config or "<development default>")
+    s = config.relay
+    port, held = reserve_port(s.host, s.port)
+    child = ["--log-format", args.log_format]
+    if args.log_level:
+        child += ["--log-level", args.log_level]
+    child += ["relay", "serve", "--port", str(port)]
+    if args.config:
+        child += ["--config", args.config]
+    if args.host is not None:
+        child += ["--host", args.host]
+    code = 0
+
+    async def body(stop: asyncio.Event) -> None:
+        nonlocal code
+        code = await supervise(
+            config, stop, child_args=child, print_line=lambda line: print(line, flush=True)
+        )
+
+    try:
+        _run(body)
+    finally:
+        for sock in held:
+            sock.close()
+    if code:
+        raise SystemExit(code)
 
 
 DASHBOARD_PATH: Final = "/$dashboard/"
@@ -712,7 +778,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _dev(args: argparse.Namespace) -> None:
-    from hybridrelay.devcluster import run_cluster
+    from hybridrelay.dev.cluster import run_cluster
 
     _run(lambda stop: run_cluster(args, stop))
 

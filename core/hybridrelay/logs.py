@@ -33,7 +33,6 @@ RELAY: Final = "hybridrelay.relay"
 ACCESS: Final = "hybridrelay.relay.access"
 LISTENER: Final = "hybridrelay.listener"
 CLIENT: Final = "hybridrelay.client"
-CLUSTER: Final = "hybridrelay.cluster"
 BRIDGE: Final = "hybridrelay.bridge"
 
 _SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;])(?:sb-hc-token|sig|sb-hc-rdv|token)=)[^&;#]*")

@@ -25,7 +25,7 @@ from tests.harness.processes import CliProcess
 from tests.harness.timing import seconds
 
 from hybridrelay.client import connect
-from hybridrelay.devcluster import nginx_config, node_config
+from hybridrelay.dev.cluster import nginx_config, node_config
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.listener import AcceptRequest, Listener
 from hybridrelay.listener.config import load_agent_config

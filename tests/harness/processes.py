@@ -12,16 +12,15 @@ the ``HYBRIDRELAY_KEY`` environment variable and named with ``--key-env``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+
+from hybridrelay.dev.children import ChildExitedError, ChildProcess
 
 from .timing import seconds
 
@@ -36,13 +35,10 @@ __all__ = [
 ]
 
 KEY_ENV: Final = "HYBRIDRELAY_KEY"
-# Longest output line read whole (asyncio's default is 64 KiB): see relay.OUTPUT_LINE_LIMIT.
-OUTPUT_LINE_LIMIT: Final = 1 << 24
 _FORWARDING: Final = re.compile(r"forwarding (?P<host>\S+):(?P<port>\d+) -> ")
 
 
-class ProcessExitedError(AssertionError):
-    """The child exited (or closed its output) before printing the awaited line."""
+ProcessExitedError = ChildExitedError  # the child's output ended before the awaited line
 
 
 def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -58,11 +54,13 @@ def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-class CliProcess:
+class CliProcess(ChildProcess):
     """One ``python -m hybridrelay ARGS`` child with its output captured line by line.
 
-    Use as ``async with CliProcess([...]) as proc:``, or call :meth:`start` and
-    :meth:`stop` (a :class:`ProcessGroup` does that).
+    The harness's :class:`~hybridrelay.dev.children.ChildProcess` with every line kept
+    and every wait scaled by the test timeout factor. Use as
+    ``async with CliProcess([...]) as proc:``, or call :meth:`start` and :meth:`stop`
+    (a :class:`ProcessGroup` does that).
     """
 
     def __init__(
@@ -74,68 +72,21 @@ class CliProcess:
         name: str | None = None,
     ) -> None:
         self.args = list(args)
-        self.name = name or " ".join(self.args[:2])
-        self._env = _child_env(env or {})
-        self._cwd = cwd
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._lines: list[str] = []
-        self._cursor = 0
-        self._eof = False
-        self._changed = asyncio.Event()
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    async def start(self) -> Self:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hybridrelay",
-            *self.args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self._env,
-            cwd=self._cwd,
-            limit=OUTPUT_LINE_LIMIT,
+        super().__init__(
+            name or " ".join(self.args[:2]),
+            [sys.executable, "-m", "hybridrelay", *self.args],
+            env=_child_env(env or {}),
+            cwd=cwd,
+            keep_lines=None,
         )
-        self._reader = asyncio.create_task(self._read_output(self._proc))
+
+    async def start(self) -> Self:  # type: ignore[override]  # returns itself for chaining
+        await super().start()
         return self
 
-    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        try:
-            while line := await proc.stdout.readline():
-                self._lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
-                self._changed.set()
-        finally:
-            self._eof = True
-            self._changed.set()
-
-    async def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; always reaps the child."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                async with asyncio.timeout(seconds(timeout)):
-                    await proc.wait()
-            except TimeoutError:
-                self._lines.append(f"[harness] no exit {timeout}s after SIGTERM; killed")
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._reader is not None:
-            # The pipe ends with the child (its only writer); bounded anyway.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds(5)):
-                    await asyncio.shield(self._reader)
-            self._reader.cancel()
-            await asyncio.wait({self._reader})
-        return proc.returncode
+    async def stop(self, timeout: float = 10.0) -> int | None:  # type: ignore[override]
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (scaled); always reaps the child."""
+        return await super().stop(seconds(timeout))
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -148,85 +99,27 @@ class CliProcess:
     ) -> None:
         await self.stop()
 
-    # -- state -----------------------------------------------------------------------
-
     @property
     def pid(self) -> int:
-        assert self._proc is not None, "not started"
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.returncode
-
-    def output(self) -> str:
-        """Everything the child printed so far (stdout and stderr interleaved)."""
-        return "\n".join(self._lines)
-
-    @property
-    def lines(self) -> list[str]:
-        return list(self._lines)
-
-    def send_signal(self, sig: int) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.send_signal(sig)
-
-    async def kill9(self) -> int:
-        """SIGKILL the child and reap it: a crash, no chance to close anything."""
-        assert self._proc is not None, "not started"
-        self.send_signal(signal.SIGKILL)
-        return await self._proc.wait()
+        assert self.process is not None, "not started"
+        return self.process.pid
 
     async def wait(self, timeout: float = 10.0) -> int:
         """Wait for the child to exit by itself and for the rest of its output."""
-        assert self._proc is not None, "not started"
-        try:
-            async with asyncio.timeout(seconds(timeout)):
-                code = await self._proc.wait()
-                if self._reader is not None:
-                    await asyncio.shield(self._reader)
-        except TimeoutError:
-            raise TimeoutError(
-                f"{self.name}: still running after {timeout}s; output:\n{self.output()}"
-            ) from None
-        return code
-
-    # -- output ----------------------------------------------------------------------
+        return await super().wait(seconds(timeout))
 
     async def wait_for_line(
         self, pattern: str | re.Pattern[str], timeout: float = 10.0
     ) -> re.Match[str]:
-        """Return the match of the first unseen output line that matches ``pattern``.
+        """Return the match of the first unseen output line matching ``pattern``.
 
-        Lines are consumed: the search starts after the line the previous call matched,
-        so awaiting the same pattern twice finds two different lines.
+        Lines are consumed: awaiting the same pattern twice finds two different lines.
 
         Raises:
             TimeoutError: no such line within ``timeout`` seconds (scaled).
             ProcessExitedError: the child's output ended without such a line.
         """
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        try:
-            async with asyncio.timeout(seconds(timeout)):
-                while True:
-                    self._changed.clear()
-                    while self._cursor < len(self._lines):
-                        line = self._lines[self._cursor]
-                        self._cursor += 1
-                        match = regex.search(line)
-                        if match is not None:
-                            return match
-                    if self._eof:
-                        raise ProcessExitedError(
-                            f"{self.name} exited ({self.returncode}) before printing "
-                            f"{regex.pattern!r}; output:\n{self.output()}"
-                        )
-                    await self._changed.wait()
-        except TimeoutError:
-            raise TimeoutError(
-                f"{self.name}: no line matching {regex.pattern!r} within {timeout}s; "
-                f"output:\n{self.output()}"
-            ) from None
+        return await super().wait_for_line(pattern, seconds(timeout))
 
 
 class ProcessGroup:

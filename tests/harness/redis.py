@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from hybridrelay.dev.children import free_port
+
 from .timing import seconds
 
 __all__ = ["RedisServer", "RedisServerError", "redis_url", "unique_prefix"]
@@ -56,13 +58,6 @@ def _server_executable() -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -93,7 +88,7 @@ class RedisServer:
     def start(self) -> str:
         """Start (on a new free port the first time, the same port after), return the URL."""
         for _ in range(_START_ATTEMPTS):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             with self._log_path.open("ab") as log:
                 proc = subprocess.Popen(
                     [

@@ -8,32 +8,25 @@ confirmed on /readyz, and its log is kept and shown only when a test fails.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hybridrelay.dev.children import ChildExitedError, ChildProcess
 from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
 from hybridrelay.relay.state import STATE, RelayState
 
 from .timing import seconds
-
-# A child's output line may be this long before readline() gives up. Hostile input can
-# make the relay log a line far over asyncio's 64 KiB default (aiohttp quotes the bad
-# bytes of a malformed request); a reader that died on it would stop draining the pipe
-# and the relay would block on its next log write.
-OUTPUT_LINE_LIMIT: Final = 1 << 24
 
 # Keys used by every test config; tokens are signed with them.
 ROOT_KEY = "root-key-0123456789abcdef0123456789"
@@ -141,56 +134,39 @@ public_keys = ['{pem}']
 _READY = re.compile(r"relay ready at (\S+)")
 
 
-@dataclass
-class RelayProcess:
-    """``python -m hybridrelay relay serve`` as a child process."""
+class RelayProcess(ChildProcess):
+    """``python -m hybridrelay relay serve`` as a child process (every output line kept)."""
 
-    config_path: Path | None
-    env: Mapping[str, str] = field(default_factory=dict)
-    url: str = ""
-    process: asyncio.subprocess.Process | None = None
-    log_lines: list[str] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
+    def __init__(self, config_path: Path | None, env: Mapping[str, str] | None = None) -> None:
+        argv = [sys.executable, "-m", "hybridrelay", "relay", "serve"]
+        if config_path is not None:
+            argv += ["--config", str(config_path)]
+        super().__init__(
+            "relay",
+            argv,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            keep_lines=None,
+        )
+        self.config_path = config_path
+        self.url = ""
 
     @property
     def http_url(self) -> str:
         return self.url.replace("wss://", "https://").replace("ws://", "http://")
 
-    async def start(self, *, ssl_ca: Path | None = None) -> RelayProcess:
-        args = [sys.executable, "-m", "hybridrelay", "relay", "serve"]
-        if self.config_path is not None:
-            args += ["--config", str(self.config_path)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.process = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            limit=OUTPUT_LINE_LIMIT,
-        )
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read_output(ready))
+    @property
+    def log_lines(self) -> list[str]:
+        return self.lines
+
+    async def start(self, *, ssl_ca: Path | None = None) -> RelayProcess:  # type: ignore[override]
+        await super().start()
         try:
-            async with asyncio.timeout(seconds(20)):
-                self.url = await ready
-        except (TimeoutError, RuntimeError) as exc:
+            self.url = (await self.wait_for_line(_READY, seconds(20))).group(1)
+        except (TimeoutError, ChildExitedError) as exc:
             await self.stop()
-            raise RuntimeError("relay did not start:\n" + "\n".join(self.log_lines)) from exc
+            raise RuntimeError("relay did not start:\n" + self.log()) from exc
         await self._wait_ready(ssl_ca)
         return self
-
-    async def _read_output(self, ready: asyncio.Future[str]) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.log_lines.append(text)
-            match = _READY.search(text)
-            if match and not ready.done():
-                ready.set_result(match.group(1))
-        if not ready.done():
-            ready.set_exception(RuntimeError("relay exited"))
 
     async def _wait_ready(self, ssl_ca: Path | None) -> None:
         import ssl
@@ -207,28 +183,14 @@ class RelayProcess:
                 await asyncio.sleep(0.05)  # polling an endpoint, not synchronisation by delay
 
     def signal(self, sig: int) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(sig)
+        self.send_signal(sig)
 
-    async def stop(self) -> int | None:
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(seconds(15)):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        return proc.returncode
+    async def stop(self, grace: float | None = None) -> int | None:
+        """SIGTERM, SIGKILL after 15 s (scaled) unless ``grace`` says otherwise; reap."""
+        return await super().stop(seconds(15) if grace is None else grace)
 
     def log(self) -> str:
-        return "\n".join(self.log_lines)
+        return self.output()
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 
 import pytest
@@ -15,16 +14,11 @@ from tests.harness.timing import seconds
 
 from hybridrelay.backoff import ReconnectBackoff
 from hybridrelay.client.forward import Forwarder
+from hybridrelay.dev.children import free_port
 from hybridrelay.listener import Listener, TcpTarget
 from hybridrelay.protocol.sas import SasTokenProvider
 
 ROOT = "RootManageSharedAccessKey"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _events(caplog: pytest.LogCaptureFixture, name: str, level: int) -> list[logging.LogRecord]:
@@ -41,7 +35,7 @@ async def test_listener_logs_an_outage_once_and_summarises_it(
     relay_factory: RelayFactory, echo_server: tuple[str, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="hybridrelay.listener")
-    port = _free_port()  # nothing listens there yet: the relay is "down"
+    port = free_port()  # nothing listens there yet: the relay is "down"
     listener = Listener(
         f"ws://127.0.0.1:{port}",
         "echo",
@@ -74,7 +68,7 @@ async def test_forwarder_logs_an_unreachable_relay_once_per_outage(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="hybridrelay.client")
     forwarder = Forwarder(
-        f"ws://127.0.0.1:{_free_port()}",
+        f"ws://127.0.0.1:{free_port()}",
         "echo",
         token_provider=SasTokenProvider(ROOT, ROOT_KEY),
         open_timeout=seconds(5),

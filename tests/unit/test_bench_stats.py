@@ -261,3 +261,26 @@ def test_only_selects_units_and_latency_parts() -> None:
         suite._sections("bulk,warp")
     covered = {s for u in suite.UNITS for s in u.sections}
     assert covered == set(suite.SECTIONS)
+
+
+def test_worker_scaling_rows_compare_two_workers_with_one_per_round() -> None:
+    result = {
+        "rounds": 2,
+        "clients": 2,
+        "concurrency": 50,
+        "connects_per_s": {"1": spread([200.0, 300.0], 1), "2": spread([300.0, 420.0], 1)},
+        "bulk_mb_s": {"1": spread([500.0, 600.0], 1), "2": spread([500.0, 900.0], 1)},
+        "ratios": {
+            "connects_2_over_1": spread(paired([300.0, 420.0], [200.0, 300.0])),
+            "bulk_2_over_1": spread(paired([500.0, 900.0], [500.0, 600.0])),
+        },
+        "failed_connects": 0,
+        "loadavg_at_start": [5.9, 5.8, 5.8],
+    }
+    connects, bulk = report.rows(_results(workers={"status": "ok", "result": result}))
+    assert connects.result == f"1.45 [1.40{EN_DASH}1.50]"
+    assert connects.a.startswith("2 workers 360")
+    assert connects.b.startswith("1 worker 250")
+    assert connects.met is None
+    assert "load average 5.9" in connects.note
+    assert bulk.result == f"1.25 [1.00{EN_DASH}1.50]"

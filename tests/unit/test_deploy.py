@@ -115,7 +115,17 @@ def test_dockerfile_is_multistage_slim_non_root_with_healthcheck() -> None:
     instructions = list(_dockerfile_instructions())
     froms = [rest for word, rest in instructions if word == "FROM"]
     assert len(froms) >= 2
-    assert all(f.startswith("python:3.11-slim") for f in froms)
+    # Pinned: one exact Python release on one Debian release, the same in every stage (the
+    # final stage runs the venv the build stage made).
+    images = {f.split()[0] for f in froms}
+    assert len(images) == 1, images
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", images.pop())
+    labels = " ".join(rest for word, rest in instructions if word == "LABEL")
+    for label in ("org.opencontainers.image.source", "org.opencontainers.image.version"):
+        assert label in labels
+    version = re.search(r"ARG VERSION=(\S+)", DOCKERFILE.read_text(encoding="utf-8"))
+    assert version
+    assert version.group(1) == _pyproject_version()
     users = [rest for word, rest in instructions if word == "USER"]
     assert users
     assert users[-1].split(":")[0] not in {"root", "0"}
@@ -129,6 +139,34 @@ def test_dockerfile_is_multistage_slim_non_root_with_healthcheck() -> None:
     assert ("CMD", '["relay", "serve", "--config", "/etc/hybridrelay/relay.toml"]') in instructions
     env_names = set(re.findall(r"HYBRIDRELAY_[A-Z_]+", DOCKERFILE.read_text(encoding="utf-8")))
     assert env_names <= KNOWN_ENV
+
+
+def _pyproject_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version = "([^"]+)"', text, re.M)
+    assert match
+    return match.group(1)
+
+
+def test_image_dependencies_are_pinned_and_match_pyproject() -> None:
+    """deploy/requirements.lock pins (==) every runtime dependency pyproject.toml names."""
+    lock = {}
+    for raw in (DEPLOY / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, line
+            assert version, line
+            lock[name.lower().replace("_", "-")] = version
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = text[text.index("dependencies = [") : text.index("]", text.index("dependencies = ["))]
+    names = re.findall(r'^\s*"([A-Za-z0-9_.-]+)', block, re.M)
+    assert names
+    for name in names:
+        assert name.lower().replace("_", "-") in lock, name
+    for compose_image in (s["image"] for s in _compose()["services"].values() if "image" in s):
+        if compose_image != "hybridrelay:local":
+            assert re.search(r":\d+\.\d+\.\d+", compose_image), compose_image
 
 
 def test_dockerignore_keeps_what_the_wheel_build_copies() -> None:
@@ -541,3 +579,28 @@ def test_deploy_docs_name_only_settings_the_code_knows() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)", text):  # relative links resolve
             if "://" not in target:
                 assert (ROOT / "docs" / target).resolve().exists(), (doc, target)
+
+
+def _compose_default(value: str) -> str:
+    """``${NAME:-default}`` -> ``default`` (what compose substitutes with NAME unset)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_relay_nodes_keep_their_addresses_across_restarts() -> None:
+    """nginx resolves relay-N once: each node has a fixed address in the declared subnet."""
+    import ipaddress
+
+    compose = _compose()
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    network = ipaddress.ip_network(_compose_default(subnet))
+    addresses = set()
+    for name in RELAY_SERVICES:
+        address = ipaddress.ip_address(
+            _compose_default(compose["services"][name]["networks"]["default"]["ipv4_address"])
+        )
+        assert address in network, (name, address)
+        addresses.add(address)
+    assert len(addresses) == len(RELAY_SERVICES)
+    for port in compose["services"]["nginx"]["ports"]:
+        # Overridable host side (scripts/container-test binds free loopback ports).
+        assert port.startswith("${RELAY_DEMO_BIND:-"), port

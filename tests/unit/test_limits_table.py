@@ -37,7 +37,11 @@ NOT_LIMITS = frozenset(
         "client_ca_file",
         "tls_reload_interval",  # how often the relay looks at its own TLS files
         "allow_placeholder_keys",
+        "dashboard_viewers",
         "metrics_listen",
+        "workers",  # how many processes serve (docs/scaling.md), not a bound on peers
+        "worker_port",
+        "rendezvous_url",  # set by serve.run for a worker, not a config key
     }
 )
 

@@ -633,6 +633,7 @@ class FrontDoorSite(web.TCPSite):
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 128,
         reuse_address: bool | None = None,
+        reuse_port: bool | None = None,
     ) -> None:
         super().__init__(
             runner,
@@ -641,6 +642,7 @@ class FrontDoorSite(web.TCPSite):
             ssl_context=ssl_context,
             backlog=backlog,
             reuse_address=reuse_address,
+            reuse_port=reuse_port,
         )
         self._front_door = front_door
 
@@ -664,6 +666,7 @@ class FrontDoorSite(web.TCPSite):
             ssl=self._ssl_context,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
             ssl_handshake_timeout=door.settings.handshake_timeout if self._ssl_context else None,
         )
         sockets = self._server.sockets

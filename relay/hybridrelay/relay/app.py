@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hybridrelay.relay import device_auth
+from hybridrelay.relay import dashboard, device_auth
 from hybridrelay.relay.admission import PendingShare, rate_limit_middleware
 from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
@@ -26,8 +26,10 @@ from hybridrelay.relay.mgmt.events import EventHub
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.reactions import REACTIONS, Reactions, reactions_ctx
 from hybridrelay.relay.remote_listeners import watch_remote_listeners
+from hybridrelay.relay.sources import REFUSED_SOURCES, TopSources
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
+from hybridrelay.relay.traffic import TRAFFIC, TrafficHistory, traffic_ctx
 
 __all__ = ["create_app"]
 
@@ -77,15 +79,19 @@ def create_app(
     m.cluster_available = lambda: state.cluster.unavailable_reason() is None
     watch_remote_listeners(state)
     app[METRICS_KEY] = m
+    app[REFUSED_SOURCES] = TopSources()  # counted by the error middleware (GET /stats)
     app[REACTIONS] = Reactions(state)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if relay.metrics_listen is None:  # else only on that address (serve.py)
         app.router.add_get("/metrics", metrics)
     add_mgmt_routes(app.router)  # /$mgmt/v1: before the catch-all
+    dashboard.install(app)  # /$dashboard/: before the catch-all
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(reactions_ctx)  # torn down before _lifecycle closes the store
+    app[TRAFFIC] = TrafficHistory()
+    app.cleanup_ctx.append(traffic_ctx)  # the last 15 minutes of traffic (GET /stats)
     device_auth.install(app)  # after _lifecycle: stops watching before the store closes
     mgmt_events.install(app)  # after _lifecycle: stops before the store closes
     mgmt_jobs.install(app)  # after _lifecycle: jobs are cancelled before the store closes

@@ -179,6 +179,14 @@ class RelaySettings:
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""  # completed from host/port when empty
+    # ``workers`` relay processes share ``port`` (SO_REUSEPORT) and the [cluster] Redis;
+    # each also serves on its own port, worker_port + index (0: a free one), which it
+    # advertises as its rendezvous address (docs/scaling.md, "Workers").
+    workers: int = 1
+    worker_port: int = 0
+    # This process's own address for rendezvous when it is one of several workers (set by
+    # serve.run, never by config); empty: public_url.
+    rendezvous_url: str = ""
     tls_cert: str | None = None
     tls_key: str | None = None
     data_dir: str = ".hybridrelay"
@@ -269,6 +277,15 @@ class RelaySettings:
     # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
     # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
     allow_placeholder_keys: bool = False
+    # The dashboard (/$dashboard/): how long a login lasts (no renewal: log in again), how
+    # many sessions this node holds at once (a login beyond: 429), and failed logins one
+    # address may make per minute (beyond: 429 until the minute is over).
+    dashboard_session_ttl: float = 1800.0
+    max_dashboard_sessions: int = 1000
+    dashboard_login_failures: int = 5
+    # Who logs in read-only: "sas:<rule>" or "jwt:<subject>" (everyone else with Manage
+    # is an operator).
+    dashboard_viewers: tuple[str, ...] = ()
     # Serve /metrics (and /healthz, /readyz) on this HOST:PORT of its own, plain HTTP, and
     # no longer on the public port: what the relay counts is for its operator, not for
     # the internet. None: /metrics stays on the public port, as before.
@@ -508,6 +525,8 @@ _ENV_TYPES: Mapping[str, type] = {
     "host": str,
     "port": int,
     "public_url": str,
+    "workers": int,
+    "worker_port": int,
     "tls_cert": str,
     "tls_key": str,
     "data_dir": str,
@@ -548,6 +567,10 @@ _ENV_TYPES: Mapping[str, type] = {
     "event_history": int,
     "event_subscriber_queue": int,
     "allow_placeholder_keys": bool,
+    "dashboard_session_ttl": float,
+    "max_dashboard_sessions": int,
+    "dashboard_login_failures": int,
+    "dashboard_viewers": list,
     "metrics_listen": str,
     "max_metrics_hc_labels": int,
 }
@@ -641,6 +664,8 @@ def _settings(table: Table) -> RelaySettings:
         host=table.get_str("host", d.host) or d.host,
         port=table.get_int("port", d.port, minimum=0, maximum=65535),
         public_url=table.get_str("public_url", "") or "",
+        workers=table.get_int("workers", d.workers, minimum=1, maximum=256),
+        worker_port=table.get_int("worker_port", d.worker_port, minimum=0, maximum=65535),
         tls_cert=table.get_str("tls_cert"),
         tls_key=table.get_str("tls_key"),
         data_dir=table.get_str("data_dir", d.data_dir) or d.data_dir,
@@ -733,6 +758,16 @@ def _settings(table: Table) -> RelaySettings:
             "event_subscriber_queue", d.event_subscriber_queue, minimum=1, maximum=1_000_000
         ),
         allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
+        dashboard_session_ttl=table.get_float(
+            "dashboard_session_ttl", d.dashboard_session_ttl, minimum=60.0, maximum=86_400.0
+        ),
+        max_dashboard_sessions=table.get_int(
+            "max_dashboard_sessions", d.max_dashboard_sessions, minimum=1, maximum=1_000_000
+        ),
+        dashboard_login_failures=table.get_int(
+            "dashboard_login_failures", d.dashboard_login_failures, minimum=1, maximum=10_000
+        ),
+        dashboard_viewers=tuple(table.str_list("dashboard_viewers")),
         metrics_listen=_host_port(table, "metrics_listen"),
         max_metrics_hc_labels=table.get_int(
             "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000

@@ -155,6 +155,7 @@ class ControlChannel:
         self._skip_body = False
         self._last_seen = asyncio.get_running_loop().time()
         self.closing = False
+        self.connected_at = now()  # wall time, for the management API's listener list
 
     @property
     def listener_id(self) -> str:
@@ -163,6 +164,16 @@ class ControlChannel:
     @property
     def hc_name(self) -> str:
         return self._hc_name
+
+    @property
+    def remote_address(self) -> str:
+        """The listener's address and port as the relay sees them (``""`` when gone)."""
+        peer = (
+            self._request.transport.get_extra_info("peername") if self._request.transport else None
+        )
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return ""
 
     async def deliver(self, message: Accept | Request, body: bytes | None = None) -> None:
         """Send one control message, and its body right after it (HC §4: adjacent).

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import uuid
 from typing import Final
 
@@ -332,6 +333,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         write_buffer=relay.stream_buffer_size,
         limit_hit=state.metrics.limit_hit,
     )
+    splice.sender_address = _address_text(request)  # read now: the splice takes the socket
     tracking_id = addr.tracking_id or _new_tracking_id()
     deadline = started + relay.rendezvous_timeout
     # One slot of this entity's share while the sender waits for its rendezvous.
@@ -349,7 +351,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
             key = state.cluster.add_pending(pending)
             accept = Accept(
                 address=build_rendezvous_address(
-                    public_url=state.public_url,
+                    public_url=state.rendezvous_url,
                     entity=hc.name,
                     suffix=suffix,
                     app_query=addr.app_query,
@@ -489,6 +491,9 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
     stats = metrics.stream_started(pending.hc_name)
+    splice.stream_id = secrets.token_hex(8)
+    splice.listener_id = pending.listener_id
+    splice.started_at = state.now()
     state.splices.add(splice)
     if handle is not None:
         state.cluster.stream_started(handle)
@@ -500,6 +505,11 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
         metrics.stream_finished(stats, up, down)
 
     splice.on_finish = finished
+
+
+def _address_text(request: web.Request) -> str:
+    endpoint = remote_endpoint(request)
+    return f"{endpoint.address}:{endpoint.port}" if endpoint is not None else ""
 
 
 def _release_senders_of(state: RelayState, channel: ControlChannel) -> None:

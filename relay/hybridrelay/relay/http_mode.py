@@ -292,7 +292,7 @@ async def _exchange(
     # The key must outlive the whole exchange: a large response is uploaded at its end.
     key = state.cluster.add_pending(pending, ttl=timeout + 5.0)
     address = build_rendezvous_address(
-        public_url=state.public_url,
+        public_url=state.rendezvous_url,
         entity=hc_name,
         suffix="",
         app_query="",

@@ -85,6 +85,10 @@ class _Family:
             child = self._children[values] = type(self)(self.name, self.doc)
         return child
 
+    def counts(self) -> list[tuple[tuple[str, ...], float]]:
+        """Each label combination with its value (the management API's ``/stats``)."""
+        return [(values, cell.value) for values, cell in self._cells()]
+
     def remove(self, *values: str) -> None:
         """Drop the child for these label values (its sample disappears from the exposition)."""
         self._children.pop(values, None)
@@ -289,6 +293,10 @@ class RelayMetrics:
         if stats is None:
             stats = self._new_hc(name)
         return stats
+
+    def hc_numbers(self, name: str) -> HcStats | None:
+        """The numbers kept for the entity ``name``, without giving it a label (None: none)."""
+        return self._hcs.get(name)
 
     def _new_hc(self, name: str) -> HcStats:
         if len(self._hcs) < self.max_hc_labels:

@@ -19,6 +19,7 @@ from hybridrelay.errors import HybridRelayError, MethodNotAllowedError, Rejected
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.admission import FrontDoorProtocol
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import HC_NAME
 
 __all__ = ["ACTION_KEY", "METRICS_KEY", "error_middleware", "error_response"]
@@ -123,3 +124,9 @@ def _count(request: web.Request, status: int) -> None:
     metrics = request.app.get(METRICS_KEY)
     if metrics is not None:
         metrics.rejected(status, _action(request), request.get(HC_NAME))
+    sources = request.app.get(REFUSED_SOURCES)
+    if sources is not None and status != 404:
+        # 404s are mostly senders racing a listener's start; the rest are worth a name.
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if isinstance(peer, tuple) and peer:
+            sources.add(str(peer[0]))

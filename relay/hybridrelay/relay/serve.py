@@ -14,6 +14,7 @@ import secrets
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -41,7 +42,7 @@ from hybridrelay.relay.store.sqlite import SqliteStore
 from hybridrelay.relay.tls_expiry import observe_certificates
 from hybridrelay.relay.tls_reload import CertificateReloader
 
-__all__ = ["run", "tls_context"]
+__all__ = ["run", "tls_context", "worker_url"]
 
 log = logging.getLogger(RELAY)
 
@@ -140,6 +141,25 @@ def _raise_open_file_limit() -> None:
         log.info("open_file_limit_raised", extra={"from": soft, "to": target})
 
 
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else configured
+
+
+def worker_url(public_url: str, port: int) -> str:
+    """``public_url`` with ``port``: a worker's own address, at the relay's public host.
+
+    Listeners accept rendezvous addresses on their relay's host at any port (and a wss://
+    relay's only as wss://), so the public host must forward ``worker_port + i`` to this
+    machine the way it forwards the public port (docs/scaling.md).
+    """
+    parts = urlsplit(public_url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path, "", ""))
+
+
 async def open_store(config: RelayConfig) -> Store:
     """The store ``config`` asks for: Redis with ``[cluster]``, else one SQLite file."""
     cluster = config.cluster
@@ -224,6 +244,7 @@ async def run(
     on_ready: Callable[[RelayConfig], None] | None = None,
     on_app: Callable[[web.Application], None] | None = None,
     reload: asyncio.Event | None = None,
+    worker_index: int | None = None,
 ) -> None:
     """Serve the relay until ``stop`` is set.
 
@@ -233,6 +254,9 @@ async def run(
         on_ready: called with the completed config (real port, public URL) once serving.
         on_app: called with the aiohttp application before it starts (tests inspect state).
         reload: set it (the CLI does on SIGHUP) to reload the TLS files; cleared here.
+        worker_index: this process is worker ``worker_index`` of ``workers`` (workers.py):
+            it shares the public port with the others (SO_REUSEPORT) and serves on its own
+            port too, the rendezvous address it hands listeners.
     """
     s = config.relay
     # A key copied from an example config is public: refuse to serve with it.
@@ -302,20 +326,44 @@ async def run(
         ssl_context=ssl_ctx,
         backlog=1024,
         reuse_address=True,
+        reuse_port=worker_index is not None,
     )
     await site.start()
     metrics_runner: web.AppRunner | None = None
     try:
         if s.metrics_listen is not None:
-            metrics_runner = await _serve_metrics(app[STATE], s.metrics_listen, front_door)
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else s.port
+            metrics_at = s.metrics_listen
+            if worker_index is not None and metrics_at[1]:
+                # Each worker its own metrics: worker i on metrics_listen's port + i.
+                metrics_at = (metrics_at[0], metrics_at[1] + worker_index)
+            metrics_runner = await _serve_metrics(app[STATE], metrics_at, front_door)
+        port = _bound_port(site, s.port)
         state = app[STATE]
         state.config = complete(replace(config), port)
+        if worker_index is not None:
+            own = FrontDoorSite(
+                runner,
+                s.host,
+                s.worker_port + worker_index if s.worker_port else 0,
+                front_door=front_door,
+                ssl_context=ssl_ctx,
+                backlog=1024,
+                reuse_address=True,
+            )
+            await own.start()
+            url = worker_url(state.config.relay.public_url, _bound_port(own, 0))
+            state.config = replace(
+                state.config, relay=replace(state.config.relay, rendezvous_url=url)
+            )
         log.info(
             "relay_started",
-            extra={"host": s.host, "port": port, "public_url": state.config.relay.public_url},
+            extra={
+                "host": s.host,
+                "port": port,
+                "public_url": state.config.relay.public_url,
+                "rendezvous_url": state.rendezvous_url,
+                "node_id": config.cluster.node_id if config.cluster else None,
+            },
         )
         if on_ready is not None:
             on_ready(state.config)

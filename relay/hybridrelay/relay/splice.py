@@ -443,9 +443,13 @@ class Splice:
         "hc_name",
         "limit_hit",
         "listener",
+        "listener_id",
         "max_queued_control",
         "on_finish",
         "sender",
+        "sender_address",
+        "started_at",
+        "stream_id",
         "write_buffer",
     )
 
@@ -460,6 +464,12 @@ class Splice:
         limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.hc_name = hc_name
+        # What the management API shows of a live stream (mgmt/live.py); filled in
+        # when the splice starts (hc_endpoints._stream_started).
+        self.stream_id = ""
+        self.listener_id = ""
+        self.sender_address = ""
+        self.started_at = 0.0
         self.max_queued_control = max_queued_control
         self.write_buffer = write_buffer
         self.limit_hit = limit_hit

@@ -65,6 +65,17 @@ class RelayState:
         return self.config.relay.public_url
 
     @property
+    def rendezvous_url(self) -> str:
+        """Where listeners dial this process's rendezvous: a worker's own port, else public_url.
+
+        Several workers share the public port and the kernel picks one per connection, so
+        a rendezvous dialled there would reach the worker that holds its sender only by
+        chance; each worker's own port always reaches it.
+        """
+        relay = self.config.relay
+        return relay.rendezvous_url or relay.public_url
+
+    @property
     def token_hosts(self) -> frozenset[str] | None:
         """The hosts a token may name with ``check_token_host`` on (else None: unchecked).
 

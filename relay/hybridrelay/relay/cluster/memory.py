@@ -150,9 +150,6 @@ class MemoryClusterState:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    def total_listeners(self) -> int:
-        return sum(len(c) for c in self._channels.values())
-
     async def close(self) -> None:
         self._channels.clear()
         self._active.clear()

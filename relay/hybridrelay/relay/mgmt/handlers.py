@@ -52,8 +52,16 @@ from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
 from hybridrelay.relay.mgmt.jobs import job_routes
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
+from hybridrelay.relay.mgmt.live import (
+    azure_counters,
+    close_stream,
+    list_listeners,
+    list_streams,
+    stats,
+)
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import (
     MAX_PAGE,
@@ -65,6 +73,7 @@ from hybridrelay.relay.store.models import (
     rights_from_json,
     validate_device_id,
 )
+from hybridrelay.relay.traffic import INTERVAL, TRAFFIC
 
 __all__ = ["MGMT_PREFIX", "add_routes"]
 
@@ -458,6 +467,48 @@ async def _device(request: web.Request) -> web.StreamResponse:
     return await _serve(request, operations)
 
 
+# --- live state of this node (mgmt/live.py) ---------------------------------------------------
+
+
+async def _listeners(call: _Call) -> web.StreamResponse:
+    return _json(list_listeners(call.request, call.state))
+
+
+async def _streams(call: _Call) -> web.StreamResponse:
+    return _json(list_streams(call.request, call.state))
+
+
+async def _stats(call: _Call) -> web.StreamResponse:
+    doc = stats(call.state)
+    sources = call.request.app.get(REFUSED_SOURCES)
+    doc["topRefusedSources"] = [
+        {"address": s.address, "count": s.count, "error": s.error}
+        for s in (sources.top(10) if sources is not None else [])
+    ]
+    history = call.request.app.get(TRAFFIC)
+    doc["traffic"] = {
+        "interval": INTERVAL,
+        "points": [p.to_json() for p in history.points()] if history is not None else [],
+    }
+    name = call.request.query.get("hybridConnection")
+    if name is not None:
+        hc = await _existing_hc(call.state, name)
+        doc["hybridConnection"] = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+    return _json(doc)
+
+
+async def _close_stream(call: _Call, stream_id: str) -> web.StreamResponse:
+    close_stream(call.request, call.state, stream_id)
+    return _no_content()
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    operations: dict[str, Operation] = {
+        "DELETE": functools.partial(_close_stream, stream_id=request.match_info["stream"])
+    }
+    return await _serve(request, operations)
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 
@@ -491,6 +542,10 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/rules/{rule}/regenerate", _namespace_regenerate),
         ("/devices", _collection(_list_devices)),
         ("/devices/{device:.+}", _device),
+        ("/listeners", _collection(_listeners)),
+        ("/streams", _collection(_streams)),
+        ("/streams/{stream}", _stream),
+        ("/stats", _collection(_stats)),
         ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
         *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
         *certificate_routes(),  # /certificates...: CA certificates (mgmt/certificates.py)

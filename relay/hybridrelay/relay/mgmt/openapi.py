@@ -643,6 +643,222 @@ _EVENTS_PATH: Final[Doc] = {
 }
 
 
+_HC_FILTER: Final = _param(
+    "hybridConnection",
+    "query",
+    {"type": "string", "minLength": 1},
+    "Only those of this hybrid connection (ignoring case).",
+    required=False,
+)
+_LIVE_SCHEMAS: Final[dict[str, Doc]] = {
+    "Listener": {
+        "type": "object",
+        "description": "A listener's control channel connected to this node.",
+        "required": ["hybridConnection", "id", "remoteAddress", "connectedAt", "activeStreams"],
+        "properties": {
+            "hybridConnection": {"type": "string"},
+            "id": {"type": "string", "description": "The listener's id (its tracking id)."},
+            "remoteAddress": {"type": "string", "description": "address:port as seen here."},
+            "connectedAt": _TIME,
+            "activeStreams": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ListenerList": _list_of("Listener"),
+    "Stream": {
+        "type": "object",
+        "description": "A spliced WebSocket stream (sender <-> listener) open on this node.",
+        "required": [
+            "id",
+            "hybridConnection",
+            "listenerId",
+            "senderAddress",
+            "startedAt",
+            "bytesSenderToListener",
+            "bytesListenerToSender",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "hybridConnection": {"type": "string"},
+            "listenerId": {"type": "string"},
+            "senderAddress": {"type": "string"},
+            "startedAt": _TIME,
+            "bytesSenderToListener": {"type": "integer", "minimum": 0},
+            "bytesListenerToSender": {"type": "integer", "minimum": 0},
+        },
+    },
+    "StreamList": _list_of("Stream"),
+    "Stats": {
+        "type": "object",
+        "description": "This node's counters (the same as /metrics): listeners and streams "
+        "now, connections and bytes since start (bytes of finished streams), refusals by "
+        "HTTP status and action (with a reason in words) and by limit (docs/security.md).",
+        "required": [
+            "listeners",
+            "activeStreams",
+            "connections",
+            "bytesSenderToListener",
+            "bytesListenerToSender",
+            "refusals",
+            "limitRefusals",
+            "topRefusedSources",
+            "traffic",
+        ],
+        "properties": {
+            "listeners": {"type": "integer"},
+            "activeStreams": {"type": "integer"},
+            "connections": {"type": "integer"},
+            "bytesSenderToListener": {"type": "integer"},
+            "bytesListenerToSender": {"type": "integer"},
+            "refusals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status", "action", "reason", "count"],
+                    "properties": {
+                        "status": {"type": "string"},
+                        "action": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "count": {"type": "integer"},
+                    },
+                },
+            },
+            "topRefusedSources": {
+                "type": "array",
+                "maxItems": 10,
+                "description": "The source addresses refused most on this node (404s aside), "
+                "from a bounded table of 1000 addresses; a count may be high by at most error.",
+                "items": {
+                    "type": "object",
+                    "required": ["address", "count", "error"],
+                    "properties": {
+                        "address": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "error": {"type": "integer"},
+                    },
+                },
+            },
+            "traffic": {
+                "type": "object",
+                "description": "The last 15 minutes on this node, one point per interval "
+                "(seconds): bytes each way per second (open streams included) and streams "
+                "started per second, oldest first.",
+                "required": ["interval", "points"],
+                "properties": {
+                    "interval": {"type": "number"},
+                    "points": {
+                        "type": "array",
+                        "maxItems": 180,
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "time",
+                                "bytesUpPerSecond",
+                                "bytesDownPerSecond",
+                                "connectsPerSecond",
+                            ],
+                            "properties": {
+                                "time": {"type": "number", "description": "Unix seconds."},
+                                "bytesUpPerSecond": {"type": "number"},
+                                "bytesDownPerSecond": {"type": "number"},
+                                "connectsPerSecond": {"type": "number"},
+                            },
+                        },
+                    },
+                },
+            },
+            "hybridConnection": {
+                "type": "object",
+                "description": "With ?hybridConnection=: that entity's numbers on this node, "
+                "named as Azure Monitor names them (SenderConnections-*: relayed connections "
+                "and HTTP requests answered; refusals by 4xx and 5xx; BytesTransferred: of "
+                "finished streams). counted is false when nothing was counted yet or the "
+                "entity is beyond max_metrics_hc_labels.",
+                "required": [
+                    "name",
+                    "counted",
+                    "ActiveListeners",
+                    "ActiveConnections",
+                    "SenderConnections-Success",
+                    "SenderConnections-ClientError",
+                    "SenderConnections-ServerError",
+                    "BytesTransferred",
+                ],
+                "properties": {
+                    "name": {"type": "string"},
+                    "counted": {"type": "boolean"},
+                    "ActiveListeners": {"type": "integer"},
+                    "ActiveConnections": {"type": "integer"},
+                    "SenderConnections-Success": {"type": "integer"},
+                    "SenderConnections-ClientError": {"type": "integer"},
+                    "SenderConnections-ServerError": {"type": "integer"},
+                    "BytesTransferred": {"type": "integer"},
+                },
+            },
+            "limitRefusals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["limit", "count"],
+                    "properties": {"limit": {"type": "string"}, "count": {"type": "integer"}},
+                },
+            },
+        },
+    },
+}
+_LIVE_PATHS: Final[dict[str, Doc]] = {
+    "/listeners": {
+        "get": {
+            "operationId": "listListeners",
+            "summary": "Listeners connected to this node, with their open streams.",
+            "parameters": [_HC_FILTER],
+            "responses": _responses({"200": _ok("All of them, one page.", "ListenerList")}),
+        }
+    },
+    "/streams": {
+        "get": {
+            "operationId": "listStreams",
+            "summary": "WebSocket streams spliced on this node, oldest first.",
+            "parameters": [_HC_FILTER],
+            "responses": _responses({"200": _ok("All of them, one page.", "StreamList")}),
+        }
+    },
+    "/streams/{streamId}": {
+        "parameters": [
+            _param(
+                "streamId",
+                "path",
+                {"type": "string"},
+                "A stream's id (GET /streams).",
+                required=True,
+            )
+        ],
+        "delete": {
+            "operationId": "closeStream",
+            "summary": "Close a live stream: both peers get close code 1008 with the reason "
+            "(audit-logged).",
+            "parameters": [
+                _param(
+                    "reason",
+                    "query",
+                    {"type": "string", "maxLength": 120},
+                    "The close reason (default: closed by an operator).",
+                    required=False,
+                )
+            ],
+            "responses": _responses({"204": {"description": "Closing."}}),
+        },
+    },
+    "/stats": {
+        "get": {
+            "operationId": "getStats",
+            "summary": "This node's counters, refusals grouped by reason.",
+            "parameters": [_HC_FILTER],
+            "responses": _responses({"200": _ok("The counters.", "Stats")}),
+        }
+    },
+}
+
+
 def build_openapi() -> Doc:
     """The document; a deep copy each call, so callers may change it."""
     return copy.deepcopy(_document())
@@ -768,12 +984,13 @@ def _document() -> Doc:
                     "responses": _responses({"204": _NO_CONTENT}, "412"),
                 },
             },
+            **_LIVE_PATHS,
             "/events": _EVENTS_PATH,
             **_JOB_PATHS,
             **_CERT_PATHS,
         },
         "components": {
-            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS},
+            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS, **_LIVE_SCHEMAS},
             "securitySchemes": {
                 "sasToken": {
                     "type": "apiKey",

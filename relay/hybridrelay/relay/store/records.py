@@ -43,6 +43,8 @@ __all__ = [
     "etag_matches",
     "hc_key",
     "new_device",
+    "next_page_token",
+    "page_start",
     "replaced_device",
     "same_settings",
     "status_detail",
@@ -116,6 +118,17 @@ def decode_continuation(token: str) -> str:
         return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
     except (binascii.Error, ValueError) as exc:
         raise ValidationError("continuation", "not a continuation token from this relay") from exc
+
+
+def page_start(limit: int, continuation: str | None) -> str:
+    """Check a listing's ``limit``; return the key its page starts after ("" = first)."""
+    check_limit(limit)
+    return decode_continuation(continuation) if continuation is not None else ""
+
+
+def next_page_token(keys: list[str], limit: int) -> str | None:
+    """The continuation after a page read as ``limit + 1`` keys; None on the last page."""
+    return encode_continuation(keys[limit - 1]) if len(keys) > limit else None
 
 
 def same_settings(a: HybridConnection, b: HybridConnection) -> bool:

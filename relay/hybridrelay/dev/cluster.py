@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import functools
 import json
@@ -29,8 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
@@ -39,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from hybridrelay.dev.children import ChildProcess, free_port
 from hybridrelay.durations import duration_arg
 from hybridrelay.errors import ConfigError, UnavailableError
 
@@ -76,114 +74,6 @@ def _err(text: str) -> None:
 
 def _toml_str(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid TOML basic string
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-# ---------------------------------------------------------------------------- children
-
-
-class ChildProcess:
-    """One child in its own process group, its output kept (and echoed as ``[name] line``)."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        echo: bool = True,
-        stop_grace: float = _STOP_GRACE_S,
-        stop_signal: int = signal.SIGTERM,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.stop_grace = stop_grace
-        self._env = dict(env) if env is not None else None
-        self._cwd = cwd
-        self._echo = echo
-        self._stop_signal = stop_signal
-        self._lines: collections.deque[str] = collections.deque(maxlen=500)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # Its own session: a terminal's Ctrl-C reaches only us, so we stop the children in
-        # order (nginx, nodes, Redis); and its group takes any grandchildren (nginx workers).
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self._env,
-            cwd=self._cwd,
-            start_new_session=True,
-        )
-        self._reader = asyncio.create_task(self._read(self._proc))
-
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.stdout is None:  # pragma: no cover - start() always asks for a pipe
-            return
-        while line := await proc.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self._lines.append(text)
-            if self._echo:
-                _err(f"[{self.name}] {text}")
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc is not None else None
-
-    def search(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
-        """The first kept output line matching ``pattern``."""
-        for line in self._lines:
-            if match := pattern.search(line):
-                return match
-        return None
-
-    def tail(self, lines: int = 20) -> str:
-        kept = list(self._lines)[-lines:]
-        return (
-            "\n".join(f"  [{self.name}] {line}" for line in kept) or f"  ({self.name}: no output)"
-        )
-
-    def _signal_group(self, sig: int) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, sig)
-
-    async def stop(self) -> int | None:
-        """Stop signal to the group, SIGKILL after ``stop_grace`` s; reap; kill leftovers."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            self._signal_group(self._stop_signal)
-            try:
-                async with asyncio.timeout(self.stop_grace):
-                    await proc.wait()
-            except TimeoutError:
-                self._lines.append(f"no exit {self.stop_grace:.0f} s after the stop signal: killed")
-                self._signal_group(signal.SIGKILL)
-                await proc.wait()
-        self._signal_group(signal.SIGKILL)  # anything it left behind in its group
-        if self._reader is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
-                    await asyncio.shield(self._reader)
-            self._reader.cancel()
-            await asyncio.wait({self._reader})
-        return proc.returncode
 
 
 _PORT_TAKEN: Final = re.compile(r"address already in use", re.IGNORECASE)
@@ -301,7 +191,7 @@ async def start_redis(
             "--daemonize", "no", "--loglevel", "warning",
         ]
         # fmt: on
-        child = ChildProcess("redis", argv, cwd=workdir, echo=echo)
+        child = ChildProcess("redis", argv, cwd=workdir, echo=echo, own_group=True)
         if started is not None:
             started.append(child)
         await child.start()
@@ -580,7 +470,12 @@ async def _start_node(
         ]
         # fmt: on
         child = ChildProcess(
-            node_id, argv, env=_child_env(), stop_grace=options.drain_timeout + _STOP_GRACE_S
+            node_id,
+            argv,
+            env=_child_env(),
+            echo=True,
+            own_group=True,
+            stop_grace=options.drain_timeout + _STOP_GRACE_S,
         )
         started.append(child)
         await child.start()
@@ -623,7 +518,7 @@ async def _start_nginx(
             nginx_config(workdir=directory, listen_port=port, node_ports=node_ports), "utf-8"
         )
         argv = [executable, *early_log, "-p", f"{directory}/", "-c", str(conf)]
-        child = ChildProcess("nginx", argv, cwd=directory)
+        child = ChildProcess("nginx", argv, cwd=directory, echo=True, own_group=True)
         started.append(child)
         await child.start()
         try:

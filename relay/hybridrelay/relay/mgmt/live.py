@@ -1,0 +1,172 @@
+"""What is live on this node, for the management API: listeners, streams and counters.
+
+``GET /listeners`` and ``GET /streams`` list this node's control channels and spliced
+WebSocket streams (``?hybridConnection=`` narrows them to one entity, compared ignoring
+case like every entity name); ``DELETE /streams/{id}`` closes one stream with ``1008``
+and the ``?reason=`` given (the audit line names who did it); ``GET /stats`` answers
+the counters the relay also exports to Prometheus, refusals grouped by status and
+action and by limit. The dashboard (``relay/dashboard``) reads these; so may anyone
+with Manage. A cluster's other nodes answer for their own listeners and streams.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import web
+
+from hybridrelay.errors import EntityNotFoundError, ValidationError
+from hybridrelay.relay.metrics import HcStats
+from hybridrelay.relay.splice import Splice
+from hybridrelay.relay.state import RelayState
+
+__all__ = [
+    "CLOSE_CODE",
+    "azure_counters",
+    "close_stream",
+    "list_listeners",
+    "list_streams",
+    "stats",
+]
+
+CLOSE_CODE: Final = 1008  # policy violation: what a sender sees when an operator cuts it
+_DEFAULT_REASON: Final = "closed by an operator"
+_MAX_REASON: Final = 120  # bytes: a close frame's reason is at most 123 (RFC 6455 §5.5)
+_MAX_FILTER: Final = 260  # longer than any entity name
+
+# Why a status was refused, in the words an operator searches for.
+_REASONS: Final = {
+    "400": "bad request",
+    "401": "bad or expired token",
+    "403": "forbidden or quota",
+    "404": "no such entity or no listener",
+    "408": "timeout",
+    "409": "conflict",
+    "410": "gone",
+    "413": "too large",
+    "429": "rate limit",
+    "431": "headers too large",
+    "502": "listener failed",
+    "503": "unavailable",
+    "504": "listener timeout",
+}
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _entity_filter(request: web.Request) -> str | None:
+    name = request.query.get("hybridConnection")
+    if name is None:
+        return None
+    if not name or len(name) > _MAX_FILTER:
+        raise ValidationError("hybridConnection", "must be a hybrid connection name")
+    return name.casefold()
+
+
+def _streams(state: RelayState) -> list[Splice]:
+    # Only splices that started (an id); order by age, oldest first, for a stable page.
+    started = [s for s in state.splices if s.stream_id]
+    return sorted(started, key=lambda s: (s.started_at, s.stream_id))
+
+
+def _stream_json(splice: Splice) -> dict[str, object]:
+    return {
+        "id": splice.stream_id,
+        "hybridConnection": splice.hc_name,
+        "listenerId": splice.listener_id,
+        "senderAddress": splice.sender_address,
+        "startedAt": _iso(splice.started_at),
+        "bytesSenderToListener": splice.sender.bytes_in,
+        "bytesListenerToSender": splice.listener.bytes_in,
+    }
+
+
+def list_listeners(request: web.Request, state: RelayState) -> dict[str, object]:
+    wanted = _entity_filter(request)
+    streams: dict[tuple[str, str], int] = {}
+    for splice in _streams(state):
+        key = ((splice.hc_name or "").casefold(), splice.listener_id)
+        streams[key] = streams.get(key, 0) + 1
+    channels = sorted(state.channels, key=lambda c: (c.hc_name.casefold(), c.connected_at))
+    value = [
+        {
+            "hybridConnection": channel.hc_name,
+            "id": channel.listener_id,
+            "remoteAddress": channel.remote_address,
+            "connectedAt": _iso(channel.connected_at),
+            "activeStreams": streams.get((channel.hc_name.casefold(), channel.listener_id), 0),
+        }
+        for channel in channels
+        if wanted is None or channel.hc_name.casefold() == wanted
+    ]
+    return {"value": value, "continuationToken": None, "nextLink": None}
+
+
+def list_streams(request: web.Request, state: RelayState) -> dict[str, object]:
+    wanted = _entity_filter(request)
+    value = [
+        _stream_json(s)
+        for s in _streams(state)
+        if wanted is None or (s.hc_name or "").casefold() == wanted
+    ]
+    return {"value": value, "continuationToken": None, "nextLink": None}
+
+
+def close_stream(request: web.Request, state: RelayState, stream_id: str) -> None:
+    """Close the stream ``stream_id`` with 1008; raises EntityNotFoundError when none is open."""
+    reason = request.query.get("reason", _DEFAULT_REASON).strip() or _DEFAULT_REASON
+    if len(reason.encode()) > _MAX_REASON or not reason.isprintable():
+        raise ValidationError("reason", f"must be printable and at most {_MAX_REASON} bytes")
+    splice = next((s for s in state.splices if s.stream_id and s.stream_id == stream_id), None)
+    if splice is None:
+        raise EntityNotFoundError(f"no live stream {stream_id!r} on this node")
+    splice.shutdown(CLOSE_CODE, reason)
+
+
+def stats(state: RelayState) -> dict[str, object]:
+    m = state.metrics
+    directions = dict(m.bytes_relayed.counts())
+    refusals = [
+        {
+            "status": status,
+            "action": action,
+            "reason": _REASONS.get(status, "other"),
+            "count": int(count),
+        }
+        for (status, action), count in sorted(m.rejections.counts())
+    ]
+    limits = [{"limit": name, "count": int(count)} for (name,), count in m.limit_refusals.counts()]
+    return {
+        "listeners": len(state.channels),
+        "activeStreams": len(_streams(state)),
+        "connections": int(m.connections.value),
+        "bytesSenderToListener": int(directions.get(("sender_to_listener",), 0)),
+        "bytesListenerToSender": int(directions.get(("listener_to_sender",), 0)),
+        "refusals": refusals,
+        "limitRefusals": sorted(limits, key=lambda item: str(item["limit"])),
+    }
+
+
+def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
+    """One hybrid connection's numbers on this node, named as Azure Monitor names them.
+
+    None (nothing counted yet, or the entity shares the ``_other`` metrics label beyond
+    ``max_metrics_hc_labels``) reads as zeros. Sender refusals are split by class: 4xx is
+    the sender's error (bad token, no listener, quota), 5xx the relay's or listener's.
+    """
+    n = numbers or HcStats()
+    client = sum(count for code, count in n.rejections.items() if code.startswith("4"))
+    server = sum(count for code, count in n.rejections.items() if code.startswith("5"))
+    return {
+        "name": name,
+        "counted": numbers is not None,
+        "ActiveListeners": n.listeners,
+        "ActiveConnections": n.active_connections,
+        "SenderConnections-Success": n.connections + n.http_requests,
+        "SenderConnections-ClientError": client,
+        "SenderConnections-ServerError": server,
+        "BytesTransferred": n.bytes_up + n.bytes_down,
+    }
