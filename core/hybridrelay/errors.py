@@ -58,10 +58,12 @@ __all__ = [
     "EntityNotFoundError",
     "ForbiddenError",
     "HandshakeError",
+    "HeadersTooLargeError",
     "HybridRelayError",
     "InvalidAddressError",
     "InvalidMessageError",
     "ListenerConflictError",
+    "MethodNotAllowedError",
     "MultiConfigError",
     "NoListenerError",
     "PayloadTooBigError",
@@ -151,6 +153,21 @@ class PayloadTooBigError(ProtocolError):
     http_status = 413
     close_code = 1009
     error_code = "PayloadTooLarge"
+
+
+class MethodNotAllowedError(ProtocolError):
+    """An HTTP sender used a method the relay does not relay (``CONNECT``)."""
+
+    http_status = 405
+    error_code = "MethodNotAllowed"
+
+
+class HeadersTooLargeError(ProtocolError):
+    """An HTTP request's headers are over what the control channel carries (HC §9)."""
+
+    http_status = 431
+    error_code = "RequestHeaderFieldsTooLarge"
+    limit = "inline_headers_limit"  # HC §9: 32 KiB of headers on the control channel
 
 
 class AuthError(HybridRelayError):

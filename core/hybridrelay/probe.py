@@ -27,8 +27,9 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+from hybridrelay.protocol.addresses import connect_uri, listen_uri
 from hybridrelay.protocol.sas import TokenProvider, audience_for
 
 __all__ = [
@@ -307,8 +308,7 @@ async def probe_relay(
     problem = relay_url_problem(relay)
     if problem is not None:
         return ProbeResult(ProbeOutcome.BAD_URL, problem)
-    base = relay.rstrip("/")
-    url = f"{base}/$hc/{quote(hc.strip('/'), safe='/')}?sb-hc-action={action}"
+    url = listen_uri(relay, hc) if action == "listen" else connect_uri(relay, hc)
     token = None
     if token_provider is not None:
         token = token_provider.token_for(audience_for(url), time.time())

@@ -20,6 +20,7 @@ from hybridrelay.protocol.addresses import (
     path_escape_reason,
     strip_relay_params,
 )
+from hybridrelay.protocol.codes import fits_inline
 
 TOKEN = (
     "SharedAccessSignature sr=http%3A%2F%2Flocalhost%3A8443%2Fhyco"
@@ -583,3 +584,38 @@ def test_built_address_refuses_a_query_that_is_not_utf8() -> None:
             tracking_id="t",
             rendezvous_key="k",
         )
+
+
+def test_dial_uris_are_spelt_in_one_place() -> None:
+    relay = "wss://relay.example.com:8443/"
+    assert (
+        addresses.listen_uri(relay, "/team a/hc#1/", "id&x=1")
+        == "wss://relay.example.com:8443/$hc/team%20a/hc%231?sb-hc-action=listen&sb-hc-id=id%26x%3D1"
+    )
+    assert (
+        addresses.listen_uri(relay, "hc")
+        == "wss://relay.example.com:8443/$hc/hc?sb-hc-action=listen"
+    )
+    assert (
+        addresses.connect_uri(relay, "hc")
+        == "wss://relay.example.com:8443/$hc/hc?sb-hc-action=connect"
+    )
+    assert addresses.connect_uri(relay, "hc", "t 1").endswith(
+        "?sb-hc-action=connect&sb-hc-id=t%201"
+    )
+    accept = "wss://r/$hc/hc?sb-hc-action=accept&sb-hc-id=7&sb-hc-rdv=k"
+    assert addresses.reject_uri(accept, 403, "no & never") == (
+        f"{accept}&sb-hc-statusCode=403&sb-hc-statusDescription=no%20%26%20never"
+    )
+    # What the relay parses back is what was meant.
+    parsed = addresses.parse_hc_target(
+        "/$hc/team%20a/hc%231", "sb-hc-action=listen&sb-hc-id=id%26x%3D1"
+    )
+    assert (parsed.path, parsed.action, parsed.tracking_id) == ("team a/hc#1", "listen", "id&x=1")
+
+
+def test_the_inline_rule_is_64_kib_of_known_size() -> None:
+    assert fits_inline(0)
+    assert fits_inline(64 * 1024)
+    assert not fits_inline(64 * 1024 + 1)
+    assert not fits_inline(None)  # chunked or streamed: over rendezvous

@@ -200,3 +200,74 @@ async def test_request_bytes_on_the_wire(serve) -> None:
     wire = await seen
     assert wire.startswith(b"POST /a%20b HTTP/1.1\r\n") or wire.startswith(b"POST /a%20b?")
     assert wire.endswith(b"\r\n\r\npayload")
+
+
+async def test_a_head_over_64_kib_in_pieces_is_502(serve) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(20):  # 20 x 4 KiB header lines, one write each: no end of head
+            writer.write(b"X-Pad: " + b"a" * 4096 + b"\r\n")
+            await writer.drain()
+        await reader.read()  # hold the connection open: only the bound can end this
+
+    response, _ = await call(await serve(answer), request())
+    assert response.status == 502
+
+
+async def test_a_switch_of_protocols_nobody_asked_for_is_502(serve) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    response, _ = await call(await serve(answer), request())
+    assert response.status == 502
+
+
+CHUNKED_WITH_TRAILER = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\nT: 1\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "reused"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", True),
+        (CHUNKED_WITH_TRAILER, True),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+        # Bytes after a whole answer: whatever they are, this connection is not trusted again.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n", False),
+    ],
+)
+async def test_a_connection_is_reused_only_when_the_target_allows(
+    serve, first: bytes, reused: bool
+) -> None:
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        plain = connections > 1  # the first connection answers oddly, any later one plainly
+        while True:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc" if plain else first)
+            await writer.drain()
+
+    url = await serve(answer)
+    target = HttpTarget(url, timeout=3.0)
+    try:
+        async with asyncio.timeout(10):
+            await body_of(await target(request()))
+            second = await body_of(await target(request()))
+    finally:
+        await target.aclose()
+    assert (connections == 1) is reused
+    if not reused:
+        assert second == b"abc"

@@ -14,8 +14,8 @@ import ssl
 import time
 from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
-from urllib.parse import quote
 
+from hybridrelay.protocol.addresses import connect_uri
 from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider, audience_for
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
 
@@ -26,10 +26,7 @@ RelayStream = WsConnection
 
 def send_url(relay: str, hc: str, *, tracking_id: str | None = None) -> str:
     """The sender address ``{relay}/$hc/{hc}?sb-hc-action=connect``."""
-    url = f"{relay.rstrip('/')}/$hc/{quote(hc.strip('/'), safe='/')}?sb-hc-action=connect"
-    if tracking_id:
-        url += f"&sb-hc-id={quote(tracking_id, safe='')}"
-    return url
+    return connect_uri(relay, hc, tracking_id)
 
 
 # Senders open connection after connection to the same place: build and parse it once.

@@ -6,6 +6,10 @@ and the listener's rendezvous dials (``accept``, or ``accept`` plus a status cod
 reject, and ``request`` in HTTP mode). :func:`parse_hc_target` turns the raw path and
 query of such a dial into an :class:`HcAddress`; :func:`build_rendezvous_address` makes
 the one-shot address that goes into ``accept.address`` / ``request.address``.
+:func:`listen_uri` and :func:`connect_uri` build the two dials a client of the relay
+makes; an ``accept`` or ``request`` dial is the relay's address as given, and
+:func:`reject_uri` turns an accept address into a reject (HC §2.5). These are the only
+places the ``sb-hc-*`` parameters of a dial are spelt.
 
 Everything here is pure string work on the *raw* request target: no sockets, no clock.
 
@@ -34,11 +38,14 @@ __all__ = [
     "HcAddress",
     "HttpTarget",
     "build_rendezvous_address",
+    "connect_uri",
     "entity_uri",
+    "listen_uri",
     "match_entity",
     "parse_hc_target",
     "parse_http_target",
     "path_escape_reason",
+    "reject_uri",
     "strip_relay_params",
 ]
 
@@ -458,3 +465,54 @@ def entity_uri(host: str, entity: str) -> str:
         ``f"http://{host}/{entity}"``.
     """
     return f"http://{host}/{entity}"
+
+
+def _hc_uri(relay: str, hc: str, action: Literal["listen", "connect"]) -> str:
+    return f"{relay.rstrip('/')}/$hc/{quote(hc.strip('/'), safe='/')}?sb-hc-action={action}"
+
+
+def listen_uri(relay: str, hc: str, listener_id: str | None = None) -> str:
+    """The control-channel address a listener dials (HC §2.2).
+
+    Args:
+        relay: The relay's base URL, ``ws://host:port`` or ``wss://host``.
+        hc: The hybrid connection name (may contain "/").
+        listener_id: Sent as ``sb-hc-id`` when given.
+
+    Returns:
+        ``{relay}/$hc/{hc}?sb-hc-action=listen[&sb-hc-id={listener_id}]``.
+    """
+    uri = _hc_uri(relay, hc, "listen")
+    if listener_id:
+        uri += f"&sb-hc-id={quote(listener_id, safe='')}"
+    return uri
+
+
+def connect_uri(relay: str, hc: str, tracking_id: str | None = None) -> str:
+    """The address a WebSocket sender dials (HC §2.3).
+
+    Args:
+        relay: The relay's base URL.
+        hc: The hybrid connection name (may contain "/").
+        tracking_id: Sent as ``sb-hc-id`` when given.
+
+    Returns:
+        ``{relay}/$hc/{hc}?sb-hc-action=connect[&sb-hc-id={tracking_id}]``.
+    """
+    uri = _hc_uri(relay, hc, "connect")
+    if tracking_id:
+        uri += f"&sb-hc-id={quote(tracking_id, safe='')}"
+    return uri
+
+
+def reject_uri(address: str, status: int, description: str) -> str:
+    """The dial that rejects an ``accept`` (HC §2.5): its address plus a status.
+
+    Args:
+        address: ``accept.address`` as the relay sent it (it has a query already).
+        status: The HTTP status the sender gets.
+        description: The reason phrase the sender gets.
+    """
+    return (
+        f"{address}&sb-hc-statusCode={status}&sb-hc-statusDescription={quote(description, safe='')}"
+    )

@@ -12,6 +12,7 @@ __all__ = [
     "MAX_LISTENERS_PER_HC",
     "RENDEZVOUS_TIMEOUT_S",
     "CloseCode",
+    "fits_inline",
 ]
 
 
@@ -35,3 +36,16 @@ INLINE_BODY_LIMIT: Final = 64 * 1024  # larger HTTP bodies go over rendezvous (H
 INLINE_HEADERS_LIMIT: Final = 32 * 1024  # header block cap on the control channel (HC §9)
 RENDEZVOUS_TIMEOUT_S: Final = 30.0  # accept/request address validity (HC §2.4)
 MAX_LISTENERS_PER_HC: Final = 25  # HC §9
+
+
+def fits_inline(body_length: int | None) -> bool:
+    """Whether an HTTP body of this size travels on the control channel (HC §4).
+
+    The one place the inline-vs-rendezvous rule is decided: the relay asks it of a
+    request body, the listener of a response body. A body of unknown size (chunked,
+    streamed) never goes inline; it goes over a rendezvous socket.
+
+    Args:
+        body_length: The body's size in bytes, or None when it is not known up front.
+    """
+    return body_length is not None and body_length <= INLINE_BODY_LIMIT

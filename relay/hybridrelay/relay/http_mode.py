@@ -33,8 +33,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from hybridrelay.errors import (
     BadGatewayError,
     EntityNotFoundError,
+    HeadersTooLargeError,
     HybridRelayError,
     InvalidMessageError,
+    MethodNotAllowedError,
     NoListenerError,
     PayloadTooBigError,
     ProtocolError,
@@ -46,8 +48,8 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_http_target
 from hybridrelay.protocol.codes import (
     CONTROL_MESSAGE_LIMIT,
-    INLINE_BODY_LIMIT,
     INLINE_HEADERS_LIMIT,
+    fits_inline,
 )
 from hybridrelay.protocol.frames import (
     FrameError,
@@ -105,17 +107,6 @@ _HOP_BY_HOP: Final = frozenset(
     }
 )
 _CHUNK: Final = 64 * 1024
-
-
-class MethodNotAllowedError(ProtocolError):
-    http_status = 405
-    error_code = "MethodNotAllowed"
-
-
-class HeadersTooLargeError(ProtocolError):
-    http_status = 431
-    error_code = "RequestHeaderFieldsTooLarge"
-    limit = "inline_headers_limit"  # HC §9: 32 KiB of headers on the control channel
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -223,7 +214,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     length = request.content_length
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     has_body = bool(length) or chunked
-    inline = (length is not None and length <= INLINE_BODY_LIMIT) or not has_body
+    inline = fits_inline(length) or not has_body
     try:
         await device_auth.request_started(state, principal, request, hc_name=hc.name, device=device)
         # A small body is read whole before any pending work exists for it: a sender

@@ -15,10 +15,9 @@ from typing import Final
 
 from aiohttp import web
 
-from hybridrelay.errors import HybridRelayError, RejectedError
+from hybridrelay.errors import HybridRelayError, MethodNotAllowedError, RejectedError
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.admission import FrontDoorProtocol
-from hybridrelay.relay.http_mode import MethodNotAllowedError
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import HC_NAME
