@@ -30,19 +30,26 @@ from hybridrelay.relay.metrics import RelayMetrics
 
 
 class _Splice:
-    """What ``_stream_started`` needs of a splice: hashable, with ``on_finish``."""
+    """What ``_stream_started`` needs of a splice: hashable, with ``on_finish`` and the
+    identity the live-streams API lists (id, listener, start time)."""
 
-    __slots__ = ("on_finish",)
+    __slots__ = ("listener_id", "on_finish", "started_at", "stream_id")
 
     def __init__(self) -> None:
         self.on_finish: Any = None
+        self.stream_id: str | None = None
+        self.listener_id: str | None = None
+        self.started_at: float | None = None
 
 
 def _round(n: int, names: list[str]) -> float:
     started = getattr(hc_endpoints, "_stream_started")  # noqa: B009 - private on purpose
-    state: Any = SimpleNamespace(metrics=RelayMetrics(), splices=set(), cluster=None)
+    state: Any = SimpleNamespace(metrics=RelayMetrics(), splices=set(), cluster=None, now=time.time)
     loop = asyncio.get_running_loop()
-    pendings = [SimpleNamespace(handle=None, started=loop.time(), hc_name=name) for name in names]
+    pendings = [
+        SimpleNamespace(handle=None, started=loop.time(), hc_name=name, listener_id="l")
+        for name in names
+    ]
     splices = [_Splice() for _ in range(n)]
     count = len(pendings)
     t0 = time.process_time_ns()
