@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,18 +45,6 @@ INVALID_AGENT_CONFIGS = Path(__file__).parents[1] / "unit" / "config" / "agent_i
 
 def _measured(name: str, value: float) -> None:
     print(f"MEASURED {name}={value:.3f}")  # noqa: T201 - the numbers the issue asks for
-
-
-@pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[ProcessGroup]:
-    group = ProcessGroup()
-    try:
-        yield group
-    finally:
-        await group.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(group.log())  # noqa: T201 - child logs, shown only for a failed test
 
 
 # -- the agent's config file and process -------------------------------------------------

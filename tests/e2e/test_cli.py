@@ -37,18 +37,6 @@ ProcessFactory = Callable[..., Awaitable[RelayProcess]]
 INVALID_CONFIGS = Path(__file__).parents[1] / "unit" / "config" / "invalid"
 
 
-@pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[ProcessGroup]:
-    group = ProcessGroup()
-    try:
-        yield group
-    finally:
-        await group.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(group.log())  # noqa: T201 - child logs, shown only for a failed test
-
-
 async def _start_listen(procs: ProcessGroup, relay_url: str, target: tuple[str, int]) -> CliProcess:
     host, port = target
     listener = await procs.start(

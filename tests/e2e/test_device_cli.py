@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -26,18 +26,6 @@ pytestmark = pytest.mark.e2e
 ROOT = "RootManageSharedAccessKey"
 ProcessFactory = Callable[..., Awaitable[RelayProcess]]
 GW_KEY_ENV = "HYBRIDRELAY_TEST_GW_KEY"
-
-
-@pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[ProcessGroup]:
-    group = ProcessGroup()
-    try:
-        yield group
-    finally:
-        await group.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(group.log())  # noqa: T201 - child logs, shown only for a failed test
 
 
 async def _create_device(

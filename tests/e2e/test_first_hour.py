@@ -10,7 +10,6 @@ import contextlib
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,18 +30,6 @@ DEV_LINE = r"development mode: rule (?P<rule>\S+) key (?P<key>\S+) \(kept in (?P
 READY_LINE = r"relay ready at (?P<url>ws://\S+)"
 # Each listener control channel that opens: the first one, and the one after the restart.
 CHANNEL_OPEN = r"event=control_channel_open"
-
-
-@pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[ProcessGroup]:
-    group = ProcessGroup()
-    try:
-        yield group
-    finally:
-        await group.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(group.log())  # noqa: T201 - child logs, shown only for a failed test
 
 
 async def _echo_through(port: int, payload: bytes) -> bytes:

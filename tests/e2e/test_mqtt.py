@@ -31,18 +31,6 @@ COUNT: Final = 200
 ProcessFactory = Callable[..., Awaitable[RelayProcess]]
 
 
-@pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[ProcessGroup]:
-    group = ProcessGroup()
-    try:
-        yield group
-    finally:
-        await group.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(group.log())  # noqa: T201 - child logs, shown only for a failed test
-
-
 async def _reachable(host: str, port: int) -> bool:
     try:
         async with asyncio.timeout(seconds(1)):

@@ -43,18 +43,6 @@ ROOT = "RootManageSharedAccessKey"
 _READY = r"relay ready at (?P<url>\S+)"
 
 
-@pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[ProcessGroup]:
-    group = ProcessGroup()
-    try:
-        yield group
-    finally:
-        await group.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(group.log())  # noqa: T201 - child logs, shown only for a failed test
-
-
 async def start_relay(
     procs: ProcessGroup, config: Path, *, name: str = "relay"
 ) -> tuple[CliProcess, str]:
