@@ -423,3 +423,35 @@ async def test_an_event_stream_through_the_dashboard_ends_at_logout(client: Brow
                 while await stream.content.readline():
                     pass  # heartbeats at most, until the relay ends the stream
     assert not client.session.closed
+
+
+async def test_a_viewer_cannot_read_keys_from_an_export_jobs_output(
+    relay_factory: RelayFactory,
+) -> None:
+    # An operator's export (device keys included) lists under /jobs for every login;
+    # its output is JSON Lines, which the viewer's JSON key blanking does not parse.
+    relay = await relay_factory(relay_extra=f'dashboard_viewers = ["sas:{ROOT}"]')
+    await relay.state.store.create_device(Device(device_id="keyed"))
+    stored = await relay.state.store.get_device("keyed")
+    assert stored is not None
+    assert stored.authentication.symmetric_key is not None
+    key = stored.authentication.symmetric_key.primary_key
+    headers = {"Authorization": mgmt_token(relay)}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(relay.http_url + "/$mgmt/v1/jobs/export", headers=headers) as resp:
+            assert resp.status == 202
+            job_id = (await resp.json())["jobId"]
+        deadline = time.monotonic() + seconds(10)
+        while True:
+            async with session.get(
+                relay.http_url + f"/$mgmt/v1/jobs/{job_id}", headers=headers
+            ) as resp:
+                if (await resp.json())["status"] == "completed":
+                    break
+            assert time.monotonic() < deadline, "the export did not complete"
+            await asyncio.sleep(0.05)
+        client = Browserish(relay, session)
+        assert (await client.login())[0] == 200
+        status, body, _ = await client.call("GET", f"api/jobs/{job_id}/output")
+        assert key not in str(body)
+        assert status == 403

@@ -324,8 +324,10 @@ async def _api(request: web.Request) -> web.StreamResponse:
             del request.app[DASHBOARD].running[session.id]
     if response.prepared:
         return response  # an event stream, sent as it went (events carry no keys)
-    if session.role != "operator":
-        _redact_keys(response)
+    if session.role != "operator" and not _redact_keys(response):
+        # Not a JSON document whose keys can be blanked (an export job's JSON Lines
+        # carry every device key): a viewer does not get it.
+        return _secure(error_response(403, "ReadOnlySession", "this login cannot read this"))
     return _secure(response)
 
 
@@ -340,14 +342,24 @@ def _redacted(doc: object) -> object:
     return doc
 
 
-def _redact_keys(response: web.StreamResponse) -> None:
-    """A viewer sees no key: with one it could log in as an operator (or act as a device)."""
+def _redact_keys(response: web.StreamResponse) -> bool:
+    """A viewer sees no key: with one it could log in as an operator (or act as a device).
+
+    False when the answer is not one the keys can be blanked from (a file, a stream).
+    """
     if not isinstance(response, web.Response) or response.content_type != "application/json":
-        return
+        return _empty(response)
     body = response.body
-    if not isinstance(body, bytes | bytearray) or not body:
-        return
-    response.body = json.dumps(_redacted(json.loads(body))).encode()
+    if not isinstance(body, bytes | bytearray):
+        return not body
+    if body:
+        response.body = json.dumps(_redacted(json.loads(body))).encode()
+    return True
+
+
+def _empty(response: web.StreamResponse) -> bool:
+    """A bodiless answer (204, 304) holds no key."""
+    return isinstance(response, web.Response) and not response.body
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
