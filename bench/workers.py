@@ -125,7 +125,6 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the relay side
 
 
-@dataclass
 class WorkersRelay(RelayProcess):
     """A relay child whose CPU time is that of its whole process tree (supervisor + workers)."""
 
