@@ -122,7 +122,8 @@ async def measure(runs: int) -> dict[str, list[float]]:
         i = await relay.wait_for(r"development mode: rule \S+ key (\S+)")
         key = re.search(r"key (\S+)", relay.lines[i]).group(1)  # type: ignore[union-attr]
         i = await relay.wait_for(r"relay ready at ws://")
-        url = relay.lines[i].rsplit(" ", 1)[1]
+        # "relay ready at ws://host:port" and, when the dashboard is served, "(dashboard: ...)".
+        url = re.search(r"relay ready at (ws://\S+)", relay.lines[i]).group(1)  # type: ignore[union-attr]
         port = url.rsplit(":", 1)[1]
         env_key = {**env, "HYBRIDRELAY_KEY": key}
         (cwd / "agent.toml").write_text(
