@@ -17,7 +17,7 @@ def _text(name: str) -> str:
 def test_the_event_page_listens_for_every_op_type() -> None:
     # EventSource hears a named event only with a listener for that name.
     listed = set(
-        re.findall(r'"([A-Za-z]+)"', _text("app.js").split("const OP_TYPES = [")[1].split("];")[0])
+        re.findall(r'"([A-Za-z]+)"', _text("pages.js").split("const OP_TYPES = [")[1].split("];")[0])
     )
     published = {*STORE_OP_TYPES.values(), *LISTENER_OP_TYPES, *JOB_OP_TYPES.values()}
     assert listed == published
@@ -31,7 +31,9 @@ def test_no_inline_script_or_style_and_only_relative_urls() -> None:
     assert " on" not in re.sub(r"<(?:a|button|input|label|form)\b", "", page).replace(" one", ""), (
         "no inline event handlers"
     )
-    script = _text("app.js")
+    script = "\n".join(
+        entry.read_text("utf-8") for entry in STATIC.iterdir() if entry.name.endswith(".js")
+    )
     # Under a proxy's prefix an absolute path would leave the dashboard.
     for absolute in ("/$dashboard", "/$mgmt", "/api", "/static", "/login", "/logout", "/session"):
         for quote in "\"'`":
