@@ -1,6 +1,11 @@
-"""hybridrelay.bridge between real sockets on 127.0.0.1.
+"""hybridrelay.bridge and hybridrelay.socket_bridge between real sockets on 127.0.0.1.
 
     app --TCP-- [bridge under test] --WS-- RelayPeer --TCP-- target
+
+Every test runs against both bridges (the ``engine`` fixture): ``stream`` is
+:func:`hybridrelay.bridge.bridge` over asyncio streams (what accept hooks' wrapped streams
+use), ``socket`` is :class:`hybridrelay.socket_bridge.SocketBridge` as the app socket's
+protocol (the forwarder and the agent); they promise the same behaviour.
 
 ``RelayPeer`` is a raw WebSocket server (frames read with our FrameParser) that
 pipes each connection to a new TCP connection to the target, with half-close in
@@ -34,6 +39,7 @@ from hybridrelay.protocol.frames import (
     encode_frame,
     parse_close_payload,
 )
+from hybridrelay.socket_bridge import SocketBridge
 from hybridrelay.wsclient import WsConnection, ws_connect
 
 T = seconds(10.0)
@@ -215,6 +221,7 @@ class Setup:
 
     relay: RelayPeer
     target_done: asyncio.Queue[object]
+    engine: str
     cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ws: list[WsConnection] = field(default_factory=list)
 
@@ -222,6 +229,8 @@ class Setup:
         self, kind: str, tmp_path: Path, **options: float
     ) -> tuple[Streams, asyncio.Task[BridgeStats]]:
         """Connect an app stream and bridge its server end to a new WebSocket."""
+        if self.engine == "socket":
+            return await self._start_socket_bridge(kind, tmp_path, **options)
         accepted: asyncio.Queue[Streams] = asyncio.Queue()
 
         async def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -249,9 +258,45 @@ class Setup:
         task = asyncio.create_task(bridge(ws, reader, writer, **options))  # type: ignore[arg-type]  # test passthrough
         return app, task
 
+    async def _start_socket_bridge(
+        self, kind: str, tmp_path: Path, chunk_size: int = 65536, idle_timeout: float | None = None
+    ) -> tuple[Streams, asyncio.Task[BridgeStats]]:
+        accepted: asyncio.Queue[SocketBridge] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SocketBridge:
+            return SocketBridge(chunk_size=chunk_size, on_connect=accepted.put_nowait)
+
+        async with asyncio.timeout(T):
+            if kind == "tcp":
+                server = await loop.create_server(factory, "127.0.0.1", 0)
+                app = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            else:
+                path = str(tmp_path / "app.sock")
+                server = await loop.create_unix_server(factory, path)
+                app = await asyncio.open_unix_connection(path)
+            local = await accepted.get()
+            ws = await ws_connect(self.relay.url, auto_close_echo=False)
+        self.ws.append(ws)
+
+        async def close_server() -> None:
+            app[1].transport.abort()
+            local.abort()
+            server.close()
+            await server.wait_closed()
+
+        self.cleanup.append(close_server)
+        task = asyncio.create_task(local.run(ws, idle_timeout=idle_timeout))
+        return app, task
+
+
+@pytest.fixture(params=["stream", "socket"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
 
 @pytest.fixture
-async def make_setup() -> AsyncIterator[Callable[[Target], Awaitable[Setup]]]:
+async def make_setup(engine: str) -> AsyncIterator[Callable[[Target], Awaitable[Setup]]]:
     setups: list[Setup] = []
     stops: list[Callable[[], Awaitable[None]]] = []
 
@@ -282,7 +327,7 @@ async def make_setup() -> AsyncIterator[Callable[[Target], Awaitable[Setup]]]:
 
         stops.append(stop)
         relay = await RelayPeer(server.sockets[0].getsockname()[1]).start()
-        setup = Setup(relay, done)
+        setup = Setup(relay, done, engine)
         setups.append(setup)
         return setup
 
@@ -539,6 +584,10 @@ async def test_refuses_a_websocket_that_echoes_close(
     setup = await make_setup(target)
     ws = await ws_connect(setup.relay.url)  # auto_close_echo=True
     setup.ws.append(ws)
+    if setup.engine == "socket":
+        with pytest.raises(ValueError, match="auto_close_echo"):
+            await SocketBridge().run(ws)  # refused before its socket is even looked at
+        return
     reader = asyncio.StreamReader()
     with pytest.raises(ValueError, match="auto_close_echo"):
         await bridge(ws, reader, None)  # type: ignore[arg-type]  # refused before use
@@ -562,7 +611,7 @@ async def test_cancel_aborts_both_ends_and_leaves_no_tasks(
         async with asyncio.timeout(T):
             await task
     assert task.cancelled()
-    leftovers = [t for t in asyncio.all_tasks() if "_Bridge" in repr(t.get_coro())]
+    leftovers = [t for t in asyncio.all_tasks() if "Bridge" in repr(t.get_coro())]
     assert leftovers == []
     async with asyncio.timeout(T):
         await setup.ws[0].wait_closed()

@@ -427,8 +427,11 @@ class Connection:
         else:
             self.send_frame(_BINARY, bytes(message))
 
-    def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+    def send_frame(self, opcode: int, payload: bytes | memoryview, *, fin: bool = True) -> None:
         """Send one data frame; a fragmented message is TEXT/BINARY then continuations.
+
+        ``payload`` may be a view of a buffer its owner reuses once this returns (a byte
+        bridge's read buffer): what is queued never refers to it.
 
         Raises:
             ConnectionClosedError: our close frame is out, or the connection is closed.
@@ -450,18 +453,19 @@ class Connection:
         else:
             raise ValueError(f"not a data opcode: {opcode:#x}")
         self._out_in_message = not fin
+        data: bytes
         if self._masks:
             mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
-            if payload:
-                payload = apply_mask(payload, mask)
+            data = apply_mask(payload, mask) if payload else b""  # a new buffer either way
         else:
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload))
-        if len(payload) < _COALESCE_LIMIT:
-            self._out.append(header + payload)
+            data = payload if type(payload) is bytes else bytes(payload)
+        if len(data) < _COALESCE_LIMIT:
+            self._out.append(header + data)
         else:
             self._out.append(header)
-            self._out.append(payload)
+            self._out.append(data)
 
     def forward(self, frame: Frame) -> None:
         """Streaming: send a piece of a data frame received on another connection.
