@@ -13,9 +13,11 @@ side is written to the other in the callback that read it.
   writes meanwhile into the next read. At the socket's EOF our close frame (1000) goes
   out and the WebSocket keeps receiving: a half-close (HC Part 1 §5).
 - WebSocket -> socket: the payload of all the frames of one WebSocket read is one
-  socket write. While the socket's write buffer is over its high-water mark the
-  WebSocket is not read. At the peer's close frame (1000, 1001 or none) the socket gets
-  EOF, and keeps being read.
+  socket write: views of the read, not copies (:meth:`Connection.payload_views
+  <hybridrelay.protocol.connection.Connection.payload_views>`), gathered by
+  ``writelines`` (uvloop does not join them). While the socket's write buffer is over its
+  high-water mark the WebSocket is not read. At the peer's close frame (1000, 1001 or
+  none) the socket gets EOF, and keeps being read.
 
 When both directions have ended both ends are closed. A socket error closes the
 WebSocket with 1011 (or drops it, when our 1000 is out already); a WebSocket error resets
@@ -355,12 +357,17 @@ class SocketBridge(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ WebSocket -> socket
 
-    def ws_data(self, data: bytes) -> None:
+    def ws_data(self, parts: list[bytes | memoryview]) -> None:
         transport = self._transport
         if self._outcome.done() or transport is None or self._lost:
             return
-        transport.write(data)
-        self.stats.bytes_down += len(data)
+        if len(parts) == 1:
+            data = parts[0]
+            transport.write(data)
+            self.stats.bytes_down += len(data)
+        else:
+            transport.writelines(parts)  # uvloop: one writev, nothing joined
+            self.stats.bytes_down += sum(map(len, parts))
         if self._idle_timeout is not None:
             self._last_activity = self._loop.time()
 

@@ -105,9 +105,10 @@ class PayloadSink(Protocol):
     (:meth:`WsConnection.hold_reading`) while that socket's buffer is full.
     """
 
-    def ws_data(self, data: bytes) -> None:
-        """Payload of data frames, in order, message boundaries dropped (a byte stream).
-        Text arrives checked as UTF-8 and encoded back."""
+    def ws_data(self, parts: list[bytes | memoryview]) -> None:
+        """Payload of data frames, in order, message boundaries dropped (a byte stream):
+        the pieces of one read, for one ``writelines`` (no copy to join them; views of the
+        read, not copies). Text arrives checked as UTF-8, as it came."""
 
     def ws_ended(self) -> None:
         """Nothing more will arrive: the peer's close frame, a failure, or the connection is
@@ -390,13 +391,14 @@ class WsConnection(asyncio.Protocol):
         self._rx_busy = True  # for good: the sink receives
         self._sink = sink
         rx = self._rx
-        while rx:
-            data = rx.popleft().data
-            if isinstance(data, str):
-                data = data.encode("utf-8")
-            if data:
-                sink.ws_data(data)
+        parts: list[bytes | memoryview] = [
+            c.data.encode("utf-8") if isinstance(c.data, str) else c.data for c in rx
+        ]
+        rx.clear()
         self._rx_bytes = 0
+        if any(parts):
+            sink.ws_data([part for part in parts if part])
+        self._conn.payload_views(True)  # from now on no payload is copied out of a read
         if self._reading_paused:
             self._resume_reading()
         if self._write_paused:
@@ -410,6 +412,7 @@ class WsConnection(asyncio.Protocol):
         if self._sink is not None:
             self._sink = None
             self._discard = True
+            self._conn.payload_views(False)
 
     def send_nowait(self, data: bytes | memoryview) -> None:
         """Bridge mode: send ``data`` as one BINARY message without waiting.
@@ -707,7 +710,7 @@ class WsConnection(asyncio.Protocol):
                 if self._discard or (not data and not end):
                     continue
                 message_end = end and fin
-                item: bytes | str = data
+                item: bytes | str = data if isinstance(data, bytes) else bytes(data)
                 if self._msg_text:
                     decoder = self._decoder
                     if decoder is None:
@@ -749,8 +752,8 @@ class WsConnection(asyncio.Protocol):
 
     def _on_events_to_sink(self, events: list[Event], sink: PayloadSink) -> None:
         """Bridge mode: payload straight to the sink, the pieces of one read in one call
-        (one write to the bridged socket however many small frames the read held)."""
-        parts: list[bytes] = []
+        (one write to the bridged socket however many frames the read held)."""
+        parts: list[bytes | memoryview] = []
         control = False
         for event in events:
             if type(event) is Frame:
@@ -776,7 +779,7 @@ class WsConnection(asyncio.Protocol):
                 continue
             control = True
             if parts:  # what came before the close goes first
-                sink.ws_data(parts[0] if len(parts) == 1 else b"".join(parts))
+                sink.ws_data(parts)
                 parts = []
             if isinstance(event, CloseReceived):
                 if self._debug:
@@ -791,7 +794,7 @@ class WsConnection(asyncio.Protocol):
             elif isinstance(event, ConnectionLost):
                 self._rx_eof = True
         if parts:
-            sink.ws_data(parts[0] if len(parts) == 1 else b"".join(parts))
+            sink.ws_data(parts)
         if self._rx_eof and self._sink is not None:
             sink.ws_ended()
         if control:

@@ -259,13 +259,17 @@ class Setup:
         return app, task
 
     async def _start_socket_bridge(
-        self, kind: str, tmp_path: Path, chunk_size: int = 65536, idle_timeout: float | None = None
+        self,
+        kind: str,
+        tmp_path: Path,
+        chunk_size: float = 65536,
+        idle_timeout: float | None = None,
     ) -> tuple[Streams, asyncio.Task[BridgeStats]]:
         accepted: asyncio.Queue[SocketBridge] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
         def factory() -> SocketBridge:
-            return SocketBridge(chunk_size=chunk_size, on_connect=accepted.put_nowait)
+            return SocketBridge(chunk_size=int(chunk_size), on_connect=accepted.put_nowait)
 
         async with asyncio.timeout(T):
             if kind == "tcp":

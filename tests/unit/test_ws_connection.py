@@ -532,7 +532,7 @@ def _whole_frames(events: list[Event]) -> list[object]:
     data = b""
     for event in events:
         if isinstance(event, Frame):
-            data = event.data if event.start else data + event.data
+            data = bytes(event.data) if event.start else data + event.data
             if event.end:
                 out.append((event.opcode, event.fin, event.length, data))
         else:
