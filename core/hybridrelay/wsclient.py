@@ -276,6 +276,11 @@ class WsConnection(asyncio.Protocol):
         """True once the TCP connection is gone."""
         return self._lost
 
+    @property
+    def reading_paused(self) -> bool:
+        """True while the socket is not read: what was received waits for its consumer."""
+        return self._reading_paused
+
     # ------------------------------------------------------------------ sending
 
     async def send(self, message: Data) -> None:

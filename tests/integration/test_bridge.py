@@ -27,6 +27,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.harness.timing import seconds
@@ -224,6 +225,7 @@ class Setup:
     engine: str
     cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ws: list[WsConnection] = field(default_factory=list)
+    bridges: list[WatchedBridge] = field(default_factory=list)  # the socket engine's
 
     async def start_bridge(
         self, kind: str, tmp_path: Path, **options: float
@@ -269,7 +271,9 @@ class Setup:
         loop = asyncio.get_running_loop()
 
         def factory() -> SocketBridge:
-            return SocketBridge(chunk_size=int(chunk_size), on_connect=accepted.put_nowait)
+            bridge = WatchedBridge(chunk_size=int(chunk_size), on_connect=accepted.put_nowait)
+            self.bridges.append(bridge)
+            return bridge
 
         async with asyncio.timeout(T):
             if kind == "tcp":
@@ -292,6 +296,30 @@ class Setup:
         self.cleanup.append(close_server)
         task = asyncio.create_task(local.run(ws, idle_timeout=idle_timeout))
         return app, task
+
+
+class WatchedBridge(SocketBridge):
+    """A SocketBridge that says when backpressure started, each way."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.socket_full = asyncio.Event()  # the app's socket took no more: WS held
+        self.ws_full = asyncio.Event()  # the WebSocket took no more: the socket held
+        self.hold_full = asyncio.Event()  # before run(): the hold took no more
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.socket_full.set()
+
+    def ws_writable(self, writable: bool) -> None:
+        super().ws_writable(writable)
+        if not writable:
+            self.ws_full.set()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        super().buffer_updated(nbytes)
+        if self.transport is not None and not self.transport.is_reading():
+            self.hold_full.set()
 
 
 @pytest.fixture(params=["stream", "socket"])
@@ -623,3 +651,135 @@ async def test_cancel_aborts_both_ends_and_leaves_no_tasks(
     assert (await setup.relay.result()).client_lost
     with contextlib.suppress(ConnectionResetError):
         assert await read_all(app_r) == b""
+
+
+# --------------------------------------------------------------------------- socket engine only
+
+
+@pytest.mark.parametrize("engine", ["socket"])
+async def test_app_that_stops_reading_stops_the_websocket_being_read(
+    make_setup: Callable[[Target], Awaitable[Setup]], tmp_path: Path
+) -> None:
+    """Backpressure WebSocket -> socket: memory stays bounded, then everything arrives."""
+    down = os.urandom(32 * MiB)
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for offset in range(0, len(down), 256 * 1024):
+            writer.write(down[offset : offset + 256 * 1024])
+            await writer.drain()
+        writer.write_eof()
+        assert await read_all(reader) == b""
+
+    setup = await make_setup(target)
+    (app_r, app_w), task = await setup.start_bridge("tcp", tmp_path)
+    local, ws = setup.bridges[0], setup.ws[0]
+    async with asyncio.timeout(T):
+        await local.socket_full.wait()  # the app reads nothing yet
+    assert ws.reading_paused  # the WebSocket is not read while the app's socket is full
+    assert local.transport is not None
+    # What the bridge holds: the socket's buffer (high-water mark 64 KiB) plus one read.
+    assert local.transport.get_write_buffer_size() <= 64 * 1024 + 256 * 1024
+    assert local.stats.bytes_down < len(down)
+    app_w.write_eof()
+    received = await read_all(app_r)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(down).digest()
+    async with asyncio.timeout(T):
+        stats = await task
+    assert stats == BridgeStats(bytes_up=0, bytes_down=len(down), close_code=1000)
+    await target_outcome(setup)
+
+
+@pytest.mark.parametrize("engine", ["socket"])
+async def test_websocket_that_stops_taking_stops_the_app_being_read(
+    make_setup: Callable[[Target], Awaitable[Setup]], tmp_path: Path
+) -> None:
+    """Backpressure socket -> WebSocket: the app's socket is not read while the WebSocket's
+    buffer is full (the relay-like peer forwards to a target that reads nothing yet)."""
+    up = os.urandom(32 * MiB)
+    release = asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        received = await read_all(reader)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(up).digest()
+        writer.write(b"ok")
+        await writer.drain()
+        writer.write_eof()
+
+    setup = await make_setup(target)
+    (app_r, app_w), task = await setup.start_bridge("unix", tmp_path)
+    local = setup.bridges[0]
+
+    async def app_send() -> None:
+        for offset in range(0, len(up), 256 * 1024):
+            app_w.write(up[offset : offset + 256 * 1024])
+            await app_w.drain()
+        app_w.write_eof()
+
+    async with asyncio.timeout(T), asyncio.TaskGroup() as tg:
+        sending = tg.create_task(app_send())
+        await local.ws_full.wait()
+        assert local.transport is not None
+        assert not local.transport.is_reading()  # the app's socket waits for the WebSocket
+        assert local.stats.bytes_up < len(up)
+        assert not sending.done()
+        release.set()
+    assert await read_all(app_r) == b"ok"
+    await target_outcome(setup)
+    async with asyncio.timeout(T):
+        stats = await task
+    assert stats == BridgeStats(bytes_up=len(up), bytes_down=2, close_code=1000)
+
+
+async def test_what_arrives_before_run_is_held_bounded_and_sent() -> None:
+    """The forwarder opens the WebSocket after accepting: meanwhile the app's bytes (and
+    its EOF) wait in the bridge, which stops reading once ``chunk_size`` is held."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Queue[SocketBridge] = asyncio.Queue()
+    bridges: list[WatchedBridge] = []
+
+    def factory() -> SocketBridge:
+        bridges.append(WatchedBridge(chunk_size=65536, on_connect=accepted.put_nowait))
+        return bridges[-1]
+
+    request = os.urandom(4 * MiB)
+    target_got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            target_got.put_nowait(await read_all(reader))
+            writer.write(b"reply")
+            writer.write_eof()
+            await writer.drain()
+        finally:
+            writer.close()
+
+    target_server = await asyncio.start_server(on_target, "127.0.0.1", 0)
+    relay = await RelayPeer(target_server.sockets[0].getsockname()[1]).start()
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    app_r, app_w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    ws: WsConnection | None = None
+    try:
+        async with asyncio.timeout(T):
+            local = await accepted.get()
+            app_w.write(request)
+            app_w.write_eof()
+            await bridges[0].hold_full.wait()
+            assert local.transport is not None
+            assert not local.transport.is_reading()
+            ws = await ws_connect(relay.url, auto_close_echo=False)
+            run = asyncio.create_task(local.run(ws))
+            await app_w.drain()
+            assert await read_all(app_r) == b"reply"
+            stats = await run
+            assert await target_got.get() == request
+        assert stats == BridgeStats(bytes_up=len(request), bytes_down=5, close_code=1000)
+    finally:
+        app_w.transport.abort()
+        if ws is not None:
+            ws.abort()
+        server.close()
+        target_server.close()
+        await relay.stop()
+        await server.wait_closed()
+        await target_server.wait_closed()
