@@ -237,6 +237,25 @@ def _latency(units: dict[str, Unit], quick: bool) -> list[Row]:
     return out
 
 
+def _attempted(r: dict[str, Any]) -> int:
+    """Connections the memory unit tried to open: every one opened or failed to."""
+    return int(r.get("connections_attempted", r["connections"] + r["open_failures"]))
+
+
+def _echoed(r: dict[str, Any]) -> int:
+    # echo_failures counts over every attempt, so one that never opened counts there too.
+    return int(r.get("connections_echoed", _attempted(r) - r["echo_failures"]))
+
+
+def _open_and_echo_failures(r: dict[str, Any]) -> str:
+    """What the count row's value leaves out: the attempts, and the failures of each step
+    (the A column once read "0 open / 0 echo failures" next to "9,952 open")."""
+    attempted = _attempted(r)
+    requested = r.get("connections_requested", attempted)
+    tried = f"{attempted:,} tried" + (f" of {requested:,}" if requested != attempted else "")
+    return f"{tried}: {r['open_failures']:,} failed to open, {r['echo_failures']:,} to echo"
+
+
 def _memory(units: dict[str, Unit], quick: bool) -> list[Row]:
     unit = units.get("memory")
     figure = "Relay RSS per idle relayed connection"
@@ -268,8 +287,8 @@ def _memory(units: dict[str, Unit], quick: bool) -> list[Row]:
         Row(
             section="7",
             figure="Idle relayed connections, all echo",
-            a=f"{r['open_failures']} open / {r['echo_failures']} echo failures",
-            result=f"{n:,} open, {n - r['echo_failures']:,} echo",
+            a=_open_and_echo_failures(r),
+            result=f"{n:,} opened, {_echoed(r):,} echoed",
             target=f"{wanted:,}, no error",
             met=count_met,
             note=note,

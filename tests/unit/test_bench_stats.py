@@ -204,6 +204,29 @@ def test_memory_count_target_needs_10000_without_errors() -> None:
     assert per.met is True
     assert count.met is False
     assert "20,000" in count.note
+    # The A column no longer reads "0 open" next to a value of 9,952 opened.
+    assert count.a == "9,952 tried of 10,000: 0 failed to open, 0 to echo"
+    assert count.result == "9,952 opened, 9,952 echoed"
+
+
+def test_memory_count_row_counts_each_failure_once() -> None:
+    """An attempt that failed to open also fails its echo: echoed = attempted - echo failures."""
+    result = {
+        "connections": 9_990,
+        "connections_requested": 10_000,
+        "connections_attempted": 10_000,
+        "connections_echoed": 9_985,
+        "connections_capped_by_fd_limit": False,
+        "open_failures": 10,
+        "echo_failures": 15,
+        "rss_before_kib": 64_000,
+        "rss_open_kib": 380_000,
+        "kib_per_connection": {"value": 31.6},
+    }
+    _per, count = report.rows(_results(memory={"status": "ok", "result": result}))
+    assert count.a == "10,000 tried: 10 failed to open, 15 to echo"
+    assert count.result == "9,990 opened, 9,985 echoed"
+    assert count.met is False
 
 
 def _attack_phase(rate: float | None, p99: float | None, peak: int, cap: bool) -> dict[str, Any]:
