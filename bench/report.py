@@ -155,6 +155,32 @@ def _peer(units: dict[str, Unit], quick: bool) -> list[Row]:
             target=f"≥ {target}",
             met=ratio["median"] >= target,
             note=note,
+        ),
+        *_peer_ssh(r, size),
+    ]
+
+
+def _peer_ssh(r: dict[str, Any], size: float) -> list[Row]:
+    """The second peer, OpenSSH ``ssh -L``, in the same run: no target, a reference."""
+    figure = "TCP tunnel vs OpenSSH ssh -L"
+    if skipped := r.get("ssh_skipped"):
+        return [Row(section="3", figure=figure, result="skipped", note=skipped)]
+    if "ssh" not in r.get("mb_s", {}):
+        return []  # a run from before the ssh path, or one that left it out
+    cpu = {n: r["cpu"][n].get("tunnel_cpu_s_per_gb") for n in ("hybridrelay", "ssh")}
+    note = f"ssh cipher {r.get('ssh_cipher', '?')}"
+    if all(cpu.values()):
+        note += "; CPU-s per GB, all tunnel processes: " + ", ".join(
+            f"{n} {fmt(c['median'], digits=1)}" for n, c in cpu.items() if c
+        )
+    return [
+        Row(
+            section="3",
+            figure=f"{figure} ({size:,.0f} MiB {TIMES} {r['rounds']})",
+            a="hybridrelay " + _range(r["mb_s"]["hybridrelay"], "MB/s"),
+            b=f"{r.get('ssh_version', 'ssh').split()[0]} " + _range(r["mb_s"]["ssh"], "MB/s"),
+            result=_range(r["ratios"]["hybridrelay/ssh"]["per_round"], digits=2),
+            note=note,
         )
     ]
 
@@ -426,7 +452,7 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         f"uvloop {m.get('uvloop_version', 'not installed')} (relay, agent, forwarder and bench "
         f"process), aiohttp {m.get('aiohttp', '?')}",
         f"- nginx: {m.get('nginx', 'not found')}; websocket-tunnel: "
-        f"{m.get('websocket_tunnel', 'not installed')}",
+        f"{m.get('websocket_tunnel', 'not installed')}; OpenSSH: {m.get('openssh', '?')}",
         f"- run: `{results.get('command', 'python -m bench')}`, {results.get('mode', '?')} mode, "
         f"started {results.get('started_at', '?')}, took {results.get('duration_s', 0):.0f} s; "
         f"load average at start {m.get('loadavg_at_start', '?')}",
