@@ -376,3 +376,16 @@ async def test_streamed_bodies_are_counted_and_capped(relay: InProcessRelay, api
     assert record["responseBody"]["captured"] == limit
     assert record["responseBody"]["complete"] is False
     assert record["responseBody"]["text"] is None  # not UTF-8: base64 only
+
+
+async def test_a_deleted_hybrid_connection_frees_its_inspector_slot(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(relay_extra="max_inspected_hcs = 1")
+    async with aiohttp.ClientSession() as session:
+        api = Api(relay, session)
+        assert (await api.call("PUT", "hybridconnections/made-here", {}))[0] == 201
+        await api.inspect("made-here")
+        assert (await api.call("DELETE", "hybridconnections/made-here"))[0] == 204
+        # The store's change event reached the inspector: the one slot is free again.
+        await api.inspect("echo")

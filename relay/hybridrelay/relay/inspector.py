@@ -73,7 +73,10 @@ _SECRET_QUERY: Final = frozenset({"sb-hc-token"})
 # A SAS signature wherever it appears: "sig=<value>" up to a separator.
 _SIG_TEXT: Final = re.compile(r"(?i)(\bsig=)[^&\s,;\"'<>]+")
 _SIG_BYTES: Final = re.compile(rb"(?i)(\bsig=)[^&\s,;\"'<>]+")
-_SIG_ENCODED: Final = re.compile(r"(?i)(\bsig%3d)[^&\s,;\"'<>]+")
+# ... and percent-encoded inside another URL's query ("%26sig%3D...", up to the next "%26").
+_SIG_ENCODED: Final = re.compile(
+    r"(?i)((?:(?<![a-z0-9_])|(?<=%26)|(?<=%3f))sig%3d)(?:(?!%26)[^&\s,;\"'<>])+"
+)
 
 
 def _redact_text(text: str) -> str:

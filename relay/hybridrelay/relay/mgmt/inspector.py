@@ -59,7 +59,7 @@ from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE, RelayState
-from hybridrelay.relay.store.models import HybridConnection
+from hybridrelay.relay.store.models import ChangeEvent, HybridConnection
 
 __all__ = ["MAX_REPLAYS", "REPLAY_CLIENT", "RESERVED_SEGMENT", "inspector_routes", "install"]
 
@@ -112,7 +112,8 @@ REPLAY_CLIENT: Final = web.AppKey("hybridrelay_inspector_replays", ReplayClient)
 
 
 def install(app: web.Application) -> None:
-    """The inspector's rings (``INSPECTOR``) and the replays' client, closed at shutdown."""
+    """The inspector's rings (``INSPECTOR``), the replays' client (closed at shutdown), and
+    the store watch that forgets a deleted hybrid connection's ring."""
     relay = app[STATE].config.relay
     app[INSPECTOR] = Inspector(
         capacity=relay.inspector_requests,
@@ -125,9 +126,21 @@ def install(app: web.Application) -> None:
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     client = app[REPLAY_CLIENT]
-    yield
-    if client.session is not None:
-        await client.session.close()
+    inspector = app[INSPECTOR]
+
+    def on_change(event: ChangeEvent) -> None:
+        # A deleted entity's ring would hold a max_inspected_hcs slot nobody could free
+        # (its inspector URL is a 404 now): it goes with the entity.
+        if event.kind == "hybridConnection" and event.op == "deleted":
+            inspector.disable(event.name)
+
+    unsubscribe = app[STATE].store.subscribe(on_change)
+    try:
+        yield
+    finally:
+        unsubscribe()
+        if client.session is not None:
+            await client.session.close()
 
 
 def _session(app: web.Application) -> aiohttp.ClientSession:
