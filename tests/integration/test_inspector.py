@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -21,6 +22,7 @@ import pytest
 from tests.conftest import RelayFactory
 from tests.harness.listeners import running_listener as running
 from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.tls import TlsFiles
 
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener
 from hybridrelay.protocol.sas import SasTokenProvider, create_sas_token
@@ -389,3 +391,31 @@ async def test_a_deleted_hybrid_connection_frees_its_inspector_slot(
         assert (await api.call("DELETE", "hybridconnections/made-here"))[0] == 204
         # The store's change event reached the inspector: the one slot is free again.
         await api.inspect("echo")
+
+
+async def test_replay_over_tls_trusts_the_relays_own_certificate(
+    relay_factory: RelayFactory, tls_files: TlsFiles
+) -> None:
+    # The relay does not know the CA that signed its certificate: it trusts its own.
+    relay = await relay_factory(tls=tls_files)
+    client_tls = ssl.create_default_context(cafile=str(tls_files.ca_cert))
+    app = App()
+    listener = Listener(
+        relay.url,
+        "echo",
+        token_provider=SasTokenProvider(ROOT, ROOT_KEY, ttl=3600),
+        http_handler=app,
+        ssl_context=client_tls,
+    )
+    connector = aiohttp.TCPConnector(ssl=client_tls)
+    async with aiohttp.ClientSession(connector=connector) as session, running(listener):
+        api = Api(relay, session)
+        await api.inspect("echo")
+        assert (await api.send("GET", "/echo/secure"))[0] == 201
+        (original,) = await api.recorded()
+        path = f"hybridconnections/echo/inspector/requests/{original['id']}/replay"
+        status, replayed = await api.call("POST", path)
+    assert status == 200, replayed
+    assert replayed["status"] == 201
+    assert replayed["replay"]["replayOf"] == original["id"]
+    assert len(app.seen) == 2

@@ -28,6 +28,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -394,6 +395,22 @@ def _plan(record: Record, doc: Mapping[str, object], hc: HybridConnection) -> _R
     )
 
 
+def _own_tls(state: RelayState, base: str) -> ssl.SSLContext | None:
+    """For https to itself: the system's trust plus the relay's own certificate.
+
+    The relay is its own peer here, so its certificate (the leaf, even one from a
+    private CA the relay has no root of) is a trust anchor; the host name is still
+    checked. Loaded per replay, so a reloaded certificate is the one trusted.
+    """
+    cert = state.config.relay.tls_cert
+    if not base.startswith("https://") or cert is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(cert))
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def _relay_base(state: RelayState) -> str:
     """Where this process takes HTTP requests: its own port (rendezvous_url) or public_url."""
     url = state.rendezvous_url.rstrip("/")
@@ -419,7 +436,9 @@ async def _replay(call: _Call) -> web.StreamResponse:
     nonce, recorded = call.inspector.expect_replay(record.id)
     headers.append((REPLAY_HEADER, nonce))
     timeout = (call.hc.request_timeout or call.state.config.relay.request_timeout) + 10.0
-    url = URL(_relay_base(call.state) + plan.target, encoded=True)
+    base = _relay_base(call.state)
+    url = URL(base + plan.target, encoded=True)
+    tls = _own_tls(call.state, base)
     client.running += 1
     status: int | None = None
     try:
@@ -432,6 +451,7 @@ async def _replay(call: _Call) -> web.StreamResponse:
                     headers=headers,
                     data=plan.body if plan.body or plan.method not in ("GET", "HEAD") else None,
                     allow_redirects=False,
+                    ssl=tls if tls is not None else True,
                     # Only the recorded headers (and the token): none of the client's own.
                     skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 ) as answer,
