@@ -291,6 +291,10 @@ async def test_a_failed_request_is_recorded_with_the_relays_refusal(
     (record,) = await api.recorded()
     assert record["status"] == 502
     assert record["error"]
+    # Another entity's requests are not kept, here or there.
+    assert (await api.send("POST", "/other/x", b"not kept"))[0] == 502
+    assert [r["id"] for r in await api.recorded()] == [record["id"]]
+    assert await api.recorded("other") == []
 
 
 async def test_dashboard_viewer_sees_but_does_not_replay(relay_factory: RelayFactory) -> None:

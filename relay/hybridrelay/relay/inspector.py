@@ -213,19 +213,36 @@ class _BodyTap:
 
 @dataclass(eq=False, slots=True)
 class Capture:
-    """What ``http_mode`` hands over while one request runs (only when the inspector is on)."""
+    """What ``http_mode`` hands over while one request runs (only when the inspector is on).
+
+    ``wanted`` says whether the request's entity is inspected; it is asked once, when the
+    first body arrives (the entity is known by then), so requests to other entities cost
+    no copy.
+    """
 
     body_limit: int
+    wanted: Callable[[], bool] = lambda: True
     request_body: CapturedBody | None = None  # None: streamed to the listener, not kept
     response: _BodyTap | None = None
+    _decided: bool | None = None
+
+    def keeps(self) -> bool:
+        """Whether this request is recorded (decided once: a half-seen one never is)."""
+        if self._decided is None:
+            self._decided = self.wanted()
+        return self._decided
 
     def request_body_read(self, body: bytes | None) -> None:
         """The inline body read whole (None or b"": no body)."""
-        data = body or b""
-        self.request_body = _body(data[: self.body_limit], len(data), len(data) <= self.body_limit)
+        if self.keeps():
+            data = body or b""
+            limit = self.body_limit
+            self.request_body = _body(data[:limit], len(data), len(data) <= limit)
 
     def response_chunk(self, chunk: bytes) -> None:
         """A chunk of a streamed response body, as it goes to the sender."""
+        if not self.keeps():
+            return
         if self.response is None:
             self.response = _BodyTap(self.body_limit)
         self.response.feed(chunk)
@@ -326,7 +343,12 @@ async def inspect_http(
     if inspector is None or not inspector.active:
         return await handler(request)
     state = request.app[STATE]
-    capture = request[CAPTURE] = Capture(body_limit=inspector.body_limit)
+
+    def wanted() -> bool:
+        hc_name = request.get(HC_NAME)
+        return hc_name is not None and inspector.enabled(hc_name)
+
+    capture = request[CAPTURE] = Capture(body_limit=inspector.body_limit, wanted=wanted)
     received = state.now()
     status: int | None = None
     error: str | None = None
@@ -346,9 +368,10 @@ async def inspect_http(
         raise
     finally:
         hc_name = request.get(HC_NAME)
-        if hc_name is not None and inspector.enabled(hc_name):
+        if hc_name is not None and inspector.enabled(hc_name) and capture.keeps():
+            answered = state.now()
             inspector.add(
-                _record(request, hc_name, capture, received, state.now(), status, error, response),
+                _record(request, hc_name, capture, received, answered, status, error, response),
                 request.headers.get(REPLAY_HEADER),
             )
 
