@@ -242,8 +242,8 @@ def _parser() -> argparse.ArgumentParser:
         " drain_timeout). SIGHUP reloads tls_cert, tls_key and client_ca_file (so does a"
         " change of those files, see tls_reload_interval). Logs go to stderr; once serving,"
         " one line goes to stdout:"
-        " 'hybridrelay relay ready at URL', with '(dashboard: URL/$dashboard/)' when the"
-        " relay serves its dashboard.",
+        " 'hybridrelay relay ready at URL (dashboard: URL)', the dashboard's own address"
+        " ([relay] dashboard_listen: loopback and a free port by default).",
     )
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
@@ -386,6 +386,7 @@ def _serve(args: argparse.Namespace) -> None:
         development_config,
         load_relay_config,
     )
+    from hybridrelay.relay.dashboard import dashboard_url
     from hybridrelay.relay.workers import WORKER_ENV, watch_supervisor, worker_ready_line
 
     env = dict(os.environ)
@@ -414,18 +415,13 @@ def _serve(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    routes: list[str] = []
-
     def ready(completed: Any) -> None:
         # The one line on stdout (logs are on stderr): a script or a person reads it there.
-        line = ready_line(completed.relay.public_url, routes)
+        line = ready_line(completed.relay.public_url, dashboard_url(completed))
         if worker is not None:  # for the supervisor, which prints the line once all serve
             node = completed.cluster.node_id if completed.cluster else ""
             line = worker_ready_line(int(worker), node, completed.relay.rendezvous_url, line)
         print(line, flush=True)
-
-    def app_built(app: Any) -> None:
-        routes.extend(resource.canonical for resource in app.router.resources())
 
     async def serve(stop: asyncio.Event) -> None:
         reload = asyncio.Event()  # SIGHUP: reload the TLS certificate, key and client CAs
@@ -437,7 +433,6 @@ def _serve(args: argparse.Namespace) -> None:
             config,
             stop,
             on_ready=ready,
-            on_app=app_built,
             reload=reload,
             worker_index=None if worker is None else int(worker),
         )
@@ -481,21 +476,10 @@ def _supervise(args: argparse.Namespace, config: Any) -> None:
         raise SystemExit(code)
 
 
-DASHBOARD_PATH: Final = "/$dashboard/"
-
-
-def ready_line(public_url: str, routes: Sequence[str]) -> str:
-    """``hybridrelay relay ready at URL``, with the dashboard's address when the app has one.
-
-    ``routes`` are the canonical paths of the relay app's resources (a sub-app or static
-    directory mounted at ``/$dashboard`` shows as that prefix).
-    """
+def ready_line(public_url: str, dashboard: str | None) -> str:
+    """``hybridrelay relay ready at URL``, with the dashboard's address when there is one."""
     line = f"hybridrelay relay ready at {public_url}"
-    prefix = DASHBOARD_PATH.rstrip("/")
-    if any(route == prefix or route.startswith(DASHBOARD_PATH) for route in routes):
-        http = public_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
-        line += f" (dashboard: {http.rstrip('/')}{DASHBOARD_PATH})"
-    return line
+    return f"{line} (dashboard: {dashboard})" if dashboard else line
 
 
 def _backup(args: argparse.Namespace) -> None:
