@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -41,7 +42,7 @@ class Browserish:
     """An HTTP client that keeps cookies like a browser (IP hosts included)."""
 
     def __init__(self, relay: InProcessRelay, session: aiohttp.ClientSession) -> None:
-        self.base = relay.http_url + "/$dashboard/"
+        self.base = relay.dashboard_url
         self.session = session
         self.csrf: str | None = None
 
@@ -398,7 +399,7 @@ async def test_a_manage_jwt_logs_in_until_it_expires_and_a_listen_jwt_does_not(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            relay.http_url + "/$dashboard/login", data={"keyName": ROOT, "key": ROOT_KEY}
+            relay.dashboard_url + "login", data={"keyName": ROOT, "key": ROOT_KEY}
         ) as resp,
     ):
         assert resp.status == 415
@@ -455,3 +456,47 @@ async def test_a_viewer_cannot_read_keys_from_an_export_jobs_output(
         status, body, _ = await client.call("GET", f"api/jobs/{job_id}/output")
         assert key not in str(body)
         assert status == 403
+
+
+async def test_the_public_port_serves_no_dashboard_even_with_a_session(
+    client: Browserish, relay: InProcessRelay
+) -> None:
+    assert urlsplit(relay.dashboard_url).port != urlsplit(relay.http_url).port
+    assert (await client.login())[0] == 200
+    cookie = {"Cookie": "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)}
+    async with aiohttp.ClientSession() as session:
+        for method, path in (
+            ("GET", "/$dashboard"),
+            ("GET", "/$dashboard/"),
+            ("GET", "/$dashboard/session"),
+            ("GET", "/$dashboard/api/hybridconnections"),
+            ("POST", "/$dashboard/login"),
+            ("GET", "/$dashboard/static/app.js"),
+        ):
+            async with session.request(method, relay.http_url + path, headers=cookie) as resp:
+                assert resp.status == 404, path
+                doc = await resp.json()
+                assert doc["error"]["code"] == "DashboardElsewhere", path
+                assert relay.dashboard_url not in json.dumps(doc)  # the address stays private
+    # The dashboard's own address serves nothing of the relay's.
+    for path in ("hc-ws/x", "$mgmt/v1/stats", "metrics"):
+        async with client.session.get(relay.dashboard_url.removesuffix("$dashboard/") + path) as r:
+            assert r.status == 404, path
+
+
+async def test_dashboard_listen_off_serves_none(relay_factory: RelayFactory) -> None:
+    off = await relay_factory(relay_extra='dashboard_listen = "off"')
+    assert off.dashboard_url == ""
+    async with aiohttp.ClientSession() as session, session.get(off.http_url + "/$dashboard/") as r:
+        assert r.status == 404
+
+
+async def test_dashboard_listen_public_shares_the_public_origin_with_a_warning(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = await relay_factory(relay_extra='dashboard_listen = "public"')
+    assert shared.dashboard_url == shared.http_url + "/$dashboard/"
+    assert "dashboard_shares_public_origin" in [r.getMessage() for r in caplog.records]
+    async with aiohttp.ClientSession() as session, session.get(shared.dashboard_url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
