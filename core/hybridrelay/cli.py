@@ -183,6 +183,7 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_ADMIN_KEY_NAME", "admin: --key-name"),
     ("HYBRIDRELAY_ADMIN_KEY", "admin: the key, unless --key-env or --key-file"),
     ("HYBRIDRELAY_ADMIN_CA_FILE", "admin: --ca-file"),
+    ("HYBRIDRELAY_NO_BROWSER", "demo: never open a browser (as --no-browser; CI=1 does too)"),
     ("any name", '--key-env VAR, key_env = "VAR": a SAS key (e.g. HYBRIDRELAY_KEY)'),
     ("any name", '--device-key-env VAR, device_key_env = "VAR": a device key'),
 )
@@ -358,6 +359,17 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="relay + listener + client in one process, showing traffic")
     demo.add_argument(
         "--messages", type=int, default=5, metavar="N", help="messages to send (default 5)"
+    )
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep the relay and listener serving after the demo (for the dashboard), until Ctrl-C",
+    )
+    demo.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="never open the dashboard in a browser (not opened anyway in CI, without a"
+        " terminal or without a display)",
     )
 
     from hybridrelay.check import add_check_parser
@@ -758,7 +770,8 @@ def _token(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from hybridrelay.demo import run_demo
 
-    _run(lambda stop: run_demo(stop, messages=args.messages))
+    browser = False if args.no_browser else None
+    _run(lambda stop: run_demo(stop, messages=args.messages, stay=args.stay, browser=browser))
 
 
 def _dev(args: argparse.Namespace) -> None:
