@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
 from tests.harness.device_certs import device_sas_token
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener, send
@@ -498,3 +498,77 @@ async def test_sharing_the_public_origin_lets_a_listeners_page_act_as_the_operat
     assert tries["session"].startswith("200 ")
     assert "csrfToken" in tries["session"]
     assert tries["api"].startswith('200 {"value": [{"name": ')
+
+
+async def test_the_cluster_page_shows_the_node_its_listeners_and_drains_it(
+    page: Page, relay: InProcessRelay
+) -> None:
+    listener = await RawListener(relay.url, "hc-ws", listener_id="cluster-listener").start()
+    try:
+        await log_in(page, relay)
+        await show(page, "#/cluster")
+        node = page.locator('tr[data-node="local"]')
+        await expect(node).to_contain_text("(this node)")
+        await expect(node.locator(".listeners")).to_have_text("1")
+        await expect(node.locator(".status")).to_have_text("serving")
+        await expect(page.locator('tr[data-holder="local/hc-ws"] .listeners')).to_have_text("1")
+        await screenshot(page, "cluster")
+
+        drain = node.get_by_role("button", name="Drain")
+        await drain.click()  # asks first
+        await node.get_by_role("button", name="Confirm drain").click()
+        code, _ = await listener.wait_control_closed(seconds(10))
+        assert code == 1001  # sent to another node
+        await expect(node.locator(".status")).to_have_text("draining")
+        await expect(node.locator(".listeners")).to_have_text("0")
+        await expect(node.get_by_role("button")).to_have_count(0)
+        await expect(page.locator("tr[data-holder]")).to_have_count(0)
+    finally:
+        await listener.stop()
+    async with aiohttp.ClientSession() as http, http.get(relay.http_url + "/readyz") as ready:
+        assert ready.status == 503
+
+
+async def test_the_jobs_page_exports_and_imports_devices_with_progress(
+    page: Page, relay: InProcessRelay
+) -> None:
+    for i in range(12):
+        await relay.state.store.create_device(
+            Device(
+                device_id=f"fleet-{i:02}",
+                authentication=Authentication(
+                    type="sas",
+                    symmetric_key=SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY2),
+                ),
+            )
+        )
+    await log_in(page, relay)
+    await show(page, "#/jobs")
+    await page.get_by_role("button", name="Start export").click()
+    export = page.locator('tr[data-type="export"]')
+    await expect(export).to_have_attribute("data-status", "completed")
+    await expect(export.locator(".outcome")).to_have_text("12 devices written")
+    await expect(export.locator("progress")).to_have_attribute("value", "100")
+    output = await export.get_by_role("link", name="Output").get_attribute("href")
+    assert output
+    lines = await page.evaluate("url => fetch(url).then(r => r.text())", output)
+    assert sorted(json.loads(line)["deviceId"] for line in lines.splitlines()) == [
+        f"fleet-{i:02}" for i in range(12)
+    ]
+
+    # An import from a file: two new devices and one line the relay refuses.
+    new = [{"deviceId": f"imported-{i}", "importMode": "create"} for i in range(2)]
+    body = "\n".join([*map(json.dumps, new), '{"deviceId": "fleet-00", "importMode": "create"}'])
+    upload: FilePayload = {
+        "name": "devices.jsonl",
+        "mimeType": "application/x-ndjson",
+        "buffer": body.encode(),
+    }
+    await page.set_input_files("#import-file", files=upload)
+    await page.get_by_role("button", name="Start import").click()
+    imported = page.locator('tr[data-type="import"]')
+    await expect(imported).to_have_attribute("data-status", "completed")
+    await expect(imported.locator(".outcome")).to_have_text("2 applied, 1 refused")
+    await expect(imported.get_by_role("link", name="Errors")).to_be_visible()
+    assert await relay.state.store.get_device("imported-1") is not None
+    await screenshot(page, "jobs")
