@@ -370,6 +370,13 @@ async def test_the_event_tail_shows_listeners_and_changes_live(
     await page.fill("#event-filter", "listeneroffline")
     await expect(page.locator("tr[data-event]")).to_have_count(1)
     await page.fill("#event-filter", "")
+    # By kind: devices only, then listeners only (online and offline).
+    await page.select_option("#event-kind", "DeviceIdentity")
+    await expect(page.locator("tr[data-event]")).to_have_count(1)
+    await expect(page.locator('tr[data-event="createDeviceIdentity"]')).to_have_count(1)
+    await page.select_option("#event-kind", "Listener")
+    await expect(page.locator("tr[data-event]")).to_have_count(2)
+    await page.select_option("#event-kind", "")
     await page.locator("#event-filter").blur()
     await screenshot(page, "events")
 
