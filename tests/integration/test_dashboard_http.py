@@ -462,7 +462,10 @@ async def test_the_public_port_serves_no_dashboard_even_with_a_session(
     client: Browserish, relay: InProcessRelay
 ) -> None:
     assert urlsplit(relay.dashboard_url).port != urlsplit(relay.http_url).port
-    assert (await client.login())[0] == 200
+    status, session = await client.login()
+    assert status == 200
+    # The page learns where senders go from its session, not from its own origin.
+    assert session["relayUrl"] == relay.http_url
     cookie = {"Cookie": "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)}
     async with aiohttp.ClientSession() as session:
         for method, path in (

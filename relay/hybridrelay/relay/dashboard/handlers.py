@@ -141,12 +141,16 @@ def _session(request: web.Request) -> Session | None:
     return request.app[DASHBOARD].sessions.get(request.cookies.get(COOKIE))
 
 
-def _session_doc(session: Session) -> dict[str, object]:
+def _session_doc(session: Session, request: web.Request) -> dict[str, object]:
+    # The relay's public URL: the dashboard's own origin is not where senders go, so a page
+    # that names a relay URL ("copy as curl") takes it from here.
+    public = request.app[STATE].public_url
     return {
         "who": session.who,
         "role": session.role,
         "csrfToken": session.csrf,
         "expiresAt": int(session.expires_at),
+        "relayUrl": public.replace("wss://", "https://", 1).replace("ws://", "http://", 1),
     }
 
 
@@ -249,7 +253,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
         "dashboard_login",
         extra={"who": manager.who, "role": role, "status": 200, "peer": peer_text(address)},
     )
-    response = web.json_response(_session_doc(session))
+    response = web.json_response(_session_doc(session, request))
     secure = request.secure or (dashboard.public_origin and state.public_url.startswith("https:"))
     _set_cookie(response, session.id, max(1, int(session.expires_at - state.now())), secure)
     return _secure(response)
@@ -271,7 +275,7 @@ async def _whoami(request: web.Request) -> web.StreamResponse:
     session = _session(request)
     if session is None:
         return _unauthorized()
-    return _secure(web.json_response(_session_doc(session)))
+    return _secure(web.json_response(_session_doc(session, request)))
 
 
 def _csrf_refusal(request: web.Request, session: Session) -> web.StreamResponse | None:
