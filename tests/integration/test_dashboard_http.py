@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,11 +25,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import RelayFactory
 from tests.harness.peers import RawListener, send
-from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config
+from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config, load, write_config
 from tests.harness.timing import seconds
 from yarl import URL
 
-from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.errors import ConfigError, ConnectionClosedError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.openapi import build_openapi
@@ -503,3 +504,18 @@ async def test_dashboard_listen_public_shares_the_public_origin_with_a_warning(
     async with aiohttp.ClientSession() as session, session.get(shared.dashboard_url) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_a_dashboard_address_in_use_is_a_config_error_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, relay_extra=f'dashboard_listen = "127.0.0.1:{port}"')
+        relay = InProcessRelay(load(path))
+        with pytest.raises(ConfigError) as info:
+            await relay.start()
+    assert info.value.key == "relay.dashboard_listen"
+    assert f"cannot listen on 127.0.0.1:{port}" in info.value.reason
