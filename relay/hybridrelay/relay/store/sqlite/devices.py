@@ -17,6 +17,12 @@ from typing import Final
 from hybridrelay.errors import ConflictError
 from hybridrelay.logs import RELAY
 from hybridrelay.relay.store.checks import check_device_write, compact_json, is_device_id
+from hybridrelay.relay.store.device_query import (
+    DEFAULT_SCAN_LIMIT,
+    ID_END,
+    DeviceQuery,
+    ScanResult,
+)
 from hybridrelay.relay.store.models import (
     Authentication,
     ConnectionState,
@@ -33,7 +39,7 @@ from hybridrelay.relay.store.records import (
 )
 from hybridrelay.relay.store.sqlite.engine import SqliteEngine
 
-__all__ = ["SqliteDevices"]
+__all__ = ["SqliteDevices", "search_sql"]
 
 log = logging.getLogger(RELAY)
 
@@ -82,6 +88,30 @@ def _device_params(d: Device) -> tuple[object, ...]:
         d.connection_state_updated_time,
         d.last_activity_time,
     )
+
+
+def search_sql(after: str, query: DeviceQuery, scan_limit: int) -> tuple[str, tuple[object, ...]]:
+    """The statement a search steps through: the ids one index range holds, in id order.
+
+    One condition drives it (an index range); the others are checked on each row read,
+    so ``LIMIT scan_limit`` bounds the rows read whatever matches. A connected device
+    is rarer than an enabled one, so ``connectionState=connected`` drives first.
+    """
+    where = ["device_id > ?"]
+    params: list[object] = [after]
+    if query.connection_state == "connected" or (
+        query.connection_state is not None and query.status is None
+    ):
+        where.insert(0, "connection_state = ?")
+        params.insert(0, query.connection_state)
+    elif query.status is not None:
+        where.insert(0, "status = ?")
+        params.insert(0, query.status)
+    if query.prefix:
+        where.append("device_id >= ? AND device_id < ?")
+        params.extend((query.prefix, query.prefix + ID_END))
+    sql = f"{_SELECT_DEVICES} WHERE {' AND '.join(where)} ORDER BY device_id LIMIT ?"
+    return sql, (*params, scan_limit)
 
 
 class SqliteDevices(SqliteEngine):
@@ -186,10 +216,45 @@ class SqliteDevices(SqliteEngine):
         return current
 
     async def list_devices(
-        self, *, limit: int = 1000, continuation: str | None = None
+        self,
+        *,
+        limit: int = 1000,
+        continuation: str | None = None,
+        query: DeviceQuery | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
     ) -> Page[Device]:
         after = page_start(limit, continuation)
+        if query is not None and query.narrows:
+            return await self._run(
+                functools.partial(self._db_search_devices, limit, after, query, scan_limit)
+            )
         return await self._run(functools.partial(self._db_list_devices, limit, after))
+
+    def _db_search_devices(
+        self, limit: int, after: str, query: DeviceQuery, scan_limit: int
+    ) -> Page[Device]:
+        sql, params = search_sql(after, query, scan_limit)
+        result = ScanResult(limit=limit, scan_limit=scan_limit, matched=[])
+        rows: list[sqlite3.Row] = []
+        cursor = self._conn().execute(sql, params)
+        try:
+            # Rows are stepped one by one: a page that fills early reads no further.
+            for row in cursor:
+                result.examined += 1
+                result.last_examined = row["device_id"]
+                if query.id_matches(row["device_id"]) and query.fields_match(
+                    row["status"], row["connection_state"]
+                ):
+                    result.matched.append(row["device_id"])
+                    rows.append(row)
+                    if result.full():
+                        break
+            else:
+                result.exhausted = result.examined < scan_limit
+        finally:
+            cursor.close()
+        items = tuple(self._with_activity(_device_from_row(row)) for row in rows[:limit])
+        return Page(items=items, continuation=result.continuation())
 
     def _db_list_devices(self, limit: int, after: str) -> Page[Device]:
         rows = (
