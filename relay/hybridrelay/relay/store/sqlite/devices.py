@@ -49,12 +49,13 @@ _MISS: Final = object()
 _SELECT_DEVICES: Final = (
     "SELECT device_id, generation_id, etag, status, status_reason, status_update_time, "
     "authentication, grants, connection_state, connection_state_updated_time, "
-    "last_activity_time FROM devices"
+    "last_activity_time, check_in_interval FROM devices"
 )
 _INSERT_DEVICE: Final = (
     "INSERT INTO devices (device_id, generation_id, etag, status, status_reason, "
     "status_update_time, authentication, grants, connection_state, "
-    "connection_state_updated_time, last_activity_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "connection_state_updated_time, last_activity_time, check_in_interval) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -71,6 +72,7 @@ def _device_from_row(row: sqlite3.Row) -> Device:
         last_activity_time=row["last_activity_time"],
         authentication=Authentication.from_json(json.loads(row["authentication"])),
         grants=Grants.from_json(json.loads(row["grants"])),
+        check_in_interval=row["check_in_interval"],
     )
 
 
@@ -87,6 +89,7 @@ def _device_params(d: Device) -> tuple[object, ...]:
         d.connection_state,
         d.connection_state_updated_time,
         d.last_activity_time,
+        d.check_in_interval,
     )
 
 
@@ -184,7 +187,8 @@ class SqliteDevices(SqliteEngine):
             # The connection fields and lastActivityTime are not the identity's: kept as stored.
             tx.execute(
                 "UPDATE devices SET etag = ?, status = ?, status_reason = ?, "
-                "status_update_time = ?, authentication = ?, grants = ? WHERE device_id = ?",
+                "status_update_time = ?, authentication = ?, grants = ?, check_in_interval = ? "
+                "WHERE device_id = ?",
                 (
                     record.etag,
                     record.status,
@@ -192,6 +196,7 @@ class SqliteDevices(SqliteEngine):
                     record.status_update_time,
                     compact_json(record.authentication.to_json()),
                     compact_json(record.grants.to_json()),
+                    record.check_in_interval,
                     record.device_id,
                 ),
             )

@@ -89,6 +89,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
         "CREATE INDEX devices_by_status ON devices (status, device_id)",
         "CREATE INDEX devices_by_connection ON devices (connection_state, device_id)",
+        # The expected check-in interval (seconds; NULL: none), Device.check_in_interval.
+        "ALTER TABLE devices ADD COLUMN check_in_interval INTEGER",
     ),
 )
 
