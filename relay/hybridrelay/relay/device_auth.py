@@ -517,10 +517,13 @@ class _Entry:
     right: Rights
     counts: bool  # keeps the device "connected" (control channels, WebSocket streams)
     device_id: str
-    cut_reason: str | None = None  # why the relay cut it (for the device's timeline)
+    # How and why the relay cut it (for the device's timeline): the close code the peer
+    # echoes may be another.
+    cut_code: int | None = None
+    cut_reason: str | None = None
 
     def cut(self, code: int, reason: str, tasks: set[asyncio.Task[None]]) -> None:
-        self.cut_reason = reason
+        self.cut_code, self.cut_reason = code, reason
         conn = self.connection
         if isinstance(conn, ControlChannel):
             task = asyncio.create_task(conn.close(code, reason), name="device-close")
@@ -704,14 +707,14 @@ def _on_timeline(
 ) -> None:
     conn = entry.connection
     if isinstance(conn, ControlChannel):
-        role, code = "listener", conn.close_code
+        role, code = "listener", entry.cut_code or conn.close_code
     elif entry.right == Rights.LISTEN:
-        role, code = "stream to its listener", None
+        role, code = "stream to its listener", entry.cut_code
     else:
-        role, code = "sender", None
+        role, code = "sender", entry.cut_code
     reason = ""
     if kind == "disconnected":
-        reason = entry.cut_reason or ("closed" if code is not None else "stream ended")
+        reason = entry.cut_reason or ("closed" if isinstance(conn, ControlChannel) else "ended")
     timelines(state).record(
         entry.device_id,
         TimelineEntry(

@@ -12,7 +12,8 @@ Decisions worth knowing (the OpenAPI document says the same):
   is matched as a tail and the sub-resources are split off its end: ``.../rules``,
   ``.../rules/{rule}`` and ``.../rules/{rule}/regenerate`` (rule names contain no
   ``/``). To keep that unambiguous the API refuses to create a hybrid connection
-  with a path segment ``rules`` (400).
+  with a path segment ``rules`` (400). ``.../metrics`` is the entity's counters
+  (``GET`` only), so no entity whose last segment is ``metrics`` can be made here.
 - Lists answer ``{"value": [...], "continuationToken": ..., "nextLink": ...}`` and
   also send the token in ``x-ms-continuation`` (the IoT Hub header). The next page
   is asked for with ``?continuationToken=`` or that header; ``?top=`` sets the page
@@ -241,10 +242,6 @@ def _check_api_name(name: str) -> None:
     if any(segment.lower() == "rules" for segment in name.split("/")):
         raise ValidationError(
             "name", "a path segment 'rules' is reserved by the management API's URLs"
-        )
-    if "/" in name and name.rsplit("/", 1)[1].lower() == "metrics":
-        raise ValidationError(
-            "name", "a last path segment 'metrics' is reserved by the management API's URLs"
         )
 
 
