@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Locator, Page, expect
 from tests.browser.test_dashboard import (
     VIEWPORT,
     browser,
@@ -218,7 +218,7 @@ async def test_hybrid_connection_page_shows_the_azure_counters(
         await log_in(page, relay)
         await show(page, "#/hc/hc-ws")
 
-        def stat(name: str) -> object:
+        def stat(name: str) -> Locator:
             return page.locator(f'[data-stat="{name}"] .n')
 
         await expect(stat("ListenerConnections-Success")).to_have_text("1")

@@ -12,8 +12,9 @@ page never examines more than ``scan_limit`` devices (``[relay] device_search_sc
 - ``contains`` (case-insensitive) has no index: it is checked on each id examined.
 
 A page holds at most ``limit`` matches. When ``scan_limit`` devices were examined
-before ``limit`` matched, the page is short (possibly empty) and still carries a
-continuation token: where the next page resumes looking. Tokens carry only a position;
+before ``limit`` matched and more are left, the page is short (possibly empty) and
+still carries a continuation token: where the next page resumes looking. (Each store
+reads one id past the budget to tell "more left" from "done".) Tokens carry only a position;
 the caller repeats the conditions with each page (the API's ``nextLink`` does).
 """
 
@@ -89,17 +90,29 @@ class ScanResult:
     matched: list[str]
     examined: int = 0
     last_examined: str | None = None
-    exhausted: bool = False
+    more: bool = False  # ids are left beyond the scan_limit examined
 
     def full(self) -> bool:
         """One match more than a page: the page is complete and another follows."""
         return len(self.matched) > self.limit
 
+    def budget_spent(self) -> bool:
+        """Call before examining an id: True (and ``more`` set) when the page may not."""
+        if self.examined >= self.scan_limit:
+            self.more = True
+        return self.more
+
+    def examine(self, device_id: str, matches: bool) -> None:
+        self.examined += 1
+        self.last_examined = device_id
+        if matches:
+            self.matched.append(device_id)
+
     def continuation(self) -> str | None:
         """The token of the next page; None when nothing is left to look at."""
         if self.full():
             return encode_continuation(self.matched[self.limit - 1])
-        if not self.exhausted and self.examined >= self.scan_limit and self.last_examined:
+        if self.more and self.last_examined is not None:
             return encode_continuation(self.last_examined)
         return None
 

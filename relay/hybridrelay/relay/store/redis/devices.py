@@ -186,11 +186,11 @@ class RedisDevices(RedisEngine):
             high = f"({query.prefix}{ID_END}"
         result = ScanResult(limit=limit, scan_limit=scan_limit, matched=[])
         found: list[Device] = []
-        while not result.full() and result.examined < scan_limit:
-            chunk = min(_SEARCH_CHUNK, scan_limit - result.examined)
-            members = await self._redis.zrange_between(self._dev_index, low, high, chunk)
-            candidates = [m for m in members if query.id_matches(m)]
-            keys = [self._dev_hash(m) for m in candidates]
+        while True:
+            # One id past the budget tells "more left" from "done".
+            want = min(_SEARCH_CHUNK, scan_limit - result.examined + 1)
+            members = await self._redis.zrange_between(self._dev_index, low, high, want)
+            keys = [self._dev_hash(m) for m in members if query.id_matches(m)]
             devices: dict[str, Device] = {}
             if keys:
                 for key, fields in zip(keys, await self._redis.hgetall_many(keys), strict=True):
@@ -198,16 +198,16 @@ class RedisDevices(RedisEngine):
                     if device is not None:
                         devices[device.device_id] = device
             for member in members:
-                result.examined += 1
-                result.last_examined = member
+                if result.budget_spent():
+                    break
                 device = devices.get(member)
-                if device is not None and query.matches(device):
-                    result.matched.append(member)
+                matches = device is not None and query.matches(device)
+                result.examine(member, matches)
+                if device is not None and matches:
                     found.append(device)
                     if result.full():
                         break
-            if len(members) < chunk:
-                result.exhausted = not result.full()
+            if result.full() or result.more or len(members) < want:
                 break
             low = f"({members[-1]}"
         return Page(items=tuple(found[:limit]), continuation=result.continuation())
