@@ -113,8 +113,12 @@ def search_sql(after: str, query: DeviceQuery, scan_limit: int) -> tuple[str, tu
     so ``LIMIT scan_limit + 1`` bounds the rows read whatever matches. A connected device
     is rarer than an enabled one, so ``connectionState=connected`` drives first.
     """
-    where = ["device_id > ?"]
-    params: list[object] = [after]
+    # One lower bound only: given two (after the page start, at the prefix), SQLite may
+    # start the range at the lower one and step through every id before the prefix.
+    if query.prefix and after < query.prefix:
+        where, params = ["device_id >= ?"], [query.prefix]
+    else:
+        where, params = ["device_id > ?"], [after]
     if query.connection_state == "connected" or (
         query.connection_state is not None and query.status is None
     ):
@@ -124,8 +128,8 @@ def search_sql(after: str, query: DeviceQuery, scan_limit: int) -> tuple[str, tu
         where.insert(0, "status = ?")
         params.insert(0, query.status)
     if query.prefix:
-        where.append("device_id >= ? AND device_id < ?")
-        params.extend((query.prefix, query.prefix + ID_END))
+        where.append("device_id < ?")
+        params.append(query.prefix + ID_END)
     sql = f"{_SELECT_DEVICES} WHERE {' AND '.join(where)} ORDER BY device_id LIMIT ?"
     return sql, (*params, scan_limit + 1)  # one past the budget: "more left" or "done"
 
