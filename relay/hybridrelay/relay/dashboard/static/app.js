@@ -6,6 +6,7 @@
 import { $, ApiError, View, el, hooks, request, state } from "./lib.js";
 import { events, hybridConnection, hybridConnections, overview, streams } from "./pages.js";
 import { device, devices } from "./devices.js";
+import { inspector } from "./inspector.js";
 // --- shell ---------------------------------------------------------------------------------
 
 function showLogin() {
@@ -33,6 +34,7 @@ async function route() {
     const target = el("div");
     if (page === "hc") await hybridConnection(target, view, decodeURIComponent(rest.join("/")));
     else if (page === "device") await device(target, view, decodeURIComponent(rest.join("/")));
+    else if (page === "inspector") await inspector(target, view, decodeURIComponent(rest.join("/")));
     else await (pages[page] || overview)(target, view);
     if (view.stopped) return; // a newer navigation is drawing
     main.replaceChildren(...target.childNodes);
