@@ -165,6 +165,15 @@ async def test_regenerating_a_key_replaces_only_that_key(relay: InProcessRelay, 
         assert await handshake_status(new) == 101
     status, doc = await api("POST", "devices/meter-7/regenerateKey", {"keyType": "tertiary"})
     assert status == 400
+    # A given key is taken when it is one (base64 of 16 to 64 bytes).
+    chosen = "Y2hvc2VuLWJ5LXRoZS1vcGVyYXRvci0wMTIzNDU2Nzg="
+    body = {"keyType": "SecondaryKey", "key": chosen}
+    status, doc = await api("POST", "devices/meter-7/regenerateKey", body)
+    assert (status, doc["authentication"]["symmetricKey"]["secondaryKey"]) == (200, chosen)
+    body = {"keyType": "secondary", "key": "not base64!"}
+    status, doc = await api("POST", "devices/meter-7/regenerateKey", body)
+    assert status == 400
+    assert "secondaryKey" in doc["error"]["message"]
     status, doc = await api("POST", "devices/nobody/regenerateKey", {"keyType": "primary"})
     assert status == 404
     await create(

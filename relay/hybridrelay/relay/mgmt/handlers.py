@@ -25,6 +25,12 @@ Decisions worth knowing (the OpenAPI document says the same):
 - ``PUT`` on a device without ``If-Match`` creates it (201; 409 when it exists),
   with ``If-Match`` replaces it (200; 412 when the etag differs, ``*`` forces).
   ``DELETE`` takes ``If-Match`` too; without one it deletes unconditionally.
+- ``GET /devices`` searches with ``prefix``, ``contains``, ``status`` and
+  ``connectionState`` (``store/device_query.py``: a page examines at most
+  ``device_search_scan`` devices, so it may be short and still have a token);
+  ``POST /devices/{id}/regenerateKey`` replaces one SAS key; ``GET
+  /devices/{id}/timeline`` is this node's record of the device (``device_timeline.py``).
+  A deviceId never contains ``/``, so ``/devices/{id}/{action}`` is unambiguous.
 - Keys appear in rule GET-one/PUT/regenerate answers and in device documents
   (the admin needs them), never in rule lists and never in a log line.
 """
@@ -496,8 +502,12 @@ async def _regenerate_device_key(call: _Call, device_id: str) -> web.StreamRespo
     auth = current.authentication
     if auth.type != "sas" or auth.symmetric_key is None:
         raise ValidationError("authentication", "the device has no SAS keys to regenerate")
-    # The same strength the registry gives a new device (32 random bytes, base64).
-    fresh = base64.b64encode(secrets.token_bytes(32)).decode()
+    given = doc.get("key")
+    if given is not None and not isinstance(given, str):
+        raise ValidationError("key", "must be a string")
+    # The same strength the registry gives a new device (32 random bytes, base64); a
+    # given key is checked like any device key (SymmetricKey: base64 of 16 to 64 bytes).
+    fresh = given if given is not None else base64.b64encode(secrets.token_bytes(32)).decode()
     keys = auth.symmetric_key
     keys = (
         replace(keys, primary_key=fresh)
