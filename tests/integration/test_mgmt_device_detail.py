@@ -236,6 +236,22 @@ async def test_the_timeline_shows_connects_disconnects_with_reasons_and_auth_fai
         assert "signature" in failure["reason"]
         assert doc["checkIn"] == "onSchedule"
         assert doc["nextCheckInDue"] is not None
+        # A device sender's stream is on its timeline; on the listening device's, not.
+        await create(api, "car-1", grants={"send": ["echo"]})
+        car_key = await key_of(api, "car-1")
+        sender = await send(
+            relay.url, "echo", token=device_sas_token(host_of(relay), "car-1", car_key)
+        )
+        await sender.send("hi")
+        assert await sender.recv() == "hi"
+        await sender.close()
+        await wait_state(relay.state.store, "car-1", "disconnected", active=True)
+        car = await timeline(api, "car-1")
+        assert [(e["kind"], e["role"], e["reason"]) for e in car["value"]] == [
+            ("disconnected", "sender", "ended"),
+            ("connected", "sender", ""),
+        ]
+        assert len((await timeline(api, "gw-1"))["value"]) == 2
         # Disabling the device cuts the channel; the timeline says why.
         current = (await api("GET", "devices/gw-1"))[1]
         current["status"] = "disabled"

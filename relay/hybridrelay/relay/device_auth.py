@@ -709,7 +709,9 @@ def _on_timeline(
     if isinstance(conn, ControlChannel):
         role, code = "listener", entry.cut_code or conn.close_code
     elif entry.right == Rights.LISTEN:
-        role, code = "stream to its listener", entry.cut_code
+        # A stream spliced to the device's control channel: a busy gateway has thousands,
+        # which would push its own connects and refusals out of its bounded timeline.
+        return
     else:
         role, code = "sender", entry.cut_code
     reason = ""

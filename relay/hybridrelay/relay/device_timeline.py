@@ -3,8 +3,10 @@
 ``GET /$mgmt/v1/devices/{id}/timeline`` answers what this node saw of a device, newest
 first, so an operator can tell "it never tried" from "it tried with an old key" from
 "it came and went". The entries come from where the relay already decides these things:
-``device_auth.tracked`` (a control channel or relayed stream of the device starts and
-ends; the reason is the relay's when it cut it, the close code otherwise) and the error
+``device_auth.tracked`` (a control channel of the device, or a stream it opened as a
+sender, starts and ends; the reason is the relay's when it cut it, the close code
+otherwise; streams spliced to its control channel are not listed, a busy gateway has
+thousands) and the error
 middleware (a device token or certificate of a *registered* device refused: 401/403).
 Unknown device ids get no timeline, so a stream of made-up ids cannot push real
 devices' timelines out.
@@ -60,7 +62,7 @@ class TimelineEntry:
     at: float
     kind: TimelineKind
     hybrid_connection: str
-    role: str  # "listener", "sender" or "stream to its listener"
+    role: str  # "listener" (a control channel) or "sender" (a stream it opened)
     reason: str = ""
     status: int | None = None  # the HTTP status of an auth failure
     code: int | None = None  # the WebSocket close code of a disconnect, when known

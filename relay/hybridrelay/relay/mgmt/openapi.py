@@ -813,8 +813,8 @@ _TIMELINE_ENTRY: Final[Doc] = {
         "hybridConnection": {"type": "string"},
         "role": {
             "type": "string",
-            "description": "listener (a control channel), sender (a relayed stream it "
-            "opened) or stream to its listener (a stream spliced to its control channel).",
+            "description": "listener (a control channel) or sender (a relayed stream it "
+            "opened); streams spliced to its control channel are not listed.",
         },
         "reason": {
             "type": "string",
