@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from tests.browser.test_dashboard import (
 )
 from tests.harness.device_certs import device_sas_token
 from tests.harness.peers import RawListener, listen_url, send
-from tests.harness.relay import InProcessRelay
+from tests.harness.relay import InProcessRelay, load, write_config
 from tests.harness.timing import seconds
 from tests.integration.test_device_auth import TokenListener
 
@@ -233,3 +234,26 @@ async def test_hybrid_connection_page_shows_the_azure_counters(
         await screenshot(page, "hybrid-connection-counters")
     finally:
         await listener.stop()
+
+
+async def test_a_viewer_sees_a_devices_timeline_but_no_key_or_write_button(
+    page: Page, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path, relay_extra='dashboard_viewers = ["sas:RootManageSharedAccessKey"]'
+    )
+    viewer_relay = await InProcessRelay(load(config)).start()
+    try:
+        await viewer_relay.state.store.create_device(sas_device("watched", send_to=("echo",)))
+        await log_in(page, viewer_relay)
+        await show(page, "#/device/watched")
+        await expect(page.locator("[data-stat=status] .n")).to_have_text("enabled")
+        await expect(page.locator("#timeline td.empty")).to_be_visible()
+        await expect(page.locator("#main button")).to_have_count(0)
+        await expect(page.locator("#connection-string")).to_have_count(0)
+        await show(page, "#/devices")
+        await expect(page.locator('tr[data-device="watched"]')).to_be_visible()
+        await expect(page.locator("#main button")).to_have_count(0)
+        await expect(page.locator("#device-id")).to_have_count(0)
+    finally:
+        await viewer_relay.stop()
