@@ -876,6 +876,9 @@ _NODE_PATHS: Final[dict[str, Doc]] = {
                     "503": _error("The cluster's shared state (Redis) cannot be reached."),
                 }
             ),
+        },
+    },
+}
 _AZURE_COUNTERS: Final = (
     "ActiveListeners",
     "ActiveConnections",
