@@ -621,7 +621,7 @@ async def test_the_http_inspector_records_a_request_and_replays_it(
         await page.click("#copy-curl")
         curl = page.locator("#curl")
         await expect(curl).to_contain_text(f"curl -X POST '{relay.http_url}/echo/orders?id=7'")
-        await expect(curl).to_contain_text("""--data-binary '{"item": "widget"}'""")
+        await expect(curl).to_contain_text("""--data-raw '{"item": "widget"}'""")
         await expect(curl).not_to_contain_text("[redacted]")
 
         await page.click("#replay")
