@@ -67,7 +67,7 @@ from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
-from hybridrelay.relay.inspector import CAPTURE
+from hybridrelay.relay.inspector import CAPTURE, REPLAY_HEADER
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import BodyPipe, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
@@ -120,7 +120,9 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
     }
 
 
-_NOT_FORWARDED: Final = _HOP_BY_HOP | {"servicebusauthorization"}
+# The inspector's replay nonce is the relay's own (it links a replay to its record): a
+# listener that saw it could claim the replay with a request of its own.
+_NOT_FORWARDED: Final = _HOP_BY_HOP | {"servicebusauthorization", REPLAY_HEADER.lower()}
 _NOT_FORWARDED_AUTH: Final = _NOT_FORWARDED | {"authorization"}
 
 

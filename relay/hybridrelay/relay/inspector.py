@@ -261,7 +261,9 @@ class Inspector:
     body_limit: int  # bytes of each body kept
     max_rings: int  # hybrid connections inspected at once
     _rings: dict[str, _Ring] = field(default_factory=dict)
-    _replays: dict[str, str] = field(default_factory=dict)  # nonce -> replayed record id
+    # nonce -> (casefolded entity, replayed record id): only a request to the replayed
+    # record's own entity may be its replay, and only the first one.
+    _replays: dict[str, tuple[str, str]] = field(default_factory=dict)
     _replay_done: dict[str, asyncio.Future[Record]] = field(default_factory=dict)
 
     @property
@@ -297,10 +299,10 @@ class Inspector:
             return None
         return next((r for r in ring.records if r.id == record_id), None)
 
-    def expect_replay(self, record_id: str) -> tuple[str, asyncio.Future[Record]]:
+    def expect_replay(self, replayed: Record) -> tuple[str, asyncio.Future[Record]]:
         """A nonce for a replay's :data:`REPLAY_HEADER` and the future of its record."""
         nonce = secrets.token_urlsafe(18)
-        self._replays[nonce] = record_id
+        self._replays[nonce] = (replayed.hybrid_connection.casefold(), replayed.id)
         done: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self._replay_done[nonce] = done
         return nonce, done
@@ -314,14 +316,31 @@ class Inspector:
         ring = self._rings.get(record.hybrid_connection.casefold())
         if ring is None:
             return None
-        replay_of = self._replays.get(nonce) if nonce else None
+        replay_of, done = self._claim(record, nonce)
         if replay_of is not None:
             record = _with_replay_of(record, replay_of)
         ring.records.append(record)  # the deque drops the oldest at capacity
-        done = self._replay_done.get(nonce) if nonce else None
         if done is not None and not done.done():
             done.set_result(record)
         return record
+
+    def _claim(
+        self, record: Record, nonce: str | None
+    ) -> tuple[str | None, asyncio.Future[Record] | None]:
+        """The record id ``record`` replays and the replay's future, for a live ``nonce``
+        handed out for ``record``'s own entity; else (None, None).
+
+        The nonce is used up: a second request with it (the relay strips it from what
+        listeners see, but a caller could still learn it) links to nothing.
+        """
+        expected = self._replays.get(nonce) if nonce else None
+        if nonce is None or expected is None:
+            return None, None
+        hc_key, record_id = expected
+        if hc_key != record.hybrid_connection.casefold():
+            return None, None
+        del self._replays[nonce]
+        return record_id, self._replay_done.get(nonce)
 
 
 def _with_replay_of(record: Record, replay_of: str) -> Record:
