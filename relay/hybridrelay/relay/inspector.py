@@ -70,18 +70,20 @@ _SECRET_HEADERS: Final = frozenset(
     }
 )
 _SECRET_QUERY: Final = frozenset({"sb-hc-token"})
-# A SAS signature wherever it appears: "sig=<value>" up to a separator.
-_SIG_TEXT: Final = re.compile(r"(?i)(\bsig=)[^&\s,;\"'<>]+")
-_SIG_BYTES: Final = re.compile(rb"(?i)(\bsig=)[^&\s,;\"'<>]+")
-# ... and percent-encoded inside another URL's query ("%26sig%3D...", up to the next "%26").
-_SIG_ENCODED: Final = re.compile(
-    r"(?i)((?:(?<![a-z0-9_])|(?<=%26)|(?<=%3f))sig%3d)(?:(?!%26)[^&\s,;\"'<>])+"
+# A SAS signature wherever it appears: "sig=<value>" up to a separator, also with the
+# "=" percent-encoded once or twice (a SAS URL inside another URL's query, or inside
+# that), and right after another escape ("SharedAccessSignature%20sig%3D...": the
+# signature first), where "sig" follows a word character and \b would not match.
+_SIG_START: Final = (
+    r"(?i)((?:(?<![a-z0-9_])|(?<=%[0-9a-f]{2})|(?<=%25[0-9a-f]{2}))sig(?:=|%3d|%253d))"
 )
+_SIG_VALUE: Final = r"(?:(?!%26|%2526)[^&\s,;\"'<>])+"
+_SIG_TEXT: Final = re.compile(_SIG_START + _SIG_VALUE)
+_SIG_BYTES: Final = re.compile((_SIG_START + _SIG_VALUE).encode())
 
 
 def _redact_text(text: str) -> str:
-    text = _SIG_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
-    return _SIG_ENCODED.sub(lambda m: m.group(1) + REDACTED, text)
+    return _SIG_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
