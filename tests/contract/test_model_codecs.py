@@ -1,0 +1,252 @@
+"""The JSON codecs of hybrid connections, rules and CA certificates: exact documents, round
+trips and the field each refusal names (the management API answers 400 with that text)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hybridrelay.errors import ValidationError
+from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay.store.certificates import CaCertificate
+from hybridrelay.relay.store.models import HybridConnection, Rule
+
+HC = HybridConnection(
+    name="a/b",
+    requires_client_authorization=False,
+    http=True,
+    max_listeners=7,
+    request_timeout=12.5,
+    user_metadata="héllo",
+    created_at=1_700_000_000.25,
+    updated_at=1_700_000_100.0,
+    config_owned=True,
+    etag="e1",
+    status="disabled",
+)
+RULE = Rule(
+    name="r.1",
+    primary_key="p" * 44,
+    secondary_key="s" * 44,
+    rights=Rights.SEND | Rights.LISTEN,
+    config_owned=True,
+)
+CERT = CaCertificate(
+    name="ca-1",
+    pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    thumbprint="AB" * 32,
+    subject="CN=root",
+    not_after=1_900_000_000.0,
+    is_verified=True,
+    verification_code="CODE",
+    etag="e2",
+    created=1_700_000_000.5,
+)
+
+
+def _through_json(doc: dict[str, object]) -> object:
+    return json.loads(json.dumps(doc))
+
+
+def test_hybrid_connection_document_is_exact() -> None:
+    assert list(HC.to_json().items()) == [
+        ("name", "a/b"),
+        ("status", "disabled"),
+        ("requiresClientAuthorization", False),
+        ("http", True),
+        ("maxListeners", 7),
+        ("requestTimeout", 12.5),
+        ("userMetadata", "héllo"),
+        ("createdAt", "2023-11-14T22:13:20.250000Z"),
+        ("updatedAt", "2023-11-14T22:15:00.000000Z"),
+        ("configOwned", True),
+        ("etag", "e1"),
+    ]
+    assert HybridConnection.from_json(_through_json(HC.to_json())) == HC
+
+
+def test_hybrid_connection_defaults_fill_what_is_absent_or_null() -> None:
+    assert HybridConnection.from_json({"name": "x"}) == HybridConnection(name="x")
+    nulls = {"name": "x", "http": None, "requestTimeout": None, "userMetadata": None}
+    assert HybridConnection.from_json({**nulls, "etag": None}) == HybridConnection(name="x")
+    assert HybridConnection.from_json({"name": "body"}, name="path").name == "path"
+    never = {"name": "x", "createdAt": "0001-01-01T00:00:00Z", "updatedAt": None}
+    assert HybridConnection.from_json(never).created_at is None
+
+
+def test_rule_document_is_exact() -> None:
+    assert list(RULE.to_json().items()) == [
+        ("name", "r.1"),
+        ("rights", ["Listen", "Send"]),
+        ("configOwned", True),
+        ("primaryKey", "p" * 44),
+        ("secondaryKey", "s" * 44),
+    ]
+    assert list(RULE.to_json(include_keys=False)) == ["name", "rights", "configOwned"]
+    assert Rule.from_json(_through_json(RULE.to_json())) == RULE
+    no_secondary = {"name": "r", "primaryKey": "k", "rights": ["Manage"]}
+    assert Rule.from_json(no_secondary) == Rule(
+        name="r", primary_key="k", secondary_key=None, rights=Rights.MANAGE
+    )
+
+
+def test_ca_certificate_document_is_exact() -> None:
+    assert list(CERT.to_json().items()) == [
+        ("name", "ca-1"),
+        ("certificate", CERT.pem),
+        ("thumbprint", "AB" * 32),
+        ("subject", "CN=root"),
+        ("expiry", "2030-03-17T17:46:40.000000Z"),
+        ("isVerified", True),
+        ("verificationCode", "CODE"),
+        ("etag", "e2"),
+        ("created", "2023-11-14T22:13:20.500000Z"),
+    ]
+    assert CaCertificate.from_json(_through_json(CERT.to_json())) == CERT
+    bare = CaCertificate(name="c", pem="P", thumbprint="T", subject="", not_after=1.0)
+    assert CaCertificate.from_json(_through_json(bare.to_json())) == bare
+
+
+_TIME = "2030-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "message"),
+    [
+        ([], "hybridConnection", "must be a JSON object"),
+        ({}, "name", "must be a string"),
+        ({"name": 1}, "name", "must be a string"),
+        ({"name": ""}, "name", "must be 1 to 260 characters"),
+        (
+            {"name": "a", "requiresClientAuthorization": "x"},
+            "requiresClientAuthorization",
+            "must be true or false",
+        ),
+        ({"name": "a", "http": 1}, "http", "must be true or false"),
+        ({"name": "a", "maxListeners": True}, "maxListeners", "must be an integer"),
+        ({"name": "a", "maxListeners": 1.5}, "maxListeners", "must be an integer"),
+        ({"name": "a", "maxListeners": 0}, "maxListeners", "must be between 1 and 10000"),
+        ({"name": "a", "maxListeners": 10001}, "maxListeners", "must be between 1 and 10000"),
+        ({"name": "a", "requestTimeout": "1"}, "requestTimeout", "must be a number"),
+        ({"name": "a", "requestTimeout": True}, "requestTimeout", "must be a number"),
+        (
+            {"name": "a", "requestTimeout": 0.01},
+            "requestTimeout",
+            "must be between 0.1 and 3600 seconds",
+        ),
+        (
+            {"name": "a", "requestTimeout": 3601},
+            "requestTimeout",
+            "must be between 0.1 and 3600 seconds",
+        ),
+        ({"name": "a", "userMetadata": 5}, "userMetadata", "must be a string"),
+        ({"name": "a", "userMetadata": "é" * 513}, "userMetadata", "at most 1024 bytes of UTF-8"),
+        ({"name": "a", "createdAt": 5}, "createdAt", "must be an ISO 8601 time"),
+        ({"name": "a", "updatedAt": "x"}, "updatedAt", "must be an ISO 8601 time"),
+        (
+            {"name": "a", "createdAt": "2020-01-01T00:00:00"},
+            "createdAt",
+            "must carry a time zone (Z)",
+        ),
+        ({"name": "a", "configOwned": None}, "configOwned", "must be true or false"),
+        ({"name": "a", "etag": 5}, "etag", "must be a string"),
+        ({"name": "a", "status": "x"}, "status", "must be 'enabled' or 'disabled'"),
+        ({"name": "a", "status": None}, "status", "must be 'enabled' or 'disabled'"),
+    ],
+)
+def test_invalid_hybrid_connections_name_the_field(doc: object, field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        HybridConnection.from_json(doc)
+    assert (caught.value.field, str(caught.value)) == (field, f"{field}: {message}")
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "message"),
+    [
+        (5, "rule", "must be a JSON object"),
+        ({}, "name", "must be a string"),
+        (
+            {"name": "-x"},
+            "name",
+            "rule names are 1-256 letters, digits, '.', '_' and '-', starting alphanumeric",
+        ),
+        ({"name": "r"}, "primaryKey", "must be a string"),
+        (
+            {"name": "r", "primaryKey": "k"},
+            "rights",
+            "must list at least one of Listen, Send, Manage",
+        ),
+        (
+            {"name": "r", "primaryKey": "k", "rights": []},
+            "rights",
+            "must list at least one of Listen, Send, Manage",
+        ),
+        (
+            {"name": "r", "primaryKey": "k", "rights": ["x"]},
+            "rights",
+            "unknown right 'x' (expected Listen, Send or Manage)",
+        ),
+        (
+            {"name": "r", "primaryKey": "k", "rights": "Listen"},
+            "rights",
+            "must be a list of strings",
+        ),
+        ({"name": "r", "primaryKey": "k", "rights": [1]}, "rights[0]", "must be a string"),
+        (
+            {"name": "r", "primaryKey": "k", "rights": ["Send"], "secondaryKey": 1},
+            "secondaryKey",
+            "must be a string",
+        ),
+        (
+            {"name": "r", "primaryKey": "k", "rights": ["Send"], "configOwned": "no"},
+            "configOwned",
+            "must be true or false",
+        ),
+    ],
+)
+def test_invalid_rules_name_the_field(doc: object, field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Rule.from_json(doc)
+    assert (caught.value.field, str(caught.value)) == (field, f"{field}: {message}")
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "message"),
+    [
+        (5, "certificate", "must be a JSON object"),
+        (
+            {"name": "a", "certificate": "p", "thumbprint": "t", "expiry": "x"},
+            "expiry",
+            "must be an ISO 8601 time",
+        ),
+        (
+            {"name": "a b", "certificate": "p", "thumbprint": "t", "expiry": _TIME},
+            "name",
+            "1 to 128 characters of letters, digits, '.', '_', '-'",
+        ),
+        (
+            {"name": "a", "certificate": "p", "thumbprint": "t", "expiry": _TIME, "created": 3},
+            "created",
+            "must be an ISO 8601 time",
+        ),
+    ],
+)
+def test_invalid_certificate_records_name_the_field(doc: object, field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        CaCertificate.from_json(doc)
+    assert (caught.value.field, str(caught.value)) == (field, f"{field}: {message}")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"name": "a", "certificate": "p", "thumbprint": "t"},
+        {"name": 1, "certificate": "p", "thumbprint": "t", "expiry": _TIME},
+        {"name": "a", "certificate": None, "thumbprint": "t", "expiry": _TIME},
+    ],
+)
+def test_incomplete_certificate_records_are_refused(doc: object) -> None:
+    with pytest.raises(ValidationError):
+        CaCertificate.from_json(doc)
