@@ -171,7 +171,7 @@ def test_invalid_hybrid_connections_name_the_field(doc: object, field: str, mess
             "name",
             "rule names are 1-256 letters, digits, '.', '_' and '-', starting alphanumeric",
         ),
-        ({"name": "r"}, "primaryKey", "must be a string"),
+        ({"name": "r", "rights": ["Send"]}, "primaryKey", "must be a string"),
         (
             {"name": "r", "primaryKey": "k"},
             "rights",

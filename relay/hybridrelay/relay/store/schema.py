@@ -1,0 +1,395 @@
+"""One declaration per stored resource: its JSON fields, their codecs and their OpenAPI schemas.
+
+A :class:`Schema` names each field of a record once: the JSON name, the attribute, the
+:class:`Codec` (the JSON type, how a value is read and written), whether it may be null,
+its default when absent, its bounds and its description. From that one list come
+
+- the record's JSON codec (``Schema.encode`` for ``to_json``, ``Schema.decode`` and
+  ``Schema.check`` for ``from_json``), with the field name in every refusal, and
+- the management API's OpenAPI components for the resource and its input
+  (``Schema.components``, used by ``relay/mgmt/openapi.py``),
+
+so the document cannot promise a type, bound or default the decoder does not keep
+(issue 13, step 4). ``decode`` checks each field's type and then its value before it
+reads the next field, so a refusal names the first bad field in document order;
+``check`` applies the same value rules to a record built in code (the config file's
+hybrid connections).
+
+The primitive decoders (``decode_object``, ``decode_str``, ...) and the time format
+(``format_time``/``parse_time``) live here too; the records' modules use them for what
+the declarations do not cover (a device's nested authentication).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, TypeVar
+
+from hybridrelay.errors import ValidationError
+
+__all__ = [
+    "BOOLEAN",
+    "INTEGER",
+    "NUMBER",
+    "REQUIRED",
+    "STRING",
+    "TIME",
+    "Codec",
+    "Doc",
+    "Field",
+    "Schema",
+    "decode_bool",
+    "decode_int",
+    "decode_number",
+    "decode_object",
+    "decode_optional_str",
+    "decode_str",
+    "decode_str_tuple",
+    "enum_codec",
+    "format_time",
+    "parse_time",
+    "required_time",
+]
+
+T = TypeVar("T")
+Doc = dict[str, object]
+
+_NEVER: Final = "0001-01-01T00:00:00Z"
+
+
+class _Required:
+    """The default of a field a document must carry (its codec refuses the absent value)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Final = _Required()
+
+
+# --- primitive decoders (the decode boundary: values are checked as they are read) ------
+
+
+def decode_object(where: str, value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise ValidationError(where, "must be a JSON object")
+    return {str(k): v for k, v in value.items()}
+
+
+def decode_str(where: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(where, "must be a string")
+    return value
+
+
+def decode_optional_str(where: str, value: object) -> str | None:
+    return None if value is None else decode_str(where, value)
+
+
+def decode_bool(where: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(where, "must be true or false")
+    return value
+
+
+def decode_int(where: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(where, "must be an integer")
+    return value
+
+
+def decode_number(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(where, "must be a number")
+    return float(value)
+
+
+def decode_str_tuple(where: str, value: object) -> tuple[str, ...]:
+    """A list of strings; null is the empty tuple."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValidationError(where, "must be a list of strings")
+    return tuple(decode_str(f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def format_time(t: float | None) -> str:
+    """Unix seconds as IoT Hub's ISO 8601 UTC text; None is ``0001-01-01T00:00:00Z``."""
+    if t is None:
+        return _NEVER
+    text = datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_time(where: str, value: object) -> float | None:
+    """Parse :func:`format_time` text (or null) back; year 1 means never."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(where, "must be an ISO 8601 time")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError(where, "must be an ISO 8601 time") from exc
+    if parsed.tzinfo is None:
+        raise ValidationError(where, "must carry a time zone (Z)")
+    if parsed.year == 1:
+        return None
+    return parsed.timestamp()
+
+
+def _parse_required_time(where: str, value: object) -> float:
+    parsed = parse_time(where, value)
+    if parsed is None:
+        raise ValidationError(where, "required")
+    return parsed
+
+
+# --- codecs -----------------------------------------------------------------------------
+
+
+def _same(value: object) -> object:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Codec(Generic[T]):
+    """How one JSON value maps to a Python value, and what the OpenAPI document calls it.
+
+    ``decode(where, value)`` raises ValidationError naming ``where``; ``openapi`` is the
+    JSON Schema of a non-null value (a nullable field adds ``"null"`` to its type).
+    """
+
+    decode: Callable[[str, object], T]
+    encode: Callable[[T], object]
+    openapi: Doc
+
+
+STRING: Final[Codec[str]] = Codec(decode_str, _same, {"type": "string"})
+BOOLEAN: Final[Codec[bool]] = Codec(decode_bool, _same, {"type": "boolean"})
+INTEGER: Final[Codec[int]] = Codec(decode_int, _same, {"type": "integer"})
+NUMBER: Final[Codec[float]] = Codec(decode_number, _same, {"type": "number"})
+_TIME_DOC: Final[Doc] = {
+    "type": "string",
+    "description": "ISO 8601 UTC; 0001-01-01T00:00:00Z means never.",
+}
+# A time that may be "never": None is written as year 1 and read back as None.
+TIME: Final[Codec[float | None]] = Codec(parse_time, format_time, _TIME_DOC)
+
+
+def required_time() -> Codec[float]:
+    """A time that must be given (absent, null and year 1 are refused)."""
+    return Codec(_parse_required_time, format_time, _TIME_DOC)
+
+
+def enum_codec(values: tuple[str, ...], refusal: str) -> Codec[str]:
+    """One of ``values`` (case-sensitive); anything else is refused with ``refusal``."""
+    allowed = frozenset(values)
+
+    def decode(where: str, value: object) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise ValidationError(where, refusal)
+        return value
+
+    return Codec(decode, _same, {"type": "string", "enum": list(values)})
+
+
+# --- fields and schemas -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Field:
+    """One JSON field of a resource.
+
+    Attributes:
+        name: The JSON name (camelCase, as Azure and IoT Hub spell it).
+        attr: The record's attribute; None for a field the API adds to the document
+            (e.g. a hybrid connection's live ``listenerCount``), described but not coded.
+        codec: The value's JSON type and its decoder/encoder.
+        nullable: null is a value (None); the document's type says ``[type, "null"]``.
+        default: The value when the field is absent; :data:`REQUIRED` when it must be there.
+        null_is_default: null means "absent" (the default) rather than a refusal.
+        settable: A client sets it (it is in the input schema); False for what the server
+            sets or the URL names.
+        always: Every output document carries it (the output schema's ``required``).
+        secret: A key: left out of documents written without keys (lists, events).
+        minimum, maximum: Inclusive bounds, checked on the record and documented.
+        unit: Said after the bounds in the refusal ("seconds").
+        check: More rules for a value (``where, value`` -> raise ValidationError).
+        documented_default: Say ``default`` in the document (not for defaults that are
+            the relay's configuration).
+        description: The document's description of the field.
+        openapi: More JSON Schema keywords for the document only.
+    """
+
+    name: str
+    attr: str | None
+    codec: Codec[Any]
+    nullable: bool = False
+    default: object = REQUIRED
+    null_is_default: bool = False
+    settable: bool = True
+    always: bool = False
+    secret: bool = False
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    unit: str = ""
+    check: Callable[[str, Any], None] | None = None
+    documented_default: bool = False
+    description: str | None = None
+    openapi: Doc = field(default_factory=dict)
+
+    def decode(self, value: object) -> object:
+        if value is None and self.nullable:
+            return None
+        return self.codec.decode(self.name, value)
+
+    def encode(self, value: object) -> object:
+        if value is None and self.nullable:
+            return None
+        return self.codec.encode(value)
+
+    def check_value(self, value: object) -> None:
+        if value is None and self.nullable:
+            return
+        if (
+            self.minimum is not None
+            and self.maximum is not None
+            and not (isinstance(value, int | float) and self.minimum <= value <= self.maximum)
+        ):
+            unit = f" {self.unit}" if self.unit else ""
+            raise ValidationError(
+                self.name, f"must be between {self.minimum} and {self.maximum}{unit}"
+            )
+        if self.check is not None:
+            self.check(self.name, value)
+
+    def document(self) -> Doc:
+        """The field's JSON Schema in the OpenAPI document."""
+        doc: Doc = dict(self.codec.openapi)
+        if self.nullable:
+            doc["type"] = [doc["type"], "null"]
+        if self.minimum is not None:
+            doc["minimum"] = self.minimum
+        if self.maximum is not None:
+            doc["maximum"] = self.maximum
+        if self.documented_default:
+            doc["default"] = self.default
+        if self.description is not None:
+            doc["description"] = self.description
+        doc.update(self.openapi)
+        return doc
+
+
+_ABSENT: Final = object()
+
+
+class Schema:
+    """A resource's fields, in the order its documents list them.
+
+    Args:
+        name: The OpenAPI schema name (``HybridConnection``).
+        where: The field name a refusal of the whole document names ("must be a JSON
+            object").
+        fields: The fields, in document order.
+        description: The output schema's description.
+        input_name: The input schema's name (the settable fields); None when the
+            resource has none.
+        input_description: The input schema's description.
+    """
+
+    __slots__ = (
+        "_coded",
+        "_description",
+        "_input_description",
+        "_input_name",
+        "fields",
+        "name",
+        "where",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        where: str,
+        fields: Iterable[Field],
+        description: str | None = None,
+        input_name: str | None = None,
+        input_description: str | None = None,
+    ) -> None:
+        self.name = name
+        self.where = where
+        self.fields: tuple[Field, ...] = tuple(fields)
+        self._coded = tuple((f, f.attr) for f in self.fields if f.attr is not None)
+        self._description = description
+        self._input_name = input_name
+        self._input_description = input_description
+
+    def encode(self, record: object, *, secrets: bool = True) -> dict[str, object]:
+        """The record's JSON document (keys left out unless ``secrets``)."""
+        return {
+            f.name: f.encode(getattr(record, attr))
+            for f, attr in self._coded
+            if secrets or not f.secret
+        }
+
+    def decode(self, value: object, **given: object) -> dict[str, Any]:
+        """The record's constructor arguments from a JSON document, checked field by field.
+
+        ``given`` are attribute values that win over the document's (a name from the URL);
+        the document's field is then not read, but the given value is checked. A default
+        is trusted as declared.
+
+        Raises:
+            ValidationError: Not an object, or the first field (in document order) of the
+                wrong type or out of its bounds, named.
+        """
+        doc = decode_object(self.where, value)
+        out: dict[str, Any] = {}
+        for f, attr in self._coded:
+            if attr in given:
+                decoded = given[attr]
+            else:
+                raw = doc.get(f.name, _ABSENT)
+                if raw is _ABSENT or (raw is None and f.null_is_default):
+                    if f.default is not REQUIRED:
+                        out[attr] = f.default
+                        continue
+                    raw = None
+                decoded = f.decode(raw)
+            f.check_value(decoded)
+            out[attr] = decoded
+        return out
+
+    def check(self, record: object) -> None:
+        """Check the values of a built record against the fields' bounds and rules."""
+        for f, attr in self._coded:
+            f.check_value(getattr(record, attr))
+
+    def settable(self) -> tuple[str, ...]:
+        """The JSON names a client may set (what a PATCH may change)."""
+        return tuple(f.name for f in self.fields if f.settable)
+
+    def components(self) -> dict[str, Doc]:
+        """The OpenAPI component schemas of the resource and of its input."""
+        output: Doc = {"type": "object"}
+        if self._description is not None:
+            output["description"] = self._description
+        output["required"] = [f.name for f in self.fields if f.always]
+        output["properties"] = {f.name: f.document() for f in self.fields}
+        given = [f for f in self.fields if f.settable]
+        input_: Doc = {"type": "object"}
+        if self._input_description is not None:
+            input_["description"] = self._input_description
+        required = [f.name for f in given if f.default is REQUIRED]
+        if required:
+            input_["required"] = required
+        input_["properties"] = {f.name: f.document() for f in given}
+        if self._input_name is None:
+            return {self.name: output}
+        return {self.name: output, self._input_name: input_}
