@@ -10,7 +10,7 @@ import pytest
 from hybridrelay.errors import ValidationError
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.store.certificates import CaCertificate
-from hybridrelay.relay.store.models import HybridConnection, Rule
+from hybridrelay.relay.store.models import Device, HybridConnection, Rule
 
 HC = HybridConnection(
     name="a/b",
@@ -250,3 +250,72 @@ def test_invalid_certificate_records_name_the_field(doc: object, field: str, mes
 def test_incomplete_certificate_records_are_refused(doc: object) -> None:
     with pytest.raises(ValidationError):
         CaCertificate.from_json(doc)
+
+
+_BAD_CHAR = (
+    "invalid character ' ' (U+0020) at position 1; allowed: ASCII letters, digits and "
+    "-.+%_#*?!(),:=@$'"
+)
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "message"),
+    [
+        ([], "device", "must be a JSON object"),
+        ({}, "deviceId", "must be a string"),
+        ({"deviceId": 7}, "deviceId", "must be a string"),
+        ({"deviceId": ""}, "deviceId", "must not be empty"),
+        ({"deviceId": "a b"}, "deviceId", _BAD_CHAR),
+        ({"deviceId": "x" * 129}, "deviceId", "at most 128 characters (got 129)"),
+        ({"deviceId": "d", "generationId": 5}, "generationId", "must be a string"),
+        ({"deviceId": "d", "etag": 5}, "etag", "must be a string"),
+        ({"deviceId": "d", "status": "paused"}, "status", "must be enabled or disabled"),
+        ({"deviceId": "d", "status": 5}, "status", "must be a string"),
+        ({"deviceId": "d", "status": None}, "status", "must be a string"),
+        ({"deviceId": "d", "statusReason": 5}, "statusReason", "must be a string"),
+        ({"deviceId": "d", "statusReason": "x" * 129}, "statusReason", "at most 128 characters"),
+        (
+            {"deviceId": "d", "statusUpdateTime": "y"},
+            "statusUpdateTime",
+            "must be an ISO 8601 time",
+        ),
+        (
+            {"deviceId": "d", "connectionState": "maybe"},
+            "connectionState",
+            "must be Connected or Disconnected",
+        ),
+        ({"deviceId": "d", "connectionState": 5}, "connectionState", "must be a string"),
+        (
+            {"deviceId": "d", "connectionStateUpdatedTime": 1},
+            "connectionStateUpdatedTime",
+            "must be an ISO 8601 time",
+        ),
+        (
+            {"deviceId": "d", "lastActivityTime": "2023-01-01T00:00:00"},
+            "lastActivityTime",
+            "must carry a time zone (Z)",
+        ),
+        ({"deviceId": "d", "authentication": 5}, "authentication", "must be a JSON object"),
+        ({"deviceId": "d", "grants": [1]}, "grants", "must be a JSON object"),
+    ],
+)
+def test_invalid_devices_name_the_field(doc: object, field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Device.from_json(doc)
+    assert (caught.value.field, caught.value.reason) == (field, message)
+
+
+def test_device_nulls_take_the_defaults_and_the_path_names_the_device() -> None:
+    nulls = {"authentication": None, "grants": None, "etag": None, "generationId": None}
+    assert Device.from_json({"deviceId": "d", **nulls}) == Device(device_id="d")
+    assert Device.from_json({}, device_id="d") == Device(device_id="d")
+    assert Device.from_json({"deviceId": None}, device_id="d") == Device(device_id="d")
+    assert Device.from_json({"connectionState": "CONNECTED"}, device_id="d").connection_state == (
+        "connected"
+    )
+    with pytest.raises(ValidationError) as caught:
+        Device.from_json({"deviceId": "x"}, device_id="y")
+    assert caught.value.reason == "does not match the deviceId in the path"
+    with pytest.raises(ValidationError) as caught:
+        Device.from_json({}, device_id="a b")
+    assert (caught.value.field, caught.value.reason) == ("deviceId", _BAD_CHAR)
