@@ -17,7 +17,7 @@ from typing import Final
 
 from hybridrelay.relay.config import WEBHOOK_EVENTS
 from hybridrelay.relay.store.certificates import CA_CERTIFICATE
-from hybridrelay.relay.store.models import HYBRID_CONNECTION, RULE
+from hybridrelay.relay.store.models import DEVICE, HYBRID_CONNECTION, RULE
 
 __all__ = ["build_openapi", "openapi_json"]
 
@@ -262,38 +262,7 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             "send": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
         },
     },
-    "DeviceInput": {
-        "type": "object",
-        "description": "Server-set fields (generationId, etag, times, connectionState) "
-        "are ignored when sent.",
-        "properties": {
-            "deviceId": {"type": "string", "description": "Must equal the path's deviceId."},
-            "status": {"type": "string", "enum": ["enabled", "disabled"]},
-            "statusReason": {"type": ["string", "null"], "maxLength": 128},
-            "authentication": _ref("Authentication"),
-            "grants": _ref("Grants"),
-        },
-    },
-    "Device": {
-        "type": "object",
-        "required": ["deviceId", "generationId", "etag", "status", "connectionState"],
-        "properties": {
-            "deviceId": {"type": "string"},
-            "generationId": {
-                "type": "string",
-                "description": "Differs when a deleted deviceId is created again.",
-            },
-            "etag": {"type": "string", "description": "Changes on every write."},
-            "status": {"type": "string", "enum": ["enabled", "disabled"]},
-            "statusReason": {"type": ["string", "null"]},
-            "statusUpdateTime": _TIME,
-            "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
-            "connectionStateUpdatedTime": _TIME,
-            "lastActivityTime": _TIME,
-            "authentication": _ref("Authentication"),
-            "grants": _ref("Grants"),
-        },
-    },
+    **DEVICE.components(),
     "DeviceList": _list_of("Device"),
     "ImportError": {
         "type": "object",

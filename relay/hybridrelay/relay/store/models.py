@@ -40,10 +40,12 @@ from hybridrelay.relay.store.schema import (
     enum_codec,
     format_time,
     parse_time,
+    ref,
 )
 
 __all__ = [
     "CHANGE_DETAILS",
+    "DEVICE",
     "DEVICE_ID_MAX",
     "HYBRID_CONNECTION",
     "MAX_PAGE",
@@ -112,7 +114,6 @@ CHANGE_DETAILS: Final[tuple[ChangeDetail, ...]] = (
 
 _AUTH_TYPES: Final[tuple[AuthType, ...]] = ("sas", "selfSigned", "certificateAuthority")
 _AUTH_BY_NAME: Final[dict[str, AuthType]] = {t: t for t in _AUTH_TYPES}
-_STATUS_BY_NAME: Final[dict[str, DeviceStatus]] = {"enabled": "enabled", "disabled": "disabled"}
 _STATE_BY_NAME: Final[dict[str, ConnectionState]] = {
     "connected": "connected",
     "disconnected": "disconnected",
@@ -651,20 +652,7 @@ class Device:
 
     def to_json(self) -> dict[str, object]:
         """The identity document with IoT Hub's field names (keys included)."""
-        return {
-            "deviceId": self.device_id,
-            "generationId": self.generation_id,
-            "etag": self.etag,
-            "status": self.status,
-            "statusReason": self.status_reason,
-            "statusUpdateTime": format_time(self.status_update_time),
-            # IoT Hub capitalises the connection state on the wire.
-            "connectionState": self.connection_state.capitalize(),
-            "connectionStateUpdatedTime": format_time(self.connection_state_updated_time),
-            "lastActivityTime": format_time(self.last_activity_time),
-            "authentication": self.authentication.to_json(),
-            "grants": self.grants.to_json(),
-        }
+        return DEVICE.encode(self)
 
     @classmethod
     def from_json(cls, value: object, *, device_id: str | None = None) -> Device:
@@ -675,37 +663,131 @@ class Device:
         Raises:
             ValidationError: A field has the wrong type or an invalid value.
         """
-        doc = decode_object("device", value)
-        body_id = doc.get("deviceId")
         if device_id is None:
-            dev_id = decode_str("deviceId", body_id)
-        else:
-            if body_id is not None and body_id != device_id:
-                raise ValidationError("deviceId", "does not match the deviceId in the path")
-            dev_id = device_id
-        validate_device_id(dev_id)
-        status = _STATUS_BY_NAME.get(decode_str("status", doc.get("status", "enabled")))
-        if status is None:
-            raise ValidationError("status", "must be enabled or disabled")
-        state_text = decode_str("connectionState", doc.get("connectionState", "Disconnected"))
-        state = _STATE_BY_NAME.get(state_text.lower())
-        if state is None:
-            raise ValidationError("connectionState", "must be Connected or Disconnected")
-        return cls(
-            device_id=dev_id,
-            generation_id=decode_str("generationId", doc.get("generationId", "") or ""),
-            etag=decode_str("etag", doc.get("etag", "") or ""),
-            status=status,
-            status_reason=decode_optional_str("statusReason", doc.get("statusReason")),
-            status_update_time=parse_time("statusUpdateTime", doc.get("statusUpdateTime")),
-            connection_state=state,
-            connection_state_updated_time=parse_time(
-                "connectionStateUpdatedTime", doc.get("connectionStateUpdatedTime")
-            ),
-            last_activity_time=parse_time("lastActivityTime", doc.get("lastActivityTime")),
-            authentication=Authentication.from_json(doc.get("authentication") or {}),
-            grants=Grants.from_json(doc.get("grants") or {}),
-        )
+            return cls(**DEVICE.decode(value))
+        doc = decode_object(DEVICE.where, value)
+        body_id = doc.get("deviceId")
+        if body_id is not None and body_id != device_id:
+            raise ValidationError("deviceId", "does not match the deviceId in the path")
+        return cls(**DEVICE.decode(doc, device_id=device_id))
+
+
+def _decode_connection_state(where: str, value: object) -> ConnectionState:
+    state = _STATE_BY_NAME.get(decode_str(where, value).lower())
+    if state is None:
+        raise ValidationError(where, "must be Connected or Disconnected")
+    return state
+
+
+def _encode_connection_state(state: ConnectionState) -> str:
+    return state.capitalize()  # IoT Hub capitalises the connection state on the wire
+
+
+def _decode_authentication(where: str, value: object) -> Authentication:
+    return Authentication.from_json(value)
+
+
+def _decode_grants(where: str, value: object) -> Grants:
+    return Grants.from_json(value)
+
+
+_AUTHENTICATION: Final[Codec[Authentication]] = Codec(
+    _decode_authentication, Authentication.to_json, ref("Authentication")
+)
+_GRANTS: Final[Codec[Grants]] = Codec(_decode_grants, Grants.to_json, ref("Grants"))
+_DEVICE_STATUS: Final = enum_codec(
+    ("enabled", "disabled"), "must be enabled or disabled", strings_first=True
+)
+_CONNECTION_STATE: Final[Codec[ConnectionState]] = Codec(
+    _decode_connection_state,
+    _encode_connection_state,
+    {"type": "string", "enum": ["Connected", "Disconnected"]},
+)
+# The deviceId, status reason and enum values are checked by Device.__post_init__ (an
+# invalid identity cannot be built, decoded or not), so their fields declare no check.
+DEVICE: Final = Schema(
+    "Device",
+    where="device",
+    fields=(
+        Field(
+            name="deviceId",
+            attr="device_id",
+            codec=STRING,
+            always=True,
+            input_required=False,
+            input_openapi={"description": "Must equal the path's deviceId."},
+        ),
+        Field(
+            name="generationId",
+            attr="generation_id",
+            codec=STRING,
+            default="",
+            null_is_default=True,
+            settable=False,
+            always=True,
+            description="Differs when a deleted deviceId is created again.",
+        ),
+        Field(
+            name="etag",
+            attr="etag",
+            codec=STRING,
+            default="",
+            null_is_default=True,
+            settable=False,
+            always=True,
+            description="Changes on every write.",
+        ),
+        Field(name="status", attr="status", codec=_DEVICE_STATUS, default="enabled", always=True),
+        Field(
+            name="statusReason",
+            attr="status_reason",
+            codec=STRING,
+            nullable=True,
+            default=None,
+            input_openapi={"maxLength": STATUS_REASON_MAX},
+        ),
+        Field(
+            name="statusUpdateTime",
+            attr="status_update_time",
+            codec=TIME,
+            default=None,
+            settable=False,
+        ),
+        Field(
+            name="connectionState",
+            attr="connection_state",
+            codec=_CONNECTION_STATE,
+            default="disconnected",
+            settable=False,
+            always=True,
+        ),
+        Field(
+            name="connectionStateUpdatedTime",
+            attr="connection_state_updated_time",
+            codec=TIME,
+            default=None,
+            settable=False,
+        ),
+        Field(
+            name="lastActivityTime",
+            attr="last_activity_time",
+            codec=TIME,
+            default=None,
+            settable=False,
+        ),
+        Field(
+            name="authentication",
+            attr="authentication",
+            codec=_AUTHENTICATION,
+            default=Authentication(),
+            null_is_default=True,
+        ),
+        Field(name="grants", attr="grants", codec=_GRANTS, default=Grants(), null_is_default=True),
+    ),
+    input_name="DeviceInput",
+    input_description="Server-set fields (generationId, etag, times, connectionState) "
+    "are ignored when sent.",
+)
 
 
 # --- paging and change events -----------------------------------------------------------
