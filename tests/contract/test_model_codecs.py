@@ -4,13 +4,15 @@ trips and the field each refusal names (the management API answers 400 with that
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from hybridrelay.errors import ValidationError
 from hybridrelay.protocol.sas import Rights
+from hybridrelay.relay.mgmt.openapi import build_openapi
 from hybridrelay.relay.store.certificates import CaCertificate
-from hybridrelay.relay.store.models import Device, HybridConnection, Rule
+from hybridrelay.relay.store.models import HYBRID_CONNECTION, Device, HybridConnection, Rule
 
 HC = HybridConnection(
     name="a/b",
@@ -319,3 +321,22 @@ def test_device_nulls_take_the_defaults_and_the_path_names_the_device() -> None:
     with pytest.raises(ValidationError) as caught:
         Device.from_json({}, device_id="a b")
     assert (caught.value.field, caught.value.reason) == ("deviceId", _BAD_CHAR)
+
+
+def test_the_documented_bounds_are_the_ones_the_decoder_keeps() -> None:
+    document: Any = build_openapi()
+    properties = document["components"]["schemas"]["HybridConnectionInput"]["properties"]
+    bounded = [f for f in HYBRID_CONNECTION.fields if f.minimum is not None and f.settable]
+    assert {f.name for f in bounded} == {"maxListeners", "requestTimeout"}
+    for f in bounded:
+        low, high = f.minimum, f.maximum
+        assert low is not None
+        assert high is not None
+        assert (properties[f.name]["minimum"], properties[f.name]["maximum"]) == (low, high)
+        for inside in (low, high):
+            HybridConnection.from_json({"name": "a", f.name: inside})
+        for outside in (low - 0.01, high + 1):
+            with pytest.raises(ValidationError) as caught:
+                HybridConnection.from_json({"name": "a", f.name: outside})
+            assert caught.value.field == f.name
+    assert set(properties) == set(HYBRID_CONNECTION.settable())
