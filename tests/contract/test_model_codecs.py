@@ -299,6 +299,26 @@ _BAD_CHAR = (
         ),
         ({"deviceId": "d", "authentication": 5}, "authentication", "must be a JSON object"),
         ({"deviceId": "d", "grants": [1]}, "grants", "must be a JSON object"),
+        (
+            {"deviceId": "d", "checkInIntervalSeconds": 1.5},
+            "checkInIntervalSeconds",
+            "must be a whole number of seconds",
+        ),
+        (
+            {"deviceId": "d", "checkInIntervalSeconds": True},
+            "checkInIntervalSeconds",
+            "must be a whole number of seconds",
+        ),
+        (
+            {"deviceId": "d", "checkInIntervalSeconds": 0},
+            "checkInIntervalSeconds",
+            "must be between 1 and 31622400",
+        ),
+        (
+            {"deviceId": "d", "checkInIntervalSeconds": 31622401},
+            "checkInIntervalSeconds",
+            "must be between 1 and 31622400",
+        ),
     ],
 )
 def test_invalid_devices_name_the_field(doc: object, field: str, message: str) -> None:

@@ -96,6 +96,7 @@ _RULE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 _THUMBPRINT: Final = re.compile(r"^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$")  # SHA-1 or SHA-256
 _GRANT: Final = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._*?/-]{0,259}$")
 
+CHECK_IN_INTERVAL_MAX: Final = 366 * 24 * 3600  # a device that wakes once a year
 DeviceStatus = Literal["enabled", "disabled"]
 ConnectionState = Literal["connected", "disconnected"]
 AuthType = Literal["sas", "selfSigned", "certificateAuthority"]
@@ -640,9 +641,18 @@ class Device:
     last_activity_time: float | None = None
     authentication: Authentication = field(default_factory=Authentication)
     grants: Grants = field(default_factory=Grants)
+    # How often the device is expected to be heard from, in seconds (None: no schedule),
+    # so a device that wakes once a day is not "overdue" an hour after its last visit.
+    check_in_interval: int | None = None
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
+        if self.check_in_interval is not None and not (
+            1 <= self.check_in_interval <= CHECK_IN_INTERVAL_MAX
+        ):
+            raise ValidationError(
+                "checkInIntervalSeconds", f"must be between 1 and {CHECK_IN_INTERVAL_MAX}"
+            )
         if self.status not in ("enabled", "disabled"):
             raise ValidationError("status", "must be enabled or disabled")
         if self.status_reason is not None and len(self.status_reason) > STATUS_REASON_MAX:
@@ -681,6 +691,15 @@ def _decode_connection_state(where: str, value: object) -> ConnectionState:
 
 def _encode_connection_state(state: ConnectionState) -> str:
     return state.capitalize()  # IoT Hub capitalises the connection state on the wire
+
+
+def _decode_seconds(where: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(where, "must be a whole number of seconds")
+    return value
+
+
+_SECONDS: Final[Codec[int]] = Codec(_decode_seconds, int, {"type": "integer"})
 
 
 def _decode_authentication(where: str, value: object) -> Authentication:
@@ -783,6 +802,18 @@ DEVICE: Final = Schema(
             null_is_default=True,
         ),
         Field(name="grants", attr="grants", codec=_GRANTS, default=Grants(), null_is_default=True),
+        Field(
+            name="checkInIntervalSeconds",
+            attr="check_in_interval",
+            codec=_SECONDS,
+            nullable=True,
+            default=None,
+            minimum=1,
+            maximum=CHECK_IN_INTERVAL_MAX,
+            description="How often the device is expected to be heard from, in seconds (null: "
+            "no schedule). GET /devices/{deviceId}/timeline says onSchedule or overdue "
+            "against it.",
+        ),
     ),
     input_name="DeviceInput",
     input_description="Server-set fields (generationId, etag, times, connectionState) "

@@ -425,6 +425,13 @@ class Schema:
         for f, attr in self._coded:
             f.check_value(getattr(record, attr))
 
+    def field(self, name: str) -> Field:
+        """The field with JSON name ``name`` (KeyError if there is none)."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
     def settable(self) -> tuple[str, ...]:
         """The JSON names a client may set (what a PATCH may change)."""
         return tuple(f.name for f in self.fields if f.settable)
