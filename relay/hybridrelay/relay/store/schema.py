@@ -225,7 +225,8 @@ class Field:
             sets or the URL names.
         always: Every output document carries it (the output schema's ``required``).
         secret: A key: left out of documents written without keys (lists, events).
-        minimum, maximum: Inclusive bounds, checked on the record and documented.
+        minimum, maximum: Inclusive bounds, documented; checked when both are given (a
+            lone minimum describes what the server writes, e.g. a count).
         unit: Said after the bounds in the refusal ("seconds").
         check: More rules for a value (``where, value`` -> raise ValidationError).
         documented_default: Say ``default`` in the document (not for defaults that are
@@ -257,22 +258,13 @@ class Field:
     openapi: Doc = field(default_factory=dict)
     input_openapi: Doc = field(default_factory=dict)
 
-    def decode(self, value: object) -> object:
-        if value is None and self.nullable:
-            return None
-        return self.codec.decode(self.name, value)
-
-    def encode(self, value: object) -> object:
-        if value is None and self.nullable:
-            return None
-        return self.codec.encode(value)
-
     @property
     def checked(self) -> bool:
         """Whether the value has rules beyond its type (bounds or ``check``)."""
-        return self.check is not None or self.minimum is not None or self.maximum is not None
+        return self.check is not None or (self.minimum is not None and self.maximum is not None)
 
     def check_value(self, value: object) -> None:
+        """Raise ValidationError (naming the field) unless the value keeps the rules."""
         if value is None and self.nullable:
             return
         if (
