@@ -139,29 +139,27 @@ CA_CERTIFICATE: Final = Schema(
     "CaCertificate",
     where="certificate",
     fields=(
-        Field(name="name", attr="name", codec=STRING, always=True, check=_check_name),
-        Field(name="certificate", attr="pem", codec=STRING, always=True, description="PEM."),
+        Field("name", "name", STRING, always=True, check=_check_name),
+        Field("certificate", "pem", STRING, always=True, description="PEM."),
         Field(
-            name="thumbprint",
-            attr="thumbprint",
-            codec=STRING,
+            "thumbprint",
+            "thumbprint",
+            STRING,
             always=True,
             description="SHA-256, upper-case hex.",
         ),
-        Field(name="subject", attr="subject", codec=STRING, default="", null_is_default=True),
-        Field(name="expiry", attr="not_after", codec=required_time()),
-        Field(name="isVerified", attr="is_verified", codec=BOOLEAN, default=False, always=True),
+        Field("subject", "subject", STRING, default="", null_is_default=True),
+        Field("expiry", "not_after", required_time()),
+        Field("isVerified", "is_verified", BOOLEAN, default=False, always=True),
         Field(
-            name="verificationCode",
-            attr="verification_code",
-            codec=STRING,
+            "verificationCode",
+            "verification_code",
+            STRING,
             nullable=True,
             default=None,
         ),
-        Field(
-            name="etag", attr="etag", codec=STRING, default="", null_is_default=True, always=True
-        ),
-        Field(name="created", attr="created", codec=TIME, default=None),
+        Field("etag", "etag", STRING, default="", null_is_default=True, always=True),
+        Field("created", "created", TIME, default=None),
     ),
 )
 

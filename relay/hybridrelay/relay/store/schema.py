@@ -23,7 +23,7 @@ the declarations do not cover (a device's nested authentication).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
@@ -209,7 +209,7 @@ def enum_codec(values: tuple[str, ...], refusal: str, *, strings_first: bool = F
 # --- fields and schemas -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class Field:
     """One JSON field of a resource.
 
@@ -242,6 +242,7 @@ class Field:
     name: str
     attr: str | None
     codec: Codec[Any]
+    _: KW_ONLY
     nullable: bool = False
     default: object = REQUIRED
     null_is_default: bool = False
