@@ -299,6 +299,15 @@ _BAD_CHAR = (
         ),
         ({"deviceId": "d", "authentication": 5}, "authentication", "must be a JSON object"),
         ({"deviceId": "d", "grants": [1]}, "grants", "must be a JSON object"),
+        ({"deviceId": "d", "grants": {"send": "x"}}, "grants.send", "must be a list of strings"),
+        ({"deviceId": "d", "grants": {"listen": [1]}}, "grants.listen[0]", "must be a string"),
+        (
+            {"deviceId": "d", "grants": {"listen": ["a b"]}},
+            "grants.listen[0]",
+            "a hybrid connection name or pattern: letters, digits, '.', '_', '-', '/', '*' and "
+            "'?', at most 260 characters",
+        ),
+        ({"deviceId": "d", "grants": {"send": ["a"] * 101}}, "grants.send", "at most 100 entries"),
         (
             {"deviceId": "d", "checkInIntervalSeconds": 1.5},
             "checkInIntervalSeconds",

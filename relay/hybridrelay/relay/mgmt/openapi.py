@@ -17,7 +17,7 @@ from typing import Final
 
 from hybridrelay.relay.config import WEBHOOK_EVENTS
 from hybridrelay.relay.store.certificates import CA_CERTIFICATE
-from hybridrelay.relay.store.models import DEVICE, HYBRID_CONNECTION, RULE
+from hybridrelay.relay.store.models import DEVICE, GRANTS, HYBRID_CONNECTION, RULE
 
 __all__ = ["build_openapi", "openapi_json"]
 
@@ -258,14 +258,7 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             },
         },
     },
-    "Grants": {
-        "type": "object",
-        "description": "Hybrid connection names or fnmatch patterns the device may use.",
-        "properties": {
-            "listen": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
-            "send": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
-        },
-    },
+    **GRANTS.components(),
     **DEVICE.components(),
     "DeviceList": _list_of("Device"),
     "ImportError": {

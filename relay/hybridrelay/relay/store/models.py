@@ -47,6 +47,7 @@ __all__ = [
     "CHANGE_DETAILS",
     "DEVICE",
     "DEVICE_ID_MAX",
+    "GRANTS",
     "HYBRID_CONNECTION",
     "MAX_PAGE",
     "MAX_RULES_PER_SCOPE",
@@ -606,15 +607,30 @@ class Grants:
         return any(fnmatchcase(name, p.lower()) for p in patterns)
 
     def to_json(self) -> dict[str, object]:
-        return {"listen": list(self.listen), "send": list(self.send)}
+        return GRANTS.encode(self)
 
     @classmethod
     def from_json(cls, value: object) -> Grants:
-        doc = decode_object("grants", value)
-        return cls(
-            listen=decode_str_tuple("grants.listen", doc.get("listen")),
-            send=decode_str_tuple("grants.send", doc.get("send")),
-        )
+        return cls(**GRANTS.decode(value))
+
+
+# The entries' pattern and count are checked by Grants.__post_init__ (they are a record's
+# invariant); the declaration says them to the document.
+_GRANT_LIST: Final[Codec[tuple[str, ...]]] = Codec(
+    decode_str_tuple,
+    list,
+    {"type": "array", "items": {"type": "string"}, "maxItems": _MAX_GRANTS},
+)
+GRANTS: Final = Schema(
+    "Grants",
+    where="grants",
+    prefix="grants.",
+    fields=(
+        Field("listen", "listen", _GRANT_LIST, default=()),
+        Field("send", "send", _GRANT_LIST, default=()),
+    ),
+    description="Hybrid connection names or fnmatch patterns the device may use.",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -264,8 +264,10 @@ class Field:
         """Whether the value has rules beyond its type (bounds or ``check``)."""
         return self.check is not None or (self.minimum is not None and self.maximum is not None)
 
-    def check_value(self, value: object) -> None:
-        """Raise ValidationError (naming the field) unless the value keeps the rules."""
+    def check_value(self, value: object, where: str | None = None) -> None:
+        """Raise ValidationError (naming ``where``, else the field) unless the value keeps
+        the rules."""
+        where = self.name if where is None else where
         if value is None and self.nullable:
             return
         if (
@@ -274,11 +276,9 @@ class Field:
             and not (isinstance(value, int | float) and self.minimum <= value <= self.maximum)
         ):
             unit = f" {self.unit}" if self.unit else ""
-            raise ValidationError(
-                self.name, f"must be between {self.minimum} and {self.maximum}{unit}"
-            )
+            raise ValidationError(where, f"must be between {self.minimum} and {self.maximum}{unit}")
         if self.check is not None:
-            self.check(self.name, value)
+            self.check(where, value)
 
     def document(self, *, input_: bool = False) -> Doc:
         """The field's JSON Schema in the OpenAPI document (of the input schema)."""
@@ -319,6 +319,8 @@ class Schema:
         input_name: The input schema's name (the settable fields); None when the
             resource has none.
         input_description: The input schema's description.
+        prefix: Put before a field's name in a refusal, for a resource nested in another
+            (``grants.`` names ``grants.listen``).
     """
 
     __slots__ = (
@@ -326,6 +328,7 @@ class Schema:
         "_description",
         "_input_description",
         "_input_name",
+        "_prefix",
         "_reads",
         "_writes",
         "fields",
@@ -342,8 +345,10 @@ class Schema:
         description: str | None = None,
         input_name: str | None = None,
         input_description: str | None = None,
+        prefix: str = "",
     ) -> None:
         self.name = name
+        self._prefix = prefix
         self.where = where
         self.fields: tuple[Field, ...] = tuple(fields)
         self._coded = tuple((f, f.attr) for f in self.fields if f.attr is not None)
@@ -361,6 +366,7 @@ class Schema:
         self._reads = tuple(
             (
                 f.name,
+                prefix + f.name,
                 attr,
                 f.codec.decode,
                 f.nullable,
@@ -397,7 +403,7 @@ class Schema:
         """
         doc = decode_object(self.where, value)
         out: dict[str, Any] = {}
-        for name, attr, read, nullable, default, null_is_default, check in self._reads:
+        for name, where, attr, read, nullable, default, null_is_default, check in self._reads:
             if attr in given:
                 decoded = given[attr]
             else:
@@ -407,16 +413,16 @@ class Schema:
                         out[attr] = default
                         continue
                     raw = None
-                decoded = None if raw is None and nullable else read(name, raw)
+                decoded = None if raw is None and nullable else read(where, raw)
             if check is not None:
-                check(decoded)
+                check(decoded, where)
             out[attr] = decoded
         return out
 
     def check(self, record: object) -> None:
         """Check the values of a built record against the fields' bounds and rules."""
         for f, attr in self._coded:
-            f.check_value(getattr(record, attr))
+            f.check_value(getattr(record, attr), self._prefix + f.name)
 
     def field(self, name: str) -> Field:
         """The field with JSON name ``name`` (KeyError if there is none)."""
@@ -434,7 +440,9 @@ class Schema:
         output: Doc = {"type": "object"}
         if self._description is not None:
             output["description"] = self._description
-        output["required"] = [f.name for f in self.fields if f.always]
+        required = [f.name for f in self.fields if f.always]
+        if required:
+            output["required"] = required
         output["properties"] = {f.name: f.document() for f in self.fields}
         given = [f for f in self.fields if f.settable]
         input_: Doc = {"type": "object"}
