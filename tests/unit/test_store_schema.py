@@ -144,3 +144,14 @@ def test_components_give_the_output_and_the_input_schema() -> None:
     assert THING.field("count").attr is None
     with pytest.raises(KeyError):
         THING.field("nope")
+
+
+def test_a_nullable_field_with_an_encoder_writes_null_as_null() -> None:
+    when = Schema("When", where="when", fields=(Field("at", "born", TIME, nullable=True),))
+    assert when.encode(Thing(name="a")) == {"at": None}
+    assert when.encode(Thing(name="a", born=0.0)) == {"at": "1970-01-01T00:00:00.000000Z"}
+
+
+def test_an_attribute_must_be_an_identifier() -> None:
+    with pytest.raises(ValueError, match="not an identifier"):
+        Schema("Bad", where="bad", fields=(Field("x", "a.b", STRING),))
