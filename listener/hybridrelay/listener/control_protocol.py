@@ -44,8 +44,7 @@ The rules decided here, once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NamedTuple, TypeAlias
 
 from hybridrelay.errors import InvalidMessageError, PayloadTooBigError, UnknownMessageKindError
 from hybridrelay.protocol.codes import CloseCode, fits_inline
@@ -79,15 +78,13 @@ BadMessageKind: TypeAlias = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class AcceptReceived:
+class AcceptReceived(NamedTuple):
     """A WebSocket sender waits at ``accept.address`` (HC §3.1)."""
 
     accept: Accept
 
 
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
+class RequestReceived(NamedTuple):
     """An HTTP-mode request (HC §3.2).
 
     ``body`` is the inline body message when the request has one, else None (no body,
@@ -98,15 +95,13 @@ class RequestReceived:
     body: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class RequestBodyMissing:
+class RequestBodyMissing(NamedTuple):
     """An inline request said ``body: true`` but a text message came next (HC §4)."""
 
     request: Request
 
 
-@dataclass(frozen=True, slots=True)
-class BadMessage:
+class BadMessage(NamedTuple):
     """A message dropped under the bad-message policy (module docstring)."""
 
     kind: BadMessageKind
@@ -114,14 +109,16 @@ class BadMessage:
     first: bool  # the first of its kind on this channel: worth a warning
 
 
-@dataclass(frozen=True, slots=True)
-class CloseChannel:
+class CloseChannel(NamedTuple):
     """The policy gave up on this channel: close it with ``code`` and dial anew."""
 
     code: CloseCode
     reason: str
 
 
+# Events are NamedTuples (as aiohttp's WSMessage kinds are): immutable, and about half
+# the cost of a frozen dataclass to build, which the HTTP-mode request path pays once
+# per request.
 ControlEvent: TypeAlias = (
     AcceptReceived | RequestReceived | RequestBodyMissing | BadMessage | CloseChannel
 )
@@ -145,52 +142,57 @@ class ListenerControl:
 
     def receive(self, message: str | bytes) -> list[ControlEvent]:
         """Take the next whole message off the channel; return what it means."""
+        if (request := self._body_of) is not None:
+            self._body_of = None
+            return self._after_request(request, message)
         if self.closed is not None:
             return []
-        request, self._body_of = self._body_of, None
-        if request is not None:
-            if isinstance(message, bytes):
-                self._bad_in_a_row = 0
-                return [RequestReceived(request, message)]
-            events: list[ControlEvent] = [RequestBodyMissing(request)]
-            reason = f"request {request.id[:40]!r} came without its body"
-            if self._bad(events, "body_missing", reason):
-                self._text(events, message)
-            return events
-        events = []
-        if isinstance(message, bytes):
-            if message:
-                self._close(events, CloseCode.PROTOCOL_ERROR, "binary message without a request")
-            else:
-                self._bad(events, "stray_body", "empty binary message without a request")
+        if isinstance(message, str):
+            return self._text(message, [])
+        events: list[ControlEvent] = []
+        if message:
+            self._close(events, CloseCode.PROTOCOL_ERROR, "binary message without a request")
         else:
-            self._text(events, message)
+            self._bad(events, "stray_body", "empty binary message without a request")
         return events
 
-    def _text(self, events: list[ControlEvent], text: str) -> None:
+    def _after_request(self, request: Request, message: str | bytes) -> list[ControlEvent]:
+        """The message after an inline request with ``body: true``: its body, or not."""
+        if isinstance(message, bytes):
+            self._bad_in_a_row = 0
+            return [RequestReceived(request, message)]
+        events: list[ControlEvent] = [RequestBodyMissing(request)]
+        reason = f"request {request.id[:40]!r} came without its body"
+        if self._bad(events, "body_missing", reason):
+            self._text(message, events)
+        return events
+
+    def _text(self, text: str, events: list[ControlEvent]) -> list[ControlEvent]:
+        """Read one text message; its events are appended to ``events``, returned."""
         try:
             message = decode(text)
         except UnknownMessageKindError as exc:
             self._report(events, "unknown_kind", str(exc))
-            return
+            return events
         except PayloadTooBigError as exc:
             self._bad(events, "too_big", str(exc))
-            return
+            return events
         except InvalidMessageError as exc:
             self._bad(events, "invalid", str(exc))
-            return
-        if isinstance(message, Accept):
-            self._bad_in_a_row = 0
-            events.append(AcceptReceived(message))
-        elif isinstance(message, Request):
-            if message.inline and message.body:
+            return events
+        if isinstance(message, Request):  # first: the HTTP-mode path is the hot one
+            if message.body and message.inline:
                 self._body_of = message  # good once its body has come too
             else:
                 self._bad_in_a_row = 0
                 events.append(RequestReceived(message, None))
+        elif isinstance(message, Accept):
+            self._bad_in_a_row = 0
+            events.append(AcceptReceived(message))
         else:
             kind = "response" if not isinstance(message, RenewToken) else "renewToken"
             self._bad(events, "not_for_listener", f"a {kind} message comes from listeners")
+        return events
 
     def _report(self, events: list[ControlEvent], kind: BadMessageKind, reason: str) -> None:
         count = self.bad_counts.get(kind, 0) + 1
