@@ -296,6 +296,14 @@ class RelaySettings:
     # no longer on the public port: what the relay counts is for its operator, not for
     # the internet. None: /metrics stays on the public port, as before.
     metrics_listen: tuple[str, int] | None = None
+    # Where the dashboard (/$dashboard/: its page, login, cookie and API door) is served:
+    # HOST:PORT, an origin of its own, plain HTTP unless the relay has TLS. Not the public
+    # origin by default: pages that listeners serve through HTTP mode come from the public
+    # origin, and a page's script there could use an operator's dashboard session.
+    # "public": the public port's origin anyway (only when no listener serves HTML a
+    # browser runs, or with a proxy that splits the origins; logged as a warning).
+    # "off": no dashboard. Port 0: a free port, named in the ready line.
+    dashboard_listen: tuple[str, int] | Literal["public", "off"] = ("127.0.0.1", 0)
     # Hybrid connections given their own hc="..." label in the per-entity metrics; the
     # rest share hc="_other", so the exposition stays bounded however many there are.
     max_metrics_hc_labels: int = 100
@@ -581,6 +589,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "inspector_body_size": int,
     "max_inspected_hcs": int,
     "metrics_listen": str,
+    "dashboard_listen": str,
     "max_metrics_hc_labels": int,
 }
 
@@ -665,6 +674,16 @@ def _host_port(table: Table, key: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise table.error(key, f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9180")
     return host, int(port)
+
+
+def _dashboard_listen(
+    table: Table, default: tuple[str, int] | Literal["public", "off"]
+) -> tuple[str, int] | Literal["public", "off"]:
+    """``HOST:PORT``, ``"public"`` or ``"off"`` (``[relay] dashboard_listen``)."""
+    text = (table.get_str("dashboard_listen") or "").strip().lower()
+    if text in ("public", "off"):
+        return "public" if text == "public" else "off"
+    return _host_port(table, "dashboard_listen") or default
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -787,6 +806,7 @@ def _settings(table: Table) -> RelaySettings:
             "max_inspected_hcs", d.max_inspected_hcs, minimum=1, maximum=10_000
         ),
         metrics_listen=_host_port(table, "metrics_listen"),
+        dashboard_listen=_dashboard_listen(table, d.dashboard_listen),
         max_metrics_hc_labels=table.get_int(
             "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000
         ),

@@ -62,6 +62,7 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import (
@@ -514,6 +515,25 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return await _serve(request, operations)
 
 
+# --- the cluster's nodes (relay/nodes.py) ----------------------------------------------------
+
+
+async def _nodes(call: _Call) -> web.StreamResponse:
+    nodes = await call.state.cluster.nodes()
+    return _json({"value": [node_json(node) for node in nodes], "self": call.state.cluster.node_id})
+
+
+async def _drain_node(call: _Call, node_id: str) -> web.StreamResponse:
+    if not await call.state.cluster.request_drain(node_id):
+        raise EntityNotFoundError(f"no live node {node_id!r}")
+    return _json({"id": node_id, "draining": True}, status=202)
+
+
+async def _node_drain(request: web.Request) -> web.StreamResponse:
+    node_id = request.match_info["node"]
+    return await _serve(request, {"POST": functools.partial(_drain_node, node_id=node_id)})
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 
@@ -552,6 +572,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/streams", _collection(_streams)),
         ("/streams/{stream}", _stream),
         ("/stats", _collection(_stats)),
+        ("/nodes", _collection(_nodes)),
+        ("/nodes/{node}/drain", _node_drain),
         ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
         *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
         *certificate_routes(),  # /certificates...: CA certificates (mgmt/certificates.py)

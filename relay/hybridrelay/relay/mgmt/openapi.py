@@ -805,6 +805,92 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
         },
     },
 }
+_NODE_SCHEMAS: Final[dict[str, Doc]] = {
+    "Node": {
+        "type": "object",
+        "description": "A relay node, as its last heartbeat described it (this node: now). "
+        "Without a cluster the one node is 'local'.",
+        "required": [
+            "id",
+            "address",
+            "listeners",
+            "streams",
+            "pendingRendezvous",
+            "draining",
+            "startedAt",
+            "seenAt",
+            "hybridConnections",
+        ],
+        "properties": {
+            "id": {"type": "string", "description": "The node id ([cluster] node_id)."},
+            "address": {"type": "string", "description": "Its public URL."},
+            "listeners": {"type": "integer", "minimum": 0, "description": "Control channels."},
+            "streams": {"type": "integer", "minimum": 0, "description": "Spliced streams."},
+            "pendingRendezvous": {"type": "integer", "minimum": 0},
+            "draining": {"type": "boolean"},
+            "startedAt": _TIME,
+            "seenAt": _TIME,
+            "hybridConnections": {
+                "type": "array",
+                "description": "Listeners it holds per hybrid connection, the most first "
+                "(100 at most).",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "listeners"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "listeners": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
+        },
+    },
+    "NodeList": {
+        "type": "object",
+        "required": ["value", "self"],
+        "properties": {
+            "value": {"type": "array", "items": _ref("Node")},
+            "self": {"type": "string", "description": "The id of the node that answered."},
+        },
+    },
+    "Drain": {
+        "type": "object",
+        "required": ["id", "draining"],
+        "properties": {"id": {"type": "string"}, "draining": {"const": True}},
+    },
+}
+_NODE_PATHS: Final[dict[str, Doc]] = {
+    "/nodes": {
+        "get": {
+            "operationId": "listNodes",
+            "summary": "The cluster's live nodes (the one answering first): listeners, streams "
+            "and which hybrid connections' listeners each holds.",
+            "responses": _responses(
+                {
+                    "200": _ok("All of them.", "NodeList"),
+                    "503": _error("The cluster's shared state (Redis) cannot be reached."),
+                }
+            ),
+        }
+    },
+    "/nodes/{nodeId}/drain": {
+        "parameters": [
+            _param("nodeId", "path", {"type": "string"}, "A node's id (GET /nodes).", required=True)
+        ],
+        "post": {
+            "operationId": "drainNode",
+            "summary": "Drain a node (audit-logged): it refuses new listeners and senders "
+            "(503, /readyz 503), closes its control channels with 1001 so agents reconnect "
+            "elsewhere, and lets open streams finish. It keeps running until stopped.",
+            "responses": _responses(
+                {
+                    "202": _ok("Asked; the node drains.", "Drain"),
+                    "503": _error("The cluster's shared state (Redis) cannot be reached."),
+                }
+            ),
+        },
+    },
+}
 _LIVE_PATHS: Final[dict[str, Doc]] = {
     "/listeners": {
         "get": {
@@ -1192,12 +1278,19 @@ def _document() -> Doc:
             },
             **_INSPECTOR_PATHS,
             **_LIVE_PATHS,
+            **_NODE_PATHS,
             "/events": _EVENTS_PATH,
             **_JOB_PATHS,
             **_CERT_PATHS,
         },
         "components": {
-            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS, **_LIVE_SCHEMAS, **_INSPECTOR_SCHEMAS},
+            "schemas": {
+                **_SCHEMAS,
+                **_CERT_SCHEMAS,
+                **_LIVE_SCHEMAS,
+                **_NODE_SCHEMAS,
+                **_INSPECTOR_SCHEMAS,
+            },
             "securitySchemes": {
                 "sasToken": {
                     "type": "apiKey",

@@ -185,6 +185,20 @@ class RedisAdapter:
             raise _unavailable(exc) from exc
         return None if value is None else _str(value)
 
+    async def hset(self, key: str, field: str, value: str) -> None:
+        try:
+            await self._client.hset(key, field, value)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def hdel(self, key: str, *fields: str) -> None:
+        if not fields:
+            return
+        try:
+            await self._client.hdel(key, *fields)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
     async def hgetall(self, key: str) -> dict[str, str]:
         try:
             value: Any = await self._client.hgetall(key)

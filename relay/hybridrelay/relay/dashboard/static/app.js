@@ -5,6 +5,8 @@
 // modules it names); the shared helpers are in lib.js.
 import { $, ApiError, View, el, hooks, request, state } from "./lib.js";
 import { devices, events, hybridConnection, hybridConnections, overview, streams } from "./pages.js";
+import { cluster } from "./cluster.js";
+import { jobs } from "./jobs.js";
 import { inspector } from "./inspector.js";
 // --- shell ---------------------------------------------------------------------------------
 
@@ -27,7 +29,7 @@ async function route() {
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === page || (page === "hc" && link.dataset.page === "hcs"));
   const main = $("main");
   main.replaceChildren();
-  const pages = { overview, hcs: hybridConnections, streams, devices, events };
+  const pages = { overview, hcs: hybridConnections, streams, devices, events, jobs, cluster };
   try {
     const target = el("div");
     if (page === "hc") await hybridConnection(target, view, decodeURIComponent(rest.join("/")));

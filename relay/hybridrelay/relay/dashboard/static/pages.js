@@ -292,18 +292,24 @@ async function events(main, view) {
   main.append(el("h1", { text: "Events" }),
     el("p", { class: "note", text: "Lifecycle events of the last 15 minutes, then live (newest first)." }));
   const filter = el("input", { id: "event-filter", type: "search", placeholder: "filter: opType or name" });
+  // What kind of thing changed, from the op type's name (createDeviceIdentity: a device).
+  const kinds = [["", "All kinds"], ["Listener", "Listeners"], ["DeviceIdentity", "Devices"],
+    ["HybridConnection", "Hybrid connections"], ["AuthorizationRule", "Rules"], ["Certificate", "Certificates"], ["Job", "Jobs"]];
+  const kind = el("select", { id: "event-kind", "aria-label": "kind of event" },
+    kinds.map(([value, label]) => el("option", { value, text: label })));
   const status = el("p", { class: "note", id: "event-status", text: "connecting" });
   const list = el("div", { id: "event-list" });
-  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, filter), status, list);
+  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, kind, filter), status, list);
   const seen = [];
   const draw = () => {
     const needle = filter.value.trim().toLowerCase();
-    const rows = seen.filter((e) => !needle || e.text.includes(needle)).map((e) => el("tr", { "data-event": e.op },
+    const rows = seen.filter((e) => (!needle || e.text.includes(needle)) && (!kind.value || e.op.toLowerCase().includes(kind.value.toLowerCase()))).map((e) => el("tr", { "data-event": e.op },
       el("td", { class: "volatile", text: e.time }), el("td", { text: e.op }), el("td", { text: e.entity }),
       el("td", { text: e.detail })));
     list.replaceChildren(table(["When", "Event", "Entity", "Detail"], rows, "No events yet"));
   };
   filter.addEventListener("input", draw);
+  kind.addEventListener("change", draw);
   const since = new Date(Date.now() - 15 * 60 * 1000).toISOString();
   const source = new EventSource("api/events?since=" + enc(since));
   view.onStop(() => source.close());
