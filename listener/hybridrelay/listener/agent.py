@@ -432,7 +432,7 @@ class Listener:
                         "control_message_dropped",
                         extra={"kind": event.kind, "reason": event.reason},
                     )
-                else:
+                else:  # CloseChannel: the policy gave up on this channel
                     self._log.warning(
                         "control_channel_failing",
                         extra={

@@ -244,7 +244,10 @@ class HttpExchanges:
                         body=True,
                     )
                 )
-            inline = inline_response(request, header, data)
+            # The request as announced on the control channel: a rendezvous-only one
+            # is answered on its own socket (``request`` is then the inline form read
+            # off that socket).
+            inline = inline_response(exchange.request, header, data)
             if (
                 inline is not None
                 and exchange.rendezvous is None
