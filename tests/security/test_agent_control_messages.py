@@ -18,10 +18,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hybridrelay.listener import Listener
-from hybridrelay.listener.http_messages import HttpRequest, HttpResponse
+from hybridrelay.listener.http_messages import HttpHandler, HttpRequest, HttpResponse
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.harness.hostile_server import HostileServer, ServerPeer
-from tests.harness.raw_ws import BINARY, close_payload, read_close_code, unmasked_frame
+from tests.harness.raw_ws import (
+    BINARY,
+    CLOSE,
+    TEXT,
+    Frame,
+    close_payload,
+    read_close_code,
+    read_frame,
+    unmasked_frame,
+)
 from tests.harness.relay import ROOT_KEY
 from tests.harness.timing import seconds
 
@@ -29,15 +38,17 @@ ROOT = "RootManageSharedAccessKey"
 
 
 @contextlib.asynccontextmanager
-async def _agent(relay_url: str, **options: object) -> AsyncIterator[Listener]:
-    async def handler(request: HttpRequest) -> HttpResponse:
+async def _agent(
+    relay_url: str, handler: HttpHandler | None = None, **options: object
+) -> AsyncIterator[Listener]:
+    async def refuse(request: HttpRequest) -> HttpResponse:
         raise AssertionError("no request may reach the handler")
 
     listener = Listener(
         relay_url,
         "hc",
         token_provider=SasTokenProvider(ROOT, ROOT_KEY),
-        http_handler=handler,
+        http_handler=handler or refuse,
         drain_timeout=0.1,  # the raw relay never answers a close frame
         **options,  # type: ignore[arg-type]  # test passthrough of Listener keywords
     )
@@ -70,12 +81,12 @@ class _Relay:
         await peer.writer.drain()
         self.close_codes.append(await read_close_code(peer.reader))
         # Answer the close so the agent need not wait for its close timeout.
-        peer.writer.write(unmasked_frame(0x8, close_payload(1000)))
+        peer.writer.write(unmasked_frame(CLOSE, close_payload(1000)))
         await peer.writer.drain()
 
 
 def _text(message: object) -> bytes:
-    return unmasked_frame(0x1, json.dumps(message).encode())
+    return unmasked_frame(TEXT, json.dumps(message).encode())
 
 
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
@@ -91,11 +102,11 @@ async def test_bad_messages_in_a_row_close_the_channel_1008_and_it_is_dialled_ag
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="hybridrelay")
     bad = [
-        unmasked_frame(0x1, b"not json \x1b[31m"),
+        unmasked_frame(TEXT, b"not json \x1b[31m"),
         _text({"accept": {"address": "x"}}),  # fields missing
         _text({"response": {"requestId": "1", "statusCode": 200, "body": False}}),
         _text({"aNewKind": {}}),  # tolerated: not counted
-        unmasked_frame(0x1, b"[]"),
+        unmasked_frame(TEXT, b"[]"),
     ]
     relay = _Relay(*bad)
     server = HostileServer(relay)
@@ -140,4 +151,49 @@ async def test_a_body_message_without_a_request_closes_the_channel_1002_at_once(
     assert relay.close_codes == [1002]
     (failing,) = _events(caplog, "control_channel_failing")
     assert failing.__dict__["reason"] == "binary message without a request"
+    assert not _tracebacks(caplog)
+
+
+async def test_below_the_limit_the_agent_goes_on_and_answers_the_next_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bad messages short of the limit are dropped; the request after them is answered
+    inline on the same channel, header and body adjacent (HC §4)."""
+    answered: asyncio.Future[list[Frame]] = asyncio.get_running_loop().create_future()
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, {"Content-Type": "text/plain"}, b"still here")
+
+    async def relay(peer: ServerPeer) -> None:
+        address = f"{server.url}/$hc/hc?sb-hc-action=request&sb-hc-id=7&sb-hc-rdv=k"
+        request = {
+            "request": {
+                "address": address,
+                "id": "7",
+                "requestTarget": "/hc/x",
+                "method": "POST",
+                "requestHeaders": {},
+                "body": True,
+            }
+        }
+        peer.writer.write(unmasked_frame(TEXT, b"{"))  # not JSON
+        peer.writer.write(_text({"renewToken": {"token": "t"}}))  # a listener's message
+        peer.writer.write(_text(request))
+        peer.writer.write(unmasked_frame(BINARY, b"request body"))
+        await peer.writer.drain()
+        frames = [await read_frame(peer.reader), await read_frame(peer.reader)]
+        answered.set_result(frames)
+        await peer.reader.read()
+
+    server = HostileServer(relay)
+    async with server.running(), _agent(server.url, max_bad_control_messages=3, handler=handler):
+        async with asyncio.timeout(seconds(20)):
+            header, body = await answered
+    assert (header.opcode, body.opcode) == (TEXT, BINARY)
+    response = json.loads(header.payload)["response"]
+    assert (response["requestId"], response["statusCode"], response["body"]) == ("7", 200, True)
+    assert body.payload == b"still here"
+    kinds = [r.__dict__["kind"] for r in _events(caplog, "control_message_dropped")]
+    assert kinds == ["invalid", "not_for_listener"]
+    assert not _events(caplog, "control_channel_failing")
     assert not _tracebacks(caplog)
