@@ -274,6 +274,15 @@ class RelaySettings:
     # and events one subscriber may fall behind before it is dropped ("SubscriberTooSlow").
     event_history: int = 1000
     event_subscriber_queue: int = 256
+    # Device search (GET /$mgmt/v1/devices?contains=...): devices one page examines at
+    # most, so a search over 100k devices answers as fast as one over ten (a short page
+    # with a continuation token says "searched this far").
+    device_search_scan: int = 10_000
+    # Per-device timelines (GET /$mgmt/v1/devices/{id}/timeline): entries kept per
+    # device (the oldest dropped first) and devices with a timeline on this node (the
+    # device heard from least recently forgotten first).
+    device_timeline_entries: int = 50
+    device_timeline_devices: int = 10_000
     # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
     # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
     allow_placeholder_keys: bool = False
@@ -580,6 +589,9 @@ _ENV_TYPES: Mapping[str, type] = {
     "token_cache_size": int,
     "event_history": int,
     "event_subscriber_queue": int,
+    "device_search_scan": int,
+    "device_timeline_entries": int,
+    "device_timeline_devices": int,
     "allow_placeholder_keys": bool,
     "dashboard_session_ttl": float,
     "max_dashboard_sessions": int,
@@ -784,6 +796,15 @@ def _settings(table: Table) -> RelaySettings:
         event_history=table.get_int("event_history", d.event_history, minimum=0, maximum=1_000_000),
         event_subscriber_queue=table.get_int(
             "event_subscriber_queue", d.event_subscriber_queue, minimum=1, maximum=1_000_000
+        ),
+        device_search_scan=table.get_int(
+            "device_search_scan", d.device_search_scan, minimum=100, maximum=10_000_000
+        ),
+        device_timeline_entries=table.get_int(
+            "device_timeline_entries", d.device_timeline_entries, minimum=1, maximum=10_000
+        ),
+        device_timeline_devices=table.get_int(
+            "device_timeline_devices", d.device_timeline_devices, minimum=0, maximum=10_000_000
         ),
         allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
         dashboard_session_ttl=table.get_float(

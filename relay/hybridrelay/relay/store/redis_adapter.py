@@ -254,6 +254,15 @@ class RedisAdapter:
             raise _unavailable(exc) from exc
         return _str_list(value)
 
+    async def zrange_between(self, key: str, low: str, high: str, count: int) -> list[str]:
+        """Up to ``count`` members in byte order from ``low`` to ``high``, both in
+        ZRANGEBYLEX's spelling (``(x`` excludes x, ``[x`` includes it, ``-``/``+``)."""
+        try:
+            value: Any = await self._client.zrangebylex(key, low, high, start=0, num=count)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return _str_list(value)
+
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix`` (SCAN, so the server keeps serving)."""
         deleted = 0
