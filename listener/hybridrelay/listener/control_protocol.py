@@ -27,7 +27,7 @@ The rules decided here, once:
      (:data:`BadMessageKind`) and ``first``: True for the first of its kind on this
      channel. The agent logs that one as a warning and the rest at debug level, so a
      relay repeating itself cannot flood the log; ``reason`` is at most 200 characters
-     and quotes (``repr``) whatever the relay wrote.
+     and quotes (``repr``) any text of the relay's it repeats.
   2. A well-formed message of a kind HC §3 does not name (``unknown_kind``: a newer
      relay's) is dropped like the others but never counts towards closing.
   3. ``max_bad_messages`` bad messages in a row, with no accept or request (with its
