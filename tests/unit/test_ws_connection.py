@@ -22,6 +22,7 @@ from hybridrelay.protocol.connection import (
     Failed,
     Frame,
     Hold,
+    LimitReached,
     Ping,
     Pong,
     Role,
@@ -387,8 +388,11 @@ def test_ping_flood_with_a_peer_that_does_not_read_stays_bounded() -> None:
     assert server.write_paused
     flood = b"".join(client_frame(Opcode.PING, i.to_bytes(4, "big")) for i in range(1000))
     events = server.receive_data(flood)
-    assert len(events) == 1000
-    assert all(isinstance(e, Ping) for e in events)
+    # The queue filled at the eighth ping: reported once (for metrics), after its Ping.
+    assert [i for i, e in enumerate(events) if isinstance(e, LimitReached)] == [8]
+    assert events[8] == LimitReached("max_queued_control_frames")
+    assert len(events) == 1001
+    assert all(isinstance(e, Ping) for e in events[:8] + events[9:])
     assert server.data_to_send() == []
     assert server.control_pending == 8
     assert not wants_read(server)

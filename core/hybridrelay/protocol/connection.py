@@ -85,6 +85,7 @@ __all__ = [
     "DEFAULT_HIGH_WATER",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUED_CONTROL",
+    "LIMIT_QUEUED_CONTROL",
     "BytesMessage",
     "CloseReceived",
     "Connection",
@@ -93,6 +94,7 @@ __all__ = [
     "Failed",
     "Frame",
     "Hold",
+    "LimitReached",
     "Ping",
     "Pong",
     "Role",
@@ -103,6 +105,8 @@ __all__ = [
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20  # as websockets and wsclient.DEFAULT_MAX_SIZE
 DEFAULT_MAX_QUEUED_CONTROL: Final = 64  # [relay] max_queued_control_frames
 DEFAULT_HIGH_WATER: Final = 256 * 1024  # [relay] stream_buffer_size
+# LimitReached.limit when the control frames owed to the peer fill their queue.
+LIMIT_QUEUED_CONTROL: Final = "max_queued_control_frames"
 
 # Payloads under this are joined with their header into one bytes object; larger ones
 # go out as two buffers, not copied (relay/splice.py does the same).
@@ -202,12 +206,29 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitReached:
+    """A limit was reached without failing the connection, for metrics: ``limit`` names
+    it (``max_queued_control_frames``: the control frames owed to the peer filled their
+    queue; later pongs coalesce). It comes out with the next batch of events."""
+
+    limit: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionLost:
     """End of stream before the peer's close frame: an abnormal closure (1006)."""
 
 
 Event: TypeAlias = (
-    Frame | TextMessage | BytesMessage | Ping | Pong | CloseReceived | Failed | ConnectionLost
+    Frame
+    | TextMessage
+    | BytesMessage
+    | Ping
+    | Pong
+    | CloseReceived
+    | Failed
+    | LimitReached
+    | ConnectionLost
 )
 
 
@@ -770,6 +791,7 @@ class Connection:
             queued.append(frame)
             if len(queued) < limit:
                 return
+            self._events.append(LimitReached(LIMIT_QUEUED_CONTROL))
         elif opcode != _CLOSE and queued[-1][0] == frame[0]:
             # §5.5.3: a pong for the most recent ping answers the earlier ones (and one
             # waiting ping of ours is as good as two).
