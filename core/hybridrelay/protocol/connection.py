@@ -64,9 +64,10 @@ from __future__ import annotations
 
 import codecs
 import os
+import struct
 from dataclasses import dataclass
 from enum import Enum, IntFlag
-from typing import Final, NamedTuple, TypeAlias
+from typing import Final, NamedTuple, TypeAlias, cast
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.protocol.frames import (
@@ -118,6 +119,10 @@ _CLOSE: Final = int(Opcode.CLOSE)
 _PING: Final = int(Opcode.PING)
 _PONG: Final = int(Opcode.PONG)
 _UTF8_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+# Unmasked frame headers (RFC 6455 §5.2), packed directly on the splice's whole-frame path.
+_pack_h: Final = struct.Struct("!BB").pack
+_pack_h16: Final = struct.Struct("!BBH").pack
+_pack_h64: Final = struct.Struct("!BBQ").pack
 
 
 class Role(Enum):
@@ -503,6 +508,10 @@ class Connection:
         if target is not None and not self._streaming:
             raise ValueError("only a streaming connection forwards frames")
         self._target = target
+        # Frames that arrive whole skip the per-piece bookkeeping (one call per frame);
+        # text to validate goes the long way, through the decoder.
+        fast = target is not None and not self._validate and not target._masks
+        self._parser.whole_frame = self._splice_whole_frame if fast else None
 
     def abandon_frame(self) -> bool:
         """splice_to(): this connection is gone in the middle of a frame to the target.
@@ -672,6 +681,33 @@ class Connection:
             self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
         target._out_remaining = length  # control frames to the target wait for this one
         target._out_in_message = not fin
+
+    def _splice_whole_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
+        """splice_to() to an unmasking target: a data frame that arrived whole, re-framed in
+        one step (what on_data_frame then on_payload would do, for this one case)."""
+        length = len(payload)
+        self.bytes_received += length
+        target = cast(Connection, self._target)
+        state = target.state
+        if state is not _OPEN and state is not _CLOSE_RECEIVED:
+            return  # dropped whole: the target has closed
+        if target._out_remaining:
+            raise ValueError("a forwarded frame is half sent")
+        b0 = 0x80 | opcode if fin else opcode
+        if length < 126:
+            header = _pack_h(b0, length)
+        elif length < 65536:
+            header = _pack_h16(b0, 126, length)
+        else:
+            header = _pack_h64(b0, 127, length)
+        if length < _COALESCE_LIMIT:
+            target._out.append(header + payload)
+        else:
+            target._out.append(header)
+            target._out.append(payload)
+        target._out_in_message = not fin
+        if target._queued and not target._write_paused:
+            target._flush_queued()
 
     def on_payload(self, data: bytes, frame_done: bool) -> None:
         self.bytes_received += len(data)

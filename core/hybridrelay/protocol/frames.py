@@ -92,6 +92,10 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes, offset: int = 
     return _py_apply_mask(data, mask)  # pragma: no cover
 
 
+# apply_mask at offset 0, without the offset check: once per whole frame the parser unmasks.
+_unmask: Final[Callable[[Any, bytes], bytes]] = _c_apply_mask or _py_apply_mask
+
+
 _pack_h = struct.Struct("!BB").pack
 _pack_h16 = struct.Struct("!BBH").pack
 _pack_h64 = struct.Struct("!BBQ").pack
@@ -198,10 +202,15 @@ class FrameParser:
         "_remaining",
         "_sink",
         "_state",
+        "whole_frame",
     )
 
     def __init__(self, sink: FrameSink, *, masked: bool) -> None:
         self._sink = sink
+        # When set, a data frame whose whole payload is in the bytes being parsed goes to
+        # it as one call, whole_frame(fin, opcode, payload), instead of on_data_frame then
+        # on_payload: a splice's cost per small frame is mostly Python calls (issue 16).
+        self.whole_frame: Callable[[bool, int, bytes], None] | None = None
         self._masked = masked
         self._buf = b""
         self._state = _HEAD
@@ -328,6 +337,14 @@ class FrameParser:
         elif self._in_message:
             raise FrameError(1002, "new data frame inside a fragmented message")
         self._in_message = not fin
+        whole = self.whole_frame
+        if whole is not None and end - pos - need >= length:
+            start = pos + need
+            payload = data[start : start + length]
+            if has_mask and length:
+                payload = _unmask(payload, data[start - 4 : start])
+            whole(fin, opcode, payload)
+            return need + length
         self._remaining = length
         self._offset = 0
         self._state = _PAYLOAD
