@@ -149,6 +149,9 @@ class Hold(IntFlag):
     UNRELEASED = 4  # the glue's: not started yet (a splice leg waiting for its partner)
 
 
+_BACKLOG: Final = int(Hold.BACKLOG)  # _holds is a plain int (see hold_reading)
+
+
 # ---------------------------------------------------------------------------- events
 
 
@@ -434,6 +437,7 @@ class Connection:
         self._lost = True
         self._receiving = False
         self.state = State.CLOSED
+        self._parser.stop()  # nothing more to parse; frees the parser <-> self cycle
         events, self._events = self._events, []
         return events
 
@@ -633,13 +637,13 @@ class Connection:
             self._write_paused = False
             if self._queued and not self._out_remaining:
                 self._flush_queued()
-            self._holds &= ~Hold.BACKLOG  # what still waits, waits for the frame in flight
+            self._holds &= ~_BACKLOG  # what still waits, waits for the frame in flight
 
     def hold_reading(self, reason: Hold) -> None:
-        self._holds |= reason
+        self._holds |= int(reason)  # plain ints: IntFlag arithmetic costs microseconds
 
     def unhold_reading(self, reason: Hold) -> None:
-        self._holds &= ~reason
+        self._holds &= ~int(reason)
 
     # ------------------------------------------------------------------ FrameSink
 
@@ -838,12 +842,12 @@ class Connection:
         # A backlog that only waits for a frame in flight is left to coalesce: holding
         # there could make two spliced peers wait forever, each for the other's frame.
         if self._write_paused:
-            self._holds |= Hold.BACKLOG
+            self._holds |= _BACKLOG
 
     def _flush_queued(self) -> None:
         self._out.extend(self._queued)
         self._queued = []
-        self._holds &= ~Hold.BACKLOG
+        self._holds &= ~_BACKLOG
 
     def _queue_close(self, code: int, reason: str) -> None:
         payload = b"" if code == 1005 else encode_close_payload(code, reason)

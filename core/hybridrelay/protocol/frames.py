@@ -177,6 +177,21 @@ class FrameSink(Protocol):
         """A whole close, ping or pong frame, unmasked."""
 
 
+class _NoSink:
+    """What a stopped parser points at instead of its former sink."""
+
+    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        return None
+
+    def on_payload(self, data: bytes, frame_done: bool) -> None:
+        return None
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        return None
+
+
+_NO_SINK: Final = _NoSink()
+
 # Parser states
 _HEAD: Final = 0
 _PAYLOAD: Final = 1
@@ -219,6 +234,17 @@ class FrameParser:
         self._offset = 0
         self._ctl_opcode = 0
         self._in_message = False
+
+    def stop(self) -> None:
+        """Parse nothing more, and let go of the sink: its owner is done with the stream.
+
+        Dropping the references breaks the sink <-> parser cycle, so a finished
+        connection is freed by reference counting, not left for the cyclic GC.
+        """
+        self._state = _STOPPED
+        self._buf = b""
+        self._sink = _NO_SINK
+        self.whole_frame = None
 
     @property
     def in_message(self) -> bool:

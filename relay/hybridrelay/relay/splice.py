@@ -491,3 +491,11 @@ class Splice:
             self.done.set_result(None)
             if self.on_finish is not None:
                 self.on_finish(self.sender.bytes_in, self.listener.bytes_in)
+            # Both legs are lost, so nothing calls into them any more (every Leg method
+            # returns early on ``lost`` before it would reach its peer or splice). Drop
+            # the references between them: a finished splice is then freed by reference
+            # counting at once instead of waiting, with its two Connections, parsers and
+            # buffers, for the cyclic GC (which a relay pays for per connect).
+            for leg in (self.sender, self.listener):
+                leg.conn.splice_to(None)
+                del leg.peer, leg.splice
