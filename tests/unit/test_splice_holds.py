@@ -29,6 +29,7 @@ class RecordingTransport(asyncio.Transport):
         self.written = bytearray()
         self.closing = False
         self.buffered = 0  # what get_write_buffer_size() says, as the test sets it
+        self.protocol: asyncio.BaseProtocol | None = None
 
     def pause_reading(self) -> None:
         assert self.reading, "paused twice"
