@@ -192,6 +192,14 @@ class _NoSink:
 
 _NO_SINK: Final = _NoSink()
 
+
+class PayloadViewSink(Protocol):
+    """Takes payload as views of the bytes fed (:meth:`FrameParser.view_payload_to`)."""
+
+    def on_payload_view(self, data: memoryview, frame_done: bool) -> None:
+        """As :meth:`FrameSink.on_payload`; ``data`` is a view of the bytes fed, no copy."""
+
+
 # Parser states
 _HEAD: Final = 0
 _PAYLOAD: Final = 1
@@ -217,6 +225,7 @@ class FrameParser:
         "_remaining",
         "_sink",
         "_state",
+        "_view_sink",
         "whole_frame",
     )
 
@@ -225,6 +234,7 @@ class FrameParser:
         # When set, a data frame whose whole payload is in the bytes being parsed goes to
         # it as one call, whole_frame(fin, opcode, payload), instead of on_data_frame then
         # on_payload: a splice's cost per small frame is mostly Python calls (issue 16).
+        # It comes before view_payload_to() for such frames (no parser uses both).
         self.whole_frame: Callable[[bool, int, bytes], None] | None = None
         self._masked = masked
         self._buf = b""
@@ -234,6 +244,26 @@ class FrameParser:
         self._offset = 0
         self._ctl_opcode = 0
         self._in_message = False
+        self._view_sink: PayloadViewSink | None = None
+
+    @property
+    def views(self) -> bool:
+        """Whether payload goes to a :class:`PayloadViewSink` (:meth:`view_payload_to`)."""
+        return self._view_sink is not None
+
+    def view_payload_to(self, sink: PayloadViewSink | None) -> None:
+        """Unmasked frames: hand payload to ``sink`` as views of the bytes fed (None: as
+        bytes to the FrameSink, as before).
+
+        Slicing a payload piece out of a read copies it; a byte bridge that writes the
+        piece to a socket at once needs no copy. The views keep the read alive.
+
+        Raises:
+            ValueError: This parser takes masked frames (they are unmasked into a copy).
+        """
+        if sink is not None and self._masked:
+            raise ValueError("masked payload is unmasked into new bytes: no views")
+        self._view_sink = sink
 
     def stop(self) -> None:
         """Parse nothing more, and let go of the sink: its owner is done with the stream.
@@ -244,6 +274,7 @@ class FrameParser:
         self._state = _STOPPED
         self._buf = b""
         self._sink = _NO_SINK
+        self._view_sink = None
         self.whole_frame = None
 
     @property
@@ -268,12 +299,24 @@ class FrameParser:
         pos = 0
         end = len(data)
         sink = self._sink
+        view_sink = self._view_sink
         try:
             while True:
                 state = self._state
                 if pos >= end and not (state != _HEAD and self._remaining == 0):
                     break
-                if state == _PAYLOAD:
+                if state == _PAYLOAD and view_sink is not None:
+                    take = min(self._remaining, end - pos)
+                    view = memoryview(data)[pos : pos + take]
+                    pos += take
+                    self._remaining -= take
+                    self._offset += take
+                    if self._remaining == 0:
+                        self._state = _HEAD
+                        view_sink.on_payload_view(view, True)
+                    else:
+                        view_sink.on_payload_view(view, False)
+                elif state == _PAYLOAD:
                     take = min(self._remaining, end - pos)
                     chunk = data[pos : pos + take] if (pos or take != end) else data
                     pos += take

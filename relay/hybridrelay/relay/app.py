@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hybridrelay.relay import dashboard, device_auth
+from hybridrelay.relay import dashboard, device_auth, nodes
 from hybridrelay.relay.admission import PendingShare, rate_limit_middleware
 from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
@@ -97,6 +97,7 @@ def create_app(
     device_auth.install(app)  # after _lifecycle: stops watching before the store closes
     mgmt_events.install(app)  # after _lifecycle: stops before the store closes
     mgmt_jobs.install(app)  # after _lifecycle: jobs are cancelled before the store closes
+    nodes.install(app)  # after _lifecycle: describes this node while the cluster is open
     mgmt_inspector.install(app)  # the HTTP inspector's rings and its replays' client
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(drop_invented_headers)

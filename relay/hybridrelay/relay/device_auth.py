@@ -66,7 +66,7 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Set as AbstractSet
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
@@ -76,6 +76,7 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import ca_trust
 from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.device_timeline import DEVICE_NAMED, TimelineEntry, timelines
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.models import ChangeEvent, Device
 
@@ -487,11 +488,16 @@ async def credentials(
             return _NO_CREDENTIALS
         if parsed is None:
             return _NO_CREDENTIALS
-        return DeviceCredentials(await _lookup(store, parsed.candidate_ids))
+        named = await _lookup(store, parsed.candidate_ids)
+        if named is not None:
+            request[DEVICE_NAMED] = named.device_id  # a refusal goes on its timeline
+        return DeviceCredentials(named)
     certificate = peer_certificate(request)
     if certificate is None or not certificate.common_name:
         return DeviceCredentials(certificate=certificate)
     device = await store.get_device(certificate.common_name)
+    if device is not None:
+        request[DEVICE_NAMED] = device.device_id
     if device is not None and device.authentication.type == "certificateAuthority":
         # Only a CA device's chain needs an anchor (thumbprint devices match exactly).
         anchored = await ca_trust.anchored(_ssl_context(request), store, certificate.chain)
@@ -511,8 +517,13 @@ class _Entry:
     right: Rights
     counts: bool  # keeps the device "connected" (control channels, WebSocket streams)
     device_id: str
+    # How and why the relay cut it (for the device's timeline): the close code the peer
+    # echoes may be another.
+    cut_code: int | None = None
+    cut_reason: str | None = None
 
     def cut(self, code: int, reason: str, tasks: set[asyncio.Task[None]]) -> None:
+        self.cut_code, self.cut_reason = code, reason
         conn = self.connection
         if isinstance(conn, ControlChannel):
             task = asyncio.create_task(conn.close(code, reason), name="device-close")
@@ -679,6 +690,7 @@ async def tracked(
     registry = _registry(state)
     entry = _Entry(connection, hc_name, right, counts=True, device_id=device_id)
     registry.add(device_id, entry, device)
+    _on_timeline(state, entry, "connected")
     try:
         await _touch(state, device_id)
         await _cut_if_revoked(state, entry)
@@ -686,7 +698,36 @@ async def tracked(
         yield
     finally:
         registry.remove(device_id, entry)
+        _on_timeline(state, entry, "disconnected")
         await _record_state(state, device_id)
+
+
+def _on_timeline(
+    state: RelayState, entry: _Entry, kind: Literal["connected", "disconnected"]
+) -> None:
+    conn = entry.connection
+    if isinstance(conn, ControlChannel):
+        role, code = "listener", entry.cut_code or conn.close_code
+    elif entry.right == Rights.LISTEN:
+        # A stream spliced to the device's control channel: a busy gateway has thousands,
+        # which would push its own connects and refusals out of its bounded timeline.
+        return
+    else:
+        role, code = "sender", entry.cut_code
+    reason = ""
+    if kind == "disconnected":
+        reason = entry.cut_reason or ("closed" if isinstance(conn, ControlChannel) else "ended")
+    timelines(state).record(
+        entry.device_id,
+        TimelineEntry(
+            at=state.now(),
+            kind=kind,
+            hybrid_connection=entry.hc_name,
+            role=role,
+            reason=reason,
+            code=code if kind == "disconnected" else None,
+        ),
+    )
 
 
 async def _cut_if_revoked(state: RelayState, entry: _Entry) -> None:
