@@ -698,7 +698,9 @@ class HttpRendezvous(asyncio.Protocol):
                 text, self._text = bytes(self._text), None
                 self._on_header(text)
         elif self._in_body:
-            self._pending.body.feed(piece.data)
+            # Always bytes here: a masked (server) connection unmasks into new bytes and
+            # never hands out views; bytes() of bytes is the same object, no copy.
+            self._pending.body.feed(bytes(piece.data))
             if message_end:
                 self._in_body = False
                 self._pending.body.feed_eof()
