@@ -333,7 +333,9 @@ class Connection:
         self._receiving = True  # frames are parsed (OPEN, CLOSE_SENT)
         self._events: list[Event] = []
         self._out: list[bytes] = []
-        self._queued: list[bytes] = []
+        # Lists made when first needed (None until then): a relay holds two idle
+        # connections per relayed connection, and most never queue or reassemble.
+        self._queued: list[bytes] | None = None
         self._out_remaining = 0  # bytes of a forwarded frame still to come
         self._out_mask = b""
         self._out_offset = 0
@@ -348,8 +350,8 @@ class Connection:
         self._forwarding = False  # splice_to(): this frame goes to the target
         self._header: bytes | None = None  # splice_to(): header waiting for its payload
         self._msg_text = False
-        self._msg_parts: list[bytes] = []  # a binary message being reassembled
-        self._msg_texts: list[str] = []  # a text message being reassembled, decoded
+        self._msg_parts: list[bytes] | None = None  # a binary message being reassembled
+        self._msg_texts: list[str] | None = None  # a text message being reassembled, decoded
         self._msg_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         self._close_sent: tuple[int, str] | None = None
@@ -408,7 +410,7 @@ class Connection:
     @property
     def control_pending(self) -> int:
         """Control frames waiting for the frame in flight or for room in the write buffer."""
-        return len(self._queued)
+        return len(self._queued) if self._queued is not None else 0
 
     @property
     def write_paused(self) -> bool:
@@ -636,8 +638,8 @@ class Connection:
         if self._failure is None:
             self._failure = (code, reason)
         self._receiving = False
-        self._msg_parts = []
-        self._msg_texts = []
+        self._msg_parts = None
+        self._msg_texts = None
         if self._close_sent is None and code != 1006 and self.state is not State.CLOSED:
             self._queue_close(code, reason)
         self.state = State.CLOSED
@@ -788,18 +790,25 @@ class Connection:
                 except UnicodeDecodeError as exc:
                     raise FrameError(1007, "invalid UTF-8 in a text message") from exc
                 return
-            texts.append(self._decode(data, message_end))  # fails early, not at the end
+            text = self._decode(data, message_end)  # fails early, not at the end
+            if texts is None:
+                self._msg_texts = texts = [text]
+            else:
+                texts.append(text)
             if message_end:
                 self._events.append(TextMessage("".join(texts)))
-                self._msg_texts = []
+                self._msg_texts = None
             return
         parts = self._msg_parts
         if not message_end:
-            parts.append(data)
+            if parts is None:
+                self._msg_parts = [data]
+            else:
+                parts.append(data)
         elif parts:
             parts.append(data)
             self._events.append(BytesMessage(b"".join(parts)))
-            self._msg_parts = []
+            self._msg_parts = None
         else:
             self._events.append(BytesMessage(data))
 
@@ -858,6 +867,8 @@ class Connection:
             self._out.append(frame)
             return
         queued = self._queued
+        if queued is None:
+            self._queued = queued = []
         limit = self._max_queued
         if len(queued) < limit:
             queued.append(frame)
@@ -877,8 +888,9 @@ class Connection:
             self._holds |= _BACKLOG
 
     def _flush_queued(self) -> None:
-        self._out.extend(self._queued)
-        self._queued = []
+        if self._queued is not None:
+            self._out.extend(self._queued)
+            self._queued = None
         self._holds &= ~_BACKLOG
 
     def _queue_close(self, code: int, reason: str) -> None:
@@ -890,8 +902,8 @@ class Connection:
         """RFC 6455 §7.1.7: send a close frame with ``code`` if none went out, parse no more."""
         self._failure = (code, reason)
         self._receiving = False
-        self._msg_parts = []
-        self._msg_texts = []
+        self._msg_parts = None
+        self._msg_texts = None
         if self._close_sent is None:
             self._queue_close(code, reason)
         self.state = State.CLOSED
