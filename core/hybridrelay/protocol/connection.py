@@ -549,7 +549,7 @@ class Connection:
         # Frames that arrive whole skip the per-piece bookkeeping (one call per frame);
         # text to validate goes the long way, through the decoder.
         fast = target is not None and not self._validate and not target._masks
-        self._parser.whole_frame = self._splice_whole_frame if fast else None
+        self._parser.whole_frame = Connection._splice_whole_frame if fast else None
 
     def abandon_frame(self) -> bool:
         """splice_to(): this connection is gone in the middle of a frame to the target.

@@ -232,10 +232,12 @@ class FrameParser:
     def __init__(self, sink: FrameSink, *, masked: bool) -> None:
         self._sink = sink
         # When set, a data frame whose whole payload is in the bytes being parsed goes to
-        # it as one call, whole_frame(fin, opcode, payload), instead of on_data_frame then
-        # on_payload: a splice's cost per small frame is mostly Python calls (issue 16).
+        # it as one call, whole_frame(sink, fin, opcode, payload), instead of
+        # on_data_frame then on_payload: a splice's cost per small frame is mostly Python
+        # calls (issue 16). A plain function taking the sink, not a bound method: that
+        # would be one more object per connection, and a relay holds two per connect.
         # It comes before view_payload_to() for such frames (no parser uses both).
-        self.whole_frame: Callable[[bool, int, bytes], None] | None = None
+        self.whole_frame: Callable[[Any, bool, int, bytes], None] | None = None
         self._masked = masked
         self._buf = b""
         self._state = _HEAD
@@ -386,7 +388,6 @@ class FrameParser:
             (length,) = struct.unpack_from("!Q", data, pos + 2)
             if length >> 63:
                 raise FrameError(1002, "frame length has its most significant bit set")
-        self._mask = data[pos + need - 4 : pos + need] if has_mask else None
         if opcode in _CONTROL_OPCODES:
             if not fin:
                 raise FrameError(1002, "fragmented control frame")
@@ -394,6 +395,7 @@ class FrameParser:
                 raise FrameError(
                     1002, "control frame payload over 125 bytes", limit="max_control_payload"
                 )
+            self._mask = data[pos + need - 4 : pos + need] if has_mask else None
             self._ctl_opcode = opcode
             self._remaining = length
             self._state = _CONTROL
@@ -412,8 +414,9 @@ class FrameParser:
             payload = data[start : start + length]
             if has_mask and length:
                 payload = _unmask(payload, data[start - 4 : start])
-            whole(fin, opcode, payload)
+            whole(self._sink, fin, opcode, payload)
             return need + length
+        self._mask = data[pos + need - 4 : pos + need] if has_mask else None
         self._remaining = length
         self._offset = 0
         self._state = _PAYLOAD
