@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -42,7 +43,14 @@ from hybridrelay.logs import peer_text
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.admission import rate_limit_middleware
 from hybridrelay.relay.config import RelayConfig
-from hybridrelay.relay.dashboard.sessions import LoginLimiter, Role, Session, SessionTable
+from hybridrelay.relay.dashboard.hosts import DashboardHosts
+from hybridrelay.relay.dashboard.sessions import (
+    COOKIE,
+    LoginLimiter,
+    Role,
+    Session,
+    SessionTable,
+)
 from hybridrelay.relay.mgmt.access import authorize_manage
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.handlers import MGMT_PREFIX
@@ -63,7 +71,6 @@ __all__ = [
 ]
 
 DASHBOARD_PREFIX: Final = "/$dashboard"
-COOKIE: Final = "hybridrelay_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
 _MAX_CREDENTIAL: Final = 8192  # a key name, key or JWT longer than this is not one
 
@@ -464,8 +471,14 @@ def dashboard_app(relay_app: web.Application) -> web.Application:
     port; it answers nothing but ``/$dashboard`` (the cookie stays scoped to that path).
     """
     state = relay_app[STATE]
+    relay = state.config.relay
+    listen_host = relay.dashboard_listen[0] if isinstance(relay.dashboard_listen, tuple) else ""
     app = web.Application(
-        middlewares=[error_middleware, rate_limit_middleware],
+        middlewares=[
+            _host_middleware(DashboardHosts.for_listen(listen_host, relay.dashboard_hosts)),
+            error_middleware,
+            rate_limit_middleware,
+        ],
         client_max_size=state.config.relay.max_management_body_size,
     )
     app[STATE] = state
@@ -476,6 +489,24 @@ def dashboard_app(relay_app: web.Application) -> web.Application:
     _add_routes(app.router)
     app.router.add_get("/", _redirect)  # the bare address: to the page
     return app
+
+
+def _host_middleware(hosts: DashboardHosts) -> Middleware:
+    """Answer only the dashboard's own names (DNS rebinding, see dashboard/hosts.py)."""
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if hosts.allows(request.headers.get("Host")):
+            return await handler(request)
+        # Before anything else, and cheaply: one line, no JSON, no session or body read.
+        request.app[METRICS_KEY].limit_hit("dashboard_hosts")
+        return web.Response(
+            status=421,
+            text="this Host is not the dashboard's (see [relay] dashboard_hosts)\n",
+            headers={"Cache-Control": "no-store", "Connection": "close"},
+        )
+
+    return check_host
 
 
 async def _end_all_calls(app: web.Application) -> None:
