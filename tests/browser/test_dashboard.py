@@ -607,7 +607,11 @@ async def test_the_http_inspector_records_a_request_and_replays_it(
     token = create_sas_token(relay.http_url + "/", root, ROOT_KEY, int(time.time()) + 600)
     async with running_listener(listener), aiohttp.ClientSession() as sender:
         await log_in(page, relay)
-        await show(page, "#/inspector/echo")
+        # The hybrid connection's page links to its inspector.
+        await show(page, "#/hc/echo")
+        await page.get_by_role("link", name="Inspect its HTTP requests").click()
+        await expect(page.locator("#main")).to_have_attribute("data-ready", "inspector")
+        assert page.url.endswith("#/inspector/echo")
         await expect(page.locator("#inspector-state")).to_have_text("off")
         await page.click("#inspector-toggle")
         await expect(page.locator("#inspector-state")).to_have_text("on")
