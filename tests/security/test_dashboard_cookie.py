@@ -113,3 +113,56 @@ async def test_the_operators_session_survives_a_listeners_cookie(
         async with jar.get(relay.dashboard_url + "session") as resp:
             assert resp.status == 200, "the listener's cookie replaced the operator's session"
             assert (await resp.json())["who"] == "sas:RootManageSharedAccessKey"
+
+
+async def _login(relay: InProcessRelay) -> str:
+    """A new dashboard session's id (the cookie's value), over a raw socket."""
+    body = json.dumps({"keyName": "RootManageSharedAccessKey", "key": ROOT_KEY}).encode()
+    reader, writer = await connect_raw(relay.dashboard_url)
+    try:
+        writer.write(
+            (
+                f"POST /$dashboard/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            + body
+        )
+        async with asyncio.timeout(seconds(5)):
+            answer = await read_response(reader)
+    finally:
+        writer.close()
+    assert answer.status == 200
+    [cookie] = [v for n, v in answer.headers if n == "Set-Cookie" and "Path=/;" not in v]
+    return cookie.split(";", 1)[0].split("=", 1)[1]
+
+
+async def _whoami(relay: InProcessRelay, cookie: str) -> RawResponse:
+    reader, writer = await connect_raw(relay.dashboard_url)
+    try:
+        writer.write(
+            f"GET /$dashboard/session HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(seconds(5)):
+            return await read_response(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_second_session_cookie_from_a_shorter_path_is_no_session(
+    relay: InProcessRelay,
+) -> None:
+    """A listener's page script sets ``hybridrelay_session=<its own session>; path=/``.
+
+    The browser then sends the operator's (the longer path) first and the tossed one
+    last; a server taking the last would serve the operator the other session. Two
+    values are no session: 401, which also expires the ``Path=/`` one.
+    """
+    operators, tossed = await _login(relay), await _login(relay)
+    assert (await _whoami(relay, f"{COOKIE}={operators}")).status == 200
+    answer = await _whoami(relay, f"{COOKIE}={operators}; {COOKIE}={tossed}")
+    assert answer.status == 401
+    assert ("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0") in answer.headers
+    # Once the tossed one is gone, the operator's session works again.
+    assert (await _whoami(relay, f"theme=x; {COOKIE}={operators}")).status == 200

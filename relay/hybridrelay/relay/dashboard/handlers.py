@@ -144,8 +144,26 @@ def _peer(request: web.Request) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
 
 
+def _session_cookie(request: web.Request) -> str | None:
+    """The session cookie's value; None when there is none, or more than one.
+
+    A page on another port of the same host name (a listener's, served by the relay's
+    public port) can set a cookie of this name from script for a path the dashboard's
+    covers, e.g. ``Path=/``: the browser then sends both, and a server taking either
+    could be handed the other page's session. Two values are no session at all; the
+    answer (401) also expires a ``Path=/`` one (:func:`_clear_tossed`).
+    """
+    values = [
+        value.strip()
+        for header in request.headers.getall("Cookie", [])
+        for name, sep, value in (part.partition("=") for part in header.split(";"))
+        if sep and name.strip() == COOKIE
+    ]
+    return values[0] if len(values) == 1 else None
+
+
 def _session(request: web.Request) -> Session | None:
-    return request.app[DASHBOARD].sessions.get(request.cookies.get(COOKIE))
+    return request.app[DASHBOARD].sessions.get(_session_cookie(request))
 
 
 def _session_doc(session: Session, request: web.Request) -> dict[str, object]:
@@ -263,6 +281,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     response = web.json_response(_session_doc(session, request))
     secure = request.secure or (dashboard.public_origin and state.public_url.startswith("https:"))
     _set_cookie(response, session.id, max(1, int(session.expires_at - state.now())), secure)
+    _clear_tossed(response)
     return _secure(response)
 
 
@@ -274,8 +293,16 @@ def _set_cookie(response: web.StreamResponse, value: str, max_age: int, secure: 
     response.headers.add("Set-Cookie", cookie + ("; Secure" if secure else ""))
 
 
+def _clear_tossed(response: web.StreamResponse) -> None:
+    # Expire a cookie of the session's name set for Path=/ by another page of this host name
+    # (see _session_cookie); the dashboard's own cookie has the dashboard's path.
+    response.headers.add("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0")
+
+
 def _unauthorized() -> web.StreamResponse:
-    return _secure(error_response(401, "SessionRequired", "log in to the dashboard first"))
+    response = error_response(401, "SessionRequired", "log in to the dashboard first")
+    _clear_tossed(response)
+    return _secure(response)
 
 
 async def _whoami(request: web.Request) -> web.StreamResponse:
