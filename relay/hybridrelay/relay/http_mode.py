@@ -67,6 +67,7 @@ from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.cluster.base import ListenerHandle
+from hybridrelay.relay.dashboard.sessions import sets_dashboard_cookie
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
@@ -111,6 +112,8 @@ _HOP_BY_HOP: Final = frozenset(
     }
 )
 _CHUNK: Final = 64 * 1024
+_SET_COOKIE: Final = frozenset({"set-cookie", "set-cookie2"})
+LIMIT_DASHBOARD_COOKIE: Final = "dashboard_cookie"
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -142,8 +145,15 @@ def _request_headers(request: web.Request, *, drop_authorization: bool) -> dict[
     return out
 
 
-def _response_headers(response: Response, via: str) -> tuple[CIMultiDict[str], frozenset[str]]:
-    """The listener's headers for the sender (plus ``Via``) and their lower-case names."""
+def _response_headers(
+    response: Response, via: str, limit_hit: Callable[[str], None]
+) -> tuple[CIMultiDict[str], frozenset[str]]:
+    """The listener's headers for the sender (plus ``Via``) and their lower-case names.
+
+    A ``Set-Cookie`` (or ``Set-Cookie2``) that would set the dashboard's session cookie is
+    dropped and counted: cookies ignore ports, so where the dashboard shares the public
+    URL's host name a listener could otherwise overwrite an operator's session.
+    """
     headers: CIMultiDict[str] = CIMultiDict()
     raw = response.response_headers or {}
     connection = raw.get("connection", raw.get("Connection"))
@@ -157,6 +167,9 @@ def _response_headers(response: Response, via: str) -> tuple[CIMultiDict[str], f
                 upstream_via = value
             continue
         if lowered in _HOP_BY_HOP or lowered in named:
+            continue
+        if lowered in _SET_COOKIE and sets_dashboard_cookie(value):
+            limit_hit(LIMIT_DASHBOARD_COOKIE)
             continue
         headers.add(name, value)
         sent.add(lowered)
@@ -390,7 +403,7 @@ async def _stream_response(
 ) -> web.StreamResponse:
     status = response.status_code
     reason = _reason(response.status_description)
-    headers, sent = _response_headers(response, _via(state))
+    headers, sent = _response_headers(response, _via(state), state.metrics.limit_hit)
     state.metrics.http_answered(pending.hc_name, status)
     whole = pending.body.take_all() if response.body else None
     if whole is not None:
