@@ -45,7 +45,9 @@ from hybridrelay.protocol.connection import (
     Connection,
     Event,
     Failed,
+    Hold,
     LimitReached,
+    Ping,
     Role,
     State,
     TextMessage,
@@ -118,6 +120,10 @@ class ControlChannel(asyncio.Protocol):
         self._conn = Connection(
             Role.SERVER,
             max_message_size=max_message_size,
+            # Pings and broken frames are answered in the order of what came with them:
+            # once a message has made the relay close, the pings behind it get no pong
+            # (RFC 6455 §5.5.1) and a broken frame behind it does not change the code.
+            auto_answer=False,
             max_queued_control=max_queued_control,
             high_water=_WRITE_HIGH_WATER,
         )
@@ -133,7 +139,9 @@ class ControlChannel(asyncio.Protocol):
         self._close_after_flush = False
         self._early_close: tuple[int, str] | None = None
         self._renewal: asyncio.Task[None] | None = None
-        self._next_token: str | None = None  # a renewToken that came during a renewal
+        # What came behind a renewToken waits for its renewal (which may close the
+        # channel), as it did behind aiohttp's receive(); the listener is not read then.
+        self._deferred: list[Event] = []
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._last_seen = loop.time()
@@ -333,8 +341,14 @@ class ControlChannel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_seen = self._loop.time()
-        for event in self._conn.receive_data(data):
-            self._on_event(event)
+        self._handle(self._conn.receive_data(data))
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if self._renewal is None:
+                self._on_event(event)
+            else:
+                self._deferred.append(event)
         self._flush()  # pongs, a close
         self._sync_reading()
         self._close_transport_if_closed()
@@ -382,6 +396,8 @@ class ControlChannel(asyncio.Protocol):
     def _on_event(self, event: Event) -> None:
         kind = type(event)
         if kind is TextMessage or kind is BytesMessage:
+            if self.closing:
+                return  # the relay has closed: nothing more is acted on
             data = cast(TextMessage | BytesMessage, event).data
             for control in self._control.receive(data):
                 self._on_control(control)
@@ -389,6 +405,9 @@ class ControlChannel(asyncio.Protocol):
             self.closing = True  # the Connection answered it; TCP closes after the flush
         elif kind is Failed:
             failed = cast(Failed, event)
+            self._conn.fail(failed.code, failed.reason)  # our close with its code, if none
+            if self.closing:
+                return  # the relay had closed already: what came after is not acted on
             self.closing = True
             self._log.warning("control_channel_error", extra={"error": failed.reason})
             if failed.limit is not None:  # a control frame over RFC 6455's 125 bytes
@@ -396,9 +415,11 @@ class ControlChannel(asyncio.Protocol):
             elif failed.code == 1009:
                 self._limit_hit("max_control_message_size")
             self._arm_close_timer()
+        elif kind is Ping:
+            self._conn.send_pong(cast(Ping, event).payload)
         elif kind is LimitReached:
             self._limit_hit(cast(LimitReached, event).limit)
-        # Ping: the Connection queued its pong. Pong: liveness only (_last_seen).
+        # Pong: liveness only (_last_seen).
 
     def _on_control(self, event: ControlEvent) -> None:
         kind = type(event)
@@ -415,12 +436,10 @@ class ControlChannel(asyncio.Protocol):
             pending.deliver_header(response)
         elif kind is RenewTokenReceived:
             token = cast(RenewTokenReceived, event).token
-            if self._renewal is None:
-                self._renewal = asyncio.create_task(
-                    self._renew_token(token), name=f"renew:{self._listener_id}"
-                )
-            else:
-                self._next_token = token  # the newest one is renewed next
+            self._renewal = asyncio.create_task(
+                self._renew_token(token), name=f"renew:{self._listener_id}"
+            )
+            self._conn.hold_reading(Hold.PEER_FULL)
         elif kind is ResponseInvalid:
             response, reason = cast(ResponseInvalid, event)
             if (pending := self._pending_for(response.request_id)) is not None:
@@ -469,17 +488,19 @@ class ControlChannel(asyncio.Protocol):
             return None
         return pending
 
-    async def _renew_token(self, token: str | None) -> None:
-        while token is not None and not self.closing:
-            try:
-                self.expires_at = await self._renew(token)
-            except AuthError as exc:
-                self._log.warning("token_renewal_refused", extra={"reason": str(exc)})
-                self._start_close(1008, f"token renewal refused: {exc}"[:120])
-                break
+    async def _renew_token(self, token: str) -> None:
+        try:
+            self.expires_at = await self._renew(token)
+        except AuthError as exc:
+            self._log.warning("token_renewal_refused", extra={"reason": str(exc)})
+            self._start_close(1008, f"token renewal refused: {exc}"[:120])
+        else:
             self._log.info("token_renewed", extra={"expires_at": self.expires_at})
-            token, self._next_token = self._next_token, None
         self._renewal = None
+        self._conn.unhold_reading(Hold.PEER_FULL)
+        deferred, self._deferred = self._deferred, []
+        if not self._lost.done():
+            self._handle(deferred)  # may start the next renewal, and wait again
 
     # -- serving -------------------------------------------------------------------------
 
