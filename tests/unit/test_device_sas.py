@@ -11,8 +11,8 @@ from tests.harness.device_certs import device_sas_token
 
 from hybridrelay.errors import AuthError, InvalidAddressError
 from hybridrelay.protocol import DeviceTokenProvider, create_device_token
-from hybridrelay.protocol.sas import Rights, token_expiry
-from hybridrelay.relay.device_auth import parse_device_token, verify_device_token
+from hybridrelay.protocol.sas import Rights, parse_device_token, token_expiry
+from hybridrelay.relay.device_auth import verify_device_token
 from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 
 NOW = 1_700_000_000

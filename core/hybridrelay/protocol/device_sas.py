@@ -13,6 +13,9 @@ A device authenticates like an Azure IoT Hub device, not like a SAS rule::
   key's text instead (:mod:`hybridrelay.protocol.sas`); the relay accepts both for devices,
   this module signs the IoT Hub way so the same token works against IoT Hub tooling.
 
+Tokens are read (parsed, verified) by :mod:`hybridrelay.protocol.sas` only
+(``parse_device_token``, ``device_signed_with``), where rule tokens are read too.
+
 The token says nothing about the hybrid connection: what a device may do is its grants
 in the registry. Nothing here reads the clock; callers pass ``now``.
 """
@@ -25,7 +28,7 @@ import hashlib
 import hmac
 import math
 from typing import Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from hybridrelay.errors import InvalidAddressError
 
@@ -36,7 +39,6 @@ __all__ = [
     "create_device_token",
     "decode_device_key",
     "device_resource",
-    "device_token_expiry",
 ]
 
 DEVICE_ID_MAX: Final = 128
@@ -46,8 +48,6 @@ _DEVICE_ID_CHARS: Final = frozenset(
 )
 _KEY_BYTES_MIN: Final = 16
 _KEY_BYTES_MAX: Final = 64
-_MAX_TOKEN_CHARS: Final = 4 * 1024
-_MAX_SE_DIGITS: Final = 15
 
 
 def check_device_id(device_id: str) -> str | None:
@@ -150,28 +150,6 @@ def _token(resource: str, key: bytes, expiry: int) -> str:
     se = str(expiry)
     sig = quote(_signed(sr, se, key), safe="")
     return f"SharedAccessSignature sr={sr}&sig={sig}&se={se}"
-
-
-def device_token_expiry(token_text: str) -> int | None:
-    """A device token's ``se``, or None when the text is not shaped like a device token.
-
-    Used by :func:`hybridrelay.protocol.sas.token_expiry` (a listener renews its token on
-    this schedule), which reads rule tokens itself; the signature is not checked here.
-    """
-    word, sep, rest = token_text.strip().partition(" ")
-    if len(token_text) > _MAX_TOKEN_CHARS or not sep or word.lower() != "sharedaccesssignature":
-        return None
-    fields: dict[str, str] = {}
-    for part in rest.split("&"):
-        name, _, value = part.partition("=")
-        fields.setdefault(name.strip().lower(), value)
-    resource = unquote(fields.get("sr", ""))
-    se = fields.get("se", "")
-    if fields.get("skn") or "/devices/" not in resource or not fields.get("sig"):
-        return None
-    if not (se.isascii() and se.isdigit() and len(se) <= _MAX_SE_DIGITS):
-        return None
-    return int(se)
 
 
 class DeviceTokenProvider:

@@ -62,13 +62,12 @@ from hybridrelay.protocol.frames import (
 )
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
-from hybridrelay.relay import device_auth
-from hybridrelay.relay.cluster.base import ListenerHandle
+from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import BodyPipe, PendingRequest
+from hybridrelay.relay.pending import PENDING, BodyPipe, ListenerHandle, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import LIMIT_QUEUED_CONTROL, take_over
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
@@ -215,12 +214,13 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     has_body = bool(length) or chunked
     inline = fits_inline(length) or not has_body
+    devices = request.app[DEVICES]
     try:
-        await device_auth.request_started(state, principal, request, hc_name=hc.name, device=device)
+        await devices.request_started(principal, request, hc_name=hc.name, device=device)
         # A small body is read whole before any pending work exists for it: a sender
         # that stalls in its body holds no rendezvous slot and no listener's attention.
         body = await _read_inline_body(request, state) if inline and has_body else None
-        with state.pending_share.hold(hc.name):
+        with request.app[PENDING].share.hold(hc.name):
             return await _exchange(
                 request,
                 state,
@@ -241,7 +241,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
                 body=body,
             )
     finally:
-        device_auth.request_finished(state, request)
+        devices.request_finished(request)
 
 
 async def _read_inline_body(request: web.Request, state: RelayState) -> bytes:
@@ -301,7 +301,8 @@ async def _exchange(
         rendezvous_key=key,
     )
     pending.message = message = _with_address(message, address)
-    state.http_requests[request_id] = pending
+    requests = request.app[PENDING].requests
+    requests[request_id] = pending
     started = asyncio.get_running_loop().time()
     handle: ListenerHandle | None = None
 
@@ -332,7 +333,7 @@ async def _exchange(
         return await _stream_response(request, pending, response, state, timeout)
     finally:
         state.cluster.discard_pending(key)
-        state.http_requests.pop(request_id, None)
+        requests.pop(request_id, None)
         if handle is not None:
             state.cluster.stream_ended(handle)
         pending.fail(BadGatewayError("request finished"))

@@ -9,11 +9,10 @@ the cluster state, which knows whether the listener lives on this node.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Protocol
 
 from hybridrelay.protocol.messages import Accept, Request
-from hybridrelay.relay.pending import PendingConnect, PendingRequest
+from hybridrelay.relay.pending import ListenerHandle, PendingConnect, PendingRequest
 
 __all__ = ["ClusterState", "ListenerGone", "ListenerHandle", "ListenerPort", "Pending"]
 
@@ -40,15 +39,6 @@ class ListenerPort(Protocol):
     def abort(self) -> None:
         """Drop the channel at once (it was taken over or its node is going away)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerHandle:
-    """A chosen listener: enough to deliver to it and to account for its streams."""
-
-    hc_name: str
-    listener_id: str
-    node_id: str
 
 
 class ClusterState(Protocol):

@@ -82,7 +82,7 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,6 +99,7 @@ from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ChangeEvent, Device, format_time, parse_time
 
 __all__ = [
+    "EVENTS",
     "HEARTBEAT_S",
     "HISTORY",
     "INBOX",
@@ -110,7 +111,6 @@ __all__ = [
     "EventHub",
     "Subscription",
     "handle_events",
-    "install",
 ]
 
 log = logging.getLogger(RELAY)
@@ -583,6 +583,9 @@ class EventHub:
 # --- GET /$mgmt/v1/events ----------------------------------------------------------------------
 
 
+EVENTS: Final = web.AppKey("hybridrelay_events", EventHub)
+
+
 def _last_event_id(request: web.Request) -> int | None:
     text = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     if text is None or not text.strip():
@@ -734,7 +737,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
             "NotAcceptable",
             "this is an event stream: send Accept: text/event-stream, or upgrade to a WebSocket",
         )
-    hub = state.events
+    hub = request.app[EVENTS]
     subscription = hub.subscribe(last, since)
 
     async def guard() -> None:
@@ -760,23 +763,3 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         hub.unsubscribe(subscription)
-
-
-# --- wiring --------------------------------------------------------------------------------
-
-
-async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    await state.events.start(state)
-    yield
-    await state.events.stop()
-
-
-async def _on_shutdown(app: web.Application) -> None:
-    app[STATE].events.close_subscribers()
-
-
-def install(app: web.Application) -> None:
-    """Start the hub with the app (after the store opens) and end streams at shutdown."""
-    app.cleanup_ctx.append(_events_ctx)
-    app.on_shutdown.append(_on_shutdown)

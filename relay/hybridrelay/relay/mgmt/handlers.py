@@ -46,6 +46,8 @@ from hybridrelay.errors import (
     PreconditionFailedError,
     ValidationError,
 )
+from hybridrelay.relay.auth import TOKENS
+from hybridrelay.relay.listeners import LISTENERS
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
@@ -62,6 +64,7 @@ from hybridrelay.relay.mgmt.live import (
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.sources import REFUSED_SOURCES
+from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import (
     MAX_PAGE,
@@ -343,13 +346,13 @@ async def _put_rule(call: _Call, scope: str | None, name: str) -> web.StreamResp
     rule, created = await call.state.store.put_rule(scope, name, rights)
     # The change event clears the token cache too (reactions.py); clearing it here as
     # well makes "at once" hold on this node whatever the store's event latency.
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _json(rule.to_json(include_keys=True), status=201 if created else 200)
 
 
 async def _delete_rule(call: _Call, scope: str | None, name: str) -> web.StreamResponse:
     await call.state.store.delete_rule(scope, name)
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _no_content()
 
 
@@ -363,7 +366,7 @@ async def _regenerate(call: _Call, scope: str | None, name: str) -> web.StreamRe
     if key is not None and not isinstance(key, str):
         raise ValidationError("key", "must be a string")
     rule = await call.state.store.regenerate_key(scope, name, which, key=key)
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _json(rule.to_json(include_keys=True))
 
 
@@ -471,15 +474,17 @@ async def _device(request: web.Request) -> web.StreamResponse:
 
 
 async def _listeners(call: _Call) -> web.StreamResponse:
-    return _json(list_listeners(call.request, call.state))
+    app = call.request.app
+    return _json(list_listeners(call.request, app[LISTENERS], app[SPLICES]))
 
 
 async def _streams(call: _Call) -> web.StreamResponse:
-    return _json(list_streams(call.request, call.state))
+    return _json(list_streams(call.request, call.request.app[SPLICES]))
 
 
 async def _stats(call: _Call) -> web.StreamResponse:
-    doc = stats(call.state)
+    app = call.request.app
+    doc = stats(call.state.metrics, app[LISTENERS], app[SPLICES])
     sources = call.request.app.get(REFUSED_SOURCES)
     doc["topRefusedSources"] = [
         {"address": s.address, "count": s.count, "error": s.error}
@@ -498,7 +503,7 @@ async def _stats(call: _Call) -> web.StreamResponse:
 
 
 async def _close_stream(call: _Call, stream_id: str) -> web.StreamResponse:
-    close_stream(call.request, call.state, stream_id)
+    close_stream(call.request, call.request.app[SPLICES], stream_id)
     return _no_content()
 
 
