@@ -78,7 +78,7 @@ _ENTITY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 MAX_RULES_PER_SCOPE = 12  # HC §8.5
 ClientCertMode = Literal["none", "optional", "required"]
-_CLIENT_CERT_MODES: dict[str, ClientCertMode] = {
+_CLIENT_CERT_MODES: Final[Mapping[str, ClientCertMode]] = {
     "none": "none",
     "optional": "optional",
     "required": "required",
@@ -505,7 +505,7 @@ def _webhook(table: Table) -> WebhookConfig:
     return webhook
 
 
-_ENV_TYPES: Mapping[str, type] = {
+_ENV_TYPES: Final[Mapping[str, type]] = {
     "host": str,
     "port": int,
     "public_url": str,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 import uuid
@@ -77,19 +76,6 @@ class _Rejected:
     def __init__(self, status: int, description: str) -> None:
         self.status = status
         self.description = description
-
-
-# Tracking ids of senders that bring none: GUID-shaped (version 4, RFC 4122 variant),
-# 74 random bits per process plus a counter. Unique, and no getrandom() per connect;
-# not a secret (the rendezvous key is).
-_ID_RANDOM: Final = uuid.uuid4().hex
-_ID_HEAD: Final = f"{_ID_RANDOM[:8]}-{_ID_RANDOM[8:12]}-4{_ID_RANDOM[13:16]}-"
-_ID_VARIANT: Final = "89ab"[int(_ID_RANDOM[16], 16) & 3] + _ID_RANDOM[17:20]
-_ids = itertools.count(int(_ID_RANDOM[20:], 16) & 0xFFFFFFFF)
-
-
-def _new_tracking_id() -> str:
-    return f"{_ID_HEAD}{_ID_VARIANT}-{next(_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _split_target(request: web.Request) -> tuple[str, str]:
@@ -344,10 +330,10 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         limit_hit=state.metrics.limit_hit,
     )
     splice.sender_address = _address_text(request)  # read now: the splice takes the socket
-    tracking_id = addr.tracking_id or _new_tracking_id()
+    pending_work = request.app[PENDING]
+    tracking_id = addr.tracking_id or pending_work.tracking_ids.new()
     deadline = started + relay.rendezvous_timeout
     # One slot of this entity's share while the sender waits for its rendezvous.
-    pending_work = request.app[PENDING]
     with pending_work.share.hold(hc.name):
         for attempt in range(_REDISPATCHES + 1):
             pending = PendingConnect(

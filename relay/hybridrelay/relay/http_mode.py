@@ -157,17 +157,6 @@ def _response_headers(response: Response, via: str) -> tuple[CIMultiDict[str], f
     return headers, frozenset(sent)
 
 
-_VIA: dict[str, str] = {}  # public URL -> this relay's Via entry
-
-
-def _via(state: RelayState) -> str:
-    url = state.public_url
-    via = _VIA.get(url)
-    if via is None:
-        via = _VIA[url] = f"1.1 {state.via_name}"  # parses the URL: once, not per request
-    return via
-
-
 def _token(
     request: web.Request, query_token: str | None, requires_auth: bool
 ) -> tuple[str | None, bool]:
@@ -383,7 +372,7 @@ async def _stream_response(
 ) -> web.StreamResponse:
     status = response.status_code
     reason = _reason(response.status_description)
-    headers, sent = _response_headers(response, _via(state))
+    headers, sent = _response_headers(response, state.via)
     state.metrics.http_answered(pending.hc_name, status)
     whole = pending.body.take_all() if response.body else None
     if whole is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -32,6 +34,7 @@ __all__ = [
     "PendingConnect",
     "PendingRequest",
     "PendingWork",
+    "TrackingIds",
 ]
 
 
@@ -229,6 +232,25 @@ class PendingRequest:
         self.body.fail(error)
 
 
+class TrackingIds:
+    """Tracking ids for senders that bring none: GUID-shaped (version 4, RFC 4122 variant).
+
+    74 random bits per instance plus a counter: unique, and no getrandom() per connect;
+    not a secret (the rendezvous key is).
+    """
+
+    __slots__ = ("_head", "_ids")
+
+    def __init__(self) -> None:
+        random = uuid.uuid4().hex
+        variant = "89ab"[int(random[16], 16) & 3] + random[17:20]
+        self._head = f"{random[:8]}-{random[8:12]}-4{random[13:16]}-{variant}-"
+        self._ids = itertools.count(int(random[20:], 16) & 0xFFFFFFFF)
+
+    def new(self) -> str:
+        return f"{self._head}{next(self._ids) & 0xFFFFFFFFFFFF:012x}"
+
+
 class PendingWork:
     """The work of this node waiting on listeners (one service, ``app[PENDING]``).
 
@@ -237,12 +259,14 @@ class PendingWork:
             (the control channel resolves them; a rendezvous dial finds them by id).
         waiting: Senders waiting for their listener to dial (``hc_endpoints._connect``).
         share: How much of both each hybrid connection holds (``max_pending_per_hc``).
+        tracking_ids: Where senders that bring no tracking id get one.
     """
 
     def __init__(self, max_pending_per_hc: int) -> None:
         self.requests: dict[str, PendingRequest] = {}
         self.waiting: set[PendingConnect] = set()
         self.share = PendingShare(max_pending_per_hc)
+        self.tracking_ids = TrackingIds()
 
 
 PENDING: Final = web.AppKey("hybridrelay_pending", PendingWork)

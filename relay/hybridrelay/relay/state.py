@@ -42,6 +42,8 @@ class RelayState:
     _token_hosts: tuple[tuple[str, tuple[str, ...]], frozenset[str]] | None = field(
         default=None, repr=False
     )
+    # via, worked out once per public_url: it is written into every HTTP-mode response.
+    _via: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def public_url(self) -> str:
@@ -78,6 +80,14 @@ class RelayState:
     def via_name(self) -> str:
         """How this relay names itself in ``Via``: its public host, never a sender's Host."""
         return urlsplit(self.public_url).hostname or "hybridrelay"
+
+    @property
+    def via(self) -> str:
+        """This relay's ``Via`` entry (``1.1 {via_name}``), parsed once per public URL."""
+        url = self.public_url
+        if self._via is None or self._via[0] != url:
+            self._via = (url, f"1.1 {self.via_name}")
+        return self._via[1]
 
 
 STATE: Final = web.AppKey("hybridrelay_state", RelayState)
