@@ -52,6 +52,7 @@ from collections.abc import (
 from typing import Final, NamedTuple, TypeAlias, cast
 
 from hybridrelay import errors
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.connection import (
     CloseReceived,
     Connection,
@@ -326,7 +327,7 @@ class WsConnection(asyncio.Protocol):
                 # Once our close frame is out the message is moot; otherwise it must not
                 # stay open.
                 if started and not complete and conn.close_sent is None and not self._lost:
-                    self._fail(1011, "incomplete fragmented message")
+                    self._fail(CloseCode.INTERNAL_ERROR, "incomplete fragmented message")
                 raise
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -334,7 +335,7 @@ class WsConnection(asyncio.Protocol):
         if data:
             await self.send(data)
 
-    async def close_write(self, code: int = 1000, reason: str = "") -> None:
+    async def close_write(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Half-close: send our close frame and keep receiving until the peer's close.
 
         Does nothing if our close frame was already sent or the connection is gone.
@@ -344,7 +345,7 @@ class WsConnection(asyncio.Protocol):
             return
         self._send_close(code, reason)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close: send our close frame if not done yet, then wait (at most ``close_timeout``)
         for the peer's close and the end of TCP. Data still buffered or arriving is dropped.
         """
@@ -395,7 +396,7 @@ class WsConnection(asyncio.Protocol):
                 chunks.append(chunk)
                 size += chunk.size
                 if self._max_size is not None and size > self._max_size:
-                    self._fail(1009, "message too big")
+                    self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
                     raise errors.PayloadTooBigError(f"message over {self._max_size} bytes")
                 if chunk.message_end:
                     return _join(chunks)
@@ -566,7 +567,9 @@ class WsConnection(asyncio.Protocol):
 
     async def _handshake(self, hs: ClientHandshake) -> None:
         if self._transport is None or self._lost:
-            raise errors.ConnectionClosedError(1006, "connection closed before the handshake")
+            raise errors.ConnectionClosedError(
+                CloseCode.ABNORMAL, "connection closed before the handshake"
+            )
         self._transport.write(hs.request)
         while self._hs_outcome is None and not hs.refused:
             self._hs_event.clear()
@@ -616,7 +619,7 @@ class WsConnection(asyncio.Protocol):
                         item = decoder.decode(data, message_end)
                     except UnicodeDecodeError:
                         # RFC 6455 §8.1: invalid UTF-8 fails the connection with 1007
-                        self._fail(1007, "invalid UTF-8 in a text message")
+                        self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
                         break  # the frames after it were never parsed
                 rx.append(_Chunk(item, len(data), end, message_end))
                 self._rx_bytes += len(data)
@@ -693,7 +696,7 @@ class WsConnection(asyncio.Protocol):
     def _abort(self, reason: str) -> None:
         if self._lost:
             return
-        self._conn.fail(1006, reason)  # no close frame: the connection just ends
+        self._conn.fail(CloseCode.ABNORMAL, reason)  # no close frame: the connection just ends
         self._rx_eof = True
         self._wake_rx()
         self._abort_transport()

@@ -45,7 +45,7 @@ from hybridrelay.logs import LISTENER, ConnectionLogger, redact_url
 from hybridrelay.outage import OutageReport
 from hybridrelay.probe import relay_url_problem
 from hybridrelay.protocol.addresses import listen_uri
-from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT, CloseCode
 from hybridrelay.protocol.messages import Accept, RenewToken, Request, decode, encode
 from hybridrelay.protocol.sas import TokenProvider, audience_for, token_expiry
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
@@ -322,7 +322,7 @@ class Listener:
             async with self._control_lock:  # never between a response header and its body
                 # Half-close: accepts the relay sent before it saw our close still arrive
                 # and are served, instead of leaving their senders to time out.
-                await ws.close_write(1000, "listener stopping")
+                await ws.close_write(CloseCode.NORMAL, "listener stopping")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._drain_timeout or 1.0):
                     await ws.wait_closed()
@@ -338,7 +338,7 @@ class Listener:
             self._log.log(
                 level, "control_channel_closed", extra={"code": exc.code, "reason": exc.reason}
             )
-            moved = exc.code in (1001, 1006)
+            moved = exc.code in (CloseCode.GOING_AWAY, CloseCode.ABNORMAL)
         except PayloadTooBigError as exc:
             # recv() failed the channel with 1009 (max_message_size); reconnect as after
             # any other close. The relay's misbehaviour, not ours: a warning.

@@ -87,11 +87,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from hybridrelay.backoff import Backoff
 from hybridrelay.errors import HybridRelayError, ValidationError
 from hybridrelay.logs import RELAY, redact_url
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.config import WebhookConfig
 from hybridrelay.relay.mgmt.access import authorize_manage, until_revoked
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
@@ -687,14 +688,14 @@ async def _serve_websocket(
         async for message in ws:
             if message.type == WSMsgType.ERROR:
                 error = ws.exception()
-                if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
+                if isinstance(error, WebSocketError) and error.code == CloseCode.MESSAGE_TOO_BIG:
                     hub.limit_hit("event_stream_message_size")
                 elif isinstance(error, TimeoutError):  # no pong for half a heartbeat
                     hub.limit_hit("event_stream_heartbeat")
         hub.unsubscribe(subscription)
 
     reader = asyncio.create_task(read(), name="events:ws-read")
-    code, reason = 1000, b""
+    code, reason = CloseCode.NORMAL, b""
     try:
         while not ws.closed:
             item = await _next(hub, subscription)
@@ -705,7 +706,7 @@ async def _serve_websocket(
                     await _write(request, hub, write_timeout, ws.send_str(_error_doc(item)))
                 if item.error == _REVOKED:
                     # RFC 6455 §7.4.1: 1008, the policy (this token) no longer allows it.
-                    code, reason = 1008, item.reason.encode("utf-8")[:120]
+                    code, reason = CloseCode.POLICY_VIOLATION, item.reason.encode("utf-8")[:120]
                 break
             await _write(request, hub, write_timeout, ws.send_str(item.data))
     except ConnectionError:
