@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
@@ -26,12 +27,15 @@ import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.harness.device_certs import device_sas_token
+from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener, send
 from tests.harness.relay import ROOT_KEY, InProcessRelay, load, write_config
 from tests.harness.timing import seconds
 from yarl import URL
 
 from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.listener import HttpRequest, HttpResponse, Listener
+from hybridrelay.protocol.sas import SasTokenProvider, create_sas_token
 from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -384,3 +388,65 @@ async def test_a_viewer_sees_the_pages_without_write_buttons_or_keys(
         await expect(page.locator("#hc-name")).to_have_count(0)
     finally:
         await viewer_relay.stop()
+
+
+async def test_the_http_inspector_records_a_request_and_replays_it(
+    page: Page, relay: InProcessRelay
+) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def app(request: HttpRequest) -> HttpResponse:
+        seen.append((request.target, await request.read()))
+        return HttpResponse(200, [("Content-Type", "text/plain")], f"answer #{len(seen)}".encode())
+
+    root = "RootManageSharedAccessKey"
+    listener = Listener(
+        relay.url, "echo", token_provider=SasTokenProvider(root, ROOT_KEY), http_handler=app
+    )
+    token = create_sas_token(relay.http_url + "/", root, ROOT_KEY, int(time.time()) + 600)
+    async with running_listener(listener), aiohttp.ClientSession() as sender:
+        await log_in(page, relay)
+        await show(page, "#/inspector/echo")
+        await expect(page.locator("#inspector-state")).to_have_text("off")
+        await page.click("#inspector-toggle")
+        await expect(page.locator("#inspector-state")).to_have_text("on")
+
+        async with sender.post(
+            relay.http_url + "/echo/orders?id=7",
+            data=b'{"item": "widget"}',
+            headers={"ServiceBusAuthorization": token, "Content-Type": "application/json"},
+        ) as resp:
+            assert (resp.status, await resp.text()) == (200, "answer #1")
+        rows = page.locator("#inspector-list tr[data-record]")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first.locator(".status")).to_have_text("200")
+        await rows.first.locator("a").click()
+        await expect(page.locator("#request-headers")).to_contain_text("[redacted]")
+        await expect(page.locator("#request-body")).to_contain_text('{"item": "widget"}')
+        await expect(page.locator("#response-body")).to_contain_text("answer #1")
+        assert token.split("sig=")[1].split("&")[0] not in await page.content()
+
+        await page.click("#copy-curl")
+        curl = page.locator("#curl")
+        await expect(curl).to_contain_text(f"curl -X POST '{relay.http_url}/echo/orders?id=7'")
+        await expect(curl).to_contain_text("""--data-binary '{"item": "widget"}'""")
+        await expect(curl).not_to_contain_text("[redacted]")
+
+        await page.click("#replay")
+        await expect(page.locator("#replay-result")).to_have_text("Replayed: 200")
+        await expect(rows).to_have_count(2)
+        await expect(page.locator("#record-summary")).to_contain_text("replay of")
+        await expect(page.locator("#response-body")).to_contain_text("answer #2")
+        assert seen == [("/echo/orders?id=7", b'{"item": "widget"}')] * 2
+        await expect(page.locator("#inspector-kept")).to_have_text("2 / 50")
+        await screenshot(page, "inspector")
+
+        # Edit and replay: another body and target, same hybrid connection.
+        await page.click("#edit-replay")
+        await page.fill("#edit-target", "/echo/orders?id=8")
+        await page.fill("#edit-body", '{"item": "gadget"}')
+        await page.click("#send-edited")
+        await expect(page.locator("#replay-result")).to_have_text("Replayed: 200")
+        await expect(rows).to_have_count(3)
+        await expect(page.locator("#response-body")).to_contain_text("answer #3")
+        assert seen[-1] == ("/echo/orders?id=8", b'{"item": "gadget"}')

@@ -17,7 +17,9 @@ def _text(name: str) -> str:
 def test_the_event_page_listens_for_every_op_type() -> None:
     # EventSource hears a named event only with a listener for that name.
     listed = set(
-        re.findall(r'"([A-Za-z]+)"', _text("pages.js").split("const OP_TYPES = [")[1].split("];")[0])
+        re.findall(
+            r'"([A-Za-z]+)"', _text("pages.js").split("const OP_TYPES = [")[1].split("];")[0]
+        )
     )
     published = {*STORE_OP_TYPES.values(), *LISTENER_OP_TYPES, *JOB_OP_TYPES.values()}
     assert listed == published

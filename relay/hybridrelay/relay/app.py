@@ -23,9 +23,14 @@ from hybridrelay.relay.devices import DEVICES, DeviceRegistry
 from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_connections
 from hybridrelay.relay.health import healthz, metrics, readyz
 from hybridrelay.relay.http_mode import drop_invented_headers, handle_http
+from hybridrelay.relay.inspector import inspect_http
 from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
 from hybridrelay.relay.metrics import RelayMetrics
-from hybridrelay.relay.mgmt import add_routes as add_mgmt_routes, jobs as mgmt_jobs
+from hybridrelay.relay.mgmt import (
+    add_routes as add_mgmt_routes,
+    inspector as mgmt_inspector,
+    jobs as mgmt_jobs,
+)
 from hybridrelay.relay.mgmt.events import EVENTS, EventHub
 from hybridrelay.relay.middleware import METRICS_KEY, error_middleware
 from hybridrelay.relay.pending import PENDING, PendingWork
@@ -43,7 +48,7 @@ __all__ = ["create_app"]
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     if is_hc_path(request.raw_path):
         return await handle_hc(request)
-    return await handle_http(request)
+    return await inspect_http(request, handle_http)  # records only what is inspected
 
 
 def create_app(
@@ -105,6 +110,7 @@ def create_app(
     app.cleanup_ctx.append(_watch_devices)
     app.cleanup_ctx.append(_publish_events)
     mgmt_jobs.install(app)  # after _lifecycle: jobs are cancelled before the store closes
+    mgmt_inspector.install(app)  # the HTTP inspector's rings and its replays' client
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(drop_invented_headers)
     return app

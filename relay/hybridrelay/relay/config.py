@@ -270,6 +270,12 @@ class RelaySettings:
     # Who logs in read-only: "sas:<rule>" or "jwt:<subject>" (everyone else with Manage
     # is an operator).
     dashboard_viewers: tuple[str, ...] = ()
+    # The HTTP inspector (off per hybrid connection until an operator turns it on):
+    # requests kept per hybrid connection (a ring: the oldest goes), bytes kept of each
+    # request and response body, and hybrid connections inspected at once on this node.
+    inspector_requests: int = 50
+    inspector_body_size: int = 4096
+    max_inspected_hcs: int = 16
     # Serve /metrics (and /healthz, /readyz) on this HOST:PORT of its own, plain HTTP, and
     # no longer on the public port: what the relay counts is for its operator, not for
     # the internet. None: /metrics stays on the public port, as before.
@@ -555,6 +561,9 @@ _ENV_TYPES: Final[Mapping[str, type]] = {
     "max_dashboard_sessions": int,
     "dashboard_login_failures": int,
     "dashboard_viewers": list,
+    "inspector_requests": int,
+    "inspector_body_size": int,
+    "max_inspected_hcs": int,
     "metrics_listen": str,
     "max_metrics_hc_labels": int,
 }
@@ -752,6 +761,15 @@ def _settings(table: Table) -> RelaySettings:
             "dashboard_login_failures", d.dashboard_login_failures, minimum=1, maximum=10_000
         ),
         dashboard_viewers=tuple(table.str_list("dashboard_viewers")),
+        inspector_requests=table.get_int(
+            "inspector_requests", d.inspector_requests, minimum=1, maximum=10_000
+        ),
+        inspector_body_size=table.get_int(
+            "inspector_body_size", d.inspector_body_size, minimum=0, maximum=1024 * 1024
+        ),
+        max_inspected_hcs=table.get_int(
+            "max_inspected_hcs", d.max_inspected_hcs, minimum=1, maximum=10_000
+        ),
         metrics_listen=_host_port(table, "metrics_listen"),
         max_metrics_hc_labels=table.get_int(
             "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000

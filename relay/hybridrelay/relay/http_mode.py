@@ -66,6 +66,7 @@ from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
+from hybridrelay.relay.inspector import CAPTURE
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import PENDING, BodyPipe, ListenerHandle, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
@@ -209,6 +210,8 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         # A small body is read whole before any pending work exists for it: a sender
         # that stalls in its body holds no rendezvous slot and no listener's attention.
         body = await _read_inline_body(request, state) if inline and has_body else None
+        if inline and (capture := request.get(CAPTURE)) is not None:
+            capture.request_body_read(body)  # the HTTP inspector keeps its first bytes
         with request.app[PENDING].share.hold(hc.name):
             return await _exchange(
                 request,
@@ -386,6 +389,7 @@ async def _stream_response(
     # A sender that stops reading its response holds the listener's stream and a pending
     # slot: it gets as long as a sender may pause in its own body, then it is cut.
     write_timeout = state.config.relay.body_idle_timeout
+    capture = request.get(CAPTURE)  # the HTTP inspector's, when it is on for this entity
     try:
         while True:
             try:
@@ -397,6 +401,8 @@ async def _stream_response(
                 raise
             if not chunk:
                 break
+            if capture is not None:
+                capture.response_chunk(chunk)
             try:
                 async with asyncio.timeout(write_timeout):
                     await reply.write(chunk)

@@ -52,6 +52,7 @@ from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
+from hybridrelay.relay.mgmt.inspector import RESERVED_SEGMENT as INSPECTOR_SEGMENT, inspector_routes
 from hybridrelay.relay.mgmt.jobs import job_routes
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
 from hybridrelay.relay.mgmt.live import (
@@ -236,6 +237,10 @@ def _check_api_name(name: str) -> None:
     if any(segment.lower() == "rules" for segment in name.split("/")):
         raise ValidationError(
             "name", "a path segment 'rules' is reserved by the management API's URLs"
+        )
+    if any(segment.lower() == INSPECTOR_SEGMENT for segment in name.split("/")[1:]):
+        raise ValidationError(
+            "name", "a path segment 'inspector' after the first is reserved by the API's URLs"
         )
 
 
@@ -541,6 +546,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     routes: Iterable[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = (
         ("/openapi.json", _openapi),
         ("/hybridconnections", _collection(_list_hcs)),
+        *inspector_routes(),  # .../{name}/inspector...: the HTTP inspector (mgmt/inspector.py)
         ("/hybridconnections/{tail:.+}", _hybrid_connection_tail),
         ("/rules", _collection(functools.partial(_list_rules, scope=None))),
         ("/rules/{rule}", _namespace_rule),

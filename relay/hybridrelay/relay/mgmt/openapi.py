@@ -859,6 +859,212 @@ _LIVE_PATHS: Final[dict[str, Doc]] = {
 }
 
 
+# --- the HTTP inspector (mgmt/inspector.py) ---
+
+_HEADER_PAIRS: Final[Doc] = {
+    "type": "array",
+    "items": {
+        "type": "array",
+        "items": {"type": "string"},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "[name, value]",
+    },
+}
+_INSPECTOR_SCHEMAS: Final[dict[str, Doc]] = {
+    "InspectorSettings": {
+        "type": "object",
+        "description": "Whether this node's HTTP inspector records the hybrid connection's "
+        "HTTP-mode requests, and its bounds (inspector_requests, inspector_body_size).",
+        "required": ["hybridConnection", "enabled", "capacity", "bodyLimit", "recorded"],
+        "properties": {
+            "hybridConnection": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "capacity": {"type": "integer", "description": "Requests kept (the oldest goes)."},
+            "bodyLimit": {"type": "integer", "description": "Bytes kept of each body."},
+            "recorded": {"type": "integer", "description": "Requests kept now."},
+        },
+    },
+    "InspectorSettingsInput": {
+        "type": "object",
+        "required": ["enabled"],
+        "properties": {
+            "enabled": {
+                "type": "boolean",
+                "description": "true: record (403 when max_inspected_hcs are on already); "
+                "false: stop and forget what was recorded.",
+            }
+        },
+    },
+    "InspectedBody": {
+        "type": "object",
+        "description": "The first bytes of a body, with SAS signatures (sig=...) redacted.",
+        "required": ["size", "captured", "complete", "text", "base64"],
+        "properties": {
+            "size": {
+                "type": ["integer", "null"],
+                "description": "The whole body's bytes; null when unknown (streamed).",
+            },
+            "captured": {"type": "integer", "description": "Bytes kept."},
+            "complete": {"type": "boolean", "description": "The whole body was kept."},
+            "text": {"type": ["string", "null"], "description": "The kept bytes as UTF-8."},
+            "base64": {"type": "string", "description": "The kept bytes."},
+        },
+    },
+    "InspectedRequestSummary": {
+        "type": "object",
+        "description": "An HTTP-mode request this node answered while the inspector was on.",
+        "required": [
+            "id",
+            "method",
+            "target",
+            "status",
+            "receivedAt",
+            "answeredAt",
+            "duration",
+            "requestBodySize",
+            "responseBodySize",
+            "error",
+            "replayOf",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "method": {"type": "string"},
+            "target": {
+                "type": "string",
+                "description": "Path and query as sent (sb-hc-token and sig= redacted).",
+            },
+            "status": {
+                "type": ["integer", "null"],
+                "description": "The status the sender got; null when it went away first.",
+            },
+            "receivedAt": _TIME,
+            "answeredAt": {**_TIME, "description": "When the answer was complete."},
+            "duration": {"type": "number", "description": "Seconds."},
+            "requestBodySize": {"type": ["integer", "null"]},
+            "responseBodySize": {"type": ["integer", "null"]},
+            "error": {
+                "type": ["string", "null"],
+                "description": "The relay's refusal or failure when no listener answered.",
+            },
+            "replayOf": {
+                "type": ["string", "null"],
+                "description": "The id of the request this one replayed.",
+            },
+        },
+    },
+    "InspectedRequestList": _list_of("InspectedRequestSummary"),
+    "InspectedRequest": {
+        "allOf": [
+            _ref("InspectedRequestSummary"),
+            {
+                "type": "object",
+                "required": [
+                    "hybridConnection",
+                    "requestHeaders",
+                    "requestBody",
+                    "responseHeaders",
+                    "responseBody",
+                ],
+                "properties": {
+                    "hybridConnection": {"type": "string"},
+                    "requestHeaders": {
+                        **_HEADER_PAIRS,
+                        "description": "As the sender sent them; Authorization, "
+                        "ServiceBusAuthorization, Cookie and the like are [redacted].",
+                    },
+                    "requestBody": _ref("InspectedBody"),
+                    "responseHeaders": {
+                        **_HEADER_PAIRS,
+                        "description": "As the sender got them (Set-Cookie [redacted]).",
+                    },
+                    "responseBody": _ref("InspectedBody"),
+                },
+            },
+        ]
+    },
+    "ReplayInput": {
+        "type": "object",
+        "description": "Edits; a field left out keeps the recorded value. Redacted headers "
+        "are never replayed: the caller's token authorizes the replay.",
+        "properties": {
+            "method": {"type": "string", "minLength": 1, "maxLength": 32},
+            "target": {
+                "type": "string",
+                "description": "Path and query, percent-encoded, addressing the same "
+                "hybrid connection.",
+            },
+            "headers": {**_HEADER_PAIRS, "maxItems": 200},
+            "body": {"type": "string", "description": "The body as text (UTF-8)."},
+            "bodyBase64": {"type": "string", "description": "The body, base64."},
+        },
+        "additionalProperties": False,
+    },
+    "ReplayResult": {
+        "type": "object",
+        "required": ["status", "replay"],
+        "properties": {
+            "status": {"type": ["integer", "null"], "description": "The replay's status."},
+            "replay": {
+                "oneOf": [_ref("InspectedRequest"), {"type": "null"}],
+                "description": "The replay's record (null if the inspector was turned off).",
+            },
+        },
+    },
+}
+_RECORD_ID: Final = _param(
+    "recordId", "path", {"type": "string"}, "A recorded request's id.", required=True
+)
+_INSPECTOR: Final = "/hybridconnections/{name}/inspector"
+_INSPECTOR_PATHS: Final[dict[str, Doc]] = {
+    _INSPECTOR: {
+        "parameters": [_HC_NAME],
+        "get": {
+            "operationId": "getInspector",
+            "summary": "Whether this node's HTTP inspector records the hybrid connection.",
+            "responses": _responses({"200": _ok("The settings.", "InspectorSettings")}),
+        },
+        "put": {
+            "operationId": "putInspector",
+            "summary": "Turn the HTTP inspector on or off for the hybrid connection (this "
+            "node; off by default; audit-logged).",
+            "requestBody": _body("InspectorSettingsInput"),
+            "responses": _responses({"200": _ok("The settings.", "InspectorSettings")}),
+        },
+    },
+    _INSPECTOR + "/requests": {
+        "parameters": [_HC_NAME],
+        "get": {
+            "operationId": "listInspectedRequests",
+            "summary": "The HTTP-mode requests recorded, newest first (one page).",
+            "responses": _responses({"200": _ok("All of them.", "InspectedRequestList")}),
+        },
+    },
+    _INSPECTOR + "/requests/{recordId}": {
+        "parameters": [_HC_NAME, _RECORD_ID],
+        "get": {
+            "operationId": "getInspectedRequest",
+            "summary": "One recorded request with its headers and capped bodies (redacted).",
+            "responses": _responses({"200": _ok("The request.", "InspectedRequest")}),
+        },
+    },
+    _INSPECTOR + "/requests/{recordId}/replay": {
+        "parameters": [_HC_NAME, _RECORD_ID],
+        "post": {
+            "operationId": "replayInspectedRequest",
+            "summary": "Send a recorded request again (optionally edited) through the hybrid "
+            "connection, as a sender, authorized by the caller's token; audit-logged.",
+            "requestBody": _body("ReplayInput", required=False),
+            "responses": {
+                **_responses({"200": _ok("Replayed.", "ReplayResult")}, "409"),
+                "429": _error("As many replays as run at once are running."),
+                "502": _error("The relay could not send the replay to itself."),
+            },
+        },
+    },
+}
+
+
 def build_openapi() -> Doc:
     """The document; a deep copy each call, so callers may change it."""
     return copy.deepcopy(_document())
@@ -984,13 +1190,14 @@ def _document() -> Doc:
                     "responses": _responses({"204": _NO_CONTENT}, "412"),
                 },
             },
+            **_INSPECTOR_PATHS,
             **_LIVE_PATHS,
             "/events": _EVENTS_PATH,
             **_JOB_PATHS,
             **_CERT_PATHS,
         },
         "components": {
-            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS, **_LIVE_SCHEMAS},
+            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS, **_LIVE_SCHEMAS, **_INSPECTOR_SCHEMAS},
             "securitySchemes": {
                 "sasToken": {
                     "type": "apiKey",

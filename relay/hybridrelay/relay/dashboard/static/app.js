@@ -5,6 +5,7 @@
 // modules it names); the shared helpers are in lib.js.
 import { $, ApiError, View, el, hooks, request, state } from "./lib.js";
 import { devices, events, hybridConnection, hybridConnections, overview, streams } from "./pages.js";
+import { inspector } from "./inspector.js";
 // --- shell ---------------------------------------------------------------------------------
 
 function showLogin() {
@@ -30,6 +31,7 @@ async function route() {
   try {
     const target = el("div");
     if (page === "hc") await hybridConnection(target, view, decodeURIComponent(rest.join("/")));
+    else if (page === "inspector") await inspector(target, view, decodeURIComponent(rest.join("/")));
     else await (pages[page] || overview)(target, view);
     if (view.stopped) return; // a newer navigation is drawing
     main.replaceChildren(...target.childNodes);
