@@ -68,7 +68,7 @@ def tls_context(
     has no verify callback to accept unknown self-signed certificates). Expired and
     untrusted certificates fail the handshake; ``device_auth`` maps the verified
     certificate to a device, and accepts a chain for a CA device only when its anchor
-    is a CA meant as one (``ca_trust.anchored``): a thumbprint device's certificate,
+    is a CA meant as one (``CaTrust.anchored``): a thumbprint device's certificate,
     an anchor here, never vouches for anyone but itself.
 
     Raises:
