@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence, Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiohttp import web
 
@@ -43,12 +43,9 @@ from hybridrelay.relay.device_auth import (
     verify_device_certificate,
     verify_device_token,
 )
-from hybridrelay.relay.jwt_auth import bearer_token, verify_jwt
+from hybridrelay.relay.jwt_auth import JwtIssuerConfig, bearer_token, verify_jwt
 from hybridrelay.relay.store.base import HybridConnection, Rule
 from hybridrelay.relay.store.models import Device
-
-if TYPE_CHECKING:
-    from hybridrelay.relay.config import JwtIssuerConfig
 
 __all__ = [
     "TOKENS",
