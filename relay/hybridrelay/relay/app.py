@@ -130,8 +130,13 @@ async def _watch_devices(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _publish_events(app: web.Application) -> AsyncIterator[None]:
-    hub = app[EVENTS]
-    await hub.start(app[STATE])
+    hub, state = app[EVENTS], app[STATE]
+    await hub.start(
+        state.store,
+        hub_name=lambda: state.via_name,
+        webhooks=state.config.webhooks,
+        rng=state.rng,
+    )
     yield
     await hub.stop()
 
