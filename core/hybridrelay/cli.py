@@ -183,6 +183,7 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("HYBRIDRELAY_ADMIN_KEY_NAME", "admin: --key-name"),
     ("HYBRIDRELAY_ADMIN_KEY", "admin: the key, unless --key-env or --key-file"),
     ("HYBRIDRELAY_ADMIN_CA_FILE", "admin: --ca-file"),
+    ("HYBRIDRELAY_NO_BROWSER", "demo: never open a browser (as --no-browser; CI=1 does too)"),
     ("any name", '--key-env VAR, key_env = "VAR": a SAS key (e.g. HYBRIDRELAY_KEY)'),
     ("any name", '--device-key-env VAR, device_key_env = "VAR": a device key'),
 )
@@ -242,8 +243,8 @@ def _parser() -> argparse.ArgumentParser:
         " drain_timeout). SIGHUP reloads tls_cert, tls_key and client_ca_file (so does a"
         " change of those files, see tls_reload_interval). Logs go to stderr; once serving,"
         " one line goes to stdout:"
-        " 'hybridrelay relay ready at URL', with '(dashboard: URL/$dashboard/)' when the"
-        " relay serves its dashboard.",
+        " 'hybridrelay relay ready at URL (dashboard: URL)', the dashboard's own address"
+        " ([relay] dashboard_listen: loopback and a free port by default).",
     )
     serve.add_argument("--config", help="TOML config; without it, the embedded development default")
     serve.add_argument("--port", type=int, help="override [relay] port")
@@ -359,6 +360,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--messages", type=int, default=5, metavar="N", help="messages to send (default 5)"
     )
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep the relay and listener serving after the demo (for the dashboard), until Ctrl-C",
+    )
+    demo.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="never open the dashboard in a browser (not opened anyway in CI, without a"
+        " terminal or without a display)",
+    )
 
     from hybridrelay.check import add_check_parser
     from hybridrelay.client.admin_cli import add_admin_parser
@@ -386,6 +398,7 @@ def _serve(args: argparse.Namespace) -> None:
         development_config,
         load_relay_config,
     )
+    from hybridrelay.relay.dashboard import dashboard_url
     from hybridrelay.relay.workers import WORKER_ENV, watch_supervisor, worker_ready_line
 
     env = dict(os.environ)
@@ -414,18 +427,13 @@ def _serve(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    routes: list[str] = []
-
     def ready(completed: Any) -> None:
         # The one line on stdout (logs are on stderr): a script or a person reads it there.
-        line = ready_line(completed.relay.public_url, routes)
+        line = ready_line(completed.relay.public_url, dashboard_url(completed))
         if worker is not None:  # for the supervisor, which prints the line once all serve
             node = completed.cluster.node_id if completed.cluster else ""
             line = worker_ready_line(int(worker), node, completed.relay.rendezvous_url, line)
         print(line, flush=True)
-
-    def app_built(app: Any) -> None:
-        routes.extend(resource.canonical for resource in app.router.resources())
 
     async def serve(stop: asyncio.Event) -> None:
         reload = asyncio.Event()  # SIGHUP: reload the TLS certificate, key and client CAs
@@ -437,7 +445,6 @@ def _serve(args: argparse.Namespace) -> None:
             config,
             stop,
             on_ready=ready,
-            on_app=app_built,
             reload=reload,
             worker_index=None if worker is None else int(worker),
         )
@@ -481,21 +488,10 @@ def _supervise(args: argparse.Namespace, config: Any) -> None:
         raise SystemExit(code)
 
 
-DASHBOARD_PATH: Final = "/$dashboard/"
-
-
-def ready_line(public_url: str, routes: Sequence[str]) -> str:
-    """``hybridrelay relay ready at URL``, with the dashboard's address when the app has one.
-
-    ``routes`` are the canonical paths of the relay app's resources (a sub-app or static
-    directory mounted at ``/$dashboard`` shows as that prefix).
-    """
+def ready_line(public_url: str, dashboard: str | None) -> str:
+    """``hybridrelay relay ready at URL``, with the dashboard's address when there is one."""
     line = f"hybridrelay relay ready at {public_url}"
-    prefix = DASHBOARD_PATH.rstrip("/")
-    if any(route == prefix or route.startswith(DASHBOARD_PATH) for route in routes):
-        http = public_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
-        line += f" (dashboard: {http.rstrip('/')}{DASHBOARD_PATH})"
-    return line
+    return f"{line} (dashboard: {dashboard})" if dashboard else line
 
 
 def _backup(args: argparse.Namespace) -> None:
@@ -774,7 +770,8 @@ def _token(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from hybridrelay.demo import run_demo
 
-    _run(lambda stop: run_demo(stop, messages=args.messages))
+    browser = False if args.no_browser else None
+    _run(lambda stop: run_demo(stop, messages=args.messages, stay=args.stay, browser=browser))
 
 
 def _dev(args: argparse.Namespace) -> None:

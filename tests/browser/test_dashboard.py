@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +27,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
 from tests.harness.device_certs import device_sas_token
 from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener, send
@@ -35,6 +37,7 @@ from yarl import URL
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener
+from hybridrelay.listener.http_target import HttpTarget
 from hybridrelay.protocol.sas import SasTokenProvider, create_sas_token
 from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 
@@ -83,7 +86,7 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def log_in(page: Page, relay: InProcessRelay, key: str = ROOT_KEY) -> None:
-    await page.goto(relay.http_url + "/$dashboard/")
+    await page.goto(relay.dashboard_url)
     await page.fill("#key", key)
     await page.click("#login-button")
 
@@ -151,7 +154,11 @@ async def test_overview_counts_a_listener_that_comes_and_goes(
         await expect(listeners).to_have_text("1")
         await expect(page.locator("[data-stat=hybridconnections] .n")).to_have_text("8")
         # A call without a token is refused: its source shows up on the overview.
-        assert await page.evaluate("fetch('../$mgmt/v1/stats').then(r => r.status)") == 401
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(relay.http_url + "/$mgmt/v1/stats") as refused,
+        ):
+            assert refused.status == 401
         await expect(page.locator('tr[data-source="127.0.0.1"]')).to_be_visible()
         for chart in ("#chart-bytes", "#chart-connects"):
             await expect(page.locator(f"{chart} svg polyline").first).to_be_attached()
@@ -287,7 +294,7 @@ _HOP_HEADERS: Final = frozenset({"host", "connection", "transfer-encoding", "con
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def prefix_proxy(relay: InProcessRelay) -> AsyncIterator[str]:
-    """A reverse proxy that serves the relay under /ops/relay/ (as nginx's location would)."""
+    """A reverse proxy that serves the dashboard under /ops/relay/ (as nginx's location would)."""
     upstream = aiohttp.ClientSession(auto_decompress=False)
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -295,7 +302,7 @@ async def prefix_proxy(relay: InProcessRelay) -> AsyncIterator[str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         async with upstream.request(
             request.method,
-            URL(relay.http_url + tail, encoded=True),
+            URL(relay.dashboard_url.removesuffix("/$dashboard/") + tail, encoded=True),
             headers=headers,
             data=await request.read(),
             allow_redirects=False,
@@ -364,6 +371,13 @@ async def test_the_event_tail_shows_listeners_and_changes_live(
     await page.fill("#event-filter", "listeneroffline")
     await expect(page.locator("tr[data-event]")).to_have_count(1)
     await page.fill("#event-filter", "")
+    # By kind: devices only, then listeners only (online and offline).
+    await page.select_option("#event-kind", "DeviceIdentity")
+    await expect(page.locator("tr[data-event]")).to_have_count(1)
+    await expect(page.locator('tr[data-event="createDeviceIdentity"]')).to_have_count(1)
+    await page.select_option("#event-kind", "Listener")
+    await expect(page.locator("tr[data-event]")).to_have_count(2)
+    await page.select_option("#event-kind", "")
     await page.locator("#event-filter").blur()
     await screenshot(page, "events")
 
@@ -388,6 +402,184 @@ async def test_a_viewer_sees_the_pages_without_write_buttons_or_keys(
         await expect(page.locator("#hc-name")).to_have_count(0)
     finally:
         await viewer_relay.stop()
+
+
+# A page a listener serves through HTTP mode (hybrid connection "anon": no sender token):
+# its script tries what any script on the relay's public origin could try with an
+# operator's dashboard session in the same browser.
+ATTACK_PAGE: Final = """<!doctype html><title>listener page</title><pre id="out"></pre>
+<script>
+(async () => {
+  const tries = {};
+  async function attempt(name, url, init) {
+    try {
+      const answer = await fetch(url, init);
+      tries[name] = answer.status + " " + (await answer.text()).slice(0, 300);
+    } catch (error) {
+      tries[name] = "blocked: " + error.name;
+    }
+  }
+  await attempt("session", "/$dashboard/session", {});
+  await attempt("api", "/$dashboard/api/hybridconnections", {});
+  const dashboard = new URLSearchParams(location.search).get("dashboard");
+  await attempt("cross", dashboard + "session", {credentials: "include"});
+  await attempt("crossApi", dashboard + "api/hybridconnections", {credentials: "include"});
+  document.getElementById("out").textContent = JSON.stringify(tries);
+})();
+</script>"""
+
+
+@contextlib.asynccontextmanager
+async def listener_page(relay: InProcessRelay) -> AsyncIterator[list[dict[str, str]]]:
+    """The attack page behind a real listener agent on "anon"; yields the requests it got."""
+    seen: list[dict[str, str]] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text=ATTACK_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    listener = Listener(
+        relay.url,
+        "anon",
+        token_provider=SasTokenProvider("RootManageSharedAccessKey", ROOT_KEY),
+        http_handler=HttpTarget(f"http://127.0.0.1:{port}/"),
+    )
+    try:
+        async with running_listener(listener):
+            yield seen
+    finally:
+        await runner.cleanup()
+
+
+async def attack(page: Page, relay: InProcessRelay) -> dict[str, str]:
+    """Log in as the operator, then open the listener's page in the same browser."""
+    await log_in(page, relay)
+    await expect(page.locator("#main")).to_have_attribute("data-ready", "overview")
+    victim = await page.context.new_page()
+    await victim.goto(f"{relay.http_url}/anon/?dashboard={relay.dashboard_url}")
+    out = victim.locator("#out")
+    await expect(out).not_to_be_empty()
+    tries: dict[str, str] = json.loads(await out.text_content() or "{}")
+    await victim.close()
+    return tries
+
+
+async def test_a_listeners_page_cannot_use_an_operators_session(
+    page: Page, relay: InProcessRelay
+) -> None:
+    async with listener_page(relay) as seen:
+        tries = await attack(page, relay)
+    # Same origin as the page: the public port answers nothing of the dashboard's.
+    for name in ("session", "api"):
+        assert tries[name].startswith("404 "), tries
+        assert "DashboardElsewhere" in tries[name], tries
+    # The dashboard's own origin: the browser sends the cookie (cookies ignore ports)
+    # but lets the page read no answer (no CORS), so the CSRF token stays unknown.
+    assert tries["cross"] == "blocked: TypeError"
+    assert tries["crossApi"] == "blocked: TypeError"
+    assert not any("csrfToken" in what or '"value"' in what for what in tries.values())
+    # The listener never saw the session cookie either.
+    assert seen
+    assert not any("hybridrelay_session" in h.get("Cookie", "") for h in seen)
+
+
+async def test_sharing_the_public_origin_lets_a_listeners_page_act_as_the_operator(
+    page: Page, tmp_path: Path
+) -> None:
+    """Why the dashboard has an origin of its own: the opt-in ``"public"`` is that gap."""
+    config = write_config(tmp_path, relay_extra='dashboard_listen = "public"')
+    shared = await InProcessRelay(load(config)).start()
+    try:
+        assert shared.dashboard_url == shared.http_url + "/$dashboard/"
+        async with listener_page(shared):
+            tries = await attack(page, shared)
+    finally:
+        await shared.stop()
+    # The page read the CSRF token and listed the hybrid connections as the operator.
+    assert tries["session"].startswith("200 ")
+    assert "csrfToken" in tries["session"]
+    assert tries["api"].startswith('200 {"value": [{"name": ')
+
+
+async def test_the_cluster_page_shows_the_node_its_listeners_and_drains_it(
+    page: Page, relay: InProcessRelay
+) -> None:
+    listener = await RawListener(relay.url, "hc-ws", listener_id="cluster-listener").start()
+    try:
+        await log_in(page, relay)
+        await show(page, "#/cluster")
+        node = page.locator('tr[data-node="local"]')
+        await expect(node).to_contain_text("(this node)")
+        await expect(node.locator(".listeners")).to_have_text("1")
+        await expect(node.locator(".status")).to_have_text("serving")
+        await expect(page.locator('tr[data-holder="local/hc-ws"] .listeners')).to_have_text("1")
+        await screenshot(page, "cluster")
+
+        drain = node.get_by_role("button", name="Drain")
+        await drain.click()  # asks first
+        await node.get_by_role("button", name="Confirm drain").click()
+        code, _ = await listener.wait_control_closed(seconds(10))
+        assert code == 1001  # sent to another node
+        await expect(node.locator(".status")).to_have_text("draining")
+        await expect(node.locator(".listeners")).to_have_text("0")
+        await expect(node.get_by_role("button")).to_have_count(0)
+        await expect(page.locator("tr[data-holder]")).to_have_count(0)
+    finally:
+        await listener.stop()
+    async with aiohttp.ClientSession() as http, http.get(relay.http_url + "/readyz") as ready:
+        assert ready.status == 503
+
+
+async def test_the_jobs_page_exports_and_imports_devices_with_progress(
+    page: Page, relay: InProcessRelay
+) -> None:
+    for i in range(12):
+        await relay.state.store.create_device(
+            Device(
+                device_id=f"fleet-{i:02}",
+                authentication=Authentication(
+                    type="sas",
+                    symmetric_key=SymmetricKey(primary_key=DEVICE_KEY, secondary_key=DEVICE_KEY2),
+                ),
+            )
+        )
+    await log_in(page, relay)
+    await show(page, "#/jobs")
+    await page.get_by_role("button", name="Start export").click()
+    export = page.locator('tr[data-type="export"]')
+    await expect(export).to_have_attribute("data-status", "completed")
+    await expect(export.locator(".outcome")).to_have_text("12 devices written")
+    await expect(export.locator("progress")).to_have_attribute("value", "100")
+    output = await export.get_by_role("link", name="Output").get_attribute("href")
+    assert output
+    lines = await page.evaluate("url => fetch(url).then(r => r.text())", output)
+    assert sorted(json.loads(line)["deviceId"] for line in lines.splitlines()) == [
+        f"fleet-{i:02}" for i in range(12)
+    ]
+
+    # An import from a file: two new devices and one line the relay refuses.
+    new = [{"deviceId": f"imported-{i}", "importMode": "create"} for i in range(2)]
+    body = "\n".join([*map(json.dumps, new), '{"deviceId": "fleet-00", "importMode": "create"}'])
+    upload: FilePayload = {
+        "name": "devices.jsonl",
+        "mimeType": "application/x-ndjson",
+        "buffer": body.encode(),
+    }
+    await page.set_input_files("#import-file", files=upload)
+    await page.get_by_role("button", name="Start import").click()
+    imported = page.locator('tr[data-type="import"]')
+    await expect(imported).to_have_attribute("data-status", "completed")
+    await expect(imported.locator(".outcome")).to_have_text("2 applied, 1 refused")
+    await expect(imported.get_by_role("link", name="Errors")).to_be_visible()
+    assert await relay.state.store.get_device("imported-1") is not None
+    await screenshot(page, "jobs")
 
 
 async def test_the_http_inspector_records_a_request_and_replays_it(

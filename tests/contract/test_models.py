@@ -90,7 +90,9 @@ def test_device_json_uses_the_iot_hub_field_names() -> None:
         "lastActivityTime",
         "authentication",
         "grants",
+        "checkInIntervalSeconds",
     ]
+    assert doc["checkInIntervalSeconds"] is None
     assert doc["connectionState"] == "Connected"
     assert doc["statusUpdateTime"] == "2023-11-14T22:13:20.123456Z"
     assert doc["lastActivityTime"] == "0001-01-01T00:00:00Z"

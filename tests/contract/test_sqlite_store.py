@@ -26,7 +26,7 @@ async def test_file_is_wal_with_a_schema_version(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
     db.close()
 
 
@@ -56,6 +56,9 @@ async def test_a_migration_keeps_the_store_as_it_was_for_a_rollback(tmp_path: Pa
     # The file as the previous release left it: schema version 2 (no CA certificates yet).
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("DROP TABLE ca_certificates")
+        db.execute("DROP INDEX devices_by_status")  # and no device search indexes (v4)
+        db.execute("DROP INDEX devices_by_connection")
+        db.execute("ALTER TABLE devices DROP COLUMN check_in_interval")
         db.execute("UPDATE schema_version SET version = 2")
 
     store = await SqliteStore.open(make_config(), path=path)

@@ -28,6 +28,7 @@ from hybridrelay.errors import (
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import HybridConnectionConfig, RuleConfig
 from hybridrelay.relay.store.base import Store
+from hybridrelay.relay.store.device_query import DeviceQuery
 from hybridrelay.relay.store.models import (
     Authentication,
     ChangeEvent,
@@ -503,6 +504,62 @@ async def test_device_paging_walks_2500_devices_once_each(open_store: StoreFacto
         await store.list_devices(limit=1001)
     with pytest.raises(ValidationError):
         await store.list_devices(continuation="c1.%%%")
+
+
+async def _search(
+    store: Store, query: DeviceQuery, *, limit: int = 1000, scan: int = 10_000
+) -> tuple[list[str], list[int]]:
+    """Walk every page of a search: the ids found, and each page's size."""
+    found: list[str] = []
+    sizes: list[int] = []
+    token: str | None = None
+    while True:
+        page = await store.list_devices(
+            limit=limit, continuation=token, query=query, scan_limit=scan
+        )
+        found.extend(d.device_id for d in page.items)
+        sizes.append(len(page.items))
+        if page.continuation is None:
+            return found, sizes
+        token = page.continuation
+
+
+async def test_device_search_by_prefix_substring_status_and_connection(
+    open_store: StoreFactory, clock: Clock
+) -> None:
+    store = await open_store()
+    ids = [f"pump-{i:03d}" for i in range(30)] + ["Pumpkin", "valve-007", "pum", "pumq"]
+    for device_id in ids:
+        await store.create_device(Device(device_id=device_id))
+    for device_id in ("pump-003", "valve-007"):
+        current = await store.get_device(device_id)
+        assert current is not None
+        await store.replace_device(replace(current, status="disabled"), if_match="*")
+    await store.set_connection_state("pump-007", True, clock.t)
+    await store.set_connection_state("Pumpkin", True, clock.t)
+
+    pumps = sorted(i for i in ids if i.startswith("pump-"))
+    assert (await _search(store, DeviceQuery(prefix="pump-")))[0] == pumps
+    assert (await _search(store, DeviceQuery(prefix="pum")))[0] == sorted(["pum", "pumq", *pumps])
+    assert (await _search(store, DeviceQuery(contains="PUMPK")))[0] == ["Pumpkin"]
+    assert (await _search(store, DeviceQuery(contains="007")))[0] == ["pump-007", "valve-007"]
+    assert (await _search(store, DeviceQuery(status="disabled")))[0] == ["pump-003", "valve-007"]
+    connected = DeviceQuery(connection_state="connected")
+    assert (await _search(store, connected))[0] == ["Pumpkin", "pump-007"]
+    both = DeviceQuery(prefix="pump", connection_state="connected", status="enabled")
+    assert (await _search(store, both))[0] == ["pump-007"]
+    # Paged: 30 pumps, 7 a page, each once in order.
+    found, sizes = await _search(store, DeviceQuery(prefix="pump-"), limit=7)
+    assert (found, sizes) == (pumps, [7, 7, 7, 7, 2])
+    # A bounded scan: 100 ids looked at per page at most, so a rare match is found on a
+    # later page and the pages before it are empty but carry a token.
+    for n in range(250):
+        await store.create_device(Device(device_id=f"x{n:03d}"))
+    found, sizes = await _search(store, DeviceQuery(contains="x249"), scan=100)
+    # 284 ids; x249 sorts last: pages of 100, 100 and 84 ids looked at.
+    assert (found, sizes) == (["x249"], [0, 0, 1])
+    found, _ = await _search(store, DeviceQuery(status="disabled"), limit=1, scan=100)
+    assert found == ["pump-003", "valve-007"]
 
 
 async def test_listing_order_is_byte_order_of_the_device_id(open_store: StoreFactory) -> None:

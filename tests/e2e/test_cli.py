@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from tests.harness.processes import (
     CliProcess,
@@ -299,12 +300,34 @@ async def test_relay_serve_without_config_prints_dev_key_and_auto_creates(
 async def test_demo_runs_to_completion(procs: ProcessGroup, tmp_path: Path) -> None:
     demo = await procs.start("demo", cwd=tmp_path, name="demo")
     assert await demo.wait(timeout=30) == 0
+    # It opens with the dashboard: where it is and how to log in, before anything else.
+    assert re.fullmatch(r"\[dashboard\] http://127\.0\.0\.1:\d+/\$dashboard/", demo.lines[0])
+    assert demo.lines[1].startswith("[dashboard] log in with rule ")
+    assert not any("opened in your browser" in line for line in demo.lines)  # not in tests
     round_trips = [line for line in demo.lines if "got back" in line]
     assert len(round_trips) == 5
     for i, line in enumerate(round_trips):
         assert f"'hello #{i} via the relay'" in line
     assert any("1 MiB round trip" in line for line in demo.lines)
     assert any(line.startswith("demo finished") for line in demo.lines)
+
+
+async def test_demo_stays_with_a_dashboard_its_key_logs_in_to(
+    procs: ProcessGroup, tmp_path: Path
+) -> None:
+    demo = await procs.start("demo", "--stay", "--messages", "1", cwd=tmp_path, name="demo")
+    url = (await demo.wait_for_line(r"^\[dashboard\] (http://\S+)$")).group(1)
+    rule, key = (await demo.wait_for_line(r"log in with rule (\S+), key (\S+)$")).groups()
+    await demo.wait_for_line(r"keep serving for the dashboard", timeout=30)
+    # unsafe: keep cookies of an IP host, as a browser does.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(url + "login", json={"keyName": rule, "key": key}) as resp:
+            assert resp.status == 200
+        async with session.get(url + "api/listeners") as resp:
+            assert resp.status == 200
+            assert [item["hybridConnection"] for item in (await resp.json())["value"]] == ["demo"]
+    demo.send_signal(signal.SIGINT)
+    assert await demo.wait(timeout=20) == 0
 
 
 # -- f. SIGTERM drains ----------------------------------------------------------------------

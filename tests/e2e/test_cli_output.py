@@ -122,7 +122,7 @@ async def test_relay_prints_one_ready_line_on_stdout_and_logs_on_stderr(tmp_path
             line = (await proc.stdout.readline()).decode().rstrip("\n")
         match = re.fullmatch(
             r"hybridrelay relay ready at (?P<url>ws://127\.0\.0\.1:\d+)"
-            r"(?: \(dashboard: (?P<dashboard>http://127\.0\.0\.1:\d+/\$dashboard/)\))?",
+            r" \(dashboard: (?P<dashboard>http://127\.0\.0\.1:\d+/\$dashboard/)\)",
             line,
         )
         assert match, (line, stderr)
@@ -130,9 +130,12 @@ async def test_relay_prints_one_ready_line_on_stdout_and_logs_on_stderr(tmp_path
         async with aiohttp.ClientSession() as session:
             async with session.get(http + "/readyz") as resp:
                 assert resp.status == 200
-            # The link is shown exactly when the relay serves a dashboard there.
+            # The dashboard is at the link, on a loopback port of its own, not the public one.
+            assert match["dashboard"] != http + "/$dashboard/"
+            async with session.get(match["dashboard"]) as resp:
+                assert resp.status == 200
             async with session.get(http + "/$dashboard/") as resp:
-                assert (resp.status == 200) == (match["dashboard"] is not None), resp.status
+                assert resp.status == 404
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)

@@ -115,6 +115,12 @@ async def test_cluster_starts_serves_and_stops_everything(cluster: CliProcess) -
             assert await _status(session, url, "/readyz") == 200
         if HAS_NGINX:
             assert await _status(session, children["load balancer"][0], "/healthz") == 200
+        # Each node's dashboard, on its own loopback port, is listed and answers.
+        dashboards = re.findall(r"^  dashboard\s+(http://\S+/\$dashboard/)\s+node-\d", output, re.M)
+        assert len(dashboards) == len(nodes)
+        for url in dashboards:
+            async with session.get(url) as page:
+                assert page.status == 200
 
     # The printed key works: a listener on every node, so a sender finds one whichever
     # node the load balancer (a WebSocket upgrade through nginx) picks.

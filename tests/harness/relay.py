@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hybridrelay.dev.children import ChildExitedError, ChildProcess
 from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
+from hybridrelay.relay.dashboard import dashboard_url
 from hybridrelay.relay.devices import DEVICES, DeviceRegistry
 from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
 from hybridrelay.relay.splices import SPLICES, SpliceRegistry
@@ -134,7 +135,7 @@ public_keys = ['{pem}']
 """
 
 
-_READY = re.compile(r"relay ready at (\S+)")
+_READY = re.compile(r"relay ready at (\S+)(?: \(dashboard: (\S+)\))?")
 
 
 class RelayProcess(ChildProcess):
@@ -152,6 +153,7 @@ class RelayProcess(ChildProcess):
         )
         self.config_path = config_path
         self.url = ""
+        self.dashboard_url = ""  # the ready line's, on an address of its own
 
     @property
     def http_url(self) -> str:
@@ -164,7 +166,8 @@ class RelayProcess(ChildProcess):
     async def start(self, *, ssl_ca: Path | None = None) -> RelayProcess:  # type: ignore[override]
         await super().start()
         try:
-            self.url = (await self.wait_for_line(_READY, seconds(20))).group(1)
+            ready = await self.wait_for_line(_READY, seconds(20))
+            self.url, self.dashboard_url = ready.group(1), ready.group(2) or ""
         except (TimeoutError, ChildExitedError) as exc:
             await self.stop()
             raise RuntimeError("relay did not start:\n" + self.log()) from exc
@@ -202,6 +205,8 @@ class InProcessRelay:
 
     config: RelayConfig
     url: str = ""
+    # The dashboard's page (``.../$dashboard/``) at [relay] dashboard_listen's bound port.
+    dashboard_url: str = ""
     app: web.Application | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -210,6 +215,7 @@ class InProcessRelay:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         def on_ready(completed: RelayConfig) -> None:
+            self.dashboard_url = dashboard_url(completed) or ""
             ready.set_result(completed.relay.public_url)
 
         def on_app(app: web.Application) -> None:

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -23,11 +25,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import RelayFactory
 from tests.harness.peers import RawListener, send
-from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config
+from tests.harness.relay import ROOT_KEY, InProcessRelay, jwt_issuer_config, load, write_config
 from tests.harness.timing import seconds
 from yarl import URL
 
-from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.errors import ConfigError, ConnectionClosedError
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.openapi import build_openapi
@@ -41,7 +43,7 @@ class Browserish:
     """An HTTP client that keeps cookies like a browser (IP hosts included)."""
 
     def __init__(self, relay: InProcessRelay, session: aiohttp.ClientSession) -> None:
-        self.base = relay.http_url + "/$dashboard/"
+        self.base = relay.dashboard_url
         self.session = session
         self.csrf: str | None = None
 
@@ -400,7 +402,7 @@ async def test_a_manage_jwt_logs_in_until_it_expires_and_a_listen_jwt_does_not(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            relay.http_url + "/$dashboard/login", data={"keyName": ROOT, "key": ROOT_KEY}
+            relay.dashboard_url + "login", data={"keyName": ROOT, "key": ROOT_KEY}
         ) as resp,
     ):
         assert resp.status == 415
@@ -457,3 +459,65 @@ async def test_a_viewer_cannot_read_keys_from_an_export_jobs_output(
         status, body, _ = await client.call("GET", f"api/jobs/{job_id}/output")
         assert key not in str(body)
         assert status == 403
+
+
+async def test_the_public_port_serves_no_dashboard_even_with_a_session(
+    client: Browserish, relay: InProcessRelay
+) -> None:
+    assert urlsplit(relay.dashboard_url).port != urlsplit(relay.http_url).port
+    status, session = await client.login()
+    assert status == 200
+    # The page learns where senders go from its session, not from its own origin.
+    assert session["relayUrl"] == relay.http_url
+    cookie = {"Cookie": "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)}
+    async with aiohttp.ClientSession() as session:
+        for method, path in (
+            ("GET", "/$dashboard"),
+            ("GET", "/$dashboard/"),
+            ("GET", "/$dashboard/session"),
+            ("GET", "/$dashboard/api/hybridconnections"),
+            ("POST", "/$dashboard/login"),
+            ("GET", "/$dashboard/static/app.js"),
+        ):
+            async with session.request(method, relay.http_url + path, headers=cookie) as resp:
+                assert resp.status == 404, path
+                doc = await resp.json()
+                assert doc["error"]["code"] == "DashboardElsewhere", path
+                assert relay.dashboard_url not in json.dumps(doc)  # the address stays private
+    # The dashboard's own address serves nothing of the relay's.
+    for path in ("hc-ws/x", "$mgmt/v1/stats", "metrics"):
+        async with client.session.get(relay.dashboard_url.removesuffix("$dashboard/") + path) as r:
+            assert r.status == 404, path
+
+
+async def test_dashboard_listen_off_serves_none(relay_factory: RelayFactory) -> None:
+    off = await relay_factory(relay_extra='dashboard_listen = "off"')
+    assert off.dashboard_url == ""
+    async with aiohttp.ClientSession() as session, session.get(off.http_url + "/$dashboard/") as r:
+        assert r.status == 404
+
+
+async def test_dashboard_listen_public_shares_the_public_origin_with_a_warning(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = await relay_factory(relay_extra='dashboard_listen = "public"')
+    assert shared.dashboard_url == shared.http_url + "/$dashboard/"
+    assert "dashboard_shares_public_origin" in [r.getMessage() for r in caplog.records]
+    async with aiohttp.ClientSession() as session, session.get(shared.dashboard_url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_a_dashboard_address_in_use_is_a_config_error_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, relay_extra=f'dashboard_listen = "127.0.0.1:{port}"')
+        relay = InProcessRelay(load(path))
+        with pytest.raises(ConfigError) as info:
+            await relay.start()
+    assert info.value.key == "relay.dashboard_listen"
+    assert f"cannot listen on 127.0.0.1:{port}" in info.value.reason

@@ -310,7 +310,7 @@ async def test_dashboard_viewer_sees_but_does_not_replay(relay_factory: RelayFac
         assert (await api.send("GET", "/echo/seen"))[0] == 201
         (record,) = await api.recorded()
 
-        base = relay.http_url + "/$dashboard/"
+        base = relay.dashboard_url
         async with browser.post(base + "login", json={"keyName": ROOT, "key": ROOT_KEY}) as resp:
             login = await resp.json()
         assert login["role"] == "viewer"

@@ -1,8 +1,8 @@
 """The OpenAPI document validates, and schemathesis finds no 5xx in /$mgmt/v1 (issue 5).
 
-The run is bounded: a fixed number of examples per operation and generation mode
-(20 operations x 9 = 180 requests), generation only (no shrinking, no example
-database), derandomized so that CI replays the same inputs. The relay runs in the
+The run is bounded: a fixed number of examples per operation and generation mode (5
+positive, 4 negative; under MAX_REQUESTS in all), generation only (no shrinking, no
+example database), derandomized so that CI replays the same inputs. The relay runs in the
 test's event loop; schemathesis' blocking HTTP client runs in a worker thread.
 """
 
@@ -32,7 +32,10 @@ def _ndjson(ctx: object, value: object) -> bytes:
     return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else b"%r" % value
 
 
-MAX_REQUESTS: Final = 300  # about 9 examples per operation, 6 of them for certificates
+# About 9 examples per operation, fewer for some (certificates 6; a path-only GET has no
+# negative input): about 300 for the 45 operations since the device timeline, key
+# regeneration, HC metrics and the HTTP inspector (issue 14).
+MAX_REQUESTS: Final = 360
 
 
 def test_openapi_document_validates() -> None:

@@ -11,9 +11,11 @@ import argparse
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from hybridrelay.cli import ENVIRONMENT, _parser, ready_line
-from hybridrelay.relay.config import _ENV_TYPES as RELAY_KEYS
+from hybridrelay.relay.config import _ENV_TYPES as RELAY_KEYS, RelayConfig, RelaySettings
+from hybridrelay.relay.dashboard import dashboard_url
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("core", "relay", "listener", "client")
@@ -77,17 +79,25 @@ def test_every_environment_variable_is_in_the_help() -> None:
         assert what in help_text
 
 
-def test_ready_line_links_the_dashboard_only_when_the_app_serves_one() -> None:
-    plain = ["/healthz", "/readyz", "/metrics", "/$mgmt/v1/devices", "/{tail}"]
+def test_ready_line_links_the_dashboard_where_it_is_served() -> None:
     assert (
-        ready_line("ws://127.0.0.1:8080", plain) == "hybridrelay relay ready at ws://127.0.0.1:8080"
+        ready_line("ws://127.0.0.1:8080", None) == "hybridrelay relay ready at ws://127.0.0.1:8080"
     )
-    for mounted in ("/$dashboard", "/$dashboard/", "/$dashboard/{tail}"):
-        assert ready_line("wss://relay.example.com", [*plain, mounted]) == (
-            "hybridrelay relay ready at wss://relay.example.com"
-            " (dashboard: https://relay.example.com/$dashboard/)"
-        )
-    assert ready_line("ws://[::1]:9090/", ["/$dashboard"]).endswith(
-        "(dashboard: http://[::1]:9090/$dashboard/)"
+    assert ready_line("wss://relay.example.com", "http://127.0.0.1:41234/$dashboard/") == (
+        "hybridrelay relay ready at wss://relay.example.com"
+        " (dashboard: http://127.0.0.1:41234/$dashboard/)"
     )
-    assert "dashboard" not in ready_line("ws://h:1", ["/$dashboardx", "/x/$dashboard/"])
+
+
+def test_dashboard_url_follows_dashboard_listen() -> None:
+    def url(where: tuple[str, int] | Literal["public", "off"], public: str) -> str | None:
+        relay = RelaySettings(dashboard_listen=where, public_url=public)
+        return dashboard_url(RelayConfig(relay=relay))
+
+    assert (
+        url(("127.0.0.1", 9190), "wss://relay.example.com") == "http://127.0.0.1:9190/$dashboard/"
+    )
+    assert url(("::1", 9190), "ws://x:1") == "http://[::1]:9190/$dashboard/"
+    assert url(("0.0.0.0", 9190), "ws://x:1") == "http://127.0.0.1:9190/$dashboard/"
+    assert url("public", "wss://relay.example.com/") == "https://relay.example.com/$dashboard/"
+    assert url("off", "ws://x:1") is None

@@ -116,3 +116,20 @@ def test_full_file_values() -> None:
     assert web is not None
     assert web.http is True
     assert web.requires_client_authorization is False
+
+
+def test_dashboard_listen_is_an_address_public_or_off() -> None:
+    path = HERE / "valid" / "minimal.toml"
+    assert load_relay_config(path, {}).relay.dashboard_listen == ("127.0.0.1", 0)
+    for text, expected in (
+        ("127.0.0.1:9190", ("127.0.0.1", 9190)),
+        ("[::1]:9190", ("::1", 9190)),
+        ("public", "public"),
+        ("OFF", "off"),
+    ):
+        env = {"HYBRIDRELAY_DASHBOARD_LISTEN": text}
+        assert load_relay_config(path, env).relay.dashboard_listen == expected
+    for bad in ("9190", "somewhere", "127.0.0.1:70000"):
+        with pytest.raises(ConfigError) as info:
+            load_relay_config(path, {"HYBRIDRELAY_DASHBOARD_LISTEN": bad})
+        assert info.value.key == "relay.dashboard_listen"

@@ -39,6 +39,7 @@ NOT_LIMITS = frozenset(
         "allow_placeholder_keys",
         "dashboard_viewers",
         "metrics_listen",
+        "dashboard_listen",
         "workers",  # how many processes serve (docs/scaling.md), not a bound on peers
         "worker_port",
         "rendezvous_url",  # set by serve.run for a worker, not a config key

@@ -52,6 +52,14 @@ def test_a_public_url_needs_a_fixed_worker_port_range(tmp_path: Path) -> None:
         check_workers(_with(config, workers=4, worker_port=65533), "x.toml")
 
 
+def test_each_worker_gets_a_dashboard_port_in_range(tmp_path: Path) -> None:
+    config = load(write_config(tmp_path))
+    check_workers(_with(config, workers=4, dashboard_listen=("127.0.0.1", 0)), "x.toml")
+    check_workers(_with(config, workers=4, dashboard_listen=("127.0.0.1", 65532)), "x.toml")
+    with pytest.raises(ConfigError, match=r"relay\.dashboard_listen: .*exceeds 65535"):
+        check_workers(_with(config, workers=4, dashboard_listen=("127.0.0.1", 65533)), "x.toml")
+
+
 @pytest.mark.parametrize(
     ("public", "port", "want"),
     [

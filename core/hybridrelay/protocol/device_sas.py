@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import hmac
 import math
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, urlsplit
 
@@ -34,11 +35,13 @@ from hybridrelay.errors import InvalidAddressError
 
 __all__ = [
     "DEVICE_ID_MAX",
+    "DeviceConnectionString",
     "DeviceTokenProvider",
     "check_device_id",
     "create_device_token",
     "decode_device_key",
     "device_resource",
+    "parse_device_connection_string",
 ]
 
 DEVICE_ID_MAX: Final = 128
@@ -48,6 +51,7 @@ _DEVICE_ID_CHARS: Final = frozenset(
 )
 _KEY_BYTES_MIN: Final = 16
 _KEY_BYTES_MAX: Final = 64
+_MAX_CONNECTION_STRING_CHARS: Final = 4 * 1024
 
 
 def check_device_id(device_id: str) -> str | None:
@@ -150,6 +154,66 @@ def _token(resource: str, key: bytes, expiry: int) -> str:
     se = str(expiry)
     sig = quote(_signed(sr, se, key), safe="")
     return f"SharedAccessSignature sr={sr}&sig={sig}&se={se}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConnectionString:
+    """A device's IoT Hub style connection string, parsed.
+
+    ``HostName={relay host[:port]};DeviceId={deviceId};SharedAccessKey={base64 key}``:
+    what the dashboard copies for a device (``Devices`` page) and what
+    :func:`parse_device_connection_string` reads. The key never appears in ``repr``.
+    """
+
+    host: str
+    device_id: str
+    key: str = field(repr=False)
+
+    @property
+    def relay_url(self) -> str:
+        """The relay's address for ``connect``/``Listener`` (``wss://`` + HostName)."""
+        return f"wss://{self.host}"
+
+    def token_provider(self, *, ttl: int = 3600) -> DeviceTokenProvider:
+        """A provider of this device's tokens (for ``token_provider=``)."""
+        return DeviceTokenProvider(self.device_id, self.key, ttl=ttl)
+
+
+def parse_device_connection_string(text: str) -> DeviceConnectionString:
+    """Read ``HostName=...;DeviceId=...;SharedAccessKey=...`` (names case-insensitive).
+
+    Other fields IoT Hub tooling may add (``GatewayHostName``, ``x509``) are ignored;
+    ``ModuleId`` is refused (the relay has no modules).
+
+    Raises:
+        ValueError: A field is missing or malformed, the key is not a device key, or the
+            text is longer than 4 KiB. The message never contains the key.
+    """
+    if len(text) > _MAX_CONNECTION_STRING_CHARS:
+        raise ValueError("a device connection string is at most 4 KiB")
+    fields: dict[str, str] = {}
+    for part in text.strip().split(";"):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")  # a base64 key ends in '=': split once
+        if not sep:
+            raise ValueError("a device connection string is Name=value pairs separated by ;")
+        fields[name.strip().lower()] = value.strip()
+    if "moduleid" in fields:
+        raise ValueError("module connection strings are not supported (no ModuleId)")
+    missing = [n for n in ("HostName", "DeviceId", "SharedAccessKey") if not fields.get(n.lower())]
+    if missing:
+        raise ValueError(f"the device connection string lacks {', '.join(missing)}")
+    host, device_id, key = fields["hostname"], fields["deviceid"], fields["sharedaccesskey"]
+    why = check_device_id(device_id)
+    if why:
+        raise ValueError(f"DeviceId {why}")
+    try:
+        _host_of(host)
+    except InvalidAddressError as exc:
+        raise ValueError(f"HostName: {exc}") from None
+    decode_device_key(key)
+    return DeviceConnectionString(host=host, device_id=device_id, key=key)
 
 
 class DeviceTokenProvider:

@@ -54,7 +54,7 @@ __all__ = [
 RULE: Final = "RootManageSharedAccessKey"
 HOST: Final = "127.0.0.1"
 READY_LINE: Final = "cluster ready:"
-_RELAY_READY: Final = re.compile(r"relay ready at (\S+)")
+_RELAY_READY: Final = re.compile(r"relay ready at (\S+)(?: \(dashboard: (\S+)\))?")
 _POLL_S: Final = 0.05
 _START_ATTEMPTS: Final = 3  # a free port can be taken between choosing and binding it
 _NODE_START_S: Final = 30.0
@@ -595,6 +595,10 @@ def _banner(
         _out(f"  {'load balancer':<14} {entry:<28} pid {lb[0].pid}, nginx")
     elif nginx_note:
         _out(f"  {'load balancer':<14} none ({nginx_note})")
+    for node in nodes:
+        found = node.child.search(_RELAY_READY)
+        if found is not None and found.group(2):
+            _out(f"  {'dashboard':<14} {found.group(2):<28} {node.node_id} (log in: rule below)")
     _out(f"  {'rule':<14} {RULE}  key {options.key}")
     _out(f"  {'files':<14} {workdir} (removed on exit)")
     key_args = f"--key-name {RULE} --key-env HYBRIDRELAY_KEY"

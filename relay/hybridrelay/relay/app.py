@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from hybridrelay.protocol.codes import CloseCode
-from hybridrelay.relay import dashboard
+from hybridrelay.relay import dashboard, nodes
 from hybridrelay.relay.admission import rate_limit_middleware
 from hybridrelay.relay.auth import TOKENS, TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.device_timeline import TIMELINES, DeviceTimelines
 from hybridrelay.relay.devices import DEVICES, DeviceRegistry
 from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_connections
 from hybridrelay.relay.health import healthz, metrics, readyz
@@ -84,7 +85,10 @@ def create_app(
     listeners = app[LISTENERS] = ListenerRegistry()
     splices = app[SPLICES] = SpliceRegistry()
     pending = app[PENDING] = PendingWork(relay.max_pending_per_hc)
-    app[DEVICES] = DeviceRegistry(store, state.now)
+    timelines = app[TIMELINES] = DeviceTimelines(
+        entries=relay.device_timeline_entries, devices=relay.device_timeline_devices
+    )
+    app[DEVICES] = DeviceRegistry(store, state.now, timelines)
     app[EVENTS] = EventHub(
         history=relay.event_history,
         queue_size=relay.event_subscriber_queue,
@@ -110,6 +114,7 @@ def create_app(
     app.cleanup_ctx.append(_watch_devices)
     app.cleanup_ctx.append(_publish_events)
     mgmt_jobs.install(app)  # after _lifecycle: jobs are cancelled before the store closes
+    nodes.install(app)  # after _lifecycle: describes this node while the cluster is open
     mgmt_inspector.install(app)  # the HTTP inspector's rings and its replays' client
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(drop_invented_headers)

@@ -258,6 +258,15 @@ class RelaySettings:
     # and events one subscriber may fall behind before it is dropped ("SubscriberTooSlow").
     event_history: int = 1000
     event_subscriber_queue: int = 256
+    # Device search (GET /$mgmt/v1/devices?contains=...): devices one page examines at
+    # most, so a search over 100k devices answers as fast as one over ten (a short page
+    # with a continuation token says "searched this far").
+    device_search_scan: int = 10_000
+    # Per-device timelines (GET /$mgmt/v1/devices/{id}/timeline): entries kept per
+    # device (the oldest dropped first) and devices with a timeline on this node (the
+    # device heard from least recently forgotten first).
+    device_timeline_entries: int = 50
+    device_timeline_devices: int = 10_000
     # Start even when a rule key is a placeholder of a shipped example (deploy/compose's
     # demo only; the relay logs a warning). Off: such a key refuses the start (exit 2).
     allow_placeholder_keys: bool = False
@@ -280,6 +289,14 @@ class RelaySettings:
     # no longer on the public port: what the relay counts is for its operator, not for
     # the internet. None: /metrics stays on the public port, as before.
     metrics_listen: tuple[str, int] | None = None
+    # Where the dashboard (/$dashboard/: its page, login, cookie and API door) is served:
+    # HOST:PORT, an origin of its own, plain HTTP unless the relay has TLS. Not the public
+    # origin by default: pages that listeners serve through HTTP mode come from the public
+    # origin, and a page's script there could use an operator's dashboard session.
+    # "public": the public port's origin anyway (only when no listener serves HTML a
+    # browser runs, or with a proxy that splits the origins; logged as a warning).
+    # "off": no dashboard. Port 0: a free port, named in the ready line.
+    dashboard_listen: tuple[str, int] | Literal["public", "off"] = ("127.0.0.1", 0)
     # Hybrid connections given their own hc="..." label in the per-entity metrics; the
     # rest share hc="_other", so the exposition stays bounded however many there are.
     max_metrics_hc_labels: int = 100
@@ -556,6 +573,9 @@ _ENV_TYPES: Final[Mapping[str, type]] = {
     "token_cache_size": int,
     "event_history": int,
     "event_subscriber_queue": int,
+    "device_search_scan": int,
+    "device_timeline_entries": int,
+    "device_timeline_devices": int,
     "allow_placeholder_keys": bool,
     "dashboard_session_ttl": float,
     "max_dashboard_sessions": int,
@@ -565,6 +585,7 @@ _ENV_TYPES: Final[Mapping[str, type]] = {
     "inspector_body_size": int,
     "max_inspected_hcs": int,
     "metrics_listen": str,
+    "dashboard_listen": str,
     "max_metrics_hc_labels": int,
 }
 
@@ -649,6 +670,16 @@ def _host_port(table: Table, key: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise table.error(key, f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9180")
     return host, int(port)
+
+
+def _dashboard_listen(
+    table: Table, default: tuple[str, int] | Literal["public", "off"]
+) -> tuple[str, int] | Literal["public", "off"]:
+    """``HOST:PORT``, ``"public"`` or ``"off"`` (``[relay] dashboard_listen``)."""
+    text = (table.get_str("dashboard_listen") or "").strip().lower()
+    if text in ("public", "off"):
+        return "public" if text == "public" else "off"
+    return _host_port(table, "dashboard_listen") or default
 
 
 def _settings(table: Table) -> RelaySettings:
@@ -750,6 +781,15 @@ def _settings(table: Table) -> RelaySettings:
         event_subscriber_queue=table.get_int(
             "event_subscriber_queue", d.event_subscriber_queue, minimum=1, maximum=1_000_000
         ),
+        device_search_scan=table.get_int(
+            "device_search_scan", d.device_search_scan, minimum=100, maximum=10_000_000
+        ),
+        device_timeline_entries=table.get_int(
+            "device_timeline_entries", d.device_timeline_entries, minimum=1, maximum=10_000
+        ),
+        device_timeline_devices=table.get_int(
+            "device_timeline_devices", d.device_timeline_devices, minimum=0, maximum=10_000_000
+        ),
         allow_placeholder_keys=table.get_bool("allow_placeholder_keys", d.allow_placeholder_keys),
         dashboard_session_ttl=table.get_float(
             "dashboard_session_ttl", d.dashboard_session_ttl, minimum=60.0, maximum=86_400.0
@@ -771,6 +811,7 @@ def _settings(table: Table) -> RelaySettings:
             "max_inspected_hcs", d.max_inspected_hcs, minimum=1, maximum=10_000
         ),
         metrics_listen=_host_port(table, "metrics_listen"),
+        dashboard_listen=_dashboard_listen(table, d.dashboard_listen),
         max_metrics_hc_labels=table.get_int(
             "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000
         ),

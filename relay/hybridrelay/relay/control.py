@@ -213,6 +213,11 @@ class ControlChannel:
             self.abort()
             raise ConnectionClosedError(1011, "control channel send failed") from exc
 
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code once the channel is closed (None while it is open)."""
+        return self._ws.close_code
+
     async def close(self, code: int, reason: str) -> None:
         if self.closing:
             return

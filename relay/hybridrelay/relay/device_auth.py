@@ -53,6 +53,7 @@ from aiohttp import web
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError
 from hybridrelay.protocol.sas import DeviceToken, Rights, device_signed_with, parse_device_token
 from hybridrelay.relay.ca_trust import CaTrust, verified_chain
+from hybridrelay.relay.device_timeline import DEVICE_NAMED
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.models import Device
 
@@ -317,11 +318,16 @@ async def credentials(
             return _NO_CREDENTIALS
         if parsed is None:
             return _NO_CREDENTIALS
-        return DeviceCredentials(await _lookup(store, parsed.candidate_ids))
+        named = await _lookup(store, parsed.candidate_ids)
+        if named is not None:
+            request[DEVICE_NAMED] = named.device_id  # a refusal goes on its timeline
+        return DeviceCredentials(named)
     certificate = peer_certificate(request)
     if certificate is None or not certificate.common_name:
         return DeviceCredentials(certificate=certificate)
     device = await store.get_device(certificate.common_name)
+    if device is not None:
+        request[DEVICE_NAMED] = device.device_id
     if device is not None and device.authentication.type == "certificateAuthority":
         # Only a CA device's chain needs an anchor (thumbprint devices match exactly).
         anchored = trust is not None and await trust.anchored(

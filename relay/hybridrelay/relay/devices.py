@@ -29,7 +29,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from aiohttp import web
 
@@ -38,6 +38,7 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.sas import Rights, parse_device_token
 from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.device_timeline import DeviceTimelines, TimelineEntry
 from hybridrelay.relay.reactions import DeviceRevoked, Reactions
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.base import Store
@@ -64,8 +65,13 @@ class _Entry:
     right: Rights
     counts: bool  # keeps the device "connected" (control channels, WebSocket streams)
     device_id: str
+    # How and why the relay cut it (for the device's timeline): the close code the peer
+    # echoes may be another.
+    cut_code: int | None = None
+    cut_reason: str | None = None
 
     def cut(self, code: int, reason: str, tasks: set[asyncio.Task[None]]) -> None:
+        self.cut_code, self.cut_reason = code, reason
         conn = self.connection
         if isinstance(conn, ControlChannel):
             task = asyncio.create_task(conn.close(code, reason), name="device-close")
@@ -100,9 +106,10 @@ class _Principal(Protocol):  # what is used of auth.Principal
 class DeviceRegistry:
     """Live connections per device on this node, and what revoking a device cuts."""
 
-    def __init__(self, store: Store, now: Callable[[], float]) -> None:
+    def __init__(self, store: Store, now: Callable[[], float], timelines: DeviceTimelines) -> None:
         self._store = store
         self._now = now
+        self._timelines = timelines  # connects and disconnects, per device
         self._entries: dict[str, set[_Entry]] = {}
         self._devices: dict[str, Device] = {}  # latest identity, for renewals
         self._recorded: set[str] = set()  # devices last written as connected
@@ -234,6 +241,7 @@ class DeviceRegistry:
             return
         entry = _Entry(connection, hc_name, right, counts=True, device_id=device_id)
         self._add(device_id, entry, device)
+        self._on_timeline(entry, "connected")
         try:
             await self._touch(device_id)
             await self._cut_if_revoked(entry)
@@ -241,7 +249,34 @@ class DeviceRegistry:
             yield
         finally:
             self._remove(device_id, entry)
+            self._on_timeline(entry, "disconnected")
             await self._record_state(device_id)
+
+    def _on_timeline(self, entry: _Entry, kind: Literal["connected", "disconnected"]) -> None:
+        conn = entry.connection
+        if isinstance(conn, ControlChannel):
+            role, code = "listener", entry.cut_code or conn.close_code
+        elif entry.right == Rights.LISTEN:
+            # A stream spliced to the device's control channel: a busy gateway has
+            # thousands, which would push its own connects and refusals out of its
+            # bounded timeline.
+            return
+        else:
+            role, code = "sender", entry.cut_code
+        reason = ""
+        if kind == "disconnected":
+            reason = entry.cut_reason or ("closed" if isinstance(conn, ControlChannel) else "ended")
+        self._timelines.record(
+            entry.device_id,
+            TimelineEntry(
+                at=self._now(),
+                kind=kind,
+                hybrid_connection=entry.hc_name,
+                role=role,
+                reason=reason,
+                code=code if kind == "disconnected" else None,
+            ),
+        )
 
     async def _cut_if_revoked(self, entry: _Entry) -> None:
         """Close the gap between authorize() and registration (a rendezvous can take seconds).

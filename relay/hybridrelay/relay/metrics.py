@@ -174,18 +174,22 @@ class HcStats:
         "bytes_up",
         "connections",
         "http_requests",
+        "listener_connects",
+        "listener_rejections",
         "listeners",
         "rejections",
     )
 
     def __init__(self) -> None:
         self.listeners = 0
+        self.listener_connects = 0  # control channels opened (Azure's ListenerConnections)
         self.active_connections = 0
         self.connections = 0
         self.bytes_up = 0
         self.bytes_down = 0
         self.http_requests = 0
         self.rejections: dict[str, int] = {}  # by HTTP status
+        self.listener_rejections: dict[str, int] = {}  # of those, listen requests
 
 
 class _Collector(Collector):
@@ -329,6 +333,7 @@ class RelayMetrics:
         self.listeners.value += 1
         stats = self.hc(hc_name)
         stats.listeners += 1
+        stats.listener_connects += 1
         return stats
 
     def listener_disconnected(self, stats: HcStats) -> None:
@@ -345,8 +350,11 @@ class RelayMetrics:
         self.rejections.labels(str(status), action).value += 1
         if hc_name is not None:
             code = _HC_STATUS_LABELS.get(status) or f"{status // 100}xx"
-            by_status = self.hc(hc_name).rejections
-            by_status[code] = by_status.get(code, 0) + 1
+            stats = self.hc(hc_name)
+            stats.rejections[code] = stats.rejections.get(code, 0) + 1
+            if action == "listen":
+                by_status = stats.listener_rejections
+                by_status[code] = by_status.get(code, 0) + 1
 
     # -- exposition ---------------------------------------------------------------------
 

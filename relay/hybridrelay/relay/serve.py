@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import secrets
 import ssl
@@ -33,6 +34,7 @@ from hybridrelay.relay.config import (
     complete,
     refuse_placeholder_keys,
 )
+from hybridrelay.relay.dashboard import dashboard_app, dashboard_url
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.health import metrics_app
 from hybridrelay.relay.metrics import RelayMetrics
@@ -205,17 +207,21 @@ async def _watch_cas(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _serve_metrics(
-    state: RelayState, address: tuple[str, int], front_door: FrontDoor
-) -> web.AppRunner:
-    """Serve :func:`metrics_app` on ``address`` (``[relay] metrics_listen``), plain HTTP.
+async def _serve_side(
+    state: RelayState,
+    app: web.Application,
+    address: tuple[str, int],
+    front_door: FrontDoor,
+    key: str,
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``address`` of its own, plain HTTP; answer the runner and port.
 
     Its connections pass the same front door as the public port's (head deadline, per-IP
-    caps), so a metrics address reachable by others is no easier to exhaust.
+    caps), so an address reachable by others is no easier to exhaust.
     """
     s = state.config.relay
     runner = web.AppRunner(
-        metrics_app(state),
+        app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=_FINAL_CLOSE_S,
@@ -233,16 +239,51 @@ async def _serve_metrics(
         if isinstance(exc, OSError):  # in use, not an address of this host: name the key
             raise ConfigError(
                 state.config.source,
-                "relay.metrics_listen",
+                key,
                 f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}",
             ) from exc
         raise
-    sockets = getattr(site._server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else address[1]
+    return runner, _bound_port(site, address[1])
+
+
+async def _serve_metrics(
+    state: RelayState, address: tuple[str, int], front_door: FrontDoor
+) -> web.AppRunner:
+    """Serve :func:`metrics_app` on ``address`` (``[relay] metrics_listen``), plain HTTP."""
+    runner, port = await _serve_side(
+        state, metrics_app(state), address, front_door, "relay.metrics_listen"
+    )
     state.metrics_address = (address[0], port)
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
     log.info("metrics_listening", extra={"url": f"http://{host}:{port}/metrics"})
     return runner
+
+
+async def _serve_dashboard(
+    relay_app: web.Application, address: tuple[str, int], front_door: FrontDoor
+) -> tuple[web.AppRunner, int]:
+    """Serve the dashboard on ``address`` (``[relay] dashboard_listen``), its own origin."""
+    state = relay_app[STATE]
+    runner, port = await _serve_side(
+        state, dashboard_app(relay_app), address, front_door, "relay.dashboard_listen"
+    )
+    if not _is_loopback(address[0]):
+        # Plain HTTP: the login's key crosses that network in the clear.
+        log.warning(
+            "dashboard_not_on_loopback",
+            extra={"address": address[0], "why": "plain HTTP: put TLS in front of it"},
+        )
+    return runner, port
+
+
+def _is_loopback(host: str) -> bool:
+    """A loopback address or ``localhost`` (any other name may resolve elsewhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def run(
@@ -338,6 +379,7 @@ async def run(
     )
     await site.start()
     metrics_runner: web.AppRunner | None = None
+    dashboard_runner: web.AppRunner | None = None
     try:
         if s.metrics_listen is not None:
             metrics_at = s.metrics_listen
@@ -348,6 +390,29 @@ async def run(
         port = _bound_port(site, s.port)
         state = app[STATE]
         state.config = complete(replace(config), port)
+        if isinstance(s.dashboard_listen, tuple):
+            dashboard_at = s.dashboard_listen
+            if worker_index is not None and dashboard_at[1]:
+                # Each worker its own dashboard (sessions are per process): port + i.
+                dashboard_at = (dashboard_at[0], dashboard_at[1] + worker_index)
+            dashboard_runner, dashboard_port = await _serve_dashboard(app, dashboard_at, front_door)
+            # The completed config names the bound port: the ready line links it.
+            state.config = replace(
+                state.config,
+                relay=replace(
+                    state.config.relay, dashboard_listen=(dashboard_at[0], dashboard_port)
+                ),
+            )
+        elif s.dashboard_listen == "public":
+            log.warning(
+                "dashboard_shares_public_origin",
+                extra={
+                    "why": "pages listeners serve through HTTP mode share its origin and "
+                    "could act with an operator's session (docs/security.md)"
+                },
+            )
+        if (url := dashboard_url(state.config)) is not None:
+            log.info("dashboard_listening", extra={"url": url})
         if worker_index is not None:
             own = FrontDoorSite(
                 runner,
@@ -409,6 +474,8 @@ async def run(
             except TimeoutError:
                 log.warning("streams_cut", extra={"open": len(splices)})
     finally:
+        if dashboard_runner is not None:  # first: its calls run on the relay's application
+            await dashboard_runner.cleanup()
         web_server = runner.server
         connections = list(web_server.connections) if web_server is not None else []
         await runner.cleanup()

@@ -77,6 +77,13 @@ def check_workers(config: RelayConfig, source: str) -> None:
         raise ConfigError(
             source, "relay.metrics_listen", "its port + workers - 1 exceeds 65535 (one per worker)"
         )
+    dashboard = s.dashboard_listen
+    if isinstance(dashboard, tuple) and dashboard[1] and dashboard[1] + s.workers - 1 > 65535:
+        raise ConfigError(
+            source,
+            "relay.dashboard_listen",
+            "its port + workers - 1 exceeds 65535 (one per worker)",
+        )
 
 
 def worker_ready_line(index: int, node_id: str, rendezvous_url: str, ready_line: str) -> str:

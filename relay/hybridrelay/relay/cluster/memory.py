@@ -15,7 +15,15 @@ from hybridrelay.errors import (
 from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S, CloseCode
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
-from hybridrelay.relay.cluster.base import ListenerGone, ListenerHandle, ListenerPort, Pending
+from hybridrelay.relay.cluster.base import (
+    DrainRequested,
+    ListenerGone,
+    ListenerHandle,
+    ListenerPort,
+    NodeSummary,
+    Pending,
+    Summarize,
+)
 from hybridrelay.relay.rendezvous import RendezvousTable, TableFullError
 
 __all__ = ["MemoryClusterState"]
@@ -38,9 +46,32 @@ class MemoryClusterState:
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
         self._pending = RendezvousTable[Pending](now=now, ttl=rendezvous_ttl, limit=max_pending)
+        self._summarize: Summarize | None = None
+        self._drain_callbacks: list[DrainRequested] = []
 
     def unavailable_reason(self) -> str | None:
         return None
+
+    def summarize_with(self, summarize: Summarize) -> None:
+        self._summarize = summarize
+
+    async def nodes(self) -> list[NodeSummary]:
+        """This node alone: without a cluster there is no other."""
+        return [self._summarize()] if self._summarize is not None else []
+
+    def on_drain_requested(self, callback: DrainRequested) -> None:
+        self._drain_callbacks.append(callback)
+
+    async def request_drain(self, node_id: str) -> bool:
+        if node_id != self.node_id:
+            return False
+        self.drain_requested()
+        return True
+
+    def drain_requested(self) -> None:
+        """Tell this node's drain callbacks (the Redis cluster calls it for a peer's request)."""
+        for callback in list(self._drain_callbacks):
+            callback()
 
     def on_listener_gone(self, callback: ListenerGone) -> None:
         """Every listener is local here: the relay sees each one close itself."""

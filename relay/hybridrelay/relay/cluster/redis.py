@@ -6,6 +6,8 @@ hybrid connection's presence lives in one slot and every script touches one key)
     hr:P:ls:{hc}      hash: l:<listener id> = "<node>|<deadline ms>" (Redis clock),
                       a:<listener id> = active streams of that listener, cluster-wide
     hr:P:node:<node>  pub/sub channel of one node: deliveries, their acks, notices
+    hr:P:nodes        hash: <node> = that node's summary (JSON, NodeSummary), rewritten
+                      with every heartbeat; one not renewed in 3 * ttl is a node gone
 
 A node keeps its control channels and its waiting senders to itself (the rendezvous
 address points at the sender's node; data never crosses Redis or another node). Every
@@ -45,7 +47,15 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S, CloseCode
 from hybridrelay.protocol.messages import Accept, Request, decode, encode
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
-from hybridrelay.relay.cluster.base import ListenerGone, ListenerHandle, ListenerPort, Pending
+from hybridrelay.relay.cluster.base import (
+    DrainRequested,
+    ListenerGone,
+    ListenerHandle,
+    ListenerPort,
+    NodeSummary,
+    Pending,
+    Summarize,
+)
 from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.store.redis_adapter import RedisAdapter, Script
 
@@ -217,6 +227,8 @@ class RedisClusterState:
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self._closed = False
+        self._summarize: Summarize | None = None
+        self._node_ttl_s = 3 * ttl  # a summary older than this is a node gone
 
     @classmethod
     async def open(
@@ -267,6 +279,46 @@ class RedisClusterState:
 
     def _channel(self, node: str) -> str:
         return f"{self._base}node:{node}"
+
+    @property
+    def _nodes_key(self) -> str:
+        return f"{self._base}nodes"
+
+    # --- nodes: summaries and drain requests --------------------------------------------------
+
+    def summarize_with(self, summarize: Summarize) -> None:
+        self._summarize = summarize
+
+    async def nodes(self) -> list[NodeSummary]:
+        own = self._summarize() if self._summarize is not None else None
+        entries = await self._redis.hgetall(self._nodes_key)
+        now = time.time()
+        live: list[NodeSummary] = []
+        gone: list[str] = []
+        for node, text in entries.items():
+            if node == self.node_id:
+                continue
+            try:
+                summary = NodeSummary.from_json(json.loads(text))
+            except ValueError:
+                summary = None
+            if summary is None or summary.seen_at < now - self._node_ttl_s:
+                gone.append(node)  # stopped, crashed, or not a summary at all
+            else:
+                live.append(summary)
+        await self._redis.hdel(self._nodes_key, *gone)
+        live.sort(key=lambda n: n.node_id)
+        return ([own] if own is not None else []) + live
+
+    def on_drain_requested(self, callback: DrainRequested) -> None:
+        self._local.on_drain_requested(callback)
+
+    async def request_drain(self, node_id: str) -> bool:
+        if node_id == self.node_id:
+            self._local.drain_requested()
+            return True
+        # A PUBLISH nobody receives: no such node, or it is gone.
+        return await self._redis.publish(self._channel(node_id), json.dumps({"t": "n"})) > 0
 
     # --- health ---------------------------------------------------------------------------
 
@@ -562,6 +614,10 @@ class RedisClusterState:
             log.warning("cluster_message_undecodable")
             return
         kind = doc.get("t")
+        if kind == "n":
+            log.info("drain_requested_by_a_peer")
+            self._local.drain_requested()
+            return
         if kind == "a":
             ack = self._acks.get(str(doc.get("r")))
             if ack is not None and not ack.done():
@@ -620,8 +676,12 @@ class RedisClusterState:
         by_hc: dict[str, list[ListenerPort]] = {}
         for channel in self._local.listeners():
             by_hc.setdefault(channel.hc_name.lower(), []).append(channel)
-        if not by_hc:
+        if self._summarize is not None:
+            summary = json.dumps(self._summarize().to_json())
+            await self._redis.hset(self._nodes_key, self.node_id, summary)
+        elif not by_hc:
             await self._redis.ping()
+        if not by_hc:
             return
         ttl = str(self._ttl_ms)
         for hc, channels in by_hc.items():
@@ -662,5 +722,8 @@ class RedisClusterState:
             if not ack.done():
                 ack.cancel()
         await self._local.close()
+        with contextlib.suppress(UnavailableError):
+            # Gone from the node list at once, not a few heartbeats later.
+            await self._redis.hdel(self._nodes_key, self.node_id)
         with contextlib.suppress(UnavailableError):
             await self._redis.aclose()

@@ -1,5 +1,10 @@
-"""The operator dashboard, served by the relay at ``/$dashboard/`` (issue 14)."""
+"""The operator dashboard at ``/$dashboard/``, on an origin of its own (issue 14)."""
 
-from hybridrelay.relay.dashboard.handlers import DASHBOARD_PREFIX, install
+from hybridrelay.relay.dashboard.handlers import (
+    DASHBOARD_PREFIX,
+    dashboard_app,
+    dashboard_url,
+    install,
+)
 
-__all__ = ["DASHBOARD_PREFIX", "install"]
+__all__ = ["DASHBOARD_PREFIX", "dashboard_app", "dashboard_url", "install"]

@@ -1,5 +1,13 @@
 """``/$dashboard/``: the operator dashboard's pages, login, and its door to ``/$mgmt/v1``.
 
+Served on an origin of its own (``[relay] dashboard_listen``, loopback by default) by
+:func:`dashboard_app`, never on the public origin unless the operator asks
+(``dashboard_listen = "public"``): pages that listeners serve through HTTP mode come
+from the public origin, and a page's script is same-origin with whatever else is
+served there: it could read the CSRF token and call the API with an operator's
+cookie. On the public port :func:`install` then only answers 404 under the prefix,
+so nothing there is relayed to a listener either.
+
 - ``GET /$dashboard/`` and ``/$dashboard/static/{file}``: the page and its files, from
   package data, under a strict Content-Security-Policy (no inline script or style, no
   other origin). Every URL the page uses is relative, so it works under a proxy's prefix.
@@ -32,15 +40,27 @@ from yarl import URL
 from hybridrelay.errors import AuthError, RateLimitedError, ValidationError
 from hybridrelay.logs import peer_text
 from hybridrelay.protocol.sas import create_sas_token
+from hybridrelay.relay.admission import rate_limit_middleware
+from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.dashboard.sessions import LoginLimiter, Role, Session, SessionTable
 from hybridrelay.relay.mgmt.access import authorize_manage
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.handlers import MGMT_PREFIX
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.middleware import ACTION_KEY, METRICS_KEY, error_middleware, error_response
+from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import STATE
 
-__all__ = ["COOKIE", "CSRF_HEADER", "DASHBOARD", "DASHBOARD_PREFIX", "Dashboard", "install"]
+__all__ = [
+    "COOKIE",
+    "CSRF_HEADER",
+    "DASHBOARD",
+    "DASHBOARD_PREFIX",
+    "Dashboard",
+    "dashboard_app",
+    "dashboard_url",
+    "install",
+]
 
 DASHBOARD_PREFIX: Final = "/$dashboard"
 COOKIE: Final = "hybridrelay_session"
@@ -74,6 +94,12 @@ audit = logging.getLogger(AUDIT)
 class Dashboard:
     sessions: SessionTable
     logins: LoginLimiter
+    # The relay's application, whose router answers /$mgmt/v1 (the dashboard's own
+    # application, on its own address, has no management routes of its own).
+    relay_app: web.Application
+    # The cookie is Secure when the request came over TLS, and on the public origin also
+    # when public_url is https (a proxy in front terminates TLS).
+    public_origin: bool
     # Calls still running per session (event streams last): a logout ends them. Expiry
     # needs no help: the session's credential expires with it and the API ends them then.
     running: dict[str, set[asyncio.Task[Any]]] = field(default_factory=dict)
@@ -115,12 +141,16 @@ def _session(request: web.Request) -> Session | None:
     return request.app[DASHBOARD].sessions.get(request.cookies.get(COOKIE))
 
 
-def _session_doc(session: Session) -> dict[str, object]:
+def _session_doc(session: Session, request: web.Request) -> dict[str, object]:
+    # The relay's public URL: the dashboard's own origin is not where senders go, so a page
+    # that names a relay URL ("copy as curl") takes it from here.
+    public = request.app[STATE].public_url
     return {
         "who": session.who,
         "role": session.role,
         "csrfToken": session.csrf,
         "expiresAt": int(session.expires_at),
+        "relayUrl": public.replace("wss://", "https://", 1).replace("ws://", "http://", 1),
     }
 
 
@@ -223,8 +253,8 @@ async def _login(request: web.Request) -> web.StreamResponse:
         "dashboard_login",
         extra={"who": manager.who, "role": role, "status": 200, "peer": peer_text(address)},
     )
-    response = web.json_response(_session_doc(session))
-    secure = request.secure or state.public_url.startswith("https:")
+    response = web.json_response(_session_doc(session, request))
+    secure = request.secure or (dashboard.public_origin and state.public_url.startswith("https:"))
     _set_cookie(response, session.id, max(1, int(session.expires_at - state.now())), secure)
     return _secure(response)
 
@@ -245,7 +275,7 @@ async def _whoami(request: web.Request) -> web.StreamResponse:
     session = _session(request)
     if session is None:
         return _unauthorized()
-    return _secure(web.json_response(_session_doc(session)))
+    return _secure(web.json_response(_session_doc(session, request)))
 
 
 def _csrf_refusal(request: web.Request, session: Session) -> web.StreamResponse | None:
@@ -306,9 +336,11 @@ async def _api(request: web.Request) -> web.StreamResponse:
     if url is None or not url.path.startswith(MGMT_PREFIX + "/"):
         return _secure(error_response(404, "EndpointNotFound", "no such management resource"))
     inner = _as_api_request(request, session.credential, url)
-    # What aiohttp's own dispatch (Application._handle) does with a request it resolved.
-    match = await request.app.router.resolve(inner)
-    match.add_app(request.app)
+    # What aiohttp's own dispatch (Application._handle) does with a request it resolved:
+    # the relay's application handles it, with its state, as if it had come to it.
+    relay_app = request.app[DASHBOARD].relay_app
+    match = await relay_app.router.resolve(inner)
+    match.add_app(relay_app)
     match.freeze()
     inner._match_info = match
     running = request.app[DASHBOARD].running.setdefault(session.id, set())
@@ -367,19 +399,22 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     return _secure(error_response(404, "EndpointNotFound", "no such dashboard resource"))
 
 
-def install(app: web.Application) -> None:
-    """Add the dashboard's routes (before the relay's catch-all) and its state."""
-    state = app[STATE]
+def _dashboard_state(relay_app: web.Application, *, public_origin: bool) -> Dashboard:
+    state = relay_app[STATE]
     relay = state.config.relay
-    app[DASHBOARD] = Dashboard(
+    return Dashboard(
         sessions=SessionTable(
             ttl=relay.dashboard_session_ttl,
             max_sessions=relay.max_dashboard_sessions,
             now=state.now,
         ),
         logins=LoginLimiter(limit=relay.dashboard_login_failures, now=state.now),
+        relay_app=relay_app,
+        public_origin=public_origin,
     )
-    router = app.router
+
+
+def _add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(DASHBOARD_PREFIX, _redirect)
     router.add_get(DASHBOARD_PREFIX + "/", _index)
     router.add_get(DASHBOARD_PREFIX + "/static/{name}", _static)
@@ -389,3 +424,79 @@ def install(app: web.Application) -> None:
     router.add_route("*", DASHBOARD_PREFIX + "/api/{tail:.+}", _api)
     # Anything else under the prefix is the dashboard's 404, never a relayed request.
     router.add_route("*", DASHBOARD_PREFIX + "/{tail:.*}", _not_found)
+
+
+async def _elsewhere(request: web.Request) -> web.StreamResponse:
+    # Where it is would tell the internet about the operator's network: the relay's start
+    # log says it (dashboard_listening), to whoever runs it.
+    request[ACTION_KEY] = "dashboard"
+    return _secure(
+        error_response(
+            404,
+            "DashboardElsewhere",
+            "the dashboard is not served on this address: see [relay] dashboard_listen and "
+            "the relay's dashboard_listening log line",
+        )
+    )
+
+
+def install(app: web.Application) -> None:
+    """Claim ``/$dashboard`` on the relay's public application (before its catch-all).
+
+    With ``dashboard_listen = "public"`` the dashboard itself is served there; otherwise
+    the prefix answers 404, so a dashboard cookie a browser sends to the public host
+    (cookies do not keep to ports) never travels on to a listener.
+    """
+    if app[STATE].config.relay.dashboard_listen == "public":
+        app[DASHBOARD] = _dashboard_state(app, public_origin=True)
+        app.on_shutdown.append(_end_all_calls)
+        _add_routes(app.router)
+        return
+    app.router.add_route("*", DASHBOARD_PREFIX, _elsewhere)
+    app.router.add_route("*", DASHBOARD_PREFIX + "/{tail:.*}", _elsewhere)
+
+
+def dashboard_app(relay_app: web.Application) -> web.Application:
+    """The dashboard's own application, for ``dashboard_listen``'s address.
+
+    It shares the relay's state, counters and error handling, and hands each API call
+    to the relay application's router, so calls are handled exactly as on the public
+    port; it answers nothing but ``/$dashboard`` (the cookie stays scoped to that path).
+    """
+    state = relay_app[STATE]
+    app = web.Application(
+        middlewares=[error_middleware, rate_limit_middleware],
+        client_max_size=state.config.relay.max_management_body_size,
+    )
+    app[STATE] = state
+    app[METRICS_KEY] = relay_app[METRICS_KEY]
+    app[REFUSED_SOURCES] = relay_app[REFUSED_SOURCES]
+    app[DASHBOARD] = _dashboard_state(relay_app, public_origin=False)
+    app.on_shutdown.append(_end_all_calls)
+    _add_routes(app.router)
+    app.router.add_get("/", _redirect)  # the bare address: to the page
+    return app
+
+
+async def _end_all_calls(app: web.Application) -> None:
+    """At shutdown, end the calls still running (event streams), before the relay stops."""
+    dashboard = app[DASHBOARD]
+    for session_id in list(dashboard.running):
+        dashboard.end_calls(session_id)
+
+
+def dashboard_url(config: RelayConfig) -> str | None:
+    """Where the dashboard is, once ``config`` is completed (bound ports); None when off."""
+    relay = config.relay
+    where = relay.dashboard_listen
+    if where == "off":
+        return None
+    if where == "public":
+        http = relay.public_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        return f"{http.rstrip('/')}{DASHBOARD_PREFIX}/"
+    host, port = where
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming it, not binding it
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{DASHBOARD_PREFIX}/"

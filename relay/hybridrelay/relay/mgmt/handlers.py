@@ -12,7 +12,8 @@ Decisions worth knowing (the OpenAPI document says the same):
   is matched as a tail and the sub-resources are split off its end: ``.../rules``,
   ``.../rules/{rule}`` and ``.../rules/{rule}/regenerate`` (rule names contain no
   ``/``). To keep that unambiguous the API refuses to create a hybrid connection
-  with a path segment ``rules`` (400).
+  with a path segment ``rules`` (400). ``.../metrics`` is the entity's counters
+  (``GET`` only), so no entity whose last segment is ``metrics`` can be made here.
 - Lists answer ``{"value": [...], "continuationToken": ..., "nextLink": ...}`` and
   also send the token in ``x-ms-continuation`` (the IoT Hub header). The next page
   is asked for with ``?continuationToken=`` or that header; ``?top=`` sets the page
@@ -24,6 +25,12 @@ Decisions worth knowing (the OpenAPI document says the same):
 - ``PUT`` on a device without ``If-Match`` creates it (201; 409 when it exists),
   with ``If-Match`` replaces it (200; 412 when the etag differs, ``*`` forces).
   ``DELETE`` takes ``If-Match`` too; without one it deletes unconditionally.
+- ``GET /devices`` searches with ``prefix``, ``contains``, ``status`` and
+  ``connectionState`` (``store/device_query.py``: a page examines at most
+  ``device_search_scan`` devices, so it may be short and still have a token);
+  ``POST /devices/{id}/regenerateKey`` replaces one SAS key; ``GET
+  /devices/{id}/timeline`` is this node's record of the device (``device_timeline.py``).
+  A deviceId never contains ``/``, so ``/devices/{id}/{action}`` is unambiguous.
 - Keys appear in rule GET-one/PUT/regenerate answers and in device documents
   (the admin needs them), never in rule lists and never in a log line.
 """
@@ -31,9 +38,11 @@ Decisions worth knowing (the OpenAPI document says the same):
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 from urllib.parse import quote
 
@@ -47,6 +56,7 @@ from hybridrelay.errors import (
     ValidationError,
 )
 from hybridrelay.relay.auth import TOKENS
+from hybridrelay.relay.device_timeline import TIMELINES, check_in
 from hybridrelay.relay.listeners import LISTENERS
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
@@ -64,9 +74,11 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.store.device_query import parse_device_query
 from hybridrelay.relay.store.models import (
     MAX_PAGE,
     Device,
@@ -74,6 +86,7 @@ from hybridrelay.relay.store.models import (
     KeyKind,
     Page,
     Rule,
+    format_time,
     rights_from_json,
     validate_device_id,
 )
@@ -217,13 +230,16 @@ def _no_content() -> web.Response:
 
 
 def _list(
-    collection: str, items: list[dict[str, object]], continuation: str | None, top: int
+    collection: str,
+    items: list[dict[str, object]],
+    continuation: str | None,
+    top: int,
+    terms: str = "",
 ) -> web.Response:
     next_link = None
     if continuation is not None:
-        next_link = (
-            f"{MGMT_PREFIX}/{collection}?top={top}&continuationToken={quote(continuation, safe='')}"
-        )
+        token = quote(continuation, safe="")
+        next_link = f"{MGMT_PREFIX}/{collection}?top={top}&continuationToken={token}{terms}"
     response = _json({"value": items, "continuationToken": continuation, "nextLink": next_link})
     if continuation is not None:
         response.headers[CONTINUATION_HEADER] = continuation
@@ -242,6 +258,14 @@ def _check_api_name(name: str) -> None:
         raise ValidationError(
             "name", "a path segment 'inspector' after the first is reserved by the API's URLs"
         )
+
+
+async def _hc_metrics(call: _Call, name: str) -> web.StreamResponse:
+    hc = await _existing_hc(call.state, name)
+    doc = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+    # Listeners on every node (the cap counts them all); the counters are this node's.
+    doc["listenersAllNodes"] = await call.state.cluster.listener_count(hc.name)
+    return _json(doc)
 
 
 async def _hc_json(state: RelayState, hc: HybridConnection) -> dict[str, object]:
@@ -390,6 +414,8 @@ def _split_hc_tail(tail: str) -> tuple[str, str, str | None]:
     ``"regenerate"``. A rule name never contains '/', so the last segments decide.
     """
     segments = tail.split("/")
+    if len(segments) >= 2 and segments[-1] == "metrics":
+        return "/".join(segments[:-1]), "metrics", None
     if len(segments) >= 4 and segments[-3] == "rules" and segments[-1] == "regenerate":
         return "/".join(segments[:-3]), "regenerate", segments[-2]
     if len(segments) >= 3 and segments[-2] == "rules":
@@ -402,7 +428,9 @@ def _split_hc_tail(tail: str) -> tuple[str, str, str | None]:
 async def _hybrid_connection_tail(request: web.Request) -> web.StreamResponse:
     name, what, rule = _split_hc_tail(request.match_info["tail"])
     operations: dict[str, Operation]
-    if what == "regenerate" and rule is not None:
+    if what == "metrics":
+        operations = {"GET": functools.partial(_hc_metrics, name=name)}
+    elif what == "regenerate" and rule is not None:
         operations = {"POST": functools.partial(_regenerate, scope=name, name=rule)}
     elif what == "rule" and rule is not None:
         operations = _rule_operations(name, rule)
@@ -436,10 +464,95 @@ def _device_json(device: Device) -> web.Response:
     return _json(device.to_json(), etag=device.etag, weak=True)
 
 
+_SEARCH_PARAMS: Final = ("prefix", "contains", "status", "connectionState")
+
+
 async def _list_devices(call: _Call) -> web.StreamResponse:
     top = _top(call.request, _DEFAULT_DEVICE_PAGE)
-    page = await call.state.store.list_devices(limit=top, continuation=_continuation(call.request))
-    return _list("devices", [d.to_json() for d in page.items], page.continuation, top)
+    asked = call.request.query
+    query = parse_device_query(
+        prefix=asked.get("prefix"),
+        contains=asked.get("contains"),
+        status=asked.get("status"),
+        connection_state=asked.get("connectionState"),
+    )
+    page = await call.state.store.list_devices(
+        limit=top,
+        continuation=_continuation(call.request),
+        query=query,
+        scan_limit=call.state.config.relay.device_search_scan,
+    )
+    # The token holds a position only: the next page repeats the search's terms.
+    terms = "".join(
+        f"&{name}={quote(asked[name], safe='')}" for name in _SEARCH_PARAMS if asked.get(name)
+    )
+    return _list("devices", [d.to_json() for d in page.items], page.continuation, top, terms)
+
+
+async def _existing_device(state: RelayState, device_id: str) -> Device:
+    device = await state.store.get_device(validate_device_id(device_id))
+    if device is None:
+        raise EntityNotFoundError(f"device {device_id!r} does not exist")
+    return device
+
+
+async def _regenerate_device_key(call: _Call, device_id: str) -> web.StreamResponse:
+    doc = await _body(call.request)
+    key_type = doc.get("keyType")
+    which = _KEY_TYPES.get(key_type.lower()) if isinstance(key_type, str) else None
+    if which is None:
+        raise ValidationError("keyType", "must be primary or secondary")
+    current = await _existing_device(call.state, device_id)
+    auth = current.authentication
+    if auth.type != "sas" or auth.symmetric_key is None:
+        raise ValidationError("authentication", "the device has no SAS keys to regenerate")
+    given = doc.get("key")
+    if given is not None and not isinstance(given, str):
+        raise ValidationError("key", "must be a string")
+    # The same strength the registry gives a new device (32 random bytes, base64); a
+    # given key is checked like any device key (SymmetricKey: base64 of 16 to 64 bytes).
+    fresh = given if given is not None else base64.b64encode(secrets.token_bytes(32)).decode()
+    keys = auth.symmetric_key
+    keys = (
+        replace(keys, primary_key=fresh)
+        if which == "primary"
+        else replace(keys, secondary_key=fresh)
+    )
+    updated = replace(current, authentication=replace(auth, symmetric_key=keys))
+    try:
+        stored = await call.state.store.replace_device(updated, if_match=current.etag)
+    except PreconditionFailedError as exc:
+        raise ConflictError(f"device {device_id!r} changed concurrently; retry") from exc
+    return _device_json(stored)
+
+
+async def _device_timeline(call: _Call, device_id: str) -> web.StreamResponse:
+    device = await _existing_device(call.state, device_id)
+    verdict, due = check_in(device.last_activity_time, device.check_in_interval, call.state.now())
+    entries = call.request.app[TIMELINES].entries(device.device_id)
+    return _json(
+        {
+            "deviceId": device.device_id,
+            "connectionState": device.connection_state.capitalize(),
+            "lastActivityTime": format_time(device.last_activity_time),
+            "checkInIntervalSeconds": device.check_in_interval,
+            "checkIn": verdict,
+            "nextCheckInDue": format_time(due) if due is not None else None,
+            "value": [e.to_json() for e in entries],
+        }
+    )
+
+
+async def _device_action(request: web.Request) -> web.StreamResponse:
+    device_id, action = request.match_info["device"], request.match_info["action"]
+    operations: dict[str, Operation]
+    if action == "timeline":
+        operations = {"GET": functools.partial(_device_timeline, device_id=device_id)}
+    elif action == "regenerateKey":
+        operations = {"POST": functools.partial(_regenerate_device_key, device_id=device_id)}
+    else:  # a deviceId never contains '/': nothing else lives under a device
+        return await _unknown(request)
+    return await _serve(request, operations)
 
 
 async def _get_device(call: _Call, device_id: str) -> web.StreamResponse:
@@ -519,6 +632,25 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return await _serve(request, operations)
 
 
+# --- the cluster's nodes (relay/nodes.py) ----------------------------------------------------
+
+
+async def _nodes(call: _Call) -> web.StreamResponse:
+    nodes = await call.state.cluster.nodes()
+    return _json({"value": [node_json(node) for node in nodes], "self": call.state.cluster.node_id})
+
+
+async def _drain_node(call: _Call, node_id: str) -> web.StreamResponse:
+    if not await call.state.cluster.request_drain(node_id):
+        raise EntityNotFoundError(f"no live node {node_id!r}")
+    return _json({"id": node_id, "draining": True}, status=202)
+
+
+async def _node_drain(request: web.Request) -> web.StreamResponse:
+    node_id = request.match_info["node"]
+    return await _serve(request, {"POST": functools.partial(_drain_node, node_id=node_id)})
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 
@@ -552,11 +684,14 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/rules/{rule}", _namespace_rule),
         ("/rules/{rule}/regenerate", _namespace_regenerate),
         ("/devices", _collection(_list_devices)),
+        ("/devices/{device}/{action}", _device_action),  # timeline, regenerateKey
         ("/devices/{device:.+}", _device),
         ("/listeners", _collection(_listeners)),
         ("/streams", _collection(_streams)),
         ("/streams/{stream}", _stream),
         ("/stats", _collection(_stats)),
+        ("/nodes", _collection(_nodes)),
+        ("/nodes/{node}/drain", _node_drain),
         ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
         *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
         *certificate_routes(),  # /certificates...: CA certificates (mgmt/certificates.py)

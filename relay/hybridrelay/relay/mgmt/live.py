@@ -159,19 +159,28 @@ def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
     """One hybrid connection's numbers on this node, named as Azure Monitor names them.
 
     None (nothing counted yet, or the entity shares the ``_other`` metrics label beyond
-    ``max_metrics_hc_labels``) reads as zeros. Sender refusals are split by class: 4xx is
-    the sender's error (bad token, no listener, quota), 5xx the relay's or listener's.
+    ``max_metrics_hc_labels``) reads as zeros. Refusals are split by who asked (a
+    listener's ``listen``: ListenerConnections-*, everything else: SenderConnections-*)
+    and by class: 4xx is the caller's error (bad token, no listener, quota), 5xx the
+    relay's or the listener's.
     """
     n = numbers or HcStats()
-    client = sum(count for code, count in n.rejections.items() if code.startswith("4"))
-    server = sum(count for code, count in n.rejections.items() if code.startswith("5"))
+
+    def count(by_status: dict[str, int], status_class: str) -> int:
+        return sum(c for code, c in by_status.items() if code.startswith(status_class))
+
+    listener_client = count(n.listener_rejections, "4")
+    listener_server = count(n.listener_rejections, "5")
     return {
         "name": name,
         "counted": numbers is not None,
         "ActiveListeners": n.listeners,
         "ActiveConnections": n.active_connections,
+        "ListenerConnections-Success": n.listener_connects,
+        "ListenerConnections-ClientError": listener_client,
+        "ListenerConnections-ServerError": listener_server,
         "SenderConnections-Success": n.connections + n.http_requests,
-        "SenderConnections-ClientError": client,
-        "SenderConnections-ServerError": server,
+        "SenderConnections-ClientError": count(n.rejections, "4") - listener_client,
+        "SenderConnections-ServerError": count(n.rejections, "5") - listener_server,
         "BytesTransferred": n.bytes_up + n.bytes_down,
     }

@@ -134,6 +134,15 @@ _PAGING: Final = (
 )
 
 
+_CHECK_IN: Final[Doc] = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "maximum": 366 * 24 * 3600,
+    "description": "How often the device is expected to be heard from, in seconds (null: no "
+    "schedule). GET /devices/{deviceId}/timeline says onSchedule or overdue against it.",
+}
+
+
 def _list_of(item: str) -> Doc:
     return {
         "type": "object",
@@ -334,6 +343,7 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             "statusReason": {"type": ["string", "null"], "maxLength": 128},
             "authentication": _ref("Authentication"),
             "grants": _ref("Grants"),
+            "checkInIntervalSeconds": _CHECK_IN,
         },
     },
     "Device": {
@@ -354,6 +364,7 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             "lastActivityTime": _TIME,
             "authentication": _ref("Authentication"),
             "grants": _ref("Grants"),
+            "checkInIntervalSeconds": _CHECK_IN,
         },
     },
     "DeviceList": _list_of("Device"),
@@ -767,32 +778,9 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
                 },
             },
             "hybridConnection": {
-                "type": "object",
-                "description": "With ?hybridConnection=: that entity's numbers on this node, "
-                "named as Azure Monitor names them (SenderConnections-*: relayed connections "
-                "and HTTP requests answered; refusals by 4xx and 5xx; BytesTransferred: of "
-                "finished streams). counted is false when nothing was counted yet or the "
-                "entity is beyond max_metrics_hc_labels.",
-                "required": [
-                    "name",
-                    "counted",
-                    "ActiveListeners",
-                    "ActiveConnections",
-                    "SenderConnections-Success",
-                    "SenderConnections-ClientError",
-                    "SenderConnections-ServerError",
-                    "BytesTransferred",
-                ],
-                "properties": {
-                    "name": {"type": "string"},
-                    "counted": {"type": "boolean"},
-                    "ActiveListeners": {"type": "integer"},
-                    "ActiveConnections": {"type": "integer"},
-                    "SenderConnections-Success": {"type": "integer"},
-                    "SenderConnections-ClientError": {"type": "integer"},
-                    "SenderConnections-ServerError": {"type": "integer"},
-                    "BytesTransferred": {"type": "integer"},
-                },
+                **_ref("HcCounters"),
+                "description": "With ?hybridConnection=: that entity's numbers on this node "
+                "(as GET /hybridconnections/{name}/metrics answers them).",
             },
             "limitRefusals": {
                 "type": "array",
@@ -802,6 +790,239 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
                     "properties": {"limit": {"type": "string"}, "count": {"type": "integer"}},
                 },
             },
+        },
+    },
+}
+_NODE_SCHEMAS: Final[dict[str, Doc]] = {
+    "Node": {
+        "type": "object",
+        "description": "A relay node, as its last heartbeat described it (this node: now). "
+        "Without a cluster the one node is 'local'.",
+        "required": [
+            "id",
+            "address",
+            "listeners",
+            "streams",
+            "pendingRendezvous",
+            "draining",
+            "startedAt",
+            "seenAt",
+            "hybridConnections",
+        ],
+        "properties": {
+            "id": {"type": "string", "description": "The node id ([cluster] node_id)."},
+            "address": {"type": "string", "description": "Its public URL."},
+            "listeners": {"type": "integer", "minimum": 0, "description": "Control channels."},
+            "streams": {"type": "integer", "minimum": 0, "description": "Spliced streams."},
+            "pendingRendezvous": {"type": "integer", "minimum": 0},
+            "draining": {"type": "boolean"},
+            "startedAt": _TIME,
+            "seenAt": _TIME,
+            "hybridConnections": {
+                "type": "array",
+                "description": "Listeners it holds per hybrid connection, the most first "
+                "(100 at most).",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "listeners"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "listeners": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
+        },
+    },
+    "NodeList": {
+        "type": "object",
+        "required": ["value", "self"],
+        "properties": {
+            "value": {"type": "array", "items": _ref("Node")},
+            "self": {"type": "string", "description": "The id of the node that answered."},
+        },
+    },
+    "Drain": {
+        "type": "object",
+        "required": ["id", "draining"],
+        "properties": {"id": {"type": "string"}, "draining": {"const": True}},
+    },
+}
+_NODE_PATHS: Final[dict[str, Doc]] = {
+    "/nodes": {
+        "get": {
+            "operationId": "listNodes",
+            "summary": "The cluster's live nodes (the one answering first): listeners, streams "
+            "and which hybrid connections' listeners each holds.",
+            "responses": _responses(
+                {
+                    "200": _ok("All of them.", "NodeList"),
+                    "503": _error("The cluster's shared state (Redis) cannot be reached."),
+                }
+            ),
+        }
+    },
+    "/nodes/{nodeId}/drain": {
+        "parameters": [
+            _param("nodeId", "path", {"type": "string"}, "A node's id (GET /nodes).", required=True)
+        ],
+        "post": {
+            "operationId": "drainNode",
+            "summary": "Drain a node (audit-logged): it refuses new listeners and senders "
+            "(503, /readyz 503), closes its control channels with 1001 so agents reconnect "
+            "elsewhere, and lets open streams finish. It keeps running until stopped.",
+            "responses": _responses(
+                {
+                    "202": _ok("Asked; the node drains.", "Drain"),
+                    "503": _error("The cluster's shared state (Redis) cannot be reached."),
+                }
+            ),
+        },
+    },
+}
+_AZURE_COUNTERS: Final = (
+    "ActiveListeners",
+    "ActiveConnections",
+    "ListenerConnections-Success",
+    "ListenerConnections-ClientError",
+    "ListenerConnections-ServerError",
+    "SenderConnections-Success",
+    "SenderConnections-ClientError",
+    "SenderConnections-ServerError",
+    "BytesTransferred",
+)
+_TIMELINE_ENTRY: Final[Doc] = {
+    "type": "object",
+    "required": ["time", "kind", "hybridConnection", "role", "reason", "status", "closeCode"],
+    "properties": {
+        "time": {"type": "string", "format": "date-time"},
+        "kind": {"type": "string", "enum": ["connected", "disconnected", "authFailed"]},
+        "hybridConnection": {"type": "string"},
+        "role": {
+            "type": "string",
+            "description": "listener (a control channel) or sender (a relayed stream it "
+            "opened); streams spliced to its control channel are not listed.",
+        },
+        "reason": {
+            "type": "string",
+            "description": "Why it disconnected (the relay's reason when it cut the "
+            "connection) or why it was refused.",
+        },
+        "status": {"type": ["integer", "null"], "description": "An auth failure's HTTP status."},
+        "closeCode": {
+            "type": ["integer", "null"],
+            "description": "A control channel's close code.",
+        },
+    },
+}
+_DEVICE_DETAIL_SCHEMAS: Final[dict[str, Doc]] = {
+    "HcCounters": {
+        "type": "object",
+        "description": "A hybrid connection's numbers on this node, named as Azure Monitor "
+        "names them. ListenerConnections-*: control channels opened, and listen requests "
+        "refused by 4xx (the caller's error) and 5xx (the relay's); SenderConnections-*: "
+        "relayed connections and HTTP requests answered, and the other refusals, likewise "
+        "split; BytesTransferred: of finished streams. counted is false when nothing was "
+        "counted yet or the entity is beyond max_metrics_hc_labels.",
+        "required": ["name", "counted", *_AZURE_COUNTERS],
+        "properties": {
+            "name": {"type": "string"},
+            "counted": {"type": "boolean"},
+            "listenersAllNodes": {
+                "type": "integer",
+                "description": "Listeners on every node (GET /metrics only).",
+            },
+            **{counter: {"type": "integer"} for counter in _AZURE_COUNTERS},
+        },
+    },
+    "DeviceTimeline": {
+        "type": "object",
+        "required": [
+            "deviceId",
+            "connectionState",
+            "lastActivityTime",
+            "checkInIntervalSeconds",
+            "checkIn",
+            "nextCheckInDue",
+            "value",
+        ],
+        "properties": {
+            "deviceId": {"type": "string"},
+            "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
+            "lastActivityTime": _TIME,
+            "checkInIntervalSeconds": _CHECK_IN,
+            "checkIn": {
+                "type": "string",
+                "enum": ["onSchedule", "overdue", "never", "unscheduled"],
+                "description": "Last activity against checkInIntervalSeconds: onSchedule "
+                "until one interval after it, then overdue; never (never active) and "
+                "unscheduled (no interval) otherwise.",
+            },
+            "nextCheckInDue": {"type": ["string", "null"], "format": "date-time"},
+            "value": {
+                "type": "array",
+                "description": "Newest first; at most device_timeline_entries, this node's.",
+                "items": _TIMELINE_ENTRY,
+            },
+        },
+    },
+}
+_SEARCH_PARAMS: Final = (
+    _param(
+        "prefix",
+        "query",
+        {"type": "string", "maxLength": 128},
+        "Only deviceIds that start with this (case-sensitive; an index range).",
+        required=False,
+    ),
+    _param(
+        "contains",
+        "query",
+        {"type": "string", "maxLength": 128},
+        "Only deviceIds that contain this, ignoring case.",
+        required=False,
+    ),
+    _param(
+        "status",
+        "query",
+        {"type": "string", "enum": ["enabled", "disabled"]},
+        "Only devices with this status.",
+        required=False,
+    ),
+    _param(
+        "connectionState",
+        "query",
+        {"type": "string", "enum": ["Connected", "Disconnected", "connected", "disconnected"]},
+        "Only devices in this connection state.",
+        required=False,
+    ),
+)
+_DEVICE_DETAIL_PATHS: Final[dict[str, Doc]] = {
+    "/devices/{deviceId}/timeline": {
+        "parameters": [_DEVICE_ID],
+        "get": {
+            "operationId": "getDeviceTimeline",
+            "summary": "The device's connects, disconnects (with reasons) and auth failures "
+            "seen by this node, newest first, and its last activity against its expected "
+            "check-in interval.",
+            "responses": _responses({"200": _ok("The timeline.", "DeviceTimeline")}),
+        },
+    },
+    "/devices/{deviceId}/regenerateKey": {
+        "parameters": [_DEVICE_ID],
+        "post": {
+            "operationId": "regenerateDeviceKey",
+            "summary": "Give a SAS device a new random primary or secondary key (its other "
+            "key keeps working; tokens signed with the old one are refused from now on).",
+            "requestBody": _body("RegenerateInput"),
+            "responses": _responses({"200": _ok("The device.", "Device", etag=True)}, "409"),
+        },
+    },
+    "/hybridconnections/{name}/metrics": {
+        "parameters": [_HC_NAME],
+        "get": {
+            "operationId": "getHybridConnectionMetrics",
+            "summary": "The hybrid connection's Azure-named counters on this node.",
+            "responses": _responses({"200": _ok("The counters.", "HcCounters")}),
         },
     },
 }
@@ -1157,8 +1378,11 @@ def _document() -> Doc:
             "/devices": {
                 "get": {
                     "operationId": "listDevices",
-                    "summary": "List device identities in byte order of the deviceId.",
-                    "parameters": list(_PAGING),
+                    "summary": "List (or search) device identities in byte order of the "
+                    "deviceId. A search examines at most device_search_scan devices per page: "
+                    "a page may be short, even empty, and still have a continuationToken "
+                    "(repeat the search terms with it; nextLink does).",
+                    "parameters": [*_PAGING, *_SEARCH_PARAMS],
                     "responses": _responses({"200": _ok("One page.", "DeviceList", paged=True)}),
                 }
             },
@@ -1190,14 +1414,23 @@ def _document() -> Doc:
                     "responses": _responses({"204": _NO_CONTENT}, "412"),
                 },
             },
+            **_DEVICE_DETAIL_PATHS,
             **_INSPECTOR_PATHS,
             **_LIVE_PATHS,
+            **_NODE_PATHS,
             "/events": _EVENTS_PATH,
             **_JOB_PATHS,
             **_CERT_PATHS,
         },
         "components": {
-            "schemas": {**_SCHEMAS, **_CERT_SCHEMAS, **_LIVE_SCHEMAS, **_INSPECTOR_SCHEMAS},
+            "schemas": {
+                **_SCHEMAS,
+                **_CERT_SCHEMAS,
+                **_LIVE_SCHEMAS,
+                **_NODE_SCHEMAS,
+                **_DEVICE_DETAIL_SCHEMAS,
+                **_INSPECTOR_SCHEMAS,
+            },
             "securitySchemes": {
                 "sasToken": {
                     "type": "apiKey",

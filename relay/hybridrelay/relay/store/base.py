@@ -25,6 +25,7 @@ from typing import Protocol
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.store.certificates import CaCertificate
+from hybridrelay.relay.store.device_query import DEFAULT_SCAN_LIMIT, DeviceQuery
 from hybridrelay.relay.store.models import (
     ChangeEvent,
     Device,
@@ -184,11 +185,19 @@ class Store(LookupStore, Protocol):
         ...
 
     async def list_devices(
-        self, *, limit: int = 1000, continuation: str | None = None
+        self,
+        *,
+        limit: int = 1000,
+        continuation: str | None = None,
+        query: DeviceQuery | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
     ) -> Page[Device]:
         """One page (1 to 1,000) in byte order of the deviceId.
 
-        A device that exists for the whole walk is seen exactly once.
+        A device that exists for the whole walk is seen exactly once. With a ``query``
+        only matching devices are listed, and a page examines at most ``scan_limit``
+        devices: it may be short, even empty, and still have a continuation
+        (``device_query.py``).
 
         Raises:
             ValidationError: A bad limit or continuation token.

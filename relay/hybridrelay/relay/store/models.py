@@ -77,6 +77,7 @@ _RULE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 _THUMBPRINT: Final = re.compile(r"^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$")  # SHA-1 or SHA-256
 _GRANT: Final = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._*?/-]{0,259}$")
 
+CHECK_IN_INTERVAL_MAX: Final = 366 * 24 * 3600  # a device that wakes once a year
 DeviceStatus = Literal["enabled", "disabled"]
 ConnectionState = Literal["connected", "disconnected"]
 AuthType = Literal["sas", "selfSigned", "certificateAuthority"]
@@ -572,9 +573,18 @@ class Device:
     last_activity_time: float | None = None
     authentication: Authentication = field(default_factory=Authentication)
     grants: Grants = field(default_factory=Grants)
+    # How often the device is expected to be heard from, in seconds (None: no schedule),
+    # so a device that wakes once a day is not "overdue" an hour after its last visit.
+    check_in_interval: int | None = None
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
+        if self.check_in_interval is not None and not (
+            1 <= self.check_in_interval <= CHECK_IN_INTERVAL_MAX
+        ):
+            raise ValidationError(
+                "checkInIntervalSeconds", f"must be between 1 and {CHECK_IN_INTERVAL_MAX}"
+            )
         if self.status not in ("enabled", "disabled"):
             raise ValidationError("status", "must be enabled or disabled")
         if self.status_reason is not None and len(self.status_reason) > STATUS_REASON_MAX:
@@ -597,6 +607,7 @@ class Device:
             "lastActivityTime": format_time(self.last_activity_time),
             "authentication": self.authentication.to_json(),
             "grants": self.grants.to_json(),
+            "checkInIntervalSeconds": self.check_in_interval,
         }
 
     @classmethod
@@ -638,7 +649,16 @@ class Device:
             last_activity_time=parse_time("lastActivityTime", doc.get("lastActivityTime")),
             authentication=Authentication.from_json(doc.get("authentication") or {}),
             grants=Grants.from_json(doc.get("grants") or {}),
+            check_in_interval=_check_in_interval(doc.get("checkInIntervalSeconds")),
         )
+
+
+def _check_in_interval(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("checkInIntervalSeconds", "must be a whole number of seconds")
+    return value
 
 
 # --- paging and change events -----------------------------------------------------------

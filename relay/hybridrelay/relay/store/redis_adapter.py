@@ -185,6 +185,20 @@ class RedisAdapter:
             raise _unavailable(exc) from exc
         return None if value is None else _str(value)
 
+    async def hset(self, key: str, field: str, value: str) -> None:
+        try:
+            await self._client.hset(key, field, value)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def hdel(self, key: str, *fields: str) -> None:
+        if not fields:
+            return
+        try:
+            await self._client.hdel(key, *fields)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
     async def hgetall(self, key: str) -> dict[str, str]:
         try:
             value: Any = await self._client.hgetall(key)
@@ -236,6 +250,15 @@ class RedisAdapter:
         low = f"({after}" if after else "-"
         try:
             value: Any = await self._client.zrangebylex(key, low, "+", start=0, num=count)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return _str_list(value)
+
+    async def zrange_between(self, key: str, low: str, high: str, count: int) -> list[str]:
+        """Up to ``count`` members in byte order from ``low`` to ``high``, both in
+        ZRANGEBYLEX's spelling (``(x`` excludes x, ``[x`` includes it, ``-``/``+``)."""
+        try:
+            value: Any = await self._client.zrangebylex(key, low, high, start=0, num=count)
         except RedisError as exc:
             raise _unavailable(exc) from exc
         return _str_list(value)

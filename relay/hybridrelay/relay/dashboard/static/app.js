@@ -4,7 +4,10 @@
 // textContent only, never as HTML. Each page lives in its own module (pages.js and the
 // modules it names); the shared helpers are in lib.js.
 import { $, ApiError, View, el, hooks, request, state } from "./lib.js";
-import { devices, events, hybridConnection, hybridConnections, overview, streams } from "./pages.js";
+import { events, hybridConnection, hybridConnections, overview, streams } from "./pages.js";
+import { device, devices } from "./devices.js";
+import { cluster } from "./cluster.js";
+import { jobs } from "./jobs.js";
 import { inspector } from "./inspector.js";
 // --- shell ---------------------------------------------------------------------------------
 
@@ -24,13 +27,15 @@ async function route() {
   delete $("main").dataset.ready;
   if (!state.session) return;
   const [, page = "overview", ...rest] = (location.hash || "#/overview").split("/");
-  for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === page || (page === "hc" && link.dataset.page === "hcs"));
+  const section = { hc: "hcs", device: "devices" }[page] || page;
+  for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === section);
   const main = $("main");
   main.replaceChildren();
-  const pages = { overview, hcs: hybridConnections, streams, devices, events };
+  const pages = { overview, hcs: hybridConnections, streams, devices, events, jobs, cluster };
   try {
     const target = el("div");
     if (page === "hc") await hybridConnection(target, view, decodeURIComponent(rest.join("/")));
+    else if (page === "device") await device(target, view, decodeURIComponent(rest.join("/")));
     else if (page === "inspector") await inspector(target, view, decodeURIComponent(rest.join("/")));
     else await (pages[page] || overview)(target, view);
     if (view.stopped) return; // a newer navigation is drawing

@@ -2,7 +2,7 @@
 // hybrid connection, their (redacted) headers and capped bodies, replay and edit-and-replay
 // (operators only: the relay refuses a viewer's write anyway), and "copy as curl".
 // Everything goes through /$mgmt/v1/hybridconnections/{name}/inspector (mgmt/inspector.py).
-import { api, el, enc, errorLine, hcPath, isOperator, live, table } from "./lib.js";
+import { api, el, enc, errorLine, hcPath, isOperator, live, state, table } from "./lib.js";
 
 const REDACTED = "[redacted]";
 
@@ -38,10 +38,10 @@ function bodyBlock(id, body) {
 // A POSIX shell word: single quotes, each ' written as '\''.
 const quote = (text) => `'${String(text).replaceAll("'", "'\\''")}'`;
 
-// The relay's public URL as this page sees it: the dashboard is at <relay>/$dashboard/
-// (behind a proxy's prefix too), so one level up is the relay.
+// The relay's public URL, from the session: the dashboard has an origin of its own
+// (dashboard_listen), which is not where senders send.
 function relayRoot() {
-  return new URL("../", location.href).href.replace(/\/$/, "");
+  return (state.session?.relayUrl || "").replace(/\/$/, "");
 }
 
 function withoutToken(target) {

@@ -1,7 +1,8 @@
-// The dashboard's first pages: overview, hybrid connections, live streams, devices, events.
+// The dashboard's first pages: overview, hybrid connections, live streams, events
+// (devices: devices.js).
 import {
   REFRESH_MS, api, age, bytes, card, chart, el, enc, errorLine, hcPath, isOperator, live,
-  request, table,
+  table,
 } from "./lib.js";
 
 
@@ -105,14 +106,6 @@ function keyCells(rule) {
     el("span", {}, "secondary ", el("code", { class: "secondary-key volatile", text: rule.secondaryKey || "" })));
 }
 
-function deviceKeys(device) {
-  const keys = device.authentication?.symmetricKey || {};
-  if (!keys.primaryKey) return el("span", { class: "note", text: "no keys (X.509)" });
-  return el("div", { class: "keys" },
-    el("span", {}, "primary ", el("code", { class: "primary-key volatile", text: keys.primaryKey })),
-    el("span", {}, "secondary ", el("code", { class: "secondary-key volatile", text: keys.secondaryKey || "" })));
-}
-
 async function hybridConnection(main, view, name) {
   const path = "hybridconnections/" + hcPath(name);
   main.append(el("h1", { text: name }));
@@ -160,8 +153,7 @@ async function hybridConnection(main, view, name) {
   }
 
   await live(view, summary, async () => {
-    const [hc, stats] = await Promise.all([api("GET", path), api("GET", "stats?hybridConnection=" + enc(name))]);
-    const counters = stats.hybridConnection;
+    const [hc, counters] = await Promise.all([api("GET", path), api("GET", path + "/metrics")]);
     const status = hcStatus(hc);
     const toggle = isOperator()
       ? el("button", { type: "button", id: "hc-toggle", text: hc.status === "disabled" ? "Enable" : "Disable", onclick: () => api("PATCH", path, { status: hc.status === "disabled" ? "enabled" : "disabled" }).catch(errorLine(message)) })
@@ -170,9 +162,10 @@ async function hybridConnection(main, view, name) {
       card("status", "Status", status, null),
       card("ActiveListeners", "ActiveListeners", `${hc.listenerCount} / ${hc.maxListeners}`, "all nodes, against the cap"),
       card("ActiveConnections", "ActiveConnections", counters.ActiveConnections, "this node"),
-      card("SenderConnections-Success", "SenderConnections-Success", counters["SenderConnections-Success"]),
-      card("SenderConnections-ClientError", "SenderConnections-ClientError", counters["SenderConnections-ClientError"]),
-      card("SenderConnections-ServerError", "SenderConnections-ServerError", counters["SenderConnections-ServerError"]),
+      // Azure Monitor's names (GET .../metrics), so Azure operators recognise them.
+      ...["ListenerConnections-Success", "ListenerConnections-ClientError", "ListenerConnections-ServerError",
+        "SenderConnections-Success", "SenderConnections-ClientError", "SenderConnections-ServerError",
+      ].map((name) => card(name, name, counters[name], "this node")),
       card("BytesTransferred", "BytesTransferred", bytes(counters.BytesTransferred), "finished streams"),
       el("div", { class: "card" }, el("span", { class: "label", text: hc.configOwned ? "Owned by the config file" : "Created by the API" }), el("span", { class: "sub" }, toggle)),
     ];
@@ -209,70 +202,6 @@ async function streams(main, view) {
   await draw();
 }
 
-async function devices(main, view) {
-  main.append(el("h1", { text: "Devices" }));
-  const message = el("p", { class: "error", role: "alert" });
-  const search = el("input", { id: "device-search", type: "search", placeholder: "filter by id" });
-  const list = el("div", { id: "device-list" });
-  const pager = el("div", { class: "inline" });
-  const pages = [null];
-  let page = { value: [], continuationToken: null };
-  const shown = new Map(); // devices whose keys were asked for, until the page is left
-  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, search), message, list, pager);
-  if (isOperator()) {
-    const patterns = (input) => input.value.split(",").map((p) => p.trim()).filter(Boolean);
-    const id = el("input", { id: "device-id", placeholder: "new device id", required: true });
-    const send = el("input", { id: "device-send", placeholder: "may send to (e.g. sensors/*)" });
-    const listen = el("input", { id: "device-listen", placeholder: "may listen on" });
-    const created = el("div", { id: "device-created" });
-    main.append(el("h2", { text: "New device" }), el("form", {
-      class: "inline",
-      onsubmit: (event) => {
-        event.preventDefault();
-        api("PUT", "devices/" + enc(id.value.trim()), { grants: { send: patterns(send), listen: patterns(listen) } })
-          .then((device) => { created.replaceChildren(el("p", { text: `Created ${device.deviceId}:` }), deviceKeys(device)); return load(pages[pages.length - 1]); })
-          .catch(errorLine(message));
-      },
-    }, id, send, listen, el("button", { type: "submit", class: "primary", text: "Create device" })), created);
-  }
-
-  async function toggle(device) {
-    const { doc, headers } = await request("GET", "api/devices/" + enc(device.deviceId));
-    doc.status = doc.status === "enabled" ? "disabled" : "enabled";
-    doc.statusReason = doc.status === "disabled" ? "disabled from the dashboard" : "";
-    await api("PUT", "devices/" + enc(device.deviceId), doc, { "If-Match": headers.get("ETag") || "*" });
-    await load(pages[pages.length - 1]);
-  }
-
-  function draw() {
-    const needle = search.value.trim().toLowerCase();
-    const rows = page.value.filter((d) => !needle || d.deviceId.toLowerCase().includes(needle)).map((d) => el("tr", { "data-device": d.deviceId },
-      el("td", { text: d.deviceId }),
-      el("td", { class: `status-${d.status}`, text: d.status + (d.statusReason ? ` (${d.statusReason})` : "") }),
-      el("td", { class: `status-${String(d.connectionState).toLowerCase()}`, text: d.connectionState }),
-      el("td", { class: "volatile", text: d.lastActivityTime && !d.lastActivityTime.startsWith("0001") ? d.lastActivityTime : "never" }),
-      el("td", { text: d.authentication?.type || "" }),
-      el("td", { class: "key-cell" }, shown.has(d.deviceId) ? deviceKeys(shown.get(d.deviceId)) : null),
-      el("td", {},
-        isOperator() ? el("button", { type: "button", text: "Show keys", onclick: () => api("GET", "devices/" + enc(d.deviceId)).then((full) => { shown.set(d.deviceId, full); draw(); }).catch(errorLine(message)) }) : null,
-        " ",
-        isOperator() ? el("button", { type: "button", class: d.status === "enabled" ? "danger" : "", text: d.status === "enabled" ? "Disable" : "Enable", onclick: () => toggle(d).catch(errorLine(message)) }) : null)));
-    list.replaceChildren(table(["Device id", "Status", "Connection", "Last activity", "Auth", "Keys", ""], rows, "No devices"));
-    pager.replaceChildren(...[
-      pages.length > 1 ? el("button", { type: "button", text: "Previous page", onclick: () => { pages.pop(); load(pages[pages.length - 1]).catch(errorLine(message)); } }) : null,
-      page.continuationToken ? el("button", { type: "button", text: "Next page", onclick: () => { pages.push(page.continuationToken); load(page.continuationToken).catch(errorLine(message)); } }) : null,
-    ].filter(Boolean));
-  }
-
-  async function load(token) {
-    page = await api("GET", "devices?top=50" + (token ? "&continuationToken=" + enc(token) : ""));
-    draw();
-  }
-  search.addEventListener("input", draw);
-  view.every(REFRESH_MS * 2, () => load(pages[pages.length - 1]).catch(() => {}));
-  await load(null);
-}
-
 // Every opType the relay publishes (relay/mgmt/events.py; a unit test keeps this in step).
 // EventSource has no wildcard: a named event is heard only by a listener for its name.
 const OP_TYPES = [
@@ -292,18 +221,24 @@ async function events(main, view) {
   main.append(el("h1", { text: "Events" }),
     el("p", { class: "note", text: "Lifecycle events of the last 15 minutes, then live (newest first)." }));
   const filter = el("input", { id: "event-filter", type: "search", placeholder: "filter: opType or name" });
+  // What kind of thing changed, from the op type's name (createDeviceIdentity: a device).
+  const kinds = [["", "All kinds"], ["Listener", "Listeners"], ["DeviceIdentity", "Devices"],
+    ["HybridConnection", "Hybrid connections"], ["AuthorizationRule", "Rules"], ["Certificate", "Certificates"], ["Job", "Jobs"]];
+  const kind = el("select", { id: "event-kind", "aria-label": "kind of event" },
+    kinds.map(([value, label]) => el("option", { value, text: label })));
   const status = el("p", { class: "note", id: "event-status", text: "connecting" });
   const list = el("div", { id: "event-list" });
-  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, filter), status, list);
+  main.append(el("form", { class: "inline", onsubmit: (e) => e.preventDefault() }, kind, filter), status, list);
   const seen = [];
   const draw = () => {
     const needle = filter.value.trim().toLowerCase();
-    const rows = seen.filter((e) => !needle || e.text.includes(needle)).map((e) => el("tr", { "data-event": e.op },
+    const rows = seen.filter((e) => (!needle || e.text.includes(needle)) && (!kind.value || e.op.toLowerCase().includes(kind.value.toLowerCase()))).map((e) => el("tr", { "data-event": e.op },
       el("td", { class: "volatile", text: e.time }), el("td", { text: e.op }), el("td", { text: e.entity }),
       el("td", { text: e.detail })));
     list.replaceChildren(table(["When", "Event", "Entity", "Detail"], rows, "No events yet"));
   };
   filter.addEventListener("input", draw);
+  kind.addEventListener("change", draw);
   const since = new Date(Date.now() - 15 * 60 * 1000).toISOString();
   const source = new EventSource("api/events?since=" + enc(since));
   view.onStop(() => source.close());
@@ -325,4 +260,4 @@ async function events(main, view) {
   draw();
 }
 
-export { devices, events, hybridConnection, hybridConnections, overview, streams };
+export { events, hybridConnection, hybridConnections, overview, streams };

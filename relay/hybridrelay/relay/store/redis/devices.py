@@ -14,6 +14,12 @@ from typing import Final
 
 from hybridrelay.errors import ConflictError, ValidationError
 from hybridrelay.relay.store.checks import check_device_write, is_device_id
+from hybridrelay.relay.store.device_query import (
+    DEFAULT_SCAN_LIMIT,
+    ID_END,
+    DeviceQuery,
+    ScanResult,
+)
 from hybridrelay.relay.store.last_known import LastKnown
 from hybridrelay.relay.store.models import ChangeEvent, Device, Page
 from hybridrelay.relay.store.records import (
@@ -29,6 +35,7 @@ from hybridrelay.relay.store.redis_adapter import Script
 __all__ = ["RedisDevices"]
 
 _TOUCH_INTERVAL: Final = 1.0
+_SEARCH_CHUNK: Final = 500  # ids read from the index per round trip of a search
 
 # KEYS[1] device hash. ARGV: connection state, its time. Unknown devices stay unknown.
 _SET_STATE: Final = """
@@ -146,9 +153,16 @@ class RedisDevices(RedisEngine):
         return await self._retrying(attempt)
 
     async def list_devices(
-        self, *, limit: int = 1000, continuation: str | None = None
+        self,
+        *,
+        limit: int = 1000,
+        continuation: str | None = None,
+        query: DeviceQuery | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
     ) -> Page[Device]:
         after = page_start(limit, continuation)
+        if query is not None and query.narrows:
+            return await self._search_devices(limit, after, query, scan_limit)
         members = await self._redis.zrange_after(self._dev_index, after, limit + 1)
         keys = [self._dev_hash(m) for m in members[:limit]]
         items = [
@@ -157,6 +171,46 @@ class RedisDevices(RedisEngine):
             if (device := self._decode_device(key, fields)) is not None
         ]
         return Page(items=tuple(items), continuation=next_page_token(members, limit))
+
+    async def _search_devices(
+        self, limit: int, after: str, query: DeviceQuery, scan_limit: int
+    ) -> Page[Device]:
+        # The index holds ids only: prefix narrows the range read, the other conditions
+        # need each candidate's hash, read a chunk at a time (pipelined) until a page
+        # fills or scan_limit ids were examined.
+        low = f"({after}" if after else "-"
+        high = "+"
+        if query.prefix:
+            if not after or after < query.prefix:
+                low = f"[{query.prefix}"
+            high = f"({query.prefix}{ID_END}"
+        result = ScanResult(limit=limit, scan_limit=scan_limit, matched=[])
+        found: list[Device] = []
+        while True:
+            # One id past the budget tells "more left" from "done".
+            want = min(_SEARCH_CHUNK, scan_limit - result.examined + 1)
+            members = await self._redis.zrange_between(self._dev_index, low, high, want)
+            keys = [self._dev_hash(m) for m in members if query.id_matches(m)]
+            devices: dict[str, Device] = {}
+            if keys:
+                for key, fields in zip(keys, await self._redis.hgetall_many(keys), strict=True):
+                    device = self._decode_device(key, fields)
+                    if device is not None:
+                        devices[device.device_id] = device
+            for member in members:
+                if result.budget_spent():
+                    break
+                device = devices.get(member)
+                matches = device is not None and query.matches(device)
+                result.examine(member, matches)
+                if device is not None and matches:
+                    found.append(device)
+                    if result.full():
+                        break
+            if result.full() or result.more or len(members) < want:
+                break
+            low = f"({members[-1]}"
+        return Page(items=tuple(found[:limit]), continuation=result.continuation())
 
     async def set_connection_state(self, device_id: str, connected: bool, now: float) -> None:
         if not device_id:

@@ -84,6 +84,14 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ("ALTER TABLE hybrid_connections ADD COLUMN status TEXT NOT NULL DEFAULT 'enabled'",),
     # v3: CA certificates for X.509 devices (issue 5; store/certificates.py).
     ("CREATE TABLE ca_certificates (name TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",),
+    # v4: device search by status and connection state over 100k devices in id order
+    # (store/device_query.py): an index per condition, the id second for the order.
+    (
+        "CREATE INDEX devices_by_status ON devices (status, device_id)",
+        "CREATE INDEX devices_by_connection ON devices (connection_state, device_id)",
+        # The expected check-in interval (seconds; NULL: none), Device.check_in_interval.
+        "ALTER TABLE devices ADD COLUMN check_in_interval INTEGER",
+    ),
 )
 
 

@@ -1,0 +1,101 @@
+"""This node's summary for the cluster (``GET /$mgmt/v1/nodes``) and draining on request.
+
+``POST /$mgmt/v1/nodes/{id}/drain`` asks a node (this one, or another through the
+cluster's channel) to do what SIGTERM starts, without stopping: it refuses new listeners
+and senders (503, ``/readyz`` answers 503 so balancers move on), closes its listeners'
+control channels with 1001 so their agents reconnect elsewhere, and lets its open streams
+run to their end. The operator stops the process once its streams are gone (the
+dashboard's cluster page shows them); there is no undrain short of a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from hybridrelay.logs import RELAY
+from hybridrelay.protocol.codes import CloseCode
+from hybridrelay.relay.cluster.base import MAX_NODE_HCS, NodeSummary
+from hybridrelay.relay.hc_endpoints import shutdown_connections
+from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
+from hybridrelay.relay.splices import SPLICES, SpliceRegistry
+from hybridrelay.relay.state import STATE, RelayState
+
+__all__ = ["drain_here", "install", "node_json", "summarize"]
+
+log = logging.getLogger(RELAY)
+
+
+def summarize(
+    state: RelayState, listeners: ListenerRegistry, splices: SpliceRegistry, started_at: float
+) -> NodeSummary:
+    """What this node holds right now."""
+    held = Counter(channel.hc_name for channel in listeners)
+    return NodeSummary(
+        node_id=state.cluster.node_id,
+        address=state.public_url,
+        listeners=len(listeners),
+        streams=len(splices),
+        pending=state.cluster.pending_count(),
+        draining=state.draining,
+        started_at=started_at,
+        seen_at=time.time(),
+        hybrid_connections=tuple(held.most_common(MAX_NODE_HCS)),
+    )
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def node_json(node: NodeSummary) -> dict[str, object]:
+    """A node as ``GET /$mgmt/v1/nodes`` answers it (times as ISO 8601, like the API's)."""
+    doc = node.to_json()
+    doc["startedAt"] = _iso(node.started_at)
+    doc["seenAt"] = _iso(node.seen_at)
+    return doc
+
+
+async def drain_here(app: web.Application) -> None:
+    """Refuse new work and send this node's listeners elsewhere; streams run on."""
+    state = app[STATE]
+    if state.draining:
+        return
+    state.draining = True
+    log.warning(
+        "node_draining", extra={"node": state.cluster.node_id, "streams": len(app[SPLICES])}
+    )
+    await shutdown_connections(app, CloseCode.GOING_AWAY, "relay draining", include_streams=False)
+
+
+async def _nodes_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    started_at = time.time()
+    drains: set[asyncio.Task[None]] = set()
+
+    def drain_requested() -> None:
+        task = asyncio.create_task(drain_here(app), name="node drain")
+        drains.add(task)
+        task.add_done_callback(drains.discard)
+
+    listeners, splices = app[LISTENERS], app[SPLICES]
+    state.cluster.summarize_with(lambda: summarize(state, listeners, splices, started_at))
+    state.cluster.on_drain_requested(drain_requested)
+    yield
+    for task in list(drains):
+        task.cancel()
+    for task in list(drains):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def install(app: web.Application) -> None:
+    """Describe this node to the cluster and drain on request (after the store opens)."""
+    app.cleanup_ctx.append(_nodes_ctx)
