@@ -312,6 +312,8 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
     per_conn = (rss_open - rss_before) / opened
     return result | {
         "connections": opened,
+        "connections_attempted": n,
+        "connections_echoed": n - echo_failures,
         "connections_capped_by_fd_limit": n < requested,
         "open_failures": open_failures,
         "open_errors_sample": open_errors,

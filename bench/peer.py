@@ -12,6 +12,9 @@ on every path; only what is between them differs:
   ``hybridrelay listen`` agent -> sink; three child processes, as deployed;
 * ``websocket-tunnel``: client -> ``wtunnel client`` (local listener) -> ``wtunnel
   server`` -> sink; two child processes (websocket-tunnel from PyPI, the ``bench`` extra).
+* ``ssh``: client -> ``ssh -N -L`` (local listener) -> a private ``sshd`` -> sink: OpenSSH
+  port forwarding (:mod:`bench.ssh`), the second peer. Without sshd/ssh installed that
+  path is left out and ``ssh_skipped`` says why.
 
 Each run opens a fresh TCP connection; the sink writes one byte when it is reached, so
 connection setup through the tunnel is not timed. The client then writes an 8-byte length
@@ -41,6 +44,7 @@ from typing import Any, Final
 
 from bench.nginx import free_port
 from bench.proc import LineChild
+from bench.ssh import SshTunnel, find_openssh, openssh_version
 from bench.stats import paired, spread
 from bench.throughput import (
     HC,
@@ -56,7 +60,7 @@ from bench.throughput import (
 READY: Final = b"R"
 DONE: Final = b"D"
 KEY_ENV: Final = "HYBRIDRELAY_BENCH_KEY"
-PATHS: Final = ("tcp", "hybridrelay", "websocket-tunnel")
+PATHS: Final = ("tcp", "hybridrelay", "websocket-tunnel", "ssh")
 PEER_PACKAGE: Final = "websocket-tunnel"
 PEER_MODULE: Final = "websocket_tunnel"
 
@@ -379,6 +383,9 @@ NOTES = (
     "them; the forwarder sends what each TCP read returns as one binary WebSocket message). "
     "websocket-tunnel = its client + server (2 processes, run through its CLI's main(), i.e. "
     "asyncio.run on the default loop; 32 KiB data frames multiplexed on one WebSocket). "
+    "ssh = client -> ssh -N -L -> a private sshd on 127.0.0.1 -> sink (OpenSSH, one SSH "
+    "connection, the cipher both ends choose by default: ssh_cipher; CPU over ssh, the sshd "
+    "listener and the connection's sshd processes). "
     "tcp = client -> sink directly, for reference. Paths alternate each round after one "
     "unrecorded warm-up per path; ratios.*.per_round = the paths' ratio within each round. "
     "tunnel_cpu_s_per_gb = CPU seconds of all the tunnel's processes per 10^9 bytes "
@@ -392,6 +399,15 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
         return result | {
             "skipped": f"{PEER_PACKAGE} is not installed (pip install -e '.[bench]' installs it)"
         }
+    openssh: tuple[str, str] | None = None
+    if "ssh" in args.paths:
+        found = find_openssh()
+        if isinstance(found, str):
+            args.paths = [p for p in args.paths if p != "ssh"]
+            result["paths"] = args.paths
+            result["ssh_skipped"] = found
+        else:
+            openssh = found
     count = int(args.size_mib * 1024 * 1024) // (64 * 1024)
     if count <= 0:
         raise BenchError("--size-mib must be at least 0.0625 (one 64 KiB write)")
@@ -404,6 +420,7 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hybridrelay-bench-peer-") as tmp:
         ours: HybridRelayTunnel | None = None
         theirs: WebsocketTunnel | None = None
+        ssh: SshTunnel | None = None
         step = "start"
         try:
             sink_port = await sink.start()
@@ -420,6 +437,16 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
                 ports["websocket-tunnel"] = await theirs.start()
                 pids["websocket-tunnel"] = theirs.processes()
                 result["websocket_tunnel_version"] = importlib.metadata.version(PEER_PACKAGE)
+            if openssh is not None:
+                step = "start ssh -L"
+                ssh = SshTunnel(Path(tmp), sink_port, *openssh)
+                try:
+                    ports["ssh"] = await ssh.start()
+                except RuntimeError as exc:
+                    raise BenchError(str(exc)) from exc
+                pids["ssh"] = ssh.processes()
+                result["ssh_version"] = openssh_version(openssh[1])
+                result["ssh_cipher"] = ssh.cipher
             if warmup_count:
                 for name in args.paths:
                     step = f"warm-up {name}"
@@ -427,6 +454,9 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
                         ports[name], payload, warmup_count, pids[name],
                         limit_s=args.timeout, runs=None,
                     )  # fmt: skip
+            if ssh is not None:
+                # sshd forks the connection's processes around the login: now they exist.
+                pids["ssh"] = ssh.processes()
             for rnd in range(args.rounds):
                 for name in args.paths:
                     step = f"round {rnd + 1} {name}"
@@ -440,19 +470,19 @@ async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
             detail = f"{step} failed: {str(exc) or repr(exc)}"
             if sink.errors:
                 detail += "\nsink: " + "; ".join(sink.errors[:5])
-            for tunnel in (ours, theirs):
+            for tunnel in (ours, theirs, ssh):
                 if tunnel is not None:
                     detail += "\n" + tunnel.failure_detail()
             raise BenchError(detail) from exc
         finally:
-            for tunnel in (ours, theirs):
+            for tunnel in (ours, theirs, ssh):
                 if tunnel is not None:
                     await tunnel.stop()
             await sink.stop()
 
     ratios: dict[str, Any] = {}
-    for a, b in (("hybridrelay", "websocket-tunnel"), ("hybridrelay", "tcp"),
-                 ("websocket-tunnel", "tcp")):  # fmt: skip
+    for a, b in (("hybridrelay", "websocket-tunnel"), ("hybridrelay", "ssh"),
+                 ("hybridrelay", "tcp"), ("websocket-tunnel", "tcp"), ("ssh", "tcp")):  # fmt: skip
         if a in runs and b in runs:
             sa, sb = runs[a].mb_s, runs[b].mb_s
             ratios[f"{a}/{b}"] = {

@@ -155,6 +155,32 @@ def _peer(units: dict[str, Unit], quick: bool) -> list[Row]:
             target=f"≥ {target}",
             met=ratio["median"] >= target,
             note=note,
+        ),
+        *_peer_ssh(r, size),
+    ]
+
+
+def _peer_ssh(r: dict[str, Any], size: float) -> list[Row]:
+    """The second peer, OpenSSH ``ssh -L``, in the same run: no target, a reference."""
+    figure = "TCP tunnel vs OpenSSH ssh -L"
+    if skipped := r.get("ssh_skipped"):
+        return [Row(section="3", figure=figure, result="skipped", note=skipped)]
+    if "ssh" not in r.get("mb_s", {}):
+        return []  # a run from before the ssh path, or one that left it out
+    cpu = {n: r["cpu"][n].get("tunnel_cpu_s_per_gb") for n in ("hybridrelay", "ssh")}
+    note = f"ssh cipher {r.get('ssh_cipher', '?')}"
+    if all(cpu.values()):
+        note += "; CPU-s per GB, all tunnel processes: " + ", ".join(
+            f"{n} {fmt(c['median'], digits=1)}" for n, c in cpu.items() if c
+        )
+    return [
+        Row(
+            section="3",
+            figure=f"{figure} ({size:,.0f} MiB {TIMES} {r['rounds']})",
+            a="hybridrelay " + _range(r["mb_s"]["hybridrelay"], "MB/s"),
+            b=f"{r.get('ssh_version', 'ssh').split()[0]} " + _range(r["mb_s"]["ssh"], "MB/s"),
+            result=_range(r["ratios"]["hybridrelay/ssh"]["per_round"], digits=2),
+            note=note,
         )
     ]
 
@@ -237,6 +263,25 @@ def _latency(units: dict[str, Unit], quick: bool) -> list[Row]:
     return out
 
 
+def _attempted(r: dict[str, Any]) -> int:
+    """Connections the memory unit tried to open: every one opened or failed to."""
+    return int(r.get("connections_attempted", r["connections"] + r["open_failures"]))
+
+
+def _echoed(r: dict[str, Any]) -> int:
+    # echo_failures counts over every attempt, so one that never opened counts there too.
+    return int(r.get("connections_echoed", _attempted(r) - r["echo_failures"]))
+
+
+def _open_and_echo_failures(r: dict[str, Any]) -> str:
+    """What the count row's value leaves out: the attempts, and the failures of each step
+    (the A column once read "0 open / 0 echo failures" next to "9,952 open")."""
+    attempted = _attempted(r)
+    requested = r.get("connections_requested", attempted)
+    tried = f"{attempted:,} tried" + (f" of {requested:,}" if requested != attempted else "")
+    return f"{tried}: {r['open_failures']:,} failed to open, {r['echo_failures']:,} to echo"
+
+
 def _memory(units: dict[str, Unit], quick: bool) -> list[Row]:
     unit = units.get("memory")
     figure = "Relay RSS per idle relayed connection"
@@ -268,8 +313,8 @@ def _memory(units: dict[str, Unit], quick: bool) -> list[Row]:
         Row(
             section="7",
             figure="Idle relayed connections, all echo",
-            a=f"{r['open_failures']} open / {r['echo_failures']} echo failures",
-            result=f"{n:,} open, {n - r['echo_failures']:,} echo",
+            a=_open_and_echo_failures(r),
+            result=f"{n:,} opened, {_echoed(r):,} echoed",
             target=f"{wanted:,}, no error",
             met=count_met,
             note=note,
@@ -407,7 +452,7 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         f"uvloop {m.get('uvloop_version', 'not installed')} (relay, agent, forwarder and bench "
         f"process), aiohttp {m.get('aiohttp', '?')}",
         f"- nginx: {m.get('nginx', 'not found')}; websocket-tunnel: "
-        f"{m.get('websocket_tunnel', 'not installed')}",
+        f"{m.get('websocket_tunnel', 'not installed')}; OpenSSH: {m.get('openssh', '?')}",
         f"- run: `{results.get('command', 'python -m bench')}`, {results.get('mode', '?')} mode, "
         f"started {results.get('started_at', '?')}, took {results.get('duration_s', 0):.0f} s; "
         f"load average at start {m.get('loadavg_at_start', '?')}",

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from typing import IO, Any, Final
 
 from bench.nginx import find_nginx, nginx_version
 from bench.report import rows, summary_line
+from bench.ssh import openssh_version
 from bench.stats import text_table
 
 __all__ = ["SECTIONS", "UNITS", "main"]
@@ -282,6 +284,8 @@ def machine() -> dict[str, Any]:
             info[key] = importlib.metadata.version(package)
     binary = find_nginx()
     info["nginx"] = f"{nginx_version(binary)} ({binary})" if binary else "not found"
+    ssh = shutil.which("ssh")
+    info["openssh"] = openssh_version(ssh) if ssh else "not found"
     return info
 
 

@@ -49,7 +49,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Final, NamedTuple, TypeAlias, cast
+from typing import Final, NamedTuple, Protocol, TypeAlias, cast
 
 from hybridrelay import errors
 from hybridrelay.protocol.codes import CloseCode
@@ -67,7 +67,7 @@ from hybridrelay.protocol.connection import (
 from hybridrelay.protocol.frames import Opcode, is_valid_close_code
 from hybridrelay.protocol.handshake import Accepted, ClientHandshake, parse_ws_url
 
-__all__ = ["DEFAULT_MAX_SIZE", "WsConnection", "ws_connect"]
+__all__ = ["DEFAULT_MAX_SIZE", "PayloadSink", "WsConnection", "ws_connect"]
 
 logger = logging.getLogger("hybridrelay.client")
 
@@ -96,6 +96,30 @@ class _Chunk(NamedTuple):
     size: int  # bytes on the wire, for flow control
     frame_end: bool
     message_end: bool
+
+
+class PayloadSink(Protocol):
+    """Where :meth:`WsConnection.attach_sink` hands what arrives, in place of the buffer.
+
+    Called from the connection's protocol callbacks, so each call must return at once:
+    a byte bridge writes the payload to its socket and holds this connection's reading
+    (:meth:`WsConnection.hold_reading`) while that socket's buffer is full.
+    """
+
+    def ws_data(self, parts: list[bytes | memoryview]) -> None:
+        """Payload of data frames, in order, message boundaries dropped (a byte stream):
+        the pieces of one read, for one ``writelines`` (no copy to join them; views of the
+        read, not copies). Text arrives checked as UTF-8, as it came."""
+
+    def ws_ended(self) -> None:
+        """Nothing more will arrive: the peer's close frame, a failure, or the connection is
+        gone; :attr:`WsConnection.close_code` and :attr:`WsConnection.closed` say which.
+        May be called more than once."""
+
+    def ws_writable(self, writable: bool) -> None:
+        """The transport's write buffer went over its high-water mark (False) or back
+        under its low mark (True): stop, or start again, producing what
+        :meth:`WsConnection.send_nowait` sends."""
 
 
 def _loop_sets_nodelay(loop: asyncio.AbstractEventLoop) -> bool:
@@ -194,6 +218,7 @@ class WsConnection(asyncio.Protocol):
         self._discard = False  # close() was called: the application reads no more
         self._draining = False  # closing or failed: the socket is read only to drain it
         self._reading_paused = False
+        self._sink: PayloadSink | None = None  # attach_sink(): payload goes there, not to _rx
 
         # Sending
         self._send_lock = asyncio.Lock()
@@ -251,6 +276,11 @@ class WsConnection(asyncio.Protocol):
     def closed(self) -> bool:
         """True once the TCP connection is gone."""
         return self._lost
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the socket is not read: what was received waits for its consumer."""
+        return self._reading_paused
 
     # ------------------------------------------------------------------ sending
 
@@ -340,10 +370,78 @@ class WsConnection(asyncio.Protocol):
 
         Does nothing if our close frame was already sent or the connection is gone.
         """
+        self.close_write_nowait(code, reason)
+
+    def close_write_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """:meth:`close_write` for callbacks: it never waits anyway."""
         _check_close_code(code)
         if self._lost or self._conn.close_sent is not None or self._transport is None:
             return
         self._send_close(code, reason)
+
+    # ------------------------------------------------------------------ bridge mode
+
+    def attach_sink(self, sink: PayloadSink) -> None:
+        """Hand payload to ``sink`` as it arrives instead of buffering it for a reader.
+
+        For a byte bridge built of callbacks (:mod:`hybridrelay.socket_bridge`): no
+        coroutine, no buffer between the socket reads and ``sink``. What was buffered
+        before goes to ``sink`` now, and ``sink.ws_ended()`` follows at once if nothing
+        more can come. The receiving coroutines (recv, read...) may not be used any more.
+
+        Raises:
+            RuntimeError: A sink is attached already, or a coroutine is receiving.
+        """
+        if self._sink is not None or self._rx_busy:
+            raise RuntimeError("this connection is already being received from")
+        self._rx_busy = True  # for good: the sink receives
+        self._sink = sink
+        rx = self._rx
+        parts: list[bytes | memoryview] = [
+            c.data.encode("utf-8") if isinstance(c.data, str) else c.data for c in rx
+        ]
+        rx.clear()
+        self._rx_bytes = 0
+        if any(parts):
+            sink.ws_data([part for part in parts if part])
+        self._conn.payload_views(True)  # from now on no payload is copied out of a read
+        if self._reading_paused:
+            self._resume_reading()
+        if self._write_paused:
+            sink.ws_writable(False)
+        if self._rx_eof or self._lost:
+            sink.ws_ended()
+
+    def detach_sink(self) -> None:
+        """Stop calling the sink; what arrives from now on is dropped (the bridge is
+        closing)."""
+        if self._sink is not None:
+            self._sink = None
+            self._discard = True
+            self._conn.payload_views(False)
+
+    def send_nowait(self, data: bytes | memoryview) -> None:
+        """Bridge mode: send ``data`` as one BINARY message without waiting.
+
+        ``data`` may be a view of a buffer that is reused once this returns: what goes
+        out is masked into a new buffer (a client masks every frame, RFC 6455 §5.3).
+        The sink hears :meth:`PayloadSink.ws_writable` when it should stop.
+
+        Raises:
+            ConnectionClosedError: Our close frame was sent or the connection is gone.
+        """
+        self._conn.send_frame(_BINARY, data)
+        out = self._conn.data_to_send()
+        transport = self._transport
+        if transport is not None and not (self._lost or self._eof_written):
+            transport.writelines(out)
+
+    def hold_reading(self, hold: bool) -> None:
+        """Bridge mode: stop reading the socket while where the payload goes is full."""
+        if hold:
+            self._pause_reading()
+        else:
+            self._resume_reading()
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close: send our close frame if not done yet, then wait (at most ``close_timeout``)
@@ -526,6 +624,8 @@ class WsConnection(asyncio.Protocol):
             self._keepalive_task.stop()
         if not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
+        if self._sink is not None:
+            self._sink.ws_ended()
         if hs is None and self._debug:
             logger.debug("= closed %s code=%s error=%r", self._log_url, self.close_code, exc)
 
@@ -533,6 +633,8 @@ class WsConnection(asyncio.Protocol):
         self._write_paused = True
         if self._transport is not None:
             self._conn.outgoing_buffered(self._transport.get_write_buffer_size())
+        if self._sink is not None:
+            self._sink.ws_writable(False)
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -542,6 +644,8 @@ class WsConnection(asyncio.Protocol):
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._sink is not None:
+            self._sink.ws_writable(True)
 
     # ------------------------------------------------------------------ handshake (ws_connect)
 
@@ -598,6 +702,10 @@ class WsConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ events
 
     def _on_events(self, events: list[Event]) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._on_events_to_sink(events, sink)
+            return
         rx = self._rx
         received = control = False
         for event in events:
@@ -610,7 +718,7 @@ class WsConnection(asyncio.Protocol):
                 if self._discard or (not data and not end):
                     continue
                 message_end = end and fin
-                item: bytes | str = data
+                item: bytes | str = data if isinstance(data, bytes) else bytes(data)
                 if self._msg_text:
                     decoder = self._decoder
                     if decoder is None:
@@ -648,6 +756,58 @@ class WsConnection(asyncio.Protocol):
         if control:
             if self._write_paused:
                 self._sync_reading()  # the Connection may hold a peer that does not read
+            self._flush()
+
+    def _on_events_to_sink(self, events: list[Event], sink: PayloadSink) -> None:
+        """Bridge mode: payload straight to the sink, the pieces of one read in one call
+        (one write to the bridged socket however many frames the read held)."""
+        parts: list[bytes | memoryview] = []
+        control = False
+        for event in events:
+            if type(event) is Frame:
+                opcode, fin, _length, data, start, end = event
+                if start and opcode:
+                    self._msg_text = opcode == _TEXT
+                    if self._msg_text and self._decoder is not None:
+                        self._decoder.reset()
+                if self._discard:
+                    continue
+                if self._msg_text:
+                    # Checked as it arrives (RFC 6455 §8.1), passed on as it came.
+                    decoder = self._decoder
+                    if decoder is None:
+                        decoder = self._decoder = _UTF8_DECODER("strict")
+                    try:
+                        decoder.decode(data, end and fin)
+                    except UnicodeDecodeError:
+                        self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        break  # the frames after it were never parsed
+                if data:
+                    parts.append(data)
+                continue
+            control = True
+            if parts:  # what came before the close goes first
+                sink.ws_data(parts)
+                parts = []
+            if isinstance(event, CloseReceived):
+                if self._debug:
+                    logger.debug("< CLOSE %s %d %r", self._log_url, event.code, event.reason)
+                self._rx_eof = True
+                self._flush()  # our echo, if auto_close_echo
+                if self._conn.state is State.CLOSED:
+                    self._closing_handshake_done()
+            elif isinstance(event, Failed):
+                self._rx_eof = True
+                self._after_failure(event.code, event.reason)
+            elif isinstance(event, ConnectionLost):
+                self._rx_eof = True
+        if parts:
+            sink.ws_data(parts)
+        if self._rx_eof and self._sink is not None:
+            sink.ws_ended()
+        if control:
+            if self._write_paused:
+                self._sync_reading()
             self._flush()
 
     # ------------------------------------------------------------------ internals

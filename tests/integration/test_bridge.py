@@ -1,6 +1,11 @@
-"""hybridrelay.bridge between real sockets on 127.0.0.1.
+"""hybridrelay.bridge and hybridrelay.socket_bridge between real sockets on 127.0.0.1.
 
     app --TCP-- [bridge under test] --WS-- RelayPeer --TCP-- target
+
+Every test runs against both bridges (the ``engine`` fixture): ``stream`` is
+:func:`hybridrelay.bridge.bridge` over asyncio streams (what accept hooks' wrapped streams
+use), ``socket`` is :class:`hybridrelay.socket_bridge.SocketBridge` as the app socket's
+protocol (the forwarder and the agent); they promise the same behaviour.
 
 ``RelayPeer`` is a raw WebSocket server (frames read with our FrameParser) that
 pipes each connection to a new TCP connection to the target, with half-close in
@@ -22,6 +27,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.harness.timing import seconds
@@ -34,6 +40,7 @@ from hybridrelay.protocol.frames import (
     encode_frame,
     parse_close_payload,
 )
+from hybridrelay.socket_bridge import SocketBridge
 from hybridrelay.wsclient import WsConnection, ws_connect
 
 T = seconds(10.0)
@@ -215,13 +222,17 @@ class Setup:
 
     relay: RelayPeer
     target_done: asyncio.Queue[object]
+    engine: str
     cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ws: list[WsConnection] = field(default_factory=list)
+    bridges: list[WatchedBridge] = field(default_factory=list)  # the socket engine's
 
     async def start_bridge(
         self, kind: str, tmp_path: Path, **options: float
     ) -> tuple[Streams, asyncio.Task[BridgeStats]]:
         """Connect an app stream and bridge its server end to a new WebSocket."""
+        if self.engine == "socket":
+            return await self._start_socket_bridge(kind, tmp_path, **options)
         accepted: asyncio.Queue[Streams] = asyncio.Queue()
 
         async def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -249,9 +260,75 @@ class Setup:
         task = asyncio.create_task(bridge(ws, reader, writer, **options))  # type: ignore[arg-type]  # test passthrough
         return app, task
 
+    async def _start_socket_bridge(
+        self,
+        kind: str,
+        tmp_path: Path,
+        chunk_size: float = 65536,
+        idle_timeout: float | None = None,
+    ) -> tuple[Streams, asyncio.Task[BridgeStats]]:
+        accepted: asyncio.Queue[SocketBridge] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SocketBridge:
+            bridge = WatchedBridge(chunk_size=int(chunk_size), on_connect=accepted.put_nowait)
+            self.bridges.append(bridge)
+            return bridge
+
+        async with asyncio.timeout(T):
+            if kind == "tcp":
+                server = await loop.create_server(factory, "127.0.0.1", 0)
+                app = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            else:
+                path = str(tmp_path / "app.sock")
+                server = await loop.create_unix_server(factory, path)
+                app = await asyncio.open_unix_connection(path)
+            local = await accepted.get()
+            ws = await ws_connect(self.relay.url, auto_close_echo=False)
+        self.ws.append(ws)
+
+        async def close_server() -> None:
+            app[1].transport.abort()
+            local.abort()
+            server.close()
+            await server.wait_closed()
+
+        self.cleanup.append(close_server)
+        task = asyncio.create_task(local.run(ws, idle_timeout=idle_timeout))
+        return app, task
+
+
+class WatchedBridge(SocketBridge):
+    """A SocketBridge that says when backpressure started, each way."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.socket_full = asyncio.Event()  # the app's socket took no more: WS held
+        self.ws_full = asyncio.Event()  # the WebSocket took no more: the socket held
+        self.hold_full = asyncio.Event()  # before run(): the hold took no more
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.socket_full.set()
+
+    def ws_writable(self, writable: bool) -> None:
+        super().ws_writable(writable)
+        if not writable:
+            self.ws_full.set()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        super().buffer_updated(nbytes)
+        if self.transport is not None and not self.transport.is_reading():
+            self.hold_full.set()
+
+
+@pytest.fixture(params=["stream", "socket"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
 
 @pytest.fixture
-async def make_setup() -> AsyncIterator[Callable[[Target], Awaitable[Setup]]]:
+async def make_setup(engine: str) -> AsyncIterator[Callable[[Target], Awaitable[Setup]]]:
     setups: list[Setup] = []
     stops: list[Callable[[], Awaitable[None]]] = []
 
@@ -282,7 +359,7 @@ async def make_setup() -> AsyncIterator[Callable[[Target], Awaitable[Setup]]]:
 
         stops.append(stop)
         relay = await RelayPeer(server.sockets[0].getsockname()[1]).start()
-        setup = Setup(relay, done)
+        setup = Setup(relay, done, engine)
         setups.append(setup)
         return setup
 
@@ -539,6 +616,10 @@ async def test_refuses_a_websocket_that_echoes_close(
     setup = await make_setup(target)
     ws = await ws_connect(setup.relay.url)  # auto_close_echo=True
     setup.ws.append(ws)
+    if setup.engine == "socket":
+        with pytest.raises(ValueError, match="auto_close_echo"):
+            await SocketBridge().run(ws)  # refused before its socket is even looked at
+        return
     reader = asyncio.StreamReader()
     with pytest.raises(ValueError, match="auto_close_echo"):
         await bridge(ws, reader, None)  # type: ignore[arg-type]  # refused before use
@@ -562,7 +643,7 @@ async def test_cancel_aborts_both_ends_and_leaves_no_tasks(
         async with asyncio.timeout(T):
             await task
     assert task.cancelled()
-    leftovers = [t for t in asyncio.all_tasks() if "_Bridge" in repr(t.get_coro())]
+    leftovers = [t for t in asyncio.all_tasks() if "Bridge" in repr(t.get_coro())]
     assert leftovers == []
     async with asyncio.timeout(T):
         await setup.ws[0].wait_closed()
@@ -570,3 +651,135 @@ async def test_cancel_aborts_both_ends_and_leaves_no_tasks(
     assert (await setup.relay.result()).client_lost
     with contextlib.suppress(ConnectionResetError):
         assert await read_all(app_r) == b""
+
+
+# --------------------------------------------------------------------------- socket engine only
+
+
+@pytest.mark.parametrize("engine", ["socket"])
+async def test_app_that_stops_reading_stops_the_websocket_being_read(
+    make_setup: Callable[[Target], Awaitable[Setup]], tmp_path: Path
+) -> None:
+    """Backpressure WebSocket -> socket: memory stays bounded, then everything arrives."""
+    down = os.urandom(32 * MiB)
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for offset in range(0, len(down), 256 * 1024):
+            writer.write(down[offset : offset + 256 * 1024])
+            await writer.drain()
+        writer.write_eof()
+        assert await read_all(reader) == b""
+
+    setup = await make_setup(target)
+    (app_r, app_w), task = await setup.start_bridge("tcp", tmp_path)
+    local, ws = setup.bridges[0], setup.ws[0]
+    async with asyncio.timeout(T):
+        await local.socket_full.wait()  # the app reads nothing yet
+    assert ws.reading_paused  # the WebSocket is not read while the app's socket is full
+    assert local.transport is not None
+    # What the bridge holds: the socket's buffer (high-water mark 64 KiB) plus one read.
+    assert local.transport.get_write_buffer_size() <= 64 * 1024 + 256 * 1024
+    assert local.stats.bytes_down < len(down)
+    app_w.write_eof()
+    received = await read_all(app_r)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(down).digest()
+    async with asyncio.timeout(T):
+        stats = await task
+    assert stats == BridgeStats(bytes_up=0, bytes_down=len(down), close_code=1000)
+    await target_outcome(setup)
+
+
+@pytest.mark.parametrize("engine", ["socket"])
+async def test_websocket_that_stops_taking_stops_the_app_being_read(
+    make_setup: Callable[[Target], Awaitable[Setup]], tmp_path: Path
+) -> None:
+    """Backpressure socket -> WebSocket: the app's socket is not read while the WebSocket's
+    buffer is full (the relay-like peer forwards to a target that reads nothing yet)."""
+    up = os.urandom(32 * MiB)
+    release = asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        received = await read_all(reader)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(up).digest()
+        writer.write(b"ok")
+        await writer.drain()
+        writer.write_eof()
+
+    setup = await make_setup(target)
+    (app_r, app_w), task = await setup.start_bridge("unix", tmp_path)
+    local = setup.bridges[0]
+
+    async def app_send() -> None:
+        for offset in range(0, len(up), 256 * 1024):
+            app_w.write(up[offset : offset + 256 * 1024])
+            await app_w.drain()
+        app_w.write_eof()
+
+    async with asyncio.timeout(T), asyncio.TaskGroup() as tg:
+        sending = tg.create_task(app_send())
+        await local.ws_full.wait()
+        assert local.transport is not None
+        assert not local.transport.is_reading()  # the app's socket waits for the WebSocket
+        assert local.stats.bytes_up < len(up)
+        assert not sending.done()
+        release.set()
+    assert await read_all(app_r) == b"ok"
+    await target_outcome(setup)
+    async with asyncio.timeout(T):
+        stats = await task
+    assert stats == BridgeStats(bytes_up=len(up), bytes_down=2, close_code=1000)
+
+
+async def test_what_arrives_before_run_is_held_bounded_and_sent() -> None:
+    """The forwarder opens the WebSocket after accepting: meanwhile the app's bytes (and
+    its EOF) wait in the bridge, which stops reading once ``chunk_size`` is held."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Queue[SocketBridge] = asyncio.Queue()
+    bridges: list[WatchedBridge] = []
+
+    def factory() -> SocketBridge:
+        bridges.append(WatchedBridge(chunk_size=65536, on_connect=accepted.put_nowait))
+        return bridges[-1]
+
+    request = os.urandom(4 * MiB)
+    target_got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            target_got.put_nowait(await read_all(reader))
+            writer.write(b"reply")
+            writer.write_eof()
+            await writer.drain()
+        finally:
+            writer.close()
+
+    target_server = await asyncio.start_server(on_target, "127.0.0.1", 0)
+    relay = await RelayPeer(target_server.sockets[0].getsockname()[1]).start()
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    app_r, app_w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    ws: WsConnection | None = None
+    try:
+        async with asyncio.timeout(T):
+            local = await accepted.get()
+            app_w.write(request)
+            app_w.write_eof()
+            await bridges[0].hold_full.wait()
+            assert local.transport is not None
+            assert not local.transport.is_reading()
+            ws = await ws_connect(relay.url, auto_close_echo=False)
+            run = asyncio.create_task(local.run(ws))
+            await app_w.drain()
+            assert await read_all(app_r) == b"reply"
+            stats = await run
+            assert await target_got.get() == request
+        assert stats == BridgeStats(bytes_up=len(request), bytes_down=5, close_code=1000)
+    finally:
+        app_w.transport.abort()
+        if ws is not None:
+            ws.abort()
+        server.close()
+        target_server.close()
+        await relay.stop()
+        await server.wait_closed()
+        await target_server.wait_closed()

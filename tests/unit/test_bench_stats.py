@@ -204,6 +204,29 @@ def test_memory_count_target_needs_10000_without_errors() -> None:
     assert per.met is True
     assert count.met is False
     assert "20,000" in count.note
+    # The A column no longer reads "0 open" next to a value of 9,952 opened.
+    assert count.a == "9,952 tried of 10,000: 0 failed to open, 0 to echo"
+    assert count.result == "9,952 opened, 9,952 echoed"
+
+
+def test_memory_count_row_counts_each_failure_once() -> None:
+    """An attempt that failed to open also fails its echo: echoed = attempted - echo failures."""
+    result = {
+        "connections": 9_990,
+        "connections_requested": 10_000,
+        "connections_attempted": 10_000,
+        "connections_echoed": 9_985,
+        "connections_capped_by_fd_limit": False,
+        "open_failures": 10,
+        "echo_failures": 15,
+        "rss_before_kib": 64_000,
+        "rss_open_kib": 380_000,
+        "kib_per_connection": {"value": 31.6},
+    }
+    _per, count = report.rows(_results(memory={"status": "ok", "result": result}))
+    assert count.a == "10,000 tried: 10 failed to open, 15 to echo"
+    assert count.result == "9,990 opened, 9,985 echoed"
+    assert count.met is False
 
 
 def _attack_phase(rate: float | None, p99: float | None, peak: int, cap: bool) -> dict[str, Any]:
@@ -284,3 +307,41 @@ def test_worker_scaling_rows_compare_two_workers_with_one_per_round() -> None:
     assert connects.met is None
     assert "load average 5.9" in connects.note
     assert bulk.result == f"1.25 [1.00{EN_DASH}1.50]"
+
+
+def _peer_result(**extra: Any) -> dict[str, Any]:
+    cpu = {"tunnel_cpu_s_per_gb": {"median": 1.7, "min": 1.6, "max": 1.8}}
+    mb_s = {"hybridrelay": spread([800.0, 790.0, 810.0])}
+    mb_s |= {"websocket-tunnel": spread([400.0, 410.0, 390.0])}
+    return {
+        "bytes_per_run": 1 << 30,
+        "rounds": 3,
+        "mb_s": mb_s,
+        "ratios": {"hybridrelay/websocket-tunnel": {"per_round": spread([2.0, 1.9, 2.1])}},
+        "cpu": {"hybridrelay": cpu, "websocket-tunnel": cpu},
+        "websocket_tunnel_version": "0.3.2",
+        **extra,
+    }
+
+
+def test_peer_rows_add_openssh_as_a_second_peer_without_a_target() -> None:
+    result = _peer_result()
+    result["mb_s"]["ssh"] = spread([200.0, 210.0, 190.0])
+    result["ratios"]["hybridrelay/ssh"] = {"per_round": spread([4.0, 3.8, 4.2])}
+    result["cpu"]["ssh"] = {"tunnel_cpu_s_per_gb": {"median": 3.4, "min": 3.3, "max": 3.5}}
+    result |= {"ssh_version": "OpenSSH_9.2p1 Debian-2", "ssh_cipher": "chacha20-poly1305"}
+    wtunnel, ssh = report.rows(_results(peer={"status": "ok", "result": result}))
+    assert wtunnel.met is True
+    assert ssh.figure.startswith("TCP tunnel vs OpenSSH ssh -L")
+    assert ssh.b.startswith("OpenSSH_9.2p1 200")
+    assert ssh.result.startswith("4")
+    assert ssh.met is None  # a reference, not a target
+    assert "chacha20-poly1305" in ssh.note
+    assert "ssh 3.4" in ssh.note
+
+
+def test_peer_rows_say_why_the_ssh_path_was_skipped() -> None:
+    result = _peer_result(ssh_skipped="sshd not found; install them from the OS packages")
+    _wtunnel, ssh = report.rows(_results(peer={"status": "ok", "result": result}))
+    assert ssh.result == "skipped"
+    assert "sshd not found" in ssh.note

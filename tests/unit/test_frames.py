@@ -669,3 +669,46 @@ def test_mask_check_byte_by_byte() -> None:
     # The unmasked frame's first byte went on before its second showed the missing mask
     # bit: harmless, a reader cannot act on one byte of a header.
     assert accepted == len(masked) + 1
+
+
+@dataclass
+class ViewRecorder(Recorder):
+    """A Recorder that takes payload as views (FrameParser.view_payload_to)."""
+
+    views: list[memoryview] = field(default_factory=list)
+
+    def on_payload_view(self, data: memoryview, frame_done: bool) -> None:
+        assert isinstance(data, memoryview)
+        self.views.append(data)
+        self.events.append(("payload", bytes(data), frame_done))
+
+
+@settings(max_examples=50, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0), max_size=8))
+def test_payload_views_carry_what_bytes_would(cuts: list[int]) -> None:
+    """Views of the reads, split anywhere, make the same frames as copied bytes."""
+    wire = (
+        encode_frame(fin=False, opcode=Opcode.BINARY, payload=bytes(range(200)))
+        + encode_frame(fin=True, opcode=Opcode.PING, payload=b"ping")
+        + encode_frame(fin=True, opcode=Opcode.CONTINUATION, payload=b"\x00" * 70_000)
+        + encode_frame(fin=True, opcode=Opcode.TEXT, payload="été".encode())
+    )
+    expected = Recorder()
+    FrameParser(expected, masked=False).feed(wire)
+    viewed = ViewRecorder()
+    parser = FrameParser(viewed, masked=False)
+    parser.view_payload_to(viewed)
+    assert parser.views
+    bounds = sorted({c % (len(wire) + 1) for c in cuts})
+    for a, b in zip([0, *bounds], [*bounds, len(wire)], strict=True):
+        parser.feed(wire[a:b])
+    assert viewed.frames() == expected.frames()
+    assert viewed.views  # the payload really came as views
+    parser.view_payload_to(None)
+    assert not parser.views
+
+
+def test_payload_views_are_refused_for_masked_frames() -> None:
+    sink = ViewRecorder()
+    with pytest.raises(ValueError, match="no views"):
+        FrameParser(sink, masked=True).view_payload_to(sink)

@@ -532,7 +532,7 @@ def _whole_frames(events: list[Event]) -> list[object]:
     data = b""
     for event in events:
         if isinstance(event, Frame):
-            data = event.data if event.start else data + event.data
+            data = bytes(event.data) if event.start else data + event.data
             if event.end:
                 out.append((event.opcode, event.fin, event.length, data))
         else:
@@ -668,3 +668,50 @@ def test_an_abort_sends_no_close_frame_and_the_peers_close_still_explains() -> N
     assert server.state is State.CLOSED
     error = server.closed_error()
     assert (error.code, error.reason) == (4000, "bye")
+
+
+def test_payload_views_give_views_of_the_read_for_a_streaming_client() -> None:
+    conn = Connection(Role.CLIENT, streaming=True)
+    conn.payload_views(True)
+    read = encode_frame(fin=True, opcode=Opcode.BINARY, payload=b"abc") + encode_frame(
+        fin=True, opcode=Opcode.BINARY, payload=b"defg"
+    )
+    first, second = conn.receive_data(read)
+    assert isinstance(first, Frame)
+    assert isinstance(second, Frame)
+    assert isinstance(first.data, memoryview)
+    assert isinstance(second.data, memoryview)
+    assert (bytes(first.data), bytes(second.data)) == (b"abc", b"defg")
+    assert first.data.obj is second.data.obj  # both views of the one read: no copy
+    assert conn.bytes_received == 7
+    conn.payload_views(False)
+    (third,) = conn.receive_data(encode_frame(fin=True, opcode=Opcode.BINARY, payload=b"h"))
+    assert isinstance(third, Frame)
+    assert third.data == b"h"
+    assert isinstance(third.data, bytes)
+
+
+@pytest.mark.parametrize(
+    ("role", "streaming"), [(Role.SERVER, True), (Role.CLIENT, False)], ids=["server", "messages"]
+)
+def test_payload_views_only_for_a_streaming_client(role: Role, streaming: bool) -> None:
+    with pytest.raises(ValueError, match="payload views"):
+        Connection(role, streaming=streaming).payload_views(True)
+
+
+def test_a_connection_with_payload_views_does_not_splice() -> None:
+    conn = Connection(Role.CLIENT, streaming=True)
+    conn.payload_views(True)
+    with pytest.raises(ValueError, match="does not splice"):
+        conn.splice_to(Connection(Role.CLIENT, streaming=True))
+
+
+def test_send_frame_copies_a_view_it_does_not_mask() -> None:
+    """A server sends unmasked: a view of a reused buffer must not be queued as is."""
+    conn = Connection(Role.SERVER)
+    buffer = bytearray(b"x" * 20_000)
+    conn.send_frame(Opcode.BINARY, memoryview(buffer))
+    buffer[:] = b"y" * 20_000
+    assert b"".join(conn.data_to_send()) == encode_frame(
+        fin=True, opcode=Opcode.BINARY, payload=b"x" * 20_000
+    )

@@ -23,16 +23,13 @@ serves again as soon as the relay is back: each connection or flow dials anew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
-from hybridrelay.bridge import bridge
 from hybridrelay.client.config import BindingConfig, ForwardConfig
 from hybridrelay.client.connection import connect
 from hybridrelay.datagram_bridge import DatagramBridge, DatagramStats
@@ -42,6 +39,7 @@ from hybridrelay.outage import OutageReport
 from hybridrelay.probe import ProbeResult, probe_relay
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.sas import TokenProvider
+from hybridrelay.socket_bridge import SocketBridge
 from hybridrelay.wsclient import WsConnection
 
 __all__ = [
@@ -186,7 +184,10 @@ class Forwarder:
         Raises:
             OSError: The local port cannot be bound.
         """
-        server = await asyncio.start_server(self._on_client, self.host, self.port, backlog=512)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SocketBridge(on_connect=self._on_client), self.host, self.port, backlog=512
+        )
         self.port = server.sockets[0].getsockname()[1]
         log.info(
             "forwarder_listening",
@@ -200,31 +201,30 @@ class Forwarder:
             await server.wait_closed()
             await _drain(self._tasks, self._drain_timeout)
 
-    def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.ensure_future(self._tunnel(reader, writer))
+    def _on_client(self, local: SocketBridge) -> None:
+        task = asyncio.ensure_future(self._tunnel(local))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = peer_text(writer.get_extra_info("peername"))
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    async def _tunnel(self, local: SocketBridge) -> None:
+        # What the local client sends meanwhile waits in `local` (bounded; then the
+        # socket is not read until the bridge runs).
+        peer = peer_text(local.peername())
         try:
             ws = await self._opener.open()
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.failed += 1
             self._opener.open_failed("tunnel_refused", exc, peer)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            local.close()
             return
+        except BaseException:
+            local.abort()
+            raise
         self.stats.accepted += 1
         self.stats.active += 1
         started = time.monotonic()
         try:
-            result = await bridge(ws, reader, writer)
+            result = await local.run(ws)
             self.stats.bytes_up += result.bytes_up
             self.stats.bytes_down += result.bytes_down
             log.info(

@@ -150,12 +150,14 @@ class Frame(NamedTuple):
     ``start`` marks a frame's first piece (``length`` is its whole payload length, as
     for :func:`~hybridrelay.protocol.frames.encode_frame_header`), ``end`` its last; a
     frame that arrived whole is one event with both. ``opcode`` is 0 for continuations.
+    ``data`` is bytes, or a view of the bytes received after
+    :meth:`Connection.payload_views`.
     """
 
     opcode: int
     fin: bool
     length: int
-    data: bytes
+    data: bytes | memoryview
     start: bool
     end: bool
 
@@ -428,8 +430,11 @@ class Connection:
         else:
             self.send_frame(_BINARY, bytes(message))
 
-    def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+    def send_frame(self, opcode: int, payload: bytes | memoryview, *, fin: bool = True) -> None:
         """Send one data frame; a fragmented message is TEXT/BINARY then continuations.
+
+        ``payload`` may be a view of a buffer its owner reuses once this returns (a byte
+        bridge's read buffer): what is queued never refers to it.
 
         Raises:
             ConnectionClosedError: our close frame is out, or the connection is closed.
@@ -451,18 +456,19 @@ class Connection:
         else:
             raise ValueError(f"not a data opcode: {opcode:#x}")
         self._out_in_message = not fin
+        data: bytes
         if self._masks:
             mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
-            if payload:
-                payload = apply_mask(payload, mask)
+            data = apply_mask(payload, mask) if payload else b""  # a new buffer either way
         else:
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload))
-        if len(payload) < _COALESCE_LIMIT:
-            self._out.append(header + payload)
+            data = payload if type(payload) is bytes else bytes(payload)
+        if len(data) < _COALESCE_LIMIT:
+            self._out.append(header + data)
         else:
             self._out.append(header)
-            self._out.append(payload)
+            self._out.append(data)
 
     def forward(self, frame: Frame) -> None:
         """Streaming: send a piece of a data frame received on another connection.
@@ -471,7 +477,31 @@ class Connection:
         the connection closed) is dropped whole, as a splice must once the other side
         has closed; the pieces of a frame whose start went out always follow it.
         """
-        self._forward_piece(*frame)
+        opcode, fin, length, data, start, end = frame
+        self._forward_piece(opcode, fin, length, bytes(data), start, end)
+
+    def payload_views(self, on: bool = True) -> None:
+        """Streaming: :class:`Frame` data as views of the bytes received, not copies.
+
+        For a byte bridge that writes each piece to a socket at once (a view keeps the
+        whole read it came in alive). A client only: a server unmasks into new bytes.
+
+        Raises:
+            ValueError: Not a streaming client, or splice_to() is set.
+        """
+        if on and (not self._streaming or self._masks is False or self._target is not None):
+            raise ValueError("payload views are for a streaming client that does not splice")
+        self._parser.view_payload_to(self if on else None)
+
+    def on_payload_view(self, data: memoryview, frame_done: bool) -> None:
+        """payload_views(): :meth:`on_payload` for a streaming client, minus the copy."""
+        self.bytes_received += len(data)
+        if self._validate and self._msg_text:
+            self._decode(data, frame_done and self._f_fin)
+        self._events.append(
+            Frame(self._f_opcode, self._f_fin, self._f_length, data, self._f_start, frame_done)
+        )
+        self._f_start = False
 
     def splice_to(self, target: Connection | None) -> None:
         """Streaming: forward every data frame straight to ``target`` (None: stop).
@@ -482,6 +512,8 @@ class Connection:
         """
         if target is not None and not self._streaming:
             raise ValueError("only a streaming connection forwards frames")
+        if target is not None and self._parser.views:
+            raise ValueError("a connection that hands out payload views does not splice")
         self._target = target
 
     def abandon_frame(self) -> bool:
@@ -717,7 +749,7 @@ class Connection:
         else:
             self._events.append(BytesMessage(data))
 
-    def _decode(self, data: bytes, final: bool) -> str:
+    def _decode(self, data: bytes | memoryview, final: bool) -> str:
         decoder = self._decoder
         if decoder is None:
             decoder = self._decoder = _UTF8_DECODER("strict")

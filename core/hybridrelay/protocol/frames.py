@@ -176,6 +176,13 @@ class FrameSink(Protocol):
         """A whole close, ping or pong frame, unmasked."""
 
 
+class PayloadViewSink(Protocol):
+    """Takes payload as views of the bytes fed (:meth:`FrameParser.view_payload_to`)."""
+
+    def on_payload_view(self, data: memoryview, frame_done: bool) -> None:
+        """As :meth:`FrameSink.on_payload`; ``data`` is a view of the bytes fed, no copy."""
+
+
 # Parser states
 _HEAD: Final = 0
 _PAYLOAD: Final = 1
@@ -201,6 +208,7 @@ class FrameParser:
         "_remaining",
         "_sink",
         "_state",
+        "_view_sink",
     )
 
     def __init__(self, sink: FrameSink, *, masked: bool) -> None:
@@ -213,6 +221,26 @@ class FrameParser:
         self._offset = 0
         self._ctl_opcode = 0
         self._in_message = False
+        self._view_sink: PayloadViewSink | None = None
+
+    @property
+    def views(self) -> bool:
+        """Whether payload goes to a :class:`PayloadViewSink` (:meth:`view_payload_to`)."""
+        return self._view_sink is not None
+
+    def view_payload_to(self, sink: PayloadViewSink | None) -> None:
+        """Unmasked frames: hand payload to ``sink`` as views of the bytes fed (None: as
+        bytes to the FrameSink, as before).
+
+        Slicing a payload piece out of a read copies it; a byte bridge that writes the
+        piece to a socket at once needs no copy. The views keep the read alive.
+
+        Raises:
+            ValueError: This parser takes masked frames (they are unmasked into a copy).
+        """
+        if sink is not None and self._masked:
+            raise ValueError("masked payload is unmasked into new bytes: no views")
+        self._view_sink = sink
 
     @property
     def in_message(self) -> bool:
@@ -236,12 +264,24 @@ class FrameParser:
         pos = 0
         end = len(data)
         sink = self._sink
+        view_sink = self._view_sink
         try:
             while True:
                 state = self._state
                 if pos >= end and not (state != _HEAD and self._remaining == 0):
                     break
-                if state == _PAYLOAD:
+                if state == _PAYLOAD and view_sink is not None:
+                    take = min(self._remaining, end - pos)
+                    view = memoryview(data)[pos : pos + take]
+                    pos += take
+                    self._remaining -= take
+                    self._offset += take
+                    if self._remaining == 0:
+                        self._state = _HEAD
+                        view_sink.on_payload_view(view, True)
+                    else:
+                        view_sink.on_payload_view(view, False)
+                elif state == _PAYLOAD:
                     take = min(self._remaining, end - pos)
                     chunk = data[pos : pos + take] if (pos or take != end) else data
                     pos += take

@@ -28,7 +28,15 @@ from hybridrelay.listener.hooks import (
 )
 from hybridrelay.listener.rendezvous import Dialer
 from hybridrelay.listener.stats import ListenerStats
-from hybridrelay.listener.targets import StreamTarget, UdpConnection, UdpTarget, open_stream
+from hybridrelay.listener.targets import (
+    StreamTarget,
+    TcpTarget,
+    UdpConnection,
+    UdpTarget,
+    UnixTarget,
+    open_bridge,
+    open_stream,
+)
 from hybridrelay.logs import LISTENER, ConnectionLogger
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.wsclient import WsConnection
@@ -188,6 +196,10 @@ class AcceptServer:
         if isinstance(target, UdpTarget):
             await self._bridge_to_udp(target, accept, request, clog, wrappers)
             return
+        if not wrappers:
+            await self._bridge_socket(target, accept, request, clog)
+            return
+        # A wrapped stream (an accept hook's) is only a BridgeStream: the stream bridge.
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await open_stream(target)
@@ -210,6 +222,43 @@ class AcceptServer:
                 ws.abort()
                 raise
             result = await bridge(stream, reader, writer)
+            self.stats.bytes_up += result.bytes_up
+            self.stats.bytes_down += result.bytes_down
+            clog.info(
+                "connection_closed",
+                extra={
+                    "bytes_up": result.bytes_up,
+                    "bytes_down": result.bytes_down,
+                    "code": result.close_code,
+                },
+            )
+        finally:
+            self._stream_ended()
+
+    async def _bridge_socket(
+        self,
+        target: TcpTarget | UnixTarget,
+        accept: Accept,
+        request: AcceptRequest,
+        clog: ConnectionLogger,
+    ) -> None:
+        """The WebSocket straight to the target's socket (:mod:`hybridrelay.socket_bridge`)."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                local = await open_bridge(target)
+        except (OSError, TimeoutError) as exc:
+            clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
+            await self._reject(accept.address, Reject(502, "target unreachable"), clog)
+            return
+        try:
+            ws = await self._rendezvous(accept, request, stream=True)
+        except BaseException:
+            local.close()
+            raise
+        self._stream_started()
+        clog.info("connection_accepted", extra={"target": str(target)})
+        try:
+            result = await local.run(ws)
             self.stats.bytes_up += result.bytes_up
             self.stats.bytes_down += result.bytes_down
             clog.info(

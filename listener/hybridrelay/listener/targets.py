@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from hybridrelay.listener.http_target import HttpTarget
 from hybridrelay.logs import LISTENER
+from hybridrelay.socket_bridge import SocketBridge
 
 __all__ = [
     "StreamTarget",
@@ -26,6 +27,7 @@ __all__ = [
     "UdpConnection",
     "UdpTarget",
     "UnixTarget",
+    "open_bridge",
     "open_stream",
     "parse_target",
 ]
@@ -131,6 +133,21 @@ async def open_stream(
     if isinstance(target, UnixTarget):
         return await asyncio.open_unix_connection(target.path)
     return await asyncio.open_connection(target.host, target.port)
+
+
+async def open_bridge(target: TcpTarget | UnixTarget) -> SocketBridge:
+    """Connect to a stream target with a :class:`SocketBridge` as the socket's protocol
+    (the caller bounds the time and runs the bridge).
+
+    Raises:
+        OSError: The target refused or is unreachable (a missing socket file too).
+    """
+    loop = asyncio.get_running_loop()
+    if isinstance(target, UnixTarget):
+        _, bridge = await loop.create_unix_connection(SocketBridge, target.path)
+    else:
+        _, bridge = await loop.create_connection(SocketBridge, target.host, target.port)
+    return bridge
 
 
 class UdpConnection(asyncio.DatagramProtocol):
