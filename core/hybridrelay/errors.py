@@ -16,6 +16,7 @@ docs/security.md's table), and the middleware counts it in
     ├── ProtocolError                      400 / 1002
     │   ├── InvalidAddressError            400
     │   ├── InvalidMessageError            400 / 1002
+    │   │   └── UnknownMessageKindError    a well-formed message of a kind this side does not know
     │   └── PayloadTooBigError             413 / 1009
     ├── AuthError                          401 (TokenMissingOrInvalid)
     │   ├── TokenExpiredError              401 / 1008
@@ -77,6 +78,7 @@ __all__ = [
     "TokenExpiredError",
     "TokenLifetimeError",
     "UnavailableError",
+    "UnknownMessageKindError",
     "UpstreamTimeoutError",
     "ValidationError",
 ]
@@ -145,6 +147,14 @@ class InvalidAddressError(ProtocolError):
 
 class InvalidMessageError(ProtocolError):
     """A control-channel message is not one valid single-key JSON object."""
+
+
+class UnknownMessageKindError(InvalidMessageError):
+    """A single-key JSON object whose key names no message kind of HC §3.
+
+    Its own class so that a listener can tell a kind added by a newer relay (dropped,
+    forward compatibility) from a broken message (counted towards closing the channel).
+    """
 
 
 class PayloadTooBigError(ProtocolError):

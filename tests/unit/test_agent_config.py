@@ -158,6 +158,20 @@ def test_max_message_size(tmp_path: Path) -> None:
     assert config.max_message_size == 65536
 
 
+def test_max_bad_control_messages(tmp_path: Path) -> None:
+    assert load_agent_config(_write(tmp_path, MINIMAL), {}).max_bad_control_messages == 16
+    text = "max_bad_control_messages = 3\n" + MINIMAL
+    config = load_agent_config(_write(tmp_path, text), {})
+    assert config.max_bad_control_messages == 3
+    # A change restarts the mappings' listeners, which take it when they are built.
+    assert (
+        config.listener_settings()
+        != load_agent_config(_write(tmp_path, MINIMAL, "b.toml"), {}).listener_settings()
+    )
+    with pytest.raises(ConfigError, match="max_bad_control_messages"):
+        load_agent_config(_write(tmp_path, "max_bad_control_messages = 0\n" + MINIMAL), {})
+
+
 def test_same_but_key(tmp_path: Path) -> None:
     a = load_agent_config(_write(tmp_path, MINIMAL), {}).mappings[0]
     rotated = load_agent_config(

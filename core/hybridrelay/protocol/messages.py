@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, TypeAlias, assert_never
 
-from hybridrelay.errors import InvalidMessageError, PayloadTooBigError
+from hybridrelay.errors import InvalidMessageError, PayloadTooBigError, UnknownMessageKindError
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
 
 __all__ = [
@@ -415,8 +415,9 @@ def decode(text: str | bytes) -> Message:
 
     Raises:
         PayloadTooBigError: The payload is over ``CONTROL_MESSAGE_LIMIT`` bytes.
-        InvalidMessageError: It is not UTF-8 or not JSON, not a single-key object, of an
-            unknown kind, or a field is missing or of the wrong type (the message names it).
+        UnknownMessageKindError: It is a single-key object of an unknown kind.
+        InvalidMessageError: It is not UTF-8 or not JSON, not a single-key object, or a
+            field is missing or of the wrong type (the message names it).
     """
     if len(text) > CONTROL_MESSAGE_LIMIT:
         raise PayloadTooBigError("control message is over 64 KiB", limit="control_message_limit")
@@ -442,7 +443,7 @@ def decode(text: str | bytes) -> Message:
     ((kind, body),) = data.items()
     decoder = _DECODERS.get(kind)
     if decoder is None:
-        raise InvalidMessageError(f"unknown message kind {kind[:40]!r}")
+        raise UnknownMessageKindError(f"unknown message kind {kind[:40]!r}")
     if not isinstance(body, dict):
         raise InvalidMessageError(f"{kind} must be a JSON object")
     return decoder(body)

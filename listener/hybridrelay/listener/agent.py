@@ -11,9 +11,11 @@ on its own, except on 404 (the hybrid connection does not exist), which retrying
 fix. Tokens are renewed before they expire. ``stop`` drains: no new accepts, open
 streams and requests get ``drain_timeout`` seconds to finish.
 
-Every send on the control channel (``renewToken``, inline ``response`` header and
-body) holds one lock, so a response header and its body message are always adjacent
-(HC §4).
+What the relay's messages mean, what to send back and what to do with a bad message
+is decided by :mod:`~hybridrelay.listener.control_protocol` (sans-I/O); this module
+is the asyncio glue around it. Every send on the control channel (``renewToken``,
+inline ``response`` header and body, our close) holds one lock, so a response header
+and its body message are always adjacent (HC §4).
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ from hybridrelay.errors import (
     PayloadTooBigError,
 )
 from hybridrelay.listener.accepts import AcceptServer, StreamHandler
+from hybridrelay.listener.control_protocol import (
+    DEFAULT_MAX_BAD_MESSAGES,
+    AcceptReceived,
+    BadMessage,
+    ListenerControl,
+    RequestBodyMissing,
+    RequestReceived,
+    renew_token_message,
+    renewal_delay,
+)
 from hybridrelay.listener.exchange import HttpExchanges
 from hybridrelay.listener.hooks import AcceptHook
 from hybridrelay.listener.http_target import HttpHandler, HttpTarget
@@ -46,7 +58,6 @@ from hybridrelay.outage import OutageReport
 from hybridrelay.probe import relay_url_problem
 from hybridrelay.protocol.addresses import listen_uri
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT, CloseCode
-from hybridrelay.protocol.messages import Accept, RenewToken, Request, decode, encode
 from hybridrelay.protocol.sas import TokenProvider, audience_for, token_expiry
 from hybridrelay.wsclient import DEFAULT_MAX_SIZE, WsConnection, ws_connect
 
@@ -96,6 +107,10 @@ class Listener:
             ``handler`` receives with ``recv()`` (default 1 MiB, at least 64 KiB, the
             control-channel limit of HC §3; None: no limit). A larger one closes that
             socket with 1009. HTTP request bodies are streamed, never reassembled.
+        max_bad_control_messages: bad control messages in a row (malformed, misplaced,
+            of the wrong direction) after which the control channel is closed 1008 and
+            dialled anew; each is dropped and logged (see
+            :mod:`~hybridrelay.listener.control_protocol`).
     """
 
     def __init__(
@@ -121,11 +136,14 @@ class Listener:
         fallback_relays: Sequence[str] = (),
         rendezvous_hosts: Sequence[str] = (),
         max_message_size: int | None = DEFAULT_MAX_SIZE,
+        max_bad_control_messages: int = DEFAULT_MAX_BAD_MESSAGES,
     ) -> None:
         if target is not None and handler is not None:
             raise ValueError("give at most one of target= and handler=")
         if target is None and handler is None and http_handler is None:
             raise ValueError("give target=, handler= or http_handler=")
+        if max_bad_control_messages < 1:
+            raise ValueError("max_bad_control_messages must be at least 1")
         if max_message_size is not None and max_message_size < CONTROL_MESSAGE_LIMIT:
             raise ValueError("max_message_size must be at least 64 KiB (HC §3)")
         for url in (relay, *fallback_relays):
@@ -161,6 +179,7 @@ class Listener:
         self._relay_index = 0
         self._rendezvous_hosts = RendezvousHosts(self._relays, rendezvous_hosts)
         self._max_message_size = max_message_size
+        self._max_bad_control_messages = max_bad_control_messages
         self.listen_url = self._listen_url()
         self._log = ConnectionLogger(log, {"hc": self.hc, "listener": self.listener_id})
         dial = Dialer(ssl_context, connect_timeout, ping_interval, max_message_size)
@@ -359,17 +378,15 @@ class Listener:
             expiry = token_expiry(token)
             if expiry is None:
                 return
-            # Renew when a quarter of the lifetime is left, at least 30 s before expiry,
-            # or at once when the key changed.
-            lifetime = max(expiry - time.time(), 0.0)
+            # On schedule, or at once when the key changed.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(min(lifetime * 0.75, lifetime - 30.0), 1.0)):
+                async with asyncio.timeout(renewal_delay(expiry, time.time())):
                     await self._renew_now.wait()
             self._renew_now.clear()
             token = self._tokens.token_for(audience_for(self.listen_url), time.time())
             try:
                 async with self._control_lock:
-                    await ws.send(encode(RenewToken(token=token)))
+                    await ws.send(renew_token_message(token))
             except ConnectionClosedError:
                 return
             self._log.info("token_renewed")
@@ -389,45 +406,45 @@ class Listener:
     # -- control channel ---------------------------------------------------------------
 
     async def _control_loop(self, ws: WsConnection) -> None:
-        """Read the control channel until it closes (raises ConnectionClosedError).
+        """Read the control channel until it closes (raises ConnectionClosedError) or the
+        bad-message policy of :mod:`~hybridrelay.listener.control_protocol` gives up on it.
 
-        Nothing slow happens here: accepts and requests each get their own task. The
-        only await besides the next message is an inline request's body, which the
-        relay sends right after the request (HC §4).
+        Nothing slow happens here: accepts and requests each get their own task.
         """
-        pending: str | bytes | None = None
+        control = ListenerControl(max_bad_messages=self._max_bad_control_messages)
         while True:
-            message = pending if pending is not None else await ws.recv()
-            pending = None
-            if isinstance(message, bytes):
-                # Only a body after an inline request may be binary; it was read below.
-                self._log.warning("unexpected_binary_message", extra={"size": len(message)})
-                continue
-            try:
-                decoded = decode(message)
-            except HybridRelayError as exc:
-                self._log.warning("control_message_invalid", extra={"error": str(exc)})
-                continue
-            if isinstance(decoded, Accept):
-                if self._address_allowed(decoded.address, decoded.id):
-                    self._spawn(self._accepts.handle(decoded))
-            elif isinstance(decoded, Request):
-                body: bytes | None = None
-                if decoded.inline and decoded.body:
-                    following = await ws.recv()
-                    if isinstance(following, str):
-                        self._log.warning("request_body_missing", extra={"id": decoded.id})
-                        if self._address_allowed(decoded.address, decoded.id):
-                            self._spawn(self._http.answer_broken(ws, decoded))
-                        pending = following  # it is the next control message
-                        continue
-                    body = following
-                if self._address_allowed(decoded.address, decoded.id):
-                    self._spawn(self._http.handle(ws, decoded, body))
-            else:
-                self._log.warning(
-                    "unexpected_control_message", extra={"kind": type(decoded).__name__}
-                )
+            for event in control.receive(await ws.recv()):
+                if isinstance(event, RequestReceived):
+                    request = event.request
+                    if self._address_allowed(request.address, request.id):
+                        self._spawn(self._http.handle(ws, request, event.body))
+                elif isinstance(event, AcceptReceived):
+                    accept = event.accept
+                    if self._address_allowed(accept.address, accept.id):
+                        self._spawn(self._accepts.handle(accept))
+                elif isinstance(event, RequestBodyMissing):
+                    request = event.request
+                    if self._address_allowed(request.address, request.id):
+                        self._spawn(self._http.answer_broken(ws, request))
+                elif isinstance(event, BadMessage):
+                    self._log.log(
+                        logging.WARNING if event.first else logging.DEBUG,
+                        "control_message_dropped",
+                        extra={"kind": event.kind, "reason": event.reason},
+                    )
+                else:  # CloseChannel: the policy gave up on this channel
+                    self._log.warning(
+                        "control_channel_failing",
+                        extra={
+                            "code": int(event.code),
+                            "reason": event.reason,
+                            "dropped": dict(control.bad_counts),
+                        },
+                    )
+                    async with self._control_lock:  # never between a header and its body
+                        await ws.close_write(event.code, event.reason)
+                    await ws.close(event.code, event.reason)  # waits for the relay's close
+                    return
 
     def _address_allowed(self, address: str, tracking_id: str) -> bool:
         """Whether to dial a rendezvous address from the relay; logs a refusal.

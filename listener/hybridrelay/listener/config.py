@@ -12,6 +12,7 @@ that deployment tools and tests rely on::
     ca_file = "/etc/hybridrelay/ca.pem"   # optional CA bundle for wss:// relays
     rendezvous_hosts = ["*.relay.example.com"]  # more hosts rendezvous addresses may name
     max_message_size = 1048576            # bytes; larger relay messages close with 1009
+    max_bad_control_messages = 16         # in a row from the relay: channel closed 1008
     log_level = "info"                    # unless --log-level / HYBRIDRELAY_LOG_LEVEL says
 
     [[mappings]]
@@ -63,6 +64,7 @@ from hybridrelay.config import (
 )
 from hybridrelay.credentials import device_from_table
 from hybridrelay.errors import ConfigError
+from hybridrelay.listener.control_protocol import DEFAULT_MAX_BAD_MESSAGES
 from hybridrelay.listener.targets import parse_target
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
 from hybridrelay.protocol.device_sas import DeviceTokenProvider
@@ -165,6 +167,9 @@ class AgentConfig:
     # The largest message reassembled from the relay (control channel, a request on a
     # rendezvous socket); HTTP bodies stream. At least the control-channel limit (64 KiB).
     max_message_size: int = DEFAULT_MAX_SIZE
+    # Bad control messages in a row after which the agent closes a channel 1008 and
+    # dials anew (listener/control_protocol.py's bad-message policy).
+    max_bad_control_messages: int = DEFAULT_MAX_BAD_MESSAGES
     log_level: str | None = None
     source: str = "<defaults>"
 
@@ -178,6 +183,7 @@ class AgentConfig:
             self.ca_file,
             self.rendezvous_hosts,
             self.max_message_size,
+            self.max_bad_control_messages,
         )
 
 
@@ -484,6 +490,7 @@ AGENT_SCHEMA: Final = Schema.of(
     "allow_public_status",
     "rendezvous_hosts",
     "max_message_size",
+    "max_bad_control_messages",
     "log_level",
     ca_file=Field.FILE,
     mappings=Schema.of(
@@ -535,6 +542,9 @@ def _agent_config(
     max_message_size = top.get_int(
         "max_message_size", DEFAULT_MAX_SIZE, minimum=CONTROL_MESSAGE_LIMIT, maximum=1 << 30
     )
+    max_bad_control_messages = top.get_int(
+        "max_bad_control_messages", DEFAULT_MAX_BAD_MESSAGES, minimum=1, maximum=1_000_000
+    )
     log_level = top.get_str("log_level")
     if log_level is not None and log_level.lower() not in _LOG_LEVELS:
         raise top.error("log_level", "must be one of " + ", ".join(_LOG_LEVELS))
@@ -573,6 +583,7 @@ def _agent_config(
         ca_file=ca_file,
         rendezvous_hosts=rendezvous_hosts,
         max_message_size=max_message_size,
+        max_bad_control_messages=max_bad_control_messages,
         log_level=log_level.lower() if log_level else None,
         source=source,
     )

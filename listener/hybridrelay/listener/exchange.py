@@ -3,8 +3,9 @@
 A request arrives inline on the control channel (its body, if any, right after it) or
 as an announcement whose request and body wait on a rendezvous socket. The
 :data:`~hybridrelay.listener.http_messages.HttpHandler` answers it; the response goes
-back inline when small and allowed (:func:`~hybridrelay.protocol.codes.fits_inline`),
-else over the rendezvous socket. Every send on the control channel holds the
+back inline when small and allowed
+(:func:`~hybridrelay.listener.control_protocol.inline_response`), else over the
+rendezvous socket. Every send on the control channel holds the
 listener's control lock, so a response header and its body message are always
 adjacent (HC §4).
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from hybridrelay.errors import ConnectionClosedError, HybridRelayError, InvalidMessageError
+from hybridrelay.listener.control_protocol import inline_response
 from hybridrelay.listener.http_messages import (
     HttpHandler,
     HttpRequest,
@@ -31,7 +33,7 @@ from hybridrelay.listener.rendezvous import Dialer
 from hybridrelay.listener.stats import ListenerStats
 from hybridrelay.logs import LISTENER, ConnectionLogger
 from hybridrelay.protocol.addresses import path_escape_reason
-from hybridrelay.protocol.codes import CloseCode, fits_inline
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.wsclient import WsConnection
@@ -243,11 +245,14 @@ class HttpExchanges:
                         body=True,
                     )
                 )
+            # The request as announced on the control channel: a rendezvous-only one
+            # is answered on its own socket (``request`` is then the inline form read
+            # off that socket).
+            inline = inline_response(exchange.request, header, data)
             if (
-                exchange.rendezvous is None
-                and data is not None
-                and fits_inline(len(data))
-                and await self._send_inline(control, exchange, header, data)
+                inline is not None
+                and exchange.rendezvous is None
+                and await self._send_inline(control, exchange, inline)
             ):
                 self.stats.responses_inline += 1
                 clog.debug("response_sent", extra={"status": response.status, "via": "control"})
@@ -263,7 +268,7 @@ class HttpExchanges:
             await close_body(body)
 
     async def _send_inline(
-        self, control: WsConnection, exchange: _Exchange, header: str, data: bytes
+        self, control: WsConnection, exchange: _Exchange, messages: Sequence[str | bytes]
     ) -> bool:
         """Header and body on the control channel, adjacent.
 
@@ -276,7 +281,7 @@ class HttpExchanges:
             exchange.responding = True
             try:
                 # One write for both: adjacent (HC §4) and one system call.
-                await control.send_many((header, data) if data else (header,))
+                await control.send_many(messages)
             except ConnectionClosedError:
                 # Nothing went out: the relay may still take the answer over rendezvous.
                 exchange.responding = False

@@ -212,6 +212,7 @@ class _MappingRun:
                 fallback_relays=others,
                 rendezvous_hosts=config.rendezvous_hosts,
                 max_message_size=config.max_message_size,
+                max_bad_control_messages=config.max_bad_control_messages,
                 ping_interval=config.ping_interval,
                 max_streams=mapping.max_streams,
                 connect_timeout=mapping.connect_timeout,

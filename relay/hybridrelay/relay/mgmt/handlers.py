@@ -80,6 +80,7 @@ from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.device_query import parse_device_query
 from hybridrelay.relay.store.models import (
+    HYBRID_CONNECTION,
     MAX_PAGE,
     Device,
     HybridConnection,
@@ -308,14 +309,7 @@ async def _put_hc(call: _Call, name: str) -> web.StreamResponse:
     )
 
 
-_HC_SETTABLE: Final = (
-    "requiresClientAuthorization",
-    "http",
-    "maxListeners",
-    "requestTimeout",
-    "userMetadata",
-    "status",
-)
+_HC_SETTABLE: Final = frozenset(HYBRID_CONNECTION.settable())
 
 
 async def _patch_hc(call: _Call, name: str) -> web.StreamResponse:

@@ -1,7 +1,10 @@
-"""The OpenAPI 3.1 document of ``/$mgmt/v1``, written by hand and served at ``/openapi.json``.
+"""The OpenAPI 3.1 document of ``/$mgmt/v1``, served at ``/openapi.json``.
 
-It is a plain dict so that it reads like the document it produces; the helpers below
-only remove repetition (responses, parameters, list envelopes). The test suite
+The schemas of the stored resources (hybrid connections, rules, CA certificates) are
+generated from their one declaration (``relay/store/schema.py``), which the records'
+JSON codecs are generated from too; the rest is a plain dict so that it reads like the
+document it produces, and the helpers below only remove repetition (responses,
+parameters, list envelopes). The test suite
 validates it (openapi-spec-validator) and runs schemathesis against the relay with it.
 """
 
@@ -13,6 +16,8 @@ import json
 from typing import Final
 
 from hybridrelay.relay.config import WEBHOOK_EVENTS
+from hybridrelay.relay.store.certificates import CA_CERTIFICATE
+from hybridrelay.relay.store.models import DEVICE, GRANTS, HYBRID_CONNECTION, RULE
 
 __all__ = ["build_openapi", "openapi_json"]
 
@@ -134,13 +139,8 @@ _PAGING: Final = (
 )
 
 
-_CHECK_IN: Final[Doc] = {
-    "type": ["integer", "null"],
-    "minimum": 1,
-    "maximum": 366 * 24 * 3600,
-    "description": "How often the device is expected to be heard from, in seconds (null: no "
-    "schedule). GET /devices/{deviceId}/timeline says onSchedule or overdue against it.",
-}
+# The device timeline repeats the device's field (declared once, in the device's schema).
+_CHECK_IN: Final[Doc] = DEVICE.field("checkInIntervalSeconds").document()
 
 
 def _list_of(item: str) -> Doc:
@@ -164,33 +164,6 @@ def _list_of(item: str) -> Doc:
 _TIME: Final[Doc] = {
     "type": "string",
     "description": "ISO 8601 UTC; 0001-01-01T00:00:00Z means never.",
-}
-_RIGHTS: Final[Doc] = {
-    "type": "array",
-    "minItems": 1,
-    "items": {"type": "string", "enum": ["Listen", "Send", "Manage"]},
-}
-
-_HC_SETTABLE: Final[dict[str, Doc]] = {
-    "status": {
-        "type": "string",
-        "enum": ["enabled", "disabled"],
-        "default": "enabled",
-        "description": "disabled: listeners and senders are refused and open ones closed (1001).",
-    },
-    "requiresClientAuthorization": {"type": "boolean", "default": True},
-    "http": {
-        "type": ["boolean", "null"],
-        "description": "true: HTTP-mode listeners only; false: WebSocket only; null: both.",
-    },
-    "maxListeners": {"type": "integer", "minimum": 1, "maximum": 10000},
-    "requestTimeout": {
-        "type": ["number", "null"],
-        "minimum": 0.1,
-        "maximum": 3600,
-        "description": "HTTP mode, seconds; null: the relay's setting.",
-    },
-    "userMetadata": {"type": "string", "description": "At most 1 KiB of UTF-8."},
 }
 
 _SCHEMAS: Final[dict[str, Doc]] = {
@@ -244,49 +217,9 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             }
         },
     },
-    "HybridConnectionInput": {
-        "type": "object",
-        "description": "PUT replaces every field (omitted ones take their defaults); "
-        "PATCH changes the fields given.",
-        "properties": _HC_SETTABLE,
-    },
-    "HybridConnection": {
-        "type": "object",
-        "required": ["name", "createdAt", "updatedAt", "listenerCount", "configOwned", "etag"],
-        "properties": {
-            "name": {"type": "string"},
-            **_HC_SETTABLE,
-            "createdAt": _TIME,
-            "updatedAt": _TIME,
-            "listenerCount": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Listeners connected now (cluster-wide).",
-            },
-            "configOwned": {
-                "type": "boolean",
-                "description": "Imported from the config file: the API cannot change or delete it.",
-            },
-            "etag": {"type": "string"},
-        },
-    },
+    **HYBRID_CONNECTION.components(),
     "HybridConnectionList": _list_of("HybridConnection"),
-    "RuleInput": {
-        "type": "object",
-        "required": ["rights"],
-        "properties": {"rights": _RIGHTS},
-    },
-    "Rule": {
-        "type": "object",
-        "required": ["name", "rights", "configOwned"],
-        "properties": {
-            "name": {"type": "string"},
-            "rights": _RIGHTS,
-            "configOwned": {"type": "boolean"},
-            "primaryKey": {"type": "string", "description": "Not in lists."},
-            "secondaryKey": {"type": ["string", "null"], "description": "Not in lists."},
-        },
-    },
+    **RULE.components(),
     "RuleList": _list_of("Rule"),
     "RegenerateInput": {
         "type": "object",
@@ -325,48 +258,8 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             },
         },
     },
-    "Grants": {
-        "type": "object",
-        "description": "Hybrid connection names or fnmatch patterns the device may use.",
-        "properties": {
-            "listen": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
-            "send": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
-        },
-    },
-    "DeviceInput": {
-        "type": "object",
-        "description": "Server-set fields (generationId, etag, times, connectionState) "
-        "are ignored when sent.",
-        "properties": {
-            "deviceId": {"type": "string", "description": "Must equal the path's deviceId."},
-            "status": {"type": "string", "enum": ["enabled", "disabled"]},
-            "statusReason": {"type": ["string", "null"], "maxLength": 128},
-            "authentication": _ref("Authentication"),
-            "grants": _ref("Grants"),
-            "checkInIntervalSeconds": _CHECK_IN,
-        },
-    },
-    "Device": {
-        "type": "object",
-        "required": ["deviceId", "generationId", "etag", "status", "connectionState"],
-        "properties": {
-            "deviceId": {"type": "string"},
-            "generationId": {
-                "type": "string",
-                "description": "Differs when a deleted deviceId is created again.",
-            },
-            "etag": {"type": "string", "description": "Changes on every write."},
-            "status": {"type": "string", "enum": ["enabled", "disabled"]},
-            "statusReason": {"type": ["string", "null"]},
-            "statusUpdateTime": _TIME,
-            "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
-            "connectionStateUpdatedTime": _TIME,
-            "lastActivityTime": _TIME,
-            "authentication": _ref("Authentication"),
-            "grants": _ref("Grants"),
-            "checkInIntervalSeconds": _CHECK_IN,
-        },
-    },
+    **GRANTS.components(),
+    **DEVICE.components(),
     "DeviceList": _list_of("Device"),
     "ImportError": {
         "type": "object",
@@ -482,21 +375,7 @@ def _body(schema: str, *, required: bool = True) -> Doc:
 # --- CA certificates (mgmt/certificates.py) ---
 
 _CERT_SCHEMAS: Final[dict[str, Doc]] = {
-    "CaCertificate": {
-        "type": "object",
-        "required": ["name", "certificate", "thumbprint", "isVerified", "etag"],
-        "properties": {
-            "name": {"type": "string"},
-            "certificate": {"type": "string", "description": "PEM."},
-            "thumbprint": {"type": "string", "description": "SHA-256, upper-case hex."},
-            "subject": {"type": "string"},
-            "expiry": _TIME,
-            "isVerified": {"type": "boolean"},
-            "verificationCode": {"type": ["string", "null"]},
-            "etag": {"type": "string"},
-            "created": _TIME,
-        },
-    },
+    **CA_CERTIFICATE.components(),
     "CaCertificateList": _list_of("CaCertificate"),
     "PemCertificate": {
         "type": "object",

@@ -25,9 +25,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hybridrelay.errors import ValidationError
-from hybridrelay.relay.store.models import format_time, parse_time
+from hybridrelay.relay.store.schema import (
+    BOOLEAN,
+    STRING,
+    TIME,
+    Field,
+    Schema,
+    required_time,
+)
 
-__all__ = ["CaCertificate", "parse_ca_certificate", "thumbprint", "validate_certificate_name"]
+__all__ = [
+    "CA_CERTIFICATE",
+    "CaCertificate",
+    "parse_ca_certificate",
+    "thumbprint",
+    "validate_certificate_name",
+]
 
 _NAME: Final = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_PEM: Final = 16 * 1024
@@ -110,41 +123,45 @@ class CaCertificate:
         return x509.load_pem_x509_certificate(self.pem.encode("ascii"))
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "certificate": self.pem,
-            "thumbprint": self.thumbprint,
-            "subject": self.subject,
-            "expiry": format_time(self.not_after),
-            "isVerified": self.is_verified,
-            "verificationCode": self.verification_code,
-            "etag": self.etag,
-            "created": format_time(self.created),
-        }
+        return CA_CERTIFICATE.encode(self)
 
     @classmethod
     def from_json(cls, value: object) -> CaCertificate:
-        """Decode a stored document (the stores' own format)."""
-        if not isinstance(value, dict):
-            raise ValidationError("certificate", "must be a JSON object")
-        doc: dict[str, object] = {str(k): v for k, v in value.items()}
-        not_after = parse_time("expiry", doc.get("expiry"))
-        code = doc.get("verificationCode")
-        fields = (doc.get("name"), doc.get("certificate"), doc.get("thumbprint"))
-        if not all(isinstance(f, str) for f in fields) or not_after is None:
-            raise ValidationError("certificate", "an incomplete record")
-        name, pem, print_ = (str(f) for f in fields)
-        return cls(
-            name=name,
-            pem=pem,
-            thumbprint=print_,
-            subject=str(doc.get("subject") or ""),
-            not_after=not_after,
-            is_verified=doc.get("isVerified") is True,
-            verification_code=code if isinstance(code, str) else None,
-            etag=str(doc.get("etag") or ""),
-            created=parse_time("created", doc.get("created")),
-        )
+        """Decode a stored document (the stores' own format); raises ValidationError."""
+        return cls(**CA_CERTIFICATE.decode(value))
+
+
+def _check_name(where: str, name: str) -> None:
+    validate_certificate_name(name)
+
+
+CA_CERTIFICATE: Final = Schema(
+    "CaCertificate",
+    where="certificate",
+    fields=(
+        Field("name", "name", STRING, always=True, check=_check_name),
+        Field("certificate", "pem", STRING, always=True, description="PEM."),
+        Field(
+            "thumbprint",
+            "thumbprint",
+            STRING,
+            always=True,
+            description="SHA-256, upper-case hex.",
+        ),
+        Field("subject", "subject", STRING, default="", null_is_default=True),
+        Field("expiry", "not_after", required_time()),
+        Field("isVerified", "is_verified", BOOLEAN, default=False, always=True),
+        Field(
+            "verificationCode",
+            "verification_code",
+            STRING,
+            nullable=True,
+            default=None,
+        ),
+        Field("etag", "etag", STRING, default="", null_is_default=True, always=True),
+        Field("created", "created", TIME, default=None),
+    ),
+)
 
 
 def stored_certificate(

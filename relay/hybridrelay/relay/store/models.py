@@ -17,7 +17,6 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Final, Generic, Literal, TypeVar
 
@@ -25,12 +24,34 @@ from hybridrelay.errors import ForbiddenError, ValidationError
 from hybridrelay.protocol.codes import MAX_LISTENERS_PER_HC
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.config import MAX_RULES_PER_SCOPE, validate_entity_name
+from hybridrelay.relay.store.schema import (
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    STRING,
+    TIME,
+    Codec,
+    Field,
+    Schema,
+    decode_object,
+    decode_optional_str,
+    decode_str,
+    decode_str_tuple,
+    enum_codec,
+    format_time,
+    parse_time,
+    ref,
+)
 
 __all__ = [
     "CHANGE_DETAILS",
+    "DEVICE",
     "DEVICE_ID_MAX",
+    "GRANTS",
+    "HYBRID_CONNECTION",
     "MAX_PAGE",
     "MAX_RULES_PER_SCOPE",
+    "RULE",
     "STATUS_REASON_MAX",
     "USER_METADATA_MAX",
     "AuthType",
@@ -66,7 +87,6 @@ STATUS_REASON_MAX: Final = 128
 USER_METADATA_MAX: Final = 1024  # bytes of UTF-8
 MAX_PAGE: Final = 1000  # IoT Hub lists at most 1,000 identities per page
 _MAX_GRANTS: Final = 100
-_NEVER: Final = "0001-01-01T00:00:00Z"
 # IoT Hub: ASCII letters and digits plus these specials; case-sensitive.
 _DEVICE_ID_SPECIALS: Final = "-.+%_#*?!(),:=@$'"
 _DEVICE_ID_CHARS: Final = frozenset(
@@ -96,7 +116,6 @@ CHANGE_DETAILS: Final[tuple[ChangeDetail, ...]] = (
 
 _AUTH_TYPES: Final[tuple[AuthType, ...]] = ("sas", "selfSigned", "certificateAuthority")
 _AUTH_BY_NAME: Final[dict[str, AuthType]] = {t: t for t in _AUTH_TYPES}
-_STATUS_BY_NAME: Final[dict[str, DeviceStatus]] = {"enabled": "enabled", "disabled": "disabled"}
 _STATE_BY_NAME: Final[dict[str, ConnectionState]] = {
     "connected": "connected",
     "disconnected": "disconnected",
@@ -147,15 +166,7 @@ def check_rule_name(name: str) -> None:
 
 def check_hybrid_connection(hc: HybridConnection) -> None:
     """Raise ValidationError unless ``hc``'s client-settable fields are valid."""
-    why = validate_entity_name(hc.name)
-    if why:
-        raise ValidationError("name", why)
-    if len(hc.user_metadata.encode("utf-8", "surrogatepass")) > USER_METADATA_MAX:
-        raise ValidationError("userMetadata", f"at most {USER_METADATA_MAX} bytes of UTF-8")
-    if not 1 <= hc.max_listeners <= 10_000:
-        raise ValidationError("maxListeners", "must be between 1 and 10000")
-    if hc.request_timeout is not None and not 0.1 <= hc.request_timeout <= 3600:
-        raise ValidationError("requestTimeout", "must be between 0.1 and 3600 seconds")
+    HYBRID_CONNECTION.check(hc)
 
 
 def _check_sas_key(where: str, key: str) -> None:
@@ -168,79 +179,7 @@ def _check_sas_key(where: str, key: str) -> None:
         raise ValidationError(where, "must be base64 of 16 to 64 bytes")
 
 
-# --- time -------------------------------------------------------------------------------
-
-
-def format_time(t: float | None) -> str:
-    """Unix seconds as IoT Hub's ISO 8601 UTC text; None is ``0001-01-01T00:00:00Z``."""
-    if t is None:
-        return _NEVER
-    text = datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
-    return text.replace("+00:00", "Z")
-
-
-def parse_time(where: str, value: object) -> float | None:
-    """Parse :func:`format_time` text (or null) back; year 1 means never."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(where, "must be an ISO 8601 time")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValidationError(where, "must be an ISO 8601 time") from exc
-    if parsed.tzinfo is None:
-        raise ValidationError(where, "must carry a time zone (Z)")
-    if parsed.year == 1:
-        return None
-    return parsed.timestamp()
-
-
-# --- JSON decode helpers (the decode boundary: objects are checked as they are read) ----
-
-
-def _obj(where: str, value: object) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise ValidationError(where, "must be a JSON object")
-    return {str(k): v for k, v in value.items()}
-
-
-def _str(where: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(where, "must be a string")
-    return value
-
-
-def _opt_str(where: str, value: object) -> str | None:
-    return None if value is None else _str(where, value)
-
-
-def _bool(where: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(where, "must be true or false")
-    return value
-
-
-def _int(where: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(where, "must be an integer")
-    return value
-
-
-def _opt_float(where: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(where, "must be a number")
-    return float(value)
-
-
-def _str_tuple(where: str, value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValidationError(where, "must be a list of strings")
-    return tuple(_str(f"{where}[{i}]", v) for i, v in enumerate(value))
+# --- rights (the codec of a rule's "rights") -------------------------------------------
 
 
 def rights_to_json(rights: Rights) -> list[str]:
@@ -250,7 +189,7 @@ def rights_to_json(rights: Rights) -> list[str]:
 
 def rights_from_json(where: str, value: object) -> Rights:
     """Parse ``["Listen", "Send"]``; raises ValidationError for unknown or no rights."""
-    names = _str_tuple(where, value)
+    names = decode_str_tuple(where, value)
     try:
         rights = Rights.parse(names)
     except ValueError as exc:
@@ -278,30 +217,69 @@ class Rule:
 
     def to_json(self, *, include_keys: bool = True) -> dict[str, object]:
         """The rule as Azure spells it; keys only with ``include_keys`` (listKeys)."""
-        doc: dict[str, object] = {
-            "name": self.name,
-            "rights": rights_to_json(self.rights),
-            "configOwned": self.config_owned,
-        }
-        if include_keys:
-            doc["primaryKey"] = self.primary_key
-            doc["secondaryKey"] = self.secondary_key
-        return doc
+        return RULE.encode(self, secrets=include_keys)
 
     @classmethod
     def from_json(cls, value: object) -> Rule:
         """Decode :meth:`to_json` output (with keys); raises ValidationError."""
-        doc = _obj("rule", value)
-        name = _str("name", doc.get("name"))
-        check_rule_name(name)
-        return cls(
-            name=name,
-            primary_key=_str("primaryKey", doc.get("primaryKey")),
-            secondary_key=_opt_str("secondaryKey", doc.get("secondaryKey")),
-            rights=rights_from_json("rights", doc.get("rights")),
-            config_owned=_bool("configOwned", doc.get("configOwned", False)),
-        )
+        return cls(**RULE.decode(value))
 
+
+def _check_rule_name(where: str, name: str) -> None:
+    check_rule_name(name)
+
+
+_RIGHTS: Final[Codec[Rights]] = Codec(
+    rights_from_json,
+    rights_to_json,
+    {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "enum": [name for _, name in _RIGHT_NAMES]},
+    },
+)
+RULE: Final = Schema(
+    "Rule",
+    where="rule",
+    fields=(
+        Field(
+            "name",
+            "name",
+            STRING,
+            settable=False,
+            always=True,
+            check=_check_rule_name,
+        ),
+        Field("rights", "rights", _RIGHTS, always=True),
+        Field(
+            "configOwned",
+            "config_owned",
+            BOOLEAN,
+            default=False,
+            settable=False,
+            always=True,
+        ),
+        Field(
+            "primaryKey",
+            "primary_key",
+            STRING,
+            settable=False,
+            secret=True,
+            description="Not in lists.",
+        ),
+        Field(
+            "secondaryKey",
+            "secondary_key",
+            STRING,
+            nullable=True,
+            default=None,
+            settable=False,
+            secret=True,
+            description="Not in lists.",
+        ),
+    ),
+    input_name="RuleInput",
+)
 
 HcStatus = Literal["enabled", "disabled"]
 
@@ -311,14 +289,6 @@ def ensure_enabled(hc: HybridConnection) -> HybridConnection:
     if hc.status == "disabled":
         raise ForbiddenError("the hybrid connection is disabled")
     return hc
-
-
-def _hc_status(value: object) -> HcStatus:
-    if value == "enabled":
-        return "enabled"
-    if value == "disabled":
-        return "disabled"
-    raise ValidationError("status", "must be 'enabled' or 'disabled'")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,19 +311,7 @@ class HybridConnection:
 
     def to_json(self) -> dict[str, object]:
         """The management API's view; rules are a separate resource and not included."""
-        return {
-            "name": self.name,
-            "status": self.status,
-            "requiresClientAuthorization": self.requires_client_authorization,
-            "http": self.http,
-            "maxListeners": self.max_listeners,
-            "requestTimeout": self.request_timeout,
-            "userMetadata": self.user_metadata,
-            "createdAt": format_time(self.created_at),
-            "updatedAt": format_time(self.updated_at),
-            "configOwned": self.config_owned,
-            "etag": self.etag,
-        }
+        return HYBRID_CONNECTION.encode(self)
 
     @classmethod
     def from_json(cls, value: object, *, name: str | None = None) -> HybridConnection:
@@ -365,26 +323,133 @@ class HybridConnection:
         Raises:
             ValidationError: A field has the wrong type or an invalid value.
         """
-        doc = _obj("hybridConnection", value)
-        hc_name = name if name is not None else _str("name", doc.get("name"))
-        http = doc.get("http")
-        hc = cls(
-            name=hc_name,
-            requires_client_authorization=_bool(
-                "requiresClientAuthorization", doc.get("requiresClientAuthorization", True)
-            ),
-            http=None if http is None else _bool("http", http),
-            max_listeners=_int("maxListeners", doc.get("maxListeners", MAX_LISTENERS_PER_HC)),
-            request_timeout=_opt_float("requestTimeout", doc.get("requestTimeout")),
-            user_metadata=_str("userMetadata", doc.get("userMetadata", "") or ""),
-            created_at=parse_time("createdAt", doc.get("createdAt")),
-            updated_at=parse_time("updatedAt", doc.get("updatedAt")),
-            config_owned=_bool("configOwned", doc.get("configOwned", False)),
-            etag=_str("etag", doc.get("etag", "") or ""),
-            status=_hc_status(doc.get("status", "enabled")),
-        )
-        check_hybrid_connection(hc)
-        return hc
+        given = {} if name is None else {"name": name}
+        return cls(**HYBRID_CONNECTION.decode(value, **given))
+
+
+def _check_entity_name(where: str, name: str) -> None:
+    why = validate_entity_name(name)
+    if why:
+        raise ValidationError(where, why)
+
+
+def _check_user_metadata(where: str, text: str) -> None:
+    if len(text.encode("utf-8", "surrogatepass")) > USER_METADATA_MAX:
+        raise ValidationError(where, f"at most {USER_METADATA_MAX} bytes of UTF-8")
+
+
+HYBRID_CONNECTION: Final = Schema(
+    "HybridConnection",
+    where="hybridConnection",
+    fields=(
+        Field(
+            "name",
+            "name",
+            STRING,
+            settable=False,
+            always=True,
+            check=_check_entity_name,
+        ),
+        Field(
+            "status",
+            "status",
+            enum_codec(("enabled", "disabled"), "must be 'enabled' or 'disabled'"),
+            default="enabled",
+            documented_default=True,
+            description="disabled: listeners and senders are refused and open ones closed (1001).",
+        ),
+        Field(
+            "requiresClientAuthorization",
+            "requires_client_authorization",
+            BOOLEAN,
+            default=True,
+            documented_default=True,
+        ),
+        Field(
+            "http",
+            "http",
+            BOOLEAN,
+            nullable=True,
+            default=None,
+            description="true: HTTP-mode listeners only; false: WebSocket only; null: both.",
+        ),
+        # The default is the relay's max_listeners_per_hc (the handler fills it in).
+        Field(
+            "maxListeners",
+            "max_listeners",
+            INTEGER,
+            default=MAX_LISTENERS_PER_HC,
+            minimum=1,
+            maximum=10000,
+        ),
+        Field(
+            "requestTimeout",
+            "request_timeout",
+            NUMBER,
+            nullable=True,
+            default=None,
+            minimum=0.1,
+            maximum=3600,
+            unit="seconds",
+            description="HTTP mode, seconds; null: the relay's setting.",
+        ),
+        Field(
+            "userMetadata",
+            "user_metadata",
+            STRING,
+            default="",
+            null_is_default=True,
+            check=_check_user_metadata,
+            description="At most 1 KiB of UTF-8.",
+        ),
+        Field(
+            "createdAt",
+            "created_at",
+            TIME,
+            default=None,
+            settable=False,
+            always=True,
+        ),
+        Field(
+            "updatedAt",
+            "updated_at",
+            TIME,
+            default=None,
+            settable=False,
+            always=True,
+        ),
+        Field(
+            "listenerCount",
+            None,
+            INTEGER,
+            settable=False,
+            always=True,
+            minimum=0,
+            description="Listeners connected now (cluster-wide).",
+        ),
+        Field(
+            "configOwned",
+            "config_owned",
+            BOOLEAN,
+            default=False,
+            settable=False,
+            always=True,
+            description="Imported from the config file: the API cannot change or delete it.",
+        ),
+        Field(
+            "etag",
+            "etag",
+            STRING,
+            default="",
+            null_is_default=True,
+            settable=False,
+            always=True,
+        ),
+    ),
+    input_name="HybridConnectionInput",
+    input_description="PUT replaces every field (omitted ones take their defaults); "
+    "PATCH changes the fields given.",
+)
 
 
 # --- devices ----------------------------------------------------------------------------
@@ -471,15 +536,19 @@ class Authentication:
 
     @classmethod
     def from_json(cls, value: object) -> Authentication:
-        doc = _obj("authentication", value)
-        auth_type = _AUTH_BY_NAME.get(_str("authentication.type", doc.get("type", "sas")))
+        doc = decode_object("authentication", value)
+        auth_type = _AUTH_BY_NAME.get(decode_str("authentication.type", doc.get("type", "sas")))
         if auth_type is None:
             raise ValidationError(
                 "authentication.type", "must be sas, selfSigned or certificateAuthority"
             )
-        sk_doc = _obj("authentication.symmetricKey", doc.get("symmetricKey") or {})
-        primary = _opt_str("authentication.symmetricKey.primaryKey", sk_doc.get("primaryKey"))
-        secondary = _opt_str("authentication.symmetricKey.secondaryKey", sk_doc.get("secondaryKey"))
+        sk_doc = decode_object("authentication.symmetricKey", doc.get("symmetricKey") or {})
+        primary = decode_optional_str(
+            "authentication.symmetricKey.primaryKey", sk_doc.get("primaryKey")
+        )
+        secondary = decode_optional_str(
+            "authentication.symmetricKey.secondaryKey", sk_doc.get("secondaryKey")
+        )
         symmetric: SymmetricKey | None = None
         if primary or secondary:
             if not (primary and secondary):
@@ -487,11 +556,11 @@ class Authentication:
                     "authentication.symmetricKey", "give both keys or neither (generated)"
                 )
             symmetric = SymmetricKey(primary_key=primary, secondary_key=secondary)
-        x5_doc = _obj("authentication.x509Thumbprint", doc.get("x509Thumbprint") or {})
-        x5_primary = _opt_str(
+        x5_doc = decode_object("authentication.x509Thumbprint", doc.get("x509Thumbprint") or {})
+        x5_primary = decode_optional_str(
             "authentication.x509Thumbprint.primaryThumbprint", x5_doc.get("primaryThumbprint")
         )
-        x5_secondary = _opt_str(
+        x5_secondary = decode_optional_str(
             "authentication.x509Thumbprint.secondaryThumbprint", x5_doc.get("secondaryThumbprint")
         )
         thumbprint: X509Thumbprint | None = None
@@ -538,15 +607,30 @@ class Grants:
         return any(fnmatchcase(name, p.lower()) for p in patterns)
 
     def to_json(self) -> dict[str, object]:
-        return {"listen": list(self.listen), "send": list(self.send)}
+        return GRANTS.encode(self)
 
     @classmethod
     def from_json(cls, value: object) -> Grants:
-        doc = _obj("grants", value)
-        return cls(
-            listen=_str_tuple("grants.listen", doc.get("listen")),
-            send=_str_tuple("grants.send", doc.get("send")),
-        )
+        return cls(**GRANTS.decode(value))
+
+
+# The entries' pattern and count are checked by Grants.__post_init__ (they are a record's
+# invariant); the declaration says them to the document.
+_GRANT_LIST: Final[Codec[tuple[str, ...]]] = Codec(
+    decode_str_tuple,
+    list,
+    {"type": "array", "items": {"type": "string"}, "maxItems": _MAX_GRANTS},
+)
+GRANTS: Final = Schema(
+    "Grants",
+    where="grants",
+    prefix="grants.",
+    fields=(
+        Field("listen", "listen", _GRANT_LIST, default=()),
+        Field("send", "send", _GRANT_LIST, default=()),
+    ),
+    description="Hybrid connection names or fnmatch patterns the device may use.",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -594,21 +678,7 @@ class Device:
 
     def to_json(self) -> dict[str, object]:
         """The identity document with IoT Hub's field names (keys included)."""
-        return {
-            "deviceId": self.device_id,
-            "generationId": self.generation_id,
-            "etag": self.etag,
-            "status": self.status,
-            "statusReason": self.status_reason,
-            "statusUpdateTime": format_time(self.status_update_time),
-            # IoT Hub capitalises the connection state on the wire.
-            "connectionState": self.connection_state.capitalize(),
-            "connectionStateUpdatedTime": format_time(self.connection_state_updated_time),
-            "lastActivityTime": format_time(self.last_activity_time),
-            "authentication": self.authentication.to_json(),
-            "grants": self.grants.to_json(),
-            "checkInIntervalSeconds": self.check_in_interval,
-        }
+        return DEVICE.encode(self)
 
     @classmethod
     def from_json(cls, value: object, *, device_id: str | None = None) -> Device:
@@ -619,46 +689,152 @@ class Device:
         Raises:
             ValidationError: A field has the wrong type or an invalid value.
         """
-        doc = _obj("device", value)
-        body_id = doc.get("deviceId")
         if device_id is None:
-            dev_id = _str("deviceId", body_id)
-        else:
-            if body_id is not None and body_id != device_id:
-                raise ValidationError("deviceId", "does not match the deviceId in the path")
-            dev_id = device_id
-        validate_device_id(dev_id)
-        status = _STATUS_BY_NAME.get(_str("status", doc.get("status", "enabled")))
-        if status is None:
-            raise ValidationError("status", "must be enabled or disabled")
-        state_text = _str("connectionState", doc.get("connectionState", "Disconnected"))
-        state = _STATE_BY_NAME.get(state_text.lower())
-        if state is None:
-            raise ValidationError("connectionState", "must be Connected or Disconnected")
-        return cls(
-            device_id=dev_id,
-            generation_id=_str("generationId", doc.get("generationId", "") or ""),
-            etag=_str("etag", doc.get("etag", "") or ""),
-            status=status,
-            status_reason=_opt_str("statusReason", doc.get("statusReason")),
-            status_update_time=parse_time("statusUpdateTime", doc.get("statusUpdateTime")),
-            connection_state=state,
-            connection_state_updated_time=parse_time(
-                "connectionStateUpdatedTime", doc.get("connectionStateUpdatedTime")
-            ),
-            last_activity_time=parse_time("lastActivityTime", doc.get("lastActivityTime")),
-            authentication=Authentication.from_json(doc.get("authentication") or {}),
-            grants=Grants.from_json(doc.get("grants") or {}),
-            check_in_interval=_check_in_interval(doc.get("checkInIntervalSeconds")),
-        )
+            return cls(**DEVICE.decode(value))
+        doc = decode_object(DEVICE.where, value)
+        body_id = doc.get("deviceId")
+        if body_id is not None and body_id != device_id:
+            raise ValidationError("deviceId", "does not match the deviceId in the path")
+        return cls(**DEVICE.decode(doc, device_id=device_id))
 
 
-def _check_in_interval(value: object) -> int | None:
-    if value is None:
-        return None
+def _decode_connection_state(where: str, value: object) -> ConnectionState:
+    state = _STATE_BY_NAME.get(decode_str(where, value).lower())
+    if state is None:
+        raise ValidationError(where, "must be Connected or Disconnected")
+    return state
+
+
+def _encode_connection_state(state: ConnectionState) -> str:
+    return state.capitalize()  # IoT Hub capitalises the connection state on the wire
+
+
+def _decode_seconds(where: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError("checkInIntervalSeconds", "must be a whole number of seconds")
+        raise ValidationError(where, "must be a whole number of seconds")
     return value
+
+
+_SECONDS: Final[Codec[int]] = Codec(_decode_seconds, int, {"type": "integer"})
+
+
+def _decode_authentication(where: str, value: object) -> Authentication:
+    return Authentication.from_json(value)
+
+
+def _decode_grants(where: str, value: object) -> Grants:
+    return Grants.from_json(value)
+
+
+_AUTHENTICATION: Final[Codec[Authentication]] = Codec(
+    _decode_authentication, Authentication.to_json, ref("Authentication")
+)
+_GRANTS: Final[Codec[Grants]] = Codec(_decode_grants, Grants.to_json, ref("Grants"))
+_DEVICE_STATUS: Final = enum_codec(
+    ("enabled", "disabled"), "must be enabled or disabled", strings_first=True
+)
+_CONNECTION_STATE: Final[Codec[ConnectionState]] = Codec(
+    _decode_connection_state,
+    _encode_connection_state,
+    {"type": "string", "enum": ["Connected", "Disconnected"]},
+)
+# The deviceId, status reason and enum values are checked by Device.__post_init__ (an
+# invalid identity cannot be built, decoded or not), so their fields declare no check.
+DEVICE: Final = Schema(
+    "Device",
+    where="device",
+    fields=(
+        Field(
+            "deviceId",
+            "device_id",
+            STRING,
+            always=True,
+            input_required=False,
+            input_openapi={"description": "Must equal the path's deviceId."},
+        ),
+        Field(
+            "generationId",
+            "generation_id",
+            STRING,
+            default="",
+            null_is_default=True,
+            settable=False,
+            always=True,
+            description="Differs when a deleted deviceId is created again.",
+        ),
+        Field(
+            "etag",
+            "etag",
+            STRING,
+            default="",
+            null_is_default=True,
+            settable=False,
+            always=True,
+            description="Changes on every write.",
+        ),
+        Field("status", "status", _DEVICE_STATUS, default="enabled", always=True),
+        Field(
+            "statusReason",
+            "status_reason",
+            STRING,
+            nullable=True,
+            default=None,
+            input_openapi={"maxLength": STATUS_REASON_MAX},
+        ),
+        Field(
+            "statusUpdateTime",
+            "status_update_time",
+            TIME,
+            default=None,
+            settable=False,
+        ),
+        Field(
+            "connectionState",
+            "connection_state",
+            _CONNECTION_STATE,
+            default="disconnected",
+            settable=False,
+            always=True,
+        ),
+        Field(
+            "connectionStateUpdatedTime",
+            "connection_state_updated_time",
+            TIME,
+            default=None,
+            settable=False,
+        ),
+        Field(
+            "lastActivityTime",
+            "last_activity_time",
+            TIME,
+            default=None,
+            settable=False,
+        ),
+        Field(
+            "authentication",
+            "authentication",
+            _AUTHENTICATION,
+            default=Authentication(),
+            null_is_default=True,
+        ),
+        Field("grants", "grants", _GRANTS, default=Grants(), null_is_default=True),
+        Field(
+            "checkInIntervalSeconds",
+            "check_in_interval",
+            _SECONDS,
+            nullable=True,
+            default=None,
+            minimum=1,
+            maximum=CHECK_IN_INTERVAL_MAX,
+            description="How often the device is expected to be heard from, in seconds (null: "
+            "no schedule). GET /devices/{deviceId}/timeline says onSchedule or overdue "
+            "against it.",
+        ),
+    ),
+    input_name="DeviceInput",
+    input_description="Server-set fields (generationId, etag, times, connectionState) "
+    "are ignored when sent.",
+)
 
 
 # --- paging and change events -----------------------------------------------------------
