@@ -148,5 +148,6 @@ async def _publish_events(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[EVENTS].close_subscribers()  # no event stream waits for its heartbeat
-    app[STATE].draining = True
+    state = app[STATE]
+    state.stopping = state.draining = True
     await shutdown_connections(app, CloseCode.GOING_AWAY, "relay shutting down")

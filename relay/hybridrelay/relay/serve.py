@@ -450,7 +450,7 @@ async def run(
             await asyncio.wait({watcher})
         log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
         # Refuse new work, send listeners elsewhere, let open streams finish in time.
-        state.draining = True
+        state.stopping = state.draining = True
         splices = app[SPLICES]
         await shutdown_connections(
             app, CloseCode.GOING_AWAY, "relay shutting down", include_streams=False

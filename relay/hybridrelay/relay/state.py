@@ -36,6 +36,9 @@ class RelayState:
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     draining: bool = False
+    # Set once the process is shutting down (SIGTERM, app shutdown): an undrain request
+    # (POST /nodes/{id}/undrain) then changes nothing, so a stopping node stays closed.
+    stopping: bool = False
     # Where /metrics is served when [relay] metrics_listen moves it off the public port.
     metrics_address: tuple[str, int] | None = None
     # token_hosts, worked out once per (public_url, public_hosts): it is read per handshake.
