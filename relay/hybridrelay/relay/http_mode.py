@@ -49,6 +49,7 @@ from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, 
 from hybridrelay.protocol.codes import (
     CONTROL_MESSAGE_LIMIT,
     INLINE_HEADERS_LIMIT,
+    CloseCode,
     fits_inline,
 )
 from hybridrelay.protocol.connection import (
@@ -754,7 +755,7 @@ class HttpRendezvous(asyncio.Protocol):
             return
         if self._conn.state is State.CLOSED:
             return  # the listener's close or a failure ended it already
-        self._conn.send_close(1000)
+        self._conn.send_close(CloseCode.NORMAL)
         self._flush()
         self._arm_close_timer()
 
