@@ -198,6 +198,7 @@ class ControlChannel(asyncio.Protocol):
                 return
             self.closing = False
             self._start_close(*early)
+        self._flush()  # what was delivered while the 101 went out follows it
         if tail:
             self.data_received(tail)
 
@@ -242,10 +243,12 @@ class ControlChannel(asyncio.Protocol):
             raise ConnectionClosedError(1011, "control channel send failed")
 
     def _flush(self) -> None:
-        """Write what the Connection has for the listener."""
-        out = self._conn.data_to_send()
+        """Write what the Connection has for the listener (kept there until attach())."""
         transport = self._transport
-        if not out or transport is None or self._lost.done():
+        if transport is None or self._lost.done():
+            return
+        out = self._conn.data_to_send()
+        if not out:
             return
         if len(out) == 1:
             transport.write(out[0])
