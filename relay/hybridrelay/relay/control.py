@@ -497,6 +497,11 @@ class ControlChannel(asyncio.Protocol):
         except AuthError as exc:
             self._log.warning("token_renewal_refused", extra={"reason": str(exc)})
             self._start_close(1008, f"token renewal refused: {exc}"[:120])
+        except Exception:  # noqa: BLE001 - a renewal must never leave the channel held
+            # Not the listener's doing (the store failed): it redials, as it would have
+            # when this ended the channel's handler; reading must not stay held.
+            self._log.exception("token_renewal_failed")
+            self._start_close(1011, "token renewal failed")
         else:
             self._log.info("token_renewed", extra={"expires_at": self.expires_at})
         self._renewal = None
