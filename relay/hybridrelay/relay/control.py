@@ -39,6 +39,7 @@ from hybridrelay.errors import (
     ConnectionClosedError,
 )
 from hybridrelay.logs import ConnectionLogger
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.connection import (
     BytesMessage,
     CloseReceived,
@@ -214,7 +215,7 @@ class ControlChannel(asyncio.Protocol):
         Raises ConnectionClosedError when the channel is gone or stuck.
         """
         if self.closing or not self._conn.can_send:
-            raise ConnectionClosedError(1001, "control channel closed")
+            raise ConnectionClosedError(CloseCode.GOING_AWAY, "control channel closed")
         text = encode(message).encode("ascii")
         if self._write_paused or self._waiting:
             await self._wait_for_room()
@@ -236,11 +237,13 @@ class ControlChannel(asyncio.Protocol):
                     await asyncio.shield(self._room)
         except TimeoutError as exc:
             self._not_reading()
-            raise ConnectionClosedError(1011, "control channel send failed") from exc
+            raise ConnectionClosedError(
+                CloseCode.INTERNAL_ERROR, "control channel send failed"
+            ) from exc
         finally:
             self._waiting -= 1
         if self.closing or not self._conn.can_send:
-            raise ConnectionClosedError(1011, "control channel send failed")
+            raise ConnectionClosedError(CloseCode.INTERNAL_ERROR, "control channel send failed")
 
     def _flush(self) -> None:
         """Write what the Connection has for the listener (kept there until attach())."""
@@ -415,7 +418,7 @@ class ControlChannel(asyncio.Protocol):
             self._log.warning("control_channel_error", extra={"error": failed.reason})
             if failed.limit is not None:  # a control frame over RFC 6455's 125 bytes
                 self._limit_hit(failed.limit)
-            elif failed.code == 1009:
+            elif failed.code == CloseCode.MESSAGE_TOO_BIG:
                 self._limit_hit("max_control_message_size")
             self._arm_close_timer()
         elif kind is Ping:
@@ -541,7 +544,7 @@ class ControlChannel(asyncio.Protocol):
             now = loop.time()
             if self.expires_at is not None and self.expires_at + self._grace <= self._now():
                 self._limit_hit("token_grace")
-                await self.close(1008, "token expired")
+                await self.close(CloseCode.POLICY_VIOLATION, "token expired")
                 return
             if now - self._last_seen > 2 * interval:
                 self._log.warning(
