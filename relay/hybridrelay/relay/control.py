@@ -47,6 +47,9 @@ from hybridrelay.relay.pending import PendingRequest
 __all__ = ["ControlChannel", "ControlSocketResponse"]
 
 _TEXT: Final = int(Opcode.TEXT)
+# Bytes of control frames held back to leave in one write per loop turn; more than this
+# go out at once (a bound on the queue, not a limit on anything a peer does).
+_CORK_LIMIT: Final = 64 * 1024
 _BINARY: Final = int(Opcode.BINARY)
 
 # renew(token) -> new expiry (unix seconds); raises AuthError when the token is refused.
@@ -153,7 +156,11 @@ class ControlChannel:
         self._body_for: PendingRequest | None = None
         self._body_header: Response | None = None
         self._skip_body = False
-        self._last_seen = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        self._last_seen = self._loop.time()
+        # Frames of the fast path waiting for the end of this loop turn (see _cork).
+        self._corked: list[bytes] = []
+        self._corked_size = 0
         self.closing = False
         self.connected_at = now()  # wall time, for the management API's listener list
 
@@ -191,18 +198,20 @@ class ControlChannel:
             and not transport.is_closing()
         ):
             # The usual case: nothing is queued before this message and the socket takes
-            # it now. Its frames (and the body's: adjacent, HC §4) leave in one write with
-            # no lock, timer or await; they are the frames aiohttp's writer would write,
-            # which always writes whole frames, so nothing can interleave with them.
+            # it. Its frames (and the body's: adjacent, HC §4) leave in one write at the
+            # end of this loop turn, with the other messages of the turn, and with no
+            # lock, timer or await; they are the frames aiohttp's writer would write, which
+            # always writes whole frames, so nothing can interleave with them.
             frame = encode_frame(fin=True, opcode=_TEXT, payload=text.encode("ascii"))
             if body is None:
-                transport.write(frame)
+                self._cork(frame)
             else:
                 head = encode_frame_header(fin=True, opcode=_BINARY, length=len(body))
-                transport.writelines((frame, head, body))
+                self._cork(frame, head, body)
             return
         try:
             async with self._send_lock, asyncio.timeout(self._send_timeout):
+                self._uncork()  # what the fast path took goes first
                 await self._ws.send_str(text)
                 if body is not None:
                     await self._ws.send_bytes(body)
@@ -213,6 +222,30 @@ class ControlChannel:
             self.abort()
             raise ConnectionClosedError(1011, "control channel send failed") from exc
 
+    def _cork(self, *frames: bytes) -> None:
+        """Queue whole frames for one write at the end of this loop turn.
+
+        The requests that arrive together (one loop turn serves every sender socket that
+        became readable at once) then cost the channel one system call, not one each.
+        A message and its body are queued together, so they stay adjacent (HC §4); the
+        queue is bounded by ``_CORK_LIMIT`` bytes, past which it is written at once.
+        """
+        if not self._corked:
+            self._loop.call_soon(self._uncork)
+        self._corked.extend(frames)
+        self._corked_size += sum(len(frame) for frame in frames)
+        if self._corked_size > _CORK_LIMIT:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        frames, self._corked = self._corked, []
+        self._corked_size = 0
+        transport = self._request.transport
+        # A channel closed meanwhile (our close frame is out) takes nothing more; its
+        # requests fail as the channel ends (hc_endpoints._fail_requests_of).
+        if frames and transport is not None and not transport.is_closing() and not self._ws.closed:
+            transport.writelines(frames)
+
     @property
     def close_code(self) -> int | None:
         """The WebSocket close code once the channel is closed (None while it is open)."""
@@ -221,6 +254,7 @@ class ControlChannel:
     async def close(self, code: int, reason: str) -> None:
         if self.closing:
             return
+        self._uncork()  # before our close frame, never after it
         self.closing = True
         self._log.info("control_channel_closing", extra={"code": code, "reason": reason})
         try:
@@ -237,6 +271,8 @@ class ControlChannel:
 
     def abort(self) -> None:
         self.closing = True
+        self._corked = []
+        self._corked_size = 0
         transport = self._request.transport
         if transport is not None:
             transport.abort()
