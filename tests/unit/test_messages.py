@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from multidict import istr
 
 from hybridrelay.errors import InvalidMessageError, PayloadTooBigError
 from hybridrelay.protocol import messages
@@ -525,6 +526,22 @@ def test_fast_codec_writes_and_reads_what_the_stdlib_does(
 def test_fast_decode_leaves_non_canonical_text_to_the_stdlib(text: str, reason: str) -> None:
     with pytest.raises(InvalidMessageError, match=reason):
         decode(text)
+
+
+class _NoStdlib:
+    def encode(self, obj: object) -> str:
+        raise AssertionError(f"the stdlib encoder was used for {obj!r:.60}")
+
+
+def test_usual_messages_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiohttp's header names are istr (a str subclass): still the fast path.
+    headers = {istr("Host"): "relay", istr("X-Count"): "5", "Accept": "*/*"}
+    request = dataclasses.replace(INLINE, request_headers=headers)
+    response = dataclasses.replace(RESPONSE, response_headers=headers)
+    expected = [_stdlib_text(m) for m in (request, response)]
+    monkeypatch.setattr(messages, "_ENCODER", _NoStdlib())
+    assert [encode(m) for m in (request, response)] == expected
+    assert '"Host":"relay"' in expected[0]
 
 
 def test_fast_decode_reads_spaced_and_escaped_json() -> None:

@@ -225,7 +225,9 @@ def _encode_response(message: Response) -> _Obj:
 def _dumps(obj: _Obj) -> str:
     if _orjson is not None:
         try:
-            raw: bytes = _orjson.dumps(obj)
+            # NON_STR_KEYS: header names are often str subclasses (multidict's istr),
+            # which orjson otherwise refuses as keys; they are written as text.
+            raw: bytes = _orjson.dumps(obj, option=_orjson.OPT_NON_STR_KEYS)
         except TypeError:  # a lone surrogate: the stdlib escapes it
             pass
         else:
