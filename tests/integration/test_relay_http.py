@@ -31,6 +31,7 @@ from yarl import URL
 
 from hybridrelay.errors import HandshakeError
 from hybridrelay.protocol.messages import Request
+from hybridrelay.relay.cluster.memory import MemoryClusterState
 from hybridrelay.relay.control import ControlChannel
 
 HC = "hyco"
@@ -900,6 +901,7 @@ async def test_a_message_delivered_just_before_a_close_arrives_before_it(
     relay: InProcessRelay, listener: HttpListener
 ) -> None:
     cluster = relay.state.cluster
+    assert isinstance(cluster, MemoryClusterState)  # the in-process relay's
     handle = await cluster.pick(HC)
     assert handle is not None
     channel = cluster.find(HC, handle.listener_id)
