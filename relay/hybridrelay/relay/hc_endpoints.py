@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 import uuid
@@ -53,6 +52,7 @@ from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
 from hybridrelay.relay.store.records import encode_continuation, hc_key
+from hybridrelay.relay.tracking_ids import new_tracking_id
 
 __all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
 
@@ -71,19 +71,6 @@ class _Rejected:
     def __init__(self, status: int, description: str) -> None:
         self.status = status
         self.description = description
-
-
-# Tracking ids of senders that bring none: GUID-shaped (version 4, RFC 4122 variant),
-# 74 random bits per process plus a counter. Unique, and no getrandom() per connect;
-# not a secret (the rendezvous key is).
-_ID_RANDOM: Final = uuid.uuid4().hex
-_ID_HEAD: Final = f"{_ID_RANDOM[:8]}-{_ID_RANDOM[8:12]}-4{_ID_RANDOM[13:16]}-"
-_ID_VARIANT: Final = "89ab"[int(_ID_RANDOM[16], 16) & 3] + _ID_RANDOM[17:20]
-_ids = itertools.count(int(_ID_RANDOM[20:], 16) & 0xFFFFFFFF)
-
-
-def _new_tracking_id() -> str:
-    return f"{_ID_HEAD}{_ID_VARIANT}-{next(_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _split_target(request: web.Request) -> tuple[str, str]:
@@ -334,7 +321,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         limit_hit=state.metrics.limit_hit,
     )
     splice.sender_address = _address_text(request)  # read now: the splice takes the socket
-    tracking_id = addr.tracking_id or _new_tracking_id()
+    tracking_id = addr.tracking_id or new_tracking_id()
     deadline = started + relay.rendezvous_timeout
     # One slot of this entity's share while the sender waits for its rendezvous.
     with state.pending_share.hold(hc.name):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
@@ -78,6 +77,7 @@ from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.models import ensure_enabled
+from hybridrelay.relay.tracking_ids import new_tracking_id
 
 __all__ = [
     "RELAYED",
@@ -249,7 +249,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
                 response_timeout=hc.request_timeout or state.config.relay.request_timeout,
                 message=Request(
                     address="",  # filled in once the rendezvous key exists
-                    id=str(uuid.uuid4()),
+                    id=new_tracking_id(),  # no getrandom() per request
                     request_target=target.request_target,
                     method=request.method,
                     remote_endpoint=remote_endpoint(request),
