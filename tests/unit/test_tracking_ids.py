@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from hybridrelay.relay.tracking_ids import new_tracking_id
+from hybridrelay.relay.pending import TrackingIds
 
 
 def test_tracking_ids_are_version_4_guids_and_unique() -> None:
-    ids = [new_tracking_id() for _ in range(10_000)]
+    source = TrackingIds()
+    ids = [source.new() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     for text in ids[::997]:
         parsed = uuid.UUID(text)

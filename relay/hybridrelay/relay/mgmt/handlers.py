@@ -51,12 +51,13 @@ from aiohttp import web
 from hybridrelay.errors import (
     ConflictError,
     EntityNotFoundError,
-    HybridRelayError,
     PreconditionFailedError,
     ValidationError,
 )
-from hybridrelay.relay.device_timeline import check_in, timelines
-from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
+from hybridrelay.relay.auth import TOKENS
+from hybridrelay.relay.device_timeline import TIMELINES, check_in
+from hybridrelay.relay.listeners import LISTENERS
+from hybridrelay.relay.mgmt.access import Manager
 from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
@@ -71,9 +72,11 @@ from hybridrelay.relay.mgmt.live import (
     stats,
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.mgmt.serving import method_not_allowed, serve_managed
+from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
+from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.device_query import parse_device_query
 from hybridrelay.relay.store.models import (
@@ -123,45 +126,12 @@ Operation = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
 async def _serve(request: web.Request, operations: Mapping[str, Operation]) -> web.StreamResponse:
-    request[ACTION_KEY] = "mgmt"
-    operation = operations.get(request.method)
-    if operation is None:
-        return _method_not_allowed(request, sorted(operations))
     state = request.app[STATE]
-    manager: Manager | None = None
-    status, error = 500, "InternalServerError"
-    try:
-        # Identify first, then require Manage, so that a 403 is audited with its caller.
-        manager = await identify(request, state)
-        response = await operation(
-            _Call(request=request, state=state, manager=require_manage(manager))
-        )
-        status, error = response.status, ""
-        return response
-    except HybridRelayError as exc:
-        status, error = exc.http_status, exc.error_code
-        raise
-    except web.HTTPException as exc:  # e.g. 413 from reading an oversized body
-        status, error = exc.status, "HttpError"
-        raise
-    except asyncio.CancelledError:
-        # The client went away; a store write may still have completed.
-        status, error = 499, "ClientClosedRequest"
-        raise
-    finally:
-        audit_write(
-            request, who=manager.who if manager else None, status=status, error=error or None
-        )
 
+    async def call(manager: Manager) -> _Call:
+        return _Call(request=request, state=state, manager=manager)
 
-def _method_not_allowed(request: web.Request, allowed: Iterable[str]) -> web.Response:
-    listed = ", ".join(allowed)
-    audit_write(request, who=None, status=405, error="MethodNotAllowed")
-    refusal = error_response(
-        405, "MethodNotAllowed", f"{request.method} is not allowed here (allowed: {listed})"
-    )
-    refusal.headers["Allow"] = listed
-    return refusal
+    return await serve_managed(request, operations, call)
 
 
 def _route(
@@ -366,13 +336,13 @@ async def _put_rule(call: _Call, scope: str | None, name: str) -> web.StreamResp
     rule, created = await call.state.store.put_rule(scope, name, rights)
     # The change event clears the token cache too (reactions.py); clearing it here as
     # well makes "at once" hold on this node whatever the store's event latency.
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _json(rule.to_json(include_keys=True), status=201 if created else 200)
 
 
 async def _delete_rule(call: _Call, scope: str | None, name: str) -> web.StreamResponse:
     await call.state.store.delete_rule(scope, name)
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _no_content()
 
 
@@ -386,7 +356,7 @@ async def _regenerate(call: _Call, scope: str | None, name: str) -> web.StreamRe
     if key is not None and not isinstance(key, str):
         raise ValidationError("key", "must be a string")
     rule = await call.state.store.regenerate_key(scope, name, which, key=key)
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _json(rule.to_json(include_keys=True))
 
 
@@ -520,7 +490,7 @@ async def _regenerate_device_key(call: _Call, device_id: str) -> web.StreamRespo
 async def _device_timeline(call: _Call, device_id: str) -> web.StreamResponse:
     device = await _existing_device(call.state, device_id)
     verdict, due = check_in(device.last_activity_time, device.check_in_interval, call.state.now())
-    entries = timelines(call.state).entries(device.device_id)
+    entries = call.request.app[TIMELINES].entries(device.device_id)
     return _json(
         {
             "deviceId": device.device_id,
@@ -583,15 +553,17 @@ async def _device(request: web.Request) -> web.StreamResponse:
 
 
 async def _listeners(call: _Call) -> web.StreamResponse:
-    return _json(list_listeners(call.request, call.state))
+    app = call.request.app
+    return _json(list_listeners(call.request, app[LISTENERS], app[SPLICES]))
 
 
 async def _streams(call: _Call) -> web.StreamResponse:
-    return _json(list_streams(call.request, call.state))
+    return _json(list_streams(call.request, call.request.app[SPLICES]))
 
 
 async def _stats(call: _Call) -> web.StreamResponse:
-    doc = stats(call.state)
+    app = call.request.app
+    doc = stats(call.state.metrics, app[LISTENERS], app[SPLICES])
     sources = call.request.app.get(REFUSED_SOURCES)
     doc["topRefusedSources"] = [
         {"address": s.address, "count": s.count, "error": s.error}
@@ -610,7 +582,7 @@ async def _stats(call: _Call) -> web.StreamResponse:
 
 
 async def _close_stream(call: _Call, stream_id: str) -> web.StreamResponse:
-    close_stream(call.request, call.state, stream_id)
+    close_stream(call.request, call.request.app[SPLICES], stream_id)
     return _no_content()
 
 
@@ -657,7 +629,7 @@ async def _node_undrain(request: web.Request) -> web.StreamResponse:
 async def _openapi(request: web.Request) -> web.StreamResponse:
     # Public, like /metrics: it describes the API and holds nothing secret.
     if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, ("GET", "HEAD"))
+        return method_not_allowed(request, ("GET", "HEAD"))
     return web.Response(
         text=openapi_json(), content_type="application/json", headers={"Cache-Control": "no-cache"}
     )

@@ -57,10 +57,11 @@ from hybridrelay.errors import (
     ValidationError,
 )
 from hybridrelay.relay.config import data_dir
-from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
-from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
+from hybridrelay.relay.mgmt.access import Manager
+from hybridrelay.relay.mgmt.audit import AUDIT
+from hybridrelay.relay.mgmt.events import EVENTS, EventHub
 from hybridrelay.relay.mgmt.json_body import body_chunks, parse_json_object
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.mgmt.serving import serve_managed
 from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import MAX_PAGE, Device, format_time, validate_device_id
@@ -165,8 +166,9 @@ class Job:
 class JobRegistry:
     """The app's jobs: the most recent ``MAX_JOBS_KEPT`` in memory, tasks owned here."""
 
-    def __init__(self, state: RelayState) -> None:
+    def __init__(self, state: RelayState, events: EventHub) -> None:
         self.state = state
+        self.events = events  # startJob, completeJob, failJob
         self.directory = data_dir(state.config) / "jobs"
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._closing = False
@@ -203,7 +205,7 @@ class JobRegistry:
     async def _run(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
         _audit_job(job, "start")
         job.status = "running"
-        self.state.events.publish_job(job.to_json())  # startJob (this node's own event)
+        self.events.publish_job(job.to_json())  # startJob (this node's own event)
         try:
             await work(job)
         except asyncio.CancelledError:
@@ -221,7 +223,7 @@ class JobRegistry:
         finally:
             job.end_time = time.time()
             _audit_job(job, "finish")
-            self.state.events.publish_job(job.to_json())  # completeJob or failJob
+            self.events.publish_job(job.to_json())  # completeJob or failJob
             if job.type == "import":
                 with contextlib.suppress(OSError):
                     job.input_path.unlink(missing_ok=True)
@@ -269,7 +271,7 @@ def install(app: web.Application) -> None:
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    registry = JobRegistry(app[STATE])
+    registry = JobRegistry(app[STATE], app[EVENTS])
     app[JOBS] = registry
     yield
     await registry.close()
@@ -478,44 +480,12 @@ Operation = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
 async def _serve(request: web.Request, operations: Mapping[str, Operation]) -> web.StreamResponse:
-    """Method table -> Manage auth -> operation -> one audit line (writes), as handlers.py."""
-    request[ACTION_KEY] = "mgmt"
-    operation = operations.get(request.method)
-    if operation is None:
-        listed = ", ".join(sorted(operations))
-        audit_write(request, who=None, status=405, error="MethodNotAllowed")
-        refusal = error_response(
-            405, "MethodNotAllowed", f"{request.method} is not allowed here (allowed: {listed})"
-        )
-        refusal.headers["Allow"] = listed
-        return refusal
     state = request.app[STATE]
-    manager: Manager | None = None
-    status, error = 500, "InternalServerError"
-    try:
-        manager = await identify(request, state)
-        call = _Call(
-            request=request,
-            state=state,
-            manager=require_manage(manager),
-            jobs=_registry(request),
-        )
-        response = await operation(call)
-        status, error = response.status, ""
-        return response
-    except HybridRelayError as exc:
-        status, error = exc.http_status, exc.error_code
-        raise
-    except web.HTTPException as exc:
-        status, error = exc.status, "HttpError"
-        raise
-    except asyncio.CancelledError:
-        status, error = 499, "ClientClosedRequest"
-        raise
-    finally:
-        audit_write(
-            request, who=manager.who if manager else None, status=status, error=error or None
-        )
+
+    async def call(manager: Manager) -> _Call:
+        return _Call(request=request, state=state, manager=manager, jobs=_registry(request))
+
+    return await serve_managed(request, operations, call)
 
 
 def _json(doc: object, *, status: int = 200, location: str | None = None) -> web.Response:
