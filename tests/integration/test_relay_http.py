@@ -30,6 +30,9 @@ from tests.harness.timing import seconds
 from yarl import URL
 
 from hybridrelay.errors import HandshakeError
+from hybridrelay.protocol.messages import Request
+from hybridrelay.relay.cluster.memory import MemoryClusterState
+from hybridrelay.relay.control import ControlChannel
 
 HC = "hyco"
 T = TypeVar("T")
@@ -866,3 +869,52 @@ async def test_relay_invents_no_content_type(
     assert (reply.status, reply.body) == (200, b"untyped")
     # The listener sent no Content-Type; the relay must not label the body for it.
     assert "Content-Type" not in reply.headers, reply.headers
+
+
+# -- the control channel's writes ------------------------------------------------------
+
+
+async def test_messages_of_one_loop_turn_arrive_in_order_with_their_bodies(
+    relay: InProcessRelay, listener: HttpListener
+) -> None:
+    # The relay writes the messages of one loop turn together (ControlChannel._cork):
+    # each body must still follow its own request (HC §4), in the order delivered.
+    cluster = relay.state.cluster
+    handle = await cluster.pick(HC)
+    assert handle is not None
+    sent = [(f"turn-{i}", f"body {i}".encode() * (i + 1)) for i in range(6)]
+    for request_id, body in sent:  # no await here suspends: all in one loop turn
+        message = Request(
+            address=f"{relay.url}/$hc/{HC}?sb-hc-action=request&sb-hc-id={request_id}",
+            id=request_id,
+            request_target=f"/{HC}/x",
+            method="POST",
+            request_headers={},
+            body=True,
+        )
+        await cluster.deliver(handle, message, body)
+    got = [await listener.next_request() for _ in sent]
+    assert [(r.id, r.body) for r in got] == sent
+
+
+async def test_a_message_delivered_just_before_a_close_arrives_before_it(
+    relay: InProcessRelay, listener: HttpListener
+) -> None:
+    cluster = relay.state.cluster
+    assert isinstance(cluster, MemoryClusterState)  # the in-process relay's
+    handle = await cluster.pick(HC)
+    assert handle is not None
+    channel = cluster.find(HC, handle.listener_id)
+    assert isinstance(channel, ControlChannel)
+    message = Request(
+        address=f"{relay.url}/$hc/{HC}?sb-hc-action=request&sb-hc-id=last",
+        id="last",
+        request_target=f"/{HC}/x",
+        method="GET",
+        request_headers={},
+        body=False,
+    )
+    await cluster.deliver(handle, message)
+    await channel.close(1001, "going away")
+    assert (await listener.next_request()).id == "last"
+    assert (await listener.wait_control_closed())[0] == 1001

@@ -214,3 +214,27 @@ def test_rendezvous_hosts_rules() -> None:
     assert local.refusal("wss://[::1]:8443/$hc/x", "wss://localhost:8443") is None
     assert local.refusal("wss://127.0.0.2:8443/$hc/x", "wss://localhost:8443")
     assert hosts.refusal("wss://relay.example.com:bad/$hc/x", "wss://relay.example.com")
+
+
+def test_rendezvous_hosts_remembered_verdicts_are_the_verdicts() -> None:
+    """Verdicts are remembered per scheme://netloc; what urlsplit would read differently
+    (whitespace, controls, non-ASCII) is always decided afresh, and the memory is bounded."""
+    hosts = RendezvousHosts(["wss://relay.example.com"])
+    relay = "wss://relay.example.com"
+    for _ in range(2):  # the second round answers from memory
+        assert hosts.refusal("wss://relay.example.com/$hc/x?sb-hc-id=1", relay) is None
+        assert hosts.refusal("wss://relay.example.com?sb-hc-id=2", relay) is None
+        assert hosts.refusal("wss://relay.example.com#x", relay) is None
+        assert hosts.refusal("ws://relay.example.com/$hc/x", relay)
+        assert hosts.refusal("wss://relay.example.com@evil.example/$hc/x", relay)
+        assert hosts.refusal("wss://relay.example.com:bad/$hc/x", relay)
+        # urlsplit drops tabs and newlines: "relay.example.com" after all, and a
+        # remembered verdict for the text before the tab must not decide it.
+        assert hosts.refusal("wss://evil\t.example/$hc/x", relay)
+        assert hosts.refusal("wss://relay.example.com\t/$hc/x", relay) is None
+        assert hosts.refusal(" wss://evil.example/$hc/x", relay)
+        assert hosts.refusal("wss://relay.example.com\u00e9/$hc/x", relay)
+    for n in range(200):  # a relay naming a new host each time
+        assert hosts.refusal(f"wss://h{n}.evil.example/$hc/x", relay)
+    assert hosts.refusal("wss://relay.example.com/$hc/y", relay) is None
+    assert hosts.refusal("wss://h199.evil.example/$hc/y", relay)

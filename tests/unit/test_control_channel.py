@@ -11,6 +11,7 @@ tests/integration.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -101,12 +102,54 @@ def _attach(channel: ControlChannel, tail: bytes = b"") -> CountingTransport:
     return transport
 
 
-async def test_a_request_and_its_body_leave_in_one_write() -> None:
+async def test_a_request_and_its_body_leave_in_one_write_at_the_end_of_the_loop_turn() -> None:
     channel = _channel([])
     transport = _attach(channel)
     await channel.deliver(REQUEST, b"body")
+    assert transport.writes == 0  # not yet: the turn's other messages may join it
+    await asyncio.sleep(0)  # one loop turn: the write scheduled by deliver() runs first
     assert transport.writes == 1
     assert Frames().read(transport) == [(0x1, encode(REQUEST).encode()), (0x2, b"body")]
+    channel.abort()
+
+
+async def test_the_messages_of_one_loop_turn_leave_in_one_write_in_order() -> None:
+    channel = _channel([])
+    transport = _attach(channel)
+    requests = [dataclasses.replace(REQUEST, id=f"r{n}") for n in range(5)]
+    for n, request in enumerate(requests):
+        await channel.deliver(request, b"body %d" % n)
+    await channel.deliver(ACCEPT)
+    await asyncio.sleep(0)
+    assert transport.writes == 1
+    expected = [
+        frame
+        for n, request in enumerate(requests)
+        for frame in ((0x1, encode(request).encode()), (0x2, b"body %d" % n))
+    ]
+    assert Frames().read(transport) == [*expected, (0x1, encode(ACCEPT).encode())]
+    channel.abort()
+
+
+async def test_delivered_messages_leave_before_a_close_of_the_same_turn() -> None:
+    channel = _channel([])
+    transport = _attach(channel)
+    await channel.deliver(REQUEST, b"body")
+    channel._start_close(1001, "going away")  # what close() does before it waits
+    frames = Frames().read(transport)
+    assert frames[:2] == [(0x1, encode(REQUEST).encode()), (0x2, b"body")]
+    assert frames[2][0] == 0x8  # the close frame, after them
+    channel.abort()
+
+
+async def test_over_64_kib_of_a_turns_messages_are_written_at_once() -> None:
+    channel = _channel([])
+    transport = _attach(channel)
+    await channel.deliver(REQUEST, b"x" * 40_000)
+    assert transport.writes == 0
+    await channel.deliver(REQUEST, b"y" * 40_000)  # 80 KB waiting: no more
+    assert transport.writes == 1
+    assert [opcode for opcode, _ in Frames().read(transport)] == [0x1, 0x2, 0x1, 0x2]
     channel.abort()
 
 

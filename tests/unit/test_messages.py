@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 
 import pytest
+from hypothesis import given, settings, strategies as st
+from multidict import istr
 
 from hybridrelay.errors import InvalidMessageError, PayloadTooBigError
 from hybridrelay.protocol import messages
@@ -476,3 +478,72 @@ def test_decode_field_errors_name_the_field(
 def test_exports() -> None:
     for name in messages.__all__:
         assert hasattr(messages, name), name
+
+
+# ---------------------------------------------------------------- the fast codec (orjson)
+
+_TEXTS = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12)
+
+
+def _stdlib_text(message: Message) -> str:
+    """What the stdlib codec alone writes for a message: the wire format of record."""
+    return messages._ENCODER.encode(json.loads(encode(message)))
+
+
+def test_orjson_is_the_fast_path() -> None:
+    # A runtime dependency on CPython; without it the stdlib codec serves alone.
+    assert messages._orjson is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_TEXTS, value=_TEXTS, target=_TEXTS, code=st.integers(100, 999))
+def test_fast_codec_writes_and_reads_what_the_stdlib_does(
+    name: str, value: str, target: str, code: int
+) -> None:
+    request = dataclasses.replace(INLINE, request_target=target, request_headers={name: value})
+    response = dataclasses.replace(RESPONSE, status_code=code, response_headers={name: value})
+    for message in (request, response):
+        fast = encode(message)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(messages, "_orjson", None)
+            slow = encode(message)
+            assert decode(slow) == message
+        assert fast == slow
+        assert fast.isascii()
+        assert decode(fast) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # orjson alone would keep the last value of these; the stdlib decoder refuses.
+        ('{"response":{"requestId":"1","requestId":"2","statusCode":200,"body":true}}', "dup"),
+        ('{"request":{"address":"a","id":"1","requestHeaders":{"X":"1","X":"2"}}}', "dup"),
+        # orjson reads a big integer as a float; the stdlib as the integer it is.
+        ('{"response":{"requestId":"1","statusCode":2' + "0" * 30 + ',"body":true}}', "100"),
+    ],
+)
+def test_fast_decode_leaves_non_canonical_text_to_the_stdlib(text: str, reason: str) -> None:
+    with pytest.raises(InvalidMessageError, match=reason):
+        decode(text)
+
+
+class _NoStdlib:
+    def encode(self, obj: object) -> str:
+        raise AssertionError(f"the stdlib encoder was used for {obj!r:.60}")
+
+
+def test_usual_messages_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiohttp's header names are istr (a str subclass): still the fast path.
+    headers = {istr("Host"): "relay", istr("X-Count"): "5", "Accept": "*/*"}
+    request = dataclasses.replace(INLINE, request_headers=headers)
+    response = dataclasses.replace(RESPONSE, response_headers=headers)
+    expected = [_stdlib_text(m) for m in (request, response)]
+    monkeypatch.setattr(messages, "_ENCODER", _NoStdlib())
+    assert [encode(m) for m in (request, response)] == expected
+    assert '"Host":"relay"' in expected[0]
+
+
+def test_fast_decode_reads_spaced_and_escaped_json() -> None:
+    text = '{ "response" : { "requestId" : "\u0031", "statusCode" : 200, "body" : false } }'
+    assert decode(text) == Response(request_id="1", status_code=200, body=False)

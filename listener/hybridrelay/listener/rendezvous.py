@@ -7,6 +7,7 @@ listener's TLS settings, timeouts and message size limit.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class RendezvousHosts:
     port, see deploy/compose). A wss:// relay's addresses must be wss:// as well.
     """
 
-    __slots__ = ("_exact", "_suffixes")
+    __slots__ = ("_exact", "_suffixes", "_verdicts")
 
     def __init__(self, relays: Sequence[str], extra: Sequence[str] = ()) -> None:
         exact: set[str] = set()
@@ -52,9 +53,27 @@ class RendezvousHosts:
                 exact.add(name.strip("[]"))
         self._exact = frozenset(exact)
         self._suffixes = tuple(suffixes)
+        # (scheme://netloc, relay) -> verdict: every request brings a new address, but
+        # they all start alike, and urlsplit() per request was 3% of an agent's CPU.
+        self._verdicts: dict[tuple[str, str], str | None] = {}
 
     def refusal(self, address: str, relay: str) -> str | None:
         """Why ``address`` must not be dialled for the relay at ``relay``, or None."""
+        # The verdict depends only on the scheme and netloc, which for plain printable
+        # ASCII without spaces (urlsplit strips or removes nothing then) are exactly the
+        # text up to the first /, ? or # after "scheme://".
+        origin = _ORIGIN.match(address) if address.isascii() and address.isprintable() else None
+        if origin is None or " " in address:
+            return self._refusal(address, relay)
+        key = (origin.group(), relay)
+        if key in self._verdicts:
+            return self._verdicts[key]
+        verdict = self._refusal(address, relay)
+        if len(self._verdicts) < _VERDICTS:  # a hostile relay's endless hosts: not kept
+            self._verdicts[key] = verdict
+        return verdict
+
+    def _refusal(self, address: str, relay: str) -> str | None:
         try:
             parts = urlsplit(address)
             _ = parts.port
@@ -74,6 +93,8 @@ class RendezvousHosts:
 
 
 _LOCALHOST: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_ORIGIN: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_VERDICTS: Final = 64  # origins whose verdict is remembered
 
 
 def _host_of(url: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
@@ -231,7 +230,8 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         body = await _read_inline_body(request, state) if inline and has_body else None
         if inline and (capture := request.get(CAPTURE)) is not None:
             capture.request_body_read(body)  # the HTTP inspector keeps its first bytes
-        with request.app[PENDING].share.hold(hc.name):
+        pending_work = request.app[PENDING]
+        with pending_work.share.hold(hc.name):
             return await _exchange(
                 request,
                 state,
@@ -239,7 +239,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
                 response_timeout=hc.request_timeout or state.config.relay.request_timeout,
                 message=Request(
                     address="",  # filled in once the rendezvous key exists
-                    id=str(uuid.uuid4()),
+                    id=pending_work.tracking_ids.new(),  # no getrandom() per request
                     request_target=target.request_target,
                     method=request.method,
                     remote_endpoint=remote_endpoint(request),
