@@ -841,7 +841,9 @@ def test_idle_connections_share_no_list_that_one_of_them_could_fill() -> None:
     assert busy.receive_data(client_frame(Opcode.PING, b"hi")) == [Ping(b"hi")]
     busy.send_message("text")
     assert len(busy.data_to_send()) == 2  # the pong, then the message
-    assert nothing_received == [] and nothing_to_send == []
-    assert quiet.receive_data(b"") == [] and quiet.data_to_send() == []
+    assert nothing_received == []
+    assert nothing_to_send == []
+    assert quiet.receive_data(b"") == []
+    assert quiet.data_to_send() == []
     with pytest.raises(RuntimeError):
         nothing_to_send.append(b"bytes for every idle connection")
