@@ -847,3 +847,24 @@ def test_idle_connections_share_no_list_that_one_of_them_could_fill() -> None:
     assert quiet.data_to_send() == []
     with pytest.raises(RuntimeError):
         nothing_to_send.append(b"bytes for every idle connection")
+
+
+def test_one_connection_closing_leaves_the_others_open() -> None:
+    """Open connections share one not-closing state (relay memory per idle connection);
+    a close, a failure or a loss on one must never show on another."""
+    open_one = Connection(Role.SERVER)
+    closed = Connection(Role.SERVER)
+    failed = Connection(Role.SERVER)
+    lost = Connection(Role.SERVER)
+    closed.receive_data(client_frame(Opcode.CLOSE, encode_close_payload(4000, "bye")))
+    closed.send_close(4001, "later")
+    failed.fail(1011, "cannot finish")
+    assert lost.receive_eof() == [ConnectionLost()]
+    assert closed.close_received == (4000, "bye")
+    assert failed.failure == (1011, "cannot finish")
+    assert lost.close_code == 1006
+    assert open_one.close_received is None
+    assert open_one.close_sent is None
+    assert open_one.failure is None
+    assert open_one.close_code is None
+    assert open_one.receive_eof() == [ConnectionLost()]  # not taken for lost already

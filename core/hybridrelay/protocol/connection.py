@@ -143,6 +143,37 @@ _NO_EVENTS: Final[list[Event]] = _Nothing()
 _NO_DATA: Final[list[bytes]] = _Nothing()
 
 
+class _Closing:
+    """How the connection closes: our close, the peer's, our failure, the loss of it.
+
+    One object made at the first of them rather than four slots on every connection: a
+    relay holds two idle connections per relayed connection, and reads these only when
+    a control frame comes or it closes.
+    """
+
+    __slots__ = ("failure", "lost", "received", "sent")
+
+    def __init__(self) -> None:
+        self.sent: tuple[int, str] | None = None  # our close frame, queued or sent
+        self.received: tuple[int, str] | None = None  # the peer's close frame
+        self.failure: tuple[int, str] | None = None  # this side failed the connection
+        self.lost = False  # end of stream
+
+
+class _NotClosing(_Closing):
+    """What every open connection shares in place of a :class:`_Closing` of its own."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if hasattr(self, name):
+            raise RuntimeError("the shared not-closing state of Connection was about to change")
+        object.__setattr__(self, name, value)  # __init__, once
+
+
+_NOT_CLOSING: Final[_Closing] = _NotClosing()
+
+
 class Role(Enum):
     CLIENT = "client"  # masks what it sends; refuses masked frames (RFC 6455 §5.1)
     SERVER = "server"  # sends unmasked; refuses unmasked frames
@@ -291,20 +322,17 @@ class Connection:
 
     __slots__ = (
         "_auto_answer",
-        "_close_received",
-        "_close_sent",
+        "_closing",
         "_decoder",
         "_events",
         "_f_fin",
         "_f_length",
         "_f_opcode",
         "_f_start",
-        "_failure",
         "_forwarding",
         "_header",
         "_high_water",
         "_holds",
-        "_lost",
         "_masks",
         "_max_message_size",
         "_max_queued",
@@ -384,10 +412,7 @@ class Connection:
         self._msg_texts: list[str] | None = None  # a text message being reassembled, decoded
         self._msg_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._close_sent: tuple[int, str] | None = None
-        self._close_received: tuple[int, str] | None = None
-        self._failure: tuple[int, str] | None = None
-        self._lost = False
+        self._closing = _NOT_CLOSING  # its own once it starts closing: _closing_now()
 
     # ------------------------------------------------------------------ state
 
@@ -395,28 +420,30 @@ class Connection:
     def close_code(self) -> int | None:
         """The peer's close code (1005 if its close had none), 1006 after an abnormal
         closure, None while neither happened."""
-        if self._close_received is not None:
-            return self._close_received[0]
-        return CloseCode.ABNORMAL if self._lost else None
+        closing = self._closing
+        if closing.received is not None:
+            return closing.received[0]
+        return CloseCode.ABNORMAL if closing.lost else None
 
     @property
     def close_reason(self) -> str:
-        return self._close_received[1] if self._close_received is not None else ""
+        received = self._closing.received
+        return received[1] if received is not None else ""
 
     @property
     def close_received(self) -> tuple[int, str] | None:
         """(code, reason) of the peer's close frame once it arrived (1005: no code)."""
-        return self._close_received
+        return self._closing.received
 
     @property
     def close_sent(self) -> tuple[int, str] | None:
         """(code, reason) of our close frame once it is queued or sent (1005: no code)."""
-        return self._close_sent
+        return self._closing.sent
 
     @property
     def failure(self) -> tuple[int, str] | None:
         """(code, reason) when this side failed the connection."""
-        return self._failure
+        return self._closing.failure
 
     @property
     def can_send(self) -> bool:
@@ -475,9 +502,10 @@ class Connection:
 
     def receive_eof(self) -> list[Event]:
         """The peer closed its sending side (TCP FIN) or the connection dropped."""
-        if self._close_received is None and not self._lost and self._failure is None:
+        closing = self._closing_now()
+        if closing.received is None and not closing.lost and closing.failure is None:
             self._emit(ConnectionLost())
-        self._lost = True
+        closing.lost = True
         self._receiving = False
         self.state = State.CLOSED
         self._parser.stop()  # nothing more to parse; frees the parser <-> self cycle
@@ -664,7 +692,7 @@ class Connection:
 
     def send_pong(self, payload: bytes) -> None:
         """Answer a :class:`Ping` (``auto_answer=False``); nothing once our close is out."""
-        if self._close_sent is None and self.state is not State.CLOSED:
+        if self._closing.sent is None and self.state is not State.CLOSED:
             self._send_control(_PONG, payload)
 
     def send_close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
@@ -675,23 +703,23 @@ class Connection:
         """
         if code != CloseCode.NO_STATUS and not is_valid_close_code(code):
             raise ValueError(f"{code} is not a close code an endpoint may send (RFC 6455 §7.4)")
-        if self._close_sent is not None or self.state is State.CLOSED:
+        if self._closing.sent is not None or self.state is State.CLOSED:
             return
         self._queue_close(code, reason)
-        self.state = State.CLOSED if self._close_received is not None else State.CLOSE_SENT
+        self.state = State.CLOSED if self._closing.received is not None else State.CLOSE_SENT
 
     def fail(self, code: int, reason: str) -> None:
         """The application fails the connection (RFC 6455 §7.1.7), for a reason of its own:
         a message too big for it (1009), one it cannot finish (1011). Our close frame with
         ``code`` is queued unless one went out or ``code`` is 1006 (an abort: a keepalive
         or close timeout); nothing more is parsed; the state is CLOSED. No event."""
-        if self._failure is None:
-            self._failure = (code, reason)
+        if self._closing.failure is None:
+            self._closing_now().failure = (code, reason)
         self._receiving = False
         self._msg_parts = None
         self._msg_texts = None
         if (
-            self._close_sent is None
+            self._closing.sent is None
             and code != CloseCode.ABNORMAL
             and self.state is not State.CLOSED
         ):
@@ -701,12 +729,13 @@ class Connection:
     def closed_error(self) -> ConnectionClosedError:
         """Why nothing more can be received or sent: the peer's close, our failure, our
         close, else an abnormal closure (1006)."""
-        if self._close_received is not None:
-            code, reason = self._close_received
-        elif self._failure is not None:
-            code, reason = self._failure
-        elif self._close_sent is not None and not self._lost:
-            code, reason = self._close_sent
+        closing = self._closing
+        if closing.received is not None:
+            code, reason = closing.received
+        elif closing.failure is not None:
+            code, reason = closing.failure
+        elif closing.sent is not None and not closing.lost:
+            code, reason = closing.sent
         else:
             code, reason = CloseCode.ABNORMAL, "connection lost"
         return ConnectionClosedError(code, reason)
@@ -881,16 +910,16 @@ class Connection:
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
             self._emit(Ping(payload))
-            if self._close_sent is None and self._auto_answer:  # §5.5.1: none after our close
+            if self._closing.sent is None and self._auto_answer:  # §5.5.1: none after our close
                 self._send_control(_PONG, payload)
         elif opcode == _PONG:
             self._emit(Pong(payload))
         else:
             code, reason = parse_close_payload(payload)  # FrameError fails the connection
-            self._close_received = (code, reason)
+            self._closing_now().received = (code, reason)
             self._receiving = False
             self._emit(CloseReceived(code, reason))
-            if self._close_sent is not None:
+            if self._closing.sent is not None:
                 self.state = State.CLOSED
             elif self.auto_close_echo:
                 self._queue_close(code, reason)  # §5.5.1: echo the code, none if none
@@ -955,6 +984,13 @@ class Connection:
             self._queued = None
         self._holds &= ~_BACKLOG
 
+    def _closing_now(self) -> _Closing:
+        """This connection's own closing state, made at the first close, failure or loss."""
+        closing = self._closing
+        if closing is _NOT_CLOSING:
+            self._closing = closing = _Closing()
+        return closing
+
     def _emit(self, event: Event) -> None:
         """Add an event off the data path (whose appends rely on receive_data's list)."""
         if self._events is _NO_EVENTS:
@@ -964,18 +1000,18 @@ class Connection:
 
     def _queue_close(self, code: int, reason: str) -> None:
         payload = b"" if code == CloseCode.NO_STATUS else encode_close_payload(code, reason)
-        self._close_sent = (code, reason)
+        self._closing_now().sent = (code, reason)
         self._send_control(_CLOSE, payload)
 
     def _fail(self, code: int, reason: str, limit: str | None) -> None:
         """RFC 6455 §7.1.7: send a close frame with ``code`` if none went out, parse no more."""
-        self._failure = (code, reason)
+        self._closing_now().failure = (code, reason)
         self._receiving = False
         self._msg_parts = None
         self._msg_texts = None
         self._emit(Failed(code, reason, limit))
         if not self._auto_answer:
             return  # the glue calls fail() when it reaches the event
-        if self._close_sent is None:
+        if self._closing.sent is None:
             self._queue_close(code, reason)
         self.state = State.CLOSED
