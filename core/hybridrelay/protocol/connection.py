@@ -174,6 +174,21 @@ class _NotClosing(_Closing):
 _NOT_CLOSING: Final[_Closing] = _NotClosing()
 
 
+class _Reassembly:
+    """A message being received in pieces, and the UTF-8 decoder for text ones.
+
+    Made for the first fragmented message or text to decode piece by piece, rather than
+    three slots on every connection: a relay's spliced legs never reassemble.
+    """
+
+    __slots__ = ("decoder", "parts", "texts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] | None = None  # a binary message being reassembled
+        self.texts: list[str] | None = None  # a text message being reassembled, decoded
+        self.decoder: codecs.IncrementalDecoder | None = None
+
+
 class Role(Enum):
     CLIENT = "client"  # masks what it sends; refuses masked frames (RFC 6455 §5.1)
     SERVER = "server"  # sends unmasked; refuses unmasked frames
@@ -323,7 +338,6 @@ class Connection:
     __slots__ = (
         "_auto_answer",
         "_closing",
-        "_decoder",
         "_events",
         "_f_fin",
         "_f_length",
@@ -336,10 +350,8 @@ class Connection:
         "_masks",
         "_max_message_size",
         "_max_queued",
-        "_msg_parts",
         "_msg_size",
         "_msg_text",
-        "_msg_texts",
         "_out",
         "_out_in_message",
         "_out_mask",
@@ -347,6 +359,7 @@ class Connection:
         "_out_remaining",
         "_parser",
         "_queued",
+        "_reassembly",
         "_receiving",
         "_streaming",
         "_target",
@@ -408,10 +421,10 @@ class Connection:
         self._forwarding = False  # splice_to(): this frame goes to the target
         self._header: bytes | None = None  # splice_to(): header waiting for its payload
         self._msg_text = False
-        self._msg_parts: list[bytes] | None = None  # a binary message being reassembled
-        self._msg_texts: list[str] | None = None  # a text message being reassembled, decoded
+        # A message that came in pieces, and the UTF-8 decoder: none until needed (a
+        # relay's spliced legs never reassemble, and most messages come whole).
+        self._reassembly: _Reassembly | None = None
         self._msg_size = 0
-        self._decoder: codecs.IncrementalDecoder | None = None
         self._closing = _NOT_CLOSING  # its own once it starts closing: _closing_now()
 
     # ------------------------------------------------------------------ state
@@ -716,8 +729,7 @@ class Connection:
         if self._closing.failure is None:
             self._closing_now().failure = (code, reason)
         self._receiving = False
-        self._msg_parts = None
-        self._msg_texts = None
+        self._reassembly = None
         if (
             self._closing.sent is None
             and code != CloseCode.ABNORMAL
@@ -773,8 +785,10 @@ class Connection:
             self._f_opcode = opcode
             if opcode:
                 self._msg_text = opcode == _TEXT
-                if self._msg_text and self._decoder is not None:
-                    self._decoder.reset()
+                if self._msg_text:
+                    reassembly = self._reassembly
+                    if reassembly is not None and reassembly.decoder is not None:
+                        reassembly.decoder.reset()
                 self._msg_size = 0
             limit = self._max_message_size
             if limit is not None:
@@ -866,8 +880,9 @@ class Connection:
             return
         message_end = frame_done and self._f_fin
         if self._msg_text:
-            texts = self._msg_texts
-            if message_end and not texts:  # the common case: a message in one piece
+            reassembly = self._reassembly
+            texts = None if reassembly is None else reassembly.texts
+            if message_end and texts is None:  # the common case: a message in one piece
                 try:
                     self._events.append(TextMessage(data.decode("utf-8")))
                 except UnicodeDecodeError as exc:
@@ -876,31 +891,37 @@ class Connection:
                     ) from exc
                 return
             text = self._decode(data, message_end)  # fails early, not at the end
+            reassembly = cast(_Reassembly, self._reassembly)  # _decode made it
             if texts is None:
-                self._msg_texts = texts = [text]
+                reassembly.texts = texts = [text]
             else:
                 texts.append(text)
             if message_end:
                 self._events.append(TextMessage("".join(texts)))
-                self._msg_texts = None
+                reassembly.texts = None
             return
-        parts = self._msg_parts
-        if not message_end:
-            if parts is None:
-                self._msg_parts = [data]
-            else:
-                parts.append(data)
-        elif parts:
-            parts.append(data)
+        reassembly = self._reassembly
+        if reassembly is None or reassembly.parts is None:
+            if message_end:  # the common case: a message in one piece
+                self._events.append(BytesMessage(data))
+                return
+            if reassembly is None:
+                reassembly = self._reassembly = _Reassembly()
+            reassembly.parts = [data]
+            return
+        parts = reassembly.parts
+        parts.append(data)
+        if message_end:
             self._events.append(BytesMessage(b"".join(parts)))
-            self._msg_parts = None
-        else:
-            self._events.append(BytesMessage(data))
+            reassembly.parts = None
 
     def _decode(self, data: bytes | memoryview, final: bool) -> str:
-        decoder = self._decoder
+        reassembly = self._reassembly
+        if reassembly is None:
+            reassembly = self._reassembly = _Reassembly()
+        decoder = reassembly.decoder
         if decoder is None:
-            decoder = self._decoder = _UTF8_DECODER("strict")
+            decoder = reassembly.decoder = _UTF8_DECODER("strict")
         try:
             return decoder.decode(data, final)
         except UnicodeDecodeError as exc:
@@ -1007,8 +1028,7 @@ class Connection:
         """RFC 6455 §7.1.7: send a close frame with ``code`` if none went out, parse no more."""
         self._closing_now().failure = (code, reason)
         self._receiving = False
-        self._msg_parts = None
-        self._msg_texts = None
+        self._reassembly = None
         self._emit(Failed(code, reason, limit))
         if not self._auto_answer:
             return  # the glue calls fail() when it reaches the event
