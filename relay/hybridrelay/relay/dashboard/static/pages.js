@@ -174,10 +174,13 @@ async function hybridConnection(main, view, name) {
   });
   await live(view, listeners, async () => {
     const list = await api("GET", "listeners?hybridConnection=" + enc(name));
+    const rtt = (ms) => (ms === null ? "no pong yet" : `${ms.toFixed(1)} ms`);
     const rows = list.value.map((l) => el("tr", { "data-listener": l.id },
-      el("td", {}, el("code", { text: l.id })), el("td", { class: "volatile", text: l.remoteAddress }),
-      el("td", { class: "volatile", text: `${age(l.connectedAt)} ago`, title: l.connectedAt }), el("td", { class: "streams", text: l.activeStreams })));
-    return table(["Id", "Remote address", "Connected", "Active streams"], rows, "No listener connected");
+      el("td", {}, el("code", { text: l.id })), el("td", { class: "agent", text: l.agentId ?? "" }),
+      el("td", { class: "node volatile", text: l.node }), el("td", { class: "volatile", text: l.remoteAddress }),
+      el("td", { class: "volatile", text: `${age(l.connectedAt)} ago`, title: l.connectedAt }),
+      el("td", { class: "rtt volatile", text: rtt(l.lastPingRoundTripMs) }), el("td", { class: "streams", text: l.activeStreams })));
+    return table(["Id", "Agent", "Node", "Remote address", "Connected", "Last ping round trip", "Active streams"], rows, "No listener connected");
   });
   await drawRules().catch(errorLine(message));
 }
