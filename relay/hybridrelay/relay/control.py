@@ -388,9 +388,9 @@ class ControlChannel(asyncio.Protocol):
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
-            if type(event) is Pong:
+            if isinstance(event, Pong):
                 # Timed at arrival, even while a renewal holds the other events back.
-                self._on_pong(cast(Pong, event))
+                self._on_pong(event)
             elif self._renewal is None:
                 self._on_event(event)
             else:

@@ -13,14 +13,17 @@ async function overview(main, view) {
   const charts = el("div", { class: "charts", id: "charts" });
   main.append(cards, charts, el("h2", { text: "Refusals by reason" }), refusals);
   await live(view, cards, async () => {
-    const [stats, hcs, devices] = await Promise.all([
+    const [stats, hcs, devices, nodes] = await Promise.all([
       api("GET", "stats"), api("GET", "hybridconnections?top=1000"), api("GET", "devices?top=1000"),
+      api("GET", "nodes"),
     ]);
+    const draining = nodes.value.filter((n) => n.draining).length;
     const more = (page) => (page.continuationToken ? "+" : "");
     const enabled = devices.value.filter((d) => d.status === "enabled").length;
     const connected = devices.value.filter((d) => d.connectionState === "connected").length;
     return [
       card("hybridconnections", "Hybrid connections", `${hcs.value.length}${more(hcs)}`),
+      card("nodes", "Relay nodes", nodes.value.length, draining ? `${draining} draining` : "none draining"),
       card("listeners", "Listeners online", stats.listeners),
       card("streams", "Live streams", stats.activeStreams, `${stats.connections} since start`),
       card("devices", "Devices", `${devices.value.length}${more(devices)}`,
@@ -61,9 +64,12 @@ async function overview(main, view) {
   });
 }
 
+// down: enabled, no listener anywhere; degraded: listeners at their cap (maxListeners),
+// so the next listener (an agent's restart or scale-out) is refused; else healthy.
 function hcStatus(hc) {
   if (hc.status === "disabled") return "disabled";
-  return hc.listenerCount > 0 ? "healthy" : "down";
+  if (hc.listenerCount === 0) return "down";
+  return hc.listenerCount >= hc.maxListeners ? "degraded" : "healthy";
 }
 
 async function hybridConnections(main, view) {
