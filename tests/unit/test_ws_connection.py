@@ -829,3 +829,21 @@ def test_send_frame_copies_a_view_it_does_not_mask() -> None:
     assert b"".join(conn.data_to_send()) == encode_frame(
         fin=True, opcode=Opcode.BINARY, payload=b"x" * 20_000
     )
+
+
+def test_idle_connections_share_no_list_that_one_of_them_could_fill() -> None:
+    """Idle connections hold no event or output list of their own (relay memory per idle
+    connection); what one hands out empty must never carry another's events or bytes."""
+    quiet = Connection(Role.SERVER)
+    busy = Connection(Role.SERVER)
+    nothing_received = quiet.receive_data(b"")
+    nothing_to_send = quiet.data_to_send()
+    assert busy.receive_data(client_frame(Opcode.PING, b"hi")) == [Ping(b"hi")]
+    busy.send_message("text")
+    assert len(busy.data_to_send()) == 2  # the pong, then the message
+    assert nothing_received == []
+    assert nothing_to_send == []
+    assert quiet.receive_data(b"") == []
+    assert quiet.data_to_send() == []
+    with pytest.raises(RuntimeError):
+        nothing_to_send.append(b"bytes for every idle connection")

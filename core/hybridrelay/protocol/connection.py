@@ -126,6 +126,23 @@ _pack_h16: Final = struct.Struct("!BBH").pack
 _pack_h64: Final = struct.Struct("!BBQ").pack
 
 
+class _Nothing(list):  # type: ignore[type-arg]
+    """The empty list a connection holds instead of its own until it has something; what
+    receive_data and data_to_send return when there is nothing. Appending to it would
+    hand one connection's bytes to every other: it refuses."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object) -> None:
+        raise RuntimeError("the shared empty list of Connection was about to be filled")
+
+    append = extend = insert = __iadd__ = __setitem__ = _refuse  # type: ignore[assignment]
+
+
+_NO_EVENTS: Final[list[Event]] = _Nothing()
+_NO_DATA: Final[list[bytes]] = _Nothing()
+
+
 class Role(Enum):
     CLIENT = "client"  # masks what it sends; refuses masked frames (RFC 6455 §5.1)
     SERVER = "server"  # sends unmasked; refuses unmasked frames
@@ -288,7 +305,6 @@ class Connection:
         "_high_water",
         "_holds",
         "_lost",
-        "_low_water",
         "_masks",
         "_max_message_size",
         "_max_queued",
@@ -340,11 +356,13 @@ class Connection:
         self._max_message_size = None if streaming else max_message_size
         self._validate = validate_utf8
         self._max_queued = max_queued_control
-        self._high_water = high_water
-        self._low_water = high_water // 4
+        self._high_water = high_water  # the low mark is a quarter of it
         self._receiving = True  # frames are parsed (OPEN, CLOSE_SENT)
-        self._events: list[Event] = []
-        self._out: list[bytes] = []
+        # No list of their own until something is received or sent (_NO_EVENTS and
+        # _NO_DATA stand in, and are handed out empty): a relay holds two connections
+        # per relayed connection, mostly idle.
+        self._events: list[Event] = _NO_EVENTS
+        self._out: list[bytes] = _NO_DATA
         # Lists made when first needed (None until then): a relay holds two idle
         # connections per relayed connection, and most never queue or reassemble.
         self._queued: list[bytes] | None = None
@@ -437,24 +455,33 @@ class Connection:
         dropped unparsed (RFC 6455 §5.5.1), even the rest of the read the close came in.
         """
         if self._receiving:
+            # The lists the parser's callbacks append to on the data path, once per read
+            # rather than per frame: the target's output when splicing, else the events.
+            target = self._target
+            if target is not None:
+                if target._out is _NO_DATA:
+                    target._out = []
+            elif self._events is _NO_EVENTS:
+                self._events = []
             try:
                 self._parser.feed(data)
             except FrameError as exc:
                 self._fail(exc.code, exc.reason, exc.limit)
         events = self._events
         if events:
-            self._events = []
-        return events
+            self._events = _NO_EVENTS
+            return events
+        return _NO_EVENTS
 
     def receive_eof(self) -> list[Event]:
         """The peer closed its sending side (TCP FIN) or the connection dropped."""
         if self._close_received is None and not self._lost and self._failure is None:
-            self._events.append(ConnectionLost())
+            self._emit(ConnectionLost())
         self._lost = True
         self._receiving = False
         self.state = State.CLOSED
         self._parser.stop()  # nothing more to parse; frees the parser <-> self cycle
-        events, self._events = self._events, []
+        events, self._events = self._events, _NO_EVENTS
         return events
 
     # ------------------------------------------------------------------ output
@@ -463,7 +490,7 @@ class Connection:
         """The bytes to write, in order, as buffers for ``transport.writelines``."""
         out = self._out
         if out:
-            self._out = []
+            self._out = _NO_DATA
         return out
 
     def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
@@ -507,11 +534,14 @@ class Connection:
         else:
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload))
             data = payload if type(payload) is bytes else bytes(payload)
+        out = self._out
+        if out is _NO_DATA:
+            self._out = out = []
         if len(data) < _COALESCE_LIMIT:
-            self._out.append(header + data)
+            out.append(header + data)
         else:
-            self._out.append(header)
-            self._out.append(data)
+            out.append(header)
+            out.append(data)
 
     def forward(self, frame: Frame) -> None:
         """Streaming: send a piece of a data frame received on another connection.
@@ -586,6 +616,9 @@ class Connection:
     def _forward_piece(
         self, opcode: int, fin: bool, length: int, data: bytes, start: bool, end: bool
     ) -> None:
+        out = self._out
+        if out is _NO_DATA:
+            self._out = out = []
         if start:
             if self._out_remaining:
                 raise ValueError("a forwarded frame is half sent")
@@ -602,10 +635,10 @@ class Connection:
             else:
                 header = encode_frame_header(fin=fin, opcode=opcode, length=length)
             if len(data) < _COALESCE_LIMIT:
-                self._out.append(header + data)
+                out.append(header + data)
             else:
-                self._out.append(header)
-                self._out.append(data)
+                out.append(header)
+                out.append(data)
             self._out_in_message = not fin
             if not end:
                 self._out_remaining = length - len(data)
@@ -617,7 +650,7 @@ class Connection:
         if self._masks:
             data = apply_mask(data, self._out_mask, self._out_offset)
             self._out_offset += len(data)
-        self._out.append(data)
+        out.append(data)
         if end:
             self._out_remaining = 0
             if self._queued and not self._write_paused:
@@ -688,7 +721,7 @@ class Connection:
         """
         if size > self._high_water:
             self._write_paused = True
-        elif size <= self._low_water and self._write_paused:
+        elif size <= self._high_water // 4 and self._write_paused:
             self._write_paused = False
             if self._queued and not self._out_remaining:
                 self._flush_queued()
@@ -847,16 +880,16 @@ class Connection:
 
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
-            self._events.append(Ping(payload))
+            self._emit(Ping(payload))
             if self._close_sent is None and self._auto_answer:  # §5.5.1: none after our close
                 self._send_control(_PONG, payload)
         elif opcode == _PONG:
-            self._events.append(Pong(payload))
+            self._emit(Pong(payload))
         else:
             code, reason = parse_close_payload(payload)  # FrameError fails the connection
             self._close_received = (code, reason)
             self._receiving = False
-            self._events.append(CloseReceived(code, reason))
+            self._emit(CloseReceived(code, reason))
             if self._close_sent is not None:
                 self.state = State.CLOSED
             elif self.auto_close_echo:
@@ -887,7 +920,10 @@ class Connection:
     def _send_control(self, opcode: int, payload: bytes) -> None:
         (frame,) = self._encode(True, opcode, payload)  # at most 125 bytes: one buffer
         if not (self._out_remaining or self._write_paused):
-            self._out.append(frame)
+            if self._out is _NO_DATA:
+                self._out = [frame]
+            else:
+                self._out.append(frame)
             return
         queued = self._queued
         if queued is None:
@@ -897,7 +933,7 @@ class Connection:
             queued.append(frame)
             if len(queued) < limit:
                 return
-            self._events.append(LimitReached(LIMIT_QUEUED_CONTROL))
+            self._emit(LimitReached(LIMIT_QUEUED_CONTROL))
         elif opcode != _CLOSE and queued[-1][0] == frame[0]:
             # §5.5.3: a pong for the most recent ping answers the earlier ones (and one
             # waiting ping of ours is as good as two).
@@ -912,9 +948,19 @@ class Connection:
 
     def _flush_queued(self) -> None:
         if self._queued is not None:
-            self._out.extend(self._queued)
+            if self._out is _NO_DATA:
+                self._out = self._queued
+            else:
+                self._out.extend(self._queued)
             self._queued = None
         self._holds &= ~_BACKLOG
+
+    def _emit(self, event: Event) -> None:
+        """Add an event off the data path (whose appends rely on receive_data's list)."""
+        if self._events is _NO_EVENTS:
+            self._events = [event]
+        else:
+            self._events.append(event)
 
     def _queue_close(self, code: int, reason: str) -> None:
         payload = b"" if code == CloseCode.NO_STATUS else encode_close_payload(code, reason)
@@ -927,7 +973,7 @@ class Connection:
         self._receiving = False
         self._msg_parts = None
         self._msg_texts = None
-        self._events.append(Failed(code, reason, limit))
+        self._emit(Failed(code, reason, limit))
         if not self._auto_answer:
             return  # the glue calls fail() when it reaches the event
         if self._close_sent is None:
