@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import secrets
 import uuid
 from typing import Final
 
@@ -63,6 +62,13 @@ _REDISPATCHES = 2  # accepts re-sent to another listener when the chosen one van
 _LISTENER_GONE_GRACE_S = 2.0
 # A PendingConnect outcome: the sender's connection closed before its 101.
 _SENDER_GONE: Final = object()
+# A PendingConnect outcome: rendezvous_timeout passed before the listener dialled.
+_TIMED_OUT: Final = object()
+
+
+def _time_out(future: asyncio.Future[object]) -> None:
+    if not future.done():
+        future.set_result(_TIMED_OUT)
 
 
 class _Rejected:
@@ -82,8 +88,18 @@ _ID_VARIANT: Final = "89ab"[int(_ID_RANDOM[16], 16) & 3] + _ID_RANDOM[17:20]
 _ids = itertools.count(int(_ID_RANDOM[20:], 16) & 0xFFFFFFFF)
 
 
+_ID_PREFIX: Final = f"{_ID_HEAD}{_ID_VARIANT}-"
+
+
 def _new_tracking_id() -> str:
-    return f"{_ID_HEAD}{_ID_VARIANT}-{next(_ids) & 0xFFFFFFFFFFFF:012x}"
+    return _ID_PREFIX + format(next(_ids) & 0xFFFFFFFFFFFF, "012x")
+
+
+# Live stream ids (the admin API's handle to close one, per node): 16 hex digits, a
+# per-process random half and a counter, unique on the node with no getrandom() per
+# stream. Not a secret: closing a stream takes an admin credential.
+_STREAM_PREFIX: Final = uuid.uuid4().hex[:8]
+_stream_ids = itertools.count(1)
 
 
 def _split_target(request: web.Request) -> tuple[str, str]:
@@ -374,13 +390,17 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                 )
                 del accept  # not kept alive by a sender that waits
                 state.waiting.add(pending)
+                # A timer that settles the future, not asyncio.timeout_at: no Timeout
+                # object, task cancellation and uncancel per connect (issue 16).
+                timer = loop.call_at(deadline, _time_out, pending.future)
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        outcome = await pending.future
-                except TimeoutError as exc:
+                    outcome = await pending.future
+                finally:
+                    timer.cancel()
+                if outcome is _TIMED_OUT:
                     raise UpstreamTimeoutError(
                         "the listener did not accept in time", limit="rendezvous_timeout"
-                    ) from exc
+                    )
             finally:
                 state.waiting.discard(pending)
                 state.cluster.discard_pending(key)
@@ -491,7 +511,7 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
     stats = metrics.stream_started(pending.hc_name)
-    splice.stream_id = secrets.token_hex(8)
+    splice.stream_id = _STREAM_PREFIX + format(next(_stream_ids) & 0xFFFFFFFF, "08x")
     splice.listener_id = pending.listener_id
     splice.started_at = state.now()
     state.splices.add(splice)
