@@ -349,7 +349,11 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         write_buffer=relay.stream_buffer_size,
         limit_hit=state.metrics.limit_hit,
     )
-    splice.sender_address = _address_text(request)  # read now: the splice takes the socket
+    sender_endpoint = remote_endpoint(request)  # read now: the splice takes the socket
+    if sender_endpoint is not None:
+        splice.sender_address = f"{sender_endpoint.address}:{sender_endpoint.port}"
+    # The same for every (re)dispatch of this sender's accept: built once.
+    connect_headers = add_forwarding_headers(_connect_headers(request.headers), request)
     tracking_id = addr.tracking_id or _new_tracking_id()
     deadline = started + relay.rendezvous_timeout
     # One slot of this entity's share while the sender waits for its rendezvous.
@@ -376,8 +380,8 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                     rendezvous_key=key,
                 ),
                 id=tracking_id,
-                connect_headers=add_forwarding_headers(_connect_headers(request.headers), request),
-                remote_endpoint=remote_endpoint(request),
+                connect_headers=connect_headers,
+                remote_endpoint=sender_endpoint,
             )
             try:
                 await deliver_to_listener(
@@ -525,11 +529,6 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
         metrics.stream_finished(stats, up, down)
 
     splice.on_finish = finished
-
-
-def _address_text(request: web.Request) -> str:
-    endpoint = remote_endpoint(request)
-    return f"{endpoint.address}:{endpoint.port}" if endpoint is not None else ""
 
 
 def _release_senders_of(state: RelayState, channel: ControlChannel) -> None:
