@@ -7,6 +7,7 @@ listener's TLS settings, timeouts and message size limit.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class RendezvousHosts:
         scheme = parts.scheme.lower()
         if scheme not in ("ws", "wss"):
             return f"scheme {scheme[:10]!r} is not ws or wss"
-        if scheme == "ws" and urlsplit(relay).scheme.lower() == "wss":
+        if scheme == "ws" and _scheme_of(relay) == "wss":
             return "ws:// address from a wss:// relay (a TLS downgrade)"
         host = (parts.hostname or "").rstrip(".")
         if not host:
@@ -74,6 +75,15 @@ class RendezvousHosts:
 
 
 _LOCALHOST: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@functools.lru_cache(maxsize=16)
+def _scheme_of(relay: str) -> str:
+    # The listener's own relay URLs (a handful): parsed once, not on every accept.
+    try:
+        return urlsplit(relay).scheme.lower()
+    except ValueError:
+        return ""
 
 
 def _host_of(url: str) -> str:
