@@ -427,6 +427,8 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         # is disabled (device_auth.tracked): the sender's device, and the listener's, whose
         # accept dial carried only the rendezvous key (the stream is its channel's).
         owner = device_auth.listener_owner(state, hc.name, pending.listener_id)
+        if principal.device_id is None and owner is None:
+            return Upgraded()  # the usual case: no device to track, no exit stack to build
         async with contextlib.AsyncExitStack() as devices:
             if principal.device_id is not None:
                 await devices.enter_async_context(
@@ -445,8 +447,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                         device=owner.device,
                     )
                 )
-            if principal.device_id is not None or owner is not None:
-                await splice.wait()
+            await splice.wait()
     # SPLICED: _accept answered the sender's 101 and detached its connection from
     # aiohttp; this handler ends now, the splice lives on in state.splices.
     return Upgraded()
