@@ -54,7 +54,7 @@ def _ok(results: dict[str, Any], key: str) -> dict[str, Any] | None:
 def throughput_bars(results: dict[str, Any]) -> list[Bar]:
     bars: list[Bar] = []
     for key, label in (("bulk_64k", "WS 64 KiB"), ("nginx", "WS 64 KiB\n(nginx run)"),
-                       ("bulk_1k", "WS 1 KiB")):  # fmt: skip
+                       ("bulk_1k", "WS 1 KiB"), ("bulk_128", "WS 128 B")):  # fmt: skip
         if r := _ok(results, key):
             bars += [(label, name, s) for name, s in r["mb_s"].items()]
     if r := _ok(results, "peer"):

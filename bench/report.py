@@ -73,6 +73,7 @@ def _bulk(units: dict[str, Unit], quick: bool) -> list[Row]:
     for key, label, target in (
         ("bulk_64k", "64 KiB", TARGETS["bulk"]),
         ("bulk_1k", "1 KiB", None),
+        ("bulk_128", "128 B", None),
     ):
         unit = units.get(key)
         target_text = f"≥ {target}" if target else "— (reported)"

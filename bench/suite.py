@@ -96,6 +96,15 @@ UNITS: Final = (
         "--paths direct,relay --message-kib 1 --size-mib 8 --rounds 2 --warmup-mib 1",
         900,
     ),
+    # Issue 16: small-message splicing, where the relay's cost per frame shows most.
+    Unit(
+        "bulk_128",
+        ("bulk",),
+        "bench.throughput",
+        "--paths direct,relay --message-bytes 128 --size-mib 32 --rounds 5 --warmup-mib 2",
+        "--paths direct,relay --message-bytes 128 --size-mib 2 --rounds 2 --warmup-mib 0.25",
+        900,
+    ),
     Unit(
         "nginx",
         ("nginx",),

@@ -413,10 +413,12 @@ NOTES = (
 
 
 async def run(args: argparse.Namespace, uvloop_on: bool) -> dict[str, Any]:
-    message_bytes = int(args.message_kib * 1024)
+    message_bytes = args.message_bytes or int(args.message_kib * 1024)
     count = int(args.size_mib * 1024 * 1024) // message_bytes
     if message_bytes <= 0 or count <= 0:
-        raise BenchError("--message-kib must be > 0 and --size-mib at least one message")
+        raise BenchError(
+            "--message-kib / --message-bytes must be > 0 and --size-mib at least one message"
+        )
     nginx_binary = find_nginx() if "nginx" in args.paths else None
     if "nginx" in args.paths and nginx_binary is None:
         return {
@@ -577,6 +579,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size-mib", type=float, help="bytes per run in MiB (default 256, --quick 32)")
     p.add_argument(
         "--message-kib", type=float, default=64.0, help="message size in KiB (default 64)"
+    )
+    p.add_argument(
+        "--message-bytes",
+        type=int,
+        help="message size in bytes, for sizes under 1 KiB (overrides --message-kib)",
     )
     p.add_argument(
         "--warmup-mib",

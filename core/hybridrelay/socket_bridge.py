@@ -276,7 +276,13 @@ class SocketBridge(asyncio.BufferedProtocol):
             self._on_connect(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _read_buffer.get(self._chunk_size)
+        buffer = _read_buffer.get(self._chunk_size)
+        if self._ws is None:
+            # Before run(): read no more than the hold has room for, so that it never
+            # holds more than chunk_size (a whole chunk on top of a nearly full hold was
+            # almost twice that, per connection waiting for its WebSocket).
+            return buffer[: max(1, self._chunk_size - self._held_size)]
+        return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         data = _read_buffer.view[:nbytes]

@@ -508,7 +508,7 @@ async def test_sharing_the_public_origin_lets_a_listeners_page_act_as_the_operat
     assert tries["api"].startswith('200 {"value": [{"name": ')
 
 
-async def test_the_cluster_page_shows_the_node_its_listeners_and_drains_it(
+async def test_the_cluster_page_shows_the_node_its_listeners_drains_and_undrains_it(
     page: Page, relay: InProcessRelay
 ) -> None:
     listener = await RawListener(relay.url, "hc-ws", listener_id="cluster-listener").start()
@@ -529,12 +529,21 @@ async def test_the_cluster_page_shows_the_node_its_listeners_and_drains_it(
         assert code == 1001  # sent to another node
         await expect(node.locator(".status")).to_have_text("draining")
         await expect(node.locator(".listeners")).to_have_text("0")
-        await expect(node.get_by_role("button")).to_have_count(0)
+        await expect(node.get_by_role("button")).to_have_count(1)  # Undrain, only
         await expect(page.locator("tr[data-holder]")).to_have_count(0)
+        async with aiohttp.ClientSession() as http, http.get(relay.http_url + "/readyz") as ready:
+            assert ready.status == 503
+
+        await node.get_by_role("button", name="Undrain").click()
+        await expect(node.locator(".status")).to_have_text("serving")
+        await expect(node.get_by_role("button", name="Drain")).to_be_visible()
+        async with aiohttp.ClientSession() as http, http.get(relay.http_url + "/readyz") as ready:
+            assert ready.status == 200
+        again = await RawListener(relay.url, "hc-ws", listener_id="back").start()
+        await expect(page.locator('tr[data-holder="local/hc-ws"] .listeners')).to_have_text("1")
+        await again.stop()
     finally:
         await listener.stop()
-    async with aiohttp.ClientSession() as http, http.get(relay.http_url + "/readyz") as ready:
-        assert ready.status == 503
 
 
 async def test_the_jobs_page_exports_and_imports_devices_with_progress(
@@ -598,7 +607,11 @@ async def test_the_http_inspector_records_a_request_and_replays_it(
     token = create_sas_token(relay.http_url + "/", root, ROOT_KEY, int(time.time()) + 600)
     async with running_listener(listener), aiohttp.ClientSession() as sender:
         await log_in(page, relay)
-        await show(page, "#/inspector/echo")
+        # The hybrid connection's page links to its inspector.
+        await show(page, "#/hc/echo")
+        await page.get_by_role("link", name="Inspect its HTTP requests").click()
+        await expect(page.locator("#main")).to_have_attribute("data-ready", "inspector")
+        assert page.url.endswith("#/inspector/echo")
         await expect(page.locator("#inspector-state")).to_have_text("off")
         await page.click("#inspector-toggle")
         await expect(page.locator("#inspector-state")).to_have_text("on")
@@ -621,7 +634,7 @@ async def test_the_http_inspector_records_a_request_and_replays_it(
         await page.click("#copy-curl")
         curl = page.locator("#curl")
         await expect(curl).to_contain_text(f"curl -X POST '{relay.http_url}/echo/orders?id=7'")
-        await expect(curl).to_contain_text("""--data-binary '{"item": "widget"}'""")
+        await expect(curl).to_contain_text("""--data-raw '{"item": "widget"}'""")
         await expect(curl).not_to_contain_text("[redacted]")
 
         await page.click("#replay")

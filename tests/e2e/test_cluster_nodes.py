@@ -48,7 +48,7 @@ def _ids(nodes: list[dict[str, object]]) -> list[object]:
     return [n["id"] for n in nodes]
 
 
-async def test_nodes_lists_each_nodes_listeners_and_drains_another_node(
+async def test_nodes_lists_each_nodes_listeners_and_drains_and_undrains_another_node(
     tmp_path: Path, redis_url: str
 ) -> None:
     async with running_cluster(tmp_path, redis_url, 2, presence_ttl=1.5) as cluster:
@@ -78,6 +78,13 @@ async def test_nodes_lists_each_nodes_listeners_and_drains_another_node(
             await _until_status(b.http_url + "/readyz", 503)
             await _until_status(a.http_url + "/readyz", 200)
             await _until_nodes(a, lambda ns: any(n["draining"] for n in ns if n["id"] == "node-1"))
+            # And back, through A and Redis: B serves again.
+            status, doc = await mgmt_call(a, "POST", "/nodes/node-1/undrain")
+            assert (status, doc) == (202, {"id": "node-1", "draining": False})
+            await _until_status(b.http_url + "/readyz", 200)
+            await _until_nodes(
+                a, lambda ns: any(not n["draining"] for n in ns if n["id"] == "node-1")
+            )
         finally:
             await listener.stop()
         # A stopped node leaves the list at once (it removes its own summary).

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 from hypothesis.strategies import SearchStrategy
 
+from hybridrelay.backoff import Backoff
 from hybridrelay.errors import ConnectionClosedError, HybridRelayError
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener, TcpTarget
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.messages import RenewToken, Response, decode
 from hybridrelay.protocol.sas import SasTokenProvider
 from tests.fuzz import oracles, strategies
@@ -86,6 +88,9 @@ PROPERTIES: Final = {
     "agent_dialed_foreign_host": "the agent dialled an address on a host that is not its relay",
 }
 
+# The agent's bad-message policy may close its control channel (then dials anew): 1002 for a
+# body with no request before it, 1008 after max_bad_control_messages bad ones in a row.
+POLICY_CLOSES: Final = frozenset({CloseCode.PROTOCOL_ERROR, CloseCode.POLICY_VIOLATION})
 EXAMPLE_TIMEOUT: Final = 20.0  # one example, everything included
 WS_KEY: Final = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key: the same bytes every run
 
@@ -776,7 +781,9 @@ class _FakeRelay:
         self.connected.set()
         async for message in ws:
             await self.inbox.put((message.type, message.data))
-        await self.inbox.put((WSMsgType.CLOSED, None))
+        if self.control is ws:
+            self.connected.clear()
+        await self.inbox.put((WSMsgType.CLOSED, ws.close_code))
         return ws
 
     async def start(self) -> None:
@@ -805,6 +812,8 @@ class AgentTarget:
         self._running = contextlib.AsyncExitStack()
         self.foreign_port = 0
         self.closed_port = 1
+        self._policy_closes = 0  # channels the agent closed by its bad-message policy, this example
+        self._sentinel = ""
 
     @classmethod
     async def start(cls, subject: Subject) -> AgentTarget:
@@ -835,6 +844,8 @@ class AgentTarget:
             http_handler=_echo_handler,
             connect_timeout=2,
             request_timeout=2,
+            # A channel the agent closes by its bad-message policy is dialled again at once.
+            backoff=Backoff(base=0.02, cap=0.2),
         )
         await self._running.enter_async_context(running_listener(listener, tolerate=AGENT_ENDINGS))
         self._agent = listener
@@ -865,16 +876,16 @@ class AgentTarget:
     async def check(self, example: strategies.AgentExample, findings: Findings) -> None:
         self.count += 1
         fake = self.fake
-        ws = fake.control
-        assert ws is not None
         fake.answer = example
         dials_before = self.foreign_dials
-        if ws.closed:
+        ws = await self._open_control()
+        if ws is None:
             findings.add(
-                "agent_dropped_control_channel",
-                "the control channel was closed before this example",
+                "agent_dropped_control_channel", "no control channel open before this example"
             )
             return
+        opened_before = fake.controls_opened
+        self._policy_closes = 0
         for message in example.messages:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 if message.doc is not None:
@@ -887,8 +898,9 @@ class AgentTarget:
         address = self._address(AddressSpec("relay", "request"))
         request = {"address": address, "id": sentinel, "requestTarget": "/fuzz-agent/s",
                    "method": "GET", "requestHeaders": {}, "body": False}  # fmt: skip
+        self._sentinel = json.dumps({"request": request})
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_str(json.dumps({"request": request}))
+            await ws.send_str(self._sentinel)
         await self._await_sentinel(sentinel, findings)
         await self._settle()
         if self.foreign_dials != dials_before:
@@ -896,10 +908,20 @@ class AgentTarget:
                 "agent_dialed_foreign_host",
                 f"{self.foreign_dials - dials_before} dial(s) to 127.0.0.2",
             )
-        if fake.controls_opened != 1:
+        redials = fake.controls_opened - opened_before
+        if redials != self._policy_closes:
             findings.add(
-                "agent_dropped_control_channel", f"{fake.controls_opened} control channels opened"
+                "agent_dropped_control_channel",
+                f"{redials} control channels dialled after {self._policy_closes} policy closes",
             )
+
+    async def _open_control(self) -> web.WebSocketResponse | None:
+        """The agent's open control channel, waiting (bounded) for its redial after a close."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds(5)):
+                await self.fake.connected.wait()
+        ws = self.fake.control
+        return ws if ws is not None and not ws.closed else None
 
     async def _settle(self) -> None:
         """Let the agent finish what this example started (dials end within connect_timeout)."""
@@ -926,9 +948,21 @@ class AgentTarget:
                         if sentinel_answered:
                             return
                         continue
+                    if kind == WSMsgType.CLOSED and data in POLICY_CLOSES:
+                        # The agent's documented bad-message policy (listener/control_protocol.py):
+                        # it closed this channel and dials a new one, where the sentinel goes again.
+                        self._policy_closes += 1
+                        ws = await self._open_control()
+                        if ws is None:
+                            findings.add("agent_dropped_control_channel", "no redial after a close")
+                            return
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            await ws.send_str(self._sentinel)
+                        continue
                     if kind != WSMsgType.TEXT:
                         findings.add(
-                            "agent_dropped_control_channel", f"control channel ended ({kind.name})"
+                            "agent_dropped_control_channel",
+                            f"control channel ended ({kind.name}, close code {data})",
                         )
                         return
                     if body_due:

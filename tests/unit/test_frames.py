@@ -671,6 +671,30 @@ def test_mask_check_byte_by_byte() -> None:
     assert accepted == len(masked) + 1
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_whole_frame_takes_the_frames_a_read_holds_whole_and_only_those(masked: bool) -> None:
+    """whole_frame(sink, fin, opcode, payload) replaces on_data_frame + on_payload for a frame
+    whose payload is all there; a frame cut by the read goes the usual way."""
+    rec = Recorder()
+    parser = FrameParser(rec, masked=masked)
+    whole: list[Event] = []
+    parser.whole_frame = lambda sink, fin, opcode, payload: whole.append(
+        ("data", sink is rec, fin, opcode, payload)
+    )
+    data = pattern(300, seed=3)
+    wire = (
+        frame(0x2, b"", masked=masked)
+        + frame(0x1, data[:126], fin=False, masked=masked)
+        + frame(0x9, b"p", masked=masked)
+        + frame(0x0, data, masked=masked)
+    )
+    cut = len(wire) - 100  # in the middle of the last frame's payload
+    parser.feed(wire[:cut])
+    parser.feed(wire[cut:])
+    assert whole == [("data", True, True, 0x2, b""), ("data", True, False, 0x1, data[:126])]
+    assert rec.frames() == [("control", 0x9, b"p"), ("data", True, 0x0, data)]
+
+
 @dataclass
 class ViewRecorder(Recorder):
     """A Recorder that takes payload as views (FrameParser.view_payload_to)."""

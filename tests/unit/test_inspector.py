@@ -127,11 +127,17 @@ async def test_a_replay_is_linked_only_by_a_nonce_this_node_handed_out() -> None
     forged = inspector.add(_record(1), nonce="made-up")
     assert forged is not None
     assert forged.replay_of is None
-    nonce, done = inspector.expect_replay("r1")
+    nonce, done = inspector.expect_replay(_record(1))
+    elsewhere = inspector.add(_record(5, hc="other"), nonce=nonce)  # another entity's
+    assert elsewhere is None or elsewhere.replay_of is None
+    assert not done.done()
     replay = inspector.add(_record(2), nonce=nonce)
     assert replay is not None
     assert replay.replay_of == "r1"
     assert done.result() is replay
+    again = inspector.add(_record(4), nonce=nonce)  # the nonce was used up
+    assert again is not None
+    assert again.replay_of is None
     inspector.replay_over(nonce)
     late = inspector.add(_record(3), nonce=nonce)
     assert late is not None

@@ -22,6 +22,7 @@ from hybridrelay.protocol.connection import (
     Failed,
     Frame,
     Hold,
+    LimitReached,
     Ping,
     Pong,
     Role,
@@ -96,7 +97,10 @@ class WireReader:
         self.frames.append((opcode, True, payload))
 
     def read(self, conn: Connection) -> list[tuple[int, bool, bytes]]:
-        self._parser.feed(b"".join(conn.data_to_send()))
+        return self.read_bytes(b"".join(conn.data_to_send()))
+
+    def read_bytes(self, data: bytes) -> list[tuple[int, bool, bytes]]:
+        self._parser.feed(data)
         frames, self.frames = self.frames, []
         return frames
 
@@ -387,8 +391,11 @@ def test_ping_flood_with_a_peer_that_does_not_read_stays_bounded() -> None:
     assert server.write_paused
     flood = b"".join(client_frame(Opcode.PING, i.to_bytes(4, "big")) for i in range(1000))
     events = server.receive_data(flood)
-    assert len(events) == 1000
-    assert all(isinstance(e, Ping) for e in events)
+    # The queue filled at the eighth ping: reported once (for metrics), after its Ping.
+    assert [i for i, e in enumerate(events) if isinstance(e, LimitReached)] == [8]
+    assert events[8] == LimitReached("max_queued_control_frames")
+    assert len(events) == 1001
+    assert all(isinstance(e, Ping) for e in events[:8] + events[9:])
     assert server.data_to_send() == []
     assert server.control_pending == 8
     assert not wants_read(server)
@@ -616,6 +623,71 @@ def test_splice_to_drops_frames_once_the_target_closed() -> None:
     assert target.data_to_send() == []
     with pytest.raises(ValueError, match="streaming"):
         Connection(Role.SERVER).splice_to(target)
+
+
+def _relay_splice() -> tuple[Connection, Connection]:
+    """Two legs as the relay joins them: no UTF-8 check, so whole frames take one step."""
+    leg = Connection(Role.SERVER, streaming=True, validate_utf8=False)
+    target = Connection(Role.SERVER, streaming=True, validate_utf8=False)
+    leg.splice_to(target)
+    return leg, target
+
+
+def test_relay_splice_output_does_not_depend_on_how_reads_cut_the_frames() -> None:
+    """Frames that arrive whole (one step) and in pieces (header, then payload) leave
+    the same bytes, at every header size and with control frames between them."""
+    wire = b"".join(
+        [
+            client_frame(Opcode.BINARY, b""),
+            client_frame(Opcode.TEXT, "é".encode()),
+            client_frame(Opcode.BINARY, b"a" * 125),
+            client_frame(Opcode.PING, b"hi"),
+            client_frame(Opcode.BINARY, b"b" * 126, fin=False),
+            client_frame(Opcode.CONTINUATION, b"c" * 70000, fin=False),
+            client_frame(Opcode.CONTINUATION, b"d" * 3),
+            client_frame(Opcode.TEXT, b"\xff"),  # not the relay's to validate
+        ]
+    )
+    outputs = []
+    for step in (len(wire), 1000, 7, 1):
+        leg, target = _relay_splice()
+        events: list[Event] = []
+        for i in range(0, len(wire), step):
+            events += leg.receive_data(wire[i : i + step])
+        assert events == [Ping(b"hi")]
+        assert leg.data_to_send() == [encode_frame(fin=True, opcode=Opcode.PONG, payload=b"hi")]
+        assert leg.bytes_received == 0 + 2 + 125 + 126 + 70000 + 3 + 1
+        outputs.append(b"".join(target.data_to_send()))
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
+    assert WireReader(masked=False).read_bytes(outputs[0]) == [
+        (Opcode.BINARY, True, b""),
+        (Opcode.TEXT, True, "é".encode()),
+        (Opcode.BINARY, True, b"a" * 125),
+        (Opcode.BINARY, False, b"b" * 126),
+        (Opcode.CONTINUATION, False, b"c" * 70000),
+        (Opcode.CONTINUATION, True, b"d" * 3),
+        (Opcode.TEXT, True, b"\xff"),
+    ]
+
+
+def test_relay_splice_whole_frames_wait_for_nothing_and_stop_at_the_targets_close() -> None:
+    leg, target = _relay_splice()
+    # A pong the target owes waits for the streamed frame; the whole frame after it
+    # starts only once that frame ended, and the pong goes between them.
+    big = client_frame(Opcode.BINARY, b"z" * 100)
+    leg.receive_data(big[:50])
+    target.receive_data(client_frame(Opcode.PING, b"p"))
+    leg.receive_data(big[50:] + client_frame(Opcode.BINARY, b"small"))
+    assert WireReader(masked=False).read(target) == [
+        (Opcode.BINARY, True, b"z" * 100),
+        (Opcode.PONG, True, b"p"),
+        (Opcode.BINARY, True, b"small"),
+    ]
+    target.send_close(1000)
+    target.data_to_send()
+    assert leg.receive_data(client_frame(Opcode.BINARY, b"dropped")) == []
+    assert target.data_to_send() == []
+    assert leg.bytes_received == 100 + 5 + 7  # received, though not forwarded
 
 
 def test_abandon_frame_frees_the_target_only_if_nothing_of_the_frame_went_out() -> None:

@@ -173,12 +173,12 @@ class AdminClient:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    def _auth(self) -> str:
+    def _auth(self, audience: str | None = None) -> str:
         if self._token is not None:
             return self._token
         if self._provider is None:  # unreachable: __init__ checks
             raise RuntimeError("no credentials")
-        return self._provider.token_for(self._audience, time.time())
+        return self._provider.token_for(audience or self._audience, time.time())
 
     def _url(self, path: str, params: Mapping[str, str] | None = None) -> URL:
         url = URL(self._base + MGMT_PREFIX + path, encoded=True)
@@ -192,8 +192,9 @@ class AdminClient:
         *,
         params: Mapping[str, str] | None = None,
         if_match: str | None = None,
+        audience: str | None = None,
     ) -> _Reply:
-        headers = {"Authorization": self._auth(), "Accept": "application/json"}
+        headers = {"Authorization": self._auth(audience), "Accept": "application/json"}
         data: bytes | None = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -221,8 +222,9 @@ class AdminClient:
         body: object = None,
         *,
         if_match: str | None = None,
+        audience: str | None = None,
     ) -> Document:
-        reply = await self._call(method, path, body, if_match=if_match)
+        reply = await self._call(method, path, body, if_match=if_match, audience=audience)
         if not isinstance(reply.body, dict):
             raise AdminApiError(
                 reply.status, "BadResponse", "the relay did not answer a JSON object"
@@ -232,10 +234,13 @@ class AdminClient:
             doc.setdefault("etag", reply.etag)
         return doc
 
-    async def _pages(self, path: str, page_size: int | None) -> AsyncIterator[Document]:
+    async def _pages(
+        self, path: str, page_size: int | None, query: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Document]:
         continuation: str | None = None
         while True:
-            params: dict[str, str] = {}
+            # The search terms go with every page: a continuation token alone does not carry them.
+            params: dict[str, str] = dict(query or {})
             if page_size is not None:
                 params["top"] = str(page_size)
             if continuation is not None:
@@ -253,6 +258,55 @@ class AdminClient:
     def list_hybrid_connections(self, *, page_size: int | None = None) -> AsyncIterator[Document]:
         """Every hybrid connection, fetching pages of ``page_size`` as needed."""
         return self._pages("/hybridconnections", page_size)
+
+    async def hybrid_connection_metrics(self, name: str) -> Document:
+        """The hybrid connection's Azure-named counters on the answering node."""
+        return await self._document("GET", _hc_path(name) + "/metrics")
+
+    # --- the HTTP inspector (one node's: the one answering) ------------------------------
+
+    async def get_inspector(self, name: str) -> Document:
+        """Whether the answering node records the hybrid connection's HTTP requests."""
+        return await self._document("GET", _hc_path(name) + "/inspector")
+
+    async def set_inspector(self, name: str, *, enabled: bool) -> Document:
+        """Turn the inspector on or off (off forgets what was recorded)."""
+        return await self._document("PUT", _hc_path(name) + "/inspector", {"enabled": enabled})
+
+    async def list_inspected_requests(self, name: str) -> list[Document]:
+        """The recorded requests, newest first."""
+        reply = await self._call("GET", _hc_path(name) + "/inspector/requests")
+        body = reply.body if isinstance(reply.body, dict) else {}
+        return [item for item in body.get("value") or [] if isinstance(item, dict)]
+
+    async def get_inspected_request(self, name: str, record_id: str) -> Document:
+        """One recorded request with its (redacted) headers and capped bodies."""
+        path = f"{_hc_path(name)}/inspector/requests/{quote(record_id, safe='')}"
+        return await self._document("GET", path)
+
+    async def replay_inspected_request(
+        self, name: str, record_id: str, edits: Mapping[str, object] | None = None
+    ) -> Document:
+        """Send a recorded request again (``edits``: method, target, headers, body).
+
+        The relay sends the replay authorized by this call's own token, as a sender: so this
+        one token is signed for the whole namespace (it must cover both ``$mgmt`` and the
+        hybrid connection), not for ``$mgmt`` alone as every other call's is.
+        """
+        path = f"{_hc_path(name)}/inspector/requests/{quote(record_id, safe='')}/replay"
+        namespace = audience_for(f"http://{urlsplit(self._base).netloc}/")
+        return await self._document("POST", path, dict(edits or {}), audience=namespace)
+
+    # --- the cluster's nodes --------------------------------------------------------------
+
+    async def list_nodes(self) -> Document:
+        """``{"value": [node, ...], "self": id}``: the live nodes, the answering one first."""
+        return await self._document("GET", "/nodes")
+
+    async def drain_node(self, node_id: str, *, drain: bool = True) -> Document:
+        """Drain a node (``drain=False``: take the drain back)."""
+        action = "drain" if drain else "undrain"
+        return await self._document("POST", f"/nodes/{quote(node_id, safe='')}/{action}")
 
     async def get_hybrid_connection(self, name: str) -> Document:
         """One hybrid connection (with ``listenerCount`` and ``etag``)."""
@@ -310,6 +364,42 @@ class AdminClient:
     def list_devices(self, *, page_size: int | None = None) -> AsyncIterator[Document]:
         """Every device, fetching pages of ``page_size`` as needed."""
         return self._pages("/devices", page_size)
+
+    def search_devices(
+        self,
+        *,
+        prefix: str | None = None,
+        contains: str | None = None,
+        status: Literal["enabled", "disabled"] | None = None,
+        connection_state: Literal["connected", "disconnected"] | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[Document]:
+        """The devices matching every term given, in deviceId order (the dashboard's search).
+
+        The relay examines at most ``device_search_scan`` devices per page, so a page may
+        be short or empty; this follows the continuation tokens to the end.
+        """
+        terms = {
+            "prefix": prefix,
+            "contains": contains,
+            "status": status,
+            "connectionState": connection_state,
+        }
+        query = {name: value for name, value in terms.items() if value}
+        return self._pages("/devices", page_size, query)
+
+    async def regenerate_device_key(
+        self, device_id: str, key_type: Literal["primary", "secondary"], *, key: str | None = None
+    ) -> Document:
+        """Give a SAS device a new primary or secondary key (``key`` None: a random one)."""
+        body: dict[str, object] = {"keyType": key_type}
+        if key is not None:
+            body["key"] = key
+        return await self._document("POST", _device_path(device_id) + "/regenerateKey", body)
+
+    async def device_timeline(self, device_id: str) -> Document:
+        """The device's connects, disconnects and auth failures seen by the answering node."""
+        return await self._document("GET", _device_path(device_id) + "/timeline")
 
     async def get_device(self, device_id: str) -> Document:
         """One device (its ``etag`` is the one to pass to replace/delete)."""

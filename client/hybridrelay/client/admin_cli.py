@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from hybridrelay.durations import DURATION_HELP, duration_arg, parse_duration
 from hybridrelay.errors import ConfigError
@@ -252,6 +253,8 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     p = _leaf(hc, "delete", common, "delete a hybrid connection")
     p.add_argument("name", help="hybrid connection name")
     p.add_argument("--etag", help="only while it still has this etag")
+    p = _leaf(hc, "metrics", common, "its Azure-named counters on the node answering")
+    p.add_argument("name", help="hybrid connection name")
 
     rule = groups.add_parser(
         "rule", help="SAS rules (namespace, or --hc NAME)", allow_abbrev=False
@@ -309,6 +312,75 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="TEXT", help="status reason, shown with the device")
     p = _leaf(device, "enable", common, "enable a device")
     p.add_argument("device_id", metavar="ID", help="device id")
+    p = _leaf(device, "search", common, "devices matching every term given (deviceId order)")
+    p.add_argument("--prefix", metavar="TEXT", help="deviceId starts with this (case-sensitive)")
+    p.add_argument("--contains", metavar="TEXT", help="deviceId contains this (any case)")
+    p.add_argument("--status", choices=("enabled", "disabled"), help="only this status")
+    p.add_argument(
+        "--connection-state",
+        choices=("connected", "disconnected"),
+        help="only devices in this connection state",
+    )
+    p.add_argument("--top", type=_page_size, metavar="N", help="page size")
+    p.add_argument("--keys", action="store_true", help="show the devices' keys")
+    p = _leaf(device, "regenerate-key", common, "give a SAS device a new random key")
+    p.add_argument("device_id", metavar="ID", help="device id")
+    p.add_argument(
+        "--key",
+        dest="key_type",
+        required=True,
+        choices=("primary", "secondary"),
+        help="which key gets a new random value (the other keeps working)",
+    )
+    p.add_argument("--keys", action="store_true", help="show the new keys")
+    p = _leaf(device, "timeline", common, "its connects, disconnects and auth failures")
+    p.add_argument("device_id", metavar="ID", help="device id")
+    p = _leaf(device, "connection-string", common, "the connection string a device client reads")
+    p.description = (
+        "HostName=<relay host>;DeviceId=<id>;SharedAccessKey=<key>, with the host of --relay "
+        "(the relay's public name when that is what you reach it by). It holds the key: "
+        "printed on stdout only."
+    )
+    p.add_argument("device_id", metavar="ID", help="device id")
+    p.add_argument("--secondary", action="store_true", help="with the secondary key")
+
+    nodes = groups.add_parser(
+        "nodes", help="the cluster's relay nodes", allow_abbrev=False
+    ).add_subparsers(dest="admin_action", required=True)
+    _leaf(nodes, "list", common, "the live nodes, the answering one first")
+    p = _leaf(nodes, "drain", common, "drain a node: no new work, listeners sent elsewhere")
+    p.add_argument("node_id", metavar="ID", help="node id (nodes list)")
+    p = _leaf(nodes, "undrain", common, "take a drain back: the node serves again")
+    p.add_argument("node_id", metavar="ID", help="node id (nodes list)")
+
+    inspector = groups.add_parser(
+        "inspector",
+        help="the HTTP inspector of the node answering (HTTP-mode requests it recorded)",
+        allow_abbrev=False,
+    ).add_subparsers(dest="admin_action", required=True)
+    for action, text in (
+        ("on", "record the hybrid connection's HTTP requests"),
+        ("off", "stop recording and forget what was recorded"),
+        ("show", "whether it records, and its bounds"),
+        ("list", "the recorded requests, newest first"),
+    ):
+        p = _leaf(inspector, action, common, text)
+        p.add_argument("name", help="hybrid connection name")
+    p = _leaf(inspector, "get", common, "one recorded request (redacted headers, capped bodies)")
+    p.add_argument("name", help="hybrid connection name")
+    p.add_argument("record_id", metavar="ID", help="record id (inspector list)")
+    p = _leaf(inspector, "replay", common, "send a recorded request again, as a sender")
+    p.add_argument("name", help="hybrid connection name")
+    p.add_argument("record_id", metavar="ID", help="record id (inspector list)")
+    p.add_argument("--method", help="instead of the recorded method")
+    p.add_argument("--target", help="instead of the recorded path and query (same HC)")
+    p.add_argument(
+        "--header",
+        action="append",
+        metavar="NAME:VALUE",
+        help="replace the recorded headers with these (repeatable)",
+    )
+    p.add_argument("--body", metavar="TEXT", help="instead of the recorded body (UTF-8)")
 
     p = groups.add_parser(
         "import",
@@ -461,7 +533,24 @@ _COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "grants.listen",
         "grants.send",
     ),
+    "nodes": ("id", "address", "listeners", "streams", "pendingRendezvous", "draining"),
+    "inspector": ("id", "method", "target", "status", "receivedAt", "duration", "error"),
 }
+# Answers that are no row of their group's table (--table prints them as JSON).
+_NOT_TABLES: Final = frozenset(
+    {
+        ("hc", "metrics"),
+        ("device", "timeline"),
+        ("device", "connection-string"),
+        ("inspector", "on"),
+        ("inspector", "off"),
+        ("inspector", "show"),
+        ("inspector", "get"),
+        ("inspector", "replay"),
+        ("nodes", "drain"),
+        ("nodes", "undrain"),
+    }
+)
 
 
 def _out(line: str) -> None:
@@ -489,15 +578,19 @@ def _print_table(group: str, docs: list[Document]) -> None:
         _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _as_table(args: argparse.Namespace) -> bool:
+    return bool(_opt(args, "table")) and (args.admin_group, args.admin_action) not in _NOT_TABLES
+
+
 def _emit(args: argparse.Namespace, doc: Document) -> None:
-    if _opt(args, "table"):
+    if _as_table(args):
         _print_table(args.admin_group, [doc])
     else:
         _out(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
 async def _emit_all(args: argparse.Namespace, docs: AsyncIterator[Document]) -> None:
-    if _opt(args, "table"):
+    if _as_table(args):
         _print_table(args.admin_group, [d async for d in docs])
         return
     async for doc in docs:
@@ -573,6 +666,8 @@ async def _hc(client: AdminClient, args: argparse.Namespace) -> None:
         _emit(args, await client.update_hybrid_connection(args.name, body, if_match=args.etag))
     elif action == "delete":
         await client.delete_hybrid_connection(args.name, if_match=args.etag)
+    elif action == "metrics":
+        _emit(args, await client.hybrid_connection_metrics(args.name))
 
 
 def _rights(text: str) -> list[str]:
@@ -683,6 +778,88 @@ async def _device(client: AdminClient, args: argparse.Namespace) -> None:
             args.device_id, "disabled" if action == "disable" else "enabled", reason=reason
         )
         _emit(args, _hide_device_keys(args, doc))
+    elif action == "search":
+        found = client.search_devices(
+            prefix=args.prefix,
+            contains=args.contains,
+            status=args.status,
+            connection_state=args.connection_state,
+            page_size=args.top,
+        )
+
+        async def hidden_found() -> AsyncIterator[Document]:
+            async for doc in found:
+                yield _hide_device_keys(args, doc)
+
+        await _emit_all(args, hidden_found())
+    elif action == "regenerate-key":
+        doc = await client.regenerate_device_key(args.device_id, args.key_type)
+        _emit(args, _hide_device_keys(args, doc))
+    elif action == "timeline":
+        _emit(args, await client.device_timeline(args.device_id))
+    elif action == "connection-string":
+        _out(_connection_string(client, await client.get_device(args.device_id), args.secondary))
+
+
+def _connection_string(client: AdminClient, device: Document, secondary: bool) -> str:
+    """IoT Hub's format, as the dashboard shows it (protocol.device_sas reads it)."""
+    from hybridrelay.client.admin import AdminApiError
+
+    auth = device.get("authentication")
+    keys = auth.get("symmetricKey") if isinstance(auth, dict) else None
+    key = (
+        keys.get("secondaryKey" if secondary else "primaryKey") if isinstance(keys, dict) else None
+    )
+    if not isinstance(key, str) or not key:
+        raise AdminApiError(
+            409, "NoSymmetricKey", f"device {device.get('deviceId')!r} has no SAS key"
+        )
+    host = urlsplit(client.base_url).netloc
+    return f"HostName={host};DeviceId={device.get('deviceId')};SharedAccessKey={key}"
+
+
+async def _nodes(client: AdminClient, args: argparse.Namespace) -> None:
+    action = args.admin_action
+    if action == "list":
+        doc = await client.list_nodes()
+        nodes = [n for n in doc.get("value") or [] if isinstance(n, dict)]
+        await _emit_all(args, _iterate(nodes))
+    else:
+        _emit(args, await client.drain_node(args.node_id, drain=action == "drain"))
+
+
+def _replay_edits(args: argparse.Namespace) -> dict[str, object]:
+    edits: dict[str, object] = {}
+    if args.method:
+        edits["method"] = args.method
+    if args.target:
+        edits["target"] = args.target
+    if args.header:
+        pairs: list[list[str]] = []
+        for text in args.header:
+            name, sep, value = text.partition(":")
+            if not sep or not name.strip():
+                raise ConfigError(_WHERE, "--header", f"{text!r} is not NAME:VALUE")
+            pairs.append([name.strip(), value.strip()])
+        edits["headers"] = pairs
+    if args.body is not None:
+        edits["body"] = args.body
+    return edits
+
+
+async def _inspector(client: AdminClient, args: argparse.Namespace) -> None:
+    action = args.admin_action
+    if action in ("on", "off"):
+        _emit(args, await client.set_inspector(args.name, enabled=action == "on"))
+    elif action == "show":
+        _emit(args, await client.get_inspector(args.name))
+    elif action == "list":
+        await _emit_all(args, _iterate(await client.list_inspected_requests(args.name)))
+    elif action == "get":
+        _emit(args, await client.get_inspected_request(args.name, args.record_id))
+    elif action == "replay":
+        edits = _replay_edits(args)
+        _emit(args, await client.replay_inspected_request(args.name, args.record_id, edits))
 
 
 class _ProgressBar:
@@ -766,6 +943,8 @@ _GROUPS: Final[dict[str, Callable[[AdminClient, argparse.Namespace], Awaitable[N
     "import": _import,
     "export": _export,
     "events": _events,
+    "nodes": _nodes,
+    "inspector": _inspector,
 }
 
 

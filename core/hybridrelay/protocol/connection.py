@@ -64,9 +64,10 @@ from __future__ import annotations
 
 import codecs
 import os
+import struct
 from dataclasses import dataclass
 from enum import Enum, IntFlag
-from typing import Final, NamedTuple, TypeAlias
+from typing import Final, NamedTuple, TypeAlias, cast
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.protocol.frames import (
@@ -85,6 +86,7 @@ __all__ = [
     "DEFAULT_HIGH_WATER",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUED_CONTROL",
+    "LIMIT_QUEUED_CONTROL",
     "BytesMessage",
     "CloseReceived",
     "Connection",
@@ -93,6 +95,7 @@ __all__ = [
     "Failed",
     "Frame",
     "Hold",
+    "LimitReached",
     "Ping",
     "Pong",
     "Role",
@@ -103,6 +106,8 @@ __all__ = [
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20  # as websockets and wsclient.DEFAULT_MAX_SIZE
 DEFAULT_MAX_QUEUED_CONTROL: Final = 64  # [relay] max_queued_control_frames
 DEFAULT_HIGH_WATER: Final = 256 * 1024  # [relay] stream_buffer_size
+# LimitReached.limit when the control frames owed to the peer fill their queue.
+LIMIT_QUEUED_CONTROL: Final = "max_queued_control_frames"
 
 # Payloads under this are joined with their header into one bytes object; larger ones
 # go out as two buffers, not copied (relay/splice.py does the same).
@@ -114,6 +119,10 @@ _CLOSE: Final = int(Opcode.CLOSE)
 _PING: Final = int(Opcode.PING)
 _PONG: Final = int(Opcode.PONG)
 _UTF8_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+# Unmasked frame headers (RFC 6455 §5.2), packed directly on the splice's whole-frame path.
+_pack_h: Final = struct.Struct("!BB").pack
+_pack_h16: Final = struct.Struct("!BBH").pack
+_pack_h64: Final = struct.Struct("!BBQ").pack
 
 
 class Role(Enum):
@@ -138,6 +147,9 @@ class Hold(IntFlag):
     BACKLOG = 1  # ours: control frames owed to it wait while its write buffer is full
     PEER_FULL = 2  # the glue's: where its data goes (a splice's other leg) is full
     UNRELEASED = 4  # the glue's: not started yet (a splice leg waiting for its partner)
+
+
+_BACKLOG: Final = int(Hold.BACKLOG)  # _holds is a plain int (see hold_reading)
 
 
 # ---------------------------------------------------------------------------- events
@@ -204,12 +216,29 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitReached:
+    """A limit was reached without failing the connection, for metrics: ``limit`` names
+    it (``max_queued_control_frames``: the control frames owed to the peer filled their
+    queue; later pongs coalesce). It comes out with the next batch of events."""
+
+    limit: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionLost:
     """End of stream before the peer's close frame: an abnormal closure (1006)."""
 
 
 Event: TypeAlias = (
-    Frame | TextMessage | BytesMessage | Ping | Pong | CloseReceived | Failed | ConnectionLost
+    Frame
+    | TextMessage
+    | BytesMessage
+    | Ping
+    | Pong
+    | CloseReceived
+    | Failed
+    | LimitReached
+    | ConnectionLost
 )
 
 
@@ -304,7 +333,9 @@ class Connection:
         self._receiving = True  # frames are parsed (OPEN, CLOSE_SENT)
         self._events: list[Event] = []
         self._out: list[bytes] = []
-        self._queued: list[bytes] = []
+        # Lists made when first needed (None until then): a relay holds two idle
+        # connections per relayed connection, and most never queue or reassemble.
+        self._queued: list[bytes] | None = None
         self._out_remaining = 0  # bytes of a forwarded frame still to come
         self._out_mask = b""
         self._out_offset = 0
@@ -319,8 +350,8 @@ class Connection:
         self._forwarding = False  # splice_to(): this frame goes to the target
         self._header: bytes | None = None  # splice_to(): header waiting for its payload
         self._msg_text = False
-        self._msg_parts: list[bytes] = []  # a binary message being reassembled
-        self._msg_texts: list[str] = []  # a text message being reassembled, decoded
+        self._msg_parts: list[bytes] | None = None  # a binary message being reassembled
+        self._msg_texts: list[str] | None = None  # a text message being reassembled, decoded
         self._msg_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         self._close_sent: tuple[int, str] | None = None
@@ -379,7 +410,7 @@ class Connection:
     @property
     def control_pending(self) -> int:
         """Control frames waiting for the frame in flight or for room in the write buffer."""
-        return len(self._queued)
+        return len(self._queued) if self._queued is not None else 0
 
     @property
     def write_paused(self) -> bool:
@@ -410,6 +441,7 @@ class Connection:
         self._lost = True
         self._receiving = False
         self.state = State.CLOSED
+        self._parser.stop()  # nothing more to parse; frees the parser <-> self cycle
         events, self._events = self._events, []
         return events
 
@@ -514,6 +546,10 @@ class Connection:
         if target is not None and self._parser.views:
             raise ValueError("a connection that hands out payload views does not splice")
         self._target = target
+        # Frames that arrive whole skip the per-piece bookkeeping (one call per frame);
+        # text to validate goes the long way, through the decoder.
+        fast = target is not None and not self._validate and not target._masks
+        self._parser.whole_frame = Connection._splice_whole_frame if fast else None
 
     def abandon_frame(self) -> bool:
         """splice_to(): this connection is gone in the middle of a frame to the target.
@@ -602,8 +638,8 @@ class Connection:
         if self._failure is None:
             self._failure = (code, reason)
         self._receiving = False
-        self._msg_parts = []
-        self._msg_texts = []
+        self._msg_parts = None
+        self._msg_texts = None
         if self._close_sent is None and code != 1006 and self.state is not State.CLOSED:
             self._queue_close(code, reason)
         self.state = State.CLOSED
@@ -635,13 +671,13 @@ class Connection:
             self._write_paused = False
             if self._queued and not self._out_remaining:
                 self._flush_queued()
-            self._holds &= ~Hold.BACKLOG  # what still waits, waits for the frame in flight
+            self._holds &= ~_BACKLOG  # what still waits, waits for the frame in flight
 
     def hold_reading(self, reason: Hold) -> None:
-        self._holds |= reason
+        self._holds |= int(reason)  # plain ints: IntFlag arithmetic costs microseconds
 
     def unhold_reading(self, reason: Hold) -> None:
-        self._holds &= ~reason
+        self._holds &= ~int(reason)
 
     # ------------------------------------------------------------------ FrameSink
 
@@ -683,6 +719,33 @@ class Connection:
             self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
         target._out_remaining = length  # control frames to the target wait for this one
         target._out_in_message = not fin
+
+    def _splice_whole_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
+        """splice_to() to an unmasking target: a data frame that arrived whole, re-framed in
+        one step (what on_data_frame then on_payload would do, for this one case)."""
+        length = len(payload)
+        self.bytes_received += length
+        target = cast(Connection, self._target)
+        state = target.state
+        if state is not _OPEN and state is not _CLOSE_RECEIVED:
+            return  # dropped whole: the target has closed
+        if target._out_remaining:
+            raise ValueError("a forwarded frame is half sent")
+        b0 = 0x80 | opcode if fin else opcode
+        if length < 126:
+            header = _pack_h(b0, length)
+        elif length < 65536:
+            header = _pack_h16(b0, 126, length)
+        else:
+            header = _pack_h64(b0, 127, length)
+        if length < _COALESCE_LIMIT:
+            target._out.append(header + payload)
+        else:
+            target._out.append(header)
+            target._out.append(payload)
+        target._out_in_message = not fin
+        if target._queued and not target._write_paused:
+            target._flush_queued()
 
     def on_payload(self, data: bytes, frame_done: bool) -> None:
         self.bytes_received += len(data)
@@ -727,18 +790,25 @@ class Connection:
                 except UnicodeDecodeError as exc:
                     raise FrameError(1007, "invalid UTF-8 in a text message") from exc
                 return
-            texts.append(self._decode(data, message_end))  # fails early, not at the end
+            text = self._decode(data, message_end)  # fails early, not at the end
+            if texts is None:
+                self._msg_texts = texts = [text]
+            else:
+                texts.append(text)
             if message_end:
                 self._events.append(TextMessage("".join(texts)))
-                self._msg_texts = []
+                self._msg_texts = None
             return
         parts = self._msg_parts
         if not message_end:
-            parts.append(data)
+            if parts is None:
+                self._msg_parts = [data]
+            else:
+                parts.append(data)
         elif parts:
             parts.append(data)
             self._events.append(BytesMessage(b"".join(parts)))
-            self._msg_parts = []
+            self._msg_parts = None
         else:
             self._events.append(BytesMessage(data))
 
@@ -797,11 +867,14 @@ class Connection:
             self._out.append(frame)
             return
         queued = self._queued
+        if queued is None:
+            self._queued = queued = []
         limit = self._max_queued
         if len(queued) < limit:
             queued.append(frame)
             if len(queued) < limit:
                 return
+            self._events.append(LimitReached(LIMIT_QUEUED_CONTROL))
         elif opcode != _CLOSE and queued[-1][0] == frame[0]:
             # §5.5.3: a pong for the most recent ping answers the earlier ones (and one
             # waiting ping of ours is as good as two).
@@ -812,12 +885,13 @@ class Connection:
         # A backlog that only waits for a frame in flight is left to coalesce: holding
         # there could make two spliced peers wait forever, each for the other's frame.
         if self._write_paused:
-            self._holds |= Hold.BACKLOG
+            self._holds |= _BACKLOG
 
     def _flush_queued(self) -> None:
-        self._out.extend(self._queued)
-        self._queued = []
-        self._holds &= ~Hold.BACKLOG
+        if self._queued is not None:
+            self._out.extend(self._queued)
+            self._queued = None
+        self._holds &= ~_BACKLOG
 
     def _queue_close(self, code: int, reason: str) -> None:
         payload = b"" if code == 1005 else encode_close_payload(code, reason)
@@ -828,8 +902,8 @@ class Connection:
         """RFC 6455 §7.1.7: send a close frame with ``code`` if none went out, parse no more."""
         self._failure = (code, reason)
         self._receiving = False
-        self._msg_parts = []
-        self._msg_texts = []
+        self._msg_parts = None
+        self._msg_texts = None
         if self._close_sent is None:
             self._queue_close(code, reason)
         self.state = State.CLOSED

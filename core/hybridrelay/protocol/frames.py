@@ -92,6 +92,10 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes, offset: int = 
     return _py_apply_mask(data, mask)  # pragma: no cover
 
 
+# apply_mask at offset 0, without the offset check: once per whole frame the parser unmasks.
+_unmask: Final[Callable[[Any, bytes], bytes]] = _c_apply_mask or _py_apply_mask
+
+
 _pack_h = struct.Struct("!BB").pack
 _pack_h16 = struct.Struct("!BBH").pack
 _pack_h64 = struct.Struct("!BBQ").pack
@@ -173,6 +177,22 @@ class FrameSink(Protocol):
         """A whole close, ping or pong frame, unmasked."""
 
 
+class _NoSink:
+    """What a stopped parser points at instead of its former sink."""
+
+    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        return None
+
+    def on_payload(self, data: bytes, frame_done: bool) -> None:
+        return None
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        return None
+
+
+_NO_SINK: Final = _NoSink()
+
+
 class PayloadViewSink(Protocol):
     """Takes payload as views of the bytes fed (:meth:`FrameParser.view_payload_to`)."""
 
@@ -206,10 +226,18 @@ class FrameParser:
         "_sink",
         "_state",
         "_view_sink",
+        "whole_frame",
     )
 
     def __init__(self, sink: FrameSink, *, masked: bool) -> None:
         self._sink = sink
+        # When set, a data frame whose whole payload is in the bytes being parsed goes to
+        # it as one call, whole_frame(sink, fin, opcode, payload), instead of
+        # on_data_frame then on_payload: a splice's cost per small frame is mostly Python
+        # calls (issue 16). A plain function taking the sink, not a bound method: that
+        # would be one more object per connection, and a relay holds two per connect.
+        # It comes before view_payload_to() for such frames (no parser uses both).
+        self.whole_frame: Callable[[Any, bool, int, bytes], None] | None = None
         self._masked = masked
         self._buf = b""
         self._state = _HEAD
@@ -238,6 +266,18 @@ class FrameParser:
         if sink is not None and self._masked:
             raise ValueError("masked payload is unmasked into new bytes: no views")
         self._view_sink = sink
+
+    def stop(self) -> None:
+        """Parse nothing more, and let go of the sink: its owner is done with the stream.
+
+        Dropping the references breaks the sink <-> parser cycle, so a finished
+        connection is freed by reference counting, not left for the cyclic GC.
+        """
+        self._state = _STOPPED
+        self._buf = b""
+        self._sink = _NO_SINK
+        self._view_sink = None
+        self.whole_frame = None
 
     @property
     def in_message(self) -> bool:
@@ -348,7 +388,6 @@ class FrameParser:
             (length,) = struct.unpack_from("!Q", data, pos + 2)
             if length >> 63:
                 raise FrameError(1002, "frame length has its most significant bit set")
-        self._mask = data[pos + need - 4 : pos + need] if has_mask else None
         if opcode in _CONTROL_OPCODES:
             if not fin:
                 raise FrameError(1002, "fragmented control frame")
@@ -356,6 +395,7 @@ class FrameParser:
                 raise FrameError(
                     1002, "control frame payload over 125 bytes", limit="max_control_payload"
                 )
+            self._mask = data[pos + need - 4 : pos + need] if has_mask else None
             self._ctl_opcode = opcode
             self._remaining = length
             self._state = _CONTROL
@@ -368,6 +408,15 @@ class FrameParser:
         elif self._in_message:
             raise FrameError(1002, "new data frame inside a fragmented message")
         self._in_message = not fin
+        whole = self.whole_frame
+        if whole is not None and end - pos - need >= length:
+            start = pos + need
+            payload = data[start : start + length]
+            if has_mask and length:
+                payload = _unmask(payload, data[start - 4 : start])
+            whole(self._sink, fin, opcode, payload)
+            return need + length
+        self._mask = data[pos + need - 4 : pos + need] if has_mask else None
         self._remaining = length
         self._offset = 0
         self._state = _PAYLOAD

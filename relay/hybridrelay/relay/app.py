@@ -113,5 +113,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     state = app[STATE]
-    state.draining = True
+    state.stopping = state.draining = True
     await shutdown_connections(state, 1001, "relay shutting down")

@@ -313,6 +313,10 @@ class RelaySettings:
     # browser runs, or with a proxy that splits the origins; logged as a warning).
     # "off": no dashboard. Port 0: a free port, named in the ready line.
     dashboard_listen: tuple[str, int] | Literal["public", "off"] = ("127.0.0.1", 0)
+    # Further names the dashboard's address answers to (a tunnel's, a proxy's), besides its
+    # listen address and, on loopback, the loopback names: any other Host header gets a
+    # 421 (DNS rebinding: a page whose name was re-pointed at the dashboard's address).
+    dashboard_hosts: tuple[str, ...] = ()
     # Hybrid connections given their own hc="..." label in the per-entity metrics; the
     # rest share hc="_other", so the exposition stays bounded however many there are.
     max_metrics_hc_labels: int = 100
@@ -602,6 +606,7 @@ _ENV_TYPES: Mapping[str, type] = {
     "max_inspected_hcs": int,
     "metrics_listen": str,
     "dashboard_listen": str,
+    "dashboard_hosts": list,
     "max_metrics_hc_labels": int,
 }
 
@@ -648,9 +653,9 @@ def _client_cert_mode(table: Table) -> ClientCertMode:
     return mode
 
 
-def _public_hosts(table: Table) -> tuple[str, ...]:
+def _public_hosts(table: Table, key: str = "public_hosts") -> tuple[str, ...]:
     hosts: list[str] = []
-    for value in table.str_list("public_hosts"):
+    for value in table.str_list(key):
         name: str | None = None
         try:
             parts = urlsplit(f"//{value}")
@@ -660,7 +665,7 @@ def _public_hosts(table: Table) -> tuple[str, ...]:
         except ValueError:
             pass
         if not name:
-            raise table.error("public_hosts", f"{value!r} is not a host name (host[:port])")
+            raise table.error(key, f"{value!r} is not a host name (host[:port])")
         hosts.append(name)
     return tuple(dict.fromkeys(hosts))
 
@@ -828,6 +833,7 @@ def _settings(table: Table) -> RelaySettings:
         ),
         metrics_listen=_host_port(table, "metrics_listen"),
         dashboard_listen=_dashboard_listen(table, d.dashboard_listen),
+        dashboard_hosts=_public_hosts(table, "dashboard_hosts"),
         max_metrics_hc_labels=table.get_int(
             "max_metrics_hc_labels", d.max_metrics_hc_labels, minimum=0, maximum=1_000_000
         ),

@@ -51,27 +51,31 @@ from hybridrelay.protocol.codes import (
     INLINE_HEADERS_LIMIT,
     fits_inline,
 )
-from hybridrelay.protocol.frames import (
-    FrameError,
-    FrameParser,
-    Opcode,
-    StopParsing,
-    encode_close_payload,
-    encode_frame,
-    encode_frame_header,
+from hybridrelay.protocol.connection import (
+    CloseReceived,
+    Connection,
+    Event,
+    Failed,
+    Frame,
+    Hold,
+    LimitReached,
+    Role,
+    State,
 )
+from hybridrelay.protocol.frames import Opcode
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.relay import device_auth
 from hybridrelay.relay.cluster.base import ListenerHandle
+from hybridrelay.relay.dashboard.sessions import sets_dashboard_cookie
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
-from hybridrelay.relay.inspector import CAPTURE
+from hybridrelay.relay.inspector import CAPTURE, REPLAY_HEADER
 from hybridrelay.relay.peer import remote_endpoint
 from hybridrelay.relay.pending import BodyPipe, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
-from hybridrelay.relay.splice import LIMIT_QUEUED_CONTROL, take_over
+from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.models import ensure_enabled
 
@@ -108,6 +112,8 @@ _HOP_BY_HOP: Final = frozenset(
     }
 )
 _CHUNK: Final = 64 * 1024
+_SET_COOKIE: Final = frozenset({"set-cookie", "set-cookie2"})
+LIMIT_DASHBOARD_COOKIE: Final = "dashboard_cookie"
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -120,7 +126,9 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
     }
 
 
-_NOT_FORWARDED: Final = _HOP_BY_HOP | {"servicebusauthorization"}
+# The inspector's replay nonce is the relay's own (it links a replay to its record): a
+# listener that saw it could claim the replay with a request of its own.
+_NOT_FORWARDED: Final = _HOP_BY_HOP | {"servicebusauthorization", REPLAY_HEADER.lower()}
 _NOT_FORWARDED_AUTH: Final = _NOT_FORWARDED | {"authorization"}
 
 
@@ -137,8 +145,15 @@ def _request_headers(request: web.Request, *, drop_authorization: bool) -> dict[
     return out
 
 
-def _response_headers(response: Response, via: str) -> tuple[CIMultiDict[str], frozenset[str]]:
-    """The listener's headers for the sender (plus ``Via``) and their lower-case names."""
+def _response_headers(
+    response: Response, via: str, limit_hit: Callable[[str], None]
+) -> tuple[CIMultiDict[str], frozenset[str]]:
+    """The listener's headers for the sender (plus ``Via``) and their lower-case names.
+
+    A ``Set-Cookie`` (or ``Set-Cookie2``) that would set the dashboard's session cookie is
+    dropped and counted: cookies ignore ports, so where the dashboard shares the public
+    URL's host name a listener could otherwise overwrite an operator's session.
+    """
     headers: CIMultiDict[str] = CIMultiDict()
     raw = response.response_headers or {}
     connection = raw.get("connection", raw.get("Connection"))
@@ -152,6 +167,9 @@ def _response_headers(response: Response, via: str) -> tuple[CIMultiDict[str], f
                 upstream_via = value
             continue
         if lowered in _HOP_BY_HOP or lowered in named:
+            continue
+        if lowered in _SET_COOKIE and sets_dashboard_cookie(value):
+            limit_hit(LIMIT_DASHBOARD_COOKIE)
             continue
         headers.add(name, value)
         sent.add(lowered)
@@ -385,7 +403,7 @@ async def _stream_response(
 ) -> web.StreamResponse:
     status = response.status_code
     reason = _reason(response.status_description)
-    headers, sent = _response_headers(response, _via(state))
+    headers, sent = _response_headers(response, _via(state), state.metrics.limit_hit)
     state.metrics.http_answered(pending.hc_name, status)
     whole = pending.body.take_all() if response.body else None
     if whole is not None:
@@ -500,20 +518,22 @@ async def handle_request_dial(
     return reply
 
 
-# Why a rendezvous socket is not being read (bits of HttpRendezvous._holds).
-_BODY_FULL: Final = 1  # the sender has not taken the response body read so far
-_PONG_BACKLOG: Final = 2  # max_queued_control_frames pongs wait for room in the write buffer
+# A rendezvous socket's write buffer mark (asyncio's default): over it, request body
+# chunks wait (send_request) and pongs owed to the listener queue in the Connection.
+_WRITE_HIGH_WATER: Final = 64 * 1024
 
 
 class HttpRendezvous(asyncio.Protocol):
     """One listener rendezvous socket of an HTTP request, after the relay's 101.
 
-    Pongs the relay owes the listener wait while the socket's write buffer is over
-    its mark (a listener that pings and never reads must not fill relay memory,
-    issue 11); at ``max_queued_control`` of them the socket stops being read until
-    they are written, and later pongs replace the newest waiting one (RFC 6455
-    §5.5.3). Reading also stops while the sender has not taken the response body
-    (``BodyPipe``); it resumes only when neither holds.
+    Thin glue over a sans-I/O :class:`~hybridrelay.protocol.connection.Connection`
+    (server role, streaming): the WebSocket rules are its own, as for a splice leg.
+    Pongs the relay owes the listener wait while the socket's write buffer is over its
+    mark (a listener that pings and never reads must not fill relay memory, issue 11);
+    at ``max_queued_control`` of them later pongs replace the newest waiting one (RFC
+    6455 §5.5.3) and the socket is not read until they are written. Reading also stops
+    while the sender has not taken the response body (``BodyPipe``, the Connection's
+    :attr:`Hold.PEER_FULL`); it resumes only when nothing holds it.
     """
 
     def __init__(
@@ -525,19 +545,24 @@ class HttpRendezvous(asyncio.Protocol):
         limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self._pending = pending
-        self._parser = FrameParser(self, masked=True)
+        # Header JSON is checked by decode(); the body is the listener's business.
+        self._conn = Connection(
+            Role.SERVER,
+            streaming=True,
+            validate_utf8=False,
+            max_queued_control=max_queued_control,
+            high_water=_WRITE_HIGH_WATER,
+        )
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.BaseProtocol | None = None
+        self._reading = True  # aiohttp hands the transport over reading
         self._text: bytearray | None = None  # a response header being received
         self._in_body = False
         self._write_paused = False
-        self._pongs: list[bytes] = []  # owed while the write buffer is over its mark
-        self._max_pongs = max_queued_control
         self._close_timeout = close_timeout
         self._limit_hit = limit_hit
-        self._holds = 0  # _BODY_FULL, _PONG_BACKLOG
         self._drain: asyncio.Future[None] | None = None
-        self._close_sent = False
+        self._close_after_flush = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -545,6 +570,8 @@ class HttpRendezvous(asyncio.Protocol):
         transport, inner, tail = parts
         self._transport = transport
         self._inner = inner
+        # The transport and the Connection agree on when the listener counts as full.
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_HIGH_WATER // 4)
         transport.set_protocol(self)
         if transport.is_closing():
             self.connection_lost(None)
@@ -556,81 +583,88 @@ class HttpRendezvous(asyncio.Protocol):
     # -- sending the request (rendezvous-only form) ------------------------------------
 
     async def send_request(self, pending: PendingRequest, body_idle_timeout: float) -> None:
-        self._write(
-            encode_frame(fin=True, opcode=Opcode.TEXT, payload=encode(pending.message).encode())
-        )
+        self._send_frame(Opcode.TEXT, encode(pending.message).encode(), fin=True)
         if not pending.message.body:
             return
         # HC §4: the body is exactly one binary message, streamed as it arrives.
         opcode = int(Opcode.BINARY)
         async for chunk in _read_body(pending, body_idle_timeout):
-            self._write(encode_frame_header(fin=False, opcode=opcode, length=len(chunk)) + chunk)
+            self._send_frame(opcode, chunk, fin=False)
             opcode = int(Opcode.CONTINUATION)
             await self._drained()
-        self._write(encode_frame_header(fin=True, opcode=opcode, length=0))
+        self._send_frame(opcode, b"", fin=True)
 
-    def _write(self, data: bytes) -> None:
-        if self._transport is None or self.closed.done():
+    def _send_frame(self, opcode: int, payload: bytes, *, fin: bool) -> None:
+        if self._transport is None or self.closed.done() or not self._conn.can_send:
             raise ConnectionResetError("rendezvous connection closed")
-        self._transport.write(data)
+        self._conn.send_frame(opcode, payload, fin=fin)
+        self._flush()
 
     async def _drained(self) -> None:
         if self._write_paused:
             self._drain = asyncio.get_running_loop().create_future()
             await self._drain
 
+    def _flush(self) -> None:
+        """Write what the Connection has for the listener."""
+        out = self._conn.data_to_send()
+        transport = self._transport
+        if not out or transport is None or transport.is_closing():
+            return
+        transport.writelines(out)
+        if self._close_after_flush and not self._conn.control_pending:
+            transport.close()
+
+    def _sync_reading(self) -> None:
+        wanted = self._conn.wants_read
+        transport = self._transport
+        if wanted is not self._reading and transport is not None and not self.closed.done():
+            self._reading = wanted
+            if wanted:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        transport = cast(asyncio.Transport, self._transport)
+        self._conn.outgoing_buffered(transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._pongs:
-            pongs, self._pongs = self._pongs, []
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.writelines(pongs)
-            self._unhold(_PONG_BACKLOG)
+        self._conn.outgoing_buffered(0)  # under the low mark: owed pongs go out
+        self._flush()
+        self._sync_reading()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
-    # -- reading holds -----------------------------------------------------------------
-
-    def _hold(self, reason: int) -> None:
-        holds = self._holds
-        self._holds = holds | reason
-        if not holds and self._transport is not None:
-            self._transport.pause_reading()
-
-    def _unhold(self, reason: int) -> None:
-        holds = self._holds
-        if holds & reason:
-            self._holds = holds = holds & ~reason
-            if not holds and self._transport is not None:
-                self._transport.resume_reading()
-
     def _hold_for_body(self) -> None:
-        self._hold(_BODY_FULL)
+        self._conn.hold_reading(Hold.PEER_FULL)
+        self._sync_reading()
 
     def _release_for_body(self) -> None:
-        self._unhold(_BODY_FULL)
+        self._conn.unhold_reading(Hold.PEER_FULL)
+        self._sync_reading()
 
     def data_received(self, data: bytes) -> None:
+        events = self._conn.receive_data(data)
         try:
-            self._parser.feed(data)
-        except FrameError as exc:
-            if exc.limit is not None:  # a control frame over RFC 6455's 125 bytes
-                self._limit_hit(exc.limit)
-            self._fail(exc.code, exc.reason)
+            for event in events:
+                self._on_event(event)
         except HybridRelayError as exc:
             if exc.limit is not None:  # a response header over HC's 64 KiB
                 self._limit_hit(exc.limit)
             self._fail(exc.close_code, str(exc)[:100])
+        self._flush()  # pongs, a close
+        self._sync_reading()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.receive_eof()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self._in_body or (self._text is not None):
@@ -644,58 +678,48 @@ class HttpRendezvous(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    # -- FrameSink: the listener's response ------------------------------------------------
+    # -- the listener's response -------------------------------------------------------------
 
-    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
-        if opcode == Opcode.TEXT:
-            self._text = bytearray()
-        elif opcode == Opcode.BINARY:
-            if not self._pending.header.done():
-                raise InvalidMessageError("a body arrived before its response header")
-            self._in_body = True
+    def _on_event(self, event: Event) -> None:
+        if type(event) is Frame:
+            self._on_piece(event)
+        elif isinstance(event, CloseReceived):
+            # The Connection echoed it (or it answers our close): the exchange is over.
+            self._close_transport()
+        elif isinstance(event, Failed):
+            if event.limit is not None:  # a control frame over RFC 6455's 125 bytes
+                self._limit_hit(event.limit)
+            self._fail(event.code, event.reason)
+        elif isinstance(event, LimitReached):
+            self._limit_hit(event.limit)
+        # Ping: its pong is queued. Pong: liveness only.
 
-    def on_payload(self, data: bytes, frame_done: bool) -> None:
+    def _on_piece(self, piece: Frame) -> None:
+        if piece.start:
+            if piece.opcode == Opcode.TEXT:
+                self._text = bytearray()
+            elif piece.opcode == Opcode.BINARY:
+                if not self._pending.header.done():
+                    raise InvalidMessageError("a body arrived before its response header")
+                self._in_body = True
+        message_end = piece.end and piece.fin
         if self._text is not None:
-            self._text += data
+            self._text += piece.data
             if len(self._text) > CONTROL_MESSAGE_LIMIT:
                 raise PayloadTooBigError(
                     "response header over 64 KiB", limit="control_message_limit"
                 )
-            if frame_done and not self._parser.in_message:
+            if message_end:
                 text, self._text = bytes(self._text), None
                 self._on_header(text)
         elif self._in_body:
-            self._pending.body.feed(data)
-            if frame_done and not self._parser.in_message:
+            # Always bytes here: a masked (server) connection unmasks into new bytes and
+            # never hands out views; bytes() of bytes is the same object, no copy.
+            self._pending.body.feed(bytes(piece.data))
+            if message_end:
                 self._in_body = False
                 self._pending.body.feed_eof()
                 self.finish()
-
-    def on_control_frame(self, opcode: int, payload: bytes) -> None:
-        if opcode == Opcode.PING:
-            self._pong(payload)
-        elif opcode == Opcode.CLOSE:
-            if not self._close_sent:
-                self._close_sent = True
-                self._write_close(payload)
-            if self._transport is not None:
-                self._transport.close()
-            raise StopParsing  # RFC 6455 §5.5.1: nothing after a close is acted on
-
-    def _pong(self, payload: bytes) -> None:
-        frame = encode_frame(fin=True, opcode=Opcode.PONG, payload=payload)
-        if not self._write_paused:
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.write(frame)
-            return
-        pongs = self._pongs
-        if len(pongs) < self._max_pongs:
-            pongs.append(frame)
-            if len(pongs) == self._max_pongs:
-                self._hold(_PONG_BACKLOG)
-                self._limit_hit(LIMIT_QUEUED_CONTROL)
-        else:
-            pongs[-1] = frame  # RFC 6455 §5.5.3: answering the most recent ping is enough
 
     def _on_header(self, text: bytes) -> None:
         try:
@@ -715,26 +739,34 @@ class HttpRendezvous(asyncio.Protocol):
 
     # -- closing --------------------------------------------------------------------------
 
-    def _write_close(self, payload: bytes) -> None:
-        # Written at once even over the mark: one per socket. Pongs still owed are moot,
-        # and the listener's answering close must be read.
-        if self._pongs:
-            self._pongs.clear()
-            self._unhold(_PONG_BACKLOG)
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode_frame(fin=True, opcode=Opcode.CLOSE, payload=payload))
-
-    def finish(self) -> None:
-        """Close with 1000: the exchange on this socket is over (single use, HC §4)."""
-        if self._close_sent or self._in_body:
+    def _close_transport(self) -> None:
+        """Close TCP once our close frame is out (it may wait for room in the buffer)."""
+        transport = self._transport
+        if transport is None:
             return
-        self._close_sent = True
-        self._write_close(encode_close_payload(1000, ""))
+        self._flush()
+        if self._conn.control_pending:
+            self._close_after_flush = True
+            self._arm_close_timer()
+            return
+        transport.close()
+
+    def _arm_close_timer(self) -> None:
         if self._close_timer is None and self._transport is not None:
             # A listener that never answers the close is cut (close_timeout, counted).
             self._close_timer = asyncio.get_running_loop().call_later(
                 self._close_timeout, self._close_timed_out
             )
+
+    def finish(self) -> None:
+        """Close with 1000: the exchange on this socket is over (single use, HC §4)."""
+        if self._conn.close_sent is not None or self._in_body:
+            return
+        if self._conn.state is State.CLOSED:
+            return  # the listener's close or a failure ended it already
+        self._conn.send_close(1000)
+        self._flush()
+        self._arm_close_timer()
 
     def _close_timed_out(self) -> None:
         if self._transport is not None and not self.closed.done():
@@ -747,11 +779,9 @@ class HttpRendezvous(asyncio.Protocol):
             # The sender learns now (502), not at the request timeout (504).
             self._pending.fail(BadGatewayError("the listener broke the protocol"))
             self._in_body = False
-        if not self._close_sent:
-            self._close_sent = True
-            self._write_close(encode_close_payload(code, reason))
-        if self._transport is not None:
-            self._transport.close()
+        self._text = None
+        self._conn.fail(code, reason)  # our close with the code, unless one went out
+        self._close_transport()
 
     def shutdown(self) -> None:
         """The request is over: close politely, or cut a socket still carrying a body."""

@@ -70,18 +70,20 @@ _SECRET_HEADERS: Final = frozenset(
     }
 )
 _SECRET_QUERY: Final = frozenset({"sb-hc-token"})
-# A SAS signature wherever it appears: "sig=<value>" up to a separator.
-_SIG_TEXT: Final = re.compile(r"(?i)(\bsig=)[^&\s,;\"'<>]+")
-_SIG_BYTES: Final = re.compile(rb"(?i)(\bsig=)[^&\s,;\"'<>]+")
-# ... and percent-encoded inside another URL's query ("%26sig%3D...", up to the next "%26").
-_SIG_ENCODED: Final = re.compile(
-    r"(?i)((?:(?<![a-z0-9_])|(?<=%26)|(?<=%3f))sig%3d)(?:(?!%26)[^&\s,;\"'<>])+"
+# A SAS signature wherever it appears: "sig=<value>" up to a separator, also with the
+# "=" percent-encoded once or twice (a SAS URL inside another URL's query, or inside
+# that), and right after another escape ("SharedAccessSignature%20sig%3D...": the
+# signature first), where "sig" follows a word character and \b would not match.
+_SIG_START: Final = (
+    r"(?i)((?:(?<![a-z0-9_])|(?<=%[0-9a-f]{2})|(?<=%25[0-9a-f]{2}))sig(?:=|%3d|%253d))"
 )
+_SIG_VALUE: Final = r"(?:(?!%26|%2526)[^&\s,;\"'<>])+"
+_SIG_TEXT: Final = re.compile(_SIG_START + _SIG_VALUE)
+_SIG_BYTES: Final = re.compile((_SIG_START + _SIG_VALUE).encode())
 
 
 def _redact_text(text: str) -> str:
-    text = _SIG_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
-    return _SIG_ENCODED.sub(lambda m: m.group(1) + REDACTED, text)
+    return _SIG_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -261,7 +263,9 @@ class Inspector:
     body_limit: int  # bytes of each body kept
     max_rings: int  # hybrid connections inspected at once
     _rings: dict[str, _Ring] = field(default_factory=dict)
-    _replays: dict[str, str] = field(default_factory=dict)  # nonce -> replayed record id
+    # nonce -> (casefolded entity, replayed record id): only a request to the replayed
+    # record's own entity may be its replay, and only the first one.
+    _replays: dict[str, tuple[str, str]] = field(default_factory=dict)
     _replay_done: dict[str, asyncio.Future[Record]] = field(default_factory=dict)
 
     @property
@@ -297,10 +301,10 @@ class Inspector:
             return None
         return next((r for r in ring.records if r.id == record_id), None)
 
-    def expect_replay(self, record_id: str) -> tuple[str, asyncio.Future[Record]]:
+    def expect_replay(self, replayed: Record) -> tuple[str, asyncio.Future[Record]]:
         """A nonce for a replay's :data:`REPLAY_HEADER` and the future of its record."""
         nonce = secrets.token_urlsafe(18)
-        self._replays[nonce] = record_id
+        self._replays[nonce] = (replayed.hybrid_connection.casefold(), replayed.id)
         done: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self._replay_done[nonce] = done
         return nonce, done
@@ -314,14 +318,31 @@ class Inspector:
         ring = self._rings.get(record.hybrid_connection.casefold())
         if ring is None:
             return None
-        replay_of = self._replays.get(nonce) if nonce else None
+        replay_of, done = self._claim(record, nonce)
         if replay_of is not None:
             record = _with_replay_of(record, replay_of)
         ring.records.append(record)  # the deque drops the oldest at capacity
-        done = self._replay_done.get(nonce) if nonce else None
         if done is not None and not done.done():
             done.set_result(record)
         return record
+
+    def _claim(
+        self, record: Record, nonce: str | None
+    ) -> tuple[str | None, asyncio.Future[Record] | None]:
+        """The record id ``record`` replays and the replay's future, for a live ``nonce``
+        handed out for ``record``'s own entity; else (None, None).
+
+        The nonce is used up: a second request with it (the relay strips it from what
+        listeners see, but a caller could still learn it) links to nothing.
+        """
+        expected = self._replays.get(nonce) if nonce else None
+        if nonce is None or expected is None:
+            return None, None
+        hc_key, record_id = expected
+        if hc_key != record.hybrid_connection.casefold():
+            return None, None
+        del self._replays[nonce]
+        return record_id, self._replay_done.get(nonce)
 
 
 def _with_replay_of(record: Record, replay_of: str) -> Record:

@@ -5,7 +5,10 @@ cluster's channel) to do what SIGTERM starts, without stopping: it refuses new l
 and senders (503, ``/readyz`` answers 503 so balancers move on), closes its listeners'
 control channels with 1001 so their agents reconnect elsewhere, and lets its open streams
 run to their end. The operator stops the process once its streams are gone (the
-dashboard's cluster page shows them); there is no undrain short of a restart.
+dashboard's cluster page shows them). ``POST /$mgmt/v1/nodes/{id}/undrain`` takes a drain
+back (a node drained by mistake, or after maintenance that did not need a restart): it
+serves new listeners and senders again, ``/readyz`` answers 200. A node that is stopping
+(SIGTERM) stays closed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from hybridrelay.relay.cluster.base import MAX_NODE_HCS, NodeSummary
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.state import STATE, RelayState
 
-__all__ = ["drain_here", "install", "node_json", "summarize"]
+__all__ = ["drain_here", "install", "node_json", "summarize", "undrain_here"]
 
 log = logging.getLogger(RELAY)
 
@@ -69,12 +72,25 @@ async def drain_here(state: RelayState) -> None:
     await shutdown_connections(state, 1001, "relay draining", include_streams=False)
 
 
+def undrain_here(state: RelayState) -> None:
+    """Serve new listeners and senders again, unless this process is stopping."""
+    if not state.draining or state.stopping:
+        if state.stopping:
+            log.warning("node_undrain_ignored_stopping", extra={"node": state.cluster.node_id})
+        return
+    state.draining = False
+    log.warning("node_undrained", extra={"node": state.cluster.node_id})
+
+
 async def _nodes_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     started_at = time.time()
     drains: set[asyncio.Task[None]] = set()
 
-    def drain_requested() -> None:
+    def drain_requested(drain: bool) -> None:
+        if not drain:
+            undrain_here(state)
+            return
         task = asyncio.create_task(drain_here(state), name="node drain")
         drains.add(task)
         task.add_done_callback(drains.discard)

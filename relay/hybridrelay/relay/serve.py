@@ -442,7 +442,7 @@ async def run(
             await asyncio.wait({watcher})
         log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
         # Refuse new work, send listeners elsewhere, let open streams finish in time.
-        state.draining = True
+        state.stopping = state.draining = True
         await shutdown_connections(state, 1001, "relay shutting down", include_streams=False)
         try:
             async with asyncio.timeout(s.drain_timeout):

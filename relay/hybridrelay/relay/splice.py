@@ -4,33 +4,34 @@ This is the relay's hot path and its one entry point is :class:`Splice`.
 
 Both legs are WebSocket *clients* of the relay (HC §5), so frames arrive masked
 from both sides and must leave unmasked: a raw byte splice is impossible. Each
-leg therefore takes its transport over from aiohttp after the 101 and parses
-frames itself. A data frame is re-framed the moment its header is known and its
-payload streams through in whatever chunks the socket delivers, so messages
-and frames of any size pass with bounded memory, fragmentation, opcodes and
-FIN bits unchanged. Nothing is queued per message and no task runs per frame.
+leg takes its transport over from aiohttp after the 101 and is driven by a
+sans-I/O :class:`~hybridrelay.protocol.connection.Connection` (server role,
+streaming) spliced to the other leg's (:meth:`Connection.splice_to`): a data
+frame is re-framed the moment its header is known and its payload streams
+through in whatever chunks the socket delivers, so messages and frames of any
+size pass with bounded memory, fragmentation, opcodes and FIN bits unchanged.
+Nothing is queued per message, no task runs per frame, and what one read
+produces for the other leg leaves in one write.
 
-Backpressure: when a leg's transport buffer passes its high-water mark, asyncio
-calls ``pause_writing`` on that leg, which pauses *reading* on the other leg;
-``resume_writing`` resumes it. A reader that stops reading thus stops the writer.
+The WebSocket rules are the Connection's: ping answered with pong per hop (never
+forwarded), close frames validated, control frames owed to a leg held while a
+frame to it is half sent or while its write buffer is over its mark, pongs
+coalesced at ``max_queued_control_frames`` (issue 11: a peer that pings and never
+reads cannot fill relay memory), and when to stop reading a leg. This module is
+only glue: it moves bytes, turns ``pause_writing`` / ``resume_writing`` into the
+Connection's flow control, pauses the transport when :attr:`Connection.wants_read`
+says so, and decides what the *splice* does with a close.
 
-The relay also writes to a leg on its own account: a pong for each ping the leg
-sends, and close frames. Those wait in ``Leg.queued`` while a data frame to the
-leg is in flight, and also while the leg's own write buffer is over its mark, so
-a peer that pings and never reads cannot fill relay memory with pongs (issue 11).
-At ``max_queued_control_frames`` waiting frames later pongs replace the newest
-waiting one (RFC 6455 §5.5.3 allows answering only the most recent ping), and a
-leg whose write buffer is over its mark stops being read until it has taken
-them. The leg's own full write buffer alone does not stop reading it: its data
-goes to the *other* leg, whose buffer decides, so the two directions stay as
-independent as over plain TCP. Each reason to stop reading is a bit in
-``Leg._holds``; a leg reads again only when none is left.
+Backpressure: when a leg's transport buffer passes its high-water mark, the other
+leg (whose data fills it) is held (:attr:`Hold.PEER_FULL`) until ``resume_writing``:
+a reader that stops reading stops the writer. A leg's own full buffer alone does
+not stop reading it (its data goes to the *other* leg), so the two directions stay
+as independent as over plain TCP.
 
 Close (HC §5, RFC 6455 §7): a close frame is forwarded with its code and
 reason; the other direction keeps flowing until the other side closes too
 (NET's half-close), then the relay closes both TCP connections. A leg that
 vanishes without a close makes the relay close the other leg with 1011.
-Ping/pong are answered per hop and never forwarded.
 """
 
 from __future__ import annotations
@@ -43,36 +44,23 @@ from typing import Any, Final, cast
 from aiohttp import web
 
 from hybridrelay.logs import RELAY
-from hybridrelay.protocol.frames import (
-    FrameError,
-    FrameParser,
-    Opcode,
-    StopParsing,
-    encode_close_payload,
-    encode_frame,
-    encode_frame_header,
-    parse_close_payload,
+from hybridrelay.protocol.connection import (
+    LIMIT_QUEUED_CONTROL,
+    CloseReceived,
+    Connection,
+    Event,
+    Failed,
+    Hold,
+    LimitReached,
+    Role,
 )
 
 __all__ = ["LIMIT_QUEUED_CONTROL", "Leg", "Splice", "Upgraded", "forget", "take_over"]
 
 log = logging.getLogger(RELAY)
 
-# Payloads smaller than this are joined with their header into one write; larger
-# ones are written separately to avoid copying them.
-_COALESCE_LIMIT: Final = 16 * 1024
-_PONG: Final = int(Opcode.PONG)
-_PING: Final = int(Opcode.PING)
-_CLOSE: Final = int(Opcode.CLOSE)
-_PONG_FIRST_BYTE: Final = 0x80 | _PONG  # an encoded pong frame starts with this byte
-
-# Why a leg is not being read (bits of Leg._holds); it reads again when none is left.
-_UNRELEASED: Final = 1  # attached, waiting for the other leg (Leg.release)
-_PEER_FULL: Final = 2  # the peer's write buffer is over the mark: what we read would pile up
-_BACKLOG: Final = 4  # max_queued_control_frames frames wait for room in this leg's buffer
-
-# hybridrelay_limit_refusals{limit=...}: each time a leg's control-frame queue fills up.
-LIMIT_QUEUED_CONTROL: Final = "max_queued_control_frames"
+_UNRELEASED: Final = Hold.UNRELEASED  # attached, waiting for the other leg (Leg.release)
+_PEER_FULL: Final = Hold.PEER_FULL  # the other leg's write buffer is over its mark
 
 
 class _TailCollector:
@@ -150,22 +138,13 @@ class Leg(asyncio.Protocol):
     __slots__ = (
         "_close_after_flush",
         "_close_timer",
-        "_forwarding",
-        "_header",
-        "_holds",
         "_inner",
+        "_reading",
         "_tail",
-        "_write_paused",
-        "bytes_in",
-        "close_received",
-        "close_sent",
-        "failed",
+        "conn",
         "lost",
         "name",
-        "out_remaining",
-        "parser",
         "peer",
-        "queued",
         "splice",
         "transport",
     )
@@ -173,28 +152,38 @@ class Leg(asyncio.Protocol):
     def __init__(self, name: str, splice: Splice) -> None:
         self.name = name
         self.splice = splice
-        self.parser = FrameParser(self, masked=True)
+        # The relay only passes frames on: text is the endpoints' to validate, and a
+        # close is answered by forwarding it (half-close), not echoed.
+        self.conn = Connection(
+            Role.SERVER,
+            streaming=True,
+            validate_utf8=False,
+            auto_close_echo=False,
+            max_queued_control=splice.max_queued_control,
+            high_water=splice.write_buffer,
+        )
+        self.conn.hold_reading(_UNRELEASED)  # until release()
         self.transport: asyncio.Transport | None = None
         self._inner: asyncio.BaseProtocol | None = None
         self._tail = b""
         self.peer: Leg = self  # replaced by Splice
-        # Bytes of the frame currently streamed *to* this leg that are still to come;
-        # control frames for this leg wait while it is non-zero.
-        self.out_remaining = 0
-        # Control frames for this leg that wait for the frame in flight or for room in the
-        # write buffer; at most Splice.max_queued_control of them (then pongs coalesce).
-        self.queued: list[bytes] = []
-        self._write_paused = False  # this leg's write buffer is over its high-water mark
-        self._holds = 0  # reasons not to read this leg (_UNRELEASED, _PEER_FULL, _BACKLOG)
-        self._close_after_flush = False  # close_transport waits for queued frames to go out
-        self._header: bytes | None = None
-        self._forwarding = True
-        self.close_sent = False
-        self.close_received = False
-        self.failed = False  # broke the protocol; nothing more is read from it
+        self._reading = True  # aiohttp hands the transport over reading
+        self._close_after_flush = False  # close_transport waits for owed frames to go out
         self.lost = False
-        self.bytes_in = 0
         self._close_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def bytes_in(self) -> int:
+        """Data payload bytes received on this leg (and forwarded to the other)."""
+        return self.conn.bytes_received
+
+    @property
+    def close_received(self) -> bool:
+        return self.conn.close_received is not None
+
+    @property
+    def close_sent(self) -> bool:
+        return self.conn.close_sent is not None
 
     # -- setup -------------------------------------------------------------------
 
@@ -208,17 +197,18 @@ class Leg(asyncio.Protocol):
         transport, inner, tail = parts
         self.transport = transport
         self._inner = inner
-        # Reading on the other leg pauses above this ([relay] stream_buffer_size).
-        transport.set_write_buffer_limits(high=self.splice.write_buffer)
+        # Reading on the other leg pauses above this ([relay] stream_buffer_size); the
+        # low mark is the Connection's too (a quarter).
+        write_buffer = self.splice.write_buffer
+        transport.set_write_buffer_limits(high=write_buffer, low=write_buffer // 4)
         transport.set_protocol(self)
         if transport.is_closing():
             # Lost before we took over: aiohttp saw connection_lost, we never will.
             self.connection_lost(None)
             return
         self._tail = tail
-        self._holds |= _UNRELEASED
         if paused:
-            transport.pause_reading()
+            self._sync_reading()
         else:
             self.release()
 
@@ -229,36 +219,46 @@ class Leg(asyncio.Protocol):
             return
         if tail:
             self.data_received(tail)
-        self._holds &= ~_UNRELEASED
-        if not self._holds and not self.lost:
-            self.transport.resume_reading()
+        self.conn.unhold_reading(_UNRELEASED)
+        self._sync_reading()
 
-    # -- reading holds: pause while any reason holds, resume when none is left ----------
-
-    def _hold(self, reason: int) -> None:
-        holds = self._holds
-        self._holds = holds | reason
-        if not holds and not self.lost and self.transport is not None:
-            self.transport.pause_reading()
-
-    def _unhold(self, reason: int) -> None:
-        holds = self._holds
-        if holds & reason:
-            self._holds = holds = holds & ~reason
-            if not holds and not self.lost and self.transport is not None:
+    def _sync_reading(self) -> None:
+        """Pause or resume the transport when the Connection's holds say otherwise."""
+        wanted = self.conn.wants_read
+        if wanted is not self._reading and not self.lost and self.transport is not None:
+            self._reading = wanted
+            if wanted:
                 self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     # -- asyncio.Protocol --------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.close_received or self.failed:
-            return  # RFC 6455 §1.4: discard what follows a close frame
-        try:
-            self.parser.feed(data)
-        except FrameError as exc:
-            if exc.limit is not None:  # a control frame over RFC 6455's 125 bytes
-                self.splice.limit_hit(exc.limit)
-            self.splice.protocol_error(self, exc.code, exc.reason)
+        conn = self.conn
+        events = conn.receive_data(data)
+        # What the frames of this read made for the other leg leaves in one write.
+        self.peer.flush()
+        self.flush()  # pongs, or our close after a protocol error
+        if events:
+            self._handle(events)
+        self._sync_reading()
+
+    def _handle(self, events: list[Event]) -> None:
+        splice = self.splice
+        for event in events:
+            kind = type(event)
+            if kind is CloseReceived:
+                close = cast(CloseReceived, event)
+                splice.close_received(self, close.code, close.reason)
+            elif kind is Failed:
+                failed = cast(Failed, event)
+                if failed.limit is not None:  # a control frame over RFC 6455's 125 bytes
+                    splice.limit_hit(failed.limit)
+                splice.protocol_error(self, failed.code, failed.reason)
+            elif kind is LimitReached:
+                splice.limit_hit(cast(LimitReached, event).limit)
+            # Ping: the Connection queued its pong. Pong: proves liveness only.
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -267,6 +267,8 @@ class Leg(asyncio.Protocol):
         if self.lost:
             return
         self.lost = True
+        self.conn.receive_eof()  # CLOSED: frames for this leg are dropped from now on
+        self.conn.data_to_send()  # and what was owed to it goes nowhere
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -277,122 +279,51 @@ class Leg(asyncio.Protocol):
         self.splice.leg_lost(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        self.peer._hold(_PEER_FULL)
+        transport = cast(asyncio.Transport, self.transport)
+        self.conn.outgoing_buffered(transport.get_write_buffer_size())
+        peer = self.peer
+        peer.conn.hold_reading(_PEER_FULL)
+        peer._sync_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self.queued and not self.out_remaining:
-            self.flush_queued()
-        self._unhold(_BACKLOG)  # what still waits, waits for the frame in flight only
-        self.peer._unhold(_PEER_FULL)
-
-    # -- FrameSink: frames received on this leg go to the peer ---------------------
-
-    def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
+        self.conn.outgoing_buffered(0)  # under the low mark: owed control frames go out
+        self.flush()
+        self._sync_reading()  # what still waits, waits for the frame in flight only
         peer = self.peer
-        self._forwarding = not (peer.lost or peer.close_sent)
-        if self._forwarding:
-            peer.out_remaining = length
-            self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
-
-    def on_payload(self, data: bytes, frame_done: bool) -> None:
-        self.bytes_in += len(data)
-        peer = self.peer
-        if not self._forwarding or peer.lost:
-            return
-        write = cast(asyncio.Transport, peer.transport).write
-        header = self._header
-        if header is not None:
-            self._header = None
-            if len(data) < _COALESCE_LIMIT:
-                write(header + data)
-            else:
-                write(header)
-                write(data)
-        elif data:
-            write(data)
-        if frame_done:
-            peer.out_remaining = 0
-            if peer.queued and not peer._write_paused:
-                peer.flush_queued()
-        else:
-            peer.out_remaining -= len(data)
-
-    def on_control_frame(self, opcode: int, payload: bytes) -> None:
-        if opcode == _PING:
-            self.send_control(_PONG, payload)
-        elif opcode == _CLOSE:
-            try:
-                parse_close_payload(payload)  # validate before forwarding
-            except FrameError as exc:
-                self.splice.protocol_error(self, exc.code, exc.reason)
-            else:
-                self.splice.close_received(self, payload)
-            # RFC 6455 §5.5.1: nothing after a close is acted on, not even frames that
-            # came in the same read as it.
-            raise StopParsing
-        # Pongs only prove liveness; nothing to do.
+        peer.conn.unhold_reading(_PEER_FULL)
+        peer._sync_reading()
 
     # -- writing to this leg ---------------------------------------------------------
 
-    def send_control(self, opcode: int, payload: bytes) -> None:
-        if self.lost or self.transport is None:
+    def flush(self) -> None:
+        """Write what the Connection has for this leg (dropped once the leg is gone)."""
+        out = self.conn.data_to_send()
+        if not out or self.lost:
             return
-        frame = encode_frame(fin=True, opcode=opcode, payload=payload)
-        if self.out_remaining or self._write_paused:
-            # A streamed frame is in flight (send after it), or the leg does not read
-            # what it is sent: nothing the relay owes it goes into the transport buffer.
-            self._queue_control(frame)
+        transport = cast(asyncio.Transport, self.transport)
+        if len(out) == 1:
+            transport.write(out[0])
         else:
-            self.transport.write(frame)
+            transport.writelines(out)
+        if self._close_after_flush and not self.conn.control_pending:
+            transport.close()
 
-    def _queue_control(self, frame: bytes) -> None:
-        queued = self.queued
-        limit = self.splice.max_queued_control
-        if len(queued) < limit:
-            queued.append(frame)
-            if len(queued) < limit:
-                return
-            self.splice.limit_hit(LIMIT_QUEUED_CONTROL)
-        elif frame[0] == _PONG_FIRST_BYTE and queued[-1][0] == _PONG_FIRST_BYTE:
-            # RFC 6455 §5.5.3: a pong for the most recent ping answers the earlier ones.
-            queued[-1] = frame
-        else:
-            queued.append(frame)  # the one close frame (close_sent guards it)
-        # Full. A leg that does not read what it is sent stops being read until it does.
-        # A backlog that only waits for a frame in flight is left to coalesce: holding
-        # there could make two legs wait forever, each for the other's frame.
-        if self._write_paused and not self._holds & _BACKLOG:
-            self._hold(_BACKLOG)
-
-    def flush_queued(self) -> None:
-        frames, self.queued = self.queued, []
-        if self.transport is not None and not self.lost:
-            self.transport.writelines(frames)
-            if self._close_after_flush:
-                self.transport.close()
-        self._unhold(_BACKLOG)
-
-    def send_close(self, payload: bytes, *, timeout: float | None) -> None:
+    def send_close(self, code: int, reason: str, *, timeout: float | None) -> None:
         """Send a close frame (once); abort instead if a frame to this leg is half written."""
-        if self.lost or self.close_sent:
+        conn = self.conn
+        if self.lost or conn.close_sent is not None:
             return
-        self.close_sent = True
         source = self.peer
-        if self.out_remaining and source.lost:
-            if source._header is None:
-                # Part of the frame in flight to this leg is on the wire and its source
-                # is gone: it can never be completed, and nothing may follow it.
-                self.abort()
-                return
-            # Headers go out with the first payload bytes: not a byte of this frame was
-            # written, so the leg can still be told why with a proper close (HC §5: 1011).
-            source._header = None
-            self.out_remaining = 0
-            if self.queued and not self._write_paused:
-                self.flush_queued()
-        self.send_control(_CLOSE, payload)
+        # A frame in flight to this leg whose source is gone can never be completed. If
+        # not a byte of it was written (headers go out with the first payload bytes) it
+        # is forgotten and the leg is told why with a proper close (HC §5: 1011); if part
+        # of it is on the wire nothing may follow it: the connection is cut.
+        if conn.frame_in_flight and source.lost and not source.conn.abandon_frame():
+            conn.fail(1006, "frame in flight cut")  # CLOSED; no close frame to send
+            self.abort()
+            return
+        conn.send_close(code, reason)
+        self.flush()
         if timeout is not None:
             self.arm_close_timer(timeout)
 
@@ -410,8 +341,9 @@ class Leg(asyncio.Protocol):
 
     def close_transport(self) -> None:
         if not self.lost and self.transport is not None:
-            if self.queued:
-                self._close_after_flush = True  # once the pending close frame is out
+            self.flush()
+            if self.conn.control_pending:
+                self._close_after_flush = True  # once the owed close frame is out
                 return
             self.transport.close()
 
@@ -477,6 +409,8 @@ class Splice:
         self.listener = Leg("listener", self)
         self.sender.peer = self.listener
         self.listener.peer = self.sender
+        self.sender.conn.splice_to(self.listener.conn)
+        self.listener.conn.splice_to(self.sender.conn)
         self._close_timeout = close_timeout
         self.on_finish = on_finish
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -485,17 +419,15 @@ class Splice:
         """Attach the sender after its 101; the listener leg must be attached (paused) already."""
         self.sender.attach(sender)
         if self.listener.lost:
-            self.sender.send_close(
-                encode_close_payload(1011, "listener connection lost"), timeout=self._close_timeout
-            )
+            self.sender.send_close(1011, "listener connection lost", timeout=self._close_timeout)
         else:
             self.listener.release()
 
     def abandon(self, code: int, reason: str) -> None:
         """The sender never reached its 101: close the listener leg and finish."""
         self.sender.lost = True
-        self.sender.close_received = True
-        self.listener.send_close(encode_close_payload(code, reason), timeout=self._close_timeout)
+        self.sender.conn.receive_eof()
+        self.listener.send_close(code, reason, timeout=self._close_timeout)
         self.listener.close_transport()
         if self.listener.lost or self.listener.transport is None:
             self._finish()
@@ -510,29 +442,31 @@ class Splice:
 
     def shutdown(self, code: int, reason: str, *, timeout: float | None = None) -> None:
         """Close both legs from the relay side (entity deleted, relay stopping)."""
-        payload = encode_close_payload(code, reason)
         for leg in (self.sender, self.listener):
-            leg.send_close(payload, timeout=self._close_timeout if timeout is None else timeout)
+            leg.send_close(
+                code, reason, timeout=self._close_timeout if timeout is None else timeout
+            )
 
     # -- events from the legs ---------------------------------------------------------
 
-    def close_received(self, leg: Leg, payload: bytes) -> None:
-        leg.close_received = True
+    def close_received(self, leg: Leg, code: int, reason: str) -> None:
         peer = leg.peer
         if peer.lost:
-            leg.send_close(payload, timeout=self._close_timeout)
+            leg.send_close(code, reason, timeout=self._close_timeout)
         else:
             # Forward code and reason; the peer's own close completes the exchange.
-            peer.send_close(payload, timeout=None)
+            peer.send_close(code, reason, timeout=None)
         if leg.close_sent:
             leg.close_transport()
         if peer.close_received and peer.close_sent:
             peer.close_transport()
 
     def protocol_error(self, leg: Leg, code: int, reason: str) -> None:
+        """The Connection failed the leg and owes it a close with ``code``: send it, then
+        close (bounded by the close timeout)."""
         log.warning("peer_protocol_error", extra={"leg": leg.name, "code": code, "reason": reason})
-        leg.failed = True
-        leg.send_close(encode_close_payload(code, reason), timeout=self._close_timeout)
+        leg.flush()
+        leg.arm_close_timer(self._close_timeout)
         leg.close_transport()
 
     def leg_lost(self, leg: Leg) -> None:
@@ -542,15 +476,13 @@ class Splice:
         if not peer.lost:
             if not leg.close_received:
                 # Vanished without a close: HC §5 maps 1006 to 1011 for the other side.
-                peer.send_close(
-                    encode_close_payload(1011, f"{leg.name} connection lost"),
-                    timeout=self._close_timeout,
-                )
+                peer.send_close(1011, f"{leg.name} connection lost", timeout=self._close_timeout)
             else:
                 # The close we forwarded may still await its answer; bound the wait.
                 peer.arm_close_timer(self._close_timeout)
             # Nothing is left to wait for on this side: read the peer's close.
-            peer._unhold(_PEER_FULL)
+            peer.conn.unhold_reading(_PEER_FULL)
+            peer._sync_reading()
             return
         self._finish()
 
@@ -559,3 +491,11 @@ class Splice:
             self.done.set_result(None)
             if self.on_finish is not None:
                 self.on_finish(self.sender.bytes_in, self.listener.bytes_in)
+            # Both legs are lost, so nothing calls into them any more (every Leg method
+            # returns early on ``lost`` before it would reach its peer or splice). Drop
+            # the references between them: a finished splice is then freed by reference
+            # counting at once instead of waiting, with its two Connections, parsers and
+            # buffers, for the cyclic GC (which a relay pays for per connect).
+            for leg in (self.sender, self.listener):
+                leg.conn.splice_to(None)
+                del leg.peer, leg.splice

@@ -52,6 +52,9 @@ class RelayState:
     )
     tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
+    # Set once the process is shutting down (SIGTERM, app shutdown): an undrain request
+    # (POST /nodes/{id}/undrain) then changes nothing, so a stopping node stays closed.
+    stopping: bool = False
     # Where /metrics is served when [relay] metrics_listen moves it off the public port.
     metrics_address: tuple[str, int] | None = None
     events: EventHub = field(default_factory=_event_hub)

@@ -136,7 +136,8 @@ class NodeSummary:
 
 
 Summarize = Callable[[], NodeSummary]
-DrainRequested = Callable[[], None]
+# Called with True to drain (POST /nodes/{id}/drain), False to serve again (.../undrain).
+DrainRequested = Callable[[bool], None]
 
 
 class ClusterState(Protocol):
@@ -158,8 +159,9 @@ class ClusterState(Protocol):
         """Call ``callback`` when someone asks this node to drain (:meth:`request_drain`)."""
         ...
 
-    async def request_drain(self, node_id: str) -> bool:
-        """Ask the node ``node_id`` to drain; False when no such node answers.
+    async def request_drain(self, node_id: str, *, drain: bool = True) -> bool:
+        """Ask the node ``node_id`` to drain (or, ``drain=False``, to serve again); False
+        when no such node answers.
 
         Raises:
             UnavailableError: the cluster's shared state cannot be reached.

@@ -62,16 +62,16 @@ class MemoryClusterState:
     def on_drain_requested(self, callback: DrainRequested) -> None:
         self._drain_callbacks.append(callback)
 
-    async def request_drain(self, node_id: str) -> bool:
+    async def request_drain(self, node_id: str, *, drain: bool = True) -> bool:
         if node_id != self.node_id:
             return False
-        self.drain_requested()
+        self.drain_requested(drain)
         return True
 
-    def drain_requested(self) -> None:
+    def drain_requested(self, drain: bool = True) -> None:
         """Tell this node's drain callbacks (the Redis cluster calls it for a peer's request)."""
         for callback in list(self._drain_callbacks):
-            callback()
+            callback(drain)
 
     def on_listener_gone(self, callback: ListenerGone) -> None:
         """Every listener is local here: the relay sees each one close itself."""

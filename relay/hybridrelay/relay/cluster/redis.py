@@ -313,12 +313,14 @@ class RedisClusterState:
     def on_drain_requested(self, callback: DrainRequested) -> None:
         self._local.on_drain_requested(callback)
 
-    async def request_drain(self, node_id: str) -> bool:
+    async def request_drain(self, node_id: str, *, drain: bool = True) -> bool:
         if node_id == self.node_id:
-            self._local.drain_requested()
+            self._local.drain_requested(drain)
             return True
-        # A PUBLISH nobody receives: no such node, or it is gone.
-        return await self._redis.publish(self._channel(node_id), json.dumps({"t": "n"})) > 0
+        # A PUBLISH nobody receives: no such node, or it is gone. "n": drain, "u": undrain
+        # (a node from before undrain existed logs "u" as undecodable and stays draining).
+        message = json.dumps({"t": "n" if drain else "u"})
+        return await self._redis.publish(self._channel(node_id), message) > 0
 
     # --- health ---------------------------------------------------------------------------
 
@@ -612,9 +614,9 @@ class RedisClusterState:
             log.warning("cluster_message_undecodable")
             return
         kind = doc.get("t")
-        if kind == "n":
-            log.info("drain_requested_by_a_peer")
-            self._local.drain_requested()
+        if kind in ("n", "u"):
+            log.info("drain_requested_by_a_peer" if kind == "n" else "undrain_requested_by_a_peer")
+            self._local.drain_requested(kind == "n")
             return
         if kind == "a":
             ack = self._acks.get(str(doc.get("r")))

@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -42,7 +43,14 @@ from hybridrelay.logs import peer_text
 from hybridrelay.protocol.sas import create_sas_token
 from hybridrelay.relay.admission import rate_limit_middleware
 from hybridrelay.relay.config import RelayConfig
-from hybridrelay.relay.dashboard.sessions import LoginLimiter, Role, Session, SessionTable
+from hybridrelay.relay.dashboard.hosts import DashboardHosts
+from hybridrelay.relay.dashboard.sessions import (
+    COOKIE,
+    LoginLimiter,
+    Role,
+    Session,
+    SessionTable,
+)
 from hybridrelay.relay.mgmt.access import authorize_manage
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.handlers import MGMT_PREFIX
@@ -63,7 +71,6 @@ __all__ = [
 ]
 
 DASHBOARD_PREFIX: Final = "/$dashboard"
-COOKIE: Final = "hybridrelay_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
 _MAX_CREDENTIAL: Final = 8192  # a key name, key or JWT longer than this is not one
 
@@ -137,8 +144,26 @@ def _peer(request: web.Request) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
 
 
+def _session_cookie(request: web.Request) -> str | None:
+    """The session cookie's value; None when there is none, or more than one.
+
+    A page on another port of the same host name (a listener's, served by the relay's
+    public port) can set a cookie of this name from script for a path the dashboard's
+    covers, e.g. ``Path=/``: the browser then sends both, and a server taking either
+    could be handed the other page's session. Two values are no session at all; the
+    answer (401) also expires a ``Path=/`` one (:func:`_clear_tossed`).
+    """
+    values = [
+        value.strip()
+        for header in request.headers.getall("Cookie", [])
+        for name, sep, value in (part.partition("=") for part in header.split(";"))
+        if sep and name.strip() == COOKIE
+    ]
+    return values[0] if len(values) == 1 else None
+
+
 def _session(request: web.Request) -> Session | None:
-    return request.app[DASHBOARD].sessions.get(request.cookies.get(COOKIE))
+    return request.app[DASHBOARD].sessions.get(_session_cookie(request))
 
 
 def _session_doc(session: Session, request: web.Request) -> dict[str, object]:
@@ -256,6 +281,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     response = web.json_response(_session_doc(session, request))
     secure = request.secure or (dashboard.public_origin and state.public_url.startswith("https:"))
     _set_cookie(response, session.id, max(1, int(session.expires_at - state.now())), secure)
+    _clear_tossed(response)
     return _secure(response)
 
 
@@ -267,8 +293,16 @@ def _set_cookie(response: web.StreamResponse, value: str, max_age: int, secure: 
     response.headers.add("Set-Cookie", cookie + ("; Secure" if secure else ""))
 
 
+def _clear_tossed(response: web.StreamResponse) -> None:
+    # Expire a cookie of the session's name set for Path=/ by another page of this host name
+    # (see _session_cookie); the dashboard's own cookie has the dashboard's path.
+    response.headers.add("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0")
+
+
 def _unauthorized() -> web.StreamResponse:
-    return _secure(error_response(401, "SessionRequired", "log in to the dashboard first"))
+    response = error_response(401, "SessionRequired", "log in to the dashboard first")
+    _clear_tossed(response)
+    return _secure(response)
 
 
 async def _whoami(request: web.Request) -> web.StreamResponse:
@@ -464,8 +498,14 @@ def dashboard_app(relay_app: web.Application) -> web.Application:
     port; it answers nothing but ``/$dashboard`` (the cookie stays scoped to that path).
     """
     state = relay_app[STATE]
+    relay = state.config.relay
+    listen_host = relay.dashboard_listen[0] if isinstance(relay.dashboard_listen, tuple) else ""
     app = web.Application(
-        middlewares=[error_middleware, rate_limit_middleware],
+        middlewares=[
+            _host_middleware(DashboardHosts.for_listen(listen_host, relay.dashboard_hosts)),
+            error_middleware,
+            rate_limit_middleware,
+        ],
         client_max_size=state.config.relay.max_management_body_size,
     )
     app[STATE] = state
@@ -476,6 +516,24 @@ def dashboard_app(relay_app: web.Application) -> web.Application:
     _add_routes(app.router)
     app.router.add_get("/", _redirect)  # the bare address: to the page
     return app
+
+
+def _host_middleware(hosts: DashboardHosts) -> Middleware:
+    """Answer only the dashboard's own names (DNS rebinding, see dashboard/hosts.py)."""
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if hosts.allows(request.headers.get("Host")):
+            return await handler(request)
+        # Before anything else, and cheaply: one line, no JSON, no session or body read.
+        request.app[METRICS_KEY].limit_hit("dashboard_hosts")
+        return web.Response(
+            status=421,
+            text="this Host is not the dashboard's (see [relay] dashboard_hosts)\n",
+            headers={"Cache-Control": "no-store", "Connection": "close"},
+        )
+
+    return check_host
 
 
 async def _end_all_calls(app: web.Application) -> None:

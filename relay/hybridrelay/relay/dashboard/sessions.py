@@ -18,14 +18,51 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["LoginLimiter", "Role", "Session", "SessionTable"]
+__all__ = [
+    "COOKIE",
+    "COOKIE_NAMES",
+    "LoginLimiter",
+    "Role",
+    "Session",
+    "SessionTable",
+    "sets_dashboard_cookie",
+]
 
 Role = Literal["operator", "viewer"]
+
+# The session cookie's name. Browsers keep cookies per host, not per port: a response
+# from the relay's public port (a listener's, in HTTP mode) could set this name on the
+# dashboard's host and path when both share a host name, so HTTP mode drops a listener's
+# Set-Cookie that names it (http_mode.py; docs/security.md).
+COOKIE: Final = "hybridrelay_session"
+COOKIE_NAMES: Final = frozenset({COOKIE})  # every cookie the dashboard sets (CSRF is a header)
+# The prefixes browsers give a meaning to: "__Host-hybridrelay_session" is another cookie,
+# but dropping it too costs nothing and keeps a later switch to the prefix covered.
+_PREFIXES: Final = ("", "__host-", "__secure-")
+_NAMES_FOLDED: Final = frozenset(p + name.lower() for p in _PREFIXES for name in COOKIE_NAMES)
 
 # How many addresses the failed-login table remembers; past this the oldest entries go
 # (an attacker spraying from many addresses frees their own slots, never locks others).
 _MAX_TRACKED_ADDRESSES: Final = 10_000
 _WINDOW: Final = 60.0  # seconds: dashboard_login_failures counts per minute
+
+
+def sets_dashboard_cookie(set_cookie: str) -> bool:
+    """Whether a ``Set-Cookie`` value would set one of the dashboard's cookies.
+
+    The name is what comes before the first ``=`` of the first ``;``-part, trimmed, as
+    browsers read it (RFC 6265 §5.2); compared without case, so that no spelling a
+    browser might treat alike gets through. A value that several cookies were folded into
+    with commas is looked at cookie by cookie, in case some client splits it.
+    """
+    for part in set_cookie.split(","):
+        pair = part.split(";", 1)[0]
+        # Without "=", a browser takes the pair as a value with no name, which the Cookie
+        # header then carries bare, where a server may read it as the name: drop it too.
+        name = pair.split("=", 1)[0]
+        if name.strip(" \t").lower() in _NAMES_FOLDED:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -635,9 +635,20 @@ async def _drain_node(call: _Call, node_id: str) -> web.StreamResponse:
     return _json({"id": node_id, "draining": True}, status=202)
 
 
+async def _undrain_node(call: _Call, node_id: str) -> web.StreamResponse:
+    if not await call.state.cluster.request_drain(node_id, drain=False):
+        raise EntityNotFoundError(f"no live node {node_id!r}")
+    return _json({"id": node_id, "draining": False}, status=202)
+
+
 async def _node_drain(request: web.Request) -> web.StreamResponse:
     node_id = request.match_info["node"]
     return await _serve(request, {"POST": functools.partial(_drain_node, node_id=node_id)})
+
+
+async def _node_undrain(request: web.Request) -> web.StreamResponse:
+    node_id = request.match_info["node"]
+    return await _serve(request, {"POST": functools.partial(_undrain_node, node_id=node_id)})
 
 
 # --- the rest -------------------------------------------------------------------------------
@@ -681,6 +692,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/stats", _collection(_stats)),
         ("/nodes", _collection(_nodes)),
         ("/nodes/{node}/drain", _node_drain),
+        ("/nodes/{node}/undrain", _node_undrain),
         ("/events", handle_events),  # lifecycle notifications (mgmt/events.py)
         *job_routes(),  # /jobs...: bulk export and import (mgmt/jobs.py)
         *certificate_routes(),  # /certificates...: CA certificates (mgmt/certificates.py)

@@ -433,7 +433,7 @@ async def _replay(call: _Call) -> web.StreamResponse:
     # identify() refused a call without a token; the dashboard's calls carry the session's.
     token = request_token(call.request) or ""
     headers = [*plan.headers, ("ServiceBusAuthorization", token)]
-    nonce, recorded = call.inspector.expect_replay(record.id)
+    nonce, recorded = call.inspector.expect_replay(record)
     headers.append((REPLAY_HEADER, nonce))
     timeout = (call.hc.request_timeout or call.state.config.relay.request_timeout) + 10.0
     base = _relay_base(call.state)

@@ -723,7 +723,10 @@ _NODE_SCHEMAS: Final[dict[str, Doc]] = {
     "Drain": {
         "type": "object",
         "required": ["id", "draining"],
-        "properties": {"id": {"type": "string"}, "draining": {"const": True}},
+        "properties": {
+            "id": {"type": "string"},
+            "draining": {"type": "boolean", "description": "What the node was asked to be."},
+        },
     },
 }
 _NODE_PATHS: Final[dict[str, Doc]] = {
@@ -752,6 +755,23 @@ _NODE_PATHS: Final[dict[str, Doc]] = {
             "responses": _responses(
                 {
                     "202": _ok("Asked; the node drains.", "Drain"),
+                    "503": _error("The cluster's shared state (Redis) cannot be reached."),
+                }
+            ),
+        },
+    },
+    "/nodes/{nodeId}/undrain": {
+        "parameters": [
+            _param("nodeId", "path", {"type": "string"}, "A node's id (GET /nodes).", required=True)
+        ],
+        "post": {
+            "operationId": "undrainNode",
+            "summary": "Take a drain back (audit-logged): the node serves new listeners and "
+            "senders again and /readyz answers 200. Agents it sent away stay where they "
+            "reconnected. A node that is stopping (SIGTERM) stays closed.",
+            "responses": _responses(
+                {
+                    "202": _ok("Asked; the node serves again.", "Drain"),
                     "503": _error("The cluster's shared state (Redis) cannot be reached."),
                 }
             ),

@@ -1,6 +1,6 @@
 // The Cluster page: the relay's nodes (this one first), their load, which node holds which
-// hybrid connection's listeners, and draining a node. Reads GET /nodes and posts
-// POST /nodes/{id}/drain. Without [cluster] the one node is "local".
+// hybrid connection's listeners, and draining a node (and taking that back). Reads GET /nodes
+// and posts POST /nodes/{id}/drain and /undrain. Without [cluster] the one node is "local".
 import { api, age, el, enc, errorLine, isOperator, live, table } from "./lib.js";
 
 async function cluster(main, view) {
@@ -8,7 +8,7 @@ async function cluster(main, view) {
     class: "note",
     text: "Relay nodes sharing this relay's Redis, from their heartbeats. Draining a node makes it " +
       "refuse new listeners and senders and sends its listeners to the other nodes (1001); its open " +
-      "streams run to their end. Stop it once they are gone: it stays draining until restarted.",
+      "streams run to their end. Stop it once they are gone, or Undrain it to have it serve again.",
   }));
   const message = el("p", { class: "error", role: "alert" });
   const nodes = el("div", { id: "node-list" });
@@ -19,8 +19,18 @@ async function cluster(main, view) {
   const confirming = new Set();
   let redraw = async () => {};
 
+  // Undrain needs no confirming: it only lets new work in again.
+  const undrainButton = (node) => el("button", {
+    type: "button", text: "Undrain",
+    onclick: (event) => {
+      event.target.disabled = true;
+      api("POST", `nodes/${enc(node.id)}/undrain`).then(() => redraw()).catch(errorLine(message));
+    },
+  });
+
   const drainButton = (node) => {
-    if (!isOperator() || node.draining) return null;
+    if (!isOperator()) return null;
+    if (node.draining) return undrainButton(node);
     const asking = confirming.has(node.id);
     return el("button", {
       type: "button", class: "danger", text: asking ? "Confirm drain" : "Drain",

@@ -51,10 +51,17 @@ function withoutToken(target) {
   return kept.length ? `${path}?${kept.join("&")}` : path;
 }
 
+// A method as typed when it is a plain word; quoted otherwise (HTTP allows ` | & ' in one).
+const methodWord = (method) => (/^[A-Za-z0-9_-]+$/.test(method) ? method : quote(method));
+
 // "Copy as curl": the recorded request to the relay's public URL. Redacted headers are left
-// out and the sender's token becomes $SAS_TOKEN, which the operator fills in.
+// out and the sender's token becomes $SAS_TOKEN, which the operator fills in. Everything
+// else was chosen by whoever sent the request, and the operator runs this: every word is
+// quoted, --globoff keeps curl from expanding [1-3] or {a,b} in the target into more
+// requests, and --data-raw sends a body that starts with "@" as it is, where
+// --data-binary would upload the operator's file of that name to the listener.
 function curlCommand(record) {
-  const parts = ["curl", "-X", record.method, quote(relayRoot() + withoutToken(record.target))];
+  const parts = ["curl", "-X", methodWord(record.method), quote(relayRoot() + withoutToken(record.target)), "--globoff"];
   parts.push("-H", `"ServiceBusAuthorization: $SAS_TOKEN"`);
   for (const [name, value] of record.requestHeaders) {
     const lower = name.toLowerCase();
@@ -63,7 +70,7 @@ function curlCommand(record) {
   }
   const body = record.requestBody;
   if (body.captured || body.size) {
-    if (body.complete && body.text !== null) parts.push("--data-binary", quote(body.text));
+    if (body.complete && body.text !== null) parts.push("--data-raw", quote(body.text));
     else parts.push("--data-binary", "@request-body.bin", "# the body was not kept whole: supply it");
   }
   return parts.join(" ");

@@ -108,7 +108,9 @@ function keyCells(rule) {
 
 async function hybridConnection(main, view, name) {
   const path = "hybridconnections/" + hcPath(name);
-  main.append(el("h1", { text: name }));
+  main.append(el("h1", { text: name }), el("p", {},
+    el("a", { id: "hc-inspector", href: "#/inspector/" + enc(name), text: "Inspect its HTTP requests" }),
+    " (the HTTP inspector: this node's recent HTTP-mode requests; replay them)"));
   const summary = el("div", { class: "cards", id: "hc-cards" });
   const listeners = el("div", { id: "listeners" });
   const rules = el("div", { id: "rules" });
