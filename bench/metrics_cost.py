@@ -27,6 +27,7 @@ from typing import Any
 
 from hybridrelay.relay import hc_endpoints
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.splices import SpliceRegistry
 
 
 class _Splice:
@@ -44,7 +45,8 @@ class _Splice:
 
 def _round(n: int, names: list[str]) -> float:
     started = getattr(hc_endpoints, "_stream_started")  # noqa: B009 - private on purpose
-    state: Any = SimpleNamespace(metrics=RelayMetrics(), splices=set(), cluster=None, now=time.time)
+    state: Any = SimpleNamespace(metrics=RelayMetrics(), cluster=None, now=time.time)
+    live: Any = SpliceRegistry()
     loop = asyncio.get_running_loop()
     pendings = [
         SimpleNamespace(handle=None, started=loop.time(), hc_name=name, listener_id="l")
@@ -54,7 +56,7 @@ def _round(n: int, names: list[str]) -> float:
     count = len(pendings)
     t0 = time.process_time_ns()
     for i, splice in enumerate(splices):
-        started(state, pendings[i % count], splice)
+        started(state, live, pendings[i % count], splice)
         splice.on_finish(100, 200)
     return (time.process_time_ns() - t0) / n
 

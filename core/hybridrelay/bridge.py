@@ -31,13 +31,14 @@ from typing import Final, Literal, Protocol, TypeAlias
 
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.logs import BRIDGE
+from hybridrelay.protocol.codes import CloseCode
 
 __all__ = ["BridgeStats", "BridgeStream", "bridge"]
 
 logger = logging.getLogger(BRIDGE)
 
 # Close codes after which the peer's data is complete, so the stream gets a clean EOF.
-_CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})
+_CLEAN_CLOSE_CODES: Final = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS})
 _STREAM_CLOSE_TIMEOUT: Final = 10.0
 
 # How the two directions ended: both normally, or which side failed first.
@@ -87,9 +88,9 @@ class BridgeStream(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def close_write(self, code: int = 1000, reason: str = "") -> None: ...
+    async def close_write(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
 
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
 
     def abort(self) -> None: ...
 
@@ -205,9 +206,9 @@ class _Bridge:
                 # Our 1000 is out already, so 1011 can't be said: dropping the connection
                 # is the only way left to tell the peer its data went nowhere.
                 self.ws.abort()
-            await self.ws.close(1011, "target connection lost")
+            await self.ws.close(CloseCode.INTERNAL_ERROR, "target connection lost")
         elif outcome == "idle":
-            await self.ws.close(1001, "idle timeout")
+            await self.ws.close(CloseCode.GOING_AWAY, "idle timeout")
             await self._close_stream()
         else:
             await self.ws.close()  # both close frames are out: waits for TCP to end
@@ -230,7 +231,7 @@ class _Bridge:
             self.last_activity = self.loop.time()
         # EOF from the stream: half-close the WebSocket (NET's CloseOutputAsync).
         self.half_closed = True
-        await self.ws.close_write(1000)
+        await self.ws.close_write(CloseCode.NORMAL)
 
     async def _ws_to_stream(self) -> None:
         while True:

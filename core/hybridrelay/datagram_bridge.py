@@ -39,6 +39,7 @@ from hybridrelay.bridge import BridgeStream
 from hybridrelay.datagrams import MAX_DATAGRAM, DatagramDecoder, encode_many
 from hybridrelay.errors import ConnectionClosedError, ProtocolError
 from hybridrelay.logs import BRIDGE
+from hybridrelay.protocol.codes import CloseCode
 
 __all__ = ["DatagramBridge", "DatagramStats", "Outcome"]
 
@@ -108,7 +109,7 @@ class DatagramBridge:
         self._queued_bytes = 0
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._stop_close: tuple[int, str] = (1000, "")
+        self._stop_close: tuple[int, str] = (CloseCode.NORMAL, "")
         self._ended = False
         self._running = False
         self._in_flight = 0
@@ -147,7 +148,7 @@ class DatagramBridge:
         self._queued_bytes += len(datagram)
         self._wakeup.set()
 
-    def stop(self, code: int = 1000, reason: str = "") -> None:
+    def stop(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """End the flow: :meth:`run` closes the stream with ``code`` and returns."""
         if not self._stopping.is_set():
             self._stop_close = (code, reason)
@@ -217,10 +218,10 @@ class DatagramBridge:
         if outcome == "lost":
             ws.abort()
         elif outcome == "protocol":
-            await ws.close(1002, "invalid datagram framing")
+            await ws.close(CloseCode.PROTOCOL_ERROR, "invalid datagram framing")
         elif outcome == "idle":
             logger.debug("%% datagram flow idle for %ss, closing", self._idle_timeout)
-            await ws.close(1000, "idle timeout")
+            await ws.close(CloseCode.NORMAL, "idle timeout")
         elif outcome == "stopped":
             await ws.close(*self._stop_close)
         else:  # peer_closed: answer its close

@@ -44,6 +44,7 @@ from typing import Final, Literal, TypeAlias
 from hybridrelay.bridge import BridgeStats
 from hybridrelay.errors import ConnectionClosedError
 from hybridrelay.logs import BRIDGE
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.wsclient import WsConnection
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "SocketBridge"]
@@ -220,10 +221,10 @@ class SocketBridge(asyncio.BufferedProtocol):
                 # Our 1000 is out already, so 1011 can't be said: dropping the connection
                 # is the only way left to tell the peer its data went nowhere.
                 ws.abort()
-            await ws.close(1011, "target connection lost")
+            await ws.close(CloseCode.INTERNAL_ERROR, "target connection lost")
         elif outcome == "idle":
             logger.info("%% bridge idle for %ss, closing", self._idle_timeout)
-            await ws.close(1001, "idle timeout")
+            await ws.close(CloseCode.GOING_AWAY, "idle timeout")
             await self._close_socket()
         else:
             await ws.close()  # both close frames are out: waits for TCP to end

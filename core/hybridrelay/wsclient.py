@@ -52,6 +52,7 @@ from collections.abc import (
 from typing import Final, NamedTuple, Protocol, TypeAlias, cast
 
 from hybridrelay import errors
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.connection import (
     CloseReceived,
     Connection,
@@ -356,7 +357,7 @@ class WsConnection(asyncio.Protocol):
                 # Once our close frame is out the message is moot; otherwise it must not
                 # stay open.
                 if started and not complete and conn.close_sent is None and not self._lost:
-                    self._fail(1011, "incomplete fragmented message")
+                    self._fail(CloseCode.INTERNAL_ERROR, "incomplete fragmented message")
                 raise
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -364,14 +365,14 @@ class WsConnection(asyncio.Protocol):
         if data:
             await self.send(data)
 
-    async def close_write(self, code: int = 1000, reason: str = "") -> None:
+    async def close_write(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Half-close: send our close frame and keep receiving until the peer's close.
 
         Does nothing if our close frame was already sent or the connection is gone.
         """
         self.close_write_nowait(code, reason)
 
-    def close_write_nowait(self, code: int = 1000, reason: str = "") -> None:
+    def close_write_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """:meth:`close_write` for callbacks: it never waits anyway."""
         _check_close_code(code)
         if self._lost or self._conn.close_sent is not None or self._transport is None:
@@ -442,7 +443,7 @@ class WsConnection(asyncio.Protocol):
         else:
             self._resume_reading()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close: send our close frame if not done yet, then wait (at most ``close_timeout``)
         for the peer's close and the end of TCP. Data still buffered or arriving is dropped.
         """
@@ -493,7 +494,7 @@ class WsConnection(asyncio.Protocol):
                 chunks.append(chunk)
                 size += chunk.size
                 if self._max_size is not None and size > self._max_size:
-                    self._fail(1009, "message too big")
+                    self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
                     raise errors.PayloadTooBigError(f"message over {self._max_size} bytes")
                 if chunk.message_end:
                     return _join(chunks)
@@ -670,7 +671,9 @@ class WsConnection(asyncio.Protocol):
 
     async def _handshake(self, hs: ClientHandshake) -> None:
         if self._transport is None or self._lost:
-            raise errors.ConnectionClosedError(1006, "connection closed before the handshake")
+            raise errors.ConnectionClosedError(
+                CloseCode.ABNORMAL, "connection closed before the handshake"
+            )
         self._transport.write(hs.request)
         while self._hs_outcome is None and not hs.refused:
             self._hs_event.clear()
@@ -724,7 +727,7 @@ class WsConnection(asyncio.Protocol):
                         item = decoder.decode(data, message_end)
                     except UnicodeDecodeError:
                         # RFC 6455 §8.1: invalid UTF-8 fails the connection with 1007
-                        self._fail(1007, "invalid UTF-8 in a text message")
+                        self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
                         break  # the frames after it were never parsed
                 rx.append(_Chunk(item, len(data), end, message_end))
                 self._rx_bytes += len(data)
@@ -777,7 +780,7 @@ class WsConnection(asyncio.Protocol):
                     try:
                         decoder.decode(data, end and fin)
                     except UnicodeDecodeError:
-                        self._fail(1007, "invalid UTF-8 in a text message")
+                        self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
                         break  # the frames after it were never parsed
                 if data:
                     parts.append(data)
@@ -853,7 +856,7 @@ class WsConnection(asyncio.Protocol):
     def _abort(self, reason: str) -> None:
         if self._lost:
             return
-        self._conn.fail(1006, reason)  # no close frame: the connection just ends
+        self._conn.fail(CloseCode.ABNORMAL, reason)  # no close frame: the connection just ends
         self._rx_eof = True
         self._wake_rx()
         self._abort_transport()

@@ -25,6 +25,9 @@ from hybridrelay.dev.children import ChildExitedError, ChildProcess
 from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
 from hybridrelay.relay.dashboard import dashboard_url
+from hybridrelay.relay.devices import DEVICES, DeviceRegistry
+from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
+from hybridrelay.relay.splices import SPLICES, SpliceRegistry
 from hybridrelay.relay.state import STATE, RelayState
 
 from .timing import seconds
@@ -238,6 +241,21 @@ class InProcessRelay:
         assert self.app is not None
         return self.app[STATE]
 
+    @property
+    def listeners(self) -> ListenerRegistry:
+        assert self.app is not None
+        return self.app[LISTENERS]
+
+    @property
+    def splices(self) -> SpliceRegistry:
+        assert self.app is not None
+        return self.app[SPLICES]
+
+    @property
+    def devices(self) -> DeviceRegistry:
+        assert self.app is not None
+        return self.app[DEVICES]
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
@@ -246,8 +264,8 @@ class InProcessRelay:
         if self.app is not None:
             # Nothing may outlive the relay: no relayed connection, channel or rendezvous.
             state = self.state
-            assert not state.splices, f"{len(state.splices)} splices left open"
-            assert not state.channels, f"{len(state.channels)} control channels left open"
+            assert not self.splices, f"{len(self.splices)} splices left open"
+            assert not self.listeners, f"{len(self.listeners)} control channels left open"
             assert state.cluster.pending_count() == 0, "pending rendezvous left behind"
             leaked = [t for t in asyncio.all_tasks() if _relay_owned(t) and not t.done()]
             assert not leaked, f"relay tasks outlived the relay: {leaked}"

@@ -299,14 +299,16 @@ async def test_stats_traffic_counts_open_streams_bytes(relay: InProcessRelay) ->
     assert relay.app is not None
     history = relay.app[TRAFFIC]
     start = relay.state.now()
-    history.sample(start, totals(relay.state))  # a fresh baseline, whatever ran before
+    history.sample(
+        start, totals(relay.state.metrics, relay.splices)
+    )  # a fresh baseline, whatever ran before
     listener = await RawListener(relay.url, "echo").start()
     try:
         sender = await send(relay.url, "echo")
         await sender.send("y" * 4000)
         assert await sender.recv() == "y" * 4000
         # Sampled while the stream is open: its bytes count before it finishes.
-        history.sample(start + 4, totals(relay.state))
+        history.sample(start + 4, totals(relay.state.metrics, relay.splices))
         async with (
             aiohttp.ClientSession(headers={"Authorization": mgmt_token(relay)}) as http,
             http.get(relay.http_url + "/$mgmt/v1/stats") as resp,

@@ -37,7 +37,6 @@ from tests.harness.timing import seconds
 from tests.harness.tls import TlsFiles
 
 from hybridrelay.errors import ConnectionClosedError, HandshakeError
-from hybridrelay.relay import device_auth
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.models import (
     Authentication,
@@ -160,7 +159,7 @@ async def test_device_tokens_listen_and_send_and_drive_connection_state(
     async with listening(listener):
         gateway = await wait_state(store, "gateway-1", "connected", active=True)
         assert gateway.last_activity_time is not None
-        assert device_auth.live_devices(relay.state) == {"gateway-1": 1}
+        assert relay.devices.live_devices() == {"gateway-1": 1}
 
         # The secondary key, signed as relay rule tokens are (key text), works as well.
         token = sas_token(relay, "sensor-1", SECONDARY, decode_key=False, scheme="sb://")
@@ -170,14 +169,14 @@ async def test_device_tokens_listen_and_send_and_drive_connection_state(
         sensor = await wait_state(store, "sensor-1", "connected", active=True)
         assert sensor.last_activity_time is not None
         # The stream is the listening gateway's too (issue 11: disabling it cuts the stream).
-        assert device_auth.live_devices(relay.state) == {"gateway-1": 2, "sensor-1": 1}
+        assert relay.devices.live_devices() == {"gateway-1": 2, "sensor-1": 1}
         await sender.close()
         assert sender.close_code == 1000
         await wait_state(store, "sensor-1", "disconnected")
         assert (await store.get_device("gateway-1")).connection_state == "connected"  # type: ignore[union-attr]
     await wait_state(store, "gateway-1", "disconnected")
     async with asyncio.timeout(seconds(5)):
-        while device_auth.live_devices(relay.state):
+        while relay.devices.live_devices():
             await asyncio.sleep(0.02)
 
 
@@ -262,7 +261,7 @@ async def test_deleting_a_device_cuts_its_listener_and_its_streams(relay: InProc
         again = send(relay.url, "echo", token=sas_token(relay, "both"))
         assert await handshake_status(again) == 401
     async with asyncio.timeout(seconds(5)):
-        while device_auth.live_devices(relay.state):
+        while relay.devices.live_devices():
             await asyncio.sleep(0.02)
 
 
@@ -293,12 +292,12 @@ async def test_close_device_connections_is_callable_directly(relay: InProcessRel
     listener = TokenListener(relay.url, "echo", token=sas_token(relay, "kiosk"))
     async with listening(listener):
         await wait_state(store, "kiosk", "connected")
-        closed = await device_auth.close_device_connections(relay.state, "kiosk", reason="bye")
+        closed = await relay.devices.close_device_connections("kiosk", reason="bye")
         assert closed == 1
         code, reason = await listener.wait_control_closed(seconds(1))
         assert (code, reason) == (1008, "bye")
         await wait_state(store, "kiosk", "disconnected")
-        assert await device_auth.close_device_connections(relay.state, "nobody") == 0
+        assert await relay.devices.close_device_connections("nobody") == 0
 
 
 async def test_a_device_listener_renews_with_a_device_token(relay: InProcessRelay) -> None:
@@ -345,7 +344,7 @@ async def test_http_requests_with_a_device_token(relay: InProcessRelay) -> None:
             assert meter is not None
             assert meter.last_activity_time is not None
             assert meter.connection_state == "disconnected"  # HTTP never "connects"
-            assert not device_auth.live_devices(relay.state)
+            assert not relay.devices.live_devices()
             for token, status in (
                 (sas_token(relay, "meter-off"), 401),
                 (sas_token(relay, "meter", WRONG), 401),
@@ -526,9 +525,9 @@ async def test_store_events_revoke_without_reactions_too(relay: InProcessRelay) 
     async with listening(listener):
         await wait_state(store, "fallback", "connected")
         event = ChangeEvent(kind="device", op="deleted", name="fallback")
-        device_auth._on_change(relay.state, event, revoke=False)  # others report deletions
-        assert not device_auth._registry(relay.state).tasks
-        device_auth._on_change(relay.state, event, revoke=True)
+        relay.devices.on_change(event, revoke=False)  # others report deletions
+        assert not relay.devices.busy
+        relay.devices.on_change(event, revoke=True)
         code, reason = await listener.wait_control_closed(seconds(1))
         assert (code, reason) == (1008, "the device was deleted")
         await wait_state(store, "fallback", "disconnected")
@@ -541,7 +540,7 @@ async def test_anonymous_senders_may_carry_any_token(relay: InProcessRelay) -> N
         await sender.send("anonymous")
         assert await sender.recv() == "anonymous"
         await sender.close()
-        assert not device_auth.live_devices(relay.state)
+        assert not relay.devices.live_devices()
 
 
 async def test_a_device_disabled_during_its_rendezvous_is_cut_at_once(

@@ -81,12 +81,12 @@ async def test_device_listener_renews_its_token_before_expiry(relay_factory: Rel
         handler=echo_handler,
     )
     async with running_listener(listener):
-        (channel,) = relay.state.channels
+        (channel,) = relay.listeners
         first_expiry = channel.expires_at or 0
         # Renewed on the same channel before the first token (plus grace) runs out; a
         # listener that could not read a device token's expiry never renewed and was cut.
         async with asyncio.timeout(seconds(10)):
             while (channel.expires_at or 0) <= first_expiry:
                 await asyncio.sleep(0.05)
-        assert relay.state.channels == {channel}
+        assert set(relay.listeners) == {channel}
         assert listener.stats.connects == 1

@@ -171,10 +171,10 @@ async def test_token_renewed_before_expiry(relay_factory) -> None:
     relay = await relay_factory(relay_extra="token_grace = 0.5")
     listener = Listener(relay.url, "echo", token_provider=tokens(ttl=3), handler=echo_handler)
     async with running(listener):
-        (channel,) = relay.state.channels
+        (channel,) = relay.listeners
         first_expiry = channel.expires_at or 0
         await asyncio.sleep(4.5)  # past the first token's expiry plus grace
-        assert relay.state.channels == {channel}
+        assert set(relay.listeners) == {channel}
         assert (channel.expires_at or 0) > first_expiry
         assert listener.stats.connects == 1
 

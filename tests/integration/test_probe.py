@@ -113,4 +113,4 @@ async def test_a_listen_probe_creates_nothing(relay_factory: RelayFactory) -> No
     assert result.outcome is ProbeOutcome.OK
     assert result.listeners == 0
     assert await relay.state.store.resolve("fresh") is None
-    assert not relay.state.channels
+    assert not relay.listeners

@@ -36,12 +36,12 @@ async def test_half_open_listener_dropped_within_two_ping_intervals(relay_factor
     try:
         url = listen_url(f"ws://127.0.0.1:{proxy.port}", "echo")
         control = await ws_connect(url, headers={"ServiceBusAuthorization": token_for(url)})
-        await _wait_until(lambda: len(relay.state.channels) == 1, seconds(5))
+        await _wait_until(lambda: len(relay.listeners) == 1, seconds(5))
         # Healthy channels survive several intervals: pongs keep them alive.
         await asyncio.sleep(interval * 3)
-        assert len(relay.state.channels) == 1
+        assert len(relay.listeners) == 1
         proxy.blackhole()
-        took = await _wait_until(lambda: not relay.state.channels, seconds(10))
+        took = await _wait_until(lambda: not relay.listeners, seconds(10))
         assert took <= 2 * interval + interval / 2 + 0.3, took
         control.abort()
     finally:
@@ -72,7 +72,7 @@ async def test_stalled_reader_keeps_relay_memory_bounded(relay: InProcessRelay) 
         # plus the read that crossed it (asyncio reads up to 256 KiB at a time, and the
         # splice forwards a read whole; with 2 x 64 KiB here this failed on main too,
         # whenever the kernel handed over a full 256 KiB).
-        (splice,) = relay.state.splices
+        (splice,) = relay.splices
         high_water = relay.state.config.relay.stream_buffer_size
         for leg in (splice.sender, splice.listener):
             assert leg.transport is not None
@@ -112,7 +112,7 @@ async def test_malformed_frames_fail_that_leg_and_tell_the_other(
         with pytest.raises(ConnectionClosedError) as listener_side:
             await asyncio.wait_for(leg.recv(), seconds(5))
         assert listener_side.value.code == 1011
-        await _wait_until(lambda: not relay.state.splices, seconds(5))
+        await _wait_until(lambda: not relay.splices, seconds(5))
     finally:
         await listener.stop()
 
@@ -161,7 +161,7 @@ async def test_renew_token_accepted_and_refused(relay: InProcessRelay) -> None:
     assert listener.control is not None
     url = listen_url(relay.url, "echo")
     await listener.control.send(encode(RenewToken(token=token_for(url, ttl=7200))))
-    (channel,) = relay.state.channels
+    (channel,) = relay.listeners
     await _wait_until(lambda: (channel.expires_at or 0) > time.time() + 3600, seconds(5))
     await listener.control.send(
         encode(RenewToken(token=token_for(url, key="wrong-key-0123456789abcdef")))
@@ -249,7 +249,7 @@ async def test_sender_vanishing_while_waiting_for_listener(relay: InProcessRelay
         else:
             with pytest.raises(ConnectionClosedError):
                 await asyncio.wait_for(outcome.recv(), seconds(10))
-        await _wait_until(lambda: not relay.state.splices, seconds(10))
+        await _wait_until(lambda: not relay.splices, seconds(10))
     finally:
         await listener.stop()
 
@@ -261,7 +261,7 @@ async def test_same_listener_id_takes_over_stale_channel(relay: InProcessRelay) 
         # The old channel is dropped at once, not after two ping intervals.
         code, _ = await stale.wait_control_closed(seconds(5))
         assert code == 1006
-        await _wait_until(lambda: len(relay.state.channels) == 1, seconds(5))
+        await _wait_until(lambda: len(relay.listeners) == 1, seconds(5))
         ws = await send(relay.url, "echo")
         await ws.send("via the new channel")
         assert await ws.recv() == "via the new channel"
@@ -298,7 +298,7 @@ async def test_renewal_after_key_regeneration_is_refused(relay: InProcessRelay) 
     await listener.control.send(
         encode(RenewToken(token=token_for(url, "rotating", rule.primary_key, ttl=7200)))
     )
-    (channel,) = relay.state.channels
+    (channel,) = relay.listeners
     await _wait_until(lambda: (channel.expires_at or 0) > time.time() + 3600, seconds(5))
     # ... but once the key is regenerated, a renewal signed with the old one closes the channel.
     await store.regenerate_key(None, "rotating", "primary")

@@ -104,7 +104,7 @@ async def test_websocket_listen_with_dot_or_encoded_separators_is_400(
     headers = {"ServiceBusAuthorization": make_token(f"http://{host_of(relay)}/")}
     answer = await exchange(relay.url, upgrade_request(target, host_of(relay), headers))
     assert answer.status == 400, (escape, answer)
-    assert not relay.state.channels
+    assert not relay.listeners
 
 
 # --- HTTP mode, through a listener agent to an on-prem service under /api ---------------

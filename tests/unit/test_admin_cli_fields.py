@@ -14,7 +14,13 @@ from hybridrelay.client.admin_cli import _COLUMNS, _device_changes, _hc_body
 from hybridrelay.relay.mgmt.openapi import build_openapi
 
 _SCHEMAS: dict[str, Any] = build_openapi()["components"]["schemas"]  # type: ignore[index]
-_RESOURCE = {"hc": "HybridConnection", "rule": "Rule", "device": "Device"}
+_RESOURCE = {
+    "hc": "HybridConnection",
+    "rule": "Rule",
+    "device": "Device",
+    "nodes": "Node",
+    "inspector": "InspectedRequestSummary",
+}
 
 
 def _resolve(schema: dict[str, Any]) -> dict[str, Any]:

@@ -33,20 +33,20 @@ async def test_startup_trust_and_revocation(tmp_path: Path) -> None:
         await store.mark_verified("fleet", thumbprint=stored.thumbprint)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         trust = ca_trust.attach(context, None)
-        assert not await ca_trust.anchored(context, store, chain)  # nothing loaded yet
+        assert not await trust.anchored(context, store, chain)  # nothing loaded yet
         await trust.refresh(store)
         assert list(trust.loaded) == [stored.thumbprint]  # only the verified one
         assert context.cert_store_stats()["x509_ca"] == 1
-        assert await ca_trust.anchored(context, store, chain)
+        assert await trust.anchored(context, store, chain)
         await store.delete_certificate("fleet")
-        assert not await ca_trust.anchored(context, store, chain)
+        assert not await trust.anchored(context, store, chain)
         # Never a CA the relay did not load, and never a chain of one (its own anchor).
         other = make_device_cert(tmp_path, "cam-2", ca=unverified)
-        assert not await ca_trust.anchored(
+        assert not await trust.anchored(
             context, store, (der_of(other.cert), der_of(unverified.pem))
         )
-        assert not await ca_trust.anchored(context, store, chain[:1])
-        assert not await ca_trust.anchored(None, store, chain)
+        assert not await trust.anchored(context, store, chain[:1])
+        assert not await trust.anchored(None, store, chain)
     finally:
         await store.close()
 
@@ -67,15 +67,13 @@ async def test_client_ca_file_anchors_are_cas_and_no_devices(tmp_path: Path) -> 
             )
         )
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca_trust.attach(context, str(bundle))
+        trust = ca_trust.attach(context, str(bundle))
         genuine = make_device_cert(tmp_path, "cam-1", ca=ca)
         forged = make_device_cert(tmp_path, "cam-1", ca=as_ca(thermostat), file_stem="forged")
-        assert await ca_trust.anchored(context, store, (der_of(genuine.cert), der_of(ca.pem)))
+        assert await trust.anchored(context, store, (der_of(genuine.cert), der_of(ca.pem)))
         forged_chain = (der_of(forged.cert), der_of(thermostat.cert))
-        assert not await ca_trust.anchored(context, store, forged_chain)
+        assert not await trust.anchored(context, store, forged_chain)
         # Not a CA at all: never an anchor, registered device or not.
-        assert not await ca_trust.anchored(
-            context, store, (der_of(genuine.cert), der_of(plain.cert))
-        )
+        assert not await trust.anchored(context, store, (der_of(genuine.cert), der_of(plain.cert)))
     finally:
         await store.close()

@@ -16,14 +16,10 @@ from tests.harness.device_certs import device_sas_token, make_device_ca, make_de
 from tests.harness.tls import make_tls_files
 
 from hybridrelay.errors import AuthError, ConfigError, ForbiddenError, TokenExpiredError
-from hybridrelay.protocol.sas import Rights, create_sas_token
+from hybridrelay.protocol.sas import Rights, create_sas_token, parse_device_token
 from hybridrelay.relay.auth import Principal, TokenCache, authorize, check_token
 from hybridrelay.relay.config import load_relay_config
-from hybridrelay.relay.device_auth import (
-    PeerCertificate,
-    device_rights,
-    parse_device_token,
-)
+from hybridrelay.relay.device_auth import PeerCertificate, device_rights
 from hybridrelay.relay.serve import tls_context
 from hybridrelay.relay.store.base import HybridConnection, Rule
 from hybridrelay.relay.store.models import (

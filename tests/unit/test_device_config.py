@@ -13,8 +13,7 @@ from hybridrelay.client.config import load_forward_config
 from hybridrelay.config import Secret
 from hybridrelay.listener.config import load_agent_config
 from hybridrelay.protocol.device_sas import DeviceTokenProvider
-from hybridrelay.protocol.sas import SasTokenProvider
-from hybridrelay.relay.device_auth import parse_device_token
+from hybridrelay.protocol.sas import SasTokenProvider, parse_device_token
 
 KEY = base64.b64encode(b"device-key-0123456789abcdef-0123").decode()
 OTHER = base64.b64encode(b"other-key-0123456789abcdef-01234").decode()

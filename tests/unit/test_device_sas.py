@@ -1,5 +1,6 @@
-"""Device SAS tokens as the shipped clients make them (issue 12), checked by the relay's own
-parser and verifier (``relay/device_auth.py``) and against an IoT Hub SDK-style signer.
+"""Device SAS tokens as the shipped clients make them (issue 12), checked by the one parser
+(``protocol/sas.py``), the relay's verifier (``relay/device_auth.py``) and against an IoT
+Hub SDK-style signer.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from tests.harness.device_certs import device_sas_token
 
 from hybridrelay.errors import AuthError, InvalidAddressError
 from hybridrelay.protocol import DeviceTokenProvider, create_device_token
-from hybridrelay.protocol.sas import Rights, token_expiry
-from hybridrelay.relay.device_auth import parse_device_token, verify_device_token
+from hybridrelay.protocol.sas import Rights, parse_device_token, parse_sas_token, token_expiry
+from hybridrelay.relay.device_auth import verify_device_token
 from hybridrelay.relay.store.models import Authentication, Device, Grants, SymmetricKey
 
 NOW = 1_700_000_000
@@ -147,3 +148,18 @@ def test_token_expiry_reads_device_tokens_so_listeners_renew_them() -> None:
     assert token_expiry("SharedAccessSignature sr=h%2Fhc&sig=x&se=1") is None
     assert token_expiry(token.replace("&se=", "&se=x")) is None
     assert token_expiry("Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig") is None
+
+
+def test_the_4_kib_cap_counts_bytes_for_device_and_rule_tokens_alike() -> None:
+    """One reader of the token's shape: a token of 4 KiB characters but more bytes is
+    refused by both (the device parser once counted characters, the rule parser bytes)."""
+    token = create_device_token("relay.example.com", "dev-1", PRIMARY, NOW + 60)
+    padding = "&x=" + "é" * (4096 - len(token) - 3)  # é: two bytes in UTF-8
+    oversized = token + padding
+    assert len(oversized) <= 4096 < len(oversized.encode())
+    assert parse_device_token(token + padding[: len(padding) // 4]) is not None
+    assert parse_device_token(oversized) is None  # not a device token: the rule parser says why
+    with pytest.raises(AuthError) as refused:
+        parse_sas_token(oversized)
+    assert refused.value.limit == "sas_token_size"
+    assert token_expiry(oversized) is None

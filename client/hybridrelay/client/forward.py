@@ -37,6 +37,7 @@ from hybridrelay.errors import ConfigError, HandshakeError, HybridRelayError
 from hybridrelay.logs import CLIENT, host_port, peer_text
 from hybridrelay.outage import OutageReport
 from hybridrelay.probe import ProbeResult, probe_relay
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.sas import TokenProvider
 from hybridrelay.socket_bridge import SocketBridge
 from hybridrelay.wsclient import WsConnection
@@ -382,7 +383,7 @@ class UdpForwarder:
             self._closing = True
             for flow in list(self._flows.values()):
                 if flow.state == "open":
-                    flow.bridge.stop(1001, "forwarder stopping")
+                    flow.bridge.stop(CloseCode.GOING_AWAY, "forwarder stopping")
                 elif flow.task is not None:
                     flow.task.cancel()
             await _drain(self._tasks, self._drain_timeout)

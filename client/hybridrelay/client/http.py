@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import AsyncIterable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -30,7 +30,12 @@ from hybridrelay.protocol.sas import SasTokenProvider, TokenProvider, audience_f
 __all__ = ["RelayHttpClient", "http_url", "relay_session", "request"]
 
 RequestData: TypeAlias = bytes | bytearray | str | AsyncIterable[bytes] | None
-_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+_SCHEMES: Final[Mapping[str, str]] = {
+    "http": "http",
+    "https": "https",
+    "ws": "http",
+    "wss": "https",
+}
 
 
 def http_url(relay: str, hc: str, path: str = "") -> str:

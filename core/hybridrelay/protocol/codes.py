@@ -28,7 +28,11 @@ class CloseCode(IntEnum):
     INVALID_DATA = 1007
     POLICY_VIOLATION = 1008  # token expired or renewal refused
     MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
     INTERNAL_ERROR = 1011  # service error, peer vanished
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
 
 
 CONTROL_MESSAGE_LIMIT: Final = 64 * 1024  # NET's control-channel receive buffer (HC §3)

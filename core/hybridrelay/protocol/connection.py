@@ -70,6 +70,7 @@ from enum import Enum, IntFlag
 from typing import Final, NamedTuple, TypeAlias, cast
 
 from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.frames import (
     FrameError,
     FrameParser,
@@ -367,7 +368,7 @@ class Connection:
         closure, None while neither happened."""
         if self._close_received is not None:
             return self._close_received[0]
-        return 1006 if self._lost else None
+        return CloseCode.ABNORMAL if self._lost else None
 
     @property
     def close_reason(self) -> str:
@@ -617,13 +618,13 @@ class Connection:
         self._check_can_send()
         self._send_control(_PING, payload)
 
-    def send_close(self, code: int = 1000, reason: str = "") -> None:
+    def send_close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Send our close frame (once; later calls do nothing). ``code`` 1005 sends none.
 
         OPEN becomes CLOSE_SENT, CLOSE_RECEIVED becomes CLOSED. The reason is cut to fit
         the 125-byte control payload.
         """
-        if code != 1005 and not is_valid_close_code(code):
+        if code != CloseCode.NO_STATUS and not is_valid_close_code(code):
             raise ValueError(f"{code} is not a close code an endpoint may send (RFC 6455 §7.4)")
         if self._close_sent is not None or self.state is State.CLOSED:
             return
@@ -640,7 +641,11 @@ class Connection:
         self._receiving = False
         self._msg_parts = None
         self._msg_texts = None
-        if self._close_sent is None and code != 1006 and self.state is not State.CLOSED:
+        if (
+            self._close_sent is None
+            and code != CloseCode.ABNORMAL
+            and self.state is not State.CLOSED
+        ):
             self._queue_close(code, reason)
         self.state = State.CLOSED
 
@@ -654,7 +659,7 @@ class Connection:
         elif self._close_sent is not None and not self._lost:
             code, reason = self._close_sent
         else:
-            code, reason = 1006, "connection lost"
+            code, reason = CloseCode.ABNORMAL, "connection lost"
         return ConnectionClosedError(code, reason)
 
     # ------------------------------------------------------------------ flow control
@@ -698,7 +703,7 @@ class Connection:
                 self._msg_size += length
                 if self._msg_size > limit:
                     # Refused at the header: not a byte of it is held.
-                    raise FrameError(1009, f"message over {limit} bytes")
+                    raise FrameError(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
             if target is None:
                 return
         # splice_to(): what _forward_piece does, inline, as relay/splice.py Leg did: the
@@ -788,7 +793,9 @@ class Connection:
                 try:
                     self._events.append(TextMessage(data.decode("utf-8")))
                 except UnicodeDecodeError as exc:
-                    raise FrameError(1007, "invalid UTF-8 in a text message") from exc
+                    raise FrameError(
+                        CloseCode.INVALID_DATA, "invalid UTF-8 in a text message"
+                    ) from exc
                 return
             text = self._decode(data, message_end)  # fails early, not at the end
             if texts is None:
@@ -820,7 +827,7 @@ class Connection:
             return decoder.decode(data, final)
         except UnicodeDecodeError as exc:
             # RFC 6455 §8.1: invalid UTF-8 fails the connection with 1007
-            raise FrameError(1007, "invalid UTF-8 in a text message") from exc
+            raise FrameError(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message") from exc
 
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
@@ -894,7 +901,7 @@ class Connection:
         self._holds &= ~_BACKLOG
 
     def _queue_close(self, code: int, reason: str) -> None:
-        payload = b"" if code == 1005 else encode_close_payload(code, reason)
+        payload = b"" if code == CloseCode.NO_STATUS else encode_close_payload(code, reason)
         self._close_sent = (code, reason)
         self._send_control(_CLOSE, payload)
 

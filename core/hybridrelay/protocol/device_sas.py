@@ -13,6 +13,9 @@ A device authenticates like an Azure IoT Hub device, not like a SAS rule::
   key's text instead (:mod:`hybridrelay.protocol.sas`); the relay accepts both for devices,
   this module signs the IoT Hub way so the same token works against IoT Hub tooling.
 
+Tokens are read (parsed, verified) by :mod:`hybridrelay.protocol.sas` only
+(``parse_device_token``, ``device_signed_with``), where rule tokens are read too.
+
 The token says nothing about the hybrid connection: what a device may do is its grants
 in the registry. Nothing here reads the clock; callers pass ``now``.
 """
@@ -26,7 +29,7 @@ import hmac
 import math
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from hybridrelay.errors import InvalidAddressError
 
@@ -38,7 +41,6 @@ __all__ = [
     "create_device_token",
     "decode_device_key",
     "device_resource",
-    "device_token_expiry",
     "parse_device_connection_string",
 ]
 
@@ -49,8 +51,7 @@ _DEVICE_ID_CHARS: Final = frozenset(
 )
 _KEY_BYTES_MIN: Final = 16
 _KEY_BYTES_MAX: Final = 64
-_MAX_TOKEN_CHARS: Final = 4 * 1024
-_MAX_SE_DIGITS: Final = 15
+_MAX_CONNECTION_STRING_CHARS: Final = 4 * 1024
 
 
 def check_device_id(device_id: str) -> str | None:
@@ -188,7 +189,7 @@ def parse_device_connection_string(text: str) -> DeviceConnectionString:
         ValueError: A field is missing or malformed, the key is not a device key, or the
             text is longer than 4 KiB. The message never contains the key.
     """
-    if len(text) > _MAX_TOKEN_CHARS:
+    if len(text) > _MAX_CONNECTION_STRING_CHARS:
         raise ValueError("a device connection string is at most 4 KiB")
     fields: dict[str, str] = {}
     for part in text.strip().split(";"):
@@ -213,28 +214,6 @@ def parse_device_connection_string(text: str) -> DeviceConnectionString:
         raise ValueError(f"HostName: {exc}") from None
     decode_device_key(key)
     return DeviceConnectionString(host=host, device_id=device_id, key=key)
-
-
-def device_token_expiry(token_text: str) -> int | None:
-    """A device token's ``se``, or None when the text is not shaped like a device token.
-
-    Used by :func:`hybridrelay.protocol.sas.token_expiry` (a listener renews its token on
-    this schedule), which reads rule tokens itself; the signature is not checked here.
-    """
-    word, sep, rest = token_text.strip().partition(" ")
-    if len(token_text) > _MAX_TOKEN_CHARS or not sep or word.lower() != "sharedaccesssignature":
-        return None
-    fields: dict[str, str] = {}
-    for part in rest.split("&"):
-        name, _, value = part.partition("=")
-        fields.setdefault(name.strip().lower(), value)
-    resource = unquote(fields.get("sr", ""))
-    se = fields.get("se", "")
-    if fields.get("skn") or "/devices/" not in resource or not fields.get("sig"):
-        return None
-    if not (se.isascii() and se.isdigit() and len(se) <= _MAX_SE_DIGITS):
-        return None
-    return int(se)
 
 
 class DeviceTokenProvider:

@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any, Final, Protocol, cast
 
 from hybridrelay.errors import ProtocolError
+from hybridrelay.protocol.codes import CloseCode
 
 
 def _load_c_mask() -> Callable[[Any, bytes], bytes] | None:
@@ -122,27 +123,29 @@ def encode_frame(*, fin: bool, opcode: int, payload: bytes, mask: bytes | None =
     return header + payload
 
 
+# RFC 6455 §7.4: 1000-1003, 1007-1011 (and the later 1012-1014) or 3000-4999; never
+# 1005 or 1006, which only report that a close had no code or never came.
+_SENDABLE_CODES: Final = frozenset(CloseCode) - {CloseCode.NO_STATUS, CloseCode.ABNORMAL}
+
+
 def is_valid_close_code(code: int) -> bool:
     """Whether ``code`` may appear in a close frame (never 1005, 1006 or 1015)."""
-    # RFC 6455 §7.4: 1000-1003, 1007-1011 (and the later 1012-1014) or 3000-4999.
-    return code in {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014} or (
-        3000 <= code <= 4999
-    )
+    return code in _SENDABLE_CODES or (3000 <= code <= 4999)
 
 
 def parse_close_payload(payload: bytes) -> tuple[int, str]:
     """Return (code, reason) of a close frame; (1005, "") when it carries no code."""
     if not payload:
-        return 1005, ""
+        return CloseCode.NO_STATUS, ""
     if len(payload) == 1:
-        raise FrameError(1002, "close frame with a 1-byte payload")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
     (code,) = struct.unpack_from("!H", payload)
     if not is_valid_close_code(code):
-        raise FrameError(1002, f"invalid close code {code}")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FrameError(1007, "close reason is not valid UTF-8") from exc
+        raise FrameError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from exc
     return code, reason
 
 
@@ -292,7 +295,7 @@ class FrameParser:
     def feed(self, data: bytes) -> None:
         """Consume bytes from the network; raises :class:`FrameError` on a protocol violation."""
         if self._state == _FAILED:
-            raise FrameError(1002, "frame parser already failed")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "frame parser already failed")
         if self._state == _STOPPED:
             return
         if self._buf:
@@ -375,10 +378,13 @@ class FrameParser:
         if avail < need:
             return 0
         if b0 & 0x70:
-            raise FrameError(1002, "reserved bits set (no extension was negotiated)")
+            raise FrameError(
+                CloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)"
+            )
         if has_mask != self._masked:
             raise FrameError(
-                1002, "unmasked client frame" if self._masked else "masked server frame"
+                CloseCode.PROTOCOL_ERROR,
+                "unmasked client frame" if self._masked else "masked server frame",
             )
         fin = bool(b0 & 0x80)
         opcode = b0 & 0x0F
@@ -387,13 +393,17 @@ class FrameParser:
         elif length == 127:
             (length,) = struct.unpack_from("!Q", data, pos + 2)
             if length >> 63:
-                raise FrameError(1002, "frame length has its most significant bit set")
+                raise FrameError(
+                    CloseCode.PROTOCOL_ERROR, "frame length has its most significant bit set"
+                )
         if opcode in _CONTROL_OPCODES:
             if not fin:
-                raise FrameError(1002, "fragmented control frame")
+                raise FrameError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
             if length > MAX_CONTROL_PAYLOAD:
                 raise FrameError(
-                    1002, "control frame payload over 125 bytes", limit="max_control_payload"
+                    CloseCode.PROTOCOL_ERROR,
+                    "control frame payload over 125 bytes",
+                    limit="max_control_payload",
                 )
             self._mask = data[pos + need - 4 : pos + need] if has_mask else None
             self._ctl_opcode = opcode
@@ -401,12 +411,14 @@ class FrameParser:
             self._state = _CONTROL
             return need
         if opcode not in _DATA_OPCODES:
-            raise FrameError(1002, f"reserved opcode {opcode:#x}")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if opcode == 0:
             if not self._in_message:
-                raise FrameError(1002, "continuation frame outside a fragmented message")
+                raise FrameError(
+                    CloseCode.PROTOCOL_ERROR, "continuation frame outside a fragmented message"
+                )
         elif self._in_message:
-            raise FrameError(1002, "new data frame inside a fragmented message")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message")
         self._in_message = not fin
         whole = self.whole_frame
         if whole is not None and end - pos - need >= length:

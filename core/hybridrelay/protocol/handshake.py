@@ -27,6 +27,7 @@ from typing import Final, NoReturn
 from urllib.parse import quote, urlsplit
 
 from hybridrelay import errors
+from hybridrelay.protocol.codes import CloseCode
 
 __all__ = [
     "MAX_ERROR_BODY",
@@ -390,7 +391,9 @@ class ClientHandshake:
         if self._phase == _BODY:
             raise self.refusal()
         self._phase = _DONE
-        raise errors.ConnectionClosedError(1006, "connection closed during the opening handshake")
+        raise errors.ConnectionClosedError(
+            CloseCode.ABNORMAL, "connection closed during the opening handshake"
+        )
 
     def refusal(self) -> errors.HandshakeError:
         """The error for a refusal whose body is not all in (the glue's wait ended)."""

@@ -23,15 +23,17 @@ from typing import Final, Protocol
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from hybridrelay.errors import AuthError, InvalidAddressError
-from hybridrelay.protocol.device_sas import device_token_expiry
 
 __all__ = [
+    "DeviceToken",
     "Rights",
     "SasToken",
     "SasTokenProvider",
     "TokenProvider",
     "audience_for",
     "create_sas_token",
+    "device_signed_with",
+    "parse_device_token",
     "parse_sas_token",
     "resource_covers",
     "token_expiry",
@@ -208,6 +210,37 @@ def _decode_signature(raw_sig: str) -> bytes:
     return signature
 
 
+def _token_fields(text: str) -> list[tuple[str, str]]:
+    """Split a ``SharedAccessSignature`` token into (lower-case name, raw value) pairs.
+
+    The one reader of the token's outer shape, for rule tokens and device tokens alike:
+    the 4 KiB cap counts UTF-8 bytes (what crosses the wire), the scheme word and the
+    field names are case-insensitive (ASCII only: ``str.lower`` would fold e.g. the
+    Kelvin sign into ``k``), empty fields are skipped.
+
+    Raises:
+        AuthError: Over 4 KiB, not a SharedAccessSignature, or a field without ``=``.
+    """
+    if (
+        len(text) > _MAX_TOKEN_BYTES
+        or len(text.encode("utf-8", "surrogatepass")) > _MAX_TOKEN_BYTES
+    ):
+        raise AuthError("token longer than 4 KiB", limit="sas_token_size")
+    word, sep, rest = text.strip().partition(" ")
+    if not sep or word.lower() != _SCHEME_WORD.lower():
+        # e.g. a JWT, which NET sends in the same header (HC §8.4).
+        raise AuthError("not a SharedAccessSignature")
+    pairs: list[tuple[str, str]] = []
+    for part in rest.lstrip(" ").split("&"):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise AuthError("malformed token field")
+        pairs.append((name.lower() if name.isascii() else name, value))
+    return pairs
+
+
 def parse_sas_token(text: str) -> SasToken:
     """Parse a ``SharedAccessSignature`` token (HC §8.1).
 
@@ -229,23 +262,8 @@ def parse_sas_token(text: str) -> SasToken:
     """
     if not text or text.isspace():
         raise AuthError("token missing")
-    if (
-        len(text) > _MAX_TOKEN_BYTES
-        or len(text.encode("utf-8", "surrogatepass")) > _MAX_TOKEN_BYTES
-    ):
-        raise AuthError("token longer than 4 KiB", limit="sas_token_size")
-    word, sep, rest = text.strip().partition(" ")
-    if not sep or word.lower() != _SCHEME_WORD.lower():
-        # e.g. a JWT, which NET sends in the same header (HC §8.4).
-        raise AuthError("not a SharedAccessSignature")
     fields: dict[str, str] = {}
-    for part in rest.lstrip(" ").split("&"):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise AuthError("malformed token field")
-        name = name.lower() if name.isascii() else name
+    for name, value in _token_fields(text):
         if name in _FIELDS:
             if name in fields:
                 raise AuthError(f"duplicate field {name}")
@@ -269,6 +287,119 @@ def parse_sas_token(text: str) -> SasToken:
         # Python's quote(safe="")) writes a literal "+" as %2B; only NET writes a raw
         # "+", and it means a space (HC §8.1).
         resource=unquote_plus(raw_sr),
+    )
+
+
+# --- device SAS tokens (IoT Hub style; created by hybridrelay.protocol.device_sas) --------
+
+_DEVICES_SEGMENT: Final = "devices"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceToken:
+    """A parsed device SAS token; its signature is not checked yet.
+
+    Attributes:
+        raw_sr: ``sr`` exactly as sent (the signature covers this text).
+        raw_se: ``se`` exactly as sent.
+        signature: The decoded ``sig`` (32 bytes).
+        expiry: ``se`` as Unix seconds.
+        host: The host (and port) part of ``sr``; may be empty.
+        device_id: The deviceId of ``sr``, percent-decoded once.
+    """
+
+    raw_sr: str
+    raw_se: str
+    signature: bytes
+    expiry: int
+    host: str
+    device_id: str
+
+    def __repr__(self) -> str:  # never the signature
+        return f"DeviceToken(device_id={self.device_id!r}, host={self.host!r}, se={self.expiry})"
+
+    @property
+    def candidate_ids(self) -> tuple[str, ...]:
+        """The deviceId as decoded once and, when it still holds escapes, twice."""
+        twice = unquote(self.device_id)
+        return (self.device_id,) if twice == self.device_id else (self.device_id, twice)
+
+
+def _device_resource(resource: str) -> tuple[str, str] | None:
+    """``[scheme://]host/devices/{id}[/]`` → (host, id), or None for any other shape."""
+    rest = resource.partition("://")[2] if "://" in resource else resource
+    host, slash, path = rest.partition("/")
+    if not slash:
+        return None
+    segment, slash, device_id = path.rstrip("/").partition("/")
+    if not slash or segment.lower() != _DEVICES_SEGMENT or not device_id or "/" in device_id:
+        return None
+    return host, device_id
+
+
+def parse_device_token(text: str | None) -> DeviceToken | None:
+    """Recognise a device SAS token (``skn`` absent or empty, ``sr`` naming a device).
+
+    Args:
+        text: A token as sent; SAS tokens of rules, JWTs and garbage are not device tokens.
+
+    Returns:
+        The parsed token, or None when ``text`` is not shaped like a device token (the
+        caller then treats it as any other token, which reports what is wrong with it).
+
+    Raises:
+        AuthError: The token names a device but its ``se`` or ``sig`` is malformed.
+    """
+    if not text:
+        return None
+    fields: dict[str, str] = {}
+    try:
+        pairs = _token_fields(text)
+    except AuthError:
+        return None
+    for name, value in pairs:
+        if name in fields:  # any field twice: not a device token
+            return None
+        fields[name] = value
+    if fields.get("skn") or not fields.get("sr"):
+        return None
+    raw_sr = fields["sr"]
+    # No unquote_plus: "+" is a legal deviceId character and no device SDK writes spaces.
+    target = _device_resource(unquote(raw_sr))
+    if target is None:
+        return None
+    raw_se = fields.get("se", "")
+    if not (raw_se.isascii() and raw_se.isdigit() and len(raw_se) <= _MAX_SE_DIGITS):
+        raise AuthError("se is not an integer")
+    host, device_id = target
+    return DeviceToken(
+        raw_sr=raw_sr,
+        raw_se=raw_se,
+        signature=_decode_signature(fields.get("sig", "")),
+        expiry=int(raw_se),
+        host=host,
+        device_id=device_id,
+    )
+
+
+def _device_key_bytes(key: str) -> Iterable[bytes]:
+    yield key.encode("utf-8", "surrogatepass")  # as the relay's rule tokens are signed
+    try:
+        yield base64.b64decode(key, validate=True)  # as IoT Hub device tokens are signed
+    except (binascii.Error, ValueError):
+        return
+
+
+def device_signed_with(token: DeviceToken, key: str) -> bool:
+    """Whether ``key`` (a device's primary or secondary key) signed ``token``.
+
+    The key is tried as its text (how the relay's rule tokens are signed) and
+    base64-decoded (how IoT Hub and its device SDKs sign), so both kinds of tooling work.
+    """
+    message = f"{token.raw_sr}\n{token.raw_se}".encode("utf-8", "surrogatepass")
+    return any(
+        hmac.compare_digest(hmac.new(k, message, hashlib.sha256).digest(), token.signature)
+        for k in _device_key_bytes(key)
     )
 
 
@@ -347,7 +478,12 @@ def token_expiry(token_text: str) -> int | None:
     try:
         return parse_sas_token(token_text).expiry
     except AuthError:
-        return device_token_expiry(token_text)
+        pass
+    try:
+        device = parse_device_token(token_text)
+    except AuthError:
+        return None
+    return device.expiry if device is not None else None
 
 
 class TokenProvider(Protocol):

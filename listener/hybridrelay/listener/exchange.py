@@ -33,6 +33,7 @@ from hybridrelay.listener.rendezvous import Dialer
 from hybridrelay.listener.stats import ListenerStats
 from hybridrelay.logs import LISTENER, ConnectionLogger
 from hybridrelay.protocol.addresses import path_escape_reason
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
 from hybridrelay.wsclient import WsConnection
@@ -260,7 +261,7 @@ class HttpExchanges:
             await ws.send(header)
             if has_body:
                 await ws.send_fragments(_fragments(source))
-            await ws.close(1000)  # HC §4: single use
+            await ws.close(CloseCode.NORMAL)  # HC §4: single use
             self.stats.responses_rendezvous += 1
             clog.debug("response_sent", extra={"status": response.status, "via": "rendezvous"})
         finally:

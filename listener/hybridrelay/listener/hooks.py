@@ -46,6 +46,7 @@ from typing import Final, TypeAlias
 
 from hybridrelay.bridge import BridgeStream
 from hybridrelay.errors import ConnectionClosedError
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.messages import RemoteEndpoint
 
 __all__ = [
@@ -356,8 +357,10 @@ class ZlibStream:
             try:
                 out = self._inflate.decompress(data, _INFLATE_CHUNK)
             except zlib.error as exc:
-                await self._inner.close(1007, "invalid deflate data")
-                raise ConnectionClosedError(1007, f"invalid deflate data: {exc}") from exc
+                await self._inner.close(CloseCode.INVALID_DATA, "invalid deflate data")
+                raise ConnectionClosedError(
+                    CloseCode.INVALID_DATA, f"invalid deflate data: {exc}"
+                ) from exc
             self._tail = self._inflate.unconsumed_tail
             # A full chunk may leave output inside zlib even with no input left.
             self._more = len(out) == _INFLATE_CHUNK
@@ -369,10 +372,10 @@ class ZlibStream:
             out = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
             await self._inner.write(out)
 
-    async def close_write(self, code: int = 1000, reason: str = "") -> None:
+    async def close_write(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         await self._inner.close_write(code, reason)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         await self._inner.close(code, reason)
 
     def abort(self) -> None:

@@ -24,31 +24,31 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence, Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Final
+
+from aiohttp import web
 
 from hybridrelay.errors import AuthError, ForbiddenError, TokenExpiredError, TokenLifetimeError
 from hybridrelay.protocol.sas import (
+    DeviceToken,
     Rights,
     SasToken,
+    parse_device_token,
     parse_sas_token,
     resource_covers,
     verify_signature,
 )
 from hybridrelay.relay.device_auth import (
-    DeviceToken,
     PeerCertificate,
-    parse_device_token,
     verify_device_certificate,
     verify_device_token,
 )
-from hybridrelay.relay.jwt_auth import bearer_token, verify_jwt
+from hybridrelay.relay.jwt_auth import JwtIssuerConfig, bearer_token, verify_jwt
 from hybridrelay.relay.store.base import HybridConnection, Rule
 from hybridrelay.relay.store.models import Device
 
-if TYPE_CHECKING:
-    from hybridrelay.relay.config import JwtIssuerConfig
-
 __all__ = [
+    "TOKENS",
     "Principal",
     "TokenCache",
     "authorize",
@@ -293,6 +293,8 @@ class TokenCache:
     def clear(self) -> None:
         self._entries.clear()
 
+
+TOKENS: Final = web.AppKey("hybridrelay_tokens", TokenCache)
 
 _CacheKey = tuple[str, str, int, str, str | AbstractSet[str] | None]
 

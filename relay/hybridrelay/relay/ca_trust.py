@@ -11,7 +11,7 @@ cannot remove a CA from a live context, so a deleted (or replaced, hence unverif
 keeps passing it; and ``client_ca_file`` also holds thumbprint devices' self-signed
 certificates, each a trust anchor under partial-chain verification, so one made with
 CA:TRUE (``openssl req -x509``'s default) verifies any leaf its owner signs, for any
-CN. :func:`anchored` therefore looks at the chain the handshake verified (leaf first)
+CN. :meth:`CaTrust.anchored` therefore looks at the chain the handshake verified (leaf first)
 and accepts it for a CA device only when it ends at a CA this relay means as one:
 
 - a CA loaded at run time whose verified store record still carries its thumbprint, or
@@ -32,7 +32,7 @@ import contextlib
 import logging
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -47,18 +47,14 @@ from hybridrelay.relay.store.certificates import CaCertificate, thumbprint
 from hybridrelay.relay.store.models import ChangeEvent
 
 __all__ = [
+    "CA_TRUST",
     "CaTrust",
-    "anchored",
     "attach",
-    "cleanup_context",
     "issued_by",
-    "trust_of",
     "verified_chain",
 ]
 
 log = logging.getLogger(RELAY)
-
-_TRUSTS: Final[weakref.WeakKeyDictionary[ssl.SSLContext, CaTrust]] = weakref.WeakKeyDictionary()
 
 
 def issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -71,12 +67,22 @@ def issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 class CaTrust:
-    """The CA certificates a TLS server context trusts beyond ``client_ca_file``."""
+    """The CA certificates a TLS server context trusts beyond ``client_ca_file`` (a service).
+
+    One per relay with client certificates (``serve.py`` builds it, ``app[CA_TRUST]``).
+    It follows the server context across TLS reloads and remembers every context it
+    served (weakly): a connection made on an old context is still judged by this trust.
+    """
 
     def __init__(self, context: ssl.SSLContext, config_cas: list[x509.Certificate]) -> None:
         self.context = context
         self.config_cas = config_cas
         self.loaded: dict[str, x509.Certificate] = {}  # thumbprint -> CA loaded at run time
+        self._contexts: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet([context])
+
+    def follows(self, context: ssl.SSLContext | None) -> bool:
+        """Whether ``context`` is (or was) this trust's server context."""
+        return context is not None and context in self._contexts
 
     def trust(self, record: CaCertificate) -> bool:
         """Add a verified CA to the live context (once); returns whether it was added."""
@@ -102,19 +108,70 @@ class CaTrust:
             )
         self.config_cas = _config_cas(client_ca_file)
         self.context = context
-        _TRUSTS[context] = self
+        self._contexts.add(context)
 
     async def refresh(self, store: Store) -> None:
         """Trust every verified CA certificate in the store."""
         for record in await store.list_certificates():
             self.trust(record)
 
+    @contextlib.asynccontextmanager
+    async def watch(self, store: Store) -> AsyncIterator[None]:
+        """Trust verified CAs now and whenever one is verified (on any node).
+
+        ``app.py`` enters this after the store opens and leaves it before it closes.
+        """
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def refresh() -> None:
+            try:
+                await self.refresh(store)
+            except Exception:
+                log.exception("ca_trust_refresh_failed")
+
+        def on_change(event: ChangeEvent) -> None:
+            if event.kind in ("certificate", "reset") and event.op != "deleted":
+                task = asyncio.get_running_loop().create_task(refresh())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        await refresh()
+        unsubscribe = store.subscribe(on_change)
+        try:
+            yield
+        finally:
+            unsubscribe()
+            for task in list(tasks):
+                task.cancel()
+
+    async def anchored(
+        self, context: ssl.SSLContext | None, store: Store, chain: Sequence[bytes]
+    ) -> bool:
+        """Whether a handshake-verified chain (leaf first) ends at a CA trusted for CA devices.
+
+        See the module docstring: a verified runtime CA, or a ``client_ca_file`` CA that is
+        no device's certificate. A one-certificate chain (the leaf is its own anchor) and a
+        context without client-certificate trust are never anchored.
+        """
+        if not self.follows(context) or len(chain) < 2:
+            return False
+        try:
+            anchor = x509.load_der_x509_certificate(chain[-1])
+        except ValueError:
+            return False
+        print_ = thumbprint(anchor)
+        if print_ in self.loaded:
+            current = {c.thumbprint for c in await store.list_certificates() if c.is_verified}
+            if print_ in current:
+                return True
+        if any(anchor == ca for ca in self.config_cas):
+            return _is_ca(anchor) and not await _names_a_device(store, anchor)
+        return False
+
 
 def attach(context: ssl.SSLContext, client_ca_file: str | None) -> CaTrust:
     """Make ``context`` (a client-certificate server context) follow registered CAs."""
-    trust = CaTrust(context, _config_cas(client_ca_file))
-    _TRUSTS[context] = trust
-    return trust
+    return CaTrust(context, _config_cas(client_ca_file))
 
 
 def _config_cas(client_ca_file: str | None) -> list[x509.Certificate]:
@@ -122,10 +179,6 @@ def _config_cas(client_ca_file: str | None) -> list[x509.Certificate]:
         with contextlib.suppress(OSError, ValueError):
             return x509.load_pem_x509_certificates(Path(client_ca_file).read_bytes())
     return []
-
-
-def trust_of(context: ssl.SSLContext | None) -> CaTrust | None:
-    return _TRUSTS.get(context) if context is not None else None
 
 
 def verified_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
@@ -171,61 +224,4 @@ async def _names_a_device(store: Store, cert: x509.Certificate) -> bool:
     return False
 
 
-async def anchored(context: ssl.SSLContext | None, store: Store, chain: Sequence[bytes]) -> bool:
-    """Whether a handshake-verified chain (leaf first) ends at a CA trusted for CA devices.
-
-    See the module docstring: a verified runtime CA, or a ``client_ca_file`` CA that is
-    no device's certificate. A one-certificate chain (the leaf is its own anchor) and a
-    context without client-certificate trust are never anchored.
-    """
-    trust = trust_of(context)
-    if trust is None or len(chain) < 2:
-        return False
-    try:
-        anchor = x509.load_der_x509_certificate(chain[-1])
-    except ValueError:
-        return False
-    print_ = thumbprint(anchor)
-    if print_ in trust.loaded:
-        current = {c.thumbprint for c in await store.list_certificates() if c.is_verified}
-        if print_ in current:
-            return True
-    if any(anchor == ca for ca in trust.config_cas):
-        return _is_ca(anchor) and not await _names_a_device(store, anchor)
-    return False
-
-
-async def _watch(trust: CaTrust, store: Store) -> AsyncIterator[None]:
-    """Trust verified CAs now and whenever one is verified (on any node)."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def refresh() -> None:
-        try:
-            await trust.refresh(store)
-        except Exception:
-            log.exception("ca_trust_refresh_failed")
-
-    def on_change(event: ChangeEvent) -> None:
-        if event.kind in ("certificate", "reset") and event.op != "deleted":
-            task = asyncio.get_running_loop().create_task(refresh())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    await refresh()
-    unsubscribe = store.subscribe(on_change)
-    try:
-        yield
-    finally:
-        unsubscribe()
-        for task in list(tasks):
-            task.cancel()
-
-
-def cleanup_context(trust: CaTrust) -> Callable[[web.Application], AsyncIterator[None]]:
-    """``app.cleanup_ctx`` entry for ``trust`` (the store is the app's)."""
-    from hybridrelay.relay.state import STATE  # late: state imports device_auth
-
-    def context(app: web.Application) -> AsyncIterator[None]:
-        return _watch(trust, app[STATE].store)
-
-    return context
+CA_TRUST: Final = web.AppKey("hybridrelay_ca_trust", CaTrust)

@@ -47,6 +47,7 @@ from hybridrelay.protocol.codes import (
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay.jwt_auth import (
     ALGORITHMS,
+    JwtIssuerConfig,
     JwtKey,
     KeyFileError,
     load_jwks_file,
@@ -77,7 +78,7 @@ _ENTITY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 MAX_RULES_PER_SCOPE = 12  # HC §8.5
 ClientCertMode = Literal["none", "optional", "required"]
-_CLIENT_CERT_MODES: dict[str, ClientCertMode] = {
+_CLIENT_CERT_MODES: Final[Mapping[str, ClientCertMode]] = {
     "none": "none",
     "optional": "optional",
     "required": "required",
@@ -101,23 +102,6 @@ class HybridConnectionConfig:
     max_listeners: int = MAX_LISTENERS_PER_HC
     request_timeout: float | None = None  # HTTP mode; None: the relay-wide value
     rules: tuple[RuleConfig, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JwtIssuerConfig:
-    """One ``[[jwt_issuers]]`` table: whose JWT bearer tokens the relay accepts (issue 5).
-
-    ``keys`` are loaded when the config is read, from ``public_keys`` (PEM files)
-    or ``jwks_file``; relative paths are relative to the config file. Only the
-    keys usable with ``algorithms`` are kept.
-    """
-
-    issuer: str
-    audiences: tuple[str, ...]
-    keys: tuple[JwtKey, ...]
-    algorithms: tuple[str, ...] = ALGORITHMS
-    leeway: float = 30.0
-    rights_claim: str = "hc"
 
 
 # The lifecycle event types (opType) of ``mgmt/events.py``; a webhook may filter on them.
@@ -548,7 +532,7 @@ def _webhook(table: Table) -> WebhookConfig:
     return webhook
 
 
-_ENV_TYPES: Mapping[str, type] = {
+_ENV_TYPES: Final[Mapping[str, type]] = {
     "host": str,
     "port": int,
     "public_url": str,

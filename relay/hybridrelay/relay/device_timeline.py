@@ -3,7 +3,7 @@
 ``GET /$mgmt/v1/devices/{id}/timeline`` answers what this node saw of a device, newest
 first, so an operator can tell "it never tried" from "it tried with an old key" from
 "it came and went". The entries come from where the relay already decides these things:
-``device_auth.tracked`` (a control channel of the device, or a stream it opened as a
+``DeviceRegistry.tracked`` (devices.py: a control channel of the device, or a stream it opened as a
 sender, starts and ends; the reason is the relay's when it cut it, the close code
 otherwise; streams spliced to its control channel are not listed, a busy gateway has
 thousands) and the error
@@ -23,27 +23,24 @@ a device that wakes once a day is "onSchedule" for a day after its last activity
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 from aiohttp import web
 
 from hybridrelay.relay.store.models import format_time
 
-if TYPE_CHECKING:  # state.py imports auth.py, which imports device_auth.py, which imports this
-    from hybridrelay.relay.state import RelayState
-
 __all__ = [
     "DEVICE_NAMED",
+    "TIMELINES",
     "CheckIn",
     "DeviceTimelines",
     "TimelineEntry",
     "TimelineKind",
     "check_in",
     "note_auth_failure",
-    "timelines",
 ]
 
 TimelineKind = Literal["connected", "disconnected", "authFailed"]
@@ -114,22 +111,13 @@ class DeviceTimelines:
         return list(reversed(self._timelines.get(device_id, ())))
 
 
-_TIMELINES: weakref.WeakKeyDictionary[RelayState, DeviceTimelines] = weakref.WeakKeyDictionary()
-
-
-def timelines(state: RelayState) -> DeviceTimelines:
-    """The node's timelines, sized by ``[relay] device_timeline_*``."""
-    found = _TIMELINES.get(state)
-    if found is None:
-        relay = state.config.relay
-        found = _TIMELINES[state] = DeviceTimelines(
-            entries=relay.device_timeline_entries, devices=relay.device_timeline_devices
-        )
-    return found
+# The node's timelines (one service, built in app.py from ``[relay] device_timeline_*``).
+TIMELINES: Final = web.AppKey("hybridrelay_device_timelines", DeviceTimelines)
 
 
 def note_auth_failure(
-    state: RelayState,
+    timelines: DeviceTimelines,
+    now: Callable[[], float],
     request: web.Request,
     *,
     status: int,
@@ -141,10 +129,10 @@ def note_auth_failure(
     device_id = request.get(DEVICE_NAMED)
     if device_id is None:
         return
-    timelines(state).record(
+    timelines.record(
         device_id,
         TimelineEntry(
-            at=state.now(),
+            at=now(),
             kind="authFailed",
             hybrid_connection=hc_name or "",
             role="listener" if action == "listen" else "sender",

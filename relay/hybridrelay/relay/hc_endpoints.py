@@ -32,22 +32,28 @@ from hybridrelay.errors import (
 from hybridrelay.logs import RELAY, ConnectionLogger
 from hybridrelay.probe import LISTENERS_HEADER, PROBE_HEADER
 from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, parse_hc_target
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
-from hybridrelay.relay.auth import authorize, check_token
+from hybridrelay.relay.auth import TOKENS, authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
+from hybridrelay.relay.ca_trust import CA_TRUST
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel, ControlSocketResponse
+from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
+from hybridrelay.relay.listeners import LISTENERS
+from hybridrelay.relay.mgmt.events import EVENTS
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import LISTENER_GONE, SPLICED, PendingConnect
+from hybridrelay.relay.pending import LISTENER_GONE, PENDING, SPLICED, PendingConnect, PendingWork
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
+from hybridrelay.relay.splices import SPLICES, SpliceRegistry
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
@@ -77,22 +83,6 @@ class _Rejected:
     def __init__(self, status: int, description: str) -> None:
         self.status = status
         self.description = description
-
-
-# Tracking ids of senders that bring none: GUID-shaped (version 4, RFC 4122 variant),
-# 74 random bits per process plus a counter. Unique, and no getrandom() per connect;
-# not a secret (the rendezvous key is).
-_ID_RANDOM: Final = uuid.uuid4().hex
-_ID_HEAD: Final = f"{_ID_RANDOM[:8]}-{_ID_RANDOM[8:12]}-4{_ID_RANDOM[13:16]}-"
-_ID_VARIANT: Final = "89ab"[int(_ID_RANDOM[16], 16) & 3] + _ID_RANDOM[17:20]
-_ids = itertools.count(int(_ID_RANDOM[20:], 16) & 0xFFFFFFFF)
-
-
-_ID_PREFIX: Final = f"{_ID_HEAD}{_ID_VARIANT}-"
-
-
-def _new_tracking_id() -> str:
-    return _ID_PREFIX + format(next(_ids) & 0xFFFFFFFFFFFF, "012x")
 
 
 # Live stream ids (the admin API's handle to close one, per node): 16 hex digits, a
@@ -218,7 +208,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     if not unsaved:  # a name that is not an entity yet never becomes a metric label
         request[HC_NAME] = hc.name
     token = _token(request, addr)
-    creds = await device_auth.credentials(request, state.store, token)
+    creds = await device_auth.credentials(request, state.store, token, request.app.get(CA_TRUST))
     # Authenticate before anything is written: an anonymous or badly signed listen must
     # not leave entities behind in the store (auto_create).
     principal = authorize(
@@ -228,7 +218,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         right=Rights.LISTEN,
         now=state.now(),
         host=state.token_hosts,
-        cache=None if unsaved else state.tokens,
+        cache=None if unsaved else request.app[TOKENS],
         jwt_issuers=state.config.jwt_issuers,
         device=creds.device,
         certificate=creds.certificate,
@@ -240,6 +230,10 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         hc = await _auto_create(state, hc)
     listener_id = addr.tracking_id or str(uuid.uuid4())
     clog = ConnectionLogger(log, {"hc": hc.name, "listener": listener_id})
+    devices = request.app[DEVICES]
+    listeners = request.app[LISTENERS]
+    events = request.app[EVENTS]
+    pending_work = request.app[PENDING]
 
     relay = state.config.relay
     ws = ControlSocketResponse(
@@ -267,7 +261,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
                 now=state.now(),
                 host=state.token_hosts,
                 jwt_issuers=state.config.jwt_issuers,
-                device=device_auth.known_device(state, token),
+                device=devices.known_device(token),
                 max_lifetime=state.config.relay.max_token_lifetime,
             )
         except AuthError as exc:
@@ -288,7 +282,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         ping_interval=state.config.relay.ping_interval,
         token_grace=state.config.relay.token_grace,
         log=clog,
-        requests=state.http_requests,
+        requests=pending_work.requests,
         now=state.now,
         send_timeout=relay.control_send_timeout,
         close_timeout=relay.close_timeout,
@@ -300,21 +294,21 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     )
     try:
         await ws.prepare(request)
-        state.channels.add(channel)
+        listeners.add(channel)
         listener_stats = state.metrics.listener_connected(hc.name)
         clog.info("listener_connected", extra={"rule": principal.rule})
-        state.events.publish_listener(True, hc.name, listener_id, creds.device)
+        events.publish_listener(True, hc.name, listener_id, creds.device)
         try:
-            async with device_auth.tracked(
-                state, principal, channel, hc_name=hc.name, right=Rights.LISTEN, device=creds.device
+            async with devices.tracked(
+                principal, channel, hc_name=hc.name, right=Rights.LISTEN, device=creds.device
             ):
                 code = await channel.run()
         finally:
-            state.channels.discard(channel)
+            listeners.discard(channel)
             state.metrics.listener_disconnected(listener_stats)
-            state.events.publish_listener(False, hc.name, listener_id, creds.device)
-            _fail_requests_of(state, channel)
-            _release_senders_of(state, channel)
+            events.publish_listener(False, hc.name, listener_id, creds.device)
+            _fail_requests_of(pending_work, channel)
+            _release_senders_of(pending_work, channel)
         clog.info("listener_disconnected", extra={"code": code})
     finally:
         await state.cluster.detach(channel)
@@ -354,10 +348,11 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         splice.sender_address = f"{sender_endpoint.address}:{sender_endpoint.port}"
     # The same for every (re)dispatch of this sender's accept: built once.
     connect_headers = add_forwarding_headers(_connect_headers(request.headers), request)
-    tracking_id = addr.tracking_id or _new_tracking_id()
+    pending_work = request.app[PENDING]
+    tracking_id = addr.tracking_id or pending_work.tracking_ids.new()
     deadline = started + relay.rendezvous_timeout
     # One slot of this entity's share while the sender waits for its rendezvous.
-    with state.pending_share.hold(hc.name):
+    with pending_work.share.hold(hc.name):
         for attempt in range(_REDISPATCHES + 1):
             pending = PendingConnect(
                 hc_name=hc.name,
@@ -393,7 +388,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                     on_chosen=pending.chosen,
                 )
                 del accept  # not kept alive by a sender that waits
-                state.waiting.add(pending)
+                pending_work.waiting.add(pending)
                 # A timer that settles the future, not asyncio.timeout_at: no Timeout
                 # object, task cancellation and uncancel per connect (issue 16).
                 timer = loop.call_at(deadline, _time_out, pending.future)
@@ -406,7 +401,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                         "the listener did not accept in time", limit="rendezvous_timeout"
                     )
             finally:
-                state.waiting.discard(pending)
+                pending_work.waiting.discard(pending)
                 state.cluster.discard_pending(key)
                 if not pending.future.done():
                     pending.future.cancel()
@@ -424,22 +419,22 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         log.info("sender_gone_before_splice", extra={"hc": hc.name, "id": tracking_id})
     else:
         # A device's stream keeps it "connected" while it lasts and is cut when the device
-        # is disabled (device_auth.tracked): the sender's device, and the listener's, whose
+        # is disabled (DeviceRegistry.tracked): the sender's device, and the listener's, whose
         # accept dial carried only the rendezvous key (the stream is its channel's).
-        owner = device_auth.listener_owner(state, hc.name, pending.listener_id)
+        devices = request.app[DEVICES]
+        owner = devices.listener_owner(hc.name, pending.listener_id)
         if principal.device_id is None and owner is None:
             return Upgraded()  # the usual case: no device to track, no exit stack to build
-        async with contextlib.AsyncExitStack() as devices:
+        async with contextlib.AsyncExitStack() as held:
             if principal.device_id is not None:
-                await devices.enter_async_context(
-                    device_auth.tracked(
-                        state, principal, splice, hc_name=hc.name, right=Rights.SEND, device=device
+                await held.enter_async_context(
+                    devices.tracked(
+                        principal, splice, hc_name=hc.name, right=Rights.SEND, device=device
                     )
                 )
             if owner is not None:
-                await devices.enter_async_context(
-                    device_auth.tracked(
-                        state,
+                await held.enter_async_context(
+                    devices.tracked(
                         owner,
                         splice,
                         hc_name=hc.name,
@@ -449,7 +444,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                 )
             await splice.wait()
     # SPLICED: _accept answered the sender's 101 and detached its connection from
-    # aiohttp; this handler ends now, the splice lives on in state.splices.
+    # aiohttp; this handler ends now, the splice lives on in app[SPLICES].
     return Upgraded()
 
 
@@ -499,18 +494,20 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     # aiohttp's protocol is out of the picture: the legs hold only transport and tail.
     splice.listener.attach((listener[0], None, listener[2]), paused=True)
     if sender is None:
-        splice.abandon(1001, "sender went away")
+        splice.abandon(CloseCode.GOING_AWAY, "sender went away")
         pending.future.set_result(_SENDER_GONE)
         return Upgraded()
     sender[0].write(accept_response(pending.handshake, chosen))
     forget(pending.sender)
-    _stream_started(state, pending, splice)
+    _stream_started(state, request.app[SPLICES], pending, splice)
     splice.join((sender[0], None, sender[2]))
     pending.future.set_result(SPLICED)
     return Upgraded()
 
 
-def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) -> None:
+def _stream_started(
+    state: RelayState, splices: SpliceRegistry, pending: PendingConnect, splice: Splice
+) -> None:
     """Count a relayed connection as open until its splice finishes."""
     handle = pending.handle
     metrics = state.metrics
@@ -519,12 +516,12 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
     splice.stream_id = _STREAM_PREFIX + format(next(_stream_ids) & 0xFFFFFFFF, "08x")
     splice.listener_id = pending.listener_id
     splice.started_at = state.now()
-    state.splices.add(splice)
+    splices.add(splice)
     if handle is not None:
         state.cluster.stream_started(handle)
 
     def finished(up: int, down: int) -> None:
-        state.splices.discard(splice)
+        splices.discard(splice)
         if handle is not None:
             state.cluster.stream_ended(handle)
         metrics.stream_finished(stats, up, down)
@@ -532,24 +529,24 @@ def _stream_started(state: RelayState, pending: PendingConnect, splice: Splice) 
     splice.on_finish = finished
 
 
-def _release_senders_of(state: RelayState, channel: ControlChannel) -> None:
+def _release_senders_of(pending_work: PendingWork, channel: ControlChannel) -> None:
     """Senders whose accept went to this vanished channel are re-dispatched after a grace.
 
     A listener that stops gracefully still dials the accepts it has (within the grace);
     one that crashed never will, and its senders should not wait out the 30 s.
     """
     loop = asyncio.get_running_loop()
-    for pending in list(state.waiting):
+    for pending in list(pending_work.waiting):
         mine = pending.hc_name == channel.hc_name and pending.listener_id == channel.listener_id
         if mine and not pending.future.done():
             loop.call_later(_LISTENER_GONE_GRACE_S, pending.listener_gone)
 
 
-def _fail_requests_of(state: RelayState, channel: ControlChannel) -> None:
+def _fail_requests_of(pending_work: PendingWork, channel: ControlChannel) -> None:
     """HTTP requests this listener still owed an answer fail fast (502), not at 60 s."""
     error = BadGatewayError("the listener disconnected")
     channel.fail_inflight(error)
-    for pending in list(state.http_requests.values()):
+    for pending in list(pending_work.requests.values()):
         same = pending.listener_id == channel.listener_id and pending.hc_name == channel.hc_name
         if same and not pending.header.done() and not pending.sockets:
             pending.fail(error)
@@ -561,7 +558,7 @@ def is_hc_path(path: str) -> bool:
 
 
 async def shutdown_connections(
-    state: RelayState,
+    app: web.Application,
     code: int,
     reason: str,
     *,
@@ -574,8 +571,8 @@ async def shutdown_connections(
     before its connection is cut (default: the configured close_timeout).
     """
     if include_streams:
-        for splice in list(state.splices):
+        for splice in app[SPLICES]:
             splice.shutdown(code, reason, timeout=close_timeout)
-    closers = [channel.close(code, reason) for channel in list(state.channels)]
+    closers = [channel.close(code, reason) for channel in app[LISTENERS]]
     if closers:
         await asyncio.gather(*closers, return_exceptions=True)

@@ -49,6 +49,7 @@ from hybridrelay.protocol.addresses import HcAddress, build_rendezvous_address, 
 from hybridrelay.protocol.codes import (
     CONTROL_MESSAGE_LIMIT,
     INLINE_HEADERS_LIMIT,
+    CloseCode,
     fits_inline,
 )
 from hybridrelay.protocol.connection import (
@@ -65,15 +66,14 @@ from hybridrelay.protocol.connection import (
 from hybridrelay.protocol.frames import Opcode
 from hybridrelay.protocol.http_response import check_response
 from hybridrelay.protocol.messages import Request, Response, decode, encode
-from hybridrelay.relay import device_auth
-from hybridrelay.relay.cluster.base import ListenerHandle
 from hybridrelay.relay.dashboard.sessions import sets_dashboard_cookie
+from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.inspector import CAPTURE, REPLAY_HEADER
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import BodyPipe, PendingRequest
+from hybridrelay.relay.pending import PENDING, BodyPipe, ListenerHandle, PendingRequest
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
@@ -177,17 +177,6 @@ def _response_headers(
     return headers, frozenset(sent)
 
 
-_VIA: dict[str, str] = {}  # public URL -> this relay's Via entry
-
-
-def _via(state: RelayState) -> str:
-    url = state.public_url
-    via = _VIA.get(url)
-    if via is None:
-        via = _VIA[url] = f"1.1 {state.via_name}"  # parses the URL: once, not per request
-    return via
-
-
 def _token(
     request: web.Request, query_token: str | None, requires_auth: bool
 ) -> tuple[str | None, bool]:
@@ -234,14 +223,15 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     has_body = bool(length) or chunked
     inline = fits_inline(length) or not has_body
+    devices = request.app[DEVICES]
     try:
-        await device_auth.request_started(state, principal, request, hc_name=hc.name, device=device)
+        await devices.request_started(principal, request, hc_name=hc.name, device=device)
         # A small body is read whole before any pending work exists for it: a sender
         # that stalls in its body holds no rendezvous slot and no listener's attention.
         body = await _read_inline_body(request, state) if inline and has_body else None
         if inline and (capture := request.get(CAPTURE)) is not None:
             capture.request_body_read(body)  # the HTTP inspector keeps its first bytes
-        with state.pending_share.hold(hc.name):
+        with request.app[PENDING].share.hold(hc.name):
             return await _exchange(
                 request,
                 state,
@@ -262,7 +252,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
                 body=body,
             )
     finally:
-        device_auth.request_finished(state, request)
+        devices.request_finished(request)
 
 
 async def _read_inline_body(request: web.Request, state: RelayState) -> bytes:
@@ -322,7 +312,8 @@ async def _exchange(
         rendezvous_key=key,
     )
     pending.message = message = _with_address(message, address)
-    state.http_requests[request_id] = pending
+    requests = request.app[PENDING].requests
+    requests[request_id] = pending
     started = asyncio.get_running_loop().time()
     handle: ListenerHandle | None = None
 
@@ -353,7 +344,7 @@ async def _exchange(
         return await _stream_response(request, pending, response, state, timeout)
     finally:
         state.cluster.discard_pending(key)
-        state.http_requests.pop(request_id, None)
+        requests.pop(request_id, None)
         if handle is not None:
             state.cluster.stream_ended(handle)
         pending.fail(BadGatewayError("request finished"))
@@ -403,7 +394,7 @@ async def _stream_response(
 ) -> web.StreamResponse:
     status = response.status_code
     reason = _reason(response.status_description)
-    headers, sent = _response_headers(response, _via(state), state.metrics.limit_hit)
+    headers, sent = _response_headers(response, state.via, state.metrics.limit_hit)
     state.metrics.http_answered(pending.hc_name, status)
     whole = pending.body.take_all() if response.body else None
     if whole is not None:
@@ -764,7 +755,7 @@ class HttpRendezvous(asyncio.Protocol):
             return
         if self._conn.state is State.CLOSED:
             return  # the listener's close or a failure ended it already
-        self._conn.send_close(1000)
+        self._conn.send_close(CloseCode.NORMAL)
         self._flush()
         self._arm_close_timer()
 

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 import jwt
 from cryptography import x509
@@ -51,14 +51,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from hybridrelay.errors import AuthError, TokenExpiredError
 from hybridrelay.protocol.sas import Rights
 
-if TYPE_CHECKING:
-    from hybridrelay.relay.config import JwtIssuerConfig
-
 __all__ = [
     "ALGORITHMS",
     "JWT_NOT_ACCEPTED",
     "JwtAlgorithm",
     "JwtGrants",
+    "JwtIssuerConfig",
     "JwtKey",
     "KeyFileError",
     "VerifiedJwt",
@@ -102,6 +100,25 @@ class JwtKey:
     key: PublicKey
     kid: str | None = None  # from a JWKS; PEM keys have none and are tried for every kid
     source: str = ""  # file (and JWKS index) it came from, for error messages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtIssuerConfig:
+    """One ``[[jwt_issuers]]`` table: whose JWT bearer tokens the relay accepts (issue 5).
+
+    ``keys`` are loaded when the config is read (``config.py``), from ``public_keys``
+    (PEM files) or ``jwks_file``; relative paths are relative to the config file. Only
+    the keys usable with ``algorithms`` are kept. Defined here, next to its only
+    reader, so that the config (which loads the keys with this module) and this module
+    do not import each other.
+    """
+
+    issuer: str
+    audiences: tuple[str, ...]
+    keys: tuple[JwtKey, ...]
+    algorithms: tuple[str, ...] = ALGORITHMS
+    leeway: float = 30.0
+    rights_claim: str = "hc"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

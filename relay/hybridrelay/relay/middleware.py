@@ -18,7 +18,7 @@ from aiohttp import web
 from hybridrelay.errors import AuthError, HybridRelayError, MethodNotAllowedError, RejectedError
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.relay.admission import FrontDoorProtocol
-from hybridrelay.relay.device_timeline import note_auth_failure
+from hybridrelay.relay.device_timeline import TIMELINES, note_auth_failure
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.state import HC_NAME, STATE
@@ -76,11 +76,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except HybridRelayError as exc:
         _count(request, exc.http_status)
+        timelines = request.app.get(TIMELINES)
         state = request.app.get(STATE)
-        if isinstance(exc, AuthError) and state is not None:
+        if isinstance(exc, AuthError) and timelines is not None and state is not None:
             # A registered device's refusal goes on its timeline.
             note_auth_failure(
-                state,
+                timelines,
+                state.now,
                 request,
                 status=exc.http_status,
                 reason=str(exc),

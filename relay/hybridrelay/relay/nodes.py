@@ -24,8 +24,11 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from hybridrelay.logs import RELAY
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.cluster.base import MAX_NODE_HCS, NodeSummary
 from hybridrelay.relay.hc_endpoints import shutdown_connections
+from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
+from hybridrelay.relay.splices import SPLICES, SpliceRegistry
 from hybridrelay.relay.state import STATE, RelayState
 
 __all__ = ["drain_here", "install", "node_json", "summarize", "undrain_here"]
@@ -33,14 +36,16 @@ __all__ = ["drain_here", "install", "node_json", "summarize", "undrain_here"]
 log = logging.getLogger(RELAY)
 
 
-def summarize(state: RelayState, started_at: float) -> NodeSummary:
+def summarize(
+    state: RelayState, listeners: ListenerRegistry, splices: SpliceRegistry, started_at: float
+) -> NodeSummary:
     """What this node holds right now."""
-    held = Counter(channel.hc_name for channel in state.channels)
+    held = Counter(channel.hc_name for channel in listeners)
     return NodeSummary(
         node_id=state.cluster.node_id,
         address=state.public_url,
-        listeners=len(state.channels),
-        streams=len(state.splices),
+        listeners=len(listeners),
+        streams=len(splices),
         pending=state.cluster.pending_count(),
         draining=state.draining,
         started_at=started_at,
@@ -61,15 +66,16 @@ def node_json(node: NodeSummary) -> dict[str, object]:
     return doc
 
 
-async def drain_here(state: RelayState) -> None:
+async def drain_here(app: web.Application) -> None:
     """Refuse new work and send this node's listeners elsewhere; streams run on."""
+    state = app[STATE]
     if state.draining:
         return
     state.draining = True
     log.warning(
-        "node_draining", extra={"node": state.cluster.node_id, "streams": len(state.splices)}
+        "node_draining", extra={"node": state.cluster.node_id, "streams": len(app[SPLICES])}
     )
-    await shutdown_connections(state, 1001, "relay draining", include_streams=False)
+    await shutdown_connections(app, CloseCode.GOING_AWAY, "relay draining", include_streams=False)
 
 
 def undrain_here(state: RelayState) -> None:
@@ -91,11 +97,12 @@ async def _nodes_ctx(app: web.Application) -> AsyncIterator[None]:
         if not drain:
             undrain_here(state)
             return
-        task = asyncio.create_task(drain_here(state), name="node drain")
+        task = asyncio.create_task(drain_here(app), name="node drain")
         drains.add(task)
         task.add_done_callback(drains.discard)
 
-    state.cluster.summarize_with(lambda: summarize(state, started_at))
+    listeners, splices = app[LISTENERS], app[SPLICES]
+    state.cluster.summarize_with(lambda: summarize(state, listeners, splices, started_at))
     state.cluster.on_drain_requested(drain_requested)
     yield
     for task in list(drains):

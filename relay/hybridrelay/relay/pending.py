@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiohttp import web
 
 from hybridrelay.errors import HybridRelayError
 from hybridrelay.protocol.messages import Request, Response
+from hybridrelay.relay.admission import PendingShare
 from hybridrelay.relay.handshake import ClientHandshake
 from hybridrelay.relay.splice import Splice
 
-if TYPE_CHECKING:  # cluster.base imports this module
-    from hybridrelay.relay.cluster.base import ListenerHandle
-
-__all__ = ["LISTENER_GONE", "SPLICED", "BodyPipe", "PendingConnect", "PendingRequest"]
+__all__ = [
+    "LISTENER_GONE",
+    "PENDING",
+    "SPLICED",
+    "BodyPipe",
+    "ListenerHandle",
+    "PendingConnect",
+    "PendingRequest",
+    "PendingWork",
+    "TrackingIds",
+]
 
 
 def _is_path(dialled: str, entity: str, suffix: str) -> bool:
@@ -37,6 +47,15 @@ def _is_path(dialled: str, entity: str, suffix: str) -> bool:
     """
     n = len(entity)
     return dialled[:n].casefold() == entity.casefold() and dialled[n:] == suffix
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerHandle:
+    """A listener the cluster state chose: enough to deliver to it and count its streams."""
+
+    hc_name: str
+    listener_id: str
+    node_id: str
 
 
 # PendingConnect outcomes: the listener holding the accept vanished without dialling;
@@ -211,3 +230,43 @@ class PendingRequest:
             # Retrieved by the sender's handler; mark it so an abandoned one stays quiet.
             self.header.exception()
         self.body.fail(error)
+
+
+class TrackingIds:
+    """Tracking ids for senders that bring none: GUID-shaped (version 4, RFC 4122 variant).
+
+    74 random bits per instance plus a counter: unique, and no getrandom() per connect;
+    not a secret (the rendezvous key is).
+    """
+
+    __slots__ = ("_head", "_ids")
+
+    def __init__(self) -> None:
+        random = uuid.uuid4().hex
+        variant = "89ab"[int(random[16], 16) & 3] + random[17:20]
+        self._head = f"{random[:8]}-{random[8:12]}-4{random[13:16]}-{variant}-"
+        self._ids = itertools.count(int(random[20:], 16) & 0xFFFFFFFF)
+
+    def new(self) -> str:
+        return f"{self._head}{next(self._ids) & 0xFFFFFFFFFFFF:012x}"
+
+
+class PendingWork:
+    """The work of this node waiting on listeners (one service, ``app[PENDING]``).
+
+    Attributes:
+        requests: HTTP-mode requests by request id, until their response is complete
+            (the control channel resolves them; a rendezvous dial finds them by id).
+        waiting: Senders waiting for their listener to dial (``hc_endpoints._connect``).
+        share: How much of both each hybrid connection holds (``max_pending_per_hc``).
+        tracking_ids: Where senders that bring no tracking id get one.
+    """
+
+    def __init__(self, max_pending_per_hc: int) -> None:
+        self.requests: dict[str, PendingRequest] = {}
+        self.waiting: set[PendingConnect] = set()
+        self.share = PendingShare(max_pending_per_hc)
+        self.tracking_ids = TrackingIds()
+
+
+PENDING: Final = web.AppKey("hybridrelay_pending", PendingWork)

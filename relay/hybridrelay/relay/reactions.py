@@ -7,7 +7,7 @@ node's live state:
 
 - A rule created, changed, regenerated or deleted, a hybrid connection written or
   deleted, a device written or deleted, or a ``reset``: the verified-token cache
-  (``RelayState.tokens``) is cleared, so the next handshake with a token signed by
+  (``auth.TokenCache``) is cleared, so the next handshake with a token signed by
   a regenerated-away key is checked again and refused (401).
 - A hybrid connection deleted or disabled: its control channels on this node are
   closed with 1001 and its open relayed streams are shut with 1001 (the splices carry their
@@ -17,8 +17,8 @@ node's live state:
   :meth:`Reactions.on_device_revoked` (reach it as ``request.app[REACTIONS]``) are
   called with a :class:`DeviceRevoked`. This module does not know which
   connections belong to a device; code that does can register here instead of
-  subscribing to the store itself (``device_auth.py`` currently subscribes itself
-  and closes the device's connections with 1008). A ``reset`` calls them with
+  subscribing to the store itself (``devices.DeviceRegistry`` does, and closes the
+  device's connections with 1008). A ``reset`` calls them with
   ``device_id=None``: re-check every device you hold.
 
 Callbacks run on the event loop, must not block and should not raise (an exception
@@ -40,7 +40,11 @@ from typing import Final, Literal, assert_never
 from aiohttp import web
 
 from hybridrelay.logs import RELAY
-from hybridrelay.relay.state import RelayState
+from hybridrelay.protocol.codes import CloseCode
+from hybridrelay.relay.auth import TokenCache
+from hybridrelay.relay.listeners import ListenerRegistry
+from hybridrelay.relay.splices import SpliceRegistry
+from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.models import ChangeEvent
 
 __all__ = [
@@ -53,7 +57,7 @@ __all__ = [
 
 log = logging.getLogger(RELAY)
 
-DELETED_CODE: Final = 1001  # "going away" (RFC 6455 §7.4.1): the endpoint is gone
+DELETED_CODE: Final = CloseCode.GOING_AWAY  # "going away" (RFC 6455 §7.4.1): the endpoint is gone
 RevokeReason = Literal["disabled", "deleted", "reset"]
 
 
@@ -75,8 +79,18 @@ DeviceRevokedCallback = Callable[[DeviceRevoked], None]
 class Reactions:
     """Applies store change events to one relay node's live state."""
 
-    def __init__(self, state: RelayState) -> None:
-        self._state = state
+    def __init__(
+        self,
+        store: Store,
+        *,
+        tokens: TokenCache,
+        listeners: ListenerRegistry,
+        splices: SpliceRegistry,
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._listeners = listeners
+        self._splices = splices
         self._device_hooks: list[DeviceRevokedCallback] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -85,7 +99,7 @@ class Reactions:
 
     def start(self) -> None:
         if self._unsubscribe is None:
-            self._unsubscribe = self._state.store.subscribe(self.on_change)
+            self._unsubscribe = self._store.subscribe(self.on_change)
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -127,7 +141,7 @@ class Reactions:
         # Every kind can invalidate a cached verification: keys and rules (rule), the
         # rules that vanish with a hybrid connection (hybridConnection), device tokens
         # cached by the device authentication (device), anything (reset).
-        self._state.tokens.clear()
+        self._tokens.clear()
         match event.kind:
             case "rule":
                 pass
@@ -159,11 +173,11 @@ class Reactions:
         """
         wanted = name.strip("/").lower()
         shut = 0
-        for splice in list(self._state.splices):
+        for splice in self._splices:
             if splice.hc_name is not None and splice.hc_name.strip("/").lower() == wanted:
                 splice.shutdown(DELETED_CODE, reason)
                 shut += 1
-        channels = [c for c in list(self._state.channels) if c.hc_name.strip("/").lower() == wanted]
+        channels = self._listeners.on(name)
         for channel in channels:
             self._spawn(
                 functools.partial(channel.close, DELETED_CODE, reason),
@@ -177,24 +191,24 @@ class Reactions:
         return len(channels)
 
     async def _check_device(self, device_id: str) -> None:
-        device = await self._state.store.get_device(device_id)
+        device = await self._store.get_device(device_id)
         if device is None:
             self._revoke(DeviceRevoked(device_id=device_id, reason="deleted"))
         elif device.status == "disabled":
             self._revoke(DeviceRevoked(device_id=device_id, reason="disabled"))
 
     async def _check_hybrid_connection(self, name: str) -> None:
-        hc = await self._state.store.get(name)
+        hc = await self._store.get(name)
         if hc is None:
             self.close_hybrid_connection(name, "hybrid connection deleted")
         elif hc.status == "disabled":
             self.close_hybrid_connection(name, "hybrid connection disabled")
 
     async def _check_hybrid_connections(self) -> None:
-        names = {c.hc_name for c in self._state.channels}
-        names.update(s.hc_name for s in self._state.splices if s.hc_name is not None)
+        names = {c.hc_name for c in self._listeners}
+        names.update(s.hc_name for s in self._splices if s.hc_name is not None)
         for name in sorted(names):
-            if await self._state.store.get(name) is None:
+            if await self._store.get(name) is None:
                 self.close_hybrid_connection(name, "hybrid connection deleted")
 
     # --- owned tasks ----------------------------------------------------------------------

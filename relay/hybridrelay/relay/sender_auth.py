@@ -11,7 +11,8 @@ from aiohttp import web
 
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
-from hybridrelay.relay.auth import Principal, authorize, cached_principal
+from hybridrelay.relay.auth import TOKENS, Principal, authorize, cached_principal
+from hybridrelay.relay.ca_trust import CA_TRUST
 from hybridrelay.relay.state import RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import Device
@@ -37,13 +38,14 @@ async def authorize_sender(
             ``max_token_lifetime`` or lacks the right.
     """
     now = state.now()
+    tokens = request.app[TOKENS]
     host = state.token_hosts
     principal = cached_principal(
-        state.tokens, token, hc=hc, right=Rights.SEND, now=now, host=host, path=path
+        tokens, token, hc=hc, right=Rights.SEND, now=now, host=host, path=path
     )
     if principal is not None:
         return principal, None
-    creds = await device_auth.credentials(request, state.store, token)
+    creds = await device_auth.credentials(request, state.store, token, request.app.get(CA_TRUST))
     principal = authorize(
         token,
         hc=hc,
@@ -52,7 +54,7 @@ async def authorize_sender(
         now=now,
         host=host,
         path=path,
-        cache=state.tokens,
+        cache=tokens,
         jwt_issuers=state.config.jwt_issuers,
         device=creds.device,
         certificate=creds.certificate,

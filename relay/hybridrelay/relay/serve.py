@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,9 +21,10 @@ from aiohttp import web
 
 from hybridrelay.errors import ConfigError
 from hybridrelay.logs import RELAY
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.admission import FrontDoor, FrontDoorProtocol, FrontDoorSite
 from hybridrelay.relay.app import create_app
-from hybridrelay.relay.ca_trust import attach, cleanup_context
+from hybridrelay.relay.ca_trust import CA_TRUST, attach
 from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.cluster.redis import RedisClusterState
 from hybridrelay.relay.config import (
@@ -37,6 +38,7 @@ from hybridrelay.relay.dashboard import dashboard_app, dashboard_url
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.health import metrics_app
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.redis import RedisStore
@@ -68,7 +70,7 @@ def tls_context(
     has no verify callback to accept unknown self-signed certificates). Expired and
     untrusted certificates fail the handshake; ``device_auth`` maps the verified
     certificate to a device, and accepts a chain for a CA device only when its anchor
-    is a CA meant as one (``ca_trust.anchored``): a thumbprint device's certificate,
+    is a CA meant as one (``CaTrust.anchored``): a thumbprint device's certificate,
     an anchor here, never vouches for anyone but itself.
 
     Raises:
@@ -197,6 +199,12 @@ def _loaded(
     if follow is not None:
         follow(context)
     observe_certificates(metrics, settings)
+
+
+async def _watch_cas(app: web.Application) -> AsyncIterator[None]:
+    # After _lifecycle (create_app): stops watching before the store closes.
+    async with app[CA_TRUST].watch(app[STATE].store):
+        yield
 
 
 async def _serve_side(
@@ -332,8 +340,8 @@ async def run(
         follow: Callable[[ssl.SSLContext], None] | None = None
         if s.client_cert != "none":
             # Verified CA certificates of the store join the live context (ca_trust.py).
-            trust = attach(ssl_ctx, s.client_ca_file)
-            app.cleanup_ctx.append(cleanup_context(trust))
+            trust = app[CA_TRUST] = attach(ssl_ctx, s.client_ca_file)
+            app.cleanup_ctx.append(_watch_cas)
             follow = functools.partial(trust.rebind, client_ca_file=s.client_ca_file)
         # New handshakes get renewed TLS files (SIGHUP or a change on disk; tls_reload.py).
         reloader = CertificateReloader(
@@ -443,23 +451,28 @@ async def run(
         log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
         # Refuse new work, send listeners elsewhere, let open streams finish in time.
         state.stopping = state.draining = True
-        await shutdown_connections(state, 1001, "relay shutting down", include_streams=False)
+        splices = app[SPLICES]
+        await shutdown_connections(
+            app, CloseCode.GOING_AWAY, "relay shutting down", include_streams=False
+        )
         try:
             async with asyncio.timeout(s.drain_timeout):
-                await asyncio.gather(*(asyncio.shield(sp.done) for sp in list(state.splices)))
+                await asyncio.gather(*(asyncio.shield(sp.done) for sp in splices))
         except TimeoutError:
-            log.warning("drain_deadline_passed", extra={"open": len(state.splices)})
-            for _ in state.splices:  # each is closed now, and cut a second later
+            log.warning("drain_deadline_passed", extra={"open": len(splices)})
+            for _ in splices:  # each is closed now, and cut a second later
                 state.metrics.limit_hit("drain_timeout")
         # Past the deadline peers get one second to answer our close, then are cut,
         # so a SIGTERM'd relay is gone within drain_timeout + ~1 s.
-        await shutdown_connections(state, 1001, "relay shutting down", close_timeout=_FINAL_CLOSE_S)
-        if state.splices:
+        await shutdown_connections(
+            app, CloseCode.GOING_AWAY, "relay shutting down", close_timeout=_FINAL_CLOSE_S
+        )
+        if splices:
             try:
                 async with asyncio.timeout(_FINAL_CLOSE_S + 0.5):
-                    await asyncio.gather(*(asyncio.shield(sp.done) for sp in list(state.splices)))
+                    await asyncio.gather(*(asyncio.shield(sp.done) for sp in splices))
             except TimeoutError:
-                log.warning("streams_cut", extra={"open": len(state.splices)})
+                log.warning("streams_cut", extra={"open": len(splices)})
     finally:
         if dashboard_runner is not None:  # first: its calls run on the relay's application
             await dashboard_runner.cleanup()

@@ -44,6 +44,7 @@ from typing import Any, Final, cast
 from aiohttp import web
 
 from hybridrelay.logs import RELAY
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.connection import (
     LIMIT_QUEUED_CONTROL,
     CloseReceived,
@@ -319,7 +320,7 @@ class Leg(asyncio.Protocol):
         # is forgotten and the leg is told why with a proper close (HC §5: 1011); if part
         # of it is on the wire nothing may follow it: the connection is cut.
         if conn.frame_in_flight and source.lost and not source.conn.abandon_frame():
-            conn.fail(1006, "frame in flight cut")  # CLOSED; no close frame to send
+            conn.fail(CloseCode.ABNORMAL, "frame in flight cut")  # CLOSED; no close frame to send
             self.abort()
             return
         conn.send_close(code, reason)
@@ -419,7 +420,9 @@ class Splice:
         """Attach the sender after its 101; the listener leg must be attached (paused) already."""
         self.sender.attach(sender)
         if self.listener.lost:
-            self.sender.send_close(1011, "listener connection lost", timeout=self._close_timeout)
+            self.sender.send_close(
+                CloseCode.INTERNAL_ERROR, "listener connection lost", timeout=self._close_timeout
+            )
         else:
             self.listener.release()
 
@@ -437,7 +440,7 @@ class Splice:
         try:
             await asyncio.shield(self.done)
         except asyncio.CancelledError:
-            self.shutdown(1001, "relay shutting down")
+            self.shutdown(CloseCode.GOING_AWAY, "relay shutting down")
             raise
 
     def shutdown(self, code: int, reason: str, *, timeout: float | None = None) -> None:
@@ -476,7 +479,11 @@ class Splice:
         if not peer.lost:
             if not leg.close_received:
                 # Vanished without a close: HC §5 maps 1006 to 1011 for the other side.
-                peer.send_close(1011, f"{leg.name} connection lost", timeout=self._close_timeout)
+                peer.send_close(
+                    CloseCode.INTERNAL_ERROR,
+                    f"{leg.name} connection lost",
+                    timeout=self._close_timeout,
+                )
             else:
                 # The close we forwarded may still await its answer; bound the wait.
                 peer.arm_close_timer(self._close_timeout)

@@ -1,4 +1,12 @@
-"""RelayState: what the handlers share, held in the aiohttp app under one typed key."""
+"""RelayState: the relay's configuration, clock and the services every handler reads.
+
+Live state has owners of its own, each under its own typed key built in ``app.py``:
+the token cache (``auth.TOKENS``), the device registry (``devices.DEVICES``), CA trust
+(``ca_trust.CA_TRUST``), the event hub (``mgmt.events.EVENTS``), the listener registry
+(``listeners.LISTENERS``), the splices (``splices.SPLICES``) and pending work
+(``pending.PENDING``). This module imports only leaves (config, store, cluster,
+metrics), so that any module may import it without closing an import cycle.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +14,17 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from hybridrelay.relay.admission import PendingShare
-from hybridrelay.relay.auth import TokenCache
 from hybridrelay.relay.cluster.base import ClusterState
-from hybridrelay.relay.config import RelayConfig, RelaySettings
-from hybridrelay.relay.control import ControlChannel
+from hybridrelay.relay.config import RelayConfig
 from hybridrelay.relay.metrics import RelayMetrics
-from hybridrelay.relay.pending import PendingConnect, PendingRequest
-from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.store.base import Store
 
-if TYPE_CHECKING:
-    from hybridrelay.relay.mgmt.events import EventHub
-
 __all__ = ["HC_NAME", "STATE", "RelayState"]
-
-
-def _event_hub() -> EventHub:
-    # Imported late: the management package imports this module.
-    from hybridrelay.relay.mgmt.events import EventHub
-
-    return EventHub()
 
 
 @dataclass(eq=False)
@@ -42,26 +35,18 @@ class RelayState:
     metrics: RelayMetrics
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
-    channels: set[ControlChannel] = field(default_factory=set)
-    splices: set[Splice] = field(default_factory=set)
-    http_requests: dict[str, PendingRequest] = field(default_factory=dict)
-    waiting: set[PendingConnect] = field(default_factory=set)  # senders awaiting a dial
-    # Pending work per hybrid connection (max_pending_per_hc): HTTP requests and senders.
-    pending_share: PendingShare = field(
-        default_factory=lambda: PendingShare(RelaySettings().max_pending_per_hc)
-    )
-    tokens: TokenCache = field(default_factory=TokenCache)
     draining: bool = False
     # Set once the process is shutting down (SIGTERM, app shutdown): an undrain request
     # (POST /nodes/{id}/undrain) then changes nothing, so a stopping node stays closed.
     stopping: bool = False
     # Where /metrics is served when [relay] metrics_listen moves it off the public port.
     metrics_address: tuple[str, int] | None = None
-    events: EventHub = field(default_factory=_event_hub)
     # token_hosts, worked out once per (public_url, public_hosts): it is read per handshake.
     _token_hosts: tuple[tuple[str, tuple[str, ...]], frozenset[str]] | None = field(
         default=None, repr=False
     )
+    # via, worked out once per public_url: it is written into every HTTP-mode response.
+    _via: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def public_url(self) -> str:
@@ -98,6 +83,14 @@ class RelayState:
     def via_name(self) -> str:
         """How this relay names itself in ``Via``: its public host, never a sender's Host."""
         return urlsplit(self.public_url).hostname or "hybridrelay"
+
+    @property
+    def via(self) -> str:
+        """This relay's ``Via`` entry (``1.1 {via_name}``), parsed once per public URL."""
+        url = self.public_url
+        if self._via is None or self._via[0] != url:
+            self._via = (url, f"1.1 {self.via_name}")
+        return self._via[1]
 
 
 STATE: Final = web.AppKey("hybridrelay_state", RelayState)

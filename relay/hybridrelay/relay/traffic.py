@@ -18,7 +18,9 @@ from typing import Final
 
 from aiohttp import web
 
-from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.splices import SPLICES, SpliceRegistry
+from hybridrelay.relay.state import STATE
 
 __all__ = ["INTERVAL", "POINTS", "TRAFFIC", "Point", "Totals", "TrafficHistory", "totals"]
 
@@ -78,13 +80,12 @@ class TrafficHistory:
         return list(self._points)
 
 
-def totals(state: RelayState) -> Totals:
+def totals(m: RelayMetrics, splices: SpliceRegistry) -> Totals:
     """Bytes relayed so far, open streams' included, and streams started."""
-    m = state.metrics
     counted = dict(m.bytes_relayed.counts())
     up = int(counted.get(("sender_to_listener",), 0))
     down = int(counted.get(("listener_to_sender",), 0))
-    for splice in state.splices:
+    for splice in splices:
         up += splice.sender.bytes_in
         down += splice.listener.bytes_in
     return Totals(bytes_up=up, bytes_down=down, connections=int(m.connections.value))
@@ -97,10 +98,11 @@ async def traffic_ctx(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: sample every INTERVAL seconds while the relay runs."""
     state = app[STATE]
     history = app[TRAFFIC]
+    splices = app[SPLICES]
 
     async def sampler() -> None:
         while True:
-            history.sample(state.now(), totals(state))
+            history.sample(state.now(), totals(state.metrics, splices))
             await asyncio.sleep(INTERVAL)
 
     task = asyncio.create_task(sampler(), name="dashboard:traffic")

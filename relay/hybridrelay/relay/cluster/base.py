@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from hybridrelay.protocol.messages import Accept, Request
-from hybridrelay.relay.pending import PendingConnect, PendingRequest
+from hybridrelay.relay.pending import ListenerHandle, PendingConnect, PendingRequest
 
 __all__ = [
     "MAX_NODE_HCS",
@@ -50,15 +50,6 @@ class ListenerPort(Protocol):
     def abort(self) -> None:
         """Drop the channel at once (it was taken over or its node is going away)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerHandle:
-    """A chosen listener: enough to deliver to it and to account for its streams."""
-
-    hc_name: str
-    listener_id: str
-    node_id: str
 
 
 MAX_NODE_HCS: Final = 100  # hybrid connections named per node summary (the most held first)

@@ -12,7 +12,7 @@ from hybridrelay.errors import (
     QuotaExceededError,
     UnavailableError,
 )
-from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S
+from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S, CloseCode
 from hybridrelay.protocol.messages import Accept, Request
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
 from hybridrelay.relay.cluster.base import (
@@ -143,7 +143,7 @@ class MemoryClusterState:
     ) -> None:
         channel = self.find(handle.hc_name, handle.listener_id)
         if channel is None:
-            raise ConnectionClosedError(1001, "listener went away")
+            raise ConnectionClosedError(CloseCode.GOING_AWAY, "listener went away")
         await channel.deliver(message, body)
 
     def stream_started(self, handle: ListenerHandle) -> None:

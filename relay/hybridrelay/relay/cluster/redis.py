@@ -44,7 +44,7 @@ from hybridrelay.errors import (
     UnavailableError,
 )
 from hybridrelay.logs import RELAY
-from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S
+from hybridrelay.protocol.codes import RENDEZVOUS_TIMEOUT_S, CloseCode
 from hybridrelay.protocol.messages import Accept, Request, decode, encode
 from hybridrelay.relay.balancer import ListenerLoad, choose_listener
 from hybridrelay.relay.cluster.base import (
@@ -516,19 +516,21 @@ class RedisClusterState:
                 raise
             if receivers == 0:
                 self._node_gone(handle.node_id)
-                raise ConnectionClosedError(1001, f"relay node {handle.node_id} is gone")
+                raise ConnectionClosedError(
+                    CloseCode.GOING_AWAY, f"relay node {handle.node_id} is gone"
+                )
             try:
                 async with asyncio.timeout(_DELIVER_TIMEOUT):
                     delivered = await ack
             except TimeoutError as exc:
                 self._node_gone(handle.node_id)
                 raise ConnectionClosedError(
-                    1011, f"relay node {handle.node_id} did not answer"
+                    CloseCode.INTERNAL_ERROR, f"relay node {handle.node_id} did not answer"
                 ) from exc
         finally:
             self._acks.pop(request_id, None)
         if not delivered:
-            raise ConnectionClosedError(1001, "listener went away")
+            raise ConnectionClosedError(CloseCode.GOING_AWAY, "listener went away")
 
     def _node_gone(self, node: str) -> None:
         # Its entries stay skipped until one carries a deadline newer than any read so

@@ -1,6 +1,6 @@
 """Lifecycle notifications (issue 5): ``GET /$mgmt/v1/events`` and ``[[webhooks]]``.
 
-:class:`EventHub` (one per relay node, ``RelayState.events``) turns what happens into
+:class:`EventHub` (one per relay node, ``app[EVENTS]``) turns what happens into
 events and fans them out:
 
 - Every change of the store (:data:`STORE_OP_TYPES`): devices (``createDeviceIdentity``,
@@ -82,23 +82,26 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from hybridrelay.backoff import Backoff
 from hybridrelay.errors import HybridRelayError, ValidationError
 from hybridrelay.logs import RELAY, redact_url
+from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.config import WebhookConfig
 from hybridrelay.relay.mgmt.access import authorize_manage, until_revoked
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
-from hybridrelay.relay.state import STATE, RelayState
+from hybridrelay.relay.state import STATE
+from hybridrelay.relay.store.base import Store
 from hybridrelay.relay.store.models import ChangeEvent, Device, format_time, parse_time
 
 __all__ = [
+    "EVENTS",
     "HEARTBEAT_S",
     "HISTORY",
     "INBOX",
@@ -110,7 +113,6 @@ __all__ = [
     "EventHub",
     "Subscription",
     "handle_events",
-    "install",
 ]
 
 log = logging.getLogger(RELAY)
@@ -367,7 +369,8 @@ class EventHub:
         self._worker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._state: RelayState | None = None
+        self._store: Store | None = None  # set by start()
+        self._hub_name: Callable[[], str] = lambda: ""
 
     @property
     def sequence(self) -> int:
@@ -376,14 +379,31 @@ class EventHub:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, state: RelayState) -> None:
+    async def start(
+        self,
+        store: Store,
+        *,
+        hub_name: Callable[[], str],
+        webhooks: Sequence[WebhookConfig] = (),
+        rng: random.Random,
+    ) -> None:
+        """Publish the store's changes (and this node's own events) until :meth:`stop`.
+
+        Args:
+            store: Whose change events become events, and where their bodies are read.
+            hub_name: The relay's public host (``RelayState.via_name``), read per event:
+                it is only known once the relay is bound.
+            webhooks: Where events are POSTed.
+            rng: For the webhooks' retry jitter.
+        """
         if self._worker is not None:
             return
-        self._state = state
+        self._store = store
+        self._hub_name = hub_name
         self._inbox = asyncio.Queue(maxsize=INBOX)
         self._worker = asyncio.create_task(self._work(self._inbox), name="events:publish")
-        self._unsubscribe = state.store.subscribe(self.on_change)
-        self._webhooks = [_Webhook(w, state.rng, self.limit_hit) for w in state.config.webhooks]
+        self._unsubscribe = store.subscribe(self.on_change)
+        self._webhooks = [_Webhook(w, rng, self.limit_hit) for w in webhooks]
         if self._webhooks:
             self._session = aiohttp.ClientSession()
             for webhook in self._webhooks:
@@ -416,7 +436,7 @@ class EventHub:
 
     def on_change(self, event: ChangeEvent) -> None:
         """The store callback: every change of an entity becomes an event (a reset does not)."""
-        if self._state is None:
+        if self._store is None:
             return
         op = STORE_OP_TYPES.get((event.kind, event.op, event.detail)) or STORE_OP_TYPES.get(
             (event.kind, event.op, None)
@@ -424,15 +444,15 @@ class EventHub:
         if op is None:
             return  # "reset": events were missed, there is nothing to name
         device_id = event.name if event.kind == "device" else None
-        self._enqueue(_Occurrence(op, self._state.via_name, device_id, self._now(), change=event))
+        self._enqueue(_Occurrence(op, self._hub_name(), device_id, self._now(), change=event))
 
     def publish_job(self, job: dict[str, object]) -> None:
         """A bulk job of this node started, completed or failed (``job``: its document)."""
         op = JOB_OP_TYPES.get(str(job.get("status")))
-        if op is None or self._state is None:
+        if op is None or self._store is None:
             return
         body: dict[str, object] = {k: job[k] for k in _JOB_FIELDS if k in job}
-        self._enqueue(_Occurrence(op, self._state.via_name, None, self._now(), body=body))
+        self._enqueue(_Occurrence(op, self._hub_name(), None, self._now(), body=body))
 
     def publish_listener(
         self, online: bool, hc_name: str, listener_id: str, device: Device | None = None
@@ -468,9 +488,9 @@ class EventHub:
                 log.exception("event_failed", extra={"event": occurrence.op_type})
 
     async def _device_doc(self, device_id: str) -> dict[str, object] | None:
-        if self._state is None:
+        if self._store is None:
             return None
-        device = await self._state.store.get_device(device_id)
+        device = await self._store.get_device(device_id)
         if device is None:
             self._docs.pop(device_id, None)
             return None
@@ -483,22 +503,22 @@ class EventHub:
 
     async def _store_body(self, change: ChangeEvent) -> dict[str, object]:
         """The entity as it is now (deletions: as last seen), without a key or code."""
-        name, state = change.name, self._state
+        name, store = change.name, self._store
         if change.kind == "device":
             if change.op == "deleted":
                 return self._docs.pop(name, {}) or {"deviceId": name}
             return await self._device_doc(name) or {"deviceId": name}
-        if change.op == "deleted" or state is None:
+        if change.op == "deleted" or store is None:
             return {"name": name}
         if change.kind == "hybridConnection":
-            hc = await state.store.get(name)
+            hc = await store.get(name)
             return hc.to_json() if hc is not None else {"name": name}
         if change.kind == "rule":
-            for rule in await state.store.list_rules(change.scope):
+            for rule in await store.list_rules(change.scope):
                 if rule.name.lower() == name.lower():
                     return rule.to_json(include_keys=False)
             return {"name": name}
-        cert = await state.store.get_certificate(name)
+        cert = await store.get_certificate(name)
         if cert is None:
             return {"name": name}
         # The proof-of-possession code goes to the admin who asked for it, not to webhooks.
@@ -581,6 +601,9 @@ class EventHub:
 
 
 # --- GET /$mgmt/v1/events ----------------------------------------------------------------------
+
+
+EVENTS: Final = web.AppKey("hybridrelay_events", EventHub)
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -684,14 +707,14 @@ async def _serve_websocket(
         async for message in ws:
             if message.type == WSMsgType.ERROR:
                 error = ws.exception()
-                if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
+                if isinstance(error, WebSocketError) and error.code == CloseCode.MESSAGE_TOO_BIG:
                     hub.limit_hit("event_stream_message_size")
                 elif isinstance(error, TimeoutError):  # no pong for half a heartbeat
                     hub.limit_hit("event_stream_heartbeat")
         hub.unsubscribe(subscription)
 
     reader = asyncio.create_task(read(), name="events:ws-read")
-    code, reason = 1000, b""
+    code, reason = CloseCode.NORMAL, b""
     try:
         while not ws.closed:
             item = await _next(hub, subscription)
@@ -702,7 +725,7 @@ async def _serve_websocket(
                     await _write(request, hub, write_timeout, ws.send_str(_error_doc(item)))
                 if item.error == _REVOKED:
                     # RFC 6455 §7.4.1: 1008, the policy (this token) no longer allows it.
-                    code, reason = 1008, item.reason.encode("utf-8")[:120]
+                    code, reason = CloseCode.POLICY_VIOLATION, item.reason.encode("utf-8")[:120]
                 break
             await _write(request, hub, write_timeout, ws.send_str(item.data))
     except ConnectionError:
@@ -734,7 +757,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
             "NotAcceptable",
             "this is an event stream: send Accept: text/event-stream, or upgrade to a WebSocket",
         )
-    hub = state.events
+    hub = request.app[EVENTS]
     subscription = hub.subscribe(last, since)
 
     async def guard() -> None:
@@ -760,23 +783,3 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         hub.unsubscribe(subscription)
-
-
-# --- wiring --------------------------------------------------------------------------------
-
-
-async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    await state.events.start(state)
-    yield
-    await state.events.stop()
-
-
-async def _on_shutdown(app: web.Application) -> None:
-    app[STATE].events.close_subscribers()
-
-
-def install(app: web.Application) -> None:
-    """Start the hub with the app (after the store opens) and end streams at shutdown."""
-    app.cleanup_ctx.append(_events_ctx)
-    app.on_shutdown.append(_on_shutdown)

@@ -55,7 +55,9 @@ from hybridrelay.errors import (
     PreconditionFailedError,
     ValidationError,
 )
-from hybridrelay.relay.device_timeline import check_in, timelines
+from hybridrelay.relay.auth import TOKENS
+from hybridrelay.relay.device_timeline import TIMELINES, check_in
+from hybridrelay.relay.listeners import LISTENERS
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
@@ -74,6 +76,7 @@ from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
+from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.device_query import parse_device_query
 from hybridrelay.relay.store.models import (
@@ -366,13 +369,13 @@ async def _put_rule(call: _Call, scope: str | None, name: str) -> web.StreamResp
     rule, created = await call.state.store.put_rule(scope, name, rights)
     # The change event clears the token cache too (reactions.py); clearing it here as
     # well makes "at once" hold on this node whatever the store's event latency.
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _json(rule.to_json(include_keys=True), status=201 if created else 200)
 
 
 async def _delete_rule(call: _Call, scope: str | None, name: str) -> web.StreamResponse:
     await call.state.store.delete_rule(scope, name)
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _no_content()
 
 
@@ -386,7 +389,7 @@ async def _regenerate(call: _Call, scope: str | None, name: str) -> web.StreamRe
     if key is not None and not isinstance(key, str):
         raise ValidationError("key", "must be a string")
     rule = await call.state.store.regenerate_key(scope, name, which, key=key)
-    call.state.tokens.clear()
+    call.request.app[TOKENS].clear()
     return _json(rule.to_json(include_keys=True))
 
 
@@ -520,7 +523,7 @@ async def _regenerate_device_key(call: _Call, device_id: str) -> web.StreamRespo
 async def _device_timeline(call: _Call, device_id: str) -> web.StreamResponse:
     device = await _existing_device(call.state, device_id)
     verdict, due = check_in(device.last_activity_time, device.check_in_interval, call.state.now())
-    entries = timelines(call.state).entries(device.device_id)
+    entries = call.request.app[TIMELINES].entries(device.device_id)
     return _json(
         {
             "deviceId": device.device_id,
@@ -583,15 +586,17 @@ async def _device(request: web.Request) -> web.StreamResponse:
 
 
 async def _listeners(call: _Call) -> web.StreamResponse:
-    return _json(list_listeners(call.request, call.state))
+    app = call.request.app
+    return _json(list_listeners(call.request, app[LISTENERS], app[SPLICES]))
 
 
 async def _streams(call: _Call) -> web.StreamResponse:
-    return _json(list_streams(call.request, call.state))
+    return _json(list_streams(call.request, call.request.app[SPLICES]))
 
 
 async def _stats(call: _Call) -> web.StreamResponse:
-    doc = stats(call.state)
+    app = call.request.app
+    doc = stats(call.state.metrics, app[LISTENERS], app[SPLICES])
     sources = call.request.app.get(REFUSED_SOURCES)
     doc["topRefusedSources"] = [
         {"address": s.address, "count": s.count, "error": s.error}
@@ -610,7 +615,7 @@ async def _stats(call: _Call) -> web.StreamResponse:
 
 
 async def _close_stream(call: _Call, stream_id: str) -> web.StreamResponse:
-    close_stream(call.request, call.state, stream_id)
+    close_stream(call.request, call.request.app[SPLICES], stream_id)
     return _no_content()
 
 

@@ -59,6 +59,7 @@ from hybridrelay.errors import (
 from hybridrelay.relay.config import data_dir
 from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
 from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
+from hybridrelay.relay.mgmt.events import EVENTS, EventHub
 from hybridrelay.relay.mgmt.json_body import body_chunks, parse_json_object
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.private_files import open_private, private_dir
@@ -165,8 +166,9 @@ class Job:
 class JobRegistry:
     """The app's jobs: the most recent ``MAX_JOBS_KEPT`` in memory, tasks owned here."""
 
-    def __init__(self, state: RelayState) -> None:
+    def __init__(self, state: RelayState, events: EventHub) -> None:
         self.state = state
+        self.events = events  # startJob, completeJob, failJob
         self.directory = data_dir(state.config) / "jobs"
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._closing = False
@@ -203,7 +205,7 @@ class JobRegistry:
     async def _run(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
         _audit_job(job, "start")
         job.status = "running"
-        self.state.events.publish_job(job.to_json())  # startJob (this node's own event)
+        self.events.publish_job(job.to_json())  # startJob (this node's own event)
         try:
             await work(job)
         except asyncio.CancelledError:
@@ -221,7 +223,7 @@ class JobRegistry:
         finally:
             job.end_time = time.time()
             _audit_job(job, "finish")
-            self.state.events.publish_job(job.to_json())  # completeJob or failJob
+            self.events.publish_job(job.to_json())  # completeJob or failJob
             if job.type == "import":
                 with contextlib.suppress(OSError):
                     job.input_path.unlink(missing_ok=True)
@@ -269,7 +271,7 @@ def install(app: web.Application) -> None:
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    registry = JobRegistry(app[STATE])
+    registry = JobRegistry(app[STATE], app[EVENTS])
     app[JOBS] = registry
     yield
     await registry.close()

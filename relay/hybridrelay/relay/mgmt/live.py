@@ -17,9 +17,11 @@ from typing import Final
 from aiohttp import web
 
 from hybridrelay.errors import EntityNotFoundError, ValidationError
-from hybridrelay.relay.metrics import HcStats
+from hybridrelay.protocol.codes import CloseCode
+from hybridrelay.relay.listeners import ListenerRegistry
+from hybridrelay.relay.metrics import HcStats, RelayMetrics
 from hybridrelay.relay.splice import Splice
-from hybridrelay.relay.state import RelayState
+from hybridrelay.relay.splices import SpliceRegistry
 
 __all__ = [
     "CLOSE_CODE",
@@ -30,7 +32,7 @@ __all__ = [
     "stats",
 ]
 
-CLOSE_CODE: Final = 1008  # policy violation: what a sender sees when an operator cuts it
+CLOSE_CODE: Final = CloseCode.POLICY_VIOLATION  #: what a sender sees when an operator cuts it
 _DEFAULT_REASON: Final = "closed by an operator"
 _MAX_REASON: Final = 120  # bytes: a close frame's reason is at most 123 (RFC 6455 §5.5)
 _MAX_FILTER: Final = 260  # longer than any entity name
@@ -66,9 +68,9 @@ def _entity_filter(request: web.Request) -> str | None:
     return name.casefold()
 
 
-def _streams(state: RelayState) -> list[Splice]:
+def _streams(splices: SpliceRegistry) -> list[Splice]:
     # Only splices that started (an id); order by age, oldest first, for a stable page.
-    started = [s for s in state.splices if s.stream_id]
+    started = [s for s in splices if s.stream_id]
     return sorted(started, key=lambda s: (s.started_at, s.stream_id))
 
 
@@ -84,13 +86,15 @@ def _stream_json(splice: Splice) -> dict[str, object]:
     }
 
 
-def list_listeners(request: web.Request, state: RelayState) -> dict[str, object]:
+def list_listeners(
+    request: web.Request, listeners: ListenerRegistry, splices: SpliceRegistry
+) -> dict[str, object]:
     wanted = _entity_filter(request)
     streams: dict[tuple[str, str], int] = {}
-    for splice in _streams(state):
+    for splice in _streams(splices):
         key = ((splice.hc_name or "").casefold(), splice.listener_id)
         streams[key] = streams.get(key, 0) + 1
-    channels = sorted(state.channels, key=lambda c: (c.hc_name.casefold(), c.connected_at))
+    channels = sorted(listeners, key=lambda c: (c.hc_name.casefold(), c.connected_at))
     value = [
         {
             "hybridConnection": channel.hc_name,
@@ -105,29 +109,30 @@ def list_listeners(request: web.Request, state: RelayState) -> dict[str, object]
     return {"value": value, "continuationToken": None, "nextLink": None}
 
 
-def list_streams(request: web.Request, state: RelayState) -> dict[str, object]:
+def list_streams(request: web.Request, splices: SpliceRegistry) -> dict[str, object]:
     wanted = _entity_filter(request)
     value = [
         _stream_json(s)
-        for s in _streams(state)
+        for s in _streams(splices)
         if wanted is None or (s.hc_name or "").casefold() == wanted
     ]
     return {"value": value, "continuationToken": None, "nextLink": None}
 
 
-def close_stream(request: web.Request, state: RelayState, stream_id: str) -> None:
+def close_stream(request: web.Request, splices: SpliceRegistry, stream_id: str) -> None:
     """Close the stream ``stream_id`` with 1008; raises EntityNotFoundError when none is open."""
     reason = request.query.get("reason", _DEFAULT_REASON).strip() or _DEFAULT_REASON
     if len(reason.encode()) > _MAX_REASON or not reason.isprintable():
         raise ValidationError("reason", f"must be printable and at most {_MAX_REASON} bytes")
-    splice = next((s for s in state.splices if s.stream_id and s.stream_id == stream_id), None)
+    splice = next((s for s in splices if s.stream_id and s.stream_id == stream_id), None)
     if splice is None:
         raise EntityNotFoundError(f"no live stream {stream_id!r} on this node")
     splice.shutdown(CLOSE_CODE, reason)
 
 
-def stats(state: RelayState) -> dict[str, object]:
-    m = state.metrics
+def stats(
+    m: RelayMetrics, listeners: ListenerRegistry, splices: SpliceRegistry
+) -> dict[str, object]:
     directions = dict(m.bytes_relayed.counts())
     refusals = [
         {
@@ -140,8 +145,8 @@ def stats(state: RelayState) -> dict[str, object]:
     ]
     limits = [{"limit": name, "count": int(count)} for (name,), count in m.limit_refusals.counts()]
     return {
-        "listeners": len(state.channels),
-        "activeStreams": len(_streams(state)),
+        "listeners": len(listeners),
+        "activeStreams": len(_streams(splices)),
         "connections": int(m.connections.value),
         "bytesSenderToListener": int(directions.get(("sender_to_listener",), 0)),
         "bytesListenerToSender": int(directions.get(("listener_to_sender",), 0)),
