@@ -16,7 +16,6 @@ Manage rights are required, as for the rest of the API, and every write is audit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,12 +23,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from cryptography.x509.oid import NameOID
 
-from hybridrelay.errors import EntityNotFoundError, HybridRelayError, ValidationError
+from hybridrelay.errors import EntityNotFoundError, ValidationError
 from hybridrelay.relay.ca_trust import issued_by
-from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
-from hybridrelay.relay.mgmt.audit import audit_write
+from hybridrelay.relay.mgmt.access import Manager
 from hybridrelay.relay.mgmt.json_body import read_body
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.mgmt.serving import serve_managed
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.certificates import (
     CaCertificate,
@@ -46,35 +44,23 @@ Operation = Callable[[web.Request, RelayState], Awaitable[web.StreamResponse]]
 
 
 async def _serve(request: web.Request, operations: Mapping[str, Operation]) -> web.StreamResponse:
-    request[ACTION_KEY] = "mgmt"
-    operation = operations.get(request.method)
-    if operation is None:
-        audit_write(request, who=None, status=405, error="MethodNotAllowed")
-        refusal = error_response(405, "MethodNotAllowed", f"{request.method} is not allowed here")
-        refusal.headers["Allow"] = ", ".join(sorted(operations))
-        return refusal
     state = request.app[STATE]
-    manager: Manager | None = None
-    status, error = 500, "InternalServerError"
-    try:
-        manager = await identify(request, state)
-        require_manage(manager)
-        response = await operation(request, state)
-        status, error = response.status, ""
-        return response
-    except HybridRelayError as exc:
-        status, error = exc.http_status, exc.error_code
-        raise
-    except web.HTTPException as exc:
-        status, error = exc.status, "HttpError"
-        raise
-    except asyncio.CancelledError:
-        status, error = 499, "ClientClosedRequest"
-        raise
-    finally:
-        audit_write(
-            request, who=manager.who if manager else None, status=status, error=error or None
-        )
+
+    async def call(manager: Manager) -> web.Request:
+        return request
+
+    # An operation takes (request, state); the table is adapted to serve_managed's one call.
+    adapted = {method: _with_state(op, state) for method, op in operations.items()}
+    return await serve_managed(request, adapted, call)
+
+
+def _with_state(
+    operation: Operation, state: RelayState
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def run(request: web.Request) -> web.StreamResponse:
+        return await operation(request, state)
+
+    return run
 
 
 def _table(operations: Mapping[str, Operation]) -> Handler:

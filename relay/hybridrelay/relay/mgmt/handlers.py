@@ -51,14 +51,13 @@ from aiohttp import web
 from hybridrelay.errors import (
     ConflictError,
     EntityNotFoundError,
-    HybridRelayError,
     PreconditionFailedError,
     ValidationError,
 )
 from hybridrelay.relay.auth import TOKENS
 from hybridrelay.relay.device_timeline import TIMELINES, check_in
 from hybridrelay.relay.listeners import LISTENERS
-from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
+from hybridrelay.relay.mgmt.access import Manager
 from hybridrelay.relay.mgmt.audit import audit_write
 from hybridrelay.relay.mgmt.certificates import certificate_routes
 from hybridrelay.relay.mgmt.events import handle_events
@@ -73,7 +72,8 @@ from hybridrelay.relay.mgmt.live import (
     stats,
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.mgmt.serving import method_not_allowed, serve_managed
+from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
 from hybridrelay.relay.splices import SPLICES
@@ -126,45 +126,12 @@ Operation = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
 async def _serve(request: web.Request, operations: Mapping[str, Operation]) -> web.StreamResponse:
-    request[ACTION_KEY] = "mgmt"
-    operation = operations.get(request.method)
-    if operation is None:
-        return _method_not_allowed(request, sorted(operations))
     state = request.app[STATE]
-    manager: Manager | None = None
-    status, error = 500, "InternalServerError"
-    try:
-        # Identify first, then require Manage, so that a 403 is audited with its caller.
-        manager = await identify(request, state)
-        response = await operation(
-            _Call(request=request, state=state, manager=require_manage(manager))
-        )
-        status, error = response.status, ""
-        return response
-    except HybridRelayError as exc:
-        status, error = exc.http_status, exc.error_code
-        raise
-    except web.HTTPException as exc:  # e.g. 413 from reading an oversized body
-        status, error = exc.status, "HttpError"
-        raise
-    except asyncio.CancelledError:
-        # The client went away; a store write may still have completed.
-        status, error = 499, "ClientClosedRequest"
-        raise
-    finally:
-        audit_write(
-            request, who=manager.who if manager else None, status=status, error=error or None
-        )
 
+    async def call(manager: Manager) -> _Call:
+        return _Call(request=request, state=state, manager=manager)
 
-def _method_not_allowed(request: web.Request, allowed: Iterable[str]) -> web.Response:
-    listed = ", ".join(allowed)
-    audit_write(request, who=None, status=405, error="MethodNotAllowed")
-    refusal = error_response(
-        405, "MethodNotAllowed", f"{request.method} is not allowed here (allowed: {listed})"
-    )
-    refusal.headers["Allow"] = listed
-    return refusal
+    return await serve_managed(request, operations, call)
 
 
 def _route(
@@ -662,7 +629,7 @@ async def _node_undrain(request: web.Request) -> web.StreamResponse:
 async def _openapi(request: web.Request) -> web.StreamResponse:
     # Public, like /metrics: it describes the API and holds nothing secret.
     if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, ("GET", "HEAD"))
+        return method_not_allowed(request, ("GET", "HEAD"))
     return web.Response(
         text=openapi_json(), content_type="application/json", headers={"Cache-Control": "no-cache"}
     )

@@ -42,7 +42,6 @@ from hybridrelay.errors import (
     BadGatewayError,
     ConflictError,
     EntityNotFoundError,
-    HybridRelayError,
     RateLimitedError,
     ValidationError,
 )
@@ -55,10 +54,10 @@ from hybridrelay.relay.inspector import (
     Inspector,
     Record,
 )
-from hybridrelay.relay.mgmt.access import Manager, identify, request_token, require_manage
-from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
+from hybridrelay.relay.mgmt.access import Manager, request_token
+from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.mgmt.serving import serve_managed
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ChangeEvent, HybridConnection
 
@@ -171,50 +170,18 @@ Operation = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
 async def _serve(request: web.Request, operations: Mapping[str, Operation]) -> web.StreamResponse:
-    """Method table -> Manage auth -> the entity -> operation -> one audit line (writes)."""
-    request[ACTION_KEY] = "mgmt"
-    operation = operations.get(request.method)
-    if operation is None:
-        listed = ", ".join(sorted(operations))
-        audit_write(request, who=None, status=405, error="MethodNotAllowed")
-        refusal = error_response(
-            405, "MethodNotAllowed", f"{request.method} is not allowed here (allowed: {listed})"
-        )
-        refusal.headers["Allow"] = listed
-        return refusal
     state = request.app[STATE]
-    manager: Manager | None = None
-    status, error = 500, "InternalServerError"
-    try:
-        manager = await identify(request, state)
-        require_manage(manager)
+
+    async def call(manager: Manager) -> _Call:
         name = request.match_info["name"]
         hc = await state.store.get(name)
         if hc is None:
             raise EntityNotFoundError(f"hybrid connection {name!r} does not exist")
-        call = _Call(
-            request=request,
-            state=state,
-            manager=manager,
-            inspector=request.app[INSPECTOR],
-            hc=hc,
+        return _Call(
+            request=request, state=state, manager=manager, inspector=request.app[INSPECTOR], hc=hc
         )
-        response = await operation(call)
-        status, error = response.status, ""
-        return response
-    except HybridRelayError as exc:
-        status, error = exc.http_status, exc.error_code
-        raise
-    except web.HTTPException as exc:
-        status, error = exc.status, "HttpError"
-        raise
-    except asyncio.CancelledError:
-        status, error = 499, "ClientClosedRequest"
-        raise
-    finally:
-        audit_write(
-            request, who=manager.who if manager else None, status=status, error=error or None
-        )
+
+    return await serve_managed(request, operations, call)
 
 
 def _json(doc: object) -> web.Response:

@@ -57,11 +57,11 @@ from hybridrelay.errors import (
     ValidationError,
 )
 from hybridrelay.relay.config import data_dir
-from hybridrelay.relay.mgmt.access import Manager, identify, require_manage
-from hybridrelay.relay.mgmt.audit import AUDIT, audit_write
+from hybridrelay.relay.mgmt.access import Manager
+from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.events import EVENTS, EventHub
 from hybridrelay.relay.mgmt.json_body import body_chunks, parse_json_object
-from hybridrelay.relay.middleware import ACTION_KEY, error_response
+from hybridrelay.relay.mgmt.serving import serve_managed
 from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import MAX_PAGE, Device, format_time, validate_device_id
@@ -480,44 +480,12 @@ Operation = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
 async def _serve(request: web.Request, operations: Mapping[str, Operation]) -> web.StreamResponse:
-    """Method table -> Manage auth -> operation -> one audit line (writes), as handlers.py."""
-    request[ACTION_KEY] = "mgmt"
-    operation = operations.get(request.method)
-    if operation is None:
-        listed = ", ".join(sorted(operations))
-        audit_write(request, who=None, status=405, error="MethodNotAllowed")
-        refusal = error_response(
-            405, "MethodNotAllowed", f"{request.method} is not allowed here (allowed: {listed})"
-        )
-        refusal.headers["Allow"] = listed
-        return refusal
     state = request.app[STATE]
-    manager: Manager | None = None
-    status, error = 500, "InternalServerError"
-    try:
-        manager = await identify(request, state)
-        call = _Call(
-            request=request,
-            state=state,
-            manager=require_manage(manager),
-            jobs=_registry(request),
-        )
-        response = await operation(call)
-        status, error = response.status, ""
-        return response
-    except HybridRelayError as exc:
-        status, error = exc.http_status, exc.error_code
-        raise
-    except web.HTTPException as exc:
-        status, error = exc.status, "HttpError"
-        raise
-    except asyncio.CancelledError:
-        status, error = 499, "ClientClosedRequest"
-        raise
-    finally:
-        audit_write(
-            request, who=manager.who if manager else None, status=status, error=error or None
-        )
+
+    async def call(manager: Manager) -> _Call:
+        return _Call(request=request, state=state, manager=manager, jobs=_registry(request))
+
+    return await serve_managed(request, operations, call)
 
 
 def _json(doc: object, *, status: int = 200, location: str | None = None) -> web.Response:
