@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import secrets
 import uuid
 from typing import Final
 
@@ -83,13 +83,6 @@ class _Rejected:
     def __init__(self, status: int, description: str) -> None:
         self.status = status
         self.description = description
-
-
-# Live stream ids (the admin API's handle to close one, per node): 16 hex digits, a
-# per-process random half and a counter, unique on the node with no getrandom() per
-# stream. Not a secret: closing a stream takes an admin credential.
-_STREAM_PREFIX: Final = uuid.uuid4().hex[:8]
-_stream_ids = itertools.count(1)
 
 
 def _split_target(request: web.Request) -> tuple[str, str]:
@@ -513,7 +506,7 @@ def _stream_started(
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
     stats = metrics.stream_started(pending.hc_name)
-    splice.stream_id = _STREAM_PREFIX + format(next(_stream_ids) & 0xFFFFFFFF, "08x")
+    splice.stream_id = secrets.token_hex(8)
     splice.listener_id = pending.listener_id
     splice.started_at = state.now()
     splices.add(splice)
