@@ -17,7 +17,6 @@ from hybridrelay.protocol.frames import (
     MAX_CONTROL_PAYLOAD,
     FrameError,
     FrameParser,
-    MaskCheck,
     Opcode,
     apply_mask,
     encode_close_payload,
@@ -600,75 +599,6 @@ def test_encode_close_payload_truncates_at_a_utf8_boundary(char: str) -> None:
 def test_encode_close_payload_keeps_a_reason_that_fits_exactly() -> None:
     reason = "x" * 123
     assert encode_close_payload(1000, reason) == b"\x03\xe8" + reason.encode()
-
-
-# -- MaskCheck: where the first unmasked client frame starts --------------------------------
-
-
-def _masked_stream() -> bytes:
-    """Masked frames of every header shape, control frames between data frames."""
-    return b"".join(
-        [
-            encode_frame(fin=True, opcode=0x9, payload=b"", mask=MASK),
-            encode_frame(fin=False, opcode=0x2, payload=b"a" * 125, mask=MASK),
-            encode_frame(fin=True, opcode=0xA, payload=b"p" * 125, mask=MASK),
-            encode_frame(fin=False, opcode=0x0, payload=b"b" * 126, mask=MASK),
-            encode_frame(fin=True, opcode=0x0, payload=b"c" * 70_000, mask=MASK),
-            encode_frame(fin=True, opcode=0x1, payload=b"d" * 3, mask=MASK),
-        ]
-    )
-
-
-def _accepted(check: MaskCheck, stream: bytes, cuts: list[int]) -> int:
-    total, start = 0, 0
-    for cut in [*sorted(cuts), len(stream)]:
-        chunk = stream[start:cut]
-        start = max(start, cut)
-        total += check.feed(chunk)
-        if check.failed:
-            break
-    return total
-
-
-@given(st.lists(st.integers(min_value=0, max_value=71_000), max_size=12))
-def test_mask_check_accepts_masked_frames_however_they_are_cut(cuts: list[int]) -> None:
-    stream = _masked_stream()
-    check = MaskCheck()
-    assert _accepted(check, stream, cuts) == len(stream)
-    assert not check.failed
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        encode_frame(fin=True, opcode=0x9, payload=b"x"),
-        encode_frame(fin=True, opcode=0x2, payload=b"y" * 300),
-        encode_frame_header(fin=True, opcode=0x2, length=1 << 40),  # only the header
-    ],
-)
-@given(cuts=st.lists(st.integers(min_value=0, max_value=71_400), max_size=12))
-def test_mask_check_stops_at_the_first_unmasked_frame(bad: bytes, cuts: list[int]) -> None:
-    stream = _masked_stream()
-    check = MaskCheck()
-    after = encode_frame(fin=True, opcode=0x9, payload=b"z", mask=MASK)
-    assert _accepted(check, stream + bad + after, cuts) == len(stream)
-    assert check.failed
-    assert check.feed(after) == 0  # nothing after a failure
-
-
-def test_mask_check_byte_by_byte() -> None:
-    masked = encode_frame(fin=True, opcode=0x9, payload=b"", mask=MASK) + encode_frame(
-        fin=True, opcode=0x2, payload=b"a" * 200, mask=MASK
-    )
-    check = MaskCheck()
-    accepted = 0
-    stream = masked + encode_frame(fin=True, opcode=0x9, payload=b"x")
-    for i in range(len(stream)):
-        accepted += check.feed(stream[i : i + 1])
-    assert check.failed
-    # The unmasked frame's first byte went on before its second showed the missing mask
-    # bit: harmless, a reader cannot act on one byte of a header.
-    assert accepted == len(masked) + 1
 
 
 @pytest.mark.parametrize("masked", [True, False])

@@ -262,6 +262,48 @@ def test_failure_after_our_close_sends_no_second_close() -> None:
     assert state(server) is State.CLOSED
 
 
+def test_without_auto_answer_pings_and_failures_are_answered_in_event_order() -> None:
+    """auto_answer=False: the glue answers as it handles events, so a close it decides on
+    a message is the close sent, and the ping and the broken frame behind it get nothing."""
+    server = Connection(Role.SERVER, auto_answer=False)
+    read = (
+        client_frame(Opcode.PING, b"before")
+        + client_frame(Opcode.TEXT, b"bad message")
+        + client_frame(Opcode.PING, b"after")
+        + client_frame(Opcode.TEXT, b"\xff")  # invalid UTF-8: 1007
+    )
+    events = server.receive_data(read)
+    assert events == [
+        Ping(b"before"),
+        TextMessage("bad message"),
+        Ping(b"after"),
+        Failed(1007, "invalid UTF-8 in a text message"),
+    ]
+    assert server.data_to_send() == []  # nothing answered while parsing
+    assert state(server) is State.OPEN  # until the glue reaches the Failed event
+    server.send_pong(b"before")
+    server.send_close(1002, "bad message")
+    server.send_pong(b"after")  # behind our close: not sent
+    server.fail(1007, "invalid UTF-8 in a text message")  # our close went out already
+    assert WireReader(masked=False).read(server) == [
+        (Opcode.PONG, True, b"before"),
+        (Opcode.CLOSE, True, encode_close_payload(1002, "bad message")),
+    ]
+    assert state(server) is State.CLOSED
+
+
+def test_without_auto_answer_a_failure_reached_first_sends_its_own_close() -> None:
+    server = Connection(Role.SERVER, auto_answer=False)
+    assert server.receive_data(encode_frame(fin=True, opcode=2, payload=b"unmasked")) == [
+        Failed(1002, "unmasked client frame")
+    ]
+    assert server.receive_data(client_frame(Opcode.PING, b"late")) == []  # parses no more
+    server.fail(1002, "unmasked client frame")
+    ((opcode, _, payload),) = WireReader(masked=False).read(server)
+    assert (opcode, payload[:2]) == (Opcode.CLOSE, b"\x03\xea")
+    assert state(server) is State.CLOSED
+
+
 # ---------------------------------------------------------------------------- closing
 
 

@@ -188,7 +188,8 @@ class BytesMessage(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """The peer pinged; the pong is already queued (none once our close is sent)."""
+    """The peer pinged; the pong is already queued (none once our close is sent), unless
+    ``auto_answer`` is off: then :meth:`Connection.send_pong` answers it."""
 
     payload: bytes
 
@@ -209,7 +210,8 @@ class CloseReceived:
 @dataclass(frozen=True, slots=True)
 class Failed:
     """The peer broke the protocol; our close frame with ``code`` is queued (if none was
-    sent yet) and the state is CLOSED. ``limit`` names the limit it hit, if one."""
+    sent yet) and the state is CLOSED (with ``auto_answer`` off: once the glue calls
+    :meth:`Connection.fail`). ``limit`` names the limit it hit, if one."""
 
     code: int
     reason: str
@@ -258,6 +260,12 @@ class Connection:
             Messages are always checked (a :class:`TextMessage` holds a str).
         auto_close_echo: answer the peer's close frame at once (plain WebSocket). False
             keeps the connection half-open (CLOSE_RECEIVED) until :meth:`send_close`.
+        auto_answer: answer a ping, and a frame that fails the connection, as it is
+            parsed. False leaves both to the glue, which answers as it handles the
+            events (:meth:`send_pong` for a :class:`Ping`, :meth:`fail` for a
+            :class:`Failed`), so what it sends follows their order: a relay that closes
+            on a message neither pongs the pings behind it nor lets a broken frame behind
+            it choose the close code (as aiohttp's reader, which queues its errors).
         max_queued_control: control frames that may wait for the peer before pongs
             coalesce and, while its buffer is full, it stops being read.
         high_water: bytes in the peer's write buffer over which it counts as full; it
@@ -265,6 +273,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_auto_answer",
         "_close_received",
         "_close_sent",
         "_decoder",
@@ -313,6 +322,7 @@ class Connection:
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         validate_utf8: bool = True,
         auto_close_echo: bool = True,
+        auto_answer: bool = True,
         max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
@@ -321,6 +331,7 @@ class Connection:
         self.role = role
         self.state = State.OPEN
         self.auto_close_echo = auto_close_echo
+        self._auto_answer = auto_answer
         self.bytes_received = 0  # data payload bytes, for metrics
         self._masks = role is Role.CLIENT
         self._parser = FrameParser(self, masked=role is Role.SERVER)
@@ -618,6 +629,11 @@ class Connection:
         self._check_can_send()
         self._send_control(_PING, payload)
 
+    def send_pong(self, payload: bytes) -> None:
+        """Answer a :class:`Ping` (``auto_answer=False``); nothing once our close is out."""
+        if self._close_sent is None and self.state is not State.CLOSED:
+            self._send_control(_PONG, payload)
+
     def send_close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Send our close frame (once; later calls do nothing). ``code`` 1005 sends none.
 
@@ -832,7 +848,7 @@ class Connection:
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
             self._events.append(Ping(payload))
-            if self._close_sent is None:  # §5.5.1: nothing after our close frame
+            if self._close_sent is None and self._auto_answer:  # §5.5.1: none after our close
                 self._send_control(_PONG, payload)
         elif opcode == _PONG:
             self._events.append(Pong(payload))
@@ -911,7 +927,9 @@ class Connection:
         self._receiving = False
         self._msg_parts = None
         self._msg_texts = None
+        self._events.append(Failed(code, reason, limit))
+        if not self._auto_answer:
+            return  # the glue calls fail() when it reaches the event
         if self._close_sent is None:
             self._queue_close(code, reason)
         self.state = State.CLOSED
-        self._events.append(Failed(code, reason, limit))

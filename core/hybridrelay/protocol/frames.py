@@ -40,7 +40,6 @@ __all__ = [
     "FrameError",
     "FrameParser",
     "FrameSink",
-    "MaskCheck",
     "Opcode",
     "StopParsing",
     "apply_mask",
@@ -434,66 +433,3 @@ class FrameParser:
         self._state = _PAYLOAD
         self._sink.on_data_frame(fin, opcode, length)
         return need
-
-
-# Longest frame header before the masking key: 2 bytes, then up to 8 of extended length.
-_LENGTH_HEADER_MAX: Final = 10
-
-
-class MaskCheck:
-    """Finds the first unmasked frame in a client's byte stream (RFC 6455 §5.1).
-
-    For a connection whose frames another parser reads (aiohttp's, on the control
-    channel), which does not insist on masks. It walks frame headers only: each
-    payload is skipped by its length, never copied or unmasked, so it costs a few
-    operations per frame whatever the frame's size. Whether frames are otherwise
-    valid is the real parser's business.
-    """
-
-    __slots__ = ("_head", "_skip", "failed")
-
-    def __init__(self) -> None:
-        self._head = b""  # a header cut by the end of the previous chunk
-        self._skip = 0  # bytes of the current frame (key and payload) still to pass
-        self.failed = False
-
-    def feed(self, data: bytes) -> int:
-        """How many leading bytes of ``data`` belong to masked frames (or a header not yet
-        complete); when less than ``len(data)``, an unmasked frame starts there and
-        :attr:`failed` is set. Nothing is accepted after a failure.
-        """
-        if self.failed:
-            return 0
-        end = len(data)
-        pos = min(self._skip, end)
-        self._skip -= pos
-        while pos < end:
-            if self._head:
-                head = self._head + data[pos : pos + _LENGTH_HEADER_MAX]
-                start = pos - len(self._head)  # negative: it began in an earlier chunk
-            else:
-                head = data[pos : pos + _LENGTH_HEADER_MAX]
-                start = pos
-            if len(head) < 2:
-                self._head = head
-                return end
-            b1 = head[1]
-            if not b1 & 0x80:
-                self.failed = True
-                return max(start, 0)
-            length = b1 & 0x7F
-            size = 4 if length == 126 else 10 if length == 127 else 2
-            if len(head) < size:
-                self._head = head
-                return end
-            if length == 126:
-                (length,) = struct.unpack_from("!H", head, 2)
-            elif length == 127:
-                (length,) = struct.unpack_from("!Q", head, 2)
-            self._head = b""
-            frame_end = start + size + 4 + length
-            if frame_end > end:
-                self._skip = frame_end - end
-                return end
-            pos = frame_end
-        return end

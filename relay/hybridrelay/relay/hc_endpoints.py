@@ -40,11 +40,11 @@ from hybridrelay.relay.auth import TOKENS, authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.ca_trust import CA_TRUST
 from hybridrelay.relay.config import validate_entity_name
-from hybridrelay.relay.control import ControlChannel, ControlSocketResponse
+from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
-from hybridrelay.relay.handshake import accept_response, parse_client_handshake
+from hybridrelay.relay.handshake import accept_headers, accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.listeners import LISTENERS
 from hybridrelay.relay.mgmt.events import EVENTS
@@ -195,8 +195,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     # as non-ASCII bytes in Sec-WebSocket-Version or -Key), before WebSocketResponse.prepare
     # could meet them and fail with a 500.
     probe = _is_probe(request)
-    if not probe:
-        parse_client_handshake(request.method, request.headers)
+    handshake = None if probe else parse_client_handshake(request.method, request.headers)
     hc, unsaved = await _listener_entity(state, addr)
     if not unsaved:  # a name that is not an entity yet never becomes a metric label
         request[HC_NAME] = hc.name
@@ -217,7 +216,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         certificate=creds.certificate,
         max_lifetime=state.config.relay.max_token_lifetime,
     )
-    if probe:  # nothing created: auto_create would make the entity at the real listen
+    if handshake is None:  # a probe: nothing created, auto_create would at the real listen
         return await _probe_answer(state, hc.name, "listen")
     if unsaved:
         hc = await _auto_create(state, hc)
@@ -229,15 +228,6 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
     pending_work = request.app[PENDING]
 
     relay = state.config.relay
-    ws = ControlSocketResponse(
-        protocols=(),
-        compress=False,
-        autoping=False,
-        max_msg_size=relay.max_control_message_size,
-        # aiohttp's own wait for a close answer; ControlChannel.close bounds (and counts)
-        # it at close_timeout, so this one must never fire first.
-        timeout=relay.close_timeout + 1.0,
-    )
 
     async def renew(token: str) -> float:
         # Read rules afresh: a key regenerated or a rule deleted since this listener
@@ -266,8 +256,6 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         return fresh.expires_at
 
     channel = ControlChannel(
-        request=request,
-        ws=ws,
         hc_name=hc.name,
         listener_id=listener_id,
         expires_at=principal.expires_at,
@@ -279,14 +267,23 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         now=state.now,
         send_timeout=relay.control_send_timeout,
         close_timeout=relay.close_timeout,
+        max_message_size=relay.max_control_message_size,
+        max_queued_control=relay.max_queued_control_frames,
         limit_hit=state.metrics.limit_hit,
     )
+    # The 101 is written by aiohttp (its on_response_prepare hooks run), then the socket
+    # is the channel's: a sans-I/O Connection behind thin glue, as a splice leg's.
+    reply = web.StreamResponse(status=101, headers=accept_headers(handshake, None))
     # Reserve the slot before answering 101, so the 26th listener gets a clean 403.
     await state.cluster.attach(
         channel, max_listeners=hc.max_listeners, takeover=state.config.relay.listener_takeover
     )
     try:
-        await ws.prepare(request)
+        await reply.prepare(request)
+        try:
+            channel.attach(take_over(request))
+        except ConnectionError:
+            return reply
         listeners.add(channel)
         listener_stats = state.metrics.listener_connected(hc.name)
         clog.info("listener_connected", extra={"rule": principal.rule})
@@ -305,7 +302,7 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
         clog.info("listener_disconnected", extra={"code": code})
     finally:
         await state.cluster.detach(channel)
-    return ws
+    return reply
 
 
 async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
@@ -538,7 +535,6 @@ def _release_senders_of(pending_work: PendingWork, channel: ControlChannel) -> N
 def _fail_requests_of(pending_work: PendingWork, channel: ControlChannel) -> None:
     """HTTP requests this listener still owed an answer fail fast (502), not at 60 s."""
     error = BadGatewayError("the listener disconnected")
-    channel.fail_inflight(error)
     for pending in list(pending_work.requests.values()):
         same = pending.listener_id == channel.listener_id and pending.hc_name == channel.hc_name
         if same and not pending.header.done() and not pending.sockets:
