@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -153,6 +154,8 @@ async def test_overview_counts_a_listener_that_comes_and_goes(
     try:
         await expect(listeners).to_have_text("1")
         await expect(page.locator("[data-stat=hybridconnections] .n")).to_have_text("8")
+        await expect(page.locator("[data-stat=nodes] .n")).to_have_text("1")
+        await expect(page.locator("[data-stat=nodes]")).to_contain_text("none draining")
         # A call without a token is refused: its source shows up on the overview.
         async with (
             aiohttp.ClientSession() as http,
@@ -264,6 +267,10 @@ async def test_a_rule_created_in_the_dashboard_works_at_once(
     try:
         listed = page.locator('tr[data-listener="new-key-listener"]')
         await expect(listed).to_be_visible()
+        # Not the agent's id form: no agent; this node; no pong before the first ping.
+        await expect(listed.locator(".agent")).to_have_text("")
+        await expect(listed.locator(".node")).not_to_be_empty()
+        await expect(listed.locator(".rtt")).to_have_text(re.compile(r"^(no pong yet|\d+\.\d ms)$"))
         sender = await send(relay.url, "hc-ws", key_name="made-in-browser", key=key)
         await sender.send("with the new key")
         assert await sender.recv() == "with the new key"
@@ -282,7 +289,26 @@ async def test_a_rule_created_in_the_dashboard_works_at_once(
         hc_row = page.locator('tr[data-hc="hc-ws"]')
         await expect(hc_row.locator(".listeners")).to_have_text("1 / 25")
         await expect(hc_row.locator(".streams")).to_have_text("1")
-        await screenshot(page, "hybrid-connections")
+        await expect(hc_row.locator(".status-healthy")).to_have_text("healthy")
+        # A hybrid connection whose listeners are at its cap is degraded: the next is refused.
+        root = "RootManageSharedAccessKey"
+        token = create_sas_token(relay.http_url + "/", root, ROOT_KEY, int(time.time()) + 600)
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": token}) as http,
+            http.put(
+                relay.http_url + "/$mgmt/v1/hybridconnections/at-cap", json={"maxListeners": 1}
+            ) as created,
+        ):
+            assert created.status == 201
+        capped = await RawListener(relay.url, "at-cap", listener_id="capped").start()
+        try:
+            capped_row = page.locator('tr[data-hc="at-cap"]')
+            await expect(capped_row.locator(".status-degraded")).to_have_text("degraded")
+            await expect(capped_row.locator(".listeners")).to_have_text("1 / 1")
+            await screenshot(page, "hybrid-connections")
+        finally:
+            await capped.stop()
+        await expect(capped_row.locator(".status-down")).to_have_text("down")
         await sender.close()
     finally:
         await listener.stop()

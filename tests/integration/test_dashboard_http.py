@@ -295,6 +295,37 @@ async def test_listeners_streams_and_closing_one_with_1008(
         await listener.stop()
 
 
+async def test_listeners_show_node_agent_and_ping_round_trip(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(ping_interval=0.2)
+    # The agent's id form {agent_id}-{hc}-{i}, and a listener with an id of its own.
+    agent = await RawListener(relay.url, "echo", listener_id="gw-17-echo-0").start()
+    other = await RawListener(relay.url, "echo", listener_id="hand-made").start()
+    url = relay.http_url + "/$mgmt/v1/listeners?hybridConnection=echo"
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": mgmt_token(relay)}) as http:
+            async with http.get(url) as resp:
+                first = {item["id"]: item for item in (await resp.json())["value"]}
+            async with http.get(relay.http_url + "/$mgmt/v1/nodes") as resp:
+                node = (await resp.json())["self"]
+            assert {i: (v["agentId"], v["node"]) for i, v in first.items()} == {
+                "gw-17-echo-0": ("gw-17", node),
+                "hand-made": (None, node),
+            }
+            # Null until the first pong; then the round trip of the relay's keepalive ping.
+            async with asyncio.timeout(seconds(5)):
+                while True:
+                    async with http.get(url) as resp:
+                        listeners = (await resp.json())["value"]
+                    rtts = [item["lastPingRoundTripMs"] for item in listeners]
+                    if None not in rtts:
+                        break
+                    await asyncio.sleep(0.05)  # polling the API, not synchronisation by delay
+            assert all(isinstance(rtt, float | int) and rtt >= 0 for rtt in rtts)
+    finally:
+        await agent.stop()
+        await other.stop()
+
+
 async def test_stats_traffic_counts_open_streams_bytes(relay: InProcessRelay) -> None:
     assert relay.app is not None
     history = relay.app[TRAFFIC]

@@ -49,6 +49,7 @@ from hybridrelay.protocol.connection import (
     Hold,
     LimitReached,
     Ping,
+    Pong,
     Role,
     State,
     TextMessage,
@@ -156,6 +157,12 @@ class ControlChannel(asyncio.Protocol):
         self._lost: asyncio.Future[None] = loop.create_future()
         self.closing = False
         self.connected_at = now()  # wall time, for the management API's listener list
+        # The last keepalive ping's payload and loop time: its pong gives the round trip.
+        # Each ping carries a fresh counter so a late pong of an older one, or one the
+        # listener sends unasked (RFC 6455 §5.5.3), is not taken for the current one.
+        self._pings_sent = 0
+        self._ping_outstanding: tuple[bytes, float] | None = None
+        self.last_ping_rtt: float | None = None  # seconds; None until the first pong
 
     @property
     def listener_id(self) -> str:
@@ -381,7 +388,10 @@ class ControlChannel(asyncio.Protocol):
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
-            if self._renewal is None:
+            if isinstance(event, Pong):
+                # Timed at arrival, even while a renewal holds the other events back.
+                self._on_pong(event)
+            elif self._renewal is None:
                 self._on_event(event)
             else:
                 self._deferred.append(event)
@@ -455,7 +465,13 @@ class ControlChannel(asyncio.Protocol):
             self._conn.send_pong(cast(Ping, event).payload)
         elif kind is LimitReached:
             self._limit_hit(cast(LimitReached, event).limit)
-        # Pong: liveness only (_last_seen).
+        # Pong: handled in _handle (round trip); liveness is _last_seen.
+
+    def _on_pong(self, pong: Pong) -> None:
+        outstanding = self._ping_outstanding
+        if outstanding is not None and pong.payload == outstanding[0]:
+            self._ping_outstanding = None
+            self.last_ping_rtt = self._loop.time() - outstanding[1]
 
     def _on_control(self, event: ControlEvent) -> None:
         kind = type(event)
@@ -588,6 +604,9 @@ class ControlChannel(asyncio.Protocol):
                 next_ping = now + interval
                 # Written at once, or queued while the listener's buffer is full (a
                 # listener that does not take it is cut at control_send_timeout).
-                self._conn.send_ping()
+                self._pings_sent += 1
+                payload = self._pings_sent.to_bytes(8, "big")
+                self._ping_outstanding = (payload, now)
+                self._conn.send_ping(payload)
                 self._flush()
                 self._sync_reading()

@@ -68,6 +68,13 @@ _REDISPATCHES = 2  # accepts re-sent to another listener when the chosen one van
 _LISTENER_GONE_GRACE_S = 2.0
 # A PendingConnect outcome: the sender's connection closed before its 101.
 _SENDER_GONE: Final = object()
+# A PendingConnect outcome: rendezvous_timeout passed before the listener dialled.
+_TIMED_OUT: Final = object()
+
+
+def _time_out(future: asyncio.Future[object]) -> None:
+    if not future.done():
+        future.set_result(_TIMED_OUT)
 
 
 class _Rejected:
@@ -326,7 +333,11 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         write_buffer=relay.stream_buffer_size,
         limit_hit=state.metrics.limit_hit,
     )
-    splice.sender_address = _address_text(request)  # read now: the splice takes the socket
+    sender_endpoint = remote_endpoint(request)  # read now: the splice takes the socket
+    if sender_endpoint is not None:
+        splice.sender_address = f"{sender_endpoint.address}:{sender_endpoint.port}"
+    # The same for every (re)dispatch of this sender's accept: built once.
+    connect_headers = add_forwarding_headers(_connect_headers(request.headers), request)
     pending_work = request.app[PENDING]
     tracking_id = addr.tracking_id or pending_work.tracking_ids.new()
     deadline = started + relay.rendezvous_timeout
@@ -354,8 +365,8 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                     rendezvous_key=key,
                 ),
                 id=tracking_id,
-                connect_headers=add_forwarding_headers(_connect_headers(request.headers), request),
-                remote_endpoint=remote_endpoint(request),
+                connect_headers=connect_headers,
+                remote_endpoint=sender_endpoint,
             )
             try:
                 await deliver_to_listener(
@@ -368,13 +379,17 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                 )
                 del accept  # not kept alive by a sender that waits
                 pending_work.waiting.add(pending)
+                # A timer that settles the future, not asyncio.timeout_at: no Timeout
+                # object, task cancellation and uncancel per connect (issue 16).
+                timer = loop.call_at(deadline, _time_out, pending.future)
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        outcome = await pending.future
-                except TimeoutError as exc:
+                    outcome = await pending.future
+                finally:
+                    timer.cancel()
+                if outcome is _TIMED_OUT:
                     raise UpstreamTimeoutError(
                         "the listener did not accept in time", limit="rendezvous_timeout"
-                    ) from exc
+                    )
             finally:
                 pending_work.waiting.discard(pending)
                 state.cluster.discard_pending(key)
@@ -398,6 +413,8 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         # accept dial carried only the rendezvous key (the stream is its channel's).
         devices = request.app[DEVICES]
         owner = devices.listener_owner(hc.name, pending.listener_id)
+        if principal.device_id is None and owner is None:
+            return Upgraded()  # the usual case: no device to track, no exit stack to build
         async with contextlib.AsyncExitStack() as held:
             if principal.device_id is not None:
                 await held.enter_async_context(
@@ -415,8 +432,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
                         device=owner.device,
                     )
                 )
-            if principal.device_id is not None or owner is not None:
-                await splice.wait()
+            await splice.wait()
     # SPLICED: _accept answered the sender's 101 and detached its connection from
     # aiohttp; this handler ends now, the splice lives on in app[SPLICES].
     return Upgraded()
@@ -501,11 +517,6 @@ def _stream_started(
         metrics.stream_finished(stats, up, down)
 
     splice.on_finish = finished
-
-
-def _address_text(request: web.Request) -> str:
-    endpoint = remote_endpoint(request)
-    return f"{endpoint.address}:{endpoint.port}" if endpoint is not None else ""
 
 
 def _release_senders_of(pending_work: PendingWork, channel: ControlChannel) -> None:

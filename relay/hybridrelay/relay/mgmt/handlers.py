@@ -554,7 +554,9 @@ async def _device(request: web.Request) -> web.StreamResponse:
 
 async def _listeners(call: _Call) -> web.StreamResponse:
     app = call.request.app
-    return _json(list_listeners(call.request, app[LISTENERS], app[SPLICES]))
+    return _json(
+        list_listeners(call.request, app[LISTENERS], app[SPLICES], call.state.cluster.node_id)
+    )
 
 
 async def _streams(call: _Call) -> web.StreamResponse:

@@ -11,6 +11,7 @@ with Manage. A cluster's other nodes answer for their own listeners and streams.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Final
 
@@ -25,6 +26,7 @@ from hybridrelay.relay.splices import SpliceRegistry
 
 __all__ = [
     "CLOSE_CODE",
+    "agent_id",
     "azure_counters",
     "close_stream",
     "list_listeners",
@@ -68,6 +70,16 @@ def _entity_filter(request: web.Request) -> str | None:
     return name.casefold()
 
 
+def agent_id(listener_id: str, hc_name: str) -> str | None:
+    """The listener agent's id from a listener id of its ``{agent_id}-{hc}-{i}`` form.
+
+    The agent (``listener/supervisor.py``) names every control channel that way; a
+    hyco-ws listener or one of our ``Listener`` objects with an id of its own has none.
+    """
+    match = re.fullmatch(rf"(.+)-{re.escape(hc_name)}-\d+", listener_id, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
 def _streams(splices: SpliceRegistry) -> list[Splice]:
     # Only splices that started (an id); order by age, oldest first, for a stable page.
     started = [s for s in splices if s.stream_id]
@@ -87,7 +99,7 @@ def _stream_json(splice: Splice) -> dict[str, object]:
 
 
 def list_listeners(
-    request: web.Request, listeners: ListenerRegistry, splices: SpliceRegistry
+    request: web.Request, listeners: ListenerRegistry, splices: SpliceRegistry, node: str
 ) -> dict[str, object]:
     wanted = _entity_filter(request)
     streams: dict[tuple[str, str], int] = {}
@@ -102,6 +114,11 @@ def list_listeners(
             "remoteAddress": channel.remote_address,
             "connectedAt": _iso(channel.connected_at),
             "activeStreams": streams.get((channel.hc_name.casefold(), channel.listener_id), 0),
+            "node": node,
+            "agentId": agent_id(channel.listener_id, channel.hc_name),
+            "lastPingRoundTripMs": None
+            if channel.last_ping_rtt is None
+            else round(channel.last_ping_rtt * 1000, 3),
         }
         for channel in channels
         if wanted is None or channel.hc_name.casefold() == wanted

@@ -544,13 +544,34 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
     "Listener": {
         "type": "object",
         "description": "A listener's control channel connected to this node.",
-        "required": ["hybridConnection", "id", "remoteAddress", "connectedAt", "activeStreams"],
+        "required": [
+            "hybridConnection",
+            "id",
+            "remoteAddress",
+            "connectedAt",
+            "activeStreams",
+            "node",
+            "agentId",
+            "lastPingRoundTripMs",
+        ],
         "properties": {
             "hybridConnection": {"type": "string"},
             "id": {"type": "string", "description": "The listener's id (its tracking id)."},
             "remoteAddress": {"type": "string", "description": "address:port as seen here."},
             "connectedAt": _TIME,
             "activeStreams": {"type": "integer", "minimum": 0},
+            "node": {"type": "string", "description": "The relay node holding it (node id)."},
+            "agentId": {
+                "type": ["string", "null"],
+                "description": "The listener agent's agent_id, read from an id of the "
+                "agent's {agent_id}-{hc}-{i} form; null for other listeners.",
+            },
+            "lastPingRoundTripMs": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Milliseconds from the relay's last answered keepalive "
+                "ping to its pong; null until the first pong.",
+            },
         },
     },
     "ListenerList": _list_of("Listener"),

@@ -13,14 +13,17 @@ async function overview(main, view) {
   const charts = el("div", { class: "charts", id: "charts" });
   main.append(cards, charts, el("h2", { text: "Refusals by reason" }), refusals);
   await live(view, cards, async () => {
-    const [stats, hcs, devices] = await Promise.all([
+    const [stats, hcs, devices, nodes] = await Promise.all([
       api("GET", "stats"), api("GET", "hybridconnections?top=1000"), api("GET", "devices?top=1000"),
+      api("GET", "nodes"),
     ]);
+    const draining = nodes.value.filter((n) => n.draining).length;
     const more = (page) => (page.continuationToken ? "+" : "");
     const enabled = devices.value.filter((d) => d.status === "enabled").length;
     const connected = devices.value.filter((d) => d.connectionState === "connected").length;
     return [
       card("hybridconnections", "Hybrid connections", `${hcs.value.length}${more(hcs)}`),
+      card("nodes", "Relay nodes", nodes.value.length, draining ? `${draining} draining` : "none draining"),
       card("listeners", "Listeners online", stats.listeners),
       card("streams", "Live streams", stats.activeStreams, `${stats.connections} since start`),
       card("devices", "Devices", `${devices.value.length}${more(devices)}`,
@@ -61,9 +64,12 @@ async function overview(main, view) {
   });
 }
 
+// down: enabled, no listener anywhere; degraded: listeners at their cap (maxListeners),
+// so the next listener (an agent's restart or scale-out) is refused; else healthy.
 function hcStatus(hc) {
   if (hc.status === "disabled") return "disabled";
-  return hc.listenerCount > 0 ? "healthy" : "down";
+  if (hc.listenerCount === 0) return "down";
+  return hc.listenerCount >= hc.maxListeners ? "degraded" : "healthy";
 }
 
 async function hybridConnections(main, view) {
@@ -174,10 +180,13 @@ async function hybridConnection(main, view, name) {
   });
   await live(view, listeners, async () => {
     const list = await api("GET", "listeners?hybridConnection=" + enc(name));
+    const rtt = (ms) => (ms === null ? "no pong yet" : `${ms.toFixed(1)} ms`);
     const rows = list.value.map((l) => el("tr", { "data-listener": l.id },
-      el("td", {}, el("code", { text: l.id })), el("td", { class: "volatile", text: l.remoteAddress }),
-      el("td", { class: "volatile", text: `${age(l.connectedAt)} ago`, title: l.connectedAt }), el("td", { class: "streams", text: l.activeStreams })));
-    return table(["Id", "Remote address", "Connected", "Active streams"], rows, "No listener connected");
+      el("td", {}, el("code", { text: l.id })), el("td", { class: "agent", text: l.agentId ?? "" }),
+      el("td", { class: "node volatile", text: l.node }), el("td", { class: "volatile", text: l.remoteAddress }),
+      el("td", { class: "volatile", text: `${age(l.connectedAt)} ago`, title: l.connectedAt }),
+      el("td", { class: "rtt volatile", text: rtt(l.lastPingRoundTripMs) }), el("td", { class: "streams", text: l.activeStreams })));
+    return table(["Id", "Agent", "Node", "Remote address", "Connected", "Last ping round trip", "Active streams"], rows, "No listener connected");
   });
   await drawRules().catch(errorLine(message));
 }
