@@ -185,6 +185,24 @@ class AcceptServer:
         if not self.stats.active:
             self.idle.set()
 
+    async def _target_unreachable(
+        self, target: StreamTarget, exc: Exception, accept: Accept, clog: ConnectionLogger
+    ) -> None:
+        """The target could not be opened: the sender gets 502 through the relay."""
+        clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
+        await self._reject(accept.address, Reject(502, "target unreachable"), clog)
+
+    def _stream_closed(
+        self, bytes_up: int, bytes_down: int, code: int | None, clog: ConnectionLogger
+    ) -> None:
+        """Count a finished byte stream (either bridge) and log its close."""
+        self.stats.bytes_up += bytes_up
+        self.stats.bytes_down += bytes_down
+        clog.info(
+            "connection_closed",
+            extra={"bytes_up": bytes_up, "bytes_down": bytes_down, "code": code},
+        )
+
     async def _bridge_to_target(
         self,
         target: StreamTarget,
@@ -204,8 +222,7 @@ class AcceptServer:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await open_stream(target)
         except (OSError, TimeoutError) as exc:
-            clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
-            await self._reject(accept.address, Reject(502, "target unreachable"), clog)
+            await self._target_unreachable(target, exc, accept, clog)
             return
         try:
             ws = await self._rendezvous(accept, request, stream=True)
@@ -222,16 +239,7 @@ class AcceptServer:
                 ws.abort()
                 raise
             result = await bridge(stream, reader, writer)
-            self.stats.bytes_up += result.bytes_up
-            self.stats.bytes_down += result.bytes_down
-            clog.info(
-                "connection_closed",
-                extra={
-                    "bytes_up": result.bytes_up,
-                    "bytes_down": result.bytes_down,
-                    "code": result.close_code,
-                },
-            )
+            self._stream_closed(result.bytes_up, result.bytes_down, result.close_code, clog)
         finally:
             self._stream_ended()
 
@@ -247,8 +255,7 @@ class AcceptServer:
             async with asyncio.timeout(self._connect_timeout):
                 local = await open_bridge(target)
         except (OSError, TimeoutError) as exc:
-            clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
-            await self._reject(accept.address, Reject(502, "target unreachable"), clog)
+            await self._target_unreachable(target, exc, accept, clog)
             return
         try:
             ws = await self._rendezvous(accept, request, stream=True)
@@ -259,16 +266,7 @@ class AcceptServer:
         clog.info("connection_accepted", extra={"target": str(target)})
         try:
             result = await local.run(ws)
-            self.stats.bytes_up += result.bytes_up
-            self.stats.bytes_down += result.bytes_down
-            clog.info(
-                "connection_closed",
-                extra={
-                    "bytes_up": result.bytes_up,
-                    "bytes_down": result.bytes_down,
-                    "code": result.close_code,
-                },
-            )
+            self._stream_closed(result.bytes_up, result.bytes_down, result.close_code, clog)
         finally:
             self._stream_ended()
 
@@ -285,8 +283,7 @@ class AcceptServer:
             async with asyncio.timeout(self._connect_timeout):
                 udp = await UdpConnection.open(target)
         except (OSError, TimeoutError) as exc:
-            clog.warning("target_unreachable", extra={"target": str(target), "error": str(exc)})
-            await self._reject(accept.address, Reject(502, "target unreachable"), clog)
+            await self._target_unreachable(target, exc, accept, clog)
             return
         try:
             ws = await self._rendezvous(accept, request, stream=True)
