@@ -225,6 +225,7 @@ class WsConnection(asyncio.Protocol):
         self._write_paused = False
         self._eof_written = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._flush_soon = False  # send_soon() queued frames for the end of this loop turn
 
         # Closing
         self._lost = False
@@ -313,6 +314,35 @@ class WsConnection(asyncio.Protocol):
             self._flush()
             if self._write_paused or self._lost:  # no coroutine per message otherwise
                 await self._drain()
+
+    def send_soon(self, messages: Sequence[Data]) -> bool:
+        """Queue messages, one frame each and adjacent, for a write at the end of this
+        loop turn; False, having queued nothing, when sending them would mean waiting.
+
+        :meth:`send_many` without a coroutine, for a send that need not wait (no other
+        send under way, room in the peer's buffer; call send_many() otherwise), and with
+        one system call for everything queued in the same loop turn: the listener agent's
+        inline responses, one write per response before (perf: a write and, on the
+        relay, a read and a wake-up each).
+
+        Raises:
+            ConnectionClosedError: Our close frame was sent or the connection is gone.
+        """
+        if self._write_paused or self._send_lock.locked():
+            return False
+        if self._lost:
+            raise self._conn.closed_error()
+        frames = [_encode_message(message) for message in messages]
+        for opcode, payload in frames:
+            self._conn.send_frame(opcode, payload)
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush_queued)
+        return True
+
+    def _flush_queued(self) -> None:
+        self._flush_soon = False
+        self._flush()
 
     async def send_fragments(self, fragments: Iterable[Data] | AsyncIterable[Data]) -> None:
         """Send one message, one frame per fragment; the first fragment decides its type.

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Se
 from dataclasses import dataclass
 from typing import Final
 
+from hybridrelay.deadlines import Deadlines
 from hybridrelay.errors import ConnectionClosedError, HybridRelayError, InvalidMessageError
 from hybridrelay.listener.control_protocol import inline_response
 from hybridrelay.listener.http_messages import (
@@ -86,7 +87,11 @@ class HttpExchanges:
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
         self._exchanges: set[_Exchange] = set()  # requests in flight
+        self._deadlines = Deadlines()  # request_timeout of each handler call
         self._log = logger
+
+    def _request_log(self, request_id: str) -> ConnectionLogger:
+        return ConnectionLogger(log, {"hc": self.hc, "request": request_id})
 
     async def _receive_request(self, ws: WsConnection, announced: Request) -> Request:
         """The full request on a rendezvous socket of a rendezvous-only request (HC §3.2)."""
@@ -105,7 +110,7 @@ class HttpExchanges:
 
     async def handle(self, control: WsConnection, request: Request, body: bytes | None) -> None:
         """Serve one HTTP-mode request; the top of its task."""
-        clog = ConnectionLogger(log, {"hc": self.hc, "request": request.id})
+        rid = request.id  # its logger is made only for a line to log (most log none)
         self.stats.requests += 1
         exchange = _Exchange(request)
         self._exchanges.add(exchange)
@@ -122,21 +127,23 @@ class HttpExchanges:
             if escape is not None:
                 # The relay refuses these already; a relay that does not (compromised,
                 # older) must still not walk a handler or the target out of its base path.
-                clog.warning("request_target_refused", extra={"reason": escape})
+                self._request_log(rid).warning("request_target_refused", extra={"reason": escape})
                 response: HttpResponse | None = error_response(400, "BadRequest", escape)
             else:
                 http_request = build_request(self.hc, full, source)
-                response = await self._call_http_handler(http_request, clog, exchange)
+                response = await self._call_http_handler(http_request, rid, exchange)
             if response is None:
                 self.stats.request_failures += 1
                 return
-            await self._send_response(control, exchange, full, response, clog)
+            await self._send_response(control, exchange, full, response, rid)
         except (OSError, TimeoutError, HybridRelayError) as exc:
             self.stats.request_failures += 1
-            clog.warning("request_failed", extra={"error": str(exc) or type(exc).__name__})
+            self._request_log(rid).warning(
+                "request_failed", extra={"error": str(exc) or type(exc).__name__}
+            )
         except Exception:  # noqa: BLE001 - top of a request task: our bug, logged
             self.stats.request_failures += 1
-            clog.exception("request_crashed")
+            self._request_log(rid).exception("request_crashed")
         finally:
             self._exchanges.discard(exchange)
             exchange.finished = True
@@ -145,20 +152,22 @@ class HttpExchanges:
 
     async def answer_broken(self, control: WsConnection, request: Request) -> None:
         """Answer 400 to an inline request whose body message never came."""
-        clog = ConnectionLogger(log, {"hc": self.hc, "request": request.id})
+        rid = request.id
         response = error_response(400, "BadRequest", "request body message missing")
         exchange = _Exchange(request)
         try:
-            await self._send_response(control, exchange, request, response, clog)
+            await self._send_response(control, exchange, request, response, rid)
         except (OSError, TimeoutError, HybridRelayError) as exc:
-            clog.warning("request_failed", extra={"error": str(exc) or type(exc).__name__})
+            self._request_log(rid).warning(
+                "request_failed", extra={"error": str(exc) or type(exc).__name__}
+            )
         finally:
             exchange.finished = True
             if exchange.rendezvous is not None:
                 await exchange.rendezvous.close()
 
     async def _call_http_handler(
-        self, request: HttpRequest, clog: ConnectionLogger, exchange: _Exchange | None = None
+        self, request: HttpRequest, rid: str, exchange: _Exchange | None = None
     ) -> HttpResponse | None:
         """The handler's response, an error response, or None when it took too long or the
         request's body was lost (no one is left to answer)."""
@@ -166,31 +175,48 @@ class HttpExchanges:
             return error_response(501, "NotImplemented", "this listener serves no HTTP requests")
         if self._at_capacity():
             return error_response(503, "ListenerAtCapacity", "listener at capacity")
-        deadline = asyncio.timeout(self._request_timeout)
+        # asyncio.timeout()'s rules (the task is cancelled at the deadline; that is a
+        # timeout unless someone else cancelled it too) on a timer shared by all requests.
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - called from the request's task
+        cancelling = task.cancelling()
+        deadline = self._deadlines.arm(self._request_timeout, _cancel, task)
+        timed_out = False
         try:
-            async with deadline:
+            try:
                 # object: apps without type checking may return anything.
                 response: object = await self._http_handler(request)
-        except TimeoutError:
-            if not deadline.expired():
+            finally:
+                self._deadlines.disarm(deadline)
+                # Our cancel request, if the deadline made one, is taken back.
+                timed_out = deadline.expired and task.uncancel() <= cancelling
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            # A TimeoutError of the handler's own is its failure, unless ours came first.
+            if not (timed_out if isinstance(exc, asyncio.CancelledError) else deadline.expired):
                 raise
-            clog.warning("http_handler_timeout", extra={"timeout_s": self._request_timeout})
+            self._request_log(rid).warning(
+                "http_handler_timeout", extra={"timeout_s": self._request_timeout}
+            )
             return None
         except Exception:  # noqa: BLE001 - the app's handler failed; the sender gets a 500
             if exchange is not None and exchange.body_lost is not None:
                 # The sender or the relay went away mid-body and the handler stumbled on
                 # it: a peer going away, not the app's bug.
-                clog.info("request_body_lost", extra={"error": str(exchange.body_lost)})
+                self._request_log(rid).info(
+                    "request_body_lost", extra={"error": str(exchange.body_lost)}
+                )
                 return None
-            clog.exception("http_handler_crashed")
+            self._request_log(rid).exception("http_handler_crashed")
             return error_response(500, "InternalServerError", "the listener's handler failed")
         if not isinstance(response, HttpResponse):
-            clog.error("http_handler_bad_result", extra={"type": type(response).__name__})
+            self._request_log(rid).error(
+                "http_handler_bad_result", extra={"type": type(response).__name__}
+            )
             return error_response(500, "InternalServerError", "the listener's handler failed")
         return response
 
     def _response_header(
-        self, request: Request, response: HttpResponse, has_body: bool, clog: ConnectionLogger
+        self, request: Request, response: HttpResponse, has_body: bool, rid: str
     ) -> str | None:
         try:
             message = Response(
@@ -203,7 +229,7 @@ class HttpExchanges:
             check_response(message)  # what the relay would refuse with a 502
             return encode(message)
         except HybridRelayError as exc:  # a 1xx or 600+ status, headers over 64 KiB
-            clog.error("http_response_invalid", extra={"error": str(exc)})
+            self._request_log(rid).error("http_response_invalid", extra={"error": str(exc)})
             return None
 
     async def _send_response(
@@ -212,7 +238,7 @@ class HttpExchanges:
         exchange: _Exchange,
         request: Request,
         response: HttpResponse,
-        clog: ConnectionLogger,
+        rid: str,
     ) -> None:
         """Send ``response`` inline when small and allowed, else over rendezvous (HC §4).
 
@@ -232,7 +258,7 @@ class HttpExchanges:
             else:
                 source = body
             has_body = data is None or bool(data)
-            header = self._response_header(request, response, has_body, clog)
+            header = self._response_header(request, response, has_body, rid)
             if header is None:
                 await close_body(body)
                 body = source = data = _INVALID_RESPONSE_BODY
@@ -255,7 +281,10 @@ class HttpExchanges:
                 and await self._send_inline(control, exchange, inline)
             ):
                 self.stats.responses_inline += 1
-                clog.debug("response_sent", extra={"status": response.status, "via": "control"})
+                if log.isEnabledFor(logging.DEBUG):
+                    self._request_log(rid).debug(
+                        "response_sent", extra={"status": response.status, "via": "control"}
+                    )
                 return
             ws = await self._answer_socket(exchange)
             await ws.send(header)
@@ -263,7 +292,10 @@ class HttpExchanges:
                 await ws.send_fragments(_fragments(source))
             await ws.close(CloseCode.NORMAL)  # HC §4: single use
             self.stats.responses_rendezvous += 1
-            clog.debug("response_sent", extra={"status": response.status, "via": "rendezvous"})
+            if log.isEnabledFor(logging.DEBUG):
+                self._request_log(rid).debug(
+                    "response_sent", extra={"status": response.status, "via": "rendezvous"}
+                )
         finally:
             await close_body(body)
 
@@ -280,8 +312,10 @@ class HttpExchanges:
                 return False
             exchange.responding = True
             try:
-                # One write for both: adjacent (HC §4) and one system call.
-                await control.send_many(messages)
+                # Adjacent (HC §4), and written with the loop turn's other responses in
+                # one system call; or, when that would mean waiting, with a wait.
+                if not control.send_soon(messages):
+                    await control.send_many(messages)
             except ConnectionClosedError:
                 # Nothing went out: the relay may still take the answer over rendezvous.
                 exchange.responding = False
@@ -351,6 +385,10 @@ class _Exchange:
     responding: bool = False  # the answer is going out on the control channel
     finished: bool = False
     body_lost: HybridRelayError | None = None  # why the body stream ended early, if it did
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 async def _body_frames(ws: WsConnection, exchange: _Exchange) -> AsyncIterator[bytes]:

@@ -29,7 +29,7 @@ from collections.abc import (
     Set as AbstractSet,
 )
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 from urllib.parse import parse_qsl, unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
@@ -75,12 +75,19 @@ _CONNECTION_LEVEL: Final = frozenset(
 def _dropped_names(pairs: Iterable[tuple[str, str]]) -> AbstractSet[str]:
     named: set[str] = set()
     for name, value in pairs:
-        if name.lower() == "connection":
+        # len() first: lower() for the one name in ten that could be "Connection".
+        if len(name) == 10 and name.lower() == "connection":
             named.update(token.strip().lower() for token in value.split(",") if token.strip())
     return _CONNECTION_LEVEL | named if named else _CONNECTION_LEVEL
 
 
 def _pairs(headers: HeadersLike) -> list[tuple[str, str]]:
+    """The (name, value) pairs, for reading only (a list given is returned as it is)."""
+    kind = type(headers)
+    if kind is dict:  # decoded requestHeaders: no ABC check (isinstance(..., Mapping))
+        return list(cast(dict[str, str], headers).items())
+    if kind is list:  # a target's response headers
+        return cast(list[tuple[str, str]], headers)
     if isinstance(headers, Mapping):
         return list(headers.items())  # a multidict's items() keeps repeated names
     return list(headers)
@@ -97,7 +104,7 @@ def forwardable_request_headers(headers: Mapping[str, str] | None) -> CIMultiDic
     """
     pairs = _pairs(headers or {})
     dropped = _dropped_names(pairs)
-    return CIMultiDict((name, value) for name, value in pairs if name.lower() not in dropped)
+    return CIMultiDict([pair for pair in pairs if pair[0].lower() not in dropped])
 
 
 def response_header_map(headers: HeadersLike) -> dict[str, str]:

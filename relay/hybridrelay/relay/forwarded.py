@@ -15,10 +15,11 @@ proxies do (nginx ``$proxy_add_x_forwarded_for``, RFC 7239 §4):
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, Literal
 
 from aiohttp import web
 
+from hybridrelay.protocol.messages import RemoteEndpoint
 from hybridrelay.relay.peer import remote_endpoint
 
 __all__ = ["add_forwarding_headers"]
@@ -41,18 +42,25 @@ def _node(address: str) -> str:
     return _quoted(f"[{address}]" if ":" in address else address)
 
 
-def add_forwarding_headers(headers: dict[str, str], request: web.Request) -> dict[str, str]:
+def add_forwarding_headers(
+    headers: dict[str, str],
+    request: web.Request,
+    endpoint: RemoteEndpoint | Literal[False] | None = False,
+) -> dict[str, str]:
     """Return ``headers`` (a sender's, repeated names joined) with the relay's proxy headers.
 
     Args:
         headers: What would be forwarded, names in the sender's spelling.
         request: The sender's request: its peer address, TLS and ``Host``.
+        endpoint: ``remote_endpoint(request)`` when the caller has it already (False:
+            read it here).
 
     Returns:
         A new dict: the sender's ``X-Forwarded-For`` and ``Forwarded`` (any spelling, joined)
         with the peer appended, ``X-Forwarded-Proto``/``-Host``/``X-Real-IP`` the relay's.
     """
-    endpoint = remote_endpoint(request)
+    if endpoint is False:
+        endpoint = remote_endpoint(request)
     peer = endpoint.address if endpoint is not None else "unknown"
     proto = "https" if request.secure else "http"
     out: dict[str, str] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -64,7 +64,7 @@ from hybridrelay.protocol.connection import (
 )
 from hybridrelay.protocol.frames import Opcode
 from hybridrelay.protocol.http_response import check_response
-from hybridrelay.protocol.messages import Request, Response, decode, encode
+from hybridrelay.protocol.messages import RemoteEndpoint, Request, Response, decode, encode
 from hybridrelay.relay.dashboard.sessions import sets_dashboard_cookie
 from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import Compose, deliver_to_listener
@@ -231,20 +231,22 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         if inline and (capture := request.get(CAPTURE)) is not None:
             capture.request_body_read(body)  # the HTTP inspector keeps its first bytes
         pending_work = request.app[PENDING]
+        endpoint = remote_endpoint(request)
         with pending_work.share.hold(hc.name):
             return await _exchange(
                 request,
                 state,
                 hc_name=hc.name,
                 response_timeout=hc.request_timeout or state.config.relay.request_timeout,
-                message=Request(
-                    address="",  # filled in once the rendezvous key exists
+                message=_Message(
                     id=pending_work.tracking_ids.new(),  # no getrandom() per request
                     request_target=target.request_target,
                     method=request.method,
-                    remote_endpoint=remote_endpoint(request),
+                    remote_endpoint=endpoint,
                     request_headers=add_forwarding_headers(
-                        _request_headers(request, drop_authorization=from_authorization), request
+                        _request_headers(request, drop_authorization=from_authorization),
+                        request,
+                        endpoint,
                     ),
                     body=has_body,
                 ),
@@ -278,13 +280,29 @@ def _body_stalled(idle: float) -> RequestTimeoutError:
     )
 
 
+class _Message(NamedTuple):
+    """The request message's fields but its address (known once the key exists)."""
+
+    id: str
+    request_target: str
+    method: str
+    remote_endpoint: RemoteEndpoint | None
+    request_headers: dict[str, str]
+    body: bool
+
+
+# What a PendingRequest holds until its message, address and all, is built (one
+# frozen dataclass per request, not two).
+_NO_MESSAGE: Final = Request(address="", id="")
+
+
 async def _exchange(
     request: web.Request,
     state: RelayState,
     *,
     hc_name: str,
     response_timeout: float,
-    message: Request,
+    message: _Message,
     inline: bool,
     body: bytes | None,
 ) -> web.StreamResponse:
@@ -295,7 +313,7 @@ async def _exchange(
         hc_name=hc_name,
         request_id=request_id,
         listener_id="",  # set when a listener is chosen
-        message=message,
+        message=_NO_MESSAGE,
         sender=request,
         inline=inline,
         body=BodyPipe(high=state.config.relay.stream_buffer_size),
@@ -311,8 +329,17 @@ async def _exchange(
         tracking_id=request_id,
         rendezvous_key=key,
     )
-    pending.message = message = _with_address(message, address)
-    requests = request.app[PENDING].requests
+    pending.message = Request(
+        address=address,
+        id=request_id,
+        request_target=message.request_target,
+        method=message.method,
+        remote_endpoint=message.remote_endpoint,
+        request_headers=message.request_headers,
+        body=message.body,
+    )
+    work = request.app[PENDING]
+    requests = work.requests
     requests[request_id] = pending
     started = asyncio.get_running_loop().time()
     handle: ListenerHandle | None = None
@@ -331,15 +358,19 @@ async def _exchange(
         except NoListenerError as exc:
             raise BadGatewayError(str(exc)) from exc
         state.cluster.stream_started(handle)
+        # One timer for every request's limit (hybridrelay.deadlines); at the limit the
+        # header fails with TimeoutError, which only this can set.
+        deadline = work.deadlines.arm(timeout, _no_answer, pending)
         try:
-            async with asyncio.timeout(timeout):
-                response = await asyncio.shield(pending.header)
+            response = await pending.header
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 "The request was routed to the listener but the listener did not respond "
                 f"in the required time ({timeout:g} s).",
                 limit="request_timeout",
             ) from exc
+        finally:
+            work.deadlines.disarm(deadline)
         state.metrics.http_seconds.observe(asyncio.get_running_loop().time() - started)
         return await _stream_response(request, pending, response, state, timeout)
     finally:
@@ -347,10 +378,17 @@ async def _exchange(
         requests.pop(request_id, None)
         if handle is not None:
             state.cluster.stream_ended(handle)
-        pending.fail(BadGatewayError("request finished"))
+        if not (pending.header.done() and pending.body.finished):  # else a no-op
+            pending.fail(BadGatewayError("request finished"))
         pending.closed = True
         for sock in list(pending.sockets):
             cast(HttpRendezvous, sock).shutdown()
+
+
+def _no_answer(pending: PendingRequest) -> None:
+    """request_timeout: the listener has not answered in time."""
+    if not pending.header.done():
+        pending.header.set_exception(TimeoutError())
 
 
 def _composer(
@@ -371,18 +409,6 @@ def _composer(
         return Request(address=address, id=pending.request_id), None
 
     return compose
-
-
-def _with_address(message: Request, address: str) -> Request:
-    return Request(
-        address=address,
-        id=message.id,
-        request_target=message.request_target,
-        method=message.method,
-        remote_endpoint=message.remote_endpoint,
-        request_headers=message.request_headers,
-        body=message.body,
-    )
 
 
 async def _stream_response(

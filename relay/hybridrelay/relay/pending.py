@@ -19,6 +19,7 @@ from typing import Final
 
 from aiohttp import web
 
+from hybridrelay.deadlines import Deadlines
 from hybridrelay.errors import HybridRelayError
 from hybridrelay.protocol.messages import Request, Response
 from hybridrelay.relay.admission import PendingShare
@@ -262,10 +263,12 @@ class PendingWork:
         waiting: Senders waiting for their listener to dial (``hc_endpoints._connect``).
         share: How much of both each hybrid connection holds (``max_pending_per_hc``).
         tracking_ids: Where senders that bring no tracking id get one.
+        deadlines: The HTTP-mode requests' ``request_timeout``, on one shared timer.
     """
 
     def __init__(self, max_pending_per_hc: int) -> None:
         self.requests: dict[str, PendingRequest] = {}
+        self.deadlines = Deadlines()
         self.waiting: set[PendingConnect] = set()
         self.share = PendingShare(max_pending_per_hc)
         self.tracking_ids = TrackingIds()
