@@ -297,7 +297,8 @@ class HttpExchanges:
                     "response_sent", extra={"status": response.status, "via": "rendezvous"}
                 )
         finally:
-            await close_body(body)
+            if not isinstance(body, bytes):  # bytes have nothing to close: no coroutine
+                await close_body(body)
 
     async def _send_inline(
         self, control: WsConnection, exchange: _Exchange, messages: Sequence[str | bytes]

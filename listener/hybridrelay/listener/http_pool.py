@@ -188,22 +188,14 @@ class _Connection(asyncio.Protocol):
         self.head_room = _MAX_HEAD
         self.answer = _Answer(no_body=method == "HEAD")
 
-    async def read_head(self, limit_s: float | None) -> _Answer:
-        """The final response's head (interim ones skipped)."""
-        answer = self.answer
-        while not answer.head:
-            if not self._feed():
-                await self._more(limit_s)
-        return answer
-
     async def read_body(self, limit_s: float | None) -> bytes:
         """The next piece of the body; b"" at its end."""
         answer = self.answer
         while not answer.body:
             if answer.complete:
                 return b""
-            if not self._feed():
-                await self._more(limit_s)
+            if not self.feed():
+                await self.more(limit_s)
         data = answer.body[0] if len(answer.body) == 1 else b"".join(answer.body)
         answer.body.clear()
         return data
@@ -212,7 +204,7 @@ class _Connection(asyncio.Protocol):
         """After a whole response: whether the connection may carry the next exchange."""
         return not self.closed and not self.buffer and self.answer.keep_alive()
 
-    def _feed(self) -> bool:
+    def feed(self) -> bool:
         """Give the parser what arrived; False when nothing did (wait for more then).
 
         Raises:
@@ -258,7 +250,7 @@ class _Connection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    async def _more(self, limit_s: float | None) -> None:
+    async def more(self, limit_s: float | None) -> None:
         """Wait for more bytes (or the end); TimeoutError after ``limit_s`` seconds.
 
         A limit per wait (aiohttp's sock_read), on the pool's shared timer.
@@ -361,7 +353,10 @@ class HttpPool:
         elif method not in _NO_LENGTH_METHODS:
             head += b"Content-Length: 0\r\n"
         head += b"\r\n"
-        conn, reused = await self._acquire()
+        conn = self._idle_connection()  # the usual case, without a coroutine
+        reused = conn is not None
+        if conn is None:
+            conn, reused = await self._acquire()
         try:
             self._write(conn, head, body, method)
             try:
@@ -388,12 +383,18 @@ class HttpPool:
             conn.transport.write(head)
             conn.transport.write(body)
 
-    async def _acquire(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
-        while not fresh and self._idle:
+    def _idle_connection(self) -> _Connection | None:
+        """An open idle connection, or None."""
+        while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
-                return conn, True
+                return conn
             self._discard(conn)
+        return None
+
+    async def _acquire(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
+        if not fresh and (conn := self._idle_connection()) is not None:
+            return conn, True
         while self._open >= self._limit:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -457,7 +458,10 @@ class HttpPool:
             self._discard(conn)
 
     async def _response(self, conn: _Connection) -> HttpResponse:
-        answer = await conn.read_head(self.read_timeout)
+        answer = conn.answer
+        while not answer.head:  # the final response's head (interim ones skipped)
+            if not conn.feed():
+                await conn.more(self.read_timeout)
         headers: list[tuple[str, str]] = []
         length: int | None = None  # of the body; None: chunked, or until the target closes
         chunked = False
@@ -478,11 +482,16 @@ class HttpPool:
         answer.close_delimited = length is None and not chunked
         if fits_inline(length):
             # Small and of known size: read it, so the answer can go inline (HC §4).
-            body = bytearray()
-            while chunk := await conn.read_body(self.read_timeout):
-                body += chunk
+            if answer.complete:  # usually: it came with the head, parsed with it
+                whole = b"".join(answer.body)
+                answer.body.clear()
+            else:
+                body = bytearray()
+                while chunk := await conn.read_body(self.read_timeout):
+                    body += chunk
+                whole = bytes(body)
             self.release(conn)
-            return HttpResponse(answer.status, headers, bytes(body), reason)
+            return HttpResponse(answer.status, headers, whole, reason)
         return HttpResponse(answer.status, headers, _PoolBody(self, conn), reason)
 
 

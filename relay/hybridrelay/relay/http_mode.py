@@ -191,7 +191,8 @@ def _token(
 
 
 def _header_block_size(request: web.Request) -> int:
-    return sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+    headers = request.headers  # "name: value\r\n" each, summed in C
+    return sum(map(len, headers.keys())) + sum(map(len, headers.values())) + 4 * len(headers)
 
 
 async def handle_http(request: web.Request) -> web.StreamResponse:
@@ -381,8 +382,9 @@ async def _exchange(
         if not (pending.header.done() and pending.body.finished):  # else a no-op
             pending.fail(BadGatewayError("request finished"))
         pending.closed = True
-        for sock in list(pending.sockets):
-            cast(HttpRendezvous, sock).shutdown()
+        if pending.sockets:  # inline exchanges have none
+            for sock in list(pending.sockets):
+                cast(HttpRendezvous, sock).shutdown()
 
 
 def _no_answer(pending: PendingRequest) -> None:
@@ -478,7 +480,10 @@ async def drop_invented_headers(request: web.Request, response: web.StreamRespon
 def _reason(description: str | None) -> str | None:
     if not description:
         return None
-    clean = "".join(c if 32 <= ord(c) < 127 else " " for c in description).strip()
+    if description.isascii() and description.isprintable():  # "OK": nothing to replace
+        clean = description.strip()
+    else:
+        clean = "".join(c if 32 <= ord(c) < 127 else " " for c in description).strip()
     return clean[:200] or None
 
 
