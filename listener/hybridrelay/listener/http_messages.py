@@ -276,6 +276,17 @@ def error_response(status: int, code: str, message: str) -> HttpResponse:
 def _strip_entity(path: str, hc: str) -> str:
     # HC §3.2: requestTarget starts with the entity name; the relay matched it
     # case-insensitively after percent-decoding (HC §2.1), so compare the same way.
+    name = hc.strip("/")
+    n = len(name) + 1
+    if (
+        name
+        and "%" not in name
+        and path[:1] == "/"
+        and path.startswith(name, 1)
+        and path[n : n + 1] in ("", "/")
+    ):
+        # Spelled as registered (the usual case): the comparison below would match.
+        return path[n:] or "/"
     entity = [segment.casefold() for segment in hc.strip("/").split("/")]
     segments = path.split("/")  # origin-form: segments[0] == ""
     head = segments[1 : 1 + len(entity)]

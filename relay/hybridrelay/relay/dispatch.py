@@ -49,7 +49,7 @@ async def deliver_to_listener(
         compose = fixed(message, body)
     failed: set[str] = set()
     for _ in range(_ATTEMPTS):
-        excluded = set(disallowed or ()) | failed
+        excluded = set(disallowed or ()) | failed if disallowed or failed else None
         handle = await cluster.pick(hc_name, allowed=allowed, disallowed=excluded or None)
         if handle is None:
             break

@@ -132,6 +132,9 @@ class MemoryClusterState:
         channels = self._channels.get(hc)
         if not channels:
             return None
+        if len(channels) == 1 and allowed is None and not disallowed:
+            # The usual: one listener, eligible, chosen whatever its load (per request).
+            return ListenerHandle(hc, next(iter(channels)), self.node_id)
         loads = [ListenerLoad(lid, self._active.get((hc, lid), 0)) for lid in channels]
         chosen = choose_listener(loads, rng=self._rng, allowed=allowed, disallowed=disallowed)
         if chosen is None:
