@@ -45,7 +45,6 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -513,7 +512,8 @@ class WsConnection(asyncio.Protocol):
             PayloadTooBigError: The message is larger than ``max_size`` (the connection is
                 failed with 1009).
         """
-        await self._skip_rest_of_message()
+        if self._rx_mid:  # (no coroutine when there is nothing to skip)
+            await self._skip_rest_of_message()
         chunks: list[_Chunk] = []
         size = 0
         try:
@@ -542,7 +542,8 @@ class WsConnection(asyncio.Protocol):
         Raises:
             ConnectionClosedError: As for :meth:`recv`, also in the middle of a message.
         """
-        await self._skip_rest_of_message()
+        if self._rx_mid:  # (no coroutine when there is nothing to skip)
+            await self._skip_rest_of_message()
         while True:
             parts: list[_Chunk] = []
             mid = self._rx_mid
@@ -572,7 +573,8 @@ class WsConnection(asyncio.Protocol):
         Raises:
             ConnectionClosedError: As for :meth:`recv`, also in the middle of a message.
         """
-        await self._skip_rest_of_message()
+        if self._rx_mid:  # (no coroutine when there is nothing to skip)
+            await self._skip_rest_of_message()
         while True:
             chunk = await self._next_chunk()
             if chunk is None:
@@ -955,19 +957,14 @@ class WsConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    @contextlib.contextmanager
-    def _receiving(self) -> Iterator[None]:
+    async def _next_chunk(self) -> _Chunk | None:
+        """Pop the next chunk, waiting for one; None at the end of incoming data."""
+        # One receiver at a time; a plain try/finally, not a @contextmanager (a generator
+        # per chunk, and the listener's control channel takes one chunk per request).
         if self._rx_busy:
             raise RuntimeError("another coroutine is already receiving on this connection")
         self._rx_busy = True
         try:
-            yield
-        finally:
-            self._rx_busy = False
-
-    async def _next_chunk(self) -> _Chunk | None:
-        """Pop the next chunk, waiting for one; None at the end of incoming data."""
-        with self._receiving():
             while not self._rx:
                 if self._rx_eof:
                     return None
@@ -977,6 +974,8 @@ class WsConnection(asyncio.Protocol):
                     await waiter
                 finally:
                     self._rx_waiter = None
+        finally:
+            self._rx_busy = False
         chunk = self._rx.popleft()
         self._rx_bytes -= chunk.size
         self._rx_mid = not chunk.message_end

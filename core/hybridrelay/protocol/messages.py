@@ -316,12 +316,17 @@ def _req_bool(obj: _Obj, kind: str, name: str) -> bool:
     return value
 
 
+_STR_ONLY: Final = frozenset({str})
+
+
 def _opt_headers(obj: _Obj, kind: str, name: str) -> dict[str, str] | None:
     value = obj.get(name)
     if value is None:
         return None
     if not isinstance(value, dict):
         raise _wrong(kind, name, "an object of strings")
+    if set(map(type, value.values())) <= _STR_ONLY:
+        return value  # the usual: all strings, in a dict just decoded and no one else's
     headers: dict[str, str] = {}
     for key, item in value.items():
         if isinstance(item, str):

@@ -72,7 +72,13 @@ from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, parse_client_handshake
 from hybridrelay.relay.inspector import CAPTURE, REPLAY_HEADER
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import PENDING, BodyPipe, ListenerHandle, PendingRequest
+from hybridrelay.relay.pending import (
+    PENDING,
+    BodyPipe,
+    ListenerHandle,
+    PendingRequest,
+    PendingWork,
+)
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import take_over
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
@@ -197,7 +203,8 @@ def _header_block_size(request: web.Request) -> int:
 
 async def handle_http(request: web.Request) -> web.StreamResponse:
     """Relay one plain HTTP request to a listener and stream its response back."""
-    state = request.app[STATE]
+    app = request.app  # a property chain: read once
+    state = app[STATE]
     if request.method == "CONNECT":
         raise MethodNotAllowedError("CONNECT is not relayed")
     if "upgrade" in _connection_tokens(request.headers):
@@ -223,7 +230,7 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     has_body = bool(length) or chunked
     inline = fits_inline(length) or not has_body
-    devices = request.app[DEVICES]
+    devices = app[DEVICES]
     try:
         await devices.request_started(principal, request, hc_name=hc.name, device=device)
         # A small body is read whole before any pending work exists for it: a sender
@@ -231,12 +238,13 @@ async def handle_http(request: web.Request) -> web.StreamResponse:
         body = await _read_inline_body(request, state) if inline and has_body else None
         if inline and (capture := request.get(CAPTURE)) is not None:
             capture.request_body_read(body)  # the HTTP inspector keeps its first bytes
-        pending_work = request.app[PENDING]
+        pending_work = app[PENDING]
         endpoint = remote_endpoint(request)
         with pending_work.share.hold(hc.name):
             return await _exchange(
                 request,
                 state,
+                pending_work,
                 hc_name=hc.name,
                 response_timeout=hc.request_timeout or state.config.relay.request_timeout,
                 message=_Message(
@@ -300,6 +308,7 @@ _NO_MESSAGE: Final = Request(address="", id="")
 async def _exchange(
     request: web.Request,
     state: RelayState,
+    work: PendingWork,
     *,
     hc_name: str,
     response_timeout: float,
@@ -339,7 +348,6 @@ async def _exchange(
         request_headers=message.request_headers,
         body=message.body,
     )
-    work = request.app[PENDING]
     requests = work.requests
     requests[request_id] = pending
     started = asyncio.get_running_loop().time()
