@@ -326,7 +326,10 @@ class HttpPool:
         # the header-by-header loop, which decides it as it always did.
         # NUL between name and value: in neither once checked, so the regex cannot take
         # part of a name for the value (a name "A: b" must fail as before).
-        lines = "".join([f"{name}\x00{value}\r\n" for name, value in headers.items()])
+        try:
+            lines = "\r\n".join(map("\x00".join, headers.items())) + "\r\n" if headers else ""
+        except TypeError:  # a value that is not str: the loop below says so, as before
+            lines = "\r"
         if _HEADER_LINES.fullmatch(lines) is not None:
             try:
                 head += lines.replace("\x00", ": ").encode("utf-8", "surrogateescape")
@@ -469,10 +472,10 @@ class HttpPool:
             name = raw_name.decode("latin-1")  # a token: llhttp checked it
             value = raw_value.strip(b" \t").decode("utf-8", "surrogateescape")
             headers.append((name, value))
-            lname = name.lower()
-            if lname == "content-length":
+            size = len(name)  # lower() only for names of the right length
+            if size == 14 and name.lower() == "content-length":
                 length = int(value)  # llhttp checked it: digits, and no second value
-            elif lname == "transfer-encoding":
+            elif size == 17 and name.lower() == "transfer-encoding":
                 chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
         reason = answer.reason.decode("utf-8", "surrogateescape")
         if answer.no_body or answer.status in (204, 304):
