@@ -26,7 +26,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 
 from hybridrelay.backoff import Backoff, ReconnectBackoff
 from hybridrelay.errors import (
@@ -461,7 +461,8 @@ class Listener:
         )
         return False
 
-    def _spawn(self, coro: Awaitable[None]) -> None:  # accepts and requests alike
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:  # accepts, requests
+        # create_task(), not ensure_future(): no type checks, no event loop lookup.
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)

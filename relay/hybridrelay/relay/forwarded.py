@@ -26,6 +26,7 @@ __all__ = ["add_forwarding_headers"]
 
 _APPENDED: Final = ("x-forwarded-for", "forwarded")
 _REPLACED: Final = frozenset({"x-forwarded-proto", "x-forwarded-host", "x-real-ip"})
+_OURS: Final = _REPLACED | frozenset(_APPENDED)  # every name the relay sets itself
 # RFC 7239 §4: a value that is not a token goes in a quoted-string.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -35,6 +36,12 @@ def _quoted(value: str) -> str:
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def _element(peer: str, proto: str, host: str | None) -> str:
+    """The relay's own ``Forwarded`` element (RFC 7239 §4)."""
+    element = f"for={_node(peer)};proto={proto}"
+    return f"{element};host={_quoted(host)}" if host else element
 
 
 def _node(address: str) -> str:
@@ -63,22 +70,25 @@ def add_forwarding_headers(
         endpoint = remote_endpoint(request)
     peer = endpoint.address if endpoint is not None else "unknown"
     proto = "https" if request.secure else "http"
+    host = request.host
     out: dict[str, str] = {}
-    earlier: dict[str, list[str]] = {name: [] for name in _APPENDED}
+    earlier: dict[str, list[str]] | None = None  # the sender's own, by lower-case name
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in earlier:
-            if value.strip():
-                earlier[lowered].append(value.strip())
-        elif lowered not in _REPLACED:
+        if lowered not in _OURS:  # the usual: one set lookup per header
             out[name] = value
-    out["X-Forwarded-For"] = ", ".join([*earlier["x-forwarded-for"], peer])
-    element = f"for={_node(peer)};proto={proto}"
-    if request.host:
-        element += f";host={_quoted(request.host)}"
-    out["Forwarded"] = ", ".join([*earlier["forwarded"], element])
+        elif lowered in _APPENDED and value.strip():
+            if earlier is None:
+                earlier = {appended: [] for appended in _APPENDED}
+            earlier[lowered].append(value.strip())
+    if earlier is None:
+        out["X-Forwarded-For"] = peer
+        out["Forwarded"] = _element(peer, proto, host)
+    else:
+        out["X-Forwarded-For"] = ", ".join([*earlier["x-forwarded-for"], peer])
+        out["Forwarded"] = ", ".join([*earlier["forwarded"], _element(peer, proto, host)])
     out["X-Forwarded-Proto"] = proto
-    if request.host:
-        out["X-Forwarded-Host"] = request.host
+    if host:
+        out["X-Forwarded-Host"] = host
     out["X-Real-IP"] = peer
     return out
