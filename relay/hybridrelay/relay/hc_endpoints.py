@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import uuid
 from typing import Final
 
@@ -39,6 +38,7 @@ from hybridrelay.relay import device_auth
 from hybridrelay.relay.auth import TOKENS, authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.ca_trust import CA_TRUST
+from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.devices import DEVICES
@@ -47,10 +47,18 @@ from hybridrelay.relay.forwarded import add_forwarding_headers
 from hybridrelay.relay.handshake import accept_headers, accept_response, parse_client_handshake
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.listeners import LISTENERS
+from hybridrelay.relay.metrics import HcStats, RelayMetrics
 from hybridrelay.relay.mgmt.events import EVENTS
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import LISTENER_GONE, PENDING, SPLICED, PendingConnect, PendingWork
+from hybridrelay.relay.pending import (
+    LISTENER_GONE,
+    PENDING,
+    SPLICED,
+    ListenerHandle,
+    PendingConnect,
+    PendingWork,
+)
 from hybridrelay.relay.sender_auth import authorize_sender
 from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
 from hybridrelay.relay.splices import SPLICES, SpliceRegistry
@@ -326,13 +334,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         raise NoListenerError("no listener is connected to this hybrid connection")
 
     relay = state.config.relay
-    splice = Splice(
-        close_timeout=relay.close_timeout,
-        hc_name=hc.name,
-        max_queued_control=relay.max_queued_control_frames,
-        write_buffer=relay.stream_buffer_size,
-        limit_hit=state.metrics.limit_hit,
-    )
+    splice = Splice(state.splice_settings, hc_name=hc.name)
     sender_endpoint = remote_endpoint(request)  # read now: the splice takes the socket
     if sender_endpoint is not None:
         splice.sender_address = f"{sender_endpoint.address}:{sender_endpoint.port}"
@@ -482,7 +484,7 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     listener[0].write(accept_response(handshake, chosen))
     forget(request)
     # aiohttp's protocol is out of the picture: the legs hold only transport and tail.
-    splice.listener.attach((listener[0], None, listener[2]), paused=True)
+    splice.listener.attach(listener[0], listener[2], paused=True)
     if sender is None:
         splice.abandon(CloseCode.GOING_AWAY, "sender went away")
         pending.future.set_result(_SENDER_GONE)
@@ -490,7 +492,7 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     sender[0].write(accept_response(pending.handshake, chosen))
     forget(pending.sender)
     _stream_started(state, request.app[SPLICES], pending, splice)
-    splice.join((sender[0], None, sender[2]))
+    splice.join(sender[0], sender[2])
     pending.future.set_result(SPLICED)
     return Upgraded()
 
@@ -503,20 +505,43 @@ def _stream_started(
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
     stats = metrics.stream_started(pending.hc_name)
-    splice.stream_id = secrets.token_hex(8)
-    splice.listener_id = pending.listener_id
-    splice.started_at = state.now()
+    splice.started(pending.listener_id, state.now())
     splices.add(splice)
     if handle is not None:
         state.cluster.stream_started(handle)
+    splice.on_finish = _StreamEnd(splice, splices, state.cluster, handle, metrics, stats)
 
-    def finished(up: int, down: int) -> None:
-        splices.discard(splice)
-        if handle is not None:
-            state.cluster.stream_ended(handle)
-        metrics.stream_finished(stats, up, down)
 
-    splice.on_finish = finished
+class _StreamEnd:
+    """A splice's on_finish: the relayed connection is no longer counted as open.
+
+    An object rather than a closure: a relay holds one per open relayed connection, and
+    a closure over these six costs six cells, a tuple and a function (480 bytes).
+    """
+
+    __slots__ = ("cluster", "handle", "metrics", "splice", "splices", "stats")
+
+    def __init__(
+        self,
+        splice: Splice,
+        splices: SpliceRegistry,
+        cluster: ClusterState,
+        handle: ListenerHandle | None,
+        metrics: RelayMetrics,
+        stats: HcStats,
+    ) -> None:
+        self.splice = splice
+        self.splices = splices
+        self.cluster = cluster
+        self.handle = handle
+        self.metrics = metrics
+        self.stats = stats
+
+    def __call__(self, up: int, down: int) -> None:
+        self.splices.discard(self.splice)
+        if self.handle is not None:
+            self.cluster.stream_ended(self.handle)
+        self.metrics.stream_finished(self.stats, up, down)
 
 
 def _release_senders_of(pending_work: PendingWork, channel: ControlChannel) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable, Collection
 
@@ -128,7 +129,9 @@ class MemoryClusterState:
         allowed: Collection[str] | None = None,
         disallowed: Collection[str] | None = None,
     ) -> ListenerHandle | None:
-        hc = hc_name.lower()
+        # Interned: the handle lives as long as the stream it is for, and every stream of
+        # this hybrid connection can share the one string.
+        hc = sys.intern(hc_name.lower())
         channels = self._channels.get(hc)
         if not channels:
             return None
