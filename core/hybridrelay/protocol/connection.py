@@ -127,6 +127,13 @@ _pack_h16: Final = struct.Struct("!BBH").pack
 _pack_h64: Final = struct.Struct("!BBQ").pack
 
 
+def _turned(mask: bytes, length: int) -> bytes:
+    """``mask`` as it applies after ``length`` more bytes (RFC 6455 §5.3: byte i uses
+    ``mask[i % 4]``)."""
+    shift = length & 3
+    return mask[shift:] + mask[:shift] if shift else mask
+
+
 class _Nothing(list):  # type: ignore[type-arg]
     """The empty list a connection holds instead of its own until it has something; what
     receive_data and data_to_send return when there is nothing. Appending to it would
@@ -419,7 +426,6 @@ class Connection:
         "_out",
         "_out_in_message",
         "_out_mask",
-        "_out_offset",
         "_out_remaining",
         "_parser",
         "_queued",
@@ -478,8 +484,9 @@ class Connection:
         # connections per relayed connection, and most never queue or reassemble.
         self._queued: list[bytes] | None = None
         self._out_remaining = 0  # bytes of a forwarded frame still to come
+        # The mask of a forwarded frame in flight that we mask, turned to apply from its
+        # next byte on (apply_mask's offset, kept in the mask: one slot, not two).
         self._out_mask = b""
-        self._out_offset = 0
         self._out_in_message = False  # a fragmented message we send is unfinished
         self._write_paused = False
         self._holds = 0
@@ -749,8 +756,7 @@ class Connection:
             if self._settings.masks:
                 mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
                 header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
-                self._out_mask = mask
-                self._out_offset = len(data)
+                self._out_mask = _turned(mask, len(data))
                 if data:
                     data = apply_mask(data, mask)
             else:
@@ -769,8 +775,9 @@ class Connection:
         if not self._out_remaining:
             return  # the rest of a dropped frame
         if self._settings.masks:
-            data = apply_mask(data, self._out_mask, self._out_offset)
-            self._out_offset += len(data)
+            mask = self._out_mask
+            self._out_mask = _turned(mask, len(data))
+            data = apply_mask(data, mask)
         out.append(data)
         if end:
             self._out_remaining = 0
@@ -892,7 +899,6 @@ class Connection:
             mask = os.urandom(4)  # RFC 6455 §5.3: a fresh key per frame
             self._header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
             target._out_mask = mask
-            target._out_offset = 0
         else:
             self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
         target._out_remaining = length  # control frames to the target wait for this one
@@ -939,8 +945,9 @@ class Connection:
                 if header is None:
                     return  # a frame dropped at its header
                 if target._settings.masks:
-                    data = apply_mask(data, target._out_mask, target._out_offset)
-                    target._out_offset += len(data)
+                    mask = target._out_mask
+                    target._out_mask = _turned(mask, len(data))
+                    data = apply_mask(data, mask)
                 if header:
                     self._header = b""  # out with these bytes
                     if len(data) < _COALESCE_LIMIT:
