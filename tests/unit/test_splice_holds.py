@@ -83,8 +83,8 @@ def hits() -> list[str]:
 @pytest.fixture
 async def splice(hits: list[str]) -> Splice:
     splice = Splice(SpliceSettings(close_timeout=5.0, max_queued_control=4, limit_hit=hits.append))
-    splice.listener.attach(RecordingTransport(), b"", paused=True)
-    splice.join(RecordingTransport(), b"")
+    splice.listener.attach(RecordingTransport(), paused=True)
+    splice.join(RecordingTransport(), b"", b"")
     return splice
 
 
@@ -167,12 +167,13 @@ async def test_pongs_behind_a_frame_in_flight_coalesce_without_holding_the_leg(
 async def test_the_unreleased_listener_leg_stays_unread_whatever_its_peer_does() -> None:
     splice = Splice(SpliceSettings(close_timeout=5.0))
     listener = RecordingTransport()
-    splice.listener.attach(listener, b"", paused=True)
-    splice.sender.attach(RecordingTransport(), b"")
+    splice.listener.attach(listener, paused=True)
+    splice.sender.attach(RecordingTransport())
+    splice.sender.release(b"")
     _fill(splice.sender)
     _drain(splice.sender)
     assert not listener.is_reading()  # still waiting for release()
-    splice.listener.release()
+    splice.listener.release(b"")
     assert listener.is_reading()
 
 
@@ -190,8 +191,8 @@ async def test_done_resolves_whether_asked_for_before_or_after_the_splice_finish
     waiting = early.done
     late = Splice(SpliceSettings(close_timeout=5.0))
     for splice in (early, late):
-        splice.listener.attach(RecordingTransport(), b"", paused=True)
-        splice.join(RecordingTransport(), b"")
+        splice.listener.attach(RecordingTransport(), paused=True)
+        splice.join(RecordingTransport(), b"", b"")
         splice.sender.connection_lost(None)
         splice.listener.connection_lost(None)
     assert waiting.done()
@@ -223,8 +224,8 @@ async def test_a_finished_splice_is_freed_without_the_cyclic_gc() -> None:
         ends: list[tuple[int, int]] = []
         splice.on_finish = _OnFinish(splice, ends)  # refers back, as the relay's does
         listener, sender = RecordingTransport(), RecordingTransport()
-        splice.listener.attach(listener, b"", paused=True)
-        splice.join(sender, b"")
+        splice.listener.attach(listener, paused=True)
+        splice.join(sender, b"", b"")
         close = encode_frame(fin=True, opcode=0x8, payload=b"\x03\xe8", mask=_MASK)
         splice.sender.data_received(_ping(b"x") + close)
         splice.listener.data_received(close)

@@ -484,7 +484,7 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     listener[0].write(accept_response(handshake, chosen))
     forget(request)
     # aiohttp's protocol is out of the picture: the legs hold only transport and tail.
-    splice.listener.attach(listener[0], listener[2], paused=True)
+    splice.listener.attach(listener[0], paused=True)
     if sender is None:
         splice.abandon(CloseCode.GOING_AWAY, "sender went away")
         pending.future.set_result(_SENDER_GONE)
@@ -492,7 +492,7 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     sender[0].write(accept_response(pending.handshake, chosen))
     forget(pending.sender)
     _stream_started(state, request.app[SPLICES], pending, splice)
-    splice.join(sender[0], sender[2])
+    splice.join(sender[0], sender[2], listener[2])
     pending.future.set_result(SPLICED)
     return Upgraded()
 

@@ -40,7 +40,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 from aiohttp import web
 
@@ -152,22 +152,21 @@ class Leg(asyncio.Protocol):
         "_close_after_flush",
         "_close_timer",
         "_reading",
-        "_tail",
         "conn",
         "lost",
-        "name",
         "peer",
         "splice",
         "transport",
     )
 
-    def __init__(self, name: str, splice: Splice) -> None:
-        self.name = name
+    # "sender" or "listener", for logs and close reasons: the subclass's, not a slot.
+    name: ClassVar[str] = "leg"
+
+    def __init__(self, splice: Splice) -> None:
         self.splice = splice
         self.conn = Connection.sharing(splice.settings.conn)
         self.conn.hold_reading(_UNRELEASED)  # until release()
         self.transport: asyncio.Transport | None = None
-        self._tail = b""
         self.peer: Leg = self  # replaced by Splice
         self._reading = True  # aiohttp hands the transport over reading
         self._close_after_flush = False  # close_transport waits for owed frames to go out
@@ -189,11 +188,12 @@ class Leg(asyncio.Protocol):
 
     # -- setup -------------------------------------------------------------------
 
-    def attach(self, transport: asyncio.Transport, tail: bytes, *, paused: bool = False) -> None:
-        """Make this leg the transport's protocol; ``paused`` holds reading until release().
+    def attach(self, transport: asyncio.Transport, *, paused: bool = False) -> None:
+        """Make this leg the transport's protocol; it is read from release() on, and
+        ``paused`` pauses the transport until then.
 
-        ``tail``: what the client sent after its handshake (:func:`take_over`). aiohttp
-        must have forgotten the connection (:func:`forget`): the leg is its only protocol.
+        aiohttp must have forgotten the connection (:func:`forget`): the leg is its only
+        protocol.
         """
         self.transport = transport
         # Reading on the other leg pauses above this ([relay] stream_buffer_size); the
@@ -205,15 +205,12 @@ class Leg(asyncio.Protocol):
             # Lost before we took over: aiohttp saw connection_lost, we never will.
             self.connection_lost(None)
             return
-        self._tail = tail
         if paused:
             self._sync_reading()
-        else:
-            self.release()
 
-    def release(self) -> None:
-        """Start reading: forward what was buffered, then resume the transport."""
-        tail, self._tail = self._tail, b""
+    def release(self, tail: bytes) -> None:
+        """Start reading: forward ``tail``, what the client sent after its handshake
+        (:func:`take_over`), then resume the transport."""
         if self.lost or self.transport is None:
             return
         if tail:
@@ -347,6 +344,16 @@ class Leg(asyncio.Protocol):
             self.transport.abort()
 
 
+class _SenderLeg(Leg):
+    __slots__ = ()
+    name = "sender"
+
+
+class _ListenerLeg(Leg):
+    __slots__ = ()
+    name = "listener"
+
+
 class SpliceSettings:
     """What every splice of a relay is made with, made once and shared by them all.
 
@@ -427,8 +434,8 @@ class Splice:
         self.listener_id = ""
         self.sender_address = ""
         self.started_at = 0.0
-        self.sender = Leg("sender", self)
-        self.listener = Leg("listener", self)
+        self.sender: Leg = _SenderLeg(self)
+        self.listener: Leg = _ListenerLeg(self)
         self.sender.peer = self.listener
         self.listener.peer = self.sender
         self.sender.conn.splice_to(self.listener.conn)
@@ -467,9 +474,11 @@ class Splice:
         self._done = future
         return future
 
-    def join(self, transport: asyncio.Transport, tail: bytes) -> None:
-        """Attach the sender after its 101; the listener leg must be attached (paused) already."""
-        self.sender.attach(transport, tail)
+    def join(self, transport: asyncio.Transport, tail: bytes, listener_tail: bytes) -> None:
+        """Attach the sender after its 101 and start both legs; the listener leg must be
+        attached (paused) already. The tails: what each client sent after its handshake."""
+        self.sender.attach(transport)
+        self.sender.release(tail)
         if self.listener.lost:
             self.sender.send_close(
                 CloseCode.INTERNAL_ERROR,
@@ -477,7 +486,7 @@ class Splice:
                 timeout=self.settings.close_timeout,
             )
         else:
-            self.listener.release()
+            self.listener.release(listener_tail)
 
     def abandon(self, code: int, reason: str) -> None:
         """The sender never reached its 101: close the listener leg and finish."""

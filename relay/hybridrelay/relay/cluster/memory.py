@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable, Collection
 
@@ -46,6 +45,9 @@ class MemoryClusterState:
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
+        # One handle per attached listener, handed to every stream it takes: a handle
+        # lives as long as its stream (hc_endpoints._StreamEnd), and they are all equal.
+        self._handles: dict[tuple[str, str], ListenerHandle] = {}
         self._pending = RendezvousTable[Pending](now=now, ttl=rendezvous_ttl, limit=max_pending)
         self._summarize: Summarize | None = None
         self._drain_callbacks: list[DrainRequested] = []
@@ -108,6 +110,9 @@ class MemoryClusterState:
             )
         channels[channel.listener_id] = channel
         self._active.setdefault((hc, channel.listener_id), 0)
+        self._handles[(hc, channel.listener_id)] = ListenerHandle(
+            hc, channel.listener_id, self.node_id
+        )
 
     async def detach(self, channel: ListenerPort) -> None:
         hc = channel.hc_name.lower()
@@ -116,6 +121,7 @@ class MemoryClusterState:
             return
         del channels[channel.listener_id]
         self._active.pop((hc, channel.listener_id), None)
+        self._handles.pop((hc, channel.listener_id), None)
         if not channels:
             del self._channels[hc]
 
@@ -129,9 +135,7 @@ class MemoryClusterState:
         allowed: Collection[str] | None = None,
         disallowed: Collection[str] | None = None,
     ) -> ListenerHandle | None:
-        # Interned: the handle lives as long as the stream it is for, and every stream of
-        # this hybrid connection can share the one string.
-        hc = sys.intern(hc_name.lower())
+        hc = hc_name.lower()
         channels = self._channels.get(hc)
         if not channels:
             return None
@@ -139,7 +143,8 @@ class MemoryClusterState:
         chosen = choose_listener(loads, rng=self._rng, allowed=allowed, disallowed=disallowed)
         if chosen is None:
             return None
-        return ListenerHandle(hc, chosen.listener_id, self.node_id)
+        key = (hc, chosen.listener_id)
+        return self._handles.get(key) or ListenerHandle(hc, chosen.listener_id, self.node_id)
 
     async def deliver(
         self, handle: ListenerHandle, message: Accept | Request, body: bytes | None = None
