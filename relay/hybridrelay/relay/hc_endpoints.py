@@ -497,8 +497,11 @@ def _splice_legs(
     handshake: ClientHandshake,
     dial: RequestHandler,
 ) -> None:
-    """Answer both 101s of a claimed rendezvous and start its splice (``dial``: the
-    listener's accept connection, a request's protocol or a head the front door kept)."""
+    """Answer both 101s of a claimed rendezvous and start its splice.
+
+    ``dial`` is the protocol of the listener's accept connection, served as a request
+    (:func:`_accept`) or taken from its head (:func:`accept_upgrade`).
+    """
     # The listener names the one sub-protocol it picked from connectHeaders (HC §5).
     chosen = handshake.protocols[0] if handshake.protocols else None
     splice = pending.splice
@@ -537,11 +540,11 @@ def _splice_legs(
 def accept_upgrade(app: web.Application) -> UpgradeHook:
     """The front door's hook for rendezvous dials: complete one from its parsed head.
 
-    A listener's accept dial (two per relayed connect are served: the sender's and
-    this one) needs no awaiting: the waiting sender is looked up, claimed and spliced in
-    one step. Served as a request it would still pay aiohttp's handler task, request
-    object, router and middleware chain (issue 16). So the front door offers the first
-    upgrade head of each connection here, before any of that exists.
+    A listener's accept dial (one of the two connections of every relayed connect) needs
+    no awaiting: the waiting sender is looked up, claimed and spliced in one step. Served
+    as a request it would still pay aiohttp's handler tasks, request object, router and
+    middleware chain (issue 16). So the front door offers the first upgrade head of each
+    connection here, before any of that exists.
 
     Only a dial that would succeed is taken, after exactly the checks :func:`_accept`
     makes, none of which leaves a trace; anything else (no or a used key, another path,
