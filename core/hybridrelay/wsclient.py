@@ -104,6 +104,9 @@ def _check_close_code(code: int) -> None:
 class WsConnection(SendMixin, ReceiveMixin, SinkMixin, asyncio.Protocol):
     """One client WebSocket connection; create it with :func:`ws_connect`.
 
+    Its sending, receiving and bridge-mode methods are in :mod:`~hybridrelay.ws_send`,
+    :mod:`~hybridrelay.ws_receive` and :mod:`~hybridrelay.ws_sink` (mixins).
+
     Attributes:
         subprotocol: The subprotocol the server chose, or None.
         response_headers: Headers of the 101 response, names in lower case.
@@ -128,8 +131,9 @@ class WsConnection(SendMixin, ReceiveMixin, SinkMixin, asyncio.Protocol):
         self._close_timeout = close_timeout
         self._log_url = log_url
         self._debug = logger.isEnabledFor(logging.DEBUG)
-        # Streaming: every view below is built from payload pieces; only recv() assembles,
-        # so only recv() has a size limit. Text is decoded here, where it is handed out.
+        # Streaming: every view of what arrives is built from payload pieces; only recv()
+        # assembles, so only recv() has a size limit. Text is decoded where it is handed
+        # out (ws_receive.py), or only checked (ws_sink.py).
         self._conn = Connection(
             Role.CLIENT,
             streaming=True,
