@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from hybridrelay.logs import RELAY
 from hybridrelay.protocol.codes import CloseCode
@@ -65,7 +66,9 @@ __all__ = [
     "SpliceSettings",
     "Upgraded",
     "forget",
+    "forget_connection",
     "take_over",
+    "take_over_connection",
 ]
 
 log = logging.getLogger(RELAY)
@@ -99,8 +102,18 @@ def take_over(request: web.BaseRequest) -> tuple[asyncio.Transport, asyncio.Base
     connection loss so that aiohttp forgets the connection) and any bytes the
     client sent after its handshake that aiohttp had buffered.
     """
-    protocol = request.protocol
-    transport = request.transport
+    return take_over_connection(request.protocol)
+
+
+def take_over_connection(
+    protocol: RequestHandler,
+) -> tuple[asyncio.Transport, asyncio.BaseProtocol, bytes]:
+    """:func:`take_over` for a connection whose upgrade head never became a request.
+
+    The front door's upgrade hook (``hc_endpoints.accept_upgrade``) completes a
+    rendezvous dial straight from the parsed head; its connection is detached the same way.
+    """
+    transport = protocol.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("connection lost before the splice started")
     collector = _TailCollector()
@@ -120,7 +133,11 @@ def forget(request: web.BaseRequest) -> None:
     out (issue 7: memory per idle connection). The transport is not aiohttp's any
     more: closing it is the splice's job.
     """
-    protocol = request.protocol
+    forget_connection(request.protocol)
+
+
+def forget_connection(protocol: RequestHandler) -> None:
+    """:func:`forget` for a connection :func:`take_over_connection` took."""
     # Without a transport, aiohttp's connection_lost() cannot close ours; it forgets the
     # connection (server bookkeeping, keep-alive timer, parser) and lets its handler end.
     protocol.transport = None
