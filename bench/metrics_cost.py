@@ -42,6 +42,11 @@ class _Splice:
         self.listener_id: str | None = None
         self.started_at: float | None = None
 
+    def started(self, listener_id: str, started_at: float) -> None:
+        self.listener_id = listener_id
+        self.started_at = started_at
+        self.stream_id = ""  # Splice makes its id when first read
+
 
 def _round(n: int, names: list[str]) -> float:
     started = getattr(hc_endpoints, "_stream_started")  # noqa: B009 - private on purpose

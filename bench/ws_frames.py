@@ -39,7 +39,7 @@ from typing import Any
 from hybridrelay import wsclient
 from hybridrelay.protocol.connection import Connection, Frame, Role
 from hybridrelay.protocol.frames import encode_frame
-from hybridrelay.relay.splice import Splice
+from hybridrelay.relay.splice import Splice, SpliceSettings
 
 _READ = 64 * 1024
 _LOOP = asyncio.new_event_loop()  # one for the run: not a loop's start per measurement
@@ -78,7 +78,7 @@ def splice_today(reads: list[bytes]) -> None:
     """relay/splice.py itself: a Leg's data_received, its frames written to the other leg."""
 
     async def run() -> None:
-        splice = Splice(close_timeout=1.0)
+        splice = Splice(SpliceSettings(close_timeout=1.0))
         splice.sender.transport = _ListTransport()
         out = _ListTransport()
         splice.listener.transport = out

@@ -392,6 +392,35 @@ async def test_sessions_beyond_the_cap_are_refused_and_counted(
     assert limits[("max_dashboard_sessions",)] == 1
 
 
+async def test_a_login_body_beyond_its_cap_is_refused_unread_and_counted(
+    relay_factory: RelayFactory,
+) -> None:
+    # Anyone who reaches the dashboard's address may post a login: its body has a small cap
+    # of its own, far below max_management_body_size.
+    relay = await relay_factory(relay_extra="dashboard_login_body_size = 2048")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        client = Browserish(relay, session)
+        status, doc, _ = await client.call("POST", "login", {"keyName": ROOT, "key": "k" * 4096})
+        assert status == 413
+        assert doc["error"]["code"] == "PayloadTooLarge"
+
+        # Chunked, with no Content-Length to refuse up front: cut off while reading.
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"keyName": "' + ROOT.encode() + b'", "key": "'
+            for _ in range(8):
+                yield b"k" * 512
+            yield b'"}'
+
+        async with session.post(
+            client.base + "login", data=chunks(), headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 413
+        assert (await client.login())[0] == 200  # a login of normal size still passes
+    limits = dict(relay.state.metrics.limit_refusals.counts())
+    assert limits[("dashboard_login_body_size",)] == 2
+    assert ("max_management_body_size",) not in limits
+
+
 IDP = "https://idp.example"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

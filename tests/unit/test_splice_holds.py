@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hybridrelay.protocol.frames import encode_frame
-from hybridrelay.relay.splice import Leg, Splice
+from hybridrelay.relay.splice import Leg, Splice, SpliceSettings
 
 _MASK = b"\x0a\x0b\x0c\x0d"
 
@@ -82,9 +82,9 @@ def hits() -> list[str]:
 
 @pytest.fixture
 async def splice(hits: list[str]) -> Splice:
-    splice = Splice(close_timeout=5.0, max_queued_control=4, limit_hit=hits.append)
-    splice.listener.attach((RecordingTransport(), None, b""), paused=True)
-    splice.join((RecordingTransport(), None, b""))
+    splice = Splice(SpliceSettings(close_timeout=5.0, max_queued_control=4, limit_hit=hits.append))
+    splice.listener.attach(RecordingTransport(), paused=True)
+    splice.join(RecordingTransport(), b"", b"")
     return splice
 
 
@@ -96,7 +96,7 @@ def _transport(leg: Any) -> RecordingTransport:
 
 def _fill(leg: Leg) -> None:
     """The leg's socket buffer goes over its high-water mark, as asyncio reports it."""
-    _transport(leg).buffered = leg.splice.write_buffer + 1
+    _transport(leg).buffered = leg.splice.settings.write_buffer + 1
     leg.pause_writing()
 
 
@@ -165,15 +165,52 @@ async def test_pongs_behind_a_frame_in_flight_coalesce_without_holding_the_leg(
 
 
 async def test_the_unreleased_listener_leg_stays_unread_whatever_its_peer_does() -> None:
-    splice = Splice(close_timeout=5.0)
+    splice = Splice(SpliceSettings(close_timeout=5.0))
     listener = RecordingTransport()
-    splice.listener.attach((listener, None, b""), paused=True)
-    splice.sender.attach((RecordingTransport(), None, b""))
+    splice.listener.attach(listener, paused=True)
+    splice.sender.attach(RecordingTransport())
+    splice.sender.release(b"")
     _fill(splice.sender)
     _drain(splice.sender)
     assert not listener.is_reading()  # still waiting for release()
-    splice.listener.release()
+    splice.listener.release(b"")
     assert listener.is_reading()
+
+
+class _OnFinish:
+    def __init__(self, splice: Splice, ends: list[tuple[int, int]]) -> None:
+        self.splice = splice
+        self.ends = ends
+
+    def __call__(self, up: int, down: int) -> None:
+        self.ends.append((up, down))
+
+
+async def test_done_resolves_whether_asked_for_before_or_after_the_splice_finished() -> None:
+    early = Splice(SpliceSettings(close_timeout=5.0))
+    waiting = early.done
+    late = Splice(SpliceSettings(close_timeout=5.0))
+    for splice in (early, late):
+        splice.listener.attach(RecordingTransport(), paused=True)
+        splice.join(RecordingTransport(), b"", b"")
+        splice.sender.connection_lost(None)
+        splice.listener.connection_lost(None)
+    assert waiting.done()
+    assert early.done is waiting
+    assert late.done.done()
+    await late.wait()
+
+
+async def test_a_stream_id_once_started_the_same_at_every_read() -> None:
+    splice = Splice(SpliceSettings(close_timeout=5.0))
+    assert splice.stream_id == ""  # not a live stream yet (mgmt/live.py lists none)
+    splice.started("listener-1", 1234.5)
+    stream_id = splice.stream_id
+    assert len(stream_id) == 16
+    assert int(stream_id, 16) >= 0
+    assert splice.stream_id == stream_id
+    assert (splice.listener_id, splice.started_at) == ("listener-1", 1234.5)
+    assert Splice(SpliceSettings(close_timeout=5.0)).stream_id == ""
 
 
 async def test_a_finished_splice_is_freed_without_the_cyclic_gc() -> None:
@@ -183,10 +220,12 @@ async def test_a_finished_splice_is_freed_without_the_cyclic_gc() -> None:
     gc.collect()
     gc.disable()
     try:
-        splice = Splice(close_timeout=5.0)
+        splice = Splice(SpliceSettings(close_timeout=5.0))
+        ends: list[tuple[int, int]] = []
+        splice.on_finish = _OnFinish(splice, ends)  # refers back, as the relay's does
         listener, sender = RecordingTransport(), RecordingTransport()
-        splice.listener.attach((listener, None, b""), paused=True)
-        splice.join((sender, None, b""))
+        splice.listener.attach(listener, paused=True)
+        splice.join(sender, b"", b"")
         close = encode_frame(fin=True, opcode=0x8, payload=b"\x03\xe8", mask=_MASK)
         splice.sender.data_received(_ping(b"x") + close)
         splice.listener.data_received(close)
@@ -195,6 +234,7 @@ async def test_a_finished_splice_is_freed_without_the_cyclic_gc() -> None:
         splice.sender.connection_lost(None)
         splice.listener.connection_lost(None)
         assert splice.done.done()
+        assert ends == [(0, 0)]
         del splice
         listener.protocol = sender.protocol = None  # as asyncio's transports do once closed
         assert gc.collect() == 0  # nothing was left in a reference cycle

@@ -1,15 +1,28 @@
-"""wsclient.py is glue: it keeps no state of its own outside a connection (issue 13)."""
+"""The client WebSocket is glue: it keeps no state of its own outside a connection (issue 13)."""
 
 from __future__ import annotations
 
-import hybridrelay.wsclient as wsclient
+import importlib
+
+import pytest
+
+# wsclient.py and the modules it is made of, one job each.
+MODULES = [
+    "hybridrelay.wsclient",
+    "hybridrelay.ws_send",
+    "hybridrelay.ws_receive",
+    "hybridrelay.ws_sink",
+    "hybridrelay.ws_handshake",
+    "hybridrelay.ws_keepalive",
+]
 
 
-def test_wsclient_keeps_no_module_level_mutable_state() -> None:
+@pytest.mark.parametrize("name", MODULES)
+def test_wsclient_keeps_no_module_level_mutable_state(name: str) -> None:
     # The TCP_NODELAY decision was a module-level dict keyed by loop type (_NODELAY_LOOPS).
     mutable = {
-        name
-        for name, value in vars(wsclient).items()
-        if not name.startswith("__") and isinstance(value, dict | list | set | bytearray)
+        attr
+        for attr, value in vars(importlib.import_module(name)).items()
+        if not attr.startswith("__") and isinstance(value, dict | list | set | bytearray)
     }
     assert mutable == set()

@@ -92,6 +92,7 @@ __all__ = [
     "CloseReceived",
     "Connection",
     "ConnectionLost",
+    "ConnectionSettings",
     "Event",
     "Failed",
     "Frame",
@@ -124,6 +125,13 @@ _UTF8_DECODER: Final = codecs.getincrementaldecoder("utf-8")
 _pack_h: Final = struct.Struct("!BB").pack
 _pack_h16: Final = struct.Struct("!BBH").pack
 _pack_h64: Final = struct.Struct("!BBQ").pack
+
+
+def _turned(mask: bytes, length: int) -> bytes:
+    """``mask`` as it applies after ``length`` more bytes (RFC 6455 §5.3: byte i uses
+    ``mask[i % 4]``)."""
+    shift = length & 3
+    return mask[shift:] + mask[:shift] if shift else mask
 
 
 class _Nothing(list):  # type: ignore[type-arg]
@@ -202,16 +210,22 @@ class _NotClosing(_Closing):
 _NOT_CLOSING: Final[_Closing] = _NotClosing()
 
 
-class _Reassembly:
-    """A message being received in pieces, and the UTF-8 decoder for text ones.
+class _Receiving:
+    """The data frame being received, the message it belongs to, and the UTF-8 decoder.
 
-    Made for the first fragmented message or text to decode piece by piece, rather than
-    three slots on every connection: a relay's spliced legs never reassemble.
+    Made at the first data frame the connection reads itself, rather than nine slots on
+    every connection: a relay's spliced legs pass frames on without it (splice_to()).
     """
 
-    __slots__ = ("decoder", "parts", "texts")
+    __slots__ = ("decoder", "fin", "length", "opcode", "parts", "size", "start", "text", "texts")
 
     def __init__(self) -> None:
+        self.opcode = 0  # of the frame being received: 0 for a continuation
+        self.fin = True
+        self.length = 0
+        self.start = True  # its first piece is still to be handed over (streaming)
+        self.text = False  # the message it belongs to is text
+        self.size = 0  # of that message so far, against max_message_size
         self.parts: list[bytes] | None = None  # a binary message being reassembled
         self.texts: list[str] | None = None  # a text message being reassembled, decoded
         self.decoder: codecs.IncrementalDecoder | None = None
@@ -230,6 +244,7 @@ class State(Enum):
 
 
 _OPEN: Final = State.OPEN
+_CLOSE_SENT: Final = State.CLOSE_SENT
 _CLOSE_RECEIVED: Final = State.CLOSE_RECEIVED
 
 
@@ -336,6 +351,72 @@ Event: TypeAlias = (
 )
 
 
+class ConnectionSettings:
+    """What a :class:`Connection` was made with (the arguments of Connection), read-only.
+
+    One object that many connections may share (:meth:`Connection.sharing`) rather than
+    nine slots on every connection: a relay holds two connections per relayed
+    connection, all made with the same settings.
+    """
+
+    __slots__ = (
+        "auto_answer",
+        "auto_close_echo",
+        "high_water",
+        "masks",
+        "max_message_size",
+        "max_queued_control",
+        "role",
+        "streaming",
+        "validate_utf8",
+    )
+
+    role: Role
+    masks: bool  # a client masks what it sends
+    streaming: bool
+    max_message_size: int | None  # None when streaming: no limit
+    validate_utf8: bool
+    auto_close_echo: bool
+    auto_answer: bool
+    max_queued_control: int
+    high_water: int  # the low mark is a quarter of it
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        streaming: bool = False,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        validate_utf8: bool = True,
+        auto_close_echo: bool = True,
+        auto_answer: bool = True,
+        max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL,
+        high_water: int = DEFAULT_HIGH_WATER,
+    ) -> None:
+        if max_queued_control < 1:
+            raise ValueError("max_queued_control must be at least 1")
+        values = {
+            "role": role,
+            "masks": role is Role.CLIENT,
+            "streaming": streaming,
+            "max_message_size": None if streaming else max_message_size,
+            "validate_utf8": validate_utf8,
+            "auto_close_echo": auto_close_echo,
+            "auto_answer": auto_answer,
+            "max_queued_control": max_queued_control,
+            "high_water": high_water,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ConnectionSettings is read-only: connections share it")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in sorted(self.__slots__))
+        return f"ConnectionSettings({args})"
+
+
 class Connection:
     """One end of a WebSocket connection after its opening handshake.
 
@@ -361,41 +442,26 @@ class Connection:
             coalesce and, while its buffer is full, it stops being read.
         high_water: bytes in the peer's write buffer over which it counts as full; it
             stops counting as full at a quarter of that (asyncio's default low mark).
+
+    The same arguments made once for many connections: :meth:`sharing`.
     """
 
     __slots__ = (
-        "_auto_answer",
         "_closing",
         "_events",
-        "_f_fin",
-        "_f_length",
-        "_f_opcode",
-        "_f_start",
-        "_forwarding",
         "_header",
-        "_high_water",
         "_holds",
-        "_masks",
-        "_max_message_size",
-        "_max_queued",
-        "_msg_size",
-        "_msg_text",
         "_out",
         "_out_in_message",
         "_out_mask",
-        "_out_offset",
         "_out_remaining",
         "_parser",
         "_queued",
-        "_reassembly",
-        "_receiving",
-        "_streaming",
+        "_rx",
+        "_settings",
         "_target",
-        "_validate",
         "_write_paused",
-        "auto_close_echo",
         "bytes_received",
-        "role",
         "state",
     )
 
@@ -411,22 +477,32 @@ class Connection:
         max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
-        if max_queued_control < 1:
-            raise ValueError("max_queued_control must be at least 1")
-        self.role = role
+        self._start(
+            ConnectionSettings(
+                role,
+                streaming=streaming,
+                max_message_size=max_message_size,
+                validate_utf8=validate_utf8,
+                auto_close_echo=auto_close_echo,
+                auto_answer=auto_answer,
+                max_queued_control=max_queued_control,
+                high_water=high_water,
+            )
+        )
+
+    @classmethod
+    def sharing(cls, settings: ConnectionSettings) -> Connection:
+        """A connection made with ``settings``, which it shares with the others made so."""
+        conn = cls.__new__(cls)
+        conn._start(settings)
+        return conn
+
+    def _start(self, settings: ConnectionSettings) -> None:
+        self._settings = settings
         self.state = State.OPEN
-        self.auto_close_echo = auto_close_echo
-        self._auto_answer = auto_answer
         self.bytes_received = 0  # data payload bytes, for metrics
-        self._masks = role is Role.CLIENT
-        self._parser = FrameParser(self, masked=role is Role.SERVER)
-        self._streaming = streaming
+        self._parser = FrameParser(self, masked=settings.role is Role.SERVER)
         self._target: Connection | None = None  # splice_to()
-        self._max_message_size = None if streaming else max_message_size
-        self._validate = validate_utf8
-        self._max_queued = max_queued_control
-        self._high_water = high_water  # the low mark is a quarter of it
-        self._receiving = True  # frames are parsed (OPEN, CLOSE_SENT)
         # No list of their own until something is received or sent (_NO_EVENTS and
         # _NO_DATA stand in, and are handed out empty): a relay holds two connections
         # per relayed connection, mostly idle.
@@ -436,26 +512,34 @@ class Connection:
         # connections per relayed connection, and most never queue or reassemble.
         self._queued: list[bytes] | None = None
         self._out_remaining = 0  # bytes of a forwarded frame still to come
+        # The mask of a forwarded frame in flight that we mask, turned to apply from its
+        # next byte on (apply_mask's offset, kept in the mask: one slot, not two).
         self._out_mask = b""
-        self._out_offset = 0
         self._out_in_message = False  # a fragmented message we send is unfinished
         self._write_paused = False
         self._holds = 0
-        # The data frame being received, and the message it belongs to
-        self._f_opcode = 0
-        self._f_fin = True
-        self._f_length = 0
-        self._f_start = True
-        self._forwarding = False  # splice_to(): this frame goes to the target
-        self._header: bytes | None = None  # splice_to(): header waiting for its payload
-        self._msg_text = False
-        # A message that came in pieces, and the UTF-8 decoder: none until needed (a
-        # relay's spliced legs never reassemble, and most messages come whole).
-        self._reassembly: _Reassembly | None = None
-        self._msg_size = 0
+        # splice_to(): the header of the frame being forwarded, waiting for its first
+        # payload bytes; b"" once it went out with them; None: the frame is not forwarded
+        # (dropped whole: the target has closed).
+        self._header: bytes | None = None
+        # The data frame and message being received: none until the first data frame
+        # this connection reads itself (a relay's spliced legs never do).
+        self._rx: _Receiving | None = None
         self._closing = _NOT_CLOSING  # its own once it starts closing: _closing_now()
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        return self._settings
+
+    @property
+    def role(self) -> Role:
+        return self._settings.role
+
+    @property
+    def auto_close_echo(self) -> bool:
+        return self._settings.auto_close_echo
 
     @property
     def close_code(self) -> int | None:
@@ -522,7 +606,10 @@ class Connection:
         After the peer's close frame, a failure or the end of stream the bytes are
         dropped unparsed (RFC 6455 §5.5.1), even the rest of the read the close came in.
         """
-        if self._receiving:
+        # Frames are parsed in OPEN and CLOSE_SENT, unless this side failed the connection
+        # (with auto_answer off the state changes only when the glue calls fail()).
+        state = self.state
+        if (state is _OPEN or state is _CLOSE_SENT) and self._closing.failure is None:
             # The lists the parser's callbacks append to on the data path, once per read
             # rather than per frame: the target's output when splicing, else the events.
             target = self._target
@@ -547,7 +634,6 @@ class Connection:
         if closing.received is None and not closing.lost and closing.failure is None:
             self._emit(ConnectionLost())
         closing.lost = True
-        self._receiving = False
         self.state = State.CLOSED
         self._parser.stop()  # nothing more to parse; frees the parser <-> self cycle
         events, self._events = self._events, _NO_EVENTS
@@ -596,7 +682,7 @@ class Connection:
             raise ValueError(f"not a data opcode: {opcode:#x}")
         self._out_in_message = not fin
         data: bytes
-        if self._masks:
+        if self._settings.masks:
             mask = _new_mask()  # RFC 6455 §5.3: a fresh key per frame
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
             data = apply_mask(payload, mask) if payload else b""  # a new buffer either way
@@ -631,19 +717,19 @@ class Connection:
         Raises:
             ValueError: Not a streaming client, or splice_to() is set.
         """
-        if on and (not self._streaming or self._masks is False or self._target is not None):
+        settings = self._settings
+        if on and (not settings.streaming or not settings.masks or self._target is not None):
             raise ValueError("payload views are for a streaming client that does not splice")
         self._parser.view_payload_to(self if on else None)
 
     def on_payload_view(self, data: memoryview, frame_done: bool) -> None:
         """payload_views(): :meth:`on_payload` for a streaming client, minus the copy."""
         self.bytes_received += len(data)
-        if self._validate and self._msg_text:
-            self._decode(data, frame_done and self._f_fin)
-        self._events.append(
-            Frame(self._f_opcode, self._f_fin, self._f_length, data, self._f_start, frame_done)
-        )
-        self._f_start = False
+        rx = cast(_Receiving, self._rx)  # on_data_frame made it
+        if rx.text and self._settings.validate_utf8:
+            self._decode(data, frame_done and rx.fin)
+        self._events.append(Frame(rx.opcode, rx.fin, rx.length, data, rx.start, frame_done))
+        rx.start = False
 
     def splice_to(self, target: Connection | None) -> None:
         """Streaming: forward every data frame straight to ``target`` (None: stop).
@@ -652,14 +738,16 @@ class Connection:
         hot path costs one call per piece. Control frames and closes still come out
         as events, for the glue (a splice forwards a close with its code and reason).
         """
-        if target is not None and not self._streaming:
+        if target is not None and not self._settings.streaming:
             raise ValueError("only a streaming connection forwards frames")
         if target is not None and self._parser.views:
             raise ValueError("a connection that hands out payload views does not splice")
         self._target = target
         # Frames that arrive whole skip the per-piece bookkeeping (one call per frame);
         # text to validate goes the long way, through the decoder.
-        fast = target is not None and not self._validate and not target._masks
+        fast = (
+            target is not None and not self._settings.validate_utf8 and not target._settings.masks
+        )
         self._parser.whole_frame = Connection._splice_whole_frame if fast else None
 
     def abandon_frame(self) -> bool:
@@ -673,10 +761,9 @@ class Connection:
         target = self._target
         if target is None or not target._out_remaining:
             return True
-        if self._header is None:
+        if not self._header:  # b"": it went out with the first payload bytes
             return False
         self._header = None
-        self._forwarding = False
         target._out_remaining = 0
         if target._queued and not target._write_paused:
             target._flush_queued()
@@ -694,11 +781,10 @@ class Connection:
             state = self.state
             if state is not State.OPEN and state is not State.CLOSE_RECEIVED:
                 return  # dropped; its further pieces find _out_remaining == 0 too
-            if self._masks:
+            if self._settings.masks:
                 mask = _new_mask()  # RFC 6455 §5.3: a fresh key per frame
                 header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
-                self._out_mask = mask
-                self._out_offset = len(data)
+                self._out_mask = _turned(mask, len(data))
                 if data:
                     data = apply_mask(data, mask)
             else:
@@ -716,9 +802,10 @@ class Connection:
             return
         if not self._out_remaining:
             return  # the rest of a dropped frame
-        if self._masks:
-            data = apply_mask(data, self._out_mask, self._out_offset)
-            self._out_offset += len(data)
+        if self._settings.masks:
+            mask = self._out_mask
+            self._out_mask = _turned(mask, len(data))
+            data = apply_mask(data, mask)
         out.append(data)
         if end:
             self._out_remaining = 0
@@ -756,8 +843,7 @@ class Connection:
         or close timeout); nothing more is parsed; the state is CLOSED. No event."""
         if self._closing.failure is None:
             self._closing_now().failure = (code, reason)
-        self._receiving = False
-        self._reassembly = None
+        self._rx = None  # nothing more is parsed: a message in pieces is dropped
         if (
             self._closing.sent is None
             and code != CloseCode.ABNORMAL
@@ -788,9 +874,10 @@ class Connection:
         Over the high-water mark the peer counts as full: control frames wait for it.
         At or under the low mark they go out, and reading it resumes if the backlog held it.
         """
-        if size > self._high_water:
+        high_water = self._settings.high_water
+        if size > high_water:
             self._write_paused = True
-        elif size <= self._high_water // 4 and self._write_paused:
+        elif size <= high_water // 4 and self._write_paused:
             self._write_paused = False
             if self._queued and not self._out_remaining:
                 self._flush_queued()
@@ -806,22 +893,24 @@ class Connection:
 
     def on_data_frame(self, fin: bool, opcode: int, length: int) -> None:
         target = self._target
-        if target is None or self._validate:  # a relay's splice_to() skips this
-            self._f_fin = fin
-            self._f_length = length
-            self._f_start = True
-            self._f_opcode = opcode
+        settings = self._settings
+        if target is None or settings.validate_utf8:  # a relay's splice_to() skips this
+            rx = self._rx
+            if rx is None:
+                rx = self._rx = _Receiving()
+            rx.fin = fin
+            rx.length = length
+            rx.start = True
+            rx.opcode = opcode
             if opcode:
-                self._msg_text = opcode == _TEXT
-                if self._msg_text:
-                    reassembly = self._reassembly
-                    if reassembly is not None and reassembly.decoder is not None:
-                        reassembly.decoder.reset()
-                self._msg_size = 0
-            limit = self._max_message_size
+                rx.text = opcode == _TEXT
+                if rx.text and rx.decoder is not None:
+                    rx.decoder.reset()
+                rx.size = 0
+            limit = settings.max_message_size
             if limit is not None:
-                self._msg_size += length
-                if self._msg_size > limit:
+                rx.size += length
+                if rx.size > limit:
                     # Refused at the header: not a byte of it is held.
                     raise FrameError(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
             if target is None:
@@ -832,14 +921,12 @@ class Connection:
         if target._out_remaining:
             raise ValueError("a forwarded frame is half sent")
         if state is not State.OPEN and state is not State.CLOSE_RECEIVED:
-            self._forwarding = False  # dropped whole: the target has closed
+            self._header = None  # dropped whole: the target has closed
             return
-        self._forwarding = True
-        if target._masks:
+        if target._settings.masks:
             mask = _new_mask()  # RFC 6455 §5.3: a fresh key per frame
             self._header = encode_frame_header(fin=fin, opcode=opcode, length=length, mask=mask)
             target._out_mask = mask
-            target._out_offset = 0
         else:
             self._header = encode_frame_header(fin=fin, opcode=opcode, length=length)
         target._out_remaining = length  # control frames to the target wait for this one
@@ -874,19 +961,23 @@ class Connection:
 
     def on_payload(self, data: bytes, frame_done: bool) -> None:
         self.bytes_received += len(data)
-        if self._streaming:
-            if self._validate and self._msg_text:
-                self._decode(data, frame_done and self._f_fin)
+        settings = self._settings
+        if settings.streaming:
+            if settings.validate_utf8:
+                rx = cast(_Receiving, self._rx)  # on_data_frame made it
+                if rx.text:
+                    self._decode(data, frame_done and rx.fin)
             target = self._target
             if target is not None:
-                if not self._forwarding:
-                    return  # a frame dropped at its header
-                if target._masks:
-                    data = apply_mask(data, target._out_mask, target._out_offset)
-                    target._out_offset += len(data)
                 header = self._header
-                if header is not None:
-                    self._header = None
+                if header is None:
+                    return  # a frame dropped at its header
+                if target._settings.masks:
+                    mask = target._out_mask
+                    target._out_mask = _turned(mask, len(data))
+                    data = apply_mask(data, mask)
+                if header:
+                    self._header = b""  # out with these bytes
                     if len(data) < _COALESCE_LIMIT:
                         target._out.append(header + data)
                     else:
@@ -901,15 +992,14 @@ class Connection:
                 else:
                     target._out_remaining -= len(data)
                 return
-            self._events.append(
-                Frame(self._f_opcode, self._f_fin, self._f_length, data, self._f_start, frame_done)
-            )
-            self._f_start = False
+            rx = cast(_Receiving, self._rx)  # on_data_frame made it
+            self._events.append(Frame(rx.opcode, rx.fin, rx.length, data, rx.start, frame_done))
+            rx.start = False
             return
-        message_end = frame_done and self._f_fin
-        if self._msg_text:
-            reassembly = self._reassembly
-            texts = None if reassembly is None else reassembly.texts
+        rx = cast(_Receiving, self._rx)  # on_data_frame made it
+        message_end = frame_done and rx.fin
+        if rx.text:
+            texts = rx.texts
             if message_end and texts is None:  # the common case: a message in one piece
                 try:
                     self._events.append(TextMessage(data.decode("utf-8")))
@@ -919,37 +1009,31 @@ class Connection:
                     ) from exc
                 return
             text = self._decode(data, message_end)  # fails early, not at the end
-            reassembly = cast(_Reassembly, self._reassembly)  # _decode made it
             if texts is None:
-                reassembly.texts = texts = [text]
+                rx.texts = texts = [text]
             else:
                 texts.append(text)
             if message_end:
                 self._events.append(TextMessage("".join(texts)))
-                reassembly.texts = None
+                rx.texts = None
             return
-        reassembly = self._reassembly
-        if reassembly is None or reassembly.parts is None:
+        parts = rx.parts
+        if parts is None:
             if message_end:  # the common case: a message in one piece
                 self._events.append(BytesMessage(data))
                 return
-            if reassembly is None:
-                reassembly = self._reassembly = _Reassembly()
-            reassembly.parts = [data]
+            rx.parts = [data]
             return
-        parts = reassembly.parts
         parts.append(data)
         if message_end:
             self._events.append(BytesMessage(b"".join(parts)))
-            reassembly.parts = None
+            rx.parts = None
 
     def _decode(self, data: bytes | memoryview, final: bool) -> str:
-        reassembly = self._reassembly
-        if reassembly is None:
-            reassembly = self._reassembly = _Reassembly()
-        decoder = reassembly.decoder
+        rx = cast(_Receiving, self._rx)  # on_data_frame made it
+        decoder = rx.decoder
         if decoder is None:
-            decoder = reassembly.decoder = _UTF8_DECODER("strict")
+            decoder = rx.decoder = _UTF8_DECODER("strict")
         try:
             return decoder.decode(data, final)
         except UnicodeDecodeError as exc:
@@ -959,18 +1043,19 @@ class Connection:
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
             self._emit(Ping(payload))
-            if self._closing.sent is None and self._auto_answer:  # §5.5.1: none after our close
+            if (
+                self._closing.sent is None and self._settings.auto_answer
+            ):  # §5.5.1: none after our close
                 self._send_control(_PONG, payload)
         elif opcode == _PONG:
             self._emit(Pong(payload))
         else:
             code, reason = parse_close_payload(payload)  # FrameError fails the connection
             self._closing_now().received = (code, reason)
-            self._receiving = False
             self._emit(CloseReceived(code, reason))
             if self._closing.sent is not None:
                 self.state = State.CLOSED
-            elif self.auto_close_echo:
+            elif self._settings.auto_close_echo:
                 self._queue_close(code, reason)  # §5.5.1: echo the code, none if none
                 self.state = State.CLOSED
             else:
@@ -984,7 +1069,7 @@ class Connection:
             raise self.closed_error()
 
     def _encode(self, fin: bool, opcode: int, payload: bytes) -> list[bytes]:
-        if self._masks:
+        if self._settings.masks:
             mask = _new_mask()
             header = encode_frame_header(fin=fin, opcode=opcode, length=len(payload), mask=mask)
             if payload:
@@ -1006,7 +1091,7 @@ class Connection:
         queued = self._queued
         if queued is None:
             self._queued = queued = []
-        limit = self._max_queued
+        limit = self._settings.max_queued_control
         if len(queued) < limit:
             queued.append(frame)
             if len(queued) < limit:
@@ -1055,10 +1140,9 @@ class Connection:
     def _fail(self, code: int, reason: str, limit: str | None) -> None:
         """RFC 6455 §7.1.7: send a close frame with ``code`` if none went out, parse no more."""
         self._closing_now().failure = (code, reason)
-        self._receiving = False
-        self._reassembly = None
+        self._rx = None  # nothing more is parsed: a message in pieces is dropped
         self._emit(Failed(code, reason, limit))
-        if not self._auto_answer:
+        if not self._settings.auto_answer:
             return  # the glue calls fail() when it reaches the event
         if self._closing.sent is None:
             self._queue_close(code, reason)

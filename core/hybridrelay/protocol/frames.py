@@ -205,7 +205,9 @@ class PayloadViewSink(Protocol):
 # Parser states
 _HEAD: Final = 0
 _PAYLOAD: Final = 1
-_CONTROL: Final = 2
+# A control frame's payload is awaited: the state is its opcode (8, 9 or 10), so that a
+# parser needs no slot of its own for it (a relay holds two parsers per connection).
+_CONTROL: Final = 8
 _FAILED: Final = 3
 _STOPPED: Final = 4  # a sink raised StopParsing: everything after is discarded
 
@@ -219,7 +221,6 @@ class FrameParser:
 
     __slots__ = (
         "_buf",
-        "_ctl_opcode",
         "_in_message",
         "_mask",
         "_masked",
@@ -246,7 +247,6 @@ class FrameParser:
         self._remaining = 0
         self._mask: bytes | None = None
         self._offset = 0
-        self._ctl_opcode = 0
         self._in_message = False
         self._view_sink: PayloadViewSink | None = None
 
@@ -334,7 +334,7 @@ class FrameParser:
                         sink.on_payload(chunk, True)
                     else:
                         sink.on_payload(chunk, False)
-                elif state == _CONTROL:
+                elif state >= _CONTROL:
                     if end - pos < self._remaining:
                         break
                     payload = data[pos : pos + self._remaining]
@@ -343,7 +343,7 @@ class FrameParser:
                         payload = apply_mask(payload, self._mask)
                     self._state = _HEAD
                     self._remaining = 0
-                    sink.on_control_frame(self._ctl_opcode, payload)
+                    sink.on_control_frame(state, payload)
                 else:
                     used = self._parse_header(data, pos, end)
                     if used == 0:
@@ -405,9 +405,8 @@ class FrameParser:
                     limit="max_control_payload",
                 )
             self._mask = data[pos + need - 4 : pos + need] if has_mask else None
-            self._ctl_opcode = opcode
             self._remaining = length
-            self._state = _CONTROL
+            self._state = opcode  # >= _CONTROL
             return need
         if opcode not in _DATA_OPCODES:
             raise FrameError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")

@@ -62,11 +62,16 @@ __all__ = [
     "Refusal",
     "SourceLimits",
     "TokenBucket",
+    "UpgradeHook",
     "rate_limit_middleware",
     "source_key",
 ]
 
 log = logging.getLogger(RELAY)
+
+# Offered the first request head of a connection when it is an upgrade (nothing else
+# queued): True when it took the connection, which aiohttp then never serves.
+UpgradeHook = Callable[[RequestHandler, RawRequestMessage], bool]
 
 
 # Refusals written straight to the transport, before (or instead of) aiohttp's parser.
@@ -404,12 +409,23 @@ class FrontDoorProtocol(RequestHandler):
         "_peer",
         "_refused",
         "_requests",
+        "_serving",
         "_source",
+        "_upgrade",
     )
 
-    def __init__(self, manager: web.Server, *, front_door: FrontDoor, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        front_door: FrontDoor,
+        upgrade: UpgradeHook | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._front_door = front_door
+        self._upgrade = upgrade
+        self._serving = False  # aiohttp's task serving requests was started
         self._source: str | None = None  # the counted source (None: exempt or not counted)
         self._peer = ""
         self._refused = False
@@ -439,7 +455,7 @@ class FrontDoorProtocol(RequestHandler):
         )
 
     def _start(self, transport: asyncio.Transport) -> None:
-        """aiohttp's ``RequestHandler.connection_made``, less three costs per connection.
+        """aiohttp's ``RequestHandler.connection_made``, less four costs per connection.
 
         Two connections per relayed connect pass here (the sender's and the listener's
         rendezvous dial), so what aiohttp repeats on each is done once instead (issue 16):
@@ -451,16 +467,22 @@ class FrontDoorProtocol(RequestHandler):
         - aiohttp's keep-alive timer, armed at the start as its only guard against a
           connection that never sends a request: the head timer is that guard here (and
           answers 408), so aiohttp's would only race it. aiohttp arms it after each
-          response, as before.
+          response, as before;
+        - the task that serves the connection's requests: started with the first request
+          head (:meth:`_serve`), not before, as it would only wait for one until then;
+          a head the upgrade hook takes never needs it.
 
-        The rest is aiohttp's, unchanged (3.10 to 3.14): register with the server and start
-        the task that serves the connection's requests.
+        The rest is aiohttp's, unchanged (3.10 to 3.14): register with the server.
         """
         manager = self._manager
         if manager is None:  # pragma: no cover - aiohttp sets it in __init__
             raise RuntimeError("a request handler without its server")
         self.transport = transport
         manager.connection_made(self, transport)
+
+    def _serve(self) -> None:
+        """Start aiohttp's task that serves this connection's requests (once)."""
+        self._serving = True
         if sys.version_info >= (3, 12):
             task = asyncio.Task(self.start(), loop=self._loop, eager_start=True)
         else:
@@ -500,16 +522,41 @@ class FrontDoorProtocol(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped while the refusal lingers
-        queued = len(self._messages)
+        messages = self._messages
+        queued = len(messages)
+        serve = False
         super().data_received(data)
-        if len(self._messages) > queued:
+        if len(messages) > queued:
             self._refuse_unknown_versions(queued)
             if self._current_request is not None:
                 self._fail_unfinished_body()
+            if not self._serving:
+                if self._upgraded and self._request_count == 1 and self._take_upgrade():
+                    return  # the connection is not aiohttp's any more (forgotten)
+                serve = True
         if self._head_timer is not None and self._request_count:
             # A whole head arrived (or a malformed one was answered): no 408 for it.
             self._head_timer.cancel()
             self._head_timer = None
+        if serve:
+            self._serve()
+
+    def _take_upgrade(self) -> bool:
+        """Offer the connection's first head, an upgrade, to the upgrade hook.
+
+        The hook detaches the connection when it takes it (``splice.forget_connection``:
+        our ``connection_lost`` releases its source and head timer); the head is dropped.
+        Nothing of :func:`rate_limit_middleware` is skipped: a connection's first request
+        was paid for when it opened.
+        """
+        hook = self._upgrade
+        head = self._messages[0][0]
+        if hook is None or not isinstance(head, RawRequestMessage) or head.version != HttpVersion11:
+            return False
+        if not hook(self, head):
+            return False
+        self._messages.clear()
+        return True
 
     def _refuse_unknown_versions(self, first: int) -> None:
         """A request line naming another version than HTTP/1.0 or 1.1 is answered 505.
@@ -645,7 +692,7 @@ class FrontDoorSite(web.TCPSite):
     default 60 s TLS handshake timeout; both are set here, the rest is TCPSite's.
     """
 
-    __slots__ = ("_front_door",)
+    __slots__ = ("_front_door", "_upgrade")
 
     def __init__(
         self,
@@ -654,6 +701,7 @@ class FrontDoorSite(web.TCPSite):
         port: int,
         *,
         front_door: FrontDoor,
+        upgrade: UpgradeHook | None = None,
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 128,
         reuse_address: bool | None = None,
@@ -669,6 +717,7 @@ class FrontDoorSite(web.TCPSite):
             reuse_port=reuse_port,
         )
         self._front_door = front_door
+        self._upgrade = upgrade
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -677,11 +726,14 @@ class FrontDoorSite(web.TCPSite):
         if server is None:
             raise RuntimeError("the runner must be set up before its site starts")
         door = self._front_door
+        upgrade = self._upgrade
         # The keyword arguments AppRunner gave its Server (debug, access log, timeouts).
         handler_args = server._kwargs  # private, but aiohttp keeps them nowhere else
 
         def protocol() -> FrontDoorProtocol:
-            return FrontDoorProtocol(server, loop=loop, front_door=door, **handler_args)
+            return FrontDoorProtocol(
+                server, loop=loop, front_door=door, upgrade=upgrade, **handler_args
+            )
 
         self._server = await loop.create_server(
             protocol,

@@ -276,6 +276,9 @@ class RelaySettings:
     dashboard_session_ttl: float = 1800.0
     max_dashboard_sessions: int = 1000
     dashboard_login_failures: int = 5
+    # A login's JSON body (a key or a JWT): far below max_management_body_size, since
+    # anyone who reaches the dashboard's address may post one.
+    dashboard_login_body_size: int = 64 * 1024
     # Who logs in read-only: "sas:<rule>" or "jwt:<subject>" (everyone else with Manage
     # is an operator).
     dashboard_viewers: tuple[str, ...] = ()
@@ -584,6 +587,7 @@ _ENV_TYPES: Final[Mapping[str, type]] = {
     "dashboard_session_ttl": float,
     "max_dashboard_sessions": int,
     "dashboard_login_failures": int,
+    "dashboard_login_body_size": int,
     "dashboard_viewers": list,
     "inspector_requests": int,
     "inspector_body_size": int,
@@ -804,6 +808,12 @@ def _settings(table: Table) -> RelaySettings:
         ),
         dashboard_login_failures=table.get_int(
             "dashboard_login_failures", d.dashboard_login_failures, minimum=1, maximum=10_000
+        ),
+        dashboard_login_body_size=table.get_int(
+            "dashboard_login_body_size",
+            d.dashboard_login_body_size,
+            minimum=1024,
+            maximum=1 << 20,
         ),
         dashboard_viewers=tuple(table.str_list("dashboard_viewers")),
         inspector_requests=table.get_int(

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import uuid
 from typing import Final
 
 from aiohttp import web
+from aiohttp.hdrs import EXPECT
+from aiohttp.http import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDictProxy
 
 from hybridrelay.errors import (
@@ -36,30 +38,52 @@ from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.protocol.messages import Accept
 from hybridrelay.protocol.sas import Rights
 from hybridrelay.relay import device_auth
+from hybridrelay.relay.admission import UpgradeHook
 from hybridrelay.relay.auth import TOKENS, authorize, check_token
 from hybridrelay.relay.balancer import parse_listener_filter
 from hybridrelay.relay.ca_trust import CA_TRUST
+from hybridrelay.relay.cluster.base import ClusterState
 from hybridrelay.relay.config import validate_entity_name
 from hybridrelay.relay.control import ControlChannel
 from hybridrelay.relay.devices import DEVICES
 from hybridrelay.relay.dispatch import deliver_to_listener
 from hybridrelay.relay.forwarded import add_forwarding_headers
-from hybridrelay.relay.handshake import accept_headers, accept_response, parse_client_handshake
+from hybridrelay.relay.handshake import (
+    ClientHandshake,
+    accept_headers,
+    accept_response,
+    parse_client_handshake,
+)
 from hybridrelay.relay.http_mode import handle_request_dial
 from hybridrelay.relay.listeners import LISTENERS
+from hybridrelay.relay.metrics import HcStats, RelayMetrics
 from hybridrelay.relay.mgmt.events import EVENTS
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.peer import remote_endpoint
-from hybridrelay.relay.pending import LISTENER_GONE, PENDING, SPLICED, PendingConnect, PendingWork
+from hybridrelay.relay.pending import (
+    LISTENER_GONE,
+    PENDING,
+    SPLICED,
+    ListenerHandle,
+    PendingConnect,
+    PendingWork,
+)
 from hybridrelay.relay.sender_auth import authorize_sender
-from hybridrelay.relay.splice import Splice, Upgraded, forget, take_over
+from hybridrelay.relay.splice import (
+    Splice,
+    Upgraded,
+    forget,
+    forget_connection,
+    take_over,
+    take_over_connection,
+)
 from hybridrelay.relay.splices import SPLICES, SpliceRegistry
 from hybridrelay.relay.state import HC_NAME, STATE, RelayState
 from hybridrelay.relay.store.base import HybridConnection
 from hybridrelay.relay.store.models import ensure_enabled
 from hybridrelay.relay.store.records import encode_continuation, hc_key
 
-__all__ = ["handle_hc", "is_hc_path", "shutdown_connections"]
+__all__ = ["accept_upgrade", "handle_hc", "is_hc_path", "shutdown_connections"]
 
 log = logging.getLogger(RELAY)
 
@@ -326,13 +350,7 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
         raise NoListenerError("no listener is connected to this hybrid connection")
 
     relay = state.config.relay
-    splice = Splice(
-        close_timeout=relay.close_timeout,
-        hc_name=hc.name,
-        max_queued_control=relay.max_queued_control_frames,
-        write_buffer=relay.stream_buffer_size,
-        limit_hit=state.metrics.limit_hit,
-    )
+    splice = Splice(state.splice_settings, hc_name=hc.name)
     sender_endpoint = remote_endpoint(request)  # read now: the splice takes the socket
     if sender_endpoint is not None:
         splice.sender_address = f"{sender_endpoint.address}:{sender_endpoint.port}"
@@ -439,12 +457,10 @@ async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> 
 
 
 async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
-    key = addr.rendezvous_key
-    # Look before taking: a dial that is refused leaves the rendezvous to the listener
-    # that has the right address (nothing awaits between the look and the claim).
-    pending = state.cluster.find_pending(key) if key else None
-    if key is None or not isinstance(pending, PendingConnect) or pending.future.done():
+    waiting = _waiting_sender(state, addr)
+    if waiting is None:
         raise RendezvousError("the rendezvous address is unknown, used or expired")
+    key, pending = waiting
     if not pending.dialled_at(addr.path):
         log.warning("rendezvous_path_mismatch", extra={"hc": pending.hc_name, "action": "accept"})
         raise RendezvousError("the rendezvous address is unknown, used or expired")
@@ -459,15 +475,44 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
             BadGatewayError("the listener's rendezvous handshake was invalid")
         )
         raise
+    _splice_legs(state, request.app[SPLICES], pending, handshake, request.protocol)
+    return Upgraded()
+
+
+def _waiting_sender(state: RelayState, addr: HcAddress) -> tuple[str, PendingConnect] | None:
+    """The sender waiting at the dial's rendezvous key, if any; nothing is taken.
+
+    Look before taking: a dial that is refused leaves the rendezvous to the listener
+    that has the right address (nothing awaits between the look and the claim).
+    """
+    key = addr.rendezvous_key
+    pending = state.cluster.find_pending(key) if key else None
+    if key is None or not isinstance(pending, PendingConnect) or pending.future.done():
+        return None
+    return key, pending
+
+
+def _splice_legs(
+    state: RelayState,
+    splices: SpliceRegistry,
+    pending: PendingConnect,
+    handshake: ClientHandshake,
+    dial: RequestHandler,
+) -> None:
+    """Answer both 101s of a claimed rendezvous and start its splice.
+
+    ``dial`` is the protocol of the listener's accept connection, served as a request
+    (:func:`_accept`) or taken from its head (:func:`accept_upgrade`).
+    """
     # The listener names the one sub-protocol it picked from connectHeaders (HC §5).
     chosen = handshake.protocols[0] if handshake.protocols else None
     splice = pending.splice
     try:
-        listener = take_over(request)
+        listener = take_over_connection(dial)
     except ConnectionError as exc:
         pending.future.set_exception(BadGatewayError("the listener vanished during its handshake"))
         log.info("listener_gone_during_rendezvous", extra={"error": type(exc).__name__})
-        return Upgraded()
+        return
     try:
         sender: tuple[asyncio.Transport, asyncio.BaseProtocol, bytes] | None = take_over(
             pending.sender
@@ -480,19 +525,72 @@ async def _accept(request: web.Request, state: RelayState, addr: HcAddress) -> w
     # loop, and this runs to the end without giving it back. No task switch to the
     # sender's handler either: it only learns the outcome.
     listener[0].write(accept_response(handshake, chosen))
-    forget(request)
-    # aiohttp's protocol is out of the picture: the legs hold only transport and tail.
-    splice.listener.attach((listener[0], None, listener[2]), paused=True)
+    forget_connection(dial)
+    # aiohttp's protocol is out of the picture: a leg holds only its transport.
+    splice.listener.attach(listener[0], paused=True)
     if sender is None:
         splice.abandon(CloseCode.GOING_AWAY, "sender went away")
         pending.future.set_result(_SENDER_GONE)
-        return Upgraded()
+        return
     sender[0].write(accept_response(pending.handshake, chosen))
     forget(pending.sender)
-    _stream_started(state, request.app[SPLICES], pending, splice)
-    splice.join((sender[0], None, sender[2]))
+    _stream_started(state, splices, pending, splice)
+    splice.join(sender[0], sender[2], listener[2])
     pending.future.set_result(SPLICED)
-    return Upgraded()
+
+
+def accept_upgrade(app: web.Application) -> UpgradeHook:
+    """The front door's hook for rendezvous dials: complete one from its parsed head.
+
+    A listener's accept dial (one of the two connections of every relayed connect) needs
+    no awaiting: the waiting sender is looked up, claimed and spliced in one step. Served
+    as a request it would still pay aiohttp's handler tasks, request object, router and
+    middleware chain (issue 16). So the front door offers the first upgrade head of each
+    connection here, before any of that exists.
+
+    Only a dial that would succeed is taken, after exactly the checks :func:`_accept`
+    makes, none of which leaves a trace; anything else (no or a used key, another path,
+    a rejection, a bad handshake, an ``Expect`` header, which aiohttp answers before any
+    handler) is left to the request path, which refuses, counts and logs it as it always
+    did. A successful dial has nothing of the request path to miss: no middleware acts
+    on one (the first request of a connection is not charged again), and its 101 is
+    written on the transport either way.
+    """
+    state = app[STATE]
+    splices = app[SPLICES]
+
+    def hook(protocol: RequestHandler, head: RawRequestMessage) -> bool:
+        if head.method != "GET" or not is_hc_path(head.path):
+            return False
+        headers = head.headers
+        if EXPECT in headers:
+            return False
+        path, _, query = head.path.partition("?")
+        try:
+            addr = parse_hc_target(path, query)
+        except Exception:  # noqa: BLE001 - the request path raises it again and answers it
+            return False
+        if addr.action != "accept" or addr.status_code is not None:
+            return False
+        if headers.get("Upgrade", "").lower() != "websocket":
+            return False
+        waiting = _waiting_sender(state, addr)
+        if waiting is None or not waiting[1].dialled_at(addr.path):
+            return False
+        key, pending = waiting
+        try:
+            handshake = parse_client_handshake(head.method, headers)
+        except Exception:  # noqa: BLE001 - as above
+            return False
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            return False
+        # Committed: from here on exactly what _accept does after its checks.
+        state.cluster.claim_pending(key)
+        _splice_legs(state, splices, pending, handshake, protocol)
+        return True
+
+    return hook
 
 
 def _stream_started(
@@ -503,20 +601,43 @@ def _stream_started(
     metrics = state.metrics
     metrics.rendezvous_seconds.observe(asyncio.get_running_loop().time() - pending.started)
     stats = metrics.stream_started(pending.hc_name)
-    splice.stream_id = secrets.token_hex(8)
-    splice.listener_id = pending.listener_id
-    splice.started_at = state.now()
+    splice.started(pending.listener_id, state.now())
     splices.add(splice)
     if handle is not None:
         state.cluster.stream_started(handle)
+    splice.on_finish = _StreamEnd(splice, splices, state.cluster, handle, metrics, stats)
 
-    def finished(up: int, down: int) -> None:
-        splices.discard(splice)
-        if handle is not None:
-            state.cluster.stream_ended(handle)
-        metrics.stream_finished(stats, up, down)
 
-    splice.on_finish = finished
+class _StreamEnd:
+    """A splice's on_finish: the relayed connection is no longer counted as open.
+
+    An object rather than a closure: a relay holds one per open relayed connection, and
+    a closure over these six costs six cells, a tuple and a function (480 bytes).
+    """
+
+    __slots__ = ("cluster", "handle", "metrics", "splice", "splices", "stats")
+
+    def __init__(
+        self,
+        splice: Splice,
+        splices: SpliceRegistry,
+        cluster: ClusterState,
+        handle: ListenerHandle | None,
+        metrics: RelayMetrics,
+        stats: HcStats,
+    ) -> None:
+        self.splice = splice
+        self.splices = splices
+        self.cluster = cluster
+        self.handle = handle
+        self.metrics = metrics
+        self.stats = stats
+
+    def __call__(self, up: int, down: int) -> None:
+        self.splices.discard(self.splice)
+        if self.handle is not None:
+            self.cluster.stream_ended(self.handle)
+        self.metrics.stream_finished(self.stats, up, down)
 
 
 def _release_senders_of(pending_work: PendingWork, channel: ControlChannel) -> None:

@@ -35,7 +35,7 @@ from hybridrelay.relay.config import (
     refuse_placeholder_keys,
 )
 from hybridrelay.relay.dashboard import dashboard_app, dashboard_url
-from hybridrelay.relay.hc_endpoints import shutdown_connections
+from hybridrelay.relay.hc_endpoints import accept_upgrade, shutdown_connections
 from hybridrelay.relay.health import metrics_app
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.splices import SPLICES
@@ -367,11 +367,13 @@ async def run(
     )
     await runner.setup()
     front_door = FrontDoor(s, app[STATE].metrics, now=asyncio.get_running_loop().time)
+    upgrade = accept_upgrade(app)  # rendezvous dials, on the relay's own sites only
     site = FrontDoorSite(
         runner,
         s.host,
         s.port,
         front_door=front_door,
+        upgrade=upgrade,
         ssl_context=ssl_ctx,
         backlog=1024,
         reuse_address=True,
@@ -419,6 +421,7 @@ async def run(
                 s.host,
                 s.worker_port + worker_index if s.worker_port else 0,
                 front_door=front_door,
+                upgrade=upgrade,
                 ssl_context=ssl_ctx,
                 backlog=1024,
                 reuse_address=True,

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from hybridrelay.logs import RELAY
 from hybridrelay.protocol.codes import CloseCode
@@ -49,6 +51,7 @@ from hybridrelay.protocol.connection import (
     LIMIT_QUEUED_CONTROL,
     CloseReceived,
     Connection,
+    ConnectionSettings,
     Event,
     Failed,
     Hold,
@@ -56,12 +59,24 @@ from hybridrelay.protocol.connection import (
     Role,
 )
 
-__all__ = ["LIMIT_QUEUED_CONTROL", "Leg", "Splice", "Upgraded", "forget", "take_over"]
+__all__ = [
+    "LIMIT_QUEUED_CONTROL",
+    "Leg",
+    "Splice",
+    "SpliceSettings",
+    "Upgraded",
+    "forget",
+    "forget_connection",
+    "take_over",
+    "take_over_connection",
+]
 
 log = logging.getLogger(RELAY)
 
 _UNRELEASED: Final = Hold.UNRELEASED  # attached, waiting for the other leg (Leg.release)
 _PEER_FULL: Final = Hold.PEER_FULL  # the other leg's write buffer is over its mark
+# Splice._done once the splice finished before anyone asked for Splice.done.
+_FINISHED: Final = True
 
 
 class _TailCollector:
@@ -87,8 +102,18 @@ def take_over(request: web.BaseRequest) -> tuple[asyncio.Transport, asyncio.Base
     connection loss so that aiohttp forgets the connection) and any bytes the
     client sent after its handshake that aiohttp had buffered.
     """
-    protocol = request.protocol
-    transport = request.transport
+    return take_over_connection(request.protocol)
+
+
+def take_over_connection(
+    protocol: RequestHandler,
+) -> tuple[asyncio.Transport, asyncio.BaseProtocol, bytes]:
+    """:func:`take_over` for a connection whose upgrade head never became a request.
+
+    The front door's upgrade hook (``hc_endpoints.accept_upgrade``) completes a
+    rendezvous dial straight from the parsed head; its connection is detached the same way.
+    """
+    transport = protocol.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("connection lost before the splice started")
     collector = _TailCollector()
@@ -108,7 +133,11 @@ def forget(request: web.BaseRequest) -> None:
     out (issue 7: memory per idle connection). The transport is not aiohttp's any
     more: closing it is the splice's job.
     """
-    protocol = request.protocol
+    forget_connection(request.protocol)
+
+
+def forget_connection(protocol: RequestHandler) -> None:
+    """:func:`forget` for a connection :func:`take_over_connection` took."""
     # Without a transport, aiohttp's connection_lost() cannot close ours; it forgets the
     # connection (server bookkeeping, keep-alive timer, parser) and lets its handler end.
     protocol.transport = None
@@ -139,34 +168,22 @@ class Leg(asyncio.Protocol):
     __slots__ = (
         "_close_after_flush",
         "_close_timer",
-        "_inner",
         "_reading",
-        "_tail",
         "conn",
         "lost",
-        "name",
         "peer",
         "splice",
         "transport",
     )
 
-    def __init__(self, name: str, splice: Splice) -> None:
-        self.name = name
+    # "sender" or "listener", for logs and close reasons: the subclass's, not a slot.
+    name: ClassVar[str] = "leg"
+
+    def __init__(self, splice: Splice) -> None:
         self.splice = splice
-        # The relay only passes frames on: text is the endpoints' to validate, and a
-        # close is answered by forwarding it (half-close), not echoed.
-        self.conn = Connection(
-            Role.SERVER,
-            streaming=True,
-            validate_utf8=False,
-            auto_close_echo=False,
-            max_queued_control=splice.max_queued_control,
-            high_water=splice.write_buffer,
-        )
+        self.conn = Connection.sharing(splice.settings.conn)
         self.conn.hold_reading(_UNRELEASED)  # until release()
         self.transport: asyncio.Transport | None = None
-        self._inner: asyncio.BaseProtocol | None = None
-        self._tail = b""
         self.peer: Leg = self  # replaced by Splice
         self._reading = True  # aiohttp hands the transport over reading
         self._close_after_flush = False  # close_transport waits for owed frames to go out
@@ -188,34 +205,29 @@ class Leg(asyncio.Protocol):
 
     # -- setup -------------------------------------------------------------------
 
-    def attach(
-        self,
-        parts: tuple[asyncio.Transport, asyncio.BaseProtocol | None, bytes],
-        *,
-        paused: bool = False,
-    ) -> None:
-        """Make this leg the transport's protocol; ``paused`` holds reading until release()."""
-        transport, inner, tail = parts
+    def attach(self, transport: asyncio.Transport, *, paused: bool = False) -> None:
+        """Make this leg the transport's protocol; it is read from release() on, and
+        ``paused`` pauses the transport until then.
+
+        aiohttp must have forgotten the connection (:func:`forget`): the leg is its only
+        protocol.
+        """
         self.transport = transport
-        self._inner = inner
         # Reading on the other leg pauses above this ([relay] stream_buffer_size); the
         # low mark is the Connection's too (a quarter).
-        write_buffer = self.splice.write_buffer
+        write_buffer = self.splice.settings.write_buffer
         transport.set_write_buffer_limits(high=write_buffer, low=write_buffer // 4)
         transport.set_protocol(self)
         if transport.is_closing():
             # Lost before we took over: aiohttp saw connection_lost, we never will.
             self.connection_lost(None)
             return
-        self._tail = tail
         if paused:
             self._sync_reading()
-        else:
-            self.release()
 
-    def release(self) -> None:
-        """Start reading: forward what was buffered, then resume the transport."""
-        tail, self._tail = self._tail, b""
+    def release(self, tail: bytes) -> None:
+        """Start reading: forward ``tail``, what the client sent after its handshake
+        (:func:`take_over`), then resume the transport."""
         if self.lost or self.transport is None:
             return
         if tail:
@@ -255,10 +267,10 @@ class Leg(asyncio.Protocol):
             elif kind is Failed:
                 failed = cast(Failed, event)
                 if failed.limit is not None:  # a control frame over RFC 6455's 125 bytes
-                    splice.limit_hit(failed.limit)
+                    splice.settings.limit_hit(failed.limit)
                 splice.protocol_error(self, failed.code, failed.reason)
             elif kind is LimitReached:
-                splice.limit_hit(cast(LimitReached, event).limit)
+                splice.settings.limit_hit(cast(LimitReached, event).limit)
             # Ping: the Connection queued its pong. Pong: proves liveness only.
 
     def eof_received(self) -> bool:
@@ -273,10 +285,6 @@ class Leg(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        inner = self._inner
-        self._inner = None
-        if inner is not None:
-            inner.connection_lost(exc)  # aiohttp forgets the connection and ends its handler wait
         self.splice.leg_lost(self)
 
     def pause_writing(self) -> None:
@@ -337,7 +345,7 @@ class Leg(asyncio.Protocol):
 
     def _close_timed_out(self) -> None:
         if not self.lost and self.transport is not None:
-            self.splice.limit_hit("close_timeout")
+            self.splice.settings.limit_hit("close_timeout")
             self.transport.abort()
 
     def close_transport(self) -> None:
@@ -353,16 +361,25 @@ class Leg(asyncio.Protocol):
             self.transport.abort()
 
 
-class Splice:
-    """Joins a sender leg and a listener leg until both have closed.
+class _SenderLeg(Leg):
+    __slots__ = ()
+    name = "sender"
+
+
+class _ListenerLeg(Leg):
+    __slots__ = ()
+    name = "listener"
+
+
+class SpliceSettings:
+    """What every splice of a relay is made with, made once and shared by them all.
+
+    One object rather than four slots on every splice and nine on each of its two
+    Connections (issue 13: memory per idle relayed connection).
 
     Args:
         close_timeout: seconds a leg gets to answer a close the relay sent on its own
             (peer vanished, protocol error, shutdown) before its TCP connection is cut.
-        on_finish: called once with (bytes sender->listener, bytes listener->sender);
-            the attribute of that name may be replaced until the splice finishes.
-        hc_name: the hybrid connection relayed, so that deleting it can shut the splice
-            (``reactions.py``); ``PendingConnect`` fills it in when not given.
         max_queued_control: control frames (pongs, a close) that may wait for one leg
             before it stops being read (``[relay] max_queued_control_frames``).
         write_buffer: bytes a leg's write buffer holds before the other leg stops being
@@ -370,67 +387,129 @@ class Splice:
         limit_hit: counts a limit reached, by name (``RelayMetrics.limit_hit``).
     """
 
-    __slots__ = (
-        "_close_timeout",
-        "done",
-        "hc_name",
-        "limit_hit",
-        "listener",
-        "listener_id",
-        "max_queued_control",
-        "on_finish",
-        "sender",
-        "sender_address",
-        "started_at",
-        "stream_id",
-        "write_buffer",
-    )
+    __slots__ = ("close_timeout", "conn", "limit_hit", "write_buffer")
 
     def __init__(
         self,
         *,
         close_timeout: float,
-        on_finish: Callable[[int, int], None] | None = None,
-        hc_name: str | None = None,
         max_queued_control: int = 64,
         write_buffer: int = 256 * 1024,
         limit_hit: Callable[[str], None] = lambda limit: None,
     ) -> None:
+        self.close_timeout = close_timeout
+        self.write_buffer = write_buffer
+        self.limit_hit = limit_hit
+        # Each leg's Connection. The relay only passes frames on: text is the endpoints'
+        # to validate, and a close is answered by forwarding it (half-close), not echoed.
+        self.conn = ConnectionSettings(
+            Role.SERVER,
+            streaming=True,
+            validate_utf8=False,
+            auto_close_echo=False,
+            max_queued_control=max_queued_control,
+            high_water=write_buffer,
+        )
+
+
+class Splice:
+    """Joins a sender leg and a listener leg until both have closed.
+
+    Args:
+        settings: what every splice is made with (:class:`SpliceSettings`), shared.
+        on_finish: called once with (bytes sender->listener, bytes listener->sender);
+            the attribute of that name may be replaced until the splice finishes.
+        hc_name: the hybrid connection relayed, so that deleting it can shut the splice
+            (``reactions.py``); ``PendingConnect`` fills it in when not given.
+    """
+
+    __slots__ = (
+        "_done",
+        "_stream_id",
+        "hc_name",
+        "listener",
+        "listener_id",
+        "on_finish",
+        "sender",
+        "sender_address",
+        "settings",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        settings: SpliceSettings,
+        *,
+        on_finish: Callable[[int, int], None] | None = None,
+        hc_name: str | None = None,
+    ) -> None:
+        self.settings = settings
         self.hc_name = hc_name
         # What the management API shows of a live stream (mgmt/live.py); filled in
-        # when the splice starts (hc_endpoints._stream_started).
-        self.stream_id = ""
+        # when the splice starts (started()).
+        self._stream_id: str | None = None  # "" once started: made when first read
         self.listener_id = ""
         self.sender_address = ""
         self.started_at = 0.0
-        self.max_queued_control = max_queued_control
-        self.write_buffer = write_buffer
-        self.limit_hit = limit_hit
-        self.sender = Leg("sender", self)
-        self.listener = Leg("listener", self)
+        self.sender: Leg = _SenderLeg(self)
+        self.listener: Leg = _ListenerLeg(self)
         self.sender.peer = self.listener
         self.listener.peer = self.sender
         self.sender.conn.splice_to(self.listener.conn)
         self.listener.conn.splice_to(self.sender.conn)
-        self._close_timeout = close_timeout
         self.on_finish = on_finish
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The future behind ``done``, made when first asked for (most splices never
+        # are); _FINISHED when the splice finished before that.
+        self._done: asyncio.Future[None] | bool | None = None
 
-    def join(self, sender: tuple[asyncio.Transport, asyncio.BaseProtocol | None, bytes]) -> None:
-        """Attach the sender after its 101; the listener leg must be attached (paused) already."""
-        self.sender.attach(sender)
+    def started(self, listener_id: str, started_at: float) -> None:
+        """The splice runs: it is a live stream now, with an id (mgmt/live.py)."""
+        self.listener_id = listener_id
+        self.started_at = started_at
+        self._stream_id = ""
+
+    @property
+    def stream_id(self) -> str:
+        """The live stream's id (16 hex digits) once the splice started, else "".
+
+        Random, made when first read: most streams are never listed.
+        """
+        stream_id = self._stream_id
+        if stream_id == "":
+            stream_id = self._stream_id = secrets.token_hex(8)
+        return stream_id or ""
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Resolves once both legs are closed."""
+        done = self._done
+        if isinstance(done, asyncio.Future):
+            return done
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if done is _FINISHED:
+            future.set_result(None)
+        self._done = future
+        return future
+
+    def join(self, transport: asyncio.Transport, tail: bytes, listener_tail: bytes) -> None:
+        """Attach the sender after its 101 and start both legs; the listener leg must be
+        attached (paused) already. The tails: what each client sent after its handshake."""
+        self.sender.attach(transport)
+        self.sender.release(tail)
         if self.listener.lost:
             self.sender.send_close(
-                CloseCode.INTERNAL_ERROR, "listener connection lost", timeout=self._close_timeout
+                CloseCode.INTERNAL_ERROR,
+                "listener connection lost",
+                timeout=self.settings.close_timeout,
             )
         else:
-            self.listener.release()
+            self.listener.release(listener_tail)
 
     def abandon(self, code: int, reason: str) -> None:
         """The sender never reached its 101: close the listener leg and finish."""
         self.sender.lost = True
         self.sender.conn.receive_eof()
-        self.listener.send_close(code, reason, timeout=self._close_timeout)
+        self.listener.send_close(code, reason, timeout=self.settings.close_timeout)
         self.listener.close_transport()
         if self.listener.lost or self.listener.transport is None:
             self._finish()
@@ -447,7 +526,7 @@ class Splice:
         """Close both legs from the relay side (entity deleted, relay stopping)."""
         for leg in (self.sender, self.listener):
             leg.send_close(
-                code, reason, timeout=self._close_timeout if timeout is None else timeout
+                code, reason, timeout=self.settings.close_timeout if timeout is None else timeout
             )
 
     # -- events from the legs ---------------------------------------------------------
@@ -455,7 +534,7 @@ class Splice:
     def close_received(self, leg: Leg, code: int, reason: str) -> None:
         peer = leg.peer
         if peer.lost:
-            leg.send_close(code, reason, timeout=self._close_timeout)
+            leg.send_close(code, reason, timeout=self.settings.close_timeout)
         else:
             # Forward code and reason; the peer's own close completes the exchange.
             peer.send_close(code, reason, timeout=None)
@@ -469,7 +548,7 @@ class Splice:
         close (bounded by the close timeout)."""
         log.warning("peer_protocol_error", extra={"leg": leg.name, "code": code, "reason": reason})
         leg.flush()
-        leg.arm_close_timer(self._close_timeout)
+        leg.arm_close_timer(self.settings.close_timeout)
         leg.close_transport()
 
     def leg_lost(self, leg: Leg) -> None:
@@ -482,11 +561,11 @@ class Splice:
                 peer.send_close(
                     CloseCode.INTERNAL_ERROR,
                     f"{leg.name} connection lost",
-                    timeout=self._close_timeout,
+                    timeout=self.settings.close_timeout,
                 )
             else:
                 # The close we forwarded may still await its answer; bound the wait.
-                peer.arm_close_timer(self._close_timeout)
+                peer.arm_close_timer(self.settings.close_timeout)
             # Nothing is left to wait for on this side: read the peer's close.
             peer.conn.unhold_reading(_PEER_FULL)
             peer._sync_reading()
@@ -494,15 +573,21 @@ class Splice:
         self._finish()
 
     def _finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-            if self.on_finish is not None:
-                self.on_finish(self.sender.bytes_in, self.listener.bytes_in)
-            # Both legs are lost, so nothing calls into them any more (every Leg method
-            # returns early on ``lost`` before it would reach its peer or splice). Drop
-            # the references between them: a finished splice is then freed by reference
-            # counting at once instead of waiting, with its two Connections, parsers and
-            # buffers, for the cyclic GC (which a relay pays for per connect).
-            for leg in (self.sender, self.listener):
-                leg.conn.splice_to(None)
-                del leg.peer, leg.splice
+        done = self._done
+        if done is _FINISHED or (isinstance(done, asyncio.Future) and done.done()):
+            return
+        if done is None:
+            self._done = _FINISHED
+        else:
+            cast(asyncio.Future[None], done).set_result(None)
+        on_finish, self.on_finish = self.on_finish, None  # it may refer to this splice
+        if on_finish is not None:
+            on_finish(self.sender.bytes_in, self.listener.bytes_in)
+        # Both legs are lost, so nothing calls into them any more (every Leg method
+        # returns early on ``lost`` before it would reach its peer or splice). Drop
+        # the references between them: a finished splice is then freed by reference
+        # counting at once instead of waiting, with its two Connections, parsers and
+        # buffers, for the cyclic GC (which a relay pays for per connect).
+        for leg in (self.sender, self.listener):
+            leg.conn.splice_to(None)
+            del leg.peer, leg.splice

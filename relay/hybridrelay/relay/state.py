@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from hybridrelay.relay.cluster.base import ClusterState
-from hybridrelay.relay.config import RelayConfig
+from hybridrelay.relay.config import RelayConfig, RelaySettings
 from hybridrelay.relay.metrics import RelayMetrics
+from hybridrelay.relay.splice import SpliceSettings
 from hybridrelay.relay.store.base import Store
 
 __all__ = ["HC_NAME", "STATE", "RelayState"]
@@ -47,6 +48,10 @@ class RelayState:
     )
     # via, worked out once per public_url: it is written into every HTTP-mode response.
     _via: tuple[str, str] | None = field(default=None, repr=False)
+    # splice_settings, made once per [relay] section and metrics: every splice shares it.
+    _splice_settings: tuple[RelaySettings, RelayMetrics, SpliceSettings] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def public_url(self) -> str:
@@ -91,6 +96,20 @@ class RelayState:
         if self._via is None or self._via[0] != url:
             self._via = (url, f"1.1 {self.via_name}")
         return self._via[1]
+
+    @property
+    def splice_settings(self) -> SpliceSettings:
+        """What every splice is made with, from ``[relay]``: one object they all share."""
+        relay, metrics, cached = self.config.relay, self.metrics, self._splice_settings
+        if cached is None or cached[0] is not relay or cached[1] is not metrics:
+            settings = SpliceSettings(
+                close_timeout=relay.close_timeout,
+                max_queued_control=relay.max_queued_control_frames,
+                write_buffer=relay.stream_buffer_size,
+                limit_hit=metrics.limit_hit,
+            )
+            self._splice_settings = cached = (relay, metrics, settings)
+        return cached[2]
 
 
 STATE: Final = web.AppKey("hybridrelay_state", RelayState)

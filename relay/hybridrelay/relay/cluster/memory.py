@@ -45,6 +45,9 @@ class MemoryClusterState:
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
         self._channels: dict[str, dict[str, ListenerPort]] = {}
         self._active: dict[tuple[str, str], int] = {}
+        # One handle per attached listener, handed to every stream it takes: a handle
+        # lives as long as its stream (hc_endpoints._StreamEnd), and they are all equal.
+        self._handles: dict[tuple[str, str], ListenerHandle] = {}
         self._pending = RendezvousTable[Pending](now=now, ttl=rendezvous_ttl, limit=max_pending)
         self._summarize: Summarize | None = None
         self._drain_callbacks: list[DrainRequested] = []
@@ -107,6 +110,9 @@ class MemoryClusterState:
             )
         channels[channel.listener_id] = channel
         self._active.setdefault((hc, channel.listener_id), 0)
+        self._handles[(hc, channel.listener_id)] = ListenerHandle(
+            hc, channel.listener_id, self.node_id
+        )
 
     async def detach(self, channel: ListenerPort) -> None:
         hc = channel.hc_name.lower()
@@ -115,6 +121,7 @@ class MemoryClusterState:
             return
         del channels[channel.listener_id]
         self._active.pop((hc, channel.listener_id), None)
+        self._handles.pop((hc, channel.listener_id), None)
         if not channels:
             del self._channels[hc]
 
@@ -134,12 +141,14 @@ class MemoryClusterState:
             return None
         if len(channels) == 1 and allowed is None and not disallowed:
             # The usual: one listener, eligible, chosen whatever its load (per request).
-            return ListenerHandle(hc, next(iter(channels)), self.node_id)
+            lid = next(iter(channels))
+            return self._handles.get((hc, lid)) or ListenerHandle(hc, lid, self.node_id)
         loads = [ListenerLoad(lid, self._active.get((hc, lid), 0)) for lid in channels]
         chosen = choose_listener(loads, rng=self._rng, allowed=allowed, disallowed=disallowed)
         if chosen is None:
             return None
-        return ListenerHandle(hc, chosen.listener_id, self.node_id)
+        key = (hc, chosen.listener_id)
+        return self._handles.get(key) or ListenerHandle(hc, chosen.listener_id, self.node_id)
 
     async def deliver(
         self, handle: ListenerHandle, message: Accept | Request, body: bytes | None = None

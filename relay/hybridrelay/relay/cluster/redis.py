@@ -31,6 +31,7 @@ import json
 import logging
 import random
 import secrets
+import sys
 import time
 from collections.abc import Collection, Coroutine
 from typing import Any, Final
@@ -441,7 +442,9 @@ class RedisClusterState:
         allowed: Collection[str] | None = None,
         disallowed: Collection[str] | None = None,
     ) -> ListenerHandle | None:
-        hc = hc_name.lower()
+        # Interned: the handle lives as long as the stream it is for, and every stream of
+        # this hybrid connection can share the one string.
+        hc = sys.intern(hc_name.lower())
         if self._unavailable is None:
             try:
                 remote = await self._remote_listeners(hc)

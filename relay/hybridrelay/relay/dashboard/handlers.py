@@ -250,9 +250,13 @@ async def _login(request: web.Request) -> web.StreamResponse:
     if request.content_type != "application/json":
         # A form post from another site cannot send this type without a CORS preflight.
         return _secure(error_response(415, "UnsupportedMediaType", "send application/json"))
-    doc = parse_json_object(
-        await read_body(request, max_size=64 * 1024, idle=relay.body_idle_timeout), "body"
+    body = await read_body(
+        request,
+        max_size=relay.dashboard_login_body_size,
+        idle=relay.body_idle_timeout,
+        limit="dashboard_login_body_size",
     )
+    doc = parse_json_object(body, "body")
     credential = _credential(doc, request)
     probe = _as_api_request(request, credential, URL(MGMT_PREFIX + "/stats"), method="GET")
     try:

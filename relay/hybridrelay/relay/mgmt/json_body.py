@@ -30,6 +30,8 @@ __all__ = ["body_chunks", "parse_json_object", "read_body"]
 
 _MAX_JSON_INT: Final = 2**63
 _CHUNK: Final = 64 * 1024
+# What a body beyond its cap is counted under, unless the caller names its own limit.
+LIMIT_MANAGEMENT_BODY: Final = "max_management_body_size"
 
 
 async def body_chunks(request: web.Request, idle: float, size: int) -> AsyncIterator[bytes]:
@@ -49,11 +51,16 @@ async def body_chunks(request: web.Request, idle: float, size: int) -> AsyncIter
         yield chunk
 
 
-async def read_body(request: web.Request, *, max_size: int, idle: float) -> bytes:
-    """The whole body, at most ``max_size`` bytes (413 beyond, ``max_management_body_size``)."""
+async def read_body(
+    request: web.Request,
+    *,
+    max_size: int,
+    idle: float,
+    limit: str = LIMIT_MANAGEMENT_BODY,
+) -> bytes:
+    """The whole body, at most ``max_size`` bytes (413 beyond, counted under ``limit``)."""
     too_big = PayloadTooBigError(
-        f"a management request body is at most {max_size} bytes",
-        limit="max_management_body_size",
+        f"a management request body is at most {max_size} bytes", limit=limit
     )
     length = request.content_length
     if length is not None and length > max_size:
