@@ -114,6 +114,9 @@ class Deadlines:
     def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for fifo in self._fifos.values():
+            for deadline in fifo:  # dropped: disarming one later must not uncount a new one
+                deadline._callback = deadline._arg = None
         self._loop = loop
         self._fifos = {}
         self._armed = self._queued = 0

@@ -104,3 +104,24 @@ def test_a_new_loop_starts_afresh() -> None:
     assert asyncio.run(once("a")) == "a"
     assert asyncio.run(once("b")) == "b"
     assert len(deadlines) == 1  # the second loop's, not the first's
+
+
+def test_a_deadline_dropped_with_its_loop_is_not_disarmed_on_the_next() -> None:
+    """Disarming a deadline of an ended loop must not uncount one armed on the new loop
+    (the count would go negative: len() raising, a sweep on every disarm)."""
+    deadlines = Deadlines()
+
+    async def arm_on_old_loop() -> Deadline:
+        return deadlines.arm(60.0, _fired, None)
+
+    old = asyncio.run(arm_on_old_loop())
+
+    async def on_new_loop() -> int:
+        new = deadlines.arm(60.0, _fired, None)
+        deadlines.disarm(old)  # dropped with its loop: a no-op
+        armed = len(deadlines)
+        deadlines.disarm(new)
+        return armed
+
+    assert asyncio.run(on_new_loop()) == 1
+    assert len(deadlines) == 0
