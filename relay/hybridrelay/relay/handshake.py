@@ -17,7 +17,13 @@ from typing import Final
 
 from hybridrelay.errors import ProtocolError
 
-__all__ = ["ClientHandshake", "accept_headers", "accept_response", "parse_client_handshake"]
+__all__ = [
+    "ClientHandshake",
+    "accept_headers",
+    "accept_response",
+    "is_websocket",
+    "parse_client_handshake",
+]
 
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
@@ -39,7 +45,19 @@ def _tokens(value: str) -> list[str]:
     return [t.strip().lower() for t in value.split(",") if t.strip()]
 
 
+def is_websocket(value: str) -> bool:
+    """Whether an ``Upgrade`` value is exactly the token ``websocket``, in any ASCII case.
+
+    HTTP tokens are ASCII and compare case-insensitively in ASCII only; ``str.lower()``
+    folds some other letters into ASCII ones (U+212A KELVIN SIGN into "k"), which aiohttp's
+    parser does not, so such a value would be an upgrade to us and not to it.
+    """
+    return value.isascii() and value.lower() == "websocket"
+
+
 def _has_token(value: str, token: str) -> bool:
+    if not value.isascii():
+        return False  # no Unicode case folding into an ASCII token (is_websocket)
     # The usual single-token values ("websocket", "Upgrade") need no splitting.
     lowered = value.lower()
     return lowered == token or (token in lowered and token in _tokens(value))

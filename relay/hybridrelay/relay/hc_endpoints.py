@@ -52,6 +52,7 @@ from hybridrelay.relay.handshake import (
     ClientHandshake,
     accept_headers,
     accept_response,
+    is_websocket,
     parse_client_handshake,
 )
 from hybridrelay.relay.http_mode import handle_request_dial
@@ -134,7 +135,7 @@ async def handle_hc(request: web.Request) -> web.StreamResponse:
     path, query = _split_target(request)
     addr = parse_hc_target(path, query)
     request[ACTION_KEY] = addr.action
-    if request.headers.get("Upgrade", "").lower() != "websocket":
+    if not is_websocket(request.headers.get("Upgrade", "")):
         raise ProtocolError("This endpoint is only for web-socket requests.")
     if addr.action == "listen" or addr.action == "connect":
         # A draining node takes no new listener or sender; accepts and request dials
@@ -574,7 +575,7 @@ def accept_upgrade(app: web.Application) -> UpgradeHook:
             return False
         if addr.action != "accept" or addr.status_code is not None:
             return False
-        if headers.get("Upgrade", "").lower() != "websocket":
+        if not is_websocket(headers.get("Upgrade", "")):
             return False
         waiting = _waiting_sender(state, addr)
         if waiting is None or not waiting[1].dialled_at(addr.path):

@@ -94,6 +94,7 @@ from hybridrelay.errors import HybridRelayError, ValidationError
 from hybridrelay.logs import RELAY, redact_url
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.config import WebhookConfig
+from hybridrelay.relay.handshake import is_websocket
 from hybridrelay.relay.mgmt.access import authorize_manage, until_revoked
 from hybridrelay.relay.middleware import ACTION_KEY, error_response
 from hybridrelay.relay.state import STATE
@@ -750,7 +751,7 @@ async def handle_events(request: web.Request) -> web.StreamResponse:
     manager = await authorize_manage(request, state)
     last = _last_event_id(request)
     since = _since(request)
-    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    upgrade = is_websocket(request.headers.get("Upgrade", ""))
     if not upgrade and "text/event-stream" not in request.headers.get("Accept", "").lower():
         return error_response(
             406,
