@@ -73,6 +73,7 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.mgmt.serving import method_not_allowed, serve_managed
+from hybridrelay.relay.mgmt.views import DRAIN
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
@@ -606,13 +607,13 @@ async def _nodes(call: _Call) -> web.StreamResponse:
 async def _drain_node(call: _Call, node_id: str) -> web.StreamResponse:
     if not await call.state.cluster.request_drain(node_id):
         raise EntityNotFoundError(f"no live node {node_id!r}")
-    return _json({"id": node_id, "draining": True}, status=202)
+    return _json(DRAIN.encode((node_id, True)), status=202)
 
 
 async def _undrain_node(call: _Call, node_id: str) -> web.StreamResponse:
     if not await call.state.cluster.request_drain(node_id, drain=False):
         raise EntityNotFoundError(f"no live node {node_id!r}")
-    return _json({"id": node_id, "draining": False}, status=202)
+    return _json(DRAIN.encode((node_id, False)), status=202)
 
 
 async def _node_drain(request: web.Request) -> web.StreamResponse:

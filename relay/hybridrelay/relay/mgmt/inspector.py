@@ -58,6 +58,7 @@ from hybridrelay.relay.mgmt.access import Manager, request_token
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
 from hybridrelay.relay.mgmt.serving import serve_managed
+from hybridrelay.relay.mgmt.views import INSPECTOR_SETTINGS, InspectorSettingsRow
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ChangeEvent, HybridConnection
 
@@ -200,13 +201,15 @@ async def _body(request: web.Request) -> dict[str, object]:
 
 
 def _settings(call: _Call) -> dict[str, object]:
-    return {
-        "hybridConnection": call.hc.name,
-        "enabled": call.inspector.enabled(call.hc.name),
-        "capacity": call.inspector.capacity,
-        "bodyLimit": call.inspector.body_limit,
-        "recorded": len(call.inspector.recorded(call.hc.name)),
-    }
+    return INSPECTOR_SETTINGS.encode(
+        InspectorSettingsRow(
+            hybrid_connection=call.hc.name,
+            enabled=call.inspector.enabled(call.hc.name),
+            capacity=call.inspector.capacity,
+            body_limit=call.inspector.body_limit,
+            recorded=len(call.inspector.recorded(call.hc.name)),
+        )
+    )
 
 
 async def _get_settings(call: _Call) -> web.StreamResponse:

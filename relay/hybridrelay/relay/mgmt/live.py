@@ -12,7 +12,6 @@ with Manage. A cluster's other nodes answer for their own listeners and streams.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import web
@@ -21,6 +20,7 @@ from hybridrelay.errors import EntityNotFoundError, ValidationError
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.listeners import ListenerRegistry
 from hybridrelay.relay.metrics import HcStats, RelayMetrics
+from hybridrelay.relay.mgmt.views import LISTENER, STREAM, ListenerRow
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.splices import SpliceRegistry
 
@@ -57,10 +57,6 @@ _REASONS: Final = {
 }
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _entity_filter(request: web.Request) -> str | None:
     name = request.query.get("hybridConnection")
     if name is None:
@@ -86,18 +82,6 @@ def _streams(splices: SpliceRegistry) -> list[Splice]:
     return sorted(started, key=lambda s: (s.started_at, s.stream_id))
 
 
-def _stream_json(splice: Splice) -> dict[str, object]:
-    return {
-        "id": splice.stream_id,
-        "hybridConnection": splice.hc_name,
-        "listenerId": splice.listener_id,
-        "senderAddress": splice.sender_address,
-        "startedAt": _iso(splice.started_at),
-        "bytesSenderToListener": splice.sender.bytes_in,
-        "bytesListenerToSender": splice.listener.bytes_in,
-    }
-
-
 def list_listeners(
     request: web.Request, listeners: ListenerRegistry, splices: SpliceRegistry, node: str
 ) -> dict[str, object]:
@@ -108,18 +92,14 @@ def list_listeners(
         streams[key] = streams.get(key, 0) + 1
     channels = sorted(listeners, key=lambda c: (c.hc_name.casefold(), c.connected_at))
     value = [
-        {
-            "hybridConnection": channel.hc_name,
-            "id": channel.listener_id,
-            "remoteAddress": channel.remote_address,
-            "connectedAt": _iso(channel.connected_at),
-            "activeStreams": streams.get((channel.hc_name.casefold(), channel.listener_id), 0),
-            "node": node,
-            "agentId": agent_id(channel.listener_id, channel.hc_name),
-            "lastPingRoundTripMs": None
-            if channel.last_ping_rtt is None
-            else round(channel.last_ping_rtt * 1000, 3),
-        }
+        LISTENER.encode(
+            ListenerRow(
+                channel,
+                active_streams=streams.get((channel.hc_name.casefold(), channel.listener_id), 0),
+                node=node,
+                agent_id=agent_id(channel.listener_id, channel.hc_name),
+            )
+        )
         for channel in channels
         if wanted is None or channel.hc_name.casefold() == wanted
     ]
@@ -129,7 +109,7 @@ def list_listeners(
 def list_streams(request: web.Request, splices: SpliceRegistry) -> dict[str, object]:
     wanted = _entity_filter(request)
     value = [
-        _stream_json(s)
+        STREAM.encode(s)
         for s in _streams(splices)
         if wanted is None or (s.hc_name or "").casefold() == wanted
     ]

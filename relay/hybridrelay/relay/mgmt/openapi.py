@@ -2,7 +2,9 @@
 
 The schemas of the stored resources (hybrid connections, rules, CA certificates) are
 generated from their one declaration (``relay/store/schema.py``), which the records'
-JSON codecs are generated from too; the rest is a plain dict so that it reads like the
+JSON codecs are generated from too; so are those of the read-only views the handlers
+encode from live objects (listeners, streams, nodes, drains, jobs, inspector settings:
+``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the
 document it produces, and the helpers below only remove repetition (responses,
 parameters, list envelopes). The test suite
 validates it (openapi-spec-validator) and runs schemathesis against the relay with it.
@@ -16,8 +18,17 @@ import json
 from typing import Final
 
 from hybridrelay.relay.config import WEBHOOK_EVENTS
+from hybridrelay.relay.mgmt.views import (
+    DRAIN,
+    INSPECTOR_SETTINGS,
+    JOB,
+    LISTENER,
+    NODE,
+    STREAM,
+)
 from hybridrelay.relay.store.certificates import CA_CERTIFICATE
 from hybridrelay.relay.store.models import DEVICE, GRANTS, HYBRID_CONNECTION, RULE
+from hybridrelay.relay.store.schema import TIME
 
 __all__ = ["build_openapi", "openapi_json"]
 
@@ -161,10 +172,7 @@ def _list_of(item: str) -> Doc:
     }
 
 
-_TIME: Final[Doc] = {
-    "type": "string",
-    "description": "ISO 8601 UTC; 0001-01-01T00:00:00Z means never.",
-}
+_TIME: Final[Doc] = TIME.openapi  # the hand-written schemas' times
 
 _SCHEMAS: Final[dict[str, Doc]] = {
     "Event": {
@@ -272,34 +280,7 @@ _SCHEMAS: Final[dict[str, Doc]] = {
             "message": {"type": "string"},
         },
     },
-    "Job": {
-        "type": "object",
-        "required": ["jobId", "type", "status", "progress", "startTime", "endTime"],
-        "properties": {
-            "jobId": {"type": "string"},
-            "type": {"type": "string", "enum": ["export", "import"]},
-            "status": {"type": "string", "enum": ["enqueued", "running", "completed", "failed"]},
-            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-            "startTime": _TIME,
-            "endTime": _TIME,
-            "deviceCount": {
-                "type": "integer",
-                "description": "Export: devices written; import: non-blank lines read.",
-            },
-            "failureReason": {"type": ["string", "null"]},
-            "outputUrl": {"type": ["string", "null"], "description": "Export jobs only."},
-            "succeeded": {"type": "integer", "description": "Import jobs only."},
-            "failed": {"type": "integer", "description": "Import jobs only."},
-            "errorCount": {"type": "integer", "description": "Import jobs only."},
-            "errors": {
-                "type": "array",
-                "maxItems": 1000,
-                "items": _ref("ImportError"),
-                "description": "Import jobs only: the first 1,000 line errors.",
-            },
-            "errorsUrl": {"type": "string", "description": "Import jobs only."},
-        },
-    },
+    **JOB.components(),
     "JobList": {
         "type": "object",
         "required": ["value"],
@@ -541,62 +522,9 @@ _HC_FILTER: Final = _param(
     required=False,
 )
 _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
-    "Listener": {
-        "type": "object",
-        "description": "A listener's control channel connected to this node.",
-        "required": [
-            "hybridConnection",
-            "id",
-            "remoteAddress",
-            "connectedAt",
-            "activeStreams",
-            "node",
-            "agentId",
-            "lastPingRoundTripMs",
-        ],
-        "properties": {
-            "hybridConnection": {"type": "string"},
-            "id": {"type": "string", "description": "The listener's id (its tracking id)."},
-            "remoteAddress": {"type": "string", "description": "address:port as seen here."},
-            "connectedAt": _TIME,
-            "activeStreams": {"type": "integer", "minimum": 0},
-            "node": {"type": "string", "description": "The relay node holding it (node id)."},
-            "agentId": {
-                "type": ["string", "null"],
-                "description": "The listener agent's agent_id, read from an id of the "
-                "agent's {agent_id}-{hc}-{i} form; null for other listeners.",
-            },
-            "lastPingRoundTripMs": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "Milliseconds from the relay's last answered keepalive "
-                "ping to its pong; null until the first pong.",
-            },
-        },
-    },
+    **LISTENER.components(),
     "ListenerList": _list_of("Listener"),
-    "Stream": {
-        "type": "object",
-        "description": "A spliced WebSocket stream (sender <-> listener) open on this node.",
-        "required": [
-            "id",
-            "hybridConnection",
-            "listenerId",
-            "senderAddress",
-            "startedAt",
-            "bytesSenderToListener",
-            "bytesListenerToSender",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "hybridConnection": {"type": "string"},
-            "listenerId": {"type": "string"},
-            "senderAddress": {"type": "string"},
-            "startedAt": _TIME,
-            "bytesSenderToListener": {"type": "integer", "minimum": 0},
-            "bytesListenerToSender": {"type": "integer", "minimum": 0},
-        },
-    },
+    **STREAM.components(),
     "StreamList": _list_of("Stream"),
     "Stats": {
         "type": "object",
@@ -694,45 +622,7 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
     },
 }
 _NODE_SCHEMAS: Final[dict[str, Doc]] = {
-    "Node": {
-        "type": "object",
-        "description": "A relay node, as its last heartbeat described it (this node: now). "
-        "Without a cluster the one node is 'local'.",
-        "required": [
-            "id",
-            "address",
-            "listeners",
-            "streams",
-            "pendingRendezvous",
-            "draining",
-            "startedAt",
-            "seenAt",
-            "hybridConnections",
-        ],
-        "properties": {
-            "id": {"type": "string", "description": "The node id ([cluster] node_id)."},
-            "address": {"type": "string", "description": "Its public URL."},
-            "listeners": {"type": "integer", "minimum": 0, "description": "Control channels."},
-            "streams": {"type": "integer", "minimum": 0, "description": "Spliced streams."},
-            "pendingRendezvous": {"type": "integer", "minimum": 0},
-            "draining": {"type": "boolean"},
-            "startedAt": _TIME,
-            "seenAt": _TIME,
-            "hybridConnections": {
-                "type": "array",
-                "description": "Listeners it holds per hybrid connection, the most first "
-                "(100 at most).",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "listeners"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "listeners": {"type": "integer", "minimum": 1},
-                    },
-                },
-            },
-        },
-    },
+    **NODE.components(),
     "NodeList": {
         "type": "object",
         "required": ["value", "self"],
@@ -741,14 +631,7 @@ _NODE_SCHEMAS: Final[dict[str, Doc]] = {
             "self": {"type": "string", "description": "The id of the node that answered."},
         },
     },
-    "Drain": {
-        "type": "object",
-        "required": ["id", "draining"],
-        "properties": {
-            "id": {"type": "string"},
-            "draining": {"type": "boolean", "description": "What the node was asked to be."},
-        },
-    },
+    **DRAIN.components(),
 }
 _NODE_PATHS: Final[dict[str, Doc]] = {
     "/nodes": {
@@ -1013,30 +896,7 @@ _HEADER_PAIRS: Final[Doc] = {
     },
 }
 _INSPECTOR_SCHEMAS: Final[dict[str, Doc]] = {
-    "InspectorSettings": {
-        "type": "object",
-        "description": "Whether this node's HTTP inspector records the hybrid connection's "
-        "HTTP-mode requests, and its bounds (inspector_requests, inspector_body_size).",
-        "required": ["hybridConnection", "enabled", "capacity", "bodyLimit", "recorded"],
-        "properties": {
-            "hybridConnection": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "capacity": {"type": "integer", "description": "Requests kept (the oldest goes)."},
-            "bodyLimit": {"type": "integer", "description": "Bytes kept of each body."},
-            "recorded": {"type": "integer", "description": "Requests kept now."},
-        },
-    },
-    "InspectorSettingsInput": {
-        "type": "object",
-        "required": ["enabled"],
-        "properties": {
-            "enabled": {
-                "type": "boolean",
-                "description": "true: record (403 when max_inspected_hcs are on already); "
-                "false: stop and forget what was recorded.",
-            }
-        },
-    },
+    **INSPECTOR_SETTINGS.components(),
     "InspectedBody": {
         "type": "object",
         "description": "The first bytes of a body, with SAS signatures (sig=...) redacted.",

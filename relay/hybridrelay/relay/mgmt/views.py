@@ -1,0 +1,330 @@
+"""The management API's read-only views, each declared once for its JSON and its OpenAPI schema.
+
+What ``GET /listeners``, ``/streams``, ``/nodes``, ``/jobs`` and ``.../inspector``
+answer is not a stored record but a live object's fields (a control channel, a splice, a
+node's summary, a job) or a few values put together for the answer. Each is declared
+here with the store's :class:`~hybridrelay.relay.store.schema.Schema` machinery,
+encode-only: the handler writes ``VIEW.encode(obj)`` and ``relay/mgmt/openapi.py``
+takes ``VIEW.components()``, so the document names exactly the keys and types the
+handler sends (issue 13, step 4). The envelopes (``value``, ``continuationToken``) stay
+in the handlers and the document's ``_list_of``.
+
+A view whose values are not all attributes of one object has a small row type here
+(:class:`ListenerRow`, :class:`InspectorSettingsRow`) that the handler fills in.
+
+The live views write times with :func:`iso_seconds` (``datetime.isoformat``: no
+fraction when it is zero), as they always have; the stored records and jobs write six
+digits (``format_time``). Both are ISO 8601 UTC, which is what the document promises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from hybridrelay.relay.store.schema import (
+    BOOLEAN,
+    INTEGER,
+    STRING,
+    TIME,
+    Codec,
+    Field,
+    Schema,
+    array_of,
+    encode_only,
+    enum_codec,
+    ref,
+)
+
+if TYPE_CHECKING:
+    from hybridrelay.relay.control import ControlChannel
+
+__all__ = [
+    "DRAIN",
+    "INSPECTOR_SETTINGS",
+    "JOB",
+    "JOB_STATUSES",
+    "JOB_TYPES",
+    "LISTENER",
+    "MAX_REPORTED_ERRORS",
+    "NODE",
+    "STREAM",
+    "InspectorSettingsRow",
+    "ListenerRow",
+    "iso_seconds",
+]
+
+
+def iso_seconds(seconds: float) -> str:
+    """Unix seconds as ISO 8601 UTC text, as the live views have always written them."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+# A live object's time: always there (never "never"), written by iso_seconds.
+_INSTANT: Final[Codec[float]] = Codec(encode_only, iso_seconds, TIME.openapi)
+
+
+def _milliseconds(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+# Seconds kept, milliseconds written (to the microsecond).
+_MILLISECONDS: Final[Codec[float]] = Codec(encode_only, _milliseconds, {"type": "number"})
+
+
+# --- live state of this node (mgmt/live.py) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRow:
+    """A control channel with what the listener list adds to it."""
+
+    channel: ControlChannel
+    active_streams: int  # its spliced streams open now
+    node: str  # the node id holding it
+    agent_id: str | None  # from the channel's id (mgmt/live.py: agent_id)
+
+
+LISTENER: Final = Schema(
+    "Listener",
+    where="listener",
+    description="A listener's control channel connected to this node.",
+    fields=(
+        Field("hybridConnection", "channel.hc_name", STRING, always=True),
+        Field(
+            "id",
+            "channel.listener_id",
+            STRING,
+            always=True,
+            description="The listener's id (its tracking id).",
+        ),
+        Field(
+            "remoteAddress",
+            "channel.remote_address",
+            STRING,
+            always=True,
+            description="address:port as seen here.",
+        ),
+        Field("connectedAt", "channel.connected_at", _INSTANT, always=True),
+        Field("activeStreams", "active_streams", INTEGER, always=True, minimum=0),
+        Field(
+            "node",
+            "node",
+            STRING,
+            always=True,
+            description="The relay node holding it (node id).",
+        ),
+        Field(
+            "agentId",
+            "agent_id",
+            STRING,
+            nullable=True,
+            always=True,
+            description="The listener agent's agent_id, read from an id of the agent's "
+            "{agent_id}-{hc}-{i} form; null for other listeners.",
+        ),
+        Field(
+            "lastPingRoundTripMs",
+            "channel.last_ping_rtt",
+            _MILLISECONDS,
+            nullable=True,
+            always=True,
+            minimum=0,
+            description="Milliseconds from the relay's last answered keepalive ping to its "
+            "pong; null until the first pong.",
+        ),
+    ),
+)
+
+# A started Splice (relay/splice.py).
+STREAM: Final = Schema(
+    "Stream",
+    where="stream",
+    description="A spliced WebSocket stream (sender <-> listener) open on this node.",
+    fields=(
+        Field("id", "stream_id", STRING, always=True),
+        Field("hybridConnection", "hc_name", STRING, always=True),
+        Field("listenerId", "listener_id", STRING, always=True),
+        Field("senderAddress", "sender_address", STRING, always=True),
+        Field("startedAt", "started_at", _INSTANT, always=True),
+        Field("bytesSenderToListener", "sender.bytes_in", INTEGER, always=True, minimum=0),
+        Field("bytesListenerToSender", "listener.bytes_in", INTEGER, always=True, minimum=0),
+    ),
+)
+
+
+# --- the cluster's nodes (relay/nodes.py) -----------------------------------------------
+
+# One (hybrid connection, listeners held) pair of a NodeSummary.
+_NODE_HC: Final = Schema(
+    "NodeHybridConnection",
+    where="hybridConnections",
+    fields=(
+        Field("name", "0", STRING, always=True),
+        Field("listeners", "1", INTEGER, always=True, minimum=1),
+    ),
+)
+
+# A NodeSummary (relay/cluster/base.py); its own to_json is the cluster's wire format
+# (times as numbers), this is the API's.
+NODE: Final = Schema(
+    "Node",
+    where="node",
+    description="A relay node, as its last heartbeat described it (this node: now). "
+    "Without a cluster the one node is 'local'.",
+    fields=(
+        Field("id", "node_id", STRING, always=True, description="The node id ([cluster] node_id)."),
+        Field("address", "address", STRING, always=True, description="Its public URL."),
+        Field(
+            "listeners",
+            "listeners",
+            INTEGER,
+            always=True,
+            minimum=0,
+            description="Control channels.",
+        ),
+        Field(
+            "streams", "streams", INTEGER, always=True, minimum=0, description="Spliced streams."
+        ),
+        Field("pendingRendezvous", "pending", INTEGER, always=True, minimum=0),
+        Field("draining", "draining", BOOLEAN, always=True),
+        Field("startedAt", "started_at", _INSTANT, always=True),
+        Field("seenAt", "seen_at", _INSTANT, always=True),
+        Field(
+            "hybridConnections",
+            "hybrid_connections",
+            array_of(_NODE_HC),
+            always=True,
+            description="Listeners it holds per hybrid connection, the most first (100 at most).",
+        ),
+    ),
+)
+
+# A drain asked of a node: (node id, draining).
+DRAIN: Final = Schema(
+    "Drain",
+    where="drain",
+    fields=(
+        Field("id", "0", STRING, always=True),
+        Field(
+            "draining",
+            "1",
+            BOOLEAN,
+            always=True,
+            description="What the node was asked to be.",
+        ),
+    ),
+)
+
+
+# --- bulk jobs (mgmt/jobs.py) -----------------------------------------------------------
+
+JOB_TYPES: Final = ("export", "import")
+JOB_STATUSES: Final = ("enqueued", "running", "completed", "failed")
+MAX_REPORTED_ERRORS: Final = 1000  # errors listed in the job; all are in its errors file
+
+
+def _is_import(job: object) -> bool:
+    return getattr(job, "type", None) == "import"
+
+
+_ERRORS: Final[Codec[list[dict[str, object]]]] = Codec(
+    encode_only,
+    list,  # a copy: the job's task appends to its own
+    {"type": "array", "maxItems": MAX_REPORTED_ERRORS, "items": ref("ImportError")},
+)
+_IMPORT_ONLY: Final = "Import jobs only."
+
+# A Job (mgmt/jobs.py); an import job adds its counts and errors.
+JOB: Final = Schema(
+    "Job",
+    where="job",
+    fields=(
+        Field("jobId", "job_id", STRING, always=True),
+        Field("type", "type", enum_codec(JOB_TYPES, "must be export or import"), always=True),
+        Field("status", "status", enum_codec(JOB_STATUSES, "must be a job status"), always=True),
+        Field("progress", "progress", INTEGER, always=True, minimum=0, maximum=100),
+        Field("startTime", "start_time", TIME, always=True),
+        Field("endTime", "end_time", TIME, always=True),
+        Field(
+            "deviceCount",
+            "device_count",
+            INTEGER,
+            description="Export: devices written; import: non-blank lines read.",
+        ),
+        Field("failureReason", "failure_reason", STRING, nullable=True),
+        Field("outputUrl", "output_url", STRING, nullable=True, description="Export jobs only."),
+        Field("succeeded", "succeeded", INTEGER, when=_is_import, description=_IMPORT_ONLY),
+        Field("failed", "failed", INTEGER, when=_is_import, description=_IMPORT_ONLY),
+        Field("errorCount", "failed", INTEGER, when=_is_import, description=_IMPORT_ONLY),
+        Field(
+            "errors",
+            "errors",
+            _ERRORS,
+            when=_is_import,
+            description="Import jobs only: the first 1,000 line errors.",
+        ),
+        Field("errorsUrl", "errors_url", STRING, when=_is_import, description=_IMPORT_ONLY),
+    ),
+)
+
+
+# --- the HTTP inspector (mgmt/inspector.py) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InspectorSettingsRow:
+    """The inspector's settings for one hybrid connection, as GET and PUT answer them."""
+
+    hybrid_connection: str
+    enabled: bool
+    capacity: int
+    body_limit: int
+    recorded: int
+
+
+INSPECTOR_SETTINGS: Final = Schema(
+    "InspectorSettings",
+    where="body",
+    description="Whether this node's HTTP inspector records the hybrid connection's "
+    "HTTP-mode requests, and its bounds (inspector_requests, inspector_body_size).",
+    fields=(
+        Field("hybridConnection", "hybrid_connection", STRING, always=True, settable=False),
+        Field(
+            "enabled",
+            "enabled",
+            BOOLEAN,
+            always=True,
+            input_openapi={
+                "description": "true: record (403 when max_inspected_hcs are on already); "
+                "false: stop and forget what was recorded."
+            },
+        ),
+        Field(
+            "capacity",
+            "capacity",
+            INTEGER,
+            always=True,
+            settable=False,
+            description="Requests kept (the oldest goes).",
+        ),
+        Field(
+            "bodyLimit",
+            "body_limit",
+            INTEGER,
+            always=True,
+            settable=False,
+            description="Bytes kept of each body.",
+        ),
+        Field(
+            "recorded",
+            "recorded",
+            INTEGER,
+            always=True,
+            settable=False,
+            description="Requests kept now.",
+        ),
+    ),
+    input_name="InspectorSettingsInput",
+)

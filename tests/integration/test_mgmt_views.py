@@ -1,0 +1,148 @@
+"""What the handlers send for each read-only view is what the OpenAPI document says (issue 13).
+
+Listener, Stream, Node, Drain, Job and InspectorSettings are declared once
+(``relay/mgmt/views.py``) for both the handler's JSON and the document's component;
+here a relay with a real listener, a spliced stream, an export and an import job and
+the HTTP inspector answers them, and each answer is validated against its component
+(JSON Schema 2020-12, as OpenAPI 3.1 writes it, ``$ref`` resolved in the document). A
+key the component does not name, a required one missing or a value of another type
+fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from typing import Any
+
+import aiohttp
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped] # openapi-spec-validator brings it
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+from tests.harness.peers import RawListener, send
+from tests.harness.relay import ROOT_KEY, InProcessRelay
+from tests.harness.timing import seconds
+
+from hybridrelay.protocol.sas import create_sas_token
+from hybridrelay.relay.mgmt.openapi import build_openapi
+
+_DOC = build_openapi()
+_REGISTRY: Registry[Any] = Registry().with_resource("urn:api", DRAFT202012.create_resource(_DOC))
+
+
+def _component(name: str) -> dict[str, Any]:
+    schemas: dict[str, dict[str, Any]] = _DOC["components"]["schemas"]  # type: ignore[index]
+    return schemas[name]
+
+
+def assert_is(name: str, value: object) -> None:
+    """``value`` is a valid ``name`` and names no key the component leaves out."""
+    validator = Draft202012Validator(
+        {"$ref": f"urn:api#/components/schemas/{name}"}, registry=_REGISTRY
+    )
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(value)]
+    assert not errors, f"{name}: {errors}"
+    assert isinstance(value, dict)
+    assert set(value) <= set(_component(name)["properties"]), f"{name}: {sorted(value)}"
+
+
+def _token() -> str:
+    return create_sas_token(
+        "http://127.0.0.1/", "RootManageSharedAccessKey", ROOT_KEY, int(time.time()) + 600
+    )
+
+
+async def _call(
+    http: aiohttp.ClientSession, method: str, url: str, body: object = None, data: bytes = b""
+) -> tuple[int, Any]:
+    kwargs: dict[str, Any] = {"json": body} if body is not None else {"data": io.BytesIO(data)}
+    async with http.request(method, url, **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+async def _finished(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with asyncio.timeout(seconds(30)):
+        while True:
+            status, job = await _call(http, "GET", url)
+            assert status == 200, job
+            if job["status"] in ("completed", "failed"):
+                return dict(job)
+            await asyncio.sleep(0.02)  # polling the status endpoint
+
+
+async def test_live_views_match_their_components(relay: InProcessRelay) -> None:
+    base = relay.http_url + "/$mgmt/v1"
+    listener = await RawListener(relay.url, "echo", listener_id="gw-1-echo-0").start()
+    try:
+        sender = await send(relay.url, "echo")
+        await sender.send("hello")
+        assert await sender.recv() == "hello"
+        async with aiohttp.ClientSession(headers={"Authorization": _token()}) as http:
+            status, listeners = await _call(http, "GET", base + "/listeners")
+            assert status == 200
+            assert_is("ListenerList", listeners)
+            [one] = listeners["value"]
+            assert_is("Listener", one)
+            assert (one["id"], one["agentId"], one["activeStreams"]) == ("gw-1-echo-0", "gw-1", 1)
+
+            status, streams = await _call(http, "GET", base + "/streams")
+            assert status == 200
+            assert_is("StreamList", streams)
+            [stream] = streams["value"]
+            assert_is("Stream", stream)
+            assert stream["bytesSenderToListener"] == len("hello")
+
+            status, nodes = await _call(http, "GET", base + "/nodes")
+            assert status == 200
+            assert_is("NodeList", nodes)
+            [node] = nodes["value"]
+            assert_is("Node", node)
+            assert node["hybridConnections"] == [{"name": "echo", "listeners": 1}]
+            for item in node["hybridConnections"]:
+                assert set(item) == {"name", "listeners"}
+
+            status, undrained = await _call(http, "POST", base + "/nodes/local/undrain")
+            assert (status, undrained) == (202, {"id": "local", "draining": False})
+            assert_is("Drain", undrained)
+        await sender.close()
+    finally:
+        await listener.stop()
+
+
+async def test_job_and_inspector_views_match_their_components(relay: InProcessRelay) -> None:
+    base = relay.http_url + "/$mgmt/v1"
+    async with aiohttp.ClientSession(headers={"Authorization": _token()}) as http:
+        status, job = await _call(http, "POST", base + "/jobs/export")
+        assert status == 202
+        assert_is("Job", job)
+        exported = await _finished(http, f"{base}/jobs/{job['jobId']}")
+        assert_is("Job", exported)
+        assert exported["outputUrl"] == f"/$mgmt/v1/jobs/{job['jobId']}/output"
+        assert "errors" not in exported  # an import job's fields only
+
+        lines = b'{"deviceId": "d1"}\nnot json\n'
+        status, job = await _call(http, "POST", base + "/jobs/import", data=lines)
+        assert status == 202
+        assert_is("Job", job)
+        imported = await _finished(http, f"{base}/jobs/{job['jobId']}")
+        assert_is("Job", imported)
+        assert (imported["succeeded"], imported["failed"], imported["errorCount"]) == (1, 1, 1)
+        assert imported["outputUrl"] is None
+        for error in imported["errors"]:
+            assert_is("ImportError", error)
+
+        status, jobs = await _call(http, "GET", base + "/jobs")
+        assert status == 200
+        assert_is("JobList", jobs)
+        assert [j["jobId"] for j in jobs["value"]] == [imported["jobId"], exported["jobId"]]
+
+        inspector = base + "/hybridconnections/echo/inspector"
+        status, settings = await _call(http, "GET", inspector)
+        assert status == 200
+        assert_is("InspectorSettings", settings)
+        assert settings["enabled"] is False
+        status, settings = await _call(http, "PUT", inspector, {"enabled": True})
+        assert status == 200
+        assert_is("InspectorSettings", settings)
+        assert (settings["hybridConnection"], settings["enabled"]) == ("echo", True)

@@ -1,0 +1,162 @@
+"""The declared views write exactly what the hand-written encoders they replaced wrote.
+
+Each ``old_*`` below is the handler's dict literal as it was before the view was
+declared (issue 13, step 4); the declaration must give the same keys, in the same
+order, with the same values (times without a fraction when it is zero, milliseconds
+rounded to the microsecond, an export job without an import's counts).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hybridrelay.relay.cluster.base import NodeSummary
+from hybridrelay.relay.mgmt.jobs import Job
+from hybridrelay.relay.mgmt.views import (
+    DRAIN,
+    INSPECTOR_SETTINGS,
+    LISTENER,
+    NODE,
+    STREAM,
+    InspectorSettingsRow,
+    ListenerRow,
+)
+from hybridrelay.relay.nodes import node_json
+from hybridrelay.relay.store.schema import format_time
+
+WHOLE = 1_700_000_000.0  # no fraction: isoformat writes none
+FRACTION = 1_700_000_000.123456
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _same(got: dict[str, object], want: dict[str, object]) -> None:
+    assert json.dumps(got) == json.dumps(want)  # keys in order, values and types alike
+
+
+@pytest.mark.parametrize(("at", "rtt"), [(WHOLE, None), (FRACTION, 0.0123456789), (WHOLE, 0.0)])
+def test_listener(at: float, rtt: float | None) -> None:
+    channel: Any = SimpleNamespace(
+        hc_name="Echo",
+        listener_id="gw-1-echo-0",
+        remote_address="127.0.0.1:5000",
+        connected_at=at,
+        last_ping_rtt=rtt,
+    )
+    old = {
+        "hybridConnection": channel.hc_name,
+        "id": channel.listener_id,
+        "remoteAddress": channel.remote_address,
+        "connectedAt": _iso(channel.connected_at),
+        "activeStreams": 2,
+        "node": "local",
+        "agentId": "gw-1",
+        "lastPingRoundTripMs": None
+        if channel.last_ping_rtt is None
+        else round(channel.last_ping_rtt * 1000, 3),
+    }
+    _same(
+        LISTENER.encode(ListenerRow(channel, active_streams=2, node="local", agent_id="gw-1")), old
+    )
+
+
+@pytest.mark.parametrize("at", [WHOLE, FRACTION])
+def test_stream(at: float) -> None:
+    splice: Any = SimpleNamespace(
+        stream_id="s1",
+        hc_name="echo",
+        listener_id="l1",
+        sender_address="127.0.0.1:6000",
+        started_at=at,
+        sender=SimpleNamespace(bytes_in=5),
+        listener=SimpleNamespace(bytes_in=7),
+    )
+    old = {
+        "id": splice.stream_id,
+        "hybridConnection": splice.hc_name,
+        "listenerId": splice.listener_id,
+        "senderAddress": splice.sender_address,
+        "startedAt": _iso(splice.started_at),
+        "bytesSenderToListener": splice.sender.bytes_in,
+        "bytesListenerToSender": splice.listener.bytes_in,
+    }
+    _same(STREAM.encode(splice), old)
+
+
+@pytest.mark.parametrize("held", [(), (("echo", 3), ("other", 1))])
+def test_node(held: tuple[tuple[str, int], ...]) -> None:
+    node = NodeSummary(
+        node_id="n1",
+        address="https://relay.example/",
+        listeners=4,
+        streams=1,
+        pending=0,
+        draining=True,
+        started_at=WHOLE,
+        seen_at=FRACTION,
+        hybrid_connections=held,
+    )
+    old = node.to_json()  # the cluster's wire format, with the API's times
+    old["startedAt"] = _iso(node.started_at)
+    old["seenAt"] = _iso(node.seen_at)
+    _same(node_json(node), old)
+    _same(NODE.encode(node), old)
+
+
+def test_drain() -> None:
+    _same(DRAIN.encode(("n1", True)), {"id": "n1", "draining": True})
+    _same(DRAIN.encode(("n1", False)), {"id": "n1", "draining": False})
+
+
+def _old_job(job: Job) -> dict[str, object]:
+    prefix = "/$mgmt/v1"
+    doc: dict[str, object] = {
+        "jobId": job.job_id,
+        "type": job.type,
+        "status": job.status,
+        "progress": job.progress,
+        "startTime": format_time(job.start_time),
+        "endTime": format_time(job.end_time),
+        "deviceCount": job.device_count,
+        "failureReason": job.failure_reason,
+        "outputUrl": f"{prefix}/jobs/{job.job_id}/output" if job.type == "export" else None,
+    }
+    if job.type == "import":
+        doc.update(
+            succeeded=job.succeeded,
+            failed=job.failed,
+            errorCount=job.failed,
+            errors=list(job.errors),
+            errorsUrl=f"{prefix}/jobs/{job.job_id}/errors",
+        )
+    return doc
+
+
+@pytest.mark.parametrize("kind", ["export", "import"])
+def test_job(kind: Any, tmp_path: Path) -> None:
+    job = Job(job_id="j1", type=kind, directory=tmp_path, who="sas:root", start_time=WHOLE)
+    _same(job.to_json(), _old_job(job))
+    job.status, job.progress, job.end_time = "failed", 100, FRACTION
+    job.failure_reason, job.device_count, job.succeeded, job.failed = "boom", 3, 2, 1
+    job.errors.append({"line": 2, "deviceId": None})
+    doc = job.to_json()
+    _same(doc, _old_job(job))
+    if kind == "import":
+        assert doc["errors"] == job.errors
+        assert doc["errors"] is not job.errors  # a copy: the job's task appends to its own
+
+
+def test_inspector_settings() -> None:
+    row = InspectorSettingsRow(
+        hybrid_connection="echo", enabled=True, capacity=100, body_limit=4096, recorded=3
+    )
+    old = {"hybridConnection": "echo", "enabled": True, "capacity": 100, "bodyLimit": 4096}
+    _same(INSPECTOR_SETTINGS.encode(row), {**old, "recorded": 3})
