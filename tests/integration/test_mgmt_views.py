@@ -1,6 +1,7 @@
 """What the handlers send for each read-only view is what the OpenAPI document says (issue 13).
 
-Listener, Stream, Node, Drain, Job and InspectorSettings are declared once
+Listener, Stream, Node, Drain, Job, InspectorSettings and the inspector's records
+(InspectedRequestSummary, InspectedRequest, InspectedBody) are declared once
 (``relay/mgmt/views.py``) for both the handler's JSON and the document's component;
 here a relay with a real listener, a spliced stream, an export and an import job and
 the HTTP inspector answers them, and each answer is validated against its component
@@ -20,20 +21,30 @@ import aiohttp
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped] # openapi-spec-validator brings it
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+from tests.harness.listeners import running_listener
 from tests.harness.peers import RawListener, send
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
 
-from hybridrelay.protocol.sas import create_sas_token
+from hybridrelay.listener import HttpRequest, HttpResponse, Listener
+from hybridrelay.protocol.sas import SasTokenProvider, create_sas_token
 from hybridrelay.relay.mgmt.openapi import build_openapi
 
 _DOC = build_openapi()
 _REGISTRY: Registry[Any] = Registry().with_resource("urn:api", DRAFT202012.create_resource(_DOC))
 
 
-def _component(name: str) -> dict[str, Any]:
-    schemas: dict[str, dict[str, Any]] = _DOC["components"]["schemas"]  # type: ignore[index]
-    return schemas[name]
+def _properties(name: str) -> set[str]:
+    """The keys component ``name`` names (with those of the schemas its allOf joins)."""
+    schema: dict[str, Any] = _DOC["components"]["schemas"][name]  # type: ignore[index]
+    parts = schema.get("allOf", [schema])
+    names: set[str] = set()
+    for part in parts:
+        if "$ref" in part:
+            names |= _properties(part["$ref"].rpartition("/")[2])
+        else:
+            names |= set(part["properties"])
+    return names
 
 
 def assert_is(name: str, value: object) -> None:
@@ -44,7 +55,7 @@ def assert_is(name: str, value: object) -> None:
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(value)]
     assert not errors, f"{name}: {errors}"
     assert isinstance(value, dict)
-    assert set(value) <= set(_component(name)["properties"]), f"{name}: {sorted(value)}"
+    assert set(value) <= _properties(name), f"{name}: {sorted(value)}"
 
 
 def _token() -> str:
@@ -146,3 +157,50 @@ async def test_job_and_inspector_views_match_their_components(relay: InProcessRe
         assert status == 200
         assert_is("InspectorSettings", settings)
         assert (settings["hybridConnection"], settings["enabled"]) == ("echo", True)
+
+
+async def _answer(request: HttpRequest) -> HttpResponse:
+    body = await request.read()
+    return HttpResponse(200, [("Content-Type", "application/octet-stream")], body[::-1])
+
+
+async def test_inspected_request_views_match_their_components(relay: InProcessRelay) -> None:
+    base = relay.http_url + "/$mgmt/v1"
+    inspector = base + "/hybridconnections/echo/inspector"
+    token = _token()
+    app = Listener(
+        relay.url,
+        "echo",
+        token_provider=SasTokenProvider("RootManageSharedAccessKey", ROOT_KEY, ttl=3600),
+        http_handler=_answer,
+    )
+    async with (
+        running_listener(app),
+        aiohttp.ClientSession(headers={"Authorization": token}) as http,
+    ):
+        assert (await _call(http, "PUT", inspector, {"enabled": True}))[0] == 200
+        sent = {"ServiceBusAuthorization": token}
+        for body in (b"\xff\xfe not UTF-8", b"text"):
+            async with http.post(relay.http_url + "/echo/x?a=1", data=body, headers=sent) as resp:
+                assert resp.status == 200
+        status, listed = await _call(http, "GET", inspector + "/requests")
+        assert status == 200
+        assert_is("InspectedRequestList", listed)
+        assert len(listed["value"]) == 2
+        records = []
+        for summary in listed["value"]:
+            assert_is("InspectedRequestSummary", summary)
+            status, record = await _call(http, "GET", f"{inspector}/requests/{summary['id']}")
+            assert status == 200
+            assert_is("InspectedRequest", record)
+            assert {k: record[k] for k in summary} == summary
+            for part in ("requestBody", "responseBody"):
+                assert_is("InspectedBody", record[part])
+            records.append(record)
+        # Newest first: the first sent, whose body is not UTF-8, is listed last.
+        assert [r["requestBody"]["text"] for r in records] == ["text", None]
+        first = records[-1]["id"]
+        status, replayed = await _call(http, "POST", f"{inspector}/requests/{first}/replay")
+        assert status == 200
+        assert_is("ReplayResult", replayed)
+        assert_is("InspectedRequest", replayed["replay"])

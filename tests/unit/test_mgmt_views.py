@@ -8,6 +8,7 @@ rounded to the microsecond, an export job without an import's counts).
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,15 +18,18 @@ from typing import Any
 import pytest
 
 from hybridrelay.relay.cluster.base import NodeSummary
+from hybridrelay.relay.inspector import CapturedBody, Record
 from hybridrelay.relay.mgmt.jobs import Job
 from hybridrelay.relay.mgmt.views import (
     DRAIN,
+    INSPECTED_REQUEST_SUMMARY,
     INSPECTOR_SETTINGS,
     LISTENER,
     NODE,
     STREAM,
     InspectorSettingsRow,
     ListenerRow,
+    inspected_request,
 )
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.store.schema import format_time
@@ -160,3 +164,77 @@ def test_inspector_settings() -> None:
     )
     old = {"hybridConnection": "echo", "enabled": True, "capacity": 100, "bodyLimit": 4096}
     _same(INSPECTOR_SETTINGS.encode(row), {**old, "recorded": 3})
+
+
+def _old_body(body: CapturedBody) -> dict[str, object]:
+    try:
+        text: str | None = body.data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "size": body.size,
+        "captured": len(body.data),
+        "complete": body.complete,
+        "text": text,
+        "base64": base64.b64encode(body.data).decode("ascii"),
+    }
+
+
+def _old_iso_ms(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _old_summary(r: Record) -> dict[str, object]:
+    return {
+        "id": r.id,
+        "method": r.method,
+        "target": r.target,
+        "status": r.status,
+        "receivedAt": _old_iso_ms(r.received_at),
+        "answeredAt": _old_iso_ms(r.answered_at),
+        "duration": round(r.duration, 6),
+        "requestBodySize": r.request_body.size,
+        "responseBodySize": r.response_body.size,
+        "error": r.error,
+        "replayOf": r.replay_of,
+    }
+
+
+def _old_record(r: Record) -> dict[str, object]:
+    doc = _old_summary(r)
+    doc["hybridConnection"] = r.hybrid_connection
+    doc["requestHeaders"] = [[name, value] for name, value in r.request_headers]
+    doc["requestBody"] = _old_body(r.request_body)
+    doc["responseHeaders"] = [[name, value] for name, value in r.response_headers]
+    doc["responseBody"] = _old_body(r.response_body)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("status", "answered", "request_body", "replay_of"),
+    [
+        (201, WHOLE + 0.25, CapturedBody(data=b"text", size=4), None),
+        (None, WHOLE, CapturedBody(data=b"\xff\xfe", size=None, complete=False), "r0"),
+        (200, FRACTION, CapturedBody(), None),
+    ],
+)
+def test_inspected_request(
+    status: int | None, answered: float, request_body: CapturedBody, replay_of: str | None
+) -> None:
+    record = Record(
+        id="r1",
+        hybrid_connection="echo",
+        method="POST",
+        target="/echo/x?sig=[redacted]",
+        request_headers=(("Authorization", "[redacted]"), ("X-A", "1")),
+        request_body=request_body,
+        status=status,
+        response_headers=(),
+        response_body=CapturedBody(data=b"{}", size=2),
+        received_at=WHOLE,
+        answered_at=answered,
+        error=None if status else "listener went away",
+        replay_of=replay_of,
+    )
+    _same(INSPECTED_REQUEST_SUMMARY.encode(record), _old_summary(record))
+    _same(inspected_request(record), _old_record(record))

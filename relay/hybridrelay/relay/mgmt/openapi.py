@@ -3,8 +3,8 @@
 The schemas of the stored resources (hybrid connections, rules, CA certificates) are
 generated from their one declaration (``relay/store/schema.py``), which the records'
 JSON codecs are generated from too; so are those of the read-only views the handlers
-encode from live objects (listeners, streams, nodes, drains, jobs, inspector settings:
-``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the
+encode from live objects (listeners, streams, nodes, drains, jobs, the inspector's
+settings and records: ``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the
 document it produces, and the helpers below only remove repetition (responses,
 parameters, list envelopes). The test suite
 validates it (openapi-spec-validator) and runs schemathesis against the relay with it.
@@ -20,6 +20,10 @@ from typing import Final
 from hybridrelay.relay.config import WEBHOOK_EVENTS
 from hybridrelay.relay.mgmt.views import (
     DRAIN,
+    HEADER_PAIRS,
+    INSPECTED_BODY,
+    INSPECTED_REQUEST,
+    INSPECTED_REQUEST_SUMMARY,
     INSPECTOR_SETTINGS,
     JOB,
     LISTENER,
@@ -885,105 +889,12 @@ _LIVE_PATHS: Final[dict[str, Doc]] = {
 
 # --- the HTTP inspector (mgmt/inspector.py) ---
 
-_HEADER_PAIRS: Final[Doc] = {
-    "type": "array",
-    "items": {
-        "type": "array",
-        "items": {"type": "string"},
-        "minItems": 2,
-        "maxItems": 2,
-        "description": "[name, value]",
-    },
-}
 _INSPECTOR_SCHEMAS: Final[dict[str, Doc]] = {
     **INSPECTOR_SETTINGS.components(),
-    "InspectedBody": {
-        "type": "object",
-        "description": "The first bytes of a body, with SAS signatures (sig=...) redacted.",
-        "required": ["size", "captured", "complete", "text", "base64"],
-        "properties": {
-            "size": {
-                "type": ["integer", "null"],
-                "description": "The whole body's bytes; null when unknown (streamed).",
-            },
-            "captured": {"type": "integer", "description": "Bytes kept."},
-            "complete": {"type": "boolean", "description": "The whole body was kept."},
-            "text": {"type": ["string", "null"], "description": "The kept bytes as UTF-8."},
-            "base64": {"type": "string", "description": "The kept bytes."},
-        },
-    },
-    "InspectedRequestSummary": {
-        "type": "object",
-        "description": "An HTTP-mode request this node answered while the inspector was on.",
-        "required": [
-            "id",
-            "method",
-            "target",
-            "status",
-            "receivedAt",
-            "answeredAt",
-            "duration",
-            "requestBodySize",
-            "responseBodySize",
-            "error",
-            "replayOf",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "method": {"type": "string"},
-            "target": {
-                "type": "string",
-                "description": "Path and query as sent (sb-hc-token and sig= redacted).",
-            },
-            "status": {
-                "type": ["integer", "null"],
-                "description": "The status the sender got; null when it went away first.",
-            },
-            "receivedAt": _TIME,
-            "answeredAt": {**_TIME, "description": "When the answer was complete."},
-            "duration": {"type": "number", "description": "Seconds."},
-            "requestBodySize": {"type": ["integer", "null"]},
-            "responseBodySize": {"type": ["integer", "null"]},
-            "error": {
-                "type": ["string", "null"],
-                "description": "The relay's refusal or failure when no listener answered.",
-            },
-            "replayOf": {
-                "type": ["string", "null"],
-                "description": "The id of the request this one replayed.",
-            },
-        },
-    },
+    **INSPECTED_BODY.components(),
+    **INSPECTED_REQUEST_SUMMARY.components(),
     "InspectedRequestList": _list_of("InspectedRequestSummary"),
-    "InspectedRequest": {
-        "allOf": [
-            _ref("InspectedRequestSummary"),
-            {
-                "type": "object",
-                "required": [
-                    "hybridConnection",
-                    "requestHeaders",
-                    "requestBody",
-                    "responseHeaders",
-                    "responseBody",
-                ],
-                "properties": {
-                    "hybridConnection": {"type": "string"},
-                    "requestHeaders": {
-                        **_HEADER_PAIRS,
-                        "description": "As the sender sent them; Authorization, "
-                        "ServiceBusAuthorization, Cookie and the like are [redacted].",
-                    },
-                    "requestBody": _ref("InspectedBody"),
-                    "responseHeaders": {
-                        **_HEADER_PAIRS,
-                        "description": "As the sender got them (Set-Cookie [redacted]).",
-                    },
-                    "responseBody": _ref("InspectedBody"),
-                },
-            },
-        ]
-    },
+    "InspectedRequest": {"allOf": [_ref("InspectedRequestSummary"), INSPECTED_REQUEST.document()]},
     "ReplayInput": {
         "type": "object",
         "description": "Edits; a field left out keeps the recorded value. Redacted headers "
@@ -995,7 +906,7 @@ _INSPECTOR_SCHEMAS: Final[dict[str, Doc]] = {
                 "description": "Path and query, percent-encoded, addressing the same "
                 "hybrid connection.",
             },
-            "headers": {**_HEADER_PAIRS, "maxItems": 200},
+            "headers": {**HEADER_PAIRS, "maxItems": 200},
             "body": {"type": "string", "description": "The body as text (UTF-8)."},
             "bodyBase64": {"type": "string", "description": "The body, base64."},
         },

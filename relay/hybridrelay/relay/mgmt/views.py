@@ -13,12 +13,14 @@ A view whose values are not all attributes of one object has a small row type he
 (:class:`ListenerRow`, :class:`InspectorSettingsRow`) that the handler fills in.
 
 The live views write times with :func:`iso_seconds` (``datetime.isoformat``: no
-fraction when it is zero), as they always have; the stored records and jobs write six
-digits (``format_time``). Both are ISO 8601 UTC, which is what the document promises.
+fraction when it is zero), the inspector's records with milliseconds, as they always
+have; the stored records and jobs write six digits (``format_time``). All are ISO 8601
+UTC, which is what the document promises.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DRAIN",
+    "HEADER_PAIRS",
+    "INSPECTED_BODY",
+    "INSPECTED_REQUEST",
+    "INSPECTED_REQUEST_SUMMARY",
     "INSPECTOR_SETTINGS",
     "JOB",
     "JOB_STATUSES",
@@ -52,6 +58,7 @@ __all__ = [
     "STREAM",
     "InspectorSettingsRow",
     "ListenerRow",
+    "inspected_request",
     "iso_seconds",
 ]
 
@@ -328,3 +335,176 @@ INSPECTOR_SETTINGS: Final = Schema(
     ),
     input_name="InspectorSettingsInput",
 )
+
+
+# --- inspected requests (relay/inspector.py: Record, CapturedBody) ----------------------
+
+
+def _iso_milliseconds(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _header_pairs(pairs: tuple[tuple[str, str], ...]) -> list[list[str]]:
+    return [[name, value] for name, value in pairs]
+
+
+HEADER_PAIRS: Final[dict[str, object]] = {
+    "type": "array",
+    "items": {
+        "type": "array",
+        "items": {"type": "string"},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "[name, value]",
+    },
+}
+_RECORD_TIME: Final[Codec[float]] = Codec(encode_only, _iso_milliseconds, TIME.openapi)
+_HEADERS: Final[Codec[tuple[tuple[str, str], ...]]] = Codec(
+    encode_only, _header_pairs, HEADER_PAIRS
+)
+
+# A CapturedBody: three of its fields are read from its (redacted) bytes.
+INSPECTED_BODY: Final = Schema(
+    "InspectedBody",
+    where="body",
+    description="The first bytes of a body, with SAS signatures (sig=...) redacted.",
+    fields=(
+        Field(
+            "size",
+            "size",
+            INTEGER,
+            nullable=True,
+            always=True,
+            description="The whole body's bytes; null when unknown (streamed).",
+        ),
+        Field(
+            "captured",
+            "data",
+            Codec(encode_only, len, {"type": "integer"}),
+            always=True,
+            description="Bytes kept.",
+        ),
+        Field(
+            "complete",
+            "complete",
+            BOOLEAN,
+            always=True,
+            description="The whole body was kept.",
+        ),
+        Field(
+            "text",
+            "data",
+            Codec(encode_only, _utf8, {"type": "string"}),
+            nullable=True,
+            always=True,
+            description="The kept bytes as UTF-8.",
+        ),
+        Field(
+            "base64",
+            "data",
+            Codec(
+                encode_only, lambda data: base64.b64encode(data).decode("ascii"), {"type": "string"}
+            ),
+            always=True,
+            description="The kept bytes.",
+        ),
+    ),
+)
+_BODY: Final[Codec[object]] = Codec(encode_only, INSPECTED_BODY.encode, ref("InspectedBody"))
+
+# A Record as GET .../inspector/requests lists it.
+INSPECTED_REQUEST_SUMMARY: Final = Schema(
+    "InspectedRequestSummary",
+    where="record",
+    description="An HTTP-mode request this node answered while the inspector was on.",
+    fields=(
+        Field("id", "id", STRING, always=True),
+        Field("method", "method", STRING, always=True),
+        Field(
+            "target",
+            "target",
+            STRING,
+            always=True,
+            description="Path and query as sent (sb-hc-token and sig= redacted).",
+        ),
+        Field(
+            "status",
+            "status",
+            INTEGER,
+            nullable=True,
+            always=True,
+            description="The status the sender got; null when it went away first.",
+        ),
+        Field("receivedAt", "received_at", _RECORD_TIME, always=True),
+        Field(
+            "answeredAt",
+            "answered_at",
+            _RECORD_TIME,
+            always=True,
+            description="When the answer was complete.",
+        ),
+        Field(
+            "duration",
+            "duration",
+            Codec(encode_only, lambda seconds: round(seconds, 6), {"type": "number"}),
+            always=True,
+            description="Seconds.",
+        ),
+        Field("requestBodySize", "request_body.size", INTEGER, nullable=True, always=True),
+        Field("responseBodySize", "response_body.size", INTEGER, nullable=True, always=True),
+        Field(
+            "error",
+            "error",
+            STRING,
+            nullable=True,
+            always=True,
+            description="The relay's refusal or failure when no listener answered.",
+        ),
+        Field(
+            "replayOf",
+            "replay_of",
+            STRING,
+            nullable=True,
+            always=True,
+            description="The id of the request this one replayed.",
+        ),
+    ),
+)
+
+# What GET .../inspector/requests/{id} adds to the summary (the document's allOf).
+INSPECTED_REQUEST: Final = Schema(
+    "InspectedRequest",
+    where="record",
+    fields=(
+        Field("hybridConnection", "hybrid_connection", STRING, always=True),
+        Field(
+            "requestHeaders",
+            "request_headers",
+            _HEADERS,
+            always=True,
+            description="As the sender sent them; Authorization, ServiceBusAuthorization, "
+            "Cookie and the like are [redacted].",
+        ),
+        Field("requestBody", "request_body", _BODY, always=True),
+        Field(
+            "responseHeaders",
+            "response_headers",
+            _HEADERS,
+            always=True,
+            description="As the sender got them (Set-Cookie [redacted]).",
+        ),
+        Field("responseBody", "response_body", _BODY, always=True),
+    ),
+)
+
+
+def inspected_request(record: object) -> dict[str, object]:
+    """A Record with its headers and bodies: the summary's fields, then the rest."""
+    return {**INSPECTED_REQUEST_SUMMARY.encode(record), **INSPECTED_REQUEST.encode(record)}
