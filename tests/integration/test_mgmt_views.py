@@ -1,7 +1,8 @@
 """What the handlers send for each read-only view is what the OpenAPI document says (issue 13).
 
-Listener, Stream, Node, Drain, Job, InspectorSettings and the inspector's records
-(InspectedRequestSummary, InspectedRequest, InspectedBody) are declared once
+Listener, Stream, Node, Drain, Job, DeviceTimeline, InspectorSettings and the
+inspector's records (InspectedRequestSummary, InspectedRequest, InspectedBody) are
+declared once
 (``relay/mgmt/views.py``) for both the handler's JSON and the document's component;
 here a relay with a real listener, a spliced stream, an export and an import job and
 the HTTP inspector answers them, and each answer is validated against its component
@@ -21,14 +22,17 @@ import aiohttp
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped] # openapi-spec-validator brings it
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+from tests.harness.device_certs import device_sas_token
 from tests.harness.listeners import running_listener
-from tests.harness.peers import RawListener, send
+from tests.harness.peers import RawListener, listen_url, send
 from tests.harness.relay import ROOT_KEY, InProcessRelay
 from tests.harness.timing import seconds
+from tests.integration.test_device_auth import handshake_status, host_of
 
 from hybridrelay.listener import HttpRequest, HttpResponse, Listener
 from hybridrelay.protocol.sas import SasTokenProvider, create_sas_token
 from hybridrelay.relay.mgmt.openapi import build_openapi
+from hybridrelay.wsclient import ws_connect
 
 _DOC = build_openapi()
 _REGISTRY: Registry[Any] = Registry().with_resource("urn:api", DRAFT202012.create_resource(_DOC))
@@ -204,3 +208,28 @@ async def test_inspected_request_views_match_their_components(relay: InProcessRe
         assert status == 200
         assert_is("ReplayResult", replayed)
         assert_is("InspectedRequest", replayed["replay"])
+
+
+async def test_device_timeline_matches_its_component(relay: InProcessRelay) -> None:
+    base = relay.http_url + "/$mgmt/v1"
+    async with aiohttp.ClientSession(headers={"Authorization": _token()}) as http:
+        body = {"grants": {"listen": ["echo"]}, "checkInIntervalSeconds": 3600}
+        assert (await _call(http, "PUT", base + "/devices/gw-1", body))[0] == 201
+        assert (await _call(http, "PUT", base + "/devices/plain", {}))[0] == 201
+        wrong = "bm90LXRoZS1kZXZpY2Uta2V5LTAxMjM0NTY3ODlhYmM="
+        refused = ws_connect(
+            listen_url(relay.url, "echo"),
+            headers={"ServiceBusAuthorization": device_sas_token(host_of(relay), "gw-1", wrong)},
+        )
+        assert await handshake_status(refused) == 401
+        status, timeline = await _call(http, "GET", base + "/devices/gw-1/timeline")
+        assert status == 200
+        assert_is("DeviceTimeline", timeline)
+        [entry] = timeline["value"]
+        assert (entry["kind"], entry["status"], entry["closeCode"]) == ("authFailed", 401, None)
+        assert timeline["checkInIntervalSeconds"] == 3600
+        status, timeline = await _call(http, "GET", base + "/devices/plain/timeline")
+        assert status == 200
+        assert_is("DeviceTimeline", timeline)
+        assert (timeline["checkIn"], timeline["nextCheckInDue"]) == ("unscheduled", None)
+        assert timeline["checkInIntervalSeconds"] is None

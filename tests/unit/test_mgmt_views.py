@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,20 +19,24 @@ from typing import Any
 import pytest
 
 from hybridrelay.relay.cluster.base import NodeSummary
+from hybridrelay.relay.device_timeline import TimelineEntry, check_in
 from hybridrelay.relay.inspector import CapturedBody, Record
 from hybridrelay.relay.mgmt.jobs import Job
 from hybridrelay.relay.mgmt.views import (
+    DEVICE_TIMELINE,
     DRAIN,
     INSPECTED_REQUEST_SUMMARY,
     INSPECTOR_SETTINGS,
     LISTENER,
     NODE,
     STREAM,
+    DeviceTimelineRow,
     InspectorSettingsRow,
     ListenerRow,
     inspected_request,
 )
 from hybridrelay.relay.nodes import node_json
+from hybridrelay.relay.store.models import Device
 from hybridrelay.relay.store.schema import format_time
 
 WHOLE = 1_700_000_000.0  # no fraction: isoformat writes none
@@ -42,7 +47,7 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _same(got: dict[str, object], want: dict[str, object]) -> None:
+def _same(got: Mapping[str, object], want: Mapping[str, object]) -> None:
     assert json.dumps(got) == json.dumps(want)  # keys in order, values and types alike
 
 
@@ -238,3 +243,57 @@ def test_inspected_request(
     )
     _same(INSPECTED_REQUEST_SUMMARY.encode(record), _old_summary(record))
     _same(inspected_request(record), _old_record(record))
+
+
+def _old_entry(e: TimelineEntry) -> dict[str, object]:
+    return {
+        "time": format_time(e.at),
+        "kind": e.kind,
+        "hybridConnection": e.hybrid_connection,
+        "role": e.role,
+        "reason": e.reason,
+        "status": e.status,
+        "closeCode": e.code,
+    }
+
+
+@pytest.mark.parametrize(
+    ("interval", "active", "state"),
+    [(None, None, "disconnected"), (3600, WHOLE, "connected"), (60, FRACTION, "disconnected")],
+)
+def test_device_timeline(interval: int | None, active: float | None, state: Any) -> None:
+    device = Device(
+        device_id="gw-1",
+        check_in_interval=interval,
+        last_activity_time=active,
+        connection_state=state,
+    )
+    verdict, due = check_in(device.last_activity_time, device.check_in_interval, FRACTION + 30)
+    entries = [
+        TimelineEntry(
+            at=FRACTION,
+            kind="disconnected",
+            hybrid_connection="echo",
+            role="listener",
+            reason="bye",
+            code=1001,
+        ),
+        TimelineEntry(
+            at=WHOLE,
+            kind="authFailed",
+            hybrid_connection="echo",
+            role="sender",
+            reason="bad key",
+            status=401,
+        ),
+    ]
+    old = {
+        "deviceId": device.device_id,
+        "connectionState": device.connection_state.capitalize(),
+        "lastActivityTime": format_time(device.last_activity_time),
+        "checkInIntervalSeconds": device.check_in_interval,
+        "checkIn": verdict,
+        "nextCheckInDue": format_time(due) if due is not None else None,
+        "value": [_old_entry(e) for e in entries],
+    }
+    _same(DEVICE_TIMELINE.encode(DeviceTimelineRow(device, verdict, due, entries)), old)

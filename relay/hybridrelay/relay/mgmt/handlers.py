@@ -73,7 +73,7 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.mgmt.serving import method_not_allowed, serve_managed
-from hybridrelay.relay.mgmt.views import DRAIN
+from hybridrelay.relay.mgmt.views import DEVICE_TIMELINE, DRAIN, DeviceTimelineRow
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
@@ -88,7 +88,6 @@ from hybridrelay.relay.store.models import (
     KeyKind,
     Page,
     Rule,
-    format_time,
     rights_from_json,
     validate_device_id,
 )
@@ -492,17 +491,7 @@ async def _device_timeline(call: _Call, device_id: str) -> web.StreamResponse:
     device = await _existing_device(call.state, device_id)
     verdict, due = check_in(device.last_activity_time, device.check_in_interval, call.state.now())
     entries = call.request.app[TIMELINES].entries(device.device_id)
-    return _json(
-        {
-            "deviceId": device.device_id,
-            "connectionState": device.connection_state.capitalize(),
-            "lastActivityTime": format_time(device.last_activity_time),
-            "checkInIntervalSeconds": device.check_in_interval,
-            "checkIn": verdict,
-            "nextCheckInDue": format_time(due) if due is not None else None,
-            "value": [e.to_json() for e in entries],
-        }
-    )
+    return _json(DEVICE_TIMELINE.encode(DeviceTimelineRow(device, verdict, due, entries)))
 
 
 async def _device_action(request: web.Request) -> web.StreamResponse:

@@ -3,11 +3,11 @@
 The schemas of the stored resources (hybrid connections, rules, CA certificates) are
 generated from their one declaration (``relay/store/schema.py``), which the records'
 JSON codecs are generated from too; so are those of the read-only views the handlers
-encode from live objects (listeners, streams, nodes, drains, jobs, the inspector's
-settings and records: ``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the
-document it produces, and the helpers below only remove repetition (responses,
-parameters, list envelopes). The test suite
-validates it (openapi-spec-validator) and runs schemathesis against the relay with it.
+encode from live objects (listeners, streams, nodes, drains, jobs, device timelines,
+the inspector's settings and records: ``relay/mgmt/views.py``). The rest is a plain
+dict so that it reads like the document it produces, and the helpers below only remove
+repetition (responses, parameters, list envelopes). The test suite validates it
+(openapi-spec-validator) and runs schemathesis against the relay with it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Final
 
 from hybridrelay.relay.config import WEBHOOK_EVENTS
 from hybridrelay.relay.mgmt.views import (
+    DEVICE_TIMELINE,
     DRAIN,
     HEADER_PAIRS,
     INSPECTED_BODY,
@@ -152,10 +153,6 @@ _PAGING: Final = (
         required=False,
     ),
 )
-
-
-# The device timeline repeats the device's field (declared once, in the device's schema).
-_CHECK_IN: Final[Doc] = DEVICE.field("checkInIntervalSeconds").document()
 
 
 def _list_of(item: str) -> Doc:
@@ -697,30 +694,6 @@ _AZURE_COUNTERS: Final = (
     "SenderConnections-ServerError",
     "BytesTransferred",
 )
-_TIMELINE_ENTRY: Final[Doc] = {
-    "type": "object",
-    "required": ["time", "kind", "hybridConnection", "role", "reason", "status", "closeCode"],
-    "properties": {
-        "time": {"type": "string", "format": "date-time"},
-        "kind": {"type": "string", "enum": ["connected", "disconnected", "authFailed"]},
-        "hybridConnection": {"type": "string"},
-        "role": {
-            "type": "string",
-            "description": "listener (a control channel) or sender (a relayed stream it "
-            "opened); streams spliced to its control channel are not listed.",
-        },
-        "reason": {
-            "type": "string",
-            "description": "Why it disconnected (the relay's reason when it cut the "
-            "connection) or why it was refused.",
-        },
-        "status": {"type": ["integer", "null"], "description": "An auth failure's HTTP status."},
-        "closeCode": {
-            "type": ["integer", "null"],
-            "description": "A control channel's close code.",
-        },
-    },
-}
 _DEVICE_DETAIL_SCHEMAS: Final[dict[str, Doc]] = {
     "HcCounters": {
         "type": "object",
@@ -741,37 +714,7 @@ _DEVICE_DETAIL_SCHEMAS: Final[dict[str, Doc]] = {
             **{counter: {"type": "integer"} for counter in _AZURE_COUNTERS},
         },
     },
-    "DeviceTimeline": {
-        "type": "object",
-        "required": [
-            "deviceId",
-            "connectionState",
-            "lastActivityTime",
-            "checkInIntervalSeconds",
-            "checkIn",
-            "nextCheckInDue",
-            "value",
-        ],
-        "properties": {
-            "deviceId": {"type": "string"},
-            "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
-            "lastActivityTime": _TIME,
-            "checkInIntervalSeconds": _CHECK_IN,
-            "checkIn": {
-                "type": "string",
-                "enum": ["onSchedule", "overdue", "never", "unscheduled"],
-                "description": "Last activity against checkInIntervalSeconds: onSchedule "
-                "until one interval after it, then overdue; never (never active) and "
-                "unscheduled (no interval) otherwise.",
-            },
-            "nextCheckInDue": {"type": ["string", "null"], "format": "date-time"},
-            "value": {
-                "type": "array",
-                "description": "Newest first; at most device_timeline_entries, this node's.",
-                "items": _TIMELINE_ENTRY,
-            },
-        },
-    },
+    **DEVICE_TIMELINE.components(),
 }
 _SEARCH_PARAMS: Final = (
     _param(

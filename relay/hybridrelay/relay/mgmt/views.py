@@ -21,12 +21,15 @@ UTC, which is what the document promises.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, get_args
 
+from hybridrelay.relay.device_timeline import TIMELINE_ENTRY, CheckIn
+from hybridrelay.relay.store.models import DEVICE
 from hybridrelay.relay.store.schema import (
     BOOLEAN,
+    DATE_TIME,
     INTEGER,
     STRING,
     TIME,
@@ -41,8 +44,11 @@ from hybridrelay.relay.store.schema import (
 
 if TYPE_CHECKING:
     from hybridrelay.relay.control import ControlChannel
+    from hybridrelay.relay.device_timeline import TimelineEntry
+    from hybridrelay.relay.store.models import Device
 
 __all__ = [
+    "DEVICE_TIMELINE",
     "DRAIN",
     "HEADER_PAIRS",
     "INSPECTED_BODY",
@@ -56,6 +62,7 @@ __all__ = [
     "MAX_REPORTED_ERRORS",
     "NODE",
     "STREAM",
+    "DeviceTimelineRow",
     "InspectorSettingsRow",
     "ListenerRow",
     "inspected_request",
@@ -220,6 +227,64 @@ DRAIN: Final = Schema(
             BOOLEAN,
             always=True,
             description="What the node was asked to be.",
+        ),
+    ),
+)
+
+
+# --- a device's timeline (relay/device_timeline.py) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTimelineRow:
+    """A device with this node's timeline of it and its check-in verdict."""
+
+    device: Device
+    check_in: CheckIn
+    due: float | None  # when the next check-in is due; None: no schedule or never active
+    entries: list[TimelineEntry]  # newest first
+
+
+def _capitalized(state: str) -> str:
+    return state.capitalize()
+
+
+DEVICE_TIMELINE: Final = Schema(
+    "DeviceTimeline",
+    where="timeline",
+    fields=(
+        Field("deviceId", "device.device_id", STRING, always=True),
+        Field(
+            "connectionState",
+            "device.connection_state",
+            Codec(
+                encode_only, _capitalized, {"type": "string", "enum": ["Connected", "Disconnected"]}
+            ),
+            always=True,
+        ),
+        Field("lastActivityTime", "device.last_activity_time", TIME, always=True),
+        # The device's own field, as its document declares it.
+        replace(
+            DEVICE.field("checkInIntervalSeconds"),
+            attr="device.check_in_interval",
+            always=True,
+        ),
+        Field(
+            "checkIn",
+            "check_in",
+            enum_codec(get_args(CheckIn), "must be a check-in verdict"),
+            always=True,
+            description="Last activity against checkInIntervalSeconds: onSchedule until one "
+            "interval after it, then overdue; never (never active) and unscheduled (no "
+            "interval) otherwise.",
+        ),
+        Field("nextCheckInDue", "due", DATE_TIME, nullable=True, always=True),
+        Field(
+            "value",
+            "entries",
+            array_of(TIMELINE_ENTRY),
+            always=True,
+            description="Newest first; at most device_timeline_entries, this node's.",
         ),
     ),
 )

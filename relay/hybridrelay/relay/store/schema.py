@@ -36,6 +36,7 @@ from hybridrelay.errors import ValidationError
 
 __all__ = [
     "BOOLEAN",
+    "DATE_TIME",
     "INTEGER",
     "NUMBER",
     "REQUIRED",
@@ -188,6 +189,12 @@ _TIME_DOC: Final[Doc] = {
 }
 # A time that may be "never": None is written as year 1 and read back as None.
 TIME: Final[Codec[float | None]] = Codec(parse_time, format_time, _TIME_DOC)
+
+
+# The same text documented as a date-time (a time that is there when written at all).
+DATE_TIME: Final[Codec[float | None]] = Codec(
+    parse_time, format_time, {"type": "string", "format": "date-time"}
+)
 
 
 def required_time() -> Codec[float]:
