@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from hybridrelay.errors import ConflictError, ValidationError
 from hybridrelay.relay.cluster.base import NodeSummary
 from hybridrelay.relay.device_timeline import TimelineEntry, check_in
 from hybridrelay.relay.inspector import CapturedBody, Record
@@ -25,12 +26,14 @@ from hybridrelay.relay.mgmt.jobs import Job
 from hybridrelay.relay.mgmt.views import (
     DEVICE_TIMELINE,
     DRAIN,
+    IMPORT_ERROR,
     INSPECTED_REQUEST_SUMMARY,
     INSPECTOR_SETTINGS,
     LISTENER,
     NODE,
     STREAM,
     DeviceTimelineRow,
+    ImportErrorRow,
     InspectorSettingsRow,
     ListenerRow,
     inspected_request,
@@ -297,3 +300,18 @@ def test_device_timeline(interval: int | None, active: float | None, state: Any)
         "value": [_old_entry(e) for e in entries],
     }
     _same(DEVICE_TIMELINE.encode(DeviceTimelineRow(device, verdict, due, entries)), old)
+
+
+@pytest.mark.parametrize(
+    ("device_id", "error"),
+    [(None, ValidationError("deviceId", "required")), ("d1", ConflictError("exists"))],
+)
+def test_import_error(device_id: str | None, error: Any) -> None:
+    old = {
+        "line": 7,
+        "deviceId": device_id,
+        "errorCode": error.error_code,
+        "errorStatus": error.http_status,
+        "message": str(error),
+    }
+    _same(IMPORT_ERROR.encode(ImportErrorRow(7, device_id, error)), old)

@@ -62,7 +62,7 @@ from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.events import EVENTS, EventHub
 from hybridrelay.relay.mgmt.json_body import body_chunks, parse_json_object
 from hybridrelay.relay.mgmt.serving import serve_managed
-from hybridrelay.relay.mgmt.views import JOB, MAX_REPORTED_ERRORS
+from hybridrelay.relay.mgmt.views import IMPORT_ERROR, JOB, MAX_REPORTED_ERRORS, ImportErrorRow
 from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import MAX_PAGE, Device, validate_device_id
@@ -407,13 +407,8 @@ async def _apply(state: RelayState, doc: dict[str, object]) -> None:
 
 
 def _line_error(number: int, device_id: object, exc: HybridRelayError) -> dict[str, object]:
-    return {
-        "line": number,
-        "deviceId": device_id if isinstance(device_id, str) else None,
-        "errorCode": exc.error_code,
-        "errorStatus": exc.http_status,
-        "message": str(exc),
-    }
+    known = device_id if isinstance(device_id, str) else None
+    return IMPORT_ERROR.encode(ImportErrorRow(number, known, exc))
 
 
 async def _import(state: RelayState, job: Job, size: int) -> None:

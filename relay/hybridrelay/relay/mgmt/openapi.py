@@ -3,11 +3,12 @@
 The schemas of the stored resources (hybrid connections, rules, CA certificates) are
 generated from their one declaration (``relay/store/schema.py``), which the records'
 JSON codecs are generated from too; so are those of the read-only views the handlers
-encode from live objects (listeners, streams, nodes, drains, jobs, device timelines,
-the inspector's settings and records: ``relay/mgmt/views.py``). The rest is a plain
-dict so that it reads like the document it produces, and the helpers below only remove
-repetition (responses, parameters, list envelopes). The test suite validates it
-(openapi-spec-validator) and runs schemathesis against the relay with it.
+encode from live objects (listeners, streams, nodes, drains, jobs and their line
+errors, device timelines, the inspector's settings and records:
+``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the document
+it produces, and the helpers below only remove repetition (responses, parameters,
+list envelopes). The test suite validates it (openapi-spec-validator) and runs
+schemathesis against the relay with it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hybridrelay.relay.mgmt.views import (
     DEVICE_TIMELINE,
     DRAIN,
     HEADER_PAIRS,
+    IMPORT_ERROR,
     INSPECTED_BODY,
     INSPECTED_REQUEST,
     INSPECTED_REQUEST_SUMMARY,
@@ -270,17 +272,7 @@ _SCHEMAS: Final[dict[str, Doc]] = {
     **GRANTS.components(),
     **DEVICE.components(),
     "DeviceList": _list_of("Device"),
-    "ImportError": {
-        "type": "object",
-        "required": ["line", "deviceId", "errorCode", "errorStatus", "message"],
-        "properties": {
-            "line": {"type": "integer", "minimum": 1, "description": "1-based line number."},
-            "deviceId": {"type": ["string", "null"], "description": "Null when unknown."},
-            "errorCode": {"type": "string"},
-            "errorStatus": {"type": "integer"},
-            "message": {"type": "string"},
-        },
-    },
+    **IMPORT_ERROR.components(),
     **JOB.components(),
     "JobList": {
         "type": "object",

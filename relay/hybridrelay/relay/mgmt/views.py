@@ -43,6 +43,7 @@ from hybridrelay.relay.store.schema import (
 )
 
 if TYPE_CHECKING:
+    from hybridrelay.errors import HybridRelayError
     from hybridrelay.relay.control import ControlChannel
     from hybridrelay.relay.device_timeline import TimelineEntry
     from hybridrelay.relay.store.models import Device
@@ -51,6 +52,7 @@ __all__ = [
     "DEVICE_TIMELINE",
     "DRAIN",
     "HEADER_PAIRS",
+    "IMPORT_ERROR",
     "INSPECTED_BODY",
     "INSPECTED_REQUEST",
     "INSPECTED_REQUEST_SUMMARY",
@@ -63,6 +65,7 @@ __all__ = [
     "NODE",
     "STREAM",
     "DeviceTimelineRow",
+    "ImportErrorRow",
     "InspectorSettingsRow",
     "ListenerRow",
     "inspected_request",
@@ -295,6 +298,35 @@ DEVICE_TIMELINE: Final = Schema(
 JOB_TYPES: Final = ("export", "import")
 JOB_STATUSES: Final = ("enqueued", "running", "completed", "failed")
 MAX_REPORTED_ERRORS: Final = 1000  # errors listed in the job; all are in its errors file
+
+
+@dataclass(frozen=True, slots=True)
+class ImportErrorRow:
+    """An import line refused: its number, its deviceId when it has one, and why."""
+
+    line: int
+    device_id: str | None
+    error: HybridRelayError
+
+
+IMPORT_ERROR: Final = Schema(
+    "ImportError",
+    where="error",
+    fields=(
+        Field("line", "line", INTEGER, always=True, minimum=1, description="1-based line number."),
+        Field(
+            "deviceId",
+            "device_id",
+            STRING,
+            nullable=True,
+            always=True,
+            description="Null when unknown.",
+        ),
+        Field("errorCode", "error.error_code", STRING, always=True),
+        Field("errorStatus", "error.http_status", INTEGER, always=True),
+        Field("message", "error", Codec(encode_only, str, {"type": "string"}), always=True),
+    ),
+)
 
 
 def _is_import(job: object) -> bool:
