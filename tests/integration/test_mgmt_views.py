@@ -1,6 +1,7 @@
 """What the handlers send for each read-only view is what the OpenAPI document says (issue 13).
 
-Listener, Stream, Node, Drain, Job, DeviceTimeline, InspectorSettings and the
+Listener, Stream, Node, Drain, HcCounters, Job, ImportError, DeviceTimeline,
+InspectorSettings and the
 inspector's records (InspectedRequestSummary, InspectedRequest, InspectedBody) are
 declared once
 (``relay/mgmt/views.py``) for both the handler's JSON and the document's component;
@@ -116,6 +117,16 @@ async def test_live_views_match_their_components(relay: InProcessRelay) -> None:
             assert node["hybridConnections"] == [{"name": "echo", "listeners": 1}]
             for item in node["hybridConnections"]:
                 assert set(item) == {"name", "listeners"}
+
+            status, counters = await _call(http, "GET", base + "/hybridconnections/echo/metrics")
+            assert status == 200
+            assert_is("HcCounters", counters)
+            assert (counters["ActiveListeners"], counters["listenersAllNodes"]) == (1, 1)
+            status, stats = await _call(http, "GET", base + "/stats?hybridConnection=echo")
+            assert status == 200
+            assert_is("Stats", stats)
+            assert_is("HcCounters", stats["hybridConnection"])
+            assert "listenersAllNodes" not in stats["hybridConnection"]
 
             status, undrained = await _call(http, "POST", base + "/nodes/local/undrain")
             assert (status, undrained) == (202, {"id": "local", "draining": False})

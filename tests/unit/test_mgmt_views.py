@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,10 +23,13 @@ from hybridrelay.errors import ConflictError, ValidationError
 from hybridrelay.relay.cluster.base import NodeSummary
 from hybridrelay.relay.device_timeline import TimelineEntry, check_in
 from hybridrelay.relay.inspector import CapturedBody, Record
+from hybridrelay.relay.metrics import HcStats
 from hybridrelay.relay.mgmt.jobs import Job
+from hybridrelay.relay.mgmt.live import azure_counters
 from hybridrelay.relay.mgmt.views import (
     DEVICE_TIMELINE,
     DRAIN,
+    HC_COUNTERS,
     IMPORT_ERROR,
     INSPECTED_REQUEST_SUMMARY,
     INSPECTOR_SETTINGS,
@@ -315,3 +319,40 @@ def test_import_error(device_id: str | None, error: Any) -> None:
         "message": str(error),
     }
     _same(IMPORT_ERROR.encode(ImportErrorRow(7, device_id, error)), old)
+
+
+def _old_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
+    n = numbers or HcStats()
+
+    def count(by_status: dict[str, int], status_class: str) -> int:
+        return sum(c for code, c in by_status.items() if code.startswith(status_class))
+
+    listener_client = count(n.listener_rejections, "4")
+    listener_server = count(n.listener_rejections, "5")
+    return {
+        "name": name,
+        "counted": numbers is not None,
+        "ActiveListeners": n.listeners,
+        "ActiveConnections": n.active_connections,
+        "ListenerConnections-Success": n.listener_connects,
+        "ListenerConnections-ClientError": listener_client,
+        "ListenerConnections-ServerError": listener_server,
+        "SenderConnections-Success": n.connections + n.http_requests,
+        "SenderConnections-ClientError": count(n.rejections, "4") - listener_client,
+        "SenderConnections-ServerError": count(n.rejections, "5") - listener_server,
+        "BytesTransferred": n.bytes_up + n.bytes_down,
+    }
+
+
+def test_hc_counters() -> None:
+    numbers = HcStats()
+    numbers.listeners, numbers.listener_connects, numbers.connections = 2, 3, 4
+    numbers.http_requests, numbers.bytes_up, numbers.bytes_down = 5, 6, 7
+    numbers.listener_rejections.update({"401": 1, "503": 2})
+    numbers.rejections.update({"401": 3, "404": 4, "503": 5, "502": 1})
+    for given in (None, HcStats(), numbers):
+        old = _old_counters("echo", given)
+        _same(HC_COUNTERS.encode(azure_counters("echo", given)), old)
+    everywhere = replace(azure_counters("echo", numbers), listeners_all_nodes=9)
+    want = {**_old_counters("echo", numbers), "listenersAllNodes": 9}
+    _same(HC_COUNTERS.encode(everywhere), want)

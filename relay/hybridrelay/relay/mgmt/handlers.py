@@ -73,7 +73,7 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.mgmt.serving import method_not_allowed, serve_managed
-from hybridrelay.relay.mgmt.views import DEVICE_TIMELINE, DRAIN, DeviceTimelineRow
+from hybridrelay.relay.mgmt.views import DEVICE_TIMELINE, DRAIN, HC_COUNTERS, DeviceTimelineRow
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
@@ -230,10 +230,10 @@ def _check_api_name(name: str) -> None:
 
 async def _hc_metrics(call: _Call, name: str) -> web.StreamResponse:
     hc = await _existing_hc(call.state, name)
-    doc = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+    counters = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
     # Listeners on every node (the cap counts them all); the counters are this node's.
-    doc["listenersAllNodes"] = await call.state.cluster.listener_count(hc.name)
-    return _json(doc)
+    everywhere = await call.state.cluster.listener_count(hc.name)
+    return _json(HC_COUNTERS.encode(replace(counters, listeners_all_nodes=everywhere)))
 
 
 async def _hc_json(state: RelayState, hc: HybridConnection) -> dict[str, object]:
@@ -569,7 +569,8 @@ async def _stats(call: _Call) -> web.StreamResponse:
     name = call.request.query.get("hybridConnection")
     if name is not None:
         hc = await _existing_hc(call.state, name)
-        doc["hybridConnection"] = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+        counters = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+        doc["hybridConnection"] = HC_COUNTERS.encode(counters)
     return _json(doc)
 
 

@@ -20,7 +20,12 @@ from hybridrelay.errors import EntityNotFoundError, ValidationError
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.listeners import ListenerRegistry
 from hybridrelay.relay.metrics import HcStats, RelayMetrics
-from hybridrelay.relay.mgmt.views import LISTENER, STREAM, ListenerRow
+from hybridrelay.relay.mgmt.views import (
+    LISTENER,
+    STREAM,
+    AzureCounters,
+    ListenerRow,
+)
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.splices import SpliceRegistry
 
@@ -152,14 +157,14 @@ def stats(
     }
 
 
-def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
+def azure_counters(name: str, numbers: HcStats | None) -> AzureCounters:
     """One hybrid connection's numbers on this node, named as Azure Monitor names them.
 
     None (nothing counted yet, or the entity shares the ``_other`` metrics label beyond
     ``max_metrics_hc_labels``) reads as zeros. Refusals are split by who asked (a
     listener's ``listen``: ListenerConnections-*, everything else: SenderConnections-*)
     and by class: 4xx is the caller's error (bad token, no listener, quota), 5xx the
-    relay's or the listener's.
+    relay's or the listener's. Written by ``HC_COUNTERS`` (mgmt/views.py).
     """
     n = numbers or HcStats()
 
@@ -168,16 +173,16 @@ def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
 
     listener_client = count(n.listener_rejections, "4")
     listener_server = count(n.listener_rejections, "5")
-    return {
-        "name": name,
-        "counted": numbers is not None,
-        "ActiveListeners": n.listeners,
-        "ActiveConnections": n.active_connections,
-        "ListenerConnections-Success": n.listener_connects,
-        "ListenerConnections-ClientError": listener_client,
-        "ListenerConnections-ServerError": listener_server,
-        "SenderConnections-Success": n.connections + n.http_requests,
-        "SenderConnections-ClientError": count(n.rejections, "4") - listener_client,
-        "SenderConnections-ServerError": count(n.rejections, "5") - listener_server,
-        "BytesTransferred": n.bytes_up + n.bytes_down,
-    }
+    return AzureCounters(
+        name=name,
+        counted=numbers is not None,
+        active_listeners=n.listeners,
+        active_connections=n.active_connections,
+        listener_success=n.listener_connects,
+        listener_client_errors=listener_client,
+        listener_server_errors=listener_server,
+        sender_success=n.connections + n.http_requests,
+        sender_client_errors=count(n.rejections, "4") - listener_client,
+        sender_server_errors=count(n.rejections, "5") - listener_server,
+        bytes_transferred=n.bytes_up + n.bytes_down,
+    )

@@ -4,10 +4,10 @@ The schemas of the stored resources (hybrid connections, rules, CA certificates)
 generated from their one declaration (``relay/store/schema.py``), which the records'
 JSON codecs are generated from too; so are those of the read-only views the handlers
 encode from live objects (listeners, streams, nodes, drains, jobs and their line
-errors, device timelines, the inspector's settings and records:
-``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the document
-it produces, and the helpers below only remove repetition (responses, parameters,
-list envelopes). The test suite validates it (openapi-spec-validator) and runs
+errors, device timelines, a hybrid connection's counters, the inspector's settings and
+records: ``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the
+document it produces, and the helpers below only remove repetition (responses,
+parameters, list envelopes). The test suite validates it (openapi-spec-validator) and runs
 schemathesis against the relay with it.
 """
 
@@ -22,6 +22,7 @@ from hybridrelay.relay.config import WEBHOOK_EVENTS
 from hybridrelay.relay.mgmt.views import (
     DEVICE_TIMELINE,
     DRAIN,
+    HC_COUNTERS,
     HEADER_PAIRS,
     IMPORT_ERROR,
     INSPECTED_BODY,
@@ -675,37 +676,8 @@ _NODE_PATHS: Final[dict[str, Doc]] = {
         },
     },
 }
-_AZURE_COUNTERS: Final = (
-    "ActiveListeners",
-    "ActiveConnections",
-    "ListenerConnections-Success",
-    "ListenerConnections-ClientError",
-    "ListenerConnections-ServerError",
-    "SenderConnections-Success",
-    "SenderConnections-ClientError",
-    "SenderConnections-ServerError",
-    "BytesTransferred",
-)
 _DEVICE_DETAIL_SCHEMAS: Final[dict[str, Doc]] = {
-    "HcCounters": {
-        "type": "object",
-        "description": "A hybrid connection's numbers on this node, named as Azure Monitor "
-        "names them. ListenerConnections-*: control channels opened, and listen requests "
-        "refused by 4xx (the caller's error) and 5xx (the relay's); SenderConnections-*: "
-        "relayed connections and HTTP requests answered, and the other refusals, likewise "
-        "split; BytesTransferred: of finished streams. counted is false when nothing was "
-        "counted yet or the entity is beyond max_metrics_hc_labels.",
-        "required": ["name", "counted", *_AZURE_COUNTERS],
-        "properties": {
-            "name": {"type": "string"},
-            "counted": {"type": "boolean"},
-            "listenersAllNodes": {
-                "type": "integer",
-                "description": "Listeners on every node (GET /metrics only).",
-            },
-            **{counter: {"type": "integer"} for counter in _AZURE_COUNTERS},
-        },
-    },
+    **HC_COUNTERS.components(),
     **DEVICE_TIMELINE.components(),
 }
 _SEARCH_PARAMS: Final = (

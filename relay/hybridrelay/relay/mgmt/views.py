@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEVICE_TIMELINE",
     "DRAIN",
+    "HC_COUNTERS",
     "HEADER_PAIRS",
     "IMPORT_ERROR",
     "INSPECTED_BODY",
@@ -64,6 +65,7 @@ __all__ = [
     "MAX_REPORTED_ERRORS",
     "NODE",
     "STREAM",
+    "AzureCounters",
     "DeviceTimelineRow",
     "ImportErrorRow",
     "InspectorSettingsRow",
@@ -167,6 +169,65 @@ STREAM: Final = Schema(
         Field("startedAt", "started_at", _INSTANT, always=True),
         Field("bytesSenderToListener", "sender.bytes_in", INTEGER, always=True, minimum=0),
         Field("bytesListenerToSender", "listener.bytes_in", INTEGER, always=True, minimum=0),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AzureCounters:
+    """A hybrid connection's numbers on this node (mgmt/live.py: azure_counters)."""
+
+    name: str
+    counted: bool
+    active_listeners: int
+    active_connections: int
+    listener_success: int
+    listener_client_errors: int
+    listener_server_errors: int
+    sender_success: int
+    sender_client_errors: int
+    sender_server_errors: int
+    bytes_transferred: int
+    listeners_all_nodes: int | None = None  # GET .../metrics asks the cluster
+
+
+def _all_nodes_asked(counters: AzureCounters) -> bool:
+    return counters.listeners_all_nodes is not None
+
+
+HC_COUNTERS: Final = Schema(
+    "HcCounters",
+    where="counters",
+    description="A hybrid connection's numbers on this node, named as Azure Monitor names "
+    "them. ListenerConnections-*: control channels opened, and listen requests refused by "
+    "4xx (the caller's error) and 5xx (the relay's); SenderConnections-*: relayed "
+    "connections and HTTP requests answered, and the other refusals, likewise split; "
+    "BytesTransferred: of finished streams. counted is false when nothing was counted yet "
+    "or the entity is beyond max_metrics_hc_labels.",
+    fields=(
+        Field("name", "name", STRING, always=True),
+        Field("counted", "counted", BOOLEAN, always=True),
+        *(
+            Field(name, attr, INTEGER, always=True)
+            for name, attr in (
+                ("ActiveListeners", "active_listeners"),
+                ("ActiveConnections", "active_connections"),
+                ("ListenerConnections-Success", "listener_success"),
+                ("ListenerConnections-ClientError", "listener_client_errors"),
+                ("ListenerConnections-ServerError", "listener_server_errors"),
+                ("SenderConnections-Success", "sender_success"),
+                ("SenderConnections-ClientError", "sender_client_errors"),
+                ("SenderConnections-ServerError", "sender_server_errors"),
+                ("BytesTransferred", "bytes_transferred"),
+            )
+        ),
+        Field(
+            "listenersAllNodes",
+            "listeners_all_nodes",
+            INTEGER,
+            when=_all_nodes_asked,
+            description="Listeners on every node (GET /metrics only).",
+        ),
     ),
 )
 
