@@ -1,21 +1,24 @@
 """The management API's read-only views, each declared once for its JSON and its OpenAPI schema.
 
-What ``GET /listeners``, ``/streams``, ``/nodes``, ``/jobs`` and ``.../inspector``
-answer is not a stored record but a live object's fields (a control channel, a splice, a
-node's summary, a job) or a few values put together for the answer. Each is declared
-here with the store's :class:`~hybridrelay.relay.store.schema.Schema` machinery,
-encode-only: the handler writes ``VIEW.encode(obj)`` and ``relay/mgmt/openapi.py``
-takes ``VIEW.components()``, so the document names exactly the keys and types the
-handler sends (issue 13, step 4). The envelopes (``value``, ``continuationToken``) stay
-in the handlers and the document's ``_list_of``.
+What ``GET /listeners``, ``/streams``, ``/nodes``, ``/jobs``, ``/devices/{id}/timeline``,
+``/hybridconnections/{name}/metrics`` and ``.../inspector`` answer is not a stored
+record but a live object's fields (a control channel, a splice, a node's summary, a
+job, an inspected request) or a few values put together for the answer. Each is
+declared here with the store's :class:`~hybridrelay.relay.store.schema.Schema`
+machinery, encode-only: the handler writes ``VIEW.encode(obj)`` and
+``relay/mgmt/openapi.py`` takes ``VIEW.components()``, so the document names exactly
+the keys and types the handler sends (issue 13, step 4). The envelopes (``value``,
+``continuationToken``, ``self``) stay in the handlers and the document's ``_list_of``.
 
 A view whose values are not all attributes of one object has a small row type here
-(:class:`ListenerRow`, :class:`InspectorSettingsRow`) that the handler fills in.
+(:class:`ListenerRow`, :class:`DeviceTimelineRow`, :class:`AzureCounters`, ...) that
+the handler fills in; a timeline entry is declared next to its class
+(``relay/device_timeline.py``).
 
 The live views write times with :func:`iso_seconds` (``datetime.isoformat``: no
 fraction when it is zero), the inspector's records with milliseconds, as they always
-have; the stored records and jobs write six digits (``format_time``). All are ISO 8601
-UTC, which is what the document promises.
+have; the stored records, jobs and timelines write six digits (``format_time``). All
+are ISO 8601 UTC, which is what the document promises.
 """
 
 from __future__ import annotations
