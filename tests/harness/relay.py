@@ -26,6 +26,7 @@ from hybridrelay.relay import run as run_relay
 from hybridrelay.relay.config import RelayConfig, load_relay_config
 from hybridrelay.relay.dashboard import dashboard_url
 from hybridrelay.relay.devices import DEVICES, DeviceRegistry
+from hybridrelay.relay.lifecycle import LIFECYCLE, NodeLifecycle
 from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
 from hybridrelay.relay.splices import SPLICES, SpliceRegistry
 from hybridrelay.relay.state import STATE, RelayState
@@ -240,6 +241,11 @@ class InProcessRelay:
     def state(self) -> RelayState:
         assert self.app is not None
         return self.app[STATE]
+
+    @property
+    def lifecycle(self) -> NodeLifecycle:
+        assert self.app is not None
+        return self.app[LIFECYCLE]
 
     @property
     def listeners(self) -> ListenerRegistry:

@@ -293,7 +293,7 @@ async def test_the_expiry_follows_a_certificate_renewed_on_disk(
     relay = await relay_factory(
         tls=tls_files, relay_extra='tls_reload_interval = 0.05\nmetrics_listen = "127.0.0.1:0"'
     )
-    address = relay.state.metrics_address
+    address = relay.state.config.relay.metrics_listen  # the completed config: bound port
     assert address is not None
     base = f"http://{address[0]}:{address[1]}"
     expiry = "hybridrelay_tls_certificate_expiry_seconds"

@@ -114,7 +114,7 @@ async def test_undrain_takes_a_drain_back_and_is_audited(
 
 
 async def test_a_stopping_node_stays_closed_when_undrained(relay: InProcessRelay) -> None:
-    relay.state.stopping = relay.state.draining = True  # what SIGTERM's shutdown sets
+    relay.lifecycle.stop()  # what SIGTERM's shutdown does
     async with aiohttp.ClientSession(headers=_auth(relay)) as http:
         async with http.post(relay.http_url + "/$mgmt/v1/nodes/local/undrain") as resp:
             assert resp.status == 202

@@ -25,6 +25,7 @@ from hybridrelay.relay.hc_endpoints import handle_hc, is_hc_path, shutdown_conne
 from hybridrelay.relay.health import healthz, metrics, readyz
 from hybridrelay.relay.http_mode import drop_invented_headers, handle_http
 from hybridrelay.relay.inspector import inspect_http
+from hybridrelay.relay.lifecycle import LIFECYCLE, NodeLifecycle
 from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.mgmt import (
@@ -81,6 +82,7 @@ def create_app(
         rng=random.Random(),  # noqa: S311 - load spreading only
     )
     app[STATE] = state
+    app[LIFECYCLE] = NodeLifecycle()
     tokens = app[TOKENS] = TokenCache(relay.token_cache_size)
     listeners = app[LISTENERS] = ListenerRegistry()
     splices = app[SPLICES] = SpliceRegistry()
@@ -148,6 +150,5 @@ async def _publish_events(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[EVENTS].close_subscribers()  # no event stream waits for its heartbeat
-    state = app[STATE]
-    state.stopping = state.draining = True
+    app[LIFECYCLE].stop()
     await shutdown_connections(app, CloseCode.GOING_AWAY, "relay shutting down")

@@ -55,6 +55,7 @@ from hybridrelay.relay.handshake import (
     parse_client_handshake,
 )
 from hybridrelay.relay.http_mode import handle_request_dial
+from hybridrelay.relay.lifecycle import LIFECYCLE
 from hybridrelay.relay.listeners import LISTENERS
 from hybridrelay.relay.metrics import HcStats, RelayMetrics
 from hybridrelay.relay.mgmt.events import EVENTS
@@ -128,15 +129,20 @@ def _connect_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
 
 async def handle_hc(request: web.Request) -> web.StreamResponse:
     """Route a ``/$hc/`` request by its ``sb-hc-action``."""
-    state = request.app[STATE]
+    app = request.app
+    state = app[STATE]
     path, query = _split_target(request)
     addr = parse_hc_target(path, query)
     request[ACTION_KEY] = addr.action
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ProtocolError("This endpoint is only for web-socket requests.")
-    if addr.action == "listen":
-        return await _listen(request, state, addr)
-    if addr.action == "connect":
+    if addr.action == "listen" or addr.action == "connect":
+        # A draining node takes no new listener or sender; accepts and request dials
+        # (work it already took) go on.
+        if app[LIFECYCLE].draining:
+            raise UnavailableError("the relay is draining; try another node")
+        if addr.action == "listen":
+            return await _listen(request, state, addr)
         return await _connect(request, state, addr)
     if addr.action == "accept":
         return await _accept(request, state, addr)
@@ -213,8 +219,6 @@ async def _auto_create(state: RelayState, candidate: HybridConnection) -> Hybrid
 
 
 async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
-    if state.draining:
-        raise UnavailableError("the relay is draining; try another node")
     # The one handshake parser of every leg (400 for what RFC 6455 §4.2.1 refuses, such
     # as non-ASCII bytes in Sec-WebSocket-Version or -Key), before WebSocketResponse.prepare
     # could meet them and fail with a 500.
@@ -330,8 +334,6 @@ async def _listen(request: web.Request, state: RelayState, addr: HcAddress) -> w
 
 
 async def _connect(request: web.Request, state: RelayState, addr: HcAddress) -> web.StreamResponse:
-    if state.draining:
-        raise UnavailableError("the relay is draining; try another node")
     loop = asyncio.get_running_loop()
     started = loop.time()
     hc, suffix = await _resolve(state, addr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hybridrelay.relay.lifecycle import LIFECYCLE, NodeLifecycle
 from hybridrelay.relay.state import STATE, RelayState
 
 __all__ = ["healthz", "metrics", "metrics_app", "readyz"]
@@ -20,9 +21,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    if state.draining:
+    if request.app[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503)
+    state = request.app[STATE]
     reason = state.cluster.unavailable_reason()
     if reason is not None:
         # Open streams and this node's own listeners still work; work for listeners on
@@ -39,11 +40,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def metrics_app(state: RelayState) -> web.Application:
+def metrics_app(state: RelayState, lifecycle: NodeLifecycle) -> web.Application:
     """The small application of the metrics address: ``/metrics``, ``/healthz``, ``/readyz``."""
     # GET only, no bodies read: the smallest client_max_size aiohttp allows is plenty.
     app = web.Application(client_max_size=1024)
     app[STATE] = state
+    app[LIFECYCLE] = lifecycle  # the public application's: /readyz answers as it does there
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -26,6 +26,7 @@ from hybridrelay.logs import RELAY
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.cluster.base import MAX_NODE_HCS, NodeSummary
 from hybridrelay.relay.hc_endpoints import shutdown_connections
+from hybridrelay.relay.lifecycle import LIFECYCLE, NodeLifecycle
 from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
 from hybridrelay.relay.mgmt.views import NODE
 from hybridrelay.relay.splices import SPLICES, SpliceRegistry
@@ -37,7 +38,11 @@ log = logging.getLogger(RELAY)
 
 
 def summarize(
-    state: RelayState, listeners: ListenerRegistry, splices: SpliceRegistry, started_at: float
+    state: RelayState,
+    lifecycle: NodeLifecycle,
+    listeners: ListenerRegistry,
+    splices: SpliceRegistry,
+    started_at: float,
 ) -> NodeSummary:
     """What this node holds right now."""
     held = Counter(channel.hc_name for channel in listeners)
@@ -47,7 +52,7 @@ def summarize(
         listeners=len(listeners),
         streams=len(splices),
         pending=state.cluster.pending_count(),
-        draining=state.draining,
+        draining=lifecycle.draining,
         started_at=started_at,
         seen_at=time.time(),
         hybrid_connections=tuple(held.most_common(MAX_NODE_HCS)),
@@ -63,40 +68,39 @@ def node_json(node: NodeSummary) -> dict[str, object]:
 async def drain_here(app: web.Application) -> None:
     """Refuse new work and send this node's listeners elsewhere; streams run on."""
     state = app[STATE]
-    if state.draining:
+    if not app[LIFECYCLE].drain():
         return
-    state.draining = True
     log.warning(
         "node_draining", extra={"node": state.cluster.node_id, "streams": len(app[SPLICES])}
     )
     await shutdown_connections(app, CloseCode.GOING_AWAY, "relay draining", include_streams=False)
 
 
-def undrain_here(state: RelayState) -> None:
+def undrain_here(lifecycle: NodeLifecycle, node_id: str) -> None:
     """Serve new listeners and senders again, unless this process is stopping."""
-    if not state.draining or state.stopping:
-        if state.stopping:
-            log.warning("node_undrain_ignored_stopping", extra={"node": state.cluster.node_id})
-        return
-    state.draining = False
-    log.warning("node_undrained", extra={"node": state.cluster.node_id})
+    if lifecycle.stopping:
+        log.warning("node_undrain_ignored_stopping", extra={"node": node_id})
+    elif lifecycle.undrain():
+        log.warning("node_undrained", extra={"node": node_id})
 
 
 async def _nodes_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
+    state, lifecycle = app[STATE], app[LIFECYCLE]
     started_at = time.time()
     drains: set[asyncio.Task[None]] = set()
 
     def drain_requested(drain: bool) -> None:
         if not drain:
-            undrain_here(state)
+            undrain_here(lifecycle, state.cluster.node_id)
             return
         task = asyncio.create_task(drain_here(app), name="node drain")
         drains.add(task)
         task.add_done_callback(drains.discard)
 
     listeners, splices = app[LISTENERS], app[SPLICES]
-    state.cluster.summarize_with(lambda: summarize(state, listeners, splices, started_at))
+    state.cluster.summarize_with(
+        lambda: summarize(state, lifecycle, listeners, splices, started_at)
+    )
     state.cluster.on_drain_requested(drain_requested)
     yield
     for task in list(drains):

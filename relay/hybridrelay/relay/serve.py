@@ -37,6 +37,7 @@ from hybridrelay.relay.config import (
 from hybridrelay.relay.dashboard import dashboard_app, dashboard_url
 from hybridrelay.relay.hc_endpoints import accept_upgrade, shutdown_connections
 from hybridrelay.relay.health import metrics_app
+from hybridrelay.relay.lifecycle import LIFECYCLE
 from hybridrelay.relay.metrics import RelayMetrics
 from hybridrelay.relay.splices import SPLICES
 from hybridrelay.relay.state import STATE, RelayState
@@ -247,16 +248,15 @@ async def _serve_side(
 
 
 async def _serve_metrics(
-    state: RelayState, address: tuple[str, int], front_door: FrontDoor
-) -> web.AppRunner:
+    relay_app: web.Application, address: tuple[str, int], front_door: FrontDoor
+) -> tuple[web.AppRunner, int]:
     """Serve :func:`metrics_app` on ``address`` (``[relay] metrics_listen``), plain HTTP."""
-    runner, port = await _serve_side(
-        state, metrics_app(state), address, front_door, "relay.metrics_listen"
-    )
-    state.metrics_address = (address[0], port)
+    state = relay_app[STATE]
+    side = metrics_app(state, relay_app[LIFECYCLE])
+    runner, port = await _serve_side(state, side, address, front_door, "relay.metrics_listen")
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
     log.info("metrics_listening", extra={"url": f"http://{host}:{port}/metrics"})
-    return runner
+    return runner, port
 
 
 async def _serve_dashboard(
@@ -383,15 +383,22 @@ async def run(
     metrics_runner: web.AppRunner | None = None
     dashboard_runner: web.AppRunner | None = None
     try:
+        metrics_bound: tuple[str, int] | None = None
         if s.metrics_listen is not None:
             metrics_at = s.metrics_listen
             if worker_index is not None and metrics_at[1]:
                 # Each worker its own metrics: worker i on metrics_listen's port + i.
                 metrics_at = (metrics_at[0], metrics_at[1] + worker_index)
-            metrics_runner = await _serve_metrics(app[STATE], metrics_at, front_door)
+            metrics_runner, metrics_port = await _serve_metrics(app, metrics_at, front_door)
+            metrics_bound = (metrics_at[0], metrics_port)
         port = _bound_port(site, s.port)
         state = app[STATE]
         state.config = complete(replace(config), port)
+        if metrics_bound is not None:
+            # The completed config names the bound port, as for the dashboard below.
+            state.config = replace(
+                state.config, relay=replace(state.config.relay, metrics_listen=metrics_bound)
+            )
         if isinstance(s.dashboard_listen, tuple):
             dashboard_at = s.dashboard_listen
             if worker_index is not None and dashboard_at[1]:
@@ -453,7 +460,7 @@ async def run(
             await asyncio.wait({watcher})
         log.info("relay_draining", extra={"deadline_s": s.drain_timeout})
         # Refuse new work, send listeners elsewhere, let open streams finish in time.
-        state.stopping = state.draining = True
+        app[LIFECYCLE].stop()
         splices = app[SPLICES]
         await shutdown_connections(
             app, CloseCode.GOING_AWAY, "relay shutting down", include_streams=False

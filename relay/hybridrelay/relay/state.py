@@ -3,9 +3,10 @@
 Live state has owners of its own, each under its own typed key built in ``app.py``:
 the token cache (``auth.TOKENS``), the device registry (``devices.DEVICES``), CA trust
 (``ca_trust.CA_TRUST``), the event hub (``mgmt.events.EVENTS``), the listener registry
-(``listeners.LISTENERS``), the splices (``splices.SPLICES``) and pending work
-(``pending.PENDING``). This module imports only leaves (config, store, cluster,
-metrics), so that any module may import it without closing an import cycle.
+(``listeners.LISTENERS``), the splices (``splices.SPLICES``), pending work
+(``pending.PENDING``) and whether the node takes new work (``lifecycle.LIFECYCLE``).
+This module imports only leaves (config, store, cluster, metrics), so that any module
+may import it without closing an import cycle.
 """
 
 from __future__ import annotations
@@ -36,12 +37,6 @@ class RelayState:
     metrics: RelayMetrics
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
-    draining: bool = False
-    # Set once the process is shutting down (SIGTERM, app shutdown): an undrain request
-    # (POST /nodes/{id}/undrain) then changes nothing, so a stopping node stays closed.
-    stopping: bool = False
-    # Where /metrics is served when [relay] metrics_listen moves it off the public port.
-    metrics_address: tuple[str, int] | None = None
     # token_hosts, worked out once per (public_url, public_hosts): it is read per handshake.
     _token_hosts: tuple[tuple[str, tuple[str, ...]], frozenset[str]] | None = field(
         default=None, repr=False
