@@ -14,6 +14,7 @@ from hybridrelay.relay.store.schema import (
     TIME,
     Field,
     Schema,
+    array_of,
     enum_codec,
 )
 
@@ -152,6 +153,72 @@ def test_a_nullable_field_with_an_encoder_writes_null_as_null() -> None:
     assert when.encode(Thing(name="a", born=0.0)) == {"at": "1970-01-01T00:00:00.000000Z"}
 
 
-def test_an_attribute_must_be_an_identifier() -> None:
+@pytest.mark.parametrize("attr", ["a b", "a.", "a.1b", "a;b", "-1", "a()"])
+def test_an_attribute_must_be_an_identifier_a_path_or_an_index(attr: str) -> None:
     with pytest.raises(ValueError, match="not an identifier"):
-        Schema("Bad", where="bad", fields=(Field("x", "a.b", STRING),))
+        Schema("Bad", where="bad", fields=(Field("x", attr, STRING),))
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    pairs: tuple[tuple[str, int], ...]
+    thing: Thing
+    kind: str
+
+
+PAIR = Schema(
+    "Pair",
+    where="pair",
+    fields=(
+        Field("name", "0", STRING, always=True),
+        Field("count", "1", INTEGER, always=True, minimum=1),
+    ),
+)
+VIEW = Schema(
+    "View",
+    where="view",
+    description="A read-only view.",
+    fields=(
+        Field("kind", "kind", STRING, always=True),
+        Field("thingName", "thing.name", STRING, always=True),
+        Field("pairs", "pairs", array_of(PAIR), description="Name and count."),
+        Field("size", "thing.size", INTEGER, when=lambda v: v.kind == "big"),
+        Field("colour", "thing.colour", STRING, when=lambda v: v.kind == "big"),
+        Field("bornAt", "thing.born", TIME, nullable=True),
+    ),
+)
+
+
+def test_a_view_reads_paths_and_indices_and_writes_its_conditional_fields_in_order() -> None:
+    thing = Thing(name="a", size=4, born=None)
+    small = VIEW.encode(Held(pairs=(("x", 2),), thing=thing, kind="small"))
+    assert small == {
+        "kind": "small",
+        "thingName": "a",
+        "pairs": [{"name": "x", "count": 2}],
+        "bornAt": None,
+    }
+    big = VIEW.encode(Held(pairs=(), thing=thing, kind="big"))
+    assert list(big) == ["kind", "thingName", "pairs", "size", "colour", "bornAt"]
+    assert (big["size"], big["colour"]) == (4, "red")
+
+
+def test_a_view_documents_its_nested_objects_inline_and_is_never_decoded() -> None:
+    assert VIEW.components() == {"View": VIEW.document()}
+    pairs = VIEW.document()["properties"]["pairs"]  # type: ignore[index]
+    assert pairs == {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "count"],
+            "properties": {
+                "name": {"type": "string"},
+                "count": {"type": "integer", "minimum": 1},
+            },
+        },
+        "description": "Name and count.",
+    }
+    with pytest.raises(TypeError, match="read-only view"):
+        VIEW.decode({})
+    with pytest.raises(TypeError, match="read-only view"):
+        VIEW.check(Held(pairs=(), thing=Thing(name="a"), kind="small"))

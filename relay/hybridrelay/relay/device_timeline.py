@@ -30,11 +30,12 @@ from typing import Final, Literal
 
 from aiohttp import web
 
-from hybridrelay.relay.store.models import format_time
+from hybridrelay.relay.store.schema import DATE_TIME, INTEGER, STRING, Field, Schema, enum_codec
 
 __all__ = [
     "DEVICE_NAMED",
     "TIMELINES",
+    "TIMELINE_ENTRY",
     "CheckIn",
     "DeviceTimelines",
     "TimelineEntry",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 TimelineKind = Literal["connected", "disconnected", "authFailed"]
+_KINDS: Final[tuple[TimelineKind, ...]] = ("connected", "disconnected", "authFailed")
 CheckIn = Literal["onSchedule", "overdue", "never", "unscheduled"]
 _MAX_TEXT: Final = 160  # an entry's reason: close reasons are 123 bytes at most
 
@@ -65,15 +67,51 @@ class TimelineEntry:
     code: int | None = None  # the WebSocket close code of a disconnect, when known
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "time": format_time(self.at),
-            "kind": self.kind,
-            "hybridConnection": self.hybrid_connection,
-            "role": self.role,
-            "reason": self.reason,
-            "status": self.status,
-            "closeCode": self.code,
-        }
+        return TIMELINE_ENTRY.encode(self)
+
+
+# An entry as GET /devices/{id}/timeline lists it (mgmt/views.py: DeviceTimeline).
+TIMELINE_ENTRY: Final = Schema(
+    "TimelineEntry",
+    where="entry",
+    fields=(
+        Field("time", "at", DATE_TIME, always=True),
+        Field("kind", "kind", enum_codec(_KINDS, "must be a timeline kind"), always=True),
+        Field("hybridConnection", "hybrid_connection", STRING, always=True),
+        Field(
+            "role",
+            "role",
+            STRING,
+            always=True,
+            description="listener (a control channel) or sender (a relayed stream it "
+            "opened); streams spliced to its control channel are not listed.",
+        ),
+        Field(
+            "reason",
+            "reason",
+            STRING,
+            always=True,
+            description="Why it disconnected (the relay's reason when it cut the "
+            "connection) or why it was refused.",
+        ),
+        Field(
+            "status",
+            "status",
+            INTEGER,
+            nullable=True,
+            always=True,
+            description="An auth failure's HTTP status.",
+        ),
+        Field(
+            "closeCode",
+            "code",
+            INTEGER,
+            nullable=True,
+            always=True,
+            description="A control channel's close code.",
+        ),
+    ),
+)
 
 
 class DeviceTimelines:

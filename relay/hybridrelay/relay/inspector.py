@@ -22,13 +22,11 @@ the streamed response chunks (:class:`Capture`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import web
@@ -120,27 +118,10 @@ class CapturedBody:
     size: int | None = 0
     complete: bool = True  # ``data`` is the whole body (redaction aside)
 
-    def to_json(self) -> dict[str, object]:
-        try:
-            text: str | None = self.data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        return {
-            "size": self.size,
-            "captured": len(self.data),
-            "complete": self.complete,
-            "text": text,
-            "base64": base64.b64encode(self.data).decode("ascii"),
-        }
-
 
 def _body(data: bytes, size: int | None, complete: bool) -> CapturedBody:
     redacted = _SIG_BYTES.sub(lambda m: m.group(1) + REDACTED.encode(), data)
     return CapturedBody(data=redacted, size=size, complete=complete)
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,30 +145,6 @@ class Record:
     @property
     def duration(self) -> float:
         return max(0.0, self.answered_at - self.received_at)
-
-    def summary_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "method": self.method,
-            "target": self.target,
-            "status": self.status,
-            "receivedAt": _iso(self.received_at),
-            "answeredAt": _iso(self.answered_at),
-            "duration": round(self.duration, 6),
-            "requestBodySize": self.request_body.size,
-            "responseBodySize": self.response_body.size,
-            "error": self.error,
-            "replayOf": self.replay_of,
-        }
-
-    def to_json(self) -> dict[str, object]:
-        doc = self.summary_json()
-        doc["hybridConnection"] = self.hybrid_connection
-        doc["requestHeaders"] = [[name, value] for name, value in self.request_headers]
-        doc["requestBody"] = self.request_body.to_json()
-        doc["responseHeaders"] = [[name, value] for name, value in self.response_headers]
-        doc["responseBody"] = self.response_body.to_json()
-        return doc
 
 
 class _BodyTap:

@@ -19,7 +19,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -29,6 +28,7 @@ from hybridrelay.relay.cluster.base import MAX_NODE_HCS, NodeSummary
 from hybridrelay.relay.hc_endpoints import shutdown_connections
 from hybridrelay.relay.lifecycle import LIFECYCLE, NodeLifecycle
 from hybridrelay.relay.listeners import LISTENERS, ListenerRegistry
+from hybridrelay.relay.mgmt.views import NODE
 from hybridrelay.relay.splices import SPLICES, SpliceRegistry
 from hybridrelay.relay.state import STATE, RelayState
 
@@ -59,16 +59,10 @@ def summarize(
     )
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def node_json(node: NodeSummary) -> dict[str, object]:
-    """A node as ``GET /$mgmt/v1/nodes`` answers it (times as ISO 8601, like the API's)."""
-    doc = node.to_json()
-    doc["startedAt"] = _iso(node.started_at)
-    doc["seenAt"] = _iso(node.seen_at)
-    return doc
+    """A node as ``GET /$mgmt/v1/nodes`` answers it (times as ISO 8601, like the API's;
+    ``node.to_json`` is the cluster's wire format)."""
+    return NODE.encode(node)
 
 
 async def drain_here(app: web.Application) -> None:

@@ -73,6 +73,7 @@ from hybridrelay.relay.mgmt.live import (
 )
 from hybridrelay.relay.mgmt.openapi import openapi_json
 from hybridrelay.relay.mgmt.serving import method_not_allowed, serve_managed
+from hybridrelay.relay.mgmt.views import DEVICE_TIMELINE, DRAIN, HC_COUNTERS, DeviceTimelineRow
 from hybridrelay.relay.middleware import ACTION_KEY
 from hybridrelay.relay.nodes import node_json
 from hybridrelay.relay.sources import REFUSED_SOURCES
@@ -87,7 +88,6 @@ from hybridrelay.relay.store.models import (
     KeyKind,
     Page,
     Rule,
-    format_time,
     rights_from_json,
     validate_device_id,
 )
@@ -230,10 +230,10 @@ def _check_api_name(name: str) -> None:
 
 async def _hc_metrics(call: _Call, name: str) -> web.StreamResponse:
     hc = await _existing_hc(call.state, name)
-    doc = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+    counters = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
     # Listeners on every node (the cap counts them all); the counters are this node's.
-    doc["listenersAllNodes"] = await call.state.cluster.listener_count(hc.name)
-    return _json(doc)
+    everywhere = await call.state.cluster.listener_count(hc.name)
+    return _json(HC_COUNTERS.encode(replace(counters, listeners_all_nodes=everywhere)))
 
 
 async def _hc_json(state: RelayState, hc: HybridConnection) -> dict[str, object]:
@@ -491,17 +491,7 @@ async def _device_timeline(call: _Call, device_id: str) -> web.StreamResponse:
     device = await _existing_device(call.state, device_id)
     verdict, due = check_in(device.last_activity_time, device.check_in_interval, call.state.now())
     entries = call.request.app[TIMELINES].entries(device.device_id)
-    return _json(
-        {
-            "deviceId": device.device_id,
-            "connectionState": device.connection_state.capitalize(),
-            "lastActivityTime": format_time(device.last_activity_time),
-            "checkInIntervalSeconds": device.check_in_interval,
-            "checkIn": verdict,
-            "nextCheckInDue": format_time(due) if due is not None else None,
-            "value": [e.to_json() for e in entries],
-        }
-    )
+    return _json(DEVICE_TIMELINE.encode(DeviceTimelineRow(device, verdict, due, entries)))
 
 
 async def _device_action(request: web.Request) -> web.StreamResponse:
@@ -579,7 +569,8 @@ async def _stats(call: _Call) -> web.StreamResponse:
     name = call.request.query.get("hybridConnection")
     if name is not None:
         hc = await _existing_hc(call.state, name)
-        doc["hybridConnection"] = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+        counters = azure_counters(hc.name, call.state.metrics.hc_numbers(hc.name))
+        doc["hybridConnection"] = HC_COUNTERS.encode(counters)
     return _json(doc)
 
 
@@ -606,13 +597,13 @@ async def _nodes(call: _Call) -> web.StreamResponse:
 async def _drain_node(call: _Call, node_id: str) -> web.StreamResponse:
     if not await call.state.cluster.request_drain(node_id):
         raise EntityNotFoundError(f"no live node {node_id!r}")
-    return _json({"id": node_id, "draining": True}, status=202)
+    return _json(DRAIN.encode((node_id, True)), status=202)
 
 
 async def _undrain_node(call: _Call, node_id: str) -> web.StreamResponse:
     if not await call.state.cluster.request_drain(node_id, drain=False):
         raise EntityNotFoundError(f"no live node {node_id!r}")
-    return _json({"id": node_id, "draining": False}, status=202)
+    return _json(DRAIN.encode((node_id, False)), status=202)
 
 
 async def _node_drain(request: web.Request) -> web.StreamResponse:

@@ -58,6 +58,12 @@ from hybridrelay.relay.mgmt.access import Manager, request_token
 from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.json_body import parse_json_object, read_body
 from hybridrelay.relay.mgmt.serving import serve_managed
+from hybridrelay.relay.mgmt.views import (
+    INSPECTED_REQUEST_SUMMARY,
+    INSPECTOR_SETTINGS,
+    InspectorSettingsRow,
+    inspected_request,
+)
 from hybridrelay.relay.state import STATE, RelayState
 from hybridrelay.relay.store.models import ChangeEvent, HybridConnection
 
@@ -200,13 +206,15 @@ async def _body(request: web.Request) -> dict[str, object]:
 
 
 def _settings(call: _Call) -> dict[str, object]:
-    return {
-        "hybridConnection": call.hc.name,
-        "enabled": call.inspector.enabled(call.hc.name),
-        "capacity": call.inspector.capacity,
-        "bodyLimit": call.inspector.body_limit,
-        "recorded": len(call.inspector.recorded(call.hc.name)),
-    }
+    return INSPECTOR_SETTINGS.encode(
+        InspectorSettingsRow(
+            hybrid_connection=call.hc.name,
+            enabled=call.inspector.enabled(call.hc.name),
+            capacity=call.inspector.capacity,
+            body_limit=call.inspector.body_limit,
+            recorded=len(call.inspector.recorded(call.hc.name)),
+        )
+    )
 
 
 async def _get_settings(call: _Call) -> web.StreamResponse:
@@ -233,7 +241,7 @@ async def _put_settings(call: _Call) -> web.StreamResponse:
 
 
 async def _list(call: _Call) -> web.StreamResponse:
-    value = [r.summary_json() for r in call.inspector.recorded(call.hc.name)]
+    value = [INSPECTED_REQUEST_SUMMARY.encode(r) for r in call.inspector.recorded(call.hc.name)]
     return _json({"value": value, "continuationToken": None, "nextLink": None})
 
 
@@ -246,7 +254,7 @@ def _record(call: _Call) -> Record:
 
 
 async def _get(call: _Call) -> web.StreamResponse:
-    return _json(_record(call).to_json())
+    return _json(inspected_request(_record(call)))
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -451,7 +459,8 @@ async def _replay(call: _Call) -> web.StreamResponse:
                 ),
             },
         )
-    return _json({"status": status, "replay": replayed.to_json() if replayed else None})
+    replay = inspected_request(replayed) if replayed else None
+    return _json({"status": status, "replay": replay})
 
 
 def inspector_routes() -> list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:

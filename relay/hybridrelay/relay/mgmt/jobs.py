@@ -62,9 +62,10 @@ from hybridrelay.relay.mgmt.audit import AUDIT
 from hybridrelay.relay.mgmt.events import EVENTS, EventHub
 from hybridrelay.relay.mgmt.json_body import body_chunks, parse_json_object
 from hybridrelay.relay.mgmt.serving import serve_managed
+from hybridrelay.relay.mgmt.views import IMPORT_ERROR, JOB, MAX_REPORTED_ERRORS, ImportErrorRow
 from hybridrelay.relay.private_files import open_private, private_dir
 from hybridrelay.relay.state import STATE, RelayState
-from hybridrelay.relay.store.models import MAX_PAGE, Device, format_time, validate_device_id
+from hybridrelay.relay.store.models import MAX_PAGE, Device, validate_device_id
 
 __all__ = [
     "JOBS",
@@ -83,7 +84,6 @@ ImportMode = Literal["create", "update", "updateIfMatchETag", "delete", "deleteI
 # One import line is one device document, whose fields are bounded (store/models.py):
 # a line over this is that line's error ("import_line_size"), the job goes on.
 MAX_LINE_BYTES: Final = 64 * 1024
-MAX_REPORTED_ERRORS: Final = 1000  # errors listed in the job; all are in its errors file
 MAX_JOBS_KEPT: Final = 100  # finished jobs remembered (the oldest are forgotten first)
 _PREFIX: Final = "/$mgmt/v1"
 _CHUNK: Final = 1 << 20
@@ -140,27 +140,17 @@ class Job:
     def finished(self) -> bool:
         return self.status in ("completed", "failed")
 
+    @property
+    def output_url(self) -> str | None:
+        return f"{_PREFIX}/jobs/{self.job_id}/output" if self.type == "export" else None
+
+    @property
+    def errors_url(self) -> str:
+        return f"{_PREFIX}/jobs/{self.job_id}/errors"
+
     def to_json(self) -> dict[str, object]:
-        doc: dict[str, object] = {
-            "jobId": self.job_id,
-            "type": self.type,
-            "status": self.status,
-            "progress": self.progress,
-            "startTime": format_time(self.start_time),
-            "endTime": format_time(self.end_time),
-            "deviceCount": self.device_count,
-            "failureReason": self.failure_reason,
-            "outputUrl": f"{_PREFIX}/jobs/{self.job_id}/output" if self.type == "export" else None,
-        }
-        if self.type == "import":
-            doc.update(
-                succeeded=self.succeeded,
-                failed=self.failed,
-                errorCount=self.failed,
-                errors=list(self.errors),
-                errorsUrl=f"{_PREFIX}/jobs/{self.job_id}/errors",
-            )
-        return doc
+        """The job document (mgmt/views.py: JOB); an import job's adds its counts."""
+        return JOB.encode(self)
 
 
 class JobRegistry:
@@ -417,13 +407,8 @@ async def _apply(state: RelayState, doc: dict[str, object]) -> None:
 
 
 def _line_error(number: int, device_id: object, exc: HybridRelayError) -> dict[str, object]:
-    return {
-        "line": number,
-        "deviceId": device_id if isinstance(device_id, str) else None,
-        "errorCode": exc.error_code,
-        "errorStatus": exc.http_status,
-        "message": str(exc),
-    }
+    known = device_id if isinstance(device_id, str) else None
+    return IMPORT_ERROR.encode(ImportErrorRow(number, known, exc))
 
 
 async def _import(state: RelayState, job: Job, size: int) -> None:

@@ -12,7 +12,6 @@ with Manage. A cluster's other nodes answer for their own listeners and streams.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import web
@@ -21,6 +20,12 @@ from hybridrelay.errors import EntityNotFoundError, ValidationError
 from hybridrelay.protocol.codes import CloseCode
 from hybridrelay.relay.listeners import ListenerRegistry
 from hybridrelay.relay.metrics import HcStats, RelayMetrics
+from hybridrelay.relay.mgmt.views import (
+    LISTENER,
+    STREAM,
+    AzureCounters,
+    ListenerRow,
+)
 from hybridrelay.relay.splice import Splice
 from hybridrelay.relay.splices import SpliceRegistry
 
@@ -57,10 +62,6 @@ _REASONS: Final = {
 }
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _entity_filter(request: web.Request) -> str | None:
     name = request.query.get("hybridConnection")
     if name is None:
@@ -86,18 +87,6 @@ def _streams(splices: SpliceRegistry) -> list[Splice]:
     return sorted(started, key=lambda s: (s.started_at, s.stream_id))
 
 
-def _stream_json(splice: Splice) -> dict[str, object]:
-    return {
-        "id": splice.stream_id,
-        "hybridConnection": splice.hc_name,
-        "listenerId": splice.listener_id,
-        "senderAddress": splice.sender_address,
-        "startedAt": _iso(splice.started_at),
-        "bytesSenderToListener": splice.sender.bytes_in,
-        "bytesListenerToSender": splice.listener.bytes_in,
-    }
-
-
 def list_listeners(
     request: web.Request, listeners: ListenerRegistry, splices: SpliceRegistry, node: str
 ) -> dict[str, object]:
@@ -108,18 +97,14 @@ def list_listeners(
         streams[key] = streams.get(key, 0) + 1
     channels = sorted(listeners, key=lambda c: (c.hc_name.casefold(), c.connected_at))
     value = [
-        {
-            "hybridConnection": channel.hc_name,
-            "id": channel.listener_id,
-            "remoteAddress": channel.remote_address,
-            "connectedAt": _iso(channel.connected_at),
-            "activeStreams": streams.get((channel.hc_name.casefold(), channel.listener_id), 0),
-            "node": node,
-            "agentId": agent_id(channel.listener_id, channel.hc_name),
-            "lastPingRoundTripMs": None
-            if channel.last_ping_rtt is None
-            else round(channel.last_ping_rtt * 1000, 3),
-        }
+        LISTENER.encode(
+            ListenerRow(
+                channel,
+                active_streams=streams.get((channel.hc_name.casefold(), channel.listener_id), 0),
+                node=node,
+                agent_id=agent_id(channel.listener_id, channel.hc_name),
+            )
+        )
         for channel in channels
         if wanted is None or channel.hc_name.casefold() == wanted
     ]
@@ -129,7 +114,7 @@ def list_listeners(
 def list_streams(request: web.Request, splices: SpliceRegistry) -> dict[str, object]:
     wanted = _entity_filter(request)
     value = [
-        _stream_json(s)
+        STREAM.encode(s)
         for s in _streams(splices)
         if wanted is None or (s.hc_name or "").casefold() == wanted
     ]
@@ -172,14 +157,14 @@ def stats(
     }
 
 
-def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
+def azure_counters(name: str, numbers: HcStats | None) -> AzureCounters:
     """One hybrid connection's numbers on this node, named as Azure Monitor names them.
 
     None (nothing counted yet, or the entity shares the ``_other`` metrics label beyond
     ``max_metrics_hc_labels``) reads as zeros. Refusals are split by who asked (a
     listener's ``listen``: ListenerConnections-*, everything else: SenderConnections-*)
     and by class: 4xx is the caller's error (bad token, no listener, quota), 5xx the
-    relay's or the listener's.
+    relay's or the listener's. Written by ``HC_COUNTERS`` (mgmt/views.py).
     """
     n = numbers or HcStats()
 
@@ -188,16 +173,16 @@ def azure_counters(name: str, numbers: HcStats | None) -> dict[str, object]:
 
     listener_client = count(n.listener_rejections, "4")
     listener_server = count(n.listener_rejections, "5")
-    return {
-        "name": name,
-        "counted": numbers is not None,
-        "ActiveListeners": n.listeners,
-        "ActiveConnections": n.active_connections,
-        "ListenerConnections-Success": n.listener_connects,
-        "ListenerConnections-ClientError": listener_client,
-        "ListenerConnections-ServerError": listener_server,
-        "SenderConnections-Success": n.connections + n.http_requests,
-        "SenderConnections-ClientError": count(n.rejections, "4") - listener_client,
-        "SenderConnections-ServerError": count(n.rejections, "5") - listener_server,
-        "BytesTransferred": n.bytes_up + n.bytes_down,
-    }
+    return AzureCounters(
+        name=name,
+        counted=numbers is not None,
+        active_listeners=n.listeners,
+        active_connections=n.active_connections,
+        listener_success=n.listener_connects,
+        listener_client_errors=listener_client,
+        listener_server_errors=listener_server,
+        sender_success=n.connections + n.http_requests,
+        sender_client_errors=count(n.rejections, "4") - listener_client,
+        sender_server_errors=count(n.rejections, "5") - listener_server,
+        bytes_transferred=n.bytes_up + n.bytes_down,
+    )

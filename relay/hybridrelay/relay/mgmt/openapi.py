@@ -2,10 +2,13 @@
 
 The schemas of the stored resources (hybrid connections, rules, CA certificates) are
 generated from their one declaration (``relay/store/schema.py``), which the records'
-JSON codecs are generated from too; the rest is a plain dict so that it reads like the
+JSON codecs are generated from too; so are those of the read-only views the handlers
+encode from live objects (listeners, streams, nodes, drains, jobs and their line
+errors, device timelines, a hybrid connection's counters, the inspector's settings and
+records: ``relay/mgmt/views.py``). The rest is a plain dict so that it reads like the
 document it produces, and the helpers below only remove repetition (responses,
-parameters, list envelopes). The test suite
-validates it (openapi-spec-validator) and runs schemathesis against the relay with it.
+parameters, list envelopes). The test suite validates it (openapi-spec-validator) and runs
+schemathesis against the relay with it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,24 @@ import json
 from typing import Final
 
 from hybridrelay.relay.config import WEBHOOK_EVENTS
+from hybridrelay.relay.mgmt.views import (
+    DEVICE_TIMELINE,
+    DRAIN,
+    HC_COUNTERS,
+    HEADER_PAIRS,
+    IMPORT_ERROR,
+    INSPECTED_BODY,
+    INSPECTED_REQUEST,
+    INSPECTED_REQUEST_SUMMARY,
+    INSPECTOR_SETTINGS,
+    JOB,
+    LISTENER,
+    NODE,
+    STREAM,
+)
 from hybridrelay.relay.store.certificates import CA_CERTIFICATE
 from hybridrelay.relay.store.models import DEVICE, GRANTS, HYBRID_CONNECTION, RULE
+from hybridrelay.relay.store.schema import TIME
 
 __all__ = ["build_openapi", "openapi_json"]
 
@@ -139,10 +158,6 @@ _PAGING: Final = (
 )
 
 
-# The device timeline repeats the device's field (declared once, in the device's schema).
-_CHECK_IN: Final[Doc] = DEVICE.field("checkInIntervalSeconds").document()
-
-
 def _list_of(item: str) -> Doc:
     return {
         "type": "object",
@@ -161,10 +176,7 @@ def _list_of(item: str) -> Doc:
     }
 
 
-_TIME: Final[Doc] = {
-    "type": "string",
-    "description": "ISO 8601 UTC; 0001-01-01T00:00:00Z means never.",
-}
+_TIME: Final[Doc] = TIME.openapi  # the hand-written schemas' times
 
 _SCHEMAS: Final[dict[str, Doc]] = {
     "Event": {
@@ -261,45 +273,8 @@ _SCHEMAS: Final[dict[str, Doc]] = {
     **GRANTS.components(),
     **DEVICE.components(),
     "DeviceList": _list_of("Device"),
-    "ImportError": {
-        "type": "object",
-        "required": ["line", "deviceId", "errorCode", "errorStatus", "message"],
-        "properties": {
-            "line": {"type": "integer", "minimum": 1, "description": "1-based line number."},
-            "deviceId": {"type": ["string", "null"], "description": "Null when unknown."},
-            "errorCode": {"type": "string"},
-            "errorStatus": {"type": "integer"},
-            "message": {"type": "string"},
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": ["jobId", "type", "status", "progress", "startTime", "endTime"],
-        "properties": {
-            "jobId": {"type": "string"},
-            "type": {"type": "string", "enum": ["export", "import"]},
-            "status": {"type": "string", "enum": ["enqueued", "running", "completed", "failed"]},
-            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-            "startTime": _TIME,
-            "endTime": _TIME,
-            "deviceCount": {
-                "type": "integer",
-                "description": "Export: devices written; import: non-blank lines read.",
-            },
-            "failureReason": {"type": ["string", "null"]},
-            "outputUrl": {"type": ["string", "null"], "description": "Export jobs only."},
-            "succeeded": {"type": "integer", "description": "Import jobs only."},
-            "failed": {"type": "integer", "description": "Import jobs only."},
-            "errorCount": {"type": "integer", "description": "Import jobs only."},
-            "errors": {
-                "type": "array",
-                "maxItems": 1000,
-                "items": _ref("ImportError"),
-                "description": "Import jobs only: the first 1,000 line errors.",
-            },
-            "errorsUrl": {"type": "string", "description": "Import jobs only."},
-        },
-    },
+    **IMPORT_ERROR.components(),
+    **JOB.components(),
     "JobList": {
         "type": "object",
         "required": ["value"],
@@ -541,62 +516,9 @@ _HC_FILTER: Final = _param(
     required=False,
 )
 _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
-    "Listener": {
-        "type": "object",
-        "description": "A listener's control channel connected to this node.",
-        "required": [
-            "hybridConnection",
-            "id",
-            "remoteAddress",
-            "connectedAt",
-            "activeStreams",
-            "node",
-            "agentId",
-            "lastPingRoundTripMs",
-        ],
-        "properties": {
-            "hybridConnection": {"type": "string"},
-            "id": {"type": "string", "description": "The listener's id (its tracking id)."},
-            "remoteAddress": {"type": "string", "description": "address:port as seen here."},
-            "connectedAt": _TIME,
-            "activeStreams": {"type": "integer", "minimum": 0},
-            "node": {"type": "string", "description": "The relay node holding it (node id)."},
-            "agentId": {
-                "type": ["string", "null"],
-                "description": "The listener agent's agent_id, read from an id of the "
-                "agent's {agent_id}-{hc}-{i} form; null for other listeners.",
-            },
-            "lastPingRoundTripMs": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "Milliseconds from the relay's last answered keepalive "
-                "ping to its pong; null until the first pong.",
-            },
-        },
-    },
+    **LISTENER.components(),
     "ListenerList": _list_of("Listener"),
-    "Stream": {
-        "type": "object",
-        "description": "A spliced WebSocket stream (sender <-> listener) open on this node.",
-        "required": [
-            "id",
-            "hybridConnection",
-            "listenerId",
-            "senderAddress",
-            "startedAt",
-            "bytesSenderToListener",
-            "bytesListenerToSender",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "hybridConnection": {"type": "string"},
-            "listenerId": {"type": "string"},
-            "senderAddress": {"type": "string"},
-            "startedAt": _TIME,
-            "bytesSenderToListener": {"type": "integer", "minimum": 0},
-            "bytesListenerToSender": {"type": "integer", "minimum": 0},
-        },
-    },
+    **STREAM.components(),
     "StreamList": _list_of("Stream"),
     "Stats": {
         "type": "object",
@@ -694,45 +616,7 @@ _LIVE_SCHEMAS: Final[dict[str, Doc]] = {
     },
 }
 _NODE_SCHEMAS: Final[dict[str, Doc]] = {
-    "Node": {
-        "type": "object",
-        "description": "A relay node, as its last heartbeat described it (this node: now). "
-        "Without a cluster the one node is 'local'.",
-        "required": [
-            "id",
-            "address",
-            "listeners",
-            "streams",
-            "pendingRendezvous",
-            "draining",
-            "startedAt",
-            "seenAt",
-            "hybridConnections",
-        ],
-        "properties": {
-            "id": {"type": "string", "description": "The node id ([cluster] node_id)."},
-            "address": {"type": "string", "description": "Its public URL."},
-            "listeners": {"type": "integer", "minimum": 0, "description": "Control channels."},
-            "streams": {"type": "integer", "minimum": 0, "description": "Spliced streams."},
-            "pendingRendezvous": {"type": "integer", "minimum": 0},
-            "draining": {"type": "boolean"},
-            "startedAt": _TIME,
-            "seenAt": _TIME,
-            "hybridConnections": {
-                "type": "array",
-                "description": "Listeners it holds per hybrid connection, the most first "
-                "(100 at most).",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "listeners"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "listeners": {"type": "integer", "minimum": 1},
-                    },
-                },
-            },
-        },
-    },
+    **NODE.components(),
     "NodeList": {
         "type": "object",
         "required": ["value", "self"],
@@ -741,14 +625,7 @@ _NODE_SCHEMAS: Final[dict[str, Doc]] = {
             "self": {"type": "string", "description": "The id of the node that answered."},
         },
     },
-    "Drain": {
-        "type": "object",
-        "required": ["id", "draining"],
-        "properties": {
-            "id": {"type": "string"},
-            "draining": {"type": "boolean", "description": "What the node was asked to be."},
-        },
-    },
+    **DRAIN.components(),
 }
 _NODE_PATHS: Final[dict[str, Doc]] = {
     "/nodes": {
@@ -799,92 +676,9 @@ _NODE_PATHS: Final[dict[str, Doc]] = {
         },
     },
 }
-_AZURE_COUNTERS: Final = (
-    "ActiveListeners",
-    "ActiveConnections",
-    "ListenerConnections-Success",
-    "ListenerConnections-ClientError",
-    "ListenerConnections-ServerError",
-    "SenderConnections-Success",
-    "SenderConnections-ClientError",
-    "SenderConnections-ServerError",
-    "BytesTransferred",
-)
-_TIMELINE_ENTRY: Final[Doc] = {
-    "type": "object",
-    "required": ["time", "kind", "hybridConnection", "role", "reason", "status", "closeCode"],
-    "properties": {
-        "time": {"type": "string", "format": "date-time"},
-        "kind": {"type": "string", "enum": ["connected", "disconnected", "authFailed"]},
-        "hybridConnection": {"type": "string"},
-        "role": {
-            "type": "string",
-            "description": "listener (a control channel) or sender (a relayed stream it "
-            "opened); streams spliced to its control channel are not listed.",
-        },
-        "reason": {
-            "type": "string",
-            "description": "Why it disconnected (the relay's reason when it cut the "
-            "connection) or why it was refused.",
-        },
-        "status": {"type": ["integer", "null"], "description": "An auth failure's HTTP status."},
-        "closeCode": {
-            "type": ["integer", "null"],
-            "description": "A control channel's close code.",
-        },
-    },
-}
 _DEVICE_DETAIL_SCHEMAS: Final[dict[str, Doc]] = {
-    "HcCounters": {
-        "type": "object",
-        "description": "A hybrid connection's numbers on this node, named as Azure Monitor "
-        "names them. ListenerConnections-*: control channels opened, and listen requests "
-        "refused by 4xx (the caller's error) and 5xx (the relay's); SenderConnections-*: "
-        "relayed connections and HTTP requests answered, and the other refusals, likewise "
-        "split; BytesTransferred: of finished streams. counted is false when nothing was "
-        "counted yet or the entity is beyond max_metrics_hc_labels.",
-        "required": ["name", "counted", *_AZURE_COUNTERS],
-        "properties": {
-            "name": {"type": "string"},
-            "counted": {"type": "boolean"},
-            "listenersAllNodes": {
-                "type": "integer",
-                "description": "Listeners on every node (GET /metrics only).",
-            },
-            **{counter: {"type": "integer"} for counter in _AZURE_COUNTERS},
-        },
-    },
-    "DeviceTimeline": {
-        "type": "object",
-        "required": [
-            "deviceId",
-            "connectionState",
-            "lastActivityTime",
-            "checkInIntervalSeconds",
-            "checkIn",
-            "nextCheckInDue",
-            "value",
-        ],
-        "properties": {
-            "deviceId": {"type": "string"},
-            "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
-            "lastActivityTime": _TIME,
-            "checkInIntervalSeconds": _CHECK_IN,
-            "checkIn": {
-                "type": "string",
-                "enum": ["onSchedule", "overdue", "never", "unscheduled"],
-                "description": "Last activity against checkInIntervalSeconds: onSchedule "
-                "until one interval after it, then overdue; never (never active) and "
-                "unscheduled (no interval) otherwise.",
-            },
-            "nextCheckInDue": {"type": ["string", "null"], "format": "date-time"},
-            "value": {
-                "type": "array",
-                "description": "Newest first; at most device_timeline_entries, this node's.",
-                "items": _TIMELINE_ENTRY,
-            },
-        },
-    },
+    **HC_COUNTERS.components(),
+    **DEVICE_TIMELINE.components(),
 }
 _SEARCH_PARAMS: Final = (
     _param(
@@ -1002,128 +796,12 @@ _LIVE_PATHS: Final[dict[str, Doc]] = {
 
 # --- the HTTP inspector (mgmt/inspector.py) ---
 
-_HEADER_PAIRS: Final[Doc] = {
-    "type": "array",
-    "items": {
-        "type": "array",
-        "items": {"type": "string"},
-        "minItems": 2,
-        "maxItems": 2,
-        "description": "[name, value]",
-    },
-}
 _INSPECTOR_SCHEMAS: Final[dict[str, Doc]] = {
-    "InspectorSettings": {
-        "type": "object",
-        "description": "Whether this node's HTTP inspector records the hybrid connection's "
-        "HTTP-mode requests, and its bounds (inspector_requests, inspector_body_size).",
-        "required": ["hybridConnection", "enabled", "capacity", "bodyLimit", "recorded"],
-        "properties": {
-            "hybridConnection": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "capacity": {"type": "integer", "description": "Requests kept (the oldest goes)."},
-            "bodyLimit": {"type": "integer", "description": "Bytes kept of each body."},
-            "recorded": {"type": "integer", "description": "Requests kept now."},
-        },
-    },
-    "InspectorSettingsInput": {
-        "type": "object",
-        "required": ["enabled"],
-        "properties": {
-            "enabled": {
-                "type": "boolean",
-                "description": "true: record (403 when max_inspected_hcs are on already); "
-                "false: stop and forget what was recorded.",
-            }
-        },
-    },
-    "InspectedBody": {
-        "type": "object",
-        "description": "The first bytes of a body, with SAS signatures (sig=...) redacted.",
-        "required": ["size", "captured", "complete", "text", "base64"],
-        "properties": {
-            "size": {
-                "type": ["integer", "null"],
-                "description": "The whole body's bytes; null when unknown (streamed).",
-            },
-            "captured": {"type": "integer", "description": "Bytes kept."},
-            "complete": {"type": "boolean", "description": "The whole body was kept."},
-            "text": {"type": ["string", "null"], "description": "The kept bytes as UTF-8."},
-            "base64": {"type": "string", "description": "The kept bytes."},
-        },
-    },
-    "InspectedRequestSummary": {
-        "type": "object",
-        "description": "An HTTP-mode request this node answered while the inspector was on.",
-        "required": [
-            "id",
-            "method",
-            "target",
-            "status",
-            "receivedAt",
-            "answeredAt",
-            "duration",
-            "requestBodySize",
-            "responseBodySize",
-            "error",
-            "replayOf",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "method": {"type": "string"},
-            "target": {
-                "type": "string",
-                "description": "Path and query as sent (sb-hc-token and sig= redacted).",
-            },
-            "status": {
-                "type": ["integer", "null"],
-                "description": "The status the sender got; null when it went away first.",
-            },
-            "receivedAt": _TIME,
-            "answeredAt": {**_TIME, "description": "When the answer was complete."},
-            "duration": {"type": "number", "description": "Seconds."},
-            "requestBodySize": {"type": ["integer", "null"]},
-            "responseBodySize": {"type": ["integer", "null"]},
-            "error": {
-                "type": ["string", "null"],
-                "description": "The relay's refusal or failure when no listener answered.",
-            },
-            "replayOf": {
-                "type": ["string", "null"],
-                "description": "The id of the request this one replayed.",
-            },
-        },
-    },
+    **INSPECTOR_SETTINGS.components(),
+    **INSPECTED_BODY.components(),
+    **INSPECTED_REQUEST_SUMMARY.components(),
     "InspectedRequestList": _list_of("InspectedRequestSummary"),
-    "InspectedRequest": {
-        "allOf": [
-            _ref("InspectedRequestSummary"),
-            {
-                "type": "object",
-                "required": [
-                    "hybridConnection",
-                    "requestHeaders",
-                    "requestBody",
-                    "responseHeaders",
-                    "responseBody",
-                ],
-                "properties": {
-                    "hybridConnection": {"type": "string"},
-                    "requestHeaders": {
-                        **_HEADER_PAIRS,
-                        "description": "As the sender sent them; Authorization, "
-                        "ServiceBusAuthorization, Cookie and the like are [redacted].",
-                    },
-                    "requestBody": _ref("InspectedBody"),
-                    "responseHeaders": {
-                        **_HEADER_PAIRS,
-                        "description": "As the sender got them (Set-Cookie [redacted]).",
-                    },
-                    "responseBody": _ref("InspectedBody"),
-                },
-            },
-        ]
-    },
+    "InspectedRequest": {"allOf": [_ref("InspectedRequestSummary"), INSPECTED_REQUEST.document()]},
     "ReplayInput": {
         "type": "object",
         "description": "Edits; a field left out keeps the recorded value. Redacted headers "
@@ -1135,7 +813,7 @@ _INSPECTOR_SCHEMAS: Final[dict[str, Doc]] = {
                 "description": "Path and query, percent-encoded, addressing the same "
                 "hybrid connection.",
             },
-            "headers": {**_HEADER_PAIRS, "maxItems": 200},
+            "headers": {**HEADER_PAIRS, "maxItems": 200},
             "body": {"type": "string", "description": "The body as text (UTF-8)."},
             "bodyBase64": {"type": "string", "description": "The body, base64."},
         },

@@ -15,6 +15,11 @@ reads the next field, so a refusal names the first bad field in document order;
 ``check`` applies the same value rules to a record built in code (the config file's
 hybrid connections).
 
+The management API's read-only views (``relay/mgmt/views.py``) are declared the same
+way, encode-only: a field may read a dotted path or a tuple index (``sender.bytes_in``,
+``0``) and be written only when a predicate holds (``when``), and :func:`array_of`
+nests a schema's objects in a field.
+
 The primitive decoders (``decode_object``, ``decode_str``, ...) and the time format
 (``format_time``/``parse_time``) live here too; the records' modules use them for what
 the declarations do not cover (a device's nested authentication).
@@ -25,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, Generic, NoReturn, TypeVar, cast
 
 from hybridrelay.errors import ValidationError
 
 __all__ = [
     "BOOLEAN",
+    "DATE_TIME",
     "INTEGER",
     "NUMBER",
     "REQUIRED",
@@ -40,6 +46,7 @@ __all__ = [
     "Doc",
     "Field",
     "Schema",
+    "array_of",
     "decode_bool",
     "decode_int",
     "decode_number",
@@ -47,6 +54,7 @@ __all__ = [
     "decode_optional_str",
     "decode_str",
     "decode_str_tuple",
+    "encode_only",
     "enum_codec",
     "format_time",
     "parse_time",
@@ -183,9 +191,20 @@ _TIME_DOC: Final[Doc] = {
 TIME: Final[Codec[float | None]] = Codec(parse_time, format_time, _TIME_DOC)
 
 
+# The same text documented as a date-time (a time that is there when written at all).
+DATE_TIME: Final[Codec[float | None]] = Codec(
+    parse_time, format_time, {"type": "string", "format": "date-time"}
+)
+
+
 def required_time() -> Codec[float]:
     """A time that must be given (absent, null and year 1 are refused)."""
     return Codec(_parse_required_time, format_time, _TIME_DOC)
+
+
+def encode_only(where: str, value: object) -> NoReturn:
+    """The decoder of a codec that only writes (a read-only view's): never called."""
+    raise TypeError(f"{where}: a read-only view's field is not decoded")
 
 
 def enum_codec(values: tuple[str, ...], refusal: str, *, strings_first: bool = False) -> Codec[str]:
@@ -206,6 +225,16 @@ def enum_codec(values: tuple[str, ...], refusal: str, *, strings_first: bool = F
     return Codec(decode, _same, {"type": "string", "enum": list(values)})
 
 
+def array_of(item: Schema) -> Codec[Iterable[object]]:
+    """A list of ``item`` objects, written with its encoder and documented inline."""
+    write = item.encode
+    return Codec(
+        encode_only,
+        lambda records: [write(r) for r in records],
+        {"type": "array", "items": item.document()},
+    )
+
+
 # --- fields and schemas -----------------------------------------------------------------
 
 
@@ -217,6 +246,8 @@ class Field:
         name: The JSON name (camelCase, as Azure and IoT Hub spell it).
         attr: The record's attribute; None for a field the API adds to the document
             (e.g. a hybrid connection's live ``listenerCount``), described but not coded.
+            A read-only view's field may read a dotted path (``sender.bytes_in``) or, for
+            a tuple record, an index (``0``); its schema is then encode-only.
         codec: The value's JSON type and its decoder/encoder.
         nullable: null is a value (None); the document's type says ``[type, "null"]``.
         default: The value when the field is absent; :data:`REQUIRED` when it must be there.
@@ -237,6 +268,8 @@ class Field:
         openapi: More JSON Schema keywords for the document only.
         input_openapi: More JSON Schema keywords for the input schema only (a rule or a
             description that concerns a writer).
+        when: Write the field only when this holds for the record (a view's fields that
+            concern some records only, e.g. an import job's counts); encode-only.
     """
 
     name: str
@@ -258,6 +291,7 @@ class Field:
     description: str | None = None
     openapi: Doc = field(default_factory=dict)
     input_openapi: Doc = field(default_factory=dict)
+    when: Callable[[Any], bool] | None = None
 
     @property
     def checked(self) -> bool:
@@ -307,6 +341,16 @@ class Field:
 _ABSENT: Final = object()
 
 
+def _reader(attr: str) -> str:
+    """The expression reading ``attr`` of ``record``: an attribute, a dotted path of
+    attributes or a tuple index; anything else is refused (it becomes source text)."""
+    if attr.isdecimal():
+        return f"record[{int(attr)}]"
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise ValueError(f"attribute {attr!r} is not an identifier, a dotted path or an index")
+    return f"record.{attr}"
+
+
 def _encoder(
     coded: tuple[tuple[Field, str], ...], *, secrets: bool
 ) -> Callable[[object], dict[str, object]]:
@@ -314,23 +358,40 @@ def _encoder(
 
     The source is generated (as ``dataclasses`` generates ``__init__``) from the
     declarations only: JSON names go in as ``repr`` literals, attributes must be
-    identifiers, and each codec's encoder is passed in by name, never as text.
+    identifiers (dotted paths or indices for a view), and each codec's encoder and each
+    ``when`` is passed in by name, never as text. Consecutive fields with the same
+    ``when`` are one ``**{...}`` item, so the keys keep the declared order.
     """
     items: list[str] = []
     namespace: dict[str, object] = {}
+    group: list[str] = []
+    group_when: Callable[[Any], bool] | None = None
+
+    def close_group() -> None:
+        if group:
+            namespace[f"when_{len(items)}"] = group_when
+            items.append(f"**({{{', '.join(group)}}} if when_{len(items)}(record) else {{}})")
+            group.clear()
+
     for i, (f, attr) in enumerate(coded):
         if f.secret and not secrets:
             continue
-        if not attr.isidentifier():
-            raise ValueError(f"{f.name}: attribute {attr!r} is not an identifier")
-        value = f"record.{attr}"
+        value = _reader(attr)
         if f.codec.encode is not _same:
             namespace[f"write_{i}"] = f.codec.encode
             if f.nullable:
                 value = f"(None if (v_{i} := {value}) is None else write_{i}(v_{i}))"
             else:
                 value = f"write_{i}({value})"
-        items.append(f"{f.name!r}: {value}")
+        item = f"{f.name!r}: {value}"
+        if f.when is not group_when:
+            close_group()
+            group_when = f.when
+        if f.when is None:
+            items.append(item)
+        else:
+            group.append(item)
+    close_group()
     source = "def encode(record):\n    return {" + ", ".join(items) + "}\n"
     exec(source, namespace)  # noqa: S102 - source built above from declarations, not input
     return cast("Callable[[object], dict[str, object]]", namespace["encode"])
@@ -359,6 +420,7 @@ class Schema:
         "_input_name",
         "_prefix",
         "_reads",
+        "_view",
         "_writes",
         "fields",
         "name",
@@ -384,6 +446,8 @@ class Schema:
         # The per-field work, flattened once: a device import decodes 10,000 documents
         # and an export encodes as many.
         self._writes = (_encoder(self._coded, secrets=True), _encoder(self._coded, secrets=False))
+        # A read-only view (paths, indices, conditional fields) is written, never read.
+        self._view = any(f.when is not None or not a.isidentifier() for f, a in self._coded)
         self._reads = tuple(
             (
                 f.name,
@@ -416,6 +480,8 @@ class Schema:
             ValidationError: Not an object, or the first field (in document order) of the
                 wrong type or out of its bounds, named.
         """
+        if self._view:
+            raise TypeError(f"{self.name} is a read-only view: it is not decoded")
         doc = decode_object(self.where, value)
         out: dict[str, Any] = {}
         for name, where, attr, read, nullable, default, null_is_default, check in self._reads:
@@ -436,6 +502,8 @@ class Schema:
 
     def check(self, record: object) -> None:
         """Check the values of a built record against the fields' bounds and rules."""
+        if self._view:
+            raise TypeError(f"{self.name} is a read-only view: it is not checked")
         for f, attr in self._coded:
             f.check_value(getattr(record, attr), self._prefix + f.name)
 
@@ -450,8 +518,8 @@ class Schema:
         """The JSON names a client may set (what a PATCH may change)."""
         return tuple(f.name for f in self.fields if f.settable)
 
-    def components(self) -> dict[str, Doc]:
-        """The OpenAPI component schemas of the resource and of its input."""
+    def document(self) -> Doc:
+        """The OpenAPI schema of the resource (its component, or inline in another's)."""
         output: Doc = {"type": "object"}
         if self._description is not None:
             output["description"] = self._description
@@ -459,6 +527,11 @@ class Schema:
         if required:
             output["required"] = required
         output["properties"] = {f.name: f.document() for f in self.fields}
+        return output
+
+    def components(self) -> dict[str, Doc]:
+        """The OpenAPI component schemas of the resource and of its input."""
+        output = self.document()
         given = [f for f in self.fields if f.settable]
         input_: Doc = {"type": "object"}
         if self._input_description is not None:
